@@ -1,0 +1,470 @@
+//! The command line every lambdaflow binary gets: `ingest`, `batch`, `query`, `status`,
+//! `verify`, `demo` (and `gen` when the application provides a generator).
+//!
+//! A user's binary is `fn main() -> ExitCode { lambdaflow_engine::cli::main(App::new(MyJob)) }`.
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lambdaflow_operators::{Format, Job, Selection};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::Progress;
+use crate::error::{Error, Result};
+use crate::lambda::{append_events, Lambda, Options, QueryResult};
+use crate::log::{Log, LogConfig};
+
+/// Produces synthetic events for `gen` and `demo`.
+pub trait Generator<E>: Send + Sync {
+    /// Writes `events` events generated from `seed` in `format` to `out`.
+    fn write(&self, events: u64, seed: u64, format: Format, out: &mut dyn Write) -> std::io::Result<u64>;
+    /// `count` events generated from `seed`, as values. `live` asks for event times around
+    /// now rather than in the historical range.
+    fn events(&self, seed: u64, count: u64, live: bool) -> Vec<E>;
+}
+
+/// What `demo` prints after each step: a few lines of merged answers.
+pub type DemoReport<J> = Arc<dyn Fn(&Lambda<J>) -> Result<Vec<String>> + Send + Sync>;
+
+/// A job packaged as a command-line application.
+pub struct App<J: Job> {
+    job: J,
+    generator: Option<Arc<dyn Generator<J::Event>>>,
+    demo_report: Option<DemoReport<J>>,
+}
+
+impl<J: Job> App<J> {
+    /// An application for `job`.
+    pub fn new(job: J) -> Self {
+        App { job, generator: None, demo_report: None }
+    }
+
+    /// Adds a generator: enables `gen` and `demo`.
+    pub fn generator(mut self, g: impl Generator<J::Event> + 'static) -> Self {
+        self.generator = Some(Arc::new(g));
+        self
+    }
+
+    /// What `demo` prints as the speed layer moves.
+    pub fn demo_report(mut self, f: impl Fn(&Lambda<J>) -> Result<Vec<String>> + Send + Sync + 'static) -> Self {
+        self.demo_report = Some(Arc::new(f));
+        self
+    }
+}
+
+#[derive(Parser)]
+#[command(version, about = "lambdaflow: one job, two modes (batch + speed), merged exactly")]
+struct Cli {
+    /// The data directory (master dataset and batch views).
+    #[arg(long, global = true, default_value = "lambdaflow-data")]
+    data: PathBuf,
+    /// Worker threads for batch and speed dataflows.
+    #[arg(short = 'w', long = "workers", global = true, default_value_t = 2)]
+    workers: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate synthetic events to stdout (or --out FILE).
+    Gen(GenArgs),
+    /// Append events from FILE (or - for stdin), NDJSON or CSV, durably. All or nothing.
+    Ingest {
+        /// The input file, or `-` for stdin.
+        file: String,
+        /// Partitions for a new data directory.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
+    /// Run one batch: compute every view over the log as of now and publish it.
+    Batch {
+        /// Keep this many batch versions (older ones are deleted).
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+    },
+    /// Print a view's merged answers (batch + speed), with freshness.
+    Query {
+        /// The view.
+        view: String,
+        /// One key (plain text or JSON). Without it: every key (see --from, --to, --limit).
+        key: Option<String>,
+        /// Lowest key of a range.
+        #[arg(long)]
+        from: Option<String>,
+        /// Highest key of a range.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many answers.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One JSON object a line: key, value, batch and speed parts, freshness.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the job's views.
+    Views,
+    /// Show the log, the batch version and the speed layer.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read every record of the log and check every checksum.
+    Verify,
+    /// The whole loop in one command: history, a batch, live events, merged answers.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// The job to generate events for (this binary's job).
+    job: String,
+    /// How many events.
+    #[arg(long, default_value_t = 10_000)]
+    events: u64,
+    /// Random seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// ndjson or csv.
+    #[arg(long, default_value = "ndjson")]
+    format: String,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Historical events to ingest before the first batch.
+    #[arg(long, default_value_t = 200_000)]
+    history: u64,
+    /// Live events per second fed to the speed layer.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    /// How long to run, seconds (0: until interrupted).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Run a new batch (and hand over) every this many seconds.
+    #[arg(long, default_value_t = 10)]
+    batch_every: u64,
+    /// Start from an empty data directory (deletes DIR first if it is a demo directory).
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// Runs the command line for `app` and returns the process exit code.
+pub fn main<J: Job>(app: App<J>) -> ExitCode {
+    let cli = Cli::parse();
+    match run(app, cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            match e {
+                Error::BadInput { .. } | Error::Invalid(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// Holds the data directory's lock for the life of a command, so two processes never
+/// recover or append to the same log at once.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "create data directory".into(), source })?;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!("waiting for another lambdaflow process using {} ...", dir.display());
+            f.lock().map_err(|source| Error::Io { path: path.clone(), what: "lock".into(), source })?;
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path, what: "lock".into(), source }),
+    }
+    Ok(f)
+}
+
+fn opts(workers: usize, partitions: u32) -> Options {
+    Options { workers: workers.max(1), log: LogConfig { partitions, segment_bytes: 64 << 20 } }
+}
+
+fn parse_format(s: &str) -> Result<Format> {
+    match s {
+        "ndjson" | "json" => Ok(Format::Ndjson),
+        "csv" => Ok(Format::Csv),
+        other => Err(Error::Invalid(format!("--format must be ndjson or csv, not `{other}`"))),
+    }
+}
+
+fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
+    let workers = cli.workers.max(1);
+    match cli.command {
+        Command::Gen(args) => {
+            if args.job != app.job.name() {
+                return Err(Error::Invalid(format!("this binary generates events for job `{}`, not `{}`", app.job.name(), args.job)));
+            }
+            let g = app.generator.as_ref().ok_or_else(|| Error::Invalid(format!("job `{}` has no generator", args.job)))?;
+            let format = parse_format(&args.format)?;
+            let io_err = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| Error::Io { path, what: "write".into(), source }
+            };
+            match &args.out {
+                Some(path) => {
+                    let f = std::fs::File::create(path).map_err(io_err(path))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                    g.write(args.events, args.seed, format, &mut w).map_err(io_err(path))?;
+                    w.flush().map_err(io_err(path))?;
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+                    g.write(args.events, args.seed, format, &mut w).map_err(io_err(Path::new("<stdout>")))?;
+                    w.flush().map_err(io_err(Path::new("<stdout>")))?;
+                }
+            }
+            Ok(())
+        }
+        Command::Ingest { file, partitions } => {
+            let _lock = lock_data_dir(&cli.data)?;
+            let t0 = Instant::now();
+            let events: Vec<J::Event> = if file == "-" {
+                crate::ingest::parse_all(&mut std::io::stdin().lock())?
+            } else {
+                let path = PathBuf::from(&file);
+                let f = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
+                crate::ingest::parse_all(&mut std::io::BufReader::with_capacity(1 << 20, f))?
+            };
+            let parsed = t0.elapsed();
+            let log = Log::open_or_create(&cli.data.join("log"), opts(workers, partitions).log)?;
+            let t1 = Instant::now();
+            // Group commit in chunks: each chunk is fsync'd before the next is written.
+            const CHUNK_EVENTS: usize = 256 * 1024;
+            for chunk in events.chunks(CHUNK_EVENTS) {
+                append_events(&log, chunk)?;
+            }
+            eprintln!(
+                "ingested {} events (parse {:.2}s, durable append {:.2}s); log ends at {:?}",
+                events.len(),
+                parsed.as_secs_f64(),
+                t1.elapsed().as_secs_f64(),
+                log.end_offsets()
+            );
+            Ok(())
+        }
+        Command::Batch { keep } => {
+            let _lock = lock_data_dir(&cli.data)?;
+            let log = Arc::new(Log::open_or_create(&cli.data.join("log"), opts(workers, 4).log)?);
+            let store = crate::store::ViewStore::open(&cli.data)?;
+            let progress = Arc::new(Progress::default());
+            let job = Arc::new(app.job);
+            let bar = ProgressBar::new(log.end_offsets().iter().sum());
+            bar.set_style(
+                ProgressStyle::with_template("batch {bar:40} {pos}/{len} events {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let handle = {
+                let (log, progress) = (log.clone(), progress.clone());
+                let dir = cli.data.clone();
+                std::thread::spawn(move || {
+                    let store = crate::store::ViewStore::open(&dir)?;
+                    crate::batch::run_batch(job, log, &store, workers, None, progress)
+                })
+            };
+            while !handle.is_finished() {
+                bar.set_position(progress.done.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let report = handle.join().map_err(|_| Error::Dataflow("batch thread panicked".into()))??;
+            bar.finish_and_clear();
+            let removed = store.gc(keep)?;
+            let m = &report.meta;
+            eprintln!(
+                "batch v{} published: {} events at cut {:?} in {:.2}s compute + {:.2}s write ({:.0} events/s){}",
+                m.version,
+                m.events,
+                m.cut,
+                report.compute_secs,
+                report.write_secs,
+                m.events as f64 / report.compute_secs.max(1e-9),
+                if removed.is_empty() { String::new() } else { format!("; removed old versions {removed:?}") }
+            );
+            Ok(())
+        }
+        Command::Query { view, key, from, to, limit, json } => {
+            let _lock = lock_data_dir(&cli.data)?;
+            let lambda = open_existing(app.job, &cli.data, workers)?;
+            lambda.sync(Duration::from_secs(3600))?;
+            let sel = match key {
+                Some(k) => Selection::Key(k),
+                None => Selection::Range { from, to, limit },
+            };
+            let result = lambda.query(&view, &sel)?;
+            print_result(&result, json);
+            Ok(())
+        }
+        Command::Views => {
+            let _lock = lock_data_dir(&cli.data)?;
+            let lambda = Lambda::open(app.job, &cli.data, opts(1, 4))?;
+            for v in lambda.views() {
+                println!("{}\t{:?}\tkey: {}\tvalue: {}", v.name, v.kind, v.key, v.value);
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let _lock = lock_data_dir(&cli.data)?;
+            let lambda = open_existing(app.job, &cli.data, workers)?;
+            lambda.sync(Duration::from_secs(3600))?;
+            let s = lambda.status();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                println!("job {} v{}", s.job, s.job_version);
+                println!("log: {} events, ends {:?}, {} bytes", s.log_end.iter().sum::<u64>(), s.log_end, s.log_bytes.iter().sum::<u64>());
+                match &s.batch {
+                    Some(b) => println!(
+                        "batch: v{} (job v{}) cut {:?} = {} events, age {}",
+                        b.version,
+                        b.job_version,
+                        b.cut,
+                        b.events,
+                        human_ms(s.freshness.batch_age_ms.unwrap_or(0))
+                    ),
+                    None => println!("batch: none yet (run `batch`)"),
+                }
+                println!("speed: frontier {:?}, {} events since the cut, {} keys held (~{} KiB)", s.freshness.speed_frontier, s.freshness.speed_events, s.speed_keys.iter().map(|k| k.1).sum::<usize>(), s.speed_bytes / 1024);
+            }
+            Ok(())
+        }
+        Command::Verify => {
+            let _lock = lock_data_dir(&cli.data)?;
+            let log = Log::open(&cli.data.join("log"))?;
+            let report = log.verify()?;
+            println!("log OK: {} records in {} bytes, every checksum verified", report.records.iter().sum::<u64>(), report.bytes.iter().sum::<u64>());
+            Ok(())
+        }
+        Command::Demo(args) => demo(app, &cli.data, workers, args),
+    }
+}
+
+fn open_existing<J: Job>(job: J, dir: &Path, workers: usize) -> Result<Lambda<J>> {
+    if !dir.join("log").exists() {
+        return Err(Error::Invalid(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
+    }
+    Lambda::open(job, dir, opts(workers, 4))
+}
+
+fn human_ms(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{} s", ms / 1000)
+    } else if ms < 7_200_000 {
+        format!("{} min", ms / 60_000)
+    } else {
+        format!("{:.1} h", ms as f64 / 3_600_000.0)
+    }
+}
+
+fn print_result(result: &QueryResult, json: bool) {
+    let f = &result.freshness;
+    if json {
+        for a in &result.answers {
+            let line = serde_json::json!({
+                "view": result.view,
+                "key": a.key,
+                "value": a.value,
+                "batch": a.batch,
+                "speed": a.speed,
+                "freshness": f,
+            });
+            println!("{line}");
+        }
+        return;
+    }
+    for a in &result.answers {
+        match (&a.batch, &a.speed) {
+            (Some(b), Some(s)) => println!("{}\t{}\t(batch {} + speed {})", a.key, a.value, b, s),
+            _ => println!("{}\t{}", a.key, a.value),
+        }
+    }
+    eprintln!(
+        "-- {} answers; batch {} (cut {:?}, age {}); speed frontier {:?} ({} events since the cut)",
+        result.answers.len(),
+        f.batch_version.map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
+        f.batch_cut,
+        f.batch_age_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+        f.speed_frontier,
+        f.speed_events
+    );
+}
+
+fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Result<()> {
+    let g = app.generator.clone().ok_or_else(|| Error::Invalid(format!("job `{}` has no generator, so no demo", app.job.name())))?;
+    if args.fresh && dir.join("log").exists() {
+        std::fs::remove_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "remove".into(), source })?;
+    }
+    let _lock = lock_data_dir(dir)?;
+    let report = app.demo_report.clone();
+    println!("lambdaflow demo: job `{}` in {} with {workers} worker(s)", app.job.name(), dir.display());
+    let lambda = Lambda::open(app.job, dir, opts(workers, 4))?;
+    let have: u64 = lambda.log().end_offsets().iter().sum();
+    if have < args.history {
+        let t = Instant::now();
+        let history = g.events(1, args.history - have, false);
+        for chunk in history.chunks(100_000) {
+            lambda.append(chunk)?;
+        }
+        println!("1. master dataset: appended {} historical events durably in {:.2}s", history.len(), t.elapsed().as_secs_f64());
+    } else {
+        println!("1. master dataset: {have} events already there");
+    }
+    let t = Instant::now();
+    let r = lambda.batch_and_handover(Arc::new(Progress::default()))?;
+    println!("2. batch layer: v{} over {} events (cut {:?}) in {:.2}s; speed layer seeded from it", r.meta.version, r.meta.events, r.meta.cut, t.elapsed().as_secs_f64());
+    println!("3. speed layer: feeding {} live events/s; merged answers below (batch part + speed part)", args.rate);
+    let start = Instant::now();
+    let mut last_batch = Instant::now();
+    let mut seed = 1000u64;
+    let tick = Duration::from_millis(250);
+    loop {
+        if args.seconds > 0 && start.elapsed() >= Duration::from_secs(args.seconds) {
+            break;
+        }
+        let live = g.events(seed, (args.rate / 4).max(1), true);
+        seed += 1;
+        lambda.append(&live)?;
+        lambda.sync(Duration::from_secs(30))?;
+        if let Some(report) = &report {
+            let lines = report(&lambda)?;
+            println!("[{:>5.1}s] {}", start.elapsed().as_secs_f64(), lines.join(" | "));
+        }
+        if last_batch.elapsed() >= Duration::from_secs(args.batch_every.max(1)) {
+            let t = Instant::now();
+            let r = lambda.batch_and_handover(Arc::new(Progress::default()))?;
+            println!("   -> batch v{} at cut {:?} ({} events) in {:.2}s; handed over, speed layer restarted from the new cut", r.meta.version, r.meta.cut, r.meta.events, t.elapsed().as_secs_f64());
+            last_batch = Instant::now();
+        }
+        std::thread::sleep(tick);
+    }
+    let s = lambda.status();
+    println!("done: {} events in the log, batch v{}, speed frontier {:?}", s.log_end.iter().sum::<u64>(), s.batch.map(|b| b.version).unwrap_or(0), s.freshness.speed_frontier);
+    println!("try: lambdaflow --data {} query revenue_by_day", dir.display());
+    Ok(())
+}
+
+/// Convenience for tests and tools: read all of `path` as events of `E`.
+pub fn read_events<E: lambdaflow_operators::Event>(path: &Path) -> Result<Vec<E>> {
+    let f = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "open".into(), source })?;
+    let mut r: Box<dyn BufRead> = Box::new(std::io::BufReader::new(f));
+    crate::ingest::parse_all(&mut r)
+}

@@ -1,0 +1,295 @@
+//! The serving layer: one batch version + one speed layer, merged on read, handed over
+//! atomically.
+//!
+//! [`Lambda`] owns the master dataset, the view store and the current [`Serving`] pair. A
+//! query takes the current pair (an `Arc`), reads the speed state under its read lock, and
+//! consolidates the batch view's records for the key with the speed layer's updates: one
+//! consistent state, "batch at cut C + speed over [C, frontier)". A handover builds the next
+//! pair completely (new batch version loaded, new speed layer seeded from it and caught up
+//! to at least the old frontier) before swapping the pointer, so readers see the old pair
+//! or the new one, never a mix; the old speed layer, and its state, is then dropped.
+
+use lambdaflow_operators::view::BatchTable;
+use lambdaflow_operators::{Answer, Job, Selection, ViewInfo};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::batch::{run_batch, BatchReport, Progress};
+use crate::error::{Error, Result};
+use crate::log::{Log, LogConfig, Position};
+use crate::speed::SpeedLayer;
+use crate::store::{now_ms, BatchMeta, ViewStore};
+
+/// A loaded batch version: its metadata and one decoded table per view.
+pub struct LoadedBatch {
+    /// The version's metadata.
+    pub meta: BatchMeta,
+    tables: Vec<Option<Arc<dyn BatchTable>>>,
+}
+
+/// One batch version and the speed layer seeded from it.
+pub struct Serving {
+    /// The batch version (none before the first batch run).
+    pub batch: Option<Arc<LoadedBatch>>,
+    /// The speed layer over the log from the batch cut (or from 0).
+    pub speed: SpeedLayer,
+}
+
+/// Which state an answer reflects and how old it is.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Freshness {
+    /// The batch version merged in, if any.
+    pub batch_version: Option<u64>,
+    /// The batch cut: one offset per partition.
+    pub batch_cut: Vec<u64>,
+    /// Age of the batch view (since its run finished), ms.
+    pub batch_age_ms: Option<u64>,
+    /// Speed frontier: the answer covers exactly the events before these offsets.
+    pub speed_frontier: Vec<u64>,
+    /// Events in the speed layer (frontier − cut).
+    pub speed_events: u64,
+    /// Since the speed frontier last moved, ms.
+    pub speed_age_ms: u64,
+}
+
+/// A merged answer set with its freshness.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryResult {
+    /// The view queried.
+    pub view: String,
+    /// The answers, in key order.
+    pub answers: Vec<Answer>,
+    /// What they reflect.
+    pub freshness: Freshness,
+}
+
+/// The state of a data directory, for `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The job.
+    pub job: String,
+    /// The job's version.
+    pub job_version: u32,
+    /// Events per partition (the log's end offsets).
+    pub log_end: Vec<u64>,
+    /// Bytes on disk per partition.
+    pub log_bytes: Vec<u64>,
+    /// The serving batch version.
+    pub batch: Option<BatchMeta>,
+    /// The speed layer's freshness.
+    pub freshness: Freshness,
+    /// Keys held in the speed tables, per view.
+    pub speed_keys: Vec<(String, usize)>,
+    /// Approximate bytes held in the speed tables.
+    pub speed_bytes: usize,
+}
+
+/// Options for opening a data directory.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Worker threads for batch and speed dataflows.
+    pub workers: usize,
+    /// Log configuration for a new data directory.
+    pub log: LogConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { workers: 1, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 } }
+    }
+}
+
+/// A job running over a data directory: master dataset, batch views, speed layer.
+pub struct Lambda<J: Job> {
+    job: Arc<J>,
+    log: Arc<Log>,
+    dir: PathBuf,
+    workers: usize,
+    current: RwLock<Arc<Serving>>,
+    handover: Mutex<()>,
+}
+
+/// The stable partition of a key.
+pub fn partition_of(key: u64, partitions: u32) -> u32 {
+    // splitmix64 finaliser: spreads sequential ids evenly.
+    let mut z = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % partitions as u64) as u32
+}
+
+/// Appends events durably: encodes each, routes it to its partition, and returns once all
+/// are fsync'd (one group commit per call). Nothing is written if any event fails to encode.
+pub fn append_events<E: lambdaflow_operators::Event>(log: &Log, events: &[E]) -> Result<Vec<Position>> {
+    let parts = log.partitions();
+    let mut encoded = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let bytes = bincode::serialize(e).map_err(|err| Error::Invalid(format!("event {i} does not encode: {err}")))?;
+        encoded.push((partition_of(e.partition_key(), parts), bytes));
+    }
+    let records: Vec<(u32, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    Ok(log.append(&records)?)
+}
+
+impl<J: Job> Lambda<J> {
+    /// Opens (or creates) the data directory `dir`, recovers the log, loads the current
+    /// batch version and starts the speed layer from its cut.
+    pub fn open(job: J, dir: &Path, opts: Options) -> Result<Lambda<J>> {
+        let job = Arc::new(job);
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "create data directory".into(), source })?;
+        let log = Arc::new(Log::open_or_create(&dir.join("log"), opts.log.clone())?);
+        let serving = Self::serving_for(&job, &log, dir, opts.workers, None)?;
+        Ok(Lambda { job, log, dir: dir.to_path_buf(), workers: opts.workers, current: RwLock::new(Arc::new(serving)), handover: Mutex::new(()) })
+    }
+
+    /// Builds a serving pair for `version` (default: the store's current one, if it was
+    /// computed by this job and version; otherwise no batch and speed from offset 0).
+    fn serving_for(job: &Arc<J>, log: &Arc<Log>, dir: &Path, workers: usize, version: Option<u64>) -> Result<Serving> {
+        let store = ViewStore::open(dir)?;
+        let meta = match version {
+            Some(v) => Some(store.meta(v)?),
+            None => store.current_meta()?,
+        };
+        let meta = meta.filter(|m| {
+            let usable = m.job == job.name() && m.job_version == job.version() && m.cut.len() == log.partitions() as usize;
+            if !usable {
+                eprintln!(
+                    "lambdaflow: batch version {} was computed by job {} version {} (this is {} version {}); \
+                     serving from the log alone until a batch run under this version",
+                    m.version, m.job, m.job_version, job.name(), job.version()
+                );
+            }
+            usable
+        });
+        let cut = meta.as_ref().map(|m| m.cut.clone()).unwrap_or_else(|| vec![0; log.partitions() as usize]);
+        let speed = SpeedLayer::start(job.clone(), log.clone(), ViewStore::open(dir)?, meta.as_ref().map(|m| m.version), cut, workers)?;
+        let batch = match meta {
+            None => None,
+            Some(meta) => {
+                let mut tables = Vec::new();
+                for view in speed.views() {
+                    let name = &view.info().name;
+                    tables.push(match store.read_view(meta.version, name)? {
+                        None => None,
+                        Some(bytes) => Some(view.decode_batch(&bytes).map_err(Error::Invalid)?),
+                    });
+                }
+                Some(Arc::new(LoadedBatch { meta, tables }))
+            }
+        };
+        Ok(Serving { batch, speed })
+    }
+
+    /// The job.
+    pub fn job(&self) -> &J {
+        &self.job
+    }
+
+    /// The master dataset.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The current serving pair.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The job's views.
+    pub fn views(&self) -> Vec<ViewInfo> {
+        self.serving().speed.views().iter().map(|v| v.info().clone()).collect()
+    }
+
+    /// Appends events durably (see [`append_events`]).
+    pub fn append(&self, events: &[J::Event]) -> Result<Vec<Position>> {
+        append_events(&*self.log, events)
+    }
+
+    /// Waits until the speed layer reflects every event acknowledged before this call.
+    pub fn sync(&self, timeout: Duration) -> Result<()> {
+        let ends = self.log.end_offsets();
+        if self.serving().speed.wait_for(&ends, timeout)? {
+            Ok(())
+        } else {
+            Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within {timeout:?}")))
+        }
+    }
+
+    /// The merged answers of `view` for `sel`, with their freshness.
+    pub fn query(&self, view: &str, sel: &Selection) -> Result<QueryResult> {
+        let serving = self.serving();
+        let speed = &serving.speed;
+        let i = speed
+            .views()
+            .iter()
+            .position(|v| v.info().name == view)
+            .ok_or_else(|| {
+                let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
+                Error::Invalid(format!("no view named `{view}`; the views are: {}", names.join(", ")))
+            })?;
+        let batch_table = serving.batch.as_ref().and_then(|b| b.tables[i].clone());
+        let (answers, frontier, updated_ms) = speed.with_state(|state| {
+            speed.views()[i].query(batch_table.as_deref(), state.tables[i].as_ref(), sel).map(|a| (a, state.frontier.clone(), state.updated_ms))
+        }).map_err(Error::Invalid)?;
+        Ok(QueryResult { view: view.to_string(), answers, freshness: freshness(&serving, frontier, updated_ms) })
+    }
+
+    /// Runs a batch at the log's current end and hands over to it.
+    pub fn batch_and_handover(&self, progress: Arc<Progress>) -> Result<BatchReport> {
+        let store = ViewStore::open(&self.dir)?;
+        let report = run_batch(self.job.clone(), self.log.clone(), &store, self.workers, None, progress)?;
+        self.handover(report.meta.version)?;
+        Ok(report)
+    }
+
+    /// Switches serving to batch `version`: loads it, starts a speed layer from its cut,
+    /// waits for that layer to reach the current frontier, then swaps atomically.
+    pub fn handover(&self, version: u64) -> Result<()> {
+        let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, Some(version))?;
+        let old_frontier = self.serving().speed.frontier();
+        let target: Vec<u64> = old_frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect();
+        if !next.speed.wait_for(&target, Duration::from_secs(600))? {
+            return Err(Error::Dataflow("new speed layer did not catch up within 600 s".into()));
+        }
+        let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), Arc::new(next));
+        // Readers that still hold the old pair finish with it; the speed layer stops when
+        // the last of them drops it.
+        drop(old);
+        Ok(())
+    }
+
+    /// The data directory's state.
+    pub fn status(&self) -> Status {
+        let serving = self.serving();
+        let (frontier, updated_ms, speed_keys, speed_bytes) = serving.speed.with_state(|s| {
+            let keys = serving.speed.views().iter().zip(&s.tables).map(|(v, t)| (v.info().name.clone(), t.keys())).collect();
+            (s.frontier.clone(), s.updated_ms, keys, s.tables.iter().map(|t| t.approx_bytes()).sum())
+        });
+        Status {
+            job: self.job.name().to_string(),
+            job_version: self.job.version(),
+            log_end: self.log.end_offsets(),
+            log_bytes: self.log.disk_bytes(),
+            batch: serving.batch.as_ref().map(|b| b.meta.clone()),
+            freshness: freshness(&serving, frontier, updated_ms),
+            speed_keys,
+            speed_bytes,
+        }
+    }
+}
+
+fn freshness(serving: &Serving, frontier: Vec<u64>, updated_ms: u64) -> Freshness {
+    let now = now_ms();
+    let cut = serving.speed.cut.clone();
+    Freshness {
+        batch_version: serving.batch.as_ref().map(|b| b.meta.version),
+        batch_age_ms: serving.batch.as_ref().map(|b| now.saturating_sub(b.meta.finished_ms)),
+        speed_events: frontier.iter().zip(&cut).map(|(f, c)| f - c).sum(),
+        batch_cut: cut,
+        speed_frontier: frontier,
+        speed_age_ms: now.saturating_sub(updated_ms),
+    }
+}

@@ -1,0 +1,1059 @@
+//! The master dataset: a partitioned, append-only, durable log of opaque byte records.
+//!
+//! # Layout
+//!
+//! ```text
+//! D/MANIFEST                         JSON: format version, partitions, segment_bytes,
+//!                                    and per partition its sealed segments
+//! D/p{partition:04}/{base:020}.seg   segment files, named by their first offset
+//! ```
+//!
+//! A record is framed as `[len: u32 LE][crc: u32 LE][payload]`, the CRC-32C covering the
+//! four length bytes and the payload. Offsets are per partition, 0-based record numbers.
+//!
+//! # Durability (DESIGN.md §2, point 1)
+//!
+//! [`Log::append`] validates the whole batch first (a rejected batch stores nothing), writes
+//! each touched partition's records with one buffered write, then fsyncs every touched
+//! segment (and the partition directory when it created a segment) before returning the
+//! positions: the returned positions are the acknowledgement. When an I/O error interrupts
+//! an append, the partial write is rolled back (files truncated, new segments removed,
+//! manifest restored) so that the failed batch stores nothing either; if even that fails,
+//! the log refuses further appends ([`LogError::Poisoned`]) until it is reopened.
+//!
+//! # Recovery
+//!
+//! Opening never scans sealed segments: it checks that each exists with exactly the length
+//! the manifest records. The active (last) segment is scanned; it is truncated at the first
+//! torn or checksum-failing record (reported on stderr), so an unacknowledged torn tail is
+//! never served. A flipped byte inside a *sealed* segment is detected lazily: `open`
+//! succeeds, and [`Log::read`] / [`Log::verify`] return [`LogError::Corrupt`] naming the
+//! file and byte offset of the bad record. Nothing corrupt is ever skipped silently.
+
+#![forbid(unsafe_code)]
+
+mod codec;
+mod manifest;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use codec::{encode_into, framed_len};
+pub use codec::{MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
+use manifest::{Manifest, SealedSegment, MANIFEST};
+use segment::{
+    io_err, open_for_append, parse_segment_name, partition_dir, segment_path, sync_dir, ScanStop,
+    Scanner,
+};
+
+/// One sparse-index entry is kept per this many records of a segment.
+pub const INDEX_STRIDE: u64 = 4096;
+
+/// Configuration of a new log. Ignored when opening an existing one (the manifest wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Number of partitions (at least 1).
+    pub partitions: u32,
+    /// A partition's active segment is sealed once appending would take it past this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogConfig {
+    /// Four partitions, 64 MiB segments.
+    fn default() -> Self {
+        LogConfig {
+            partitions: 4,
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Where a record lives: its partition and its offset (record number) in that partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Partition index, `0..partitions`.
+    pub partition: u32,
+    /// 0-based record number within the partition.
+    pub offset: u64,
+}
+
+/// Result of [`Log::verify`]: per partition, the records and bytes checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records per partition (equals its end offset).
+    pub records: Vec<u64>,
+    /// Bytes of segment data per partition.
+    pub bytes: Vec<u64>,
+}
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// A file-system operation failed; the source says which operation.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        /// File or directory involved.
+        path: PathBuf,
+        /// The underlying error, prefixed with what was being done.
+        #[source]
+        source: io::Error,
+    },
+    /// A record of acknowledged data failed its checksum or framing.
+    #[error(
+        "corrupt record in sealed segment {} at byte {byte_offset}: {detail}",
+        path.display()
+    )]
+    Corrupt {
+        /// Segment file.
+        path: PathBuf,
+        /// Byte offset of the bad record within the file.
+        byte_offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// `MANIFEST` is missing where a log evidently exists, unreadable, or inconsistent.
+    #[error("invalid log manifest {}: {detail}", path.display())]
+    ManifestInvalid {
+        /// Path of the manifest.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A segment file disagrees with the manifest (missing, wrong length, unexpected).
+    #[error("invalid segment file {}: {detail}", path.display())]
+    SegmentInvalid {
+        /// Segment file (or partition directory) involved.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A partition index is out of range.
+    #[error("partition {partition} does not exist: the log has {partitions} partitions")]
+    BadPartition {
+        /// The partition asked for.
+        partition: u32,
+        /// Number of partitions of the log.
+        partitions: u32,
+    },
+    /// A payload exceeds [`MAX_PAYLOAD_BYTES`].
+    #[error("record {index} of the batch has {len} bytes, over the {max}-byte limit")]
+    RecordTooLarge {
+        /// Index of the record in the batch.
+        index: usize,
+        /// Its payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// There is no log at this path.
+    #[error("no log at {}: no MANIFEST there", path.display())]
+    NotFound {
+        /// The directory looked in.
+        path: PathBuf,
+    },
+    /// A [`LogConfig`] for a new log is unusable.
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+    /// An earlier append failed and could not be rolled back; reopen the log to recover.
+    #[error("log refuses appends until reopened: an earlier failed append could not be rolled back: {0}")]
+    Poisoned(String),
+    /// An error raised by the callback of [`Log::read`].
+    #[error("{0}")]
+    Callback(String),
+}
+
+/// In-memory state of one segment.
+#[derive(Debug)]
+struct SegState {
+    base: u64,
+    /// Durable records (for the active segment: acknowledged ones).
+    records: u64,
+    /// Durable bytes.
+    bytes: u64,
+    /// `index[k]` = byte position of record `base + k * INDEX_STRIDE`; `index[0] == 0`.
+    /// Complete for the active segment; learned lazily by scans for sealed ones.
+    index: Vec<u64>,
+}
+
+/// In-memory state of one partition: its segments in order, the last one active.
+#[derive(Debug)]
+struct PartState {
+    segments: Vec<SegState>,
+}
+
+impl PartState {
+    fn active(&self) -> &SegState {
+        self.segments
+            .last()
+            .expect("a partition always has an active segment")
+    }
+
+    fn end(&self) -> u64 {
+        let a = self.active();
+        a.base + a.records
+    }
+}
+
+/// State owned by the appender (behind the append lock).
+#[derive(Debug)]
+struct Writer {
+    manifest: Manifest,
+    /// Open append handle of each partition's active segment, opened lazily.
+    files: Vec<Option<File>>,
+    /// Set when a failed append could not be undone.
+    poisoned: Option<String>,
+}
+
+/// A partitioned, append-only, durable log. `Send + Sync`: share it through an `Arc`.
+///
+/// Appends are serialised by an internal lock; reads run concurrently with each other and
+/// with appends, and see only acknowledged records.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    partitions: u32,
+    segment_bytes: u64,
+    state: RwLock<Vec<PartState>>,
+    writer: Mutex<Writer>,
+}
+
+/// The records of one append destined for one segment.
+struct Chunk {
+    base: u64,
+    /// Records / bytes already in the segment before this append.
+    start_records: u64,
+    start_bytes: u64,
+    records: u64,
+    buf: Vec<u8>,
+    /// Sparse-index entries for the new records.
+    new_index: Vec<u64>,
+    /// Length of the segment's index including `new_index`.
+    index_len: usize,
+}
+
+impl Chunk {
+    fn seg_records(&self) -> u64 {
+        self.start_records + self.records
+    }
+
+    fn seg_bytes(&self) -> u64 {
+        self.start_bytes + self.buf.len() as u64
+    }
+}
+
+/// What one append writes to one partition: the active segment, then any new ones.
+struct Plan {
+    chunks: Vec<Chunk>,
+    /// Framed bytes of this partition's records not yet placed in a chunk.
+    unplaced: u64,
+}
+
+impl Plan {
+    fn start_chunk(
+        &mut self,
+        base: u64,
+        records: u64,
+        bytes: u64,
+        index_len: usize,
+        segment_bytes: u64,
+    ) {
+        let room = segment_bytes.saturating_sub(bytes).max(1);
+        let cap = self.unplaced.min(room).min(usize::MAX as u64) as usize;
+        self.chunks.push(Chunk {
+            base,
+            start_records: records,
+            start_bytes: bytes,
+            records: 0,
+            buf: Vec::with_capacity(cap),
+            new_index: Vec::new(),
+            index_len,
+        });
+    }
+
+    /// Places one record, rolling to a new segment when needed; returns its offset.
+    fn push(&mut self, payload: &[u8], segment_bytes: u64) -> u64 {
+        let framed = framed_len(payload.len());
+        let last = self.chunks.last().expect("plan has a chunk");
+        let used = last.seg_bytes();
+        if used > 0 && used + framed > segment_bytes {
+            let next_base = last.base + last.seg_records();
+            self.start_chunk(next_base, 0, 0, 1, segment_bytes);
+        }
+        let c = self.chunks.last_mut().expect("plan has a chunk");
+        let r = c.seg_records();
+        if r == c.index_len as u64 * INDEX_STRIDE {
+            c.new_index.push(c.seg_bytes());
+            c.index_len += 1;
+        }
+        encode_into(&mut c.buf, payload);
+        c.records += 1;
+        self.unplaced -= framed;
+        c.base + r
+    }
+}
+
+/// What to undo if an append fails half-way.
+#[derive(Default)]
+struct Undo {
+    /// Pre-append active segment (path, bytes) of each partition written to.
+    truncate: Vec<(PathBuf, u64)>,
+    /// Segment files this append created.
+    created: Vec<PathBuf>,
+    /// The manifest before this append, if the append changed it.
+    manifest: Option<Manifest>,
+}
+
+/// A segment's shape, copied out of the state lock for a scan.
+struct SegSnap {
+    base: u64,
+    records: u64,
+    bytes: u64,
+    /// First record to decode (an index point at or before the wanted start).
+    start_rec: u64,
+    start_pos: u64,
+    index_len: usize,
+}
+
+impl SegSnap {
+    fn of(s: &SegState, from: u64) -> SegSnap {
+        let rel = from.saturating_sub(s.base).min(s.records);
+        let k = ((rel / INDEX_STRIDE) as usize).min(s.index.len() - 1);
+        SegSnap {
+            base: s.base,
+            records: s.records,
+            bytes: s.bytes,
+            start_rec: s.base + k as u64 * INDEX_STRIDE,
+            start_pos: s.index[k],
+            index_len: s.index.len(),
+        }
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it with `cfg` if it does not exist (`cfg` is
+    /// ignored for an existing log; the manifest wins). Runs recovery.
+    pub fn open_or_create(dir: &Path, cfg: LogConfig) -> Result<Log, LogError> {
+        if let Some(log) = Self::open_existing(dir)? {
+            return Ok(log);
+        }
+        Self::create(dir, cfg)?;
+        Self::open_existing(dir)?.ok_or_else(|| LogError::NotFound {
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing log, running recovery; [`LogError::NotFound`] naming `dir` if
+    /// there is none.
+    pub fn open(dir: &Path) -> Result<Log, LogError> {
+        Self::open_existing(dir)?.ok_or_else(|| LogError::NotFound {
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Directory holding the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Size at which active segments are sealed (from the manifest).
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// Appends records, each tagged with its partition, and returns their positions in
+    /// input order once they are durable.
+    ///
+    /// The whole batch is validated first (partition in range, payload at most
+    /// [`MAX_PAYLOAD_BYTES`]), so an invalid batch writes nothing. Each touched partition
+    /// gets one buffered write per segment, then one fsync of its active segment (plus the
+    /// partition directory if a segment was created): a group commit. Appends are
+    /// serialised by an internal lock; readers are not blocked.
+    pub fn append(&self, records: &[(u32, &[u8])]) -> Result<Vec<Position>, LogError> {
+        let np = self.partitions as usize;
+        let mut totals = vec![0u64; np];
+        for (index, &(partition, payload)) in records.iter().enumerate() {
+            if partition >= self.partitions {
+                return Err(LogError::BadPartition {
+                    partition,
+                    partitions: self.partitions,
+                });
+            }
+            if payload.len() > MAX_PAYLOAD_BYTES {
+                return Err(LogError::RecordTooLarge {
+                    index,
+                    len: payload.len(),
+                    max: MAX_PAYLOAD_BYTES,
+                });
+            }
+            totals[partition as usize] += framed_len(payload.len());
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut writer = self.writer.lock().map_err(|_| {
+            LogError::Poisoned("an append panicked while holding the append lock".into())
+        })?;
+        if let Some(why) = &writer.poisoned {
+            return Err(LogError::Poisoned(why.clone()));
+        }
+
+        let mut plans: Vec<Option<Plan>> = (0..np).map(|_| None).collect();
+        let mut positions = Vec::with_capacity(records.len());
+        // Only this (locked) appender changes the active segments, so a copy stays valid.
+        let actives: Vec<(u64, u64, u64, usize)> = self
+            .read_state()
+            .iter()
+            .map(|ps| {
+                let a = ps.active();
+                (a.base, a.records, a.bytes, a.index.len())
+            })
+            .collect();
+        for &(partition, payload) in records {
+            let p = partition as usize;
+            let plan = plans[p].get_or_insert_with(|| {
+                let (base, recs, bytes, index_len) = actives[p];
+                let mut plan = Plan {
+                    chunks: Vec::new(),
+                    unplaced: totals[p],
+                };
+                plan.start_chunk(base, recs, bytes, index_len, self.segment_bytes);
+                plan
+            });
+            positions.push(Position {
+                partition,
+                offset: plan.push(payload, self.segment_bytes),
+            });
+        }
+
+        let mut undo = Undo::default();
+        if let Err(err) = self.write_plans(&mut writer, &plans, &mut undo) {
+            if let Err(rb) = self.rollback(&mut writer, undo) {
+                let why = format!("append failed ({err}); rollback failed ({rb})");
+                eprintln!("lambdaflow log {}: {why}", self.dir.display());
+                writer.poisoned = Some(why);
+            }
+            return Err(err);
+        }
+        self.publish(plans);
+        Ok(positions)
+    }
+
+    /// Durable end offset of each partition (the offset its next record will get).
+    pub fn end_offsets(&self) -> Vec<u64> {
+        self.read_state().iter().map(PartState::end).collect()
+    }
+
+    /// Calls `f(offset, payload)` for every record of `partition` with offset in
+    /// `[from, to)`, in order; `to` is clamped to the end offset. Returns the number of
+    /// records visited.
+    ///
+    /// Segments before the one holding `from` are not touched; inside it the scan starts
+    /// at the nearest sparse-index point. Files are read sequentially in chunks of up to
+    /// 4 MiB, and every record's checksum is verified: a bad one is
+    /// [`LogError::Corrupt`] naming the file and byte offset. An error returned by `f`
+    /// stops the scan and is returned as is.
+    pub fn read<F>(&self, partition: u32, from: u64, to: u64, mut f: F) -> Result<u64, LogError>
+    where
+        F: FnMut(u64, &[u8]) -> Result<(), LogError>,
+    {
+        let snaps = {
+            let state = self.read_state();
+            let ps = state
+                .get(partition as usize)
+                .ok_or(LogError::BadPartition {
+                    partition,
+                    partitions: self.partitions,
+                })?;
+            let to = to.min(ps.end());
+            if from >= to {
+                return Ok(0);
+            }
+            let first = ps.segments.partition_point(|s| s.base + s.records <= from);
+            ps.segments[first..]
+                .iter()
+                .take_while(|s| s.base < to)
+                .map(|s| (SegSnap::of(s, from), to))
+                .collect::<Vec<_>>()
+        };
+        let mut visited = 0;
+        for (snap, to) in snaps {
+            let stop = to.min(snap.base + snap.records);
+            visited += self.scan_segment(partition, &snap, from, stop, false, &mut f)?;
+        }
+        Ok(visited)
+    }
+
+    /// Reads every segment in full, checking every record's checksum and every segment's
+    /// record count; returns the records and bytes per partition, or the first corruption
+    /// found ([`LogError::Corrupt`]). Also completes the sparse index of sealed segments.
+    pub fn verify(&self) -> Result<VerifyReport, LogError> {
+        let mut report = VerifyReport::default();
+        for partition in 0..self.partitions {
+            let snaps: Vec<SegSnap> = {
+                let state = self.read_state();
+                state[partition as usize]
+                    .segments
+                    .iter()
+                    .map(|s| SegSnap::of(s, s.base))
+                    .collect()
+            };
+            let (mut records, mut bytes) = (0, 0);
+            for snap in snaps {
+                let end = snap.base + snap.records;
+                records +=
+                    self.scan_segment(partition, &snap, snap.base, end, true, |_, _| Ok(()))?;
+                bytes += snap.bytes;
+            }
+            report.records.push(records);
+            report.bytes.push(bytes);
+        }
+        Ok(report)
+    }
+
+    /// Bytes of segment data on disk per partition (acknowledged data only).
+    pub fn disk_bytes(&self) -> Vec<u64> {
+        self.read_state()
+            .iter()
+            .map(|ps| ps.segments.iter().map(|s| s.bytes).sum())
+            .collect()
+    }
+
+    // ----- internals -------------------------------------------------------------------
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, Vec<PartState>> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Scans records `[snap.start_rec, stop)` of one segment, calling `f` for those at or
+    /// after `from`, and learns sparse-index entries on the way. With `whole`, also checks
+    /// that the segment holds exactly `snap.records` records and nothing after them.
+    fn scan_segment<F>(
+        &self,
+        partition: u32,
+        snap: &SegSnap,
+        from: u64,
+        stop: u64,
+        whole: bool,
+        mut f: F,
+    ) -> Result<u64, LogError>
+    where
+        F: FnMut(u64, &[u8]) -> Result<(), LogError>,
+    {
+        let path = segment_path(&self.dir, partition, snap.base);
+        let corrupt = |byte_offset: u64, detail: String| LogError::Corrupt {
+            path: path.clone(),
+            byte_offset,
+            detail,
+        };
+        if snap.bytes == 0 {
+            // An empty active segment, whose file may not exist yet.
+            return Ok(0);
+        }
+        let mut scanner = Scanner::open(&path, snap.start_pos, snap.bytes)?;
+        let mut cur = snap.start_rec;
+        let mut visited = 0;
+        let mut learned = Vec::new();
+        while cur < stop {
+            match scanner.next_record() {
+                Ok(Some((pos, payload))) => {
+                    let r = cur - snap.base;
+                    if r == (snap.index_len + learned.len()) as u64 * INDEX_STRIDE {
+                        learned.push(pos);
+                    }
+                    if cur >= from {
+                        f(cur, payload)?;
+                        visited += 1;
+                    }
+                    cur += 1;
+                }
+                Ok(None) => {
+                    return Err(corrupt(
+                        scanner.position(),
+                        format!(
+                            "segment ends after {} records, {} expected",
+                            cur - snap.base,
+                            snap.records
+                        ),
+                    ))
+                }
+                Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail)),
+                Err(ScanStop::Io(e)) => return Err(e),
+            }
+        }
+        if whole {
+            match scanner.next_record() {
+                Ok(None) => {}
+                Ok(Some((pos, _))) => {
+                    return Err(corrupt(
+                        pos,
+                        format!("record beyond the {} expected", snap.records),
+                    ))
+                }
+                Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail)),
+                Err(ScanStop::Io(e)) => return Err(e),
+            }
+        }
+        if !learned.is_empty() {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            let segs = &mut state[partition as usize].segments;
+            if let Ok(i) = segs.binary_search_by_key(&snap.base, |s| s.base) {
+                if segs[i].index.len() == snap.index_len {
+                    segs[i].index.extend_from_slice(&learned);
+                }
+            }
+        }
+        Ok(visited)
+    }
+
+    /// Writes every partition's chunks, sealing and creating segments as planned, then
+    /// fsyncs each touched active segment and each partition directory that gained a file.
+    fn write_plans(
+        &self,
+        w: &mut Writer,
+        plans: &[Option<Plan>],
+        undo: &mut Undo,
+    ) -> Result<(), LogError> {
+        let mut dirs_to_sync = Vec::new();
+        for (p, plan) in plans.iter().enumerate() {
+            let Some(plan) = plan else { continue };
+            let mut created_here = false;
+            for (i, chunk) in plan.chunks.iter().enumerate() {
+                let path = segment_path(&self.dir, p as u32, chunk.base);
+                if i > 0 {
+                    self.seal(w, p, &plan.chunks[i - 1], undo)?;
+                }
+                let mut created = false;
+                if w.files[p].is_none() {
+                    let file = if i == 0 {
+                        created = !path.exists();
+                        open_for_append(&path)?
+                    } else {
+                        created = true;
+                        OpenOptions::new()
+                            .append(true)
+                            .create_new(true)
+                            .open(&path)
+                            .map_err(|e| io_err(&path, "create segment", e))?
+                    };
+                    w.files[p] = Some(file);
+                }
+                if created {
+                    undo.created.push(path.clone());
+                    created_here = true;
+                } else {
+                    // Only the first chunk can go to a pre-existing file.
+                    undo.truncate.push((path.clone(), chunk.start_bytes));
+                }
+                let file = w.files[p].as_mut().expect("segment file is open");
+                file.write_all(&chunk.buf)
+                    .map_err(|e| io_err(&path, "append to segment", e))?;
+            }
+            if created_here {
+                dirs_to_sync.push(partition_dir(&self.dir, p as u32));
+            }
+        }
+        let mut to_sync = Vec::new();
+        for (p, plan) in plans.iter().enumerate() {
+            if let Some(plan) = plan {
+                let last = plan.chunks.last().expect("plan has a chunk");
+                let file = w.files[p].as_ref().expect("segment file is open");
+                to_sync.push((file, segment_path(&self.dir, p as u32, last.base)));
+            }
+        }
+        sync_all_data(&to_sync)?;
+        for d in dirs_to_sync {
+            sync_dir(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the segment `chunk` filled: fsync it and its directory entry (it may have been
+    /// created by this very append), then record it in the manifest. Only after that is the
+    /// next segment created, so recovery never sees two segments beyond the sealed ones.
+    fn seal(
+        &self,
+        w: &mut Writer,
+        p: usize,
+        chunk: &Chunk,
+        undo: &mut Undo,
+    ) -> Result<(), LogError> {
+        let path = segment_path(&self.dir, p as u32, chunk.base);
+        let file = w.files[p].take().expect("sealed segment was open");
+        file.sync_data()
+            .map_err(|e| io_err(&path, "fsync segment before sealing", e))?;
+        sync_dir(&partition_dir(&self.dir, p as u32))?;
+        if undo.manifest.is_none() {
+            undo.manifest = Some(w.manifest.clone());
+        }
+        w.manifest.sealed[p].push(SealedSegment {
+            base_offset: chunk.base,
+            records: chunk.seg_records(),
+            bytes: chunk.seg_bytes(),
+        });
+        w.manifest.store(&self.dir)
+    }
+
+    /// Undoes a failed append: remove created segments, restore the manifest, truncate
+    /// active segments to their acknowledged length.
+    fn rollback(&self, w: &mut Writer, undo: Undo) -> Result<(), LogError> {
+        for f in w.files.iter_mut() {
+            *f = None;
+        }
+        for path in &undo.created {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(path, "remove segment of failed append", e)),
+            }
+        }
+        for path in &undo.created {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        if let Some(m) = undo.manifest {
+            m.store(&self.dir)?;
+            w.manifest = m;
+        }
+        for (path, len) in &undo.truncate {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io_err(path, "open segment to undo failed append", e))?;
+            f.set_len(*len)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io_err(path, "truncate segment to undo failed append", e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes a successful append visible to readers.
+    fn publish(&self, plans: Vec<Option<Plan>>) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        for (p, plan) in plans.into_iter().enumerate() {
+            let Some(plan) = plan else { continue };
+            let segs = &mut state[p].segments;
+            for (i, chunk) in plan.chunks.into_iter().enumerate() {
+                if i == 0 {
+                    let active = segs.last_mut().expect("a partition always has a segment");
+                    active.records += chunk.records;
+                    active.bytes += chunk.buf.len() as u64;
+                    active.index.extend_from_slice(&chunk.new_index);
+                } else {
+                    let mut index = Vec::with_capacity(1 + chunk.new_index.len());
+                    index.push(0);
+                    index.extend_from_slice(&chunk.new_index);
+                    segs.push(SegState {
+                        base: chunk.base,
+                        records: chunk.records,
+                        bytes: chunk.buf.len() as u64,
+                        index,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Creates a new, empty log: the directory and its manifest.
+    fn create(dir: &Path, cfg: LogConfig) -> Result<(), LogError> {
+        if cfg.partitions == 0 {
+            return Err(LogError::InvalidConfig(
+                "partitions must be at least 1".into(),
+            ));
+        }
+        if cfg.segment_bytes == 0 {
+            return Err(LogError::InvalidConfig(
+                "segment_bytes must be at least 1".into(),
+            ));
+        }
+        let existed = dir.is_dir();
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, "create log directory", e))?;
+        if !existed {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        Manifest::new(cfg.partitions, cfg.segment_bytes).store(dir)
+    }
+
+    /// Opens the log in `dir` and runs recovery; `Ok(None)` if there is no log there.
+    fn open_existing(dir: &Path) -> Result<Option<Log>, LogError> {
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io_err(
+                    dir,
+                    "open log directory",
+                    io::Error::other("not a directory"),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(dir, "open log directory", e)),
+        }
+        if Manifest::remove_stale_tmp(dir)? {
+            eprintln!(
+                "lambdaflow log {}: removed a stale MANIFEST.tmp (an interrupted manifest update)",
+                dir.display()
+            );
+            sync_dir(dir)?;
+        }
+        let partition_dirs = list_partition_dirs(dir)?;
+        let manifest = match Manifest::load(dir)? {
+            Some(m) => m,
+            None if partition_dirs.is_empty() => return Ok(None),
+            None => {
+                return Err(LogError::ManifestInvalid {
+                    path: dir.join(MANIFEST),
+                    detail: format!(
+                        "MANIFEST is missing but partition directories exist ({}); \
+                         refusing to guess the log's layout",
+                        partition_dirs
+                            .iter()
+                            .map(|(_, name)| name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+            }
+        };
+        if let Some((_, name)) = partition_dirs
+            .iter()
+            .find(|(i, _)| *i >= u64::from(manifest.partitions))
+        {
+            return Err(LogError::SegmentInvalid {
+                path: dir.join(name),
+                detail: format!(
+                    "partition directory beyond the manifest's {} partitions",
+                    manifest.partitions
+                ),
+            });
+        }
+
+        let mut state = Vec::with_capacity(manifest.partitions as usize);
+        let mut created_dirs = false;
+        for p in 0..manifest.partitions {
+            let (ps, created) = recover_partition(dir, &manifest, p)?;
+            created_dirs |= created;
+            state.push(ps);
+        }
+        if created_dirs {
+            sync_dir(dir)?;
+        }
+        let partitions = manifest.partitions;
+        Ok(Some(Log {
+            dir: dir.to_path_buf(),
+            partitions,
+            segment_bytes: manifest.segment_bytes,
+            state: RwLock::new(state),
+            writer: Mutex::new(Writer {
+                manifest,
+                files: (0..partitions).map(|_| None).collect(),
+                poisoned: None,
+            }),
+        }))
+    }
+}
+
+/// Fsyncs (data) every file, concurrently when there are several, so that a group commit
+/// over many partitions costs about one fsync of latency rather than one per partition.
+fn sync_all_data(files: &[(&File, PathBuf)]) -> Result<(), LogError> {
+    let sync = |(file, path): &(&File, PathBuf)| {
+        file.sync_data()
+            .map_err(|e| io_err(path, "fsync segment", e))
+    };
+    if files.len() <= 1 {
+        return files.iter().try_for_each(sync);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files[1..]
+            .iter()
+            .map(|f| s.spawn(move || sync(f)))
+            .collect();
+        let mut result = sync(&files[0]);
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(LogError::Poisoned("an fsync thread panicked".into())));
+            result = result.and(r);
+        }
+        result
+    })
+}
+
+/// Lists `dir`'s entries named like partition directories (`p` + digits) as
+/// `(index, name)`.
+fn list_partition_dirs(dir: &Path) -> Result<Vec<(u64, String)>, LogError> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| io_err(dir, "list log directory", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(dir, "list log directory", e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(digits) = name.strip_prefix('p') else {
+            continue;
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(i) = digits.parse::<u64>() {
+            out.push((i, name));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Recovers one partition: checks its sealed segments' lengths, scans and if needed
+/// truncates its active segment. Returns its state and whether its directory was created.
+fn recover_partition(
+    dir: &Path,
+    manifest: &Manifest,
+    p: u32,
+) -> Result<(PartState, bool), LogError> {
+    let pdir = partition_dir(dir, p);
+    let created = match fs::create_dir(&pdir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io_err(&pdir, "create partition directory", e)),
+    };
+
+    let mut files = Vec::new();
+    let entries = fs::read_dir(&pdir).map_err(|e| io_err(&pdir, "list partition directory", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(&pdir, "list partition directory", e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match parse_segment_name(&name) {
+            Some(base) => files.push(base),
+            None if name.ends_with(".seg") => {
+                return Err(LogError::SegmentInvalid {
+                    path: pdir.join(&name),
+                    detail: "segment file name is not a 20-digit base offset".into(),
+                })
+            }
+            None => {}
+        }
+    }
+    files.sort_unstable();
+
+    let sealed = &manifest.sealed[p as usize];
+    let mut segments = Vec::with_capacity(sealed.len() + 1);
+    for s in sealed {
+        let path = segment_path(dir, p, s.base_offset);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(LogError::SegmentInvalid {
+                    path,
+                    detail: "sealed segment listed in MANIFEST is missing".into(),
+                })
+            }
+            Err(e) => return Err(io_err(&path, "stat sealed segment", e)),
+        };
+        if len != s.bytes {
+            return Err(LogError::SegmentInvalid {
+                path,
+                detail: format!(
+                    "sealed segment is {len} bytes but MANIFEST records {} \
+                     (sealed segments are never modified)",
+                    s.bytes
+                ),
+            });
+        }
+        segments.push(SegState {
+            base: s.base_offset,
+            records: s.records,
+            bytes: s.bytes,
+            index: vec![0],
+        });
+    }
+
+    let active_base = manifest.sealed_end(p as usize);
+    let unknown: Vec<u64> = files
+        .iter()
+        .copied()
+        .filter(|b| *b != active_base && sealed.binary_search_by_key(b, |s| s.base_offset).is_err())
+        .collect();
+    if let Some(first) = unknown.first() {
+        let names: Vec<String> = unknown.iter().map(|b| format!("{b:020}.seg")).collect();
+        return Err(LogError::SegmentInvalid {
+            path: segment_path(dir, p, *first),
+            detail: format!(
+                "segment file(s) not in MANIFEST and not the active segment \
+                 (expected at most {active_base:020}.seg): {}",
+                names.join(", ")
+            ),
+        });
+    }
+
+    let active_path = segment_path(dir, p, active_base);
+    let active = if files.binary_search(&active_base).is_ok() {
+        recover_active(&active_path, active_base)?
+    } else {
+        SegState {
+            base: active_base,
+            records: 0,
+            bytes: 0,
+            index: vec![0],
+        }
+    };
+    segments.push(active);
+    Ok((PartState { segments }, created))
+}
+
+/// Scans the active segment, truncating it at the first torn or invalid record.
+fn recover_active(path: &Path, base: u64) -> Result<SegState, LogError> {
+    let len = fs::metadata(path)
+        .map_err(|e| io_err(path, "stat active segment", e))?
+        .len();
+    let mut scanner = Scanner::open(path, 0, len)?;
+    let mut records = 0u64;
+    let mut index = vec![0];
+    let (valid, problem) = loop {
+        match scanner.next_record() {
+            Ok(Some((pos, _))) => {
+                if records == index.len() as u64 * INDEX_STRIDE {
+                    index.push(pos);
+                }
+                records += 1;
+            }
+            Ok(None) => break (len, None),
+            Err(ScanStop::Bad { pos, detail }) => break (pos, Some(detail)),
+            Err(ScanStop::Io(e)) => return Err(e),
+        }
+    };
+    if let Some(detail) = problem {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err(path, "open active segment for truncation", e))?;
+        f.set_len(valid)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err(path, "truncate torn tail of active segment", e))?;
+        eprintln!(
+            "lambdaflow log recovery: truncated {} at byte {valid}: dropped {} bytes ({detail}); \
+             kept {records} whole records (offsets {base}..{})",
+            path.display(),
+            len - valid,
+            base + records
+        );
+    }
+    Ok(SegState {
+        base,
+        records,
+        bytes: valid,
+        index,
+    })
+}

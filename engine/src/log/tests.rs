@@ -1,0 +1,812 @@
+//! Tests of the log: round trips, segment rolls, recovery, corruption, crash debris, and a
+//! model-based property test. Run the `throughput` benchmark with
+//! `cargo test --release -- --ignored --nocapture throughput`.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "lambdaflow-log-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+
+    /// The log directory (not yet created: the log creates it).
+    fn log_dir(&self) -> PathBuf {
+        self.path.join("log")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+fn cfg(partitions: u32, segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        partitions,
+        segment_bytes,
+    }
+}
+
+fn read_all(log: &Log, partition: u32) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    log.read(partition, 0, u64::MAX, |o, p| {
+        out.push((o, p.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn payloads(log: &Log, partition: u32, from: u64, to: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut expect = from;
+    let n = log
+        .read(partition, from, to, |o, p| {
+            assert_eq!(o, expect, "offsets are visited in order without gaps");
+            expect += 1;
+            out.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n as usize, out.len());
+    out
+}
+
+fn segment_files(dir: &Path, partition: u32) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(segment::partition_dir(dir, partition))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn rec(partition: u32, i: u64) -> Vec<u8> {
+    format!("p{partition}-record-{i:08}-payload").into_bytes()
+}
+
+// Proves Log is Send + Sync so the engine can share it through an Arc.
+#[test]
+fn log_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Log>();
+}
+
+// Proves the round trip: batches across partitions come back equal and in order after a
+// reopen, and returned positions are contiguous per partition and in input order.
+#[test]
+fn round_trip() {
+    let tmp = TempDir::new("roundtrip");
+    let dir = tmp.log_dir();
+    let mut model: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+    {
+        let log = Log::open_or_create(&dir, cfg(3, 1 << 20)).unwrap();
+        assert_eq!(log.partitions(), 3);
+        for batch in 0..5u64 {
+            let owned: Vec<(u32, Vec<u8>)> = (0..100u64)
+                .map(|i| {
+                    let p = ((i * 7 + batch) % 3) as u32;
+                    (p, rec(p, batch * 1000 + i))
+                })
+                .collect();
+            let records: Vec<(u32, &[u8])> =
+                owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+            let positions = log.append(&records).unwrap();
+            assert_eq!(positions.len(), records.len());
+            for (pos, (p, v)) in positions.iter().zip(&owned) {
+                assert_eq!(pos.partition, *p);
+                assert_eq!(pos.offset, model[*p as usize].len() as u64, "contiguous");
+                model[*p as usize].push(v.clone());
+            }
+        }
+        assert_eq!(
+            log.end_offsets(),
+            model.iter().map(|m| m.len() as u64).collect::<Vec<_>>()
+        );
+    }
+    let log = Log::open(&dir).unwrap();
+    for p in 0..3 {
+        let got = read_all(&log, p);
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..model[p as usize].len() as u64).collect::<Vec<_>>()
+        );
+        let data: Vec<Vec<u8>> = got.into_iter().map(|(_, v)| v).collect();
+        assert_eq!(data, model[p as usize]);
+    }
+    // Sub-ranges and clamping of `to`.
+    assert_eq!(payloads(&log, 1, 10, 20), model[1][10..20].to_vec());
+    assert_eq!(payloads(&log, 1, 150, u64::MAX), model[1][150..].to_vec());
+    assert_eq!(log.read(1, 5000, 6000, |_, _| Ok(())).unwrap(), 0);
+    let report = log.verify().unwrap();
+    assert_eq!(report.records, log.end_offsets());
+    assert_eq!(report.bytes, log.disk_bytes());
+    // Empty batch and empty payloads are fine.
+    assert!(log.append(&[]).unwrap().is_empty());
+    let pos = log.append(&[(2, &b""[..])]).unwrap();
+    assert_eq!(
+        payloads(&log, 2, pos[0].offset, pos[0].offset + 1),
+        vec![Vec::<u8>::new()]
+    );
+}
+
+// Proves segment rolling: a small segment_bytes yields several segment files, the manifest
+// lists the sealed ones with exact sizes, and reads cross segment boundaries, including
+// reads starting in the middle of a later segment, before and after a reopen.
+#[test]
+fn segment_roll() {
+    let tmp = TempDir::new("roll");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    let seg_bytes = framed * 10; // exactly 10 records per segment
+    let all: Vec<Vec<u8>> = (0..95).map(|i| rec(0, i)).collect();
+    {
+        let log = Log::open_or_create(&dir, cfg(2, seg_bytes)).unwrap();
+        for chunk in all.chunks(13) {
+            let batch: Vec<(u32, &[u8])> = chunk.iter().map(|v| (0, v.as_slice())).collect();
+            log.append(&batch).unwrap();
+        }
+        assert_eq!(payloads(&log, 0, 0, 95), all);
+    }
+    let files = segment_files(&dir, 0);
+    assert_eq!(files.len(), 10, "9 sealed + 1 active: {files:?}");
+    assert!(files[3].ends_with("p0000/00000000000000000030.seg"));
+    let m = Manifest::load(&dir).unwrap().unwrap();
+    assert_eq!(m.sealed[0].len(), 9);
+    for (i, s) in m.sealed[0].iter().enumerate() {
+        assert_eq!(s.base_offset, i as u64 * 10);
+        assert_eq!(s.records, 10);
+        assert_eq!(s.bytes, seg_bytes);
+        assert_eq!(fs::metadata(&files[i]).unwrap().len(), seg_bytes);
+    }
+    assert!(m.sealed[1].is_empty());
+
+    let log = Log::open(&dir).unwrap();
+    assert_eq!(log.end_offsets(), vec![95, 0]);
+    assert_eq!(payloads(&log, 0, 0, 95), all);
+    assert_eq!(
+        payloads(&log, 0, 47, 95),
+        all[47..].to_vec(),
+        "middle of a later segment"
+    );
+    assert_eq!(
+        payloads(&log, 0, 9, 11),
+        all[9..11].to_vec(),
+        "across a boundary"
+    );
+    assert_eq!(
+        payloads(&log, 0, 90, 200),
+        all[90..].to_vec(),
+        "active segment"
+    );
+
+    // A record larger than segment_bytes goes into a segment of its own.
+    let big = vec![7u8; seg_bytes as usize * 2];
+    let pos = log.append(&[(0, &big), (0, b"after")]).unwrap();
+    assert_eq!(pos[0].offset, 95);
+    assert_eq!(pos[1].offset, 96);
+    assert_eq!(
+        payloads(&log, 0, 95, 97),
+        vec![big.clone(), b"after".to_vec()]
+    );
+    drop(log);
+    let log = Log::open(&dir).unwrap();
+    assert_eq!(payloads(&log, 0, 94, 97)[1], big);
+    let m = Manifest::load(&dir).unwrap().unwrap();
+    let last = m.sealed[0].last().unwrap();
+    assert_eq!((last.base_offset, last.records), (95, 1));
+    assert_eq!(log.verify().unwrap().records, vec![97, 0]);
+}
+
+// Proves the sparse index: reads starting at arbitrary offsets inside a segment holding
+// many index strides return exactly the right records, both in the active segment (index
+// built by appends and recovery) and in a sealed one (index learned lazily by a scan).
+#[test]
+fn sparse_index_reads() {
+    let tmp = TempDir::new("index");
+    let dir = tmp.log_dir();
+    let n = INDEX_STRIDE * 3 + 17;
+    let all: Vec<Vec<u8>> = (0..n).map(|i| rec(0, i)).collect();
+    let seg_bytes = framed_len(all[0].len()) * (INDEX_STRIDE * 2 + 5);
+    let log = Log::open_or_create(&dir, cfg(1, seg_bytes)).unwrap();
+    let batch: Vec<(u32, &[u8])> = all.iter().map(|v| (0, v.as_slice())).collect();
+    log.append(&batch).unwrap();
+    for _ in 0..2 {
+        for from in [
+            0,
+            1,
+            INDEX_STRIDE - 1,
+            INDEX_STRIDE,
+            INDEX_STRIDE + 1,
+            2 * INDEX_STRIDE + 4,
+            2 * INDEX_STRIDE + 5,
+            3 * INDEX_STRIDE,
+            n - 1,
+        ] {
+            assert_eq!(
+                payloads(&log, 0, from, from + 3),
+                all[from as usize..][..3.min((n - from) as usize)].to_vec()
+            );
+        }
+    }
+    drop(log);
+    let log = Log::open(&dir).unwrap();
+    assert_eq!(
+        payloads(&log, 0, INDEX_STRIDE + 1, INDEX_STRIDE + 2)[0],
+        all[INDEX_STRIDE as usize + 1]
+    );
+    assert_eq!(
+        payloads(&log, 0, 3 * INDEX_STRIDE + 1, n),
+        all[3 * INDEX_STRIDE as usize + 1..].to_vec()
+    );
+}
+
+// Proves torn-tail recovery: garbage appended to the active segment, or its last record cut
+// in half, is truncated on reopen back to the last whole record; later appends get the
+// right offsets and everything reads back.
+#[test]
+fn torn_tail() {
+    for mode in ["garbage", "half_record", "bad_crc_last"] {
+        let tmp = TempDir::new("torn");
+        let dir = tmp.log_dir();
+        let all: Vec<Vec<u8>> = (0..25).map(|i| rec(1, i)).collect();
+        let seg_bytes = framed_len(all[0].len()) * 10;
+        {
+            let log = Log::open_or_create(&dir, cfg(2, seg_bytes)).unwrap();
+            let batch: Vec<(u32, &[u8])> = all.iter().map(|v| (1, v.as_slice())).collect();
+            log.append(&batch).unwrap();
+        }
+        let active = segment_files(&dir, 1).pop().unwrap();
+        assert!(active.ends_with("00000000000000000020.seg"));
+        let len = fs::metadata(&active).unwrap().len();
+        let framed = framed_len(all[0].len());
+        let expect_end = match mode {
+            "garbage" => {
+                let mut f = OpenOptions::new().append(true).open(&active).unwrap();
+                f.write_all(&[0xAB; 11]).unwrap();
+                25
+            }
+            "half_record" => {
+                let f = OpenOptions::new().write(true).open(&active).unwrap();
+                f.set_len(len - framed / 2).unwrap();
+                24
+            }
+            _ => {
+                let mut bytes = fs::read(&active).unwrap();
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0xFF;
+                fs::write(&active, bytes).unwrap();
+                24
+            }
+        };
+        let log = Log::open(&dir).unwrap();
+        assert_eq!(log.end_offsets(), vec![0, expect_end], "mode {mode}");
+        assert_eq!(
+            fs::metadata(&active).unwrap().len(),
+            (expect_end - 20) * framed,
+            "file truncated to the last whole record ({mode})"
+        );
+        assert_eq!(
+            payloads(&log, 1, 0, 100),
+            all[..expect_end as usize].to_vec()
+        );
+        let pos = log.append(&[(1, b"next"), (1, b"next2")]).unwrap();
+        assert_eq!(pos[0].offset, expect_end);
+        assert_eq!(pos[1].offset, expect_end + 1);
+        drop(log);
+        let log = Log::open(&dir).unwrap();
+        let got = payloads(&log, 1, 0, 100);
+        assert_eq!(got.len() as u64, expect_end + 2);
+        assert_eq!(got[expect_end as usize], b"next");
+        log.verify().unwrap();
+    }
+}
+
+// Proves a flipped byte in a sealed segment is detected lazily: open still succeeds (it
+// only stats sealed segments), while read and verify return Corrupt naming that file and
+// the byte offset of the bad record; reads not touching the bad record still work.
+#[test]
+fn flipped_byte_in_sealed_segment() {
+    let tmp = TempDir::new("flip");
+    let dir = tmp.log_dir();
+    let all: Vec<Vec<u8>> = (0..50).map(|i| rec(0, i)).collect();
+    let framed = framed_len(all[0].len());
+    {
+        let log = Log::open_or_create(&dir, cfg(1, framed * 7)).unwrap();
+        let batch: Vec<(u32, &[u8])> = all.iter().map(|v| (0, v.as_slice())).collect();
+        log.append(&batch).unwrap();
+    }
+    // Second sealed segment holds offsets 7..14; corrupt the payload of offset 9.
+    let victim = segment::segment_path(&dir, 0, 7);
+    let mut bytes = fs::read(&victim).unwrap();
+    let bad_record_at = 2 * framed;
+    bytes[(bad_record_at + 8 + 5) as usize] ^= 0x20;
+    fs::write(&victim, bytes).unwrap();
+
+    let log = Log::open(&dir).expect("open does not scan sealed segments");
+    let err = log.read(0, 0, 50, |_, _| Ok(())).unwrap_err();
+    match &err {
+        LogError::Corrupt {
+            path, byte_offset, ..
+        } => {
+            assert_eq!(path, &victim);
+            assert_eq!(*byte_offset, bad_record_at);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("corrupt record in sealed segment "),
+        "{msg}"
+    );
+    assert!(msg.contains(&victim.display().to_string()), "{msg}");
+    assert!(msg.contains(&format!("at byte {bad_record_at}")), "{msg}");
+
+    // Records before the bad one are delivered, the bad one never is.
+    let mut seen = Vec::new();
+    let _ = log.read(0, 0, 50, |o, _| {
+        seen.push(o);
+        Ok(())
+    });
+    assert_eq!(seen, (0..9).collect::<Vec<_>>());
+    // Other segments are unaffected.
+    assert_eq!(payloads(&log, 0, 14, 50), all[14..].to_vec());
+    assert_eq!(payloads(&log, 0, 0, 9), all[..9].to_vec());
+
+    match log.verify().unwrap_err() {
+        LogError::Corrupt {
+            path, byte_offset, ..
+        } => {
+            assert_eq!(path, victim);
+            assert_eq!(byte_offset, bad_record_at);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+// Proves sealed segments are checked at open: a missing one, a truncated one, and an
+// unknown extra segment file each give a clear error naming the file.
+#[test]
+fn sealed_segment_checks_at_open() {
+    let tmp = TempDir::new("sealedcheck");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    {
+        let log = Log::open_or_create(&dir, cfg(1, framed * 5)).unwrap();
+        let all: Vec<Vec<u8>> = (0..23).map(|i| rec(0, i)).collect();
+        let batch: Vec<(u32, &[u8])> = all.iter().map(|v| (0, v.as_slice())).collect();
+        log.append(&batch).unwrap();
+    }
+    // Unknown segment beyond the active one.
+    let stray = segment::segment_path(&dir, 0, 999);
+    fs::write(&stray, b"").unwrap();
+    let err = Log::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &stray),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("00000000000000000999.seg"),
+        "{err}"
+    );
+    fs::remove_file(&stray).unwrap();
+
+    // Truncated sealed segment.
+    let sealed = segment::segment_path(&dir, 0, 5);
+    let f = OpenOptions::new().write(true).open(&sealed).unwrap();
+    f.set_len(framed * 5 - 1).unwrap();
+    let err = Log::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed),
+        "{err}"
+    );
+    assert!(err.to_string().contains("MANIFEST records"), "{err}");
+
+    // Missing sealed segment.
+    fs::remove_file(&sealed).unwrap();
+    let err = Log::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed),
+        "{err}"
+    );
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+// Proves manifest crash safety: a stale MANIFEST.tmp is ignored and removed; a garbled
+// MANIFEST is a ManifestInvalid error naming its path; a missing MANIFEST next to partition
+// directories is ManifestInvalid, and an absent log is NotFound naming the directory.
+#[test]
+fn manifest_crash_safety() {
+    let tmp = TempDir::new("manifest");
+    let dir = tmp.log_dir();
+    let err = Log::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, LogError::NotFound { ref path } if path == &dir),
+        "{err}"
+    );
+    {
+        let log = Log::open_or_create(&dir, cfg(2, 1 << 20)).unwrap();
+        log.append(&[(0, b"a"), (1, b"b")]).unwrap();
+    }
+    fs::write(dir.join("MANIFEST.tmp"), b"{\"half\": ").unwrap();
+    let log = Log::open(&dir).unwrap();
+    assert!(!dir.join("MANIFEST.tmp").exists());
+    assert_eq!(log.end_offsets(), vec![1, 1]);
+    drop(log);
+
+    // cfg is ignored for an existing log.
+    let log = Log::open_or_create(&dir, cfg(9, 10)).unwrap();
+    assert_eq!(log.partitions(), 2);
+    assert_eq!(log.segment_bytes(), 1 << 20);
+    drop(log);
+
+    let manifest = dir.join("MANIFEST");
+    let good = fs::read(&manifest).unwrap();
+    fs::write(&manifest, &good[..good.len() / 2]).unwrap();
+    let err = Log::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, LogError::ManifestInvalid { ref path, .. } if path == &manifest),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&manifest.display().to_string()),
+        "{err}"
+    );
+    // open_or_create must not paper over a garbled manifest either.
+    assert!(matches!(
+        Log::open_or_create(&dir, cfg(2, 1 << 20)),
+        Err(LogError::ManifestInvalid { .. })
+    ));
+
+    fs::remove_file(&manifest).unwrap();
+    let err = Log::open_or_create(&dir, cfg(2, 1 << 20)).unwrap_err();
+    assert!(matches!(err, LogError::ManifestInvalid { .. }), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+// Proves an invalid batch (a bad partition, or an oversized payload, anywhere in it) writes
+// nothing at all: end offsets, disk bytes and file sizes are unchanged.
+#[test]
+fn invalid_batch_writes_nothing() {
+    let tmp = TempDir::new("invalid");
+    let dir = tmp.log_dir();
+    let log = Log::open_or_create(&dir, cfg(2, 1 << 20)).unwrap();
+    log.append(&[(0, b"x"), (1, b"y")]).unwrap();
+    let before = (log.end_offsets(), log.disk_bytes());
+    let err = log
+        .append(&[(0, b"ok"), (1, b"ok"), (2, b"bad partition")])
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        LogError::BadPartition {
+            partition: 2,
+            partitions: 2
+        }
+    ));
+    let huge = vec![0u8; MAX_PAYLOAD_BYTES + 1];
+    let err = log.append(&[(0, b"ok"), (1, &huge)]).unwrap_err();
+    assert!(
+        matches!(err, LogError::RecordTooLarge { index: 1, .. }),
+        "{err}"
+    );
+    assert_eq!((log.end_offsets(), log.disk_bytes()), before);
+    drop(log);
+    let log = Log::open(&dir).unwrap();
+    assert_eq!((log.end_offsets(), log.disk_bytes()), before);
+    assert!(matches!(
+        log.read(5, 0, 1, |_, _| Ok(())),
+        Err(LogError::BadPartition { .. })
+    ));
+    // A payload of exactly the limit is accepted.
+    let max = vec![1u8; MAX_PAYLOAD_BYTES];
+    assert_eq!(log.append(&[(1, &max)]).unwrap()[0].offset, 1);
+    assert_eq!(payloads(&log, 1, 1, 2)[0].len(), MAX_PAYLOAD_BYTES);
+}
+
+// Proves an append that fails with an I/O error half-way (here: the next segment's path is
+// blocked, so the roll fails after another partition was already written and a segment was
+// sealed) is rolled back: nothing of the batch is stored, the manifest is restored, and the
+// log keeps working.
+#[test]
+fn failed_append_is_rolled_back() {
+    let tmp = TempDir::new("rollback");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    let log = Log::open_or_create(&dir, cfg(2, framed * 4)).unwrap();
+    let first: Vec<(u32, Vec<u8>)> = (0..3)
+        .flat_map(|i| [(0, rec(0, i)), (1, rec(1, i))])
+        .collect();
+    let batch: Vec<(u32, &[u8])> = first.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+    log.append(&batch).unwrap();
+    let manifest_before = fs::read(dir.join("MANIFEST")).unwrap();
+    let sizes_before: Vec<u64> = (0..2)
+        .flat_map(|p| segment_files(&dir, p))
+        .map(|f| fs::metadata(f).unwrap().len())
+        .collect();
+
+    let blocker = segment::segment_path(&dir, 1, 4);
+    fs::create_dir(&blocker).unwrap();
+    let more: Vec<(u32, Vec<u8>)> = (3..6)
+        .flat_map(|i| [(0, rec(0, i)), (1, rec(1, i))])
+        .collect();
+    let batch2: Vec<(u32, &[u8])> = more.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+    let err = log.append(&batch2).unwrap_err();
+    assert!(
+        matches!(err, LogError::Io { ref path, .. } if path == &blocker),
+        "{err}"
+    );
+    assert!(err.to_string().contains("create segment"), "{err}");
+    assert_eq!(log.end_offsets(), vec![3, 3]);
+    assert_eq!(fs::read(dir.join("MANIFEST")).unwrap(), manifest_before);
+    assert!(
+        !segment::segment_path(&dir, 0, 4).exists(),
+        "p0's new segment removed"
+    );
+    fs::remove_dir(&blocker).unwrap();
+    let sizes_after: Vec<u64> = (0..2)
+        .flat_map(|p| segment_files(&dir, p))
+        .map(|f| fs::metadata(f).unwrap().len())
+        .collect();
+    assert_eq!(sizes_after, sizes_before);
+
+    let pos = log.append(&batch2).unwrap();
+    assert_eq!(
+        pos[0],
+        Position {
+            partition: 0,
+            offset: 3
+        }
+    );
+    drop(log);
+    let log = Log::open(&dir).unwrap();
+    for p in 0..2u32 {
+        let want: Vec<Vec<u8>> = (0..6).map(|i| rec(p, i)).collect();
+        assert_eq!(payloads(&log, p, 0, 10), want);
+    }
+    log.verify().unwrap();
+}
+
+// Proves an error returned by the read callback stops the scan and is propagated unchanged.
+#[test]
+fn callback_error_propagates() {
+    let tmp = TempDir::new("callback");
+    let log = Log::open_or_create(&tmp.log_dir(), cfg(1, 1 << 20)).unwrap();
+    log.append(&[(0, b"a"), (0, b"b"), (0, b"c")]).unwrap();
+    let mut calls = 0;
+    let err = log
+        .read(0, 0, 3, |o, _| {
+            calls += 1;
+            if o == 1 {
+                Err(LogError::Callback("decode failed".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, LogError::Callback(ref s) if s == "decode failed"));
+    assert_eq!(calls, 2);
+}
+
+// Proves concurrent readers only ever see acknowledged, correct, in-order records while an
+// appender (rolling segments) runs, through an Arc<Log>.
+#[test]
+fn concurrent_readers_and_appender() {
+    let tmp = TempDir::new("concurrent");
+    let log = Arc::new(Log::open_or_create(&tmp.log_dir(), cfg(2, 4096)).unwrap());
+    let writer = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for b in 0..40u64 {
+                let owned: Vec<(u32, Vec<u8>)> = (0..50)
+                    .map(|i| {
+                        let n = b * 50 + i;
+                        ((n % 2) as u32, rec((n % 2) as u32, n / 2))
+                    })
+                    .collect();
+                let batch: Vec<(u32, &[u8])> =
+                    owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+                log.append(&batch).unwrap();
+            }
+        })
+    };
+    let readers: Vec<_> = (0..2u32)
+        .map(|p| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while last < 1000 {
+                    let end = log.end_offsets()[p as usize];
+                    assert!(end >= last);
+                    let got = payloads(&log, p, 0, end);
+                    assert_eq!(got.len() as u64, end);
+                    for (i, v) in got.iter().enumerate() {
+                        assert_eq!(v, &rec(p, i as u64));
+                    }
+                    last = end;
+                }
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(log.verify().unwrap().records, vec![1000, 1000]);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<(u32, Vec<u8>)>),
+    Reopen,
+    Read { partition: u32, from: u64, len: u64 },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => prop::collection::vec(
+            (0u32..4, prop::collection::vec(any::<u8>(), 0..48)),
+            0..24
+        )
+        .prop_map(Op::Append),
+        1 => Just(Op::Reopen),
+        2 => (0u32..4, 0u64..80, 0u64..40)
+            .prop_map(|(partition, from, len)| Op::Read { partition, from, len }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    // Proves, against a Vec model, that random batches of random payloads on random
+    // partitions, with a random small segment size and random reopen points, always read
+    // back exactly as appended (full and partial ranges), with matching end offsets.
+    #[test]
+    fn matches_vec_model(
+        partitions in 1u32..4,
+        segment_bytes in 1u64..300,
+        ops in prop::collection::vec(op_strategy(), 1..25),
+    ) {
+        let tmp = TempDir::new("prop");
+        let dir = tmp.log_dir();
+        let mut log = Log::open_or_create(&dir, cfg(partitions, segment_bytes)).unwrap();
+        let mut model: Vec<Vec<Vec<u8>>> = vec![Vec::new(); partitions as usize];
+        for op in ops {
+            match op {
+                Op::Append(batch) => {
+                    let batch: Vec<(u32, Vec<u8>)> =
+                        batch.into_iter().map(|(p, v)| (p % partitions, v)).collect();
+                    let refs: Vec<(u32, &[u8])> =
+                        batch.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+                    let pos = log.append(&refs).unwrap();
+                    for (pos, (p, v)) in pos.iter().zip(batch) {
+                        let m = &mut model[p as usize];
+                        prop_assert_eq!(*pos, Position { partition: p, offset: m.len() as u64 });
+                        m.push(v);
+                    }
+                }
+                Op::Reopen => {
+                    drop(log);
+                    log = Log::open(&dir).unwrap();
+                }
+                Op::Read { partition, from, len } => {
+                    let p = partition % partitions;
+                    let m = &model[p as usize];
+                    let lo = (from as usize).min(m.len());
+                    let hi = ((from + len) as usize).min(m.len());
+                    prop_assert_eq!(payloads(&log, p, from, from + len), m[lo..hi].to_vec());
+                }
+            }
+            let ends: Vec<u64> = model.iter().map(|m| m.len() as u64).collect();
+            prop_assert_eq!(log.end_offsets(), ends);
+        }
+        drop(log);
+        let log = Log::open(&dir).unwrap();
+        for p in 0..partitions {
+            prop_assert_eq!(payloads(&log, p, 0, u64::MAX), model[p as usize].clone());
+        }
+        let report = log.verify().unwrap();
+        prop_assert_eq!(report.records, log.end_offsets());
+        prop_assert_eq!(report.bytes, log.disk_bytes());
+    }
+}
+
+// Measures append and sequential-read throughput (not a pass/fail test). Run with
+// `cargo test --release -- --ignored --nocapture throughput`.
+#[test]
+#[ignore]
+fn throughput() {
+    let tmp = TempDir::new("bench");
+    let log = Log::open_or_create(&tmp.log_dir(), LogConfig::default()).unwrap();
+    let total: u64 = 4_000_000;
+    let batch_size: u64 = 10_000;
+    let payload_len = 40;
+    let owned: Vec<(u32, Vec<u8>)> = (0..batch_size)
+        .map(|i| ((i % 4) as u32, vec![(i % 251) as u8; payload_len]))
+        .collect();
+    let batch: Vec<(u32, &[u8])> = owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+    let t = Instant::now();
+    for _ in 0..total / batch_size {
+        log.append(&batch).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let bytes: u64 = log.disk_bytes().iter().sum();
+    println!(
+        "append: {total} records of {payload_len} B in batches of {batch_size}: {secs:.2}s = \
+         {:.2} M records/s, {:.0} MB/s",
+        total as f64 / secs / 1e6,
+        bytes as f64 / secs / 1e6
+    );
+
+    let t = Instant::now();
+    let mut n = 0u64;
+    let mut sum = 0u64;
+    for p in 0..4 {
+        n += log
+            .read(p, 0, u64::MAX, |_, v| {
+                sum += v.len() as u64;
+                Ok(())
+            })
+            .unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(n, total);
+    assert_eq!(sum, total * payload_len as u64);
+    println!(
+        "read: {n} records, {bytes} bytes in {secs:.3}s = {:.0} MB/s, {:.1} M records/s",
+        bytes as f64 / secs / 1e6,
+        n as f64 / secs / 1e6
+    );
+    let small: Vec<(u32, &[u8])> = (0..4).map(|p| (p, &owned[0].1[..])).collect();
+    let calls = 500;
+    let t = Instant::now();
+    for _ in 0..calls {
+        log.append(&small).unwrap();
+    }
+    println!(
+        "group-commit latency: {:.0} us per append of 4 records on 4 partitions",
+        t.elapsed().as_secs_f64() * 1e6 / calls as f64
+    );
+
+    let t = Instant::now();
+    log.verify().unwrap();
+    println!("verify: {:.3}s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    drop(log);
+    let log = Log::open(&tmp.log_dir()).unwrap();
+    println!(
+        "reopen (recovery scans only the active segments): {:.3}s, ends {:?}",
+        t.elapsed().as_secs_f64(),
+        log.end_offsets()
+    );
+}

@@ -1,0 +1,320 @@
+//! The batch view store: immutable, versioned batch views in the data directory.
+//!
+//! Layout under `DIR/views/`:
+//!
+//! ```text
+//! v000007/META.json          job, job version, cut, created time, per-view record counts
+//! v000007/view.<name>.bin    one consolidated batch view
+//! v000007/seed.<name>.bin    one operator's consolidated input at the cut (speed-layer seed)
+//! CURRENT                    "v000007": the published version
+//! ```
+//!
+//! A version directory is written under a temporary name, every file fsync'd, renamed into
+//! place, and only then is `CURRENT` replaced (write `CURRENT.tmp`, fsync, rename, fsync the
+//! directory). A reader that follows `CURRENT` therefore sees a complete version or the
+//! previous one, never a mix. Files are framed `LFV1 | len u64 | crc32c u32 | body` and a
+//! file whose checksum fails is refused with its path.
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 4] = b"LFV1";
+
+/// What a batch run records about itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BatchMeta {
+    /// Version number, increasing with each published batch run.
+    pub version: u64,
+    /// The job's name.
+    pub job: String,
+    /// The job's version that computed these views.
+    pub job_version: u32,
+    /// The cut: one offset per partition; the views cover exactly the log before it.
+    pub cut: Vec<u64>,
+    /// Events covered (the sum of the cut).
+    pub events: u64,
+    /// When the run started, ms since the epoch.
+    pub started_ms: u64,
+    /// When the run finished, ms since the epoch.
+    pub finished_ms: u64,
+    /// Record count of each view.
+    pub views: Vec<(String, usize)>,
+    /// Record count of each seed.
+    pub seeds: Vec<(String, usize)>,
+}
+
+/// The batch view store of one data directory.
+pub struct ViewStore {
+    dir: PathBuf,
+}
+
+fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    let what = what.to_string();
+    move |source| Error::Io { path, what, source }
+}
+
+/// Current time in ms since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir, "fsync directory"))
+}
+
+/// Writes `body` framed and checksummed to `path`, fsync'd.
+fn write_framed(path: &Path, body: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(path).map_err(io(path, "create"))?;
+    let mut head = Vec::with_capacity(16);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    head.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    f.write_all(&head).and_then(|_| f.write_all(body)).and_then(|_| f.sync_all()).map_err(io(path, "write"))
+}
+
+/// Reads a framed file and checks its checksum.
+fn read_framed(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = fs::read(path).map_err(io(path, "read"))?;
+    let corrupt = |detail: String| Error::CorruptView { path: path.to_path_buf(), detail };
+    if bytes.len() < 16 || &bytes[0..4] != MAGIC {
+        return Err(corrupt("not a lambdaflow view file (bad header)".into()));
+    }
+    let len = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    if bytes.len() - 16 != len {
+        return Err(corrupt(format!("length {} but header says {len} (half-written?)", bytes.len() - 16)));
+    }
+    if crc32c::crc32c(&bytes[16..]) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    bytes.drain(0..16);
+    Ok(bytes)
+}
+
+fn safe_name(name: &str) -> Result<&str> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-') {
+        return Err(Error::Invalid(format!("view or seed name `{name}` must be ASCII letters, digits, _ . -")));
+    }
+    Ok(name)
+}
+
+/// A batch version being written; becomes visible only through [`ViewStore::publish`].
+pub struct PendingVersion {
+    tmp: PathBuf,
+    version: u64,
+}
+
+impl PendingVersion {
+    /// The version number this will publish as.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Writes one view.
+    pub fn write_view(&self, name: &str, body: &[u8]) -> Result<()> {
+        write_framed(&self.tmp.join(format!("view.{}.bin", safe_name(name)?)), body)
+    }
+
+    /// Writes one seed.
+    pub fn write_seed(&self, name: &str, body: &[u8]) -> Result<()> {
+        write_framed(&self.tmp.join(format!("seed.{}.bin", safe_name(name)?)), body)
+    }
+}
+
+impl ViewStore {
+    /// The store under `data_dir/views`, created if missing.
+    pub fn open(data_dir: &Path) -> Result<ViewStore> {
+        let dir = data_dir.join("views");
+        fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        Ok(ViewStore { dir })
+    }
+
+    fn version_dir(&self, version: u64) -> PathBuf {
+        self.dir.join(format!("v{version:06}"))
+    }
+
+    /// The published version, if any.
+    pub fn current(&self) -> Result<Option<u64>> {
+        let path = self.dir.join("CURRENT");
+        match fs::read_to_string(&path) {
+            Ok(s) => {
+                let s = s.trim();
+                let v = s
+                    .strip_prefix('v')
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| Error::CorruptView { path: path.clone(), detail: format!("`{s}` is not a version") })?;
+                Ok(Some(v))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path, "read")(e)),
+        }
+    }
+
+    /// The published version's metadata, if any.
+    pub fn current_meta(&self) -> Result<Option<BatchMeta>> {
+        match self.current()? {
+            None => Ok(None),
+            Some(v) => self.meta(v).map(Some),
+        }
+    }
+
+    /// A version's metadata.
+    pub fn meta(&self, version: u64) -> Result<BatchMeta> {
+        let path = self.version_dir(version).join("META.json");
+        let bytes = read_framed(&path)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path, detail: e.to_string() })
+    }
+
+    /// Reads a view of a version.
+    pub fn read_view(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read_opt(&self.version_dir(version).join(format!("view.{}.bin", safe_name(name)?)))
+    }
+
+    /// Reads a seed of a version.
+    pub fn read_seed(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read_opt(&self.version_dir(version).join(format!("seed.{}.bin", safe_name(name)?)))
+    }
+
+    fn read_opt(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_framed(path).map(Some)
+    }
+
+    /// Starts writing the next version (after the highest one on disk, published or not).
+    pub fn begin(&self) -> Result<PendingVersion> {
+        let mut highest = self.current()?.unwrap_or(0);
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir, "list"))? {
+            let name = entry.map_err(io(&self.dir, "list"))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
+                highest = highest.max(v);
+            }
+        }
+        let version = highest + 1;
+        let tmp = self.dir.join(format!(".tmp-v{version:06}-{}", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io(&tmp, "remove stale"))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io(&tmp, "create directory"))?;
+        Ok(PendingVersion { tmp, version })
+    }
+
+    /// Writes the metadata, moves the version into place and makes it current, atomically.
+    pub fn publish(&self, pending: PendingVersion, meta: &BatchMeta) -> Result<()> {
+        let body = serde_json::to_vec_pretty(meta).map_err(|e| Error::Invalid(e.to_string()))?;
+        write_framed(&pending.tmp.join("META.json"), &body)?;
+        fsync_dir(&pending.tmp)?;
+        let dest = self.version_dir(pending.version);
+        fs::rename(&pending.tmp, &dest).map_err(io(&dest, "rename version into place"))?;
+        fsync_dir(&self.dir)?;
+        let tmp = self.dir.join("CURRENT.tmp");
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
+        f.write_all(format!("v{:06}\n", pending.version).as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp, "write"))?;
+        fs::rename(&tmp, self.dir.join("CURRENT")).map_err(io(&tmp, "rename to CURRENT"))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Removes published versions older than the newest `keep`, and abandoned temporaries.
+    pub fn gc(&self, keep: usize) -> Result<Vec<u64>> {
+        let current = self.current()?;
+        let mut versions = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir, "list"))? {
+            let entry = entry.map_err(io(&self.dir, "list"))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
+                versions.push(v);
+            } else if name.starts_with(".tmp-") && !name.ends_with(&format!("-{}", std::process::id())) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        versions.sort_unstable();
+        let mut removed = Vec::new();
+        let cut_at = versions.len().saturating_sub(keep.max(1));
+        for v in &versions[..cut_at] {
+            if Some(*v) != current {
+                fs::remove_dir_all(self.version_dir(*v)).map_err(io(&self.version_dir(*v), "remove"))?;
+                removed.push(*v);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lf-store-{tag}-{}-{}", std::process::id(), now_ms()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn meta(version: u64) -> BatchMeta {
+        BatchMeta {
+            version,
+            job: "t".into(),
+            job_version: 1,
+            cut: vec![3, 4],
+            events: 7,
+            started_ms: 1,
+            finished_ms: 2,
+            views: vec![],
+            seeds: vec![],
+        }
+    }
+
+    // A published version is readable, an unpublished one is invisible, and the version
+    // numbers increase; GC keeps the newest and never the current one.
+    #[test]
+    fn publish_read_gc() {
+        let d = tmpdir("pub");
+        let store = ViewStore::open(&d).unwrap();
+        assert_eq!(store.current().unwrap(), None);
+        let p = store.begin().unwrap();
+        p.write_view("a", b"hello").unwrap();
+        assert_eq!(store.current().unwrap(), None, "nothing visible before publish");
+        let v = p.version();
+        store.publish(p, &meta(v)).unwrap();
+        assert_eq!(store.current().unwrap(), Some(1));
+        assert_eq!(store.read_view(1, "a").unwrap().unwrap(), b"hello");
+        assert_eq!(store.current_meta().unwrap().unwrap().cut, vec![3, 4]);
+        for _ in 0..3 {
+            let p = store.begin().unwrap();
+            let v = p.version();
+            store.publish(p, &meta(v)).unwrap();
+        }
+        assert_eq!(store.current().unwrap(), Some(4));
+        assert_eq!(store.gc(2).unwrap(), vec![1, 2]);
+        assert!(store.meta(3).is_ok() && store.meta(1).is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    // A flipped byte or a truncated (half-written) view file is refused with its path.
+    #[test]
+    fn corrupt_view_files_are_refused() {
+        let d = tmpdir("corrupt");
+        let store = ViewStore::open(&d).unwrap();
+        let p = store.begin().unwrap();
+        p.write_view("a", b"0123456789").unwrap();
+        store.publish(p, &meta(1)).unwrap();
+        let path = d.join("views/v000001/view.a.bin");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[20] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let err = store.read_view(1, "a").unwrap_err().to_string();
+        assert!(err.contains("checksum") && err.contains("view.a.bin"), "{err}");
+        bytes.truncate(18);
+        fs::write(&path, &bytes).unwrap();
+        let err = store.read_view(1, "a").unwrap_err().to_string();
+        assert!(err.contains("half-written"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

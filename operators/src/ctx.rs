@@ -1,0 +1,395 @@
+//! The job context: what a job's `build` receives, and the operators of the DSL.
+//!
+//! A job is written once against [`Ctx`]. The engine builds it in one of two modes:
+//!
+//! * **batch**: every event before the cut enters at time 0 and the input closes; each view
+//!   and each seed is captured consolidated, then the run ends;
+//! * **speed**: events at and after the cut enter at times 1, 2, ... as they are appended.
+//!
+//! Decomposable operators (`sum`, `count`) need nothing from history: in speed mode they
+//! produce the *changes* since the cut, which add to the batch view. Operators whose output
+//! is not a sum of parts (`distinct_count`, `top_k`, `per_key`, `join`) are **seeded**: in
+//! batch mode they also persist their consolidated input at the cut; in speed mode that seed
+//! enters at time 0 and their input's own time-0 updates are dropped, so they see exactly
+//! "input at the cut + changes since". View sinks drop time-0 output in speed mode (it
+//! restates the batch view), so merged = batch view + speed updates, exactly.
+
+use differential_dataflow::difference::Multiply;
+use differential_dataflow::{AsCollection, VecCollection};
+use serde_json::Value;
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::vec::ToStream;
+use timely::dataflow::{ProbeHandle, Scope};
+
+use crate::view::{AnyView, Data, Diff, ViewCell, ViewInfo, ViewKey, ViewKind};
+
+/// Logical time inside lambdaflow dataflows: 0 holds the batch state (batch mode: all of
+/// it; speed mode: the seeds), and speed mode's epochs of appended events are 1, 2, ...
+pub type Time = u64;
+
+/// A collection in a lambdaflow dataflow.
+pub type Coll<'s, D, R = isize> = VecCollection<'s, Time, D, R>;
+
+/// The mode a job runs in. Jobs do not see it; operators do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Bounded run over the log before a cut.
+    Batch,
+    /// Incremental run over the log from the cut on.
+    Speed,
+}
+
+/// A persisted operator state as the engine sees it (type-erased).
+pub trait AnySeed: Send + Sync {
+    /// The seed's name (`{operator}.{input}`).
+    fn name(&self) -> &str;
+    /// Batch mode: consolidates what the workers captured and encodes it.
+    fn take_encoded(&self) -> Result<(Vec<u8>, usize), String>;
+}
+
+struct SeedCell<D, R> {
+    name: String,
+    produced: Mutex<Vec<(D, R)>>,
+}
+
+impl<D: Data, R: Diff> AnySeed for SeedCell<D, R> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn take_encoded(&self) -> Result<(Vec<u8>, usize), String> {
+        let mut rows = std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
+        differential_dataflow::consolidation::consolidate(&mut rows);
+        let n = rows.len();
+        bincode::serialize(&rows).map(|b| (b, n)).map_err(|e| format!("seed {}: encode failed: {e}", self.name))
+    }
+}
+
+/// What one run's workers share: the views and seeds the job declared, by name, so that
+/// every worker's sink feeds the same cell.
+#[derive(Default)]
+pub struct Registry {
+    cells: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    views: Mutex<Vec<Arc<dyn AnyView>>>,
+    seeds: Mutex<Vec<Arc<dyn AnySeed>>>,
+}
+
+impl Registry {
+    /// The views declared so far, in declaration order.
+    pub fn views(&self) -> Vec<Arc<dyn AnyView>> {
+        self.views.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The seeds declared so far, in declaration order.
+    pub fn seeds(&self) -> Vec<Arc<dyn AnySeed>> {
+        self.seeds.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn cell<C: Any + Send + Sync>(&self, name: &str, make: impl FnOnce() -> C, register: impl FnOnce(&Arc<C>)) -> Arc<C> {
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = cells.get(name) {
+            return Arc::clone(existing)
+                .downcast::<C>()
+                .unwrap_or_else(|_| panic!("job declares `{name}` with different types on different workers"));
+        }
+        let cell = Arc::new(make());
+        register(&cell);
+        cells.insert(name.to_string(), cell.clone());
+        cell
+    }
+}
+
+/// Where speed mode finds the seeds a batch run persisted.
+pub trait SeedSource {
+    /// The encoded seed named `name`, if the batch run wrote one.
+    fn seed(&self, name: &str) -> Option<Arc<Vec<u8>>>;
+}
+
+/// The job's handle on the dataflow under construction: the DSL.
+pub struct Ctx<'s> {
+    scope: Scope<'s, Time>,
+    mode: Mode,
+    registry: Arc<Registry>,
+    seeds: Option<Arc<dyn SeedSource>>,
+    names: BTreeSet<String>,
+    errors: Vec<String>,
+    probe: ProbeHandle<Time>,
+}
+
+impl<'s> Ctx<'s> {
+    /// A context for building a job in `mode` (called by the engine, and by tests).
+    pub fn new(scope: Scope<'s, Time>, mode: Mode, registry: Arc<Registry>, seeds: Option<Arc<dyn SeedSource>>) -> Self {
+        Ctx { scope, mode, registry, seeds, names: BTreeSet::new(), errors: Vec::new(), probe: ProbeHandle::new() }
+    }
+
+    /// The scope, for jobs that need a raw differential or timely operator.
+    pub fn scope(&self) -> Scope<'s, Time> {
+        self.scope
+    }
+
+    /// A probe that every view and seed sink feeds: when it passes a time, every sink on
+    /// every worker has received all of that time's output.
+    pub fn probe(&self) -> ProbeHandle<Time> {
+        self.probe.clone()
+    }
+
+    /// Errors found while building (duplicate names, missing seeds). The engine refuses
+    /// to run a job that has any.
+    pub fn errors(&self) -> &[String] {
+        &self.errors
+    }
+
+    /// Names live in three namespaces (operators, views, seeds), so a view may share the
+    /// name of the operator that computes it.
+    fn claim(&mut self, kind: &str, name: &str) {
+        if !self.names.insert(format!("{kind}:{name}")) {
+            self.errors.push(format!("the {kind} name `{name}` is used twice in this job"));
+        }
+    }
+
+    /// Declares a **sum view**: `coll` holds keys whose difference is the aggregate.
+    /// `present` renders the aggregate as the view's JSON value.
+    pub fn sum_view<K, R>(&mut self, name: &str, coll: Coll<'s, K, R>, present: impl Fn(&R) -> Value + Send + Sync + 'static)
+    where
+        K: ViewKey,
+        R: Diff,
+    {
+        let present = Arc::new(move |_: &(), r: &R| present(r));
+        self.view_core(name, ViewKind::Sum, coll.map(|k| (k, ())), present);
+    }
+
+    /// Declares a **value view**: `coll` holds one `(key, value)` record per key.
+    pub fn value_view<K, V>(&mut self, name: &str, coll: Coll<'s, (K, V)>, present: impl Fn(&V) -> Value + Send + Sync + 'static)
+    where
+        K: ViewKey,
+        V: Data,
+    {
+        let present = Arc::new(move |v: &V, _: &isize| present(v));
+        self.view_core(name, ViewKind::Value, coll, present);
+    }
+
+    fn view_core<K, V, R>(&mut self, name: &str, kind: ViewKind, coll: Coll<'s, (K, V), R>, present: Arc<dyn Fn(&V, &R) -> Value + Send + Sync>)
+    where
+        K: ViewKey,
+        V: Data,
+        R: Diff,
+    {
+        self.claim("view", name);
+        let info = ViewInfo {
+            name: name.to_string(),
+            kind,
+            key: std::any::type_name::<K>().rsplit("::").next().unwrap_or("key").to_string(),
+            value: std::any::type_name::<V>().rsplit("::").next().unwrap_or("value").to_string(),
+        };
+        let cell = self.registry.cell(
+            &format!("view:{name}"),
+            || ViewCell::<K, V, R>::new(info, present),
+            |c| self.registry.views.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnyView>),
+        );
+        let mut buffer = Vec::new();
+        coll.consolidate()
+            .inspect_batch(move |_time, data| {
+                buffer.extend_from_slice(data);
+                cell.push(&mut buffer);
+            })
+            .probe_with(&self.probe);
+    }
+
+    /// Seeds a stateful operator's input (see the module docs). Batch mode: captures the
+    /// consolidated input as the seed `name` and passes the input on. Speed mode: returns
+    /// the stored seed at time 0 plus the input's updates after time 0.
+    pub fn seeded<D, R>(&mut self, name: &str, input: Coll<'s, D, R>) -> Coll<'s, D, R>
+    where
+        D: Data,
+        R: Diff,
+    {
+        let seed_name = format!("{name}.seed");
+        self.claim("seed", &seed_name);
+        match self.mode {
+            Mode::Batch => {
+                let cell = self.registry.cell(
+                    &format!("seed:{seed_name}"),
+                    || SeedCell::<D, R> { name: seed_name.clone(), produced: Mutex::new(Vec::new()) },
+                    |c| self.registry.seeds.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnySeed>),
+                );
+                input
+                    .clone()
+                    .consolidate()
+                    .inspect_batch(move |_time, data| {
+                        let mut produced = cell.produced.lock().unwrap_or_else(|e| e.into_inner());
+                        produced.extend(data.iter().map(|(d, _t, r)| (d.clone(), r.clone())));
+                    })
+                    .probe_with(&self.probe);
+                input
+            }
+            Mode::Speed => {
+                let records: Vec<(D, Time, R)> = match self.seeds.as_ref().and_then(|s| s.seed(&seed_name)) {
+                    None => {
+                        // No batch run yet (or none that knew this operator): start empty.
+                        Vec::new()
+                    }
+                    Some(bytes) => match bincode::deserialize::<Vec<(D, R)>>(&bytes) {
+                        Ok(rows) => {
+                            let (index, peers) = (self.scope.index(), self.scope.peers());
+                            rows.into_iter()
+                                .enumerate()
+                                .filter(|(i, _)| i % peers == index)
+                                .map(|(_, (d, r))| (d, 0, r))
+                                .collect()
+                        }
+                        Err(e) => {
+                            self.errors.push(format!("seed {seed_name} does not decode: {e}"));
+                            Vec::new()
+                        }
+                    },
+                };
+                let seed = records.to_stream(self.scope).as_collection();
+                let changes = timely::dataflow::operators::vec::Filter::filter(input.inner, |(_, t, _)| *t > 0).as_collection();
+                seed.concat(changes)
+            }
+        }
+    }
+
+    /// Keyed sum: `f` maps each record to at most one `(key, aggregate)`; the result holds
+    /// each key with its aggregate as difference. Pre-aggregates per worker and time before
+    /// the exchange, so a batch run ships one update per key and worker, not per event.
+    pub fn sum<D, K, R, F>(&mut self, name: &str, input: Coll<'s, D>, f: F) -> Coll<'s, K, R>
+    where
+        D: Data,
+        K: Data + std::hash::Hash,
+        R: Diff + Multiply<isize, Output = R>,
+        F: Fn(&D) -> Option<(K, R)> + 'static,
+    {
+        self.claim("operator", name);
+        preaggregate(&format!("Sum: {name}"), input, f)
+    }
+
+    /// Re-aggregates a collection whose difference is already an aggregate, e.g. counts of
+    /// derived records, by key. Same as [`Ctx::sum`] for inputs with `isize` differences.
+    pub fn count<D, K, F>(&mut self, name: &str, input: Coll<'s, D>, f: F) -> Coll<'s, K, crate::Sums<1>>
+    where
+        D: Data,
+        K: Data + std::hash::Hash,
+        F: Fn(&D) -> Option<K> + 'static,
+    {
+        self.sum(name, input, move |d| f(d).map(|k| (k, crate::Sums([1]))))
+    }
+
+    /// Distinct count: for `(key, item)` records, the number of distinct items per key.
+    /// Seeded with the distinct `(key, item)` pairs at the cut.
+    pub fn distinct_count<K, I>(&mut self, name: &str, input: Coll<'s, (K, I)>) -> Coll<'s, K, crate::Sums<1>>
+    where
+        K: Data + std::hash::Hash,
+        I: Data,
+    {
+        self.claim("operator", name);
+        // Distinct before seeding keeps the seed (and the exchange) one record per pair.
+        let pairs = input.distinct();
+        let pairs = self.seeded(name, pairs);
+        let distinct = pairs.distinct();
+        preaggregate(&format!("DistinctCount: {name}"), distinct, |(k, _i): &(K, I)| Some((k.clone(), crate::Sums([1]))))
+    }
+
+    /// Aggregate of an aggregate, step one: for each key of an aggregated collection, the
+    /// value `f(key, aggregate)` (e.g. a customer's segment from their total spend). Seeded
+    /// with the aggregate at the cut. Follow it with [`Ctx::count`] or [`Ctx::sum`].
+    pub fn per_key<K, R, V, F>(&mut self, name: &str, input: Coll<'s, K, R>, f: F) -> Coll<'s, (K, V)>
+    where
+        K: Data,
+        R: Diff,
+        V: Data,
+        F: Fn(&K, &R) -> V + 'static,
+    {
+        self.claim("operator", name);
+        let input = self.seeded(name, input);
+        input.map(|k| (k, ())).reduce_named(&format!("PerKey: {name}"), move |k, vals, out| {
+            out.push((f(k, &vals[0].1), 1isize));
+        })
+    }
+
+    /// Top-k per key: for `((key, item), aggregate)` records, the `k` items with the highest
+    /// `score(aggregate)` per key, ties broken by the smaller item, as one sorted list per
+    /// key. Seeded with the aggregated input at the cut.
+    pub fn top_k<K, I, R, F>(&mut self, name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, i64)>)>
+    where
+        K: Data,
+        I: Data,
+        R: Diff,
+        F: Fn(&R) -> i64 + 'static,
+    {
+        self.claim("operator", name);
+        let input = self.seeded(name, input);
+        input.reduce_named(&format!("TopK: {name}"), move |_key, vals: &[(&I, R)], out| {
+            let mut scored: Vec<(i64, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
+            scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+            let top: Vec<(I, i64)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();
+            out.push((top, 1isize));
+        })
+    }
+
+    /// Equi-join of two keyed collections. Seeded on both sides, so the join's output in
+    /// speed mode is exactly "join at the cut + its changes since".
+    pub fn join<K, A, B>(&mut self, name: &str, left: Coll<'s, (K, A)>, right: Coll<'s, (K, B)>) -> Coll<'s, (K, (A, B))>
+    where
+        K: Data,
+        A: Data,
+        B: Data,
+    {
+        self.claim("operator", name);
+        let left = self.seeded(&format!("{name}.left"), left);
+        let right = self.seeded(&format!("{name}.right"), right);
+        left.join(right)
+    }
+}
+
+/// Pre-aggregates `(key, aggregate)` pairs per time on each worker before they reach the
+/// exchange. Emits when the time completes, or early when the table holds too many keys
+/// (partial sums are valid updates too: consolidation downstream adds them).
+fn preaggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, f: F) -> Coll<'s, K, R>
+where
+    D: Data,
+    K: Data + std::hash::Hash,
+    R: Diff + Multiply<isize, Output = R>,
+    F: Fn(&D) -> Option<(K, R)> + 'static,
+{
+    const KEYS_MAX: usize = 1 << 20;
+    input
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(K, Time, R)>>, _, _, _>(Pipeline, name, |_cap, _info| {
+            let mut pending: HashMap<Time, (timely::dataflow::operators::Capability<Time>, HashMap<K, R>)> = HashMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (d, t, diff) in data.drain(..) {
+                        // An update's own time may be later than its message's stamp.
+                        let (_, table) = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), HashMap::new()));
+                        if let Some((k, r)) = f(&d) {
+                            let r = r.multiply(&diff);
+                            match table.get_mut(&k) {
+                                Some(acc) => acc.plus_equals(&r),
+                                None => {
+                                    table.insert(k, r);
+                                }
+                            }
+                        }
+                    }
+                });
+                pending.retain(|time, (cap, table)| {
+                    let done = !frontier.less_equal(time);
+                    if done || table.len() >= KEYS_MAX {
+                        let mut session = output.session(cap);
+                        for (k, r) in table.drain() {
+                            if !differential_dataflow::difference::IsZero::is_zero(&r) {
+                                session.give((k, *time, r));
+                            }
+                        }
+                    }
+                    !done
+                });
+            }
+        })
+        .as_collection()
+}
+
