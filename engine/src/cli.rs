@@ -80,6 +80,12 @@ enum Command {
         /// Partitions for a new data directory.
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+        /// Events per group commit: each chunk is fsync'd (acknowledged) before the next.
+        #[arg(long, default_value_t = 256 * 1024)]
+        chunk: usize,
+        /// Print `ack N` on stdout after each durable chunk (N: events acknowledged so far).
+        #[arg(long)]
+        print_acks: bool,
     },
     /// Run one batch: compute every view over the log as of now and publish it.
     Batch {
@@ -235,7 +241,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ingest { file, partitions } => {
+        Command::Ingest { file, partitions, chunk, print_acks } => {
             let _lock = lock_data_dir(&cli.data)?;
             let t0 = Instant::now();
             let events: Vec<J::Event> = if file == "-" {
@@ -249,9 +255,14 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             let log = Log::open_or_create(&cli.data.join("log"), opts(workers, partitions).log)?;
             let t1 = Instant::now();
             // Group commit in chunks: each chunk is fsync'd before the next is written.
-            const CHUNK_EVENTS: usize = 256 * 1024;
-            for chunk in events.chunks(CHUNK_EVENTS) {
+            let mut acked = 0usize;
+            for chunk in events.chunks(chunk.max(1)) {
                 append_events(&log, chunk)?;
+                acked += chunk.len();
+                if print_acks {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "ack {acked}").and_then(|_| out.flush());
+                }
             }
             eprintln!(
                 "ingested {} events (parse {:.2}s, durable append {:.2}s); log ends at {:?}",

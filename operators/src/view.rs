@@ -368,34 +368,34 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
                     s.as_deref().map(K::parse_key).transpose().map_err(|e| format!("view {}: bad key: {e}", self.info.name))
                 };
                 let (from, to) = (parse(from)?, parse(to)?);
-                let in_range = |k: &K| from.as_ref().is_none_or(|f| k >= f) && to.as_ref().is_none_or(|t| k <= t);
-                // Walk the union of keys of both sides in order.
-                let start = from.as_ref().map(|f| batch.rows.partition_point(|((k, _), _)| k < f)).unwrap_or(0);
-                let mut keys: Vec<K> = Vec::new();
-                let mut last: Option<&K> = None;
-                for ((k, _), _) in &batch.rows[start..] {
-                    if !in_range(k) {
-                        break;
-                    }
-                    if last != Some(k) {
-                        keys.push(k.clone());
-                        last = Some(k);
-                    }
-                    if keys.len() > *limit {
-                        break;
-                    }
-                }
-                let speed_keys = speed.rows.keys().filter(|k| in_range(k)).take(limit + 1).cloned();
-                keys.extend(speed_keys);
-                keys.sort();
-                keys.dedup();
+                let above_to = |k: &K| to.as_ref().is_some_and(|t| k > t);
+                // Walk the union of both sides' keys in order, merging as we go, until
+                // `limit` live answers (a key the speed layer cancelled yields none).
+                let mut bi = from.as_ref().map(|f| batch.rows.partition_point(|((k, _), _)| k < f)).unwrap_or(0);
+                let lower = match &from {
+                    Some(f) => std::ops::Bound::Included(f.clone()),
+                    None => std::ops::Bound::Unbounded,
+                };
+                let mut si = speed.rows.range((lower, std::ops::Bound::Unbounded)).peekable();
                 let mut out = Vec::new();
-                for key in keys {
-                    if out.len() >= *limit {
+                while out.len() < *limit {
+                    let key = match (batch.rows.get(bi).map(|((k, _), _)| k), si.peek().map(|(k, _)| *k)) {
+                        (None, None) => break,
+                        (Some(b), None) => b.clone(),
+                        (None, Some(s)) => s.clone(),
+                        (Some(b), Some(s)) => b.min(s).clone(),
+                    };
+                    if above_to(&key) {
                         break;
                     }
-                    let sp = speed.rows.get(&key).cloned().unwrap_or_default();
-                    if let Some(a) = self.answer(&key, &batch_part(&key), &sp)? {
+                    let range = key_range(&batch.rows[bi..], &key);
+                    let batch_part: Vec<(V, R)> = batch.rows[bi + range.start..bi + range.end].iter().map(|((_, v), r)| (v.clone(), r.clone())).collect();
+                    bi += range.end;
+                    let speed_part = match si.peek() {
+                        Some((k, _)) if **k == key => si.next().map(|(_, p)| p.clone()).unwrap_or_default(),
+                        _ => Vec::new(),
+                    };
+                    if let Some(a) = self.answer(&key, &batch_part, &speed_part)? {
                         out.push(a);
                     }
                 }

@@ -665,7 +665,13 @@ fn concurrent_readers_and_appender() {
 enum Op {
     Append(Vec<(u32, Vec<u8>)>),
     Reopen,
-    Read { partition: u32, from: u64, len: u64 },
+    /// Close, append garbage (a torn write) to a partition's active segment, reopen.
+    TearAndReopen(u32, Vec<u8>),
+    Read {
+        partition: u32,
+        from: u64,
+        len: u64,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -676,6 +682,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         )
         .prop_map(Op::Append),
         1 => Just(Op::Reopen),
+        1 => (0u32..4, prop::collection::vec(any::<u8>(), 1..20))
+            .prop_map(|(p, g)| Op::TearAndReopen(p, g)),
         2 => (0u32..4, 0u64..80, 0u64..40)
             .prop_map(|(partition, from, len)| Op::Read { partition, from, len }),
     ]
@@ -689,8 +697,9 @@ proptest! {
     })]
 
     // Proves, against a Vec model, that random batches of random payloads on random
-    // partitions, with a random small segment size and random reopen points, always read
-    // back exactly as appended (full and partial ranges), with matching end offsets.
+    // partitions, with a random small segment size, random reopen points and random torn
+    // writes at the tail, always read back exactly as appended (full and partial ranges),
+    // with matching end offsets.
     #[test]
     fn matches_vec_model(
         partitions in 1u32..4,
@@ -717,6 +726,14 @@ proptest! {
                 }
                 Op::Reopen => {
                     drop(log);
+                    log = Log::open(&dir).unwrap();
+                }
+                Op::TearAndReopen(p, garbage) => {
+                    drop(log);
+                    if let Some(active) = segment_files(&dir, p % partitions).pop() {
+                        let mut f = OpenOptions::new().append(true).open(active).unwrap();
+                        f.write_all(&garbage).unwrap();
+                    }
                     log = Log::open(&dir).unwrap();
                 }
                 Op::Read { partition, from, len } => {

@@ -1,0 +1,121 @@
+//! Exactness: every merged view equals a naive from-scratch computation over all events.
+//!
+//! Method: random shop event sequences over a small id space (so keys collide, segments are
+//! crossed, viewers repeat), in shuffled arrival order (so late events are common), are run
+//! through the engine with 1, 2 or 4 worker threads, with batch runs and handovers at random
+//! cut points and a random number of later events in the speed layer. `check_exact` compares
+//! the merged views after every step with a batch run from scratch; this test also compares
+//! the final merged views with `oracle::expected_views`, plain Rust straight from the spec's
+//! SQL, so the batch runner itself is checked too. The named scenarios below pin the cases
+//! the spec calls out.
+
+use lambdaflow_engine::testing::{check_exact, diff};
+use lambdaflow_jobs::shop::{oracle::expected_views, Shop, ShopEvent};
+use proptest::prelude::*;
+
+const DAY_MS: i64 = 86_400_000;
+const T0: i64 = 1_767_225_600_000; // 2026-01-01
+
+fn ts(day: i64, ms: i64) -> i64 {
+    T0 + day * DAY_MS + ms
+}
+
+/// Amounts chosen to land on and around the segment boundaries.
+fn amount() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0i64), Just(1), Just(4_999), Just(5_000), Just(9_999), Just(10_000), Just(50_000), Just(90_001), Just(100_000), 0i64..200_000]
+}
+
+fn event() -> impl Strategy<Value = ShopEvent> {
+    let day = 0i64..5;
+    let ms = 0i64..DAY_MS;
+    let customer = 1u64..8;
+    let product = 1u64..14;
+    prop_oneof![
+        4 => (day.clone(), ms.clone(), 1u64..50, customer.clone(), product.clone(), 1u32..5, amount()).prop_map(
+            |(d, m, order_id, customer_id, product_id, quantity, amount_cents)| ShopEvent::Purchase {
+                ts: ts(d, m), order_id, customer_id, product_id, quantity, amount_cents
+            }
+        ),
+        2 => (day.clone(), ms.clone(), 1u64..50, customer.clone(), product.clone(), amount()).prop_map(
+            |(d, m, order_id, customer_id, product_id, amount_cents)| ShopEvent::Refund {
+                ts: ts(d, m), order_id, customer_id, product_id, amount_cents
+            }
+        ),
+        4 => (day.clone(), ms.clone(), customer, product.clone(), 0u64..3).prop_map(
+            |(d, m, customer_id, product_id, session_id)| ShopEvent::View { ts: ts(d, m), customer_id, product_id, session_id }
+        ),
+        2 => (day, ms, product, -50i64..50).prop_map(|(d, m, product_id, delta)| ShopEvent::Inventory { ts: ts(d, m), product_id, delta }),
+    ]
+}
+
+fn run(events: &[ShopEvent], cuts: &[usize], workers: usize) -> Result<(), String> {
+    let report = check_exact(Shop, events, cuts, workers)?;
+    let expected = expected_views(events);
+    match diff(&expected, &report.final_views) {
+        None => Ok(()),
+        Some(d) => Err(format!("merged views differ from the naive oracle ({workers} workers, cuts {cuts:?}): {d}")),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merged_views_equal_from_scratch(
+        events in prop::collection::vec(event(), 1..120),
+        cut_fracs in prop::collection::vec(0.0f64..1.0, 0..3),
+        workers in prop::sample::select(vec![1usize, 2, 4]),
+    ) {
+        let mut cuts: Vec<usize> = cut_fracs.iter().map(|f| (f * events.len() as f64) as usize).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        if let Err(e) = run(&events, &cuts, workers) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+fn purchase(day: i64, order_id: u64, customer_id: u64, product_id: u64, amount_cents: i64) -> ShopEvent {
+    ShopEvent::Purchase { ts: ts(day, 1000), order_id, customer_id, product_id, quantity: 1, amount_cents }
+}
+
+fn refund(day: i64, order_id: u64, customer_id: u64, product_id: u64, amount_cents: i64) -> ShopEvent {
+    ShopEvent::Refund { ts: ts(day, 2000), order_id, customer_id, product_id, amount_cents }
+}
+
+fn view(day: i64, customer_id: u64, product_id: u64) -> ShopEvent {
+    ShopEvent::View { ts: ts(day, 3000), customer_id, product_id, session_id: 1 }
+}
+
+// The spec's named cases, with the cut placed between the two halves of each.
+#[test]
+fn named_cases_across_the_cut() {
+    let before = vec![
+        purchase(1, 1, 1, 5, 9_000),                                  // customer 1: bronze at the cut
+        purchase(1, 2, 2, 6, 150_000),                                // customer 2: gold at the cut
+        view(1, 3, 5),                                                // viewer 3 on day 1, before the cut
+        ShopEvent::Inventory { ts: ts(1, 0), product_id: 9, delta: 5 }, // stock that will net to 0
+        purchase(2, 3, 4, 7, 500),
+    ];
+    let after = vec![
+        purchase(1, 4, 1, 5, 2_000),                                  // customer 1 crosses into silver after the cut
+        refund(3, 2, 2, 6, 150_000),                                  // refund after the cut of its purchase: 2 goes to none
+        view(1, 3, 6),                                                // viewer 3 seen again on day 1: still one viewer
+        view(1, 8, 6),                                                // a new viewer on day 1
+        ShopEvent::Inventory { ts: ts(1, 9), product_id: 9, delta: -5 }, // level 0 stays
+        purchase(0, 5, 4, 7, 700),                                    // late event for an old day
+        refund(2, 3, 4, 7, 500),                                      // refund cancelling customer 4's day-2 purchase
+    ];
+    let events: Vec<ShopEvent> = before.iter().chain(after.iter()).cloned().collect();
+    for workers in [1, 2, 4] {
+        run(&events, &[before.len()], workers).unwrap();
+        // And with a second handover in the middle of the tail.
+        run(&events, &[before.len(), before.len() + 3], workers).unwrap();
+    }
+    let report = check_exact(Shop, &events, &[before.len()], 2).unwrap();
+    let segs = &report.final_views["customer_segments"];
+    assert_eq!(segs["\"silver\""], serde_json::json!({ "customers": 1 }), "customer 1 moved to silver: {segs:?}");
+    assert_eq!(segs["\"none\""], serde_json::json!({ "customers": 1 }), "customer 2 refunded to none: {segs:?}");
+    assert_eq!(report.final_views["inventory_level"]["9"], serde_json::json!({ "level": 0 }));
+    assert_eq!(report.final_views["daily_unique_viewers"]["\"2026-01-02\""], serde_json::json!({ "viewers": 2 }));
+}
