@@ -79,7 +79,7 @@ impl SeedSource for StoreSeeds {
 /// A running speed layer.
 pub struct SpeedLayer {
     shared: Arc<Shared>,
-    guards: Option<timely::communication::WorkerGuards<Result<()>>>,
+    guards: Mutex<Option<timely::communication::WorkerGuards<Result<()>>>>,
     /// The cut this layer started from.
     pub cut: Vec<u64>,
     /// The batch version whose seeds it started from.
@@ -181,7 +181,7 @@ impl SpeedLayer {
             }
         }
         let shared = shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("worker 0 publishes shared state before signalling");
-        Ok(SpeedLayer { shared, guards: Some(guards), cut, batch_version })
+        Ok(SpeedLayer { shared, guards: Mutex::new(Some(guards)), cut, batch_version })
     }
 
     /// The views, in the order of [`SpeedState::tables`].
@@ -231,7 +231,7 @@ impl SpeedLayer {
 
     fn shutdown(&mut self) -> Result<()> {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(guards) = self.guards.take() {
+        if let Some(guards) = self.guards.lock().unwrap_or_else(|e| e.into_inner()).take() {
             for r in guards.join() {
                 r.map_err(Error::Dataflow)??;
             }
