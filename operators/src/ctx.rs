@@ -19,9 +19,8 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde_json::Value;
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
+use timely::dataflow::operators::vec::Map as _;
 use std::sync::{Arc, Mutex};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::ToStream;
 use timely::dataflow::{ProbeHandle, Scope};
 
@@ -190,12 +189,36 @@ impl<'s> Ctx<'s> {
             |c| self.registry.views.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnyView>),
         );
         let mut buffer = Vec::new();
-        coll.consolidate()
+        self.consolidate(&format!("View: {name}"), coll)
             .inspect_batch(move |_time, data| {
                 buffer.extend_from_slice(data);
                 cell.push(&mut buffer);
             })
             .probe_with(&self.probe);
+    }
+
+    /// Consolidates `coll`: by hash in batch mode, by a differential arrangement in speed mode.
+    fn consolidate<D: Data, R: Diff>(&self, name: &str, coll: Coll<'s, D, R>) -> Coll<'s, D, R> {
+        match self.mode {
+            Mode::Batch => crate::hash::consolidate_by_hash(name, coll),
+            Mode::Speed => coll.consolidate(),
+        }
+    }
+
+    /// Groups by key and applies `logic` to each key's consolidated values: a hash group-by
+    /// in batch mode, differential's incremental `reduce` in speed mode.
+    fn reduce<K, V, R, V2, L>(&self, name: &str, coll: Coll<'s, (K, V), R>, logic: L) -> Coll<'s, (K, V2)>
+    where
+        K: Data,
+        V: Data,
+        R: Diff,
+        V2: Data,
+        L: FnMut(&K, &[(&V, R)], &mut Vec<(V2, isize)>) + 'static,
+    {
+        match self.mode {
+            Mode::Batch => crate::hash::reduce_by_hash(name, coll, logic),
+            Mode::Speed => coll.reduce_named(name, logic),
+        }
     }
 
     /// Seeds a stateful operator's input (see the module docs). Batch mode: captures the
@@ -215,9 +238,7 @@ impl<'s> Ctx<'s> {
                     || SeedCell::<D, R> { name: seed_name.clone(), produced: Mutex::new(Vec::new()) },
                     |c| self.registry.seeds.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnySeed>),
                 );
-                input
-                    .clone()
-                    .consolidate()
+                self.consolidate(&format!("Seed: {seed_name}"), input.clone())
                     .inspect_batch(move |_time, data| {
                         let mut produced = cell.produced.lock().unwrap_or_else(|e| e.into_inner());
                         produced.extend(data.iter().map(|(d, _t, r)| (d.clone(), r.clone())));
@@ -264,7 +285,13 @@ impl<'s> Ctx<'s> {
         F: Fn(&D) -> Option<(K, R)> + 'static,
     {
         self.claim("operator", name);
-        preaggregate(&format!("Sum: {name}"), input, f)
+        let local = crate::hash::aggregate(&format!("Sum: {name}"), input, false, f);
+        match self.mode {
+            // Batch: finish the aggregation across workers now, so everything downstream
+            // (views, seeds, top-k) receives one update per key.
+            Mode::Batch => crate::hash::consolidate_by_hash(&format!("Sum (exchange): {name}"), local),
+            Mode::Speed => local,
+        }
     }
 
     /// Re-aggregates a collection whose difference is already an aggregate, e.g. counts of
@@ -286,11 +313,23 @@ impl<'s> Ctx<'s> {
         I: Data,
     {
         self.claim("operator", name);
-        // Distinct before seeding keeps the seed (and the exchange) one record per pair.
-        let pairs = input.distinct();
-        let pairs = self.seeded(name, pairs);
-        let distinct = pairs.distinct();
-        preaggregate(&format!("DistinctCount: {name}"), distinct, |(k, _i): &(K, I)| Some((k.clone(), crate::Sums([1]))))
+        let counted = match self.mode {
+            // Batch: count pairs by hash across workers; a pair is in the distinct set when
+            // its count is positive. The seed is that set.
+            Mode::Batch => crate::hash::aggregate(&format!("DistinctCount (pairs): {name}"), input, true, |p: &(K, I)| Some((p.clone(), 1isize)))
+                .inner
+                .flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None })
+                .as_collection(),
+            // Speed: the seed (the distinct pairs at the cut) plus new pairs, through
+            // differential's incremental distinct.
+            Mode::Speed => input,
+        };
+        let pairs = self.seeded(name, counted);
+        let distinct = match self.mode {
+            Mode::Batch => pairs,
+            Mode::Speed => pairs.distinct(),
+        };
+        crate::hash::aggregate(&format!("DistinctCount: {name}"), distinct, false, |(k, _i): &(K, I)| Some((k.clone(), crate::Sums([1]))))
     }
 
     /// Aggregate of an aggregate, step one: for each key of an aggregated collection, the
@@ -305,7 +344,7 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
-        input.map(|k| (k, ())).reduce_named(&format!("PerKey: {name}"), move |k, vals, out| {
+        self.reduce(&format!("PerKey: {name}"), input.map(|k| (k, ())), move |k, vals: &[(&(), R)], out| {
             out.push((f(k, &vals[0].1), 1isize));
         })
     }
@@ -322,7 +361,7 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
-        input.reduce_named(&format!("TopK: {name}"), move |_key, vals: &[(&I, R)], out| {
+        self.reduce(&format!("TopK: {name}"), input, move |_key, vals: &[(&I, R)], out| {
             let mut scored: Vec<(i64, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
             scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
             let top: Vec<(I, i64)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();
@@ -344,52 +383,3 @@ impl<'s> Ctx<'s> {
         left.join(right)
     }
 }
-
-/// Pre-aggregates `(key, aggregate)` pairs per time on each worker before they reach the
-/// exchange. Emits when the time completes, or early when the table holds too many keys
-/// (partial sums are valid updates too: consolidation downstream adds them).
-fn preaggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, f: F) -> Coll<'s, K, R>
-where
-    D: Data,
-    K: Data + std::hash::Hash,
-    R: Diff + Multiply<isize, Output = R>,
-    F: Fn(&D) -> Option<(K, R)> + 'static,
-{
-    const KEYS_MAX: usize = 1 << 20;
-    input
-        .inner
-        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(K, Time, R)>>, _, _, _>(Pipeline, name, |_cap, _info| {
-            let mut pending: HashMap<Time, (timely::dataflow::operators::Capability<Time>, HashMap<K, R>)> = HashMap::new();
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    for (d, t, diff) in data.drain(..) {
-                        // An update's own time may be later than its message's stamp.
-                        let (_, table) = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), HashMap::new()));
-                        if let Some((k, r)) = f(&d) {
-                            let r = r.multiply(&diff);
-                            match table.get_mut(&k) {
-                                Some(acc) => acc.plus_equals(&r),
-                                None => {
-                                    table.insert(k, r);
-                                }
-                            }
-                        }
-                    }
-                });
-                pending.retain(|time, (cap, table)| {
-                    let done = !frontier.less_equal(time);
-                    if done || table.len() >= KEYS_MAX {
-                        let mut session = output.session(cap);
-                        for (k, r) in table.drain() {
-                            if !differential_dataflow::difference::IsZero::is_zero(&r) {
-                                session.give((k, *time, r));
-                            }
-                        }
-                    }
-                    !done
-                });
-            }
-        })
-        .as_collection()
-}
-

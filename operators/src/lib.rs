@@ -23,6 +23,7 @@
 pub mod ctx;
 pub mod day;
 pub mod event;
+pub mod hash;
 pub mod job;
 pub mod sums;
 pub mod view;

@@ -36,7 +36,11 @@ fn main() -> lambdaflow_engine::Result<()> {
     // 1. A fresh data directory, removed when `dir` is dropped. Two worker threads.
     let dir = TempDir::new("walkthrough");
     let lambda = Lambda::open(Clicks, dir.path(), Options { workers: 2, ..Options::default() })?;
-    println!("opened {} with views: {}", dir.path().display(), lambda.views().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "opened {} with views: {}",
+        dir.path().display(),
+        lambda.views().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
 
     // 2. History: user 1 reads pages 1 and 2 on March 1st (4 clicks: "casual"), user 2
     //    reads page 1 twice and bounces off page 3 (0 ms).
@@ -55,24 +59,22 @@ fn main() -> lambdaflow_engine::Result<()> {
         "\nbatch v{} over {} events at cut {:?}: batch views written, speed layer seeded from them",
         report.meta.version, report.meta.events, report.meta.cut
     );
+    println!("  (each line: key = merged value, then its batch and speed parts; null: nothing there)");
     show(&lambda, "clicks_by_page")?;
     show(&lambda, "users_by_activity")?;
 
     // 3. New clicks after the cut: only the speed layer sees them.
-    //    - user 1's 5th click moves them from "casual" to "regular";
-    //    - user 3 is a new visitor of page 1; user 2 visits page 1 again (not a new visitor);
-    //    - one click from March 1st arrives late: its old day changes, which is correct.
-    let live = [
-        click(MAR_2 + 1_000, 1, 1, 7_000),
-        click(MAR_2 + 2_000, 3, 1, 15_000),
-        click(MAR_2 + 3_000, 2, 1, 4_000),
-        click(MAR_1 + 8_000, 3, 2, 9_000),
-    ];
+    //    - user 1's 5th click moves them from "casual" to "regular" (page 1 again: not a
+    //      new visitor of page 1);
+    //    - user 2 visits page 2 for the first time: one more visitor there;
+    //    - one click of user 1 from March 1st arrives late: its old day changes, which is
+    //      correct (the cut is by arrival, not by event time).
+    let live = [click(MAR_2 + 1_000, 1, 1, 7_000), click(MAR_2 + 2_000, 2, 2, 15_000), click(MAR_1 + 8_000, 1, 3, 9_000)];
     lambda.append(&live)?;
     lambda.sync(Duration::from_secs(10))?; // wait until the speed layer has them
 
     // 4. Merged answers. For sum views the value is batch part + speed part; a speed part
-    //    may be negative (users_by_activity: one user left "casual").
+    //    may be negative: in users_by_activity, user 1 left "casual" for "regular".
     println!("\nafter {} more clicks (speed layer only):", live.len());
     for view in ["clicks_by_page", "visitors_by_page", "time_on_page_by_day", "users_by_activity"] {
         show(&lambda, view)?;

@@ -5,12 +5,12 @@
 //! turns that stream into four views, written once and run by the engine both as a batch
 //! job over history and as an incremental speed layer over what arrived since:
 //!
-//! | view                  | key     | value                          | operators           |
-//! |-----------------------|---------|--------------------------------|---------------------|
-//! | `clicks_by_page`      | page    | `{"clicks"}`                   | `count`             |
-//! | `visitors_by_page`    | page    | `{"visitors"}` (distinct users) | `distinct_count`    |
-//! | `time_on_page_by_day` | day     | `{"ms_on_page","clicks"}`      | `sum` + `Day`       |
-//! | `users_by_activity`   | bucket  | `{"users"}`                    | `sum`, `per_key`, `count` |
+//! | view                  | key    | value                           | operators                 |
+//! |-----------------------|--------|---------------------------------|---------------------------|
+//! | `clicks_by_page`      | page   | `{"clicks"}`                    | `count`                   |
+//! | `visitors_by_page`    | page   | `{"visitors"}` (distinct users) | `distinct_count`          |
+//! | `time_on_page_by_day` | day    | `{"ms_on_page", "clicks"}`      | `sum` + `Day`             |
+//! | `users_by_activity`   | bucket | `{"users"}` per activity bucket | `sum`, `per_key`, `count` |
 //!
 //! `count` and `sum` are *decomposable*: batch part + speed part is the answer.
 //! `distinct_count` and `per_key` are *seeded*: a batch run stores their input at the cut
@@ -46,7 +46,14 @@ const FIELDS: [&str; 4] = ["ts", "user", "page", "ms_on_page"];
 
 /// Parses one field's text; the error names the field and quotes the value.
 fn field<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, FieldError> {
-    text.trim().parse().map_err(|_| FieldError::field(name, text, format!("must be an integer in the range of {}", std::any::type_name::<T>())))
+    text.trim()
+        .parse()
+        .map_err(|_| FieldError::field(name, text, format!("must be an integer in the range of {}", std::any::type_name::<T>())))
+}
+
+/// A JSON value as the user wrote it, strings without their quotes.
+fn plain(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 impl Event for Click {
@@ -55,17 +62,22 @@ impl Event for Click {
         let value: Value = serde_json::from_str(line).map_err(|e| FieldError::line(format!("not valid JSON: {e}")))?;
         let obj = value.as_object().ok_or_else(|| FieldError::line("expected a JSON object"))?;
         if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(FieldError::field(unknown.as_str(), obj[unknown].to_string(), "is not a field of a click"));
+            return Err(FieldError::field(unknown.as_str(), plain(&obj[unknown]), "is not a field of a click"));
         }
         // Every field is a JSON number; its text goes through the same parser as CSV.
         let get = |name: &str| -> Result<String, FieldError> {
             match obj.get(name) {
                 None | Some(Value::Null) => Err(FieldError::missing(name)),
                 Some(Value::Number(n)) => Ok(n.to_string()),
-                Some(other) => Err(FieldError::field(name, other.to_string(), "must be a number")),
+                Some(other) => Err(FieldError::field(name, plain(other), "must be a number")),
             }
         };
-        Ok(Click { ts: field("ts", &get("ts")?)?, user: field("user", &get("user")?)?, page: field("page", &get("page")?)?, ms_on_page: field("ms_on_page", &get("ms_on_page")?)? })
+        Ok(Click {
+            ts: field("ts", &get("ts")?)?,
+            user: field("user", &get("user")?)?,
+            page: field("page", &get("page")?)?,
+            ms_on_page: field("ms_on_page", &get("ms_on_page")?)?,
+        })
     }
 
     fn csv_header() -> &'static str {
@@ -78,7 +90,12 @@ impl Event for Click {
         if cols.len() != FIELDS.len() {
             return Err(FieldError::line(format!("expected {} columns ({}), found {}", FIELDS.len(), Self::csv_header(), cols.len())));
         }
-        Ok(Click { ts: field("ts", cols[0])?, user: field("user", cols[1])?, page: field("page", cols[2])?, ms_on_page: field("ms_on_page", cols[3])? })
+        Ok(Click {
+            ts: field("ts", cols[0])?,
+            user: field("user", cols[1])?,
+            page: field("page", cols[2])?,
+            ms_on_page: field("ms_on_page", cols[3])?,
+        })
     }
 
     /// A user's clicks stay in order in one log partition.

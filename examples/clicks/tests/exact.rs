@@ -44,7 +44,10 @@ fn oracle(clicks: &[Click]) -> Views {
     let mut views = Views::new();
     views.insert("clicks_by_page".into(), per_page.iter().map(|(p, n)| (key(json!(p)), json!({ "clicks": n }))).collect());
     views.insert("visitors_by_page".into(), visitors.iter().map(|(p, u)| (key(json!(p)), json!({ "visitors": u.len() }))).collect());
-    views.insert("time_on_page_by_day".into(), per_day.iter().map(|(d, (ms, n))| (key(json!(d)), json!({ "ms_on_page": ms, "clicks": n }))).collect());
+    views.insert(
+        "time_on_page_by_day".into(),
+        per_day.iter().map(|(d, (ms, n))| (key(json!(d)), json!({ "ms_on_page": ms, "clicks": n }))).collect(),
+    );
     views.insert("users_by_activity".into(), buckets.iter().map(|(b, n)| (key(json!(b)), json!({ "users": n }))).collect());
     views
 }
@@ -118,7 +121,23 @@ fn bad_lines_name_the_field() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    // Random small inputs (few users and pages, so keys repeat and users change buckets,
+    // 0 ms clicks, late event times), random cuts, 1 to 3 workers: merged = from scratch
+    // at every step, and the job agrees with the oracle.
+    #[test]
+    fn exact_on_random_inputs(
+        raw in prop::collection::vec((0i64..3 * DAY, 1u64..8, 1u64..5, prop::sample::select(vec![0u32, 1, 250, 60_000])), 0..80),
+        cuts in prop::collection::vec(0usize..80, 0..4),
+        workers in 1usize..4,
+    ) {
+        let clicks: Vec<Click> = raw.into_iter().map(|(t, u, p, ms)| click(MAR_1 + t, u, p, ms)).collect();
+        let report = check_exact(Clicks, &clicks, &cuts, workers);
+        prop_assert!(report.is_ok(), "{}", report.err().unwrap_or_default());
+        let report = report.unwrap();
+        prop_assert_eq!(diff(&oracle(&clicks), &report.final_views), None);
+    }
 
     // Both wire formats must give back exactly the click that was written.
     #[test]

@@ -1,0 +1,164 @@
+//! The lambdaflow benchmark: durable append, batch mode, speed mode (throughput and
+//! append-to-merged-answer latency), and peak memory of each, on the shop job.
+//!
+//! `cargo bench --bench lambda -- [--events N] [--workers W] [--rate EVENTS_PER_S] [--dir D]`
+//!
+//! Each phase runs in its own child process so that its peak RSS (VmHWM) is its own:
+//! 1. append: N generated events appended durably in group commits of 100,000 events;
+//! 2. batch: one batch run over the log (reading it, computing all eight views, writing them);
+//! 3. speed-throughput: the speed layer (seeded from that batch) absorbs 10% of N more events
+//!    appended as fast as possible;
+//! 4. speed-latency: events appended at `--rate` in chunks every 10 ms; for each chunk, the time
+//!    from its acknowledgement to the speed frontier covering it (a merged answer reflecting it).
+
+use lambdaflow_engine::batch::{run_batch, Progress};
+use lambdaflow_engine::lambda::{append_events, Lambda, Options};
+use lambdaflow_engine::log::{Log, LogConfig};
+use lambdaflow_engine::store::ViewStore;
+use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
+use lambdaflow_jobs::shop::{Shop, ShopEvent};
+use lambdaflow_operators::Selection;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn gen(seed: u64, n: u64) -> Vec<ShopEvent> {
+    Generator::new(GenConfig { events: n, seed, ..GenConfig::default() }).collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
+    let opts = Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 } };
+    match name {
+        "append" => {
+            let evs = gen(1, events);
+            let log = Log::open_or_create(&dir.join("log"), opts.log.clone()).unwrap();
+            let t = Instant::now();
+            for chunk in evs.chunks(100_000) {
+                append_events(&log, chunk).unwrap();
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!("append        {events:>11} events  {s:8.3} s  {:>12.0} events/s  (durable, group commit 100k)  peak RSS {:.0} MiB", events as f64 / s, peak_rss_mib());
+        }
+        "batch" => {
+            let log = Arc::new(Log::open(&dir.join("log")).unwrap());
+            let store = ViewStore::open(dir).unwrap();
+            let t = Instant::now();
+            let r = run_batch(Arc::new(Shop), log, &store, workers, None, Arc::new(Progress::default())).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "batch         {:>11} events  {s:8.3} s  {:>12.0} events/s  (compute {:.3} s = {:.0} events/s, write {:.3} s)  peak RSS {:.0} MiB",
+                r.meta.events,
+                r.meta.events as f64 / s,
+                r.compute_secs,
+                r.meta.events as f64 / r.compute_secs,
+                r.write_secs,
+                peak_rss_mib()
+            );
+        }
+        "speed-throughput" => {
+            let t0 = Instant::now();
+            let lambda = Lambda::open(Shop, dir, opts).unwrap();
+            let start_secs = t0.elapsed().as_secs_f64();
+            let n = (events / 10).max(10_000);
+            let evs = gen(2, n);
+            let t = Instant::now();
+            for chunk in evs.chunks(10_000) {
+                lambda.append(chunk).unwrap();
+            }
+            lambda.sync(Duration::from_secs(3600)).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "speed         {n:>11} events  {s:8.3} s  {:>12.0} events/s  (append + incremental update of all views; start-up with seeds {start_secs:.2} s)  peak RSS {:.0} MiB",
+                n as f64 / s,
+                peak_rss_mib()
+            );
+        }
+        "speed-latency" => {
+            let lambda = Lambda::open(Shop, dir, opts).unwrap();
+            lambda.sync(Duration::from_secs(3600)).unwrap();
+            let tick = Duration::from_millis(10);
+            let per_tick = (rate / 100).max(1);
+            let ticks = 500u64;
+            let evs = gen(3, per_tick * ticks);
+            let mut lat_ms = Vec::new();
+            let start = Instant::now();
+            for (i, chunk) in evs.chunks(per_tick as usize).enumerate() {
+                let due = start + tick * i as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let positions = lambda.append(chunk).unwrap();
+                let acked = Instant::now();
+                let mut target = lambda.serving().speed.frontier();
+                for p in positions {
+                    target[p.partition as usize] = target[p.partition as usize].max(p.offset + 1);
+                }
+                assert!(lambda.serving().speed.wait_for(&target, Duration::from_secs(10)).unwrap(), "speed layer stalled");
+                lat_ms.push(acked.elapsed().as_secs_f64() * 1e3);
+            }
+            let achieved = (per_tick * ticks) as f64 / start.elapsed().as_secs_f64();
+            // One merged point query to show the answer is there.
+            let q = Instant::now();
+            let _ = lambda.query("customer_segments", &Selection::Key("gold".into())).unwrap();
+            let q_us = q.elapsed().as_secs_f64() * 1e6;
+            lat_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!(
+                "speed latency {:>11} events  target {rate} events/s, achieved {achieved:.0}/s; ack -> merged answer p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms; point query {q_us:.0} us  peak RSS {:.0} MiB",
+                per_tick * ticks,
+                percentile(&lat_ms, 0.5),
+                percentile(&lat_ms, 0.99),
+                lat_ms.last().copied().unwrap_or(f64::NAN),
+                peak_rss_mib()
+            );
+        }
+        other => panic!("unknown phase {other}"),
+    }
+}
+
+fn main() {
+    let events: u64 = arg("--events", "1000000").replace('_', "").parse().expect("--events N");
+    let workers: usize = arg("--workers", "2").parse().expect("--workers W");
+    let rate: u64 = arg("--rate", "100000").parse().expect("--rate R");
+    if let Ok(p) = std::env::var("LAMBDAFLOW_BENCH_PHASE") {
+        phase(&p, Path::new(&arg("--dir", "")), events, workers, rate);
+        return;
+    }
+    let dir = PathBuf::from(arg("--dir", &std::env::temp_dir().join(format!("lambdaflow-bench-{}", std::process::id())).to_string_lossy()));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("lambdaflow bench: shop job, {events} events, {workers} workers, data in {}", dir.display());
+    let me = std::env::current_exe().unwrap();
+    for p in ["append", "batch", "speed-throughput", "speed-latency"] {
+        let status = Command::new(&me)
+            .env("LAMBDAFLOW_BENCH_PHASE", p)
+            .args(["--events", &events.to_string(), "--workers", &workers.to_string(), "--rate", &rate.to_string(), "--dir"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "phase {p} failed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,228 @@
+//! Hash-based operators for batch mode, and a fast non-cryptographic hasher.
+//!
+//! In batch mode every update has time 0 and the input is bounded, so differential's
+//! incremental machinery (arrangements that keep history, sort-merge batchers) does work the
+//! batch run never uses. These operators produce, at time 0, exactly the collection their
+//! differential counterparts produce, with hash tables: pre-aggregate on each worker,
+//! exchange by key, accumulate, and emit once the input is complete. They are correct at
+//! any time (they work per time), but hold everything until the time completes, so they are
+//! only used for batch mode.
+
+use differential_dataflow::consolidation::consolidate;
+use differential_dataflow::difference::Multiply;
+use differential_dataflow::AsCollection;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
+
+use crate::ctx::{Coll, Time};
+use crate::view::{Data, Diff};
+
+/// FxHash (rustc's hasher): a multiply-rotate hash, several times faster than SipHash on
+/// small keys. Not DoS-resistant; keys here come from the job, not from a network peer.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        for b in chunks.remainder() {
+            self.add(*b as u64);
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i)
+    }
+    #[inline]
+    fn write_i32(&mut self, i: i32) {
+        self.add(i as u32 as u64)
+    }
+    #[inline]
+    fn write_i64(&mut self, i: i64) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// The routing hash of a record: which worker consolidates it.
+pub fn route<D: Hash>(d: &D) -> u64 {
+    let mut h = FxHasher::default();
+    d.hash(&mut h);
+    // Mix the high bits down: FxHash's low bits are weak and routing uses `% peers`.
+    let x = h.finish();
+    x ^ (x >> 29) ^ (x >> 47)
+}
+
+/// Accumulates `f(record) -> (key, diff)` per time in a hash table and emits each key once
+/// per time when the time completes (or early, as partial sums, when the table holds more
+/// than `KEYS_MAX` keys). With `exchange`, records first go to the worker owning their key,
+/// so the output is fully consolidated; without, it is a per-worker pre-aggregation.
+pub fn aggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, f: F) -> Coll<'s, K, R>
+where
+    D: Data,
+    K: Data + Hash,
+    R: Diff + Multiply<isize, Output = R>,
+    F: Fn(&D) -> Option<(K, R)> + 'static,
+{
+    if exchange {
+        aggregate_with(name, input, Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)), f)
+    } else {
+        aggregate_with(name, input, Pipeline, f)
+    }
+}
+
+/// Like [`aggregate`] for a collection whose diff is already the aggregate: consolidates it
+/// across workers by record.
+pub fn consolidate_by_hash<'s, D, R>(name: &str, input: Coll<'s, D, R>) -> Coll<'s, D, R>
+where
+    D: Data + Hash,
+    R: Diff,
+{
+    aggregate_core(name, input, Exchange::new(|(d, _t, _r): &(D, Time, R)| route(d)), |d: &D, r: &R| Some((d.clone(), r.clone())))
+}
+
+fn aggregate_with<'s, D, K, R, F, P>(name: &str, input: Coll<'s, D>, pact: P, f: F) -> Coll<'s, K, R>
+where
+    D: Data,
+    K: Data + Hash,
+    R: Diff + Multiply<isize, Output = R>,
+    F: Fn(&D) -> Option<(K, R)> + 'static,
+    P: ParallelizationContract<Time, Vec<(D, Time, isize)>>,
+{
+    aggregate_core(name, input, pact, move |d: &D, diff: &isize| f(d).map(|(k, r)| (k, r.multiply(diff))))
+}
+
+fn aggregate_core<'s, D, R0, K, R, F, P>(name: &str, input: Coll<'s, D, R0>, pact: P, f: F) -> Coll<'s, K, R>
+where
+    D: Data,
+    R0: Diff,
+    K: Data + Hash,
+    R: Diff,
+    F: Fn(&D, &R0) -> Option<(K, R)> + 'static,
+    P: ParallelizationContract<Time, Vec<(D, Time, R0)>>,
+{
+    const KEYS_MAX: usize = 1 << 22;
+    input
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(K, Time, R)>>, _, _, _>(pact, name, |_cap, _info| {
+            let mut pending: HashMap<Time, (Capability<Time>, FxHashMap<K, R>)> = HashMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (d, t, diff) in data.drain(..) {
+                        let Some((k, r)) = f(&d, &diff) else { continue };
+                        // An update's own time may be later than its message's stamp.
+                        let table = &mut pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), FxHashMap::default())).1;
+                        match table.get_mut(&k) {
+                            Some(acc) => acc.plus_equals(&r),
+                            None => {
+                                table.insert(k, r);
+                            }
+                        }
+                    }
+                });
+                pending.retain(|time, (cap, table)| {
+                    let done = !frontier.less_equal(time);
+                    if done || table.len() >= KEYS_MAX {
+                        let mut session = output.session(cap);
+                        for (k, r) in table.drain() {
+                            if !r.is_zero() {
+                                session.give((k, *time, r));
+                            }
+                        }
+                    }
+                    !done
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// Batch-mode group-by: for `((key, value), diff)` updates, exchanges by key and, once the
+/// time completes, calls `logic(key, values, output)` with the key's consolidated, non-zero
+/// values in sorted order — what differential's `reduce` does at the first time.
+pub fn reduce_by_hash<'s, K, V, R, V2, L>(name: &str, input: Coll<'s, (K, V), R>, mut logic: L) -> Coll<'s, (K, V2)>
+where
+    K: Data + Hash,
+    V: Data,
+    R: Diff,
+    V2: Data,
+    L: FnMut(&K, &[(&V, R)], &mut Vec<(V2, isize)>) + 'static,
+{
+    input
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<((K, V2), Time, isize)>>, _, _, _>(
+            Exchange::new(|((k, _v), _t, _r): &((K, V), Time, R)| route(k)),
+            name,
+            |_cap, _info| {
+                let mut pending: HashMap<Time, (Capability<Time>, Vec<((K, V), R)>)> = HashMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        for (d, t, r) in data.drain(..) {
+                            pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1.push((d, r));
+                        }
+                    });
+                    pending.retain(|time, (cap, updates)| {
+                        if frontier.less_equal(time) {
+                            return true;
+                        }
+                        consolidate(updates);
+                        let mut session = output.session(cap);
+                        let mut out = Vec::new();
+                        let mut vals: Vec<(&V, R)> = Vec::new();
+                        let mut i = 0;
+                        while i < updates.len() {
+                            let key = &updates[i].0 .0;
+                            vals.clear();
+                            while i < updates.len() && updates[i].0 .0 == *key {
+                                vals.push((&updates[i].0 .1, updates[i].1.clone()));
+                                i += 1;
+                            }
+                            out.clear();
+                            logic(key, &vals, &mut out);
+                            for (v2, r2) in out.drain(..) {
+                                session.give(((key.clone(), v2), *time, r2));
+                            }
+                        }
+                        false
+                    });
+                }
+            },
+        )
+        .as_collection()
+}

@@ -1,0 +1,157 @@
+//! Helpers shared by the integration tests that drive the `lambdaflow` binary: temporary
+//! data directories, running subcommands, generating input files, and reading the log back.
+
+#![allow(dead_code)]
+
+use lambdaflow_engine::log::Log;
+use lambdaflow_jobs::shop::ShopEvent;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lambdaflow")
+}
+
+/// A uniquely named directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("lambdaflow-it-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `lambdaflow --data DATA -w 2 ARGS...` and returns its output (whatever the exit code).
+pub fn run(data: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--data")
+        .arg(data)
+        .args(["-w", "2"])
+        .args(args)
+        .output()
+        .expect("spawn lambdaflow")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Like [`run`], but panics with the command's stderr unless it succeeded.
+pub fn run_ok(data: &Path, args: &[&str]) -> Output {
+    let o = run(data, args);
+    assert!(o.status.success(), "lambdaflow {args:?} failed ({}):\n{}", o.status, stderr(&o));
+    o
+}
+
+/// Writes `events` generated shop events (seed `seed`, `format` ndjson or csv) to `path`.
+pub fn gen_file(path: &Path, events: u64, seed: u64, format: &str) {
+    let o = Command::new(bin())
+        .args(["gen", "shop", "--events", &events.to_string(), "--seed", &seed.to_string(), "--format", format, "--out"])
+        .arg(path)
+        .output()
+        .expect("spawn lambdaflow gen");
+    assert!(o.status.success(), "gen failed: {}", stderr(&o));
+}
+
+/// Parses an input file the way `ingest` does.
+pub fn read_events(path: &Path) -> Vec<ShopEvent> {
+    lambdaflow_engine::cli::read_events::<ShopEvent>(path).expect("parse generated input")
+}
+
+/// Ingests `file` into `data` and checks it succeeded.
+pub fn ingest(data: &Path, file: &Path) -> Output {
+    run_ok(data, &["ingest", file.to_str().expect("utf-8 path")])
+}
+
+/// The log's end offsets (opening it runs recovery).
+pub fn end_offsets(data: &Path) -> Vec<u64> {
+    Log::open(&data.join("log")).expect("open log").end_offsets()
+}
+
+/// Every record payload of every partition, in offset order.
+pub fn payloads(log: &Log) -> Vec<Vec<Vec<u8>>> {
+    (0..log.partitions())
+        .map(|p| {
+            let mut out = Vec::new();
+            let mut next = 0u64;
+            log.read(p, 0, u64::MAX, |offset, bytes| {
+                assert_eq!(offset, next, "partition {p}: offsets are not contiguous");
+                next += 1;
+                out.push(bytes.to_vec());
+                Ok(())
+            })
+            .expect("read log");
+            out
+        })
+        .collect()
+}
+
+/// Every segment file of the log with its size: a fingerprint of what is stored.
+pub fn segment_files(data: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    let log = data.join("log");
+    for entry in std::fs::read_dir(&log).expect("list log dir") {
+        let entry = entry.expect("dir entry");
+        if entry.path().is_dir() {
+            for seg in std::fs::read_dir(entry.path()).expect("list partition dir") {
+                let seg = seg.expect("dir entry");
+                out.insert(seg.path(), seg.metadata().expect("stat").len());
+            }
+        }
+    }
+    out
+}
+
+/// The segment files of partition `p`, in offset order.
+pub fn partition_segments(data: &Path, p: u32) -> Vec<PathBuf> {
+    let dir = data.join("log").join(format!("p{p:04}"));
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("list partition dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// `lambdaflow query VIEW --json` as key (compact JSON text) → value, the form of
+/// `oracle::expected_views` and `testing::all_views`.
+pub fn query_json(data: &Path, view: &str) -> BTreeMap<String, Value> {
+    let o = run_ok(data, &["query", view, "--json", "--limit", "100000000"]);
+    stdout(&o)
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("query output is not JSON ({e}): {line}"));
+            assert_eq!(v["view"], view);
+            (serde_json::to_string(&v["key"]).expect("key"), v["value"].clone())
+        })
+        .collect()
+}
