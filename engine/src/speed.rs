@@ -56,23 +56,29 @@ struct StoreSeeds {
     store: ViewStore,
     version: Option<u64>,
     cache: Mutex<HashMap<String, Option<Arc<Vec<u8>>>>>,
-    errors: Mutex<Vec<String>>,
 }
 
 impl SeedSource for StoreSeeds {
-    fn seed(&self, name: &str) -> Option<Arc<Vec<u8>>> {
-        let version = self.version?;
+    fn seed(&self, name: &str) -> Result<Option<Arc<Vec<u8>>>, String> {
+        let Some(version) = self.version else {
+            return Ok(None);
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry(name.to_string())
-            .or_insert_with(|| match self.store.read_seed(version, name) {
-                Ok(bytes) => bytes.map(Arc::new),
-                Err(e) => {
-                    self.errors.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string());
-                    None
-                }
-            })
-            .clone()
+        if let Some(hit) = cache.get(name) {
+            return Ok(hit.clone());
+        }
+        let bytes = match self.store.read_seed(version, name) {
+            Ok(Some(bytes)) => Arc::new(bytes),
+            Ok(None) => {
+                return Err(format!(
+                    "batch version {version} has no seed `{name}`: the job's dataflow changed without a new Job::version \
+                     (bump the version so the engine serves from the log until a batch run under it)"
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        cache.insert(name.to_string(), Some(bytes.clone()));
+        Ok(Some(bytes))
     }
 }
 
@@ -100,72 +106,105 @@ impl SpeedLayer {
     ) -> Result<SpeedLayer> {
         let partitions = log.partitions() as usize;
         if cut.len() != partitions {
-            return Err(Error::Invalid(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
+            return Err(Error::Invalid(format!(
+                "cut has {} offsets, the log {partitions} partitions",
+                cut.len()
+            )));
         }
         let registry = Arc::new(Registry::default());
-        let seeds = Arc::new(StoreSeeds { store, version: batch_version, cache: Mutex::default(), errors: Mutex::default() });
+        let seeds = Arc::new(StoreSeeds {
+            store,
+            version: batch_version,
+            cache: Mutex::default(),
+        });
         let (built_tx, built_rx) = std::sync::mpsc::channel::<Result<()>>();
         let built_tx = Mutex::new(built_tx);
         let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
-        let offsets0: Vec<BTreeMap<u64, u64>> = cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
+        let offsets0: Vec<BTreeMap<u64, u64>> =
+            cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
         let workers = workers.max(1);
         let barrier = Arc::new(std::sync::Barrier::new(workers));
 
         let guards = {
-            let (registry, seeds, slot, cut, log, job, barrier) =
-                (registry.clone(), seeds.clone(), shared_slot.clone(), cut.clone(), log.clone(), job.clone(), barrier.clone());
-            timely::execute(timely::Config::process(workers), move |worker| -> Result<()> {
-                let (index, peers) = (worker.index(), worker.peers());
-                let seed_source: Arc<dyn SeedSource> = seeds.clone();
-                let (mut input, probe, errors) = worker.dataflow::<Time, _, _>(|scope| {
-                    let (input, events) = scope.new_collection::<J::Event, isize>();
-                    let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
-                    job.build(&mut ctx, events);
-                    (input, ctx.probe(), ctx.errors().to_vec())
-                });
-                let mut errors = errors;
-                errors.extend(seeds.errors.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
-                // Every worker has built (and registered its views) past this point.
-                barrier.wait();
-                if index == 0 {
-                    let result = if errors.is_empty() {
-                        let views = registry.views();
-                        let tables = views.iter().map(|v| v.new_speed_table()).collect();
-                        let shared = Arc::new(Shared {
-                            views,
-                            state: RwLock::new(SpeedState { tables, epoch: 0, frontier: cut.clone(), updated_ms: now_ms() }),
-                            moved: Condvar::new(),
-                            moved_lock: Mutex::new(()),
-                            stop: AtomicBool::new(false),
-                            target_epoch: AtomicU64::new(1),
-                            offsets: Mutex::new(offsets0.clone()),
-                            failure: Mutex::new(None),
-                        });
-                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
-                        Ok(())
+            let (registry, seeds, slot, cut, log, job, barrier) = (
+                registry.clone(),
+                seeds.clone(),
+                shared_slot.clone(),
+                cut.clone(),
+                log.clone(),
+                job.clone(),
+                barrier.clone(),
+            );
+            timely::execute(
+                timely::Config::process(workers),
+                move |worker| -> Result<()> {
+                    let (index, peers) = (worker.index(), worker.peers());
+                    let seed_source: Arc<dyn SeedSource> = seeds.clone();
+                    let (mut input, probe, errors) = worker.dataflow::<Time, _, _>(|scope| {
+                        let (input, events) = scope.new_collection::<J::Event, isize>();
+                        let mut ctx =
+                            Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
+                        job.build(&mut ctx, events);
+                        (input, ctx.probe(), ctx.errors().to_vec())
+                    });
+                    // Every worker has built (and registered its views) past this point.
+                    barrier.wait();
+                    if index == 0 {
+                        let result = if errors.is_empty() {
+                            let views = registry.views();
+                            let tables = views.iter().map(|v| v.new_speed_table()).collect();
+                            let shared = Arc::new(Shared {
+                                views,
+                                state: RwLock::new(SpeedState {
+                                    tables,
+                                    epoch: 0,
+                                    frontier: cut.clone(),
+                                    updated_ms: now_ms(),
+                                }),
+                                moved: Condvar::new(),
+                                moved_lock: Mutex::new(()),
+                                stop: AtomicBool::new(false),
+                                target_epoch: AtomicU64::new(1),
+                                offsets: Mutex::new(offsets0.clone()),
+                                failure: Mutex::new(None),
+                            });
+                            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+                            Ok(())
+                        } else {
+                            Err(Error::Dataflow(format!(
+                                "job {}: {}",
+                                job.name(),
+                                errors.join("; ")
+                            )))
+                        };
+                        let failed = result.is_err();
+                        let _ = built_tx
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .send(result);
+                        barrier.wait();
+                        if failed {
+                            return Ok(());
+                        }
                     } else {
-                        Err(Error::Dataflow(format!("job {}: {}", job.name(), errors.join("; "))))
-                    };
-                    let failed = result.is_err();
-                    let _ = built_tx.lock().unwrap_or_else(|e| e.into_inner()).send(result);
-                    barrier.wait();
-                    if failed {
-                        return Ok(());
+                        barrier.wait();
                     }
-                } else {
-                    barrier.wait();
-                }
-                let Some(shared) = slot.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-                    return Ok(());
-                };
-                let result = drive(worker, &shared, &log, &cut, index, peers, &mut input, &probe);
-                if let Err(e) = &result {
-                    *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                    shared.stop.store(true, Ordering::SeqCst);
-                    shared.moved.notify_all();
-                }
-                result
-            })
+                    let Some(shared) = slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                    else {
+                        return Ok(());
+                    };
+                    let result = drive(
+                        worker, &shared, &log, &cut, index, peers, &mut input, &probe,
+                    );
+                    if let Err(e) = &result {
+                        *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(e.to_string());
+                        shared.stop.store(true, Ordering::SeqCst);
+                        shared.moved.notify_all();
+                    }
+                    result
+                },
+            )
             .map_err(Error::Dataflow)?
         };
         match built_rx.recv() {
@@ -176,12 +215,27 @@ impl SpeedLayer {
             }
             Err(_) => {
                 let joined = guards.join();
-                let detail = joined.into_iter().filter_map(|r| r.err()).collect::<Vec<_>>().join("; ");
-                return Err(Error::Dataflow(format!("speed layer failed to start: {detail}")));
+                let detail = joined
+                    .into_iter()
+                    .filter_map(|r| r.err())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(Error::Dataflow(format!(
+                    "speed layer failed to start: {detail}"
+                )));
             }
         }
-        let shared = shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("worker 0 publishes shared state before signalling");
-        Ok(SpeedLayer { shared, guards: Mutex::new(Some(guards)), cut, batch_version })
+        let shared = shared_slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .expect("worker 0 publishes shared state before signalling");
+        Ok(SpeedLayer {
+            shared,
+            guards: Mutex::new(Some(guards)),
+            cut,
+            batch_version,
+        })
     }
 
     /// The views, in the order of [`SpeedState::tables`].
@@ -201,7 +255,11 @@ impl SpeedLayer {
 
     /// Why the speed layer stopped by itself, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until the frontier covers `offsets` in every partition, or `timeout` passes.
@@ -219,8 +277,15 @@ impl SpeedLayer {
             if now >= deadline {
                 return Ok(false);
             }
-            let guard = self.shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = self.shared.moved.wait_timeout(guard, (deadline - now).min(Duration::from_millis(20)));
+            let guard = self
+                .shared
+                .moved_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let _ = self
+                .shared
+                .moved
+                .wait_timeout(guard, (deadline - now).min(Duration::from_millis(20)));
         }
     }
 
@@ -257,7 +322,9 @@ fn drive<E: lambdaflow_operators::Event>(
     input: &mut differential_dataflow::input::InputSession<Time, E, isize>,
     probe: &timely::dataflow::ProbeHandle<Time>,
 ) -> Result<()> {
-    let mine: Vec<u32> = (0..cut.len() as u32).filter(|p| *p as usize % peers == index).collect();
+    let mine: Vec<u32> = (0..cut.len() as u32)
+        .filter(|p| *p as usize % peers == index)
+        .collect();
     let mut next: Vec<u64> = mine.iter().map(|p| cut[*p as usize]).collect();
     let mut epoch: u64 = 1;
     input.advance_to(epoch);
@@ -293,9 +360,14 @@ fn drive<E: lambdaflow_operators::Event>(
             input.advance_to(epoch);
             input.flush();
         }
-        worker.step_or_park(if read > 0 { Some(Duration::ZERO) } else { Some(IDLE_PARK) });
+        worker.step_or_park(if read > 0 {
+            Some(Duration::ZERO)
+        } else {
+            Some(IDLE_PARK)
+        });
         if index == 0 {
-            let complete = probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
+            let complete =
+                probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {
                 publish(shared, complete);
@@ -313,7 +385,11 @@ fn publish(shared: &Shared, epoch: u64) {
         offsets
             .iter_mut()
             .map(|history| {
-                let at = history.range(..=epoch).next_back().map(|(_, o)| *o).expect("epoch 0 is always recorded");
+                let at = history
+                    .range(..=epoch)
+                    .next_back()
+                    .map(|(_, o)| *o)
+                    .expect("epoch 0 is always recorded");
                 // Older entries are no longer needed.
                 let keep = history.split_off(&epoch);
                 *history = keep;

@@ -121,6 +121,9 @@ mod tests {
         assert!(n.is_zero());
         assert_eq!(Sums([2, 3]).multiply(&-2isize), Sums([-4, -6]));
         let json = serde_json::to_string(&Sums([7, -8])).unwrap();
-        assert_eq!(serde_json::from_str::<Sums<2>>(&json).unwrap(), Sums([7, -8]));
+        assert_eq!(
+            serde_json::from_str::<Sums<2>>(&json).unwrap(),
+            Sums([7, -8])
+        );
     }
 }
