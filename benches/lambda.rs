@@ -25,10 +25,7 @@ use std::time::{Duration, Instant};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
 }
 
 fn peak_rss_mib() -> f64 {
@@ -43,12 +40,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn gen(seed: u64, n: u64) -> Vec<ShopEvent> {
-    Generator::new(GenConfig {
-        events: n,
-        seed,
-        ..GenConfig::default()
-    })
-    .collect()
+    Generator::new(GenConfig { events: n, seed, ..GenConfig::default() }).collect()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -59,13 +51,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
-    let opts = Options {
-        workers,
-        log: LogConfig {
-            partitions: 4,
-            segment_bytes: 64 << 20,
-        },
-    };
+    let opts = Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 } };
     match name {
         "append" => {
             let evs = gen(1, events);
@@ -75,21 +61,17 @@ fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
                 append_events(&log, chunk).unwrap();
             }
             let s = t.elapsed().as_secs_f64();
-            println!("append        {events:>11} events  {s:8.3} s  {:>12.0} events/s  (durable, group commit 100k)  peak RSS {:.0} MiB", events as f64 / s, peak_rss_mib());
+            println!(
+                "append        {events:>11} events  {s:8.3} s  {:>12.0} events/s  (durable, group commit 100k)  peak RSS {:.0} MiB",
+                events as f64 / s,
+                peak_rss_mib()
+            );
         }
         "batch" => {
             let log = Arc::new(Log::open(&dir.join("log")).unwrap());
             let store = ViewStore::open(dir).unwrap();
             let t = Instant::now();
-            let r = run_batch(
-                Arc::new(Shop),
-                log,
-                &store,
-                workers,
-                None,
-                Arc::new(Progress::default()),
-            )
-            .unwrap();
+            let r = run_batch(Arc::new(Shop), log, &store, workers, None, Arc::new(Progress::default())).unwrap();
             let s = t.elapsed().as_secs_f64();
             println!(
                 "batch         {:>11} events  {s:8.3} s  {:>12.0} events/s  (compute {:.3} s = {:.0} events/s, write {:.3} s)  peak RSS {:.0} MiB",
@@ -139,22 +121,13 @@ fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
                 for p in positions {
                     target[p.partition as usize] = target[p.partition as usize].max(p.offset + 1);
                 }
-                assert!(
-                    lambda
-                        .serving()
-                        .speed
-                        .wait_for(&target, Duration::from_secs(10))
-                        .unwrap(),
-                    "speed layer stalled"
-                );
+                assert!(lambda.serving().speed.wait_for(&target, Duration::from_secs(10)).unwrap(), "speed layer stalled");
                 lat_ms.push(acked.elapsed().as_secs_f64() * 1e3);
             }
             let achieved = (per_tick * ticks) as f64 / start.elapsed().as_secs_f64();
             // One merged point query to show the answer is there.
             let q = Instant::now();
-            let _ = lambda
-                .query("customer_segments", &Selection::Key("gold".into()))
-                .unwrap();
+            let _ = lambda.query("customer_segments", &Selection::Key("gold".into())).unwrap();
             let q_us = q.elapsed().as_secs_f64() * 1e6;
             lat_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
             println!(
@@ -171,40 +144,21 @@ fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
 }
 
 fn main() {
-    let events: u64 = arg("--events", "1000000")
-        .replace('_', "")
-        .parse()
-        .expect("--events N");
+    let events: u64 = arg("--events", "1000000").replace('_', "").parse().expect("--events N");
     let workers: usize = arg("--workers", "2").parse().expect("--workers W");
     let rate: u64 = arg("--rate", "100000").parse().expect("--rate R");
     if let Ok(p) = std::env::var("LAMBDAFLOW_BENCH_PHASE") {
         phase(&p, Path::new(&arg("--dir", "")), events, workers, rate);
         return;
     }
-    let dir = PathBuf::from(arg(
-        "--dir",
-        &std::env::temp_dir()
-            .join(format!("lambdaflow-bench-{}", std::process::id()))
-            .to_string_lossy(),
-    ));
+    let dir = PathBuf::from(arg("--dir", &std::env::temp_dir().join(format!("lambdaflow-bench-{}", std::process::id())).to_string_lossy()));
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "lambdaflow bench: shop job, {events} events, {workers} workers, data in {}",
-        dir.display()
-    );
+    println!("lambdaflow bench: shop job, {events} events, {workers} workers, data in {}", dir.display());
     let me = std::env::current_exe().unwrap();
     for p in ["append", "batch", "speed-throughput", "speed-latency"] {
         let status = Command::new(&me)
             .env("LAMBDAFLOW_BENCH_PHASE", p)
-            .args([
-                "--events",
-                &events.to_string(),
-                "--workers",
-                &workers.to_string(),
-                "--rate",
-                &rate.to_string(),
-                "--dir",
-            ])
+            .args(["--events", &events.to_string(), "--workers", &workers.to_string(), "--rate", &rate.to_string(), "--dir"])
             .arg(&dir)
             .status()
             .unwrap();

@@ -15,9 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const PURCHASE: &str = r#"{"type":"purchase","ts":1767225600000,"order_id":1,"customer_id":2,"product_id":3,"quantity":4,"amount_cents":500}"#;
-const VIEW: &str =
-    r#"{"type":"view","ts":1767225600000,"customer_id":2,"product_id":3,"session_id":9}"#;
+const PURCHASE: &str =
+    r#"{"type":"purchase","ts":1767225600000,"order_id":1,"customer_id":2,"product_id":3,"quantity":4,"amount_cents":500}"#;
+const VIEW: &str = r#"{"type":"view","ts":1767225600000,"customer_id":2,"product_id":3,"session_id":9}"#;
 const CSV_PURCHASE: &str = "purchase,1767225600000,1,2,3,4,500,,";
 const CSV_VIEW: &str = "view,1767225600000,,2,3,,,,9";
 
@@ -39,26 +39,13 @@ impl Fixture {
         let ends = end_offsets(&data);
         assert_eq!(ends.iter().sum::<u64>(), 300);
         let files = segment_files(&data);
-        Fixture {
-            tmp,
-            data,
-            ends,
-            files,
-        }
+        Fixture { tmp, data, ends, files }
     }
 
     /// Asserts the log is exactly as it was after the good events.
     fn assert_unchanged(&self, case: &str) {
-        assert_eq!(
-            segment_files(&self.data),
-            self.files,
-            "{case}: segment files changed: something was stored"
-        );
-        assert_eq!(
-            end_offsets(&self.data),
-            self.ends,
-            "{case}: end offsets changed: something was stored"
-        );
+        assert_eq!(segment_files(&self.data), self.files, "{case}: segment files changed: something was stored");
+        assert_eq!(end_offsets(&self.data), self.ends, "{case}: end offsets changed: something was stored");
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -75,10 +62,7 @@ impl Fixture {
 
     fn reject_bytes(&self, case: &str, input: &[u8], line: u64, expect: &[&str]) {
         let path = self.write("case.in", input);
-        let o = run(
-            &self.data,
-            &["ingest", path.to_str().expect("utf-8 path"), "--print-acks"],
-        );
+        let o = run(&self.data, &["ingest", path.to_str().expect("utf-8 path"), "--print-acks"]);
         check_rejected(case, &o, line, expect);
         self.assert_unchanged(case);
     }
@@ -86,21 +70,10 @@ impl Fixture {
 
 fn check_rejected(case: &str, o: &Output, line: u64, expect: &[&str]) {
     let err = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{case}: exit code; stderr:\n{err}"
-    );
-    assert!(
-        stdout(o).is_empty(),
-        "{case}: nothing may be acknowledged: {}",
-        stdout(o)
-    );
+    assert_eq!(o.status.code(), Some(2), "{case}: exit code; stderr:\n{err}");
+    assert!(stdout(o).is_empty(), "{case}: nothing may be acknowledged: {}", stdout(o));
     let head = format!("error: line {line}: ");
-    assert!(
-        err.contains(&head),
-        "{case}: error must start with `{head}`: {err}"
-    );
+    assert!(err.contains(&head), "{case}: error must start with `{head}`: {err}");
     for e in expect {
         assert!(err.contains(e), "{case}: error must mention `{e}`: {err}");
     }
@@ -141,137 +114,65 @@ fn ndjson_rejections() {
     let fx = Fixture::new("bad-ndjson");
     let p = |s: &str| PURCHASE.replace(r#""quantity":4"#, s);
     let cases: Vec<(&str, String, u64, Vec<&str>)> = vec![
-        (
-            "malformed JSON",
-            lines(&[
-                PURCHASE,
-                r#"{"type":"view","ts":1767225600000,"customer_id":2"#,
-                VIEW,
-            ]),
-            2,
-            vec!["not valid JSON"],
-        ),
-        (
-            "not an object",
-            lines(&[PURCHASE, VIEW, "[1,2]"]),
-            3,
-            vec!["JSON object"],
-        ),
+        ("malformed JSON", lines(&[PURCHASE, r#"{"type":"view","ts":1767225600000,"customer_id":2"#, VIEW]), 2, vec!["not valid JSON"]),
+        ("not an object", lines(&[PURCHASE, VIEW, "[1,2]"]), 3, vec!["JSON object"]),
         (
             "string for ts",
-            lines(&[
-                PURCHASE,
-                &VIEW.replace(r#""ts":1767225600000"#, r#""ts":"1767225600000""#),
-            ]),
+            lines(&[PURCHASE, &VIEW.replace(r#""ts":1767225600000"#, r#""ts":"1767225600000""#)]),
             2,
             vec![r#"field "ts""#, r#"value "1767225600000""#, "not a string"],
         ),
-        (
-            "float quantity",
-            lines(&[VIEW, &p(r#""quantity":1.5"#)]),
-            2,
-            vec![r#"field "quantity""#, r#"value "1.5""#, "fractional"],
-        ),
-        (
-            "negative quantity",
-            lines(&[&p(r#""quantity":-2"#), VIEW]),
-            1,
-            vec![r#"field "quantity""#, r#"value "-2""#, "at least 1"],
-        ),
-        (
-            "zero quantity",
-            lines(&[VIEW, VIEW, &p(r#""quantity":0"#)]),
-            3,
-            vec![r#"field "quantity""#, r#"value "0""#, "at least 1"],
-        ),
+        ("float quantity", lines(&[VIEW, &p(r#""quantity":1.5"#)]), 2, vec![r#"field "quantity""#, r#"value "1.5""#, "fractional"]),
+        ("negative quantity", lines(&[&p(r#""quantity":-2"#), VIEW]), 1, vec![r#"field "quantity""#, r#"value "-2""#, "at least 1"]),
+        ("zero quantity", lines(&[VIEW, VIEW, &p(r#""quantity":0"#)]), 3, vec![r#"field "quantity""#, r#"value "0""#, "at least 1"]),
         (
             "negative amount_cents",
-            lines(&[
-                VIEW,
-                &PURCHASE.replace(r#""amount_cents":500"#, r#""amount_cents":-500"#),
-            ]),
+            lines(&[VIEW, &PURCHASE.replace(r#""amount_cents":500"#, r#""amount_cents":-500"#)]),
             2,
             vec![r#"field "amount_cents""#, r#"value "-500""#, "negative"],
         ),
         (
             "negative refund amount",
-            lines(&[
-                VIEW,
-                r#"{"type":"refund","ts":1767225600000,"order_id":1,"customer_id":2,"product_id":3,"amount_cents":-7}"#,
-            ]),
+            lines(&[VIEW, r#"{"type":"refund","ts":1767225600000,"order_id":1,"customer_id":2,"product_id":3,"amount_cents":-7}"#]),
             2,
             vec![r#"field "amount_cents""#, r#"value "-7""#, "negative"],
         ),
         (
             "unknown type",
-            lines(&[
-                VIEW,
-                r#"{"type":"wishlist","ts":1767225600000,"customer_id":2,"product_id":3}"#,
-            ]),
+            lines(&[VIEW, r#"{"type":"wishlist","ts":1767225600000,"customer_id":2,"product_id":3}"#]),
             2,
-            vec![
-                r#"field "type""#,
-                r#"value "wishlist""#,
-                "unknown event type",
-            ],
+            vec![r#"field "type""#, r#"value "wishlist""#, "unknown event type"],
         ),
         (
             "unknown field",
             lines(&[&PURCHASE.replace('}', r#","coupon":"X"}"#), VIEW]),
             1,
-            vec![
-                r#"field "coupon""#,
-                r#"value "X""#,
-                "not a field of purchase events",
-            ],
+            vec![r#"field "coupon""#, r#"value "X""#, "not a field of purchase events"],
         ),
         (
             "field of another type",
             lines(&[PURCHASE, &VIEW.replace('}', r#","delta":3}"#)]),
             2,
-            vec![
-                r#"field "delta""#,
-                r#"value "3""#,
-                "not a field of view events",
-            ],
+            vec![r#"field "delta""#, r#"value "3""#, "not a field of view events"],
         ),
         (
             "missing field",
-            lines(&[
-                PURCHASE,
-                PURCHASE,
-                r#"{"type":"view","ts":1767225600000,"customer_id":2,"product_id":3}"#,
-            ]),
+            lines(&[PURCHASE, PURCHASE, r#"{"type":"view","ts":1767225600000,"customer_id":2,"product_id":3}"#]),
             3,
             vec![r#"field "session_id""#, "required but missing"],
         ),
-        (
-            "missing type",
-            lines(&[r#"{"ts":1767225600000,"product_id":3,"delta":1}"#]),
-            1,
-            vec![r#"field "type""#, "required but missing"],
-        ),
+        ("missing type", lines(&[r#"{"ts":1767225600000,"product_id":3,"delta":1}"#]), 1, vec![r#"field "type""#, "required but missing"]),
         (
             "negative id",
-            lines(&[
-                VIEW,
-                &VIEW.replace(r#""customer_id":2"#, r#""customer_id":-2"#),
-            ]),
+            lines(&[VIEW, &VIEW.replace(r#""customer_id":2"#, r#""customer_id":-2"#)]),
             2,
             vec![r#"field "customer_id""#, r#"value "-2""#, "negative"],
         ),
         (
             "id out of range",
-            lines(&[
-                VIEW,
-                &VIEW.replace(r#""product_id":3"#, r#""product_id":18446744073709551616"#),
-            ]),
+            lines(&[VIEW, &VIEW.replace(r#""product_id":3"#, r#""product_id":18446744073709551616"#)]),
             2,
-            vec![
-                r#"field "product_id""#,
-                r#"value "18446744073709551616""#,
-                "out of range",
-            ],
+            vec![r#"field "product_id""#, r#"value "18446744073709551616""#, "out of range"],
         ),
     ];
     for (case, input, line, expect) in &cases {
@@ -286,24 +187,9 @@ fn ndjson_rejections() {
 fn csv_rejections() {
     let fx = Fixture::new("bad-csv");
     let cases: Vec<(&str, String, u64, Vec<&str>)> = vec![
-        (
-            "too few columns",
-            lines(&[CSV_HEADER, CSV_PURCHASE, "view,1767225600000,,2,3,,,"]),
-            3,
-            vec!["9 comma-separated columns"],
-        ),
-        (
-            "too many columns",
-            lines(&[CSV_HEADER, "view,1767225600000,,2,3,,,,9,", CSV_VIEW]),
-            2,
-            vec!["9 comma-separated columns"],
-        ),
-        (
-            "bad number",
-            lines(&[CSV_HEADER, CSV_VIEW, "view,five,,2,3,,,,9"]),
-            3,
-            vec![r#"field "ts""#, r#"value "five""#, "integer"],
-        ),
+        ("too few columns", lines(&[CSV_HEADER, CSV_PURCHASE, "view,1767225600000,,2,3,,,"]), 3, vec!["9 comma-separated columns"]),
+        ("too many columns", lines(&[CSV_HEADER, "view,1767225600000,,2,3,,,,9,", CSV_VIEW]), 2, vec!["9 comma-separated columns"]),
+        ("bad number", lines(&[CSV_HEADER, CSV_VIEW, "view,five,,2,3,,,,9"]), 3, vec![r#"field "ts""#, r#"value "five""#, "integer"]),
         (
             "fractional quantity",
             lines(&[CSV_HEADER, "purchase,1767225600000,1,2,3,1.5,500,,"]),
@@ -318,12 +204,7 @@ fn csv_rejections() {
         ),
         (
             "negative amount_cents",
-            lines(&[
-                CSV_HEADER,
-                CSV_VIEW,
-                CSV_VIEW,
-                "refund,1767225600000,1,2,3,,-5,,",
-            ]),
+            lines(&[CSV_HEADER, CSV_VIEW, CSV_VIEW, "refund,1767225600000,1,2,3,,-5,,"]),
             4,
             vec![r#"field "amount_cents""#, r#"value "-5""#, "negative"],
         ),
@@ -331,11 +212,7 @@ fn csv_rejections() {
             "unused column not empty",
             lines(&[CSV_HEADER, CSV_PURCHASE, "view,1767225600000,5,2,3,,,,9"]),
             3,
-            vec![
-                r#"field "order_id""#,
-                r#"value "5""#,
-                "not a field of view events",
-            ],
+            vec![r#"field "order_id""#, r#"value "5""#, "not a field of view events"],
         ),
         (
             "used column empty",
@@ -347,24 +224,10 @@ fn csv_rejections() {
             "unknown type",
             lines(&[CSV_HEADER, "wishlist,1767225600000,,2,3,,,,9"]),
             2,
-            vec![
-                r#"field "type""#,
-                r#"value "wishlist""#,
-                "unknown event type",
-            ],
+            vec![r#"field "type""#, r#"value "wishlist""#, "unknown event type"],
         ),
-        (
-            "no header",
-            lines(&[CSV_VIEW, CSV_VIEW]),
-            1,
-            vec!["CSV header"],
-        ),
-        (
-            "header twice",
-            lines(&[CSV_HEADER, CSV_VIEW, CSV_HEADER, CSV_VIEW]),
-            3,
-            vec![],
-        ),
+        ("no header", lines(&[CSV_VIEW, CSV_VIEW]), 1, vec!["CSV header"]),
+        ("header twice", lines(&[CSV_HEADER, CSV_VIEW, CSV_HEADER, CSV_VIEW]), 3, vec![]),
     ];
     for (case, input, line, expect) in &cases {
         fx.reject(case, input, *line, expect);
@@ -395,42 +258,22 @@ fn one_bad_line_in_the_middle() {
         let good: String = ls.iter().map(|l| format!("{l}\n")).collect();
         let bad_line = 637;
         let (bad, field) = match format {
-            "ndjson" => (
-                PURCHASE.replace(r#""quantity":4"#, r#""quantity":0"#),
-                r#"field "quantity""#,
-            ),
-            _ => (
-                "inventory,1767225600000,,,3,,,1.5,".to_string(),
-                r#"field "delta""#,
-            ),
+            "ndjson" => (PURCHASE.replace(r#""quantity":4"#, r#""quantity":0"#), r#"field "quantity""#),
+            _ => ("inventory,1767225600000,,,3,,,1.5,".to_string(), r#"field "delta""#),
         };
         ls.insert(bad_line - 1, bad);
         let with_bad: String = ls.iter().map(|l| format!("{l}\n")).collect();
-        fx.reject(
-            &format!("{format}: bad line {bad_line}"),
-            &with_bad,
-            bad_line as u64,
-            &[field],
-        );
+        fx.reject(&format!("{format}: bad line {bad_line}"), &with_bad, bad_line as u64, &[field]);
 
         // The same through stdin.
         let o = ingest_stdin(&fx.data, with_bad.as_bytes());
-        check_rejected(
-            &format!("{format} via stdin"),
-            &o,
-            bad_line as u64,
-            &[field],
-        );
+        check_rejected(&format!("{format} via stdin"), &o, bad_line as u64, &[field]);
         fx.assert_unchanged(&format!("{format} via stdin"));
 
         // Without the bad line, the file is accepted (then undone by a fresh fixture below).
         let path = fx.write(&format!("nobad.{format}"), good.as_bytes());
         let o = run_ok(&fx.data, &["ingest", path.to_str().expect("utf-8 path")]);
-        assert!(
-            stderr(&o).contains("ingested 1000 events"),
-            "{}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains("ingested 1000 events"), "{}", stderr(&o));
         assert_eq!(end_offsets(&fx.data).iter().sum::<u64>(), 1_300);
         // Restore the fixture's log for the next format.
         std::fs::remove_dir_all(&fx.data).expect("reset data dir");
@@ -457,26 +300,11 @@ fn invalid_utf8_and_empty_input() {
     latin1.extend_from_slice(b"view,1767225600000,,2,3,,,,9\xe9\n");
     fx.reject_bytes("invalid UTF-8 in CSV", &latin1, 2, &["not valid UTF-8"]);
 
-    for (case, input) in [
-        ("empty file", ""),
-        ("blank lines", "\n\n  \r\n"),
-        ("CSV header only", &lines(&[CSV_HEADER])),
-    ] {
+    for (case, input) in [("empty file", ""), ("blank lines", "\n\n  \r\n"), ("CSV header only", &lines(&[CSV_HEADER]))] {
         let path = fx.write("empty.in", input.as_bytes());
-        let o = run(
-            &fx.data,
-            &["ingest", path.to_str().expect("utf-8 path"), "--print-acks"],
-        );
-        assert!(
-            o.status.success(),
-            "{case}: empty input is fine: {}",
-            stderr(&o)
-        );
-        assert!(
-            stderr(&o).contains("ingested 0 events"),
-            "{case}: {}",
-            stderr(&o)
-        );
+        let o = run(&fx.data, &["ingest", path.to_str().expect("utf-8 path"), "--print-acks"]);
+        assert!(o.status.success(), "{case}: empty input is fine: {}", stderr(&o));
+        assert!(stderr(&o).contains("ingested 0 events"), "{case}: {}", stderr(&o));
         fx.assert_unchanged(case);
     }
     let o = ingest_stdin(&fx.data, b"");
@@ -492,48 +320,21 @@ fn parse(bytes: &[u8]) -> Result<Vec<ShopEvent>, Error> {
 fn event() -> impl Strategy<Value = ShopEvent> {
     let ts = 0i64..2_000_000_000_000;
     prop_oneof![
-        (
-            ts.clone(),
-            0u64..100,
-            0u64..100,
-            0u64..100,
-            1u32..10,
-            0i64..100_000
-        )
-            .prop_map(
-                |(ts, order_id, customer_id, product_id, quantity, amount_cents)| {
-                    ShopEvent::Purchase {
-                        ts,
-                        order_id,
-                        customer_id,
-                        product_id,
-                        quantity,
-                        amount_cents,
-                    }
-                }
-            ),
-        (ts.clone(), 0u64..100, 0u64..100, 0u64..100, 0i64..100_000).prop_map(
-            |(ts, order_id, customer_id, product_id, amount_cents)| ShopEvent::Refund {
-                ts,
-                order_id,
-                customer_id,
-                product_id,
-                amount_cents
+        (ts.clone(), 0u64..100, 0u64..100, 0u64..100, 1u32..10, 0i64..100_000).prop_map(
+            |(ts, order_id, customer_id, product_id, quantity, amount_cents)| {
+                ShopEvent::Purchase { ts, order_id, customer_id, product_id, quantity, amount_cents }
             }
         ),
-        (ts.clone(), 0u64..100, 0u64..100, 0u64..100).prop_map(
-            |(ts, customer_id, product_id, session_id)| ShopEvent::View {
-                ts,
-                customer_id,
-                product_id,
-                session_id
-            }
-        ),
-        (ts, 0u64..100, -100i64..100).prop_map(|(ts, product_id, delta)| ShopEvent::Inventory {
-            ts,
-            product_id,
-            delta
+        (ts.clone(), 0u64..100, 0u64..100, 0u64..100, 0i64..100_000).prop_map(|(ts, order_id, customer_id, product_id, amount_cents)| {
+            ShopEvent::Refund { ts, order_id, customer_id, product_id, amount_cents }
         }),
+        (ts.clone(), 0u64..100, 0u64..100, 0u64..100).prop_map(|(ts, customer_id, product_id, session_id)| ShopEvent::View {
+            ts,
+            customer_id,
+            product_id,
+            session_id
+        }),
+        (ts, 0u64..100, -100i64..100).prop_map(|(ts, product_id, delta)| ShopEvent::Inventory { ts, product_id, delta }),
     ]
 }
 
@@ -573,13 +374,7 @@ const BAD_NDJSON: [&str; 6] = [
     r#"{"type":"view","ts":-1,"customer_id":1,"product_id":1,"session_id":1}"#,
 ];
 
-const BAD_CSV: [&str; 5] = [
-    "view,1,,1,1,,,",
-    "view,x,,1,1,,,,1",
-    r#"{"type":"view"}"#,
-    "purchase,1,1,2,3,0,5,,",
-    "view,1,7,1,1,,,,1",
-];
+const BAD_CSV: [&str; 5] = ["view,1,,1,1,,,", "view,x,,1,1,,,,1", r#"{"type":"view"}"#, "purchase,1,1,2,3,0,5,,", "view,1,7,1,1,,,,1"];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]

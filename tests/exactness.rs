@@ -64,9 +64,7 @@ fn run(events: &[ShopEvent], cuts: &[usize], workers: usize) -> Result<(), Strin
     let expected = expected_views(events);
     match diff(&expected, &report.final_views) {
         None => Ok(()),
-        Some(d) => Err(format!(
-            "merged views differ from the naive oracle ({workers} workers, cuts {cuts:?}): {d}"
-        )),
+        Some(d) => Err(format!("merged views differ from the naive oracle ({workers} workers, cuts {cuts:?}): {d}")),
     }
 }
 
@@ -88,74 +86,36 @@ proptest! {
     }
 }
 
-fn purchase(
-    day: i64,
-    order_id: u64,
-    customer_id: u64,
-    product_id: u64,
-    amount_cents: i64,
-) -> ShopEvent {
-    ShopEvent::Purchase {
-        ts: ts(day, 1000),
-        order_id,
-        customer_id,
-        product_id,
-        quantity: 1,
-        amount_cents,
-    }
+fn purchase(day: i64, order_id: u64, customer_id: u64, product_id: u64, amount_cents: i64) -> ShopEvent {
+    ShopEvent::Purchase { ts: ts(day, 1000), order_id, customer_id, product_id, quantity: 1, amount_cents }
 }
 
-fn refund(
-    day: i64,
-    order_id: u64,
-    customer_id: u64,
-    product_id: u64,
-    amount_cents: i64,
-) -> ShopEvent {
-    ShopEvent::Refund {
-        ts: ts(day, 2000),
-        order_id,
-        customer_id,
-        product_id,
-        amount_cents,
-    }
+fn refund(day: i64, order_id: u64, customer_id: u64, product_id: u64, amount_cents: i64) -> ShopEvent {
+    ShopEvent::Refund { ts: ts(day, 2000), order_id, customer_id, product_id, amount_cents }
 }
 
 fn view(day: i64, customer_id: u64, product_id: u64) -> ShopEvent {
-    ShopEvent::View {
-        ts: ts(day, 3000),
-        customer_id,
-        product_id,
-        session_id: 1,
-    }
+    ShopEvent::View { ts: ts(day, 3000), customer_id, product_id, session_id: 1 }
 }
 
 // The spec's named cases, with the cut placed between the two halves of each.
 #[test]
 fn named_cases_across_the_cut() {
     let before = [
-        purchase(1, 1, 1, 5, 9_000),   // customer 1: bronze at the cut
-        purchase(1, 2, 2, 6, 150_000), // customer 2: gold at the cut
-        view(1, 3, 5),                 // viewer 3 on day 1, before the cut
-        ShopEvent::Inventory {
-            ts: ts(1, 0),
-            product_id: 9,
-            delta: 5,
-        }, // stock that will net to 0
+        purchase(1, 1, 1, 5, 9_000),                                    // customer 1: bronze at the cut
+        purchase(1, 2, 2, 6, 150_000),                                  // customer 2: gold at the cut
+        view(1, 3, 5),                                                  // viewer 3 on day 1, before the cut
+        ShopEvent::Inventory { ts: ts(1, 0), product_id: 9, delta: 5 }, // stock that will net to 0
         purchase(2, 3, 4, 7, 500),
     ];
     let after = [
-        purchase(1, 4, 1, 5, 2_000), // customer 1 crosses into silver after the cut
-        refund(3, 2, 2, 6, 150_000), // refund after the cut of its purchase: 2 goes to none
-        view(1, 3, 6),               // viewer 3 seen again on day 1: still one viewer
-        view(1, 8, 6),               // a new viewer on day 1
-        ShopEvent::Inventory {
-            ts: ts(1, 9),
-            product_id: 9,
-            delta: -5,
-        }, // level 0 stays
-        purchase(0, 5, 4, 7, 700),   // late event for an old day
-        refund(2, 3, 4, 7, 500),     // refund cancelling customer 4's day-2 purchase
+        purchase(1, 4, 1, 5, 2_000),                                     // customer 1 crosses into silver after the cut
+        refund(3, 2, 2, 6, 150_000),                                     // refund after the cut of its purchase: 2 goes to none
+        view(1, 3, 6),                                                   // viewer 3 seen again on day 1: still one viewer
+        view(1, 8, 6),                                                   // a new viewer on day 1
+        ShopEvent::Inventory { ts: ts(1, 9), product_id: 9, delta: -5 }, // level 0 stays
+        purchase(0, 5, 4, 7, 700),                                       // late event for an old day
+        refund(2, 3, 4, 7, 500),                                         // refund cancelling customer 4's day-2 purchase
     ];
     let events: Vec<ShopEvent> = before.iter().chain(after.iter()).cloned().collect();
     for workers in [1, 2, 4] {
@@ -165,22 +125,8 @@ fn named_cases_across_the_cut() {
     }
     let report = check_exact(Shop, &events, &[before.len()], 2).unwrap();
     let segs = &report.final_views["customer_segments"];
-    assert_eq!(
-        segs["\"silver\""],
-        serde_json::json!({ "customers": 1 }),
-        "customer 1 moved to silver: {segs:?}"
-    );
-    assert_eq!(
-        segs["\"none\""],
-        serde_json::json!({ "customers": 1 }),
-        "customer 2 refunded to none: {segs:?}"
-    );
-    assert_eq!(
-        report.final_views["inventory_level"]["9"],
-        serde_json::json!({ "level": 0 })
-    );
-    assert_eq!(
-        report.final_views["daily_unique_viewers"]["\"2026-01-02\""],
-        serde_json::json!({ "viewers": 2 })
-    );
+    assert_eq!(segs["\"silver\""], serde_json::json!({ "customers": 1 }), "customer 1 moved to silver: {segs:?}");
+    assert_eq!(segs["\"none\""], serde_json::json!({ "customers": 1 }), "customer 2 refunded to none: {segs:?}");
+    assert_eq!(report.final_views["inventory_level"]["9"], serde_json::json!({ "level": 0 }));
+    assert_eq!(report.final_views["daily_unique_viewers"]["\"2026-01-02\""], serde_json::json!({ "viewers": 2 }));
 }

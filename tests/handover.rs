@@ -25,15 +25,7 @@ type Appended = Arc<Mutex<Vec<(Position, ShopEvent)>>>;
 
 fn events(seed: u64, n: u64) -> Vec<ShopEvent> {
     // A small id space so the speed layer's keys overlap the batch's.
-    Generator::new(GenConfig {
-        events: n,
-        seed,
-        customers: 300,
-        products: 40,
-        days: 5,
-        ..GenConfig::default()
-    })
-    .collect()
+    Generator::new(GenConfig { events: n, seed, customers: 300, products: 40, days: 5, ..GenConfig::default() }).collect()
 }
 
 fn append(lambda: &Lambda<Shop>, log: &Appended, batch: &[ShopEvent]) {
@@ -47,12 +39,7 @@ fn speed_keys(lambda: &Lambda<Shop>) -> usize {
 }
 
 /// Checks one view's answers against the oracle over the events before `frontier`.
-fn check(
-    view: &str,
-    answers: &BTreeMap<String, serde_json::Value>,
-    frontier: &[u64],
-    appended: &Appended,
-) -> Result<(), String> {
+fn check(view: &str, answers: &BTreeMap<String, serde_json::Value>, frontier: &[u64], appended: &Appended) -> Result<(), String> {
     // Wait until every event below the frontier has been recorded by the writer (its append
     // may have become visible a moment before it returned).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -71,9 +58,7 @@ fn check(
         }
         drop(log);
         if Instant::now() > deadline {
-            return Err(format!(
-                "events below frontier {frontier:?} never recorded (have {counts:?})"
-            ));
+            return Err(format!("events below frontier {frontier:?} never recorded (have {counts:?})"));
         }
         std::thread::sleep(Duration::from_millis(2));
     };
@@ -85,10 +70,7 @@ fn check(
             .find(|(k, v)| answers.get(*k) != Some(v))
             .map(|(k, v)| format!("key {k}: expected {v}, got {:?}", answers.get(k)))
             .unwrap_or_else(|| "extra keys in the answer".into());
-        return Err(format!(
-            "{view} at frontier {frontier:?} ({} events): {first}",
-            covered.len()
-        ));
+        return Err(format!("{view} at frontier {frontier:?} ({} events): {first}", covered.len()));
     }
     Ok(())
 }
@@ -96,20 +78,12 @@ fn check(
 #[test]
 fn answers_stay_exact_across_handovers() {
     let dir = TempDir::new("handover");
-    let opts = Options {
-        workers: 2,
-        log: LogConfig {
-            partitions: 4,
-            segment_bytes: 256 << 10,
-        },
-    };
+    let opts = Options { workers: 2, log: LogConfig { partitions: 4, segment_bytes: 256 << 10 } };
     let lambda = Arc::new(Lambda::open(Shop, dir.path(), opts).unwrap());
     let appended: Appended = Arc::default();
 
     append(&lambda, &appended, &events(1, 5_000));
-    lambda
-        .batch_and_handover(Arc::new(Progress::default()))
-        .unwrap(); // C1
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap(); // C1
     append(&lambda, &appended, &events(2, 4_000));
     lambda.sync(Duration::from_secs(30)).unwrap();
 
@@ -127,31 +101,14 @@ fn answers_stay_exact_across_handovers() {
         })
     };
     let reader = {
-        let (lambda, appended, stop, checked) = (
-            lambda.clone(),
-            appended.clone(),
-            stop.clone(),
-            checked.clone(),
-        );
+        let (lambda, appended, stop, checked) = (lambda.clone(), appended.clone(), stop.clone(), checked.clone());
         std::thread::spawn(move || -> Result<(), String> {
             let views = lambda.views();
             while !stop.load(Ordering::SeqCst) {
                 for v in &views {
-                    let r = lambda
-                        .query(
-                            &v.name,
-                            &Selection::Range {
-                                from: None,
-                                to: None,
-                                limit: usize::MAX,
-                            },
-                        )
-                        .map_err(|e| e.to_string())?;
-                    let answers = r
-                        .answers
-                        .iter()
-                        .map(|a| (serde_json::to_string(&a.key).unwrap(), a.value.clone()))
-                        .collect();
+                    let r =
+                        lambda.query(&v.name, &Selection::Range { from: None, to: None, limit: usize::MAX }).map_err(|e| e.to_string())?;
+                    let answers = r.answers.iter().map(|a| (serde_json::to_string(&a.key).unwrap(), a.value.clone())).collect();
                     check(&v.name, &answers, &r.freshness.speed_frontier, &appended)?;
                     checked.fetch_add(1, Ordering::SeqCst);
                 }
@@ -163,36 +120,19 @@ fn answers_stay_exact_across_handovers() {
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(300));
         let before = speed_keys(&lambda);
-        let report = lambda
-            .batch_and_handover(Arc::new(Progress::default()))
-            .unwrap(); // C2, C3
+        let report = lambda.batch_and_handover(Arc::new(Progress::default())).unwrap(); // C2, C3
         let after = speed_keys(&lambda);
-        assert!(
-            after < before,
-            "speed state must shrink at a handover: {before} keys before, {after} after (cut {:?})",
-            report.meta.cut
-        );
+        assert!(after < before, "speed state must shrink at a handover: {before} keys before, {after} after (cut {:?})", report.meta.cut);
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     reader.join().unwrap().unwrap();
-    assert!(
-        checked.load(Ordering::SeqCst) >= 16,
-        "the reader checked too few answers"
-    );
+    assert!(checked.load(Ordering::SeqCst) >= 16, "the reader checked too few answers");
 
     // Finally: everything appended, merged, equals the oracle over everything.
     lambda.sync(Duration::from_secs(30)).unwrap();
-    let all: Vec<ShopEvent> = appended
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, e)| e.clone())
-        .collect();
+    let all: Vec<ShopEvent> = appended.lock().unwrap().iter().map(|(_, e)| e.clone()).collect();
     let merged = lambdaflow_engine::testing::all_views(&lambda).unwrap();
-    assert_eq!(
-        lambdaflow_engine::testing::diff(&expected_views(&all), &merged),
-        None
-    );
+    assert_eq!(lambdaflow_engine::testing::diff(&expected_views(&all), &merged), None);
 }

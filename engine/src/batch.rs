@@ -40,21 +40,8 @@ pub struct Progress {
     pub total: AtomicU64,
 }
 
-pub(crate) fn decode_event<E: lambdaflow_operators::Event>(
-    partition: u32,
-    offset: u64,
-    bytes: &[u8],
-) -> Result<E, LogError> {
-    bincode::deserialize(bytes).map_err(|e| {
-        LogError::Callback(
-            Error::Decode {
-                partition,
-                offset,
-                detail: e.to_string(),
-            }
-            .to_string(),
-        )
-    })
+pub(crate) fn decode_event<E: lambdaflow_operators::Event>(partition: u32, offset: u64, bytes: &[u8]) -> Result<E, LogError> {
+    bincode::deserialize(bytes).map_err(|e| LogError::Callback(Error::Decode { partition, offset, detail: e.to_string() }.to_string()))
 }
 
 /// Runs the job in batch mode over `log` before `cut` (default: the log's current end) on
@@ -71,62 +58,43 @@ pub fn run_batch<J: Job>(
     let cut = cut.unwrap_or_else(|| log.end_offsets());
     let ends = log.end_offsets();
     if cut.len() != ends.len() || cut.iter().zip(&ends).any(|(c, e)| c > e) {
-        return Err(Error::Invalid(format!(
-            "cut {cut:?} is not a prefix of the log (ends {ends:?})"
-        )));
+        return Err(Error::Invalid(format!("cut {cut:?} is not a prefix of the log (ends {ends:?})")));
     }
     let total: u64 = cut.iter().sum();
     progress.total.store(total, Ordering::Relaxed);
     let registry = Arc::new(Registry::default());
     let t0 = Instant::now();
     let guards = {
-        let (registry, cut, log, job, progress) = (
-            registry.clone(),
-            cut.clone(),
-            log.clone(),
-            job.clone(),
-            progress.clone(),
-        );
-        timely::execute(
-            timely::Config::process(workers.max(1)),
-            move |worker| -> Result<()> {
-                let (index, peers) = (worker.index(), worker.peers());
-                let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
-                    let (input, events) = scope.new_collection::<J::Event, isize>();
-                    let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
-                    job.build(&mut ctx, events);
-                    (input, ctx.errors().to_vec())
-                });
-                if !errors.is_empty() {
-                    return Err(Error::Dataflow(format!(
-                        "job {} is invalid: {}",
-                        job.name(),
-                        errors.join("; ")
-                    )));
-                }
-                let mut fed = 0u64;
-                for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
-                    log.read(partition, 0, cut[partition as usize], |offset, bytes| {
-                        input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
-                        fed += 1;
-                        if fed.is_multiple_of(STEP_EVERY_EVENTS) {
-                            progress
-                                .done
-                                .fetch_add(STEP_EVERY_EVENTS, Ordering::Relaxed);
-                            input.flush();
-                            worker.step();
-                        }
-                        Ok(())
-                    })?;
-                }
-                progress
-                    .done
-                    .fetch_add(fed % STEP_EVERY_EVENTS, Ordering::Relaxed);
-                drop(input);
-                while worker.step_or_park(None) {}
-                Ok(())
-            },
-        )
+        let (registry, cut, log, job, progress) = (registry.clone(), cut.clone(), log.clone(), job.clone(), progress.clone());
+        timely::execute(timely::Config::process(workers.max(1)), move |worker| -> Result<()> {
+            let (index, peers) = (worker.index(), worker.peers());
+            let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, events) = scope.new_collection::<J::Event, isize>();
+                let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
+                job.build(&mut ctx, events);
+                (input, ctx.errors().to_vec())
+            });
+            if !errors.is_empty() {
+                return Err(Error::Dataflow(format!("job {} is invalid: {}", job.name(), errors.join("; "))));
+            }
+            let mut fed = 0u64;
+            for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
+                log.read(partition, 0, cut[partition as usize], |offset, bytes| {
+                    input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
+                    fed += 1;
+                    if fed.is_multiple_of(STEP_EVERY_EVENTS) {
+                        progress.done.fetch_add(STEP_EVERY_EVENTS, Ordering::Relaxed);
+                        input.flush();
+                        worker.step();
+                    }
+                    Ok(())
+                })?;
+            }
+            progress.done.fetch_add(fed % STEP_EVERY_EVENTS, Ordering::Relaxed);
+            drop(input);
+            while worker.step_or_park(None) {}
+            Ok(())
+        })
         .map_err(Error::Dataflow)?
     };
     for result in guards.join() {
@@ -160,9 +128,5 @@ pub fn run_batch<J: Job>(
         seeds,
     };
     store.publish(pending, &meta)?;
-    Ok(BatchReport {
-        meta,
-        compute_secs,
-        write_secs: t1.elapsed().as_secs_f64(),
-    })
+    Ok(BatchReport { meta, compute_secs, write_secs: t1.elapsed().as_secs_f64() })
 }

@@ -21,13 +21,7 @@ use crate::log::{Log, LogConfig};
 /// Produces synthetic events for `gen` and `demo`.
 pub trait Generator<E>: Send + Sync {
     /// Writes `events` events generated from `seed` in `format` to `out`.
-    fn write(
-        &self,
-        events: u64,
-        seed: u64,
-        format: Format,
-        out: &mut dyn Write,
-    ) -> std::io::Result<u64>;
+    fn write(&self, events: u64, seed: u64, format: Format, out: &mut dyn Write) -> std::io::Result<u64>;
     /// `count` events generated from `seed`, as values. `live` asks for event times around
     /// now rather than in the historical range.
     fn events(&self, seed: u64, count: u64, live: bool) -> Vec<E>;
@@ -46,11 +40,7 @@ pub struct App<J: Job> {
 impl<J: Job> App<J> {
     /// An application for `job`.
     pub fn new(job: J) -> Self {
-        App {
-            job,
-            generator: None,
-            demo_report: None,
-        }
+        App { job, generator: None, demo_report: None }
     }
 
     /// Adds a generator: enables `gen` and `demo`.
@@ -60,20 +50,14 @@ impl<J: Job> App<J> {
     }
 
     /// What `demo` prints as the speed layer moves.
-    pub fn demo_report(
-        mut self,
-        f: impl Fn(&Lambda<J>) -> Result<Vec<String>> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn demo_report(mut self, f: impl Fn(&Lambda<J>) -> Result<Vec<String>> + Send + Sync + 'static) -> Self {
         self.demo_report = Some(Arc::new(f));
         self
     }
 }
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "lambdaflow: one job, two modes (batch + speed), merged exactly"
-)]
+#[command(version, about = "lambdaflow: one job, two modes (batch + speed), merged exactly")]
 struct Cli {
     /// The data directory (master dataset and batch views).
     #[arg(long, global = true, default_value = "lambdaflow-data")]
@@ -197,63 +181,33 @@ pub fn main<J: Job>(app: App<J>) -> ExitCode {
 /// Holds the data directory's lock for the life of a command, so two processes never
 /// recover or append to the same log at once.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        what: "create data directory".into(),
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "create data directory".into(), source })?;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        what: "open".into(),
         source,
     })?;
-    let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| Error::Io {
-            path: path.clone(),
-            what: "open".into(),
-            source,
-        })?;
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            eprintln!(
-                "waiting for another lambdaflow process using {} ...",
-                dir.display()
-            );
-            f.lock().map_err(|source| Error::Io {
-                path: path.clone(),
-                what: "lock".into(),
-                source,
-            })?;
+            eprintln!("waiting for another lambdaflow process using {} ...", dir.display());
+            f.lock().map_err(|source| Error::Io { path: path.clone(), what: "lock".into(), source })?;
         }
-        Err(std::fs::TryLockError::Error(source)) => {
-            return Err(Error::Io {
-                path,
-                what: "lock".into(),
-                source,
-            })
-        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path, what: "lock".into(), source }),
     }
     Ok(f)
 }
 
 fn opts(workers: usize, partitions: u32) -> Options {
-    Options {
-        workers: workers.max(1),
-        log: LogConfig {
-            partitions,
-            segment_bytes: 64 << 20,
-        },
-    }
+    Options { workers: workers.max(1), log: LogConfig { partitions, segment_bytes: 64 << 20 } }
 }
 
 fn parse_format(s: &str) -> Result<Format> {
     match s {
         "ndjson" | "json" => Ok(Format::Ndjson),
         "csv" => Ok(Format::Csv),
-        other => Err(Error::Invalid(format!(
-            "--format must be ndjson or csv, not `{other}`"
-        ))),
+        other => Err(Error::Invalid(format!("--format must be ndjson or csv, not `{other}`"))),
     }
 }
 
@@ -262,60 +216,38 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
     match cli.command {
         Command::Gen(args) => {
             if args.job != app.job.name() {
-                return Err(Error::Invalid(format!(
-                    "this binary generates events for job `{}`, not `{}`",
-                    app.job.name(),
-                    args.job
-                )));
+                return Err(Error::Invalid(format!("this binary generates events for job `{}`, not `{}`", app.job.name(), args.job)));
             }
-            let g = app
-                .generator
-                .as_ref()
-                .ok_or_else(|| Error::Invalid(format!("job `{}` has no generator", args.job)))?;
+            let g = app.generator.as_ref().ok_or_else(|| Error::Invalid(format!("job `{}` has no generator", args.job)))?;
             let format = parse_format(&args.format)?;
             let io_err = |path: &Path| {
                 let path = path.to_path_buf();
-                move |source| Error::Io {
-                    path,
-                    what: "write".into(),
-                    source,
-                }
+                move |source| Error::Io { path, what: "write".into(), source }
             };
             match &args.out {
                 Some(path) => {
                     let f = std::fs::File::create(path).map_err(io_err(path))?;
                     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-                    g.write(args.events, args.seed, format, &mut w)
-                        .map_err(io_err(path))?;
+                    g.write(args.events, args.seed, format, &mut w).map_err(io_err(path))?;
                     w.flush().map_err(io_err(path))?;
                 }
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-                    g.write(args.events, args.seed, format, &mut w)
-                        .map_err(io_err(Path::new("<stdout>")))?;
+                    g.write(args.events, args.seed, format, &mut w).map_err(io_err(Path::new("<stdout>")))?;
                     w.flush().map_err(io_err(Path::new("<stdout>")))?;
                 }
             }
             Ok(())
         }
-        Command::Ingest {
-            file,
-            partitions,
-            chunk,
-            print_acks,
-        } => {
+        Command::Ingest { file, partitions, chunk, print_acks } => {
             let _lock = lock_data_dir(&cli.data)?;
             let t0 = Instant::now();
             let events: Vec<J::Event> = if file == "-" {
                 crate::ingest::parse_all(&mut std::io::stdin().lock())?
             } else {
                 let path = PathBuf::from(&file);
-                let f = std::fs::File::open(&path).map_err(|source| Error::Io {
-                    path: path.clone(),
-                    what: "open".into(),
-                    source,
-                })?;
+                let f = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
                 crate::ingest::parse_all(&mut std::io::BufReader::with_capacity(1 << 20, f))?
             };
             let parsed = t0.elapsed();
@@ -342,19 +274,14 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         }
         Command::Batch { keep } => {
             let _lock = lock_data_dir(&cli.data)?;
-            let log = Arc::new(Log::open_or_create(
-                &cli.data.join("log"),
-                opts(workers, 4).log,
-            )?);
+            let log = Arc::new(Log::open_or_create(&cli.data.join("log"), opts(workers, 4).log)?);
             let store = crate::store::ViewStore::open(&cli.data)?;
             let progress = Arc::new(Progress::default());
             let job = Arc::new(app.job);
             let bar = ProgressBar::new(log.end_offsets().iter().sum());
             bar.set_style(
-                ProgressStyle::with_template(
-                    "batch {bar:40} {pos}/{len} events {per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template("batch {bar:40} {pos}/{len} events {per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             let handle = {
                 let (log, progress) = (log.clone(), progress.clone());
@@ -368,9 +295,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 bar.set_position(progress.done.load(Ordering::Relaxed));
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let report = handle
-                .join()
-                .map_err(|_| Error::Dataflow("batch thread panicked".into()))??;
+            let report = handle.join().map_err(|_| Error::Dataflow("batch thread panicked".into()))??;
             bar.finish_and_clear();
             let removed = store.gc(keep)?;
             let m = &report.meta;
@@ -386,14 +311,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Query {
-            view,
-            key,
-            from,
-            to,
-            limit,
-            json,
-        } => {
+        Command::Query { view, key, from, to, limit, json } => {
             let _lock = lock_data_dir(&cli.data)?;
             let lambda = open_existing(app.job, &cli.data, workers)?;
             lambda.sync(Duration::from_secs(3600))?;
@@ -409,10 +327,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             let _lock = lock_data_dir(&cli.data)?;
             let lambda = Lambda::open(app.job, &cli.data, opts(1, 4))?;
             for v in lambda.views() {
-                println!(
-                    "{}\t{:?}\tkey: {}\tvalue: {}",
-                    v.name, v.kind, v.key, v.value
-                );
+                println!("{}\t{:?}\tkey: {}\tvalue: {}", v.name, v.kind, v.key, v.value);
             }
             Ok(())
         }
@@ -425,12 +340,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
                 println!("job {} v{}", s.job, s.job_version);
-                println!(
-                    "log: {} events, ends {:?}, {} bytes",
-                    s.log_end.iter().sum::<u64>(),
-                    s.log_end,
-                    s.log_bytes.iter().sum::<u64>()
-                );
+                println!("log: {} events, ends {:?}, {} bytes", s.log_end.iter().sum::<u64>(), s.log_end, s.log_bytes.iter().sum::<u64>());
                 match &s.batch {
                     Some(b) => println!(
                         "batch: v{} (job v{}) cut {:?} = {} events, age {}",
@@ -469,10 +379,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
 
 fn open_existing<J: Job>(job: J, dir: &Path, workers: usize) -> Result<Lambda<J>> {
     if !dir.join("log").exists() {
-        return Err(Error::Invalid(format!(
-            "{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)",
-            dir.display()
-        )));
+        return Err(Error::Invalid(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
     }
     Lambda::open(job, dir, opts(workers, 4))
 }
@@ -514,9 +421,7 @@ fn print_result(result: &QueryResult, json: bool) {
     eprintln!(
         "-- {} answers; batch {} (cut {:?}, age {}); speed frontier {:?} ({} events since the cut)",
         result.answers.len(),
-        f.batch_version
-            .map(|v| format!("v{v}"))
-            .unwrap_or_else(|| "none".into()),
+        f.batch_version.map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
         f.batch_cut,
         f.batch_age_ms.map(human_ms).unwrap_or_else(|| "-".into()),
         f.speed_frontier,
@@ -525,26 +430,13 @@ fn print_result(result: &QueryResult, json: bool) {
 }
 
 fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Result<()> {
-    let g = app.generator.clone().ok_or_else(|| {
-        Error::Invalid(format!(
-            "job `{}` has no generator, so no demo",
-            app.job.name()
-        ))
-    })?;
+    let g = app.generator.clone().ok_or_else(|| Error::Invalid(format!("job `{}` has no generator, so no demo", app.job.name())))?;
     if args.fresh && dir.join("log").exists() {
-        std::fs::remove_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            what: "remove".into(),
-            source,
-        })?;
+        std::fs::remove_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "remove".into(), source })?;
     }
     let _lock = lock_data_dir(dir)?;
     let report = app.demo_report.clone();
-    println!(
-        "lambdaflow demo: job `{}` in {} with {workers} worker(s)",
-        app.job.name(),
-        dir.display()
-    );
+    println!("lambdaflow demo: job `{}` in {} with {workers} worker(s)", app.job.name(), dir.display());
     let lambda = Lambda::open(app.job, dir, opts(workers, 4))?;
     let have: u64 = lambda.log().end_offsets().iter().sum();
     if have < args.history {
@@ -553,11 +445,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         for chunk in history.chunks(100_000) {
             lambda.append(chunk)?;
         }
-        println!(
-            "1. master dataset: appended {} historical events durably in {:.2}s",
-            history.len(),
-            t.elapsed().as_secs_f64()
-        );
+        println!("1. master dataset: appended {} historical events durably in {:.2}s", history.len(), t.elapsed().as_secs_f64());
     } else {
         println!("1. master dataset: {have} events already there");
     }
@@ -570,10 +458,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         r.meta.cut,
         t.elapsed().as_secs_f64()
     );
-    println!(
-        "3. speed layer: feeding {} live events/s; merged answers below (batch part + speed part)",
-        args.rate
-    );
+    println!("3. speed layer: feeding {} live events/s; merged answers below (batch part + speed part)", args.rate);
     let start = Instant::now();
     let mut last_batch = Instant::now();
     let mut seed = 1000u64;
@@ -588,16 +473,18 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         lambda.sync(Duration::from_secs(30))?;
         if let Some(report) = &report {
             let lines = report(&lambda)?;
-            println!(
-                "[{:>5.1}s] {}",
-                start.elapsed().as_secs_f64(),
-                lines.join(" | ")
-            );
+            println!("[{:>5.1}s] {}", start.elapsed().as_secs_f64(), lines.join(" | "));
         }
         if last_batch.elapsed() >= Duration::from_secs(args.batch_every.max(1)) {
             let t = Instant::now();
             let r = lambda.batch_and_handover(Arc::new(Progress::default()))?;
-            println!("   -> batch v{} at cut {:?} ({} events) in {:.2}s; handed over, speed layer restarted from the new cut", r.meta.version, r.meta.cut, r.meta.events, t.elapsed().as_secs_f64());
+            println!(
+                "   -> batch v{} at cut {:?} ({} events) in {:.2}s; handed over, speed layer restarted from the new cut",
+                r.meta.version,
+                r.meta.cut,
+                r.meta.events,
+                t.elapsed().as_secs_f64()
+            );
             last_batch = Instant::now();
         }
         std::thread::sleep(tick);
@@ -609,20 +496,13 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         s.batch.map(|b| b.version).unwrap_or(0),
         s.freshness.speed_frontier
     );
-    println!(
-        "try: lambdaflow --data {} query revenue_by_day",
-        dir.display()
-    );
+    println!("try: lambdaflow --data {} query revenue_by_day", dir.display());
     Ok(())
 }
 
 /// Convenience for tests and tools: read all of `path` as events of `E`.
 pub fn read_events<E: lambdaflow_operators::Event>(path: &Path) -> Result<Vec<E>> {
-    let f = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        what: "open".into(),
-        source,
-    })?;
+    let f = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "open".into(), source })?;
     let mut r: Box<dyn BufRead> = Box::new(std::io::BufReader::new(f));
     crate::ingest::parse_all(&mut r)
 }

@@ -24,38 +24,27 @@ pub fn parse_all<E: Event>(input: &mut dyn BufRead) -> Result<Vec<E>> {
 }
 
 /// Parses `input` line by line, calling `f` with each event; stops at the first bad line.
-pub fn parse_each<E: Event>(
-    input: &mut dyn BufRead,
-    mut f: impl FnMut(E) -> Result<()>,
-) -> Result<u64> {
+pub fn parse_each<E: Event>(input: &mut dyn BufRead, mut f: impl FnMut(E) -> Result<()>) -> Result<u64> {
     let mut format: Option<Format> = None;
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(256);
     let mut count = 0u64;
     loop {
         buf.clear();
-        let n = std::io::Read::take(&mut *input, LINE_BYTES_MAX as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| Error::Io {
-                path: "<input>".into(),
-                what: "read".into(),
-                source,
-            })?;
+        let n = std::io::Read::take(&mut *input, LINE_BYTES_MAX as u64 + 1).read_until(b'\n', &mut buf).map_err(|source| Error::Io {
+            path: "<input>".into(),
+            what: "read".into(),
+            source,
+        })?;
         if n == 0 {
             break;
         }
         line_no += 1;
-        let bad = |error: FieldError| Error::BadInput {
-            line: line_no,
-            error,
-        };
+        let bad = |error: FieldError| Error::BadInput { line: line_no, error };
         if buf.len() > LINE_BYTES_MAX && !buf.ends_with(b"\n") {
-            return Err(bad(FieldError::line(format!(
-                "line is longer than {LINE_BYTES_MAX} bytes"
-            ))));
+            return Err(bad(FieldError::line(format!("line is longer than {LINE_BYTES_MAX} bytes"))));
         }
-        let text = std::str::from_utf8(&buf)
-            .map_err(|e| bad(FieldError::line(format!("not valid UTF-8 ({e})"))))?;
+        let text = std::str::from_utf8(&buf).map_err(|e| bad(FieldError::line(format!("not valid UTF-8 ({e})"))))?;
         let text = text.trim_end_matches(['\n', '\r']);
         if text.trim().is_empty() {
             continue;
@@ -69,10 +58,7 @@ pub fn parse_each<E: Event>(
                     format = Some(Format::Csv);
                     continue;
                 } else {
-                    return Err(bad(FieldError::line(format!(
-                        "expected a JSON object (NDJSON) or the CSV header `{}`",
-                        E::csv_header()
-                    ))));
+                    return Err(bad(FieldError::line(format!("expected a JSON object (NDJSON) or the CSV header `{}`", E::csv_header()))));
                 };
                 format = Some(f);
                 f

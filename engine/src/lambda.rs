@@ -97,13 +97,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            workers: 1,
-            log: LogConfig {
-                partitions: 4,
-                segment_bytes: 64 << 20,
-            },
-        }
+        Options { workers: 1, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 } }
     }
 }
 
@@ -128,15 +122,11 @@ pub fn partition_of(key: u64, partitions: u32) -> u32 {
 
 /// Appends events durably: encodes each, routes it to its partition, and returns once all
 /// are fsync'd (one group commit per call). Nothing is written if any event fails to encode.
-pub fn append_events<E: lambdaflow_operators::Event>(
-    log: &Log,
-    events: &[E],
-) -> Result<Vec<Position>> {
+pub fn append_events<E: lambdaflow_operators::Event>(log: &Log, events: &[E]) -> Result<Vec<Position>> {
     let parts = log.partitions();
     let mut encoded = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
-        let bytes = bincode::serialize(e)
-            .map_err(|err| Error::Invalid(format!("event {i} does not encode: {err}")))?;
+        let bytes = bincode::serialize(e).map_err(|err| Error::Invalid(format!("event {i} does not encode: {err}")))?;
         encoded.push((partition_of(e.partition_key(), parts), bytes));
     }
     let records: Vec<(u32, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
@@ -167,13 +157,7 @@ impl<J: Job> Lambda<J> {
 
     /// Builds a serving pair for `version` (default: the store's current one, if it was
     /// computed by this job and version; otherwise no batch and speed from offset 0).
-    fn serving_for(
-        job: &Arc<J>,
-        log: &Arc<Log>,
-        dir: &Path,
-        workers: usize,
-        version: Option<u64>,
-    ) -> Result<Serving> {
+    fn serving_for(job: &Arc<J>, log: &Arc<Log>, dir: &Path, workers: usize, version: Option<u64>) -> Result<Serving> {
         let store = ViewStore::open(dir)?;
         let meta = match version {
             Some(v) => Some(store.meta(v)?),
@@ -185,23 +169,17 @@ impl<J: Job> Lambda<J> {
                 eprintln!(
                     "lambdaflow: batch version {} was computed by job {} version {} (this is {} version {}); \
                      serving from the log alone until a batch run under this version",
-                    m.version, m.job, m.job_version, job.name(), job.version()
+                    m.version,
+                    m.job,
+                    m.job_version,
+                    job.name(),
+                    job.version()
                 );
             }
             usable
         });
-        let cut = meta
-            .as_ref()
-            .map(|m| m.cut.clone())
-            .unwrap_or_else(|| vec![0; log.partitions() as usize]);
-        let speed = SpeedLayer::start(
-            job.clone(),
-            log.clone(),
-            ViewStore::open(dir)?,
-            meta.as_ref().map(|m| m.version),
-            cut,
-            workers,
-        )?;
+        let cut = meta.as_ref().map(|m| m.cut.clone()).unwrap_or_else(|| vec![0; log.partitions() as usize]);
+        let speed = SpeedLayer::start(job.clone(), log.clone(), ViewStore::open(dir)?, meta.as_ref().map(|m| m.version), cut, workers)?;
         let batch = match meta {
             None => None,
             Some(meta) => {
@@ -235,20 +213,12 @@ impl<J: Job> Lambda<J> {
 
     /// The current serving pair.
     pub fn serving(&self) -> Arc<Serving> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The job's views.
     pub fn views(&self) -> Vec<ViewInfo> {
-        self.serving()
-            .speed
-            .views()
-            .iter()
-            .map(|v| v.info().clone())
-            .collect()
+        self.serving().speed.views().iter().map(|v| v.info().clone()).collect()
     }
 
     /// Appends events durably (see [`append_events`]).
@@ -262,9 +232,7 @@ impl<J: Job> Lambda<J> {
         if self.serving().speed.wait_for(&ends, timeout)? {
             Ok(())
         } else {
-            Err(Error::Dataflow(format!(
-                "speed layer did not reach {ends:?} within {timeout:?}"
-            )))
+            Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within {timeout:?}")))
         }
     }
 
@@ -272,21 +240,10 @@ impl<J: Job> Lambda<J> {
     pub fn query(&self, view: &str, sel: &Selection) -> Result<QueryResult> {
         let serving = self.serving();
         let speed = &serving.speed;
-        let i = speed
-            .views()
-            .iter()
-            .position(|v| v.info().name == view)
-            .ok_or_else(|| {
-                let names: Vec<_> = speed
-                    .views()
-                    .iter()
-                    .map(|v| v.info().name.clone())
-                    .collect();
-                Error::Invalid(format!(
-                    "no view named `{view}`; the views are: {}",
-                    names.join(", ")
-                ))
-            })?;
+        let i = speed.views().iter().position(|v| v.info().name == view).ok_or_else(|| {
+            let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
+            Error::Invalid(format!("no view named `{view}`; the views are: {}", names.join(", ")))
+        })?;
         let batch_table = serving.batch.as_ref().and_then(|b| b.tables[i].clone());
         let (answers, frontier, updated_ms) = speed
             .with_state(|state| {
@@ -295,24 +252,13 @@ impl<J: Job> Lambda<J> {
                     .map(|a| (a, state.frontier.clone(), state.updated_ms))
             })
             .map_err(Error::Invalid)?;
-        Ok(QueryResult {
-            view: view.to_string(),
-            answers,
-            freshness: freshness(&serving, frontier, updated_ms),
-        })
+        Ok(QueryResult { view: view.to_string(), answers, freshness: freshness(&serving, frontier, updated_ms) })
     }
 
     /// Runs a batch at the log's current end and hands over to it.
     pub fn batch_and_handover(&self, progress: Arc<Progress>) -> Result<BatchReport> {
         let store = ViewStore::open(&self.dir)?;
-        let report = run_batch(
-            self.job.clone(),
-            self.log.clone(),
-            &store,
-            self.workers,
-            None,
-            progress,
-        )?;
+        let report = run_batch(self.job.clone(), self.log.clone(), &store, self.workers, None, progress)?;
         self.handover(report.meta.version)?;
         Ok(report)
     }
@@ -323,20 +269,11 @@ impl<J: Job> Lambda<J> {
         let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
         let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, Some(version))?;
         let old_frontier = self.serving().speed.frontier();
-        let target: Vec<u64> = old_frontier
-            .iter()
-            .zip(&next.speed.cut)
-            .map(|(a, b)| *a.max(b))
-            .collect();
+        let target: Vec<u64> = old_frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect();
         if !next.speed.wait_for(&target, Duration::from_secs(600))? {
-            return Err(Error::Dataflow(
-                "new speed layer did not catch up within 600 s".into(),
-            ));
+            return Err(Error::Dataflow("new speed layer did not catch up within 600 s".into()));
         }
-        let old = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
-            Arc::new(next),
-        );
+        let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), Arc::new(next));
         // Readers that still hold the old pair finish with it; the speed layer stops when
         // the last of them drops it.
         drop(old);
@@ -347,19 +284,8 @@ impl<J: Job> Lambda<J> {
     pub fn status(&self) -> Status {
         let serving = self.serving();
         let (frontier, updated_ms, speed_keys, speed_bytes) = serving.speed.with_state(|s| {
-            let keys = serving
-                .speed
-                .views()
-                .iter()
-                .zip(&s.tables)
-                .map(|(v, t)| (v.info().name.clone(), t.keys()))
-                .collect();
-            (
-                s.frontier.clone(),
-                s.updated_ms,
-                keys,
-                s.tables.iter().map(|t| t.approx_bytes()).sum(),
-            )
+            let keys = serving.speed.views().iter().zip(&s.tables).map(|(v, t)| (v.info().name.clone(), t.keys())).collect();
+            (s.frontier.clone(), s.updated_ms, keys, s.tables.iter().map(|t| t.approx_bytes()).sum())
         });
         Status {
             job: self.job.name().to_string(),
@@ -379,10 +305,7 @@ fn freshness(serving: &Serving, frontier: Vec<u64>, updated_ms: u64) -> Freshnes
     let cut = serving.speed.cut.clone();
     Freshness {
         batch_version: serving.batch.as_ref().map(|b| b.meta.version),
-        batch_age_ms: serving
-            .batch
-            .as_ref()
-            .map(|b| now.saturating_sub(b.meta.finished_ms)),
+        batch_age_ms: serving.batch.as_ref().map(|b| now.saturating_sub(b.meta.finished_ms)),
         speed_events: frontier.iter().zip(&cut).map(|(f, c)| f - c).sum(),
         batch_cut: cut,
         speed_frontier: frontier,

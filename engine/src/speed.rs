@@ -106,105 +106,70 @@ impl SpeedLayer {
     ) -> Result<SpeedLayer> {
         let partitions = log.partitions() as usize;
         if cut.len() != partitions {
-            return Err(Error::Invalid(format!(
-                "cut has {} offsets, the log {partitions} partitions",
-                cut.len()
-            )));
+            return Err(Error::Invalid(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
         }
         let registry = Arc::new(Registry::default());
-        let seeds = Arc::new(StoreSeeds {
-            store,
-            version: batch_version,
-            cache: Mutex::default(),
-        });
+        let seeds = Arc::new(StoreSeeds { store, version: batch_version, cache: Mutex::default() });
         let (built_tx, built_rx) = std::sync::mpsc::channel::<Result<()>>();
         let built_tx = Mutex::new(built_tx);
         let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
-        let offsets0: Vec<BTreeMap<u64, u64>> =
-            cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
+        let offsets0: Vec<BTreeMap<u64, u64>> = cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
         let workers = workers.max(1);
         let barrier = Arc::new(std::sync::Barrier::new(workers));
 
         let guards = {
-            let (registry, seeds, slot, cut, log, job, barrier) = (
-                registry.clone(),
-                seeds.clone(),
-                shared_slot.clone(),
-                cut.clone(),
-                log.clone(),
-                job.clone(),
-                barrier.clone(),
-            );
-            timely::execute(
-                timely::Config::process(workers),
-                move |worker| -> Result<()> {
-                    let (index, peers) = (worker.index(), worker.peers());
-                    let seed_source: Arc<dyn SeedSource> = seeds.clone();
-                    let (mut input, probe, errors) = worker.dataflow::<Time, _, _>(|scope| {
-                        let (input, events) = scope.new_collection::<J::Event, isize>();
-                        let mut ctx =
-                            Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
-                        job.build(&mut ctx, events);
-                        (input, ctx.probe(), ctx.errors().to_vec())
-                    });
-                    // Every worker has built (and registered its views) past this point.
-                    barrier.wait();
-                    if index == 0 {
-                        let result = if errors.is_empty() {
-                            let views = registry.views();
-                            let tables = views.iter().map(|v| v.new_speed_table()).collect();
-                            let shared = Arc::new(Shared {
-                                views,
-                                state: RwLock::new(SpeedState {
-                                    tables,
-                                    epoch: 0,
-                                    frontier: cut.clone(),
-                                    updated_ms: now_ms(),
-                                }),
-                                moved: Condvar::new(),
-                                moved_lock: Mutex::new(()),
-                                stop: AtomicBool::new(false),
-                                target_epoch: AtomicU64::new(1),
-                                offsets: Mutex::new(offsets0.clone()),
-                                failure: Mutex::new(None),
-                            });
-                            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
-                            Ok(())
-                        } else {
-                            Err(Error::Dataflow(format!(
-                                "job {}: {}",
-                                job.name(),
-                                errors.join("; ")
-                            )))
-                        };
-                        let failed = result.is_err();
-                        let _ = built_tx
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .send(result);
-                        barrier.wait();
-                        if failed {
-                            return Ok(());
-                        }
+            let (registry, seeds, slot, cut, log, job, barrier) =
+                (registry.clone(), seeds.clone(), shared_slot.clone(), cut.clone(), log.clone(), job.clone(), barrier.clone());
+            timely::execute(timely::Config::process(workers), move |worker| -> Result<()> {
+                let (index, peers) = (worker.index(), worker.peers());
+                let seed_source: Arc<dyn SeedSource> = seeds.clone();
+                let (mut input, probe, errors) = worker.dataflow::<Time, _, _>(|scope| {
+                    let (input, events) = scope.new_collection::<J::Event, isize>();
+                    let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
+                    job.build(&mut ctx, events);
+                    (input, ctx.probe(), ctx.errors().to_vec())
+                });
+                // Every worker has built (and registered its views) past this point.
+                barrier.wait();
+                if index == 0 {
+                    let result = if errors.is_empty() {
+                        let views = registry.views();
+                        let tables = views.iter().map(|v| v.new_speed_table()).collect();
+                        let shared = Arc::new(Shared {
+                            views,
+                            state: RwLock::new(SpeedState { tables, epoch: 0, frontier: cut.clone(), updated_ms: now_ms() }),
+                            moved: Condvar::new(),
+                            moved_lock: Mutex::new(()),
+                            stop: AtomicBool::new(false),
+                            target_epoch: AtomicU64::new(1),
+                            offsets: Mutex::new(offsets0.clone()),
+                            failure: Mutex::new(None),
+                        });
+                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+                        Ok(())
                     } else {
-                        barrier.wait();
-                    }
-                    let Some(shared) = slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
-                    else {
-                        return Ok(());
+                        Err(Error::Dataflow(format!("job {}: {}", job.name(), errors.join("; "))))
                     };
-                    let result = drive(
-                        worker, &shared, &log, &cut, index, peers, &mut input, &probe,
-                    );
-                    if let Err(e) = &result {
-                        *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(e.to_string());
-                        shared.stop.store(true, Ordering::SeqCst);
-                        shared.moved.notify_all();
+                    let failed = result.is_err();
+                    let _ = built_tx.lock().unwrap_or_else(|e| e.into_inner()).send(result);
+                    barrier.wait();
+                    if failed {
+                        return Ok(());
                     }
-                    result
-                },
-            )
+                } else {
+                    barrier.wait();
+                }
+                let Some(shared) = slot.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+                    return Ok(());
+                };
+                let result = drive(worker, &shared, &log, &cut, index, peers, &mut input, &probe);
+                if let Err(e) = &result {
+                    *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    shared.stop.store(true, Ordering::SeqCst);
+                    shared.moved.notify_all();
+                }
+                result
+            })
             .map_err(Error::Dataflow)?
         };
         match built_rx.recv() {
@@ -215,27 +180,13 @@ impl SpeedLayer {
             }
             Err(_) => {
                 let joined = guards.join();
-                let detail = joined
-                    .into_iter()
-                    .filter_map(|r| r.err())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Err(Error::Dataflow(format!(
-                    "speed layer failed to start: {detail}"
-                )));
+                let detail = joined.into_iter().filter_map(|r| r.err()).collect::<Vec<_>>().join("; ");
+                return Err(Error::Dataflow(format!("speed layer failed to start: {detail}")));
             }
         }
-        let shared = shared_slot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .expect("worker 0 publishes shared state before signalling");
-        Ok(SpeedLayer {
-            shared,
-            guards: Mutex::new(Some(guards)),
-            cut,
-            batch_version,
-        })
+        let shared =
+            shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("worker 0 publishes shared state before signalling");
+        Ok(SpeedLayer { shared, guards: Mutex::new(Some(guards)), cut, batch_version })
     }
 
     /// The views, in the order of [`SpeedState::tables`].
@@ -255,11 +206,7 @@ impl SpeedLayer {
 
     /// Why the speed layer stopped by itself, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.shared
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits until the frontier covers `offsets` in every partition, or `timeout` passes.
@@ -277,15 +224,8 @@ impl SpeedLayer {
             if now >= deadline {
                 return Ok(false);
             }
-            let guard = self
-                .shared
-                .moved_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let _ = self
-                .shared
-                .moved
-                .wait_timeout(guard, (deadline - now).min(Duration::from_millis(20)));
+            let guard = self.shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.shared.moved.wait_timeout(guard, (deadline - now).min(Duration::from_millis(20)));
         }
     }
 
@@ -322,9 +262,7 @@ fn drive<E: lambdaflow_operators::Event>(
     input: &mut differential_dataflow::input::InputSession<Time, E, isize>,
     probe: &timely::dataflow::ProbeHandle<Time>,
 ) -> Result<()> {
-    let mine: Vec<u32> = (0..cut.len() as u32)
-        .filter(|p| *p as usize % peers == index)
-        .collect();
+    let mine: Vec<u32> = (0..cut.len() as u32).filter(|p| *p as usize % peers == index).collect();
     let mut next: Vec<u64> = mine.iter().map(|p| cut[*p as usize]).collect();
     let mut epoch: u64 = 1;
     input.advance_to(epoch);
@@ -360,14 +298,9 @@ fn drive<E: lambdaflow_operators::Event>(
             input.advance_to(epoch);
             input.flush();
         }
-        worker.step_or_park(if read > 0 {
-            Some(Duration::ZERO)
-        } else {
-            Some(IDLE_PARK)
-        });
+        worker.step_or_park(if read > 0 { Some(Duration::ZERO) } else { Some(IDLE_PARK) });
         if index == 0 {
-            let complete =
-                probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
+            let complete = probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {
                 publish(shared, complete);
@@ -385,11 +318,7 @@ fn publish(shared: &Shared, epoch: u64) {
         offsets
             .iter_mut()
             .map(|history| {
-                let at = history
-                    .range(..=epoch)
-                    .next_back()
-                    .map(|(_, o)| *o)
-                    .expect("epoch 0 is always recorded");
+                let at = history.range(..=epoch).next_back().map(|(_, o)| *o).expect("epoch 0 is always recorded");
                 // Older entries are no longer needed.
                 let keep = history.split_off(&epoch);
                 *history = keep;

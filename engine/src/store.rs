@@ -60,16 +60,11 @@ fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Current time in ms since the epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io(dir, "fsync directory"))
+    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir, "fsync directory"))
 }
 
 /// Writes `body` framed and checksummed to `path`, fsync'd.
@@ -79,29 +74,20 @@ fn write_framed(path: &Path, body: &[u8]) -> Result<()> {
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&(body.len() as u64).to_le_bytes());
     head.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    f.write_all(&head)
-        .and_then(|_| f.write_all(body))
-        .and_then(|_| f.sync_all())
-        .map_err(io(path, "write"))
+    f.write_all(&head).and_then(|_| f.write_all(body)).and_then(|_| f.sync_all()).map_err(io(path, "write"))
 }
 
 /// Reads a framed file and checks its checksum.
 fn read_framed(path: &Path) -> Result<Vec<u8>> {
     let mut bytes = fs::read(path).map_err(io(path, "read"))?;
-    let corrupt = |detail: String| Error::CorruptView {
-        path: path.to_path_buf(),
-        detail,
-    };
+    let corrupt = |detail: String| Error::CorruptView { path: path.to_path_buf(), detail };
     if bytes.len() < 16 || &bytes[0..4] != MAGIC {
         return Err(corrupt("not a lambdaflow view file (bad header)".into()));
     }
     let len = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes")) as usize;
     let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
     if bytes.len() - 16 != len {
-        return Err(corrupt(format!(
-            "length {} but header says {len} (half-written?)",
-            bytes.len() - 16
-        )));
+        return Err(corrupt(format!("length {} but header says {len} (half-written?)", bytes.len() - 16)));
     }
     if crc32c::crc32c(&bytes[16..]) != crc {
         return Err(corrupt("checksum mismatch".into()));
@@ -111,14 +97,8 @@ fn read_framed(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn safe_name(name: &str) -> Result<&str> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
-    {
-        return Err(Error::Invalid(format!(
-            "view or seed name `{name}` must be ASCII letters, digits, _ . -"
-        )));
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-') {
+        return Err(Error::Invalid(format!("view or seed name `{name}` must be ASCII letters, digits, _ . -")));
     }
     Ok(name)
 }
@@ -137,18 +117,12 @@ impl PendingVersion {
 
     /// Writes one view.
     pub fn write_view(&self, name: &str, body: &[u8]) -> Result<()> {
-        write_framed(
-            &self.tmp.join(format!("view.{}.bin", safe_name(name)?)),
-            body,
-        )
+        write_framed(&self.tmp.join(format!("view.{}.bin", safe_name(name)?)), body)
     }
 
     /// Writes one seed.
     pub fn write_seed(&self, name: &str, body: &[u8]) -> Result<()> {
-        write_framed(
-            &self.tmp.join(format!("seed.{}.bin", safe_name(name)?)),
-            body,
-        )
+        write_framed(&self.tmp.join(format!("seed.{}.bin", safe_name(name)?)), body)
     }
 }
 
@@ -173,10 +147,7 @@ impl ViewStore {
                 let v = s
                     .strip_prefix('v')
                     .and_then(|n| n.parse::<u64>().ok())
-                    .ok_or_else(|| Error::CorruptView {
-                        path: path.clone(),
-                        detail: format!("`{s}` is not a version"),
-                    })?;
+                    .ok_or_else(|| Error::CorruptView { path: path.clone(), detail: format!("`{s}` is not a version") })?;
                 Ok(Some(v))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -196,28 +167,17 @@ impl ViewStore {
     pub fn meta(&self, version: u64) -> Result<BatchMeta> {
         let path = self.version_dir(version).join("META.json");
         let bytes = read_framed(&path)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView {
-            path,
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path, detail: e.to_string() })
     }
 
     /// Reads a view of a version.
     pub fn read_view(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
-        self.read_opt(
-            &self
-                .version_dir(version)
-                .join(format!("view.{}.bin", safe_name(name)?)),
-        )
+        self.read_opt(&self.version_dir(version).join(format!("view.{}.bin", safe_name(name)?)))
     }
 
     /// Reads a seed of a version.
     pub fn read_seed(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
-        self.read_opt(
-            &self
-                .version_dir(version)
-                .join(format!("seed.{}.bin", safe_name(name)?)),
-        )
+        self.read_opt(&self.version_dir(version).join(format!("seed.{}.bin", safe_name(name)?)))
     }
 
     fn read_opt(&self, path: &Path) -> Result<Option<Vec<u8>>> {
@@ -238,9 +198,7 @@ impl ViewStore {
             }
         }
         let version = highest + 1;
-        let tmp = self
-            .dir
-            .join(format!(".tmp-v{version:06}-{}", std::process::id()));
+        let tmp = self.dir.join(format!(".tmp-v{version:06}-{}", std::process::id()));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io(&tmp, "remove stale"))?;
         }
@@ -258,9 +216,7 @@ impl ViewStore {
         fsync_dir(&self.dir)?;
         let tmp = self.dir.join("CURRENT.tmp");
         let mut f = fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
-        f.write_all(format!("v{:06}\n", pending.version).as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io(&tmp, "write"))?;
+        f.write_all(format!("v{:06}\n", pending.version).as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp, "write"))?;
         fs::rename(&tmp, self.dir.join("CURRENT")).map_err(io(&tmp, "rename to CURRENT"))?;
         fsync_dir(&self.dir)
     }
@@ -274,9 +230,7 @@ impl ViewStore {
             let name = entry.file_name().to_string_lossy().to_string();
             if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
                 versions.push(v);
-            } else if name.starts_with(".tmp-")
-                && !name.ends_with(&format!("-{}", std::process::id()))
-            {
+            } else if name.starts_with(".tmp-") && !name.ends_with(&format!("-{}", std::process::id())) {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
@@ -285,8 +239,7 @@ impl ViewStore {
         let cut_at = versions.len().saturating_sub(keep.max(1));
         for v in &versions[..cut_at] {
             if Some(*v) != current {
-                fs::remove_dir_all(self.version_dir(*v))
-                    .map_err(io(&self.version_dir(*v), "remove"))?;
+                fs::remove_dir_all(self.version_dir(*v)).map_err(io(&self.version_dir(*v), "remove"))?;
                 removed.push(*v);
             }
         }
@@ -299,11 +252,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "lf-store-{tag}-{}-{}",
-            std::process::id(),
-            now_ms()
-        ));
+        let d = std::env::temp_dir().join(format!("lf-store-{tag}-{}-{}", std::process::id(), now_ms()));
         let _ = fs::remove_dir_all(&d);
         d
     }
@@ -331,11 +280,7 @@ mod tests {
         assert_eq!(store.current().unwrap(), None);
         let p = store.begin().unwrap();
         p.write_view("a", b"hello").unwrap();
-        assert_eq!(
-            store.current().unwrap(),
-            None,
-            "nothing visible before publish"
-        );
+        assert_eq!(store.current().unwrap(), None, "nothing visible before publish");
         let v = p.version();
         store.publish(p, &meta(v)).unwrap();
         assert_eq!(store.current().unwrap(), Some(1));
@@ -365,10 +310,7 @@ mod tests {
         bytes[20] ^= 0x40;
         fs::write(&path, &bytes).unwrap();
         let err = store.read_view(1, "a").unwrap_err().to_string();
-        assert!(
-            err.contains("checksum") && err.contains("view.a.bin"),
-            "{err}"
-        );
+        assert!(err.contains("checksum") && err.contains("view.a.bin"), "{err}");
         bytes.truncate(18);
         fs::write(&path, &bytes).unwrap();
         let err = store.read_view(1, "a").unwrap_err().to_string();

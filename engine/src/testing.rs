@@ -38,11 +38,7 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "lambdaflow-{tag}-{}-{n}-{}",
-            std::process::id(),
-            crate::store::now_ms()
-        ));
+        let dir = std::env::temp_dir().join(format!("lambdaflow-{tag}-{}-{n}-{}", std::process::id(), crate::store::now_ms()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -63,43 +59,22 @@ impl Drop for TempDir {
 /// Options for small test runs: `workers` threads, 4 partitions, small segments so rolls
 /// happen.
 pub fn test_options(workers: usize) -> Options {
-    Options {
-        workers,
-        log: LogConfig {
-            partitions: 4,
-            segment_bytes: 64 << 10,
-        },
-    }
+    Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 10 } }
 }
 
 /// Reads every key of every view.
 pub fn all_views<J: Job>(lambda: &Lambda<J>) -> crate::Result<Views> {
     let mut out = Views::new();
     for info in lambda.views() {
-        let result = lambda.query(
-            &info.name,
-            &Selection::Range {
-                from: None,
-                to: None,
-                limit: usize::MAX,
-            },
-        )?;
-        let entries = result
-            .answers
-            .into_iter()
-            .map(|a| (serde_json::to_string(&a.key).unwrap_or_default(), a.value))
-            .collect();
+        let result = lambda.query(&info.name, &Selection::Range { from: None, to: None, limit: usize::MAX })?;
+        let entries = result.answers.into_iter().map(|a| (serde_json::to_string(&a.key).unwrap_or_default(), a.value)).collect();
         out.insert(info.name, entries);
     }
     Ok(out)
 }
 
 /// The views computed by one batch run over `events`, from scratch.
-pub fn batch_from_scratch<J: Job>(
-    job: J,
-    events: &[J::Event],
-    workers: usize,
-) -> crate::Result<Views> {
+pub fn batch_from_scratch<J: Job>(job: J, events: &[J::Event], workers: usize) -> crate::Result<Views> {
     let dir = TempDir::new("scratch");
     let lambda = Lambda::open(job, dir.path(), test_options(workers))?;
     lambda.append(events)?;
@@ -128,9 +103,7 @@ pub fn diff(expected: &Views, actual: &Views) -> Option<String> {
         for (k, v) in exp {
             match act.get(k) {
                 None => return Some(format!("view {view}: key {k} missing (expected {v})")),
-                Some(a) if a != v => {
-                    return Some(format!("view {view}: key {k}: expected {v}, got {a}"))
-                }
+                Some(a) if a != v => return Some(format!("view {view}: key {k}: expected {v}, got {a}")),
                 _ => {}
             }
         }
@@ -152,57 +125,35 @@ pub fn diff(expected: &Views, actual: &Views) -> Option<String> {
 /// indices, increasing), checks, runs a batch and hands over, checks again, and finally
 /// appends the rest and checks. Each check compares every merged view with a batch run from
 /// scratch over the events appended so far. Returns the first mismatch as an error.
-pub fn check_exact<J: Job + Clone>(
-    job: J,
-    events: &[J::Event],
-    cuts: &[usize],
-    workers: usize,
-) -> Result<ExactReport, String> {
+pub fn check_exact<J: Job + Clone>(job: J, events: &[J::Event], cuts: &[usize], workers: usize) -> Result<ExactReport, String> {
     let dir = TempDir::new("exact");
-    let lambda =
-        Lambda::open(job.clone(), dir.path(), test_options(workers)).map_err(|e| e.to_string())?;
+    let lambda = Lambda::open(job.clone(), dir.path(), test_options(workers)).map_err(|e| e.to_string())?;
     let mut appended = 0usize;
     let mut checks = 0usize;
     let mut check = |lambda: &Lambda<J>, upto: usize, when: &str| -> Result<Views, String> {
-        lambda
-            .sync(Duration::from_secs(60))
-            .map_err(|e| e.to_string())?;
+        lambda.sync(Duration::from_secs(60)).map_err(|e| e.to_string())?;
         let merged = all_views(lambda).map_err(|e| e.to_string())?;
-        let expected =
-            batch_from_scratch(job.clone(), &events[..upto], workers).map_err(|e| e.to_string())?;
+        let expected = batch_from_scratch(job.clone(), &events[..upto], workers).map_err(|e| e.to_string())?;
         checks += 1;
         match diff(&expected, &merged) {
             None => Ok(merged),
             Some(d) => Err(format!("{when} ({upto} events, {workers} workers): {d}")),
         }
     };
-    let mut steps: Vec<usize> = cuts
-        .iter()
-        .copied()
-        .filter(|c| *c <= events.len())
-        .collect();
+    let mut steps: Vec<usize> = cuts.iter().copied().filter(|c| *c <= events.len()).collect();
     steps.sort_unstable();
     for cut in steps {
-        lambda
-            .append(&events[appended..cut])
-            .map_err(|e| e.to_string())?;
+        lambda.append(&events[appended..cut]).map_err(|e| e.to_string())?;
         appended = cut;
         check(&lambda, appended, "before handover")?;
-        lambda
-            .batch_and_handover(Arc::new(Progress::default()))
-            .map_err(|e| e.to_string())?;
+        lambda.batch_and_handover(Arc::new(Progress::default())).map_err(|e| e.to_string())?;
         check(&lambda, appended, "after handover")?;
     }
     // The rest arrives in two steps so the speed layer sees several epochs.
     let mid = appended + (events.len() - appended) / 2;
-    lambda
-        .append(&events[appended..mid])
-        .map_err(|e| e.to_string())?;
+    lambda.append(&events[appended..mid]).map_err(|e| e.to_string())?;
     check(&lambda, mid, "speed layer, first half of the tail")?;
     lambda.append(&events[mid..]).map_err(|e| e.to_string())?;
     let final_views = check(&lambda, events.len(), "speed layer, all events")?;
-    Ok(ExactReport {
-        final_views,
-        checks,
-    })
+    Ok(ExactReport { final_views, checks })
 }

@@ -60,13 +60,10 @@ impl<D: Data, R: Diff> AnySeed for SeedCell<D, R> {
         &self.name
     }
     fn take_encoded(&self) -> Result<(Vec<u8>, usize), String> {
-        let mut rows =
-            std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut rows = std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
         differential_dataflow::consolidation::consolidate(&mut rows);
         let n = rows.len();
-        bincode::serialize(&rows)
-            .map(|b| (b, n))
-            .map_err(|e| format!("seed {}: encode failed: {e}", self.name))
+        bincode::serialize(&rows).map(|b| (b, n)).map_err(|e| format!("seed {}: encode failed: {e}", self.name))
     }
 }
 
@@ -90,17 +87,12 @@ impl Registry {
         self.seeds.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn cell<C: Any + Send + Sync>(
-        &self,
-        name: &str,
-        make: impl FnOnce() -> C,
-        register: impl FnOnce(&Arc<C>),
-    ) -> Arc<C> {
+    fn cell<C: Any + Send + Sync>(&self, name: &str, make: impl FnOnce() -> C, register: impl FnOnce(&Arc<C>)) -> Arc<C> {
         let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = cells.get(name) {
-            return Arc::clone(existing).downcast::<C>().unwrap_or_else(|_| {
-                panic!("job declares `{name}` with different types on different workers")
-            });
+            return Arc::clone(existing)
+                .downcast::<C>()
+                .unwrap_or_else(|_| panic!("job declares `{name}` with different types on different workers"));
         }
         let cell = Arc::new(make());
         register(&cell);
@@ -131,21 +123,8 @@ pub struct Ctx<'s> {
 
 impl<'s> Ctx<'s> {
     /// A context for building a job in `mode` (called by the engine, and by tests).
-    pub fn new(
-        scope: Scope<'s, Time>,
-        mode: Mode,
-        registry: Arc<Registry>,
-        seeds: Option<Arc<dyn SeedSource>>,
-    ) -> Self {
-        Ctx {
-            scope,
-            mode,
-            registry,
-            seeds,
-            names: BTreeSet::new(),
-            errors: Vec::new(),
-            probe: ProbeHandle::new(),
-        }
+    pub fn new(scope: Scope<'s, Time>, mode: Mode, registry: Arc<Registry>, seeds: Option<Arc<dyn SeedSource>>) -> Self {
+        Ctx { scope, mode, registry, seeds, names: BTreeSet::new(), errors: Vec::new(), probe: ProbeHandle::new() }
     }
 
     /// The scope, for jobs that need a raw differential or timely operator.
@@ -170,30 +149,18 @@ impl<'s> Ctx<'s> {
     fn claim(&mut self, kind: &str, name: &str) {
         // Names become file names of batch views and seeds: check them now, not after a
         // whole batch computation.
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
-        {
-            self.errors.push(format!(
-                "the {kind} name `{name}` must be non-empty ASCII letters, digits, `_`, `.` or `-`"
-            ));
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-') {
+            self.errors.push(format!("the {kind} name `{name}` must be non-empty ASCII letters, digits, `_`, `.` or `-`"));
         }
         if !self.names.insert(format!("{kind}:{name}")) {
-            self.errors.push(format!(
-                "the {kind} name `{name}` is used twice in this job"
-            ));
+            self.errors.push(format!("the {kind} name `{name}` is used twice in this job"));
         }
     }
 
     /// Declares a **sum view**: `coll` holds keys whose difference is the aggregate.
     /// `present` renders the aggregate as the view's JSON value.
-    pub fn sum_view<K, R>(
-        &mut self,
-        name: &str,
-        coll: Coll<'s, K, R>,
-        present: impl Fn(&R) -> Value + Send + Sync + 'static,
-    ) where
+    pub fn sum_view<K, R>(&mut self, name: &str, coll: Coll<'s, K, R>, present: impl Fn(&R) -> Value + Send + Sync + 'static)
+    where
         K: ViewKey,
         R: Diff,
     {
@@ -202,12 +169,8 @@ impl<'s> Ctx<'s> {
     }
 
     /// Declares a **value view**: `coll` holds one `(key, value)` record per key.
-    pub fn value_view<K, V>(
-        &mut self,
-        name: &str,
-        coll: Coll<'s, (K, V)>,
-        present: impl Fn(&V) -> Value + Send + Sync + 'static,
-    ) where
+    pub fn value_view<K, V>(&mut self, name: &str, coll: Coll<'s, (K, V)>, present: impl Fn(&V) -> Value + Send + Sync + 'static)
+    where
         K: ViewKey,
         V: Data,
     {
@@ -239,13 +202,7 @@ impl<'s> Ctx<'s> {
         let cell = self.registry.cell(
             &format!("view:{name}"),
             || ViewCell::<K, V, R>::new(info, present),
-            |c| {
-                self.registry
-                    .views
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(c.clone() as Arc<dyn AnyView>)
-            },
+            |c| self.registry.views.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnyView>),
         );
         let mut buffer = Vec::new();
         self.consolidate(&format!("View: {name}"), coll)
@@ -266,12 +223,7 @@ impl<'s> Ctx<'s> {
 
     /// Groups by key and applies `logic` to each key's consolidated values: a hash group-by
     /// in batch mode, differential's incremental `reduce` in speed mode.
-    fn reduce<K, V, R, V2, L>(
-        &self,
-        name: &str,
-        coll: Coll<'s, (K, V), R>,
-        logic: L,
-    ) -> Coll<'s, (K, V2)>
+    fn reduce<K, V, R, V2, L>(&self, name: &str, coll: Coll<'s, (K, V), R>, logic: L) -> Coll<'s, (K, V2)>
     where
         K: Data,
         V: Data,
@@ -299,17 +251,8 @@ impl<'s> Ctx<'s> {
             Mode::Batch => {
                 let cell = self.registry.cell(
                     &format!("seed:{seed_name}"),
-                    || SeedCell::<D, R> {
-                        name: seed_name.clone(),
-                        produced: Mutex::new(Vec::new()),
-                    },
-                    |c| {
-                        self.registry
-                            .seeds
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(c.clone() as Arc<dyn AnySeed>)
-                    },
+                    || SeedCell::<D, R> { name: seed_name.clone(), produced: Mutex::new(Vec::new()) },
+                    |c| self.registry.seeds.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnySeed>),
                 );
                 self.consolidate(&format!("Seed: {seed_name}"), input.clone())
                     .inspect_batch(move |_time, data| {
@@ -334,25 +277,16 @@ impl<'s> Ctx<'s> {
                     Ok(Some(bytes)) => match bincode::deserialize::<Vec<(D, R)>>(&bytes) {
                         Ok(rows) => {
                             let (index, peers) = (self.scope.index(), self.scope.peers());
-                            rows.into_iter()
-                                .enumerate()
-                                .filter(|(i, _)| i % peers == index)
-                                .map(|(_, (d, r))| (d, 0, r))
-                                .collect()
+                            rows.into_iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, (d, r))| (d, 0, r)).collect()
                         }
                         Err(e) => {
-                            self.errors
-                                .push(format!("seed {seed_name} does not decode: {e}"));
+                            self.errors.push(format!("seed {seed_name} does not decode: {e}"));
                             Vec::new()
                         }
                     },
                 };
                 let seed = records.to_stream(self.scope).as_collection();
-                let changes =
-                    timely::dataflow::operators::vec::Filter::filter(input.inner, |(_, t, _)| {
-                        *t > 0
-                    })
-                    .as_collection();
+                let changes = timely::dataflow::operators::vec::Filter::filter(input.inner, |(_, t, _)| *t > 0).as_collection();
                 seed.concat(changes)
             }
         }
@@ -373,21 +307,14 @@ impl<'s> Ctx<'s> {
         match self.mode {
             // Batch: finish the aggregation across workers now, so everything downstream
             // (views, seeds, top-k) receives one update per key.
-            Mode::Batch => {
-                crate::hash::consolidate_by_hash(&format!("Sum (exchange): {name}"), local)
-            }
+            Mode::Batch => crate::hash::consolidate_by_hash(&format!("Sum (exchange): {name}"), local),
             Mode::Speed => local,
         }
     }
 
     /// Keyed count: the number of records per key `f(record)` (records with `f` = `None`
     /// are not counted), as a one-lane [`crate::Sums`]. A [`Ctx::sum`] with a lane of 1s.
-    pub fn count<D, K, F>(
-        &mut self,
-        name: &str,
-        input: Coll<'s, D>,
-        f: F,
-    ) -> Coll<'s, K, crate::Sums<1>>
+    pub fn count<D, K, F>(&mut self, name: &str, input: Coll<'s, D>, f: F) -> Coll<'s, K, crate::Sums<1>>
     where
         D: Data,
         K: Data + std::hash::Hash,
@@ -398,11 +325,7 @@ impl<'s> Ctx<'s> {
 
     /// Distinct count: for `(key, item)` records, the number of distinct items per key.
     /// Seeded with the distinct `(key, item)` pairs at the cut.
-    pub fn distinct_count<K, I>(
-        &mut self,
-        name: &str,
-        input: Coll<'s, (K, I)>,
-    ) -> Coll<'s, K, crate::Sums<1>>
+    pub fn distinct_count<K, I>(&mut self, name: &str, input: Coll<'s, (K, I)>) -> Coll<'s, K, crate::Sums<1>>
     where
         K: Data + std::hash::Hash,
         I: Data,
@@ -411,15 +334,12 @@ impl<'s> Ctx<'s> {
         let counted = match self.mode {
             // Batch: count pairs by hash across workers; a pair is in the distinct set when
             // its count is positive. The seed is that set.
-            Mode::Batch => crate::hash::aggregate(
-                &format!("DistinctCount (pairs): {name}"),
-                input,
-                true,
-                |p: &(K, I)| Some((p.clone(), 1isize)),
-            )
-            .inner
-            .flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None })
-            .as_collection(),
+            Mode::Batch => {
+                crate::hash::aggregate(&format!("DistinctCount (pairs): {name}"), input, true, |p: &(K, I)| Some((p.clone(), 1isize)))
+                    .inner
+                    .flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None })
+                    .as_collection()
+            }
             // Speed: the seed (the distinct pairs at the cut) plus new pairs, through
             // differential's incremental distinct.
             Mode::Speed => input,
@@ -429,23 +349,13 @@ impl<'s> Ctx<'s> {
             Mode::Batch => pairs,
             Mode::Speed => pairs.distinct(),
         };
-        crate::hash::aggregate(
-            &format!("DistinctCount: {name}"),
-            distinct,
-            false,
-            |(k, _i): &(K, I)| Some((k.clone(), crate::Sums([1]))),
-        )
+        crate::hash::aggregate(&format!("DistinctCount: {name}"), distinct, false, |(k, _i): &(K, I)| Some((k.clone(), crate::Sums([1]))))
     }
 
     /// Aggregate of an aggregate, step one: for each key of an aggregated collection, the
     /// value `f(key, aggregate)` (e.g. a customer's segment from their total spend). Seeded
     /// with the aggregate at the cut. Follow it with [`Ctx::count`] or [`Ctx::sum`].
-    pub fn per_key<K, R, V, F>(
-        &mut self,
-        name: &str,
-        input: Coll<'s, K, R>,
-        f: F,
-    ) -> Coll<'s, (K, V)>
+    pub fn per_key<K, R, V, F>(&mut self, name: &str, input: Coll<'s, K, R>, f: F) -> Coll<'s, (K, V)>
     where
         K: Data,
         R: Diff,
@@ -454,25 +364,15 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
-        self.reduce(
-            &format!("PerKey: {name}"),
-            input.map(|k| (k, ())),
-            move |k, vals: &[(&(), R)], out| {
-                out.push((f(k, &vals[0].1), 1isize));
-            },
-        )
+        self.reduce(&format!("PerKey: {name}"), input.map(|k| (k, ())), move |k, vals: &[(&(), R)], out| {
+            out.push((f(k, &vals[0].1), 1isize));
+        })
     }
 
     /// Top-k per key: for `((key, item), aggregate)` records, the `k` items with the highest
     /// `score(aggregate)` per key, ties broken by the smaller item, as one sorted list per
     /// key. Seeded with the aggregated input at the cut.
-    pub fn top_k<K, I, R, F>(
-        &mut self,
-        name: &str,
-        input: Coll<'s, (K, I), R>,
-        k: usize,
-        score: F,
-    ) -> Coll<'s, (K, Vec<(I, i64)>)>
+    pub fn top_k<K, I, R, F>(&mut self, name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, i64)>)>
     where
         K: Data,
         I: Data,
@@ -481,30 +381,17 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
-        self.reduce(
-            &format!("TopK: {name}"),
-            input,
-            move |_key, vals: &[(&I, R)], out| {
-                let mut scored: Vec<(i64, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
-                scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-                let top: Vec<(I, i64)> = scored
-                    .into_iter()
-                    .take(k)
-                    .map(|(s, i)| (i.clone(), s))
-                    .collect();
-                out.push((top, 1isize));
-            },
-        )
+        self.reduce(&format!("TopK: {name}"), input, move |_key, vals: &[(&I, R)], out| {
+            let mut scored: Vec<(i64, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
+            scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+            let top: Vec<(I, i64)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();
+            out.push((top, 1isize));
+        })
     }
 
     /// Equi-join of two keyed collections. Seeded on both sides, so the join's output in
     /// speed mode is exactly "join at the cut + its changes since".
-    pub fn join<K, A, B>(
-        &mut self,
-        name: &str,
-        left: Coll<'s, (K, A)>,
-        right: Coll<'s, (K, B)>,
-    ) -> Coll<'s, (K, (A, B))>
+    pub fn join<K, A, B>(&mut self, name: &str, left: Coll<'s, (K, A)>, right: Coll<'s, (K, B)>) -> Coll<'s, (K, (A, B))>
     where
         K: Data,
         A: Data,

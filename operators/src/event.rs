@@ -20,19 +20,11 @@ pub struct FieldError {
 impl FieldError {
     /// An error about the line as a whole (not valid JSON, wrong column count, ...).
     pub fn line(message: impl Into<String>) -> Self {
-        FieldError {
-            field: None,
-            value: None,
-            message: message.into(),
-        }
+        FieldError { field: None, value: None, message: message.into() }
     }
 
     /// An error about one field and its value.
-    pub fn field(
-        field: impl Into<String>,
-        value: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn field(field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) -> Self {
         let mut value: String = value.into();
         if value.len() > 64 {
             let mut cut = 64;
@@ -42,20 +34,12 @@ impl FieldError {
             value.truncate(cut);
             value.push('…');
         }
-        FieldError {
-            field: Some(field.into()),
-            value: Some(value),
-            message: message.into(),
-        }
+        FieldError { field: Some(field.into()), value: Some(value), message: message.into() }
     }
 
     /// An error about a missing field.
     pub fn missing(field: impl Into<String>) -> Self {
-        FieldError {
-            field: Some(field.into()),
-            value: None,
-            message: "is required but missing".into(),
-        }
+        FieldError { field: Some(field.into()), value: None, message: "is required but missing".into() }
     }
 }
 

@@ -93,12 +93,7 @@ pub fn route<D: Hash>(d: &D) -> u64 {
 /// per time when the time completes (or early, as partial sums, when the table holds more
 /// than `KEYS_MAX` keys). With `exchange`, records first go to the worker owning their key,
 /// so the output is fully consolidated; without, it is a per-worker pre-aggregation.
-pub fn aggregate<'s, D, K, R, F>(
-    name: &str,
-    input: Coll<'s, D>,
-    exchange: bool,
-    f: F,
-) -> Coll<'s, K, R>
+pub fn aggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, f: F) -> Coll<'s, K, R>
 where
     D: Data,
     K: Data + Hash,
@@ -106,12 +101,7 @@ where
     F: Fn(&D) -> Option<(K, R)> + 'static,
 {
     if exchange {
-        aggregate_with(
-            name,
-            input,
-            Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)),
-            f,
-        )
+        aggregate_with(name, input, Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)), f)
     } else {
         aggregate_with(name, input, Pipeline, f)
     }
@@ -124,20 +114,10 @@ where
     D: Data + Hash,
     R: Diff,
 {
-    aggregate_core(
-        name,
-        input,
-        Exchange::new(|(d, _t, _r): &(D, Time, R)| route(d)),
-        |d: &D, r: &R| Some((d.clone(), r.clone())),
-    )
+    aggregate_core(name, input, Exchange::new(|(d, _t, _r): &(D, Time, R)| route(d)), |d: &D, r: &R| Some((d.clone(), r.clone())))
 }
 
-fn aggregate_with<'s, D, K, R, F, P>(
-    name: &str,
-    input: Coll<'s, D>,
-    pact: P,
-    f: F,
-) -> Coll<'s, K, R>
+fn aggregate_with<'s, D, K, R, F, P>(name: &str, input: Coll<'s, D>, pact: P, f: F) -> Coll<'s, K, R>
 where
     D: Data,
     K: Data + Hash,
@@ -145,17 +125,10 @@ where
     F: Fn(&D) -> Option<(K, R)> + 'static,
     P: ParallelizationContract<Time, Vec<(D, Time, isize)>>,
 {
-    aggregate_core(name, input, pact, move |d: &D, diff: &isize| {
-        f(d).map(|(k, r)| (k, r.multiply(diff)))
-    })
+    aggregate_core(name, input, pact, move |d: &D, diff: &isize| f(d).map(|(k, r)| (k, r.multiply(diff))))
 }
 
-fn aggregate_core<'s, D, R0, K, R, F, P>(
-    name: &str,
-    input: Coll<'s, D, R0>,
-    pact: P,
-    f: F,
-) -> Coll<'s, K, R>
+fn aggregate_core<'s, D, R0, K, R, F, P>(name: &str, input: Coll<'s, D, R0>, pact: P, f: F) -> Coll<'s, K, R>
 where
     D: Data,
     R0: Diff,
@@ -167,55 +140,43 @@ where
     const KEYS_MAX: usize = 1 << 22;
     input
         .inner
-        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(K, Time, R)>>, _, _, _>(
-            pact,
-            name,
-            |_cap, _info| {
-                let mut pending: HashMap<Time, (Capability<Time>, FxHashMap<K, R>)> =
-                    HashMap::new();
-                move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        for (d, t, diff) in data.drain(..) {
-                            let Some((k, r)) = f(&d, &diff) else { continue };
-                            // An update's own time may be later than its message's stamp.
-                            let table = &mut pending
-                                .entry(t)
-                                .or_insert_with(|| (cap.delayed(&t, 0), FxHashMap::default()))
-                                .1;
-                            match table.get_mut(&k) {
-                                Some(acc) => acc.plus_equals(&r),
-                                None => {
-                                    table.insert(k, r);
-                                }
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(K, Time, R)>>, _, _, _>(pact, name, |_cap, _info| {
+            let mut pending: HashMap<Time, (Capability<Time>, FxHashMap<K, R>)> = HashMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (d, t, diff) in data.drain(..) {
+                        let Some((k, r)) = f(&d, &diff) else { continue };
+                        // An update's own time may be later than its message's stamp.
+                        let table = &mut pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), FxHashMap::default())).1;
+                        match table.get_mut(&k) {
+                            Some(acc) => acc.plus_equals(&r),
+                            None => {
+                                table.insert(k, r);
                             }
                         }
-                    });
-                    pending.retain(|time, (cap, table)| {
-                        let done = !frontier.less_equal(time);
-                        if done || table.len() >= KEYS_MAX {
-                            let mut session = output.session(cap);
-                            for (k, r) in table.drain() {
-                                if !r.is_zero() {
-                                    session.give((k, *time, r));
-                                }
+                    }
+                });
+                pending.retain(|time, (cap, table)| {
+                    let done = !frontier.less_equal(time);
+                    if done || table.len() >= KEYS_MAX {
+                        let mut session = output.session(cap);
+                        for (k, r) in table.drain() {
+                            if !r.is_zero() {
+                                session.give((k, *time, r));
                             }
                         }
-                        !done
-                    });
-                }
-            },
-        )
+                    }
+                    !done
+                });
+            }
+        })
         .as_collection()
 }
 
 /// Batch-mode group-by: for `((key, value), diff)` updates, exchanges by key and, once the
 /// time completes, calls `logic(key, values, output)` with the key's consolidated, non-zero
 /// values in sorted order — what differential's `reduce` does at the first time.
-pub fn reduce_by_hash<'s, K, V, R, V2, L>(
-    name: &str,
-    input: Coll<'s, (K, V), R>,
-    mut logic: L,
-) -> Coll<'s, (K, V2)>
+pub fn reduce_by_hash<'s, K, V, R, V2, L>(name: &str, input: Coll<'s, (K, V), R>, mut logic: L) -> Coll<'s, (K, V2)>
 where
     K: Data + Hash,
     V: Data,

@@ -92,9 +92,7 @@ impl<'de, const N: usize> Deserialize<'de> for Sums<N> {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sums<N>, A::Error> {
                 let mut out = [0i64; N];
                 for (i, slot) in out.iter_mut().enumerate() {
-                    *slot = seq
-                        .next_element()?
-                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                    *slot = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
                 }
                 Ok(Sums(out))
             }
@@ -121,9 +119,6 @@ mod tests {
         assert!(n.is_zero());
         assert_eq!(Sums([2, 3]).multiply(&-2isize), Sums([-4, -6]));
         let json = serde_json::to_string(&Sums([7, -8])).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Sums<2>>(&json).unwrap(),
-            Sums([7, -8])
-        );
+        assert_eq!(serde_json::from_str::<Sums<2>>(&json).unwrap(), Sums([7, -8]));
     }
 }

@@ -22,42 +22,12 @@ use std::sync::{Arc, Mutex};
 use crate::day::Day;
 
 /// A record type usable as a view key or value, inside the dataflow and in stored views.
-pub trait Data:
-    differential_dataflow::ExchangeData
-    + std::hash::Hash
-    + Send
-    + Sync
-    + Debug
-    + Serialize
-    + DeserializeOwned
-{
-}
-impl<T> Data for T where
-    T: differential_dataflow::ExchangeData
-        + std::hash::Hash
-        + Send
-        + Sync
-        + Debug
-        + Serialize
-        + DeserializeOwned
-{
-}
+pub trait Data: differential_dataflow::ExchangeData + std::hash::Hash + Send + Sync + Debug + Serialize + DeserializeOwned {}
+impl<T> Data for T where T: differential_dataflow::ExchangeData + std::hash::Hash + Send + Sync + Debug + Serialize + DeserializeOwned {}
 
 /// A difference type: how records accumulate. `isize` counts; [`crate::Sums`] sums.
-pub trait Diff:
-    differential_dataflow::ExchangeData + Abelian + Send + Sync + Debug + Serialize + DeserializeOwned
-{
-}
-impl<T> Diff for T where
-    T: differential_dataflow::ExchangeData
-        + Abelian
-        + Send
-        + Sync
-        + Debug
-        + Serialize
-        + DeserializeOwned
-{
-}
+pub trait Diff: differential_dataflow::ExchangeData + Abelian + Send + Sync + Debug + Serialize + DeserializeOwned {}
+impl<T> Diff for T where T: differential_dataflow::ExchangeData + Abelian + Send + Sync + Debug + Serialize + DeserializeOwned {}
 
 /// A view key: its JSON form for serving, and how to read it from a query argument.
 pub trait ViewKey: Data {
@@ -72,9 +42,7 @@ impl ViewKey for u64 {
         Value::from(*self)
     }
     fn parse_key(s: &str) -> Result<Self, String> {
-        s.trim()
-            .parse()
-            .map_err(|_| format!("\"{s}\" is not an unsigned integer key"))
+        s.trim().parse().map_err(|_| format!("\"{s}\" is not an unsigned integer key"))
     }
 }
 
@@ -83,9 +51,7 @@ impl ViewKey for i64 {
         Value::from(*self)
     }
     fn parse_key(s: &str) -> Result<Self, String> {
-        s.trim()
-            .parse()
-            .map_err(|_| format!("\"{s}\" is not an integer key"))
+        s.trim().parse().map_err(|_| format!("\"{s}\" is not an integer key"))
     }
 }
 
@@ -203,12 +169,7 @@ pub trait AnyView: Send + Sync {
     /// time 0 restate the seeded batch state and are dropped; later ones stay pending.
     fn drain_speed(&self, upto: u64, table: &mut dyn SpeedTable);
     /// Merges the batch view and the speed table for the selected keys.
-    fn query(
-        &self,
-        batch: Option<&dyn BatchTable>,
-        speed: &dyn SpeedTable,
-        sel: &Selection,
-    ) -> Result<Vec<Answer>, String>;
+    fn query(&self, batch: Option<&dyn BatchTable>, speed: &dyn SpeedTable, sel: &Selection) -> Result<Vec<Answer>, String>;
 }
 
 /// The typed batch table: consolidated `((K, V), R)` sorted by `(K, V)`.
@@ -260,11 +221,7 @@ pub struct ViewCell<K, V, R> {
 impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
     /// A new view cell.
     pub fn new(info: ViewInfo, present: Present<V, R>) -> Self {
-        ViewCell {
-            info,
-            present,
-            produced: Mutex::new(Vec::new()),
-        }
+        ViewCell { info, present, produced: Mutex::new(Vec::new()) }
     }
 
     /// Called by the workers' sinks with updates they produced.
@@ -274,9 +231,7 @@ impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
     }
 
     fn typed_batch<'a>(&self, t: &'a dyn BatchTable) -> Result<&'a Table<K, V, R>, String> {
-        t.as_any()
-            .downcast_ref()
-            .ok_or_else(|| format!("view {}: batch table of the wrong type", self.info.name))
+        t.as_any().downcast_ref().ok_or_else(|| format!("view {}: batch table of the wrong type", self.info.name))
     }
 
     fn present_parts(&self, v: &V, parts: &[(V, R)]) -> Option<Value> {
@@ -292,12 +247,7 @@ impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
         acc.filter(|r| !r.is_zero()).map(|r| (self.present)(v, &r))
     }
 
-    fn answer(
-        &self,
-        key: &K,
-        batch: &[(V, R)],
-        speed: &[(V, R)],
-    ) -> Result<Option<Answer>, String> {
+    fn answer(&self, key: &K, batch: &[(V, R)], speed: &[(V, R)]) -> Result<Option<Answer>, String> {
         let mut merged: Vec<(V, R)> = batch.iter().chain(speed.iter()).cloned().collect();
         differential_dataflow::consolidation::consolidate(&mut merged);
         match (self.info.kind, merged.as_slice()) {
@@ -310,12 +260,7 @@ impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
             })),
             (ViewKind::Value, [(v, r)]) => {
                 let _ = r;
-                Ok(Some(Answer {
-                    key: key.to_json(),
-                    value: (self.present)(v, r),
-                    batch: None,
-                    speed: None,
-                }))
+                Ok(Some(Answer { key: key.to_json(), value: (self.present)(v, r), batch: None, speed: None }))
             }
             (_, many) => Err(format!(
                 "view {}: key {} merged to {} records; the job must produce one value per key",
@@ -339,38 +284,25 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
     }
 
     fn take_batch_encoded(&self) -> Result<(Vec<u8>, usize), String> {
-        let produced =
-            std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
+        let produced = std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
         let mut rows: Vec<((K, V), R)> = produced.into_iter().map(|(d, _t, r)| (d, r)).collect();
         differential_dataflow::consolidation::consolidate(&mut rows);
         let n = rows.len();
-        bincode::serialize(&rows)
-            .map(|b| (b, n))
-            .map_err(|e| format!("view {}: encode failed: {e}", self.info.name))
+        bincode::serialize(&rows).map(|b| (b, n)).map_err(|e| format!("view {}: encode failed: {e}", self.info.name))
     }
 
     fn decode_batch(&self, bytes: &[u8]) -> Result<Arc<dyn BatchTable>, String> {
-        let rows: Vec<((K, V), R)> = bincode::deserialize(bytes).map_err(|e| {
-            format!(
-                "view {}: stored batch view does not decode: {e}",
-                self.info.name
-            )
-        })?;
+        let rows: Vec<((K, V), R)> =
+            bincode::deserialize(bytes).map_err(|e| format!("view {}: stored batch view does not decode: {e}", self.info.name))?;
         // A stored view is written sorted and consolidated; check rather than trust.
         if rows.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(format!(
-                "view {}: stored batch view is not sorted and consolidated",
-                self.info.name
-            ));
+            return Err(format!("view {}: stored batch view is not sorted and consolidated", self.info.name));
         }
         Ok(Arc::new(Table { rows }))
     }
 
     fn new_speed_table(&self) -> Box<dyn SpeedTable> {
-        Box::new(Speed::<K, V, R> {
-            rows: BTreeMap::new(),
-            bytes: 0,
-        })
+        Box::new(Speed::<K, V, R> { rows: BTreeMap::new(), bytes: 0 })
     }
 
     fn drain_speed(&self, upto: u64, table: &mut dyn SpeedTable) {
@@ -379,8 +311,7 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
         };
         let ready: Vec<((K, V), u64, R)> = {
             let mut produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
-            let (ready, pending): (Vec<_>, Vec<_>) =
-                produced.drain(..).partition(|(_, t, _)| *t <= upto);
+            let (ready, pending): (Vec<_>, Vec<_>) = produced.drain(..).partition(|(_, t, _)| *t <= upto);
             *produced = pending;
             ready
         };
@@ -396,18 +327,12 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
                 None => slot.push((v, r)),
             }
             slot.retain(|(_, r)| !r.is_zero());
-            table.bytes =
-                (table.bytes + slot.len() * entry_bytes).saturating_sub(before * entry_bytes);
+            table.bytes = (table.bytes + slot.len() * entry_bytes).saturating_sub(before * entry_bytes);
         }
         table.rows.retain(|_, slot| !slot.is_empty());
     }
 
-    fn query(
-        &self,
-        batch: Option<&dyn BatchTable>,
-        speed: &dyn SpeedTable,
-        sel: &Selection,
-    ) -> Result<Vec<Answer>, String> {
+    fn query(&self, batch: Option<&dyn BatchTable>, speed: &dyn SpeedTable, sel: &Selection) -> Result<Vec<Answer>, String> {
         let empty = Table::<K, V, R> { rows: Vec::new() };
         let batch = match batch {
             Some(b) => self.typed_batch(b)?,
@@ -417,51 +342,31 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
             .as_any()
             .downcast_ref::<Speed<K, V, R>>()
             .ok_or_else(|| format!("view {}: speed table of the wrong type", self.info.name))?;
-        let batch_part = |key: &K| -> Vec<(V, R)> {
-            batch.rows[key_range(&batch.rows, key)]
-                .iter()
-                .map(|((_, v), r)| (v.clone(), r.clone()))
-                .collect()
-        };
+        let batch_part =
+            |key: &K| -> Vec<(V, R)> { batch.rows[key_range(&batch.rows, key)].iter().map(|((_, v), r)| (v.clone(), r.clone())).collect() };
         match sel {
             Selection::Key(text) => {
-                let key = K::parse_key(text)
-                    .map_err(|e| format!("view {}: bad key: {e}", self.info.name))?;
+                let key = K::parse_key(text).map_err(|e| format!("view {}: bad key: {e}", self.info.name))?;
                 let sp = speed.rows.get(&key).cloned().unwrap_or_default();
-                Ok(self
-                    .answer(&key, &batch_part(&key), &sp)?
-                    .into_iter()
-                    .collect())
+                Ok(self.answer(&key, &batch_part(&key), &sp)?.into_iter().collect())
             }
             Selection::Range { from, to, limit } => {
                 let parse = |s: &Option<String>| -> Result<Option<K>, String> {
-                    s.as_deref()
-                        .map(K::parse_key)
-                        .transpose()
-                        .map_err(|e| format!("view {}: bad key: {e}", self.info.name))
+                    s.as_deref().map(K::parse_key).transpose().map_err(|e| format!("view {}: bad key: {e}", self.info.name))
                 };
                 let (from, to) = (parse(from)?, parse(to)?);
                 let above_to = |k: &K| to.as_ref().is_some_and(|t| k > t);
                 // Walk the union of both sides' keys in order, merging as we go, until
                 // `limit` live answers (a key the speed layer cancelled yields none).
-                let mut bi = from
-                    .as_ref()
-                    .map(|f| batch.rows.partition_point(|((k, _), _)| k < f))
-                    .unwrap_or(0);
+                let mut bi = from.as_ref().map(|f| batch.rows.partition_point(|((k, _), _)| k < f)).unwrap_or(0);
                 let lower = match &from {
                     Some(f) => std::ops::Bound::Included(f.clone()),
                     None => std::ops::Bound::Unbounded,
                 };
-                let mut si = speed
-                    .rows
-                    .range((lower, std::ops::Bound::Unbounded))
-                    .peekable();
+                let mut si = speed.rows.range((lower, std::ops::Bound::Unbounded)).peekable();
                 let mut out = Vec::new();
                 while out.len() < *limit {
-                    let key = match (
-                        batch.rows.get(bi).map(|((k, _), _)| k),
-                        si.peek().map(|(k, _)| *k),
-                    ) {
+                    let key = match (batch.rows.get(bi).map(|((k, _), _)| k), si.peek().map(|(k, _)| *k)) {
                         (None, None) => break,
                         (Some(b), None) => b.clone(),
                         (None, Some(s)) => s.clone(),
@@ -471,15 +376,11 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
                         break;
                     }
                     let range = key_range(&batch.rows[bi..], &key);
-                    let batch_part: Vec<(V, R)> = batch.rows[bi + range.start..bi + range.end]
-                        .iter()
-                        .map(|((_, v), r)| (v.clone(), r.clone()))
-                        .collect();
+                    let batch_part: Vec<(V, R)> =
+                        batch.rows[bi + range.start..bi + range.end].iter().map(|((_, v), r)| (v.clone(), r.clone())).collect();
                     bi += range.end;
                     let speed_part = match si.peek() {
-                        Some((k, _)) if **k == key => {
-                            si.next().map(|(_, p)| p.clone()).unwrap_or_default()
-                        }
+                        Some((k, _)) if **k == key => si.next().map(|(_, p)| p.clone()).unwrap_or_default(),
                         _ => Vec::new(),
                     };
                     if let Some(a) = self.answer(&key, &batch_part, &speed_part)? {

@@ -23,14 +23,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lambdaflow-it-{tag}-{}-{n}-{nanos}",
-            std::process::id()
-        ));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("lambdaflow-it-{tag}-{}-{n}-{nanos}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -53,13 +47,7 @@ impl Drop for TempDir {
 
 /// Runs `lambdaflow --data DATA -w 2 ARGS...` and returns its output (whatever the exit code).
 pub fn run(data: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("--data")
-        .arg(data)
-        .args(["-w", "2"])
-        .args(args)
-        .output()
-        .expect("spawn lambdaflow")
+    Command::new(bin()).arg("--data").arg(data).args(["-w", "2"]).args(args).output().expect("spawn lambdaflow")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -73,29 +61,14 @@ pub fn stderr(o: &Output) -> String {
 /// Like [`run`], but panics with the command's stderr unless it succeeded.
 pub fn run_ok(data: &Path, args: &[&str]) -> Output {
     let o = run(data, args);
-    assert!(
-        o.status.success(),
-        "lambdaflow {args:?} failed ({}):\n{}",
-        o.status,
-        stderr(&o)
-    );
+    assert!(o.status.success(), "lambdaflow {args:?} failed ({}):\n{}", o.status, stderr(&o));
     o
 }
 
 /// Writes `events` generated shop events (seed `seed`, `format` ndjson or csv) to `path`.
 pub fn gen_file(path: &Path, events: u64, seed: u64, format: &str) {
     let o = Command::new(bin())
-        .args([
-            "gen",
-            "shop",
-            "--events",
-            &events.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--format",
-            format,
-            "--out",
-        ])
+        .args(["gen", "shop", "--events", &events.to_string(), "--seed", &seed.to_string(), "--format", format, "--out"])
         .arg(path)
         .output()
         .expect("spawn lambdaflow gen");
@@ -114,9 +87,7 @@ pub fn ingest(data: &Path, file: &Path) -> Output {
 
 /// The log's end offsets (opening it runs recovery).
 pub fn end_offsets(data: &Path) -> Vec<u64> {
-    Log::open(&data.join("log"))
-        .expect("open log")
-        .end_offsets()
+    Log::open(&data.join("log")).expect("open log").end_offsets()
 }
 
 /// Every record payload of every partition, in offset order.
@@ -172,13 +143,9 @@ pub fn query_json(data: &Path, view: &str) -> BTreeMap<String, Value> {
     stdout(&o)
         .lines()
         .map(|line| {
-            let v: Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("query output is not JSON ({e}): {line}"));
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("query output is not JSON ({e}): {line}"));
             assert_eq!(v["view"], view);
-            (
-                serde_json::to_string(&v["key"]).expect("key"),
-                v["value"].clone(),
-            )
+            (serde_json::to_string(&v["key"]).expect("key"), v["value"].clone())
         })
         .collect()
 }

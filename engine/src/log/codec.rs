@@ -52,9 +52,7 @@ pub(crate) fn decode(buf: &[u8]) -> Decoded {
     let len_bytes = [buf[0], buf[1], buf[2], buf[3]];
     let len = u32::from_le_bytes(len_bytes) as usize;
     if len > MAX_PAYLOAD_BYTES {
-        return Decoded::Bad(format!(
-            "length field {len} exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
-        ));
+        return Decoded::Bad(format!("length field {len} exceeds the {MAX_PAYLOAD_BYTES}-byte limit"));
     }
     let total = RECORD_HEADER_BYTES + len;
     if buf.len() < total {
@@ -63,9 +61,7 @@ pub(crate) fn decode(buf: &[u8]) -> Decoded {
     let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let actual = record_crc(len_bytes, &buf[RECORD_HEADER_BYTES..total]);
     if stored != actual {
-        return Decoded::Bad(format!(
-            "checksum mismatch (stored {stored:#010x}, computed {actual:#010x}, length {len})"
-        ));
+        return Decoded::Bad(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x}, length {len})"));
     }
     Decoded::Record { len }
 }
@@ -98,10 +94,7 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x01;
-            assert!(
-                !matches!(decode(&bad), Decoded::Record { .. }),
-                "flip at byte {i} went undetected"
-            );
+            assert!(!matches!(decode(&bad), Decoded::Record { .. }), "flip at byte {i} went undetected");
         }
     }
 

@@ -47,44 +47,25 @@ pub(crate) struct Manifest {
 impl Manifest {
     /// A manifest for a new, empty log.
     pub(crate) fn new(partitions: u32, segment_bytes: u64) -> Manifest {
-        Manifest {
-            format_version: FORMAT_VERSION,
-            partitions,
-            segment_bytes,
-            sealed: vec![Vec::new(); partitions as usize],
-        }
+        Manifest { format_version: FORMAT_VERSION, partitions, segment_bytes, sealed: vec![Vec::new(); partitions as usize] }
     }
 
     /// Offset of the first record after partition `p`'s sealed segments.
     pub(crate) fn sealed_end(&self, p: usize) -> u64 {
-        self.sealed[p]
-            .last()
-            .map_or(0, |s| s.base_offset + s.records)
+        self.sealed[p].last().map_or(0, |s| s.base_offset + s.records)
     }
 
     /// Checks internal consistency: version, sizes, contiguous non-empty segments.
     fn validate(&self, path: &Path) -> Result<(), LogError> {
-        let invalid = |detail: String| LogError::ManifestInvalid {
-            path: path.to_path_buf(),
-            detail,
-        };
+        let invalid = |detail: String| LogError::ManifestInvalid { path: path.to_path_buf(), detail };
         if self.format_version != FORMAT_VERSION {
-            return Err(invalid(format!(
-                "unsupported format_version {} (this build reads {FORMAT_VERSION})",
-                self.format_version
-            )));
+            return Err(invalid(format!("unsupported format_version {} (this build reads {FORMAT_VERSION})", self.format_version)));
         }
         if self.partitions == 0 || self.segment_bytes == 0 {
-            return Err(invalid(
-                "partitions and segment_bytes must both be at least 1".into(),
-            ));
+            return Err(invalid("partitions and segment_bytes must both be at least 1".into()));
         }
         if self.sealed.len() != self.partitions as usize {
-            return Err(invalid(format!(
-                "{} partitions declared but {} sealed-segment lists present",
-                self.partitions,
-                self.sealed.len()
-            )));
+            return Err(invalid(format!("{} partitions declared but {} sealed-segment lists present", self.partitions, self.sealed.len())));
         }
         for (p, segs) in self.sealed.iter().enumerate() {
             let mut next = 0;
@@ -109,10 +90,8 @@ impl Manifest {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path, "read manifest", e)),
         };
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| LogError::ManifestInvalid {
-            path: path.clone(),
-            detail: format!("not a valid manifest: {e}"),
-        })?;
+        let m: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| LogError::ManifestInvalid { path: path.clone(), detail: format!("not a valid manifest: {e}") })?;
         m.validate(&path)?;
         Ok(Some(m))
     }
@@ -121,16 +100,12 @@ impl Manifest {
     pub(crate) fn store(&self, dir: &Path) -> Result<(), LogError> {
         let tmp: PathBuf = dir.join(MANIFEST_TMP);
         let path = dir.join(MANIFEST);
-        let mut text = serde_json::to_vec_pretty(self).map_err(|e| LogError::ManifestInvalid {
-            path: path.clone(),
-            detail: format!("cannot serialise: {e}"),
-        })?;
+        let mut text = serde_json::to_vec_pretty(self)
+            .map_err(|e| LogError::ManifestInvalid { path: path.clone(), detail: format!("cannot serialise: {e}") })?;
         text.push(b'\n');
         let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, "create manifest", e))?;
-        f.write_all(&text)
-            .map_err(|e| io_err(&tmp, "write manifest", e))?;
-        f.sync_all()
-            .map_err(|e| io_err(&tmp, "fsync manifest", e))?;
+        f.write_all(&text).map_err(|e| io_err(&tmp, "write manifest", e))?;
+        f.sync_all().map_err(|e| io_err(&tmp, "fsync manifest", e))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(|e| io_err(&path, "rename manifest into place", e))?;
         sync_dir(dir)

@@ -48,10 +48,7 @@ use serde::{Deserialize, Serialize};
 use codec::{encode_into, framed_len};
 pub use codec::{MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
 use manifest::{Manifest, SealedSegment, MANIFEST};
-use segment::{
-    io_err, open_for_append, parse_segment_name, partition_dir, segment_path, sync_dir, ScanStop,
-    Scanner,
-};
+use segment::{io_err, open_for_append, parse_segment_name, partition_dir, segment_path, sync_dir, ScanStop, Scanner};
 
 /// One sparse-index entry is kept per this many records of a segment.
 pub const INDEX_STRIDE: u64 = 4096;
@@ -68,10 +65,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     /// Four partitions, 64 MiB segments.
     fn default() -> Self {
-        LogConfig {
-            partitions: 4,
-            segment_bytes: 64 << 20,
-        }
+        LogConfig { partitions: 4, segment_bytes: 64 << 20 }
     }
 }
 
@@ -191,9 +185,7 @@ struct PartState {
 
 impl PartState {
     fn active(&self) -> &SegState {
-        self.segments
-            .last()
-            .expect("a partition always has an active segment")
+        self.segments.last().expect("a partition always has an active segment")
     }
 
     fn end(&self) -> u64 {
@@ -257,14 +249,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn start_chunk(
-        &mut self,
-        base: u64,
-        records: u64,
-        bytes: u64,
-        index_len: usize,
-        segment_bytes: u64,
-    ) {
+    fn start_chunk(&mut self, base: u64, records: u64, bytes: u64, index_len: usize, segment_bytes: u64) {
         let room = segment_bytes.saturating_sub(bytes).max(1);
         let cap = self.unplaced.min(room).min(usize::MAX as u64) as usize;
         self.chunks.push(Chunk {
@@ -345,17 +330,13 @@ impl Log {
             return Ok(log);
         }
         Self::create(dir, cfg)?;
-        Self::open_existing(dir)?.ok_or_else(|| LogError::NotFound {
-            path: dir.to_path_buf(),
-        })
+        Self::open_existing(dir)?.ok_or_else(|| LogError::NotFound { path: dir.to_path_buf() })
     }
 
     /// Opens an existing log, running recovery; [`LogError::NotFound`] naming `dir` if
     /// there is none.
     pub fn open(dir: &Path) -> Result<Log, LogError> {
-        Self::open_existing(dir)?.ok_or_else(|| LogError::NotFound {
-            path: dir.to_path_buf(),
-        })
+        Self::open_existing(dir)?.ok_or_else(|| LogError::NotFound { path: dir.to_path_buf() })
     }
 
     /// Number of partitions.
@@ -386,17 +367,10 @@ impl Log {
         let mut totals = vec![0u64; np];
         for (index, &(partition, payload)) in records.iter().enumerate() {
             if partition >= self.partitions {
-                return Err(LogError::BadPartition {
-                    partition,
-                    partitions: self.partitions,
-                });
+                return Err(LogError::BadPartition { partition, partitions: self.partitions });
             }
             if payload.len() > MAX_PAYLOAD_BYTES {
-                return Err(LogError::RecordTooLarge {
-                    index,
-                    len: payload.len(),
-                    max: MAX_PAYLOAD_BYTES,
-                });
+                return Err(LogError::RecordTooLarge { index, len: payload.len(), max: MAX_PAYLOAD_BYTES });
             }
             totals[partition as usize] += framed_len(payload.len());
         }
@@ -404,9 +378,7 @@ impl Log {
             return Ok(Vec::new());
         }
 
-        let mut writer = self.writer.lock().map_err(|_| {
-            LogError::Poisoned("an append panicked while holding the append lock".into())
-        })?;
+        let mut writer = self.writer.lock().map_err(|_| LogError::Poisoned("an append panicked while holding the append lock".into()))?;
         if let Some(why) = &writer.poisoned {
             return Err(LogError::Poisoned(why.clone()));
         }
@@ -426,17 +398,11 @@ impl Log {
             let p = partition as usize;
             let plan = plans[p].get_or_insert_with(|| {
                 let (base, recs, bytes, index_len) = actives[p];
-                let mut plan = Plan {
-                    chunks: Vec::new(),
-                    unplaced: totals[p],
-                };
+                let mut plan = Plan { chunks: Vec::new(), unplaced: totals[p] };
                 plan.start_chunk(base, recs, bytes, index_len, self.segment_bytes);
                 plan
             });
-            positions.push(Position {
-                partition,
-                offset: plan.push(payload, self.segment_bytes),
-            });
+            positions.push(Position { partition, offset: plan.push(payload, self.segment_bytes) });
         }
 
         let mut undo = Undo::default();
@@ -472,22 +438,13 @@ impl Log {
     {
         let snaps = {
             let state = self.read_state();
-            let ps = state
-                .get(partition as usize)
-                .ok_or(LogError::BadPartition {
-                    partition,
-                    partitions: self.partitions,
-                })?;
+            let ps = state.get(partition as usize).ok_or(LogError::BadPartition { partition, partitions: self.partitions })?;
             let to = to.min(ps.end());
             if from >= to {
                 return Ok(0);
             }
             let first = ps.segments.partition_point(|s| s.base + s.records <= from);
-            ps.segments[first..]
-                .iter()
-                .take_while(|s| s.base < to)
-                .map(|s| (SegSnap::of(s, from), to))
-                .collect::<Vec<_>>()
+            ps.segments[first..].iter().take_while(|s| s.base < to).map(|s| (SegSnap::of(s, from), to)).collect::<Vec<_>>()
         };
         let mut visited = 0;
         for (snap, to) in snaps {
@@ -505,17 +462,12 @@ impl Log {
         for partition in 0..self.partitions {
             let snaps: Vec<SegSnap> = {
                 let state = self.read_state();
-                state[partition as usize]
-                    .segments
-                    .iter()
-                    .map(|s| SegSnap::of(s, s.base))
-                    .collect()
+                state[partition as usize].segments.iter().map(|s| SegSnap::of(s, s.base)).collect()
             };
             let (mut records, mut bytes) = (0, 0);
             for snap in snaps {
                 let end = snap.base + snap.records;
-                records +=
-                    self.scan_segment(partition, &snap, snap.base, end, true, |_, _| Ok(()))?;
+                records += self.scan_segment(partition, &snap, snap.base, end, true, |_, _| Ok(()))?;
                 bytes += snap.bytes;
             }
             report.records.push(records);
@@ -526,10 +478,7 @@ impl Log {
 
     /// Bytes of segment data on disk per partition (acknowledged data only).
     pub fn disk_bytes(&self) -> Vec<u64> {
-        self.read_state()
-            .iter()
-            .map(|ps| ps.segments.iter().map(|s| s.bytes).sum())
-            .collect()
+        self.read_state().iter().map(|ps| ps.segments.iter().map(|s| s.bytes).sum()).collect()
     }
 
     // ----- internals -------------------------------------------------------------------
@@ -541,24 +490,12 @@ impl Log {
     /// Scans records `[snap.start_rec, stop)` of one segment, calling `f` for those at or
     /// after `from`, and learns sparse-index entries on the way. With `whole`, also checks
     /// that the segment holds exactly `snap.records` records and nothing after them.
-    fn scan_segment<F>(
-        &self,
-        partition: u32,
-        snap: &SegSnap,
-        from: u64,
-        stop: u64,
-        whole: bool,
-        mut f: F,
-    ) -> Result<u64, LogError>
+    fn scan_segment<F>(&self, partition: u32, snap: &SegSnap, from: u64, stop: u64, whole: bool, mut f: F) -> Result<u64, LogError>
     where
         F: FnMut(u64, &[u8]) -> Result<(), LogError>,
     {
         let path = segment_path(&self.dir, partition, snap.base);
-        let corrupt = |byte_offset: u64, detail: String| LogError::Corrupt {
-            path: path.clone(),
-            byte_offset,
-            detail,
-        };
+        let corrupt = |byte_offset: u64, detail: String| LogError::Corrupt { path: path.clone(), byte_offset, detail };
         if snap.bytes == 0 {
             // An empty active segment, whose file may not exist yet.
             return Ok(0);
@@ -583,11 +520,7 @@ impl Log {
                 Ok(None) => {
                     return Err(corrupt(
                         scanner.position(),
-                        format!(
-                            "segment ends after {} records, {} expected",
-                            cur - snap.base,
-                            snap.records
-                        ),
+                        format!("segment ends after {} records, {} expected", cur - snap.base, snap.records),
                     ))
                 }
                 Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail)),
@@ -597,12 +530,7 @@ impl Log {
         if whole {
             match scanner.next_record() {
                 Ok(None) => {}
-                Ok(Some((pos, _))) => {
-                    return Err(corrupt(
-                        pos,
-                        format!("record beyond the {} expected", snap.records),
-                    ))
-                }
+                Ok(Some((pos, _))) => return Err(corrupt(pos, format!("record beyond the {} expected", snap.records))),
                 Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail)),
                 Err(ScanStop::Io(e)) => return Err(e),
             }
@@ -621,12 +549,7 @@ impl Log {
 
     /// Writes every partition's chunks, sealing and creating segments as planned, then
     /// fsyncs each touched active segment and each partition directory that gained a file.
-    fn write_plans(
-        &self,
-        w: &mut Writer,
-        plans: &[Option<Plan>],
-        undo: &mut Undo,
-    ) -> Result<(), LogError> {
+    fn write_plans(&self, w: &mut Writer, plans: &[Option<Plan>], undo: &mut Undo) -> Result<(), LogError> {
         let mut dirs_to_sync = Vec::new();
         for (p, plan) in plans.iter().enumerate() {
             let Some(plan) = plan else { continue };
@@ -643,11 +566,7 @@ impl Log {
                         open_for_append(&path)?
                     } else {
                         created = true;
-                        OpenOptions::new()
-                            .append(true)
-                            .create_new(true)
-                            .open(&path)
-                            .map_err(|e| io_err(&path, "create segment", e))?
+                        OpenOptions::new().append(true).create_new(true).open(&path).map_err(|e| io_err(&path, "create segment", e))?
                     };
                     w.files[p] = Some(file);
                 }
@@ -659,8 +578,7 @@ impl Log {
                     undo.truncate.push((path.clone(), chunk.start_bytes));
                 }
                 let file = w.files[p].as_mut().expect("segment file is open");
-                file.write_all(&chunk.buf)
-                    .map_err(|e| io_err(&path, "append to segment", e))?;
+                file.write_all(&chunk.buf).map_err(|e| io_err(&path, "append to segment", e))?;
             }
             if created_here {
                 dirs_to_sync.push(partition_dir(&self.dir, p as u32));
@@ -684,26 +602,15 @@ impl Log {
     /// Seals the segment `chunk` filled: fsync it and its directory entry (it may have been
     /// created by this very append), then record it in the manifest. Only after that is the
     /// next segment created, so recovery never sees two segments beyond the sealed ones.
-    fn seal(
-        &self,
-        w: &mut Writer,
-        p: usize,
-        chunk: &Chunk,
-        undo: &mut Undo,
-    ) -> Result<(), LogError> {
+    fn seal(&self, w: &mut Writer, p: usize, chunk: &Chunk, undo: &mut Undo) -> Result<(), LogError> {
         let path = segment_path(&self.dir, p as u32, chunk.base);
         let file = w.files[p].take().expect("sealed segment was open");
-        file.sync_data()
-            .map_err(|e| io_err(&path, "fsync segment before sealing", e))?;
+        file.sync_data().map_err(|e| io_err(&path, "fsync segment before sealing", e))?;
         sync_dir(&partition_dir(&self.dir, p as u32))?;
         if undo.manifest.is_none() {
             undo.manifest = Some(w.manifest.clone());
         }
-        w.manifest.sealed[p].push(SealedSegment {
-            base_offset: chunk.base,
-            records: chunk.seg_records(),
-            bytes: chunk.seg_bytes(),
-        });
+        w.manifest.sealed[p].push(SealedSegment { base_offset: chunk.base, records: chunk.seg_records(), bytes: chunk.seg_bytes() });
         w.manifest.store(&self.dir)
     }
 
@@ -730,13 +637,8 @@ impl Log {
             w.manifest = m;
         }
         for (path, len) in &undo.truncate {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| io_err(path, "open segment to undo failed append", e))?;
-            f.set_len(*len)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io_err(path, "truncate segment to undo failed append", e))?;
+            let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, "open segment to undo failed append", e))?;
+            f.set_len(*len).and_then(|()| f.sync_all()).map_err(|e| io_err(path, "truncate segment to undo failed append", e))?;
         }
         Ok(())
     }
@@ -757,12 +659,7 @@ impl Log {
                     let mut index = Vec::with_capacity(1 + chunk.new_index.len());
                     index.push(0);
                     index.extend_from_slice(&chunk.new_index);
-                    segs.push(SegState {
-                        base: chunk.base,
-                        records: chunk.records,
-                        bytes: chunk.buf.len() as u64,
-                        index,
-                    });
+                    segs.push(SegState { base: chunk.base, records: chunk.records, bytes: chunk.buf.len() as u64, index });
                 }
             }
         }
@@ -771,14 +668,10 @@ impl Log {
     /// Creates a new, empty log: the directory and its manifest.
     fn create(dir: &Path, cfg: LogConfig) -> Result<(), LogError> {
         if cfg.partitions == 0 {
-            return Err(LogError::InvalidConfig(
-                "partitions must be at least 1".into(),
-            ));
+            return Err(LogError::InvalidConfig("partitions must be at least 1".into()));
         }
         if cfg.segment_bytes == 0 {
-            return Err(LogError::InvalidConfig(
-                "segment_bytes must be at least 1".into(),
-            ));
+            return Err(LogError::InvalidConfig("segment_bytes must be at least 1".into()));
         }
         let existed = dir.is_dir();
         fs::create_dir_all(dir).map_err(|e| io_err(dir, "create log directory", e))?;
@@ -794,21 +687,12 @@ impl Log {
     fn open_existing(dir: &Path) -> Result<Option<Log>, LogError> {
         match fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(io_err(
-                    dir,
-                    "open log directory",
-                    io::Error::other("not a directory"),
-                ))
-            }
+            Ok(_) => return Err(io_err(dir, "open log directory", io::Error::other("not a directory"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(dir, "open log directory", e)),
         }
         if Manifest::remove_stale_tmp(dir)? {
-            eprintln!(
-                "lambdaflow log {}: removed a stale MANIFEST.tmp (an interrupted manifest update)",
-                dir.display()
-            );
+            eprintln!("lambdaflow log {}: removed a stale MANIFEST.tmp (an interrupted manifest update)", dir.display());
             sync_dir(dir)?;
         }
         let partition_dirs = list_partition_dirs(dir)?;
@@ -821,25 +705,15 @@ impl Log {
                     detail: format!(
                         "MANIFEST is missing but partition directories exist ({}); \
                          refusing to guess the log's layout",
-                        partition_dirs
-                            .iter()
-                            .map(|(_, name)| name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        partition_dirs.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                 })
             }
         };
-        if let Some((_, name)) = partition_dirs
-            .iter()
-            .find(|(i, _)| *i >= u64::from(manifest.partitions))
-        {
+        if let Some((_, name)) = partition_dirs.iter().find(|(i, _)| *i >= u64::from(manifest.partitions)) {
             return Err(LogError::SegmentInvalid {
                 path: dir.join(name),
-                detail: format!(
-                    "partition directory beyond the manifest's {} partitions",
-                    manifest.partitions
-                ),
+                detail: format!("partition directory beyond the manifest's {} partitions", manifest.partitions),
             });
         }
 
@@ -859,11 +733,7 @@ impl Log {
             partitions,
             segment_bytes: manifest.segment_bytes,
             state: RwLock::new(state),
-            writer: Mutex::new(Writer {
-                manifest,
-                files: (0..partitions).map(|_| None).collect(),
-                poisoned: None,
-            }),
+            writer: Mutex::new(Writer { manifest, files: (0..partitions).map(|_| None).collect(), poisoned: None }),
         }))
     }
 }
@@ -871,23 +741,15 @@ impl Log {
 /// Fsyncs (data) every file, concurrently when there are several, so that a group commit
 /// over many partitions costs about one fsync of latency rather than one per partition.
 fn sync_all_data(files: &[(&File, PathBuf)]) -> Result<(), LogError> {
-    let sync = |(file, path): &(&File, PathBuf)| {
-        file.sync_data()
-            .map_err(|e| io_err(path, "fsync segment", e))
-    };
+    let sync = |(file, path): &(&File, PathBuf)| file.sync_data().map_err(|e| io_err(path, "fsync segment", e));
     if files.len() <= 1 {
         return files.iter().try_for_each(sync);
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> = files[1..]
-            .iter()
-            .map(|f| s.spawn(move || sync(f)))
-            .collect();
+        let handles: Vec<_> = files[1..].iter().map(|f| s.spawn(move || sync(f))).collect();
         let mut result = sync(&files[0]);
         for h in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(LogError::Poisoned("an fsync thread panicked".into())));
+            let r = h.join().unwrap_or_else(|_| Err(LogError::Poisoned("an fsync thread panicked".into())));
             result = result.and(r);
         }
         result
@@ -918,11 +780,7 @@ fn list_partition_dirs(dir: &Path) -> Result<Vec<(u64, String)>, LogError> {
 
 /// Recovers one partition: checks its sealed segments' lengths, scans and if needed
 /// truncates its active segment. Returns its state and whether its directory was created.
-fn recover_partition(
-    dir: &Path,
-    manifest: &Manifest,
-    p: u32,
-) -> Result<(PartState, bool), LogError> {
+fn recover_partition(dir: &Path, manifest: &Manifest, p: u32) -> Result<(PartState, bool), LogError> {
     let pdir = partition_dir(dir, p);
     let created = match fs::create_dir(&pdir) {
         Ok(()) => true,
@@ -955,10 +813,7 @@ fn recover_partition(
         let len = match fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(LogError::SegmentInvalid {
-                    path,
-                    detail: "sealed segment listed in MANIFEST is missing".into(),
-                })
+                return Err(LogError::SegmentInvalid { path, detail: "sealed segment listed in MANIFEST is missing".into() })
             }
             Err(e) => return Err(io_err(&path, "stat sealed segment", e)),
         };
@@ -972,20 +827,12 @@ fn recover_partition(
                 ),
             });
         }
-        segments.push(SegState {
-            base: s.base_offset,
-            records: s.records,
-            bytes: s.bytes,
-            index: vec![0],
-        });
+        segments.push(SegState { base: s.base_offset, records: s.records, bytes: s.bytes, index: vec![0] });
     }
 
     let active_base = manifest.sealed_end(p as usize);
-    let unknown: Vec<u64> = files
-        .iter()
-        .copied()
-        .filter(|b| *b != active_base && sealed.binary_search_by_key(b, |s| s.base_offset).is_err())
-        .collect();
+    let unknown: Vec<u64> =
+        files.iter().copied().filter(|b| *b != active_base && sealed.binary_search_by_key(b, |s| s.base_offset).is_err()).collect();
     if let Some(first) = unknown.first() {
         let names: Vec<String> = unknown.iter().map(|b| format!("{b:020}.seg")).collect();
         return Err(LogError::SegmentInvalid {
@@ -1002,12 +849,7 @@ fn recover_partition(
     let active = if files.binary_search(&active_base).is_ok() {
         recover_active(&active_path, active_base)?
     } else {
-        SegState {
-            base: active_base,
-            records: 0,
-            bytes: 0,
-            index: vec![0],
-        }
+        SegState { base: active_base, records: 0, bytes: 0, index: vec![0] }
     };
     segments.push(active);
     Ok((PartState { segments }, created))
@@ -1015,9 +857,7 @@ fn recover_partition(
 
 /// Scans the active segment, truncating it at the first torn or invalid record.
 fn recover_active(path: &Path, base: u64) -> Result<SegState, LogError> {
-    let len = fs::metadata(path)
-        .map_err(|e| io_err(path, "stat active segment", e))?
-        .len();
+    let len = fs::metadata(path).map_err(|e| io_err(path, "stat active segment", e))?.len();
     let mut scanner = Scanner::open(path, 0, len)?;
     let mut records = 0u64;
     let mut index = vec![0];
@@ -1035,13 +875,8 @@ fn recover_active(path: &Path, base: u64) -> Result<SegState, LogError> {
         }
     };
     if let Some(detail) = problem {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| io_err(path, "open active segment for truncation", e))?;
-        f.set_len(valid)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_err(path, "truncate torn tail of active segment", e))?;
+        let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, "open active segment for truncation", e))?;
+        f.set_len(valid).and_then(|()| f.sync_all()).map_err(|e| io_err(path, "truncate torn tail of active segment", e))?;
         eprintln!(
             "lambdaflow log recovery: truncated {} at byte {valid}: dropped {} bytes ({detail}); \
              kept {records} whole records (offsets {base}..{})",
@@ -1050,10 +885,5 @@ fn recover_active(path: &Path, base: u64) -> Result<SegState, LogError> {
             base + records
         );
     }
-    Ok(SegState {
-        base,
-        records,
-        bytes: valid,
-        index,
-    })
+    Ok(SegState { base, records, bytes: valid, index })
 }

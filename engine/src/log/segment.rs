@@ -54,26 +54,17 @@ impl std::error::Error for IoContext {
 
 /// Builds [`LogError::Io`] for `path`, saying what was being done.
 pub(crate) fn io_err(path: &Path, action: &'static str, err: io::Error) -> LogError {
-    LogError::Io {
-        path: path.to_path_buf(),
-        source: io::Error::new(err.kind(), IoContext { action, err }),
-    }
+    LogError::Io { path: path.to_path_buf(), source: io::Error::new(err.kind(), IoContext { action, err }) }
 }
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, "fsync directory", e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, "fsync directory", e))
 }
 
 /// Opens a segment for appending, creating it if needed.
 pub(crate) fn open_for_append(path: &Path) -> Result<File, LogError> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| io_err(path, "open segment for append", e))
+    OpenOptions::new().append(true).create(true).open(path).map_err(|e| io_err(path, "open segment for append", e))
 }
 
 /// Why a scan stopped before the end of its byte range.
@@ -114,19 +105,9 @@ impl Scanner {
     pub(crate) fn open(path: &Path, start: u64, limit: u64) -> Result<Scanner, LogError> {
         let mut file = File::open(path).map_err(|e| io_err(path, "open segment for reading", e))?;
         if start > 0 {
-            file.seek(SeekFrom::Start(start))
-                .map_err(|e| io_err(path, "seek in segment", e))?;
+            file.seek(SeekFrom::Start(start)).map_err(|e| io_err(path, "seek in segment", e))?;
         }
-        Ok(Scanner {
-            path: path.to_path_buf(),
-            file,
-            buf: Vec::new(),
-            head: 0,
-            filled: 0,
-            buf_pos: start,
-            limit,
-            chunk: FIRST_CHUNK,
-        })
+        Ok(Scanner { path: path.to_path_buf(), file, buf: Vec::new(), head: 0, filled: 0, buf_pos: start, limit, chunk: FIRST_CHUNK })
     }
 
     /// File offset of the next record.

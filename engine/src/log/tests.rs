@@ -21,9 +21,7 @@ struct TempDir {
 impl TempDir {
     fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let path = std::env::temp_dir().join(format!(
             "lambdaflow-log-{tag}-{}-{nanos}-{}",
             std::process::id(),
@@ -46,10 +44,7 @@ impl Drop for TempDir {
 }
 
 fn cfg(partitions: u32, segment_bytes: u64) -> LogConfig {
-    LogConfig {
-        partitions,
-        segment_bytes,
-    }
+    LogConfig { partitions, segment_bytes }
 }
 
 fn read_all(log: &Log, partition: u32) -> Vec<(u64, Vec<u8>)> {
@@ -115,8 +110,7 @@ fn round_trip() {
                     (p, rec(p, batch * 1000 + i))
                 })
                 .collect();
-            let records: Vec<(u32, &[u8])> =
-                owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+            let records: Vec<(u32, &[u8])> = owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
             let positions = log.append(&records).unwrap();
             assert_eq!(positions.len(), records.len());
             for (pos, (p, v)) in positions.iter().zip(&owned) {
@@ -125,19 +119,13 @@ fn round_trip() {
                 model[*p as usize].push(v.clone());
             }
         }
-        assert_eq!(
-            log.end_offsets(),
-            model.iter().map(|m| m.len() as u64).collect::<Vec<_>>()
-        );
+        assert_eq!(log.end_offsets(), model.iter().map(|m| m.len() as u64).collect::<Vec<_>>());
     }
     let log = Log::open(&dir).unwrap();
     for p in 0..3 {
         let got = read_all(&log, p);
         let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-        assert_eq!(
-            offsets,
-            (0..model[p as usize].len() as u64).collect::<Vec<_>>()
-        );
+        assert_eq!(offsets, (0..model[p as usize].len() as u64).collect::<Vec<_>>());
         let data: Vec<Vec<u8>> = got.into_iter().map(|(_, v)| v).collect();
         assert_eq!(data, model[p as usize]);
     }
@@ -151,10 +139,7 @@ fn round_trip() {
     // Empty batch and empty payloads are fine.
     assert!(log.append(&[]).unwrap().is_empty());
     let pos = log.append(&[(2, &b""[..])]).unwrap();
-    assert_eq!(
-        payloads(&log, 2, pos[0].offset, pos[0].offset + 1),
-        vec![Vec::<u8>::new()]
-    );
+    assert_eq!(payloads(&log, 2, pos[0].offset, pos[0].offset + 1), vec![Vec::<u8>::new()]);
 }
 
 // Proves segment rolling: a small segment_bytes yields several segment files, the manifest
@@ -191,31 +176,16 @@ fn segment_roll() {
     let log = Log::open(&dir).unwrap();
     assert_eq!(log.end_offsets(), vec![95, 0]);
     assert_eq!(payloads(&log, 0, 0, 95), all);
-    assert_eq!(
-        payloads(&log, 0, 47, 95),
-        all[47..].to_vec(),
-        "middle of a later segment"
-    );
-    assert_eq!(
-        payloads(&log, 0, 9, 11),
-        all[9..11].to_vec(),
-        "across a boundary"
-    );
-    assert_eq!(
-        payloads(&log, 0, 90, 200),
-        all[90..].to_vec(),
-        "active segment"
-    );
+    assert_eq!(payloads(&log, 0, 47, 95), all[47..].to_vec(), "middle of a later segment");
+    assert_eq!(payloads(&log, 0, 9, 11), all[9..11].to_vec(), "across a boundary");
+    assert_eq!(payloads(&log, 0, 90, 200), all[90..].to_vec(), "active segment");
 
     // A record larger than segment_bytes goes into a segment of its own.
     let big = vec![7u8; seg_bytes as usize * 2];
     let pos = log.append(&[(0, &big), (0, b"after")]).unwrap();
     assert_eq!(pos[0].offset, 95);
     assert_eq!(pos[1].offset, 96);
-    assert_eq!(
-        payloads(&log, 0, 95, 97),
-        vec![big.clone(), b"after".to_vec()]
-    );
+    assert_eq!(payloads(&log, 0, 95, 97), vec![big.clone(), b"after".to_vec()]);
     drop(log);
     let log = Log::open(&dir).unwrap();
     assert_eq!(payloads(&log, 0, 94, 97)[1], big);
@@ -239,33 +209,16 @@ fn sparse_index_reads() {
     let batch: Vec<(u32, &[u8])> = all.iter().map(|v| (0, v.as_slice())).collect();
     log.append(&batch).unwrap();
     for _ in 0..2 {
-        for from in [
-            0,
-            1,
-            INDEX_STRIDE - 1,
-            INDEX_STRIDE,
-            INDEX_STRIDE + 1,
-            2 * INDEX_STRIDE + 4,
-            2 * INDEX_STRIDE + 5,
-            3 * INDEX_STRIDE,
-            n - 1,
-        ] {
-            assert_eq!(
-                payloads(&log, 0, from, from + 3),
-                all[from as usize..][..3.min((n - from) as usize)].to_vec()
-            );
+        for from in
+            [0, 1, INDEX_STRIDE - 1, INDEX_STRIDE, INDEX_STRIDE + 1, 2 * INDEX_STRIDE + 4, 2 * INDEX_STRIDE + 5, 3 * INDEX_STRIDE, n - 1]
+        {
+            assert_eq!(payloads(&log, 0, from, from + 3), all[from as usize..][..3.min((n - from) as usize)].to_vec());
         }
     }
     drop(log);
     let log = Log::open(&dir).unwrap();
-    assert_eq!(
-        payloads(&log, 0, INDEX_STRIDE + 1, INDEX_STRIDE + 2)[0],
-        all[INDEX_STRIDE as usize + 1]
-    );
-    assert_eq!(
-        payloads(&log, 0, 3 * INDEX_STRIDE + 1, n),
-        all[3 * INDEX_STRIDE as usize + 1..].to_vec()
-    );
+    assert_eq!(payloads(&log, 0, INDEX_STRIDE + 1, INDEX_STRIDE + 2)[0], all[INDEX_STRIDE as usize + 1]);
+    assert_eq!(payloads(&log, 0, 3 * INDEX_STRIDE + 1, n), all[3 * INDEX_STRIDE as usize + 1..].to_vec());
 }
 
 // Proves torn-tail recovery: garbage appended to the active segment, or its last record cut
@@ -308,15 +261,8 @@ fn torn_tail() {
         };
         let log = Log::open(&dir).unwrap();
         assert_eq!(log.end_offsets(), vec![0, expect_end], "mode {mode}");
-        assert_eq!(
-            fs::metadata(&active).unwrap().len(),
-            (expect_end - 20) * framed,
-            "file truncated to the last whole record ({mode})"
-        );
-        assert_eq!(
-            payloads(&log, 1, 0, 100),
-            all[..expect_end as usize].to_vec()
-        );
+        assert_eq!(fs::metadata(&active).unwrap().len(), (expect_end - 20) * framed, "file truncated to the last whole record ({mode})");
+        assert_eq!(payloads(&log, 1, 0, 100), all[..expect_end as usize].to_vec());
         let pos = log.append(&[(1, b"next"), (1, b"next2")]).unwrap();
         assert_eq!(pos[0].offset, expect_end);
         assert_eq!(pos[1].offset, expect_end + 1);
@@ -353,19 +299,14 @@ fn flipped_byte_in_sealed_segment() {
     let log = Log::open(&dir).expect("open does not scan sealed segments");
     let err = log.read(0, 0, 50, |_, _| Ok(())).unwrap_err();
     match &err {
-        LogError::Corrupt {
-            path, byte_offset, ..
-        } => {
+        LogError::Corrupt { path, byte_offset, .. } => {
             assert_eq!(path, &victim);
             assert_eq!(*byte_offset, bad_record_at);
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(
-        msg.starts_with("corrupt record in sealed segment "),
-        "{msg}"
-    );
+    assert!(msg.starts_with("corrupt record in sealed segment "), "{msg}");
     assert!(msg.contains(&victim.display().to_string()), "{msg}");
     assert!(msg.contains(&format!("at byte {bad_record_at}")), "{msg}");
 
@@ -381,9 +322,7 @@ fn flipped_byte_in_sealed_segment() {
     assert_eq!(payloads(&log, 0, 0, 9), all[..9].to_vec());
 
     match log.verify().unwrap_err() {
-        LogError::Corrupt {
-            path, byte_offset, ..
-        } => {
+        LogError::Corrupt { path, byte_offset, .. } => {
             assert_eq!(path, victim);
             assert_eq!(byte_offset, bad_record_at);
         }
@@ -408,14 +347,8 @@ fn sealed_segment_checks_at_open() {
     let stray = segment::segment_path(&dir, 0, 999);
     fs::write(&stray, b"").unwrap();
     let err = Log::open(&dir).unwrap_err();
-    assert!(
-        matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &stray),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("00000000000000000999.seg"),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &stray), "{err}");
+    assert!(err.to_string().contains("00000000000000000999.seg"), "{err}");
     fs::remove_file(&stray).unwrap();
 
     // Truncated sealed segment.
@@ -423,19 +356,13 @@ fn sealed_segment_checks_at_open() {
     let f = OpenOptions::new().write(true).open(&sealed).unwrap();
     f.set_len(framed * 5 - 1).unwrap();
     let err = Log::open(&dir).unwrap_err();
-    assert!(
-        matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed), "{err}");
     assert!(err.to_string().contains("MANIFEST records"), "{err}");
 
     // Missing sealed segment.
     fs::remove_file(&sealed).unwrap();
     let err = Log::open(&dir).unwrap_err();
-    assert!(
-        matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed), "{err}");
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
@@ -447,10 +374,7 @@ fn manifest_crash_safety() {
     let tmp = TempDir::new("manifest");
     let dir = tmp.log_dir();
     let err = Log::open(&dir).unwrap_err();
-    assert!(
-        matches!(err, LogError::NotFound { ref path } if path == &dir),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::NotFound { ref path } if path == &dir), "{err}");
     {
         let log = Log::open_or_create(&dir, cfg(2, 1 << 20)).unwrap();
         log.append(&[(0, b"a"), (1, b"b")]).unwrap();
@@ -471,19 +395,10 @@ fn manifest_crash_safety() {
     let good = fs::read(&manifest).unwrap();
     fs::write(&manifest, &good[..good.len() / 2]).unwrap();
     let err = Log::open(&dir).unwrap_err();
-    assert!(
-        matches!(err, LogError::ManifestInvalid { ref path, .. } if path == &manifest),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&manifest.display().to_string()),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::ManifestInvalid { ref path, .. } if path == &manifest), "{err}");
+    assert!(err.to_string().contains(&manifest.display().to_string()), "{err}");
     // open_or_create must not paper over a garbled manifest either.
-    assert!(matches!(
-        Log::open_or_create(&dir, cfg(2, 1 << 20)),
-        Err(LogError::ManifestInvalid { .. })
-    ));
+    assert!(matches!(Log::open_or_create(&dir, cfg(2, 1 << 20)), Err(LogError::ManifestInvalid { .. })));
 
     fs::remove_file(&manifest).unwrap();
     let err = Log::open_or_create(&dir, cfg(2, 1 << 20)).unwrap_err();
@@ -500,30 +415,16 @@ fn invalid_batch_writes_nothing() {
     let log = Log::open_or_create(&dir, cfg(2, 1 << 20)).unwrap();
     log.append(&[(0, b"x"), (1, b"y")]).unwrap();
     let before = (log.end_offsets(), log.disk_bytes());
-    let err = log
-        .append(&[(0, b"ok"), (1, b"ok"), (2, b"bad partition")])
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        LogError::BadPartition {
-            partition: 2,
-            partitions: 2
-        }
-    ));
+    let err = log.append(&[(0, b"ok"), (1, b"ok"), (2, b"bad partition")]).unwrap_err();
+    assert!(matches!(err, LogError::BadPartition { partition: 2, partitions: 2 }));
     let huge = vec![0u8; MAX_PAYLOAD_BYTES + 1];
     let err = log.append(&[(0, b"ok"), (1, &huge)]).unwrap_err();
-    assert!(
-        matches!(err, LogError::RecordTooLarge { index: 1, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::RecordTooLarge { index: 1, .. }), "{err}");
     assert_eq!((log.end_offsets(), log.disk_bytes()), before);
     drop(log);
     let log = Log::open(&dir).unwrap();
     assert_eq!((log.end_offsets(), log.disk_bytes()), before);
-    assert!(matches!(
-        log.read(5, 0, 1, |_, _| Ok(())),
-        Err(LogError::BadPartition { .. })
-    ));
+    assert!(matches!(log.read(5, 0, 1, |_, _| Ok(())), Err(LogError::BadPartition { .. })));
     // A payload of exactly the limit is accepted.
     let max = vec![1u8; MAX_PAYLOAD_BYTES];
     assert_eq!(log.append(&[(1, &max)]).unwrap()[0].offset, 1);
@@ -540,50 +441,28 @@ fn failed_append_is_rolled_back() {
     let dir = tmp.log_dir();
     let framed = framed_len(rec(0, 0).len());
     let log = Log::open_or_create(&dir, cfg(2, framed * 4)).unwrap();
-    let first: Vec<(u32, Vec<u8>)> = (0..3)
-        .flat_map(|i| [(0, rec(0, i)), (1, rec(1, i))])
-        .collect();
+    let first: Vec<(u32, Vec<u8>)> = (0..3).flat_map(|i| [(0, rec(0, i)), (1, rec(1, i))]).collect();
     let batch: Vec<(u32, &[u8])> = first.iter().map(|(p, v)| (*p, v.as_slice())).collect();
     log.append(&batch).unwrap();
     let manifest_before = fs::read(dir.join("MANIFEST")).unwrap();
-    let sizes_before: Vec<u64> = (0..2)
-        .flat_map(|p| segment_files(&dir, p))
-        .map(|f| fs::metadata(f).unwrap().len())
-        .collect();
+    let sizes_before: Vec<u64> = (0..2).flat_map(|p| segment_files(&dir, p)).map(|f| fs::metadata(f).unwrap().len()).collect();
 
     let blocker = segment::segment_path(&dir, 1, 4);
     fs::create_dir(&blocker).unwrap();
-    let more: Vec<(u32, Vec<u8>)> = (3..6)
-        .flat_map(|i| [(0, rec(0, i)), (1, rec(1, i))])
-        .collect();
+    let more: Vec<(u32, Vec<u8>)> = (3..6).flat_map(|i| [(0, rec(0, i)), (1, rec(1, i))]).collect();
     let batch2: Vec<(u32, &[u8])> = more.iter().map(|(p, v)| (*p, v.as_slice())).collect();
     let err = log.append(&batch2).unwrap_err();
-    assert!(
-        matches!(err, LogError::Io { ref path, .. } if path == &blocker),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::Io { ref path, .. } if path == &blocker), "{err}");
     assert!(err.to_string().contains("create segment"), "{err}");
     assert_eq!(log.end_offsets(), vec![3, 3]);
     assert_eq!(fs::read(dir.join("MANIFEST")).unwrap(), manifest_before);
-    assert!(
-        !segment::segment_path(&dir, 0, 4).exists(),
-        "p0's new segment removed"
-    );
+    assert!(!segment::segment_path(&dir, 0, 4).exists(), "p0's new segment removed");
     fs::remove_dir(&blocker).unwrap();
-    let sizes_after: Vec<u64> = (0..2)
-        .flat_map(|p| segment_files(&dir, p))
-        .map(|f| fs::metadata(f).unwrap().len())
-        .collect();
+    let sizes_after: Vec<u64> = (0..2).flat_map(|p| segment_files(&dir, p)).map(|f| fs::metadata(f).unwrap().len()).collect();
     assert_eq!(sizes_after, sizes_before);
 
     let pos = log.append(&batch2).unwrap();
-    assert_eq!(
-        pos[0],
-        Position {
-            partition: 0,
-            offset: 3
-        }
-    );
+    assert_eq!(pos[0], Position { partition: 0, offset: 3 });
     drop(log);
     let log = Log::open(&dir).unwrap();
     for p in 0..2u32 {
@@ -630,8 +509,7 @@ fn concurrent_readers_and_appender() {
                         ((n % 2) as u32, rec((n % 2) as u32, n / 2))
                     })
                     .collect();
-                let batch: Vec<(u32, &[u8])> =
-                    owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+                let batch: Vec<(u32, &[u8])> = owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
                 log.append(&batch).unwrap();
             }
         })
@@ -768,9 +646,7 @@ fn throughput() {
     let total: u64 = 4_000_000;
     let batch_size: u64 = 10_000;
     let payload_len = 40;
-    let owned: Vec<(u32, Vec<u8>)> = (0..batch_size)
-        .map(|i| ((i % 4) as u32, vec![(i % 251) as u8; payload_len]))
-        .collect();
+    let owned: Vec<(u32, Vec<u8>)> = (0..batch_size).map(|i| ((i % 4) as u32, vec![(i % 251) as u8; payload_len])).collect();
     let batch: Vec<(u32, &[u8])> = owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
     let t = Instant::now();
     for _ in 0..total / batch_size {
@@ -810,10 +686,7 @@ fn throughput() {
     for _ in 0..calls {
         log.append(&small).unwrap();
     }
-    println!(
-        "group-commit latency: {:.0} us per append of 4 records on 4 partitions",
-        t.elapsed().as_secs_f64() * 1e6 / calls as f64
-    );
+    println!("group-commit latency: {:.0} us per append of 4 records on 4 partitions", t.elapsed().as_secs_f64() * 1e6 / calls as f64);
 
     let t = Instant::now();
     log.verify().unwrap();
@@ -821,9 +694,5 @@ fn throughput() {
     let t = Instant::now();
     drop(log);
     let log = Log::open(&tmp.log_dir()).unwrap();
-    println!(
-        "reopen (recovery scans only the active segments): {:.3}s, ends {:?}",
-        t.elapsed().as_secs_f64(),
-        log.end_offsets()
-    );
+    println!("reopen (recovery scans only the active segments): {:.3}s, ends {:?}", t.elapsed().as_secs_f64(), log.end_offsets());
 }

@@ -18,36 +18,16 @@ const MAR_1: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
 const MAR_2: i64 = MAR_1 + MS_PER_DAY;
 
 fn click(ts: i64, user: u64, page: u64, ms_on_page: u32) -> Click {
-    Click {
-        ts,
-        user,
-        page,
-        ms_on_page,
-    }
+    Click { ts, user, page, ms_on_page }
 }
 
 /// Prints every key of `view`: the merged value, and for sum views its two parts.
 fn show(lambda: &Lambda<Clicks>, view: &str) -> lambdaflow_engine::Result<()> {
-    let result = lambda.query(
-        view,
-        &Selection::Range {
-            from: None,
-            to: None,
-            limit: 100,
-        },
-    )?;
+    let result = lambda.query(view, &Selection::Range { from: None, to: None, limit: 100 })?;
     println!("  {view}:");
     for a in &result.answers {
-        let part = |p: &Option<lambdaflow_operators::serde_json::Value>| {
-            p.as_ref().map_or("-".to_string(), |v| v.to_string())
-        };
-        println!(
-            "    {:<14} = {:<36} batch {:<36} speed {}",
-            a.key.to_string(),
-            a.value.to_string(),
-            part(&a.batch),
-            part(&a.speed)
-        );
+        let part = |p: &Option<lambdaflow_operators::serde_json::Value>| p.as_ref().map_or("-".to_string(), |v| v.to_string());
+        println!("    {:<14} = {:<36} batch {:<36} speed {}", a.key.to_string(), a.value.to_string(), part(&a.batch), part(&a.speed));
     }
     Ok(())
 }
@@ -55,23 +35,11 @@ fn show(lambda: &Lambda<Clicks>, view: &str) -> lambdaflow_engine::Result<()> {
 fn main() -> lambdaflow_engine::Result<()> {
     // 1. A fresh data directory, removed when `dir` is dropped. Two worker threads.
     let dir = TempDir::new("walkthrough");
-    let lambda = Lambda::open(
-        Clicks,
-        dir.path(),
-        Options {
-            workers: 2,
-            ..Options::default()
-        },
-    )?;
+    let lambda = Lambda::open(Clicks, dir.path(), Options { workers: 2, ..Options::default() })?;
     println!(
         "opened {} with views: {}",
         dir.path().display(),
-        lambda
-            .views()
-            .iter()
-            .map(|v| v.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        lambda.views().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
     );
 
     // 2. History: user 1 reads pages 1 and 2 on March 1st (4 clicks: "casual"), user 2
@@ -91,9 +59,7 @@ fn main() -> lambdaflow_engine::Result<()> {
         "\nbatch v{} over {} events at cut {:?}: batch views written, speed layer seeded from them",
         report.meta.version, report.meta.events, report.meta.cut
     );
-    println!(
-        "  (each line: key = merged value, then its batch and speed parts; null: nothing there)"
-    );
+    println!("  (each line: key = merged value, then its batch and speed parts; null: nothing there)");
     show(&lambda, "clicks_by_page")?;
     show(&lambda, "users_by_activity")?;
 
@@ -103,28 +69,17 @@ fn main() -> lambdaflow_engine::Result<()> {
     //    - user 2 visits page 2 for the first time: one more visitor there;
     //    - one click of user 1 from March 1st arrives late: its old day changes, which is
     //      correct (the cut is by arrival, not by event time).
-    let live = [
-        click(MAR_2 + 1_000, 1, 1, 7_000),
-        click(MAR_2 + 2_000, 2, 2, 15_000),
-        click(MAR_1 + 8_000, 1, 3, 9_000),
-    ];
+    let live = [click(MAR_2 + 1_000, 1, 1, 7_000), click(MAR_2 + 2_000, 2, 2, 15_000), click(MAR_1 + 8_000, 1, 3, 9_000)];
     lambda.append(&live)?;
     lambda.sync(Duration::from_secs(10))?; // wait until the speed layer has them
 
     // 4. Merged answers. For sum views the value is batch part + speed part; a speed part
     //    may be negative: in users_by_activity, user 1 left "casual" for "regular".
     println!("\nafter {} more clicks (speed layer only):", live.len());
-    for view in [
-        "clicks_by_page",
-        "visitors_by_page",
-        "time_on_page_by_day",
-        "users_by_activity",
-    ] {
+    for view in ["clicks_by_page", "visitors_by_page", "time_on_page_by_day", "users_by_activity"] {
         show(&lambda, view)?;
     }
-    let f = lambda
-        .query("clicks_by_page", &Selection::Key("1".into()))?
-        .freshness;
+    let f = lambda.query("clicks_by_page", &Selection::Key("1".into()))?.freshness;
     println!(
         "\nfreshness: batch v{} at cut {:?} ({} ms old) + speed frontier {:?} ({} events since the cut)",
         f.batch_version.unwrap_or(0),
@@ -137,10 +92,7 @@ fn main() -> lambdaflow_engine::Result<()> {
     // 5. The next batch run folds the speed layer's events into new batch views; the
     //    answers do not change, only where they come from.
     let report = lambda.batch_and_handover(Default::default())?;
-    println!(
-        "\nbatch v{} over {} events: the speed layer restarted empty at the new cut",
-        report.meta.version, report.meta.events
-    );
+    println!("\nbatch v{} over {} events: the speed layer restarted empty at the new cut", report.meta.version, report.meta.events);
     show(&lambda, "users_by_activity")?;
     Ok(())
 }

@@ -46,16 +46,9 @@ const FIELDS: [&str; 4] = ["ts", "user", "page", "ms_on_page"];
 
 /// Parses one field's text; the error names the field and quotes the value.
 fn field<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, FieldError> {
-    text.trim().parse().map_err(|_| {
-        FieldError::field(
-            name,
-            text,
-            format!(
-                "must be an integer in the range of {}",
-                std::any::type_name::<T>()
-            ),
-        )
-    })
+    text.trim()
+        .parse()
+        .map_err(|_| FieldError::field(name, text, format!("must be an integer in the range of {}", std::any::type_name::<T>())))
 }
 
 /// A JSON value as the user wrote it, strings without their quotes.
@@ -66,17 +59,10 @@ fn plain(v: &Value) -> String {
 impl Event for Click {
     /// `{"ts":1772323200000,"user":7,"page":3,"ms_on_page":1500}`
     fn parse_ndjson(line: &str) -> Result<Self, FieldError> {
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| FieldError::line(format!("not valid JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| FieldError::line("expected a JSON object"))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| FieldError::line(format!("not valid JSON: {e}")))?;
+        let obj = value.as_object().ok_or_else(|| FieldError::line("expected a JSON object"))?;
         if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(FieldError::field(
-                unknown.as_str(),
-                plain(&obj[unknown]),
-                "is not a field of a click",
-            ));
+            return Err(FieldError::field(unknown.as_str(), plain(&obj[unknown]), "is not a field of a click"));
         }
         // Every field is a JSON number; its text goes through the same parser as CSV.
         let get = |name: &str| -> Result<String, FieldError> {
@@ -102,12 +88,7 @@ impl Event for Click {
     fn parse_csv(line: &str) -> Result<Self, FieldError> {
         let cols: Vec<&str> = line.split(',').collect();
         if cols.len() != FIELDS.len() {
-            return Err(FieldError::line(format!(
-                "expected {} columns ({}), found {}",
-                FIELDS.len(),
-                Self::csv_header(),
-                cols.len()
-            )));
+            return Err(FieldError::line(format!("expected {} columns ({}), found {}", FIELDS.len(), Self::csv_header(), cols.len())));
         }
         Ok(Click {
             ts: field("ts", cols[0])?,
@@ -131,10 +112,7 @@ impl Click {
 
     /// The click as one CSV row (no newline), in [`Event::csv_header`] order.
     pub fn to_csv(&self) -> String {
-        format!(
-            "{},{},{},{}",
-            self.ts, self.user, self.page, self.ms_on_page
-        )
+        format!("{},{},{},{}", self.ts, self.user, self.page, self.ms_on_page)
     }
 }
 
@@ -171,50 +149,27 @@ impl Job for Clicks {
         // Clicks per page. `count` keys each record (None skips it); the count lives in
         // the collection's difference, a `Sums<1>`, so batch + speed merge by addition.
         let by_page = ctx.count("clicks_by_page", clicks.clone(), |c| Some(c.page));
-        ctx.sum_view(
-            "clicks_by_page",
-            by_page,
-            |n: &Sums<1>| json!({ "clicks": n.get(0) }),
-        );
+        ctx.sum_view("clicks_by_page", by_page, |n: &Sums<1>| json!({ "clicks": n.get(0) }));
 
         // Distinct visitors per page: a distinct count of (page, user) pairs. Not a sum of
         // parts (a visitor seen before the cut and again after counts once), so it is
         // seeded: the speed layer starts from the distinct pairs at the cut.
-        let visitors =
-            ctx.distinct_count("visitors_by_page", clicks.clone().map(|c| (c.page, c.user)));
-        ctx.sum_view(
-            "visitors_by_page",
-            visitors,
-            |n: &Sums<1>| json!({ "visitors": n.get(0) }),
-        );
+        let visitors = ctx.distinct_count("visitors_by_page", clicks.clone().map(|c| (c.page, c.user)));
+        ctx.sum_view("visitors_by_page", visitors, |n: &Sums<1>| json!({ "visitors": n.get(0) }));
 
         // Time on site per UTC day of event time. Lane 0 sums the milliseconds; lane 1
         // counts clicks, which keeps a day alive even if all its clicks lasted 0 ms (a key
         // whose lanes are all zero consolidates away).
-        let per_day = ctx.sum("time_on_page_by_day", clicks.clone(), |c| {
-            Some((Day::of_ms(c.ts), Sums([c.ms_on_page as i64, 1])))
-        });
-        ctx.sum_view(
-            "time_on_page_by_day",
-            per_day,
-            |s: &Sums<2>| json!({ "ms_on_page": s.get(0), "clicks": s.get(1) }),
-        );
+        let per_day = ctx.sum("time_on_page_by_day", clicks.clone(), |c| Some((Day::of_ms(c.ts), Sums([c.ms_on_page as i64, 1]))));
+        ctx.sum_view("time_on_page_by_day", per_day, |s: &Sums<2>| json!({ "ms_on_page": s.get(0), "clicks": s.get(1) }));
 
         // An aggregate of an aggregate: clicks per user, then each user's bucket, then
         // users per bucket. When a user's 5th click arrives, `per_key` retracts "casual"
         // and asserts "regular", so the speed part reads {-1 casual, +1 regular}.
         let per_user = ctx.sum("clicks_per_user", clicks, |c| Some((c.user, Sums([1]))));
-        let bucket_of_user = ctx.per_key("user_activity", per_user, |_user, n: &Sums<1>| {
-            activity(n.get(0)).to_string()
-        });
-        let buckets = ctx.count("users_by_activity", bucket_of_user, |(_user, bucket)| {
-            Some(bucket.clone())
-        });
-        ctx.sum_view(
-            "users_by_activity",
-            buckets,
-            |n: &Sums<1>| json!({ "users": n.get(0) }),
-        );
+        let bucket_of_user = ctx.per_key("user_activity", per_user, |_user, n: &Sums<1>| activity(n.get(0)).to_string());
+        let buckets = ctx.count("users_by_activity", bucket_of_user, |(_user, bucket)| Some(bucket.clone()));
+        ctx.sum_view("users_by_activity", buckets, |n: &Sums<1>| json!({ "users": n.get(0) }));
     }
 }
 
@@ -245,17 +200,8 @@ pub fn synthetic(seed: u64, count: u64, start_ms: i64, days: u32) -> Vec<Click> 
             let page = 1 + next(40).min(next(40));
             let user = 1 + next(300).min(next(300));
             // Some bounces: 0 ms on the page.
-            let ms_on_page = if next(10) == 0 {
-                0
-            } else {
-                next(120_000) as u32
-            };
-            Click {
-                ts,
-                user,
-                page,
-                ms_on_page,
-            }
+            let ms_on_page = if next(10) == 0 { 0 } else { next(120_000) as u32 };
+            Click { ts, user, page, ms_on_page }
         })
         .collect()
 }

@@ -22,19 +22,9 @@ struct ClickGenerator;
 const GEN_START_MS: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
 
 impl Generator<Click> for ClickGenerator {
-    fn write(
-        &self,
-        events: u64,
-        seed: u64,
-        format: Format,
-        out: &mut dyn Write,
-    ) -> std::io::Result<u64> {
+    fn write(&self, events: u64, seed: u64, format: Format, out: &mut dyn Write) -> std::io::Result<u64> {
         if format == Format::Csv {
-            writeln!(
-                out,
-                "{}",
-                <Click as lambdaflow_operators::Event>::csv_header()
-            )?;
+            writeln!(out, "{}", <Click as lambdaflow_operators::Event>::csv_header())?;
         }
         let clicks = synthetic(seed, events, GEN_START_MS, 7);
         for c in &clicks {
@@ -60,51 +50,26 @@ impl Generator<Click> for ClickGenerator {
 /// What `demo` prints after each step.
 fn demo_report(lambda: &Lambda<Clicks>) -> lambdaflow_engine::Result<Vec<String>> {
     let mut lines = Vec::new();
-    if let Some(a) = lambda
-        .query("clicks_by_page", &Selection::Key("1".into()))?
-        .answers
-        .first()
-    {
+    if let Some(a) = lambda.query("clicks_by_page", &Selection::Key("1".into()))?.answers.first() {
         lines.push(format!(
             "page 1: {} clicks (batch {} + speed {})",
             a.value["clicks"],
-            a.batch
-                .as_ref()
-                .map_or(Value::Null, |b| b["clicks"].clone()),
-            a.speed
-                .as_ref()
-                .map_or(Value::Null, |s| s["clicks"].clone())
+            a.batch.as_ref().map_or(Value::Null, |b| b["clicks"].clone()),
+            a.speed.as_ref().map_or(Value::Null, |s| s["clicks"].clone())
         ));
     }
     let today = Day::of_ms(lambdaflow_engine::store::now_ms() as i64).to_string();
-    if let Some(a) = lambda
-        .query("time_on_page_by_day", &Selection::Key(today))?
-        .answers
-        .first()
-    {
+    if let Some(a) = lambda.query("time_on_page_by_day", &Selection::Key(today))?.answers.first() {
         lines.push(format!("today {} clicks", a.value["clicks"]));
     }
-    let all = Selection::Range {
-        from: None,
-        to: None,
-        limit: 10,
-    };
+    let all = Selection::Range { from: None, to: None, limit: 10 };
     let buckets = lambda.query("users_by_activity", &all)?;
     lines.push(
-        buckets
-            .answers
-            .iter()
-            .map(|a| format!("{}={}", a.key.as_str().unwrap_or("?"), a.value["users"]))
-            .collect::<Vec<_>>()
-            .join(" "),
+        buckets.answers.iter().map(|a| format!("{}={}", a.key.as_str().unwrap_or("?"), a.value["users"])).collect::<Vec<_>>().join(" "),
     );
     Ok(lines)
 }
 
 fn main() -> ExitCode {
-    lambdaflow_engine::cli::main(
-        App::new(Clicks)
-            .generator(ClickGenerator)
-            .demo_report(demo_report),
-    )
+    lambdaflow_engine::cli::main(App::new(Clicks).generator(ClickGenerator).demo_report(demo_report))
 }

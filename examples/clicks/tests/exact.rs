@@ -18,12 +18,7 @@ const MAR_1: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
 const DAY: i64 = 86_400_000;
 
 fn click(ts: i64, user: u64, page: u64, ms_on_page: u32) -> Click {
-    Click {
-        ts,
-        user,
-        page,
-        ms_on_page,
-    }
+    Click { ts, user, page, ms_on_page }
 }
 
 /// The four views computed the dumbest obvious way. Keys are compact JSON text, as in
@@ -47,34 +42,13 @@ fn oracle(clicks: &[Click]) -> Views {
         *buckets.entry(activity(*n)).or_default() += 1;
     }
     let mut views = Views::new();
-    views.insert(
-        "clicks_by_page".into(),
-        per_page
-            .iter()
-            .map(|(p, n)| (key(json!(p)), json!({ "clicks": n })))
-            .collect(),
-    );
-    views.insert(
-        "visitors_by_page".into(),
-        visitors
-            .iter()
-            .map(|(p, u)| (key(json!(p)), json!({ "visitors": u.len() })))
-            .collect(),
-    );
+    views.insert("clicks_by_page".into(), per_page.iter().map(|(p, n)| (key(json!(p)), json!({ "clicks": n }))).collect());
+    views.insert("visitors_by_page".into(), visitors.iter().map(|(p, u)| (key(json!(p)), json!({ "visitors": u.len() }))).collect());
     views.insert(
         "time_on_page_by_day".into(),
-        per_day
-            .iter()
-            .map(|(d, (ms, n))| (key(json!(d)), json!({ "ms_on_page": ms, "clicks": n })))
-            .collect(),
+        per_day.iter().map(|(d, (ms, n))| (key(json!(d)), json!({ "ms_on_page": ms, "clicks": n }))).collect(),
     );
-    views.insert(
-        "users_by_activity".into(),
-        buckets
-            .iter()
-            .map(|(b, n)| (key(json!(b)), json!({ "users": n })))
-            .collect(),
-    );
+    views.insert("users_by_activity".into(), buckets.iter().map(|(b, n)| (key(json!(b)), json!({ "users": n }))).collect());
     views
 }
 
@@ -82,8 +56,7 @@ fn oracle(clicks: &[Click]) -> Views {
 fn exact_at_several_cuts_with_one_and_two_workers() {
     let clicks = synthetic(7, 600, MAR_1, 5);
     for workers in [1, 2] {
-        let report = check_exact(Clicks, &clicks, &[0, 1, 150, 420], workers)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let report = check_exact(Clicks, &clicks, &[0, 1, 150, 420], workers).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(report.checks, 10);
         if let Some(d) = diff(&oracle(&clicks), &report.final_views) {
             panic!("{workers} workers: job differs from the oracle: {d}");
@@ -111,71 +84,40 @@ fn a_small_input_worked_out_by_hand() {
     assert_eq!(v["clicks_by_page"]["2"], json!({ "clicks": 3 }));
     assert_eq!(v["visitors_by_page"]["1"], json!({ "visitors": 2 }));
     assert_eq!(v["visitors_by_page"]["2"], json!({ "visitors": 2 }));
-    assert_eq!(
-        v["time_on_page_by_day"]["\"2026-03-01\""],
-        json!({ "ms_on_page": 6_500, "clicks": 4 })
-    );
-    assert_eq!(
-        v["time_on_page_by_day"]["\"2026-03-02\""],
-        json!({ "ms_on_page": 9_000, "clicks": 3 })
-    );
+    assert_eq!(v["time_on_page_by_day"]["\"2026-03-01\""], json!({ "ms_on_page": 6_500, "clicks": 4 }));
+    assert_eq!(v["time_on_page_by_day"]["\"2026-03-02\""], json!({ "ms_on_page": 9_000, "clicks": 3 }));
     assert_eq!(v["users_by_activity"]["\"regular\""], json!({ "users": 1 }));
     assert_eq!(v["users_by_activity"]["\"casual\""], json!({ "users": 1 }));
-    assert_eq!(
-        v["users_by_activity"].len(),
-        2,
-        "no heavy users: {:?}",
-        v["users_by_activity"]
-    );
+    assert_eq!(v["users_by_activity"].len(), 2, "no heavy users: {:?}", v["users_by_activity"]);
 }
 
 #[test]
 fn bad_lines_name_the_field() {
-    let ok =
-        Click::parse_ndjson(r#"{"ts":1772323200000,"user":7,"page":3,"ms_on_page":1500}"#).unwrap();
+    let ok = Click::parse_ndjson(r#"{"ts":1772323200000,"user":7,"page":3,"ms_on_page":1500}"#).unwrap();
     assert_eq!(ok, click(MAR_1, 7, 3, 1500));
     assert_eq!(Click::parse_csv("1772323200000,7,3,1500").unwrap(), ok);
 
-    let e = Click::parse_ndjson(r#"{"ts":1772323200000,"user":-7,"page":3,"ms_on_page":1500}"#)
-        .unwrap_err();
-    assert_eq!(
-        (e.field.as_deref(), e.value.as_deref()),
-        (Some("user"), Some("-7"))
-    );
-    let e = Click::parse_ndjson(r#"{"ts":1772323200000,"user":7,"page":"3","ms_on_page":1500}"#)
-        .unwrap_err();
+    let e = Click::parse_ndjson(r#"{"ts":1772323200000,"user":-7,"page":3,"ms_on_page":1500}"#).unwrap_err();
+    assert_eq!((e.field.as_deref(), e.value.as_deref()), (Some("user"), Some("-7")));
+    let e = Click::parse_ndjson(r#"{"ts":1772323200000,"user":7,"page":"3","ms_on_page":1500}"#).unwrap_err();
     assert_eq!(e.field.as_deref(), Some("page"));
     let e = Click::parse_ndjson(r#"{"ts":1772323200000,"user":7,"page":3}"#).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "field \"ms_on_page\": is required but missing"
-    );
-    let e =
-        Click::parse_ndjson(r#"{"ts":1772323200000,"user":7,"page":3,"ms_on_page":1500,"pgae":4}"#)
-            .unwrap_err();
+    assert_eq!(e.to_string(), "field \"ms_on_page\": is required but missing");
+    let e = Click::parse_ndjson(r#"{"ts":1772323200000,"user":7,"page":3,"ms_on_page":1500,"pgae":4}"#).unwrap_err();
     assert_eq!(e.field.as_deref(), Some("pgae"));
     let e = Click::parse_ndjson("{not json").unwrap_err();
     assert_eq!(e.field, None);
 
     let e = Click::parse_csv("1772323200000,7,3,99999999999").unwrap_err();
-    assert_eq!(
-        (e.field.as_deref(), e.value.as_deref()),
-        (Some("ms_on_page"), Some("99999999999"))
-    );
+    assert_eq!((e.field.as_deref(), e.value.as_deref()), (Some("ms_on_page"), Some("99999999999")));
     let e = Click::parse_csv("1772323200000,7,x,1").unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "field \"page\": value \"x\": must be an integer in the range of u64"
-    );
+    assert_eq!(e.to_string(), "field \"page\": value \"x\": must be an integer in the range of u64");
     assert!(Click::parse_csv("1772323200000,7,3").is_err());
 
     // Through the engine's reader: the whole input is rejected, with the line number.
     let input = "ts,user,page,ms_on_page\n1772323200000,7,3,1500\n1772323200000,7,3,-1\n";
     let err = lambdaflow_engine::ingest::parse_all::<Click>(&mut input.as_bytes()).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "line 3: field \"ms_on_page\": value \"-1\": must be an integer in the range of u32"
-    );
+    assert_eq!(err.to_string(), "line 3: field \"ms_on_page\": value \"-1\": must be an integer in the range of u32");
 }
 
 proptest! {

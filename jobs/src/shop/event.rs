@@ -11,21 +11,10 @@ use serde_json::Value;
 use std::borrow::Cow;
 
 /// The CSV header of the shop workload, in column order.
-pub const CSV_HEADER: &str =
-    "type,ts,order_id,customer_id,product_id,quantity,amount_cents,delta,session_id";
+pub const CSV_HEADER: &str = "type,ts,order_id,customer_id,product_id,quantity,amount_cents,delta,session_id";
 
 /// The CSV columns, in header order (index 0 is `type`).
-const COLUMNS: [&str; 9] = [
-    "type",
-    "ts",
-    "order_id",
-    "customer_id",
-    "product_id",
-    "quantity",
-    "amount_cents",
-    "delta",
-    "session_id",
-];
+const COLUMNS: [&str; 9] = ["type", "ts", "order_id", "customer_id", "product_id", "quantity", "amount_cents", "delta", "session_id"];
 
 /// One shop event: an order line, a refund, a product page view or a stock change.
 ///
@@ -128,14 +117,7 @@ impl ShopEvent {
         out.extend_from_slice(b"\",\"ts\":");
         push_i64(out, self.ts());
         match *self {
-            ShopEvent::Purchase {
-                order_id,
-                customer_id,
-                product_id,
-                quantity,
-                amount_cents,
-                ..
-            } => {
+            ShopEvent::Purchase { order_id, customer_id, product_id, quantity, amount_cents, .. } => {
                 out.extend_from_slice(b",\"order_id\":");
                 push_u64(out, order_id);
                 out.extend_from_slice(b",\"customer_id\":");
@@ -147,13 +129,7 @@ impl ShopEvent {
                 out.extend_from_slice(b",\"amount_cents\":");
                 push_i64(out, amount_cents);
             }
-            ShopEvent::Refund {
-                order_id,
-                customer_id,
-                product_id,
-                amount_cents,
-                ..
-            } => {
+            ShopEvent::Refund { order_id, customer_id, product_id, amount_cents, .. } => {
                 out.extend_from_slice(b",\"order_id\":");
                 push_u64(out, order_id);
                 out.extend_from_slice(b",\"customer_id\":");
@@ -163,12 +139,7 @@ impl ShopEvent {
                 out.extend_from_slice(b",\"amount_cents\":");
                 push_i64(out, amount_cents);
             }
-            ShopEvent::View {
-                customer_id,
-                product_id,
-                session_id,
-                ..
-            } => {
+            ShopEvent::View { customer_id, product_id, session_id, .. } => {
                 out.extend_from_slice(b",\"customer_id\":");
                 push_u64(out, customer_id);
                 out.extend_from_slice(b",\"product_id\":");
@@ -176,9 +147,7 @@ impl ShopEvent {
                 out.extend_from_slice(b",\"session_id\":");
                 push_u64(out, session_id);
             }
-            ShopEvent::Inventory {
-                product_id, delta, ..
-            } => {
+            ShopEvent::Inventory { product_id, delta, .. } => {
                 out.extend_from_slice(b",\"product_id\":");
                 push_u64(out, product_id);
                 out.extend_from_slice(b",\"delta\":");
@@ -195,14 +164,7 @@ impl ShopEvent {
         push_i64(out, self.ts());
         out.push(b',');
         match *self {
-            ShopEvent::Purchase {
-                order_id,
-                customer_id,
-                product_id,
-                quantity,
-                amount_cents,
-                ..
-            } => {
+            ShopEvent::Purchase { order_id, customer_id, product_id, quantity, amount_cents, .. } => {
                 push_u64(out, order_id);
                 out.push(b',');
                 push_u64(out, customer_id);
@@ -214,13 +176,7 @@ impl ShopEvent {
                 push_i64(out, amount_cents);
                 out.extend_from_slice(b",,");
             }
-            ShopEvent::Refund {
-                order_id,
-                customer_id,
-                product_id,
-                amount_cents,
-                ..
-            } => {
+            ShopEvent::Refund { order_id, customer_id, product_id, amount_cents, .. } => {
                 push_u64(out, order_id);
                 out.push(b',');
                 push_u64(out, customer_id);
@@ -230,12 +186,7 @@ impl ShopEvent {
                 push_i64(out, amount_cents);
                 out.extend_from_slice(b",,");
             }
-            ShopEvent::View {
-                customer_id,
-                product_id,
-                session_id,
-                ..
-            } => {
+            ShopEvent::View { customer_id, product_id, session_id, .. } => {
                 out.push(b',');
                 push_u64(out, customer_id);
                 out.push(b',');
@@ -243,9 +194,7 @@ impl ShopEvent {
                 out.extend_from_slice(b",,,,");
                 push_u64(out, session_id);
             }
-            ShopEvent::Inventory {
-                product_id, delta, ..
-            } => {
+            ShopEvent::Inventory { product_id, delta, .. } => {
                 out.extend_from_slice(b",,");
                 push_u64(out, product_id);
                 out.extend_from_slice(b",,,");
@@ -335,32 +284,10 @@ impl Kind {
         let delta = v[Field::Delta.col()] as i64;
         let session_id = v[Field::SessionId.col()] as u64;
         match self {
-            Kind::Purchase => ShopEvent::Purchase {
-                ts,
-                order_id,
-                customer_id,
-                product_id,
-                quantity,
-                amount_cents,
-            },
-            Kind::Refund => ShopEvent::Refund {
-                ts,
-                order_id,
-                customer_id,
-                product_id,
-                amount_cents,
-            },
-            Kind::View => ShopEvent::View {
-                ts,
-                customer_id,
-                product_id,
-                session_id,
-            },
-            Kind::Inventory => ShopEvent::Inventory {
-                ts,
-                product_id,
-                delta,
-            },
+            Kind::Purchase => ShopEvent::Purchase { ts, order_id, customer_id, product_id, quantity, amount_cents },
+            Kind::Refund => ShopEvent::Refund { ts, order_id, customer_id, product_id, amount_cents },
+            Kind::View => ShopEvent::View { ts, customer_id, product_id, session_id },
+            Kind::Inventory => ShopEvent::Inventory { ts, product_id, delta },
         }
     }
 }
@@ -415,36 +342,20 @@ impl Field {
     /// Checks the range of an integer value; `Err` holds the message.
     fn check(self, n: i128) -> Result<(), &'static str> {
         let (min, max, below, above): (i128, i128, &str, &str) = match self {
-            Field::Ts => (
-                0,
-                i64::MAX.into(),
-                "must not be negative (milliseconds since the Unix epoch)",
-                "is out of range for a 64-bit integer",
-            ),
+            Field::Ts => {
+                (0, i64::MAX.into(), "must not be negative (milliseconds since the Unix epoch)", "is out of range for a 64-bit integer")
+            }
             Field::OrderId | Field::CustomerId | Field::ProductId | Field::SessionId => (
                 0,
                 u64::MAX.into(),
                 "must not be negative (ids are unsigned 64-bit integers)",
                 "is out of range for an unsigned 64-bit integer",
             ),
-            Field::Quantity => (
-                1,
-                u32::MAX.into(),
-                "must be at least 1",
-                "is out of range for an unsigned 32-bit integer",
-            ),
-            Field::AmountCents => (
-                0,
-                i64::MAX.into(),
-                "must not be negative",
-                "is out of range for a 64-bit integer",
-            ),
-            Field::Delta => (
-                i64::MIN.into(),
-                i64::MAX.into(),
-                "is out of range for a 64-bit integer",
-                "is out of range for a 64-bit integer",
-            ),
+            Field::Quantity => (1, u32::MAX.into(), "must be at least 1", "is out of range for an unsigned 32-bit integer"),
+            Field::AmountCents => (0, i64::MAX.into(), "must not be negative", "is out of range for a 64-bit integer"),
+            Field::Delta => {
+                (i64::MIN.into(), i64::MAX.into(), "is out of range for a 64-bit integer", "is out of range for a 64-bit integer")
+            }
         };
         if n < min {
             Err(below)
@@ -545,9 +456,7 @@ fn raw_number<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let pattern = format!("\"{key}\"");
     let start = line.find(&pattern)? + pattern.len();
     let rest = line[start..].trim_start().strip_prefix(':')?.trim_start();
-    let end = rest
-        .find(|c: char| !matches!(c, '0'..='9' | '-' | '+' | '.' | 'e' | 'E'))
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| !matches!(c, '0'..='9' | '-' | '+' | '.' | 'e' | 'E')).unwrap_or(rest.len());
     (end > 0).then(|| &rest[..end])
 }
 
@@ -561,9 +470,7 @@ fn json_int(field: Field, value: &Value, line: &str) -> Result<i128, FieldError>
             } else if let Some(i) = num.as_i64() {
                 i128::from(i)
             } else {
-                let text = raw_number(line, name)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| num.to_string());
+                let text = raw_number(line, name).map(str::to_owned).unwrap_or_else(|| num.to_string());
                 let negative = text.starts_with('-');
                 let digits = text.strip_prefix('-').unwrap_or(&text);
                 let message = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -577,50 +484,28 @@ fn json_int(field: Field, value: &Value, line: &str) -> Result<i128, FieldError>
                 return Err(FieldError::field(name, text, message));
             }
         }
-        other => {
-            return Err(FieldError::field(
-                name,
-                shown(other),
-                format!("must be an integer, not {}", json_type(other)),
-            ))
-        }
+        other => return Err(FieldError::field(name, shown(other), format!("must be an integer, not {}", json_type(other)))),
     };
-    field
-        .check(n)
-        .map_err(|message| FieldError::field(name, n.to_string(), message))?;
+    field.check(n).map_err(|message| FieldError::field(name, n.to_string(), message))?;
     Ok(n)
 }
 
 /// The diagnosing NDJSON path: validates through `serde_json::Value` and names what is wrong.
 fn parse_ndjson_value(line: &str) -> Result<ShopEvent, FieldError> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| FieldError::line(format!("not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(line).map_err(|e| FieldError::line(format!("not valid JSON: {e}")))?;
     let map = match value {
         Value::Object(map) => map,
-        other => {
-            return Err(FieldError::line(format!(
-                "must be a JSON object, not {}",
-                json_type(&other)
-            )))
-        }
+        other => return Err(FieldError::line(format!("must be a JSON object, not {}", json_type(&other)))),
     };
     let kind = match map.get("type") {
         None => return Err(FieldError::missing("type")),
-        Some(Value::String(s)) => Kind::from_name(s).ok_or_else(|| {
-            FieldError::field(
-                "type",
-                s.as_str(),
-                "unknown event type (expected purchase, refund, view or inventory)",
-            )
-        })?,
+        Some(Value::String(s)) => Kind::from_name(s)
+            .ok_or_else(|| FieldError::field("type", s.as_str(), "unknown event type (expected purchase, refund, view or inventory)"))?,
         Some(other) => {
             return Err(FieldError::field(
                 "type",
                 shown(other),
-                format!(
-                    "must be a string (purchase, refund, view or inventory), not {}",
-                    json_type(other)
-                ),
+                format!("must be a string (purchase, refund, view or inventory), not {}", json_type(other)),
             ))
         }
     };
@@ -630,20 +515,12 @@ fn parse_ndjson_value(line: &str) -> Result<ShopEvent, FieldError> {
         }
         match Field::from_name(key) {
             Some(field) if kind.uses(field) => {}
-            _ => {
-                return Err(FieldError::field(
-                    key.as_str(),
-                    shown(value),
-                    format!("not a field of {} events", kind.name()),
-                ))
-            }
+            _ => return Err(FieldError::field(key.as_str(), shown(value), format!("not a field of {} events", kind.name()))),
         }
     }
     let mut checked = [0i128; 9];
     for &field in kind.fields() {
-        let value = map
-            .get(field.name())
-            .ok_or_else(|| FieldError::missing(field.name()))?;
+        let value = map.get(field.name()).ok_or_else(|| FieldError::missing(field.name()))?;
         checked[field.col()] = json_int(field, value, line)?;
     }
     Ok(kind.build(&checked))
@@ -674,9 +551,7 @@ fn csv_int(field: Field, text: &str) -> Result<i128, FieldError> {
         let magnitude: i128 = if significant.is_empty() {
             0
         } else {
-            significant
-                .parse()
-                .map_err(|_| FieldError::field(name, text, "must be an integer"))?
+            significant.parse().map_err(|_| FieldError::field(name, text, "must be an integer"))?
         };
         if negative {
             -magnitude
@@ -713,9 +588,7 @@ impl Event for ShopEvent {
     fn parse_csv(line: &str) -> Result<Self, FieldError> {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line == CSV_HEADER {
-            return Err(FieldError::line(
-                "this is the header row; a data row was expected",
-            ));
+            return Err(FieldError::line("this is the header row; a data row was expected"));
         }
         let mut cols = [""; 9];
         let mut count = 0usize;
@@ -726,28 +599,17 @@ impl Event for ShopEvent {
             count += 1;
         }
         if count != cols.len() {
-            return Err(FieldError::line(format!(
-                "expected 9 comma-separated columns ({CSV_HEADER}), found {count}"
-            )));
+            return Err(FieldError::line(format!("expected 9 comma-separated columns ({CSV_HEADER}), found {count}")));
         }
         for (name, text) in COLUMNS.iter().zip(cols) {
             if text.contains('"') {
-                return Err(FieldError::field(
-                    *name,
-                    text,
-                    "quotes are not allowed (no column of this schema needs quoting)",
-                ));
+                return Err(FieldError::field(*name, text, "quotes are not allowed (no column of this schema needs quoting)"));
             }
         }
         let kind = match cols[0] {
             "" => return Err(FieldError::missing("type")),
-            name => Kind::from_name(name).ok_or_else(|| {
-                FieldError::field(
-                    "type",
-                    name,
-                    "unknown event type (expected purchase, refund, view or inventory)",
-                )
-            })?,
+            name => Kind::from_name(name)
+                .ok_or_else(|| FieldError::field("type", name, "unknown event type (expected purchase, refund, view or inventory)"))?,
         };
         let mut checked = [0i128; 9];
         for field in Field::ALL {
@@ -758,11 +620,7 @@ impl Event for ShopEvent {
                 }
                 checked[field.col()] = csv_int(field, text)?;
             } else if !text.is_empty() {
-                return Err(FieldError::field(
-                    field.name(),
-                    text,
-                    format!("must be empty: not a field of {} events", kind.name()),
-                ));
+                return Err(FieldError::field(field.name(), text, format!("must be empty: not a field of {} events", kind.name())));
             }
         }
         Ok(kind.build(&checked))
@@ -770,9 +628,9 @@ impl Event for ShopEvent {
 
     fn partition_key(&self) -> u64 {
         match *self {
-            ShopEvent::Purchase { customer_id, .. }
-            | ShopEvent::Refund { customer_id, .. }
-            | ShopEvent::View { customer_id, .. } => customer_id,
+            ShopEvent::Purchase { customer_id, .. } | ShopEvent::Refund { customer_id, .. } | ShopEvent::View { customer_id, .. } => {
+                customer_id
+            }
             ShopEvent::Inventory { product_id, .. } => product_id,
         }
     }
@@ -784,37 +642,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn purchase() -> ShopEvent {
-        ShopEvent::Purchase {
-            ts: 1_767_225_600_000,
-            order_id: 1,
-            customer_id: 2,
-            product_id: 3,
-            quantity: 4,
-            amount_cents: 500,
-        }
+        ShopEvent::Purchase { ts: 1_767_225_600_000, order_id: 1, customer_id: 2, product_id: 3, quantity: 4, amount_cents: 500 }
     }
 
     fn samples() -> Vec<ShopEvent> {
         vec![
             purchase(),
-            ShopEvent::Refund {
-                ts: 10,
-                order_id: 1,
-                customer_id: 2,
-                product_id: 3,
-                amount_cents: 0,
-            },
-            ShopEvent::View {
-                ts: 0,
-                customer_id: u64::MAX,
-                product_id: 0,
-                session_id: 9,
-            },
-            ShopEvent::Inventory {
-                ts: i64::MAX,
-                product_id: 7,
-                delta: -20,
-            },
+            ShopEvent::Refund { ts: 10, order_id: 1, customer_id: 2, product_id: 3, amount_cents: 0 },
+            ShopEvent::View { ts: 0, customer_id: u64::MAX, product_id: 0, session_id: 9 },
+            ShopEvent::Inventory { ts: i64::MAX, product_id: 7, delta: -20 },
         ]
     }
 
@@ -838,18 +674,9 @@ mod tests {
             p.to_ndjson(),
             r#"{"type":"purchase","ts":1767225600000,"order_id":1,"customer_id":2,"product_id":3,"quantity":4,"amount_cents":500}"#
         );
-        assert_eq!(
-            r.to_ndjson(),
-            r#"{"type":"refund","ts":10,"order_id":1,"customer_id":2,"product_id":3,"amount_cents":0}"#
-        );
-        assert_eq!(
-            v.to_ndjson(),
-            r#"{"type":"view","ts":0,"customer_id":18446744073709551615,"product_id":0,"session_id":9}"#
-        );
-        assert_eq!(
-            i.to_ndjson(),
-            r#"{"type":"inventory","ts":9223372036854775807,"product_id":7,"delta":-20}"#
-        );
+        assert_eq!(r.to_ndjson(), r#"{"type":"refund","ts":10,"order_id":1,"customer_id":2,"product_id":3,"amount_cents":0}"#);
+        assert_eq!(v.to_ndjson(), r#"{"type":"view","ts":0,"customer_id":18446744073709551615,"product_id":0,"session_id":9}"#);
+        assert_eq!(i.to_ndjson(), r#"{"type":"inventory","ts":9223372036854775807,"product_id":7,"delta":-20}"#);
         assert_eq!(p.to_csv_row(), "purchase,1767225600000,1,2,3,4,500,,");
         assert_eq!(r.to_csv_row(), "refund,10,1,2,3,,0,,");
         assert_eq!(v.to_csv_row(), "view,0,,18446744073709551615,0,,,,9");
@@ -866,10 +693,7 @@ mod tests {
         for e in samples() {
             assert_eq!(ShopEvent::parse_ndjson(&e.to_ndjson()).unwrap(), e);
             assert_eq!(ShopEvent::parse_csv(&e.to_csv_row()).unwrap(), e);
-            assert_eq!(
-                serde_json::from_str::<ShopEvent>(&serde_json::to_string(&e).unwrap()).unwrap(),
-                e
-            );
+            assert_eq!(serde_json::from_str::<ShopEvent>(&serde_json::to_string(&e).unwrap()).unwrap(), e);
         }
     }
 
@@ -882,10 +706,7 @@ mod tests {
         assert_eq!(r.partition_key(), 2);
         assert_eq!(v.partition_key(), u64::MAX);
         assert_eq!(i.partition_key(), 7);
-        assert_eq!(
-            [p.type_name(), r.type_name(), v.type_name(), i.type_name()],
-            ["purchase", "refund", "view", "inventory"]
-        );
+        assert_eq!([p.type_name(), r.type_name(), v.type_name(), i.type_name()], ["purchase", "refund", "view", "inventory"]);
     }
 
     #[test]
@@ -901,10 +722,7 @@ mod tests {
         let e = nd_err(r#"{"type":"order","ts":1}"#);
         assert_field(&e, "type", Some("order"));
         assert!(e.message.contains("unknown event type"), "{e}");
-        assert_eq!(
-            nd_err(r#"{"ts":1,"product_id":1,"delta":1}"#),
-            FieldError::missing("type")
-        );
+        assert_eq!(nd_err(r#"{"ts":1,"product_id":1,"delta":1}"#), FieldError::missing("type"));
         assert_field(&nd_err(r#"{"type":5}"#), "type", Some("5"));
         assert_field(&nd_err(r#"{"type":null}"#), "type", Some("null"));
         assert_field(&nd_err(r#"{"type":"Purchase"}"#), "type", Some("Purchase"));
@@ -925,14 +743,11 @@ mod tests {
 
     #[test]
     fn ndjson_rejects_fields_the_type_does_not_use() {
-        let e = nd_err(
-            r#"{"type":"view","ts":1,"customer_id":1,"product_id":1,"session_id":1,"quantity":2}"#,
-        );
+        let e = nd_err(r#"{"type":"view","ts":1,"customer_id":1,"product_id":1,"session_id":1,"quantity":2}"#);
         assert_field(&e, "quantity", Some("2"));
         assert_eq!(e.message, "not a field of view events");
-        let e = nd_err(
-            r#"{"type":"purchase","ts":1,"order_id":1,"customer_id":2,"product_id":3,"quantity":4,"amount_cents":5,"coupon":"X"}"#,
-        );
+        let e =
+            nd_err(r#"{"type":"purchase","ts":1,"order_id":1,"customer_id":2,"product_id":3,"quantity":4,"amount_cents":5,"coupon":"X"}"#);
         assert_field(&e, "coupon", Some("X"));
         assert_eq!(e.message, "not a field of purchase events");
         // Even a null for an unused field is rejected.
@@ -961,11 +776,8 @@ mod tests {
 
     #[test]
     fn ndjson_rejects_out_of_range_numbers() {
-        let view = |ts: &str, customer: &str| {
-            format!(
-                r#"{{"type":"view","ts":{ts},"customer_id":{customer},"product_id":1,"session_id":1}}"#
-            )
-        };
+        let view =
+            |ts: &str, customer: &str| format!(r#"{{"type":"view","ts":{ts},"customer_id":{customer},"product_id":1,"session_id":1}}"#);
         let e = nd_err(&view("-1", "1"));
         assert_field(&e, "ts", Some("-1"));
         assert!(e.message.contains("negative"), "{e}");
@@ -983,50 +795,27 @@ mod tests {
         assert!(e.message.contains("negative"), "{e}");
 
         let purchase = |q: &str, amount: &str| {
-            format!(
-                r#"{{"type":"purchase","ts":1,"order_id":1,"customer_id":2,"product_id":3,"quantity":{q},"amount_cents":{amount}}}"#
-            )
+            format!(r#"{{"type":"purchase","ts":1,"order_id":1,"customer_id":2,"product_id":3,"quantity":{q},"amount_cents":{amount}}}"#)
         };
         let e = nd_err(&purchase("0", "5"));
         assert_field(&e, "quantity", Some("0"));
         assert_eq!(e.message, "must be at least 1");
         assert_field(&nd_err(&purchase("-2", "5")), "quantity", Some("-2"));
-        assert_field(
-            &nd_err(&purchase("4294967296", "5")),
-            "quantity",
-            Some("4294967296"),
-        );
+        assert_field(&nd_err(&purchase("4294967296", "5")), "quantity", Some("4294967296"));
         assert!(ShopEvent::parse_ndjson(&purchase("4294967295", "0")).is_ok());
         let e = nd_err(&purchase("1", "-1"));
         assert_field(&e, "amount_cents", Some("-1"));
         assert!(e.message.contains("negative"), "{e}");
 
-        let inventory =
-            |d: &str| format!(r#"{{"type":"inventory","ts":1,"product_id":1,"delta":{d}}}"#);
+        let inventory = |d: &str| format!(r#"{{"type":"inventory","ts":1,"product_id":1,"delta":{d}}}"#);
         assert!(ShopEvent::parse_ndjson(&inventory("-9223372036854775808")).is_ok());
-        assert_field(
-            &nd_err(&inventory("9223372036854775808")),
-            "delta",
-            Some("9223372036854775808"),
-        );
-        assert_field(
-            &nd_err(&inventory("-9223372036854775809")),
-            "delta",
-            Some("-9223372036854775809"),
-        );
+        assert_field(&nd_err(&inventory("9223372036854775808")), "delta", Some("9223372036854775808"));
+        assert_field(&nd_err(&inventory("-9223372036854775809")), "delta", Some("-9223372036854775809"));
     }
 
     #[test]
     fn ndjson_rejects_non_objects_bad_json_and_duplicates() {
-        for line in [
-            "",
-            "[1,2]",
-            "5",
-            r#""view""#,
-            "null",
-            "{",
-            r#"{"type":"view"} x"#,
-        ] {
+        for line in ["", "[1,2]", "5", r#""view""#, "null", "{", r#"{"type":"view"} x"#] {
             let e = nd_err(line);
             assert_eq!(e.field, None, "{line}: {e}");
         }
@@ -1042,10 +831,7 @@ mod tests {
             let row = e.to_csv_row() + "\r";
             assert_eq!(ShopEvent::parse_csv(&row).unwrap(), e);
         }
-        assert_eq!(
-            ShopEvent::parse_csv("purchase,1767225600000,01,2,3,4,500,,").unwrap(),
-            purchase()
-        );
+        assert_eq!(ShopEvent::parse_csv("purchase,1767225600000,01,2,3,4,500,,").unwrap(), purchase());
     }
 
     #[test]
@@ -1084,19 +870,12 @@ mod tests {
                 let mut changed = cols.clone();
                 if e.kind().uses(field) {
                     changed[field.col()] = "";
-                    assert_eq!(
-                        csv_err(&changed.join(",")),
-                        FieldError::missing(field.name())
-                    );
+                    assert_eq!(csv_err(&changed.join(",")), FieldError::missing(field.name()));
                 } else {
                     changed[field.col()] = "5";
                     let err = csv_err(&changed.join(","));
                     assert_field(&err, field.name(), Some("5"));
-                    assert!(
-                        err.message
-                            .contains(&format!("not a field of {} events", e.type_name())),
-                        "{err}"
-                    );
+                    assert!(err.message.contains(&format!("not a field of {} events", e.type_name())), "{err}");
                 }
             }
         }
@@ -1118,106 +897,48 @@ mod tests {
             ("five", "integer"),
             ("-1", "negative"),
             ("9223372036854775808", "out of range"),
-            (
-                "99999999999999999999999999999999999999999999",
-                "out of range",
-            ),
+            ("99999999999999999999999999999999999999999999", "out of range"),
         ] {
             let e = csv_err(&view(ts, "1"));
             assert_field(&e, "ts", Some(ts));
             assert!(e.message.contains(what), "{ts}: {e}");
         }
         assert_field(&csv_err(&view("1", "-1")), "customer_id", Some("-1"));
-        assert_field(
-            &csv_err(&view("1", "18446744073709551616")),
-            "customer_id",
-            Some("18446744073709551616"),
-        );
+        assert_field(&csv_err(&view("1", "18446744073709551616")), "customer_id", Some("18446744073709551616"));
         assert_eq!(
             ShopEvent::parse_csv(&view("0", "18446744073709551615")).unwrap(),
-            ShopEvent::View {
-                ts: 0,
-                customer_id: u64::MAX,
-                product_id: 1,
-                session_id: 1
-            }
+            ShopEvent::View { ts: 0, customer_id: u64::MAX, product_id: 1, session_id: 1 }
         );
         let e = csv_err("purchase,1,1,2,3,0,5,,");
         assert_field(&e, "quantity", Some("0"));
         assert_eq!(e.message, "must be at least 1");
-        assert_field(
-            &csv_err("purchase,1,1,2,3,1,-5,,"),
-            "amount_cents",
-            Some("-5"),
-        );
+        assert_field(&csv_err("purchase,1,1,2,3,1,-5,,"), "amount_cents", Some("-5"));
         assert_field(&csv_err("refund,1,1,2,3,,-5,,"), "amount_cents", Some("-5"));
         assert!(ShopEvent::parse_csv("inventory,1,,,1,,,-9223372036854775808,").is_ok());
     }
 
     #[test]
     fn error_display_names_field_and_value() {
-        let e = nd_err(
-            r#"{"type":"purchase","ts":1,"order_id":1,"customer_id":2,"product_id":3,"quantity":-3,"amount_cents":5}"#,
-        );
-        assert_eq!(
-            e.to_string(),
-            r#"field "quantity": value "-3": must be at least 1"#
-        );
+        let e = nd_err(r#"{"type":"purchase","ts":1,"order_id":1,"customer_id":2,"product_id":3,"quantity":-3,"amount_cents":5}"#);
+        assert_eq!(e.to_string(), r#"field "quantity": value "-3": must be at least 1"#);
     }
 
     fn arb_event() -> impl Strategy<Value = ShopEvent> {
         prop_oneof![
-            (
-                0..=i64::MAX,
-                any::<u64>(),
-                any::<u64>(),
-                any::<u64>(),
-                1..=u32::MAX,
-                0..=i64::MAX
-            )
-                .prop_map(
-                    |(ts, order_id, customer_id, product_id, quantity, amount_cents)| {
-                        ShopEvent::Purchase {
-                            ts,
-                            order_id,
-                            customer_id,
-                            product_id,
-                            quantity,
-                            amount_cents,
-                        }
-                    }
-                ),
-            (
-                0..=i64::MAX,
-                any::<u64>(),
-                any::<u64>(),
-                any::<u64>(),
-                0..=i64::MAX
-            )
-                .prop_map(|(ts, order_id, customer_id, product_id, amount_cents)| {
-                    ShopEvent::Refund {
-                        ts,
-                        order_id,
-                        customer_id,
-                        product_id,
-                        amount_cents,
-                    }
-                }),
-            (0..=i64::MAX, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(ts, customer_id, product_id, session_id)| ShopEvent::View {
-                    ts,
-                    customer_id,
-                    product_id,
-                    session_id,
+            (0..=i64::MAX, any::<u64>(), any::<u64>(), any::<u64>(), 1..=u32::MAX, 0..=i64::MAX).prop_map(
+                |(ts, order_id, customer_id, product_id, quantity, amount_cents)| {
+                    ShopEvent::Purchase { ts, order_id, customer_id, product_id, quantity, amount_cents }
                 }
             ),
-            (0..=i64::MAX, any::<u64>(), any::<i64>()).prop_map(|(ts, product_id, delta)| {
-                ShopEvent::Inventory {
-                    ts,
-                    product_id,
-                    delta,
+            (0..=i64::MAX, any::<u64>(), any::<u64>(), any::<u64>(), 0..=i64::MAX).prop_map(
+                |(ts, order_id, customer_id, product_id, amount_cents)| {
+                    ShopEvent::Refund { ts, order_id, customer_id, product_id, amount_cents }
                 }
-            }),
+            ),
+            (0..=i64::MAX, any::<u64>(), any::<u64>(), any::<u64>())
+                .prop_map(|(ts, customer_id, product_id, session_id)| ShopEvent::View { ts, customer_id, product_id, session_id }),
+            (0..=i64::MAX, any::<u64>(), any::<i64>())
+                .prop_map(|(ts, product_id, delta)| { ShopEvent::Inventory { ts, product_id, delta } }),
         ]
     }
 

@@ -80,14 +80,7 @@ fn mix64(mut z: u64) -> u64 {
 impl Rng {
     fn new(seed: u64) -> Self {
         let mut state = seed;
-        Rng {
-            s: [
-                splitmix64(&mut state),
-                splitmix64(&mut state),
-                splitmix64(&mut state),
-                splitmix64(&mut state),
-            ],
-        }
+        Rng { s: [splitmix64(&mut state), splitmix64(&mut state), splitmix64(&mut state), splitmix64(&mut state)] }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -147,16 +140,8 @@ pub struct Generator {
 impl Generator {
     /// A generator for `cfg`.
     pub fn new(cfg: GenConfig) -> Self {
-        let fraction = if cfg.late_fraction.is_nan() {
-            0.0
-        } else {
-            cfg.late_fraction.clamp(0.0, 1.0)
-        };
-        let late_threshold = if fraction >= 1.0 {
-            u64::MAX
-        } else {
-            (fraction * 18_446_744_073_709_551_616.0) as u64
-        };
+        let fraction = if cfg.late_fraction.is_nan() { 0.0 } else { cfg.late_fraction.clamp(0.0, 1.0) };
+        let late_threshold = if fraction >= 1.0 { u64::MAX } else { (fraction * 18_446_744_073_709_551_616.0) as u64 };
         let span_ms = i64::from(cfg.days.max(1)).saturating_mul(DAY_MS);
         Generator {
             rng: Rng::new(cfg.seed),
@@ -172,8 +157,7 @@ impl Generator {
     /// The event time of the current event: its place in the stream, jitter, lateness.
     fn next_ts(&mut self) -> i64 {
         let events = self.cfg.events.max(1);
-        let offset =
-            (i128::from(self.index) * i128::from(self.span_ms) / i128::from(events)) as i64;
+        let offset = (i128::from(self.index) * i128::from(self.span_ms) / i128::from(events)) as i64;
         let jitter = self.rng.below(2 * JITTER_MS as u64 + 1) as i64 - JITTER_MS;
         let offset = (offset + jitter).clamp(0, self.span_ms - 1);
         let mut ts = self.cfg.start_ms.saturating_add(offset);
@@ -205,20 +189,8 @@ impl Generator {
         if self.recent.len() == RECENT_PURCHASES {
             self.recent.pop_front();
         }
-        self.recent.push_back(Recent {
-            order_id: self.order_id,
-            customer_id,
-            product_id,
-            amount_cents,
-        });
-        ShopEvent::Purchase {
-            ts,
-            order_id: self.order_id,
-            customer_id,
-            product_id,
-            quantity,
-            amount_cents,
-        }
+        self.recent.push_back(Recent { order_id: self.order_id, customer_id, product_id, amount_cents });
+        ShopEvent::Purchase { ts, order_id: self.order_id, customer_id, product_id, quantity, amount_cents }
     }
 
     fn refund(&mut self, ts: i64) -> ShopEvent {
@@ -226,23 +198,14 @@ impl Generator {
             return self.purchase(ts);
         }
         let pick = self.rng.below(self.recent.len() as u64) as usize;
-        let bought = self
-            .recent
-            .swap_remove_back(pick)
-            .expect("index is within the queue");
+        let bought = self.recent.swap_remove_back(pick).expect("index is within the queue");
         // Half of the refunds are full, the rest give back 1..=amount cents.
         let amount_cents = if bought.amount_cents == 0 || self.rng.next_u64() >> 63 == 0 {
             bought.amount_cents
         } else {
             1 + self.rng.below(bought.amount_cents as u64) as i64
         };
-        ShopEvent::Refund {
-            ts,
-            order_id: bought.order_id,
-            customer_id: bought.customer_id,
-            product_id: bought.product_id,
-            amount_cents,
-        }
+        ShopEvent::Refund { ts, order_id: bought.order_id, customer_id: bought.customer_id, product_id: bought.product_id, amount_cents }
     }
 }
 
@@ -260,26 +223,15 @@ impl Iterator for Generator {
                 let customer_id = self.customer();
                 let product_id = self.popular_product();
                 // A session is a customer's half hour of browsing.
-                let session_id = customer_id
-                    .wrapping_mul(100_000)
-                    .wrapping_add((ts / 1_800_000) as u64 % 100_000);
-                ShopEvent::View {
-                    ts,
-                    customer_id,
-                    product_id,
-                    session_id,
-                }
+                let session_id = customer_id.wrapping_mul(100_000).wrapping_add((ts / 1_800_000) as u64 % 100_000);
+                ShopEvent::View { ts, customer_id, product_id, session_id }
             }
             60..=84 => self.purchase(ts),
             85..=89 => self.refund(ts),
             _ => {
                 let product_id = 1 + self.rng.below(self.cfg.products.max(1));
                 let delta = self.rng.below(121) as i64 - 20;
-                ShopEvent::Inventory {
-                    ts,
-                    product_id,
-                    delta,
-                }
+                ShopEvent::Inventory { ts, product_id, delta }
             }
         };
         self.index += 1;
@@ -330,11 +282,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(events: u64, seed: u64) -> GenConfig {
-        GenConfig {
-            events,
-            seed,
-            ..GenConfig::default()
-        }
+        GenConfig { events, seed, ..GenConfig::default() }
     }
 
     #[test]
@@ -383,26 +331,13 @@ mod tests {
         for e in Generator::new(c.clone()) {
             *counts.entry(e.type_name()).or_default() += 1;
             match e {
-                ShopEvent::Purchase {
-                    customer_id,
-                    product_id,
-                    quantity,
-                    amount_cents,
-                    ..
-                } => {
+                ShopEvent::Purchase { customer_id, product_id, quantity, amount_cents, .. } => {
                     assert!((1..=c.customers).contains(&customer_id));
                     assert!((1..=c.products).contains(&product_id));
                     assert!((1..=5).contains(&quantity));
-                    assert_eq!(
-                        amount_cents,
-                        i64::from(quantity) * unit_price_cents(product_id)
-                    );
+                    assert_eq!(amount_cents, i64::from(quantity) * unit_price_cents(product_id));
                 }
-                ShopEvent::View {
-                    customer_id,
-                    product_id,
-                    ..
-                } => {
+                ShopEvent::View { customer_id, product_id, .. } => {
                     assert!((1..=c.customers).contains(&customer_id));
                     assert!((1..=c.products).contains(&product_id));
                     views += 1;
@@ -410,9 +345,7 @@ mod tests {
                         views_of_top_percent += 1;
                     }
                 }
-                ShopEvent::Inventory {
-                    product_id, delta, ..
-                } => {
+                ShopEvent::Inventory { product_id, delta, .. } => {
                     assert!((1..=c.products).contains(&product_id));
                     assert!((-20..=100).contains(&delta));
                     min_delta = min_delta.min(delta);
@@ -449,24 +382,12 @@ mod tests {
         let mut refunds = 0;
         for e in Generator::new(cfg(100_000, 3)) {
             match e {
-                ShopEvent::Purchase {
-                    order_id,
-                    customer_id,
-                    product_id,
-                    amount_cents,
-                    ..
-                } => {
+                ShopEvent::Purchase { order_id, customer_id, product_id, amount_cents, .. } => {
                     assert_eq!(order_id, last_order + 1, "order ids increase by one");
                     last_order = order_id;
                     purchases.insert(order_id, (customer_id, product_id, amount_cents));
                 }
-                ShopEvent::Refund {
-                    order_id,
-                    customer_id,
-                    product_id,
-                    amount_cents,
-                    ..
-                } => {
+                ShopEvent::Refund { order_id, customer_id, product_id, amount_cents, .. } => {
                     refunds += 1;
                     let (c, p, amount) = purchases[&order_id];
                     assert_eq!((customer_id, product_id), (c, p));
@@ -478,8 +399,7 @@ mod tests {
         }
         assert!(refunds > 4_000);
         // With only refunds possible before the first purchase, a purchase comes first.
-        let first_money = Generator::new(cfg(1_000, 3))
-            .find(|e| matches!(e, ShopEvent::Purchase { .. } | ShopEvent::Refund { .. }));
+        let first_money = Generator::new(cfg(1_000, 3)).find(|e| matches!(e, ShopEvent::Purchase { .. } | ShopEvent::Refund { .. }));
         assert!(matches!(first_money, Some(ShopEvent::Purchase { .. })));
     }
 
@@ -495,30 +415,17 @@ mod tests {
             assert!(ts >= c.start_ms - MAX_LATE_MS);
             if ts < c.start_ms || ts < expected - JITTER_MS - 1 {
                 late += 1;
-                assert!(
-                    ts <= expected + JITTER_MS - DAY_MS,
-                    "late by at least a day"
-                );
+                assert!(ts <= expected + JITTER_MS - DAY_MS, "late by at least a day");
             } else {
-                assert!(
-                    (ts - expected).abs() <= JITTER_MS + 1,
-                    "{i}: {ts} vs {expected}"
-                );
+                assert!((ts - expected).abs() <= JITTER_MS + 1, "{i}: {ts} vs {expected}");
             }
         }
         let fraction = late as f64 / c.events as f64;
         assert!((0.015..0.025).contains(&fraction), "{fraction}");
 
-        let on_time = GenConfig {
-            late_fraction: 0.0,
-            ..cfg(10_000, 9)
-        };
+        let on_time = GenConfig { late_fraction: 0.0, ..cfg(10_000, 9) };
         assert!(Generator::new(on_time.clone()).all(|e| e.ts() >= on_time.start_ms));
-        let all_late_from_zero = GenConfig {
-            late_fraction: 1.0,
-            start_ms: 0,
-            ..cfg(10_000, 9)
-        };
+        let all_late_from_zero = GenConfig { late_fraction: 1.0, start_ms: 0, ..cfg(10_000, 9) };
         assert!(Generator::new(all_late_from_zero).all(|e| e.ts() >= 0));
     }
 
@@ -529,10 +436,7 @@ mod tests {
         assert_eq!(write_events(&c, Format::Ndjson, &mut out).unwrap(), 20_000);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with('\n'));
-        let parsed: Vec<ShopEvent> = text
-            .lines()
-            .map(|l| ShopEvent::parse_ndjson(l).unwrap())
-            .collect();
+        let parsed: Vec<ShopEvent> = text.lines().map(|l| ShopEvent::parse_ndjson(l).unwrap()).collect();
         assert_eq!(parsed, Generator::new(c).collect::<Vec<_>>());
     }
 
@@ -548,10 +452,7 @@ mod tests {
         assert_eq!(parsed, Generator::new(c).collect::<Vec<_>>());
 
         let mut empty = Vec::new();
-        assert_eq!(
-            write_events(&cfg(0, 1), Format::Csv, &mut empty).unwrap(),
-            0
-        );
+        assert_eq!(write_events(&cfg(0, 1), Format::Csv, &mut empty).unwrap(), 0);
         assert_eq!(empty, format!("{}\n", ShopEvent::csv_header()).into_bytes());
     }
 }

@@ -44,30 +44,13 @@ impl ViewKey for DayProduct {
     fn parse_key(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if s.starts_with('{') {
-            let v: Value = lambdaflow_operators::serde_json::from_str(s)
-                .map_err(|e| format!("key is not valid JSON: {e}"))?;
-            let day = v
-                .get("day")
-                .and_then(Value::as_str)
-                .ok_or("key needs a \"day\" string")?;
-            let product_id = v
-                .get("product_id")
-                .and_then(Value::as_u64)
-                .ok_or("key needs a \"product_id\" number")?;
-            return Ok(DayProduct {
-                day: Day::parse(day)?,
-                product_id,
-            });
+            let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("key is not valid JSON: {e}"))?;
+            let day = v.get("day").and_then(Value::as_str).ok_or("key needs a \"day\" string")?;
+            let product_id = v.get("product_id").and_then(Value::as_u64).ok_or("key needs a \"product_id\" number")?;
+            return Ok(DayProduct { day: Day::parse(day)?, product_id });
         }
-        let (day, product) = s
-            .split_once('/')
-            .ok_or_else(|| format!("\"{s}\" is not DAY/PRODUCT_ID (e.g. 2026-01-05/7)"))?;
-        Ok(DayProduct {
-            day: Day::parse(day)?,
-            product_id: product
-                .parse()
-                .map_err(|_| format!("\"{product}\" is not a product id"))?,
-        })
+        let (day, product) = s.split_once('/').ok_or_else(|| format!("\"{s}\" is not DAY/PRODUCT_ID (e.g. 2026-01-05/7)"))?;
+        Ok(DayProduct { day: Day::parse(day)?, product_id: product.parse().map_err(|_| format!("\"{product}\" is not a product id"))? })
     }
 }
 
@@ -101,12 +84,8 @@ impl Job for Shop {
 
         // Lanes: gross, refunded, orders, refunds.
         let revenue = ctx.sum("revenue_by_day", events.clone(), |e| match e {
-            Purchase {
-                ts, amount_cents, ..
-            } => Some((Day::of_ms(*ts), Sums([*amount_cents, 0, 1, 0]))),
-            Refund {
-                ts, amount_cents, ..
-            } => Some((Day::of_ms(*ts), Sums([0, *amount_cents, 0, 1]))),
+            Purchase { ts, amount_cents, .. } => Some((Day::of_ms(*ts), Sums([*amount_cents, 0, 1, 0]))),
+            Refund { ts, amount_cents, .. } => Some((Day::of_ms(*ts), Sums([0, *amount_cents, 0, 1]))),
             _ => None,
         });
         ctx.sum_view("revenue_by_day", revenue, |s: &Sums<4>| {
@@ -115,111 +94,49 @@ impl Job for Shop {
 
         // Lanes: net, units, events.
         let product_revenue = ctx.sum("product_revenue_by_day", events.clone(), |e| match e {
-            Purchase {
-                ts,
-                product_id,
-                quantity,
-                amount_cents,
-                ..
-            } => Some((
-                DayProduct {
-                    day: Day::of_ms(*ts),
-                    product_id: *product_id,
-                },
-                Sums([*amount_cents, *quantity as i64, 1]),
-            )),
-            Refund {
-                ts,
-                product_id,
-                amount_cents,
-                ..
-            } => Some((
-                DayProduct {
-                    day: Day::of_ms(*ts),
-                    product_id: *product_id,
-                },
-                Sums([-*amount_cents, 0, 1]),
-            )),
+            Purchase { ts, product_id, quantity, amount_cents, .. } => {
+                Some((DayProduct { day: Day::of_ms(*ts), product_id: *product_id }, Sums([*amount_cents, *quantity as i64, 1])))
+            }
+            Refund { ts, product_id, amount_cents, .. } => {
+                Some((DayProduct { day: Day::of_ms(*ts), product_id: *product_id }, Sums([-*amount_cents, 0, 1])))
+            }
             _ => None,
         });
-        ctx.sum_view(
-            "product_revenue_by_day",
-            product_revenue.clone(),
-            |s: &Sums<3>| json!({ "net_cents": s.0[0], "units": s.0[1] }),
-        );
+        ctx.sum_view("product_revenue_by_day", product_revenue.clone(), |s: &Sums<3>| json!({ "net_cents": s.0[0], "units": s.0[1] }));
 
         let per_day = product_revenue.map(|dp| (dp.day, dp.product_id));
         let top = ctx.top_k("top_products_by_day", per_day, TOP_K, |s: &Sums<3>| s.0[0]);
         ctx.value_view("top_products_by_day", top, |list: &Vec<(u64, i64)>| {
-            Value::Array(
-                list.iter()
-                    .map(|(p, net)| json!({ "net_cents": net, "product_id": p }))
-                    .collect(),
-            )
+            Value::Array(list.iter().map(|(p, net)| json!({ "net_cents": net, "product_id": p })).collect())
         });
 
         // Lanes: level, events.
         let inventory = ctx.sum("inventory_level", events.clone(), |e| match e {
-            Inventory {
-                product_id, delta, ..
-            } => Some((*product_id, Sums([*delta, 1]))),
+            Inventory { product_id, delta, .. } => Some((*product_id, Sums([*delta, 1]))),
             _ => None,
         });
-        ctx.sum_view(
-            "inventory_level",
-            inventory,
-            |s: &Sums<2>| json!({ "level": s.0[0] }),
-        );
+        ctx.sum_view("inventory_level", inventory, |s: &Sums<2>| json!({ "level": s.0[0] }));
 
         // Lanes: net, events.
         let spend = ctx.sum("customer_spend", events.clone(), |e| match e {
-            Purchase {
-                customer_id,
-                amount_cents,
-                ..
-            } => Some((*customer_id, Sums([*amount_cents, 1]))),
-            Refund {
-                customer_id,
-                amount_cents,
-                ..
-            } => Some((*customer_id, Sums([-*amount_cents, 1]))),
+            Purchase { customer_id, amount_cents, .. } => Some((*customer_id, Sums([*amount_cents, 1]))),
+            Refund { customer_id, amount_cents, .. } => Some((*customer_id, Sums([-*amount_cents, 1]))),
             _ => None,
         });
-        ctx.sum_view(
-            "customer_spend",
-            spend.clone(),
-            |s: &Sums<2>| json!({ "net_cents": s.0[0] }),
-        );
+        ctx.sum_view("customer_spend", spend.clone(), |s: &Sums<2>| json!({ "net_cents": s.0[0] }));
 
-        let segment_of_customer =
-            ctx.per_key("customer_segment", spend, |_customer, s: &Sums<2>| {
-                segment(s.0[0]).to_string()
-            });
-        let segments = ctx.count(
-            "customer_segments",
-            segment_of_customer,
-            |(_customer, seg)| Some(seg.clone()),
-        );
-        ctx.sum_view(
-            "customer_segments",
-            segments,
-            |n: &Sums<1>| json!({ "customers": n.0[0] }),
-        );
+        let segment_of_customer = ctx.per_key("customer_segment", spend, |_customer, s: &Sums<2>| segment(s.0[0]).to_string());
+        let segments = ctx.count("customer_segments", segment_of_customer, |(_customer, seg)| Some(seg.clone()));
+        ctx.sum_view("customer_segments", segments, |n: &Sums<1>| json!({ "customers": n.0[0] }));
 
         let viewers = ctx.distinct_count(
             "daily_unique_viewers",
             events.clone().flat_map(|e| match e {
-                View {
-                    ts, customer_id, ..
-                } => Some((Day::of_ms(ts), customer_id)),
+                View { ts, customer_id, .. } => Some((Day::of_ms(ts), customer_id)),
                 _ => None,
             }),
         );
-        ctx.sum_view(
-            "daily_unique_viewers",
-            viewers,
-            |n: &Sums<1>| json!({ "viewers": n.0[0] }),
-        );
+        ctx.sum_view("daily_unique_viewers", viewers, |n: &Sums<1>| json!({ "viewers": n.0[0] }));
 
         // Lanes: views, purchases.
         let conversion = ctx.sum("conversion_by_product", events, |e| match e {
@@ -227,11 +144,7 @@ impl Job for Shop {
             Purchase { product_id, .. } => Some((*product_id, Sums([0, 1]))),
             _ => None,
         });
-        ctx.sum_view(
-            "conversion_by_product",
-            conversion,
-            |s: &Sums<2>| json!({ "views": s.0[0], "purchases": s.0[1] }),
-        );
+        ctx.sum_view("conversion_by_product", conversion, |s: &Sums<2>| json!({ "views": s.0[0], "purchases": s.0[1] }));
     }
 }
 
@@ -239,44 +152,18 @@ impl Job for Shop {
 pub struct ShopGenerator;
 
 impl Generator<ShopEvent> for ShopGenerator {
-    fn write(
-        &self,
-        events: u64,
-        seed: u64,
-        format: Format,
-        out: &mut dyn std::io::Write,
-    ) -> std::io::Result<u64> {
-        gen::write_events(
-            &gen::GenConfig {
-                events,
-                seed,
-                ..Default::default()
-            },
-            format,
-            out,
-        )
+    fn write(&self, events: u64, seed: u64, format: Format, out: &mut dyn std::io::Write) -> std::io::Result<u64> {
+        gen::write_events(&gen::GenConfig { events, seed, ..Default::default() }, format, out)
     }
 
     fn events(&self, seed: u64, count: u64, live: bool) -> Vec<ShopEvent> {
         let today = Day::of_ms(lambdaflow_engine::store::now_ms() as i64);
         let cfg = if live {
             // Live traffic: today, with the usual share of late events from earlier days.
-            gen::GenConfig {
-                events: count,
-                seed,
-                days: 1,
-                start_ms: today.0 as i64 * 86_400_000,
-                ..Default::default()
-            }
+            gen::GenConfig { events: count, seed, days: 1, start_ms: today.0 as i64 * 86_400_000, ..Default::default() }
         } else {
             // History: the 90 days up to and including today.
-            gen::GenConfig {
-                events: count,
-                seed,
-                days: 90,
-                start_ms: (today.0 as i64 - 89) * 86_400_000,
-                ..Default::default()
-            }
+            gen::GenConfig { events: count, seed, days: 90, start_ms: (today.0 as i64 - 89) * 86_400_000, ..Default::default() }
         };
         gen::Generator::new(cfg).collect()
     }
@@ -287,11 +174,7 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     let today = Day::of_ms(lambdaflow_engine::store::now_ms() as i64).to_string();
     let mut lines = Vec::new();
     let rev = lambda.query("revenue_by_day", &Selection::Key(today.clone()))?;
-    let cents = |v: Option<&Value>, field: &str| {
-        v.and_then(|v| v.get(field))
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-    };
+    let cents = |v: Option<&Value>, field: &str| v.and_then(|v| v.get(field)).and_then(Value::as_i64).unwrap_or(0);
     let money = |c: i64| format!("${}.{:02}", c / 100, (c % 100).abs());
     match rev.answers.first() {
         Some(a) => lines.push(format!(
@@ -302,51 +185,23 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
         )),
         None => lines.push(format!("revenue {today}: none yet")),
     }
-    if let Some(a) = lambda
-        .query("daily_unique_viewers", &Selection::Key(today.clone()))?
-        .answers
-        .first()
-    {
+    if let Some(a) = lambda.query("daily_unique_viewers", &Selection::Key(today.clone()))?.answers.first() {
         lines.push(format!("viewers {}", a.value["viewers"]));
     }
-    if let Some(a) = lambda
-        .query("top_products_by_day", &Selection::Key(today))?
-        .answers
-        .first()
-    {
+    if let Some(a) = lambda.query("top_products_by_day", &Selection::Key(today))?.answers.first() {
         if let Some(first) = a.value.get(0) {
-            lines.push(format!(
-                "top product {} ({})",
-                first["product_id"],
-                money(first["net_cents"].as_i64().unwrap_or(0))
-            ));
+            lines.push(format!("top product {} ({})", first["product_id"], money(first["net_cents"].as_i64().unwrap_or(0))));
         }
     }
-    let segs = lambda.query(
-        "customer_segments",
-        &Selection::Range {
-            from: None,
-            to: None,
-            limit: 10,
-        },
-    )?;
-    let seg = segs
-        .answers
-        .iter()
-        .map(|a| format!("{}={}", a.key.as_str().unwrap_or("?"), a.value["customers"]))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let segs = lambda.query("customer_segments", &Selection::Range { from: None, to: None, limit: 10 })?;
+    let seg =
+        segs.answers.iter().map(|a| format!("{}={}", a.key.as_str().unwrap_or("?"), a.value["customers"])).collect::<Vec<_>>().join(" ");
     lines.push(format!("segments {seg}"));
-    lines.push(format!(
-        "frontier +{} events since cut",
-        rev.freshness.speed_events
-    ));
+    lines.push(format!("frontier +{} events since cut", rev.freshness.speed_events));
     Ok(lines)
 }
 
 /// The shop job as a command-line application: what the `lambdaflow` binary runs.
 pub fn app() -> App<Shop> {
-    App::new(Shop)
-        .generator(ShopGenerator)
-        .demo_report(demo_report)
+    App::new(Shop).generator(ShopGenerator).demo_report(demo_report)
 }

@@ -90,14 +90,7 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
 
     for event in events {
         match event {
-            ShopEvent::Purchase {
-                ts,
-                customer_id,
-                product_id,
-                quantity,
-                amount_cents,
-                ..
-            } => {
+            ShopEvent::Purchase { ts, customer_id, product_id, quantity, amount_cents, .. } => {
                 let day = day_of(*ts);
                 let r = revenue.entry(day.clone()).or_insert((0, 0, 0, 0));
                 r.0 += amount_cents;
@@ -108,13 +101,7 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
                 *spend.entry(*customer_id).or_insert(0) += amount_cents;
                 conversion.entry(*product_id).or_insert((0, 0)).1 += 1;
             }
-            ShopEvent::Refund {
-                ts,
-                customer_id,
-                product_id,
-                amount_cents,
-                ..
-            } => {
+            ShopEvent::Refund { ts, customer_id, product_id, amount_cents, .. } => {
                 let day = day_of(*ts);
                 let r = revenue.entry(day.clone()).or_insert((0, 0, 0, 0));
                 r.1 += amount_cents;
@@ -123,18 +110,11 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
                 p.0 -= amount_cents;
                 *spend.entry(*customer_id).or_insert(0) -= amount_cents;
             }
-            ShopEvent::View {
-                ts,
-                customer_id,
-                product_id,
-                ..
-            } => {
+            ShopEvent::View { ts, customer_id, product_id, .. } => {
                 viewers.entry(day_of(*ts)).or_default().insert(*customer_id);
                 conversion.entry(*product_id).or_insert((0, 0)).0 += 1;
             }
-            ShopEvent::Inventory {
-                product_id, delta, ..
-            } => {
+            ShopEvent::Inventory { product_id, delta, .. } => {
                 *inventory.entry(*product_id).or_insert(0) += delta;
             }
         }
@@ -154,14 +134,9 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
         );
     }
 
-    let view = views
-        .get_mut("product_revenue_by_day")
-        .expect("inserted above");
+    let view = views.get_mut("product_revenue_by_day").expect("inserted above");
     for ((day, product), (net, units)) in &product_revenue {
-        view.insert(
-            key_text(&json!({"day": day, "product_id": product})),
-            json!({"net_cents": net, "units": units}),
-        );
+        view.insert(key_text(&json!({"day": day, "product_id": product})), json!({"net_cents": net, "units": units}));
     }
 
     let view = views.get_mut("inventory_level").expect("inserted above");
@@ -183,45 +158,26 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
         view.insert(key_text(&json!(segment)), json!({"customers": customers}));
     }
 
-    let view = views
-        .get_mut("daily_unique_viewers")
-        .expect("inserted above");
+    let view = views.get_mut("daily_unique_viewers").expect("inserted above");
     for (day, customers) in &viewers {
-        view.insert(
-            key_text(&json!(day)),
-            json!({"viewers": customers.len() as i64}),
-        );
+        view.insert(key_text(&json!(day)), json!({"viewers": customers.len() as i64}));
     }
 
     let mut by_day: BTreeMap<&str, Vec<(i64, u64)>> = BTreeMap::new();
     for ((day, product), (net, _)) in &product_revenue {
-        by_day
-            .entry(day.as_str())
-            .or_default()
-            .push((*net, *product));
+        by_day.entry(day.as_str()).or_default().push((*net, *product));
     }
-    let view = views
-        .get_mut("top_products_by_day")
-        .expect("inserted above");
+    let view = views.get_mut("top_products_by_day").expect("inserted above");
     for (day, mut products) in by_day {
         // net_cents descending, then product_id ascending.
         products.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let top: Vec<Value> = products
-            .iter()
-            .take(TOP_K)
-            .map(|(net, product)| json!({"net_cents": net, "product_id": product}))
-            .collect();
+        let top: Vec<Value> = products.iter().take(TOP_K).map(|(net, product)| json!({"net_cents": net, "product_id": product})).collect();
         view.insert(key_text(&json!(day)), Value::Array(top));
     }
 
-    let view = views
-        .get_mut("conversion_by_product")
-        .expect("inserted above");
+    let view = views.get_mut("conversion_by_product").expect("inserted above");
     for (product, (view_count, purchases)) in &conversion {
-        view.insert(
-            key_text(&json!(product)),
-            json!({"purchases": purchases, "views": view_count}),
-        );
+        view.insert(key_text(&json!(product)), json!({"purchases": purchases, "views": view_count}));
     }
 
     views
@@ -239,49 +195,24 @@ mod tests {
     }
 
     fn buy(ts: i64, customer: u64, product: u64, quantity: u32, amount: i64) -> ShopEvent {
-        ShopEvent::Purchase {
-            ts,
-            order_id: ts as u64,
-            customer_id: customer,
-            product_id: product,
-            quantity,
-            amount_cents: amount,
-        }
+        ShopEvent::Purchase { ts, order_id: ts as u64, customer_id: customer, product_id: product, quantity, amount_cents: amount }
     }
 
     fn refund(ts: i64, customer: u64, product: u64, amount: i64) -> ShopEvent {
-        ShopEvent::Refund {
-            ts,
-            order_id: 1,
-            customer_id: customer,
-            product_id: product,
-            amount_cents: amount,
-        }
+        ShopEvent::Refund { ts, order_id: 1, customer_id: customer, product_id: product, amount_cents: amount }
     }
 
     fn view(ts: i64, customer: u64, product: u64) -> ShopEvent {
-        ShopEvent::View {
-            ts,
-            customer_id: customer,
-            product_id: product,
-            session_id: customer,
-        }
+        ShopEvent::View { ts, customer_id: customer, product_id: product, session_id: customer }
     }
 
     fn stock(ts: i64, product: u64, delta: i64) -> ShopEvent {
-        ShopEvent::Inventory {
-            ts,
-            product_id: product,
-            delta,
-        }
+        ShopEvent::Inventory { ts, product_id: product, delta }
     }
 
     /// One view as a list of (key text, value).
     fn entries(events: &[ShopEvent], name: &str) -> Vec<(String, Value)> {
-        expected_views(events)[name]
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        expected_views(events)[name].iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     #[test]
@@ -302,11 +233,7 @@ mod tests {
         for d in 0..157_000 {
             let (y, m, day) = civil_from_days(d);
             let (py, pm, pd) = previous;
-            assert!(
-                (y, m, day) == (py, pm, pd + 1)
-                    || (y, m, day) == (py, pm + 1, 1)
-                    || (y, m, day) == (py + 1, 1, 1)
-            );
+            assert!((y, m, day) == (py, pm, pd + 1) || (y, m, day) == (py, pm + 1, 1) || (y, m, day) == (py + 1, 1, 1));
             previous = (y, m, day);
         }
     }
@@ -333,37 +260,22 @@ mod tests {
         assert_eq!(
             entries(&events, "revenue_by_day"),
             vec![
-                (
-                    r#""2026-01-05""#.to_string(),
-                    json!({"gross_cents":1500,"refund_cents":300,"net_cents":1200,"orders":2,"refunds":1})
-                ),
-                (
-                    r#""2026-01-06""#.to_string(),
-                    json!({"gross_cents":50,"refund_cents":0,"net_cents":50,"orders":1,"refunds":0})
-                ),
+                (r#""2026-01-05""#.to_string(), json!({"gross_cents":1500,"refund_cents":300,"net_cents":1200,"orders":2,"refunds":1})),
+                (r#""2026-01-06""#.to_string(), json!({"gross_cents":50,"refund_cents":0,"net_cents":50,"orders":1,"refunds":0})),
             ]
         );
         // The value's JSON text has exactly these fields.
         let v = &expected_views(&events)["revenue_by_day"][r#""2026-01-05""#];
-        assert_eq!(
-            v.to_string(),
-            r#"{"gross_cents":1500,"net_cents":1200,"orders":2,"refund_cents":300,"refunds":1}"#
-        );
+        assert_eq!(v.to_string(), r#"{"gross_cents":1500,"net_cents":1200,"orders":2,"refund_cents":300,"refunds":1}"#);
     }
 
     #[test]
     fn refund_only_day_has_gross_zero() {
         let events = [buy(at(0, 0), 1, 7, 1, 900), refund(at(3, 0), 1, 7, 900)];
         let view = &expected_views(&events)["revenue_by_day"];
-        assert_eq!(
-            view[r#""2026-01-08""#],
-            json!({"gross_cents":0,"refund_cents":900,"net_cents":-900,"orders":0,"refunds":1})
-        );
+        assert_eq!(view[r#""2026-01-08""#], json!({"gross_cents":0,"refund_cents":900,"net_cents":-900,"orders":0,"refunds":1}));
         let top = &expected_views(&events)["top_products_by_day"];
-        assert_eq!(
-            top[r#""2026-01-08""#],
-            json!([{"net_cents":-900,"product_id":7}])
-        );
+        assert_eq!(top[r#""2026-01-08""#], json!([{"net_cents":-900,"product_id":7}]));
     }
 
     #[test]
@@ -378,37 +290,20 @@ mod tests {
         assert_eq!(
             entries(&events, "product_revenue_by_day"),
             vec![
-                (
-                    r#"{"day":"2026-01-05","product_id":7}"#.to_string(),
-                    json!({"net_cents":1500,"units":5})
-                ),
-                (
-                    r#"{"day":"2026-01-05","product_id":9}"#.to_string(),
-                    json!({"net_cents":-40,"units":0})
-                ),
-                (
-                    r#"{"day":"2026-01-06","product_id":7}"#.to_string(),
-                    json!({"net_cents":500,"units":1})
-                ),
+                (r#"{"day":"2026-01-05","product_id":7}"#.to_string(), json!({"net_cents":1500,"units":5})),
+                (r#"{"day":"2026-01-05","product_id":9}"#.to_string(), json!({"net_cents":-40,"units":0})),
+                (r#"{"day":"2026-01-06","product_id":7}"#.to_string(), json!({"net_cents":500,"units":1})),
             ]
         );
     }
 
     #[test]
     fn inventory_level_keeps_zero() {
-        let events = [
-            stock(at(0, 0), 7, 10),
-            stock(at(5, 0), 7, -10),
-            stock(at(1, 0), 3, -4),
-            stock(at(1, 0), 3, 100),
-            buy(at(0, 0), 1, 8, 1, 5),
-        ];
+        let events =
+            [stock(at(0, 0), 7, 10), stock(at(5, 0), 7, -10), stock(at(1, 0), 3, -4), stock(at(1, 0), 3, 100), buy(at(0, 0), 1, 8, 1, 5)];
         assert_eq!(
             entries(&events, "inventory_level"),
-            vec![
-                ("3".to_string(), json!({"level":96})),
-                ("7".to_string(), json!({"level":0})),
-            ]
+            vec![("3".to_string(), json!({"level":96})), ("7".to_string(), json!({"level":0})),]
         );
     }
 
@@ -432,32 +327,18 @@ mod tests {
         );
         assert_eq!(
             entries(&events, "customer_segments"),
-            vec![
-                (r#""none""#.to_string(), json!({"customers":2})),
-                (r#""silver""#.to_string(), json!({"customers":1})),
-            ]
+            vec![(r#""none""#.to_string(), json!({"customers":2})), (r#""silver""#.to_string(), json!({"customers":1})),]
         );
     }
 
     #[test]
     fn segment_boundaries() {
-        let cases = [
-            (0, "none"),
-            (1, "bronze"),
-            (9_999, "bronze"),
-            (10_000, "silver"),
-            (99_999, "silver"),
-            (100_000, "gold"),
-        ];
+        let cases = [(0, "none"), (1, "bronze"), (9_999, "bronze"), (10_000, "silver"), (99_999, "silver"), (100_000, "gold")];
         for (net, segment) in cases {
             assert_eq!(segment_of(net), segment, "{net}");
         }
         assert_eq!(segment_of(-1), "none");
-        let events: Vec<ShopEvent> = cases
-            .iter()
-            .enumerate()
-            .map(|(i, (net, _))| buy(at(0, 0), i as u64 + 1, 7, 1, *net))
-            .collect();
+        let events: Vec<ShopEvent> = cases.iter().enumerate().map(|(i, (net, _))| buy(at(0, 0), i as u64 + 1, 7, 1, *net)).collect();
         assert_eq!(
             entries(&events, "customer_segments"),
             vec![
@@ -481,10 +362,7 @@ mod tests {
         ];
         assert_eq!(
             entries(&events, "daily_unique_viewers"),
-            vec![
-                (r#""2026-01-05""#.to_string(), json!({"viewers":3})),
-                (r#""2026-01-06""#.to_string(), json!({"viewers":1})),
-            ]
+            vec![(r#""2026-01-05""#.to_string(), json!({"viewers":3})), (r#""2026-01-06""#.to_string(), json!({"viewers":1})),]
         );
     }
 
@@ -507,28 +385,9 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| {
-                (
-                    o["net_cents"].as_i64().unwrap(),
-                    o["product_id"].as_u64().unwrap(),
-                )
-            })
+            .map(|o| (o["net_cents"].as_i64().unwrap(), o["product_id"].as_u64().unwrap()))
             .collect();
-        assert_eq!(
-            day0,
-            vec![
-                (1200, 12),
-                (1100, 11),
-                (1000, 10),
-                (900, 9),
-                (800, 8),
-                (700, 7),
-                (600, 6),
-                (500, 5),
-                (500, 20),
-                (500, 21),
-            ]
-        );
+        assert_eq!(day0, vec![(1200, 12), (1100, 11), (1000, 10), (900, 9), (800, 8), (700, 7), (600, 6), (500, 5), (500, 20), (500, 21),]);
         assert_eq!(
             top[r#""2026-01-06""#].to_string(),
             r#"[{"net_cents":10,"product_id":2},{"net_cents":10,"product_id":4},{"net_cents":-10,"product_id":3}]"#
@@ -549,43 +408,22 @@ mod tests {
         ];
         assert_eq!(
             entries(&events, "conversion_by_product"),
-            vec![
-                ("7".to_string(), json!({"purchases":1,"views":3})),
-                ("8".to_string(), json!({"purchases":1,"views":0})),
-            ]
+            vec![("7".to_string(), json!({"purchases":1,"views":3})), ("8".to_string(), json!({"purchases":1,"views":0})),]
         );
     }
 
     #[test]
     fn generated_stream_is_self_consistent() {
         use super::super::gen::{GenConfig, Generator};
-        let events: Vec<ShopEvent> = Generator::new(GenConfig {
-            events: 20_000,
-            ..GenConfig::default()
-        })
-        .collect();
+        let events: Vec<ShopEvent> = Generator::new(GenConfig { events: 20_000, ..GenConfig::default() }).collect();
         let views = expected_views(&events);
-        let sum = |name: &str, field: &str| -> i64 {
-            views[name]
-                .values()
-                .map(|v| v[field].as_i64().unwrap())
-                .sum()
-        };
+        let sum = |name: &str, field: &str| -> i64 { views[name].values().map(|v| v[field].as_i64().unwrap()).sum() };
         let net = sum("revenue_by_day", "net_cents");
         assert_eq!(net, sum("product_revenue_by_day", "net_cents"));
         assert_eq!(net, sum("customer_spend", "net_cents"));
-        assert_eq!(
-            sum("customer_segments", "customers"),
-            views["customer_spend"].len() as i64
-        );
-        assert_eq!(
-            views["revenue_by_day"].len(),
-            views["top_products_by_day"].len()
-        );
-        let purchases = events
-            .iter()
-            .filter(|e| matches!(e, ShopEvent::Purchase { .. }))
-            .count() as i64;
+        assert_eq!(sum("customer_segments", "customers"), views["customer_spend"].len() as i64);
+        assert_eq!(views["revenue_by_day"].len(), views["top_products_by_day"].len());
+        let purchases = events.iter().filter(|e| matches!(e, ShopEvent::Purchase { .. })).count() as i64;
         assert_eq!(sum("revenue_by_day", "orders"), purchases);
         assert_eq!(sum("conversion_by_product", "purchases"), purchases);
         for list in views["top_products_by_day"].values() {
