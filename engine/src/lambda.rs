@@ -223,7 +223,9 @@ impl<J: Job> Lambda<J> {
 
     /// Appends events durably (see [`append_events`]).
     pub fn append(&self, events: &[J::Event]) -> Result<Vec<Position>> {
-        append_events(&self.log, events)
+        let positions = append_events(&self.log, events)?;
+        self.serving().speed.notify();
+        Ok(positions)
     }
 
     /// Waits until the speed layer reflects every event acknowledged before this call.

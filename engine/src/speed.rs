@@ -50,6 +50,8 @@ struct Shared {
     /// Per partition: offsets after each epoch, recorded by the partition's worker.
     offsets: Mutex<Vec<BTreeMap<u64, u64>>>,
     failure: Mutex<Option<String>>,
+    /// The worker threads, so an in-process append can wake them at once.
+    threads: Mutex<Vec<std::thread::Thread>>,
 }
 
 struct StoreSeeds {
@@ -144,6 +146,7 @@ impl SpeedLayer {
                             target_epoch: AtomicU64::new(1),
                             offsets: Mutex::new(offsets0.clone()),
                             failure: Mutex::new(None),
+                            threads: Mutex::new(Vec::new()),
                         });
                         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
                         Ok(())
@@ -162,6 +165,7 @@ impl SpeedLayer {
                 let Some(shared) = slot.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
                     return Ok(());
                 };
+                shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current());
                 let result = drive(worker, &shared, &log, &cut, index, peers, &mut input, &probe);
                 if let Err(e) = &result {
                     *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
@@ -192,6 +196,14 @@ impl SpeedLayer {
     /// The views, in the order of [`SpeedState::tables`].
     pub fn views(&self) -> &[Arc<dyn AnyView>] {
         &self.shared.views
+    }
+
+    /// Wakes the workers: call after appending to the log in this process, so they read the
+    /// new events now rather than at their next poll.
+    pub fn notify(&self) {
+        for t in self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            t.unpark();
+        }
     }
 
     /// Runs `f` on the published state (under a read lock: keep it short).

@@ -205,12 +205,18 @@ impl<'s> Ctx<'s> {
             |c| self.registry.views.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnyView>),
         );
         let mut buffer = Vec::new();
-        self.consolidate(&format!("View: {name}"), coll)
-            .inspect_batch(move |_time, data| {
-                buffer.extend_from_slice(data);
-                cell.push(&mut buffer);
-            })
-            .probe_with(&self.probe);
+        // Batch mode: a batch view is one consolidated record per key. Speed mode: the sink's
+        // speed table adds updates up per key itself, so an arrangement here would only hold
+        // every output ever produced (growing memory, and merge pauses in the latency tail).
+        let coll = match self.mode {
+            Mode::Batch => self.consolidate(&format!("View: {name}"), coll),
+            Mode::Speed => coll,
+        };
+        coll.inspect_batch(move |_time, data| {
+            buffer.extend_from_slice(data);
+            cell.push(&mut buffer);
+        })
+        .probe_with(&self.probe);
     }
 
     /// Consolidates `coll`: by hash in batch mode, by a differential arrangement in speed mode.
