@@ -104,18 +104,51 @@ pub fn run_batch<J: Job>(
 
     let t1 = Instant::now();
     let pending = store.begin()?;
-    let mut views = Vec::new();
-    for view in registry.views() {
-        let (bytes, n) = view.take_batch_encoded().map_err(Error::Dataflow)?;
-        pending.write_view(&view.info().name, &bytes)?;
-        views.push((view.info().name.clone(), n));
+    // Encoding (a sort per view) and writing are independent per view and seed: spread them
+    // over `workers` threads, largest first.
+    enum Out {
+        View(Arc<dyn lambdaflow_operators::AnyView>),
+        Seed(Arc<dyn lambdaflow_operators::ctx::AnySeed>),
     }
-    let mut seeds = Vec::new();
-    for seed in registry.seeds() {
-        let (bytes, n) = seed.take_encoded().map_err(Error::Dataflow)?;
-        pending.write_seed(seed.name(), &bytes)?;
-        seeds.push((seed.name().to_string(), n));
+    let outputs: Vec<Out> = registry.views().into_iter().map(Out::View).chain(registry.seeds().into_iter().map(Out::Seed)).collect();
+    let next = AtomicU64::new(0);
+    let results: Vec<Result<Vec<(bool, String, usize)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<(bool, String, usize)>> {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(out) = outputs.get(i) else { return Ok(done) };
+                        match out {
+                            Out::View(view) => {
+                                let (bytes, n) = view.take_batch_encoded().map_err(Error::Dataflow)?;
+                                pending.write_view(&view.info().name, &bytes)?;
+                                done.push((true, view.info().name.clone(), n));
+                            }
+                            Out::Seed(seed) => {
+                                let (bytes, n) = seed.take_encoded().map_err(Error::Dataflow)?;
+                                pending.write_seed(seed.name(), &bytes)?;
+                                done.push((false, seed.name().to_string(), n));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Dataflow("view writer panicked".into())))).collect()
+    });
+    let mut written = Vec::new();
+    for r in results {
+        written.extend(r?);
     }
+    let order = |name: &str| outputs.iter().position(|o| match o {
+        Out::View(v) => v.info().name == name,
+        Out::Seed(s) => s.name() == name,
+    });
+    written.sort_by_key(|(_, name, _)| order(name));
+    let views: Vec<(String, usize)> = written.iter().filter(|w| w.0).map(|w| (w.1.clone(), w.2)).collect();
+    let seeds: Vec<(String, usize)> = written.iter().filter(|w| !w.0).map(|w| (w.1.clone(), w.2)).collect();
     let meta = BatchMeta {
         version: pending.version(),
         job: job.name().to_string(),

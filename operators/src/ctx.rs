@@ -205,26 +205,15 @@ impl<'s> Ctx<'s> {
             |c| self.registry.views.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnyView>),
         );
         let mut buffer = Vec::new();
-        // Batch mode: a batch view is one consolidated record per key. Speed mode: the sink's
-        // speed table adds updates up per key itself, so an arrangement here would only hold
-        // every output ever produced (growing memory, and merge pauses in the latency tail).
-        let coll = match self.mode {
-            Mode::Batch => self.consolidate(&format!("View: {name}"), coll),
-            Mode::Speed => coll,
-        };
+        // No consolidation here in either mode. Batch: the cell consolidates everything the
+        // workers captured when it encodes the batch view (it sorts to write it anyway).
+        // Speed: the speed table adds updates up per key itself, so an arrangement here would
+        // only hold every output ever produced (growing memory, merge pauses in the tail).
         coll.inspect_batch(move |_time, data| {
             buffer.extend_from_slice(data);
             cell.push(&mut buffer);
         })
         .probe_with(&self.probe);
-    }
-
-    /// Consolidates `coll`: by hash in batch mode, by a differential arrangement in speed mode.
-    fn consolidate<D: Data, R: Diff>(&self, name: &str, coll: Coll<'s, D, R>) -> Coll<'s, D, R> {
-        match self.mode {
-            Mode::Batch => crate::hash::consolidate_by_hash(name, coll),
-            Mode::Speed => coll.consolidate(),
-        }
     }
 
     /// Groups by key and applies `logic` to each key's consolidated values: a hash group-by
@@ -260,7 +249,9 @@ impl<'s> Ctx<'s> {
                     || SeedCell::<D, R> { name: seed_name.clone(), produced: Mutex::new(Vec::new()) },
                     |c| self.registry.seeds.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnySeed>),
                 );
-                self.consolidate(&format!("Seed: {seed_name}"), input.clone())
+                // The cell consolidates what the workers captured when it encodes the seed.
+                input
+                    .clone()
                     .inspect_batch(move |_time, data| {
                         let mut produced = cell.produced.lock().unwrap_or_else(|e| e.into_inner());
                         produced.extend(data.iter().map(|(d, _t, r)| (d.clone(), r.clone())));
