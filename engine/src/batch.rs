@@ -142,10 +142,12 @@ pub fn run_batch<J: Job>(
     for r in results {
         written.extend(r?);
     }
-    let order = |name: &str| outputs.iter().position(|o| match o {
-        Out::View(v) => v.info().name == name,
-        Out::Seed(s) => s.name() == name,
-    });
+    let order = |name: &str| {
+        outputs.iter().position(|o| match o {
+            Out::View(v) => v.info().name == name,
+            Out::Seed(s) => s.name() == name,
+        })
+    };
     written.sort_by_key(|(_, name, _)| order(name));
     let views: Vec<(String, usize)> = written.iter().filter(|w| w.0).map(|w| (w.1.clone(), w.2)).collect();
     let seeds: Vec<(String, usize)> = written.iter().filter(|w| !w.0).map(|w| (w.1.clone(), w.2)).collect();

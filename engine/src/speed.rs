@@ -50,6 +50,8 @@ struct Shared {
     /// Per partition: offsets after each epoch, recorded by the partition's worker.
     offsets: Mutex<Vec<BTreeMap<u64, u64>>>,
     failure: Mutex<Option<String>>,
+    /// Set once time 0 (the seeds) has been absorbed everywhere.
+    ready: AtomicBool,
     /// The worker threads, so an in-process append can wake them at once.
     threads: Mutex<Vec<std::thread::Thread>>,
 }
@@ -147,6 +149,7 @@ impl SpeedLayer {
                             offsets: Mutex::new(offsets0.clone()),
                             failure: Mutex::new(None),
                             threads: Mutex::new(Vec::new()),
+                            ready: AtomicBool::new(false),
                         });
                         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
                         Ok(())
@@ -312,6 +315,10 @@ fn drive<E: lambdaflow_operators::Event>(
         }
         worker.step_or_park(if read > 0 { Some(Duration::ZERO) } else { Some(IDLE_PARK) });
         if index == 0 {
+            if !shared.ready.load(Ordering::Relaxed) && !probe.less_equal(&0) {
+                shared.ready.store(true, Ordering::SeqCst);
+                shared.moved.notify_all();
+            }
             let complete = probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {

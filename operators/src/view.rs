@@ -316,20 +316,37 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
             ready
         };
         let entry_bytes = std::mem::size_of::<(K, V, R)>() + 32;
+        // Work proportional to the updates, never to the table: keys whose updates cancel
+        // are removed where it happens.
         for ((k, v), t, r) in ready {
             if t == 0 {
                 continue;
             }
-            let slot = table.rows.entry(k).or_default();
-            let before = slot.len();
-            match slot.iter_mut().find(|(sv, _)| *sv == v) {
-                Some((_, sr)) => sr.plus_equals(&r),
-                None => slot.push((v, r)),
+            match table.rows.get_mut(&k) {
+                None => {
+                    table.rows.insert(k, vec![(v, r)]);
+                    table.bytes += entry_bytes;
+                }
+                Some(slot) => {
+                    match slot.iter().position(|(sv, _)| *sv == v) {
+                        Some(i) => {
+                            slot[i].1.plus_equals(&r);
+                            if slot[i].1.is_zero() {
+                                slot.swap_remove(i);
+                                table.bytes = table.bytes.saturating_sub(entry_bytes);
+                            }
+                        }
+                        None => {
+                            slot.push((v, r));
+                            table.bytes += entry_bytes;
+                        }
+                    }
+                    if slot.is_empty() {
+                        table.rows.remove(&k);
+                    }
+                }
             }
-            slot.retain(|(_, r)| !r.is_zero());
-            table.bytes = (table.bytes + slot.len() * entry_bytes).saturating_sub(before * entry_bytes);
         }
-        table.rows.retain(|_, slot| !slot.is_empty());
     }
 
     fn query(&self, batch: Option<&dyn BatchTable>, speed: &dyn SpeedTable, sel: &Selection) -> Result<Vec<Answer>, String> {
