@@ -241,7 +241,8 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ingest { file, partitions, chunk, print_acks } => {
-            let _lock = lock_data_dir(&cli.data)?;
+            // Parse everything first: a rejected input touches nothing, not even the
+            // data directory.
             let t0 = Instant::now();
             let events: Vec<J::Event> = if file == "-" {
                 crate::ingest::parse_all(&mut std::io::stdin().lock())?
@@ -251,6 +252,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 crate::ingest::parse_all(&mut std::io::BufReader::with_capacity(1 << 20, f))?
             };
             let parsed = t0.elapsed();
+            let _lock = lock_data_dir(&cli.data)?;
             let log = Log::open_or_create(&cli.data.join("log"), opts(workers, partitions).log)?;
             let t1 = Instant::now();
             // Group commit in chunks: each chunk is fsync'd before the next is written.
@@ -496,7 +498,11 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         s.batch.map(|b| b.version).unwrap_or(0),
         s.freshness.speed_frontier
     );
-    println!("try: lambdaflow --data {} query revenue_by_day", dir.display());
+    let binary =
+        std::env::args().next().and_then(|a| Path::new(&a).file_name().map(|f| f.to_string_lossy().to_string())).unwrap_or_default();
+    if let Some(first) = lambda.views().first() {
+        println!("try: {binary} --data {} query {} --limit 5", dir.display(), first.name);
+    }
     Ok(())
 }
 

@@ -157,3 +157,137 @@ pub fn check_exact<J: Job + Clone>(job: J, events: &[J::Event], cuts: &[usize], 
     let final_views = check(&lambda, events.len(), "speed layer, all events")?;
     Ok(ExactReport { final_views, checks })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The DSL's operators in a job of their own, through `check_exact`: `join` with both
+    //! sides changing after the cut (a user crossing a spend tier moves all their items to
+    //! the other tier), `per_key`, `top_k`, `distinct_count`, checked against a naive oracle
+    //! and against from-scratch batch runs at every step.
+
+    use super::*;
+    use lambdaflow_operators::serde_json::json;
+    use lambdaflow_operators::{Coll, Ctx, Event, FieldError, Job, Sums};
+    use proptest::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    struct Buy {
+        user: u64,
+        item: u64,
+        amount: i64,
+    }
+
+    impl Event for Buy {
+        fn parse_ndjson(line: &str) -> Result<Self, FieldError> {
+            serde_json::from_str(line).map_err(|e| FieldError::line(e.to_string()))
+        }
+        fn csv_header() -> &'static str {
+            "user,item,amount"
+        }
+        fn parse_csv(line: &str) -> Result<Self, FieldError> {
+            let f: Vec<&str> = line.split(',').collect();
+            let num = |i: usize, name: &str| f.get(i).and_then(|v| v.parse::<i64>().ok()).ok_or_else(|| FieldError::missing(name));
+            Ok(Buy { user: num(0, "user")? as u64, item: num(1, "item")? as u64, amount: num(2, "amount")? })
+        }
+        fn partition_key(&self) -> u64 {
+            self.user
+        }
+    }
+
+    #[derive(Clone)]
+    struct Tiers {
+        with_items: bool,
+    }
+
+    impl Job for Tiers {
+        type Event = Buy;
+        fn name(&self) -> &'static str {
+            "tiers"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Buy>) {
+            let spend = ctx.sum("spend", events.clone(), |b: &Buy| Some((b.user, Sums([b.amount, 1]))));
+            ctx.sum_view("spend", spend.clone(), |s: &Sums<2>| json!({ "amount": s.0[0] }));
+            if !self.with_items {
+                return;
+            }
+            let tier = ctx.per_key("tier", spend, |_user, s: &Sums<2>| if s.0[0] >= 100 { "big".to_string() } else { "small".to_string() });
+            let items = events.clone().map(|b| (b.user, b.item));
+            let joined = ctx.join("items_by_tier", items, tier);
+            let per_tier_item = ctx.count("tier_items", joined, |(_user, (item, tier))| Some((tier.clone(), *item)));
+            let top = ctx.top_k("top_items", per_tier_item.map(|(tier, item)| (tier, item)), 2, |n: &Sums<1>| n.0[0]);
+            ctx.value_view("top_items", top, |list: &Vec<(u64, i64)>| json!(list));
+            let buyers = ctx.distinct_count("buyers", events.map(|b| (b.item, b.user)));
+            ctx.sum_view("buyers", buyers, |n: &Sums<1>| json!({ "buyers": n.0[0] }));
+        }
+    }
+
+    /// The views by hand, straight from their definitions.
+    fn naive(events: &[Buy]) -> Views {
+        let mut spend: BTreeMap<u64, i64> = BTreeMap::new();
+        for b in events {
+            *spend.entry(b.user).or_default() += b.amount;
+        }
+        let mut tier_item: BTreeMap<(String, u64), i64> = BTreeMap::new();
+        for b in events {
+            let tier = if spend[&b.user] >= 100 { "big" } else { "small" };
+            *tier_item.entry((tier.to_string(), b.item)).or_default() += 1;
+        }
+        let mut top: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
+        for ((tier, item), n) in &tier_item {
+            top.entry(tier.clone()).or_default().push((*n, *item));
+        }
+        let mut buyers: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for b in events {
+            buyers.entry(b.item).or_default().insert(b.user);
+        }
+        let mut v = Views::new();
+        v.insert("spend".into(), spend.iter().map(|(u, a)| (u.to_string(), json!({ "amount": a }))).collect());
+        v.insert(
+            "top_items".into(),
+            top.into_iter()
+                .map(|(tier, mut list)| {
+                    list.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                    let l: Vec<(u64, i64)> = list.into_iter().take(2).map(|(n, i)| (i, n)).collect();
+                    (json!(tier).to_string(), json!(l))
+                })
+                .collect(),
+        );
+        v.insert("buyers".into(), buyers.iter().map(|(i, s)| (i.to_string(), json!({ "buyers": s.len() }))).collect());
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn join_per_key_top_k_distinct_are_exact(
+            events in prop::collection::vec((1u64..6, 1u64..5, -30i64..80).prop_map(|(user, item, amount)| Buy { user, item, amount }), 1..60),
+            cut in 0.0f64..1.0,
+            workers in 1usize..3,
+        ) {
+            let c = (cut * events.len() as f64) as usize;
+            let report = check_exact(Tiers { with_items: true }, &events, &[c], workers);
+            prop_assert!(report.is_ok(), "{}", report.err().unwrap_or_default());
+            let report = report.unwrap_or_else(|_| unreachable!());
+            prop_assert_eq!(diff(&naive(&events), &report.final_views), None);
+        }
+    }
+
+    // A batch version made by a job that declared fewer operators (same name and version, a
+    // deployment mistake) must be refused, not silently used with empty seeds.
+    #[test]
+    fn batch_without_a_seed_is_refused() {
+        let dir = TempDir::new("noseed");
+        let events = vec![Buy { user: 1, item: 1, amount: 5 }];
+        {
+            let lambda = Lambda::open(Tiers { with_items: false }, dir.path(), test_options(1)).unwrap();
+            lambda.append(&events).unwrap();
+            lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+        }
+        let err = Lambda::open(Tiers { with_items: true }, dir.path(), test_options(1)).err().expect("must refuse").to_string();
+        assert!(err.contains("no seed") && err.contains("Job::version"), "{err}");
+    }
+}

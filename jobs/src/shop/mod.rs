@@ -175,7 +175,7 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     let mut lines = Vec::new();
     let rev = lambda.query("revenue_by_day", &Selection::Key(today.clone()))?;
     let cents = |v: Option<&Value>, field: &str| v.and_then(|v| v.get(field)).and_then(Value::as_i64).unwrap_or(0);
-    let money = |c: i64| format!("${}.{:02}", c / 100, (c % 100).abs());
+    let money = |c: i64| format!("{}${}.{:02}", if c < 0 { "-" } else { "" }, c.unsigned_abs() / 100, c.unsigned_abs() % 100);
     match rev.answers.first() {
         Some(a) => lines.push(format!(
             "revenue {today}: batch {} + speed {} = {} net",
