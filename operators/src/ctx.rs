@@ -46,7 +46,7 @@ pub enum Mode {
 pub trait AnySeed: Send + Sync {
     /// The seed's name (`{operator}.{input}`).
     fn name(&self) -> &str;
-    /// Batch mode: consolidates what the workers captured and encodes it.
+    /// Batch mode: encodes what the workers captured (not necessarily consolidated).
     fn take_encoded(&self) -> Result<(Vec<u8>, usize), String>;
 }
 
@@ -60,8 +60,11 @@ impl<D: Data, R: Diff> AnySeed for SeedCell<D, R> {
         &self.name
     }
     fn take_encoded(&self) -> Result<(Vec<u8>, usize), String> {
-        let mut rows = std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
-        differential_dataflow::consolidation::consolidate(&mut rows);
+        // Stored as captured, unsorted: the speed layer feeds a seed into a differential
+        // dataflow at time 0, which consolidates it anyway, and in batch mode seeded inputs
+        // come out of hash aggregations that hold one record per key already. Sorting the
+        // largest seed (distinct pairs) would be most of a batch run's write time.
+        let rows = std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
         let n = rows.len();
         bincode::serialize(&rows).map(|b| (b, n)).map_err(|e| format!("seed {}: encode failed: {e}", self.name))
     }
