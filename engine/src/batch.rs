@@ -63,42 +63,53 @@ pub fn run_batch<J: Job>(
     let total: u64 = cut.iter().sum();
     progress.total.store(total, Ordering::Relaxed);
     let registry = Arc::new(Registry::default());
+    let abort = Arc::new(crate::guard::Abort::default());
     let t0 = Instant::now();
     let guards = {
-        let (registry, cut, log, job, progress) = (registry.clone(), cut.clone(), log.clone(), job.clone(), progress.clone());
+        let (registry, cut, log, job, progress, abort) =
+            (registry.clone(), cut.clone(), log.clone(), job.clone(), progress.clone(), abort.clone());
         timely::execute(timely::Config::process(workers.max(1)), move |worker| -> Result<()> {
-            let (index, peers) = (worker.index(), worker.peers());
-            let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
-                let (input, events) = scope.new_collection::<J::Event, isize>();
-                let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
-                job.build(&mut ctx, events);
-                (input, ctx.errors().to_vec())
-            });
-            if !errors.is_empty() {
-                return Err(Error::Dataflow(format!("job {} is invalid: {}", job.name(), errors.join("; "))));
-            }
-            let mut fed = 0u64;
-            for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
-                log.read(partition, 0, cut[partition as usize], |offset, bytes| {
-                    input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
-                    fed += 1;
-                    if fed.is_multiple_of(STEP_EVERY_EVENTS) {
-                        progress.done.fetch_add(STEP_EVERY_EVENTS, Ordering::Relaxed);
-                        input.flush();
-                        worker.step();
-                    }
-                    Ok(())
-                })?;
-            }
-            progress.done.fetch_add(fed % STEP_EVERY_EVENTS, Ordering::Relaxed);
-            drop(input);
-            while worker.step_or_park(None) {}
-            Ok(())
+            crate::guard::guarded(worker, &abort, |worker| {
+                let (index, peers) = (worker.index(), worker.peers());
+                let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
+                    let (input, events) = scope.new_collection::<J::Event, isize>();
+                    let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
+                    job.build(&mut ctx, events);
+                    (input, ctx.errors().to_vec())
+                });
+                if !errors.is_empty() {
+                    return Err(Error::Dataflow(format!("job {} is invalid: {}", job.name(), errors.join("; "))));
+                }
+                let mut fed = 0u64;
+                for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
+                    log.read(partition, 0, cut[partition as usize], |offset, bytes| {
+                        input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
+                        fed += 1;
+                        if fed.is_multiple_of(STEP_EVERY_EVENTS) {
+                            progress.done.fetch_add(STEP_EVERY_EVENTS, Ordering::Relaxed);
+                            input.flush();
+                            worker.step();
+                            if abort.raised() {
+                                return Err(LogError::Callback("another worker failed".into()));
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+                progress.done.fetch_add(fed % STEP_EVERY_EVENTS, Ordering::Relaxed);
+                drop(input);
+                // Step until every dataflow completes, or another worker fails.
+                while !abort.raised() && worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
+                Ok(())
+            })
         })
         .map_err(Error::Dataflow)?
     };
     for result in guards.join() {
         result.map_err(Error::Dataflow)??;
+    }
+    if let Some(reason) = abort.reason() {
+        return Err(Error::Dataflow(reason));
     }
     let compute_secs = t0.elapsed().as_secs_f64();
 

@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod cli;
 pub mod error;
+pub mod guard;
 pub mod ingest;
 pub mod lambda;
 pub mod log;

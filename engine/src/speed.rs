@@ -50,6 +50,8 @@ struct Shared {
     /// Per partition: offsets after each epoch, recorded by the partition's worker.
     offsets: Mutex<Vec<BTreeMap<u64, u64>>>,
     failure: Mutex<Option<String>>,
+    /// Raised when any worker fails, so the others stop.
+    abort: crate::guard::Abort,
     /// Set once time 0 (the seeds) has been absorbed everywhere.
     ready: AtomicBool,
     /// The worker threads, so an in-process append can wake them at once.
@@ -150,6 +152,7 @@ impl SpeedLayer {
                             failure: Mutex::new(None),
                             threads: Mutex::new(Vec::new()),
                             ready: AtomicBool::new(false),
+                            abort: crate::guard::Abort::default(),
                         });
                         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
                         Ok(())
@@ -169,11 +172,22 @@ impl SpeedLayer {
                     return Ok(());
                 };
                 shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current());
-                let result = drive(worker, &shared, &log, &cut, index, peers, &mut input, &probe);
+                let result = crate::guard::guarded(worker, &shared.abort, |worker| {
+                    drive(worker, &shared, &log, &cut, index, peers, &mut input, &probe)
+                });
                 if let Err(e) = &result {
-                    *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    let mut failure = shared.failure.lock().unwrap_or_else(|e| e.into_inner());
+                    if failure.is_none() {
+                        *failure = Some(shared.abort.reason().unwrap_or_else(|| e.to_string()));
+                    }
+                    drop(failure);
                     shared.stop.store(true, Ordering::SeqCst);
                     shared.moved.notify_all();
+                }
+                // Stopped: drop the dataflow rather than wait for it to complete (it never
+                // will: the input stays open).
+                for id in worker.installed_dataflows() {
+                    worker.drop_dataflow(id);
                 }
                 result
             })
@@ -283,7 +297,7 @@ fn drive<E: lambdaflow_operators::Event>(
     input.advance_to(epoch);
     input.flush();
     let mut published: u64 = 0;
-    while !shared.stop.load(Ordering::SeqCst) {
+    while !shared.stop.load(Ordering::SeqCst) && !shared.abort.raised() {
         let ends = log.end_offsets();
         let mut read = 0u64;
         for (i, p) in mine.iter().enumerate() {

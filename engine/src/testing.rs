@@ -290,4 +290,45 @@ mod tests {
         let err = Lambda::open(Tiers { with_items: true }, dir.path(), test_options(1)).err().expect("must refuse").to_string();
         assert!(err.contains("no seed") && err.contains("Job::version"), "{err}");
     }
+
+    /// A job whose code panics on one poisoned event, to check that a job bug becomes a
+    /// clear error in both modes instead of a hang.
+    #[derive(Clone)]
+    struct Panics;
+
+    impl Job for Panics {
+        type Event = Buy;
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Buy>) {
+            let spend = ctx.sum("spend", events, |b: &Buy| {
+                assert!(b.amount != 666, "job bug: amount 666");
+                Some((b.user, Sums([b.amount, 1])))
+            });
+            ctx.sum_view("spend", spend, |s: &Sums<2>| json!({ "amount": s.0[0] }));
+        }
+    }
+
+    // A panic in the job's code while the speed layer runs ends in an error from `sync`
+    // (and from a batch run), naming the panic, within seconds: never a hang.
+    #[test]
+    fn job_panic_is_an_error_not_a_hang() {
+        for workers in [1, 2] {
+            let dir = TempDir::new("panic");
+            let lambda = Lambda::open(Panics, dir.path(), test_options(workers)).unwrap();
+            lambda.append(&[Buy { user: 1, item: 1, amount: 5 }]).unwrap();
+            lambda.sync(Duration::from_secs(20)).unwrap();
+            lambda.append(&[Buy { user: 2, item: 1, amount: 666 }]).unwrap();
+            let t = std::time::Instant::now();
+            let err = lambda.sync(Duration::from_secs(20)).expect_err("a panicked speed layer cannot catch up").to_string();
+            assert!(err.contains("job bug: amount 666"), "{err}");
+            assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+            let err = lambda.batch_and_handover(Arc::new(Progress::default())).expect_err("batch must fail").to_string();
+            assert!(err.contains("job bug: amount 666"), "{err}");
+        }
+    }
 }

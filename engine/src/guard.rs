@@ -1,0 +1,86 @@
+//! Running a worker's part of a dataflow so that a failure anywhere ends the run with an
+//! error on every worker, never a hang.
+//!
+//! A panic in job code (or any error) on one worker would otherwise leave its peers waiting
+//! forever for progress that worker will never make, and leave timely's post-closure loop
+//! (which steps until every dataflow completes) waiting too. [`guarded`] catches the panic,
+//! raises a shared abort flag that the peers poll, and drops the worker's dataflows, so
+//! every worker returns.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use timely::worker::Worker;
+
+use crate::error::{Error, Result};
+
+/// Shared by the workers of one run: set once any of them fails, with the first reason.
+#[derive(Default)]
+pub struct Abort {
+    raised: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Abort {
+    /// Whether some worker failed.
+    pub fn raised(&self) -> bool {
+        self.raised.load(Ordering::SeqCst)
+    }
+
+    /// Records a failure (the first reason wins).
+    pub fn raise(&self, reason: String) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.raised.store(true, Ordering::SeqCst);
+    }
+
+    /// The first failure's reason.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a worker panicked".to_string()
+    }
+}
+
+/// Runs `body` on `worker`; on an error or a panic raises `abort` (with the reason) and drops
+/// the worker's dataflows; on any outcome, once the body has returned, drops them too if the
+/// run was aborted elsewhere.
+pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Worker) -> Result<T>) -> Result<T> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(worker)));
+    let result = match outcome {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            abort.raise(e.to_string());
+            Err(e)
+        }
+        Err(payload) => {
+            let msg = format!("worker {} panicked: {}", worker.index(), panic_message(payload.as_ref()));
+            abort.raise(msg.clone());
+            Err(Error::Dataflow(msg))
+        }
+    };
+    if result.is_err() || abort.raised() {
+        // NB: dropping a dataflow whose operators panicked may panic again; either way the
+        // worker must come out of here without waiting for peers.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+        }));
+    }
+    match result {
+        Ok(_) if abort.raised() => Err(Error::Dataflow(abort.reason().unwrap_or_else(|| "another worker failed".into()))),
+        other => other,
+    }
+}
