@@ -303,7 +303,7 @@ impl<'s> Ctx<'s> {
         F: Fn(&D) -> Option<(K, R)> + 'static,
     {
         self.claim("operator", name);
-        let local = crate::hash::aggregate(&format!("Sum: {name}"), input, false, f);
+        let local = crate::hash::aggregate(&format!("Sum: {name}"), input, false, crate::hash::PARTIAL_KEYS_MAX, f);
         match self.mode {
             // Batch: finish the aggregation across workers now, so everything downstream
             // (views, seeds, top-k) receives one update per key.
@@ -334,12 +334,14 @@ impl<'s> Ctx<'s> {
         let counted = match self.mode {
             // Batch: count pairs by hash across workers; a pair is in the distinct set when
             // its count is positive. The seed is that set.
-            Mode::Batch => {
-                crate::hash::aggregate(&format!("DistinctCount (pairs): {name}"), input, true, |p: &(K, I)| Some((p.clone(), 1isize)))
-                    .inner
-                    .flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None })
-                    .as_collection()
-            }
+            // NB: `usize::MAX` keeps one record per pair; a pair emitted twice as partial
+            // counts would be counted twice.
+            Mode::Batch => crate::hash::aggregate(&format!("DistinctCount (pairs): {name}"), input, true, usize::MAX, |p: &(K, I)| {
+                Some((p.clone(), 1isize))
+            })
+            .inner
+            .flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None })
+            .as_collection(),
             // Speed: the seed (the distinct pairs at the cut) plus new pairs, through
             // differential's incremental distinct.
             Mode::Speed => input,
@@ -349,7 +351,9 @@ impl<'s> Ctx<'s> {
             Mode::Batch => pairs,
             Mode::Speed => pairs.distinct(),
         };
-        crate::hash::aggregate(&format!("DistinctCount: {name}"), distinct, false, |(k, _i): &(K, I)| Some((k.clone(), crate::Sums([1]))))
+        crate::hash::aggregate(&format!("DistinctCount: {name}"), distinct, false, crate::hash::PARTIAL_KEYS_MAX, |(k, _i): &(K, I)| {
+            Some((k.clone(), crate::Sums([1])))
+        })
     }
 
     /// Aggregate of an aggregate, step one: for each key of an aggregated collection, the

@@ -89,11 +89,17 @@ pub fn route<D: Hash>(d: &D) -> u64 {
     x ^ (x >> 29) ^ (x >> 47)
 }
 
-/// Accumulates `f(record) -> (key, diff)` per time in a hash table and emits each key once
-/// per time when the time completes (or early, as partial sums, when the table holds more
-/// than `KEYS_MAX` keys). With `exchange`, records first go to the worker owning their key,
-/// so the output is fully consolidated; without, it is a per-worker pre-aggregation.
-pub fn aggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, f: F) -> Coll<'s, K, R>
+/// Keys a pre-aggregation table holds before it emits partial sums early (bounding memory).
+pub const PARTIAL_KEYS_MAX: usize = 1 << 22;
+
+/// Accumulates `f(record) -> (key, diff)` per time in a hash table and emits the keys when
+/// the time completes. With `exchange`, records first go to the worker owning their key.
+///
+/// `keys_max` bounds the table: past it, the table is emitted early as partial sums and
+/// restarted, so a key may then appear more than once per time. Partial sums are valid
+/// differential updates (they add up downstream), but a caller that needs one record per
+/// key and time (e.g. to threshold counts into a distinct set) must pass `usize::MAX`.
+pub fn aggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, keys_max: usize, f: F) -> Coll<'s, K, R>
 where
     D: Data,
     K: Data + Hash,
@@ -101,23 +107,25 @@ where
     F: Fn(&D) -> Option<(K, R)> + 'static,
 {
     if exchange {
-        aggregate_with(name, input, Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)), f)
+        aggregate_with(name, input, Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)), keys_max, f)
     } else {
-        aggregate_with(name, input, Pipeline, f)
+        aggregate_with(name, input, Pipeline, keys_max, f)
     }
 }
 
 /// Like [`aggregate`] for a collection whose diff is already the aggregate: consolidates it
-/// across workers by record.
+/// across workers by record, one record per key and time (no early emission).
 pub fn consolidate_by_hash<'s, D, R>(name: &str, input: Coll<'s, D, R>) -> Coll<'s, D, R>
 where
     D: Data + Hash,
     R: Diff,
 {
-    aggregate_core(name, input, Exchange::new(|(d, _t, _r): &(D, Time, R)| route(d)), |d: &D, r: &R| Some((d.clone(), r.clone())))
+    aggregate_core(name, input, Exchange::new(|(d, _t, _r): &(D, Time, R)| route(d)), usize::MAX, |d: &D, r: &R| {
+        Some((d.clone(), r.clone()))
+    })
 }
 
-fn aggregate_with<'s, D, K, R, F, P>(name: &str, input: Coll<'s, D>, pact: P, f: F) -> Coll<'s, K, R>
+fn aggregate_with<'s, D, K, R, F, P>(name: &str, input: Coll<'s, D>, pact: P, keys_max: usize, f: F) -> Coll<'s, K, R>
 where
     D: Data,
     K: Data + Hash,
@@ -125,10 +133,10 @@ where
     F: Fn(&D) -> Option<(K, R)> + 'static,
     P: ParallelizationContract<Time, Vec<(D, Time, isize)>>,
 {
-    aggregate_core(name, input, pact, move |d: &D, diff: &isize| f(d).map(|(k, r)| (k, r.multiply(diff))))
+    aggregate_core(name, input, pact, keys_max, move |d: &D, diff: &isize| f(d).map(|(k, r)| (k, r.multiply(diff))))
 }
 
-fn aggregate_core<'s, D, R0, K, R, F, P>(name: &str, input: Coll<'s, D, R0>, pact: P, f: F) -> Coll<'s, K, R>
+fn aggregate_core<'s, D, R0, K, R, F, P>(name: &str, input: Coll<'s, D, R0>, pact: P, keys_max: usize, f: F) -> Coll<'s, K, R>
 where
     D: Data,
     R0: Diff,
@@ -137,7 +145,6 @@ where
     F: Fn(&D, &R0) -> Option<(K, R)> + 'static,
     P: ParallelizationContract<Time, Vec<(D, Time, R0)>>,
 {
-    const KEYS_MAX: usize = 1 << 22;
     input
         .inner
         .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(K, Time, R)>>, _, _, _>(pact, name, |_cap, _info| {
@@ -158,7 +165,7 @@ where
                 });
                 pending.retain(|time, (cap, table)| {
                     let done = !frontier.less_equal(time);
-                    if done || table.len() >= KEYS_MAX {
+                    if done || table.len() >= keys_max {
                         let mut session = output.session(cap);
                         for (k, r) in table.drain() {
                             if !r.is_zero() {
@@ -225,4 +232,71 @@ where
             },
         )
         .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Sums;
+    use differential_dataflow::input::Input;
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::vec::Map as _;
+
+    /// Runs `build` over `input` on `workers` threads; returns the consolidated output.
+    fn run<K: Data + Hash, R: Diff>(
+        workers: usize,
+        input: Vec<u64>,
+        build: impl for<'s> Fn(Coll<'s, u64>) -> Coll<'s, K, R> + Send + Sync + 'static,
+    ) -> Vec<(K, R)> {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let sink = sink.clone();
+            let mut session = worker.dataflow::<Time, _, _>(|scope| {
+                let (session, coll) = scope.new_collection::<u64, isize>();
+                build(coll).inspect(move |(k, _t, r)| sink.lock().unwrap().push((k.clone(), r.clone())));
+                session
+            });
+            if worker.index() == 0 {
+                for x in &input {
+                    session.insert(*x);
+                }
+            }
+        })
+        .unwrap();
+        let mut v = out.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate(&mut v);
+        v
+    }
+
+    // Early emission of partial sums (a tiny table) still adds up to the exact totals, on
+    // one and on several workers: partial sums are valid updates.
+    #[test]
+    fn partial_sums_add_up() {
+        let input: Vec<u64> = (0..2000).map(|i| i * 7919 % 97).collect();
+        let mut expected: Vec<(u64, Sums<1>)> = Vec::new();
+        for x in &input {
+            expected.push((x % 13, Sums([*x as i64])));
+        }
+        differential_dataflow::consolidation::consolidate(&mut expected);
+        for workers in [1, 3] {
+            let got = run(workers, input.clone(), |c| aggregate("t", c, true, 3, |x: &u64| Some((x % 13, Sums([*x as i64])))));
+            assert_eq!(got, expected, "{workers} workers");
+        }
+    }
+
+    // With `usize::MAX` a key is emitted once per time, so thresholding the counts into a
+    // distinct set is exact (the batch path of `distinct_count` relies on it).
+    #[test]
+    fn unbounded_table_emits_each_key_once() {
+        let input: Vec<u64> = (0..5000).map(|i| i % 250).collect();
+        let got = run(2, input, |c| {
+            aggregate("t", c, true, usize::MAX, |x: &u64| Some((*x, 1isize)))
+                .inner
+                .flat_map(|(k, t, n)| if n > 0 { Some((k, t, 1isize)) } else { None })
+                .as_collection()
+        });
+        assert_eq!(got.len(), 250);
+        assert!(got.iter().all(|(_, n)| *n == 1), "each key exactly once: {got:?}");
+    }
 }
