@@ -316,7 +316,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         Command::Query { view, key, from, to, limit, json } => {
             let _lock = lock_data_dir(&cli.data)?;
             let lambda = open_existing(app.job, &cli.data, workers)?;
-            lambda.sync(Duration::from_secs(3600))?;
+            catch_up(&lambda)?;
             let sel = match key {
                 Some(k) => Selection::Key(k),
                 None => Selection::Range { from, to, limit },
@@ -336,7 +336,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         Command::Status { json } => {
             let _lock = lock_data_dir(&cli.data)?;
             let lambda = open_existing(app.job, &cli.data, workers)?;
-            lambda.sync(Duration::from_secs(3600))?;
+            catch_up(&lambda)?;
             let s = lambda.status();
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
@@ -377,6 +377,37 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo(app, &cli.data, workers, args),
     }
+}
+
+/// Brings the speed layer up to the log's end, with a progress bar when that is a lot of
+/// events (a long tail since the last batch makes every query replay it).
+fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
+    let ends = lambda.log().end_offsets();
+    let serving = lambda.serving();
+    let total: u64 = ends.iter().zip(&serving.speed.cut).map(|(e, c)| e - c).sum();
+    const HINT_EVENTS_MIN: u64 = 1_000_000;
+    let bar = if total >= HINT_EVENTS_MIN {
+        eprintln!("catching up {total} events since the batch cut (run `batch` to make this instant)");
+        let bar = ProgressBar::new(total);
+        bar.set_style(ProgressStyle::with_template("speed {bar:40} {pos}/{len} events {per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        Some(bar)
+    } else {
+        None
+    };
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while !serving.speed.wait_for(&ends, Duration::from_millis(100))? {
+        if let Some(bar) = &bar {
+            let done: u64 = serving.speed.frontier().iter().zip(&serving.speed.cut).map(|(f, c)| f - c).sum();
+            bar.set_position(done);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within an hour")));
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(())
 }
 
 fn open_existing<J: Job>(job: J, dir: &Path, workers: usize) -> Result<Lambda<J>> {
