@@ -7,7 +7,7 @@
 //! and checks the answer against the naive oracle over exactly the events before that
 //! frontier. Meanwhile the main thread runs two batch runs with handovers. The speed tables
 //! must be smaller right after a handover than right before it (the new cut covers what the
-//! old speed layer held).
+//! old speed layer held), and the frontier a reader sees never goes backwards.
 
 use lambdaflow_engine::batch::Progress;
 use lambdaflow_engine::lambda::{Lambda, Options};
@@ -104,10 +104,17 @@ fn answers_stay_exact_across_handovers() {
         let (lambda, appended, stop, checked) = (lambda.clone(), appended.clone(), stop.clone(), checked.clone());
         std::thread::spawn(move || -> Result<(), String> {
             let views = lambda.views();
+            let mut last_frontier: Vec<u64> = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 for v in &views {
                     let r =
                         lambda.query(&v.name, &Selection::Range { from: None, to: None, limit: usize::MAX }).map_err(|e| e.to_string())?;
+                    // Frontiers never go backwards, across handovers too.
+                    let f = &r.freshness.speed_frontier;
+                    if !last_frontier.is_empty() && f.iter().zip(&last_frontier).any(|(now, before)| now < before) {
+                        return Err(format!("frontier went backwards: {last_frontier:?} then {f:?}"));
+                    }
+                    last_frontier = f.clone();
                     let answers = r.answers.iter().map(|a| (serde_json::to_string(&a.key).unwrap(), a.value.clone())).collect();
                     check(&v.name, &answers, &r.freshness.speed_frontier, &appended)?;
                     checked.fetch_add(1, Ordering::SeqCst);

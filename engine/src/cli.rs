@@ -389,7 +389,9 @@ fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
     let bar = if total >= HINT_EVENTS_MIN {
         eprintln!("catching up {total} events since the batch cut (run `batch` to make this instant)");
         let bar = ProgressBar::new(total);
-        bar.set_style(ProgressStyle::with_template("speed {bar:40} {pos}/{len} events {per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template("speed {bar:40} {pos}/{len} events {per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         Some(bar)
     } else {
         None

@@ -231,10 +231,15 @@ impl<J: Job> Lambda<J> {
     /// Waits until the speed layer reflects every event acknowledged before this call.
     pub fn sync(&self, timeout: Duration) -> Result<()> {
         let ends = self.log.end_offsets();
-        if self.serving().speed.wait_for(&ends, timeout)? {
-            Ok(())
-        } else {
-            Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within {timeout:?}")))
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // Re-fetch the pair each round: a handover may replace (and freeze) it meanwhile.
+            if self.serving().speed.wait_for(&ends, Duration::from_millis(50))? {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within {timeout:?}")));
+            }
         }
     }
 
@@ -265,18 +270,32 @@ impl<J: Job> Lambda<J> {
         Ok(report)
     }
 
-    /// Switches serving to batch `version`: loads it, starts a speed layer from its cut,
-    /// waits for that layer to reach the current frontier, then swaps atomically.
+    /// Switches serving to batch `version`: loads it, starts a speed layer from its cut and
+    /// lets it catch up with the old one while the old one keeps serving; then freezes the
+    /// old layer (so no frontier a reader saw is ever ahead of the new pair's), closes the
+    /// remaining gap, and swaps atomically.
     pub fn handover(&self, version: u64) -> Result<()> {
         let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
         let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, Some(version))?;
-        let old_frontier = self.serving().speed.frontier();
-        let target: Vec<u64> = old_frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect();
-        if !next.speed.wait_for(&target, Duration::from_secs(600))? {
-            return Err(Error::Dataflow("new speed layer did not catch up within 600 s".into()));
+        let old = self.serving();
+        let covers = |frontier: &[u64]| -> Vec<u64> { frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect() };
+        if !next.speed.wait_for(&covers(&old.speed.frontier()), Duration::from_secs(600))? {
+            return Err(Error::Dataflow("new speed layer did not catch up within 600 s; still serving the previous batch".into()));
+        }
+        old.speed.freeze();
+        let frozen = old.speed.frontier();
+        let caught_up = next.speed.wait_for(&covers(&frozen), Duration::from_secs(60));
+        if !matches!(caught_up, Ok(true)) {
+            // Put a live speed layer back for the old batch version before reporting.
+            let restored = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, old.batch.as_ref().map(|b| b.meta.version))?;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(restored);
+            return Err(match caught_up {
+                Err(e) => e,
+                Ok(_) => Error::Dataflow("new speed layer did not close the last gap within 60 s; still serving the previous batch".into()),
+            });
         }
         let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), Arc::new(next));
-        // Readers that still hold the old pair finish with it; the speed layer stops when
+        // Readers that still hold the old pair finish with it; its workers are joined when
         // the last of them drops it.
         drop(old);
         Ok(())

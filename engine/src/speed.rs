@@ -258,6 +258,13 @@ impl SpeedLayer {
         }
     }
 
+    /// Stops the workers without waiting for them: the published state stays readable and
+    /// its frontier never moves again. Used at a handover so frontiers never go backwards.
+    pub fn freeze(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+
     /// Stops the workers and waits for them.
     pub fn stop(mut self) -> Result<()> {
         self.shutdown()
