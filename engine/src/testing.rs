@@ -220,8 +220,14 @@ mod tests {
             let per_tier_item = ctx.count("tier_items", joined, |(_user, (item, tier))| Some((tier.clone(), *item)));
             let top = ctx.top_k("top_items", per_tier_item.map(|(tier, item)| (tier, item)), 2, |n: &Sums<1>| n.0[0]);
             ctx.value_view("top_items", top, |list: &Vec<(u64, i64)>| json!(list));
-            let buyers = ctx.distinct_count("buyers", events.map(|b| (b.item, b.user)));
+            let buyers = ctx.distinct_count("buyers", events.clone().map(|b| (b.item, b.user)));
             ctx.sum_view("buyers", buyers, |n: &Sums<1>| json!({ "buyers": n.0[0] }));
+            // Retractions: a negative amount takes one occurrence of (item, user) back, so a
+            // pair can go to zero or below and must stop counting (and not count again at +1).
+            let adds = events.clone().filter(|b| b.amount >= 0).map(|b| (b.item, b.user));
+            let takes = events.filter(|b| b.amount < 0).map(|b| (b.item, b.user)).negate();
+            let holders = ctx.distinct_count("holders", adds.concat(takes));
+            ctx.sum_view("holders", holders, |n: &Sums<1>| json!({ "holders": n.0[0] }));
         }
     }
 
@@ -244,7 +250,18 @@ mod tests {
         for b in events {
             buyers.entry(b.item).or_default().insert(b.user);
         }
+        let mut held: BTreeMap<(u64, u64), i64> = BTreeMap::new();
+        for b in events {
+            *held.entry((b.item, b.user)).or_default() += if b.amount >= 0 { 1 } else { -1 };
+        }
+        let mut holders: BTreeMap<u64, i64> = BTreeMap::new();
+        for ((item, _user), n) in &held {
+            if *n > 0 {
+                *holders.entry(*item).or_default() += 1;
+            }
+        }
         let mut v = Views::new();
+        v.insert("holders".into(), holders.iter().map(|(i, n)| (i.to_string(), json!({ "holders": n }))).collect());
         v.insert("spend".into(), spend.iter().map(|(u, a)| (u.to_string(), json!({ "amount": a }))).collect());
         v.insert(
             "top_items".into(),

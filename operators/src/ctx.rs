@@ -323,33 +323,33 @@ impl<'s> Ctx<'s> {
         self.sum(name, input, move |d| f(d).map(|k| (k, crate::Sums([1]))))
     }
 
-    /// Distinct count: for `(key, item)` records, the number of distinct items per key.
-    /// Seeded with the distinct `(key, item)` pairs at the cut.
+    /// Distinct count: for `(key, item)` records, the number of distinct items per key: an
+    /// item counts while its accumulated count for the key is positive (retracting an
+    /// occurrence with a negative diff is allowed). Seeded with the distinct pairs at the cut.
     pub fn distinct_count<K, I>(&mut self, name: &str, input: Coll<'s, (K, I)>) -> Coll<'s, K, crate::Sums<1>>
     where
         K: Data + std::hash::Hash,
         I: Data,
     {
         self.claim("operator", name);
+        // The seed is each pair's accumulated count at the cut (one record per pair), not the
+        // thresholded set: with retractions a pair can sit at a non-positive count, and a later
+        // +1 must not make it count. The threshold (count > 0) applies after the seed, in
+        // both modes.
         let counted = match self.mode {
-            // Batch: count pairs by hash across workers; a pair is in the distinct set when
-            // its count is positive. The seed is that set.
             // NB: `usize::MAX` keeps one record per pair; a pair emitted twice as partial
-            // counts would be counted twice.
+            // counts would be thresholded twice.
             Mode::Batch => crate::hash::aggregate(&format!("DistinctCount (pairs): {name}"), input, true, usize::MAX, |p: &(K, I)| {
                 Some((p.clone(), 1isize))
-            })
-            .inner
-            .flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None })
-            .as_collection(),
-            // Speed: the seed (the distinct pairs at the cut) plus new pairs, through
-            // differential's incremental distinct.
+            }),
             Mode::Speed => input,
         };
         let pairs = self.seeded(name, counted);
         let distinct = match self.mode {
-            Mode::Batch => pairs,
-            Mode::Speed => pairs.distinct(),
+            Mode::Batch => pairs.inner.flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None }).as_collection(),
+            Mode::Speed => {
+                pairs.threshold_named(&format!("DistinctCount: {name}"), |_pair, count: &isize| if *count > 0 { 1isize } else { 0 })
+            }
         };
         crate::hash::aggregate(&format!("DistinctCount: {name}"), distinct, false, crate::hash::PARTIAL_KEYS_MAX, |(k, _i): &(K, I)| {
             Some((k.clone(), crate::Sums([1])))

@@ -12,8 +12,16 @@ pub struct Day(pub i32);
 
 impl Day {
     /// The UTC day holding the event time `ts_ms` (milliseconds since the Unix epoch).
+    ///
+    /// # Panics
+    ///
+    /// If the day does not fit (beyond about ±5.8 million years): an event parser must
+    /// bound its times (the shop job accepts 1970-01-01 to 9999-12-31). A panic in a job
+    /// ends the run with an error naming it, where a silently wrapped day would be a wrong
+    /// answer.
     pub fn of_ms(ts_ms: i64) -> Day {
-        Day(ts_ms.div_euclid(MS_PER_DAY) as i32)
+        let days = ts_ms.div_euclid(MS_PER_DAY);
+        Day(i32::try_from(days).unwrap_or_else(|_| panic!("event time {ts_ms} ms is outside the range of Day")))
     }
 
     /// The day's (year, month, day) in the proleptic Gregorian calendar.

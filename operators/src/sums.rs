@@ -42,7 +42,9 @@ impl<const N: usize> IsZero for Sums<N> {
 impl<const N: usize> Semigroup for Sums<N> {
     fn plus_equals(&mut self, rhs: &Self) {
         for (a, b) in self.0.iter_mut().zip(rhs.0.iter()) {
-            *a += *b;
+            // NB: a wrapped sum would be a wrong answer served as right; overflow ends the
+            // run with an error instead (release builds would wrap silently).
+            *a = a.checked_add(*b).unwrap_or_else(|| panic!("Sums lane overflow: {a} + {b} does not fit in i64"));
         }
     }
 }
@@ -65,7 +67,7 @@ impl<const N: usize> Multiply<isize> for Sums<N> {
     type Output = Self;
     fn multiply(mut self, rhs: &isize) -> Self {
         for a in self.0.iter_mut() {
-            *a *= *rhs as i64;
+            *a = a.checked_mul(*rhs as i64).unwrap_or_else(|| panic!("Sums lane overflow: {a} × {rhs} does not fit in i64"));
         }
         self
     }

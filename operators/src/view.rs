@@ -258,17 +258,25 @@ impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
                 batch: Some(self.present_parts(v, batch).unwrap_or(Value::Null)),
                 speed: Some(self.present_parts(v, speed).unwrap_or(Value::Null)),
             })),
-            (ViewKind::Value, [(v, r)]) => {
-                let _ = r;
+            (ViewKind::Value, [(v, r)]) if is_one(r) => {
                 Ok(Some(Answer { key: key.to_json(), value: (self.present)(v, r), batch: None, speed: None }))
             }
             (_, many) => Err(format!(
-                "view {}: key {} merged to {} records; the job must produce one value per key",
+                "view {}: key {} merged to {} records (or a count other than 1); the job must produce one value per key",
                 self.info.name,
                 key.to_json(),
                 many.len()
             )),
         }
+    }
+}
+
+/// Whether a value view's merged count is exactly 1 (one live value). Value views are
+/// declared with `isize` counts (`Ctx::value_view`); other diff types are not counts.
+fn is_one<R: Diff>(r: &R) -> bool {
+    match (r as &dyn Any).downcast_ref::<isize>() {
+        Some(n) => *n == 1,
+        None => true,
     }
 }
 

@@ -14,6 +14,10 @@ use std::borrow::Cow;
 pub const CSV_HEADER: &str = "type,ts,order_id,customer_id,product_id,quantity,amount_cents,delta,session_id";
 
 /// The CSV columns, in header order (index 0 is `type`).
+/// The last event time accepted: 9999-12-31T23:59:59.999Z. Event-time days are
+/// `YYYY-MM-DD`, and a later time would not have one.
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+
 const COLUMNS: [&str; 9] = ["type", "ts", "order_id", "customer_id", "product_id", "quantity", "amount_cents", "delta", "session_id"];
 
 /// One shop event: an order line, a refund, a product page view or a stock change.
@@ -342,9 +346,12 @@ impl Field {
     /// Checks the range of an integer value; `Err` holds the message.
     fn check(self, n: i128) -> Result<(), &'static str> {
         let (min, max, below, above): (i128, i128, &str, &str) = match self {
-            Field::Ts => {
-                (0, i64::MAX.into(), "must not be negative (milliseconds since the Unix epoch)", "is out of range for a 64-bit integer")
-            }
+            Field::Ts => (
+                0,
+                MAX_TS_MS.into(),
+                "must not be negative (milliseconds since the Unix epoch)",
+                "is after 9999-12-31T23:59:59.999Z, the last supported event time",
+            ),
             Field::OrderId | Field::CustomerId | Field::ProductId | Field::SessionId => (
                 0,
                 u64::MAX.into(),
@@ -650,7 +657,7 @@ mod tests {
             purchase(),
             ShopEvent::Refund { ts: 10, order_id: 1, customer_id: 2, product_id: 3, amount_cents: 0 },
             ShopEvent::View { ts: 0, customer_id: u64::MAX, product_id: 0, session_id: 9 },
-            ShopEvent::Inventory { ts: i64::MAX, product_id: 7, delta: -20 },
+            ShopEvent::Inventory { ts: MAX_TS_MS, product_id: 7, delta: -20 },
         ]
     }
 
@@ -676,11 +683,11 @@ mod tests {
         );
         assert_eq!(r.to_ndjson(), r#"{"type":"refund","ts":10,"order_id":1,"customer_id":2,"product_id":3,"amount_cents":0}"#);
         assert_eq!(v.to_ndjson(), r#"{"type":"view","ts":0,"customer_id":18446744073709551615,"product_id":0,"session_id":9}"#);
-        assert_eq!(i.to_ndjson(), r#"{"type":"inventory","ts":9223372036854775807,"product_id":7,"delta":-20}"#);
+        assert_eq!(i.to_ndjson(), r#"{"type":"inventory","ts":253402300799999,"product_id":7,"delta":-20}"#);
         assert_eq!(p.to_csv_row(), "purchase,1767225600000,1,2,3,4,500,,");
         assert_eq!(r.to_csv_row(), "refund,10,1,2,3,,0,,");
         assert_eq!(v.to_csv_row(), "view,0,,18446744073709551615,0,,,,9");
-        assert_eq!(i.to_csv_row(), "inventory,9223372036854775807,,,7,,,-20,");
+        assert_eq!(i.to_csv_row(), "inventory,253402300799999,,,7,,,-20,");
         for e in samples() {
             assert_eq!(e.to_csv_row().split(',').count(), 9);
         }
@@ -701,7 +708,7 @@ mod tests {
     fn accessors_and_partition_key() {
         let [p, r, v, i]: [ShopEvent; 4] = samples().try_into().unwrap();
         assert_eq!(p.ts(), 1_767_225_600_000);
-        assert_eq!(i.ts(), i64::MAX);
+        assert_eq!(i.ts(), MAX_TS_MS);
         assert_eq!(p.partition_key(), 2);
         assert_eq!(r.partition_key(), 2);
         assert_eq!(v.partition_key(), u64::MAX);
@@ -925,19 +932,19 @@ mod tests {
 
     fn arb_event() -> impl Strategy<Value = ShopEvent> {
         prop_oneof![
-            (0..=i64::MAX, any::<u64>(), any::<u64>(), any::<u64>(), 1..=u32::MAX, 0..=i64::MAX).prop_map(
+            (0..=MAX_TS_MS, any::<u64>(), any::<u64>(), any::<u64>(), 1..=u32::MAX, 0..=i64::MAX).prop_map(
                 |(ts, order_id, customer_id, product_id, quantity, amount_cents)| {
                     ShopEvent::Purchase { ts, order_id, customer_id, product_id, quantity, amount_cents }
                 }
             ),
-            (0..=i64::MAX, any::<u64>(), any::<u64>(), any::<u64>(), 0..=i64::MAX).prop_map(
+            (0..=MAX_TS_MS, any::<u64>(), any::<u64>(), any::<u64>(), 0..=i64::MAX).prop_map(
                 |(ts, order_id, customer_id, product_id, amount_cents)| {
                     ShopEvent::Refund { ts, order_id, customer_id, product_id, amount_cents }
                 }
             ),
-            (0..=i64::MAX, any::<u64>(), any::<u64>(), any::<u64>())
+            (0..=MAX_TS_MS, any::<u64>(), any::<u64>(), any::<u64>())
                 .prop_map(|(ts, customer_id, product_id, session_id)| ShopEvent::View { ts, customer_id, product_id, session_id }),
-            (0..=i64::MAX, any::<u64>(), any::<i64>())
+            (0..=MAX_TS_MS, any::<u64>(), any::<i64>())
                 .prop_map(|(ts, product_id, delta)| { ShopEvent::Inventory { ts, product_id, delta } }),
         ]
     }
@@ -964,5 +971,18 @@ mod tests {
             let _ = ShopEvent::parse_ndjson(&line);
             let _ = ShopEvent::parse_csv(&line);
         }
+    }
+
+    // Event times past 9999-12-31 are rejected by both parsers: their day would not be a
+    // YYYY-MM-DD and, before this bound, wrapped into a real day (a wrong answer).
+    #[test]
+    fn far_future_ts_is_rejected() {
+        let line = r#"{"type":"inventory","ts":371086941945600000,"product_id":1,"delta":1}"#;
+        let e = ShopEvent::parse_ndjson(line).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ts"), "{e}");
+        assert!(e.to_string().contains("9999-12-31"), "{e}");
+        let e = ShopEvent::parse_csv("inventory,253402300800000,,,1,,,1,").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ts"), "{e}");
+        assert!(ShopEvent::parse_csv("inventory,253402300799999,,,1,,,1,").is_ok());
     }
 }
