@@ -179,6 +179,18 @@ impl<J: Job> Lambda<J> {
             usable
         });
         let cut = meta.as_ref().map(|m| m.cut.clone()).unwrap_or_else(|| vec![0; log.partitions() as usize]);
+        // A batch view covering records the log no longer has would merge with a speed layer
+        // that starts past the log's end: refuse instead of serving a wrong answer.
+        let ends = log.end_offsets();
+        if let Some(p) = (0..cut.len()).find(|p| cut[*p] > ends[*p]) {
+            return Err(Error::Invalid(format!(
+                "batch version {} covers partition {p} up to offset {}, but the log ends at {}: acknowledged records \
+                 are missing from the log (see `verify`); refusing to serve answers that would be wrong",
+                meta.as_ref().map(|m| m.version).unwrap_or(0),
+                cut[p],
+                ends[p]
+            )));
+        }
         let speed = SpeedLayer::start(job.clone(), log.clone(), ViewStore::open(dir)?, meta.as_ref().map(|m| m.version), cut, workers)?;
         let batch = match meta {
             None => None,

@@ -122,22 +122,52 @@ impl SpeedLayer {
         let offsets0: Vec<BTreeMap<u64, u64>> = cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
         let workers = workers.max(1);
         let barrier = Arc::new(std::sync::Barrier::new(workers));
+        let build_errors: Arc<Mutex<Vec<String>>> = Arc::default();
 
         let guards = {
-            let (registry, seeds, slot, cut, log, job, barrier) =
-                (registry.clone(), seeds.clone(), shared_slot.clone(), cut.clone(), log.clone(), job.clone(), barrier.clone());
+            let (registry, seeds, slot, cut, log, job, barrier, build_errors) = (
+                registry.clone(),
+                seeds.clone(),
+                shared_slot.clone(),
+                cut.clone(),
+                log.clone(),
+                job.clone(),
+                barrier.clone(),
+                build_errors.clone(),
+            );
             timely::execute(timely::Config::process(workers), move |worker| -> Result<()> {
                 let (index, peers) = (worker.index(), worker.peers());
                 let seed_source: Arc<dyn SeedSource> = seeds.clone();
-                let (mut input, probe, errors) = worker.dataflow::<Time, _, _>(|scope| {
-                    let (input, events) = scope.new_collection::<J::Event, isize>();
-                    let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
-                    job.build(&mut ctx, events);
-                    (input, ctx.probe(), ctx.errors().to_vec())
-                });
-                // Every worker has built (and registered its views) past this point.
+                // A panic in the job's `build` on any worker must not leave the others at the
+                // barrier: catch it, and let every worker's problems decide together.
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker.dataflow::<Time, _, _>(|scope| {
+                        let (input, events) = scope.new_collection::<J::Event, isize>();
+                        let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
+                        job.build(&mut ctx, events);
+                        (input, ctx.probe(), ctx.errors().to_vec())
+                    })
+                }));
+                let parts = match built {
+                    Ok((input, probe, errors)) => {
+                        build_errors.lock().unwrap_or_else(|e| e.into_inner()).extend(errors);
+                        Some((input, probe))
+                    }
+                    Err(payload) => {
+                        let msg =
+                            format!("worker {index} panicked while building the job: {}", crate::guard::panic_message(payload.as_ref()));
+                        build_errors.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                        None
+                    }
+                };
+                // Every worker has built (and registered its views), or failed to, past here.
                 barrier.wait();
                 if index == 0 {
+                    let mut errors = build_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    errors.sort();
+                    errors.dedup();
+                    // The seeds are in the dataflow now: do not keep their bytes too.
+                    seeds.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     let result = if errors.is_empty() {
                         let views = registry.views();
                         let tables = views.iter().map(|v| v.new_speed_table()).collect();
@@ -159,16 +189,17 @@ impl SpeedLayer {
                     } else {
                         Err(Error::Dataflow(format!("job {}: {}", job.name(), errors.join("; "))))
                     };
-                    let failed = result.is_err();
                     let _ = built_tx.lock().unwrap_or_else(|e| e.into_inner()).send(result);
-                    barrier.wait();
-                    if failed {
-                        return Ok(());
-                    }
-                } else {
-                    barrier.wait();
                 }
-                let Some(shared) = slot.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+                barrier.wait();
+                let shared = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (Some(shared), Some((mut input, probe))) = (shared, parts) else {
+                    // The start failed: drop what was built rather than wait for it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        for id in worker.installed_dataflows() {
+                            worker.drop_dataflow(id);
+                        }
+                    }));
                     return Ok(());
                 };
                 shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current());

@@ -348,4 +348,34 @@ mod tests {
             assert!(err.contains("job bug: amount 666"), "{err}");
         }
     }
+
+    /// A job whose `build` panics on worker 1 only.
+    #[derive(Clone)]
+    struct BuildPanics;
+
+    impl Job for BuildPanics {
+        type Event = Buy;
+        fn name(&self) -> &'static str {
+            "build-panics"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Buy>) {
+            assert!(ctx.scope().index() != 1, "job bug: worker 1 cannot build");
+            let n = ctx.count("n", events, |b: &Buy| Some(b.user));
+            ctx.sum_view("n", n, |s: &Sums<1>| json!(s.0[0]));
+        }
+    }
+
+    // A `build` that panics on some workers only ends `Lambda::open` with an error naming
+    // the panic, instead of leaving the other workers waiting for it forever.
+    #[test]
+    fn build_panic_on_one_worker_is_an_error() {
+        let dir = TempDir::new("buildpanic");
+        let t = std::time::Instant::now();
+        let err = Lambda::open(BuildPanics, dir.path(), test_options(2)).err().expect("open must fail").to_string();
+        assert!(err.contains("worker 1 cannot build"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    }
 }

@@ -855,6 +855,21 @@ fn recover_partition(dir: &Path, manifest: &Manifest, p: u32) -> Result<(PartSta
     Ok((PartState { segments }, created))
 }
 
+/// The byte offset of the first whole, checksum-valid record starting after `bad` in the
+/// file, if any (tried at every byte: a corrupt length hides where the next record starts).
+fn valid_record_after(path: &Path, bad: u64, len: u64) -> Result<Option<u64>, LogError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(|e| io_err(path, "open active segment", e))?;
+    let mut tail = Vec::with_capacity((len - bad) as usize);
+    f.seek(SeekFrom::Start(bad)).and_then(|_| f.read_to_end(&mut tail)).map_err(|e| io_err(path, "read active segment tail", e))?;
+    for i in 1..tail.len() {
+        if let codec::Decoded::Record { .. } = codec::decode(&tail[i..]) {
+            return Ok(Some(bad + i as u64));
+        }
+    }
+    Ok(None)
+}
+
 /// Scans the active segment, truncating it at the first torn or invalid record.
 fn recover_active(path: &Path, base: u64) -> Result<SegState, LogError> {
     let len = fs::metadata(path).map_err(|e| io_err(path, "stat active segment", e))?.len();
@@ -875,6 +890,23 @@ fn recover_active(path: &Path, base: u64) -> Result<SegState, LogError> {
         }
     };
     if let Some(detail) = problem {
+        // A torn tail ends the file. Whole, checksum-valid records *after* the bad one mean
+        // either damage inside acknowledged data or an unacknowledged write the disk persisted
+        // out of order; the log cannot tell which, so it refuses rather than drop records that
+        // may have been acknowledged, and says how to proceed.
+        if let Some(next) = valid_record_after(path, valid, len)? {
+            return Err(LogError::Corrupt {
+                path: path.to_path_buf(),
+                byte_offset: valid,
+                detail: format!(
+                    "{detail}; whole valid records follow at byte {next}, so this is not a torn tail and \
+                     truncating would drop them. If they were never acknowledged (a crash during an append), \
+                     truncate the file to {valid} bytes (`truncate -s {valid} {}`) and reopen; otherwise restore \
+                     this partition from a replica or backup",
+                    path.display()
+                ),
+            });
+        }
         let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, "open active segment for truncation", e))?;
         f.set_len(valid).and_then(|()| f.sync_all()).map_err(|e| io_err(path, "truncate torn tail of active segment", e))?;
         eprintln!(

@@ -278,6 +278,30 @@ fn torn_tail() {
 // Proves a flipped byte in a sealed segment is detected lazily: open still succeeds (it
 // only stats sealed segments), while read and verify return Corrupt naming that file and
 // the byte offset of the bad record; reads not touching the bad record still work.
+// A flipped byte in the *middle* of the active segment, with whole valid records after it, is
+// not a torn tail: open refuses (naming the file, the bad record's offset and how to proceed)
+// instead of truncating records that may have been acknowledged; nothing is modified.
+#[test]
+fn damage_inside_active_segment_is_refused_not_truncated() {
+    let tmp = TempDir::new("midactive");
+    let dir = tmp.log_dir();
+    let all: Vec<Vec<u8>> = (0..10).map(|i| rec(0, i)).collect();
+    {
+        let log = Log::open_or_create(&dir, cfg(1, 1 << 20)).unwrap();
+        let batch: Vec<(u32, &[u8])> = all.iter().map(|v| (0, v.as_slice())).collect();
+        log.append(&batch).unwrap();
+    }
+    let active = segment_files(&dir, 0).pop().unwrap();
+    let framed = framed_len(all[0].len());
+    let mut bytes = fs::read(&active).unwrap();
+    let bad_at = 3 * framed as usize;
+    bytes[bad_at + 9] ^= 0x01; // a payload byte of record 3
+    fs::write(&active, &bytes).unwrap();
+    let err = Log::open(&dir).unwrap_err().to_string();
+    assert!(err.contains(&format!("at byte {bad_at}")) && err.contains("valid records follow") && err.contains("truncate -s"), "{err}");
+    assert_eq!(fs::read(&active).unwrap(), bytes, "nothing modified");
+}
+
 #[test]
 fn flipped_byte_in_sealed_segment() {
     let tmp = TempDir::new("flip");
