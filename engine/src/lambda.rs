@@ -109,6 +109,7 @@ pub struct Lambda<J: Job> {
     workers: usize,
     current: RwLock<Arc<Serving>>,
     handover: Mutex<()>,
+    batch: Mutex<()>,
 }
 
 /// The stable partition of a key.
@@ -152,6 +153,7 @@ impl<J: Job> Lambda<J> {
             workers: opts.workers,
             current: RwLock::new(Arc::new(serving)),
             handover: Mutex::new(()),
+            batch: Mutex::new(()),
         })
     }
 
@@ -274,8 +276,9 @@ impl<J: Job> Lambda<J> {
         Ok(QueryResult { view: view.to_string(), answers, freshness: freshness(&serving, frontier, updated_ms) })
     }
 
-    /// Runs a batch at the log's current end and hands over to it.
+    /// Runs a batch at the log's current end and hands over to it. Batch runs of one `Lambda` run one at a time.
     pub fn batch_and_handover(&self, progress: Arc<Progress>) -> Result<BatchReport> {
+        let _one_batch_at_a_time = self.batch.lock().unwrap_or_else(|e| e.into_inner());
         let store = ViewStore::open(&self.dir)?;
         let report = run_batch(self.job.clone(), self.log.clone(), &store, self.workers, None, progress)?;
         self.handover(report.meta.version)?;

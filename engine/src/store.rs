@@ -16,9 +16,12 @@
 //! file whose checksum fails is refused with its path.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
@@ -187,9 +190,16 @@ impl ViewStore {
         read_framed(path).map(Some)
     }
 
-    /// Starts writing the next version (after the highest one on disk, published or not).
+    /// Starts writing the next version (after the highest one on disk, published or not,
+    /// and after any this process has reserved: two batch runs in one process never share a
+    /// number or a temporary directory; other processes are kept out by the data dir lock).
     pub fn begin(&self) -> Result<PendingVersion> {
-        let mut highest = self.current()?.unwrap_or(0);
+        // Highest version reserved by this process, per store directory.
+        static RESERVED: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
+        static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut reserved_all = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        let reserved = reserved_all.entry(self.dir.clone()).or_insert(0);
+        let mut highest = self.current()?.unwrap_or(0).max(*reserved);
         for entry in fs::read_dir(&self.dir).map_err(io(&self.dir, "list"))? {
             let name = entry.map_err(io(&self.dir, "list"))?.file_name();
             let name = name.to_string_lossy();
@@ -198,10 +208,10 @@ impl ViewStore {
             }
         }
         let version = highest + 1;
-        let tmp = self.dir.join(format!(".tmp-v{version:06}-{}", std::process::id()));
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io(&tmp, "remove stale"))?;
-        }
+        *reserved = version;
+        drop(reserved_all);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".tmp-v{version:06}-{}-{n}", std::process::id()));
         fs::create_dir_all(&tmp).map_err(io(&tmp, "create directory"))?;
         Ok(PendingVersion { tmp, version })
     }
@@ -230,7 +240,7 @@ impl ViewStore {
             let name = entry.file_name().to_string_lossy().to_string();
             if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
                 versions.push(v);
-            } else if name.starts_with(".tmp-") && !name.ends_with(&format!("-{}", std::process::id())) {
+            } else if name.starts_with(".tmp-") && !name.contains(&format!("-{}-", std::process::id())) {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
@@ -315,6 +325,25 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = store.read_view(1, "a").unwrap_err().to_string();
         assert!(err.contains("half-written"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    // Two batch runs in one process at once get distinct versions and temporary directories,
+    // so neither can delete or overwrite the other's files.
+    #[test]
+    fn concurrent_begins_do_not_collide() {
+        let d = tmpdir("concurrent");
+        let store = ViewStore::open(&d).unwrap();
+        let a = store.begin().unwrap();
+        let b = store.begin().unwrap();
+        assert_ne!(a.version(), b.version());
+        a.write_view("x", b"from a").unwrap();
+        b.write_view("x", b"from b").unwrap();
+        let (va, vb) = (a.version(), b.version());
+        store.publish(b, &meta(vb)).unwrap();
+        store.publish(a, &meta(va)).unwrap();
+        assert_eq!(store.read_view(va, "x").unwrap().unwrap(), b"from a");
+        assert_eq!(store.read_view(vb, "x").unwrap().unwrap(), b"from b");
         fs::remove_dir_all(&d).unwrap();
     }
 }
