@@ -73,7 +73,7 @@ struct Cli {
 enum Command {
     /// Generate synthetic events to stdout (or --out FILE).
     Gen(GenArgs),
-    /// Append events from FILE (or - for stdin), NDJSON or CSV, durably. All or nothing.
+    /// Append events from FILE (or - for stdin), NDJSON or CSV, durably. A bad line rejects the whole input.
     Ingest {
         /// The input file, or `-` for stdin.
         file: String,

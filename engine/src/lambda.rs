@@ -301,13 +301,33 @@ impl<J: Job> Lambda<J> {
         let frozen = old.speed.frontier();
         let caught_up = next.speed.wait_for(&covers(&frozen), Duration::from_secs(60));
         if !matches!(caught_up, Ok(true)) {
-            // Put a live speed layer back for the old batch version before reporting.
-            let restored = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, old.batch.as_ref().map(|b| b.meta.version))?;
-            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(restored);
-            return Err(match caught_up {
-                Err(e) => e,
-                Ok(_) => Error::Dataflow("new speed layer did not close the last gap within 60 s; still serving the previous batch".into()),
-            });
+            let cause = match caught_up {
+                Err(e) => e.to_string(),
+                Ok(_) => "new speed layer did not close the last gap within 60 s".to_string(),
+            };
+            // Put a live speed layer back for the old batch version, caught up to the frozen
+            // frontier (so no reader sees it go backwards), before reporting.
+            let restore = || -> Result<Serving> {
+                let restored =
+                    Self::serving_for(&self.job, &self.log, &self.dir, self.workers, old.batch.as_ref().map(|b| b.meta.version))?;
+                if !restored.speed.wait_for(&frozen, Duration::from_secs(600))? {
+                    return Err(Error::Dataflow("the restored speed layer did not catch up within 600 s".into()));
+                }
+                Ok(restored)
+            };
+            return match restore() {
+                Ok(restored) => {
+                    *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(restored);
+                    Err(Error::Dataflow(format!("handover to batch version {version} failed ({cause}); still serving the previous batch")))
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "handover to batch version {version} failed ({cause}) and restoring the previous speed layer failed too ({e})"
+                    );
+                    old.speed.fail(reason.clone());
+                    Err(Error::Dataflow(reason))
+                }
+            };
         }
         let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), Arc::new(next));
         // Readers that still hold the old pair finish with it; its workers are joined when

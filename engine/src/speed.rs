@@ -293,7 +293,22 @@ impl SpeedLayer {
     /// its frontier never moves again. Used at a handover so frontiers never go backwards.
     pub fn freeze(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        // A publish that started before `stop` was set holds the write lock; once we get it,
+        // no further publish happens (publish re-checks `stop` under the lock).
+        drop(self.shared.state.write().unwrap_or_else(|e| e.into_inner()));
         self.notify();
+    }
+
+    /// Marks the layer failed with `reason` (it is frozen and will not catch up), so that
+    /// waiters get the reason instead of a timeout.
+    pub fn fail(&self, reason: String) {
+        let mut failure = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            *failure = Some(reason);
+        }
+        drop(failure);
+        self.freeze();
+        self.shared.moved.notify_all();
     }
 
     /// Stops the workers and waits for them.
@@ -399,6 +414,10 @@ fn publish(shared: &Shared, epoch: u64) {
             .collect()
     };
     let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
+    if shared.stop.load(Ordering::SeqCst) {
+        // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
+        return;
+    }
     for (view, table) in shared.views.iter().zip(state.tables.iter_mut()) {
         view.drain_speed(epoch, table.as_mut());
     }
