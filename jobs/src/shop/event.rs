@@ -350,7 +350,7 @@ impl Field {
                 0,
                 MAX_TS_MS.into(),
                 "must not be negative (milliseconds since the Unix epoch)",
-                "is after 9999-12-31T23:59:59.999Z, the last supported event time",
+                "is out of range: after 9999-12-31T23:59:59.999Z, the last supported event time",
             ),
             Field::OrderId | Field::CustomerId | Field::ProductId | Field::SessionId => (
                 0,
