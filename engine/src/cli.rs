@@ -158,7 +158,8 @@ struct DemoArgs {
     /// Run a new batch (and hand over) every this many seconds.
     #[arg(long, default_value_t = 10)]
     batch_every: u64,
-    /// Start from an empty data directory (deletes DIR first if it is a demo directory).
+    /// Start from an empty data directory: deletes DIR first, only if it holds nothing but
+    /// lambdaflow data (log/, views/, LOCK).
     #[arg(long)]
     fresh: bool,
 }
@@ -466,7 +467,20 @@ fn print_result(result: &QueryResult, json: bool) {
 
 fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Result<()> {
     let g = app.generator.clone().ok_or_else(|| Error::Invalid(format!("job `{}` has no generator, so no demo", app.job.name())))?;
-    if args.fresh && dir.join("log").exists() {
+    if args.fresh && dir.exists() {
+        // Delete only what is recognisably a lambdaflow data directory and nothing else.
+        let entries: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|source| Error::Io { path: dir.to_path_buf(), what: "list".into(), source })?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+            .collect();
+        let ours = |name: &str| matches!(name, "log" | "views" | "LOCK");
+        if !dir.join("log").join("MANIFEST").exists() && !entries.is_empty() || entries.iter().any(|e| !ours(e)) {
+            return Err(Error::Invalid(format!(
+                "--fresh would delete {}, which is not (only) a lambdaflow data directory (it holds {}); pick another --data",
+                dir.display(),
+                entries.join(", ")
+            )));
+        }
         std::fs::remove_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "remove".into(), source })?;
     }
     let _lock = lock_data_dir(dir)?;
