@@ -130,3 +130,31 @@ fn named_cases_across_the_cut() {
     assert_eq!(report.final_views["inventory_level"]["9"], serde_json::json!({ "level": 0 }));
     assert_eq!(report.final_views["daily_unique_viewers"]["\"2026-01-02\""], serde_json::json!({ "viewers": 2 }));
 }
+
+// A speed-layer chunk whose own sum leaves i64 while every true level fits (the second
+// reviewer's case): inventory −1, then +i64::MAX and +1 in one later append. The merged
+// level must be exactly i64::MAX, with and without a batch in between.
+#[test]
+fn partial_sums_beyond_i64_stay_exact() {
+    use lambdaflow_engine::lambda::Lambda;
+    use lambdaflow_engine::testing::{test_options, TempDir};
+    use lambdaflow_operators::Selection;
+    use std::time::Duration;
+    for with_batch in [false, true] {
+        let dir = TempDir::new("wrap");
+        let lambda = Lambda::open(Shop, dir.path(), test_options(2)).unwrap();
+        lambda.append(&[ShopEvent::Inventory { ts: ts(0, 1), product_id: 7, delta: -1 }]).unwrap();
+        if with_batch {
+            lambda.batch_and_handover(std::sync::Arc::default()).unwrap();
+        }
+        lambda
+            .append(&[
+                ShopEvent::Inventory { ts: ts(0, 2), product_id: 7, delta: i64::MAX },
+                ShopEvent::Inventory { ts: ts(0, 3), product_id: 7, delta: 1 },
+            ])
+            .unwrap();
+        lambda.sync(Duration::from_secs(20)).unwrap();
+        let r = lambda.query("inventory_level", &Selection::Key("7".into())).unwrap();
+        assert_eq!(r.answers[0].value, serde_json::json!({ "level": i64::MAX }), "with_batch={with_batch}");
+    }
+}

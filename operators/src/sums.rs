@@ -6,6 +6,9 @@
 //! since the cut merge by plain consolidation, exactly. Put a count of contributing events in
 //! one lane and a key with events never consolidates to zero, so "a product whose stock nets
 //! to 0 keeps level 0" holds without any special case.
+//!
+//! Lanes are i64 with modular (wrapping) arithmetic: the merged value is exact whenever the
+//! true total fits in an i64, whatever the partial sums along the way.
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::de::{Deserializer, SeqAccess, Visitor};
@@ -42,9 +45,12 @@ impl<const N: usize> IsZero for Sums<N> {
 impl<const N: usize> Semigroup for Sums<N> {
     fn plus_equals(&mut self, rhs: &Self) {
         for (a, b) in self.0.iter_mut().zip(rhs.0.iter()) {
-            // NB: a wrapped sum would be a wrong answer served as right; overflow ends the
-            // run with an error instead (release builds would wrap silently).
-            *a = a.checked_add(*b).unwrap_or_else(|| panic!("Sums lane overflow: {a} + {b} does not fit in i64"));
+            // NB: wrapping on purpose. Differential adds partial sums in whatever grouping and
+            // order its batches give; arithmetic mod 2^64 is associative and commutative, so
+            // the final lane is exact whenever the *true* total fits in an i64, even if some
+            // partial sum along the way does not. (A checked add would fail on such valid
+            // input; a true total beyond i64 is outside what a lane can represent.)
+            *a = a.wrapping_add(*b);
         }
     }
 }
@@ -58,7 +64,7 @@ impl<const N: usize> Monoid for Sums<N> {
 impl<const N: usize> Abelian for Sums<N> {
     fn negate(&mut self) {
         for a in self.0.iter_mut() {
-            *a = -*a;
+            *a = a.wrapping_neg();
         }
     }
 }
@@ -67,7 +73,7 @@ impl<const N: usize> Multiply<isize> for Sums<N> {
     type Output = Self;
     fn multiply(mut self, rhs: &isize) -> Self {
         for a in self.0.iter_mut() {
-            *a = a.checked_mul(*rhs as i64).unwrap_or_else(|| panic!("Sums lane overflow: {a} × {rhs} does not fit in i64"));
+            *a = a.wrapping_mul(*rhs as i64);
         }
         self
     }
@@ -122,5 +128,16 @@ mod tests {
         assert_eq!(Sums([2, 3]).multiply(&-2isize), Sums([-4, -6]));
         let json = serde_json::to_string(&Sums([7, -8])).unwrap();
         assert_eq!(serde_json::from_str::<Sums<2>>(&json).unwrap(), Sums([7, -8]));
+    }
+
+    // A partial sum may leave i64 while the true total fits: the lane must still come out
+    // exact (differential groups additions arbitrarily), never panic.
+    #[test]
+    fn partial_overflow_is_exact_when_total_fits() {
+        let mut chunk = Sums([i64::MAX]);
+        chunk.plus_equals(&Sums([1])); // this chunk alone leaves i64
+        let mut total = Sums([-1]);
+        total.plus_equals(&chunk);
+        assert_eq!(total, Sums([i64::MAX]));
     }
 }
