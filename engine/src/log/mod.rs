@@ -862,8 +862,34 @@ fn valid_record_after(path: &Path, bad: u64, len: u64) -> Result<Option<u64>, Lo
     let mut f = File::open(path).map_err(|e| io_err(path, "open active segment", e))?;
     let mut tail = Vec::with_capacity((len - bad) as usize);
     f.seek(SeekFrom::Start(bad)).and_then(|_| f.read_to_end(&mut tail)).map_err(|e| io_err(path, "read active segment tail", e))?;
+    // Checksumming every plausible length in a large random tail would take forever: bound
+    // the bytes checksummed, and past the budget refuse (report the tail as undecided) rather
+    // than guess it is torn.
+    const CRC_BUDGET_BYTES: u64 = 256 << 20;
+    let mut budget = CRC_BUDGET_BYTES;
     for i in 1..tail.len() {
-        if let codec::Decoded::Record { .. } = codec::decode(&tail[i..]) {
+        let rest = &tail[i..];
+        if rest.len() < RECORD_HEADER_BYTES {
+            break;
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        if RECORD_HEADER_BYTES as u64 + len > rest.len() as u64 {
+            continue; // cannot be a whole record here
+        }
+        if len > budget {
+            return Err(LogError::Corrupt {
+                path: path.to_path_buf(),
+                byte_offset: bad,
+                detail: format!(
+                    "bad record, and the {} bytes after it are too large to search for valid records within budget; \
+                     if nothing after byte {bad} was acknowledged, truncate the file to {bad} bytes (`truncate -s {bad} {}`)",
+                    tail.len(),
+                    path.display()
+                ),
+            });
+        }
+        budget -= len;
+        if let codec::Decoded::Record { .. } = codec::decode(rest) {
             return Ok(Some(bad + i as u64));
         }
     }

@@ -302,6 +302,41 @@ fn damage_inside_active_segment_is_refused_not_truncated() {
     assert_eq!(fs::read(&active).unwrap(), bytes, "nothing modified");
 }
 
+// A large random tail after the last good record must not make open search for valid
+// records for minutes: the search has a budget, and past it open refuses (modifying
+// nothing) with the remedy, or truncates if it finds the tail torn.
+#[test]
+fn large_random_tail_is_decided_quickly() {
+    let tmp = TempDir::new("bigtail");
+    let dir = tmp.log_dir();
+    {
+        let log = Log::open_or_create(&dir, cfg(1, 64 << 20)).unwrap();
+        let recs: Vec<Vec<u8>> = (0..100).map(|i| rec(0, i)).collect();
+        let batch: Vec<(u32, &[u8])> = recs.iter().map(|v| (0, v.as_slice())).collect();
+        log.append(&batch).unwrap();
+    }
+    let active = segment_files(&dir, 0).pop().unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let garbage: Vec<u8> = (0..(8usize << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut f = OpenOptions::new().append(true).open(&active).unwrap();
+    f.write_all(&garbage).unwrap();
+    drop(f);
+    let t = std::time::Instant::now();
+    let outcome = Log::open(&dir);
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "open took {:?}", t.elapsed());
+    match outcome {
+        Ok(log) => assert_eq!(log.end_offsets(), vec![100]),
+        Err(e) => assert!(e.to_string().contains("truncate -s"), "{e}"),
+    }
+}
+
 #[test]
 fn flipped_byte_in_sealed_segment() {
     let tmp = TempDir::new("flip");
