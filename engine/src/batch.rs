@@ -116,17 +116,17 @@ pub fn run_batch<J: Job>(
     let t1 = Instant::now();
     let pending = store.begin()?;
     // Encoding (a sort per view) and writing are independent per view and seed: spread them
-    // over `workers` threads, largest first.
+    // over `workers` threads, each taking the next unclaimed one.
     enum Out {
         View(Arc<dyn lambdaflow_operators::AnyView>),
         Seed(Arc<dyn lambdaflow_operators::ctx::AnySeed>),
     }
     let outputs: Vec<Out> = registry.views().into_iter().map(Out::View).chain(registry.seeds().into_iter().map(Out::Seed)).collect();
     let next = AtomicU64::new(0);
-    let results: Vec<Result<Vec<(bool, String, usize)>>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Vec<(usize, usize)>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers.max(1))
             .map(|_| {
-                scope.spawn(|| -> Result<Vec<(bool, String, usize)>> {
+                scope.spawn(|| -> Result<Vec<(usize, usize)>> {
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -135,12 +135,12 @@ pub fn run_batch<J: Job>(
                             Out::View(view) => {
                                 let (bytes, n) = view.take_batch_encoded().map_err(Error::Dataflow)?;
                                 pending.write_view(&view.info().name, &bytes)?;
-                                done.push((true, view.info().name.clone(), n));
+                                done.push((i, n));
                             }
                             Out::Seed(seed) => {
                                 let (bytes, n) = seed.take_encoded().map_err(Error::Dataflow)?;
                                 pending.write_seed(seed.name(), &bytes)?;
-                                done.push((false, seed.name().to_string(), n));
+                                done.push((i, n));
                             }
                         }
                     }
@@ -149,19 +149,20 @@ pub fn run_batch<J: Job>(
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Dataflow("view writer panicked".into())))).collect()
     });
-    let mut written = Vec::new();
+    // Record counts by output index, so META lists views and seeds in declaration order.
+    let mut counts = vec![0usize; outputs.len()];
     for r in results {
-        written.extend(r?);
+        for (i, n) in r? {
+            counts[i] = n;
+        }
     }
-    let order = |name: &str| {
-        outputs.iter().position(|o| match o {
-            Out::View(v) => v.info().name == name,
-            Out::Seed(s) => s.name() == name,
-        })
-    };
-    written.sort_by_key(|(_, name, _)| order(name));
-    let views: Vec<(String, usize)> = written.iter().filter(|w| w.0).map(|w| (w.1.clone(), w.2)).collect();
-    let seeds: Vec<(String, usize)> = written.iter().filter(|w| !w.0).map(|w| (w.1.clone(), w.2)).collect();
+    let (mut views, mut seeds) = (Vec::new(), Vec::new());
+    for (out, n) in outputs.iter().zip(counts) {
+        match out {
+            Out::View(v) => views.push((v.info().name.clone(), n)),
+            Out::Seed(s) => seeds.push((s.name().to_string(), n)),
+        }
+    }
     let meta = BatchMeta {
         version: pending.version(),
         job: job.name().to_string(),

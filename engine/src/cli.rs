@@ -383,32 +383,24 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
 /// Brings the speed layer up to the log's end, with a progress bar when that is a lot of
 /// events (a long tail since the last batch makes every query replay it).
 fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
-    let ends = lambda.log().end_offsets();
-    let serving = lambda.serving();
-    let total: u64 = ends.iter().zip(&serving.speed.cut).map(|(e, c)| e - c).sum();
     const HINT_EVENTS_MIN: u64 = 1_000_000;
-    let bar = if total >= HINT_EVENTS_MIN {
-        eprintln!("catching up {total} events since the batch cut (run `batch` to make this instant)");
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template("speed {bar:40} {pos}/{len} events {per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    while !serving.speed.wait_for(&ends, Duration::from_millis(100))? {
-        if let Some(bar) = &bar {
-            let done: u64 = serving.speed.frontier().iter().zip(&serving.speed.cut).map(|(f, c)| f - c).sum();
-            bar.set_position(done);
+    let mut bar: Option<ProgressBar> = None;
+    lambda.sync_with(Duration::from_secs(3600), |done, total| {
+        if bar.is_none() && total >= HINT_EVENTS_MIN {
+            eprintln!("catching up {total} events since the batch cut (run `batch` to make this instant)");
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template("speed {bar:40} {pos}/{len} events {per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar = Some(b);
         }
-        if Instant::now() > deadline {
-            return Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within an hour")));
+        if let Some(b) = &bar {
+            b.set_position(done);
         }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(())
 }

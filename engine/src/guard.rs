@@ -53,6 +53,18 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Drops every dataflow installed on `worker`, so timely's post-closure loop (which steps
+/// until they complete) does not wait for a dataflow that never will.
+pub fn drop_dataflows(worker: &mut Worker) {
+    // NB: dropping a dataflow whose operators panicked may panic again; either way the
+    // worker must come out of here without waiting for peers.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        for id in worker.installed_dataflows() {
+            worker.drop_dataflow(id);
+        }
+    }));
+}
+
 /// Runs `body` on `worker`; on an error or a panic raises `abort` (with the reason) and drops
 /// the worker's dataflows; on any outcome, once the body has returned, drops them too if the
 /// run was aborted elsewhere.
@@ -71,13 +83,7 @@ pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Wor
         }
     };
     if result.is_err() || abort.raised() {
-        // NB: dropping a dataflow whose operators panicked may panic again; either way the
-        // worker must come out of here without waiting for peers.
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            for id in worker.installed_dataflows() {
-                worker.drop_dataflow(id);
-            }
-        }));
+        drop_dataflows(worker);
     }
     match result {
         Ok(_) if abort.raised() => Err(Error::Dataflow(abort.reason().unwrap_or_else(|| "another worker failed".into()))),

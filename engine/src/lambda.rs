@@ -244,13 +244,22 @@ impl<J: Job> Lambda<J> {
 
     /// Waits until the speed layer reflects every event acknowledged before this call.
     pub fn sync(&self, timeout: Duration) -> Result<()> {
+        self.sync_with(timeout, |_, _| {})
+    }
+
+    /// As [`Lambda::sync`], calling `progress(done, total)` with the events the speed layer
+    /// has applied since its cut and the number it must reach, every 50 ms while it waits.
+    pub fn sync_with(&self, timeout: Duration, mut progress: impl FnMut(u64, u64)) -> Result<()> {
         let ends = self.log.end_offsets();
         let deadline = std::time::Instant::now() + timeout;
         loop {
             // Re-fetch the pair each round: a handover may replace (and freeze) it meanwhile.
-            if self.serving().speed.wait_for(&ends, Duration::from_millis(50))? {
+            let serving = self.serving();
+            if serving.speed.wait_for(&ends, Duration::from_millis(50))? {
                 return Ok(());
             }
+            let since_cut = |offsets: &[u64]| -> u64 { offsets.iter().zip(&serving.speed.cut).map(|(o, c)| o.saturating_sub(*c)).sum() };
+            progress(since_cut(&serving.speed.frontier()), since_cut(&ends));
             if std::time::Instant::now() >= deadline {
                 return Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within {timeout:?}")));
             }

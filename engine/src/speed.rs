@@ -58,6 +58,16 @@ struct Shared {
     threads: Mutex<Vec<std::thread::Thread>>,
 }
 
+impl Shared {
+    /// Records why the layer stopped; the first reason wins.
+    fn record_failure(&self, reason: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            *failure = Some(reason);
+        }
+    }
+}
+
 struct StoreSeeds {
     store: ViewStore,
     version: Option<u64>,
@@ -195,11 +205,7 @@ impl SpeedLayer {
                 let shared = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let (Some(shared), Some((mut input, probe))) = (shared, parts) else {
                     // The start failed: drop what was built rather than wait for it.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        for id in worker.installed_dataflows() {
-                            worker.drop_dataflow(id);
-                        }
-                    }));
+                    crate::guard::drop_dataflows(worker);
                     return Ok(());
                 };
                 shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current());
@@ -207,19 +213,13 @@ impl SpeedLayer {
                     drive(worker, &shared, &log, &cut, index, peers, &mut input, &probe)
                 });
                 if let Err(e) = &result {
-                    let mut failure = shared.failure.lock().unwrap_or_else(|e| e.into_inner());
-                    if failure.is_none() {
-                        *failure = Some(shared.abort.reason().unwrap_or_else(|| e.to_string()));
-                    }
-                    drop(failure);
+                    shared.record_failure(shared.abort.reason().unwrap_or_else(|| e.to_string()));
                     shared.stop.store(true, Ordering::SeqCst);
                     shared.moved.notify_all();
                 }
                 // Stopped: drop the dataflow rather than wait for it to complete (it never
                 // will: the input stays open).
-                for id in worker.installed_dataflows() {
-                    worker.drop_dataflow(id);
-                }
+                crate::guard::drop_dataflows(worker);
                 result
             })
             .map_err(Error::Dataflow)?
@@ -302,11 +302,7 @@ impl SpeedLayer {
     /// Marks the layer failed with `reason` (it is frozen and will not catch up), so that
     /// waiters get the reason instead of a timeout.
     pub fn fail(&self, reason: String) {
-        let mut failure = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if failure.is_none() {
-            *failure = Some(reason);
-        }
-        drop(failure);
+        self.shared.record_failure(reason);
         self.freeze();
         self.shared.moved.notify_all();
     }
