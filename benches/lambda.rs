@@ -51,7 +51,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
-    let opts = Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 } };
+    let opts = Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 }, ..Options::default() };
     match name {
         "append" => {
             let evs = gen(1, events);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 const CHUNK: usize = 20_000;
 
 fn options() -> Options {
-    Options { workers: 2, log: LogConfig::default() }
+    Options { workers: 2, log: LogConfig::default(), ..Options::default() }
 }
 
 /// Checks every merged view of the data directory (via the library) against the oracle

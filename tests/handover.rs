@@ -78,7 +78,7 @@ fn check(view: &str, answers: &BTreeMap<String, serde_json::Value>, frontier: &[
 #[test]
 fn answers_stay_exact_across_handovers() {
     let dir = TempDir::new("handover");
-    let opts = Options { workers: 2, log: LogConfig { partitions: 4, segment_bytes: 256 << 10 } };
+    let opts = Options { workers: 2, log: LogConfig { partitions: 4, segment_bytes: 256 << 10 }, ..Options::default() };
     let lambda = Arc::new(Lambda::open(Shop, dir.path(), opts).unwrap());
     let appended: Appended = Arc::default();
 

@@ -25,6 +25,8 @@ pub trait Generator<E>: Send + Sync {
     /// `count` events generated from `seed`, as values. `live` asks for event times around
     /// now rather than in the historical range.
     fn events(&self, seed: u64, count: u64, live: bool) -> Vec<E>;
+    /// Appends `events` to `out` as NDJSON lines (what `demo` posts to the service).
+    fn to_ndjson(&self, events: &[E], out: &mut Vec<u8>);
 }
 
 /// What `demo` prints after each step: a few lines of merged answers.
@@ -35,12 +37,20 @@ pub struct App<J: Job> {
     job: J,
     generator: Option<Arc<dyn Generator<J::Event>>>,
     demo_report: Option<DemoReport<J>>,
+    dashboard: &'static str,
 }
 
 impl<J: Job> App<J> {
     /// An application for `job`.
     pub fn new(job: J) -> Self {
-        App { job, generator: None, demo_report: None }
+        App { job, generator: None, demo_report: None, dashboard: crate::serve::GENERIC_DASHBOARD }
+    }
+
+    /// The page `serve` answers `GET /` with (a self-contained HTML document that reads the
+    /// HTTP API; see docs/serving.md). Without it, a generic page lists views and freshness.
+    pub fn dashboard(mut self, html: &'static str) -> Self {
+        self.dashboard = html;
+        self
     }
 
     /// Adds a generator: enables `gen` and `demo`.
@@ -122,8 +132,45 @@ enum Command {
     },
     /// Read every record of the log and check every checksum.
     Verify,
-    /// The whole loop in one command: history, a batch, live events, merged answers.
+    /// The whole loop as a service: history, a batch, the HTTP API and dashboard, live events.
     Demo(DemoArgs),
+    /// Run the service: HTTP ingest, merged queries, scheduled batch runs, a live dashboard.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The job to serve (this binary's job; checked).
+    #[arg(long)]
+    job: Option<String>,
+    /// Address to listen on. Loopback by default; anything else exposes the API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// Run a batch (and hand over) every DURATION, e.g. 10m, 1h.
+    #[arg(long, value_name = "DURATION")]
+    batch_every: Option<String>,
+    /// Run a batch daily at HH:MM UTC.
+    #[arg(long, value_name = "HH:MM")]
+    batch_at: Option<String>,
+    /// Batch versions kept on disk.
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// A file holding the bearer token that write and admin endpoints (and reads, unless
+    /// --public-reads) require.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// With --token-file: let reads (views, status, metrics, dashboard data) through without the token.
+    #[arg(long)]
+    public_reads: bool,
+    /// Partitions for a new data directory.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body: usize,
+    /// Answer ingest with 429 while the speed layer is this many events behind.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_lag: u64,
 }
 
 #[derive(Args)]
@@ -149,15 +196,18 @@ struct DemoArgs {
     /// Historical events to ingest before the first batch.
     #[arg(long, default_value_t = 200_000)]
     history: u64,
-    /// Live events per second fed to the speed layer.
+    /// Live events per second posted to the service.
     #[arg(long, default_value_t = 2_000)]
     rate: u64,
-    /// How long to run, seconds (0: until interrupted).
-    #[arg(long, default_value_t = 20)]
+    /// How long to run, seconds (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
     seconds: u64,
     /// Run a new batch (and hand over) every this many seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 30)]
     batch_every: u64,
+    /// Address of the service and dashboard.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
     /// Start from an empty data directory: deletes DIR first, only if it holds nothing but
     /// lambdaflow data (log/, views/, LOCK).
     #[arg(long)]
@@ -201,7 +251,14 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
 }
 
 fn opts(workers: usize, partitions: u32) -> Options {
-    Options { workers: workers.max(1), log: LogConfig { partitions, segment_bytes: 64 << 20 } }
+    Options { workers: workers.max(1), log: LogConfig { partitions, segment_bytes: 64 << 20 }, ..Options::default() }
+}
+
+/// Opens the master dataset of `dir` (creating it with `partitions`), finishing any keyed
+/// group append a crash interrupted.
+fn open_log(dir: &Path, partitions: u32) -> Result<Log> {
+    let o = opts(1, partitions);
+    Ok(crate::keys::open_log(dir, o.log, o.key_retention, o.max_keys)?.0)
 }
 
 fn parse_format(s: &str) -> Result<Format> {
@@ -254,7 +311,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             };
             let parsed = t0.elapsed();
             let _lock = lock_data_dir(&cli.data)?;
-            let log = Log::open_or_create(&cli.data.join("log"), opts(workers, partitions).log)?;
+            let log = open_log(&cli.data, partitions)?;
             let t1 = Instant::now();
             // Group commit in chunks: each chunk is fsync'd before the next is written.
             let mut acked = 0usize;
@@ -277,7 +334,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         }
         Command::Batch { keep } => {
             let _lock = lock_data_dir(&cli.data)?;
-            let log = Arc::new(Log::open_or_create(&cli.data.join("log"), opts(workers, 4).log)?);
+            let log = Arc::new(open_log(&cli.data, 4)?);
             let store = crate::store::ViewStore::open(&cli.data)?;
             let progress = Arc::new(Progress::default());
             let job = Arc::new(app.job);
@@ -318,12 +375,16 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             let _lock = lock_data_dir(&cli.data)?;
             let lambda = open_existing(app.job, &cli.data, workers)?;
             catch_up(&lambda)?;
-            let sel = match key {
-                Some(k) => Selection::Key(k),
+            let sel = match &key {
+                Some(k) => Selection::Key(k.clone()),
                 None => Selection::Range { from, to, limit },
             };
+            let point = matches!(sel, Selection::Key(_));
             let result = lambda.query(&view, &sel)?;
-            print_result(&result, json);
+            if json && point && result.answers.is_empty() {
+                return Err(Error::Invalid(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
+            }
+            print_result(&result, json, point);
             Ok(())
         }
         Command::Views => {
@@ -377,7 +438,82 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo(app, &cli.data, workers, args),
+        Command::Serve(args) => serve(app, &cli.data, workers, args),
     }
+}
+
+fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
+    use crate::serve::{parse_duration, parse_time_of_day, Schedule, ServeConfig};
+    let schedule = match (&args.batch_every, &args.batch_at) {
+        (Some(_), Some(_)) => return Err(Error::Invalid("give --batch-every or --batch-at, not both".into())),
+        (Some(e), None) => Schedule::Every(parse_duration(e).map_err(|m| Error::Invalid(format!("--batch-every: {m}")))?),
+        (None, Some(a)) => {
+            let (h, m) = parse_time_of_day(a).map_err(|m| Error::Invalid(format!("--batch-at: {m}")))?;
+            Schedule::DailyAt(h, m)
+        }
+        (None, None) => Schedule::Never,
+    };
+    let token = match &args.token_file {
+        None => None,
+        Some(path) => {
+            let t =
+                std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), what: "read token file".into(), source })?;
+            let t = t.trim().to_string();
+            if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) {
+                return Err(Error::Invalid(format!(
+                    "token file {} must hold one token of at least 16 visible ASCII characters",
+                    path.display()
+                )));
+            }
+            Some(t)
+        }
+    };
+    if args.public_reads && token.is_none() {
+        return Err(Error::Invalid("--public-reads only makes sense with --token-file".into()));
+    }
+    if args.max_body < 1024 || args.max_body > (1 << 30) {
+        return Err(Error::Invalid(format!("--max-body must be 1024 to {} bytes", 1u64 << 30)));
+    }
+    Ok(ServeConfig {
+        listen: args.listen,
+        schedule,
+        keep: args.keep.max(1),
+        token,
+        public_reads: args.public_reads,
+        max_body_bytes: args.max_body,
+        max_lag_events: args.max_lag,
+        ..ServeConfig::default()
+    })
+}
+
+fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, args: ServeArgs) -> Result<()> {
+    if let Some(job) = &args.job {
+        if job != app.job.name() {
+            return Err(Error::Invalid(format!("this binary serves job `{}`, not `{job}`", app.job.name())));
+        }
+    }
+    let cfg = serve_config(&args)?;
+    let _lock = lock_data_dir(dir)?;
+    let t = Instant::now();
+    let lambda = Arc::new(Lambda::open(app.job, dir, opts(workers, args.partitions))?);
+    eprintln!(
+        "lambdaflow serve: opened {} ({} events; batch {}) in {:.2}s",
+        dir.display(),
+        lambda.log().end_offsets().iter().sum::<u64>(),
+        lambda.serving().batch.as_ref().map(|b| format!("v{}", b.meta.version)).unwrap_or_else(|| "none yet".into()),
+        t.elapsed().as_secs_f64()
+    );
+    catch_up(&lambda)?;
+    let running = crate::serve::start(lambda, cfg.clone(), app.dashboard, true)?;
+    eprintln!(
+        "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch schedule {:?}{}",
+        running.addr,
+        cfg.schedule,
+        if cfg.token.is_some() { "; token required" } else { "" }
+    );
+    running.wait()?;
+    eprintln!("lambdaflow serve: stopped");
+    Ok(())
 }
 
 /// Brings the speed layer up to the log's end, with a progress bar when that is a lot of
@@ -424,20 +560,23 @@ fn human_ms(ms: u64) -> String {
     }
 }
 
-fn print_result(result: &QueryResult, json: bool) {
+/// Prints merged answers; with `json`, in the shapes of the HTTP API: one answer object
+/// (`{"view","freshness","key","value","batch","speed"}`) for a key, and
+/// `{"view","items":[...],"freshness"}` for a range.
+fn print_result(result: &QueryResult, json: bool, point: bool) {
     let f = &result.freshness;
     if json {
-        for a in &result.answers {
-            let line = serde_json::json!({
-                "view": result.view,
-                "key": a.key,
-                "value": a.value,
-                "batch": a.batch,
-                "speed": a.speed,
-                "freshness": f,
-            });
-            println!("{line}");
-        }
+        let out = match (point, result.answers.first()) {
+            (true, Some(a)) => {
+                let mut o = serde_json::json!({ "view": result.view, "freshness": f });
+                if let (Some(o), Ok(serde_json::Value::Object(a))) = (o.as_object_mut(), serde_json::to_value(a)) {
+                    o.extend(a);
+                }
+                o
+            }
+            _ => serde_json::json!({ "view": result.view, "items": result.answers, "freshness": f }),
+        };
+        println!("{out}");
         return;
     }
     for a in &result.answers {
@@ -478,7 +617,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
     let _lock = lock_data_dir(dir)?;
     let report = app.demo_report.clone();
     println!("lambdaflow demo: job `{}` in {} with {workers} worker(s)", app.job.name(), dir.display());
-    let lambda = Lambda::open(app.job, dir, opts(workers, 4))?;
+    let lambda = Arc::new(Lambda::open(app.job, dir, opts(workers, 4))?);
     let have: u64 = lambda.log().end_offsets().iter().sum();
     if have < args.history {
         let t = Instant::now();
@@ -499,50 +638,84 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         r.meta.cut,
         t.elapsed().as_secs_f64()
     );
-    println!("3. speed layer: feeding {} live events/s; merged answers below (batch part + speed part)", args.rate);
+    let cfg = crate::serve::ServeConfig {
+        listen: args.listen,
+        schedule: crate::serve::Schedule::Every(Duration::from_secs(args.batch_every.max(1))),
+        ..Default::default()
+    };
+    let running = crate::serve::start(lambda.clone(), cfg, app.dashboard, true)?;
+    let addr = running.addr;
+    println!("3. service: listening on http://{addr}");
+    println!();
+    println!("   open the dashboard:  http://{addr}/");
+    println!("   query the API:       curl http://{addr}/v1/views");
+    println!();
+    println!(
+        "4. posting {} live events/s over HTTP; a batch run every {} s; {}",
+        args.rate,
+        args.batch_every.max(1),
+        if args.seconds == 0 { "Ctrl-C to stop".to_string() } else { format!("stopping after {} s", args.seconds) }
+    );
     let start = Instant::now();
-    let mut last_batch = Instant::now();
     let mut seed = 1000u64;
+    let mut last_report = Instant::now();
     let tick = Duration::from_millis(250);
-    loop {
+    let mut posted = 0u64;
+    while !running.is_finished() {
         if args.seconds > 0 && start.elapsed() >= Duration::from_secs(args.seconds) {
             break;
         }
+        let t = Instant::now();
         let live = g.events(seed, (args.rate / 4).max(1), true);
         seed += 1;
-        lambda.append(&live)?;
-        lambda.sync(Duration::from_secs(30))?;
-        if let Some(report) = &report {
-            let lines = report(&lambda)?;
-            println!("[{:>5.1}s] {}", start.elapsed().as_secs_f64(), lines.join(" | "));
+        let mut body = Vec::with_capacity(live.len() * 160);
+        g.to_ndjson(&live, &mut body);
+        match http_post(addr, "/v1/events", &format!("demo-{seed}"), &body) {
+            Ok(200) => posted += live.len() as u64,
+            Ok(429) => eprintln!("   (the service asked the generator to slow down)"),
+            Ok(code) => eprintln!("   posting events got HTTP {code}"),
+            Err(e) if running.is_finished() => drop(e),
+            Err(e) => eprintln!("   posting events failed: {e}"),
         }
-        if last_batch.elapsed() >= Duration::from_secs(args.batch_every.max(1)) {
-            let t = Instant::now();
-            let r = lambda.batch_and_handover(Arc::new(Progress::default()))?;
-            println!(
-                "   -> batch v{} at cut {:?} ({} events) in {:.2}s; handed over, speed layer restarted from the new cut",
-                r.meta.version,
-                r.meta.cut,
-                r.meta.events,
-                t.elapsed().as_secs_f64()
-            );
-            last_batch = Instant::now();
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            if let Some(report) = &report {
+                let lines = report(&lambda)?;
+                println!("[{:>5.1}s] {}", start.elapsed().as_secs_f64(), lines.join(" | "));
+            }
+            last_report = Instant::now();
         }
-        std::thread::sleep(tick);
+        std::thread::sleep(tick.saturating_sub(t.elapsed()));
     }
+    running.stop()?;
     let s = lambda.status();
     println!(
-        "done: {} events in the log, batch v{}, speed frontier {:?}",
+        "done: posted {posted} live events; {} events in the log, batch v{}, speed frontier {:?}",
         s.log_end.iter().sum::<u64>(),
         s.batch.map(|b| b.version).unwrap_or(0),
         s.freshness.speed_frontier
     );
     let binary =
         std::env::args().next().and_then(|a| Path::new(&a).file_name().map(|f| f.to_string_lossy().to_string())).unwrap_or_default();
-    if let Some(first) = lambda.views().first() {
-        println!("try: {binary} --data {} query {} --limit 5", dir.display(), first.name);
-    }
+    println!("serve it again: {binary} --data {} serve", dir.display());
     Ok(())
+}
+
+/// A minimal HTTP/1.1 POST of NDJSON with an idempotency key; returns the status code.
+fn http_post(addr: std::net::SocketAddr, path: &str, key: &str, body: &[u8]) -> std::io::Result<u16> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: {key}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let status = response.split(|b| *b == b' ').nth(1).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse().ok());
+    status.ok_or_else(|| std::io::Error::other("malformed HTTP response"))
 }
 
 /// Convenience for tests and tools: read all of `path` as events of `E`.

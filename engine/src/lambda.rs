@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::batch::{run_batch, BatchReport, Progress};
 use crate::error::{Error, Result};
+use crate::keys::KeyJournal;
 use crate::log::{Log, LogConfig, Position};
 use crate::speed::SpeedLayer;
 use crate::store::{now_ms, BatchMeta, ViewStore};
@@ -29,8 +30,17 @@ pub struct LoadedBatch {
     tables: Vec<Option<Arc<dyn BatchTable>>>,
 }
 
+impl LoadedBatch {
+    /// Records per view, in the job's view order.
+    pub fn table_lens(&self) -> Vec<usize> {
+        self.tables.iter().map(|t| t.as_ref().map(|t| t.len()).unwrap_or(0)).collect()
+    }
+}
+
 /// One batch version and the speed layer seeded from it.
 pub struct Serving {
+    /// Unique per pair built by this process: a cache keyed by it never confuses two pairs.
+    pub id: u64,
     /// The batch version (none before the first batch run).
     pub batch: Option<Arc<LoadedBatch>>,
     /// The speed layer over the log from the batch cut (or from 0).
@@ -50,6 +60,8 @@ pub struct Freshness {
     pub speed_frontier: Vec<u64>,
     /// Events in the speed layer (frontier − cut).
     pub speed_events: u64,
+    /// Acknowledged events the speed layer has not applied yet (log end − frontier).
+    pub speed_lag_events: u64,
     /// Since the speed frontier last moved, ms.
     pub speed_age_ms: u64,
 }
@@ -93,11 +105,20 @@ pub struct Options {
     pub workers: usize,
     /// Log configuration for a new data directory.
     pub log: LogConfig,
+    /// How long idempotency keys are remembered.
+    pub key_retention: Duration,
+    /// At most this many idempotency keys are remembered (the oldest are forgotten first).
+    pub max_keys: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 1, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 } }
+        Options {
+            workers: 1,
+            log: LogConfig { partitions: 4, segment_bytes: 64 << 20 },
+            key_retention: Duration::from_secs(24 * 3600),
+            max_keys: 1_000_000,
+        }
     }
 }
 
@@ -110,6 +131,7 @@ pub struct Lambda<J: Job> {
     current: RwLock<Arc<Serving>>,
     handover: Mutex<()>,
     batch: Mutex<()>,
+    keys: Mutex<KeyJournal>,
 }
 
 /// The stable partition of a key.
@@ -121,18 +143,56 @@ pub fn partition_of(key: u64, partitions: u32) -> u32 {
     ((z ^ (z >> 31)) % partitions as u64) as u32
 }
 
+/// Events encoded for the log: each event's partition and its bytes, in one buffer.
+#[derive(Clone, Debug, Default)]
+pub struct Encoded {
+    /// The concatenated payloads.
+    pub bytes: Vec<u8>,
+    /// Per event: partition and end offset of its payload in `bytes`.
+    pub spans: Vec<(u32, usize)>,
+}
+
+impl Encoded {
+    /// Encodes `events` for a log of `partitions` partitions.
+    pub fn of<E: lambdaflow_operators::Event>(events: &[E], partitions: u32) -> Result<Encoded> {
+        let mut out = Encoded { bytes: Vec::with_capacity(events.len() * 48), spans: Vec::with_capacity(events.len()) };
+        for (i, e) in events.iter().enumerate() {
+            bincode::serialize_into(&mut out.bytes, e).map_err(|err| Error::Invalid(format!("event {i} does not encode: {err}")))?;
+            out.spans.push((partition_of(e.partition_key(), partitions), out.bytes.len()));
+        }
+        Ok(out)
+    }
+
+    /// `(partition, payload)` per event, in order.
+    pub fn records(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
+        let mut start = 0;
+        self.spans.iter().map(move |&(p, end)| {
+            let r = (p, &self.bytes[start..end]);
+            start = end;
+            r
+        })
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
 /// Appends events durably: encodes each, routes it to its partition, and returns once all
 /// are fsync'd (one group commit per call). Nothing is written if any event fails to encode.
 pub fn append_events<E: lambdaflow_operators::Event>(log: &Log, events: &[E]) -> Result<Vec<Position>> {
-    let parts = log.partitions();
-    let mut encoded = Vec::with_capacity(events.len());
-    for (i, e) in events.iter().enumerate() {
-        let bytes = bincode::serialize(e).map_err(|err| Error::Invalid(format!("event {i} does not encode: {err}")))?;
-        encoded.push((partition_of(e.partition_key(), parts), bytes));
-    }
-    let records: Vec<(u32, &[u8])> = encoded.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    let encoded = Encoded::of(events, log.partitions())?;
+    let records: Vec<(u32, &[u8])> = encoded.records().collect();
     Ok(log.append(&records)?)
 }
+
+static NEXT_SERVING_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl<J: Job> Lambda<J> {
     /// Opens (or creates) the data directory `dir`, recovers the log, loads the current
@@ -144,7 +204,8 @@ impl<J: Job> Lambda<J> {
             what: "create data directory".into(),
             source,
         })?;
-        let log = Arc::new(Log::open_or_create(&dir.join("log"), opts.log)?);
+        let (log, keys) = crate::keys::open_log(dir, opts.log, opts.key_retention, opts.max_keys)?;
+        let log = Arc::new(log);
         let serving = Self::serving_for(&job, &log, dir, opts.workers, None)?;
         Ok(Lambda {
             job,
@@ -154,6 +215,7 @@ impl<J: Job> Lambda<J> {
             current: RwLock::new(Arc::new(serving)),
             handover: Mutex::new(()),
             batch: Mutex::new(()),
+            keys: Mutex::new(keys),
         })
     }
 
@@ -212,7 +274,7 @@ impl<J: Job> Lambda<J> {
                 Some(Arc::new(LoadedBatch { meta, tables }))
             }
         };
-        Ok(Serving { batch, speed })
+        Ok(Serving { id: NEXT_SERVING_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed), batch, speed })
     }
 
     /// The job.
@@ -242,6 +304,23 @@ impl<J: Job> Lambda<J> {
         Ok(positions)
     }
 
+    /// Appends already encoded records durably and wakes the speed layer.
+    pub fn append_records(&self, records: &[(u32, &[u8])]) -> Result<Vec<Position>> {
+        let positions = self.log.append(records)?;
+        self.serving().speed.notify();
+        Ok(positions)
+    }
+
+    /// The idempotency-key journal (held by whoever groups keyed appends).
+    pub fn keys(&self) -> &Mutex<KeyJournal> {
+        &self.keys
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Waits until the speed layer reflects every event acknowledged before this call.
     pub fn sync(&self, timeout: Duration) -> Result<()> {
         self.sync_with(timeout, |_, _| {})
@@ -268,7 +347,11 @@ impl<J: Job> Lambda<J> {
 
     /// The merged answers of `view` for `sel`, with their freshness.
     pub fn query(&self, view: &str, sel: &Selection) -> Result<QueryResult> {
-        let serving = self.serving();
+        self.query_on(&self.serving(), view, sel)
+    }
+
+    /// As [`Lambda::query`], on a given serving pair (from [`Lambda::serving`]).
+    pub fn query_on(&self, serving: &Serving, view: &str, sel: &Selection) -> Result<QueryResult> {
         let speed = &serving.speed;
         let i = speed.views().iter().position(|v| v.info().name == view).ok_or_else(|| {
             let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
@@ -282,7 +365,7 @@ impl<J: Job> Lambda<J> {
                     .map(|a| (a, state.frontier.clone(), state.updated_ms))
             })
             .map_err(Error::Invalid)?;
-        Ok(QueryResult { view: view.to_string(), answers, freshness: freshness(&serving, frontier, updated_ms) })
+        Ok(QueryResult { view: view.to_string(), answers, freshness: self.freshness(serving, frontier, updated_ms) })
     }
 
     /// Runs a batch at the log's current end and hands over to it. Batch runs of one `Lambda` run one at a time.
@@ -358,22 +441,27 @@ impl<J: Job> Lambda<J> {
             log_end: self.log.end_offsets(),
             log_bytes: self.log.disk_bytes(),
             batch: serving.batch.as_ref().map(|b| b.meta.clone()),
-            freshness: freshness(&serving, frontier, updated_ms),
+            freshness: self.freshness(&serving, frontier, updated_ms),
             speed_keys,
             speed_bytes,
         }
     }
 }
 
-fn freshness(serving: &Serving, frontier: Vec<u64>, updated_ms: u64) -> Freshness {
-    let now = now_ms();
-    let cut = serving.speed.cut.clone();
-    Freshness {
-        batch_version: serving.batch.as_ref().map(|b| b.meta.version),
-        batch_age_ms: serving.batch.as_ref().map(|b| now.saturating_sub(b.meta.finished_ms)),
-        speed_events: frontier.iter().zip(&cut).map(|(f, c)| f - c).sum(),
-        batch_cut: cut,
-        speed_frontier: frontier,
-        speed_age_ms: now.saturating_sub(updated_ms),
+impl<J: Job> Lambda<J> {
+    /// The freshness of `serving` at `frontier` (published at `updated_ms`).
+    pub fn freshness(&self, serving: &Serving, frontier: Vec<u64>, updated_ms: u64) -> Freshness {
+        let now = now_ms();
+        let cut = serving.speed.cut.clone();
+        let ends = self.log.end_offsets();
+        Freshness {
+            batch_version: serving.batch.as_ref().map(|b| b.meta.version),
+            batch_age_ms: serving.batch.as_ref().map(|b| now.saturating_sub(b.meta.finished_ms)),
+            speed_events: frontier.iter().zip(&cut).map(|(f, c)| f - c).sum(),
+            speed_lag_events: ends.iter().zip(&frontier).map(|(e, f)| e.saturating_sub(*f)).sum(),
+            batch_cut: cut,
+            speed_frontier: frontier,
+            speed_age_ms: now.saturating_sub(updated_ms),
+        }
     }
 }

@@ -274,6 +274,7 @@ impl SpeedLayer {
     pub fn wait_for(&self, offsets: &[u64], timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
+            let guard = self.shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
             if self.frontier().iter().zip(offsets).all(|(f, o)| f >= o) {
                 return Ok(true);
             }
@@ -284,7 +285,6 @@ impl SpeedLayer {
             if now >= deadline {
                 return Ok(false);
             }
-            let guard = self.shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
             let _ = self.shared.moved.wait_timeout(guard, (deadline - now).min(Duration::from_millis(20)));
         }
     }
@@ -421,5 +421,8 @@ fn publish(shared: &Shared, epoch: u64) {
     state.frontier = frontier;
     state.updated_ms = now_ms();
     drop(state);
+    // Under the waiters' lock: a waiter checks the frontier and starts waiting under it, so
+    // it cannot miss this wake-up.
+    let _waiters = shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
     shared.moved.notify_all();
 }

@@ -59,7 +59,7 @@ impl Drop for TempDir {
 /// Options for small test runs: `workers` threads, 4 partitions, small segments so rolls
 /// happen.
 pub fn test_options(workers: usize) -> Options {
-    Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 10 } }
+    Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 10 }, ..Options::default() }
 }
 
 /// Reads every key of every view.

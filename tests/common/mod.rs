@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use lambdaflow_engine::log::Log;
 use lambdaflow_jobs::shop::ShopEvent;
 use serde_json::Value;
@@ -140,12 +142,19 @@ pub fn partition_segments(data: &Path, p: u32) -> Vec<PathBuf> {
 /// `oracle::expected_views` and `testing::all_views`.
 pub fn query_json(data: &Path, view: &str) -> BTreeMap<String, Value> {
     let o = run_ok(data, &["query", view, "--json", "--limit", "100000000"]);
-    stdout(&o)
-        .lines()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("query output is not JSON ({e}): {line}"));
-            assert_eq!(v["view"], view);
-            (serde_json::to_string(&v["key"]).expect("key"), v["value"].clone())
-        })
+    let out = stdout(&o);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("query output is not JSON ({e}): {out}"));
+    assert_eq!(v["view"], view);
+    items_by_key(&v)
+}
+
+/// The `items` of a range answer (`{"view","items":[{"key","value",..}],"freshness"}`, the
+/// shape of both `query --json` and `GET /v1/views/{view}`) as key (compact JSON) → value.
+pub fn items_by_key(answer: &Value) -> BTreeMap<String, Value> {
+    answer["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {answer}"))
+        .iter()
+        .map(|item| (serde_json::to_string(&item["key"]).expect("key"), item["value"].clone()))
         .collect()
 }

@@ -5,6 +5,8 @@
 //! ```text
 //! D/MANIFEST                         JSON: format version, partitions, segment_bytes,
 //!                                    and per partition its sealed segments
+//! D/ROLLBACK                         JSON, only while a rollback is in progress: the
+//!                                    target end offset of every partition
 //! D/p{partition:04}/{base:020}.seg   segment files, named by their first offset
 //! ```
 //!
@@ -29,11 +31,21 @@
 //! never served. A flipped byte inside a *sealed* segment is detected lazily: `open`
 //! succeeds, and [`Log::read`] / [`Log::verify`] return [`LogError::Corrupt`] naming the
 //! file and byte offset of the bad record. Nothing corrupt is ever skipped silently.
+//!
+//! # Rollback of unacknowledged tails
+//!
+//! [`Log::rollback_to`] removes the records at the tail of partitions that a crash left
+//! half-appended (never acknowledged). It first makes an intent file `ROLLBACK` durable, then
+//! shortens the manifest, deletes later segment files and truncates the segment holding each
+//! target, then removes `ROLLBACK`. Opening a log that has a `ROLLBACK` completes the rollback
+//! before anything else (every step is idempotent), so a crash at any point leaves either the
+//! log as it was (crash before the intent was durable) or a log that opens rolled back.
 
 #![forbid(unsafe_code)]
 
 mod codec;
 mod manifest;
+mod rollback;
 mod segment;
 #[cfg(test)]
 mod tests;
@@ -162,6 +174,14 @@ pub enum LogError {
     /// An error raised by the callback of [`Log::read`].
     #[error("{0}")]
     Callback(String),
+    /// A [`Log::rollback_to`] request, or a pending `ROLLBACK` intent file, is unusable.
+    #[error("invalid rollback of {}: {detail}", path.display())]
+    RollbackInvalid {
+        /// The log directory (for a request) or the `ROLLBACK` file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// In-memory state of one segment.
@@ -416,6 +436,61 @@ impl Log {
         }
         self.publish(plans);
         Ok(positions)
+    }
+
+    /// Removes every record at or after `ends[p]` from each partition p (partitions whose end is
+    /// already <= ends[p] are untouched) and returns the reopened log. For records that were never
+    /// acknowledged only (recovery of an interrupted multi-partition append).
+    ///
+    /// The segment holding record `ends[p]` becomes the partition's active segment, truncated
+    /// where that record started; later segment files are deleted and the manifest's sealed list
+    /// shortened. Appends then continue at `ends[p]`.
+    ///
+    /// Crash-safe: the targets are first made durable in an intent file `ROLLBACK` (tmp, fsync,
+    /// rename, fsync dir); then the manifest is rewritten, later segments deleted (partition
+    /// directory fsynced) and the target segments truncated (fsynced); then `ROLLBACK` is removed
+    /// and the directory fsynced. [`Log::open`] finding a `ROLLBACK` completes the rollback before
+    /// anything else. A crash before the intent is durable changes nothing: call this again.
+    ///
+    /// `ends` must have one entry per partition ([`LogError::RollbackInvalid`] otherwise). When
+    /// nothing is to be removed the log is returned as is, without touching the disk. On any
+    /// error the log is closed: open it again ([`Log::open`] completes a started rollback).
+    pub fn rollback_to(self, ends: &[u64]) -> Result<Log, LogError> {
+        if ends.len() != self.partitions as usize {
+            return Err(LogError::RollbackInvalid {
+                path: self.dir.clone(),
+                detail: format!("{} end offsets given for a log of {} partitions", ends.len(), self.partitions),
+            });
+        }
+        let Log { dir, partitions, segment_bytes, state, writer } = self;
+        let lock_poisoned = writer.is_poisoned();
+        let writer = writer.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let state = state.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let current: Vec<u64> = state.iter().map(PartState::end).collect();
+        let targets: Vec<u64> = ends.iter().zip(&current).map(|(&want, &end)| want.min(end)).collect();
+        if targets == current && writer.poisoned.is_none() && !lock_poisoned {
+            return Ok(Log { dir, partitions, segment_bytes, state: RwLock::new(state), writer: Mutex::new(writer) });
+        }
+        // Close the append handles; the rollback works from what is on disk (as recovery does).
+        drop(writer);
+        // Find every cut point (checking the records before it) before changing anything.
+        let mut hints = Vec::with_capacity(targets.len());
+        for (p, (ps, &target)) in state.iter().zip(&targets).enumerate() {
+            hints.push(rollback::locate(&dir, p as u32, target, rollback_hint(ps, target))?);
+        }
+        let manifest = Manifest::load(&dir)?
+            .ok_or_else(|| LogError::ManifestInvalid { path: dir.join(MANIFEST), detail: "MANIFEST is missing".into() })?;
+        if manifest.partitions != partitions {
+            return Err(LogError::ManifestInvalid {
+                path: dir.join(MANIFEST),
+                detail: format!("declares {} partitions, the open log has {partitions}", manifest.partitions),
+            });
+        }
+        let mut steps = rollback::Steps::new();
+        rollback::write_intent(&dir, &targets, &mut steps)?;
+        rollback::apply(&dir, &manifest, &targets, &hints, &mut steps)?;
+        rollback::remove_intent(&dir, &mut steps)?;
+        Self::open(&dir)
     }
 
     /// Durable end offset of each partition (the offset its next record will get).
@@ -695,6 +770,8 @@ impl Log {
             eprintln!("lambdaflow log {}: removed a stale MANIFEST.tmp (an interrupted manifest update)", dir.display());
             sync_dir(dir)?;
         }
+        // Before the checks below, which would refuse a rollback's intermediate state.
+        rollback::recover(dir)?;
         let partition_dirs = list_partition_dirs(dir)?;
         let manifest = match Manifest::load(dir)? {
             Some(m) => m,
@@ -736,6 +813,20 @@ impl Log {
             writer: Mutex::new(Writer { manifest, files: (0..partitions).map(|_| None).collect(), poisoned: None }),
         }))
     }
+}
+
+/// Where record `target` of a partition starts, as far as the in-memory state knows: in the
+/// segment that will hold it after a rollback to `target`, the exact byte when `target` ends
+/// that segment, else the nearest sparse-index point before it.
+fn rollback_hint(ps: &PartState, target: u64) -> rollback::Hint {
+    let i = ps.segments.partition_point(|s| s.base + s.records <= target).min(ps.segments.len() - 1);
+    let s = &ps.segments[i];
+    let rel = target.saturating_sub(s.base);
+    if rel >= s.records {
+        return rollback::Hint { base: s.base, rel: s.records, pos: s.bytes };
+    }
+    let k = ((rel / INDEX_STRIDE) as usize).min(s.index.len() - 1);
+    rollback::Hint { base: s.base, rel: k as u64 * INDEX_STRIDE, pos: s.index[k] }
 }
 
 /// Fsyncs (data) every file, concurrently when there are several, so that a group commit

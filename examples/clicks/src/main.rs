@@ -45,6 +45,13 @@ impl Generator<Click> for ClickGenerator {
             synthetic(seed, count, today - 29 * MS_PER_DAY, 30)
         }
     }
+
+    fn to_ndjson(&self, events: &[Click], out: &mut Vec<u8>) {
+        for c in events {
+            out.extend_from_slice(c.to_ndjson().as_bytes());
+            out.push(b'\n');
+        }
+    }
 }
 
 /// What `demo` prints after each step.

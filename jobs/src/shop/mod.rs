@@ -167,6 +167,13 @@ impl Generator<ShopEvent> for ShopGenerator {
         };
         gen::Generator::new(cfg).collect()
     }
+
+    fn to_ndjson(&self, events: &[ShopEvent], out: &mut Vec<u8>) {
+        for e in events {
+            e.write_ndjson(out);
+            out.push(b'\n');
+        }
+    }
 }
 
 /// The demo's report: today's revenue with its batch and speed parts, and a few more views.
@@ -201,7 +208,11 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     Ok(lines)
 }
 
+/// The live dashboard `serve` and `demo` answer `GET /` with: today's revenue (batch +
+/// speed), revenue by day, top products today, inventory alerts, freshness.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// The shop job as a command-line application: what the `lambdaflow` binary runs.
 pub fn app() -> App<Shop> {
-    App::new(Shop).generator(ShopGenerator).demo_report(demo_report)
+    App::new(Shop).generator(ShopGenerator).demo_report(demo_report).dashboard(DASHBOARD)
 }

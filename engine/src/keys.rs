@@ -1,0 +1,453 @@
+//! Idempotency keys, durable with the events they guard.
+//!
+//! `DIR/keys/journal` is a sequence of framed records (`[len u32 LE][crc32c u32 LE][bincode]`,
+//! the CRC over the length bytes and the payload), one per group commit that carried at
+//! least one keyed request. A record holds the log's end offsets before and after the
+//! group's append and, for each key, a hash of the request body and the positions its
+//! events got.
+//!
+//! # Order of writes (why a key is never lost and never lies)
+//!
+//! 1. The journal record is appended and fsync'd *before* the group's events go to the log.
+//! 2. The events are appended to the log (fsync per partition); only then is anything
+//!    acknowledged.
+//!
+//! A crash between 1 and the end of 2 leaves a journal record whose append is incomplete:
+//! some partition ends before the record's `end`. [`KeyJournal::open`] finds that (only the
+//! last record can be incomplete: group commits are serialised) and rolls the log back to
+//! the record's `start` — those events were never acknowledged — and then drops the record.
+//! So after recovery every key in the journal names events that are all in the log, and
+//! every keyed append that is in the log has its key in the journal. An append that fails
+//! with an error (the log rolls itself back) has its journal record removed the same way.
+//!
+//! Keys are kept for a retention period (24 h by default) and up to a maximum number; the
+//! journal is compacted (rewritten atomically with only live keys) when it has grown to
+//! several times the live size.
+
+use crate::error::{Error, Result};
+use crate::log::Log;
+use crate::store::now_ms;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The longest idempotency key accepted, in bytes.
+pub const KEY_BYTES_MAX: usize = 255;
+
+/// Where one request's events went: per partition, the offsets `[from, to)`, holding the
+/// request's events of that partition in input order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// The partition.
+    pub partition: u32,
+    /// First offset.
+    pub from: u64,
+    /// One past the last offset.
+    pub to: u64,
+}
+
+/// A remembered key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    /// The client's key.
+    pub key: String,
+    /// Hash of the request body, to tell a retry from a different request reusing the key.
+    pub body_hash: u64,
+    /// Events in the request.
+    pub events: u64,
+    /// Where they went.
+    pub ranges: Vec<Range>,
+    /// When it was first acknowledged, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    /// Log end offsets before and after the group's append; `None` for a compacted record.
+    start: Option<Vec<u64>>,
+    end: Option<Vec<u64>>,
+    entries: Vec<KeyEntry>,
+}
+
+/// Checks a client-supplied key: 1 to [`KEY_BYTES_MAX`] visible ASCII characters.
+pub fn validate_key(key: &str) -> std::result::Result<(), String> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(format!("Idempotency-Key must be 1 to {KEY_BYTES_MAX} characters, got {}", key.len()));
+    }
+    if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!("Idempotency-Key may hold visible ASCII characters only, found {c:?}"));
+    }
+    Ok(())
+}
+
+/// A 64-bit hash of a request body (FNV-1a folded with CRC-32C; not cryptographic).
+pub fn body_hash(body: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for chunk in body.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        h ^= u64::from_le_bytes(w);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    h ^ ((crc32c::crc32c(body) as u64) << 32) ^ body.len() as u64
+}
+
+/// Opens (or creates) the master dataset of data directory `dir` and its key journal,
+/// finishing any interrupted keyed group append (see [`KeyJournal::open`]). Every command
+/// that opens a data directory goes through here, so no reader ever sees such a group.
+pub fn open_log(dir: &Path, cfg: crate::log::LogConfig, retention: Duration, max_keys: usize) -> Result<(Log, KeyJournal)> {
+    let log = Log::open_or_create(&dir.join("log"), cfg)?;
+    let (journal, log) = KeyJournal::open(dir, log, retention, max_keys)?;
+    Ok((log, journal))
+}
+
+/// The journal of idempotency keys of one data directory.
+pub struct KeyJournal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    keys: HashMap<String, KeyEntry>,
+    /// Keys in acknowledgement order, for expiry.
+    order: VecDeque<(u64, String)>,
+    retention: Duration,
+    max_keys: usize,
+    /// Bytes of the journal when it was last compacted (or opened).
+    base_len: u64,
+}
+
+fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    let what = what.to_string();
+    move |source| Error::Io { path, what, source }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), payload);
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync directory"))
+}
+
+impl KeyJournal {
+    /// Opens (or creates) the journal of data directory `dir`, and finishes any group append
+    /// a crash interrupted: the log is rolled back to before it (it was never acknowledged).
+    /// Returns the journal and the log to use from now on.
+    pub fn open(dir: &Path, log: Log, retention: Duration, max_keys: usize) -> Result<(KeyJournal, Log)> {
+        let kdir = dir.join("keys");
+        std::fs::create_dir_all(&kdir).map_err(io(&kdir, "create directory"))?;
+        let path = kdir.join("journal");
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes).map_err(io(&path, "read"))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, "open")(e)),
+        }
+        // Decode records; a torn or bad tail is a group whose append never started.
+        let mut records: Vec<(u64, Record)> = Vec::new();
+        let mut pos = 0usize;
+        let mut valid_end = 0u64;
+        while pos < bytes.len() {
+            let bad = |detail: String| -> String { format!("{} at byte {pos}: {detail}", path.display()) };
+            if bytes.len() - pos < 8 {
+                eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record header".into()));
+                break;
+            }
+            let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+            let crc = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
+            if bytes.len() - pos - 8 < len {
+                eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record".into()));
+                break;
+            }
+            let payload = &bytes[pos + 8..pos + 8 + len];
+            let actual = crc32c::crc32c_append(crc32c::crc32c(&bytes[pos..pos + 4]), payload);
+            let record: Option<Record> = if actual == crc { bincode::deserialize(payload).ok() } else { None };
+            let Some(record) = record else {
+                // A bad record followed by more data is damage, not a torn write: refuse
+                // rather than forget keys (a retry would then append twice).
+                if pos + 8 + len < bytes.len() {
+                    return Err(Error::CorruptView {
+                        path: path.clone(),
+                        detail: format!(
+                            "idempotency journal record at byte {pos} fails its checksum and is followed by more records; \
+                             move the file aside to start without remembered keys"
+                        ),
+                    });
+                }
+                eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("checksum mismatch in the last record".into()));
+                break;
+            };
+            records.push((pos as u64, record));
+            pos += 8 + len;
+            valid_end = pos as u64;
+        }
+
+        let mut log = log;
+        // Only the last record can belong to an interrupted append.
+        if let Some((at, last)) = records.last() {
+            if let (Some(start), Some(end)) = (&last.start, &last.end) {
+                let ends = log.end_offsets();
+                if start.len() != ends.len() || end.len() != ends.len() {
+                    return Err(Error::Invalid(format!(
+                        "{}: the last record names {} partitions, the log has {}",
+                        path.display(),
+                        end.len(),
+                        ends.len()
+                    )));
+                }
+                let complete = ends.iter().zip(end).all(|(e, want)| e >= want);
+                if !complete {
+                    eprintln!(
+                        "lambdaflow keys: the last group append was interrupted (log ends {ends:?}, the group would end at {end:?}); \
+                         rolling the log back to {start:?}: those events were never acknowledged"
+                    );
+                    log = log.rollback_to(start)?;
+                    valid_end = *at;
+                    records.pop();
+                }
+            }
+        }
+        if valid_end < bytes.len() as u64 {
+            let f = OpenOptions::new().write(true).open(&path).map_err(io(&path, "open"))?;
+            f.set_len(valid_end).and_then(|()| f.sync_all()).map_err(io(&path, "truncate"))?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path, "open"))?;
+        sync_dir(&kdir)?;
+        let mut journal = KeyJournal {
+            path,
+            file,
+            len: valid_end,
+            keys: HashMap::new(),
+            order: VecDeque::new(),
+            retention,
+            max_keys: max_keys.max(1),
+            base_len: valid_end,
+        };
+        for (_, r) in records {
+            for e in r.entries {
+                journal.remember(e);
+            }
+        }
+        journal.expire();
+        Ok((journal, log))
+    }
+
+    /// The entry for `key`, if it is remembered.
+    pub fn get(&self, key: &str) -> Option<&KeyEntry> {
+        self.keys.get(key)
+    }
+
+    /// Number of keys remembered.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Writes (and fsyncs) the record of a group append about to happen. Call
+    /// [`KeyJournal::commit`] once the append is durable, or [`KeyJournal::abort`] if it failed.
+    pub fn prepare(&mut self, start: Vec<u64>, end: Vec<u64>, entries: &[KeyEntry]) -> Result<u64> {
+        let payload = bincode::serialize(&Record { start: Some(start), end: Some(end), entries: entries.to_vec() })
+            .map_err(|e| Error::Invalid(format!("idempotency record does not encode: {e}")))?;
+        let before = self.len;
+        let framed = frame(&payload);
+        let res = self.file.write_all(&framed).and_then(|()| self.file.sync_data());
+        if let Err(e) = res {
+            // Take back whatever reached the file; the group is refused.
+            self.truncate_to(before)?;
+            return Err(io(&self.path, "append to idempotency journal")(e));
+        }
+        self.len += framed.len() as u64;
+        Ok(before)
+    }
+
+    /// Remembers the entries of a group whose append is durable.
+    pub fn commit(&mut self, entries: Vec<KeyEntry>) -> Result<()> {
+        for e in entries {
+            self.remember(e);
+        }
+        self.expire();
+        if self.len > (64 << 20).max(self.base_len * 4) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the record written by [`KeyJournal::prepare`] (whose append failed).
+    pub fn abort(&mut self, prepared_at: u64) -> Result<()> {
+        self.truncate_to(prepared_at)
+    }
+
+    fn truncate_to(&mut self, len: u64) -> Result<()> {
+        self.file.set_len(len).and_then(|()| self.file.sync_all()).map_err(io(&self.path, "truncate idempotency journal"))?;
+        self.len = len;
+        Ok(())
+    }
+
+    fn remember(&mut self, e: KeyEntry) {
+        self.order.push_back((e.at_ms, e.key.clone()));
+        self.keys.insert(e.key.clone(), e);
+    }
+
+    fn expire(&mut self) {
+        let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
+        while let Some((at, key)) = self.order.front() {
+            if *at >= horizon && self.keys.len() <= self.max_keys {
+                break;
+            }
+            // Only drop the entry if this queue slot is its latest one.
+            if self.keys.get(key).is_some_and(|e| e.at_ms == *at) {
+                self.keys.remove(key);
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Rewrites the journal with only the live keys: tmp file, fsync, rename, fsync dir.
+    fn compact(&mut self) -> Result<()> {
+        let mut entries: Vec<KeyEntry> = self.keys.values().cloned().collect();
+        entries.sort_by_key(|e| e.at_ms);
+        let payload = bincode::serialize(&Record { start: None, end: None, entries })
+            .map_err(|e| Error::Invalid(format!("idempotency record does not encode: {e}")))?;
+        let framed = frame(&payload);
+        let tmp = self.path.with_extension("tmp");
+        let mut f = File::create(&tmp).map_err(io(&tmp, "create"))?;
+        f.write_all(&framed).and_then(|()| f.sync_all()).map_err(io(&tmp, "write"))?;
+        std::fs::rename(&tmp, &self.path).map_err(io(&self.path, "replace"))?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir)?;
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io(&self.path, "open"))?;
+        self.len = framed.len() as u64;
+        self.base_len = self.len;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogConfig;
+    use crate::testing::TempDir;
+
+    fn entry(key: &str, p: u32, from: u64, to: u64) -> KeyEntry {
+        KeyEntry { key: key.into(), body_hash: 7, events: to - from, ranges: vec![Range { partition: p, from, to }], at_ms: now_ms() }
+    }
+
+    fn open(dir: &Path) -> (KeyJournal, Log) {
+        let log = Log::open_or_create(&dir.join("log"), LogConfig { partitions: 2, segment_bytes: 1 << 20 }).expect("log");
+        KeyJournal::open(dir, log, Duration::from_secs(3600), 1000).expect("journal")
+    }
+
+    // Proves a committed key survives a reopen with its positions.
+    #[test]
+    fn committed_keys_survive_reopen() {
+        let dir = TempDir::new("keys-reopen");
+        {
+            let (mut j, log) = open(dir.path());
+            let e = entry("a", 0, 0, 2);
+            j.prepare(vec![0, 0], vec![2, 0], std::slice::from_ref(&e)).expect("prepare");
+            log.append(&[(0, b"x"), (0, b"y")]).expect("append");
+            j.commit(vec![e]).expect("commit");
+        }
+        let (j, log) = open(dir.path());
+        assert_eq!(log.end_offsets(), vec![2, 0]);
+        assert_eq!(j.get("a").map(|e| e.ranges.clone()), Some(vec![Range { partition: 0, from: 0, to: 2 }]));
+    }
+
+    // Proves a group whose append was interrupted (journal written, log append partial) is
+    // rolled back at the next open: the log loses the half-written group and the key is
+    // forgotten, so a retry appends it again exactly once.
+    #[test]
+    fn interrupted_group_is_rolled_back() {
+        let dir = TempDir::new("keys-interrupted");
+        {
+            let (mut j, log) = open(dir.path());
+            log.append(&[(0, b"before")]).expect("append");
+            // The group would put 2 events in partition 0 and 1 in partition 1, but only
+            // partition 0's reached the disk before the crash.
+            j.prepare(vec![1, 0], vec![3, 1], &[entry("k", 0, 1, 3)]).expect("prepare");
+            log.append(&[(0, b"x"), (0, b"y")]).expect("append");
+        }
+        let (j, log) = open(dir.path());
+        assert_eq!(log.end_offsets(), vec![1, 0], "the partial group is gone, the earlier event stays");
+        assert!(j.get("k").is_none());
+        drop(j);
+        let (j, log) = open(dir.path());
+        assert_eq!(log.end_offsets(), vec![1, 0]);
+        assert!(j.is_empty());
+    }
+
+    // Proves a torn journal tail is truncated, and damage followed by more records refused.
+    #[test]
+    fn torn_tail_and_damage() {
+        let dir = TempDir::new("keys-torn");
+        {
+            let (mut j, log) = open(dir.path());
+            for (i, k) in ["a", "b"].iter().enumerate() {
+                let e = entry(k, 1, i as u64, i as u64 + 1);
+                j.prepare(vec![0, i as u64], vec![0, i as u64 + 1], std::slice::from_ref(&e)).expect("prepare");
+                log.append(&[(1, b"v")]).expect("append");
+                j.commit(vec![e]).expect("commit");
+            }
+        }
+        let path = dir.path().join("keys/journal");
+        let full = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &full[..full.len() - 3]).expect("write");
+        {
+            let (j, _log) = open(dir.path());
+            assert!(j.get("a").is_some());
+            assert!(j.get("b").is_none(), "the torn record is dropped");
+        }
+        let mut damaged = full.clone();
+        damaged[10] ^= 0xff;
+        std::fs::write(&path, &damaged).expect("write");
+        let log = Log::open(&dir.path().join("log")).expect("log");
+        let err = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1000).err().expect("refused");
+        assert!(err.to_string().contains("at byte 0"), "{err}");
+    }
+
+    // Proves expiry by count and compaction keep the newest keys.
+    #[test]
+    fn expiry_and_compaction() {
+        let dir = TempDir::new("keys-expiry");
+        let log = Log::open_or_create(&dir.path().join("log"), LogConfig { partitions: 1, segment_bytes: 1 << 20 }).expect("log");
+        let (mut j, _log) = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 3).expect("journal");
+        for i in 0..5u64 {
+            let e = entry(&format!("k{i}"), 0, i, i + 1);
+            j.prepare(vec![i], vec![i + 1], std::slice::from_ref(&e)).expect("prepare");
+            j.commit(vec![e]).expect("commit");
+        }
+        assert_eq!(j.len(), 3);
+        assert!(j.get("k0").is_none() && j.get("k4").is_some());
+        j.compact().expect("compact");
+        drop(j);
+        let log = Log::open(&dir.path().join("log")).expect("log");
+        let (j, _) = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 3).expect("journal");
+        assert_eq!(j.len(), 3);
+        assert!(j.get("k2").is_some());
+    }
+
+    // Proves key validation names what is wrong.
+    #[test]
+    fn key_validation() {
+        assert!(validate_key("order-42").is_ok());
+        assert!(validate_key("").is_err());
+        assert!(validate_key(&"x".repeat(256)).is_err());
+        assert!(validate_key("a b").unwrap_err().contains("' '"));
+    }
+}

@@ -1,0 +1,578 @@
+//! The HTTP API: routes, handlers, authentication, the query cache.
+
+#![allow(clippy::result_large_err)] // handlers return `Response` errors; boxing them buys nothing here
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use lambdaflow_operators::{Job, Selection};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::ingest::{Outcome, Submission};
+use super::metrics::Gauges;
+use super::AppState;
+use crate::error::Error;
+use crate::lambda::{Encoded, Lambda, Serving};
+
+/// Most answers a range query returns.
+pub const LIMIT_MAX: usize = 100_000;
+/// Longest a query may wait for `min_frontier`.
+pub const WAIT_MAX: Duration = Duration::from_secs(10);
+/// Entries in the query cache before it is cleared.
+const CACHE_ENTRIES_MAX: usize = 16_384;
+
+pub(super) fn router<J: Job>(state: Arc<AppState<J>>) -> Router {
+    Router::new()
+        .route("/", get(dashboard::<J>))
+        .route("/v1/events", post(post_events::<J>))
+        .route("/v1/views", get(list_views::<J>))
+        .route("/v1/views/{view}", get(get_range::<J>))
+        .route("/v1/views/{view}/{*key}", get(get_key::<J>))
+        .route("/v1/batch", post(post_batch::<J>))
+        .route("/v1/status", get(get_status::<J>))
+        .route("/metrics", get(get_metrics::<J>))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/serving.md (GET /v1/views lists the views)") })
+        .with_state(state)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json_response(status, json!({ "error": message.into() }).to_string())
+}
+
+fn too_many(message: String) -> Response {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Compares in time independent of where the strings differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+/// `Ok` if the request may proceed: no token configured, a read with public reads, or the
+/// right bearer token.
+fn authorize<J: Job>(s: &AppState<J>, headers: &HeaderMap, write: bool) -> Result<(), Response> {
+    let Some(token) = &s.cfg.token else { return Ok(()) };
+    if !write && s.cfg.public_reads {
+        return Ok(());
+    }
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        _ => {
+            s.metrics.auth_refused.fetch_add(1, Relaxed);
+            let mut r =
+                error(StatusCode::UNAUTHORIZED, "this endpoint needs `Authorization: Bearer <token>` (the token given to --token-file)");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Err(r)
+        }
+    }
+}
+
+async fn dashboard<J: Job>(State(s): State<Arc<AppState<J>>>) -> Response {
+    let mut r = Html(s.dashboard).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap, body: Body) -> Response {
+    let received = Instant::now();
+    if let Err(r) = authorize(&s, &headers, true) {
+        return r;
+    }
+    let rejected = |r: Response| {
+        s.metrics.ingest_rejected.fetch_add(1, Relaxed);
+        r
+    };
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().map_err(|_| "Idempotency-Key must be visible ASCII".to_string()).and_then(|k| {
+            crate::keys::validate_key(k)?;
+            Ok(k.to_string())
+        }) {
+            Ok(k) => Some(k),
+            Err(e) => return rejected(error(StatusCode::BAD_REQUEST, e)),
+        },
+    };
+    let max = s.cfg.max_body_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > max as u64) {
+        return rejected(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes; the limit is {max} (--max-body)")));
+    }
+    // Backpressure 1: the speed layer is too far behind the log.
+    let lag = {
+        let serving = s.lambda.serving();
+        let frontier = serving.speed.frontier();
+        s.lambda.log().end_offsets().iter().zip(&frontier).map(|(e, f)| e.saturating_sub(*f)).sum::<u64>()
+    };
+    if lag > s.cfg.max_lag_events {
+        s.metrics.ingest_throttled.fetch_add(1, Relaxed);
+        return too_many(format!("the speed layer is {lag} events behind the log (limit {}); retry after a second", s.cfg.max_lag_events));
+    }
+    // Backpressure 2: bounded bytes in flight; wait a little (a slow ack), then 429.
+    let want = declared.unwrap_or(max as u64).clamp(1, max as u64) as u32;
+    let permit = match tokio::time::timeout(s.cfg.admission_wait, s.inflight.clone().acquire_many_owned(want)).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            s.metrics.ingest_throttled.fetch_add(1, Relaxed);
+            return too_many("too many request bytes in flight; retry after a second".into());
+        }
+    };
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(e) => {
+            return rejected(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("could not read the request body within the {max}-byte limit: {e}"),
+            ))
+        }
+    };
+    let partitions = s.lambda.log().partitions();
+    let hash = key.as_ref().map(|_| crate::keys::body_hash(&bytes));
+    let parsed = tokio::task::spawn_blocking(move || -> crate::Result<Encoded> {
+        let events: Vec<J::Event> = crate::ingest::parse_all(&mut &bytes[..])?;
+        Encoded::of(&events, partitions)
+    })
+    .await;
+    let encoded = match parsed {
+        Ok(Ok(e)) if !e.is_empty() => e,
+        Ok(Ok(_)) => return rejected(error(StatusCode::BAD_REQUEST, "the request holds no events")),
+        Ok(Err(Error::BadInput { line, error: fe })) => {
+            let body = json!({
+                "error": format!("line {line}: {fe}; nothing of this request was stored"),
+                "line": line,
+                "field": fe.field,
+                "value": fe.value,
+                "message": fe.message,
+            });
+            return rejected(json_response(StatusCode::BAD_REQUEST, body.to_string()));
+        }
+        Ok(Err(e)) => return rejected(error(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("parsing the request failed: {e}")),
+    };
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let submission = Submission { key: key.zip(hash), encoded, received, reply };
+    let sent = match s.committer.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        Some(tx) => tx.send(submission).is_ok(),
+        None => false,
+    };
+    if !sent {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down; nothing of this request was stored");
+    }
+    let outcome = outcome.await;
+    drop(permit);
+    match outcome {
+        Ok(Outcome::Ok(ack)) => json_response(StatusCode::OK, serde_json::to_string(&ack).unwrap_or_default()),
+        Ok(Outcome::KeyConflict(msg)) => rejected(error(StatusCode::UNPROCESSABLE_ENTITY, msg)),
+        Ok(Outcome::Failed(msg)) => error(StatusCode::SERVICE_UNAVAILABLE, msg),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the committer stopped before answering; retry with the same Idempotency-Key"),
+    }
+}
+
+async fn list_views<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, false) {
+        return r;
+    }
+    let views: Vec<Value> =
+        s.lambda.views().into_iter().map(|v| json!({ "name": v.name, "kind": v.kind, "key": v.key, "value": v.value })).collect();
+    json_response(StatusCode::OK, json!({ "job": s.lambda.job().name(), "views": views }).to_string())
+}
+
+/// Cached answers of one (view, selection), valid for one serving pair at one frontier.
+struct Cached {
+    serving: u64,
+    frontier: Vec<u64>,
+    /// The answers as JSON: an array (range) or one answer object, or `None` for "no such key".
+    body: Option<Arc<str>>,
+}
+
+/// Query results keyed by view and selection; an entry only answers while the serving pair
+/// and its speed frontier are the ones it was computed at, so every speed publication and
+/// every handover invalidates it.
+#[derive(Default)]
+pub(super) struct Cache {
+    map: Mutex<HashMap<(String, String), Cached>>,
+}
+
+impl Cache {
+    fn get(&self, key: &(String, String), serving: u64, frontier: &[u64]) -> Option<Option<Arc<str>>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).filter(|c| c.serving == serving && c.frontier == frontier).map(|c| c.body.clone())
+    }
+
+    fn put(&self, key: (String, String), c: Cached) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_ENTRIES_MAX {
+            map.clear();
+        }
+        map.insert(key, c);
+    }
+}
+
+/// A numeric filter on a value field: `field<10`, `field>=3`, ...
+#[derive(Debug)]
+struct Where {
+    field: String,
+    op: &'static str,
+    value: f64,
+}
+
+impl Where {
+    fn parse(s: &str) -> Result<Where, String> {
+        for op in ["<=", ">=", "!=", "<", ">", "="] {
+            if let Some((f, v)) = s.split_once(op) {
+                let value: f64 = v.trim().parse().map_err(|_| format!("where: `{v}` is not a number"))?;
+                let field = f.trim();
+                if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("where: `{field}` is not a field name"));
+                }
+                return Ok(Where { field: field.to_string(), op, value });
+            }
+        }
+        Err(format!("where: `{s}` is not FIELD<N, FIELD>N, FIELD<=N, FIELD>=N, FIELD=N or FIELD!=N"))
+    }
+
+    fn keeps(&self, value: &Value) -> bool {
+        let Some(x) = value.get(&self.field).and_then(Value::as_f64) else { return false };
+        match self.op {
+            "<" => x < self.value,
+            "<=" => x <= self.value,
+            ">" => x > self.value,
+            ">=" => x >= self.value,
+            "=" => x == self.value,
+            _ => x != self.value,
+        }
+    }
+}
+
+/// Checks the view exists (404 naming the views otherwise).
+fn check_view<J: Job>(lambda: &Lambda<J>, view: &str) -> Result<(), Response> {
+    if lambda.serving().speed.views().iter().any(|v| v.info().name == view) {
+        return Ok(());
+    }
+    let names: Vec<String> = lambda.views().into_iter().map(|v| v.name).collect();
+    Err(error(StatusCode::NOT_FOUND, format!("no view named `{view}`; the views are: {}", names.join(", "))))
+}
+
+/// Waits (off the async threads) until the speed layer covers `offsets`.
+async fn wait_visible<J: Job>(lambda: Arc<Lambda<J>>, offsets: Vec<u64>, timeout: Duration) -> Result<bool, Response> {
+    if lambda.serving().speed.frontier().iter().zip(&offsets).all(|(f, o)| f >= o) {
+        return Ok(true);
+    }
+    let waited = tokio::task::spawn_blocking(move || -> crate::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let serving = lambda.serving();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if serving.speed.wait_for(&offsets, left.min(Duration::from_millis(50)))? {
+                return Ok(true);
+            }
+            if left.is_zero() {
+                return Ok(false);
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// Parsed query parameters shared by point and range queries.
+struct Params {
+    from: Option<String>,
+    to: Option<String>,
+    limit: usize,
+    filter: Option<Where>,
+    min_frontier: Option<Vec<u64>>,
+    timeout: Duration,
+}
+
+fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -> Result<Params, Response> {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
+    let mut p = Params { from: None, to: None, limit: 1000, filter: None, min_frontier: None, timeout: Duration::from_secs(5) };
+    for (k, v) in params {
+        match k.as_str() {
+            "from" if range => p.from = Some(v),
+            "to" if range => p.to = Some(v),
+            "limit" if range => {
+                p.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=LIMIT_MAX).contains(n))
+                    .ok_or_else(|| bad(format!("limit must be 1 to {LIMIT_MAX}, not `{v}`")))?
+            }
+            "where" if range => p.filter = Some(Where::parse(&v).map_err(bad)?),
+            "min_frontier" => {
+                let offsets: Result<Vec<u64>, _> = v.split(',').map(|x| x.trim().parse::<u64>()).collect();
+                match offsets {
+                    Ok(o) if o.len() == partitions => p.min_frontier = Some(o),
+                    _ => {
+                        return Err(bad(format!(
+                            "min_frontier must be {partitions} comma-separated offsets (one per partition), not `{v}`"
+                        )))
+                    }
+                }
+            }
+            "timeout_ms" => {
+                let ms: u64 = v.parse().map_err(|_| bad(format!("timeout_ms must be a number of milliseconds, not `{v}`")))?;
+                p.timeout = Duration::from_millis(ms).min(WAIT_MAX);
+            }
+            other => {
+                let allowed = if range { "from, to, limit, where, min_frontier, timeout_ms" } else { "min_frontier, timeout_ms" };
+                return Err(bad(format!("unknown query parameter `{other}`; this endpoint takes {allowed}")));
+            }
+        }
+    }
+    Ok(p)
+}
+
+async fn get_range<J: Job>(
+    State(s): State<Arc<AppState<J>>>,
+    headers: HeaderMap,
+    Path(view): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    answer(s, headers, view, None, params).await
+}
+
+async fn get_key<J: Job>(
+    State(s): State<Arc<AppState<J>>>,
+    headers: HeaderMap,
+    Path((view, key)): Path<(String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    answer(s, headers, view, Some(key), params).await
+}
+
+async fn answer<J: Job>(
+    s: Arc<AppState<J>>,
+    headers: HeaderMap,
+    view: String,
+    key: Option<String>,
+    params: Vec<(String, String)>,
+) -> Response {
+    let t = Instant::now();
+    if let Err(r) = authorize(&s, &headers, false) {
+        return r;
+    }
+    if let Err(r) = check_view(&s.lambda, &view) {
+        return r;
+    }
+    let p = match parse_params(params, s.lambda.log().partitions() as usize, key.is_none()) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Some(offsets) = p.min_frontier.clone() {
+        match wait_visible(s.lambda.clone(), offsets, p.timeout).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the speed layer did not reach min_frontier within {} ms", p.timeout.as_millis()),
+                )
+            }
+            Err(r) => return r,
+        }
+    }
+    let cache_key = match &key {
+        Some(k) => (view.clone(), format!("k\u{0}{k}")),
+        None => (
+            view.clone(),
+            format!(
+                "r\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+                p.from.as_deref().unwrap_or("\u{1}"),
+                p.to.as_deref().unwrap_or("\u{1}"),
+                p.limit,
+                p.filter.as_ref().map(|w| format!("{}{}{}", w.field, w.op, w.value)).unwrap_or_default()
+            ),
+        ),
+    };
+    let serving: Arc<Serving> = s.lambda.serving();
+    let (frontier, updated_ms) = serving.speed.with_state(|st| (st.frontier.clone(), st.updated_ms));
+    let (body, freshness) = match s.cache.get(&cache_key, serving.id, &frontier) {
+        Some(body) => {
+            s.metrics.cache_hits.fetch_add(1, Relaxed);
+            (body, s.lambda.freshness(&serving, frontier, updated_ms))
+        }
+        None => {
+            let sel = match &key {
+                Some(k) => Selection::Key(k.clone()),
+                None => Selection::Range {
+                    from: p.from.clone(),
+                    to: p.to.clone(),
+                    limit: if p.filter.is_some() { usize::MAX } else { p.limit },
+                },
+            };
+            let result = match s.lambda.query_on(&serving, &view, &sel) {
+                Ok(r) => r,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            let body: Option<Arc<str>> = match &key {
+                Some(_) => result.answers.first().map(|a| Arc::from(serde_json::to_string(a).unwrap_or_default())),
+                None => {
+                    let items: Vec<_> = match &p.filter {
+                        Some(w) => result.answers.iter().filter(|a| w.keeps(&a.value)).take(p.limit).collect(),
+                        None => result.answers.iter().collect(),
+                    };
+                    Some(Arc::from(serde_json::to_string(&items).unwrap_or_default()))
+                }
+            };
+            s.cache.put(cache_key, Cached { serving: serving.id, frontier: result.freshness.speed_frontier.clone(), body: body.clone() });
+            (body, result.freshness)
+        }
+    };
+    let fresh = serde_json::to_string(&freshness).unwrap_or_default();
+    let view_json = Value::String(view).to_string();
+    let response = match (key, body) {
+        (None, Some(items)) => json_response(StatusCode::OK, format!("{{\"view\":{view_json},\"items\":{items},\"freshness\":{fresh}}}")),
+        (Some(_), Some(answer)) => {
+            // `answer` is an object `{"key":..,...}`: splice the view and freshness in.
+            let rest = answer.strip_prefix('{').unwrap_or(&answer);
+            json_response(StatusCode::OK, format!("{{\"view\":{view_json},\"freshness\":{fresh},{rest}"))
+        }
+        (Some(k), None) => json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("view {view_json} has no key `{k}` (no events for it yet)"), "freshness": freshness }).to_string(),
+        ),
+        (None, None) => json_response(StatusCode::OK, format!("{{\"view\":{view_json},\"items\":[],\"freshness\":{fresh}}}")),
+    };
+    s.metrics.queries.fetch_add(1, Relaxed);
+    s.metrics.query_latency.observe(t.elapsed());
+    response
+}
+
+async fn post_batch<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, true) {
+        return r;
+    }
+    let running = s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    let queued = s.batch.request();
+    json_response(
+        StatusCode::ACCEPTED,
+        json!({
+            "queued": queued,
+            "running": running,
+            "message": if running { "a batch run is in progress; another starts when it ends" } else { "a batch run starts now" },
+            "status": "/v1/status",
+        })
+        .to_string(),
+    )
+}
+
+fn batch_run_json<J: Job>(s: &AppState<J>) -> Value {
+    let progress = s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let last = s.batch.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let next = s.batch.next_ms.load(Relaxed);
+    json!({
+        "running": progress.as_ref().map(|p| json!({ "done": p.done.load(Relaxed), "total": p.total.load(Relaxed) })),
+        "last": last,
+        "next_ms": if next == 0 { Value::Null } else { json!(next) },
+        "schedule": format!("{:?}", s.cfg.schedule),
+        "ok": s.metrics.batch_ok.load(Relaxed),
+        "failed": s.metrics.batch_failed.load(Relaxed),
+    })
+}
+
+async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, false) {
+        return r;
+    }
+    let st = s.lambda.status();
+    let keys = s.lambda.keys().lock().unwrap_or_else(|e| e.into_inner()).len();
+    let m = &s.metrics;
+    let body = json!({
+        "job": st.job,
+        "job_version": st.job_version,
+        "uptime_s": s.started.elapsed().as_secs(),
+        "log": { "events": st.log_end.iter().sum::<u64>(), "end": st.log_end, "bytes": st.log_bytes },
+        "batch": st.batch,
+        "batch_run": batch_run_json(&s),
+        "freshness": st.freshness,
+        "speed": { "keys": st.speed_keys.iter().map(|(v, n)| (v.clone(), json!(n))).collect::<serde_json::Map<_, _>>(), "bytes": st.speed_bytes },
+        "ingest": {
+            "events": m.ingest_events.load(Relaxed),
+            "requests": m.ingest_requests.load(Relaxed),
+            "replays": m.ingest_replays.load(Relaxed),
+            "rejected": m.ingest_rejected.load(Relaxed),
+            "throttled": m.ingest_throttled.load(Relaxed),
+            "idempotency_keys": keys,
+        },
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, false) {
+        return r;
+    }
+    let st = s.lambda.status();
+    let serving = s.lambda.serving();
+    let batch_keys = match &serving.batch {
+        Some(b) => st.speed_keys.iter().map(|(v, _)| v.clone()).zip(b.table_lens()).collect(),
+        None => Vec::new(),
+    };
+    let g = Gauges {
+        speed_lag_events: st.freshness.speed_lag_events,
+        speed_events: st.freshness.speed_events,
+        speed_bytes: st.speed_bytes,
+        batch_version: st.batch.as_ref().map(|b| b.version).unwrap_or(0),
+        batch_age_s: st.freshness.batch_age_ms.unwrap_or(0) as f64 / 1e3,
+        batch_running: s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_some(),
+        idempotency_keys: s.lambda.keys().lock().unwrap_or_else(|e| e.into_inner()).len(),
+        log_end: st.log_end,
+        log_bytes: st.log_bytes,
+        speed_keys: st.speed_keys,
+        batch_keys,
+    };
+    let mut r = s.metrics.render(&g).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the token comparison accepts exactly the token.
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    // Proves `where` filters parse and apply, and bad ones are named.
+    #[test]
+    fn where_filter() {
+        let w = Where::parse("level<10").expect("parses");
+        assert!(w.keeps(&json!({"level": 3})));
+        assert!(!w.keeps(&json!({"level": 10})));
+        assert!(!w.keeps(&json!({"other": 1})));
+        assert!(Where::parse("level>=x").unwrap_err().contains("`x`"));
+        assert!(Where::parse("a b<1").is_err());
+        assert!(Where::parse("level").is_err());
+    }
+}

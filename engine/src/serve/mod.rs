@@ -1,0 +1,435 @@
+//! `serve`: ingestion, the serving layer and a live dashboard as one long-running service.
+//!
+//! One process owns the data directory. HTTP requests (tokio + axum) are parsed on the
+//! blocking pool and handed to the group committer ([`ingest`]); the speed layer tails the
+//! log; a scheduler thread runs batch runs and hands over; queries read the current serving
+//! pair through a small cache that every speed publication and handover invalidates.
+//! See docs/serving.md for the API and docs/operations.md for running it.
+
+mod api;
+pub mod ingest;
+pub mod metrics;
+
+use lambdaflow_operators::Job;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::batch::Progress;
+use crate::error::{Error, Result};
+use crate::lambda::Lambda;
+use crate::store::{now_ms, ViewStore};
+
+/// The page `GET /` serves when the application gives none: views and freshness.
+pub const GENERIC_DASHBOARD: &str = include_str!("generic.html");
+
+/// When batch runs happen on their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Only on demand (`POST /v1/batch`).
+    Never,
+    /// Every interval, counted from the end of the previous run.
+    Every(Duration),
+    /// Daily at this UTC time (hours, minutes).
+    DailyAt(u32, u32),
+}
+
+impl Schedule {
+    /// Milliseconds since the Unix epoch of the next run after `last_end_ms` (now: `now`).
+    pub fn next_ms(&self, last_end_ms: u64, now: u64) -> Option<u64> {
+        match *self {
+            Schedule::Never => None,
+            Schedule::Every(d) => Some(last_end_ms + d.as_millis() as u64),
+            Schedule::DailyAt(h, m) => {
+                const DAY: u64 = 86_400_000;
+                let at = (h as u64 * 60 + m as u64) * 60_000;
+                let today = now - now % DAY + at;
+                Some(if today > now { today } else { today + DAY })
+            }
+        }
+    }
+}
+
+/// Parses `10m`, `30s`, `2h`, `1d`, `500ms` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 30s, 10m, 2h or 1d"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" | "min" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        other => return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m, h or d")),
+    };
+    if ms == 0 {
+        return Err(format!("duration `{s}` must be more than zero"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses `HH:MM` (UTC).
+pub fn parse_time_of_day(s: &str) -> std::result::Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not a time of day HH:MM (UTC), e.g. 02:00");
+    let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok((h, m))
+}
+
+/// How the service runs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Address to listen on (loopback by default).
+    pub listen: SocketAddr,
+    /// When batch runs happen.
+    pub schedule: Schedule,
+    /// Batch versions kept on disk (older ones are deleted after a handover).
+    pub keep: usize,
+    /// Bearer token required by write and admin endpoints (and reads unless `public_reads`).
+    pub token: Option<String>,
+    /// With a token: let reads (views, status, metrics, dashboard) through without it.
+    pub public_reads: bool,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Ingest answers 429 while the speed layer is this many events behind the log.
+    pub max_lag_events: u64,
+    /// Request bodies held in memory at once (being parsed or waiting for their group
+    /// commit), bytes; beyond it requests wait up to `admission_wait`, then get 429.
+    pub max_inflight_bytes: usize,
+    /// How long a request may wait for room before 429.
+    pub admission_wait: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            schedule: Schedule::Never,
+            keep: 3,
+            token: None,
+            public_reads: false,
+            max_body_bytes: 16 << 20,
+            max_lag_events: 2_000_000,
+            max_inflight_bytes: 256 << 20,
+            admission_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// State of the batch scheduler, for status and metrics.
+#[derive(Default)]
+pub struct BatchState {
+    /// Events read by the running batch, and its total.
+    pub progress: Mutex<Option<Arc<Progress>>>,
+    /// Last run's outcome.
+    pub last: Mutex<Option<serde_json::Value>>,
+    /// When the next scheduled run is due, ms since the epoch (0: none).
+    pub next_ms: AtomicU64,
+    /// Set by `POST /v1/batch`.
+    requested: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl BatchState {
+    /// Asks for a batch run now; returns false if one is already queued.
+    pub fn request(&self) -> bool {
+        let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = !*r;
+        *r = true;
+        self.wake.notify_all();
+        fresh
+    }
+}
+
+/// Everything a request handler needs.
+pub struct AppState<J: Job> {
+    /// The engine.
+    pub lambda: Arc<Lambda<J>>,
+    /// The configuration.
+    pub cfg: ServeConfig,
+    /// Counters and histograms.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Batch scheduling state.
+    pub batch: Arc<BatchState>,
+    /// The dashboard page.
+    pub dashboard: &'static str,
+    committer: Mutex<Option<std::sync::mpsc::Sender<ingest::Submission>>>,
+    inflight: Arc<tokio::sync::Semaphore>,
+    cache: api::Cache,
+    started: Instant,
+    stopping: AtomicBool,
+}
+
+/// A running service (for tests and `demo`): its address and a way to stop it.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Running {
+    /// Stops the service gracefully (in-flight requests finish) and waits for it.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| Error::Dataflow("the service thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the service has stopped (e.g. on a signal).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits until the service stops by itself (a signal).
+    pub fn wait(mut self) -> Result<()> {
+        // Keep the sender alive: dropping it would read as a stop request.
+        let _keep = self.shutdown.take();
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| Error::Dataflow("the service thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// Starts the service for `lambda` in the background and returns once it listens.
+/// SIGINT/SIGTERM (when `signals`) or [`Running::stop`] shut it down gracefully.
+pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'static str, signals: bool) -> Result<Running> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lambdaflow-http")
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io { path: PathBuf::from("<runtime>"), what: "start the async runtime".into(), source })?;
+    let std_listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| Error::Io {
+        path: PathBuf::from(cfg.listen.to_string()),
+        what: "listen on".into(),
+        source,
+    })?;
+    std_listener.set_nonblocking(true).map_err(|source| Error::Io {
+        path: PathBuf::from(cfg.listen.to_string()),
+        what: "configure".into(),
+        source,
+    })?;
+    let addr = std_listener.local_addr().map_err(|source| Error::Io {
+        path: PathBuf::from(cfg.listen.to_string()),
+        what: "listen on".into(),
+        source,
+    })?;
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (lambda, metrics) = (lambda.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("lambdaflow-commit".into())
+            .spawn(move || ingest::run(lambda, rx, metrics))
+            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the committer".into(), source })?;
+    }
+    let batch = Arc::new(BatchState::default());
+    let state = Arc::new(AppState {
+        lambda: lambda.clone(),
+        inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_bytes.max(cfg.max_body_bytes))),
+        cfg: cfg.clone(),
+        metrics: metrics.clone(),
+        batch: batch.clone(),
+        dashboard,
+        committer: Mutex::new(Some(tx)),
+        cache: api::Cache::default(),
+        started: Instant::now(),
+        stopping: AtomicBool::new(false),
+    });
+    let scheduler = {
+        let (lambda, metrics, batch, schedule, keep) = (lambda.clone(), metrics.clone(), batch.clone(), cfg.schedule, cfg.keep);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("lambdaflow-batch".into())
+            .spawn(move || scheduler(lambda, metrics, batch, schedule, keep, stop2))
+            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the scheduler".into(), source })?;
+        (stop, handle)
+    };
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = api::router(state.clone());
+    let thread = std::thread::Builder::new()
+        .name("lambdaflow-serve".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener)
+                    .map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "listen on".into(), source })?;
+                let stop = async move {
+                    if signals {
+                        tokio::select! {
+                            _ = shutdown_rx => {}
+                            _ = terminate_signal() => {
+                                eprintln!("lambdaflow serve: shutting down (in-flight requests finish; every acknowledged event is already durable)");
+                            }
+                        }
+                    } else {
+                        let _ = shutdown_rx.await;
+                    }
+                };
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "serve".into(), source })
+            });
+            state.stopping.store(true, Ordering::SeqCst);
+            // No more submissions: the committer finishes what is queued and exits.
+            state.committer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let (stop, handle) = scheduler;
+            stop.store(true, Ordering::SeqCst);
+            state.batch.request();
+            if handle.is_finished() || state.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                let _ = handle.join();
+            } else {
+                eprintln!("lambdaflow serve: a batch run is in progress; it is abandoned (its unpublished files are removed at the next run)");
+            }
+            result
+        })
+        .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the server".into(), source })?;
+    Ok(Running { addr, shutdown: Some(shutdown_tx), thread: Some(thread) })
+}
+
+async fn terminate_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// The batch scheduler: runs batches when due or requested, hands over, collects garbage.
+fn scheduler<J: Job>(
+    lambda: Arc<Lambda<J>>,
+    metrics: Arc<metrics::Metrics>,
+    batch: Arc<BatchState>,
+    schedule: Schedule,
+    keep: usize,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last_end = now_ms();
+    loop {
+        let next = schedule.next_ms(last_end, now_ms());
+        batch.next_ms.store(next.unwrap_or(0), Ordering::Relaxed);
+        {
+            let mut requested = batch.requested.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if *requested || next.is_some_and(|n| now_ms() >= n) {
+                    break;
+                }
+                let wait = next.map(|n| n.saturating_sub(now_ms())).unwrap_or(60_000).clamp(1, 1000);
+                requested = batch.wake.wait_timeout(requested, Duration::from_millis(wait)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            *requested = false;
+        }
+        let progress = Arc::new(Progress::default());
+        *batch.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+        let t = Instant::now();
+        let started_ms = now_ms();
+        let result = lambda.batch_and_handover(progress);
+        let took = t.elapsed();
+        *batch.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let outcome = match result {
+            Ok(report) => {
+                metrics.batch_ok.fetch_add(1, Ordering::Relaxed);
+                metrics.batch_last_ms.store(took.as_millis() as u64, Ordering::Relaxed);
+                let removed = ViewStore::open(lambda.dir()).and_then(|s| s.gc(keep));
+                if let Err(e) = &removed {
+                    eprintln!("lambdaflow serve: removing old batch versions failed: {e}");
+                }
+                eprintln!(
+                    "lambdaflow serve: batch v{} over {} events published and handed over in {:.2}s",
+                    report.meta.version,
+                    report.meta.events,
+                    took.as_secs_f64()
+                );
+                serde_json::json!({
+                    "ok": true,
+                    "version": report.meta.version,
+                    "cut": report.meta.cut,
+                    "events": report.meta.events,
+                    "started_ms": started_ms,
+                    "duration_ms": took.as_millis() as u64,
+                    "removed_versions": removed.unwrap_or_default(),
+                })
+            }
+            Err(e) => {
+                metrics.batch_failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("lambdaflow serve: batch run failed, the previous views keep serving: {e}");
+                serde_json::json!({ "ok": false, "error": e.to_string(), "started_ms": started_ms, "duration_ms": took.as_millis() as u64 })
+            }
+        };
+        *batch.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        last_end = now_ms();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves durations and times of day parse, and bad ones are refused with the input named.
+    #[test]
+    fn parse_schedules() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10 parsecs").unwrap_err().contains("10 parsecs"));
+        assert_eq!(parse_time_of_day("02:30"), Ok((2, 30)));
+        assert!(parse_time_of_day("24:00").is_err());
+        assert!(parse_time_of_day("2pm").is_err());
+    }
+
+    // Proves the next run of a daily schedule is later today or tomorrow, and an interval
+    // counts from the previous run's end.
+    #[test]
+    fn next_run() {
+        let day = 86_400_000u64;
+        let now = 100 * day + 3 * 3_600_000; // 03:00
+        assert_eq!(Schedule::DailyAt(2, 0).next_ms(0, now), Some(101 * day + 2 * 3_600_000));
+        assert_eq!(Schedule::DailyAt(4, 0).next_ms(0, now), Some(100 * day + 4 * 3_600_000));
+        assert_eq!(Schedule::Every(Duration::from_secs(60)).next_ms(now, now), Some(now + 60_000));
+        assert_eq!(Schedule::Never.next_ms(0, now), None);
+    }
+}
