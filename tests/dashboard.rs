@@ -192,7 +192,7 @@ fn money(cents: i64) -> String {
     let dollars = (abs / 100).to_string();
     let mut grouped = String::new();
     for (i, c) in dollars.chars().enumerate() {
-        if i > 0 && (dollars.len() - i) % 3 == 0 {
+        if i > 0 && (dollars.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(c);
@@ -370,5 +370,5 @@ fn money_formats_like_the_page() {
     assert_eq!(money(5), "$0.05");
     assert_eq!(money(12_595_677), "$125,956.77");
     assert_eq!(money(-305), "-$3.05");
-    assert_eq!(money(100_000_000_00), "$100,000,000.00");
+    assert_eq!(money(10_000_000_000), "$100,000,000.00");
 }

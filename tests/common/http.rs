@@ -158,7 +158,7 @@ impl Server {
     /// Starts `lambdaflow --data DATA -w 2 serve --listen 127.0.0.1:0 EXTRA...` and waits
     /// until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(super::bin())
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lambdaflow"))
             .arg("--data")
             .arg(data)
             .args(["-w", "2", "serve", "--listen", "127.0.0.1:0"])

@@ -1,0 +1,252 @@
+//! The service benchmark: `lambdaflow serve` in its own process, loaded over loopback HTTP
+//! by this process.
+//!
+//! `cargo bench --bench serve -- [--history N] [--ingest-events N] [--connections C]
+//!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q]`
+//!
+//! 1. history: N events posted in requests of 1,000, then a batch run (so queries merge a
+//!    batch view with the speed layer);
+//! 2. ingest: `--ingest-events` more, in requests of 1,000 events each with an
+//!    Idempotency-Key, from C connections as fast as the server acknowledges: durable events/s;
+//! 3. mixed: one connection ingests at `--rate` events/s (requests of 1,000); after each ack
+//!    it asks for a merged answer with `min_frontier` = the ack's positions and records the
+//!    ack-to-visible time; meanwhile Q connections issue merged point queries on random keys
+//!    (revenue_by_day, customer_spend, inventory_level, product_revenue_by_day) as fast as
+//!    they are answered: queries/s and latency percentiles.
+//!
+//! Peak RSS of the server is read from /proc at the end.
+
+#[path = "../tests/common/http.rs"]
+mod http;
+
+use http::{Client, Server};
+use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
+use lambdaflow_jobs::shop::ShopEvent;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
+}
+
+fn num(name: &str, default: u64) -> u64 {
+    arg(name, &default.to_string()).parse().unwrap_or_else(|_| panic!("{name} takes a number"))
+}
+
+fn bodies(seed: u64, events: u64) -> Vec<Vec<u8>> {
+    let evs: Vec<ShopEvent> = Generator::new(GenConfig { events, seed, ..GenConfig::default() }).collect();
+    evs.chunks(1000)
+        .map(|c| {
+            let mut out = Vec::with_capacity(c.len() * 150);
+            for e in c {
+                e.write_ndjson(&mut out);
+                out.push(b'\n');
+            }
+            out
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Posts `bodies` from `connections` threads; returns (events acknowledged, seconds).
+fn ingest(addr: std::net::SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, tag: &str) -> (u64, f64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let handles: Vec<_> = (0..connections)
+        .map(|_| {
+            let (bodies, next, tag) = (bodies.clone(), next.clone(), tag.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::new(addr);
+                let mut events = 0u64;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(body) = bodies.get(i) else { break };
+                    loop {
+                        let r = c.post("/v1/events", &[("Idempotency-Key", &format!("{tag}-{i}"))], body).expect("post");
+                        match r.status {
+                            200 => {
+                                events += r.json()["accepted"].as_u64().expect("accepted");
+                                break;
+                            }
+                            429 => std::thread::sleep(Duration::from_millis(20)),
+                            s => panic!("ingest: HTTP {s}: {}", r.text()),
+                        }
+                    }
+                }
+                events
+            })
+        })
+        .collect();
+    let events = handles.into_iter().map(|h| h.join().expect("ingest thread")).sum();
+    (events, t.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let history = num("--history", 1_000_000);
+    let ingest_events = num("--ingest-events", 2_000_000);
+    let connections = num("--connections", 4) as usize;
+    let rate = num("--rate", 100_000);
+    let seconds = num("--seconds", 10);
+    let query_connections = num("--query-connections", 2) as usize;
+    let dir = std::env::temp_dir().join(format!("lambdaflow-bench-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server::start(&dir, &["--max-lag", "100000000"]);
+    let addr = server.addr;
+    let pid = server.child.id();
+    println!("lambdaflow serve bench: server pid {pid} on {addr}, 2 workers; client: this process");
+
+    // 1. History, then a batch run.
+    let t = Instant::now();
+    let (n, secs) = ingest(addr, Arc::new(bodies(1, history)), connections, "history");
+    println!("history: {n} events in {secs:.2}s");
+    let mut c = Client::new(addr);
+    assert_eq!(c.post("/v1/batch", &[], b"").expect("batch").status, 202);
+    loop {
+        let s = c.get("/v1/status").expect("status").json();
+        if s["batch"]["version"].as_u64().unwrap_or(0) >= 1 && s["batch_run"]["running"].is_null() {
+            println!("batch v1 over {} events ready after {:.2}s", s["batch"]["events"], t.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 2. Ingest throughput.
+    let payload = Arc::new(bodies(2, ingest_events));
+    let (n, secs) = ingest(addr, payload, connections, "ingest");
+    println!(
+        "ingest: {n} events in requests of 1000 over {connections} connections: {secs:.2}s = {:.0} events/s durable ({:.0} requests/s)",
+        n as f64 / secs,
+        n as f64 / 1000.0 / secs
+    );
+
+    // 3. Mixed: paced ingest with ack-to-visible, and point queries as fast as possible.
+    let stop = Arc::new(AtomicBool::new(false));
+    let paced: Arc<Vec<Vec<u8>>> = Arc::new(bodies(3, rate * seconds));
+    // Visibility checks run on their own connections, so the ingest pace never waits for them.
+    let (check_tx, check_rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    let check_rx = Arc::new(std::sync::Mutex::new(check_rx));
+    let checkers: Vec<_> = (0..2)
+        .map(|_| {
+            let check_rx = check_rx.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::new(addr);
+                let mut visible = Vec::new();
+                loop {
+                    let next = check_rx.lock().unwrap().recv();
+                    let Ok((acked, mf)) = next else { break };
+                    let q = c.get(&format!("/v1/views/customer_segments/gold?min_frontier={mf}&timeout_ms=5000")).expect("visible");
+                    assert_eq!(q.status, 200, "{}", q.text());
+                    visible.push(acked.elapsed().as_secs_f64() * 1e3);
+                }
+                visible
+            })
+        })
+        .collect();
+    let ingester = {
+        let (paced, stop) = (paced.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::new(addr);
+            let mut requests = 0u64;
+            let start = Instant::now();
+            for (i, body) in paced.iter().enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let due = start + Duration::from_secs_f64(i as f64 * 1000.0 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let r = c.post("/v1/events", &[("Idempotency-Key", &format!("paced-{i}"))], body).expect("post");
+                assert_eq!(r.status, 200, "{}", r.text());
+                let acked = Instant::now();
+                let mut frontier = [0u64; 4];
+                for p in r.json()["positions"].as_array().expect("positions") {
+                    frontier[p["partition"].as_u64().expect("p") as usize] = p["to"].as_u64().expect("to");
+                }
+                let mf = frontier.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(",");
+                check_tx.send((acked, mf)).expect("checkers run");
+                requests += 1;
+            }
+            (requests, start.elapsed().as_secs_f64())
+        })
+    };
+    let queriers: Vec<_> = (0..query_connections)
+        .map(|qi| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::new(addr);
+                let mut lat = Vec::with_capacity(1 << 20);
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ qi as u64;
+                let today = lambdaflow_operators::Day::of_ms(lambdaflow_engine::store::now_ms() as i64).0;
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let day = lambdaflow_operators::Day(today - (x % 90) as i32);
+                    let path = match x % 4 {
+                        0 => format!("/v1/views/revenue_by_day/{day}"),
+                        1 => format!("/v1/views/customer_spend/{}", x % 100_000),
+                        2 => format!("/v1/views/inventory_level/{}", x % 10_000),
+                        _ => format!("/v1/views/product_revenue_by_day/{day}/{}", x % 10_000),
+                    };
+                    let t = Instant::now();
+                    let r = c.get(&path).expect("query");
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    assert!(r.status == 200 || r.status == 404, "{path}: HTTP {}: {}", r.status, r.text());
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let (requests, ingest_secs) = ingester.join().expect("ingester");
+    let mut visible: Vec<f64> = checkers.into_iter().flat_map(|c| c.join().expect("checker")).collect();
+    let mut lat: Vec<f64> = queriers.into_iter().flat_map(|q| q.join().expect("querier")).collect();
+    visible.sort_by(f64::total_cmp);
+    lat.sort_by(f64::total_cmp);
+    let offered = requests as f64 * 1000.0 / ingest_secs;
+    println!(
+        "mixed ({seconds}s): ingest {offered:.0} events/s; ack-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
+        percentile(&visible, 0.5),
+        percentile(&visible, 0.99),
+        visible.last().copied().unwrap_or(f64::NAN),
+        visible.len()
+    );
+    println!(
+        "mixed ({seconds}s): {} point queries from {query_connections} connections = {:.0}/s; latency p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms",
+        lat.len(),
+        lat.len() as f64 / seconds as f64,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999)
+    );
+    let s = c.get("/v1/status").expect("status").json();
+    println!(
+        "server: {} events in the log, peak RSS {:.0} MiB, speed state {} KiB",
+        s["log"]["events"],
+        peak_rss_mib(pid),
+        s["speed"]["bytes"].as_u64().unwrap_or(0) / 1024
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
