@@ -199,6 +199,9 @@ fn bad_requests_are_refused_and_store_nothing() {
     assert_eq!(c.get("/v1/views/revenue_by_day?limit=0").expect("q").status, 400);
     assert_eq!(c.get("/v1/views/revenue_by_day?bogus=1").expect("q").status, 400);
     assert_eq!(c.get("/v1/views/revenue_by_day?min_frontier=1,2").expect("q").status, 400);
+    let r = c.get("/v1/views/revenue_by_day?min_frontier=999999,0,0,0").expect("q");
+    assert_eq!(r.status, 400, "an offset no ack named is refused at once, not waited for: {}", r.text());
+    assert_eq!(c.get("/v1/views/revenue_by_day?min_frontier=0,0,0,0&timeout_ms=x").expect("q").status, 400);
     assert_eq!(c.get("/v1/views/inventory_level?where=level%3Cx").expect("q").status, 400);
     assert_eq!(c.get("/v2/anything").expect("q").status, 404);
     assert_eq!(c.get("/v1/events").expect("q").status, 405);

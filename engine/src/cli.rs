@@ -209,7 +209,7 @@ struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: std::net::SocketAddr,
     /// Start from an empty data directory: deletes DIR first, only if it holds nothing but
-    /// lambdaflow data (log/, views/, LOCK).
+    /// lambdaflow data (log/, views/, keys/, LOCK).
     #[arg(long)]
     fresh: bool,
 }
@@ -604,7 +604,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
             .map_err(|source| Error::Io { path: dir.to_path_buf(), what: "list".into(), source })?
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
             .collect();
-        let ours = |name: &str| matches!(name, "log" | "views" | "LOCK");
+        let ours = |name: &str| matches!(name, "log" | "views" | "keys" | "LOCK");
         if !dir.join("log").join("MANIFEST").exists() && !entries.is_empty() || entries.iter().any(|e| !ours(e)) {
             return Err(Error::Invalid(format!(
                 "--fresh would delete {}, which is not (only) a lambdaflow data directory (it holds {}); pick another --data",
@@ -658,6 +658,8 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
     );
     let start = Instant::now();
     let mut seed = 1000u64;
+    // Keys unique to this run: a rerun (same seeds, same day) must not be taken for a retry.
+    let run_id = crate::store::now_ms();
     let mut last_report = Instant::now();
     let tick = Duration::from_millis(250);
     let mut posted = 0u64;
@@ -670,7 +672,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         seed += 1;
         let mut body = Vec::with_capacity(live.len() * 160);
         g.to_ndjson(&live, &mut body);
-        match http_post(addr, "/v1/events", &format!("demo-{seed}"), &body) {
+        match http_post(addr, "/v1/events", &format!("demo-{run_id}-{seed}"), &body) {
             Ok(200) => posted += live.len() as u64,
             Ok(429) => eprintln!("   (the service asked the generator to slow down)"),
             Ok(code) => eprintln!("   posting events got HTTP {code}"),

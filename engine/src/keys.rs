@@ -116,6 +116,9 @@ pub struct KeyJournal {
     max_keys: usize,
     /// Bytes of the journal when it was last compacted (or opened).
     base_len: u64,
+    /// Set when the journal's state on disk is no longer known (an I/O error while writing,
+    /// truncating or compacting it): no further appends until a restart recovers.
+    poisoned: Option<String>,
 }
 
 fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
@@ -207,6 +210,16 @@ impl KeyJournal {
                     )));
                 }
                 let complete = ends.iter().zip(end).all(|(e, want)| e >= want);
+                // An interrupted group leaves every partition between its start and its end.
+                // Anything else means records were lost for another reason (damage, a manual
+                // truncation): rolling back would delete acknowledged events, so refuse.
+                let interrupted = ends.iter().zip(start).zip(end).all(|((e, s), want)| s <= e && e <= want);
+                if !complete && !interrupted {
+                    return Err(Error::Invalid(format!(
+                        "{}: the last keyed group spans log offsets {start:?}..{end:?}, but the log ends at {ends:?}:                          records before the group are missing, which no crash explains (see `verify`); refusing to start",
+                        path.display()
+                    )));
+                }
                 if !complete {
                     eprintln!(
                         "lambdaflow keys: the last group append was interrupted (log ends {ends:?}, the group would end at {end:?}); \
@@ -233,6 +246,7 @@ impl KeyJournal {
             retention,
             max_keys: max_keys.max(1),
             base_len: valid_end,
+            poisoned: None,
         };
         for (_, r) in records {
             for e in r.entries {
@@ -258,43 +272,69 @@ impl KeyJournal {
         self.keys.is_empty()
     }
 
+    /// Why the journal refuses appends, if it does (see [`KeyJournal::poison`]).
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Refuses every further append until a restart, with `why`. Called when the journal or
+    /// the log may not be in the state the journal believes: the next open recovers from
+    /// what is on disk (an incomplete last group is rolled back).
+    pub fn poison(&mut self, why: String) {
+        eprintln!("lambdaflow keys: refusing further appends until a restart: {why}");
+        self.poisoned.get_or_insert(why);
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Invalid(format!("ingest is stopped until a restart: {why}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Writes (and fsyncs) the record of a group append about to happen. Call
     /// [`KeyJournal::commit`] once the append is durable, or [`KeyJournal::abort`] if it failed.
+    /// Any I/O error poisons the journal: what reached the disk is then unknown, and only
+    /// the recovery at the next open can tell.
     pub fn prepare(&mut self, start: Vec<u64>, end: Vec<u64>, entries: &[KeyEntry]) -> Result<u64> {
+        self.check()?;
         let payload = bincode::serialize(&Record { start: Some(start), end: Some(end), entries: entries.to_vec() })
             .map_err(|e| Error::Invalid(format!("idempotency record does not encode: {e}")))?;
         let before = self.len;
         let framed = frame(&payload);
-        let res = self.file.write_all(&framed).and_then(|()| self.file.sync_data());
-        if let Err(e) = res {
-            // Take back whatever reached the file; the group is refused.
-            self.truncate_to(before)?;
-            return Err(io(&self.path, "append to idempotency journal")(e));
+        if let Err(e) = self.file.write_all(&framed).and_then(|()| self.file.sync_data()) {
+            let err = io(&self.path, "append to idempotency journal")(e);
+            self.poison(err.to_string());
+            return Err(err);
         }
         self.len += framed.len() as u64;
         Ok(before)
     }
 
     /// Remembers the entries of a group whose append is durable.
-    pub fn commit(&mut self, entries: Vec<KeyEntry>) -> Result<()> {
+    pub fn commit(&mut self, entries: Vec<KeyEntry>) {
         for e in entries {
             self.remember(e);
         }
         self.expire();
         if self.len > (64 << 20).max(self.base_len * 4) {
-            self.compact()?;
+            if let Err(e) = self.compact() {
+                self.poison(format!("compacting the idempotency journal failed: {e}"));
+            }
         }
-        Ok(())
     }
 
-    /// Removes the record written by [`KeyJournal::prepare`] (whose append failed).
+    /// Removes the record written by [`KeyJournal::prepare`] (whose append failed and was
+    /// rolled back by the log). A failure poisons the journal.
     pub fn abort(&mut self, prepared_at: u64) -> Result<()> {
-        self.truncate_to(prepared_at)
-    }
-
-    fn truncate_to(&mut self, len: u64) -> Result<()> {
-        self.file.set_len(len).and_then(|()| self.file.sync_all()).map_err(io(&self.path, "truncate idempotency journal"))?;
-        self.len = len;
+        self.check()?;
+        let res = self.file.set_len(prepared_at).and_then(|()| self.file.sync_all());
+        if let Err(e) = res {
+            let err = io(&self.path, "truncate idempotency journal")(e);
+            self.poison(err.to_string());
+            return Err(err);
+        }
+        self.len = prepared_at;
         Ok(())
     }
 
@@ -328,11 +368,12 @@ impl KeyJournal {
         let mut f = File::create(&tmp).map_err(io(&tmp, "create"))?;
         f.write_all(&framed).and_then(|()| f.sync_all()).map_err(io(&tmp, "write"))?;
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path, "replace"))?;
+        // From here on the old handle points at the replaced file: switch first.
+        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io(&self.path, "open"))?;
+        self.len = framed.len() as u64;
         if let Some(dir) = self.path.parent() {
             sync_dir(dir)?;
         }
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io(&self.path, "open"))?;
-        self.len = framed.len() as u64;
         self.base_len = self.len;
         Ok(())
     }
@@ -362,7 +403,7 @@ mod tests {
             let e = entry("a", 0, 0, 2);
             j.prepare(vec![0, 0], vec![2, 0], std::slice::from_ref(&e)).expect("prepare");
             log.append(&[(0, b"x"), (0, b"y")]).expect("append");
-            j.commit(vec![e]).expect("commit");
+            j.commit(vec![e]);
         }
         let (j, log) = open(dir.path());
         assert_eq!(log.end_offsets(), vec![2, 0]);
@@ -392,6 +433,36 @@ mod tests {
         assert!(j.is_empty());
     }
 
+    // Proves recovery refuses to roll back when the log ends *before* the last group's start
+    // in some partition (records lost for a reason no crash explains): a rollback would
+    // delete acknowledged events of the other partitions.
+    #[test]
+    fn missing_records_before_the_group_are_refused() {
+        let dir = TempDir::new("keys-missing");
+        {
+            let (mut j, log) = open(dir.path());
+            log.append(&[(0, b"a"), (1, b"b"), (1, b"c")]).expect("append");
+            j.prepare(vec![1, 2], vec![2, 3], &[entry("k", 0, 1, 2)]).expect("prepare");
+        }
+        // Partition 1 lost a record from before the group (as if truncated by hand).
+        let log = Log::open(&dir.path().join("log")).expect("log");
+        let log = log.rollback_to(&[1, 1]).expect("simulate loss");
+        let err = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1000).err().expect("refused");
+        assert!(err.to_string().contains("no crash explains"), "{err}");
+        assert_eq!(Log::open(&dir.path().join("log")).expect("log").end_offsets(), vec![1, 1], "nothing deleted");
+    }
+
+    // Proves a failed journal write poisons the journal: later prepares are refused.
+    #[test]
+    fn poisoned_journal_refuses() {
+        let dir = TempDir::new("keys-poison");
+        let (mut j, _log) = open(dir.path());
+        j.poison("disk on fire".into());
+        let err = j.prepare(vec![0, 0], vec![1, 0], &[entry("k", 0, 0, 1)]).expect_err("refused");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert!(j.abort(0).is_err());
+    }
+
     // Proves a torn journal tail is truncated, and damage followed by more records refused.
     #[test]
     fn torn_tail_and_damage() {
@@ -402,7 +473,7 @@ mod tests {
                 let e = entry(k, 1, i as u64, i as u64 + 1);
                 j.prepare(vec![0, i as u64], vec![0, i as u64 + 1], std::slice::from_ref(&e)).expect("prepare");
                 log.append(&[(1, b"v")]).expect("append");
-                j.commit(vec![e]).expect("commit");
+                j.commit(vec![e]);
             }
         }
         let path = dir.path().join("keys/journal");
@@ -430,7 +501,7 @@ mod tests {
         for i in 0..5u64 {
             let e = entry(&format!("k{i}"), 0, i, i + 1);
             j.prepare(vec![i], vec![i + 1], std::slice::from_ref(&e)).expect("prepare");
-            j.commit(vec![e]).expect("commit");
+            j.commit(vec![e]);
         }
         assert_eq!(j.len(), 3);
         assert!(j.get("k0").is_none() && j.get("k4").is_some());

@@ -297,23 +297,29 @@ impl<J: Job> Lambda<J> {
         self.serving().speed.views().iter().map(|v| v.info().clone()).collect()
     }
 
-    /// Appends events durably (see [`append_events`]).
+    /// Appends events durably (see [`append_events`]). Serialised with keyed group commits
+    /// (it takes the key journal's lock), so a journal record's offsets always describe its
+    /// own group.
     pub fn append(&self, events: &[J::Event]) -> Result<Vec<Position>> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = keys.poisoned() {
+            return Err(Error::Invalid(format!("appends are stopped until a restart: {why}")));
+        }
         let positions = append_events(&self.log, events)?;
-        self.serving().speed.notify();
+        drop(keys);
+        self.notify();
         Ok(positions)
     }
 
-    /// Appends already encoded records durably and wakes the speed layer.
-    pub fn append_records(&self, records: &[(u32, &[u8])]) -> Result<Vec<Position>> {
-        let positions = self.log.append(records)?;
-        self.serving().speed.notify();
-        Ok(positions)
-    }
-
-    /// The idempotency-key journal (held by whoever groups keyed appends).
+    /// The idempotency-key journal. Whoever appends to the log directly must hold this lock
+    /// for the whole append (as [`Lambda::append`] and the service's committer do).
     pub fn keys(&self) -> &Mutex<KeyJournal> {
         &self.keys
+    }
+
+    /// Wakes the speed layer after an append to the log made in this process.
+    pub fn notify(&self) {
+        self.serving().speed.notify();
     }
 
     /// The data directory.

@@ -493,6 +493,12 @@ impl Log {
         Self::open(&dir)
     }
 
+    /// Whether a failed append could not be undone, so the log refuses appends until it
+    /// is reopened (and recovered).
+    pub fn is_poisoned(&self) -> bool {
+        self.writer.lock().map(|w| w.poisoned.is_some()).unwrap_or(true)
+    }
+
     /// Durable end offset of each partition (the offset its next record will get).
     pub fn end_offsets(&self) -> Vec<u64> {
         self.read_state().iter().map(PartState::end).collect()

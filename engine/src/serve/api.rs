@@ -25,8 +25,14 @@ use crate::lambda::{Encoded, Lambda, Serving};
 pub const LIMIT_MAX: usize = 100_000;
 /// Longest a query may wait for `min_frontier`.
 pub const WAIT_MAX: Duration = Duration::from_secs(10);
-/// Entries in the query cache before it is cleared.
-const CACHE_ENTRIES_MAX: usize = 16_384;
+/// Bytes of answers the query cache holds before it is cleared.
+const CACHE_BYTES_MAX: usize = 64 << 20;
+/// Answers larger than this are not cached.
+const CACHE_ENTRY_BYTES_MAX: usize = 1 << 20;
+/// Reads waiting for `min_frontier` at once; more get 429.
+pub const WAITERS_MAX: usize = 64;
+/// Longest a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn router<J: Job>(state: Arc<AppState<J>>) -> Router {
     Router::new()
@@ -60,7 +66,7 @@ fn too_many(message: String) -> Response {
 
 /// Compares in time independent of where the strings differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    let mut diff = (a.len() != b.len()) as u8;
     for i in 0..a.len().max(b.len()) {
         diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
     }
@@ -128,7 +134,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         return too_many(format!("the speed layer is {lag} events behind the log (limit {}); retry after a second", s.cfg.max_lag_events));
     }
     // Backpressure 2: bounded bytes in flight; wait a little (a slow ack), then 429.
-    let want = declared.unwrap_or(max as u64).clamp(1, max as u64) as u32;
+    let want = declared.unwrap_or(max as u64).clamp(1, max.min(u32::MAX as usize) as u64) as u32;
     let permit = match tokio::time::timeout(s.cfg.admission_wait, s.inflight.clone().acquire_many_owned(want)).await {
         Ok(Ok(p)) => p,
         _ => {
@@ -136,12 +142,18 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
             return too_many("too many request bytes in flight; retry after a second".into());
         }
     };
-    let bytes = match axum::body::to_bytes(body, max).await {
-        Ok(b) => b,
-        Err(e) => {
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             return rejected(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("could not read the request body within the {max}-byte limit: {e}"),
+            ))
+        }
+        Err(_) => {
+            return rejected(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
             ))
         }
     };
@@ -169,7 +181,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("parsing the request failed: {e}")),
     };
     let (reply, outcome) = tokio::sync::oneshot::channel();
-    let submission = Submission { key: key.zip(hash), encoded, received, reply };
+    let submission = Submission { key: key.zip(hash), encoded, received, reply, permit: Some(permit) };
     let sent = match s.committer.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         Some(tx) => tx.send(submission).is_ok(),
         None => false,
@@ -177,9 +189,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     if !sent {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down; nothing of this request was stored");
     }
-    let outcome = outcome.await;
-    drop(permit);
-    match outcome {
+    match outcome.await {
         Ok(Outcome::Ok(ack)) => json_response(StatusCode::OK, serde_json::to_string(&ack).unwrap_or_default()),
         Ok(Outcome::KeyConflict(msg)) => rejected(error(StatusCode::UNPROCESSABLE_ENTITY, msg)),
         Ok(Outcome::Failed(msg)) => error(StatusCode::SERVICE_UNAVAILABLE, msg),
@@ -196,7 +206,18 @@ async fn list_views<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMa
     json_response(StatusCode::OK, json!({ "job": s.lambda.job().name(), "views": views }).to_string())
 }
 
-/// Cached answers of one (view, selection), valid for one serving pair at one frontier.
+/// What a cached answer was asked: the view, and the key or the range parameters.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    view: String,
+    key: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: usize,
+    filter: Option<String>,
+}
+
+/// Cached answers of one [`CacheKey`], valid for one serving pair at one frontier.
 struct Cached {
     serving: u64,
     frontier: Vec<u64>,
@@ -209,21 +230,47 @@ struct Cached {
 /// every handover invalidates it.
 #[derive(Default)]
 pub(super) struct Cache {
-    map: Mutex<HashMap<(String, String), Cached>>,
+    map: Mutex<(HashMap<CacheKey, Cached>, usize)>,
+}
+
+fn cached_bytes(c: &Cached) -> usize {
+    c.body.as_ref().map_or(0, |b| b.len()) + 64
 }
 
 impl Cache {
-    fn get(&self, key: &(String, String), serving: u64, frontier: &[u64]) -> Option<Option<Arc<str>>> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key).filter(|c| c.serving == serving && c.frontier == frontier).map(|c| c.body.clone())
+    /// The cached answer, if it was computed at this serving pair and frontier; a stale
+    /// entry is dropped.
+    fn get(&self, key: &CacheKey, serving: u64, frontier: &[u64]) -> Option<Option<Arc<str>>> {
+        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, bytes) = &mut *guard;
+        match map.get(key) {
+            Some(c) if c.serving == serving && c.frontier == frontier => Some(c.body.clone()),
+            Some(_) => {
+                if let Some(old) = map.remove(key) {
+                    *bytes -= cached_bytes(&old);
+                }
+                None
+            }
+            None => None,
+        }
     }
 
-    fn put(&self, key: (String, String), c: Cached) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= CACHE_ENTRIES_MAX {
-            map.clear();
+    /// Caches an answer; the cache holds at most [`CACHE_BYTES_MAX`] and starts over when full.
+    fn put(&self, key: CacheKey, c: Cached) {
+        let size = cached_bytes(&c);
+        if size > CACHE_ENTRY_BYTES_MAX {
+            return;
         }
-        map.insert(key, c);
+        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, bytes) = &mut *guard;
+        if *bytes + size > CACHE_BYTES_MAX {
+            map.clear();
+            *bytes = 0;
+        }
+        if let Some(old) = map.insert(key, c) {
+            *bytes -= cached_bytes(&old);
+        }
+        *bytes += size;
     }
 }
 
@@ -273,10 +320,21 @@ fn check_view<J: Job>(lambda: &Lambda<J>, view: &str) -> Result<(), Response> {
 }
 
 /// Waits (off the async threads) until the speed layer covers `offsets`.
-async fn wait_visible<J: Job>(lambda: Arc<Lambda<J>>, offsets: Vec<u64>, timeout: Duration) -> Result<bool, Response> {
+async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Duration) -> Result<bool, Response> {
+    let lambda = s.lambda.clone();
+    let ends = lambda.log().end_offsets();
+    if let Some(p) = (0..ends.len()).find(|p| offsets[*p] > ends[*p]) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("min_frontier asks partition {p} for offset {}, but the log ends at {}: no ack ever named it", offsets[p], ends[p]),
+        ));
+    }
     if lambda.serving().speed.frontier().iter().zip(&offsets).all(|(f, o)| f >= o) {
         return Ok(true);
     }
+    let Ok(_waiting) = s.waiters.clone().try_acquire_owned() else {
+        return Err(too_many(format!("more than {WAITERS_MAX} reads are waiting for min_frontier; retry after a second")));
+    };
     let waited = tokio::task::spawn_blocking(move || -> crate::Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -384,7 +442,7 @@ async fn answer<J: Job>(
         Err(r) => return r,
     };
     if let Some(offsets) = p.min_frontier.clone() {
-        match wait_visible(s.lambda.clone(), offsets, p.timeout).await {
+        match wait_visible(&s, offsets, p.timeout).await {
             Ok(true) => {}
             Ok(false) => {
                 return error(
@@ -395,18 +453,13 @@ async fn answer<J: Job>(
             Err(r) => return r,
         }
     }
-    let cache_key = match &key {
-        Some(k) => (view.clone(), format!("k\u{0}{k}")),
-        None => (
-            view.clone(),
-            format!(
-                "r\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
-                p.from.as_deref().unwrap_or("\u{1}"),
-                p.to.as_deref().unwrap_or("\u{1}"),
-                p.limit,
-                p.filter.as_ref().map(|w| format!("{}{}{}", w.field, w.op, w.value)).unwrap_or_default()
-            ),
-        ),
+    let cache_key = CacheKey {
+        view: view.clone(),
+        key: key.clone(),
+        from: p.from.clone(),
+        to: p.to.clone(),
+        limit: p.limit,
+        filter: p.filter.as_ref().map(|w| format!("{}{}{}", w.field, w.op, w.value)),
     };
     let serving: Arc<Serving> = s.lambda.serving();
     let (frontier, updated_ms) = serving.speed.with_state(|st| (st.frontier.clone(), st.updated_ms));
@@ -424,7 +477,18 @@ async fn answer<J: Job>(
                     limit: if p.filter.is_some() { usize::MAX } else { p.limit },
                 },
             };
-            let result = match s.lambda.query_on(&serving, &view, &sel) {
+            // A point query is a few microseconds; a range may merge a whole view, so it runs
+            // off the async threads.
+            let result = if key.is_some() {
+                s.lambda.query_on(&serving, &view, &sel)
+            } else {
+                let (lambda, serving, view) = (s.lambda.clone(), serving.clone(), view.clone());
+                match tokio::task::spawn_blocking(move || lambda.query_on(&serving, &view, &sel)).await {
+                    Ok(r) => r,
+                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")),
+                }
+            };
+            let result = match result {
                 Ok(r) => r,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
             };
@@ -499,7 +563,7 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMa
         return r;
     }
     let st = s.lambda.status();
-    let keys = s.lambda.keys().lock().unwrap_or_else(|e| e.into_inner()).len();
+    let keys = s.metrics.idempotency_keys.load(Relaxed);
     let m = &s.metrics;
     let body = json!({
         "job": st.job,
@@ -539,7 +603,6 @@ async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         batch_version: st.batch.as_ref().map(|b| b.version).unwrap_or(0),
         batch_age_s: st.freshness.batch_age_ms.unwrap_or(0) as f64 / 1e3,
         batch_running: s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_some(),
-        idempotency_keys: s.lambda.keys().lock().unwrap_or_else(|e| e.into_inner()).len(),
         log_end: st.log_end,
         log_bytes: st.log_bytes,
         speed_keys: st.speed_keys,

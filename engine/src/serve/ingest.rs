@@ -30,6 +30,9 @@ pub struct Submission {
     pub received: Instant,
     /// Where the outcome goes.
     pub reply: tokio::sync::oneshot::Sender<Outcome>,
+    /// The request's share of the in-flight memory budget, released with the submission
+    /// (not when the client goes away).
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The acknowledgement of a request.
@@ -109,6 +112,24 @@ fn replay(entry: &KeyEntry, hash: u64, key: &str) -> Outcome {
     }
 }
 
+/// Whether `positions` (as the log assigned them) are exactly the planned ranges.
+fn as_planned(writes: &[(Submission, Vec<Range>)], positions: &[crate::log::Position]) -> bool {
+    let mut i = 0;
+    for (s, ranges) in writes {
+        let mut next: HashMap<u32, u64> = ranges.iter().map(|r| (r.partition, r.from)).collect();
+        for &(p, _) in &s.encoded.spans {
+            let Some(pos) = positions.get(i) else { return false };
+            let Some(n) = next.get_mut(&p) else { return false };
+            if pos.partition != p || pos.offset != *n {
+                return false;
+            }
+            *n += 1;
+            i += 1;
+        }
+    }
+    i == positions.len()
+}
+
 fn commit<J: Job>(lambda: &Lambda<J>, group: Vec<Submission>, metrics: &Metrics) {
     let mut keys = lambda.keys().lock().unwrap_or_else(|e| e.into_inner());
     let start = lambda.log().end_offsets();
@@ -137,6 +158,18 @@ fn commit<J: Job>(lambda: &Lambda<J>, group: Vec<Submission>, metrics: &Metrics)
     if writes.is_empty() {
         return;
     }
+    let fail_all = |writes: Vec<(Submission, Vec<Range>)>, waiting: Vec<(Submission, usize)>, why: String| {
+        for (s, _) in writes {
+            finish(s, Outcome::Failed(why.clone()), metrics);
+        }
+        for (s, _) in waiting {
+            finish(s, Outcome::Failed(why.clone()), metrics);
+        }
+    };
+    if let Some(why) = keys.poisoned() {
+        let why = format!("ingest is stopped until the service restarts ({why}); nothing of this request was stored");
+        return fail_all(writes, waiting, why);
+    }
     let at = now_ms();
     let entries: Vec<KeyEntry> = writes
         .iter()
@@ -150,14 +183,6 @@ fn commit<J: Job>(lambda: &Lambda<J>, group: Vec<Submission>, metrics: &Metrics)
             })
         })
         .collect();
-    let fail_all = |writes: Vec<(Submission, Vec<Range>)>, waiting: Vec<(Submission, usize)>, why: String| {
-        for (s, _) in writes {
-            finish(s, Outcome::Failed(why.clone()), metrics);
-        }
-        for (s, _) in waiting {
-            finish(s, Outcome::Failed(why.clone()), metrics);
-        }
-    };
     let prepared = if entries.is_empty() {
         None
     } else {
@@ -167,26 +192,42 @@ fn commit<J: Job>(lambda: &Lambda<J>, group: Vec<Submission>, metrics: &Metrics)
         }
     };
     let records: Vec<(u32, &[u8])> = writes.iter().flat_map(|(s, _)| s.encoded.records()).collect();
-    let appended = lambda.append_records(&records).map(|_| ()).and_then(|()| {
-        let ends = lambda.log().end_offsets();
-        if ends != next {
-            // Only this thread appends while the service runs (the data directory is locked).
-            return Err(crate::Error::Invalid(format!("log ends at {ends:?} after the group commit, {next:?} expected")));
-        }
-        Ok(())
-    });
+    let appended = lambda.log().append(&records);
     drop(records);
     metrics.group_commits.fetch_add(1, Relaxed);
-    if let Err(e) = appended {
-        let mut why = format!("append failed, nothing of the request is stored: {e}");
-        if let Some(at) = prepared {
-            if let Err(e2) = keys.abort(at) {
-                why = format!("{why}; removing its idempotency record failed too ({e2}): restart the service to recover");
-            }
+    match appended {
+        Ok(positions) if as_planned(&writes, &positions) => {}
+        Ok(_) => {
+            // Cannot happen while every append holds the keys lock; if it does, the journal
+            // no longer describes the log: stop, and let recovery decide at the restart.
+            keys.poison("a group commit's positions differ from its journal record".into());
+            let why = "the append's positions differ from the plan; ingest is stopped: restart the service, then retry                        with the same Idempotency-Key (the restart keeps or rolls back this request as a whole)";
+            return fail_all(writes, waiting, why.into());
         }
-        return fail_all(writes, waiting, why);
+        Err(e) if lambda.log().is_poisoned() => {
+            // The log could not undo the partial append: keep the journal record, so the
+            // restart rolls the group back as a whole.
+            keys.poison(format!("the log could not undo a failed append: {e}"));
+            let why = format!(
+                "append failed and could not be undone ({e}); ingest is stopped: restart the service, then retry                  with the same Idempotency-Key"
+            );
+            return fail_all(writes, waiting, why);
+        }
+        Err(e) => {
+            let mut why = format!("append failed, nothing of the request is stored: {e}");
+            if let Some(at) = prepared {
+                if let Err(e2) = keys.abort(at) {
+                    why = format!(
+                        "append failed ({e}) and removing its idempotency record failed too ({e2}); ingest is stopped:                          restart the service, then retry with the same Idempotency-Key"
+                    );
+                }
+            }
+            return fail_all(writes, waiting, why);
+        }
     }
-    let _ = keys.commit(entries.clone()).map_err(|e| eprintln!("lambdaflow serve: compacting the idempotency journal failed: {e}"));
+    lambda.notify();
+    keys.commit(entries.clone());
+    metrics.idempotency_keys.store(keys.len() as u64, Relaxed);
     let by_key: HashMap<&str, &KeyEntry> = entries.iter().map(|e| (e.key.as_str(), e)).collect();
     for (s, i) in waiting {
         let outcome = match (&s.key, writes[i].0.key.as_ref().and_then(|(k, _)| by_key.get(k.as_str()))) {

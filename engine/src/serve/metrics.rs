@@ -75,6 +75,8 @@ pub struct Metrics {
     pub batch_last_ms: AtomicU64,
     /// Requests refused for a missing or wrong token.
     pub auth_refused: AtomicU64,
+    /// Idempotency keys remembered (kept by the committer, so readers never wait for it).
+    pub idempotency_keys: AtomicU64,
 }
 
 /// Point-in-time values rendered next to the counters.
@@ -99,8 +101,6 @@ pub struct Gauges {
     pub batch_age_s: f64,
     /// Whether a batch run is in progress.
     pub batch_running: bool,
-    /// Remembered idempotency keys.
-    pub idempotency_keys: usize,
 }
 
 impl Metrics {
@@ -161,7 +161,7 @@ impl Metrics {
         );
         gauge(&mut out, "lambdaflow_speed_events", "Events in the speed layer since the batch cut.", g.speed_events as f64);
         gauge(&mut out, "lambdaflow_speed_state_bytes", "Approximate bytes held in the speed tables.", g.speed_bytes as f64);
-        gauge(&mut out, "lambdaflow_idempotency_keys", "Idempotency keys remembered.", g.idempotency_keys as f64);
+        gauge(&mut out, "lambdaflow_idempotency_keys", "Idempotency keys remembered.", self.idempotency_keys.load(Relaxed) as f64);
         counter(
             &mut out,
             "lambdaflow_auth_refused_total",

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 use crate::lambda::Lambda;
 use crate::store::{now_ms, ViewStore};
 
+/// How long open connections may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The page `GET /` serves when the application gives none: views and freshness.
 pub const GENERIC_DASHBOARD: &str = include_str!("generic.html");
 
@@ -41,7 +44,7 @@ impl Schedule {
     pub fn next_ms(&self, last_end_ms: u64, now: u64) -> Option<u64> {
         match *self {
             Schedule::Never => None,
-            Schedule::Every(d) => Some(last_end_ms + d.as_millis() as u64),
+            Schedule::Every(d) => Some(last_end_ms.saturating_add(d.as_millis().min(u64::MAX as u128) as u64)),
             Schedule::DailyAt(h, m) => {
                 const DAY: u64 = 86_400_000;
                 let at = (h as u64 * 60 + m as u64) * 60_000;
@@ -162,6 +165,7 @@ pub struct AppState<J: Job> {
     pub dashboard: &'static str,
     committer: Mutex<Option<std::sync::mpsc::Sender<ingest::Submission>>>,
     inflight: Arc<tokio::sync::Semaphore>,
+    waiters: Arc<tokio::sync::Semaphore>,
     cache: api::Cache,
     started: Instant,
     stopping: AtomicBool,
@@ -239,18 +243,21 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
     })?;
 
     let metrics = Arc::new(metrics::Metrics::default());
+    let keys = lambda.keys().lock().unwrap_or_else(|e| e.into_inner()).len();
+    metrics.idempotency_keys.store(keys as u64, Ordering::Relaxed);
     let (tx, rx) = std::sync::mpsc::channel();
-    {
+    let committer = {
         let (lambda, metrics) = (lambda.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("lambdaflow-commit".into())
             .spawn(move || ingest::run(lambda, rx, metrics))
-            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the committer".into(), source })?;
-    }
+            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the committer".into(), source })?
+    };
     let batch = Arc::new(BatchState::default());
     let state = Arc::new(AppState {
         lambda: lambda.clone(),
-        inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_bytes.max(cfg.max_body_bytes))),
+        inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight_bytes.max(cfg.max_body_bytes).min(u32::MAX as usize))),
+        waiters: Arc::new(tokio::sync::Semaphore::new(api::WAITERS_MAX)),
         cfg: cfg.clone(),
         metrics: metrics.clone(),
         batch: batch.clone(),
@@ -279,6 +286,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
             let result = runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener)
                     .map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "listen on".into(), source })?;
+                let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
                 let stop = async move {
                     if signals {
                         tokio::select! {
@@ -290,12 +298,23 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
                     } else {
                         let _ = shutdown_rx.await;
                     }
+                    let _ = stopping_tx.send(true);
                 };
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                    .map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "serve".into(), source })
+                let serve = axum::serve(listener, router).with_graceful_shutdown(stop);
+                // Connections get a grace period to finish; a client trickling a body does
+                // not hold the shutdown up for longer.
+                let grace = async move {
+                    let _ = stopping_rx.wait_for(|s| *s).await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    eprintln!("lambdaflow serve: connections still open after {} s; closing them", SHUTDOWN_GRACE.as_secs());
+                };
+                tokio::select! {
+                    r = serve => r.map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "serve".into(), source }),
+                    _ = grace => Ok(()),
+                }
             });
+            // Drop the runtime (and the connections it still holds) before draining the committer.
+            drop(runtime);
             state.stopping.store(true, Ordering::SeqCst);
             // No more submissions: the committer finishes what is queued and exits.
             state.committer.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -306,6 +325,9 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
                 let _ = handle.join();
             } else {
                 eprintln!("lambdaflow serve: a batch run is in progress; it is abandoned (its unpublished files are removed at the next run)");
+            }
+            if committer.join().is_err() {
+                eprintln!("lambdaflow serve: the committer thread panicked");
             }
             result
         })
