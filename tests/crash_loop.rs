@@ -122,7 +122,10 @@ fn crash_loop() {
         //    requests that were in flight at the kill.
         let (acked_events, all_events): (u64, u64) = {
             let w = world.lock().unwrap();
-            (w.requests.iter().filter(|r| r.acked).map(|r| r.events.len() as u64).sum(), w.requests.iter().map(|r| r.events.len() as u64).sum())
+            (
+                w.requests.iter().filter(|r| r.acked).map(|r| r.events.len() as u64).sum(),
+                w.requests.iter().map(|r| r.events.len() as u64).sum(),
+            )
         };
         let stored = status(&mut c)["log"]["events"].as_u64().expect("log.events");
         assert!(stored >= acked_events, "{replay} cycle {cycle}: acknowledged events lost: {stored} stored < {acked_events} acknowledged");
