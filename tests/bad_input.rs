@@ -377,7 +377,11 @@ const BAD_NDJSON: [&str; 6] = [
 const BAD_CSV: [&str; 5] = ["view,1,,1,1,,,", "view,x,,1,1,,,,1", r#"{"type":"view"}"#, "purchase,1,1,2,3,0,5,,", "view,1,7,1,1,,,,1"];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    // 1,000 cases in CI; `PROPTEST_CASES=N` runs N (the long version, docs/reliability.md).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1000),
+        ..ProptestConfig::default()
+    })]
 
     // parser_never_panics proves the ingest parser is total: on arbitrary bytes (raw, or
     // lines mixing good NDJSON/CSV, headers, garbage and one-byte mutations of good lines,

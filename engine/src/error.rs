@@ -27,6 +27,14 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A data file other than the log or a batch view is damaged.
+    #[error("{path} is damaged: {detail}")]
+    CorruptFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        detail: String,
+    },
     /// Input was rejected; nothing of it was stored.
     #[error("line {line}: {error}")]
     BadInput {

@@ -137,6 +137,39 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The refusal for a damaged journal record at byte `pos`.
+fn damaged(path: &Path, pos: usize, why: &str) -> Error {
+    Error::CorruptFile {
+        path: path.to_path_buf(),
+        detail: format!(
+            "idempotency key journal record at byte {pos} is damaged ({why}); forgetting the keys after it would let \
+             retries append twice. Move the file aside to start without remembered keys"
+        ),
+    }
+}
+
+/// The first byte offset at or after `from` where a whole, checksum-valid record starts, if
+/// any (checked within a budget of bytes hashed: past it, assume one may exist).
+fn valid_frame_after(bytes: &[u8], from: usize) -> Option<usize> {
+    const BUDGET: usize = 256 << 20;
+    let mut spent = 0usize;
+    for q in from..bytes.len().saturating_sub(7) {
+        let len = u32::from_le_bytes([bytes[q], bytes[q + 1], bytes[q + 2], bytes[q + 3]]) as usize;
+        if len == 0 || bytes.len() - q - 8 < len {
+            continue;
+        }
+        spent += len;
+        if spent > BUDGET {
+            return Some(q);
+        }
+        let crc = u32::from_le_bytes([bytes[q + 4], bytes[q + 5], bytes[q + 6], bytes[q + 7]]);
+        if crc32c::crc32c_append(crc32c::crc32c(&bytes[q..q + 4]), &bytes[q + 8..q + 8 + len]) == crc {
+            return Some(q);
+        }
+    }
+    None
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync directory"))
 }
@@ -170,6 +203,15 @@ impl KeyJournal {
             let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
             let crc = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
             if bytes.len() - pos - 8 < len {
+                // A record longer than the rest of the file is a torn write only if nothing
+                // valid follows; a damaged length field in the middle is damage.
+                if let Some(at) = valid_frame_after(&bytes, pos + 1) {
+                    return Err(damaged(
+                        &path,
+                        pos,
+                        &format!("its length field ({len}) runs past the end of the file, but a valid record follows at byte {at}"),
+                    ));
+                }
                 eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record".into()));
                 break;
             }
@@ -180,13 +222,7 @@ impl KeyJournal {
                 // A bad record followed by more data is damage, not a torn write: refuse
                 // rather than forget keys (a retry would then append twice).
                 if pos + 8 + len < bytes.len() {
-                    return Err(Error::CorruptView {
-                        path: path.clone(),
-                        detail: format!(
-                            "idempotency journal record at byte {pos} fails its checksum and is followed by more records; \
-                             move the file aside to start without remembered keys"
-                        ),
-                    });
+                    return Err(damaged(&path, pos, "it fails its checksum and more records follow"));
                 }
                 eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("checksum mismatch in the last record".into()));
                 break;
@@ -490,6 +526,14 @@ mod tests {
         let log = Log::open(&dir.path().join("log")).expect("log");
         let err = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1000).err().expect("refused");
         assert!(err.to_string().contains("at byte 0"), "{err}");
+        // A damaged length field in the first record (it now runs past the end) is damage
+        // too: the second record is still valid.
+        let mut damaged = full.clone();
+        damaged[2] ^= 0x40;
+        std::fs::write(&path, &damaged).expect("write");
+        let log = Log::open(&dir.path().join("log")).expect("log");
+        let err = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1000).err().expect("refused");
+        assert!(err.to_string().contains("at byte 0") && err.to_string().contains("valid record follows"), "{err}");
     }
 
     // Proves expiry by count and compaction keep the newest keys.

@@ -580,6 +580,7 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMa
             "replays": m.ingest_replays.load(Relaxed),
             "rejected": m.ingest_rejected.load(Relaxed),
             "throttled": m.ingest_throttled.load(Relaxed),
+            "failed": m.ingest_failed.load(Relaxed),
             "idempotency_keys": keys,
         },
     });

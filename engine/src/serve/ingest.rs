@@ -159,6 +159,8 @@ fn commit<J: Job>(lambda: &Lambda<J>, group: Vec<Submission>, metrics: &Metrics)
         return;
     }
     let fail_all = |writes: Vec<(Submission, Vec<Range>)>, waiting: Vec<(Submission, usize)>, why: String| {
+        eprintln!("lambdaflow serve: a group commit of {} request(s) failed: {why}", writes.len() + waiting.len());
+        metrics.ingest_failed.fetch_add((writes.len() + waiting.len()) as u64, Relaxed);
         for (s, _) in writes {
             finish(s, Outcome::Failed(why.clone()), metrics);
         }

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub ingest_replays: AtomicU64,
     /// Requests rejected as bad input (400/413/422).
     pub ingest_rejected: AtomicU64,
+    /// Requests whose group commit failed (503; see the server's stderr).
+    pub ingest_failed: AtomicU64,
     /// Requests told to slow down (429).
     pub ingest_throttled: AtomicU64,
     /// Group commits (journal + log fsyncs).
@@ -122,6 +124,12 @@ impl Metrics {
             self.ingest_replays.load(Relaxed),
         );
         counter(&mut out, "lambdaflow_ingest_rejected_total", "Ingest requests rejected as bad input.", self.ingest_rejected.load(Relaxed));
+        counter(
+            &mut out,
+            "lambdaflow_ingest_failed_total",
+            "Ingest requests whose group commit failed (503).",
+            self.ingest_failed.load(Relaxed),
+        );
         counter(
             &mut out,
             "lambdaflow_ingest_throttled_total",
