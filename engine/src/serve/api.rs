@@ -3,6 +3,7 @@
 #![allow(clippy::result_large_err)] // handlers return `Response` errors; boxing them buys nothing here
 
 use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -45,6 +46,9 @@ pub(super) fn router<J: Job>(state: Arc<AppState<J>>) -> Router {
         .route("/v1/status", get(get_status::<J>))
         .route("/metrics", get(get_metrics::<J>))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/serving.md (GET /v1/views lists the views)") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see docs/serving.md")
+        })
         .with_state(state)
 }
 
@@ -133,28 +137,16 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         s.metrics.ingest_throttled.fetch_add(1, Relaxed);
         return too_many(format!("the speed layer is {lag} events behind the log (limit {}); retry after a second", s.cfg.max_lag_events));
     }
-    // Backpressure 2: bounded bytes in flight; wait a little (a slow ack), then 429.
-    let want = declared.unwrap_or(max as u64).clamp(1, max.min(u32::MAX as usize) as u64) as u32;
-    let permit = match tokio::time::timeout(s.cfg.admission_wait, s.inflight.clone().acquire_many_owned(want)).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            s.metrics.ingest_throttled.fetch_add(1, Relaxed);
-            return too_many("too many request bytes in flight; retry after a second".into());
-        }
-    };
-    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, max)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return rejected(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("could not read the request body within the {max}-byte limit: {e}"),
-            ))
-        }
-        Err(_) => {
-            return rejected(error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
-            ))
+    // Backpressure 2: bytes in flight are bounded; they are reserved as they arrive (so a
+    // client that declares a large body and stalls holds only what it sent).
+    let (bytes, permit) = match read_body(&s, body, max).await {
+        Ok(b) => b,
+        Err((throttled, r)) => {
+            if throttled {
+                s.metrics.ingest_throttled.fetch_add(1, Relaxed);
+                return r;
+            }
+            return rejected(r);
         }
     };
     let partitions = s.lambda.log().partitions();
@@ -181,7 +173,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("parsing the request failed: {e}")),
     };
     let (reply, outcome) = tokio::sync::oneshot::channel();
-    let submission = Submission { key: key.zip(hash), encoded, received, reply, permit: Some(permit) };
+    let submission = Submission { key: key.zip(hash), encoded, received, reply, permit };
     let sent = match s.committer.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         Some(tx) => tx.send(submission).is_ok(),
         None => false,
@@ -194,6 +186,53 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         Ok(Outcome::KeyConflict(msg)) => rejected(error(StatusCode::UNPROCESSABLE_ENTITY, msg)),
         Ok(Outcome::Failed(msg)) => error(StatusCode::SERVICE_UNAVAILABLE, msg),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the committer stopped before answering; retry with the same Idempotency-Key"),
+    }
+}
+
+/// Reads a request body of at most `max` bytes within [`BODY_READ_TIMEOUT`], reserving
+/// in-flight budget for each chunk as it arrives (waiting up to the admission wait for room).
+/// Errors: `(true, 429)` when there is no room; `(false, 4xx)` for a body too large (413),
+/// too slow (408) or malformed (400).
+async fn read_body<J: Job>(
+    s: &AppState<J>,
+    mut body: Body,
+    max: usize,
+) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), (bool, Response)> {
+    use axum::body::HttpBody;
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        let frame = match tokio::time::timeout_at(deadline, frame).await {
+            Err(_) => {
+                let msg = format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs());
+                return Err((false, error(StatusCode::REQUEST_TIMEOUT, msg)));
+            }
+            Ok(None) => return Ok((buf, permit)),
+            Ok(Some(Err(e))) => return Err((false, error(StatusCode::BAD_REQUEST, format!("the request body is malformed: {e}")))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(chunk) = frame.into_data() else { continue }; // trailers
+        if buf.len() + chunk.len() > max {
+            let msg = format!("request body is over {max} bytes (--max-body)");
+            return Err((false, error(StatusCode::PAYLOAD_TOO_LARGE, msg)));
+        }
+        if chunk.is_empty() {
+            continue;
+        }
+        let room = s.inflight.clone().acquire_many_owned(chunk.len() as u32);
+        match tokio::time::timeout(s.cfg.admission_wait, room).await {
+            Ok(Ok(p)) => match permit.as_mut() {
+                Some(held) => held.merge(p),
+                None => permit = Some(p),
+            },
+            _ => return Err((true, too_many("too many request bytes in flight; retry after a second".into()))),
+        }
+        if buf.is_empty() {
+            buf.reserve(chunk.len().max(64 << 10).min(max));
+        }
+        buf.extend_from_slice(&chunk);
     }
 }
 
@@ -408,19 +447,27 @@ fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -
 async fn get_range<J: Job>(
     State(s): State<Arc<AppState<J>>>,
     headers: HeaderMap,
-    Path(view): Path<String>,
-    Query(params): Query<Vec<(String, String)>>,
+    view: Result<Path<String>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    answer(s, headers, view, None, params).await
+    match (view, params) {
+        (Ok(Path(view)), Ok(Query(params))) => answer(s, headers, view, None, params).await,
+        (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
+        (_, Err(e)) => error(StatusCode::BAD_REQUEST, format!("bad query string: {e}")),
+    }
 }
 
 async fn get_key<J: Job>(
     State(s): State<Arc<AppState<J>>>,
     headers: HeaderMap,
-    Path((view, key)): Path<(String, String)>,
-    Query(params): Query<Vec<(String, String)>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    answer(s, headers, view, Some(key), params).await
+    match (path, params) {
+        (Ok(Path((view, key))), Ok(Query(params))) => answer(s, headers, view, Some(key), params).await,
+        (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
+        (_, Err(e)) => error(StatusCode::BAD_REQUEST, format!("bad query string: {e}")),
+    }
 }
 
 async fn answer<J: Job>(

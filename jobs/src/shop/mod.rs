@@ -89,7 +89,7 @@ impl Job for Shop {
             _ => None,
         });
         ctx.sum_view("revenue_by_day", revenue, |s: &Sums<4>| {
-            json!({ "gross_cents": s.0[0], "refund_cents": s.0[1], "net_cents": s.0[0] - s.0[1], "orders": s.0[2], "refunds": s.0[3] })
+            json!({ "gross_cents": s.0[0], "refund_cents": s.0[1], "net_cents": s.0[0].wrapping_sub(s.0[1]), "orders": s.0[2], "refunds": s.0[3] })
         });
 
         // Lanes: net, units, events.
