@@ -1017,8 +1017,22 @@ impl Client {
                 let mut reader = BufReader::new(s.try_clone().expect("clone stream"));
                 let answers = write_then(&s, &bytes, || {
                     let mut answers = Vec::new();
-                    while let Ok(Some(resp)) = read_resp(&mut reader, false) {
-                        answers.push(resp);
+                    let mut half_closed = false;
+                    loop {
+                        match read_resp(&mut reader, false) {
+                            Ok(Some(resp)) => answers.push(resp),
+                            Ok(None) => break,
+                            // Nothing for 1.5 s: the server may be waiting for the rest of an
+                            // incomplete request, or still committing a complete one. Close our
+                            // side (ending any incomplete request) and wait for what is owed,
+                            // so a late acknowledgement is still counted.
+                            Err(e) if !half_closed && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                                half_closed = true;
+                                let _ = s.shutdown(std::net::Shutdown::Write);
+                                let _ = s.set_read_timeout(Some(ANSWER_TIMEOUT));
+                            }
+                            Err(_) => break,
+                        }
                     }
                     answers
                 });

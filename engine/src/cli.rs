@@ -171,6 +171,9 @@ struct ServeArgs {
     /// Answer ingest with 429 while the speed layer is this many events behind.
     #[arg(long, default_value_t = 2_000_000)]
     max_lag: u64,
+    /// Request body bytes held in memory at once (at least --max-body); beyond it, 429.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_inflight: usize,
 }
 
 #[derive(Args)]
@@ -482,6 +485,7 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
         public_reads: args.public_reads,
         max_body_bytes: args.max_body,
         max_lag_events: args.max_lag,
+        max_inflight_bytes: args.max_inflight.max(args.max_body),
         ..ServeConfig::default()
     })
 }

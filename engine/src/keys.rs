@@ -148,9 +148,19 @@ fn damaged(path: &Path, pos: usize, why: &str) -> Error {
     }
 }
 
-/// The first byte offset at or after `from` where a whole, checksum-valid record starts, if
-/// any (checked within a budget of bytes hashed: past it, assume one may exist).
-fn valid_frame_after(bytes: &[u8], from: usize) -> Option<usize> {
+/// What the search for a valid record after a bad one found.
+enum After {
+    /// A whole record that passes its checksum and decodes, at this byte offset.
+    Record(usize),
+    /// The search ran out of budget before it could rule one out.
+    Undecided,
+    /// Nothing valid follows.
+    Nothing,
+}
+
+/// Looks for a whole, checksum-valid record that decodes as a journal record at or after
+/// byte `from` (within a budget of bytes hashed).
+fn valid_frame_after(bytes: &[u8], from: usize) -> After {
     const BUDGET: usize = 256 << 20;
     let mut spent = 0usize;
     for q in from..bytes.len().saturating_sub(7) {
@@ -160,14 +170,15 @@ fn valid_frame_after(bytes: &[u8], from: usize) -> Option<usize> {
         }
         spent += len;
         if spent > BUDGET {
-            return Some(q);
+            return After::Undecided;
         }
         let crc = u32::from_le_bytes([bytes[q + 4], bytes[q + 5], bytes[q + 6], bytes[q + 7]]);
-        if crc32c::crc32c_append(crc32c::crc32c(&bytes[q..q + 4]), &bytes[q + 8..q + 8 + len]) == crc {
-            return Some(q);
+        let payload = &bytes[q + 8..q + 8 + len];
+        if crc32c::crc32c_append(crc32c::crc32c(&bytes[q..q + 4]), payload) == crc && bincode::deserialize::<Record>(payload).is_ok() {
+            return After::Record(q);
         }
     }
-    None
+    After::Nothing
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -205,12 +216,21 @@ impl KeyJournal {
             if bytes.len() - pos - 8 < len {
                 // A record longer than the rest of the file is a torn write only if nothing
                 // valid follows; a damaged length field in the middle is damage.
-                if let Some(at) = valid_frame_after(&bytes, pos + 1) {
-                    return Err(damaged(
-                        &path,
-                        pos,
-                        &format!("its length field ({len}) runs past the end of the file, but a valid record follows at byte {at}"),
-                    ));
+                match valid_frame_after(&bytes, pos + 1) {
+                    After::Record(at) => {
+                        let why =
+                            format!("its length field ({len}) runs past the end of the file, but a valid record follows at byte {at}");
+                        return Err(damaged(&path, pos, &why));
+                    }
+                    After::Undecided => {
+                        let why = format!(
+                            "its length field ({len}) runs past the end of the file, and the {} bytes after it are too many to rule \
+                             out a valid record",
+                            bytes.len() - pos
+                        );
+                        return Err(damaged(&path, pos, &why));
+                    }
+                    After::Nothing => {}
                 }
                 eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record".into()));
                 break;
@@ -223,6 +243,20 @@ impl KeyJournal {
                 // rather than forget keys (a retry would then append twice).
                 if pos + 8 + len < bytes.len() {
                     return Err(damaged(&path, pos, "it fails its checksum and more records follow"));
+                }
+                // A whole last record that fails its checksum is a torn write only if its
+                // group never reached the log; if the log holds the group, it is damage.
+                if let Ok(Record { start: Some(start), end: Some(end), .. }) = bincode::deserialize::<Record>(payload) {
+                    let ends = log.end_offsets();
+                    // A group of its own: it starts where the previous keyed group ended or later.
+                    let new_group = match records.iter().rev().find_map(|(_, r)| r.end.as_ref()) {
+                        Some(prev) => prev.len() == start.len() && start.iter().zip(prev).all(|(s, p)| s >= p),
+                        None => true,
+                    };
+                    let in_log = end.len() == ends.len() && ends.iter().zip(&end).all(|(e, want)| e >= want);
+                    if new_group && in_log && start.iter().zip(&end).any(|(s, e)| e > s) {
+                        return Err(damaged(&path, pos, "it fails its checksum, but the log holds its whole group"));
+                    }
                 }
                 eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("checksum mismatch in the last record".into()));
                 break;
@@ -526,6 +560,15 @@ mod tests {
         let log = Log::open(&dir.path().join("log")).expect("log");
         let err = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1000).err().expect("refused");
         assert!(err.to_string().contains("at byte 0"), "{err}");
+        // A whole last record failing its checksum whose group is in the log is damage, not
+        // a torn write (a torn record's group never reached the log).
+        let mut damaged = full.clone();
+        let last = full.len() - 3;
+        damaged[last] ^= 0x01;
+        std::fs::write(&path, &damaged).expect("write");
+        let log = Log::open(&dir.path().join("log")).expect("log");
+        let err = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1000).err().expect("refused");
+        assert!(err.to_string().contains("the log holds its whole group"), "{err}");
         // A damaged length field in the first record (it now runs past the end) is damage
         // too: the second record is still valid.
         let mut damaged = full.clone();

@@ -190,7 +190,12 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
 }
 
 /// Reads a request body of at most `max` bytes within [`BODY_READ_TIMEOUT`], reserving
-/// in-flight budget for each chunk as it arrives (waiting up to the admission wait for room).
+/// in-flight budget for each chunk as it arrives.
+///
+/// Only a request that holds nothing yet waits for room (up to the admission wait); one that
+/// already holds part of the budget and finds no room for its next chunk gives everything
+/// back at once with a 429. No request waits while holding, so concurrent uploads can never
+/// hold the whole budget between them and wait for each other.
 /// Errors: `(true, 429)` when there is no room; `(false, 4xx)` for a body too large (413),
 /// too slow (408) or malformed (400).
 async fn read_body<J: Job>(
@@ -221,13 +226,22 @@ async fn read_body<J: Job>(
         if chunk.is_empty() {
             continue;
         }
-        let room = s.inflight.clone().acquire_many_owned(chunk.len() as u32);
-        match tokio::time::timeout(s.cfg.admission_wait, room).await {
-            Ok(Ok(p)) => match permit.as_mut() {
-                Some(held) => held.merge(p),
-                None => permit = Some(p),
-            },
-            _ => return Err((true, too_many("too many request bytes in flight; retry after a second".into()))),
+        let n = chunk.len() as u32;
+        let got = match permit.as_mut() {
+            Some(held) => s.inflight.clone().try_acquire_many_owned(n).ok().map(|p| held.merge(p)).is_some(),
+            None => {
+                let wait_until = deadline.min(tokio::time::Instant::now() + s.cfg.admission_wait);
+                match tokio::time::timeout_at(wait_until, s.inflight.clone().acquire_many_owned(n)).await {
+                    Ok(Ok(p)) => {
+                        permit = Some(p);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if !got {
+            return Err((true, too_many("too many request bytes in flight; retry after a second".into())));
         }
         if buf.is_empty() {
             buf.reserve(chunk.len().max(64 << 10).min(max));
@@ -450,6 +464,9 @@ async fn get_range<J: Job>(
     view: Result<Path<String>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
+    if let Err(r) = authorize(&s, &headers, false) {
+        return r;
+    }
     match (view, params) {
         (Ok(Path(view)), Ok(Query(params))) => answer(s, headers, view, None, params).await,
         (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
@@ -463,6 +480,9 @@ async fn get_key<J: Job>(
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
+    if let Err(r) = authorize(&s, &headers, false) {
+        return r;
+    }
     match (path, params) {
         (Ok(Path((view, key))), Ok(Query(params))) => answer(s, headers, view, Some(key), params).await,
         (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
