@@ -26,22 +26,12 @@ mod common;
 use common::http::{Client, Server};
 use common::TempDir;
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
-use lambdaflow_jobs::shop::{oracle::expected_views, ShopEvent};
+use lambdaflow_jobs::shop::oracle::{expected_views, VIEW_NAMES};
+use lambdaflow_jobs::shop::ShopEvent;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const VIEWS: [&str; 8] = [
-    "revenue_by_day",
-    "product_revenue_by_day",
-    "inventory_level",
-    "customer_spend",
-    "customer_segments",
-    "daily_unique_viewers",
-    "top_products_by_day",
-    "conversion_by_product",
-];
 
 /// xorshift64*: small, seeded, good enough for choosing delays and sizes.
 struct Rng(u64);
@@ -108,7 +98,7 @@ fn settle_and_check(c: &mut Client, requests: &mut [Request], replay: &str, when
     assert_eq!(s["log"]["events"].as_u64(), Some(everything.len() as u64), "{replay} {when}: every event must be stored exactly once");
     let ends: Vec<String> = s["log"]["end"].as_array().expect("ends").iter().map(|e| e.to_string()).collect();
     let expected = expected_views(&everything);
-    for view in VIEWS {
+    for view in VIEW_NAMES {
         let r = c.get(&format!("/v1/views/{view}?limit=100000&min_frontier={}", ends.join(","))).expect("query");
         assert_eq!(r.status, 200, "{replay} {when}: {view}: {}", r.text());
         let got = common::items_by_key(&r.json());

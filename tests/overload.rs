@@ -11,6 +11,7 @@
 mod common;
 
 use common::http::{Client, Server};
+use common::ndjson;
 use common::TempDir;
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 use lambdaflow_jobs::shop::{oracle::expected_views, ShopEvent};
@@ -47,15 +48,6 @@ fn body_events(writer: usize, i: usize) -> Vec<ShopEvent> {
     let n = 1_000 + ((writer * BODIES_PER_WRITER + i) as u64 * 1_237) % (BODY_EVENTS_MAX - 1_000 + 1);
     let seed = 1_000 + (writer * BODIES_PER_WRITER + i) as u64;
     Generator::new(GenConfig { events: n, seed, customers: 5_000, products: 500, days: 30, ..GenConfig::default() }).collect()
-}
-
-fn ndjson(events: &[ShopEvent]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        e.write_ndjson(&mut out);
-        out.push(b'\n');
-    }
-    out
 }
 
 /// An ingest answer: status, whether it had `Retry-After`, body.

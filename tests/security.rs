@@ -10,9 +10,8 @@ mod common;
 
 use common::http::{Client, Server};
 use common::TempDir;
+use common::{ndjson, small_events as events};
 use lambdaflow_engine::ingest::LINE_BYTES_MAX;
-use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
-use lambdaflow_jobs::shop::ShopEvent;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,19 +19,6 @@ use std::time::{Duration, Instant};
 
 /// 26 visible characters (the minimum is 16).
 const TOKEN: &str = "lf-sec-0123456789abcdefXYZ";
-
-fn events(seed: u64, n: u64) -> Vec<ShopEvent> {
-    Generator::new(GenConfig { events: n, seed, customers: 200, products: 30, days: 4, ..GenConfig::default() }).collect()
-}
-
-fn ndjson(events: &[ShopEvent]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        e.write_ndjson(&mut out);
-        out.push(b'\n');
-    }
-    out
-}
 
 fn token_file(tmp: &TempDir) -> String {
     let path = tmp.join("token");

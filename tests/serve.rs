@@ -9,26 +9,13 @@ mod common;
 
 use common::http::{Client, Server};
 use common::TempDir;
-use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
+use common::{ndjson, small_events as events};
 use lambdaflow_jobs::shop::{oracle::expected_views, ShopEvent};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn events(seed: u64, n: u64) -> Vec<ShopEvent> {
-    Generator::new(GenConfig { events: n, seed, customers: 200, products: 30, days: 4, ..GenConfig::default() }).collect()
-}
-
-fn ndjson(events: &[ShopEvent]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        e.write_ndjson(&mut out);
-        out.push(b'\n');
-    }
-    out
-}
 
 fn log_events(c: &mut Client) -> u64 {
     let s = c.get("/v1/status").expect("status");

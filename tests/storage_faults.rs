@@ -19,12 +19,12 @@
 mod common;
 
 use common::http::{Client, Response, Server};
+use common::small_events as events;
 use common::*;
 use lambdaflow_engine::lambda::{append_events, partition_of, Encoded, Lambda, Options};
 use lambdaflow_engine::log::{Log, LogConfig, RECORD_HEADER_BYTES};
 use lambdaflow_engine::operators::Event;
 use lambdaflow_engine::testing::{all_views, diff};
-use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 use lambdaflow_jobs::shop::{oracle::expected_views, Shop, ShopEvent};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -45,19 +45,6 @@ const SERVE: [&str; 3] = ["serve", "--listen", "127.0.0.1:0"];
 // ----- data ------------------------------------------------------------------------------
 
 /// `n` shop events from `seed` over small id spaces (so views have many events per key).
-fn events(seed: u64, n: u64) -> Vec<ShopEvent> {
-    Generator::new(GenConfig { events: n, seed, customers: 200, products: 30, days: 4, ..GenConfig::default() }).collect()
-}
-
-fn ndjson(events: &[ShopEvent]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in events {
-        e.write_ndjson(&mut out);
-        out.push(b'\n');
-    }
-    out
-}
-
 fn write_input(path: &Path, events: &[ShopEvent]) {
     fs::write(path, ndjson(events)).expect("write input file");
 }

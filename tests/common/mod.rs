@@ -77,6 +77,30 @@ pub fn gen_file(path: &Path, events: u64, seed: u64, format: &str) {
     assert!(o.status.success(), "gen failed: {}", stderr(&o));
 }
 
+/// Shop events over a small id space (200 customers, 30 products, 4 days), so that keys
+/// of successive batches overlap.
+pub fn small_events(seed: u64, n: u64) -> Vec<ShopEvent> {
+    lambdaflow_jobs::shop::gen::Generator::new(lambdaflow_jobs::shop::gen::GenConfig {
+        events: n,
+        seed,
+        customers: 200,
+        products: 30,
+        days: 4,
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// `events` as an NDJSON request body.
+pub fn ndjson(events: &[ShopEvent]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        e.write_ndjson(&mut out);
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Parses an input file the way `ingest` does.
 pub fn read_events(path: &Path) -> Vec<ShopEvent> {
     lambdaflow_engine::cli::read_events::<ShopEvent>(path).expect("parse generated input")
