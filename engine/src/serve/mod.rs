@@ -300,6 +300,10 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
                     }
                     let _ = stopping_tx.send(true);
                 };
+                // Answers are small and latency matters: no Nagle delay.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let serve = axum::serve(listener, router).with_graceful_shutdown(stop);
                 // Connections get a grace period to finish; a client trickling a body does
                 // not hold the shutdown up for longer.
