@@ -29,8 +29,6 @@ use lambdaflow_jobs::shop::{oracle::expected_views, Shop, ShopEvent};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -153,39 +151,6 @@ fn assert_refused(o: &Output, what: &str, needles: &[&str]) -> String {
     err
 }
 
-/// Starts a `lambdaflow serve` child from `cmd` and waits until it listens (the logic of
-/// `Server::start`, for commands it cannot build).
-fn spawn_server(mut cmd: Command) -> Server {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn lambdaflow serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    if let Some(addr) = rest.split_whitespace().next().and_then(|a| a.parse::<SocketAddr>().ok()) {
-                        let _ = tx.send(addr);
-                    }
-                }
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
-            return Server { child, addr, log };
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("lambdaflow serve exited with {status} before listening:\n{}", log.lock().unwrap());
-        }
-        assert!(Instant::now() < deadline, "lambdaflow serve did not listen within 120 s:\n{}", log.lock().unwrap());
-    }
-}
-
 /// `lambdaflow --data DATA -w 2 serve --listen 127.0.0.1:0` under a file-size limit of
 /// `blocks` 512-byte blocks: writes past it fail with EFBIG (SIGXFSZ is ignored, and the
 /// ignore survives `exec`).
@@ -198,7 +163,7 @@ fn start_limited(data: &Path, blocks: u64) -> Server {
         .arg(data)
         .args(["-w", "2"])
         .args(SERVE);
-    spawn_server(cmd)
+    Server::spawn(cmd)
 }
 
 /// Stops a server with SIGTERM, checks it exits cleanly and never panicked, and returns all

@@ -158,15 +158,15 @@ impl Server {
     /// Starts `lambdaflow --data DATA -w 2 serve --listen 127.0.0.1:0 EXTRA...` and waits
     /// until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lambdaflow"))
-            .arg("--data")
-            .arg(data)
-            .args(["-w", "2", "serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lambdaflow serve");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lambdaflow"));
+        cmd.arg("--data").arg(data).args(["-w", "2", "serve", "--listen", "127.0.0.1:0"]).args(extra);
+        Server::spawn(cmd)
+    }
+
+    /// Starts `cmd` (a `lambdaflow ... serve` command line, perhaps wrapped) and waits until it
+    /// prints the address it listens on.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn lambdaflow serve");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
