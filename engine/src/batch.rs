@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use differential_dataflow::input::Input;
 
+use crate::cluster::{Peers, PEER_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::log::{Log, LogError};
 use crate::store::{now_ms, BatchMeta, ViewStore};
@@ -54,7 +55,27 @@ pub fn run_batch<J: Job>(
     cut: Option<Vec<u64>>,
     progress: Arc<Progress>,
 ) -> Result<BatchReport> {
+    let report = run_batch_on(job, log, store, &Peers::single(workers), cut, progress, PEER_TIMEOUT, || Ok(()))?;
+    Ok(report.expect("process 0 publishes"))
+}
+
+/// Runs this process's part of a batch run over `peers` (see [`crate::cluster`]): every
+/// worker reads its partitions; views and seeds are gathered to worker 0, and process 0
+/// writes and publishes the version (`Some(report)`); other processes return `None`.
+/// Every process must be given the same `cut`. `alive` is checked while the cluster forms.
+#[allow(clippy::too_many_arguments)]
+pub fn run_batch_on<J: Job>(
+    job: Arc<J>,
+    log: Arc<Log>,
+    store: &ViewStore,
+    peers: &Peers,
+    cut: Option<Vec<u64>>,
+    progress: Arc<Progress>,
+    peer_timeout: std::time::Duration,
+    alive: impl FnMut() -> Result<()>,
+) -> Result<Option<BatchReport>> {
     let started_ms = now_ms();
+    let workers = peers.threads;
     let cut = cut.unwrap_or_else(|| log.end_offsets());
     let ends = log.end_offsets();
     if cut.len() != ends.len() || cut.iter().zip(&ends).any(|(c, e)| c > e) {
@@ -62,56 +83,69 @@ pub fn run_batch<J: Job>(
     }
     let total: u64 = cut.iter().sum();
     progress.total.store(total, Ordering::Relaxed);
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(if peers.spans_processes() { Registry::gathered() } else { Registry::default() });
     let abort = Arc::new(crate::guard::Abort::default());
     let t0 = Instant::now();
     let guards = {
         let (registry, cut, log, job, progress, abort) =
             (registry.clone(), cut.clone(), log.clone(), job.clone(), progress.clone(), abort.clone());
-        timely::execute(timely::Config::process(workers.max(1)), move |worker| -> Result<()> {
-            crate::guard::guarded(worker, &abort, |worker| {
-                let (index, peers) = (worker.index(), worker.peers());
-                let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
-                    let (input, events) = scope.new_collection::<J::Event, isize>();
-                    let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
-                    job.build(&mut ctx, events);
-                    (input, ctx.errors().to_vec())
-                });
-                if !errors.is_empty() {
-                    return Err(Error::Dataflow(format!("job {} is invalid: {}", job.name(), errors.join("; "))));
-                }
-                let mut fed = 0u64;
-                for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
-                    log.read(partition, 0, cut[partition as usize], |offset, bytes| {
-                        input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
-                        fed += 1;
-                        if fed.is_multiple_of(STEP_EVERY_EVENTS) {
-                            progress.done.fetch_add(STEP_EVERY_EVENTS, Ordering::Relaxed);
-                            input.flush();
-                            worker.step();
-                            if abort.raised() {
-                                return Err(LogError::Callback("another worker failed".into()));
+        let config = peers.config();
+        let execute = move || {
+            timely::execute(config, move |worker| -> Result<()> {
+                crate::guard::guarded(worker, &abort, |worker| {
+                    let (index, peers) = (worker.index(), worker.peers());
+                    let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
+                        let (input, events) = scope.new_collection::<J::Event, isize>();
+                        let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
+                        job.build(&mut ctx, events);
+                        (input, ctx.errors().to_vec())
+                    });
+                    if !errors.is_empty() {
+                        return Err(Error::Dataflow(format!("job {} is invalid: {}", job.name(), errors.join("; "))));
+                    }
+                    let mut fed = 0u64;
+                    for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
+                        log.read(partition, 0, cut[partition as usize], |offset, bytes| {
+                            input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
+                            fed += 1;
+                            if fed.is_multiple_of(STEP_EVERY_EVENTS) {
+                                progress.done.fetch_add(STEP_EVERY_EVENTS, Ordering::Relaxed);
+                                input.flush();
+                                worker.step();
+                                if abort.raised() {
+                                    return Err(LogError::Callback("another worker failed".into()));
+                                }
                             }
-                        }
-                        Ok(())
-                    })?;
-                }
-                progress.done.fetch_add(fed % STEP_EVERY_EVENTS, Ordering::Relaxed);
-                drop(input);
-                // Step until every dataflow completes, or another worker fails.
-                while !abort.raised() && worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
-                Ok(())
+                            Ok(())
+                        })?;
+                    }
+                    progress.done.fetch_add(fed % STEP_EVERY_EVENTS, Ordering::Relaxed);
+                    drop(input);
+                    // Step until every dataflow completes, or another worker fails.
+                    while !abort.raised() && worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
+                    Ok(())
+                })
             })
-        })
-        .map_err(Error::Dataflow)?
+        };
+        crate::cluster::form(peers, peer_timeout, alive, execute)?
     };
-    for result in guards.join() {
+    if peers.spans_processes() {
+        println!("{}", crate::cluster::protocol::FORMED);
+    }
+    // A peer process that dies takes the communication threads down with it; joining them
+    // then panics. That is a failed run, not a reason to take this process down too.
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()))
+        .map_err(|p| Error::Dataflow(format!("the cluster failed: {}", crate::guard::panic_message(p.as_ref()))))?;
+    for result in joined {
         result.map_err(Error::Dataflow)??;
     }
     if let Some(reason) = abort.reason() {
         return Err(Error::Dataflow(reason));
     }
     let compute_secs = t0.elapsed().as_secs_f64();
+    if peers.process != 0 {
+        return Ok(None);
+    }
 
     let t1 = Instant::now();
     let pending = store.begin()?;
@@ -175,5 +209,84 @@ pub fn run_batch<J: Job>(
         seeds,
     };
     store.publish(pending, &meta)?;
-    Ok(BatchReport { meta, compute_secs, write_secs: t1.elapsed().as_secs_f64() })
+    Ok(Some(BatchReport { meta, compute_secs, write_secs: t1.elapsed().as_secs_f64() }))
+}
+
+/// Runs a batch over `cut` on `processes` worker processes started on loopback as children
+/// of this one (`exe worker --role batch`), `threads` workers each; process 0 of them
+/// publishes. Progress is what the children report. A child that fails, or a cluster that
+/// does not form within `peer_timeout`, ends the run with an error naming the process; the
+/// others are killed, and nothing is published.
+pub fn run_batch_local(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    store: &ViewStore,
+    processes: usize,
+    threads: usize,
+    cut: Vec<u64>,
+    progress: Arc<Progress>,
+    peer_timeout: std::time::Duration,
+) -> Result<BatchReport> {
+    use crate::cluster::{protocol, LocalCluster, Report};
+    progress.total.store(cut.iter().sum(), Ordering::Relaxed);
+    let cut_arg = cut.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let args: Vec<String> =
+        ["--role", "batch", "--cut", &cut_arg, "--peer-timeout-secs", &peer_timeout.as_secs().max(1).to_string()].map(String::from).into();
+    let mut cluster = LocalCluster::start(exe, dir, "batch", processes, threads, 0, &args)?;
+    let mut done = vec![0u64; processes];
+    let mut formed = 0usize;
+    let mut published: Option<(u64, f64, f64)> = None;
+    let form_deadline = Instant::now() + peer_timeout + std::time::Duration::from_secs(5);
+    loop {
+        while let Some(report) = cluster.next_report(std::time::Duration::from_millis(20)) {
+            if let Report::Line(p, line) = report {
+                if line == protocol::FORMED {
+                    formed += 1;
+                } else if let Some(n) = line.strip_prefix(protocol::PROGRESS).and_then(|n| n.parse().ok()) {
+                    done[p] = n;
+                    progress.done.store(done.iter().sum(), Ordering::Relaxed);
+                } else if let Some(p) = parse_published(&line) {
+                    published = Some(p);
+                }
+            }
+        }
+        while let Some((p, status)) = cluster.exited()? {
+            if !status.success() {
+                let err = cluster.failure(p, status);
+                cluster.kill_all();
+                return Err(err);
+            }
+            cluster.forget(p);
+        }
+        if cluster.is_empty() {
+            break;
+        }
+        if formed < processes && Instant::now() >= form_deadline {
+            cluster.kill_all();
+            return Err(Error::Dataflow(format!(
+                "the batch cluster did not form within {}s ({formed} of {processes} processes connected)",
+                peer_timeout.as_secs()
+            )));
+        }
+    }
+    // Drain what the readers saw last (a child's final line may arrive after its exit).
+    while let Some(report) = cluster.next_report(std::time::Duration::from_millis(50)) {
+        if let Report::Line(0, line) = report {
+            published = parse_published(&line).or(published);
+        }
+    }
+    let (version, compute_secs, write_secs) =
+        published.ok_or_else(|| Error::Dataflow("batch process 0 exited without publishing a version".into()))?;
+    let meta = store.meta(version)?;
+    if meta.cut != cut {
+        return Err(Error::Dataflow(format!("batch version {version} has cut {:?}, expected {cut:?}", meta.cut)));
+    }
+    progress.done.store(meta.events, Ordering::Relaxed);
+    Ok(BatchReport { meta, compute_secs, write_secs })
+}
+
+/// `lambdaflow-worker published VERSION COMPUTE_SECS WRITE_SECS`.
+fn parse_published(line: &str) -> Option<(u64, f64, f64)> {
+    let mut f = line.strip_prefix(crate::cluster::protocol::PUBLISHED)?.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }

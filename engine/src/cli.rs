@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch::Progress;
 use crate::error::{Error, Result};
-use crate::lambda::{append_events, Lambda, Options, QueryResult};
+use crate::lambda::{append_events, ClusterOptions, Lambda, Options, QueryResult};
 use crate::log::{Log, LogConfig};
 
 /// Produces synthetic events for `gen` and `demo`.
@@ -102,6 +102,9 @@ enum Command {
         /// Keep this many batch versions (older ones are deleted).
         #[arg(long, default_value_t = 3)]
         keep: usize,
+        /// Run it on this many worker processes (started on loopback, -w threads each).
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
     },
     /// Print a view's merged answers (batch + speed), with freshness.
     Query {
@@ -136,6 +139,70 @@ enum Command {
     Demo(DemoArgs),
     /// Run the service: HTTP ingest, merged queries, scheduled batch runs, a live dashboard.
     Serve(ServeArgs),
+    /// Run the service on a local cluster: batch runs and the speed layer on --processes
+    /// worker processes each (on loopback), serving from this one. See docs/cluster.md.
+    Cluster {
+        /// Processes per layer (unless --batch-processes / --speed-processes say otherwise).
+        #[arg(long)]
+        processes: usize,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// One process of a cluster run (started by `serve`/`cluster`/`batch --processes`, or by
+    /// hand on each machine with the same hostfile). See docs/cluster.md.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ClusterArgs {
+    /// Worker processes per batch run (started on loopback; -w threads each).
+    #[arg(long)]
+    batch_processes: Option<usize>,
+    /// Processes of the speed layer: this one plus others started on loopback.
+    #[arg(long)]
+    speed_processes: Option<usize>,
+    /// Seconds the processes of a run have to connect to each other.
+    #[arg(long, default_value_t = 30)]
+    peer_timeout: u64,
+    /// Attempts per batch run on several processes (a failed attempt is retried).
+    #[arg(long, default_value_t = 3)]
+    batch_attempts: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Role {
+    /// A batch run: process 0 publishes the version.
+    Batch,
+    /// The speed layer: process 0 is the serving process.
+    Speed,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// What this run is.
+    #[arg(long, value_enum)]
+    role: Role,
+    /// Processes in the cluster.
+    #[arg(long)]
+    processes: usize,
+    /// This process's index, 0..processes.
+    #[arg(long)]
+    process: usize,
+    /// One host:port per line, in process order.
+    #[arg(long)]
+    hostfile: PathBuf,
+    /// Log offsets per partition the run starts from (batch: covers up to; speed: starts at), e.g. 10,12,9,11.
+    #[arg(long)]
+    cut: String,
+    /// Speed: the batch version whose seeds it starts from (none: from offset 0).
+    #[arg(long)]
+    batch_version: Option<u64>,
+    /// Seconds to wait for every peer to connect.
+    #[arg(long, default_value_t = 30)]
+    peer_timeout_secs: u64,
+    /// Exit when stdin closes (set by the process that starts local workers).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
 #[derive(Args)]
@@ -174,6 +241,8 @@ struct ServeArgs {
     /// Request body bytes held in memory at once (at least --max-body); beyond it, 429.
     #[arg(long, default_value_t = 256 << 20)]
     max_inflight: usize,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Args)]
@@ -335,9 +404,12 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Batch { keep } => {
+        Command::Batch { keep, processes } => {
             let _lock = lock_data_dir(&cli.data)?;
             let log = Arc::new(open_log(&cli.data, 4)?);
+            if processes == 0 {
+                return Err(Error::Invalid("--processes must be at least 1".into()));
+            }
             let store = crate::store::ViewStore::open(&cli.data)?;
             let progress = Arc::new(Progress::default());
             let job = Arc::new(app.job);
@@ -351,7 +423,13 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 let dir = cli.data.clone();
                 std::thread::spawn(move || {
                     let store = crate::store::ViewStore::open(&dir)?;
-                    crate::batch::run_batch(job, log, &store, workers, None, progress)
+                    if processes > 1 {
+                        let exe = ClusterOptions::default().exe_path()?;
+                        let cut = log.end_offsets();
+                        crate::batch::run_batch_local(&exe, &dir, &store, processes, workers, cut, progress, crate::cluster::PEER_TIMEOUT)
+                    } else {
+                        crate::batch::run_batch(job, log, &store, workers, None, progress)
+                    }
                 })
             };
             while !handle.is_finished() {
@@ -442,7 +520,79 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo(app, &cli.data, workers, args),
         Command::Serve(args) => serve(app, &cli.data, workers, args),
+        Command::Cluster { processes, serve: mut args } => {
+            if processes == 0 {
+                return Err(Error::Invalid("--processes must be at least 1".into()));
+            }
+            args.cluster.batch_processes.get_or_insert(processes);
+            args.cluster.speed_processes.get_or_insert(processes);
+            serve(app, &cli.data, workers, args)
+        }
+        Command::Worker(args) => worker(app, &cli.data, workers, args),
     }
+}
+
+/// `lambdaflow worker`: this process's part of a batch run or of a speed layer.
+fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> Result<()> {
+    use crate::cluster::{protocol, Peers};
+    if args.exit_with_parent {
+        crate::cluster::exit_with_parent();
+    }
+    let peers = Peers::from_hostfile(&args.hostfile, args.processes, args.process, workers)?;
+    let cut = parse_cut(&args.cut)?;
+    let log = Log::open_follower(&dir.join("log"))?;
+    if cut.len() != log.partitions() as usize {
+        return Err(Error::Invalid(format!("--cut has {} offsets, but the log has {} partitions", cut.len(), log.partitions())));
+    }
+    log.follow_to(&cut)?;
+    let log = Arc::new(log);
+    let store = crate::store::ViewStore::open(dir)?;
+    let timeout = Duration::from_secs(args.peer_timeout_secs.max(1));
+    let job = Arc::new(app.job);
+    match args.role {
+        Role::Batch => {
+            let progress = Arc::new(Progress::default());
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reporter = {
+                let (progress, done) = (progress.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut last = u64::MAX;
+                    while !done.load(Ordering::Relaxed) {
+                        let n = progress.done.load(Ordering::Relaxed);
+                        if n != last {
+                            println!("{}{n}", protocol::PROGRESS);
+                            last = n;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                })
+            };
+            let report = crate::batch::run_batch_on(job, log, &store, &peers, Some(cut), progress, timeout, || Ok(()));
+            done.store(true, Ordering::Relaxed);
+            let _ = reporter.join();
+            if let Some(r) = report? {
+                eprintln!(
+                    "lambdaflow worker: batch v{} published ({} events, {:.2}s compute + {:.2}s write)",
+                    r.meta.version, r.meta.events, r.compute_secs, r.write_secs
+                );
+                println!("{}{} {} {}", protocol::PUBLISHED, r.meta.version, r.compute_secs, r.write_secs);
+            }
+            Ok(())
+        }
+        Role::Speed => {
+            if args.process == 0 {
+                return Err(Error::Invalid("process 0 of a speed layer is the serving process (`serve`/`cluster`), not a `worker`".into()));
+            }
+            crate::speed::run_member(job, log, store, args.batch_version, cut, peers, timeout)
+        }
+    }
+}
+
+/// `10,12,9,11` → offsets per partition.
+fn parse_cut(s: &str) -> Result<Vec<u64>> {
+    s.split(',')
+        .map(|v| v.trim().parse::<u64>().map_err(|_| Error::Invalid(format!("--cut: `{v}` is not an offset (expected e.g. 10,12,9,11)"))))
+        .collect()
 }
 
 fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
@@ -499,7 +649,16 @@ fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, args: ServeArgs) -> Re
     let cfg = serve_config(&args)?;
     let _lock = lock_data_dir(dir)?;
     let t = Instant::now();
-    let lambda = Arc::new(Lambda::open(app.job, dir, opts(workers, args.partitions))?);
+    let mut options = opts(workers, args.partitions);
+    let c = &args.cluster;
+    options.cluster = ClusterOptions {
+        batch_processes: c.batch_processes.unwrap_or(1).max(1),
+        speed_processes: c.speed_processes.unwrap_or(1).max(1),
+        peer_timeout: Duration::from_secs(c.peer_timeout.max(1)),
+        batch_attempts: c.batch_attempts.max(1),
+        ..ClusterOptions::default()
+    };
+    let lambda = Arc::new(Lambda::open(app.job, dir, options)?);
     eprintln!(
         "lambdaflow serve: opened {} ({} events; batch {}) in {:.2}s",
         dir.display(),

@@ -20,7 +20,7 @@ use crate::batch::{run_batch, BatchReport, Progress};
 use crate::error::{Error, Result};
 use crate::keys::KeyJournal;
 use crate::log::{Log, LogConfig, Position};
-use crate::speed::SpeedLayer;
+use crate::speed::{SpeedLayer, Spread};
 use crate::store::{now_ms, BatchMeta, ViewStore};
 
 /// A loaded batch version: its metadata and one decoded table per view.
@@ -96,6 +96,25 @@ pub struct Status {
     pub speed_keys: Vec<(String, usize)>,
     /// Approximate bytes held in the speed tables.
     pub speed_bytes: usize,
+    /// Why the serving speed layer stopped, if it failed (it is being restarted).
+    pub speed_failure: Option<String>,
+    /// Speed layers restarted after a failure since this process started.
+    pub speed_restarts: u64,
+    /// Processes per layer, and the speed layer's other processes as `(process, pid)`.
+    pub cluster: ClusterStatus,
+}
+
+/// The processes of each layer, for `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterStatus {
+    /// Processes per batch run.
+    pub batch_processes: usize,
+    /// Processes of the speed layer.
+    pub speed_processes: usize,
+    /// Worker threads per process.
+    pub workers: usize,
+    /// The serving speed layer's processes other than this one: `(process, pid)`.
+    pub speed_pids: Vec<(usize, u32)>,
 }
 
 /// Options for opening a data directory.
@@ -109,6 +128,47 @@ pub struct Options {
     pub key_retention: Duration,
     /// At most this many idempotency keys are remembered (the oldest are forgotten first).
     pub max_keys: usize,
+    /// How many processes batch runs and the speed layer use.
+    pub cluster: ClusterOptions,
+}
+
+/// Processes for each layer (see [`crate::cluster`]). The layers scale independently: a
+/// batch run can use more processes than the speed layer. With more than one, the other
+/// processes are started on loopback as `worker` children of this one, each with
+/// [`Options::workers`] threads.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Processes per batch run (all children; process 0 of them publishes).
+    pub batch_processes: usize,
+    /// Processes of the speed layer (this one, which holds the speed tables, and children).
+    pub speed_processes: usize,
+    /// The binary the children run (default: this one).
+    pub exe: Option<PathBuf>,
+    /// How long the processes of a run have to connect to each other.
+    pub peer_timeout: Duration,
+    /// Attempts per batch run on a cluster: a failed attempt (a process died) is retried
+    /// from scratch, at the same cut.
+    pub batch_attempts: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { batch_processes: 1, speed_processes: 1, exe: None, peer_timeout: crate::cluster::PEER_TIMEOUT, batch_attempts: 3 }
+    }
+}
+
+impl ClusterOptions {
+    /// The binary worker processes run.
+    pub fn exe_path(&self) -> Result<PathBuf> {
+        match &self.exe {
+            Some(exe) => Ok(exe.clone()),
+            None => std::env::current_exe().map_err(|source| Error::Io {
+                path: PathBuf::from("/proc/self/exe"),
+                what: "find this binary (to start worker processes)".into(),
+                source,
+            }),
+        }
+    }
 }
 
 impl Default for Options {
@@ -118,6 +178,7 @@ impl Default for Options {
             log: LogConfig { partitions: 4, segment_bytes: 64 << 20 },
             key_retention: Duration::from_secs(24 * 3600),
             max_keys: 1_000_000,
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -128,6 +189,9 @@ pub struct Lambda<J: Job> {
     log: Arc<Log>,
     dir: PathBuf,
     workers: usize,
+    cluster: ClusterOptions,
+    /// Speed layers restarted after a failure.
+    restarts: std::sync::atomic::AtomicU64,
     current: RwLock<Arc<Serving>>,
     handover: Mutex<()>,
     batch: Mutex<()>,
@@ -206,12 +270,14 @@ impl<J: Job> Lambda<J> {
         })?;
         let (log, keys) = crate::keys::open_log(dir, opts.log, opts.key_retention, opts.max_keys)?;
         let log = Arc::new(log);
-        let serving = Self::serving_for(&job, &log, dir, opts.workers, None)?;
+        let serving = Self::serving_for(&job, &log, dir, opts.workers, &opts.cluster, None)?;
         Ok(Lambda {
             job,
             log,
             dir: dir.to_path_buf(),
             workers: opts.workers,
+            cluster: opts.cluster,
+            restarts: std::sync::atomic::AtomicU64::new(0),
             current: RwLock::new(Arc::new(serving)),
             handover: Mutex::new(()),
             batch: Mutex::new(()),
@@ -221,7 +287,14 @@ impl<J: Job> Lambda<J> {
 
     /// Builds a serving pair for `version` (default: the store's current one, if it was
     /// computed by this job and version; otherwise no batch and speed from offset 0).
-    fn serving_for(job: &Arc<J>, log: &Arc<Log>, dir: &Path, workers: usize, version: Option<u64>) -> Result<Serving> {
+    fn serving_for(
+        job: &Arc<J>,
+        log: &Arc<Log>,
+        dir: &Path,
+        workers: usize,
+        cluster: &ClusterOptions,
+        version: Option<u64>,
+    ) -> Result<Serving> {
         let store = ViewStore::open(dir)?;
         let meta = match version {
             Some(v) => Some(store.meta(v)?),
@@ -255,7 +328,25 @@ impl<J: Job> Lambda<J> {
                 ends[p]
             )));
         }
-        let speed = SpeedLayer::start(job.clone(), log.clone(), ViewStore::open(dir)?, meta.as_ref().map(|m| m.version), cut, workers)?;
+        let spread = if cluster.speed_processes > 1 {
+            Some(Spread {
+                processes: cluster.speed_processes,
+                exe: cluster.exe_path()?,
+                dir: dir.to_path_buf(),
+                peer_timeout: cluster.peer_timeout,
+            })
+        } else {
+            None
+        };
+        let speed = SpeedLayer::start_spread(
+            job.clone(),
+            log.clone(),
+            ViewStore::open(dir)?,
+            meta.as_ref().map(|m| m.version),
+            cut,
+            workers,
+            spread.as_ref(),
+        )?;
         let batch = match meta {
             None => None,
             Some(meta) => {
@@ -378,9 +469,75 @@ impl<J: Job> Lambda<J> {
     pub fn batch_and_handover(&self, progress: Arc<Progress>) -> Result<BatchReport> {
         let _one_batch_at_a_time = self.batch.lock().unwrap_or_else(|e| e.into_inner());
         let store = ViewStore::open(&self.dir)?;
-        let report = run_batch(self.job.clone(), self.log.clone(), &store, self.workers, None, progress)?;
+        let report = if self.cluster.batch_processes > 1 {
+            self.run_batch_cluster(&store, progress)?
+        } else {
+            run_batch(self.job.clone(), self.log.clone(), &store, self.workers, None, progress)?
+        };
         self.handover(report.meta.version)?;
         Ok(report)
+    }
+
+    /// A batch run on `batch_processes` local worker processes, at the log's current end;
+    /// an attempt that fails (a process died, or the cluster did not form) is retried at
+    /// the same cut, up to `batch_attempts` times.
+    fn run_batch_cluster(&self, store: &ViewStore, progress: Arc<Progress>) -> Result<BatchReport> {
+        let cut = self.log.end_offsets();
+        let exe = self.cluster.exe_path()?;
+        let attempts = self.cluster.batch_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            progress.done.store(0, std::sync::atomic::Ordering::Relaxed);
+            let result = crate::batch::run_batch_local(
+                &exe,
+                &self.dir,
+                store,
+                self.cluster.batch_processes,
+                self.workers,
+                cut.clone(),
+                progress.clone(),
+                self.cluster.peer_timeout,
+            );
+            match result {
+                Ok(report) => return Ok(report),
+                Err(e) if attempt < attempts => {
+                    eprintln!("lambdaflow: batch run attempt {attempt} of {attempts} failed ({e}); retrying at the same cut");
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::Dataflow(format!("batch run failed {attempts} time(s); the last failure: {e}"))),
+            }
+        }
+    }
+
+    /// If the speed layer failed (in a cluster: one of its processes died), starts a new
+    /// one from the current batch version's cut, lets it catch up to where the failed one
+    /// stopped, and swaps it in. The failed layer keeps answering (its frozen state is
+    /// still exact, just not moving) until then. Returns whether it restarted one.
+    pub fn restart_speed_if_failed(&self) -> Result<bool> {
+        let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.serving();
+        let Some(reason) = old.speed.failure() else { return Ok(false) };
+        eprintln!("lambdaflow: the speed layer failed ({reason}); restarting it from the batch cut");
+        let version = old.batch.as_ref().map(|b| b.meta.version);
+        let next = match version {
+            Some(v) => Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Some(v))?,
+            None => Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, None)?,
+        };
+        if next.batch.as_ref().map(|b| b.meta.version) != version {
+            return Err(Error::Dataflow("the batch version changed while restarting the speed layer".into()));
+        }
+        // No reader may see the frontier go backwards.
+        if !next.speed.wait_for(&old.speed.frontier(), Duration::from_secs(600))? {
+            return Err(Error::Dataflow("the restarted speed layer did not catch up within 600 s".into()));
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        self.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// How many times the speed layer was restarted after a failure.
+    pub fn speed_restarts(&self) -> u64 {
+        self.restarts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Switches serving to batch `version`: loads it, starts a speed layer from its cut and
@@ -389,7 +546,7 @@ impl<J: Job> Lambda<J> {
     /// remaining gap, and swaps atomically.
     pub fn handover(&self, version: u64) -> Result<()> {
         let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
-        let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, Some(version))?;
+        let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Some(version))?;
         let old = self.serving();
         let covers = |frontier: &[u64]| -> Vec<u64> { frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect() };
         if !next.speed.wait_for(&covers(&old.speed.frontier()), Duration::from_secs(600))? {
@@ -406,8 +563,14 @@ impl<J: Job> Lambda<J> {
             // Put a live speed layer back for the old batch version, caught up to the frozen
             // frontier (so no reader sees it go backwards), before reporting.
             let restore = || -> Result<Serving> {
-                let restored =
-                    Self::serving_for(&self.job, &self.log, &self.dir, self.workers, old.batch.as_ref().map(|b| b.meta.version))?;
+                let restored = Self::serving_for(
+                    &self.job,
+                    &self.log,
+                    &self.dir,
+                    self.workers,
+                    &self.cluster,
+                    old.batch.as_ref().map(|b| b.meta.version),
+                )?;
                 if !restored.speed.wait_for(&frozen, Duration::from_secs(600))? {
                     return Err(Error::Dataflow("the restored speed layer did not catch up within 600 s".into()));
                 }
@@ -450,6 +613,14 @@ impl<J: Job> Lambda<J> {
             freshness: self.freshness(&serving, frontier, updated_ms),
             speed_keys,
             speed_bytes,
+            speed_failure: serving.speed.failure(),
+            speed_restarts: self.speed_restarts(),
+            cluster: ClusterStatus {
+                batch_processes: self.cluster.batch_processes,
+                speed_processes: self.cluster.speed_processes,
+                workers: self.workers,
+                speed_pids: serving.speed.pids(),
+            },
         }
     }
 }

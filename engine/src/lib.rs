@@ -20,6 +20,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod cluster;
 pub mod error;
 pub mod guard;
 pub mod ingest;

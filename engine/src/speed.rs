@@ -1,22 +1,35 @@
 //! Speed mode: the same job, incrementally, over the log from a batch cut on.
 //!
 //! Seeds from the batch version enter at time 0; appended events enter at epochs 1, 2, ...
-//! Each worker tails its share of partitions. Workers advance their inputs to a shared
-//! target epoch (any worker that read something raises it), so an idle worker never holds
-//! the frontier back. When an epoch completes everywhere, worker 0 folds the views' updates
-//! up to it into the speed tables and publishes the new frontier (one offset per partition)
-//! under a write lock, so readers always see one consistent epoch.
+//! Each worker tails its share of partitions. A worker that read something moves to the
+//! next epoch and tells every other worker (a control stream inside the dataflow), so an
+//! idle worker never holds the frontier back. Each worker reports, per partition it owns,
+//! the offset it had read when it left an epoch, to worker 0. When an epoch completes
+//! everywhere, worker 0 folds the views' updates up to it into the speed tables and
+//! publishes the new frontier (one offset per partition) under a write lock, so readers
+//! always see one consistent epoch.
+//!
+//! The same code runs on one process or several ([`crate::cluster`]): process 0 is the
+//! serving process; it owns the log and sends its acknowledged ends to the workers of the
+//! other processes, which follow the log read-only. View updates are gathered to worker 0.
 
 use lambdaflow_operators::view::SpeedTable;
 use lambdaflow_operators::{AnyView, Ctx, Job, Mode, Registry, SeedSource, Time};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::{Exchange, Input as _, Inspect, Probe};
 
 use differential_dataflow::input::Input;
 
 use crate::batch::decode_event;
+use crate::cluster::{LocalCluster, Peers};
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::store::{now_ms, ViewStore};
@@ -46,9 +59,6 @@ struct Shared {
     moved: Condvar,
     moved_lock: Mutex<()>,
     stop: AtomicBool,
-    target_epoch: AtomicU64,
-    /// Per partition: offsets after each epoch, recorded by the partition's worker.
-    offsets: Mutex<Vec<BTreeMap<u64, u64>>>,
     failure: Mutex<Option<String>>,
     /// Raised when any worker fails, so the others stop.
     abort: crate::guard::Abort,
@@ -98,55 +108,92 @@ impl SeedSource for StoreSeeds {
     }
 }
 
+/// Where a speed layer's workers run: this process only, or this process as process 0 of
+/// a cluster whose other processes it starts on loopback.
+#[derive(Clone, Debug)]
+pub struct Spread {
+    /// Processes in all, this one included.
+    pub processes: usize,
+    /// The binary the other processes run (`worker --role speed`).
+    pub exe: PathBuf,
+    /// The data directory they follow.
+    pub dir: PathBuf,
+    /// How long the processes have to connect to each other.
+    pub peer_timeout: Duration,
+}
+
+/// A control message between speed workers, inside the dataflow (so it crosses processes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Ctl {
+    /// The sender left `epoch` having read `partition` up to `next` (for worker 0).
+    Offset { partition: u32, epoch: u64, next: u64 },
+    /// Some worker read events: move to this epoch.
+    Advance(u64),
+    /// The log's acknowledged ends (from worker 0 to workers that follow the log).
+    Ends(Vec<u64>),
+    /// The layer stops (from worker 0 to the other processes' workers).
+    Stop,
+}
+
+type CtlInput = timely::dataflow::InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<(usize, Ctl)>>>;
+
 /// A running speed layer.
 pub struct SpeedLayer {
     shared: Arc<Shared>,
     guards: Mutex<Option<timely::communication::WorkerGuards<Result<()>>>>,
+    /// The other processes of a cluster, when it spans several.
+    cluster: Mutex<Option<LocalCluster>>,
     /// The cut this layer started from.
     pub cut: Vec<u64>,
     /// The batch version whose seeds it started from.
     pub batch_version: Option<u64>,
 }
 
-impl SpeedLayer {
-    /// Starts the speed layer for `job` over `log` from `cut`, seeded from batch
-    /// `batch_version` of `store` (which must have been computed at `cut`), on `workers`
-    /// threads. Returns once the dataflow is built and the seeds are loaded.
-    pub fn start<J: Job>(
-        job: Arc<J>,
-        log: Arc<Log>,
-        store: ViewStore,
-        batch_version: Option<u64>,
-        cut: Vec<u64>,
-        workers: usize,
-    ) -> Result<SpeedLayer> {
-        let partitions = log.partitions() as usize;
-        if cut.len() != partitions {
-            return Err(Error::Invalid(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
-        }
-        let registry = Arc::new(Registry::default());
-        let seeds = Arc::new(StoreSeeds { store, version: batch_version, cache: Mutex::default() });
-        let (built_tx, built_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let built_tx = Mutex::new(built_tx);
-        let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
-        let offsets0: Vec<BTreeMap<u64, u64>> = cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
-        let workers = workers.max(1);
-        let barrier = Arc::new(std::sync::Barrier::new(workers));
-        let build_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+/// What [`launch`] returns: this process's shared state and its workers.
+type Launched = (Arc<Shared>, timely::communication::WorkerGuards<Result<()>>);
 
-        let guards = {
-            let (registry, seeds, slot, cut, log, job, barrier, build_errors) = (
-                registry.clone(),
-                seeds.clone(),
-                shared_slot.clone(),
-                cut.clone(),
-                log.clone(),
-                job.clone(),
-                barrier.clone(),
-                build_errors.clone(),
-            );
-            timely::execute(timely::Config::process(workers), move |worker| -> Result<()> {
-                let (index, peers) = (worker.index(), worker.peers());
+/// Builds the speed dataflow on this process's workers (`peers`) and starts them. Returns
+/// once every local worker has built the job and the seeds are loaded.
+#[allow(clippy::too_many_arguments)]
+fn launch<J: Job>(
+    job: Arc<J>,
+    log: Arc<Log>,
+    store: ViewStore,
+    batch_version: Option<u64>,
+    cut: Vec<u64>,
+    peers: Peers,
+    peer_timeout: Duration,
+    alive: impl FnMut() -> Result<()>,
+) -> Result<Launched> {
+    let partitions = log.partitions() as usize;
+    if cut.len() != partitions {
+        return Err(Error::Invalid(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
+    }
+    let registry = Arc::new(if peers.spans_processes() { Registry::gathered() } else { Registry::default() });
+    let seeds = Arc::new(StoreSeeds { store, version: batch_version, cache: Mutex::default() });
+    let (built_tx, built_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let built_tx = Mutex::new(built_tx);
+    let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
+    let threads = peers.threads;
+    let barrier = Arc::new(std::sync::Barrier::new(threads));
+    let build_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let execute = {
+        let (registry, seeds, slot, cut, log, job, barrier, build_errors, peers) = (
+            registry.clone(),
+            seeds.clone(),
+            shared_slot.clone(),
+            cut.clone(),
+            log.clone(),
+            job.clone(),
+            barrier.clone(),
+            build_errors.clone(),
+            peers.clone(),
+        );
+        move || {
+            timely::execute(peers.config(), move |worker| -> Result<()> {
+                let index = worker.index();
+                let leader = index % threads == 0;
                 let seed_source: Arc<dyn SeedSource> = seeds.clone();
                 // A panic in the job's `build` on any worker must not leave the others at the
                 // barrier: catch it, and let every worker's problems decide together.
@@ -155,13 +202,22 @@ impl SpeedLayer {
                         let (input, events) = scope.new_collection::<J::Event, isize>();
                         let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
                         job.build(&mut ctx, events);
-                        (input, ctx.probe(), ctx.errors().to_vec())
+                        let probe = ctx.probe();
+                        let mut ctl = CtlInput::new();
+                        let inbox: Rc<RefCell<Vec<Ctl>>> = Rc::default();
+                        let sink = inbox.clone();
+                        scope
+                            .input_from(&mut ctl)
+                            .exchange(|(to, _): &(usize, Ctl)| *to as u64)
+                            .inspect(move |(_, msg): &(usize, Ctl)| sink.borrow_mut().push(msg.clone()))
+                            .probe_with(&probe);
+                        (input, ctl, inbox, probe, ctx.errors().to_vec())
                     })
                 }));
                 let parts = match built {
-                    Ok((input, probe, errors)) => {
+                    Ok((input, ctl, inbox, probe, errors)) => {
                         build_errors.lock().unwrap_or_else(|e| e.into_inner()).extend(errors);
-                        Some((input, probe))
+                        Some((input, ctl, inbox, probe))
                     }
                     Err(payload) => {
                         let msg =
@@ -170,9 +226,9 @@ impl SpeedLayer {
                         None
                     }
                 };
-                // Every worker has built (and registered its views), or failed to, past here.
+                // Every local worker has built (and registered its views), or failed to, past here.
                 barrier.wait();
-                if index == 0 {
+                if leader {
                     let mut errors = build_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     errors.sort();
                     errors.dedup();
@@ -187,8 +243,6 @@ impl SpeedLayer {
                             moved: Condvar::new(),
                             moved_lock: Mutex::new(()),
                             stop: AtomicBool::new(false),
-                            target_epoch: AtomicU64::new(1),
-                            offsets: Mutex::new(offsets0.clone()),
                             failure: Mutex::new(None),
                             threads: Mutex::new(Vec::new()),
                             ready: AtomicBool::new(false),
@@ -203,18 +257,19 @@ impl SpeedLayer {
                 }
                 barrier.wait();
                 let shared = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let (Some(shared), Some((mut input, probe))) = (shared, parts) else {
+                let (Some(shared), Some((mut input, mut ctl, inbox, probe))) = (shared, parts) else {
                     // The start failed: drop what was built rather than wait for it.
                     crate::guard::drop_dataflows(worker);
                     return Ok(());
                 };
                 shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current());
                 let result = crate::guard::guarded(worker, &shared.abort, |worker| {
-                    drive(worker, &shared, &log, &cut, index, peers, &mut input, &probe)
+                    drive(worker, &shared, &log, &cut, &peers, &mut input, &mut ctl, &inbox, &probe)
                 });
                 if let Err(e) = &result {
                     shared.record_failure(shared.abort.reason().unwrap_or_else(|| e.to_string()));
                     shared.stop.store(true, Ordering::SeqCst);
+                    let _waiters = shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
                     shared.moved.notify_all();
                 }
                 // Stopped: drop the dataflow rather than wait for it to complete (it never
@@ -222,28 +277,118 @@ impl SpeedLayer {
                 crate::guard::drop_dataflows(worker);
                 result
             })
-            .map_err(Error::Dataflow)?
-        };
-        match built_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = guards.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let joined = guards.join();
-                let detail = joined.into_iter().filter_map(|r| r.err()).collect::<Vec<_>>().join("; ");
-                return Err(Error::Dataflow(format!("speed layer failed to start: {detail}")));
-            }
         }
-        let shared =
-            shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("worker 0 publishes shared state before signalling");
-        Ok(SpeedLayer { shared, guards: Mutex::new(Some(guards)), cut, batch_version })
+    };
+    let guards = crate::cluster::form(&peers, peer_timeout, alive, execute)?;
+    match built_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = join_guards(guards);
+            return Err(e);
+        }
+        Err(_) => {
+            let detail = join_guards(guards).err().map(|e| e.to_string()).unwrap_or_default();
+            return Err(Error::Dataflow(format!("speed layer failed to start: {detail}")));
+        }
+    }
+    let shared =
+        shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("the leader publishes shared state before signalling");
+    Ok((shared, guards))
+}
+
+/// Joins the workers. A peer process that died takes the communication threads down with
+/// it, and joining them panics: that is the layer's failure, not this process's.
+fn join_guards(guards: timely::communication::WorkerGuards<Result<()>>) -> Result<()> {
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()))
+        .map_err(|p| Error::Dataflow(format!("the cluster failed: {}", crate::guard::panic_message(p.as_ref()))))?;
+    for r in joined {
+        r.map_err(Error::Dataflow)??;
+    }
+    Ok(())
+}
+
+/// Runs this process's part (`peers.process > 0`) of a speed layer whose process 0 is a
+/// serving process: follows the log, computes, sends view updates to worker 0, and returns
+/// when process 0 stops the layer (or fails).
+pub fn run_member<J: Job>(
+    job: Arc<J>,
+    log: Arc<Log>,
+    store: ViewStore,
+    batch_version: Option<u64>,
+    cut: Vec<u64>,
+    peers: Peers,
+    peer_timeout: Duration,
+) -> Result<()> {
+    let (shared, guards) = launch(job, log, store, batch_version, cut, peers, peer_timeout, || Ok(()))?;
+    println!("{}", crate::cluster::protocol::FORMED);
+    let result = join_guards(guards);
+    let failure = shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match failure {
+        Some(f) => Err(Error::Dataflow(f)),
+        None => result,
+    }
+}
+
+impl SpeedLayer {
+    /// Starts the speed layer for `job` over `log` from `cut`, seeded from batch
+    /// `batch_version` of `store` (which must have been computed at `cut`), on `workers`
+    /// threads. Returns once the dataflow is built and the seeds are loaded.
+    pub fn start<J: Job>(
+        job: Arc<J>,
+        log: Arc<Log>,
+        store: ViewStore,
+        batch_version: Option<u64>,
+        cut: Vec<u64>,
+        workers: usize,
+    ) -> Result<SpeedLayer> {
+        Self::start_spread(job, log, store, batch_version, cut, workers, None)
+    }
+
+    /// [`SpeedLayer::start`], on `spread.processes` processes of `workers` threads when
+    /// `spread` is given: this one (process 0, which holds the speed tables) and others
+    /// started on loopback. A process that fails makes the layer fail (see
+    /// [`SpeedLayer::failure`]); the caller starts a new one.
+    pub fn start_spread<J: Job>(
+        job: Arc<J>,
+        log: Arc<Log>,
+        store: ViewStore,
+        batch_version: Option<u64>,
+        cut: Vec<u64>,
+        workers: usize,
+        spread: Option<&Spread>,
+    ) -> Result<SpeedLayer> {
+        let workers = workers.max(1);
+        let (peers, mut cluster, timeout) = match spread.filter(|s| s.processes > 1) {
+            None => (Peers::single(workers), None, crate::cluster::PEER_TIMEOUT),
+            Some(s) => {
+                let mut args: Vec<String> = vec!["--role".into(), "speed".into(), "--cut".into()];
+                args.push(cut.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
+                args.extend(["--peer-timeout-secs".into(), s.peer_timeout.as_secs().max(1).to_string()]);
+                if let Some(v) = batch_version {
+                    args.extend(["--batch-version".into(), v.to_string()]);
+                }
+                let cluster = LocalCluster::start(&s.exe, &s.dir, "speed", s.processes, workers, 1, &args)?;
+                (cluster.peers.clone(), Some(cluster), s.peer_timeout)
+            }
+        };
+        let alive = || -> Result<()> {
+            match cluster.as_mut().map(|c| c.exited()).transpose()?.flatten() {
+                Some((p, status)) => Err(cluster.as_ref().map(|c| c.failure(p, status)).expect("a cluster")),
+                None => Ok(()),
+            }
+        };
+        let (shared, guards) = launch(job, log, store, batch_version, cut.clone(), peers, timeout, alive)?;
+        Ok(SpeedLayer { shared, guards: Mutex::new(Some(guards)), cluster: Mutex::new(cluster), cut, batch_version })
     }
 
     /// The views, in the order of [`SpeedState::tables`].
     pub fn views(&self) -> &[Arc<dyn AnyView>] {
         &self.shared.views
+    }
+
+    /// The layer's other processes, as `(process, pid)` (none on one process).
+    pub fn pids(&self) -> Vec<(usize, u32)> {
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.pids()).unwrap_or_default()
     }
 
     /// Wakes the workers: call after appending to the log in this process, so they read the
@@ -314,12 +459,19 @@ impl SpeedLayer {
 
     fn shutdown(&mut self) -> Result<()> {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(guards) = self.guards.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            for r in guards.join() {
-                r.map_err(Error::Dataflow)??;
-            }
-        }
-        Ok(())
+        self.notify();
+        let guards = self.guards.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let cluster = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(guards) = guards else { return Ok(()) };
+        let Some(mut cluster) = cluster else { return join_guards(guards) };
+        // The other processes leave on worker 0's Stop; this process's communication
+        // threads end when they have. One that does not leave is killed.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(join_guards(guards));
+        });
+        cluster.wait_all(Duration::from_secs(5));
+        rx.recv().unwrap_or_else(|_| Err(Error::Dataflow("joining the speed workers panicked".into())))
     }
 }
 
@@ -329,24 +481,60 @@ impl Drop for SpeedLayer {
     }
 }
 
+/// Sends `msg` to each worker in `to` at the control input's current epoch.
+fn send_all(ctl: &mut CtlInput, to: &[usize], msg: &Ctl) {
+    for w in to {
+        ctl.send((*w, msg.clone()));
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn drive<E: lambdaflow_operators::Event>(
     worker: &mut timely::worker::Worker,
     shared: &Shared,
     log: &Log,
     cut: &[u64],
-    index: usize,
-    peers: usize,
+    peers: &Peers,
     input: &mut differential_dataflow::input::InputSession<Time, E, isize>,
+    ctl: &mut CtlInput,
+    inbox: &RefCell<Vec<Ctl>>,
     probe: &timely::dataflow::ProbeHandle<Time>,
 ) -> Result<()> {
-    let mine: Vec<u32> = (0..cut.len() as u32).filter(|p| *p as usize % peers == index).collect();
+    let (index, workers) = (worker.index(), worker.peers());
+    let mine: Vec<u32> = (0..cut.len() as u32).filter(|p| *p as usize % workers == index).collect();
     let mut next: Vec<u64> = mine.iter().map(|p| cut[*p as usize]).collect();
+    let others: Vec<usize> = (0..workers).filter(|w| *w != index).collect();
+    // Worker 0 sends the log's ends to the workers of other processes, which follow it.
+    let followers: Vec<usize> = if index == 0 { (0..workers).filter(|w| peers.process_of(*w) != 0).collect() } else { Vec::new() };
+    let mut ends_sent: Vec<u64> = cut.to_vec();
+    // Worker 0: per partition, the offset read when its owner left each epoch.
+    let mut history: Vec<BTreeMap<u64, u64>> = cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
     let mut epoch: u64 = 1;
+    let mut target: u64 = 1;
     input.advance_to(epoch);
     input.flush();
+    ctl.advance_to(epoch);
     let mut published: u64 = 0;
-    while !shared.stop.load(Ordering::SeqCst) && !shared.abort.raised() {
+    let mut stopped = false;
+    while !stopped {
+        if shared.stop.load(Ordering::SeqCst) || shared.abort.raised() {
+            if !followers.is_empty() {
+                // Tell the other processes, and give the messages a chance to leave.
+                send_all(ctl, &followers, &Ctl::Stop);
+                ctl.flush();
+                for _ in 0..16 {
+                    worker.step();
+                }
+            }
+            break;
+        }
+        if !followers.is_empty() {
+            let ends = log.end_offsets();
+            if ends != ends_sent {
+                send_all(ctl, &followers, &Ctl::Ends(ends.clone()));
+                ends_sent = ends;
+            }
+        }
         let ends = log.end_offsets();
         let mut read = 0u64;
         for (i, p) in mine.iter().enumerate() {
@@ -361,31 +549,42 @@ fn drive<E: lambdaflow_operators::Event>(
                 next[i] = to;
             }
         }
-        if read > 0 {
-            shared.target_epoch.fetch_max(epoch + 1, Ordering::SeqCst);
+        if read > 0 && target <= epoch {
+            target = epoch + 1;
+            send_all(ctl, &others, &Ctl::Advance(target));
         }
-        let target = shared.target_epoch.load(Ordering::SeqCst);
         if target > epoch {
-            {
-                let mut offsets = shared.offsets.lock().unwrap_or_else(|e| e.into_inner());
-                for (i, p) in mine.iter().enumerate() {
-                    offsets[*p as usize].insert(epoch, next[i]);
-                }
+            for (i, p) in mine.iter().enumerate() {
+                ctl.send((0, Ctl::Offset { partition: *p, epoch, next: next[i] }));
             }
             epoch = target;
             input.advance_to(epoch);
             input.flush();
+            ctl.advance_to(epoch);
         }
+        ctl.flush();
         worker.step_or_park(if read > 0 { Some(Duration::ZERO) } else { Some(IDLE_PARK) });
+        for msg in inbox.borrow_mut().drain(..) {
+            match msg {
+                Ctl::Offset { partition, epoch, next } => {
+                    let at = history[partition as usize].entry(epoch).or_insert(next);
+                    *at = (*at).max(next);
+                }
+                Ctl::Advance(t) => target = target.max(t),
+                Ctl::Ends(ends) => log.follow_to(&ends)?,
+                Ctl::Stop => stopped = true,
+            }
+        }
         if index == 0 {
             if !shared.ready.load(Ordering::Relaxed) && !probe.less_equal(&0) {
                 shared.ready.store(true, Ordering::SeqCst);
+                let _waiters = shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
                 shared.moved.notify_all();
             }
             let complete = probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {
-                publish(shared, complete);
+                publish(shared, complete, &mut history);
                 published = complete;
             }
         }
@@ -393,22 +592,21 @@ fn drive<E: lambdaflow_operators::Event>(
     Ok(())
 }
 
-/// Folds every view's updates up to `epoch` into the speed tables and moves the frontier.
-fn publish(shared: &Shared, epoch: u64) {
-    let frontier: Vec<u64> = {
-        let mut offsets = shared.offsets.lock().unwrap_or_else(|e| e.into_inner());
-        offsets
-            .iter_mut()
-            .map(|history| {
-                let at = history.range(..=epoch).next_back().map(|(_, o)| *o).expect("epoch 0 is always recorded");
-                // Older entries are no longer needed.
-                let keep = history.split_off(&epoch);
-                *history = keep;
-                history.insert(epoch, at);
-                at
-            })
-            .collect()
-    };
+/// Folds every view's updates up to `epoch` into the speed tables and moves the frontier to
+/// the offsets the partitions' owners had read when they left `epoch` (all delivered: the
+/// epoch is complete).
+fn publish(shared: &Shared, epoch: u64, history: &mut [BTreeMap<u64, u64>]) {
+    let frontier: Vec<u64> = history
+        .iter_mut()
+        .map(|h| {
+            let at = h.range(..=epoch).next_back().map(|(_, o)| *o).expect("epoch 0 is always recorded");
+            // Older entries are no longer needed.
+            let keep = h.split_off(&epoch);
+            *h = keep;
+            h.insert(epoch, at);
+            at
+        })
+        .collect();
     let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
     if shared.stop.load(Ordering::SeqCst) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.

@@ -74,12 +74,26 @@ impl<D: Data, R: Diff> AnySeed for SeedCell<D, R> {
 /// every worker's sink feeds the same cell.
 #[derive(Default)]
 pub struct Registry {
+    /// Whether sinks send everything to worker 0 first (see [`Registry::gathered`]).
+    gather: bool,
     cells: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
     views: Mutex<Vec<Arc<dyn AnyView>>>,
     seeds: Mutex<Vec<Arc<dyn AnySeed>>>,
 }
 
 impl Registry {
+    /// A registry for a run that spans processes: each view's and seed's output is
+    /// exchanged to worker 0 (in process 0) before it is captured, so process 0 holds all
+    /// of it. Within one process every worker's sink feeds the same cell anyway.
+    pub fn gathered() -> Registry {
+        Registry { gather: true, ..Registry::default() }
+    }
+
+    /// Whether this registry gathers output to worker 0.
+    pub fn gathers(&self) -> bool {
+        self.gather
+    }
+
     /// The views declared so far, in declaration order.
     pub fn views(&self) -> Vec<Arc<dyn AnyView>> {
         self.views.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -207,6 +221,7 @@ impl<'s> Ctx<'s> {
             || ViewCell::<K, V, R>::new(info, present),
             |c| self.registry.views.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnyView>),
         );
+        let coll = self.gather(coll);
         let mut buffer = Vec::new();
         // No consolidation here in either mode. Batch: the cell consolidates everything the
         // workers captured when it encodes the batch view (it sorts to write it anyway).
@@ -217,6 +232,15 @@ impl<'s> Ctx<'s> {
             cell.push(&mut buffer);
         })
         .probe_with(&self.probe);
+    }
+
+    /// In a run that spans processes, routes `coll` to worker 0 (see [`Registry::gathered`]).
+    fn gather<D: Data, R: Diff>(&self, coll: Coll<'s, D, R>) -> Coll<'s, D, R> {
+        if self.registry.gather {
+            timely::dataflow::operators::Exchange::exchange(coll.inner, |_| 0).as_collection()
+        } else {
+            coll
+        }
     }
 
     /// Groups by key and applies `logic` to each key's consolidated values: a hash group-by
@@ -253,8 +277,7 @@ impl<'s> Ctx<'s> {
                     |c| self.registry.seeds.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnySeed>),
                 );
                 // The cell consolidates what the workers captured when it encodes the seed.
-                input
-                    .clone()
+                self.gather(input.clone())
                     .inspect_batch(move |_time, data| {
                         let mut produced = cell.produced.lock().unwrap_or_else(|e| e.into_inner());
                         produced.extend(data.iter().map(|(d, _t, r)| (d.clone(), r.clone())));

@@ -40,10 +40,17 @@
 //! target, then removes `ROLLBACK`. Opening a log that has a `ROLLBACK` completes the rollback
 //! before anything else (every step is idempotent), so a crash at any point leaves either the
 //! log as it was (crash before the intent was durable) or a log that opens rolled back.
+//!
+//! # Followers
+//!
+//! Another process can read the log while the writer appends: [`Log::open_follower`] opens it
+//! read-only (no recovery, nothing on disk is ever changed) and [`Log::follow_to`] advances it
+//! to end offsets the writer acknowledged. See the `follow` module.
 
 #![forbid(unsafe_code)]
 
 mod codec;
+mod follow;
 mod manifest;
 mod rollback;
 mod segment;
@@ -174,6 +181,22 @@ pub enum LogError {
     /// An error raised by the callback of [`Log::read`].
     #[error("{0}")]
     Callback(String),
+    /// A write ([`Log::append`], [`Log::rollback_to`]) was asked of a log opened with
+    /// [`Log::open_follower`]; nothing was changed.
+    #[error("log {} is opened as a read-only follower: appends and rollbacks belong to the writer process", path.display())]
+    ReadOnly {
+        /// The log directory.
+        path: PathBuf,
+    },
+    /// A [`Log::follow_to`] request is unusable (wrong number of end offsets, or the log is not
+    /// a follower).
+    #[error("invalid follow of {}: {detail}", path.display())]
+    FollowInvalid {
+        /// The log directory.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// A [`Log::rollback_to`] request, or a pending `ROLLBACK` intent file, is unusable.
     #[error("invalid rollback of {}: {detail}", path.display())]
     RollbackInvalid {
@@ -185,7 +208,7 @@ pub enum LogError {
 }
 
 /// In-memory state of one segment.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct SegState {
     base: u64,
     /// Durable records (for the active segment: acknowledged ones).
@@ -234,7 +257,10 @@ pub struct Log {
     partitions: u32,
     segment_bytes: u64,
     state: RwLock<Vec<PartState>>,
+    /// For a follower, serialises [`Log::follow_to`] instead (it never appends).
     writer: Mutex<Writer>,
+    /// Opened with [`Log::open_follower`]: read-only, advanced by [`Log::follow_to`].
+    follower: bool,
 }
 
 /// The records of one append destined for one segment.
@@ -383,6 +409,9 @@ impl Log {
     /// partition directory if a segment was created): a group commit. Appends are
     /// serialised by an internal lock; readers are not blocked.
     pub fn append(&self, records: &[(u32, &[u8])]) -> Result<Vec<Position>, LogError> {
+        if self.follower {
+            return Err(LogError::ReadOnly { path: self.dir.clone() });
+        }
         let np = self.partitions as usize;
         let mut totals = vec![0u64; np];
         for (index, &(partition, payload)) in records.iter().enumerate() {
@@ -456,20 +485,23 @@ impl Log {
     /// nothing is to be removed the log is returned as is, without touching the disk. On any
     /// error the log is closed: open it again ([`Log::open`] completes a started rollback).
     pub fn rollback_to(self, ends: &[u64]) -> Result<Log, LogError> {
+        if self.follower {
+            return Err(LogError::ReadOnly { path: self.dir.clone() });
+        }
         if ends.len() != self.partitions as usize {
             return Err(LogError::RollbackInvalid {
                 path: self.dir.clone(),
                 detail: format!("{} end offsets given for a log of {} partitions", ends.len(), self.partitions),
             });
         }
-        let Log { dir, partitions, segment_bytes, state, writer } = self;
+        let Log { dir, partitions, segment_bytes, state, writer, follower: _ } = self;
         let lock_poisoned = writer.is_poisoned();
         let writer = writer.into_inner().unwrap_or_else(PoisonError::into_inner);
         let state = state.into_inner().unwrap_or_else(PoisonError::into_inner);
         let current: Vec<u64> = state.iter().map(PartState::end).collect();
         let targets: Vec<u64> = ends.iter().zip(&current).map(|(&want, &end)| want.min(end)).collect();
         if targets == current && writer.poisoned.is_none() && !lock_poisoned {
-            return Ok(Log { dir, partitions, segment_bytes, state: RwLock::new(state), writer: Mutex::new(writer) });
+            return Ok(Log { dir, partitions, segment_bytes, state: RwLock::new(state), writer: Mutex::new(writer), follower: false });
         }
         // Close the append handles; the rollback works from what is on disk (as recovery does).
         drop(writer);
@@ -782,16 +814,7 @@ impl Log {
         let manifest = match Manifest::load(dir)? {
             Some(m) => m,
             None if partition_dirs.is_empty() => return Ok(None),
-            None => {
-                return Err(LogError::ManifestInvalid {
-                    path: dir.join(MANIFEST),
-                    detail: format!(
-                        "MANIFEST is missing but partition directories exist ({}); \
-                         refusing to guess the log's layout",
-                        partition_dirs.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                })
-            }
+            None => return Err(missing_manifest(dir, &partition_dirs)),
         };
         if let Some((_, name)) = partition_dirs.iter().find(|(i, _)| *i >= u64::from(manifest.partitions)) {
             return Err(LogError::SegmentInvalid {
@@ -817,6 +840,7 @@ impl Log {
             segment_bytes: manifest.segment_bytes,
             state: RwLock::new(state),
             writer: Mutex::new(Writer { manifest, files: (0..partitions).map(|_| None).collect(), poisoned: None }),
+            follower: false,
         }))
     }
 }
@@ -875,6 +899,48 @@ fn list_partition_dirs(dir: &Path) -> Result<Vec<(u64, String)>, LogError> {
     Ok(out)
 }
 
+/// The error for a log directory whose `MANIFEST` is missing although partition directories
+/// exist.
+fn missing_manifest(dir: &Path, partition_dirs: &[(u64, String)]) -> LogError {
+    LogError::ManifestInvalid {
+        path: dir.join(MANIFEST),
+        detail: format!(
+            "MANIFEST is missing but partition directories exist ({}); \
+             refusing to guess the log's layout",
+            partition_dirs.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The sealed segments of partition `p` as the manifest lists them, after checking that each
+/// file exists with exactly the recorded length (their sparse index is learned lazily).
+fn sealed_segments(dir: &Path, manifest: &Manifest, p: u32) -> Result<Vec<SegState>, LogError> {
+    let sealed = &manifest.sealed[p as usize];
+    let mut segments = Vec::with_capacity(sealed.len() + 1);
+    for s in sealed {
+        let path = segment_path(dir, p, s.base_offset);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(LogError::SegmentInvalid { path, detail: "sealed segment listed in MANIFEST is missing".into() })
+            }
+            Err(e) => return Err(io_err(&path, "stat sealed segment", e)),
+        };
+        if len != s.bytes {
+            return Err(LogError::SegmentInvalid {
+                path,
+                detail: format!(
+                    "sealed segment is {len} bytes but MANIFEST records {} \
+                     (sealed segments are never modified)",
+                    s.bytes
+                ),
+            });
+        }
+        segments.push(SegState { base: s.base_offset, records: s.records, bytes: s.bytes, index: vec![0] });
+    }
+    Ok(segments)
+}
+
 /// Recovers one partition: checks its sealed segments' lengths, scans and if needed
 /// truncates its active segment. Returns its state and whether its directory was created.
 fn recover_partition(dir: &Path, manifest: &Manifest, p: u32) -> Result<(PartState, bool), LogError> {
@@ -904,28 +970,7 @@ fn recover_partition(dir: &Path, manifest: &Manifest, p: u32) -> Result<(PartSta
     files.sort_unstable();
 
     let sealed = &manifest.sealed[p as usize];
-    let mut segments = Vec::with_capacity(sealed.len() + 1);
-    for s in sealed {
-        let path = segment_path(dir, p, s.base_offset);
-        let len = match fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(LogError::SegmentInvalid { path, detail: "sealed segment listed in MANIFEST is missing".into() })
-            }
-            Err(e) => return Err(io_err(&path, "stat sealed segment", e)),
-        };
-        if len != s.bytes {
-            return Err(LogError::SegmentInvalid {
-                path,
-                detail: format!(
-                    "sealed segment is {len} bytes but MANIFEST records {} \
-                     (sealed segments are never modified)",
-                    s.bytes
-                ),
-            });
-        }
-        segments.push(SegState { base: s.base_offset, records: s.records, bytes: s.bytes, index: vec![0] });
-    }
+    let mut segments = sealed_segments(dir, manifest, p)?;
 
     let active_base = manifest.sealed_end(p as usize);
     let unknown: Vec<u64> =

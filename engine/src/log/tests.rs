@@ -1125,6 +1125,374 @@ proptest! {
     }
 }
 
+// ----- followers ---------------------------------------------------------------------
+
+/// Every file and directory under `dir` (relative path, contents; `None` for a directory).
+fn tree_image(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Option<Vec<u8>>)>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            if path.is_dir() {
+                out.push((rel, None));
+                walk(root, &path, out);
+            } else {
+                out.push((rel, Some(fs::read(&path).unwrap())));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Every segment's (base, records, bytes, sparse index) of every partition.
+fn seg_states(log: &Log) -> Vec<Vec<(u64, u64, u64, Vec<u64>)>> {
+    log.read_state().iter().map(|ps| ps.segments.iter().map(|s| (s.base, s.records, s.bytes, s.index.clone())).collect()).collect()
+}
+
+/// The follower holds exactly the first `ends[p]` records of `model[p]`.
+fn assert_follows(follower: &Log, model: &Model, ends: &[u64]) {
+    assert_eq!(follower.end_offsets(), ends);
+    for (p, m) in model.iter().enumerate() {
+        assert_eq!(payloads(follower, p as u32, 0, u64::MAX), m[..ends[p] as usize].to_vec(), "partition {p}");
+    }
+}
+
+/// After `verify` completes every sparse index, the follower's segments (and indexes) are
+/// exactly the writer's.
+fn assert_same_segments(writer: &Log, follower: &Log) {
+    assert_eq!(follower.verify().unwrap(), writer.verify().unwrap());
+    assert_eq!(seg_states(follower), seg_states(writer));
+}
+
+// Proves the basic contract: a follower opened on a writer's log (with several partitions and
+// segments small enough to seal often) starts at the sealed ends, reads exactly the writer's
+// records after follow_to(writer's ends), and ends up with the writer's very segments.
+#[test]
+fn follower_reads_what_the_writer_acknowledged() {
+    let tmp = TempDir::new("follow");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    let writer = Log::open_or_create(&dir, cfg(3, framed * 7)).unwrap();
+    let early = Log::open_follower(&dir).unwrap();
+    assert!(early.is_follower() && !writer.is_follower());
+    assert_eq!((early.partitions(), early.segment_bytes()), (3, framed * 7));
+    assert_eq!(early.end_offsets(), vec![0, 0, 0]);
+    let mut model: Model = vec![Vec::new(); 3];
+    for counts in [[5, 0, 9], [20, 1, 3], [1, 1, 30]] {
+        group_append(&writer, &mut model, &counts);
+    }
+    let late = Log::open_follower(&dir).unwrap();
+    assert_eq!(late.end_offsets(), vec![21, 0, 35], "the sealed ends (7 records per segment)");
+    assert_follows(&late, &model, &[21, 0, 35]);
+    for follower in [&early, &late] {
+        follower.follow_to(&writer.end_offsets()).unwrap();
+        assert_follows(follower, &model, &ends_of(&model));
+        assert_eq!(payloads(follower, 2, 13, 16), model[2][13..16].to_vec(), "across a seal");
+        assert_same_segments(&writer, follower);
+        follower.follow_to(&[0, 0, 0]).unwrap();
+        assert_eq!(follower.end_offsets(), ends_of(&model), "a lower end changes nothing");
+    }
+}
+
+// Proves following in small steps: each step stops exactly at the given ends even though the
+// files hold more, steps cross seals (and stop exactly on them), and the sparse index learned
+// on the way (a segment of several index strides) equals the writer's.
+#[test]
+fn follow_in_steps() {
+    let tmp = TempDir::new("follow-steps");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    let per_seg = INDEX_STRIDE * 2 + 3;
+    let writer = Log::open_or_create(&dir, cfg(2, framed * per_seg)).unwrap();
+    let follower = Log::open_follower(&dir).unwrap();
+    let mut model: Model = vec![Vec::new(); 2];
+    group_append(&writer, &mut model, &[per_seg * 3 + 100, 40]);
+    let all = ends_of(&model);
+    let mut ends = vec![0, 0];
+    for step in [1, 2, 1000, INDEX_STRIDE, 3, per_seg, 1, per_seg - 7, 5000, u64::MAX / 4] {
+        ends = ends.iter().zip(&all).map(|(e, a)| (e + step).min(*a)).collect();
+        follower.follow_to(&ends).unwrap();
+        assert_eq!(follower.end_offsets(), ends);
+        for p in 0..2 {
+            let e = ends[p as usize];
+            for from in [e.saturating_sub(1), e.saturating_sub(INDEX_STRIDE + 1), e / 2] {
+                assert_eq!(payloads(&follower, p, from, u64::MAX), model[p as usize][from as usize..e as usize].to_vec());
+            }
+        }
+    }
+    assert_eq!(ends, all);
+    assert_follows(&follower, &model, &all);
+    assert_same_segments(&writer, &follower);
+}
+
+// Proves following while the writer appends: a writer thread appends (sealing segments) while
+// the follower follows the writer's ends in a loop and another thread reads the follower; every
+// read sees correct records, and in the end the follower equals the writer.
+#[test]
+fn follow_a_concurrent_writer() {
+    let tmp = TempDir::new("follow-concurrent");
+    let dir = tmp.log_dir();
+    let writer = Arc::new(Log::open_or_create(&dir, cfg(3, 2048)).unwrap());
+    let follower = Arc::new(Log::open_follower(&dir).unwrap());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (writer, done) = (Arc::clone(&writer), Arc::clone(&done));
+        std::thread::spawn(move || {
+            for b in 0..60u64 {
+                let owned: Vec<(u32, Vec<u8>)> = (0..30)
+                    .map(|i| {
+                        let n = b * 30 + i;
+                        ((n % 3) as u32, rec((n % 3) as u32, n / 3))
+                    })
+                    .collect();
+                let batch: Vec<(u32, &[u8])> = owned.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+                writer.append(&batch).unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let reader = {
+        let (follower, done) = (Arc::clone(&follower), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                for p in 0..3 {
+                    for (i, v) in payloads(&follower, p, 0, u64::MAX).iter().enumerate() {
+                        assert_eq!(v, &rec(p, i as u64));
+                    }
+                }
+            }
+        })
+    };
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        let ends = writer.end_offsets();
+        follower.follow_to(&ends).unwrap();
+        assert_eq!(follower.end_offsets(), ends);
+        if finished {
+            break;
+        }
+    }
+    appender.join().unwrap();
+    reader.join().unwrap();
+    assert_eq!(follower.end_offsets(), vec![600, 600, 600]);
+    for p in 0..3 {
+        assert_eq!(payloads(&follower, p, 0, u64::MAX), (0..600).map(|i| rec(p, i)).collect::<Vec<_>>());
+    }
+    assert_same_segments(&writer, &follower);
+}
+
+// Proves a follower changes nothing on disk: with a torn tail on an active segment, recovery
+// debris (MANIFEST.tmp, ROLLBACK, ROLLBACK.tmp) and a partition without a segment file, opening,
+// following, reading and verifying leave every file's bytes and every directory listing as they
+// were; append and rollback_to are refused with ReadOnly.
+#[test]
+fn follower_never_modifies_files() {
+    let tmp = TempDir::new("follow-readonly");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    let writer = Log::open_or_create(&dir, cfg(3, framed * 4)).unwrap();
+    let mut model: Model = vec![Vec::new(); 3];
+    group_append(&writer, &mut model, &[10, 3, 0]);
+    let acked = writer.end_offsets();
+    let active = segment_files(&dir, 0).pop().unwrap();
+    OpenOptions::new().append(true).open(&active).unwrap().write_all(b"\x30\x00\x00\x00torn").unwrap();
+    fs::write(dir.join("MANIFEST.tmp"), b"{\"format_ver").unwrap();
+    fs::write(dir.join("ROLLBACK"), b"{\"format_version\": 1, \"ends\": [0, 0, 0]}").unwrap();
+    fs::write(dir.join("ROLLBACK.tmp"), b"{").unwrap();
+    let before = tree_image(&tmp.path);
+
+    let follower = Log::open_follower(&dir).unwrap();
+    follower.follow_to(&acked).unwrap();
+    assert_follows(&follower, &model, &acked);
+    follower.verify().unwrap();
+    let err = follower.append(&[(0, b"x")]).unwrap_err();
+    assert!(matches!(err, LogError::ReadOnly { ref path } if path == &dir), "{err}");
+    assert!(err.to_string().contains("read-only follower"), "{err}");
+    assert!(follower.append(&[]).is_err(), "even an empty batch is refused");
+    assert!(matches!(follower.rollback_to(&[0, 0, 0]), Err(LogError::ReadOnly { .. })));
+    assert_eq!(tree_image(&tmp.path), before);
+}
+
+// Proves follow_to's errors: ends beyond what is on disk are Corrupt naming the segment file
+// (also one that does not exist yet), a damaged record below the ends is Corrupt naming file and
+// byte, a wrong number of ends or a writer log is FollowInvalid; after an error the follower is
+// unchanged and still works.
+#[test]
+fn follow_to_errors() {
+    let tmp = TempDir::new("follow-errors");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    let writer = Log::open_or_create(&dir, cfg(2, framed * 4)).unwrap();
+    let mut model: Model = vec![Vec::new(); 2];
+    group_append(&writer, &mut model, &[6, 0]);
+    let follower = Log::open_follower(&dir).unwrap();
+    follower.follow_to(&[5, 0]).unwrap();
+
+    let p0_active = segment::segment_path(&dir, 0, 4);
+    let err = follower.follow_to(&[7, 0]).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { ref path, byte_offset, .. } if path == &p0_active && byte_offset == 2 * framed), "{err}");
+    assert!(err.to_string().contains("does not list it as sealed"), "{err}");
+    let p1_missing = segment::segment_path(&dir, 1, 0);
+    let err = follower.follow_to(&[6, 1]).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { ref path, byte_offset: 0, .. } if path == &p1_missing), "{err}");
+    assert_eq!(follower.end_offsets(), vec![5, 0], "unchanged after errors, also for partition 0");
+
+    for bad in [&[6u64][..], &[6, 0, 0], &[]] {
+        let err = follower.follow_to(bad).unwrap_err();
+        assert!(matches!(err, LogError::FollowInvalid { ref path, .. } if path == &dir), "{err}");
+        assert!(err.to_string().contains(&format!("{} end offsets given for a log of 2 partitions", bad.len())), "{err}");
+    }
+    let err = writer.follow_to(&[6, 0]).unwrap_err();
+    assert!(matches!(err, LogError::FollowInvalid { .. }) && err.to_string().contains("writer"), "{err}");
+
+    follower.follow_to(&[6, 0]).unwrap();
+    assert_follows(&follower, &model, &[6, 0]);
+
+    // Damage below the followed end: a payload byte of record 9 (the second of segment 8).
+    group_append(&writer, &mut model, &[6, 0]);
+    let victim = segment::segment_path(&dir, 0, 8);
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[(framed + 9) as usize] ^= 0x01;
+    fs::write(&victim, bytes).unwrap();
+    follower.follow_to(&[8, 0]).unwrap();
+    follower.follow_to(&[9, 0]).unwrap();
+    let err = follower.follow_to(&[12, 0]).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { ref path, byte_offset, .. } if path == &victim && byte_offset == framed), "{err}");
+    assert_eq!(follower.end_offsets(), vec![9, 0]);
+}
+
+// Proves open_follower's checks, none of which create anything: no directory or an empty one
+// is NotFound, partition directories without MANIFEST are ManifestInvalid, and a sealed segment
+// of the wrong length is SegmentInvalid naming it.
+#[test]
+fn open_follower_errors() {
+    let tmp = TempDir::new("follow-open");
+    let dir = tmp.log_dir();
+    assert!(matches!(Log::open_follower(&dir), Err(LogError::NotFound { ref path }) if path == &dir));
+    assert!(!dir.exists());
+    fs::create_dir(&dir).unwrap();
+    assert!(matches!(Log::open_follower(&dir), Err(LogError::NotFound { .. })));
+    fs::create_dir(dir.join("p0000")).unwrap();
+    let err = Log::open_follower(&dir).unwrap_err();
+    assert!(matches!(err, LogError::ManifestInvalid { ref path, .. } if path == &dir.join("MANIFEST")), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+
+    let framed = framed_len(rec(0, 0).len());
+    let writer = Log::open_or_create(&dir, cfg(1, framed * 4)).unwrap();
+    group_append(&writer, &mut vec![Vec::new()], &[6]);
+    drop(writer);
+    let sealed = segment::segment_path(&dir, 0, 0);
+    OpenOptions::new().append(true).open(&sealed).unwrap().write_all(b"x").unwrap();
+    let before = tree_image(&tmp.path);
+    let err = Log::open_follower(&dir).unwrap_err();
+    assert!(matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed), "{err}");
+    assert_eq!(tree_image(&tmp.path), before);
+}
+
+// Proves a follower is unaffected by a writer's failed append, which seals a segment and then
+// withdraws the seal (and removes the segment it created): following the acknowledged ends
+// before, after the failure and after the retry gives exactly the writer's records.
+#[test]
+fn follow_across_a_failed_append() {
+    let tmp = TempDir::new("follow-failed");
+    let dir = tmp.log_dir();
+    let framed = framed_len(rec(0, 0).len());
+    let writer = Log::open_or_create(&dir, cfg(2, framed * 4)).unwrap();
+    let follower = Log::open_follower(&dir).unwrap();
+    let mut model: Model = vec![Vec::new(); 2];
+    group_append(&writer, &mut model, &[3, 3]);
+    follower.follow_to(&writer.end_offsets()).unwrap();
+
+    let blocker = segment::segment_path(&dir, 1, 4);
+    fs::create_dir(&blocker).unwrap();
+    let more: Vec<(u32, Vec<u8>)> = (3..6).flat_map(|i| [(0, rec(0, i)), (1, rec(1, i))]).collect();
+    let batch: Vec<(u32, &[u8])> = more.iter().map(|(p, v)| (*p, v.as_slice())).collect();
+    writer.append(&batch).unwrap_err();
+    follower.follow_to(&writer.end_offsets()).unwrap();
+    assert_follows(&follower, &model, &[3, 3]);
+    fs::remove_dir(&blocker).unwrap();
+
+    writer.append(&batch).unwrap();
+    for (p, v) in more {
+        model[p as usize].push(v);
+    }
+    follower.follow_to(&writer.end_offsets()).unwrap();
+    assert_follows(&follower, &model, &[6, 6]);
+    assert_same_segments(&writer, &follower);
+}
+
+#[derive(Clone, Debug)]
+enum FollowOp {
+    Append(Vec<(u32, Vec<u8>)>),
+    /// Follow each partition this fraction of the way from the follower's end to the writer's.
+    Follow(Vec<f64>),
+    /// Replace the follower by a newly opened one.
+    Reopen,
+}
+
+fn follow_op_strategy() -> impl Strategy<Value = FollowOp> {
+    prop_oneof![
+        4 => prop::collection::vec((0u32..4, prop::collection::vec(any::<u8>(), 0..48)), 0..20).prop_map(FollowOp::Append),
+        4 => prop::collection::vec(0.0f64..=1.0, 4).prop_map(FollowOp::Follow),
+        1 => Just(FollowOp::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    // Proves, against the writer, that a follower following random points between its end and
+    // the writer's (random batches and payload sizes, random small segments so that seals land
+    // anywhere, followers reopened at random) holds exactly the first `ends` records, and in the
+    // end exactly the writer's records and segments.
+    #[test]
+    fn follower_matches_writer(
+        partitions in 1u32..4,
+        segment_bytes in 1u64..300,
+        ops in prop::collection::vec(follow_op_strategy(), 1..20),
+    ) {
+        let tmp = TempDir::new("follow-prop");
+        let dir = tmp.log_dir();
+        let writer = Log::open_or_create(&dir, cfg(partitions, segment_bytes)).unwrap();
+        let mut follower = Log::open_follower(&dir).unwrap();
+        let mut model: Model = vec![Vec::new(); partitions as usize];
+        for op in ops {
+            match op {
+                FollowOp::Append(batch) => {
+                    let refs: Vec<(u32, &[u8])> = batch.iter().map(|(p, v)| (p % partitions, v.as_slice())).collect();
+                    for (pos, (p, v)) in writer.append(&refs).unwrap().iter().zip(&refs) {
+                        prop_assert_eq!(pos.offset, model[*p as usize].len() as u64);
+                        model[*p as usize].push(v.to_vec());
+                    }
+                }
+                FollowOp::Follow(fracs) => {
+                    let known = follower.end_offsets();
+                    let ends: Vec<u64> = known
+                        .iter()
+                        .zip(writer.end_offsets())
+                        .zip(&fracs)
+                        .map(|((&k, w), f)| k + ((w - k) as f64 * f).round() as u64)
+                        .collect();
+                    follower.follow_to(&ends).unwrap();
+                    assert_follows(&follower, &model, &ends);
+                }
+                FollowOp::Reopen => {
+                    follower = Log::open_follower(&dir).unwrap();
+                    let sealed = Manifest::load(&dir).unwrap().unwrap();
+                    let sealed_ends: Vec<u64> = (0..partitions as usize).map(|p| sealed.sealed_end(p)).collect();
+                    assert_follows(&follower, &model, &sealed_ends);
+                }
+            }
+        }
+        follower.follow_to(&writer.end_offsets()).unwrap();
+        assert_follows(&follower, &model, &ends_of(&model));
+        assert_same_segments(&writer, &follower);
+    }
+}
+
 // Measures append and sequential-read throughput (not a pass/fail test). Run with
 // `cargo test --release -- --ignored --nocapture throughput`.
 #[test]

@@ -640,7 +640,13 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMa
         "batch": st.batch,
         "batch_run": batch_run_json(&s),
         "freshness": st.freshness,
-        "speed": { "keys": st.speed_keys.iter().map(|(v, n)| (v.clone(), json!(n))).collect::<serde_json::Map<_, _>>(), "bytes": st.speed_bytes },
+        "speed": {
+            "keys": st.speed_keys.iter().map(|(v, n)| (v.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "bytes": st.speed_bytes,
+            "failure": st.speed_failure,
+            "restarts": st.speed_restarts,
+        },
+        "cluster": st.cluster,
         "ingest": {
             "events": m.ingest_events.load(Relaxed),
             "requests": m.ingest_requests.load(Relaxed),

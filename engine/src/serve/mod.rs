@@ -275,6 +275,21 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
             .name("lambdaflow-batch".into())
             .spawn(move || scheduler(lambda, metrics, batch, schedule, keep, stop2))
             .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the scheduler".into(), source })?;
+        let (healed, stop3) = (state.lambda.clone(), stop.clone());
+        // The speed layer's supervisor: a failed layer (in a cluster, a process died) is
+        // restarted from the batch cut; meanwhile its last state keeps answering.
+        std::thread::Builder::new()
+            .name("lambdaflow-heal".into())
+            .spawn(move || {
+                while !stop3.load(Ordering::SeqCst) {
+                    if let Err(e) = healed.restart_speed_if_failed() {
+                        eprintln!("lambdaflow serve: restarting the speed layer failed ({e}); trying again in 1 s");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the speed supervisor".into(), source })?;
         (stop, handle)
     };
 

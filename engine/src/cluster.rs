@@ -1,0 +1,388 @@
+//! Cluster mode: a job's dataflows across worker processes, over timely dataflow's own
+//! cluster communication (one TCP connection between every two processes; records are
+//! exchanged by key by the dataflow itself).
+//!
+//! A run on `N` processes of `W` threads each has `N × W` workers; worker `i` lives in
+//! process `i / W`. Partition `p` of the master dataset is read by worker `p % (N × W)`,
+//! wherever it lives. The log is on storage every process can read (one machine, or a
+//! shared file system); only the serving process writes it, and the others follow it
+//! read-only ([`crate::log::Log::open_follower`]). Output is gathered to worker 0: in a
+//! batch run process 0 writes and publishes the version; in the speed layer process 0 is
+//! the serving process and holds the speed tables.
+//!
+//! [`Peers`] is one process's view of a cluster (what `lambdaflow worker --processes N
+//! --process I --hostfile F -w W` takes). [`LocalCluster`] starts the other processes of a
+//! cluster on loopback, as children of this one, and watches them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// How long the processes of a cluster have to connect to each other by default.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lines a worker process prints on stdout for the process that started it.
+pub mod protocol {
+    /// The cluster has formed (every peer connected): `lambdaflow-worker formed`.
+    pub const FORMED: &str = "lambdaflow-worker formed";
+    /// Events this process has read so far: `lambdaflow-worker progress N`.
+    pub const PROGRESS: &str = "lambdaflow-worker progress ";
+    /// Process 0 of a batch run published version V: `lambdaflow-worker published V`.
+    pub const PUBLISHED: &str = "lambdaflow-worker published ";
+}
+
+/// One process's place in a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This process's index, `0..processes`.
+    pub process: usize,
+    /// `host:port` of every process, in process order (empty for a single process).
+    pub addresses: Vec<String>,
+    /// Worker threads per process (the same in every process).
+    pub threads: usize,
+}
+
+impl Peers {
+    /// A single process with `threads` workers.
+    pub fn single(threads: usize) -> Peers {
+        Peers { processes: 1, process: 0, addresses: Vec::new(), threads: threads.max(1) }
+    }
+
+    /// Process `process` of a cluster whose addresses are listed in `hostfile`.
+    pub fn from_hostfile(hostfile: &Path, processes: usize, process: usize, threads: usize) -> Result<Peers> {
+        let addresses = read_hostfile(hostfile)?;
+        Peers::new(addresses, processes, process, threads).map_err(|e| Error::Invalid(format!("{}: {e}", hostfile.display())))
+    }
+
+    /// Checks and builds a cluster description.
+    pub fn new(addresses: Vec<String>, processes: usize, process: usize, threads: usize) -> std::result::Result<Peers, String> {
+        if processes == 0 {
+            return Err("--processes must be at least 1".into());
+        }
+        if process >= processes {
+            return Err(format!("--process {process} is out of range: there are {processes} processes (0..{})", processes - 1));
+        }
+        if threads == 0 {
+            return Err("-w must be at least 1".into());
+        }
+        if processes > 1 && addresses.len() < processes {
+            return Err(format!("the hostfile lists {} address(es), but --processes is {processes}", addresses.len()));
+        }
+        let addresses = if processes > 1 { addresses.into_iter().take(processes).collect() } else { Vec::new() };
+        Ok(Peers { processes, process, addresses, threads })
+    }
+
+    /// Workers in the whole cluster.
+    pub fn workers(&self) -> usize {
+        self.processes * self.threads
+    }
+
+    /// The process worker `index` lives in.
+    pub fn process_of(&self, index: usize) -> usize {
+        index / self.threads
+    }
+
+    /// Whether the run spans processes (and output must be gathered to worker 0).
+    pub fn spans_processes(&self) -> bool {
+        self.processes > 1
+    }
+
+    /// The timely configuration for this process.
+    pub fn config(&self) -> timely::Config {
+        if self.processes == 1 {
+            return timely::Config::process(self.threads);
+        }
+        timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: self.threads,
+                process: self.process,
+                addresses: self.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        }
+    }
+}
+
+/// Reads a hostfile: one `host:port` per line, in process order; blank lines and lines
+/// starting with `#` are skipped. A line that is not `host:port` is an error naming it.
+pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "read hostfile".into(), source })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let port_ok = line.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(Error::Invalid(format!("{} line {}: `{line}` is not host:port", path.display(), i + 1)));
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
+/// `n` loopback addresses with ports free right now (the kernel picks them).
+pub fn free_loopback_addresses(n: usize) -> Result<Vec<String>> {
+    // Hold every listener until all are chosen, so no port is picked twice.
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(|source| Error::Io { path: PathBuf::from("127.0.0.1:0"), what: "pick a free port".into(), source })?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.to_string())).collect::<std::io::Result<_>>().map_err(|source| Error::Io {
+        path: PathBuf::from("127.0.0.1:0"),
+        what: "pick a free port".into(),
+        source,
+    })
+}
+
+/// What a child worker process reported.
+#[derive(Debug)]
+pub enum Report {
+    /// A protocol line from process `.0`.
+    Line(usize, String),
+    /// Process `.0` closed its stdout (it is exiting).
+    Closed(usize),
+}
+
+/// The worker processes of a cluster started on loopback as children of this process.
+/// Dropping it kills and reaps every child still running.
+pub struct LocalCluster {
+    children: Vec<(usize, Child)>,
+    /// The children's stdin: they exit when it closes (this process is gone).
+    lifelines: Vec<std::process::ChildStdin>,
+    /// The hostfile the processes were started with.
+    pub hostfile: PathBuf,
+    /// This process's place, when it is process 0 of the cluster itself.
+    pub peers: Peers,
+    reports: mpsc::Receiver<Report>,
+    what: String,
+}
+
+impl LocalCluster {
+    /// Starts processes `first..processes` of a `processes`-process cluster on loopback:
+    /// `exe --data DIR -w THREADS worker --processes N --process I --hostfile F ARGS...`.
+    /// The hostfile is written to `dir/cluster/NAME.hosts`. `first` is 1 when this process
+    /// is process 0 itself (the speed layer), 0 when every process is a child (a batch run).
+    /// Their stdout is read for [`protocol`] lines; their stderr is this process's.
+    pub fn start(
+        exe: &Path,
+        dir: &Path,
+        name: &str,
+        processes: usize,
+        threads: usize,
+        first: usize,
+        args: &[String],
+    ) -> Result<LocalCluster> {
+        let addresses = free_loopback_addresses(processes)?;
+        let cluster_dir = dir.join("cluster");
+        std::fs::create_dir_all(&cluster_dir).map_err(|source| Error::Io { path: cluster_dir.clone(), what: "create".into(), source })?;
+        let hostfile = cluster_dir.join(format!("{name}.hosts"));
+        let text = format!(
+            "# {name}: {processes} processes x {threads} workers, written by process {}\n{}\n",
+            std::process::id(),
+            addresses.join("\n")
+        );
+        std::fs::write(&hostfile, text).map_err(|source| Error::Io { path: hostfile.clone(), what: "write hostfile".into(), source })?;
+        let peers = Peers::new(addresses, processes, 0, threads).map_err(Error::Invalid)?;
+        let (tx, reports) = mpsc::channel();
+        let mut cluster = LocalCluster {
+            children: Vec::new(),
+            lifelines: Vec::new(),
+            hostfile: hostfile.clone(),
+            peers,
+            reports,
+            what: name.to_string(),
+        };
+        for process in first..processes {
+            let mut cmd = Command::new(exe);
+            cmd.arg("--data")
+                .arg(dir)
+                .arg("-w")
+                .arg(threads.to_string())
+                .arg("worker")
+                .arg("--processes")
+                .arg(processes.to_string())
+                .arg("--process")
+                .arg(process.to_string())
+                .arg("--hostfile")
+                .arg(&hostfile)
+                .arg("--exit-with-parent")
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let mut child = cmd.spawn().map_err(|source| Error::Io {
+                path: exe.to_path_buf(),
+                what: format!("start {name} process {process}"),
+                source,
+            })?;
+            let stdout = child.stdout.take().expect("stdout is piped");
+            cluster.lifelines.extend(child.stdin.take());
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-p{process}-out"))
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        if line.starts_with("lambdaflow-worker ") && tx.send(Report::Line(process, line)).is_err() {
+                            break;
+                        }
+                        // Anything else (timely's "error connecting ... retrying" while
+                        // peers start) is not for us.
+                    }
+                    let _ = tx.send(Report::Closed(process));
+                })
+                .map_err(|source| Error::Io { path: exe.to_path_buf(), what: "start a reader thread".into(), source })?;
+            cluster.children.push((process, child));
+        }
+        Ok(cluster)
+    }
+
+    /// The pids of the children, by process index.
+    pub fn pids(&self) -> Vec<(usize, u32)> {
+        self.children.iter().map(|(i, c)| (*i, c.id())).collect()
+    }
+
+    /// The next report, waiting at most `timeout`.
+    pub fn next_report(&self, timeout: Duration) -> Option<Report> {
+        self.reports.recv_timeout(timeout).ok()
+    }
+
+    /// The first child that has exited, with its status (successful exits included).
+    pub fn exited(&mut self) -> Result<Option<(usize, ExitStatus)>> {
+        for (i, child) in &mut self.children {
+            if let Some(status) =
+                child.try_wait().map_err(|source| Error::Io { path: PathBuf::from(format!("process {i}")), what: "wait".into(), source })?
+            {
+                return Ok(Some((*i, status)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes child `process` out of the watched set once it exited successfully.
+    pub fn forget(&mut self, process: usize) {
+        self.children.retain(|(i, _)| *i != process);
+    }
+
+    /// Whether every child has been forgotten (all exited successfully).
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    /// An error naming a child that failed.
+    pub fn failure(&self, process: usize, status: ExitStatus) -> Error {
+        Error::Dataflow(format!("{} process {process} of {} exited with {status}", self.what, self.peers.processes))
+    }
+
+    /// Waits until every child has exited, at most `timeout`; kills the rest after it.
+    pub fn wait_all(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for (_, child) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        self.children.clear();
+    }
+
+    /// Kills every child still running and reaps them.
+    pub fn kill_all(&mut self) {
+        self.lifelines.clear();
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = std::fs::remove_file(&self.hostfile);
+    }
+}
+
+/// In a worker started by [`LocalCluster`]: exits this process when the parent's end of
+/// stdin closes (the parent died, even by SIGKILL), so no worker outlives it.
+pub fn exit_with_parent() {
+    let _ = std::thread::Builder::new().name("lambdaflow-lifeline".into()).spawn(|| {
+        let mut buf = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        eprintln!("lambdaflow worker: the process that started this worker is gone; exiting");
+        std::process::exit(3);
+    });
+}
+
+/// Runs `execute` (which forms the cluster and starts the workers) on a thread, and waits
+/// for it to return for at most `timeout`, checking `alive` meanwhile (it returns an error
+/// when a peer is known to have failed). timely waits for missing peers forever, so on a
+/// timeout or a failure this unblocks it: it connects to this process's own listening
+/// port, which ends the wait in an error, and returns a clear error of its own.
+pub fn form<T: Send + 'static>(
+    peers: &Peers,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+    execute: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
+) -> Result<T> {
+    if !peers.spans_processes() {
+        return execute().map_err(Error::Dataflow);
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("lambdaflow-form".into())
+        .spawn(move || {
+            let _ = tx.send(execute());
+        })
+        .map_err(|source| Error::Io { path: PathBuf::from("thread"), what: "start the cluster".into(), source })?;
+    let deadline = Instant::now() + timeout;
+    let problem = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(result) => return result.map_err(|e| Error::Dataflow(format!("forming the cluster failed: {e}"))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Error::Dataflow("forming the cluster panicked".into()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Err(e) = alive() {
+            break e;
+        }
+        if Instant::now() >= deadline {
+            break Error::Dataflow(format!(
+                "the cluster did not form within {}s: not every peer in {:?} connected (is every process started, with the same \
+                 hostfile, --processes and -w?)",
+                timeout.as_secs(),
+                peers.addresses
+            ));
+        }
+    };
+    // Unblock timely's wait for connections: a connection that closes at once makes it fail.
+    if let Some(me) = peers.addresses.get(peers.process) {
+        let _ = std::net::TcpStream::connect(me);
+    }
+    Err(problem)
+}
