@@ -111,8 +111,14 @@ fn main() {
             append_events(&log, &chunk).expect("append");
         }
     }
-    println!("batch mode, shop job, {events} events, {partitions} partitions, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:>10} {:>8} {:>11} {:>9} {:>9} {:>13} {:>13}", "processes", "workers", "dataflow s", "write s", "wall s", "events/s", "peak RSS MiB");
+    println!(
+        "batch mode, shop job, {events} events, {partitions} partitions, {} cores",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!(
+        "{:>10} {:>8} {:>11} {:>9} {:>9} {:>13} {:>13}",
+        "processes", "workers", "dataflow s", "write s", "wall s", "events/s", "peak RSS MiB"
+    );
     let mut results: Vec<((usize, usize), f64)> = Vec::new();
     for &(p, w) in &configs {
         for _ in 0..repeat {
@@ -128,11 +134,7 @@ fn main() {
         if p > 1 {
             let single = best((1, p * w));
             if single.is_finite() {
-                println!(
-                    "{p} processes x {w} vs 1 process x {}: dataflow time {:+.1}%",
-                    p * w,
-                    (best((p, w)) / single - 1.0) * 100.0
-                );
+                println!("{p} processes x {w} vs 1 process x {}: dataflow time {:+.1}%", p * w, (best((p, w)) / single - 1.0) * 100.0);
             }
         }
     }

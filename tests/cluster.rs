@@ -167,12 +167,16 @@ fn speed_layer_and_handovers_on_clusters_match_the_oracle() {
 fn a_worker_killed_mid_batch_fails_the_attempt_and_the_retry_succeeds() {
     let dir = TempDir::new("cluster-kill-batch");
     let data = dir.join("data");
-    // Enough history that a batch run lasts a while in a debug build.
-    let history = small_events(31, 150_000);
+    let history = small_events(31, 100_000);
     let file = dir.join("history.ndjson");
     std::fs::write(&file, ndjson(&history)).expect("write");
     common::run_ok(&data, &["ingest", file.to_str().expect("path"), "--partitions", PARTITIONS]);
-    let server = start(&data, 1, &["serve", "--batch-processes", "2"]);
+    // Each batch worker reads at most 20k events/s (inherited by the worker processes), so
+    // the run lasts about 2.5 s and is surely killed mid-way.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lambdaflow"));
+    cmd.env("LAMBDAFLOW_BATCH_MAX_RATE", "20000").arg("--data").arg(&data).args(["-w", "1", "serve", "--batch-processes", "2"]);
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let server = Server::spawn(cmd);
     let mut c = server.client();
     let mut acked = history.clone();
     assert_eq!(c.post("/v1/batch", &[], b"").expect("batch").status, 202);
@@ -304,4 +308,75 @@ fn a_peer_that_never_comes_up_is_a_clear_error() {
     assert!(common::stderr(&o).contains("--process 2 is out of range"), "{}", common::stderr(&o));
     let o = common::run(&data, &["worker", "--role", "batch", "--processes", "1", "--process", "0", "--hostfile", h, "--cut", "1,2"]);
     assert!(common::stderr(&o).contains("--cut has 2 offsets, but the log has 8 partitions"), "{}", common::stderr(&o));
+}
+
+/// Partition of a shop event in a log of `partitions` (as the engine assigns it).
+fn partition(e: &ShopEvent, partitions: u32) -> u32 {
+    use lambdaflow_operators::Event as _;
+    lambdaflow_engine::lambda::partition_of(e.partition_key(), partitions)
+}
+
+#[test]
+fn events_only_for_another_process_partitions_become_visible() {
+    // 2 processes × 1 thread, 8 partitions: the odd partitions are read by process 1 only.
+    let dir = TempDir::new("cluster-remote-only");
+    let data = dir.join("data");
+    let server = start(&data, 1, &["cluster", "--processes", "2"]);
+    let mut c = server.client();
+    let remote: Vec<ShopEvent> = small_events(51, 4_000).into_iter().filter(|e| partition(e, 8) % 2 == 1).collect();
+    assert!(remote.len() > 1_000);
+    let mut acked = Vec::new();
+    for (i, chunk) in remote.chunks(300).enumerate() {
+        assert!(post(&mut c, &format!("r{i}"), chunk));
+        acked.extend_from_slice(chunk);
+        // Each chunk must become visible by itself: nothing else moves the epochs.
+        check_views(&mut c, &acked, &format!("only process 1's partitions, chunk {i}"));
+    }
+    batch_and_wait(&mut c, "batch");
+    let more: Vec<ShopEvent> = small_events(52, 1_000).into_iter().filter(|e| partition(e, 8) % 2 == 1).collect();
+    assert!(post(&mut c, "more", &more));
+    acked.extend(more);
+    check_views(&mut c, &acked, "after a handover, only process 1's partitions");
+    assert_eq!(server.terminate(), Some(0));
+}
+
+#[test]
+fn a_worker_that_fails_inside_the_dataflow_fails_the_run_without_hanging() {
+    let dir = TempDir::new("cluster-poison");
+    let data = dir.join("data");
+    let events = small_events(61, 2_000);
+    let file = dir.join("e.ndjson");
+    std::fs::write(&file, ndjson(&events)).expect("write");
+    common::run_ok(&data, &["ingest", file.to_str().expect("path"), "--partitions", PARTITIONS]);
+    // A record with a valid checksum that is not an event, in partition 1: read by process 1
+    // of a 2 × 1 run. Its worker fails while the dataflow runs.
+    {
+        let log = lambdaflow_engine::log::Log::open(&data.join("log")).expect("log");
+        log.append(&[(1, b"\xff\xff\xff\xff not an event".as_slice())]).expect("append");
+    }
+    let t = Instant::now();
+    let mut child = Command::new(common::bin())
+        .arg("--data")
+        .arg(&data)
+        .args(["-w", "1", "batch", "--processes", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("a failed worker left the batch run hanging");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("partition 1") && err.contains("exited with"), "the failure names the record and the process: {err}");
+    assert!(!data.join("views").join("CURRENT").exists(), "nothing was published");
+    assert!(worker_pids(&data, "batch").is_empty(), "no worker is left running");
 }

@@ -18,8 +18,27 @@ use crate::error::{Error, Result};
 use crate::log::{Log, LogError};
 use crate::store::{now_ms, BatchMeta, ViewStore};
 
+/// Events read between two updates of the run's progress.
+const PROGRESS_EVERY_EVENTS: u64 = 4096;
+
 /// Events fed between two steps of a worker while reading, so the dataflow drains as it goes.
 const STEP_EVERY_EVENTS: u64 = 64 * 1024;
+
+/// The environment variable that limits how fast each batch worker reads the log.
+pub const MAX_RATE_ENV: &str = "LAMBDAFLOW_BATCH_MAX_RATE";
+
+/// `LAMBDAFLOW_BATCH_MAX_RATE`: events per second each batch worker reads at most (unset:
+/// as fast as it can). A batch run on the serving machine can otherwise take every core
+/// from the speed layer and queries; worker processes inherit it.
+fn max_rate_per_worker() -> Result<Option<u64>> {
+    match std::env::var(MAX_RATE_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(Error::Invalid(format!("{MAX_RATE_ENV} must be a positive number of events per second, not `{v}`"))),
+        },
+    }
+}
 
 /// What a batch run did.
 #[derive(Clone, Debug)]
@@ -78,20 +97,22 @@ pub fn run_batch_on<J: Job>(
     let workers = peers.threads;
     let cut = cut.unwrap_or_else(|| log.end_offsets());
     let ends = log.end_offsets();
-    if cut.len() != ends.len() || cut.iter().zip(&ends).any(|(c, e)| c > e) {
+    // This process reads only its own partitions (a follower knows only those).
+    if cut.len() != ends.len() || peers.own_ends(&cut).iter().zip(&ends).any(|(c, e)| c > e) {
         return Err(Error::Invalid(format!("cut {cut:?} is not a prefix of the log (ends {ends:?})")));
     }
     let total: u64 = cut.iter().sum();
     progress.total.store(total, Ordering::Relaxed);
+    let max_rate = max_rate_per_worker()?;
     let registry = Arc::new(if peers.spans_processes() { Registry::gathered() } else { Registry::default() });
     let abort = Arc::new(crate::guard::Abort::default());
     let t0 = Instant::now();
     let guards = {
         let (registry, cut, log, job, progress, abort) =
             (registry.clone(), cut.clone(), log.clone(), job.clone(), progress.clone(), abort.clone());
-        let config = peers.config();
-        let execute = move || {
-            timely::execute(config, move |worker| -> Result<()> {
+        let (builders, others) = crate::cluster::communication(peers, peer_timeout, alive)?;
+        let run = move |worker: &mut timely::worker::Worker| -> Result<()> {
+            {
                 crate::guard::guarded(worker, &abort, |worker| {
                     let (index, peers) = (worker.index(), worker.peers());
                     let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
@@ -104,12 +125,22 @@ pub fn run_batch_on<J: Job>(
                         return Err(Error::Dataflow(format!("job {} is invalid: {}", job.name(), errors.join("; "))));
                     }
                     let mut fed = 0u64;
+                    let started = Instant::now();
                     for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
                         log.read(partition, 0, cut[partition as usize], |offset, bytes| {
                             input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
                             fed += 1;
+                            if let Some(rate) = max_rate.filter(|_| fed.is_multiple_of(1024)) {
+                                // Keep to `rate` events/s: sleep off any lead.
+                                let due = std::time::Duration::from_secs_f64(fed as f64 / rate as f64);
+                                if let Some(lead) = due.checked_sub(started.elapsed()) {
+                                    std::thread::sleep(lead);
+                                }
+                            }
+                            if fed.is_multiple_of(PROGRESS_EVERY_EVENTS) {
+                                progress.done.fetch_add(PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
+                            }
                             if fed.is_multiple_of(STEP_EVERY_EVENTS) {
-                                progress.done.fetch_add(STEP_EVERY_EVENTS, Ordering::Relaxed);
                                 input.flush();
                                 worker.step();
                                 if abort.raised() {
@@ -119,15 +150,15 @@ pub fn run_batch_on<J: Job>(
                             Ok(())
                         })?;
                     }
-                    progress.done.fetch_add(fed % STEP_EVERY_EVENTS, Ordering::Relaxed);
+                    progress.done.fetch_add(fed % PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
                     drop(input);
                     // Step until every dataflow completes, or another worker fails.
                     while !abort.raised() && worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
                     Ok(())
                 })
-            })
+            }
         };
-        crate::cluster::form(peers, peer_timeout, alive, execute)?
+        timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run).map_err(Error::Dataflow)?
     };
     if peers.spans_processes() {
         println!("{}", crate::cluster::protocol::FORMED);
@@ -228,7 +259,9 @@ pub fn run_batch_local(
     peer_timeout: std::time::Duration,
 ) -> Result<BatchReport> {
     use crate::cluster::{protocol, LocalCluster, Report};
+    use std::time::Duration;
     progress.total.store(cut.iter().sum(), Ordering::Relaxed);
+    let started_ms = now_ms();
     let cut_arg = cut.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let args: Vec<String> =
         ["--role", "batch", "--cut", &cut_arg, "--peer-timeout-secs", &peer_timeout.as_secs().max(1).to_string()].map(String::from).into();
@@ -236,24 +269,45 @@ pub fn run_batch_local(
     let mut done = vec![0u64; processes];
     let mut formed = 0usize;
     let mut published: Option<(u64, f64, f64)> = None;
-    let form_deadline = Instant::now() + peer_timeout + std::time::Duration::from_secs(5);
+    // Process 0's output is complete once its reader reports the pipe closed.
+    let mut closed0 = false;
+    let form_deadline = Instant::now() + peer_timeout + Duration::from_secs(5);
+    let mut handle = |report: Report, formed: &mut usize, published: &mut Option<(u64, f64, f64)>, closed0: &mut bool| match report {
+        Report::Line(p, line) => {
+            if line == protocol::FORMED {
+                *formed += 1;
+            } else if let Some(n) = line.strip_prefix(protocol::PROGRESS).and_then(|n| n.parse().ok()) {
+                done[p] = n;
+                progress.done.store(done.iter().sum(), Ordering::Relaxed);
+            } else if p == 0 {
+                *published = parse_published(&line).or(*published);
+            }
+        }
+        Report::Closed(0) => *closed0 = true,
+        Report::Closed(_) => {}
+    };
+    // A version with this cut published by this attempt: the run succeeded, whatever any
+    // process did after process 0 published it.
+    let published_here =
+        || -> Result<Option<BatchMeta>> { Ok(store.current_meta()?.filter(|m| m.cut == cut && m.started_ms >= started_ms)) };
     loop {
-        while let Some(report) = cluster.next_report(std::time::Duration::from_millis(20)) {
-            if let Report::Line(p, line) = report {
-                if line == protocol::FORMED {
-                    formed += 1;
-                } else if let Some(n) = line.strip_prefix(protocol::PROGRESS).and_then(|n| n.parse().ok()) {
-                    done[p] = n;
-                    progress.done.store(done.iter().sum(), Ordering::Relaxed);
-                } else if let Some(p) = parse_published(&line) {
-                    published = Some(p);
-                }
+        // Take what the children reported, but not for ever: exits and deadlines are checked
+        // at least every 100 ms.
+        let until = Instant::now() + Duration::from_millis(100);
+        while let Some(report) = cluster.next_report(Duration::from_millis(20)) {
+            handle(report, &mut formed, &mut published, &mut closed0);
+            if Instant::now() >= until {
+                break;
             }
         }
         while let Some((p, status)) = cluster.exited()? {
             if !status.success() {
                 let err = cluster.failure(p, status);
                 cluster.kill_all();
+                if let Some(meta) = published_here()? {
+                    eprintln!("lambdaflow: {err}, after batch version {} was published; the run stands", meta.version);
+                    break;
+                }
                 return Err(err);
             }
             cluster.forget(p);
@@ -269,18 +323,21 @@ pub fn run_batch_local(
             )));
         }
     }
-    // Drain what the readers saw last (a child's final line may arrive after its exit).
-    while let Some(report) = cluster.next_report(std::time::Duration::from_millis(50)) {
-        if let Report::Line(0, line) = report {
-            published = parse_published(&line).or(published);
+    // Every child has exited; read process 0's last lines (they may arrive after its exit).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !closed0 && Instant::now() < deadline {
+        if let Some(report) = cluster.next_report(Duration::from_millis(50)) {
+            handle(report, &mut formed, &mut published, &mut closed0);
         }
     }
-    let (version, compute_secs, write_secs) =
-        published.ok_or_else(|| Error::Dataflow("batch process 0 exited without publishing a version".into()))?;
-    let meta = store.meta(version)?;
+    let meta = match published {
+        Some((version, _, _)) => store.meta(version)?,
+        None => published_here()?.ok_or_else(|| Error::Dataflow("batch process 0 exited without publishing a version".into()))?,
+    };
     if meta.cut != cut {
-        return Err(Error::Dataflow(format!("batch version {version} has cut {:?}, expected {cut:?}", meta.cut)));
+        return Err(Error::Dataflow(format!("batch version {} has cut {:?}, expected {cut:?}", meta.version, meta.cut)));
     }
+    let (compute_secs, write_secs) = published.map(|(_, c, w)| (c, w)).unwrap_or((0.0, 0.0));
     progress.done.store(meta.events, Ordering::Relaxed);
     Ok(BatchReport { meta, compute_secs, write_secs })
 }

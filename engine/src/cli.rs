@@ -538,13 +538,15 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
     if args.exit_with_parent {
         crate::cluster::exit_with_parent();
     }
+    crate::guard::fail_fast();
     let peers = Peers::from_hostfile(&args.hostfile, args.processes, args.process, workers)?;
     let cut = parse_cut(&args.cut)?;
     let log = Log::open_follower(&dir.join("log"))?;
     if cut.len() != log.partitions() as usize {
         return Err(Error::Invalid(format!("--cut has {} offsets, but the log has {} partitions", cut.len(), log.partitions())));
     }
-    log.follow_to(&cut)?;
+    // Only the partitions this process reads: the others are never touched here.
+    log.follow_to(&peers.own_ends(&cut))?;
     let log = Arc::new(log);
     let store = crate::store::ViewStore::open(dir)?;
     let timeout = Duration::from_secs(args.peer_timeout_secs.max(1));

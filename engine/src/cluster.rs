@@ -88,6 +88,12 @@ impl Peers {
         index / self.threads
     }
 
+    /// `ends` with zeros for the partitions no worker of this process reads (partition `p`
+    /// is read by worker `p % workers`): what a follower in this process needs to follow.
+    pub fn own_ends(&self, ends: &[u64]) -> Vec<u64> {
+        ends.iter().enumerate().map(|(p, e)| if self.process_of(p % self.workers()) == self.process { *e } else { 0 }).collect()
+    }
+
     /// Whether the run spans processes (and output must be gathered to worker 0).
     pub fn spans_processes(&self) -> bool {
         self.processes > 1
@@ -186,7 +192,10 @@ impl LocalCluster {
         let addresses = free_loopback_addresses(processes)?;
         let cluster_dir = dir.join("cluster");
         std::fs::create_dir_all(&cluster_dir).map_err(|source| Error::Io { path: cluster_dir.clone(), what: "create".into(), source })?;
-        let hostfile = cluster_dir.join(format!("{name}.hosts"));
+        // Unique per cluster: an old cluster's drop removes its own file, never a new one's.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hostfile = cluster_dir.join(format!("{name}-{}-{n}.hosts", std::process::id()));
         let text = format!(
             "# {name}: {processes} processes x {threads} workers, written by process {}\n{}\n",
             std::process::id(),
@@ -232,13 +241,16 @@ impl LocalCluster {
             std::thread::Builder::new()
                 .name(format!("{name}-p{process}-out"))
                 .spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        let Ok(line) = line else { break };
-                        if line.starts_with("lambdaflow-worker ") && tx.send(Report::Line(process, line)).is_err() {
-                            break;
+                    // Read to the end whatever comes (a child must never get EPIPE).
+                    let mut reader = BufReader::new(stdout);
+                    let mut buf = Vec::new();
+                    let mut listening = true;
+                    while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                        buf.clear();
+                        if listening && line.starts_with("lambdaflow-worker ") {
+                            listening = tx.send(Report::Line(process, line)).is_ok();
                         }
-                        // Anything else (timely's "error connecting ... retrying" while
-                        // peers start) is not for us.
                     }
                     let _ = tx.send(Report::Closed(process));
                 })
@@ -340,49 +352,105 @@ pub fn exit_with_parent() {
     });
 }
 
-/// Runs `execute` (which forms the cluster and starts the workers) on a thread, and waits
-/// for it to return for at most `timeout`, checking `alive` meanwhile (it returns an error
-/// when a peer is known to have failed). timely waits for missing peers forever, so on a
-/// timeout or a failure this unblocks it: it connects to this process's own listening
-/// port, which ends the wait in an error, and returns a clear error of its own.
-pub fn form<T: Send + 'static>(
-    peers: &Peers,
-    timeout: Duration,
-    mut alive: impl FnMut() -> Result<()>,
-    execute: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
-) -> Result<T> {
+/// What timely's workers are built from: one allocator builder per local worker, and the
+/// communication threads' guard (dropping it joins them).
+pub type Communication = (Vec<timely::communication::AllocatorBuilder>, Box<dyn std::any::Any + Send>);
+
+/// Forms this process's part of the cluster and returns what timely's workers are built
+/// from (use with `timely::execute::execute_from`). One process: in-process channels.
+/// Several: connects to every peer (to lower-numbered processes, and accepts the higher
+/// ones), then hands the connections to timely's communication threads.
+///
+/// The connections are made here rather than by timely, which retries and polls once a
+/// second and waits for missing peers forever: here a run forms in milliseconds, and a
+/// peer that does not come up within `timeout` (or `alive` reporting a failure meanwhile)
+/// is an error naming the processes that are missing.
+pub fn communication(peers: &Peers, timeout: Duration, mut alive: impl FnMut() -> Result<()>) -> Result<Communication> {
+    use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+    use timely::communication::allocator::ProcessBuilder;
+    use timely::communication::{AllocatorBuilder, Hooks};
     if !peers.spans_processes() {
-        return execute().map_err(Error::Dataflow);
+        return timely::CommunicationConfig::Process(peers.threads).try_build().map_err(Error::Dataflow);
     }
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("lambdaflow-form".into())
-        .spawn(move || {
-            let _ = tx.send(execute());
-        })
-        .map_err(|source| Error::Io { path: PathBuf::from("thread"), what: "start the cluster".into(), source })?;
+    let sockets = connect(peers, timeout, &mut alive)?;
+    let hooks = Hooks::default();
+    let local = ProcessBuilder::new_typed_vector(peers.threads, hooks.refill.clone(), hooks.spill.clone());
+    let (builders, guard) = initialize_networking_from_sockets(local, sockets, peers.process, peers.threads, hooks)
+        .map_err(|e| Error::Dataflow(format!("starting the cluster's communication threads failed: {e}")))?;
+    Ok((builders.into_iter().map(AllocatorBuilder::Tcp).collect(), Box::new(guard)))
+}
+
+/// One connection to every other process: this one connects to the lower-numbered ones
+/// (sending its index) and accepts the higher-numbered ones (reading theirs).
+fn connect(peers: &Peers, timeout: Duration, alive: &mut impl FnMut() -> Result<()>) -> Result<Vec<Option<std::net::TcpStream>>> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+    let (me, n) = (peers.process, peers.processes);
+    let mine = &peers.addresses[me];
+    let listener = TcpListener::bind(mine).map_err(|source| Error::Io {
+        path: PathBuf::from(mine),
+        what: format!("listen as process {me}"),
+        source,
+    })?;
+    listener.set_nonblocking(true).map_err(|source| Error::Io { path: PathBuf::from(mine), what: "configure listener".into(), source })?;
     let deadline = Instant::now() + timeout;
-    let problem = loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(result) => return result.map_err(|e| Error::Dataflow(format!("forming the cluster failed: {e}"))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Error::Dataflow("forming the cluster panicked".into()),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+    let mut sockets: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+    let mut to_connect: Vec<usize> = (0..me).collect();
+    loop {
+        to_connect.retain(|&j| {
+            let Some(addr) = peers.addresses[j].to_socket_addrs().ok().and_then(|mut a| a.next()) else { return true };
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(mut stream) => {
+                    if stream.set_nodelay(true).and_then(|()| stream.write_all(&(me as u64).to_be_bytes())).is_ok() {
+                        sockets[j] = Some(stream);
+                        false
+                    } else {
+                        true
+                    }
+                }
+                Err(_) => true,
+            }
+        });
+        loop {
+            match listener.accept() {
+                Ok((mut stream, from)) => {
+                    // A peer says who it is first; anything else (a port scan, a stray
+                    // client) is dropped.
+                    let mut id = [0u8; 8];
+                    let ok = stream.set_nonblocking(false).is_ok()
+                        && stream.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
+                        && stream.read_exact(&mut id).is_ok();
+                    let id = u64::from_be_bytes(id) as usize;
+                    if ok
+                        && id > me
+                        && id < n
+                        && sockets[id].is_none()
+                        && stream.set_read_timeout(None).is_ok()
+                        && stream.set_nodelay(true).is_ok()
+                    {
+                        sockets[id] = Some(stream);
+                    } else {
+                        eprintln!("lambdaflow cluster: process {me} ignored a connection from {from} that is not a peer");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(source) => return Err(Error::Io { path: PathBuf::from(mine), what: format!("accept peers as process {me}"), source }),
+            }
         }
-        if let Err(e) = alive() {
-            break e;
+        let missing: Vec<usize> = (0..n).filter(|j| *j != me && sockets[*j].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(sockets);
         }
+        alive()?;
         if Instant::now() >= deadline {
-            break Error::Dataflow(format!(
-                "the cluster did not form within {}s: not every peer in {:?} connected (is every process started, with the same \
-                 hostfile, --processes and -w?)",
+            let list: Vec<String> = missing.iter().map(|j| format!("{j} ({})", peers.addresses[*j])).collect();
+            return Err(Error::Dataflow(format!(
+                "the cluster did not form within {}s: process {me} has no connection with process(es) {} \
+                 (is every process started, with the same hostfile, --processes and -w?)",
                 timeout.as_secs(),
-                peers.addresses
-            ));
+                list.join(", ")
+            )));
         }
-    };
-    // Unblock timely's wait for connections: a connection that closes at once makes it fail.
-    if let Some(me) = peers.addresses.get(peers.process) {
-        let _ = std::net::TcpStream::connect(me);
+        std::thread::sleep(Duration::from_millis(5));
     }
-    Err(problem)
 }

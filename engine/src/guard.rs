@@ -14,6 +14,26 @@ use timely::worker::Worker;
 
 use crate::error::{Error, Result};
 
+/// Set in a worker process of a cluster: a failure ends the process at once.
+static FAIL_FAST: AtomicBool = AtomicBool::new(false);
+
+/// Makes any worker failure in this process end the process (exit code 1) instead of
+/// returning an error. For the worker processes of a cluster: timely shuts a process's
+/// connections down cleanly when its workers return, and a clean shutdown does not tell
+/// the peers anything went wrong, so they would wait for it forever. An exit breaks the
+/// connections, which makes every peer fail too.
+pub fn fail_fast() {
+    FAIL_FAST.store(true, Ordering::SeqCst);
+}
+
+/// In a process set to [`fail_fast`], reports `reason` and exits; otherwise does nothing.
+pub fn exit_if_fail_fast(reason: &str) {
+    if FAIL_FAST.load(Ordering::SeqCst) {
+        eprintln!("lambdaflow worker: {reason}; exiting, so that the cluster's other processes stop too");
+        std::process::exit(1);
+    }
+}
+
 /// Shared by the workers of one run: set once any of them fails, with the first reason.
 #[derive(Default)]
 pub struct Abort {
@@ -82,6 +102,9 @@ pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Wor
             Err(Error::Dataflow(msg))
         }
     };
+    if let Err(e) = &result {
+        exit_if_fail_fast(&e.to_string());
+    }
     if result.is_err() || abort.raised() {
         drop_dataflows(worker);
     }

@@ -183,6 +183,24 @@ impl Default for Options {
     }
 }
 
+/// Which batch version a new serving pair uses.
+#[derive(Clone, Copy, Debug)]
+enum Pick {
+    /// The store's current version.
+    Current,
+    /// This version.
+    Version(u64),
+    /// None: the speed layer covers the log from offset 0.
+    Nothing,
+}
+
+impl Pick {
+    /// The version `serving` uses (a restart or a restore keeps it).
+    fn of(serving: &Serving) -> Pick {
+        serving.batch.as_ref().map(|b| Pick::Version(b.meta.version)).unwrap_or(Pick::Nothing)
+    }
+}
+
 /// A job running over a data directory: master dataset, batch views, speed layer.
 pub struct Lambda<J: Job> {
     job: Arc<J>,
@@ -270,7 +288,7 @@ impl<J: Job> Lambda<J> {
         })?;
         let (log, keys) = crate::keys::open_log(dir, opts.log, opts.key_retention, opts.max_keys)?;
         let log = Arc::new(log);
-        let serving = Self::serving_for(&job, &log, dir, opts.workers, &opts.cluster, None)?;
+        let serving = Self::serving_for(&job, &log, dir, opts.workers, &opts.cluster, Pick::Current)?;
         Ok(Lambda {
             job,
             log,
@@ -285,20 +303,15 @@ impl<J: Job> Lambda<J> {
         })
     }
 
-    /// Builds a serving pair for `version` (default: the store's current one, if it was
-    /// computed by this job and version; otherwise no batch and speed from offset 0).
-    fn serving_for(
-        job: &Arc<J>,
-        log: &Arc<Log>,
-        dir: &Path,
-        workers: usize,
-        cluster: &ClusterOptions,
-        version: Option<u64>,
-    ) -> Result<Serving> {
+    /// Builds a serving pair for the batch version `pick` chooses (the store's current one
+    /// is used only if it was computed by this job and version; otherwise, and for
+    /// [`Pick::Nothing`], no batch and speed from offset 0).
+    fn serving_for(job: &Arc<J>, log: &Arc<Log>, dir: &Path, workers: usize, cluster: &ClusterOptions, pick: Pick) -> Result<Serving> {
         let store = ViewStore::open(dir)?;
-        let meta = match version {
-            Some(v) => Some(store.meta(v)?),
-            None => store.current_meta()?,
+        let meta = match pick {
+            Pick::Version(v) => Some(store.meta(v)?),
+            Pick::Current => store.current_meta()?,
+            Pick::Nothing => None,
         };
         let meta = meta.filter(|m| {
             let usable = m.job == job.name() && m.job_version == job.version() && m.cut.len() == log.partitions() as usize;
@@ -518,14 +531,9 @@ impl<J: Job> Lambda<J> {
         let old = self.serving();
         let Some(reason) = old.speed.failure() else { return Ok(false) };
         eprintln!("lambdaflow: the speed layer failed ({reason}); restarting it from the batch cut");
-        let version = old.batch.as_ref().map(|b| b.meta.version);
-        let next = match version {
-            Some(v) => Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Some(v))?,
-            None => Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, None)?,
-        };
-        if next.batch.as_ref().map(|b| b.meta.version) != version {
-            return Err(Error::Dataflow("the batch version changed while restarting the speed layer".into()));
-        }
+        // Frozen first, so its frontier cannot move between here and the swap.
+        old.speed.freeze();
+        let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Pick::of(&old))?;
         // No reader may see the frontier go backwards.
         if !next.speed.wait_for(&old.speed.frontier(), Duration::from_secs(600))? {
             return Err(Error::Dataflow("the restarted speed layer did not catch up within 600 s".into()));
@@ -546,7 +554,7 @@ impl<J: Job> Lambda<J> {
     /// remaining gap, and swaps atomically.
     pub fn handover(&self, version: u64) -> Result<()> {
         let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
-        let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Some(version))?;
+        let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Pick::Version(version))?;
         let old = self.serving();
         let covers = |frontier: &[u64]| -> Vec<u64> { frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect() };
         if !next.speed.wait_for(&covers(&old.speed.frontier()), Duration::from_secs(600))? {
@@ -563,14 +571,7 @@ impl<J: Job> Lambda<J> {
             // Put a live speed layer back for the old batch version, caught up to the frozen
             // frontier (so no reader sees it go backwards), before reporting.
             let restore = || -> Result<Serving> {
-                let restored = Self::serving_for(
-                    &self.job,
-                    &self.log,
-                    &self.dir,
-                    self.workers,
-                    &self.cluster,
-                    old.batch.as_ref().map(|b| b.meta.version),
-                )?;
+                let restored = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Pick::of(&old))?;
                 if !restored.speed.wait_for(&frozen, Duration::from_secs(600))? {
                     return Err(Error::Dataflow("the restored speed layer did not catch up within 600 s".into()));
                 }

@@ -62,8 +62,6 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// Raised when any worker fails, so the others stop.
     abort: crate::guard::Abort,
-    /// Set once time 0 (the seeds) has been absorbed everywhere.
-    ready: AtomicBool,
     /// The worker threads, so an in-process append can wake them at once.
     threads: Mutex<Vec<std::thread::Thread>>,
 }
@@ -178,7 +176,8 @@ fn launch<J: Job>(
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let build_errors: Arc<Mutex<Vec<String>>> = Arc::default();
 
-    let execute = {
+    let (builders, others) = crate::cluster::communication(&peers, peer_timeout, alive)?;
+    let run = {
         let (registry, seeds, slot, cut, log, job, barrier, build_errors, peers) = (
             registry.clone(),
             seeds.clone(),
@@ -190,10 +189,10 @@ fn launch<J: Job>(
             build_errors.clone(),
             peers.clone(),
         );
-        move || {
-            timely::execute(peers.config(), move |worker| -> Result<()> {
+        {
+            move |worker: &mut timely::worker::Worker| -> Result<()> {
                 let index = worker.index();
-                let leader = index % threads == 0;
+                let leader = index.is_multiple_of(threads);
                 let seed_source: Arc<dyn SeedSource> = seeds.clone();
                 // A panic in the job's `build` on any worker must not leave the others at the
                 // barrier: catch it, and let every worker's problems decide together.
@@ -245,7 +244,6 @@ fn launch<J: Job>(
                             stop: AtomicBool::new(false),
                             failure: Mutex::new(None),
                             threads: Mutex::new(Vec::new()),
-                            ready: AtomicBool::new(false),
                             abort: crate::guard::Abort::default(),
                         });
                         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
@@ -276,20 +274,25 @@ fn launch<J: Job>(
                 // will: the input stays open).
                 crate::guard::drop_dataflows(worker);
                 result
-            })
+            }
         }
     };
-    let guards = crate::cluster::form(&peers, peer_timeout, alive, execute)?;
+    let guards = timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run).map_err(Error::Dataflow)?;
+    let failed = |e: Error, guards: timely::communication::WorkerGuards<Result<()>>| -> Result<Launched> {
+        crate::guard::exit_if_fail_fast(&e.to_string());
+        if peers.spans_processes() {
+            // The peers may still be up, and joining waits for their connections to close:
+            // join on the side; the caller stops the peers.
+            std::thread::spawn(move || join_guards(guards));
+        } else {
+            let _ = join_guards(guards);
+        }
+        Err(e)
+    };
     match built_rx.recv() {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            let _ = join_guards(guards);
-            return Err(e);
-        }
-        Err(_) => {
-            let detail = join_guards(guards).err().map(|e| e.to_string()).unwrap_or_default();
-            return Err(Error::Dataflow(format!("speed layer failed to start: {detail}")));
-        }
+        Ok(Err(e)) => return failed(e, guards),
+        Err(_) => return failed(Error::Dataflow("speed layer failed to start: a worker exited while building".into()), guards),
     }
     let shared =
         shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("the leader publishes shared state before signalling");
@@ -519,12 +522,11 @@ fn drive<E: lambdaflow_operators::Event>(
     while !stopped {
         if shared.stop.load(Ordering::SeqCst) || shared.abort.raised() {
             if !followers.is_empty() {
-                // Tell the other processes, and give the messages a chance to leave.
+                // Tell the other processes. The exchange ships a partial buffer only when the
+                // input's epoch closes, hence the advance; the step sends it.
                 send_all(ctl, &followers, &Ctl::Stop);
-                ctl.flush();
-                for _ in 0..16 {
-                    worker.step();
-                }
+                ctl.advance_to(epoch + 1);
+                worker.step();
             }
             break;
         }
@@ -533,6 +535,13 @@ fn drive<E: lambdaflow_operators::Event>(
             if ends != ends_sent {
                 send_all(ctl, &followers, &Ctl::Ends(ends.clone()));
                 ends_sent = ends;
+                // New events to read, perhaps only by followers: move to the next epoch like a
+                // read would, which also closes this one and so ships the message (the
+                // exchange holds a partial buffer until the input's epoch closes).
+                if target <= epoch {
+                    target = epoch + 1;
+                    send_all(ctl, &others, &Ctl::Advance(target));
+                }
             }
         }
         let ends = log.end_offsets();
@@ -553,6 +562,7 @@ fn drive<E: lambdaflow_operators::Event>(
             target = epoch + 1;
             send_all(ctl, &others, &Ctl::Advance(target));
         }
+        // Every message sent above is at `epoch`, and leaving it (below) ships them.
         if target > epoch {
             for (i, p) in mine.iter().enumerate() {
                 ctl.send((0, Ctl::Offset { partition: *p, epoch, next: next[i] }));
@@ -571,16 +581,11 @@ fn drive<E: lambdaflow_operators::Event>(
                     *at = (*at).max(next);
                 }
                 Ctl::Advance(t) => target = target.max(t),
-                Ctl::Ends(ends) => log.follow_to(&ends)?,
+                Ctl::Ends(ends) => log.follow_to(&peers.own_ends(&ends))?,
                 Ctl::Stop => stopped = true,
             }
         }
         if index == 0 {
-            if !shared.ready.load(Ordering::Relaxed) && !probe.less_equal(&0) {
-                shared.ready.store(true, Ordering::SeqCst);
-                let _waiters = shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
-                shared.moved.notify_all();
-            }
             let complete = probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {

@@ -281,12 +281,26 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
         std::thread::Builder::new()
             .name("lambdaflow-heal".into())
             .spawn(move || {
+                // A failure that recurs (say, an event the job cannot process) would replay
+                // the log from the cut over and over: back off, 1 s doubling up to 60 s while
+                // restarts keep failing or the restarted layer fails again within a minute.
+                let mut backoff = Duration::ZERO;
+                let mut last_restart: Option<Instant> = None;
                 while !stop3.load(Ordering::SeqCst) {
-                    if let Err(e) = healed.restart_speed_if_failed() {
-                        eprintln!("lambdaflow serve: restarting the speed layer failed ({e}); trying again in 1 s");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
                     std::thread::sleep(Duration::from_millis(100));
+                    if healed.serving().speed.failure().is_none() {
+                        continue;
+                    }
+                    if last_restart.is_some_and(|t| t.elapsed() < backoff) {
+                        continue;
+                    }
+                    let recent = last_restart.is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+                    backoff = if recent { (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60)) } else { Duration::ZERO };
+                    last_restart = Some(Instant::now());
+                    if let Err(e) = healed.restart_speed_if_failed() {
+                        backoff = backoff.max(Duration::from_secs(1));
+                        eprintln!("lambdaflow serve: restarting the speed layer failed ({e}); trying again in {}s", backoff.as_secs());
+                    }
                 }
             })
             .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the speed supervisor".into(), source })?;
