@@ -113,6 +113,18 @@ fn batch_runs_on_1_2_4_processes_match_the_oracle() {
             .output()
             .expect("spawn");
         assert!(o.status.success(), "{what}: {}", common::stderr(&o));
+        // Each process wrote its own shard of every seed.
+        let current = std::fs::read_to_string(data.join("views").join("CURRENT")).expect("CURRENT");
+        let version = data.join("views").join(current.trim());
+        let names: Vec<String> =
+            std::fs::read_dir(&version).expect("version").flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        let is_shard = |n: &String| {
+            n.starts_with("seed.")
+                && n.strip_suffix(".bin").and_then(|n| n.rsplit_once(".p")).is_some_and(|(_, p)| p.parse::<usize>().is_ok())
+        };
+        let shards = names.iter().filter(|n| is_shard(n)).count();
+        let seeds = names.iter().filter(|n| n.starts_with("seed.") && !is_shard(n)).count();
+        assert_eq!(shards, seeds * (processes - 1), "{what}: seed shards in {}", version.display());
         for view in VIEW_NAMES {
             // `query` serves batch + speed; the speed layer starts at the cut (the log's end),
             // so this is the batch view itself.

@@ -8,7 +8,7 @@
 
 use lambdaflow_operators::{Ctx, Job, Mode, Registry, Time};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use differential_dataflow::input::Input;
@@ -106,10 +106,17 @@ pub fn run_batch_on<J: Job>(
     let max_rate = max_rate_per_worker()?;
     let registry = Arc::new(if peers.spans_processes() { Registry::gathered() } else { Registry::default() });
     let abort = Arc::new(crate::guard::Abort::default());
+    // Across processes, each process writes its own seed shards (seeds are the bulk of a
+    // run's output and need no order), staged here; process 0 moves them into the version.
+    let shards = if peers.spans_processes() { Some(store.shard_dir(&run_id(peers, &cut))?) } else { None };
+    // Rows per seed in the other processes' shards, as worker 0 learns them.
+    let shard_rows: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let local = Arc::new(std::sync::Barrier::new(workers));
     let t0 = Instant::now();
     let guards = {
         let (registry, cut, log, job, progress, abort) =
             (registry.clone(), cut.clone(), log.clone(), job.clone(), progress.clone(), abort.clone());
+        let (shards, shard_rows, local, process) = (shards.clone(), shard_rows.clone(), local.clone(), peers.process);
         let (builders, others) = crate::cluster::communication(peers, peer_timeout, alive)?;
         let run = move |worker: &mut timely::worker::Worker| -> Result<()> {
             {
@@ -154,6 +161,11 @@ pub fn run_batch_on<J: Job>(
                     drop(input);
                     // Step until every dataflow completes, or another worker fails.
                     while !abort.raised() && worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
+                    if let Some(shards) = &shards {
+                        // Every local sink has pushed its last output past this barrier.
+                        local.wait();
+                        write_shards(worker, &registry, shards, process, &shard_rows, index % workers == 0)?;
+                    }
                     Ok(())
                 })
             }
@@ -222,10 +234,22 @@ pub fn run_batch_on<J: Job>(
         }
     }
     let (mut views, mut seeds) = (Vec::new(), Vec::new());
+    let shard_rows = shard_rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for (out, n) in outputs.iter().zip(counts) {
         match out {
             Out::View(v) => views.push((v.info().name.clone(), n)),
-            Out::Seed(s) => seeds.push((s.name().to_string(), n)),
+            Out::Seed(s) => {
+                let i = seeds.len();
+                seeds.push((s.name().to_string(), n + shard_rows.get(i).copied().unwrap_or(0)));
+            }
+        }
+    }
+    if let Some(shards) = &shards {
+        // The other processes' shards, written and fsync'd before the barrier ended.
+        for (name, _) in &seeds {
+            for p in 1..peers.processes {
+                pending.adopt_seed_shard(shards, name, p)?;
+            }
         }
     }
     let meta = BatchMeta {
@@ -240,6 +264,9 @@ pub fn run_batch_on<J: Job>(
         seeds,
     };
     store.publish(pending, &meta)?;
+    if let Some(shards) = &shards {
+        let _ = std::fs::remove_dir(shards);
+    }
     Ok(Some(BatchReport { meta, compute_secs, write_secs: t1.elapsed().as_secs_f64() }))
 }
 
@@ -346,4 +373,62 @@ pub fn run_batch_local(
 fn parse_published(line: &str) -> Option<(u64, f64, f64)> {
     let mut f = line.strip_prefix(crate::cluster::protocol::PUBLISHED)?.split_whitespace();
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// A name for a run's shard directory that every process of it computes alike (and a
+/// retry at the same cut reuses, overwriting what a failed attempt left).
+fn run_id(peers: &Peers, cut: &[u64]) -> String {
+    let text = format!("{cut:?}/{}x{}/{:?}", peers.processes, peers.threads, peers.addresses);
+    format!("{:08x}", crc32c::crc32c(text.as_bytes()))
+}
+
+/// After a run's dataflow, across processes: the leader of every process but 0 writes this
+/// process's seed shards; then every worker joins a barrier dataflow in which the leaders
+/// send their shards' row counts to worker 0. When it completes, every shard is on disk.
+fn write_shards(
+    worker: &mut timely::worker::Worker,
+    registry: &Registry,
+    shards: &std::path::Path,
+    process: usize,
+    shard_rows: &Mutex<Vec<usize>>,
+    leader: bool,
+) -> Result<()> {
+    use timely::dataflow::operators::{Exchange, Input as _, Inspect, Probe};
+    let mut rows: Vec<(usize, usize)> = Vec::new();
+    if leader && process != 0 {
+        for (i, seed) in registry.seeds().iter().enumerate() {
+            let (bytes, n) = seed.take_encoded().map_err(Error::Dataflow)?;
+            crate::store::write_seed_shard(shards, seed.name(), process, &bytes)?;
+            rows.push((i, n));
+        }
+    }
+    let sink = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let (mut input, probe) = {
+        let sink = sink.clone();
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let mut input = timely::dataflow::InputHandle::<Time, timely::container::CapacityContainerBuilder<Vec<(usize, usize)>>>::new();
+            let (probe, _) = scope
+                .input_from(&mut input)
+                .exchange(|_: &(usize, usize)| 0)
+                .inspect(move |r: &(usize, usize)| sink.borrow_mut().push(*r))
+                .probe();
+            (input, probe)
+        })
+    };
+    for r in rows {
+        input.send(r);
+    }
+    drop(input);
+    while worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
+    let _ = probe;
+    if worker.index() == 0 {
+        let mut totals = shard_rows.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, n) in sink.borrow().iter() {
+            if totals.len() <= *i {
+                totals.resize(i + 1, 0);
+            }
+            totals[*i] += n;
+        }
+    }
+    Ok(())
 }

@@ -106,6 +106,18 @@ fn safe_name(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// The file of process `process`'s shard of seed `name`.
+fn shard_file(name: &str, process: usize) -> Result<String> {
+    Ok(format!("seed.{}.p{process}.bin", safe_name(name)?))
+}
+
+/// Writes process `process`'s shard of seed `name` (a bincode `Vec` of rows) into a run's
+/// shard directory ([`ViewStore::shard_dir`]), fsync'd.
+pub fn write_seed_shard(shards: &Path, name: &str, process: usize, body: &[u8]) -> Result<()> {
+    write_framed(&shards.join(shard_file(name, process)?), body)?;
+    fsync_dir(shards)
+}
+
 /// A batch version being written; becomes visible only through [`ViewStore::publish`].
 pub struct PendingVersion {
     tmp: PathBuf,
@@ -123,9 +135,17 @@ impl PendingVersion {
         write_framed(&self.tmp.join(format!("view.{}.bin", safe_name(name)?)), body)
     }
 
-    /// Writes one seed.
+    /// Writes one seed (process 0's shard of it, in a run across processes).
     pub fn write_seed(&self, name: &str, body: &[u8]) -> Result<()> {
         write_framed(&self.tmp.join(format!("seed.{}.bin", safe_name(name)?)), body)
+    }
+
+    /// Moves process `process`'s shard of seed `name` from a run's shard directory into this
+    /// version (see [`write_seed_shard`]).
+    pub fn adopt_seed_shard(&self, shards: &Path, name: &str, process: usize) -> Result<()> {
+        let file = shard_file(name, process)?;
+        let from = shards.join(&file);
+        fs::rename(&from, self.tmp.join(&file)).map_err(io(&from, "move seed shard into the version"))
     }
 }
 
@@ -178,9 +198,28 @@ impl ViewStore {
         self.read_opt(&self.version_dir(version).join(format!("view.{}.bin", safe_name(name)?)))
     }
 
-    /// Reads a seed of a version.
+    /// Reads a seed of a version: one bincode `Vec` of rows. A seed written by a run across
+    /// processes is in shards (`seed.NAME.bin`, `seed.NAME.p1.bin`, ...); they are joined
+    /// into one `Vec` (bincode encodes a `Vec` as its length, a little-endian u64, followed
+    /// by the elements; seeds need no order).
     pub fn read_seed(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
-        self.read_opt(&self.version_dir(version).join(format!("seed.{}.bin", safe_name(name)?)))
+        let dir = self.version_dir(version);
+        let Some(mut joined) = self.read_opt(&dir.join(format!("seed.{}.bin", safe_name(name)?)))? else { return Ok(None) };
+        for p in 1.. {
+            let path = dir.join(shard_file(name, p)?);
+            let Some(shard) = self.read_opt(&path)? else { break };
+            let count = |b: &[u8], path: &Path| -> Result<u64> {
+                b.get(..8).map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes"))).ok_or_else(|| Error::CorruptView {
+                    path: path.to_path_buf(),
+                    detail: "a seed shard shorter than its row count".into(),
+                })
+            };
+            let first = dir.join(format!("seed.{name}.bin"));
+            let total = count(&joined, &first)? + count(&shard, &path)?;
+            joined[..8].copy_from_slice(&total.to_le_bytes());
+            joined.extend_from_slice(&shard[8..]);
+        }
+        Ok(Some(joined))
     }
 
     fn read_opt(&self, path: &Path) -> Result<Option<Vec<u8>>> {
@@ -188,6 +227,14 @@ impl ViewStore {
             return Ok(None);
         }
         read_framed(path).map(Some)
+    }
+
+    /// The directory where the processes of run `run` stage their seed shards (created).
+    /// Its name starts with `.tmp-`, so [`ViewStore::gc`] removes it if a run is abandoned.
+    pub fn shard_dir(&self, run: &str) -> Result<PathBuf> {
+        let dir = self.dir.join(format!(".tmp-shards-{}", safe_name(run)?));
+        fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        Ok(dir)
     }
 
     /// Starts writing the next version (after the highest one on disk, published or not,
@@ -345,5 +392,35 @@ mod tests {
         assert_eq!(store.read_view(va, "x").unwrap().unwrap(), b"from a");
         assert_eq!(store.read_view(vb, "x").unwrap().unwrap(), b"from b");
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn seed_shards_read_as_one_vec() {
+        let dir = tmpdir("shards");
+        let store = ViewStore::open(&dir).expect("store");
+        let parts: Vec<Vec<(u64, i64)>> = vec![vec![(1, 2), (3, 4)], vec![], vec![(5, 6)]];
+        let shards = store.shard_dir("run1").expect("shard dir");
+        for (p, rows) in parts.iter().enumerate().skip(1) {
+            write_seed_shard(&shards, "s.seed", p, &bincode::serialize(rows).expect("encode")).expect("shard");
+        }
+        let pending = store.begin().expect("begin");
+        pending.write_seed("s.seed", &bincode::serialize(&parts[0]).expect("encode")).expect("seed");
+        for p in 1..3 {
+            pending.adopt_seed_shard(&shards, "s.seed", p).expect("adopt");
+        }
+        let version = pending.version();
+        store.publish(pending, &meta(version)).expect("publish");
+        let joined: Vec<(u64, i64)> =
+            bincode::deserialize(&store.read_seed(version, "s.seed").expect("read").expect("some")).expect("decode");
+        assert_eq!(joined, vec![(1, 2), (3, 4), (5, 6)]);
+        // A damaged shard is refused, naming it.
+        let shard = dir.join("views").join(format!("v{version:06}")).join("seed.s.seed.p2.bin");
+        let mut bytes = fs::read(&shard).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&shard, bytes).expect("write");
+        let err = store.read_seed(version, "s.seed").expect_err("damaged");
+        assert!(err.to_string().contains("seed.s.seed.p2.bin"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

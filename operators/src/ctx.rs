@@ -82,9 +82,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry for a run that spans processes: each view's and seed's output is
-    /// exchanged to worker 0 (in process 0) before it is captured, so process 0 holds all
-    /// of it. Within one process every worker's sink feeds the same cell anyway.
+    /// A registry for a run that spans processes: each view's output is exchanged to
+    /// worker 0 (in process 0) before it is captured, so process 0 holds all of it. (Seeds
+    /// are not: each process writes its own shard of them.) Within one process every
+    /// worker's sink feeds the same cell anyway.
     pub fn gathered() -> Registry {
         Registry { gather: true, ..Registry::default() }
     }
@@ -277,7 +278,9 @@ impl<'s> Ctx<'s> {
                     |c| self.registry.seeds.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnySeed>),
                 );
                 // The cell consolidates what the workers captured when it encodes the seed.
-                self.gather(input.clone())
+                // Not gathered across processes: each process writes its own shard.
+                input
+                    .clone()
                     .inspect_batch(move |_time, data| {
                         let mut produced = cell.produced.lock().unwrap_or_else(|e| e.into_inner());
                         produced.extend(data.iter().map(|(d, _t, r)| (d.clone(), r.clone())));
