@@ -2,7 +2,8 @@
 //! by this process.
 //!
 //! `cargo bench --bench serve -- [--history N] [--ingest-events N] [--connections C]
-//!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q]`
+//!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q] [--partitions P]
+//!  [--speed-processes N] [--batch-processes N]`
 //!
 //! 1. history: N events posted in requests of 1,000, then a batch run (so queries merge a
 //!    batch view with the speed layer);
@@ -109,10 +110,29 @@ fn main() {
     let query_connections = num("--query-connections", 2) as usize;
     let dir = std::env::temp_dir().join(format!("lambdaflow-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let server = Server::start(&dir, &["--max-lag", "100000000"]);
+    // `--speed-processes N` / `--batch-processes N`: the layers on N local processes each.
+    let speed_processes = num("--speed-processes", 1).to_string();
+    let batch_processes = num("--batch-processes", 1).to_string();
+    let partitions = num("--partitions", 4).to_string();
+    let server = Server::start(
+        &dir,
+        &[
+            "--max-lag",
+            "100000000",
+            "--partitions",
+            &partitions,
+            "--speed-processes",
+            &speed_processes,
+            "--batch-processes",
+            &batch_processes,
+        ],
+    );
     let addr = server.addr;
     let pid = server.child.id();
-    println!("lambdaflow serve bench: server pid {pid} on {addr}, 2 workers; client: this process");
+    println!(
+        "lambdaflow serve bench: server pid {pid} on {addr}, 2 workers per process, speed on {speed_processes} process(es), \
+         batch on {batch_processes}; client: this process"
+    );
 
     // 1. History, then a batch run.
     let t = Instant::now();
@@ -163,6 +183,7 @@ fn main() {
         .collect();
     let ingester = {
         let (paced, stop) = (paced.clone(), stop.clone());
+        let partitions: usize = num("--partitions", 4) as usize;
         std::thread::spawn(move || {
             let mut c = Client::new(addr);
             let mut requests = 0u64;
@@ -178,7 +199,7 @@ fn main() {
                 let r = c.post("/v1/events", &[("Idempotency-Key", &format!("paced-{i}"))], body).expect("post");
                 assert_eq!(r.status, 200, "{}", r.text());
                 let acked = Instant::now();
-                let mut frontier = [0u64; 4];
+                let mut frontier = vec![0u64; partitions];
                 for p in r.json()["positions"].as_array().expect("positions") {
                     frontier[p["partition"].as_u64().expect("p") as usize] = p["to"].as_u64().expect("to");
                 }
