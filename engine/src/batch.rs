@@ -82,6 +82,8 @@ pub fn run_batch<J: Job>(
 /// worker reads its partitions; views and seeds are gathered to worker 0, and process 0
 /// writes and publishes the version (`Some(report)`); other processes return `None`.
 /// Every process must be given the same `cut`. `alive` is checked while the cluster forms.
+/// Across processes, call it only in a process set to [`crate::guard::fail_fast`]: a worker
+/// that fails must take its process down, or its peers wait for it.
 #[allow(clippy::too_many_arguments)]
 pub fn run_batch_on<J: Job>(
     job: Arc<J>,
@@ -162,7 +164,12 @@ pub fn run_batch_on<J: Job>(
                     // Step until every dataflow completes, or another worker fails.
                     while !abort.raised() && worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
                     if let Some(shards) = &shards {
-                        // Every local sink has pushed its last output past this barrier.
+                        // Every local sink has pushed its last output past this barrier. (A
+                        // local worker that failed never gets here; across processes that
+                        // only happens in a fail-fast worker process, which has exited.)
+                        if abort.raised() {
+                            return Err(Error::Dataflow("another worker failed".into()));
+                        }
                         local.wait();
                         write_shards(worker, &registry, shards, process, &shard_rows, index % workers == 0)?;
                     }
@@ -262,6 +269,7 @@ pub fn run_batch_on<J: Job>(
         finished_ms: now_ms(),
         views,
         seeds,
+        seed_shards: if shards.is_some() { peers.processes } else { 0 },
     };
     store.publish(pending, &meta)?;
     if let Some(shards) = &shards {
@@ -330,11 +338,20 @@ pub fn run_batch_local(
         while let Some((p, status)) = cluster.exited()? {
             if !status.success() {
                 let err = cluster.failure(p, status);
+                let pids: Vec<u32> = cluster.pids().iter().map(|(_, pid)| *pid).collect();
                 cluster.kill_all();
-                if let Some(meta) = published_here()? {
+                let reported = match published {
+                    Some((v, _, _)) => store.meta(v).ok().filter(|m| m.cut == cut),
+                    None => None,
+                };
+                if let Some(meta) = reported.or(published_here()?) {
                     eprintln!("lambdaflow: {err}, after batch version {} was published; the run stands", meta.version);
                     break;
                 }
+                // What the failed attempt left: the other processes' seed shards, and
+                // process 0's unpublished version directory.
+                let _ = std::fs::remove_dir_all(store.shard_dir(&run_id(&cluster.peers, &cut))?);
+                store.remove_abandoned(&pids);
                 return Err(err);
             }
             cluster.forget(p);
@@ -375,8 +392,8 @@ fn parse_published(line: &str) -> Option<(u64, f64, f64)> {
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
-/// A name for a run's shard directory that every process of it computes alike (and a
-/// retry at the same cut reuses, overwriting what a failed attempt left).
+/// A name for a run's shard directory that every process of it computes alike: the cut and
+/// the cluster (a local cluster's ports differ per attempt, so every attempt has its own).
 fn run_id(peers: &Peers, cut: &[u64]) -> String {
     let text = format!("{cut:?}/{}x{}/{:?}", peers.processes, peers.threads, peers.addresses);
     format!("{:08x}", crc32c::crc32c(text.as_bytes()))

@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 /// How long the processes of a cluster have to connect to each other by default.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The byte a process answers a peer's handshake with.
+const ACK: u8 = 0xA5;
+
 /// Lines a worker process prints on stdout for the process that started it.
 pub mod protocol {
     /// The cluster has formed (every peer connected): `lambdaflow-worker formed`.
@@ -76,6 +79,13 @@ impl Peers {
         }
         let addresses = if processes > 1 { addresses.into_iter().take(processes).collect() } else { Vec::new() };
         Ok(Peers { processes, process, addresses, threads })
+    }
+
+    /// Identifies this cluster in the connection handshake (the same for every process of
+    /// it, different for another cluster's processes): a hash of the addresses and sizes.
+    pub fn token(&self) -> u64 {
+        let text = format!("lambdaflow/{}x{}/{}", self.processes, self.threads, self.addresses.join(","));
+        (u64::from(crc32c::crc32c(text.as_bytes())) << 32) | u64::from(crc32c::crc32c_append(0x9e37_79b9, text.as_bytes()))
     }
 
     /// Workers in the whole cluster.
@@ -394,47 +404,63 @@ fn connect(peers: &Peers, timeout: Duration, alive: &mut impl FnMut() -> Result<
     })?;
     listener.set_nonblocking(true).map_err(|source| Error::Io { path: PathBuf::from(mine), what: "configure listener".into(), source })?;
     let deadline = Instant::now() + timeout;
+    let token = peers.token();
     let mut sockets: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
     let mut to_connect: Vec<usize> = (0..me).collect();
     loop {
+        // Dial the lower-numbered processes: send the cluster's token and this index, and
+        // count the connection only once the peer acknowledges it.
         to_connect.retain(|&j| {
             let Some(addr) = peers.addresses[j].to_socket_addrs().ok().and_then(|mut a| a.next()) else { return true };
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(mut stream) => {
-                    if stream.set_nodelay(true).and_then(|()| stream.write_all(&(me as u64).to_be_bytes())).is_ok() {
-                        sockets[j] = Some(stream);
-                        false
-                    } else {
-                        true
-                    }
-                }
-                Err(_) => true,
+            let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return true };
+            let mut hello = token.to_be_bytes().to_vec();
+            hello.extend_from_slice(&(me as u64).to_be_bytes());
+            let mut ack = [0u8; 1];
+            let acked = stream.set_nodelay(true).is_ok()
+                && stream.write_all(&hello).is_ok()
+                && stream.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
+                && stream.read_exact(&mut ack).is_ok()
+                && ack[0] == ACK
+                && stream.set_read_timeout(None).is_ok();
+            if acked {
+                sockets[j] = Some(stream);
             }
+            !acked
         });
-        loop {
+        // Accept the higher-numbered ones (a bounded number per round, so the deadline and
+        // `alive` are checked even under a stream of connections).
+        for _ in 0..64 {
             match listener.accept() {
                 Ok((mut stream, from)) => {
-                    // A peer says who it is first; anything else (a port scan, a stray
-                    // client) is dropped.
-                    let mut id = [0u8; 8];
-                    let ok = stream.set_nonblocking(false).is_ok()
-                        && stream.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
-                        && stream.read_exact(&mut id).is_ok();
-                    let id = u64::from_be_bytes(id) as usize;
-                    if ok
+                    // A peer says which cluster and process it is first; anything else (a port
+                    // scan, a stray client, another cluster's process) is dropped.
+                    let mut hello = [0u8; 16];
+                    let read = stream.set_nonblocking(false).is_ok()
+                        && stream.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+                        && stream.read_exact(&mut hello).is_ok();
+                    let their_token = u64::from_be_bytes(hello[..8].try_into().expect("8 bytes"));
+                    let id = u64::from_be_bytes(hello[8..].try_into().expect("8 bytes")) as usize;
+                    if read
+                        && their_token == token
                         && id > me
                         && id < n
-                        && sockets[id].is_none()
+                        && stream.write_all(&[ACK]).is_ok()
                         && stream.set_read_timeout(None).is_ok()
                         && stream.set_nodelay(true).is_ok()
                     {
+                        // A peer that dials again (it missed the acknowledgement) replaces
+                        // its earlier connection.
                         sockets[id] = Some(stream);
                     } else {
-                        eprintln!("lambdaflow cluster: process {me} ignored a connection from {from} that is not a peer");
+                        eprintln!("lambdaflow cluster: process {me} ignored a connection from {from} that is not a peer of this cluster");
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(source) => return Err(Error::Io { path: PathBuf::from(mine), what: format!("accept peers as process {me}"), source }),
+                // Errors of one connection (reset or aborted before accept): try the next.
+                Err(e) => {
+                    eprintln!("lambdaflow cluster: process {me}: accepting a connection failed: {e}");
+                    break;
+                }
             }
         }
         let missing: Vec<usize> = (0..n).filter(|j| *j != me && sockets[*j].is_none()).collect();

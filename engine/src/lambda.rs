@@ -531,8 +531,10 @@ impl<J: Job> Lambda<J> {
         let old = self.serving();
         let Some(reason) = old.speed.failure() else { return Ok(false) };
         eprintln!("lambdaflow: the speed layer failed ({reason}); restarting it from the batch cut");
-        // Frozen first, so its frontier cannot move between here and the swap.
+        // Frozen first, so its frontier cannot move between here and the swap; its other
+        // processes (if any) are of no more use.
         old.speed.freeze();
+        old.speed.kill_processes();
         let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Pick::of(&old))?;
         // No reader may see the frontier go backwards.
         if !next.speed.wait_for(&old.speed.frontier(), Duration::from_secs(600))? {

@@ -389,6 +389,14 @@ impl SpeedLayer {
         &self.shared.views
     }
 
+    /// Kills the layer's other processes (a failed layer never resumes; its workers here
+    /// stop on their own).
+    pub fn kill_processes(&self) {
+        if let Some(mut cluster) = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            cluster.kill_all();
+        }
+    }
+
     /// The layer's other processes, as `(process, pid)` (none on one process).
     pub fn pids(&self) -> Vec<(usize, u32)> {
         self.cluster.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.pids()).unwrap_or_default()

@@ -48,6 +48,9 @@ pub struct BatchMeta {
     pub views: Vec<(String, usize)>,
     /// Record count of each seed.
     pub seeds: Vec<(String, usize)>,
+    /// Shards of each seed: the processes of the run that wrote it (0 or 1: one file).
+    #[serde(default)]
+    pub seed_shards: usize,
 }
 
 /// The batch view store of one data directory.
@@ -205,9 +208,13 @@ impl ViewStore {
     pub fn read_seed(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
         let dir = self.version_dir(version);
         let Some(mut joined) = self.read_opt(&dir.join(format!("seed.{}.bin", safe_name(name)?)))? else { return Ok(None) };
-        for p in 1.. {
+        let meta = self.meta(version)?;
+        for p in 1..meta.seed_shards.max(1) {
             let path = dir.join(shard_file(name, p)?);
-            let Some(shard) = self.read_opt(&path)? else { break };
+            let shard = self.read_opt(&path)?.ok_or_else(|| Error::CorruptView {
+                path: path.clone(),
+                detail: format!("seed shard missing: batch version {version} has {} shards of every seed", meta.seed_shards),
+            })?;
             let count = |b: &[u8], path: &Path| -> Result<u64> {
                 b.get(..8).map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes"))).ok_or_else(|| Error::CorruptView {
                     path: path.to_path_buf(),
@@ -218,6 +225,15 @@ impl ViewStore {
             let total = count(&joined, &first)? + count(&shard, &path)?;
             joined[..8].copy_from_slice(&total.to_le_bytes());
             joined.extend_from_slice(&shard[8..]);
+        }
+        if let Some((_, rows)) = meta.seeds.iter().find(|(n, _)| n == name) {
+            let got = joined.get(..8).map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes"))).unwrap_or(0);
+            if got != *rows as u64 {
+                return Err(Error::CorruptView {
+                    path: dir.join(format!("seed.{name}.bin")),
+                    detail: format!("seed `{name}` has {got} rows in its shards, but META records {rows}"),
+                });
+            }
         }
         Ok(Some(joined))
     }
@@ -278,6 +294,17 @@ impl ViewStore {
         fsync_dir(&self.dir)
     }
 
+    /// Removes the unpublished version directories of the processes `pids` (which are gone).
+    pub fn remove_abandoned(&self, pids: &[u32]) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(".tmp-v") && pids.iter().any(|pid| name.contains(&format!("-{pid}-"))) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     /// Removes published versions older than the newest `keep`, and abandoned temporaries.
     pub fn gc(&self, keep: usize) -> Result<Vec<u64>> {
         let current = self.current()?;
@@ -325,6 +352,7 @@ mod tests {
             finished_ms: 2,
             views: vec![],
             seeds: vec![],
+            seed_shards: 0,
         }
     }
 
@@ -409,7 +437,7 @@ mod tests {
             pending.adopt_seed_shard(&shards, "s.seed", p).expect("adopt");
         }
         let version = pending.version();
-        store.publish(pending, &meta(version)).expect("publish");
+        store.publish(pending, &BatchMeta { seed_shards: 3, seeds: vec![("s.seed".into(), 3)], ..meta(version) }).expect("publish");
         let joined: Vec<(u64, i64)> =
             bincode::deserialize(&store.read_seed(version, "s.seed").expect("read").expect("some")).expect("decode");
         assert_eq!(joined, vec![(1, 2), (3, 4), (5, 6)]);
@@ -421,6 +449,10 @@ mod tests {
         fs::write(&shard, bytes).expect("write");
         let err = store.read_seed(version, "s.seed").expect_err("damaged");
         assert!(err.to_string().contains("seed.s.seed.p2.bin"), "{err}");
+        // A missing shard is refused too: never a partial seed.
+        fs::remove_file(&shard).expect("remove");
+        let err = store.read_seed(version, "s.seed").expect_err("missing");
+        assert!(err.to_string().contains("seed shard missing"), "{err}");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -282,23 +282,28 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
             .name("lambdaflow-heal".into())
             .spawn(move || {
                 // A failure that recurs (say, an event the job cannot process) would replay
-                // the log from the cut over and over: back off, 1 s doubling up to 60 s while
-                // restarts keep failing or the restarted layer fails again within a minute.
+                // the log from the cut over and over: after each attempt, wait 1 s, doubling
+                // up to 60 s; the wait resets once a layer has stayed healthy for a minute.
                 let mut backoff = Duration::ZERO;
-                let mut last_restart: Option<Instant> = None;
+                let mut last_attempt_end: Option<Instant> = None;
+                let mut healthy_since: Option<Instant> = None;
                 while !stop3.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(100));
                     if healed.serving().speed.failure().is_none() {
+                        let since = *healthy_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_secs(60) {
+                            backoff = Duration::ZERO;
+                        }
                         continue;
                     }
-                    if last_restart.is_some_and(|t| t.elapsed() < backoff) {
+                    healthy_since = None;
+                    if last_attempt_end.is_some_and(|t| t.elapsed() < backoff) {
                         continue;
                     }
-                    let recent = last_restart.is_some_and(|t| t.elapsed() < Duration::from_secs(60));
-                    backoff = if recent { (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60)) } else { Duration::ZERO };
-                    last_restart = Some(Instant::now());
-                    if let Err(e) = healed.restart_speed_if_failed() {
-                        backoff = backoff.max(Duration::from_secs(1));
+                    let result = healed.restart_speed_if_failed();
+                    last_attempt_end = Some(Instant::now());
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    if let Err(e) = result {
                         eprintln!("lambdaflow serve: restarting the speed layer failed ({e}); trying again in {}s", backoff.as_secs());
                     }
                 }
