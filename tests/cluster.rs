@@ -8,7 +8,7 @@
 mod common;
 
 use common::http::{Client, Server};
-use common::{items_by_key, ndjson, small_events, TempDir};
+use common::{ndjson, small_events, TempDir};
 use lambdaflow_jobs::shop::oracle::{expected_views, VIEW_NAMES};
 use lambdaflow_jobs::shop::ShopEvent;
 use serde_json::Value;
@@ -39,21 +39,7 @@ fn check_views(c: &mut Client, events: &[ShopEvent], what: &str) {
     let s = status(c);
     assert_eq!(s["log"]["events"].as_u64(), Some(events.len() as u64), "{what}: the log holds every acknowledged event once");
     let ends: Vec<String> = s["log"]["end"].as_array().expect("ends").iter().map(|e| e.to_string()).collect();
-    let expected = expected_views(events);
-    for view in VIEW_NAMES {
-        let r = c.get(&format!("/v1/views/{view}?limit=100000&timeout_ms=30000&min_frontier={}", ends.join(","))).expect("query");
-        assert_eq!(r.status, 200, "{what}: {view}: {}", r.text());
-        let got = items_by_key(&r.json());
-        let want = &expected[view];
-        if &got != want {
-            let diff = want
-                .iter()
-                .find(|(k, v)| got.get(*k) != Some(v))
-                .map(|(k, v)| format!("key {k}: expected {v}, got {:?}", got.get(k)))
-                .unwrap_or_else(|| "extra keys in the answer".into());
-            panic!("{what}: {view} differs from the from-scratch computation: {diff}");
-        }
-    }
+    common::assert_views_exact(c, &ends.join(","), "&timeout_ms=30000", events, what);
 }
 
 /// Requests a batch run and waits until it has handed over (the run count `ok` grows).
@@ -99,10 +85,8 @@ fn worker_pids(data: &Path, role: &str) -> Vec<u32> {
 fn batch_runs_on_1_2_4_processes_match_the_oracle() {
     let dir = TempDir::new("cluster-batch");
     let events = small_events(11, 4_000);
-    let file = dir.join("events.ndjson");
-    std::fs::write(&file, ndjson(&events)).expect("write");
     let data = dir.join("data");
-    common::run_ok(&data, &["ingest", file.to_str().expect("path"), "--partitions", PARTITIONS]);
+    common::ingest_events(&data, &events, PARTITIONS);
     let expected = expected_views(&events);
     for (processes, workers) in [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)] {
         let what = format!("batch on {processes} process(es) × {workers} worker(s)");
@@ -179,9 +163,7 @@ fn a_worker_killed_mid_batch_fails_the_attempt_and_the_retry_succeeds() {
     let dir = TempDir::new("cluster-kill-batch");
     let data = dir.join("data");
     let history = small_events(31, 100_000);
-    let file = dir.join("history.ndjson");
-    std::fs::write(&file, ndjson(&history)).expect("write");
-    common::run_ok(&data, &["ingest", file.to_str().expect("path"), "--partitions", PARTITIONS]);
+    common::ingest_events(&data, &history, PARTITIONS);
     // Each batch worker reads at most 20k events/s (inherited by the worker processes), so
     // the run lasts about 2.5 s and is surely killed mid-way.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lambdaflow"));
@@ -293,9 +275,7 @@ fn a_peer_that_never_comes_up_is_a_clear_error() {
     let dir = TempDir::new("cluster-peer");
     let data = dir.join("data");
     let events = small_events(41, 100);
-    let file = dir.join("e.ndjson");
-    std::fs::write(&file, ndjson(&events)).expect("write");
-    common::run_ok(&data, &["ingest", file.to_str().expect("path"), "--partitions", PARTITIONS]);
+    common::ingest_events(&data, &events, PARTITIONS);
     let ends = common::end_offsets(&data).iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     // Two free ports; nobody will be process 1.
     let ports: Vec<std::net::TcpListener> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
@@ -363,9 +343,7 @@ fn a_worker_that_fails_inside_the_dataflow_fails_the_run_without_hanging() {
     let dir = TempDir::new("cluster-poison");
     let data = dir.join("data");
     let events = small_events(61, 2_000);
-    let file = dir.join("e.ndjson");
-    std::fs::write(&file, ndjson(&events)).expect("write");
-    common::run_ok(&data, &["ingest", file.to_str().expect("path"), "--partitions", PARTITIONS]);
+    common::ingest_events(&data, &events, PARTITIONS);
     // A record with a valid checksum that is not an event, in partition 1: read by process 1
     // of a 2 × 1 run. Its worker fails while the dataflow runs.
     {

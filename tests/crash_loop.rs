@@ -26,7 +26,6 @@ mod common;
 use common::http::{Client, Server};
 use common::TempDir;
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
-use lambdaflow_jobs::shop::oracle::{expected_views, VIEW_NAMES};
 use lambdaflow_jobs::shop::ShopEvent;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,21 +96,7 @@ fn settle_and_check(c: &mut Client, requests: &mut [Request], replay: &str, when
     let s = status(c);
     assert_eq!(s["log"]["events"].as_u64(), Some(everything.len() as u64), "{replay} {when}: every event must be stored exactly once");
     let ends: Vec<String> = s["log"]["end"].as_array().expect("ends").iter().map(|e| e.to_string()).collect();
-    let expected = expected_views(&everything);
-    for view in VIEW_NAMES {
-        let r = c.get(&format!("/v1/views/{view}?limit=100000&min_frontier={}", ends.join(","))).expect("query");
-        assert_eq!(r.status, 200, "{replay} {when}: {view}: {}", r.text());
-        let got = common::items_by_key(&r.json());
-        let want = &expected[view];
-        if &got != want {
-            let diff = want
-                .iter()
-                .find(|(k, v)| got.get(*k) != Some(v))
-                .map(|(k, v)| format!("key {k}: expected {v}, got {:?}", got.get(k)))
-                .unwrap_or_else(|| "extra keys in the answer".into());
-            panic!("{replay} {when}: {view} differs from the from-scratch computation: {diff}");
-        }
-    }
+    common::assert_views_exact(c, &ends.join(","), "", &everything, &format!("{replay} {when}"));
 }
 
 /// Waits until the server's stderr reader has seen the end of the stream (the process is

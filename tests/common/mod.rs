@@ -182,3 +182,33 @@ pub fn items_by_key(answer: &Value) -> BTreeMap<String, Value> {
         .map(|item| (serde_json::to_string(&item["key"]).expect("key"), item["value"].clone()))
         .collect()
 }
+
+/// Asks the service for every view at `min_frontier` (plus `params`, e.g. `&timeout_ms=N`)
+/// and asserts each equals the from-scratch computation over `events`, naming `what` and
+/// the first differing key.
+pub fn assert_views_exact(c: &mut http::Client, min_frontier: &str, params: &str, events: &[ShopEvent], what: &str) {
+    use lambdaflow_jobs::shop::oracle::{expected_views, VIEW_NAMES};
+    let expected = expected_views(events);
+    for view in VIEW_NAMES {
+        let r = c.get(&format!("/v1/views/{view}?limit=100000{params}&min_frontier={min_frontier}")).expect("query");
+        assert_eq!(r.status, 200, "{what}: {view}: {}", r.text());
+        let got = items_by_key(&r.json());
+        let want = &expected[view];
+        if &got != want {
+            let diff = want
+                .iter()
+                .find(|(k, v)| got.get(*k) != Some(v))
+                .map(|(k, v)| format!("key {k}: expected {v}, got {:?}", got.get(k)))
+                .unwrap_or_else(|| "extra keys in the answer".into());
+            panic!("{what}: {view} differs from the from-scratch computation: {diff}");
+        }
+    }
+}
+
+/// Writes `events` as NDJSON next to `data` and ingests them (`--partitions P`).
+pub fn ingest_events(data: &Path, events: &[ShopEvent], partitions: &str) {
+    let file = data.with_extension("ingest.ndjson");
+    std::fs::write(&file, ndjson(events)).expect("write events");
+    run_ok(data, &["ingest", file.to_str().expect("path"), "--partitions", partitions]);
+    let _ = std::fs::remove_file(&file);
+}
