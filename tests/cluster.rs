@@ -335,7 +335,13 @@ fn events_only_for_another_process_partitions_become_visible() {
     assert!(post(&mut c, "more", &more));
     acked.extend(more);
     check_views(&mut c, &acked, "after a handover, only process 1's partitions");
+    // A clean stop: the speed layer's other process is told to leave, rather than see the
+    // server vanish (which would show as a panic in its connection threads).
+    let (log, before) = (server.log.clone(), server.stderr().len());
     assert_eq!(server.terminate(), Some(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let after = log.lock().unwrap()[before..].to_string();
+    assert!(!after.contains("panicked") && !after.contains("is gone"), "shutdown: {after}");
 }
 
 #[test]

@@ -669,14 +669,17 @@ fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, args: ServeArgs) -> Re
         t.elapsed().as_secs_f64()
     );
     catch_up(&lambda)?;
-    let running = crate::serve::start(lambda, cfg.clone(), app.dashboard, true)?;
+    let running = crate::serve::start(lambda.clone(), cfg.clone(), app.dashboard, true)?;
     eprintln!(
         "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch schedule {:?}{}",
         running.addr,
         cfg.schedule,
         if cfg.token.is_some() { "; token required" } else { "" }
     );
-    running.wait()?;
+    let stopped = running.wait();
+    // The speed layer's other processes leave cleanly rather than see this one vanish.
+    lambda.stop_processes();
+    stopped?;
     eprintln!("lambdaflow serve: stopped");
     Ok(())
 }

@@ -545,6 +545,11 @@ impl<J: Job> Lambda<J> {
         Ok(true)
     }
 
+    /// Stops the serving speed layer's other processes cleanly (at shutdown).
+    pub fn stop_processes(&self) {
+        self.serving().speed.stop_processes(Duration::from_secs(5));
+    }
+
     /// How many times the speed layer was restarted after a failure.
     pub fn speed_restarts(&self) -> u64 {
         self.restarts.load(std::sync::atomic::Ordering::Relaxed)

@@ -389,6 +389,15 @@ impl SpeedLayer {
         &self.shared.views
     }
 
+    /// Stops the layer and lets its other processes leave cleanly (worker 0 tells them),
+    /// killing any still running after `grace`. The published state stays readable.
+    pub fn stop_processes(&self, grace: Duration) {
+        self.freeze();
+        if let Some(mut cluster) = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            cluster.wait_all(grace);
+        }
+    }
+
     /// Kills the layer's other processes (a failed layer never resumes; its workers here
     /// stop on their own).
     pub fn kill_processes(&self) {
