@@ -108,23 +108,6 @@ impl Peers {
     pub fn spans_processes(&self) -> bool {
         self.processes > 1
     }
-
-    /// The timely configuration for this process.
-    pub fn config(&self) -> timely::Config {
-        if self.processes == 1 {
-            return timely::Config::process(self.threads);
-        }
-        timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads: self.threads,
-                process: self.process,
-                addresses: self.addresses.clone(),
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
-        }
-    }
 }
 
 /// Reads a hostfile: one `host:port` per line, in process order; blank lines and lines
@@ -478,5 +461,83 @@ fn connect(peers: &Peers, timeout: Duration, alive: &mut impl FnMut() -> Result<
             )));
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lf-cluster-{tag}-{}-{}", std::process::id(), crate::store::now_ms()));
+        std::fs::create_dir_all(&d).expect("tmp dir");
+        d
+    }
+
+    #[test]
+    fn hostfiles_and_peers_are_checked() {
+        let dir = tmp("hosts");
+        let f = dir.join("hosts");
+        std::fs::write(&f, "# two\n\n10.0.0.1:7000\n  host-b:7001  \n").expect("write");
+        assert_eq!(read_hostfile(&f).expect("hostfile"), vec!["10.0.0.1:7000", "host-b:7001"]);
+        for (bad, line) in [("a:1\nb\n", 2), (":80\n", 1), ("a:0\n", 1), ("a:99999\n", 1)] {
+            std::fs::write(&f, bad).expect("write");
+            let e = read_hostfile(&f).expect_err(bad).to_string();
+            assert!(e.contains(&format!("line {line}")), "{bad:?}: {e}");
+        }
+        let two = vec!["a:1".to_string(), "b:2".to_string()];
+        assert!(Peers::new(two.clone(), 3, 0, 1).unwrap_err().contains("lists 2 address(es)"));
+        assert!(Peers::new(two.clone(), 2, 2, 1).unwrap_err().contains("out of range"));
+        assert!(Peers::new(two.clone(), 2, 0, 0).unwrap_err().contains("-w"));
+        assert!(Peers::new(two.clone(), 0, 0, 1).is_err());
+        let p = Peers::new(two.clone(), 2, 1, 2).expect("peers");
+        assert_eq!((p.workers(), p.process_of(1), p.process_of(2)), (4, 0, 1));
+        // Partitions 0..8 on 4 workers: process 1 holds workers 2 and 3.
+        assert_eq!(p.own_ends(&[10, 11, 12, 13, 14, 15, 16, 17]), vec![0, 0, 12, 13, 0, 0, 16, 17]);
+        assert_eq!(p.token(), Peers::new(two.clone(), 2, 0, 2).expect("peers").token(), "the same for every process");
+        assert_ne!(p.token(), Peers::new(two, 2, 1, 1).expect("peers").token(), "another cluster's differs");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn processes_connect_and_strangers_are_refused() {
+        use std::io::Write;
+        let addresses = free_loopback_addresses(3).expect("ports");
+        let peers: Vec<Peers> = (0..3).map(|i| Peers::new(addresses.clone(), 3, i, 1).expect("peers")).collect();
+        // A stranger connects to process 0 first and claims to be process 1 of another cluster.
+        let stranger_to = addresses[0].clone();
+        let stranger = std::thread::spawn(move || {
+            for _ in 0..200 {
+                if let Ok(mut s) = std::net::TcpStream::connect(&stranger_to) {
+                    let mut hello = 7u64.to_be_bytes().to_vec();
+                    hello.extend_from_slice(&1u64.to_be_bytes());
+                    let _ = s.write_all(&hello);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let handles: Vec<_> = peers
+            .into_iter()
+            .map(|p| {
+                std::thread::spawn(move || {
+                    connect(&p, Duration::from_secs(10), &mut || Ok(())).map(|s| s.iter().filter(|s| s.is_some()).count())
+                })
+            })
+            .collect();
+        let connected: Vec<usize> = handles.into_iter().map(|h| h.join().expect("thread").expect("formed")).collect();
+        assert_eq!(connected, vec![2, 2, 2], "every process holds one connection to each other");
+        stranger.join().expect("stranger");
+    }
+
+    #[test]
+    fn a_missing_peer_is_named_after_the_timeout() {
+        let addresses = free_loopback_addresses(2).expect("ports");
+        let p = Peers::new(addresses.clone(), 2, 0, 1).expect("peers");
+        let e = connect(&p, Duration::from_millis(300), &mut || Ok(())).expect_err("nobody else").to_string();
+        assert!(e.contains(&format!("process(es) 1 ({})", addresses[1])), "{e}");
+        // `alive` failing ends the wait at once, with its error.
+        let e = connect(&p, Duration::from_secs(30), &mut || Err(Error::Dataflow("child 1 exited".into()))).expect_err("dead").to_string();
+        assert!(e.contains("child 1 exited"), "{e}");
     }
 }

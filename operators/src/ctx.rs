@@ -90,11 +90,6 @@ impl Registry {
         Registry { gather: true, ..Registry::default() }
     }
 
-    /// Whether this registry gathers output to worker 0.
-    pub fn gathers(&self) -> bool {
-        self.gather
-    }
-
     /// The views declared so far, in declaration order.
     pub fn views(&self) -> Vec<Arc<dyn AnyView>> {
         self.views.lock().unwrap_or_else(|e| e.into_inner()).clone()
