@@ -5,7 +5,8 @@
 //! immutable batch views ([`batch`], [`store`]), runs the same job in **speed mode** over
 //! the log from that cut on ([`speed`]), and merges both on read with visible freshness
 //! ([`lambda`]). [`cli`] turns any job into a full command-line program, and [`testing`]
-//! lets a job's author check, from a `#[test]`, that every merged view is exact.
+//! lets a job's author check, from a `#[test]`, that every merged view is exact. Both modes
+//! also run across worker processes ([`cluster`]).
 //!
 //! ```ignore
 //! let lambda = Lambda::open(MyJob, Path::new("data"), Options::default())?;
