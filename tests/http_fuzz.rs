@@ -40,7 +40,7 @@
 
 mod common;
 
-use common::http::Server;
+use common::http::{read_raw_response, Response, Server};
 use common::TempDir;
 use lambdaflow_engine::ingest::{parse_all, LINE_BYTES_MAX};
 use lambdaflow_engine::Error;
@@ -53,7 +53,7 @@ use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -837,86 +837,6 @@ fn render(case: &Case, n: u64, templates: &[Vec<u8>]) -> Rendered {
 // ---------------------------------------------------------------------------------------------
 // A raw HTTP/1.1 client
 
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn closes(&self) -> bool {
-        self.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).chars().take(300).collect()
-    }
-}
-
-fn read_line(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line)?;
-    Ok(line)
-}
-
-/// Reads one response (skipping `100 Continue`); `Ok(None)` when the server closed first.
-fn read_resp(r: &mut impl BufRead, head: bool) -> std::io::Result<Option<Resp>> {
-    let bad = |m: &str| std::io::Error::new(ErrorKind::InvalidData, m.to_string());
-    loop {
-        let line = read_line(r)?;
-        if line.is_empty() {
-            return Ok(None);
-        }
-        let text = String::from_utf8_lossy(&line).into_owned();
-        let status: u16 =
-            text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("bad status line {text:?}")))?;
-        let mut headers = Vec::new();
-        loop {
-            let l = read_line(r)?;
-            if l.is_empty() {
-                return Err(bad("eof in headers"));
-            }
-            let l = String::from_utf8_lossy(&l).trim_end().to_string();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        if (100..200).contains(&status) {
-            continue;
-        }
-        let mut resp = Resp { status, headers, body: Vec::new() };
-        if head || status == 204 || status == 304 {
-            return Ok(Some(resp));
-        }
-        if resp.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-            loop {
-                let l = read_line(r)?;
-                let n = usize::from_str_radix(String::from_utf8_lossy(&l).trim(), 16).map_err(|_| bad("bad chunk size"))?;
-                let mut chunk = vec![0; n + 2];
-                r.read_exact(&mut chunk)?;
-                if n == 0 {
-                    break;
-                }
-                resp.body.extend_from_slice(&chunk[..n]);
-            }
-        } else if let Some(n) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            resp.body.resize(n, 0);
-            r.read_exact(&mut resp.body)?;
-        } else {
-            r.read_to_end(&mut resp.body)?;
-        }
-        return Ok(Some(resp));
-    }
-}
-
 fn connect(addr: SocketAddr, read_timeout: Duration) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_nodelay(true)?;
@@ -947,7 +867,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// What came back for one request.
 enum Outcome {
     /// Answers (Raw mode: zero or more).
-    Answers(Vec<Resp>),
+    Answers(Vec<Response>),
     /// The connection was closed, reset or timed out without an answer.
     NoAnswer(String),
 }
@@ -970,7 +890,7 @@ impl Client {
             }
             let r = self.conn.as_mut().expect("connected");
             let stream = r.get_ref().try_clone().expect("clone stream");
-            let result = write_then(&stream, bytes, || read_resp(r, head));
+            let result = write_then(&stream, bytes, || read_raw_response(r, head));
             match result {
                 Ok(Some(resp)) => {
                     if resp.closes() {
@@ -1001,7 +921,7 @@ impl Client {
                     Err(e) => return Outcome::NoAnswer(format!("connect: {e}")),
                 };
                 let mut reader = BufReader::new(s.try_clone().expect("clone stream"));
-                match write_then(&s, &r.bytes, || read_resp(&mut reader, r.head)) {
+                match write_then(&s, &r.bytes, || read_raw_response(&mut reader, r.head)) {
                     Ok(Some(resp)) => Outcome::Answers(vec![resp]),
                     Ok(None) => Outcome::NoAnswer("closed without an answer".into()),
                     Err(e) => Outcome::NoAnswer(format!("{:?}: {e}", e.kind())),
@@ -1019,7 +939,7 @@ impl Client {
                     let mut answers = Vec::new();
                     let mut half_closed = false;
                     loop {
-                        match read_resp(&mut reader, false) {
+                        match read_raw_response(&mut reader, false) {
                             Ok(Some(resp)) => answers.push(resp),
                             Ok(None) => break,
                             // Nothing for 1.5 s: the server may be waiting for the rest of an
@@ -1044,7 +964,7 @@ impl Client {
                     Err(e) => return Outcome::NoAnswer(format!("connect: {e}")),
                 };
                 let mut reader = BufReader::new(s.try_clone().expect("clone stream"));
-                let answer = write_then(&s, &r.bytes, || read_resp(&mut reader, false));
+                let answer = write_then(&s, &r.bytes, || read_raw_response(&mut reader, false));
                 drop(reader);
                 drop(s);
                 match answer {
@@ -1319,7 +1239,7 @@ fn parser_fuzz() {
 // Regressions: what the fuzzer found, pinned down as plain tests of the correct behaviour.
 
 /// Sends one request on a fresh connection and reads the answer.
-fn once(addr: SocketAddr, request: &[u8]) -> Result<Resp, String> {
+fn once(addr: SocketAddr, request: &[u8]) -> Result<Response, String> {
     let mut c = Client { addr, conn: None };
     match c.send(&Rendered { bytes: request.to_vec(), mode: Mode::Fresh, head: false, label: "", outcome: None, known_key: false }) {
         Outcome::Answers(mut a) if a.len() == 1 => Ok(a.remove(0)),
@@ -1328,13 +1248,13 @@ fn once(addr: SocketAddr, request: &[u8]) -> Result<Resp, String> {
     }
 }
 
-fn post_events(addr: SocketAddr, body: &[u8]) -> Result<Resp, String> {
+fn post_events(addr: SocketAddr, body: &[u8]) -> Result<Response, String> {
     let mut req = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     req.extend_from_slice(body);
     once(addr, &req)
 }
 
-fn get(addr: SocketAddr, path: &str) -> Result<Resp, String> {
+fn get(addr: SocketAddr, path: &str) -> Result<Response, String> {
     once(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
 }
 

@@ -8,12 +8,12 @@
 
 mod common;
 
-use common::http::{Client, Server};
+use common::http::{read_raw_response, Client, Response, Server};
 use common::TempDir;
 use common::{ndjson, small_events as events};
 use lambdaflow_engine::ingest::LINE_BYTES_MAX;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -48,58 +48,7 @@ fn is_json_error(body: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw HTTP, for what the test client cannot send
-
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).chars().take(400).collect()
-    }
-}
-
-fn read_raw(r: &mut impl BufRead) -> std::io::Result<Option<Raw>> {
-    let bad = |m: &str| std::io::Error::new(ErrorKind::InvalidData, m.to_string());
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            return Ok(None);
-        }
-        let text = String::from_utf8_lossy(&line).into_owned();
-        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            r.read_until(b'\n', &mut line)?;
-            let l = String::from_utf8_lossy(&line).trim_end().to_string();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        if (100..200).contains(&status) {
-            continue;
-        }
-        let mut resp = Raw { status, headers, body: Vec::new() };
-        if let Some(n) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            resp.body.resize(n, 0);
-            r.read_exact(&mut resp.body)?;
-        }
-        return Ok(Some(resp));
-    }
-}
+// Response HTTP, for what the test client cannot send
 
 fn connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
@@ -110,7 +59,7 @@ fn connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
 
 /// Sends `bytes` on a fresh connection (writing from a helper thread, so an early answer is
 /// read while the server stops reading) and reads one answer; `Ok(None)`: closed without one.
-fn exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> std::io::Result<Option<Raw>> {
+fn exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> std::io::Result<Option<Response>> {
     let s = connect(addr, timeout);
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
     std::thread::scope(|scope| {
@@ -118,7 +67,7 @@ fn exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> std::io::Resul
         scope.spawn(move || {
             let _ = (&w).write_all(bytes);
         });
-        read_raw(&mut reader)
+        read_raw_response(&mut reader, false)
     })
 }
 
@@ -629,7 +578,7 @@ fn slow_clients_do_not_block_others() {
     }
     // The stalled bodies are cut off after 30 s with a 408 (allow the time already spent).
     let mut first = BufReader::new(slow_bodies.into_iter().next().expect("one"));
-    let r = read_raw(&mut first).expect("the stalled body is answered").expect("an answer, not a close");
+    let r = read_raw_response(&mut first, false).expect("the stalled body is answered").expect("an answer, not a close");
     assert_eq!(r.status, 408, "{}", r.text());
     assert!(is_json_error(&r.body));
     assert!(started.elapsed() >= Duration::from_secs(29), "cut off too early: {:?}", started.elapsed());

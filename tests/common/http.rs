@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -30,6 +30,11 @@ impl Response {
 
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the server closes the connection after this response.
+    pub fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"))
     }
 }
 
@@ -89,7 +94,7 @@ impl Client {
             read_response(r)
         })();
         match &result {
-            Ok(resp) if resp.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) => self.stream = None,
+            Ok(resp) if resp.closes() => self.stream = None,
             Err(_) => self.stream = None,
             _ => {}
         }
@@ -97,54 +102,69 @@ impl Client {
     }
 }
 
+/// Reads one response from a client connection: a close before it is an error.
 fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
+    read_raw_response(r, false)?.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"))
+}
+
+/// Reads one response (skipping interim `1xx` ones); `Ok(None)` when the server closed
+/// first. `head`: the request was a HEAD, so there is no body. The body is framed by
+/// chunked encoding, `Content-Length`, or the end of the connection.
+pub fn read_raw_response(r: &mut impl BufRead, head: bool) -> std::io::Result<Option<Response>> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
-    }
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
-    let mut headers = Vec::new();
-    let mut len: Option<usize> = None;
-    let mut chunked = false;
+    let read_line = |r: &mut dyn BufRead| -> std::io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        r.read_until(b'\n', &mut line)?;
+        Ok(line)
+    };
     loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
+        let line = read_line(r)?;
+        if line.is_empty() {
+            return Ok(None);
         }
-        if let Some((k, v)) = l.split_once(':') {
-            let (k, v) = (k.trim().to_string(), v.trim().to_string());
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.parse().ok();
-            }
-            if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            }
-            headers.push((k, v));
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let status: u16 =
+            text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("bad status line {text:?}")))?;
+        let mut headers = Vec::new();
         loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let n = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk size"))?;
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk)?;
-            if n == 0 {
+            let l = read_line(r)?;
+            if l.is_empty() {
+                return Err(bad("eof in headers"));
+            }
+            let l = String::from_utf8_lossy(&l).trim_end().to_string();
+            if l.is_empty() {
                 break;
             }
-            body.extend_from_slice(&chunk[..n]);
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
         }
-    } else if let Some(n) = len {
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else {
-        r.read_to_end(&mut body)?;
+        if (100..200).contains(&status) {
+            continue;
+        }
+        let mut resp = Response { status, headers, body: Vec::new() };
+        if head || status == 204 || status == 304 {
+            return Ok(Some(resp));
+        }
+        if resp.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let l = read_line(r)?;
+                let n = usize::from_str_radix(String::from_utf8_lossy(&l).trim(), 16).map_err(|_| bad("bad chunk size"))?;
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                resp.body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            resp.body.resize(n, 0);
+            r.read_exact(&mut resp.body)?;
+        } else {
+            r.read_to_end(&mut resp.body)?;
+        }
+        return Ok(Some(resp));
     }
-    Ok(Response { status, headers, body })
 }
 
 /// A `lambdaflow serve` child process.
