@@ -14,8 +14,8 @@ use lambdaflow_jobs::shop::{oracle::expected_views, Shop, ShopEvent};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const CHUNK: usize = 20_000;
 
@@ -31,32 +31,6 @@ fn assert_views_exact(data: &Path, events: &[ShopEvent], when: &str) {
     let merged = all_views(&lambda).expect("read all views");
     if let Some(d) = diff(&expected_views(events), &merged) {
         panic!("{when}: merged views differ from the oracle over the {} events in the log: {d}", events.len());
-    }
-}
-
-/// Runs `lambdaflow ARGS` but gives up (and fails) after `limit`, so that an engine that
-/// hangs on a corrupt log fails the test instead of stalling it.
-fn run_limited(data: &Path, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(bin())
-        .arg("--data")
-        .arg(data)
-        .args(["-w", "2"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lambdaflow");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("collect output");
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let o = child.wait_with_output().expect("collect output");
-            panic!("lambdaflow {args:?} did not finish within {limit:?}; stderr:\n{}", stderr(&o));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -30,8 +30,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: u32 = 4;
@@ -84,56 +83,6 @@ fn bytes_per_partition(batch: &[ShopEvent]) -> Vec<u64> {
 
 fn assert_no_panic(what: &str, stderr: &str) {
     assert!(!stderr.contains("panicked"), "{what}: the process panicked:\n{stderr}");
-}
-
-/// Runs `lambdaflow --data DATA -w 2 ARGS` and gives up (failing the test) after `limit`, so
-/// that a command that hangs cannot stall the test. A command that starts serving (prints
-/// `listening on`) is stopped at once and its output returned, for the caller to refuse.
-fn run_limited(data: &Path, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(bin())
-        .arg("--data")
-        .arg(data)
-        .args(["-w", "2"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lambdaflow");
-    let drain = |mut r: Box<dyn std::io::Read + Send>| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
-        let t = std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = r.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                b.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
-        (buf, t)
-    };
-    let (out, out_thread) = drain(Box::new(child.stdout.take().expect("stdout")));
-    let (err, err_thread) = drain(Box::new(child.stderr.take().expect("stderr")));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if String::from_utf8_lossy(&err.lock().unwrap()).contains("listening on") {
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("lambdaflow {args:?} did not finish within {limit:?}; stderr:\n{}", String::from_utf8_lossy(&err.lock().unwrap()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let _ = (out_thread.join(), err_thread.join());
-    let take = |b: Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap());
-    Output { status, stdout: take(out), stderr: take(err) }
 }
 
 /// Asserts `o` is a clear refusal: a non-zero exit, no answers, no panic, not listening, and

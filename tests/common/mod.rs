@@ -10,8 +10,9 @@ use lambdaflow_jobs::shop::ShopEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -211,4 +212,54 @@ pub fn ingest_events(data: &Path, events: &[ShopEvent], partitions: &str) {
     std::fs::write(&file, ndjson(events)).expect("write events");
     run_ok(data, &["ingest", file.to_str().expect("path"), "--partitions", partitions]);
     let _ = std::fs::remove_file(&file);
+}
+
+/// Runs `lambdaflow --data DATA -w 2 ARGS` and gives up (failing the test) after `limit`, so
+/// that a command that hangs cannot stall the test. A command that starts serving (prints
+/// `listening on`) is stopped at once and its output returned, for the caller to refuse.
+pub fn run_limited(data: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(bin())
+        .arg("--data")
+        .arg(data)
+        .args(["-w", "2"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lambdaflow");
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let t = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (buf, t)
+    };
+    let (out, out_thread) = drain(Box::new(child.stdout.take().expect("stdout")));
+    let (err, err_thread) = drain(Box::new(child.stderr.take().expect("stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if String::from_utf8_lossy(&err.lock().unwrap()).contains("listening on") {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lambdaflow {args:?} did not finish within {limit:?}; stderr:\n{}", String::from_utf8_lossy(&err.lock().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = (out_thread.join(), err_thread.join());
+    let take = |b: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap());
+    Output { status, stdout: take(out), stderr: take(err) }
 }
