@@ -8,8 +8,8 @@
 mod common;
 
 use common::http::{Client, Server};
-use common::TempDir;
 use common::{ndjson, small_events as events};
+use common::{Acked, TempDir};
 use lambdaflow_jobs::shop::{oracle::expected_views, ShopEvent};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -21,44 +21,6 @@ fn log_events(c: &mut Client) -> u64 {
     let s = c.get("/v1/status").expect("status");
     assert_eq!(s.status, 200, "{}", s.text());
     s.json()["log"]["events"].as_u64().expect("log.events")
-}
-
-/// What the client knows after acknowledgements: each event at its (partition, offset).
-#[derive(Default)]
-struct Acked(BTreeMap<(u32, u64), ShopEvent>);
-
-impl Acked {
-    /// Records the events of one request from its ack (`positions`: per partition, the
-    /// request's events of that partition in input order).
-    fn record(&mut self, batch: &[ShopEvent], ack: &Value, partitions: u32) {
-        let mut by_partition: BTreeMap<u32, Vec<&ShopEvent>> = BTreeMap::new();
-        for e in batch {
-            by_partition
-                .entry(lambdaflow_engine::lambda::partition_of(lambdaflow_operators::Event::partition_key(e), partitions))
-                .or_default()
-                .push(e);
-        }
-        for r in ack["positions"].as_array().expect("positions") {
-            let p = r["partition"].as_u64().expect("partition") as u32;
-            let (from, to) = (r["from"].as_u64().expect("from"), r["to"].as_u64().expect("to"));
-            let evs = &by_partition[&p];
-            assert_eq!(evs.len() as u64, to - from, "ack range {r} vs {} events of partition {p}", evs.len());
-            for (i, e) in evs.iter().enumerate() {
-                self.0.insert((p, from + i as u64), (*e).clone());
-            }
-        }
-    }
-
-    /// The events before `frontier`, if every one of them is known.
-    fn before(&self, frontier: &[u64]) -> Option<Vec<ShopEvent>> {
-        let mut out = Vec::new();
-        for (p, end) in frontier.iter().enumerate() {
-            for o in 0..*end {
-                out.push(self.0.get(&(p as u32, o))?.clone());
-            }
-        }
-        Some(out)
-    }
 }
 
 fn post(c: &mut Client, body: &[u8], key: Option<&str>) -> common::http::Response {
@@ -291,7 +253,7 @@ fn handover_under_load_is_exact() {
     let tmp = TempDir::new("serve-handover");
     let server = Server::start(tmp.path(), &["--keep", "2"]);
     let addr = server.addr;
-    let acked = Arc::new(Mutex::new(Acked::default()));
+    let acked = Arc::new(Mutex::new(Acked::new(4)));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (acked, stop) = (acked.clone(), stop.clone());
@@ -302,7 +264,7 @@ fn handover_under_load_is_exact() {
                 let batch = events(seed, 200);
                 let r = post(&mut c, &ndjson(&batch), Some(&format!("w-{seed}")));
                 assert_eq!(r.status, 200, "ingest: {}", r.text());
-                acked.lock().unwrap().record(&batch, &r.json(), 4);
+                acked.lock().unwrap().record(&batch, &r.json());
                 seed += 1;
                 std::thread::sleep(Duration::from_millis(3));
             }
@@ -371,7 +333,7 @@ fn handover_under_load_is_exact() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('v'))
         .count();
     assert_eq!(versions_on_disk, 2, "keep the last 2 versions");
-    eprintln!("{checked} answers checked across {versions} batch versions, {} events", acked.0.len());
+    eprintln!("{checked} answers checked across {versions} batch versions, {} events", acked.len());
 }
 
 // kill -9 while a client is ingesting: after a restart every acknowledged event is in the

@@ -180,52 +180,6 @@ fn assert_views_exact(data: &Path, events: &[ShopEvent], when: &str) {
     }
 }
 
-/// What the client knows from its acknowledgements: each event at its (partition, offset).
-#[derive(Default)]
-struct Acked(BTreeMap<(u32, u64), ShopEvent>);
-
-impl Acked {
-    /// Records one request's events from its ack (`positions`: per partition, the request's
-    /// events of that partition in input order). A position acknowledged twice fails.
-    fn record(&mut self, batch: &[ShopEvent], ack: &Value) {
-        let mut by_partition: BTreeMap<u32, Vec<&ShopEvent>> = BTreeMap::new();
-        for e in batch {
-            by_partition.entry(partition_of(e.partition_key(), PARTITIONS)).or_default().push(e);
-        }
-        let mut n = 0;
-        for r in ack["positions"].as_array().expect("positions") {
-            let p = r["partition"].as_u64().expect("partition") as u32;
-            let (from, to) = (r["from"].as_u64().expect("from"), r["to"].as_u64().expect("to"));
-            let evs = &by_partition[&p];
-            assert_eq!(evs.len() as u64, to - from, "ack range {r} vs {} events of partition {p}", evs.len());
-            for (i, e) in evs.iter().enumerate() {
-                let old = self.0.insert((p, from + i as u64), (*e).clone());
-                assert!(old.is_none(), "position {p}/{} acknowledged twice", from + i as u64);
-                n += 1;
-            }
-        }
-        assert_eq!(n, batch.len(), "the ack covers every event of the request");
-    }
-
-    /// Per partition, the end of the acknowledged offsets (checking they leave no gap).
-    fn ends(&self) -> Vec<u64> {
-        let mut ends = vec![0u64; PARTITIONS as usize];
-        for &(p, o) in self.0.keys() {
-            assert_eq!(o, ends[p as usize], "partition {p}: acknowledged offsets have a gap before {o}");
-            ends[p as usize] += 1;
-        }
-        ends
-    }
-
-    fn events(&self) -> Vec<ShopEvent> {
-        self.0.values().cloned().collect()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
 /// The log (read through the library, no server running) holds exactly the acknowledged
 /// events: every record is the engine's encoding of the event acknowledged at its position,
 /// and nothing else is there.
@@ -233,7 +187,7 @@ fn assert_log_holds(data: &Path, acked: &Acked, when: &str) {
     let log = Log::open(&data.join("log")).expect("open log");
     assert_eq!(log.end_offsets(), acked.ends(), "{when}: the log ends where the acknowledgements end");
     let got = payloads(&log);
-    for ((p, o), e) in &acked.0 {
+    for ((p, o), e) in acked.positions() {
         let want = Encoded::of(std::slice::from_ref(e), PARTITIONS).expect("encode").bytes;
         assert!(got[*p as usize][*o as usize] == want, "{when}: partition {p} offset {o} is not the event acknowledged there");
     }
@@ -446,7 +400,7 @@ fn journal_torn_tail_is_truncated_and_damage_refused() {
     let batches: Vec<Vec<ShopEvent>> = (0..6).map(|i| events(40 + i, 100)).collect();
     let server = Server::start(&data, &[]);
     let mut c = server.client();
-    let mut acked = Acked::default();
+    let mut acked = Acked::new(PARTITIONS);
     let mut positions = Vec::new();
     for (i, b) in batches[..5].iter().enumerate() {
         let r = post(&mut c, b, Some(&format!("j{i}")));
@@ -560,7 +514,7 @@ fn full_disk_during_ingest_file_size_limit() {
     let server = start_limited(&data, BLOCKS);
     let mut c = server.client();
     let batches: Vec<Vec<ShopEvent>> = (0..40u64).map(|i| if i < 30 { events(500 + i, 100) } else { events(500 + i, 1) }).collect();
-    let mut acked = Acked::default();
+    let mut acked = Acked::new(PARTITIONS);
     let mut acks: BTreeMap<usize, Value> = BTreeMap::new();
     let mut failed = Vec::new();
     let mut bytes = vec![0u64; PARTITIONS as usize];
@@ -681,7 +635,7 @@ fn full_disk_on_tmpfs(tag: &str, segment_bytes: Option<u64>) {
     }
     let server = Server::start(&data, &[]);
     let mut c = server.client();
-    let mut acked = Acked::default();
+    let mut acked = Acked::new(PARTITIONS);
     let mut batches = Vec::new();
     let mut failed = Vec::new();
     for i in 0..60u64 {
@@ -776,7 +730,7 @@ fn journal_full_stops_ingest_until_restart() {
     let server = start_limited(&data, BLOCKS);
     let mut c = server.client();
     let batches: Vec<Vec<ShopEvent>> = (0..20u64).map(|i| events(300 + i, 1)).collect();
-    let mut acked = Acked::default();
+    let mut acked = Acked::new(PARTITIONS);
     let mut acks: BTreeMap<usize, Value> = BTreeMap::new();
     let mut failed = Vec::new();
     for (i, b) in batches.iter().enumerate() {
@@ -921,7 +875,7 @@ fn journal_length_field_damage_is_refused() {
     let batches: Vec<Vec<ShopEvent>> = (0..5).map(|i| events(40 + i, 100)).collect();
     let server = Server::start(&data, &[]);
     let mut c = server.client();
-    let mut acked = Acked::default();
+    let mut acked = Acked::new(PARTITIONS);
     for (i, b) in batches.iter().enumerate() {
         let r = post(&mut c, b, Some(&format!("j{i}")));
         assert_eq!(r.status, 200, "{}", r.text());

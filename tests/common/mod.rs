@@ -263,3 +263,76 @@ pub fn run_limited(data: &Path, args: &[&str], limit: Duration) -> Output {
     let take = |b: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap());
     Output { status, stdout: take(out), stderr: take(err) }
 }
+
+/// What a client knows from its acknowledgements: each event at its (partition, offset).
+pub struct Acked {
+    partitions: u32,
+    by_position: BTreeMap<(u32, u64), ShopEvent>,
+}
+
+impl Acked {
+    /// Nothing acknowledged yet, in a log of `partitions`.
+    pub fn new(partitions: u32) -> Acked {
+        Acked { partitions, by_position: BTreeMap::new() }
+    }
+
+    /// Records one request's events from its ack (`positions`: per partition, the request's
+    /// events of that partition in input order). A position acknowledged twice fails, and so
+    /// does an ack that does not cover every event of the request.
+    pub fn record(&mut self, batch: &[ShopEvent], ack: &Value) {
+        use lambdaflow_operators::Event as _;
+        let mut by_partition: BTreeMap<u32, Vec<&ShopEvent>> = BTreeMap::new();
+        for e in batch {
+            by_partition.entry(lambdaflow_engine::lambda::partition_of(e.partition_key(), self.partitions)).or_default().push(e);
+        }
+        let mut n = 0;
+        for r in ack["positions"].as_array().expect("positions") {
+            let p = r["partition"].as_u64().expect("partition") as u32;
+            let (from, to) = (r["from"].as_u64().expect("from"), r["to"].as_u64().expect("to"));
+            let evs = &by_partition[&p];
+            assert_eq!(evs.len() as u64, to - from, "ack range {r} vs {} events of partition {p}", evs.len());
+            for (i, e) in evs.iter().enumerate() {
+                let old = self.by_position.insert((p, from + i as u64), (*e).clone());
+                assert!(old.is_none(), "position {p}/{} acknowledged twice", from + i as u64);
+                n += 1;
+            }
+        }
+        assert_eq!(n, batch.len(), "the ack covers every event of the request");
+    }
+
+    /// Per partition, the end of the acknowledged offsets (checking they leave no gap).
+    pub fn ends(&self) -> Vec<u64> {
+        let mut ends = vec![0u64; self.partitions as usize];
+        for &(p, o) in self.by_position.keys() {
+            assert_eq!(o, ends[p as usize], "partition {p}: acknowledged offsets have a gap before {o}");
+            ends[p as usize] += 1;
+        }
+        ends
+    }
+
+    /// The events before `frontier`, if every one of them is known.
+    pub fn before(&self, frontier: &[u64]) -> Option<Vec<ShopEvent>> {
+        let mut out = Vec::new();
+        for (p, end) in frontier.iter().enumerate() {
+            for o in 0..*end {
+                out.push(self.by_position.get(&(p as u32, o))?.clone());
+            }
+        }
+        Some(out)
+    }
+
+    /// Every acknowledged event with its position, in position order.
+    pub fn positions(&self) -> impl Iterator<Item = (&(u32, u64), &ShopEvent)> {
+        self.by_position.iter()
+    }
+
+    /// Every acknowledged event, in position order.
+    pub fn events(&self) -> Vec<ShopEvent> {
+        self.by_position.values().cloned().collect()
+    }
+
+    /// How many events are acknowledged.
+    pub fn len(&self) -> usize {
+        self.by_position.len()
+    }
+}
