@@ -182,13 +182,7 @@ pub fn run_batch_on<J: Job>(
     if peers.spans_processes() {
         println!("{}", crate::cluster::protocol::FORMED);
     }
-    // A peer process that dies takes the communication threads down with it; joining them
-    // then panics. That is a failed run, not a reason to take this process down too.
-    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()))
-        .map_err(|p| Error::Dataflow(format!("the cluster failed: {}", crate::guard::panic_message(p.as_ref()))))?;
-    for result in joined {
-        result.map_err(Error::Dataflow)??;
-    }
+    crate::guard::join_workers(guards)?;
     if let Some(reason) = abort.reason() {
         return Err(Error::Dataflow(reason));
     }

@@ -113,3 +113,15 @@ pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Wor
         other => other,
     }
 }
+
+/// Joins a run's workers and returns the first failure. A peer process that died takes the
+/// communication threads down with it, and joining them then panics: that is the run's
+/// failure, not a reason to take this process down too.
+pub fn join_workers(guards: timely::communication::WorkerGuards<Result<()>>) -> Result<()> {
+    let joined = catch_unwind(AssertUnwindSafe(|| guards.join()))
+        .map_err(|p| Error::Dataflow(format!("the cluster failed: {}", panic_message(p.as_ref()))))?;
+    for r in joined {
+        r.map_err(Error::Dataflow)??;
+    }
+    Ok(())
+}

@@ -283,9 +283,9 @@ fn launch<J: Job>(
         if peers.spans_processes() {
             // The peers may still be up, and joining waits for their connections to close:
             // join on the side; the caller stops the peers.
-            std::thread::spawn(move || join_guards(guards));
+            std::thread::spawn(move || crate::guard::join_workers(guards));
         } else {
-            let _ = join_guards(guards);
+            let _ = crate::guard::join_workers(guards);
         }
         Err(e)
     };
@@ -297,17 +297,6 @@ fn launch<J: Job>(
     let shared =
         shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("the leader publishes shared state before signalling");
     Ok((shared, guards))
-}
-
-/// Joins the workers. A peer process that died takes the communication threads down with
-/// it, and joining them panics: that is the layer's failure, not this process's.
-fn join_guards(guards: timely::communication::WorkerGuards<Result<()>>) -> Result<()> {
-    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()))
-        .map_err(|p| Error::Dataflow(format!("the cluster failed: {}", crate::guard::panic_message(p.as_ref()))))?;
-    for r in joined {
-        r.map_err(Error::Dataflow)??;
-    }
-    Ok(())
 }
 
 /// Runs this process's part (`peers.process > 0`) of a speed layer whose process 0 is a
@@ -324,7 +313,7 @@ pub fn run_member<J: Job>(
 ) -> Result<()> {
     let (shared, guards) = launch(job, log, store, batch_version, cut, peers, peer_timeout, || Ok(()))?;
     println!("{}", crate::cluster::protocol::FORMED);
-    let result = join_guards(guards);
+    let result = crate::guard::join_workers(guards);
     let failure = shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match failure {
         Some(f) => Err(Error::Dataflow(f)),
@@ -483,12 +472,12 @@ impl SpeedLayer {
         let guards = self.guards.lock().unwrap_or_else(|e| e.into_inner()).take();
         let cluster = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(guards) = guards else { return Ok(()) };
-        let Some(mut cluster) = cluster else { return join_guards(guards) };
+        let Some(mut cluster) = cluster else { return crate::guard::join_workers(guards) };
         // The other processes leave on worker 0's Stop; this process's communication
         // threads end when they have. One that does not leave is killed.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(join_guards(guards));
+            let _ = tx.send(crate::guard::join_workers(guards));
         });
         cluster.wait_all(Duration::from_secs(5));
         rx.recv().unwrap_or_else(|_| Err(Error::Dataflow("joining the speed workers panicked".into())))
@@ -547,21 +536,20 @@ fn drive<E: lambdaflow_operators::Event>(
             }
             break;
         }
-        if !followers.is_empty() {
-            let ends = log.end_offsets();
-            if ends != ends_sent {
-                send_all(ctl, &followers, &Ctl::Ends(ends.clone()));
-                ends_sent = ends;
-                // New events to read, perhaps only by followers: move to the next epoch like a
-                // read would, which also closes this one and so ships the message (the
-                // exchange holds a partial buffer until the input's epoch closes).
-                if target <= epoch {
-                    target = epoch + 1;
-                    send_all(ctl, &others, &Ctl::Advance(target));
-                }
+        // One look at the log's ends per round: what this worker reads, and (worker 0) what
+        // the followers are told.
+        let ends = log.end_offsets();
+        if !followers.is_empty() && ends != ends_sent {
+            send_all(ctl, &followers, &Ctl::Ends(ends.clone()));
+            ends_sent.clone_from(&ends);
+            // New events to read, perhaps only by followers: move to the next epoch like a
+            // read would, which also closes this one and so ships the message (the
+            // exchange holds a partial buffer until the input's epoch closes).
+            if target <= epoch {
+                target = epoch + 1;
+                send_all(ctl, &others, &Ctl::Advance(target));
             }
         }
-        let ends = log.end_offsets();
         let mut read = 0u64;
         for (i, p) in mine.iter().enumerate() {
             let end = ends[*p as usize];
