@@ -70,7 +70,7 @@ impl Fixture {
 
 fn check_rejected(case: &str, o: &Output, line: u64, expect: &[&str]) {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "{case}: exit code; stderr:\n{err}");
+    assert_eq!(o.status.code(), Some(3), "{case}: exit code 3 (bad input); stderr:\n{err}");
     assert!(stdout(o).is_empty(), "{case}: nothing may be acknowledged: {}", stdout(o));
     let head = format!("error: line {line}: ");
     assert!(err.contains(&head), "{case}: error must start with `{head}`: {err}");

@@ -14,8 +14,8 @@ use std::time::Instant;
 use differential_dataflow::input::Input;
 
 use crate::cluster::{Peers, PEER_TIMEOUT};
-use crate::error::{Error, Result};
-use crate::log::{Log, LogError};
+use crate::error::{DataflowError, Error, Result};
+use crate::log::Log;
 use crate::store::{now_ms, BatchMeta, ViewStore};
 
 /// Events read between two updates of the run's progress.
@@ -35,7 +35,7 @@ fn max_rate_per_worker() -> Result<Option<u64>> {
         Err(_) => Ok(None),
         Ok(v) => match v.trim().parse::<u64>() {
             Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(Error::Invalid(format!("{MAX_RATE_ENV} must be a positive number of events per second, not `{v}`"))),
+            _ => Err(Error::Usage(format!("{MAX_RATE_ENV} must be a positive number of events per second, not `{v}`"))),
         },
     }
 }
@@ -60,8 +60,8 @@ pub struct Progress {
     pub total: AtomicU64,
 }
 
-pub(crate) fn decode_event<E: lambdaflow_operators::Event>(partition: u32, offset: u64, bytes: &[u8]) -> Result<E, LogError> {
-    bincode::deserialize(bytes).map_err(|e| LogError::Callback(Error::Decode { partition, offset, detail: e.to_string() }.to_string()))
+pub(crate) fn decode_event<E: lambdaflow_operators::Event>(partition: u32, offset: u64, bytes: &[u8]) -> Result<E> {
+    bincode::deserialize(bytes).map_err(|e| Error::Decode { partition, offset, detail: e.to_string() })
 }
 
 /// Runs the job in batch mode over `log` before `cut` (default: the log's current end) on
@@ -101,7 +101,7 @@ pub fn run_batch_on<J: Job>(
     let ends = log.end_offsets();
     // This process reads only its own partitions (a follower knows only those).
     if cut.len() != ends.len() || peers.own_ends(&cut).iter().zip(&ends).any(|(c, e)| c > e) {
-        return Err(Error::Invalid(format!("cut {cut:?} is not a prefix of the log (ends {ends:?})")));
+        return Err(Error::Usage(format!("cut {cut:?} is not a prefix of the log (ends {ends:?})")));
     }
     let total: u64 = cut.iter().sum();
     progress.total.store(total, Ordering::Relaxed);
@@ -131,12 +131,12 @@ pub fn run_batch_on<J: Job>(
                         (input, ctx.errors().to_vec())
                     });
                     if !errors.is_empty() {
-                        return Err(Error::Dataflow(format!("job {} is invalid: {}", job.name(), errors.join("; "))));
+                        return Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }));
                     }
                     let mut fed = 0u64;
                     let started = Instant::now();
                     for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
-                        log.read(partition, 0, cut[partition as usize], |offset, bytes| {
+                        log.read(partition, 0, cut[partition as usize], |offset, bytes| -> Result<()> {
                             input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
                             fed += 1;
                             if let Some(rate) = max_rate.filter(|_| fed.is_multiple_of(1024)) {
@@ -153,7 +153,7 @@ pub fn run_batch_on<J: Job>(
                                 input.flush();
                                 worker.step();
                                 if abort.raised() {
-                                    return Err(LogError::Callback("another worker failed".into()));
+                                    return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
                                 }
                             }
                             Ok(())
@@ -168,7 +168,7 @@ pub fn run_batch_on<J: Job>(
                         // local worker that failed never gets here; across processes that
                         // only happens in a fail-fast worker process, which has exited.)
                         if abort.raised() {
-                            return Err(Error::Dataflow("another worker failed".into()));
+                            return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
                         }
                         local.wait();
                         write_shards(worker, &registry, shards, process, &shard_rows, index % workers == 0)?;
@@ -177,14 +177,15 @@ pub fn run_batch_on<J: Job>(
                 })
             }
         };
-        timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run).map_err(Error::Dataflow)?
+        timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run)
+            .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))?
     };
     if peers.spans_processes() {
         println!("{}", crate::cluster::protocol::FORMED);
     }
     crate::guard::join_workers(guards)?;
     if let Some(reason) = abort.reason() {
-        return Err(Error::Dataflow(reason));
+        return Err(Error::Dataflow(DataflowError::Failed(reason)));
     }
     let compute_secs = t0.elapsed().as_secs_f64();
     if peers.process != 0 {
@@ -211,12 +212,12 @@ pub fn run_batch_on<J: Job>(
                         let Some(out) = outputs.get(i) else { return Ok(done) };
                         match out {
                             Out::View(view) => {
-                                let (bytes, n) = view.take_batch_encoded().map_err(Error::Dataflow)?;
+                                let (bytes, n) = view.take_batch_encoded().map_err(Error::Internal)?;
                                 pending.write_view(&view.info().name, &bytes)?;
                                 done.push((i, n));
                             }
                             Out::Seed(seed) => {
-                                let (bytes, n) = seed.take_encoded().map_err(Error::Dataflow)?;
+                                let (bytes, n) = seed.take_encoded().map_err(Error::Internal)?;
                                 pending.write_seed(seed.name(), &bytes)?;
                                 done.push((i, n));
                             }
@@ -225,7 +226,10 @@ pub fn run_batch_on<J: Job>(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Dataflow("view writer panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Dataflow(DataflowError::Panicked("view writer panicked".into())))))
+            .collect()
     });
     // Record counts by output index, so META lists views and seeds in declaration order.
     let mut counts = vec![0usize; outputs.len()];
@@ -355,10 +359,10 @@ pub fn run_batch_local(
         }
         if formed < processes && Instant::now() >= form_deadline {
             cluster.kill_all();
-            return Err(Error::Dataflow(format!(
+            return Err(Error::Dataflow(DataflowError::ProcessFailed(format!(
                 "the batch cluster did not form within {}s ({formed} of {processes} processes connected)",
                 peer_timeout.as_secs()
-            )));
+            ))));
         }
     }
     // Every child has exited; read process 0's last lines (they may arrive after its exit).
@@ -370,10 +374,11 @@ pub fn run_batch_local(
     }
     let meta = match published {
         Some((version, _, _)) => store.meta(version)?,
-        None => published_here()?.ok_or_else(|| Error::Dataflow("batch process 0 exited without publishing a version".into()))?,
+        None => published_here()?
+            .ok_or_else(|| Error::Dataflow(DataflowError::ProcessFailed("batch process 0 exited without publishing a version".into())))?,
     };
     if meta.cut != cut {
-        return Err(Error::Dataflow(format!("batch version {} has cut {:?}, expected {cut:?}", meta.version, meta.cut)));
+        return Err(Error::Internal(format!("batch version {} has cut {:?}, expected {cut:?}", meta.version, meta.cut)));
     }
     let (compute_secs, write_secs) = published.map(|(_, c, w)| (c, w)).unwrap_or((0.0, 0.0));
     progress.done.store(meta.events, Ordering::Relaxed);
@@ -408,7 +413,7 @@ fn write_shards(
     let mut rows: Vec<(usize, usize)> = Vec::new();
     if leader && process != 0 {
         for (i, seed) in registry.seeds().iter().enumerate() {
-            let (bytes, n) = seed.take_encoded().map_err(Error::Dataflow)?;
+            let (bytes, n) = seed.take_encoded().map_err(Error::Internal)?;
             crate::store::write_seed_shard(shards, seed.name(), process, &bytes)?;
             rows.push((i, n));
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::Progress;
-use crate::error::{Error, Result};
+use crate::error::{DataflowError, Error, Result};
 use crate::lambda::{append_events, ClusterOptions, Lambda, Options, QueryResult};
 use crate::log::{Log, LogConfig};
 
@@ -293,10 +293,7 @@ pub fn main<J: Job>(app: App<J>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e}");
-            match e {
-                Error::BadInput { .. } | Error::Invalid(_) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
-            }
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -337,7 +334,7 @@ fn parse_format(s: &str) -> Result<Format> {
     match s {
         "ndjson" | "json" => Ok(Format::Ndjson),
         "csv" => Ok(Format::Csv),
-        other => Err(Error::Invalid(format!("--format must be ndjson or csv, not `{other}`"))),
+        other => Err(Error::Usage(format!("--format must be ndjson or csv, not `{other}`"))),
     }
 }
 
@@ -346,9 +343,9 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
     match cli.command {
         Command::Gen(args) => {
             if args.job != app.job.name() {
-                return Err(Error::Invalid(format!("this binary generates events for job `{}`, not `{}`", app.job.name(), args.job)));
+                return Err(Error::Usage(format!("this binary generates events for job `{}`, not `{}`", app.job.name(), args.job)));
             }
-            let g = app.generator.as_ref().ok_or_else(|| Error::Invalid(format!("job `{}` has no generator", args.job)))?;
+            let g = app.generator.as_ref().ok_or_else(|| Error::Usage(format!("job `{}` has no generator", args.job)))?;
             let format = parse_format(&args.format)?;
             let io_err = |path: &Path| {
                 let path = path.to_path_buf();
@@ -408,7 +405,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             let _lock = lock_data_dir(&cli.data)?;
             let log = Arc::new(open_log(&cli.data, 4)?);
             if processes == 0 {
-                return Err(Error::Invalid("--processes must be at least 1".into()));
+                return Err(Error::Usage("--processes must be at least 1".into()));
             }
             let store = crate::store::ViewStore::open(&cli.data)?;
             let progress = Arc::new(Progress::default());
@@ -436,7 +433,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 bar.set_position(progress.done.load(Ordering::Relaxed));
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let report = handle.join().map_err(|_| Error::Dataflow("batch thread panicked".into()))??;
+            let report = handle.join().map_err(|_| Error::Dataflow(DataflowError::Panicked("batch thread panicked".into())))??;
             bar.finish_and_clear();
             let removed = store.gc(keep)?;
             let m = &report.meta;
@@ -463,7 +460,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             let point = matches!(sel, Selection::Key(_));
             let result = lambda.query(&view, &sel)?;
             if json && point && result.answers.is_empty() {
-                return Err(Error::Invalid(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
+                return Err(Error::Usage(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
             }
             print_result(&result, json, point);
             Ok(())
@@ -522,7 +519,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(app, &cli.data, workers, args),
         Command::Cluster { processes, serve: mut args } => {
             if processes == 0 {
-                return Err(Error::Invalid("--processes must be at least 1".into()));
+                return Err(Error::Usage("--processes must be at least 1".into()));
             }
             args.cluster.batch_processes.get_or_insert(processes);
             args.cluster.speed_processes.get_or_insert(processes);
@@ -543,7 +540,7 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
     let cut = parse_cut(&args.cut)?;
     let log = Log::open_follower(&dir.join("log"))?;
     if cut.len() != log.partitions() as usize {
-        return Err(Error::Invalid(format!("--cut has {} offsets, but the log has {} partitions", cut.len(), log.partitions())));
+        return Err(Error::Usage(format!("--cut has {} offsets, but the log has {} partitions", cut.len(), log.partitions())));
     }
     // Only the partitions this process reads: the others are never touched here.
     log.follow_to(&peers.own_ends(&cut))?;
@@ -583,7 +580,7 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
         }
         Role::Speed => {
             if args.process == 0 {
-                return Err(Error::Invalid("process 0 of a speed layer is the serving process (`serve`/`cluster`), not a `worker`".into()));
+                return Err(Error::Usage("process 0 of a speed layer is the serving process (`serve`/`cluster`), not a `worker`".into()));
             }
             crate::speed::run_member(job, log, store, args.batch_version, cut, peers, timeout)
         }
@@ -593,17 +590,17 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
 /// `10,12,9,11` → offsets per partition.
 fn parse_cut(s: &str) -> Result<Vec<u64>> {
     s.split(',')
-        .map(|v| v.trim().parse::<u64>().map_err(|_| Error::Invalid(format!("--cut: `{v}` is not an offset (expected e.g. 10,12,9,11)"))))
+        .map(|v| v.trim().parse::<u64>().map_err(|_| Error::Usage(format!("--cut: `{v}` is not an offset (expected e.g. 10,12,9,11)"))))
         .collect()
 }
 
 fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
     use crate::serve::{parse_duration, parse_time_of_day, Schedule, ServeConfig};
     let schedule = match (&args.batch_every, &args.batch_at) {
-        (Some(_), Some(_)) => return Err(Error::Invalid("give --batch-every or --batch-at, not both".into())),
-        (Some(e), None) => Schedule::Every(parse_duration(e).map_err(|m| Error::Invalid(format!("--batch-every: {m}")))?),
+        (Some(_), Some(_)) => return Err(Error::Usage("give --batch-every or --batch-at, not both".into())),
+        (Some(e), None) => Schedule::Every(parse_duration(e).map_err(|m| Error::Usage(format!("--batch-every: {m}")))?),
         (None, Some(a)) => {
-            let (h, m) = parse_time_of_day(a).map_err(|m| Error::Invalid(format!("--batch-at: {m}")))?;
+            let (h, m) = parse_time_of_day(a).map_err(|m| Error::Usage(format!("--batch-at: {m}")))?;
             Schedule::DailyAt(h, m)
         }
         (None, None) => Schedule::Never,
@@ -615,7 +612,7 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
                 std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), what: "read token file".into(), source })?;
             let t = t.trim().to_string();
             if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Usage(format!(
                     "token file {} must hold one token of at least 16 visible ASCII characters",
                     path.display()
                 )));
@@ -624,10 +621,10 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
         }
     };
     if args.public_reads && token.is_none() {
-        return Err(Error::Invalid("--public-reads only makes sense with --token-file".into()));
+        return Err(Error::Usage("--public-reads only makes sense with --token-file".into()));
     }
     if args.max_body < 1024 || args.max_body > (1 << 30) {
-        return Err(Error::Invalid(format!("--max-body must be 1024 to {} bytes", 1u64 << 30)));
+        return Err(Error::Usage(format!("--max-body must be 1024 to {} bytes", 1u64 << 30)));
     }
     Ok(ServeConfig {
         listen: args.listen,
@@ -645,7 +642,7 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
 fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, args: ServeArgs) -> Result<()> {
     if let Some(job) = &args.job {
         if job != app.job.name() {
-            return Err(Error::Invalid(format!("this binary serves job `{}`, not `{job}`", app.job.name())));
+            return Err(Error::Usage(format!("this binary serves job `{}`, not `{job}`", app.job.name())));
         }
     }
     let cfg = serve_config(&args)?;
@@ -711,7 +708,7 @@ fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
 
 fn open_existing<J: Job>(job: J, dir: &Path, workers: usize) -> Result<Lambda<J>> {
     if !dir.join("log").exists() {
-        return Err(Error::Invalid(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
+        return Err(Error::Usage(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
     }
     Lambda::open(job, dir, opts(workers, 4))
 }
@@ -765,7 +762,7 @@ fn print_result(result: &QueryResult, json: bool, point: bool) {
 }
 
 fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Result<()> {
-    let g = app.generator.clone().ok_or_else(|| Error::Invalid(format!("job `{}` has no generator, so no demo", app.job.name())))?;
+    let g = app.generator.clone().ok_or_else(|| Error::Usage(format!("job `{}` has no generator, so no demo", app.job.name())))?;
     if args.fresh && dir.exists() {
         // Delete only what is recognisably a lambdaflow data directory and nothing else.
         let entries: Vec<String> = std::fs::read_dir(dir)
@@ -774,7 +771,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
             .collect();
         let ours = |name: &str| matches!(name, "log" | "views" | "keys" | "LOCK");
         if !dir.join("log").join("MANIFEST").exists() && !entries.is_empty() || entries.iter().any(|e| !ours(e)) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Usage(format!(
                 "--fresh would delete {}, which is not (only) a lambdaflow data directory (it holds {}); pick another --data",
                 dir.display(),
                 entries.join(", ")

@@ -20,7 +20,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{DataflowError, Error, Result};
 
 /// How long the processes of a cluster have to connect to each other by default.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,7 +60,7 @@ impl Peers {
     /// Process `process` of a cluster whose addresses are listed in `hostfile`.
     pub fn from_hostfile(hostfile: &Path, processes: usize, process: usize, threads: usize) -> Result<Peers> {
         let addresses = read_hostfile(hostfile)?;
-        Peers::new(addresses, processes, process, threads).map_err(|e| Error::Invalid(format!("{}: {e}", hostfile.display())))
+        Peers::new(addresses, processes, process, threads).map_err(|e| Error::Usage(format!("{}: {e}", hostfile.display())))
     }
 
     /// Checks and builds a cluster description.
@@ -123,7 +123,7 @@ pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
         }
         let port_ok = line.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
         if !port_ok {
-            return Err(Error::Invalid(format!("{} line {}: `{line}` is not host:port", path.display(), i + 1)));
+            return Err(Error::Usage(format!("{} line {}: `{line}` is not host:port", path.display(), i + 1)));
         }
         out.push(line.to_string());
     }
@@ -195,7 +195,7 @@ impl LocalCluster {
             addresses.join("\n")
         );
         std::fs::write(&hostfile, text).map_err(|source| Error::Io { path: hostfile.clone(), what: "write hostfile".into(), source })?;
-        let peers = Peers::new(addresses, processes, 0, threads).map_err(Error::Invalid)?;
+        let peers = Peers::new(addresses, processes, 0, threads).map_err(Error::Usage)?;
         let (tx, reports) = mpsc::channel();
         let mut cluster = LocalCluster {
             children: Vec::new(),
@@ -287,7 +287,10 @@ impl LocalCluster {
 
     /// An error naming a child that failed.
     pub fn failure(&self, process: usize, status: ExitStatus) -> Error {
-        Error::Dataflow(format!("{} process {process} of {} exited with {status}", self.what, self.peers.processes))
+        Error::Dataflow(DataflowError::ProcessFailed(format!(
+            "{} process {process} of {} exited with {status}",
+            self.what, self.peers.processes
+        )))
     }
 
     /// Waits until every child has exited, at most `timeout`; kills the rest after it.
@@ -363,13 +366,15 @@ pub fn communication(peers: &Peers, timeout: Duration, mut alive: impl FnMut() -
     use timely::communication::allocator::ProcessBuilder;
     use timely::communication::{AllocatorBuilder, Hooks};
     if !peers.spans_processes() {
-        return timely::CommunicationConfig::Process(peers.threads).try_build().map_err(Error::Dataflow);
+        return timely::CommunicationConfig::Process(peers.threads)
+            .try_build()
+            .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)));
     }
     let sockets = connect(peers, timeout, &mut alive)?;
     let hooks = Hooks::default();
     let local = ProcessBuilder::new_typed_vector(peers.threads, hooks.refill.clone(), hooks.spill.clone());
     let (builders, guard) = initialize_networking_from_sockets(local, sockets, peers.process, peers.threads, hooks)
-        .map_err(|e| Error::Dataflow(format!("starting the cluster's communication threads failed: {e}")))?;
+        .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(format!("starting the cluster's communication threads failed: {e}"))))?;
     Ok((builders.into_iter().map(AllocatorBuilder::Tcp).collect(), Box::new(guard)))
 }
 
@@ -453,12 +458,12 @@ fn connect(peers: &Peers, timeout: Duration, alive: &mut impl FnMut() -> Result<
         alive()?;
         if Instant::now() >= deadline {
             let list: Vec<String> = missing.iter().map(|j| format!("{j} ({})", peers.addresses[*j])).collect();
-            return Err(Error::Dataflow(format!(
+            return Err(Error::Dataflow(DataflowError::Timeout(format!(
                 "the cluster did not form within {}s: process {me} has no connection with process(es) {} \
                  (is every process started, with the same hostfile, --processes and -w?)",
                 timeout.as_secs(),
                 list.join(", ")
-            )));
+            ))));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -537,7 +542,9 @@ mod tests {
         let e = connect(&p, Duration::from_millis(300), &mut || Ok(())).expect_err("nobody else").to_string();
         assert!(e.contains(&format!("process(es) 1 ({})", addresses[1])), "{e}");
         // `alive` failing ends the wait at once, with its error.
-        let e = connect(&p, Duration::from_secs(30), &mut || Err(Error::Dataflow("child 1 exited".into()))).expect_err("dead").to_string();
+        let e = connect(&p, Duration::from_secs(30), &mut || Err(Error::Dataflow(DataflowError::ProcessFailed("child 1 exited".into()))))
+            .expect_err("dead")
+            .to_string();
         assert!(e.contains("child 1 exited"), "{e}");
     }
 }

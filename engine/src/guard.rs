@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use timely::worker::Worker;
 
-use crate::error::{Error, Result};
+use crate::error::{DataflowError, Error, Result};
 
 /// Set in a worker process of a cluster: a failure ends the process at once.
 static FAIL_FAST: AtomicBool = AtomicBool::new(false);
@@ -99,7 +99,7 @@ pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Wor
         Err(payload) => {
             let msg = format!("worker {} panicked: {}", worker.index(), panic_message(payload.as_ref()));
             abort.raise(msg.clone());
-            Err(Error::Dataflow(msg))
+            Err(Error::Dataflow(DataflowError::Panicked(msg)))
         }
     };
     if let Err(e) = &result {
@@ -109,7 +109,9 @@ pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Wor
         drop_dataflows(worker);
     }
     match result {
-        Ok(_) if abort.raised() => Err(Error::Dataflow(abort.reason().unwrap_or_else(|| "another worker failed".into()))),
+        Ok(_) if abort.raised() => {
+            Err(Error::Dataflow(DataflowError::Failed(abort.reason().unwrap_or_else(|| "another worker failed".into()))))
+        }
         other => other,
     }
 }
@@ -119,9 +121,9 @@ pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Wor
 /// failure, not a reason to take this process down too.
 pub fn join_workers(guards: timely::communication::WorkerGuards<Result<()>>) -> Result<()> {
     let joined = catch_unwind(AssertUnwindSafe(|| guards.join()))
-        .map_err(|p| Error::Dataflow(format!("the cluster failed: {}", panic_message(p.as_ref()))))?;
+        .map_err(|p| Error::Dataflow(DataflowError::ProcessFailed(format!("the cluster failed: {}", panic_message(p.as_ref())))))?;
     for r in joined {
-        r.map_err(Error::Dataflow)??;
+        r.map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))??;
     }
     Ok(())
 }

@@ -272,7 +272,7 @@ impl KeyJournal {
             if let (Some(start), Some(end)) = (&last.start, &last.end) {
                 let ends = log.end_offsets();
                 if start.len() != ends.len() || end.len() != ends.len() {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Inconsistent(format!(
                         "{}: the last record names {} partitions, the log has {}",
                         path.display(),
                         end.len(),
@@ -285,7 +285,7 @@ impl KeyJournal {
                 // truncation): rolling back would delete acknowledged events, so refuse.
                 let interrupted = ends.iter().zip(start).zip(end).all(|((e, s), want)| s <= e && e <= want);
                 if !complete && !interrupted {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Inconsistent(format!(
                         "{}: the last keyed group spans log offsets {start:?}..{end:?}, but the log ends at {ends:?}:                          records before the group are missing, which no crash explains (see `verify`); refusing to start",
                         path.display()
                     )));
@@ -357,7 +357,7 @@ impl KeyJournal {
 
     fn check(&self) -> Result<()> {
         match &self.poisoned {
-            Some(why) => Err(Error::Invalid(format!("ingest is stopped until a restart: {why}"))),
+            Some(why) => Err(Error::Unavailable(format!("ingest is stopped until a restart: {why}"))),
             None => Ok(()),
         }
     }
@@ -369,7 +369,7 @@ impl KeyJournal {
     pub fn prepare(&mut self, start: Vec<u64>, end: Vec<u64>, entries: &[KeyEntry]) -> Result<u64> {
         self.check()?;
         let payload = bincode::serialize(&Record { start: Some(start), end: Some(end), entries: entries.to_vec() })
-            .map_err(|e| Error::Invalid(format!("idempotency record does not encode: {e}")))?;
+            .map_err(|e| Error::Internal(format!("idempotency record does not encode: {e}")))?;
         let before = self.len;
         let framed = frame(&payload);
         if let Err(e) = self.file.write_all(&framed).and_then(|()| self.file.sync_data()) {
@@ -432,7 +432,7 @@ impl KeyJournal {
         let mut entries: Vec<KeyEntry> = self.keys.values().cloned().collect();
         entries.sort_by_key(|e| e.at_ms);
         let payload = bincode::serialize(&Record { start: None, end: None, entries })
-            .map_err(|e| Error::Invalid(format!("idempotency record does not encode: {e}")))?;
+            .map_err(|e| Error::Internal(format!("idempotency record does not encode: {e}")))?;
         let framed = frame(&payload);
         let tmp = self.path.with_extension("tmp");
         let mut f = File::create(&tmp).map_err(io(&tmp, "create"))?;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::batch::{run_batch, BatchReport, Progress};
-use crate::error::{Error, Result};
+use crate::error::{DataflowError, Error, Result};
 use crate::keys::KeyJournal;
 use crate::log::{Log, LogConfig, Position};
 use crate::speed::{SpeedLayer, Spread};
@@ -239,7 +239,7 @@ impl Encoded {
     pub fn of<E: lambdaflow_operators::Event>(events: &[E], partitions: u32) -> Result<Encoded> {
         let mut out = Encoded { bytes: Vec::with_capacity(events.len() * 48), spans: Vec::with_capacity(events.len()) };
         for (i, e) in events.iter().enumerate() {
-            bincode::serialize_into(&mut out.bytes, e).map_err(|err| Error::Invalid(format!("event {i} does not encode: {err}")))?;
+            bincode::serialize_into(&mut out.bytes, e).map_err(|err| Error::Internal(format!("event {i} does not encode: {err}")))?;
             out.spans.push((partition_of(e.partition_key(), partitions), out.bytes.len()));
         }
         Ok(out)
@@ -333,7 +333,7 @@ impl<J: Job> Lambda<J> {
         // that starts past the log's end: refuse instead of serving a wrong answer.
         let ends = log.end_offsets();
         if let Some(p) = (0..cut.len()).find(|p| cut[*p] > ends[*p]) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Inconsistent(format!(
                 "batch version {} covers partition {p} up to offset {}, but the log ends at {}: acknowledged records \
                  are missing from the log (see `verify`); refusing to serve answers that would be wrong",
                 meta.as_ref().map(|m| m.version).unwrap_or(0),
@@ -367,13 +367,13 @@ impl<J: Job> Lambda<J> {
                 for view in speed.views() {
                     let name = &view.info().name;
                     let bytes = store.read_view(meta.version, name)?.ok_or_else(|| {
-                        Error::Invalid(format!(
+                        Error::Inconsistent(format!(
                             "batch version {} has no view `{name}`: the job changed without a new Job::version \
                              (bump it, and the engine serves from the log until a batch run under it)",
                             meta.version
                         ))
                     })?;
-                    tables.push(Some(view.decode_batch(&bytes).map_err(Error::Invalid)?));
+                    tables.push(Some(view.decode_batch(&bytes).map_err(Error::Inconsistent)?));
                 }
                 Some(Arc::new(LoadedBatch { meta, tables }))
             }
@@ -407,7 +407,7 @@ impl<J: Job> Lambda<J> {
     pub fn append(&self, events: &[J::Event]) -> Result<Vec<Position>> {
         let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(why) = keys.poisoned() {
-            return Err(Error::Invalid(format!("appends are stopped until a restart: {why}")));
+            return Err(Error::Unavailable(format!("appends are stopped until a restart: {why}")));
         }
         let positions = append_events(&self.log, events)?;
         drop(keys);
@@ -450,7 +450,7 @@ impl<J: Job> Lambda<J> {
             let since_cut = |offsets: &[u64]| -> u64 { offsets.iter().zip(&serving.speed.cut).map(|(o, c)| o.saturating_sub(*c)).sum() };
             progress(since_cut(&serving.speed.frontier()), since_cut(&ends));
             if std::time::Instant::now() >= deadline {
-                return Err(Error::Dataflow(format!("speed layer did not reach {ends:?} within {timeout:?}")));
+                return Err(Error::Dataflow(DataflowError::Timeout(format!("speed layer did not reach {ends:?} within {timeout:?}"))));
             }
         }
     }
@@ -465,7 +465,7 @@ impl<J: Job> Lambda<J> {
         let speed = &serving.speed;
         let i = speed.views().iter().position(|v| v.info().name == view).ok_or_else(|| {
             let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
-            Error::Invalid(format!("no view named `{view}`; the views are: {}", names.join(", ")))
+            Error::Usage(format!("no view named `{view}`; the views are: {}", names.join(", ")))
         })?;
         let batch_table = serving.batch.as_ref().and_then(|b| b.tables[i].clone());
         let (answers, frontier, updated_ms) = speed
@@ -474,7 +474,7 @@ impl<J: Job> Lambda<J> {
                     .query(batch_table.as_deref(), state.tables[i].as_ref(), sel)
                     .map(|a| (a, state.frontier.clone(), state.updated_ms))
             })
-            .map_err(Error::Invalid)?;
+            .map_err(Error::Usage)?;
         Ok(QueryResult { view: view.to_string(), answers, freshness: self.freshness(serving, frontier, updated_ms) })
     }
 
@@ -517,7 +517,11 @@ impl<J: Job> Lambda<J> {
                     eprintln!("lambdaflow: batch run attempt {attempt} of {attempts} failed ({e}); retrying at the same cut");
                     attempt += 1;
                 }
-                Err(e) => return Err(Error::Dataflow(format!("batch run failed {attempts} time(s); the last failure: {e}"))),
+                Err(e) => {
+                    return Err(Error::Dataflow(DataflowError::ProcessFailed(format!(
+                        "batch run failed {attempts} time(s); the last failure: {e}"
+                    ))))
+                }
             }
         }
     }
@@ -538,7 +542,7 @@ impl<J: Job> Lambda<J> {
         let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Pick::of(&old))?;
         // No reader may see the frontier go backwards.
         if !next.speed.wait_for(&old.speed.frontier(), Duration::from_secs(600))? {
-            return Err(Error::Dataflow("the restarted speed layer did not catch up within 600 s".into()));
+            return Err(Error::Dataflow(DataflowError::Timeout("the restarted speed layer did not catch up within 600 s".into())));
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         self.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -565,7 +569,9 @@ impl<J: Job> Lambda<J> {
         let old = self.serving();
         let covers = |frontier: &[u64]| -> Vec<u64> { frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect() };
         if !next.speed.wait_for(&covers(&old.speed.frontier()), Duration::from_secs(600))? {
-            return Err(Error::Dataflow("new speed layer did not catch up within 600 s; still serving the previous batch".into()));
+            return Err(Error::Dataflow(DataflowError::Timeout(
+                "new speed layer did not catch up within 600 s; still serving the previous batch".into(),
+            )));
         }
         old.speed.freeze();
         let frozen = old.speed.frontier();
@@ -580,21 +586,23 @@ impl<J: Job> Lambda<J> {
             let restore = || -> Result<Serving> {
                 let restored = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Pick::of(&old))?;
                 if !restored.speed.wait_for(&frozen, Duration::from_secs(600))? {
-                    return Err(Error::Dataflow("the restored speed layer did not catch up within 600 s".into()));
+                    return Err(Error::Dataflow(DataflowError::Timeout("the restored speed layer did not catch up within 600 s".into())));
                 }
                 Ok(restored)
             };
             return match restore() {
                 Ok(restored) => {
                     *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(restored);
-                    Err(Error::Dataflow(format!("handover to batch version {version} failed ({cause}); still serving the previous batch")))
+                    Err(Error::Dataflow(DataflowError::Failed(format!(
+                        "handover to batch version {version} failed ({cause}); still serving the previous batch"
+                    ))))
                 }
                 Err(e) => {
                     let reason = format!(
                         "handover to batch version {version} failed ({cause}) and restoring the previous speed layer failed too ({e})"
                     );
                     old.speed.fail(reason.clone());
-                    Err(Error::Dataflow(reason))
+                    Err(Error::Dataflow(DataflowError::Failed(reason)))
                 }
             };
         }

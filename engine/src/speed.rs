@@ -30,7 +30,7 @@ use differential_dataflow::input::Input;
 
 use crate::batch::decode_event;
 use crate::cluster::{LocalCluster, Peers};
-use crate::error::{Error, Result};
+use crate::error::{DataflowError, Error, Result};
 use crate::log::Log;
 use crate::store::{now_ms, ViewStore};
 
@@ -165,7 +165,7 @@ fn launch<J: Job>(
 ) -> Result<Launched> {
     let partitions = log.partitions() as usize;
     if cut.len() != partitions {
-        return Err(Error::Invalid(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
+        return Err(Error::Usage(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
     }
     let registry = Arc::new(if peers.spans_processes() { Registry::gathered() } else { Registry::default() });
     let seeds = Arc::new(StoreSeeds { store, version: batch_version, cache: Mutex::default() });
@@ -249,7 +249,7 @@ fn launch<J: Job>(
                         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
                         Ok(())
                     } else {
-                        Err(Error::Dataflow(format!("job {}: {}", job.name(), errors.join("; "))))
+                        Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }))
                     };
                     let _ = built_tx.lock().unwrap_or_else(|e| e.into_inner()).send(result);
                 }
@@ -277,7 +277,8 @@ fn launch<J: Job>(
             }
         }
     };
-    let guards = timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run).map_err(Error::Dataflow)?;
+    let guards = timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run)
+        .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))?;
     let failed = |e: Error, guards: timely::communication::WorkerGuards<Result<()>>| -> Result<Launched> {
         crate::guard::exit_if_fail_fast(&e.to_string());
         if peers.spans_processes() {
@@ -292,7 +293,12 @@ fn launch<J: Job>(
     match built_rx.recv() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return failed(e, guards),
-        Err(_) => return failed(Error::Dataflow("speed layer failed to start: a worker exited while building".into()), guards),
+        Err(_) => {
+            return failed(
+                Error::Dataflow(DataflowError::Failed("speed layer failed to start: a worker exited while building".into())),
+                guards,
+            )
+        }
     }
     let shared =
         shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("the leader publishes shared state before signalling");
@@ -316,7 +322,7 @@ pub fn run_member<J: Job>(
     let result = crate::guard::join_workers(guards);
     let failure = shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match failure {
-        Some(f) => Err(Error::Dataflow(f)),
+        Some(f) => Err(Error::Dataflow(DataflowError::Failed(f))),
         None => result,
     }
 }
@@ -433,7 +439,7 @@ impl SpeedLayer {
                 return Ok(true);
             }
             if let Some(f) = self.failure() {
-                return Err(Error::Dataflow(format!("speed layer failed: {f}")));
+                return Err(Error::Dataflow(DataflowError::Failed(format!("speed layer failed: {f}"))));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -480,7 +486,7 @@ impl SpeedLayer {
             let _ = tx.send(crate::guard::join_workers(guards));
         });
         cluster.wait_all(Duration::from_secs(5));
-        rx.recv().unwrap_or_else(|_| Err(Error::Dataflow("joining the speed workers panicked".into())))
+        rx.recv().unwrap_or_else(|_| Err(Error::Dataflow(DataflowError::Panicked("joining the speed workers panicked".into()))))
     }
 }
 
@@ -556,7 +562,7 @@ fn drive<E: lambdaflow_operators::Event>(
             if next[i] < end {
                 let to = end.min(next[i] + EPOCH_EVENTS_MAX);
                 let p = *p;
-                read += log.read(p, next[i], to, |offset, bytes| {
+                read += log.read(p, next[i], to, |offset, bytes| -> Result<()> {
                     input.update(decode_event::<E>(p, offset, bytes)?, 1);
                     Ok(())
                 })?;

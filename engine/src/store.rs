@@ -104,7 +104,7 @@ fn read_framed(path: &Path) -> Result<Vec<u8>> {
 
 fn safe_name(name: &str) -> Result<&str> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-') {
-        return Err(Error::Invalid(format!("view or seed name `{name}` must be ASCII letters, digits, _ . -")));
+        return Err(Error::Usage(format!("view or seed name `{name}` must be ASCII letters, digits, _ . -")));
     }
     Ok(name)
 }
@@ -281,7 +281,7 @@ impl ViewStore {
 
     /// Writes the metadata, moves the version into place and makes it current, atomically.
     pub fn publish(&self, pending: PendingVersion, meta: &BatchMeta) -> Result<()> {
-        let body = serde_json::to_vec_pretty(meta).map_err(|e| Error::Invalid(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(meta).map_err(|e| Error::Internal(format!("batch metadata does not encode: {e}")))?;
         write_framed(&pending.tmp.join("META.json"), &body)?;
         fsync_dir(&pending.tmp)?;
         let dest = self.version_dir(pending.version);

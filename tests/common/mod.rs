@@ -123,7 +123,7 @@ pub fn payloads(log: &Log) -> Vec<Vec<Vec<u8>>> {
         .map(|p| {
             let mut out = Vec::new();
             let mut next = 0u64;
-            log.read(p, 0, u64::MAX, |offset, bytes| {
+            log.read(p, 0, u64::MAX, |offset, bytes| -> Result<(), lambdaflow_engine::log::LogError> {
                 assert_eq!(offset, next, "partition {p}: offsets are not contiguous");
                 next += 1;
                 out.push(bytes.to_vec());

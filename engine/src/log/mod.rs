@@ -178,9 +178,6 @@ pub enum LogError {
     /// An earlier append failed and could not be rolled back; reopen the log to recover.
     #[error("log refuses appends until reopened: an earlier failed append could not be rolled back: {0}")]
     Poisoned(String),
-    /// An error raised by the callback of [`Log::read`].
-    #[error("{0}")]
-    Callback(String),
     /// A write ([`Log::append`], [`Log::rollback_to`]) was asked of a log opened with
     /// [`Log::open_follower`]; nothing was changed.
     #[error("log {} is opened as a read-only follower: appends and rollbacks belong to the writer process", path.display())]
@@ -545,9 +542,10 @@ impl Log {
     /// 4 MiB, and every record's checksum is verified: a bad one is
     /// [`LogError::Corrupt`] naming the file and byte offset. An error returned by `f`
     /// stops the scan and is returned as is.
-    pub fn read<F>(&self, partition: u32, from: u64, to: u64, mut f: F) -> Result<u64, LogError>
+    pub fn read<F, E>(&self, partition: u32, from: u64, to: u64, mut f: F) -> Result<u64, E>
     where
-        F: FnMut(u64, &[u8]) -> Result<(), LogError>,
+        F: FnMut(u64, &[u8]) -> Result<(), E>,
+        E: From<LogError>,
     {
         let snaps = {
             let state = self.read_state();
@@ -580,7 +578,7 @@ impl Log {
             let (mut records, mut bytes) = (0, 0);
             for snap in snaps {
                 let end = snap.base + snap.records;
-                records += self.scan_segment(partition, &snap, snap.base, end, true, |_, _| Ok(()))?;
+                records += self.scan_segment(partition, &snap, snap.base, end, true, |_, _| Ok::<(), LogError>(()))?;
                 bytes += snap.bytes;
             }
             report.records.push(records);
@@ -603,9 +601,10 @@ impl Log {
     /// Scans records `[snap.start_rec, stop)` of one segment, calling `f` for those at or
     /// after `from`, and learns sparse-index entries on the way. With `whole`, also checks
     /// that the segment holds exactly `snap.records` records and nothing after them.
-    fn scan_segment<F>(&self, partition: u32, snap: &SegSnap, from: u64, stop: u64, whole: bool, mut f: F) -> Result<u64, LogError>
+    fn scan_segment<F, E>(&self, partition: u32, snap: &SegSnap, from: u64, stop: u64, whole: bool, mut f: F) -> Result<u64, E>
     where
-        F: FnMut(u64, &[u8]) -> Result<(), LogError>,
+        F: FnMut(u64, &[u8]) -> Result<(), E>,
+        E: From<LogError>,
     {
         let path = segment_path(&self.dir, partition, snap.base);
         let corrupt = |byte_offset: u64, detail: String| LogError::Corrupt { path: path.clone(), byte_offset, detail };
@@ -634,18 +633,19 @@ impl Log {
                     return Err(corrupt(
                         scanner.position(),
                         format!("segment ends after {} records, {} expected", cur - snap.base, snap.records),
-                    ))
+                    )
+                    .into())
                 }
-                Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail)),
-                Err(ScanStop::Io(e)) => return Err(e),
+                Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail).into()),
+                Err(ScanStop::Io(e)) => return Err(e.into()),
             }
         }
         if whole {
             match scanner.next_record() {
                 Ok(None) => {}
-                Ok(Some((pos, _))) => return Err(corrupt(pos, format!("record beyond the {} expected", snap.records))),
-                Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail)),
-                Err(ScanStop::Io(e)) => return Err(e),
+                Ok(Some((pos, _))) => return Err(corrupt(pos, format!("record beyond the {} expected", snap.records)).into()),
+                Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, detail).into()),
+                Err(ScanStop::Io(e)) => return Err(e.into()),
             }
         }
         if !learned.is_empty() {

@@ -51,7 +51,7 @@ fn read_all(log: &Log, partition: u32) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     log.read(partition, 0, u64::MAX, |o, p| {
         out.push((o, p.to_vec()));
-        Ok(())
+        Ok::<(), LogError>(())
     })
     .unwrap();
     out
@@ -65,7 +65,7 @@ fn payloads(log: &Log, partition: u32, from: u64, to: u64) -> Vec<Vec<u8>> {
             assert_eq!(o, expect, "offsets are visited in order without gaps");
             expect += 1;
             out.push(p.to_vec());
-            Ok(())
+            Ok::<(), LogError>(())
         })
         .unwrap();
     assert_eq!(n as usize, out.len());
@@ -132,7 +132,7 @@ fn round_trip() {
     // Sub-ranges and clamping of `to`.
     assert_eq!(payloads(&log, 1, 10, 20), model[1][10..20].to_vec());
     assert_eq!(payloads(&log, 1, 150, u64::MAX), model[1][150..].to_vec());
-    assert_eq!(log.read(1, 5000, 6000, |_, _| Ok(())).unwrap(), 0);
+    assert_eq!(log.read(1, 5000, 6000, |_, _| Ok::<(), LogError>(())).unwrap(), 0);
     let report = log.verify().unwrap();
     assert_eq!(report.records, log.end_offsets());
     assert_eq!(report.bytes, log.disk_bytes());
@@ -373,7 +373,7 @@ fn flipped_byte_in_sealed_segment() {
     let mut seen = Vec::new();
     let _ = log.read(0, 0, 50, |o, _| {
         seen.push(o);
-        Ok(())
+        Ok::<(), LogError>(())
     });
     assert_eq!(seen, (0..9).collect::<Vec<_>>());
     // Other segments are unaffected.
@@ -531,7 +531,21 @@ fn failed_append_is_rolled_back() {
     log.verify().unwrap();
 }
 
-// Proves an error returned by the read callback stops the scan and is propagated unchanged.
+/// The callback's own error type, to prove `read` passes it through unchanged.
+#[derive(Debug, PartialEq)]
+enum Decode {
+    Failed(u64),
+    Log(String),
+}
+
+impl From<LogError> for Decode {
+    fn from(e: LogError) -> Self {
+        Decode::Log(e.to_string())
+    }
+}
+
+// Proves an error returned by the read callback stops the scan and is propagated unchanged,
+// in the callback's own type.
 #[test]
 fn callback_error_propagates() {
     let tmp = TempDir::new("callback");
@@ -542,13 +556,13 @@ fn callback_error_propagates() {
         .read(0, 0, 3, |o, _| {
             calls += 1;
             if o == 1 {
-                Err(LogError::Callback("decode failed".into()))
+                Err(Decode::Failed(o))
             } else {
                 Ok(())
             }
         })
         .unwrap_err();
-    assert!(matches!(err, LogError::Callback(ref s) if s == "decode failed"));
+    assert_eq!(err, Decode::Failed(1));
     assert_eq!(calls, 2);
 }
 
@@ -1525,7 +1539,7 @@ fn throughput() {
         n += log
             .read(p, 0, u64::MAX, |_, v| {
                 sum += v.len() as u64;
-                Ok(())
+                Ok::<(), LogError>(())
             })
             .unwrap();
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::batch::Progress;
-use crate::error::{Error, Result};
+use crate::error::{DataflowError, Error, Result};
 use crate::lambda::Lambda;
 use crate::store::{now_ms, ViewStore};
 
@@ -190,7 +190,7 @@ impl Running {
             let _ = tx.send(());
         }
         match self.thread.take() {
-            Some(t) => t.join().map_err(|_| Error::Dataflow("the service thread panicked".into()))?,
+            Some(t) => t.join().map_err(|_| Error::Dataflow(DataflowError::Panicked("the service thread panicked".into())))?,
             None => Ok(()),
         }
     }
@@ -205,7 +205,7 @@ impl Running {
         // Keep the sender alive: dropping it would read as a stop request.
         let _keep = self.shutdown.take();
         match self.thread.take() {
-            Some(t) => t.join().map_err(|_| Error::Dataflow("the service thread panicked".into()))?,
+            Some(t) => t.join().map_err(|_| Error::Dataflow(DataflowError::Panicked("the service thread panicked".into())))?,
             None => Ok(()),
         }
     }
@@ -225,7 +225,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
         .thread_name("lambdaflow-http")
         .enable_all()
         .build()
-        .map_err(|source| Error::Io { path: PathBuf::from("<runtime>"), what: "start the async runtime".into(), source })?;
+        .map_err(Error::system("start the async runtime"))?;
     let std_listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| Error::Io {
         path: PathBuf::from(cfg.listen.to_string()),
         what: "listen on".into(),
@@ -251,7 +251,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
         std::thread::Builder::new()
             .name("lambdaflow-commit".into())
             .spawn(move || ingest::run(lambda, rx, metrics))
-            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the committer".into(), source })?
+            .map_err(Error::system("spawn the committer"))?
     };
     let batch = Arc::new(BatchState::default());
     let state = Arc::new(AppState {
@@ -274,7 +274,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
         let handle = std::thread::Builder::new()
             .name("lambdaflow-batch".into())
             .spawn(move || scheduler(lambda, metrics, batch, schedule, keep, stop2))
-            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the scheduler".into(), source })?;
+            .map_err(Error::system("spawn the scheduler"))?;
         let (healed, stop3) = (state.lambda.clone(), stop.clone());
         // The speed layer's supervisor: a failed layer (in a cluster, a process died) is
         // restarted from the batch cut; meanwhile its last state keeps answering.
@@ -308,7 +308,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
                     }
                 }
             })
-            .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the speed supervisor".into(), source })?;
+            .map_err(Error::system("spawn the speed supervisor"))?;
         (stop, handle)
     };
 
@@ -369,7 +369,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
             }
             result
         })
-        .map_err(|source| Error::Io { path: PathBuf::from("<thread>"), what: "spawn the server".into(), source })?;
+        .map_err(Error::system("spawn the server"))?;
     Ok(Running { addr, shutdown: Some(shutdown_tx), thread: Some(thread) })
 }
 
