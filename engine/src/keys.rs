@@ -24,6 +24,7 @@
 //! journal is compacted (rewritten atomically with only live keys) when it has grown to
 //! several times the live size.
 
+use crate::durable::{self, frame, frame::RECORD_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::store::now_ms;
@@ -121,19 +122,9 @@ pub struct KeyJournal {
     poisoned: Option<String>,
 }
 
-fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    let what = what.to_string();
-    move |source| Error::Io { path, what, source }
-}
-
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let len = (payload.len() as u32).to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), payload);
-    let mut out = Vec::with_capacity(8 + payload.len());
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
+    frame::encode_into(&mut out, payload);
     out
 }
 
@@ -174,15 +165,22 @@ fn valid_frame_after(bytes: &[u8], from: usize) -> After {
         }
         let crc = u32::from_le_bytes([bytes[q + 4], bytes[q + 5], bytes[q + 6], bytes[q + 7]]);
         let payload = &bytes[q + 8..q + 8 + len];
-        if crc32c::crc32c_append(crc32c::crc32c(&bytes[q..q + 4]), payload) == crc && bincode::deserialize::<Record>(payload).is_ok() {
+        if frame::record_crc([bytes[q], bytes[q + 1], bytes[q + 2], bytes[q + 3]], payload) == crc
+            && bincode::deserialize::<Record>(payload).is_ok()
+        {
             return After::Record(q);
         }
     }
     After::Nothing
 }
 
+/// The compaction's temporary file beside the journal at `path`.
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension("tmp")
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync directory"))
+    Ok(durable::sync_dir(dir)?)
 }
 
 impl KeyJournal {
@@ -191,15 +189,20 @@ impl KeyJournal {
     /// Returns the journal and the log to use from now on.
     pub fn open(dir: &Path, log: Log, retention: Duration, max_keys: usize) -> Result<(KeyJournal, Log)> {
         let kdir = dir.join("keys");
-        std::fs::create_dir_all(&kdir).map_err(io(&kdir, "create directory"))?;
+        std::fs::create_dir_all(&kdir).map_err(Error::io(&kdir, "create directory"))?;
         let path = kdir.join("journal");
+        // A compaction that crashed or failed before its rename left only garbage: the
+        // journal itself is whole (the rename is atomic). Free the space now.
+        if durable::remove_if_exists(&tmp_path(&path))? {
+            eprintln!("lambdaflow keys: removed {} left by an interrupted compaction", tmp_path(&path).display());
+        }
         let mut bytes = Vec::new();
         match File::open(&path) {
             Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(io(&path, "read"))?;
+                f.read_to_end(&mut bytes).map_err(Error::io(&path, "read"))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path, "open")(e)),
+            Err(e) => return Err(Error::io(&path, "open")(e)),
         }
         // Decode records; a torn or bad tail is a group whose append never started.
         let mut records: Vec<(u64, Record)> = Vec::new();
@@ -236,7 +239,7 @@ impl KeyJournal {
                 break;
             }
             let payload = &bytes[pos + 8..pos + 8 + len];
-            let actual = crc32c::crc32c_append(crc32c::crc32c(&bytes[pos..pos + 4]), payload);
+            let actual = frame::record_crc([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]], payload);
             let record: Option<Record> = if actual == crc { bincode::deserialize(payload).ok() } else { None };
             let Some(record) = record else {
                 // A bad record followed by more data is damage, not a torn write: refuse
@@ -302,10 +305,10 @@ impl KeyJournal {
             }
         }
         if valid_end < bytes.len() as u64 {
-            let f = OpenOptions::new().write(true).open(&path).map_err(io(&path, "open"))?;
-            f.set_len(valid_end).and_then(|()| f.sync_all()).map_err(io(&path, "truncate"))?;
+            let f = OpenOptions::new().write(true).open(&path).map_err(Error::io(&path, "open"))?;
+            f.set_len(valid_end).and_then(|()| f.sync_all()).map_err(Error::io(&path, "truncate"))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path, "open"))?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io(&path, "open"))?;
         sync_dir(&kdir)?;
         let mut journal = KeyJournal {
             path,
@@ -373,7 +376,7 @@ impl KeyJournal {
         let before = self.len;
         let framed = frame(&payload);
         if let Err(e) = self.file.write_all(&framed).and_then(|()| self.file.sync_data()) {
-            let err = io(&self.path, "append to idempotency journal")(e);
+            let err = Error::io(&self.path, "append to idempotency journal")(e);
             self.poison(err.to_string());
             return Err(err);
         }
@@ -400,7 +403,7 @@ impl KeyJournal {
         self.check()?;
         let res = self.file.set_len(prepared_at).and_then(|()| self.file.sync_all());
         if let Err(e) = res {
-            let err = io(&self.path, "truncate idempotency journal")(e);
+            let err = Error::io(&self.path, "truncate idempotency journal")(e);
             self.poison(err.to_string());
             return Err(err);
         }
@@ -434,16 +437,12 @@ impl KeyJournal {
         let payload = bincode::serialize(&Record { start: None, end: None, entries })
             .map_err(|e| Error::Internal(format!("idempotency record does not encode: {e}")))?;
         let framed = frame(&payload);
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp).map_err(io(&tmp, "create"))?;
-        f.write_all(&framed).and_then(|()| f.sync_all()).map_err(io(&tmp, "write"))?;
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path, "replace"))?;
+        // On failure the temporary file is removed (a failed compaction on a full disk
+        // must not keep the disk full), and the old journal stays in place.
+        durable::replace(&self.path, &tmp_path(&self.path), &framed)?;
         // From here on the old handle points at the replaced file: switch first.
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io(&self.path, "open"))?;
+        self.file = OpenOptions::new().append(true).open(&self.path).map_err(Error::io(&self.path, "open"))?;
         self.len = framed.len() as u64;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
         self.base_len = self.len;
         Ok(())
     }
@@ -462,6 +461,25 @@ mod tests {
     fn open(dir: &Path) -> (KeyJournal, Log) {
         let log = Log::open_or_create(&dir.join("log"), LogConfig { partitions: 2, segment_bytes: 1 << 20 }).expect("log");
         KeyJournal::open(dir, log, Duration::from_secs(3600), 1000).expect("journal")
+    }
+
+    // Proves a compaction's temporary file left by a crash (or a failed compaction on a full
+    // disk) is removed when the journal is opened, and the journal's keys are intact.
+    #[test]
+    fn stale_compaction_tmp_is_removed_at_open() {
+        let dir = TempDir::new("keys-stale-tmp");
+        {
+            let (mut j, log) = open(dir.path());
+            let e = entry("a", 0, 0, 1);
+            j.prepare(vec![0, 0], vec![1, 0], std::slice::from_ref(&e)).expect("prepare");
+            log.append(&[(0, b"x")]).expect("append");
+            j.commit(vec![e]);
+        }
+        let tmp = dir.path().join("keys").join("journal.tmp");
+        std::fs::write(&tmp, vec![0u8; 4096]).expect("write a leftover");
+        let (j, _log) = open(dir.path());
+        assert!(!tmp.exists(), "the leftover compaction file must be removed at open");
+        assert!(j.get("a").is_some());
     }
 
     // Proves a committed key survives a reopen with its positions.

@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod cli;
 pub mod cluster;
+mod durable;
 pub mod error;
 pub mod guard;
 pub mod ingest;

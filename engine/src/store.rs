@@ -18,11 +18,11 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::durable::{self, CheckedError};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"LFV1";
@@ -58,48 +58,26 @@ pub struct ViewStore {
     dir: PathBuf,
 }
 
-fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    let what = what.to_string();
-    move |source| Error::Io { path, what, source }
-}
-
 /// Current time in ms since the epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir, "fsync directory"))
+    Ok(durable::sync_dir(dir)?)
 }
 
-/// Writes `body` framed and checksummed to `path`, fsync'd.
+/// Writes `body` as a checked file (see [`durable::write_checked`]), fsync'd.
 fn write_framed(path: &Path, body: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).map_err(io(path, "create"))?;
-    let mut head = Vec::with_capacity(16);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    head.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    f.write_all(&head).and_then(|_| f.write_all(body)).and_then(|_| f.sync_all()).map_err(io(path, "write"))
+    Ok(durable::write_checked(path, MAGIC, body)?)
 }
 
-/// Reads a framed file and checks its checksum.
+/// Reads a checked file; a damaged or half-written one is refused with its path.
 fn read_framed(path: &Path) -> Result<Vec<u8>> {
-    let mut bytes = fs::read(path).map_err(io(path, "read"))?;
-    let corrupt = |detail: String| Error::CorruptView { path: path.to_path_buf(), detail };
-    if bytes.len() < 16 || &bytes[0..4] != MAGIC {
-        return Err(corrupt("not a lambdaflow view file (bad header)".into()));
-    }
-    let len = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-    if bytes.len() - 16 != len {
-        return Err(corrupt(format!("length {} but header says {len} (half-written?)", bytes.len() - 16)));
-    }
-    if crc32c::crc32c(&bytes[16..]) != crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
-    bytes.drain(0..16);
-    Ok(bytes)
+    durable::read_checked(path, MAGIC).map_err(|e| match e {
+        CheckedError::Io(f) => f.into(),
+        CheckedError::Damaged(detail) => Error::CorruptView { path: path.to_path_buf(), detail },
+    })
 }
 
 fn safe_name(name: &str) -> Result<&str> {
@@ -148,7 +126,7 @@ impl PendingVersion {
     pub fn adopt_seed_shard(&self, shards: &Path, name: &str, process: usize) -> Result<()> {
         let file = shard_file(name, process)?;
         let from = shards.join(&file);
-        fs::rename(&from, self.tmp.join(&file)).map_err(io(&from, "move seed shard into the version"))
+        fs::rename(&from, self.tmp.join(&file)).map_err(Error::io(&from, "move seed shard into the version"))
     }
 }
 
@@ -156,7 +134,7 @@ impl ViewStore {
     /// The store under `data_dir/views`, created if missing.
     pub fn open(data_dir: &Path) -> Result<ViewStore> {
         let dir = data_dir.join("views");
-        fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        fs::create_dir_all(&dir).map_err(Error::io(&dir, "create directory"))?;
         Ok(ViewStore { dir })
     }
 
@@ -177,7 +155,7 @@ impl ViewStore {
                 Ok(Some(v))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path, "read")(e)),
+            Err(e) => Err(Error::io(&path, "read")(e)),
         }
     }
 
@@ -249,7 +227,7 @@ impl ViewStore {
     /// Its name starts with `.tmp-`, so [`ViewStore::gc`] removes it if a run is abandoned.
     pub fn shard_dir(&self, run: &str) -> Result<PathBuf> {
         let dir = self.dir.join(format!(".tmp-shards-{}", safe_name(run)?));
-        fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        fs::create_dir_all(&dir).map_err(Error::io(&dir, "create directory"))?;
         Ok(dir)
     }
 
@@ -263,8 +241,8 @@ impl ViewStore {
         let mut reserved_all = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
         let reserved = reserved_all.entry(self.dir.clone()).or_insert(0);
         let mut highest = self.current()?.unwrap_or(0).max(*reserved);
-        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir, "list"))? {
-            let name = entry.map_err(io(&self.dir, "list"))?.file_name();
+        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
+            let name = entry.map_err(Error::io(&self.dir, "list"))?.file_name();
             let name = name.to_string_lossy();
             if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
                 highest = highest.max(v);
@@ -275,7 +253,7 @@ impl ViewStore {
         drop(reserved_all);
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".tmp-v{version:06}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&tmp).map_err(io(&tmp, "create directory"))?;
+        fs::create_dir_all(&tmp).map_err(Error::io(&tmp, "create directory"))?;
         Ok(PendingVersion { tmp, version })
     }
 
@@ -284,14 +262,9 @@ impl ViewStore {
         let body = serde_json::to_vec_pretty(meta).map_err(|e| Error::Internal(format!("batch metadata does not encode: {e}")))?;
         write_framed(&pending.tmp.join("META.json"), &body)?;
         fsync_dir(&pending.tmp)?;
-        let dest = self.version_dir(pending.version);
-        fs::rename(&pending.tmp, &dest).map_err(io(&dest, "rename version into place"))?;
-        fsync_dir(&self.dir)?;
-        let tmp = self.dir.join("CURRENT.tmp");
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
-        f.write_all(format!("v{:06}\n", pending.version).as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp, "write"))?;
-        fs::rename(&tmp, self.dir.join("CURRENT")).map_err(io(&tmp, "rename to CURRENT"))?;
-        fsync_dir(&self.dir)
+        durable::rename_synced(&pending.tmp, &self.version_dir(pending.version))?;
+        let current = format!("v{:06}\n", pending.version);
+        Ok(durable::replace(&self.dir.join("CURRENT"), &self.dir.join("CURRENT.tmp"), current.as_bytes())?)
     }
 
     /// Removes the unpublished version directories of the processes `pids` (which are gone).
@@ -309,8 +282,8 @@ impl ViewStore {
     pub fn gc(&self, keep: usize) -> Result<Vec<u64>> {
         let current = self.current()?;
         let mut versions = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir, "list"))? {
-            let entry = entry.map_err(io(&self.dir, "list"))?;
+        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
+            let entry = entry.map_err(Error::io(&self.dir, "list"))?;
             let name = entry.file_name().to_string_lossy().to_string();
             if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
                 versions.push(v);
@@ -323,7 +296,7 @@ impl ViewStore {
         let cut_at = versions.len().saturating_sub(keep.max(1));
         for v in &versions[..cut_at] {
             if Some(*v) != current {
-                fs::remove_dir_all(self.version_dir(*v)).map_err(io(&self.version_dir(*v), "remove"))?;
+                fs::remove_dir_all(self.version_dir(*v)).map_err(Error::io(&self.version_dir(*v), "remove"))?;
                 removed.push(*v);
             }
         }

@@ -43,10 +43,10 @@ use std::io;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};
 
-use super::codec::framed_len;
 use super::manifest::Manifest;
 use super::segment::{io_err, segment_path, ScanStop, Scanner};
 use super::{list_partition_dirs, missing_manifest, sealed_segments, Log, LogError, PartState, SegState, Writer, INDEX_STRIDE, MANIFEST};
+use crate::durable::frame::framed_len;
 
 /// How often a scan restarts when the file's length changed under it (the writer undoing a
 /// failed append) before a bad record is reported as corruption.

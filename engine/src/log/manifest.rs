@@ -4,13 +4,13 @@
 //! fsync the log directory. A `MANIFEST.tmp` found at open is the debris of a crash in
 //! the middle of that sequence and is deleted.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::segment::{io_err, sync_dir};
+use super::segment::io_err;
 use super::LogError;
 
 /// Version written to and accepted from `MANIFEST`.
@@ -103,21 +103,11 @@ impl Manifest {
         let mut text = serde_json::to_vec_pretty(self)
             .map_err(|e| LogError::ManifestInvalid { path: path.clone(), detail: format!("cannot serialise: {e}") })?;
         text.push(b'\n');
-        let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, "create manifest", e))?;
-        f.write_all(&text).map_err(|e| io_err(&tmp, "write manifest", e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, "fsync manifest", e))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| io_err(&path, "rename manifest into place", e))?;
-        sync_dir(dir)
+        Ok(crate::durable::replace(&path, &tmp, &text)?)
     }
 
     /// Deletes a leftover `MANIFEST.tmp` (from a crash mid-update); returns whether one existed.
     pub(crate) fn remove_stale_tmp(dir: &Path) -> Result<bool, LogError> {
-        let tmp = dir.join(MANIFEST_TMP);
-        match fs::remove_file(&tmp) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err(&tmp, "remove stale manifest", e)),
-        }
+        Ok(crate::durable::remove_if_exists(&dir.join(MANIFEST_TMP))?)
     }
 }

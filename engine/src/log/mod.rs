@@ -49,7 +49,6 @@
 
 #![forbid(unsafe_code)]
 
-mod codec;
 mod follow;
 mod manifest;
 mod rollback;
@@ -64,8 +63,8 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use codec::{encode_into, framed_len};
-pub use codec::{MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
+use crate::durable::frame::{encode_into, framed_len};
+pub use crate::durable::frame::{MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
 use manifest::{Manifest, SealedSegment, MANIFEST};
 use segment::{io_err, open_for_append, parse_segment_name, partition_dir, segment_path, sync_dir, ScanStop, Scanner};
 
@@ -1031,7 +1030,7 @@ fn valid_record_after(path: &Path, bad: u64, len: u64) -> Result<Option<u64>, Lo
             });
         }
         budget -= len;
-        if let codec::Decoded::Record { .. } = codec::decode(rest) {
+        if let crate::durable::frame::Decoded::Record { .. } = crate::durable::frame::decode(rest) {
             return Ok(Some(bad + i as u64));
         }
     }

@@ -14,8 +14,8 @@
 //! without `ROLLBACK` means the crash came before anything was changed: it is deleted and the
 //! log is left as it was.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -106,13 +106,9 @@ pub(crate) fn write_intent(dir: &Path, ends: &[u64], steps: &mut Steps) -> Resul
     let mut text = serde_json::to_vec(&intent)
         .map_err(|e| LogError::RollbackInvalid { path: path.clone(), detail: format!("cannot serialise the rollback intent: {e}") })?;
     text.push(b'\n');
-    let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, "create rollback intent", e))?;
-    f.write_all(&text).map_err(|e| io_err(&tmp, "write rollback intent", e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, "fsync rollback intent", e))?;
-    drop(f);
+    crate::durable::write_synced(&tmp, &text)?;
     steps.step()?;
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, "rename rollback intent into place", e))?;
-    sync_dir(dir)?;
+    crate::durable::rename_synced(&tmp, &path)?;
     steps.step()
 }
 

@@ -5,8 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::codec::{decode, Decoded, RECORD_HEADER_BYTES};
 use super::LogError;
+use crate::durable::frame::{decode, Decoded, RECORD_HEADER_BYTES};
+use crate::durable::IoFailure;
 
 /// First read of a scan; small so that short tail reads stay cheap.
 const FIRST_CHUNK: usize = 64 << 10;
@@ -59,7 +60,13 @@ pub(crate) fn io_err(path: &Path, action: &'static str, err: io::Error) -> LogEr
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, "fsync directory", e))
+    Ok(crate::durable::sync_dir(dir)?)
+}
+
+impl From<IoFailure> for LogError {
+    fn from(f: IoFailure) -> Self {
+        io_err(&f.path, f.action, f.source)
+    }
 }
 
 /// Opens a segment for appending, creating it if needed.

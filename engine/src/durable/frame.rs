@@ -1,4 +1,4 @@
-//! Record framing: `[len: u32 LE][crc: u32 LE][payload: len bytes]`, where `crc` is
+//! Record framing (the log's segments and the key journal): `[len: u32 LE][crc: u32 LE][payload: len bytes]`, where `crc` is
 //! CRC-32C over the four length bytes followed by the payload.
 
 /// Bytes of framing in front of every payload (length + checksum).
