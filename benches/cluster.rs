@@ -10,8 +10,8 @@
 //! the dataflow time (reading + computing + gathering), the write time, the wall time of
 //! the command, events/s, and the peak of the summed RSS of every process of the run.
 
-use lambdaflow_engine::lambda::append_events;
-use lambdaflow_engine::log::{Log, LogConfig};
+use lambdaflow_engine::append::Appender;
+use lambdaflow_engine::log::LogConfig;
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -102,14 +102,14 @@ fn main() {
     let dir = PathBuf::from(arg("--dir", &format!("{}/lambdaflow-bench-cluster-{events}", std::env::temp_dir().display())));
     if !dir.join("log").exists() {
         eprintln!("appending {events} events to {} ({partitions} partitions) ...", dir.display());
-        let log = Log::open_or_create(&dir.join("log"), LogConfig { partitions, segment_bytes: 64 << 20 }).expect("log");
+        let appender = Appender::open(&dir, LogConfig { partitions, ..LogConfig::default() }).expect("log");
         let mut gen = Generator::new(GenConfig { events, seed: 1, ..GenConfig::default() });
         loop {
             let chunk: Vec<_> = gen.by_ref().take(500_000).collect();
             if chunk.is_empty() {
                 break;
             }
-            append_events(&log, &chunk).expect("append");
+            appender.append(&chunk).expect("append");
         }
     }
     println!(

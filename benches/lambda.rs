@@ -11,8 +11,9 @@
 //! 4. speed-latency: events appended at `--rate` in chunks every 10 ms; for each chunk, the time
 //!    from its acknowledgement to the speed frontier covering it (a merged answer reflecting it).
 
+use lambdaflow_engine::append::Appender;
 use lambdaflow_engine::batch::{run_batch, Progress};
-use lambdaflow_engine::lambda::{append_events, Lambda, Options};
+use lambdaflow_engine::lambda::{Lambda, Options};
 use lambdaflow_engine::log::{Log, LogConfig};
 use lambdaflow_engine::store::ViewStore;
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
@@ -51,14 +52,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
-    let opts = Options { workers, log: LogConfig { partitions: 4, segment_bytes: 64 << 20 }, ..Options::default() };
+    let opts = Options { workers, log: LogConfig::default(), ..Options::default() };
     match name {
         "append" => {
             let evs = gen(1, events);
-            let log = Log::open_or_create(&dir.join("log"), opts.log).unwrap();
+            let appender = Appender::open(dir, opts.log).unwrap();
             let t = Instant::now();
             for chunk in evs.chunks(100_000) {
-                append_events(&log, chunk).unwrap();
+                appender.append(chunk).unwrap();
             }
             let s = t.elapsed().as_secs_f64();
             println!(

@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use lambdaflow_engine::lambda::{append_events, partition_of, Lambda, Options};
+use lambdaflow_engine::append::{partition_of, Appender};
+use lambdaflow_engine::lambda::{Lambda, Options};
 use lambdaflow_engine::log::{Log, LogConfig};
 use lambdaflow_engine::operators::Event;
 use lambdaflow_engine::testing::{all_views, diff};
@@ -105,12 +106,12 @@ fn check_killed_log(data: &Path, scratch: &Path, events: &[ShopEvent], acked: us
     // The engine's own encoding and routing of the same events, appended in two steps:
     // the acknowledged ones, then the chunk that was in flight.
     let in_flight = (acked + CHUNK).min(events.len());
-    let reference = Log::open_or_create(scratch, LogConfig { partitions: parts, segment_bytes: 64 << 20 }).expect("scratch log");
-    append_events(&reference, &events[..acked]).expect("append acked");
-    let lower = reference.end_offsets();
-    append_events(&reference, &events[acked..in_flight]).expect("append in-flight chunk");
-    let upper = reference.end_offsets();
-    let want = payloads(&reference);
+    let reference = Appender::open(scratch, LogConfig { partitions: parts, ..LogConfig::default() }).expect("scratch log");
+    reference.append(&events[..acked]).expect("append acked");
+    let lower = reference.log().end_offsets();
+    reference.append(&events[acked..in_flight]).expect("append in-flight chunk");
+    let upper = reference.log().end_offsets();
+    let want = payloads(reference.log());
     drop(reference);
 
     let mut held = vec![0usize; parts as usize];
@@ -276,13 +277,13 @@ fn torn_tail_is_truncated() {
 
     ingest(&data, &b);
     let (ea, eb) = (read_events(&a), read_events(&b));
-    let scratch = Log::open_or_create(&tmp.join("scratch"), LogConfig::default()).expect("scratch log");
-    append_events(&scratch, &ea).expect("append a");
-    append_events(&scratch, &eb).expect("append b");
+    let scratch = Appender::open(&tmp.join("scratch"), LogConfig::default()).expect("scratch log");
+    scratch.append(&ea).expect("append a");
+    scratch.append(&eb).expect("append b");
     let log = Log::open(&data.join("log")).expect("open log");
-    assert_eq!(log.end_offsets(), scratch.end_offsets());
+    assert_eq!(log.end_offsets(), scratch.log().end_offsets());
     // `payloads` asserts offsets are contiguous from 0.
-    assert!(payloads(&log) == payloads(&scratch), "the log holds exactly both inputs, in order, per partition");
+    assert!(payloads(&log) == payloads(scratch.log()), "the log holds exactly both inputs, in order, per partition");
     drop(log);
 
     let all: Vec<ShopEvent> = ea.into_iter().chain(eb).collect();
@@ -305,9 +306,9 @@ fn flipped_byte_in_sealed_segment() {
     gen_file(&input, 1_000, 13, "csv");
     let events = read_events(&input);
     {
-        let log = Log::open_or_create(&data.join("log"), LogConfig { partitions: 1, segment_bytes: 4096 }).expect("create log");
+        let appender = Appender::open(&data, LogConfig { partitions: 1, segment_bytes: 4096 }).expect("create log");
         for chunk in events.chunks(100) {
-            append_events(&log, chunk).expect("append");
+            appender.append(chunk).expect("append");
         }
     }
     let segs = partition_segments(&data, 0);

@@ -21,7 +21,8 @@ mod common;
 use common::http::{Client, Response, Server};
 use common::small_events as events;
 use common::*;
-use lambdaflow_engine::lambda::{append_events, partition_of, Encoded, Lambda, Options};
+use lambdaflow_engine::append::{partition_of, Appender, Encoded};
+use lambdaflow_engine::lambda::{Lambda, Options};
 use lambdaflow_engine::log::{Log, LogConfig, RECORD_HEADER_BYTES};
 use lambdaflow_engine::operators::Event;
 use lambdaflow_engine::testing::{all_views, diff};
@@ -49,9 +50,9 @@ fn write_input(path: &Path, events: &[ShopEvent]) {
 /// Builds a log of `events` through the library, with `segment_bytes` segments (the CLI has
 /// no flag for them), appended in group commits of 100 so that segments seal.
 fn build_segmented_log(data: &Path, events: &[ShopEvent], segment_bytes: u64) {
-    let log = Log::open_or_create(&data.join("log"), LogConfig { partitions: PARTITIONS, segment_bytes }).expect("create log");
+    let appender = Appender::open(data, LogConfig { partitions: PARTITIONS, segment_bytes }).expect("create log");
     for chunk in events.chunks(100) {
-        append_events(&log, chunk).expect("append");
+        appender.append(chunk).expect("append");
     }
 }
 

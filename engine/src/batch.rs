@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use differential_dataflow::input::Input;
 
+use crate::clock::now_ms;
 use crate::cluster::{Peers, PEER_TIMEOUT};
 use crate::error::{DataflowError, Error, Result};
 use crate::log::Log;
-use crate::store::{now_ms, BatchMeta, ViewStore};
+use crate::store::{BatchMeta, ViewStore};
 
 /// Events read between two updates of the run's progress.
 const PROGRESS_EVERY_EVENTS: u64 = 4096;
@@ -239,7 +240,7 @@ pub fn run_batch_on<J: Job>(
         }
     }
     let (mut views, mut seeds) = (Vec::new(), Vec::new());
-    let shard_rows = shard_rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let shard_rows = crate::sync::lock(&shard_rows).clone();
     for (out, n) in outputs.iter().zip(counts) {
         match out {
             Out::View(v) => views.push((v.info().name.clone(), n)),
@@ -438,7 +439,7 @@ fn write_shards(
     while worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
     let _ = probe;
     if worker.index() == 0 {
-        let mut totals = shard_rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut totals = crate::sync::lock(shard_rows);
         for (i, n) in sink.borrow().iter() {
             if totals.len() <= *i {
                 totals.resize(i + 1, 0);

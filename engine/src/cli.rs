@@ -13,9 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::append::Appender;
 use crate::batch::Progress;
 use crate::error::{DataflowError, Error, Result};
-use crate::lambda::{append_events, ClusterOptions, Lambda, Options, QueryResult};
+use crate::lambda::{ClusterOptions, Lambda, Options, QueryResult};
 use crate::log::{Log, LogConfig};
 
 /// Produces synthetic events for `gen` and `demo`.
@@ -325,9 +326,9 @@ fn opts(workers: usize, partitions: u32) -> Options {
 
 /// Opens the master dataset of `dir` (creating it with `partitions`), finishing any keyed
 /// group append a crash interrupted.
-fn open_log(dir: &Path, partitions: u32) -> Result<Log> {
+fn open_log(dir: &Path, partitions: u32) -> Result<Appender> {
     let o = opts(1, partitions);
-    Ok(crate::keys::open_log(dir, o.log, o.key_retention, o.max_keys)?.0)
+    Appender::open_with_keys(dir, o.log, o.key_retention, o.max_keys)
 }
 
 fn parse_format(s: &str) -> Result<Format> {
@@ -380,12 +381,13 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             };
             let parsed = t0.elapsed();
             let _lock = lock_data_dir(&cli.data)?;
-            let log = open_log(&cli.data, partitions)?;
+            let appender = open_log(&cli.data, partitions)?;
+            let log = appender.log();
             let t1 = Instant::now();
             // Group commit in chunks: each chunk is fsync'd before the next is written.
             let mut acked = 0usize;
             for chunk in events.chunks(chunk.max(1)) {
-                append_events(&log, chunk)?;
+                appender.append(chunk)?;
                 acked += chunk.len();
                 if print_acks {
                     let mut out = std::io::stdout().lock();
@@ -403,7 +405,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         }
         Command::Batch { keep, processes } => {
             let _lock = lock_data_dir(&cli.data)?;
-            let log = Arc::new(open_log(&cli.data, 4)?);
+            let log = open_log(&cli.data, 4)?.log().clone();
             if processes == 0 {
                 return Err(Error::Usage("--processes must be at least 1".into()));
             }
@@ -824,7 +826,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
     let start = Instant::now();
     let mut seed = 1000u64;
     // Keys unique to this run: a rerun (same seeds, same day) must not be taken for a retry.
-    let run_id = crate::store::now_ms();
+    let run_id = crate::clock::now_ms();
     let mut last_report = Instant::now();
     let tick = Duration::from_millis(250);
     let mut posted = 0u64;

@@ -474,7 +474,7 @@ mod tests {
     use super::*;
 
     fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lf-cluster-{tag}-{}-{}", std::process::id(), crate::store::now_ms()));
+        let d = std::env::temp_dir().join(format!("lf-cluster-{tag}-{}-{}", std::process::id(), crate::clock::now_ms()));
         std::fs::create_dir_all(&d).expect("tmp dir");
         d
     }

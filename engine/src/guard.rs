@@ -49,7 +49,7 @@ impl Abort {
 
     /// Records a failure (the first reason wins).
     pub fn raise(&self, reason: String) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = crate::sync::lock(&self.reason);
         if r.is_none() {
             *r = Some(reason);
         }
@@ -58,7 +58,7 @@ impl Abort {
 
     /// The first failure's reason.
     pub fn reason(&self) -> Option<String> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::lock(&self.reason).clone()
     }
 }
 

@@ -24,16 +24,21 @@
 //! journal is compacted (rewritten atomically with only live keys) when it has grown to
 //! several times the live size.
 
+use crate::clock::now_ms;
 use crate::durable::{self, frame, frame::RECORD_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::log::Log;
-use crate::store::now_ms;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How long idempotency keys are remembered unless configured otherwise (24 h).
+pub const KEY_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+/// At most this many idempotency keys are remembered unless configured otherwise.
+pub const KEYS_MAX_DEFAULT: usize = 1_000_000;
 
 /// The longest idempotency key accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 255;
@@ -94,15 +99,6 @@ pub fn body_hash(body: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
     }
     h ^ ((crc32c::crc32c(body) as u64) << 32) ^ body.len() as u64
-}
-
-/// Opens (or creates) the master dataset of data directory `dir` and its key journal,
-/// finishing any interrupted keyed group append (see [`KeyJournal::open`]). Every command
-/// that opens a data directory goes through here, so no reader ever sees such a group.
-pub fn open_log(dir: &Path, cfg: crate::log::LogConfig, retention: Duration, max_keys: usize) -> Result<(Log, KeyJournal)> {
-    let log = Log::open_or_create(&dir.join("log"), cfg)?;
-    let (journal, log) = KeyJournal::open(dir, log, retention, max_keys)?;
-    Ok((log, journal))
 }
 
 /// The journal of idempotency keys of one data directory.

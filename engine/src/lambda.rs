@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::append::Appender;
 use crate::batch::{run_batch, BatchReport, Progress};
+use crate::clock::now_ms;
 use crate::error::{DataflowError, Error, Result};
-use crate::keys::KeyJournal;
 use crate::log::{Log, LogConfig, Position};
 use crate::speed::{SpeedLayer, Spread};
-use crate::store::{now_ms, BatchMeta, ViewStore};
+use crate::store::{BatchMeta, ViewStore};
 
 /// A loaded batch version: its metadata and one decoded table per view.
 pub struct LoadedBatch {
@@ -175,9 +176,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             workers: 1,
-            log: LogConfig { partitions: 4, segment_bytes: 64 << 20 },
-            key_retention: Duration::from_secs(24 * 3600),
-            max_keys: 1_000_000,
+            log: LogConfig::default(),
+            key_retention: crate::keys::KEY_RETENTION_DEFAULT,
+            max_keys: crate::keys::KEYS_MAX_DEFAULT,
             cluster: ClusterOptions::default(),
         }
     }
@@ -213,65 +214,8 @@ pub struct Lambda<J: Job> {
     current: RwLock<Arc<Serving>>,
     handover: Mutex<()>,
     batch: Mutex<()>,
-    keys: Mutex<KeyJournal>,
-}
-
-/// The stable partition of a key.
-pub fn partition_of(key: u64, partitions: u32) -> u32 {
-    // splitmix64 finaliser: spreads sequential ids evenly.
-    let mut z = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) % partitions as u64) as u32
-}
-
-/// Events encoded for the log: each event's partition and its bytes, in one buffer.
-#[derive(Clone, Debug, Default)]
-pub struct Encoded {
-    /// The concatenated payloads.
-    pub bytes: Vec<u8>,
-    /// Per event: partition and end offset of its payload in `bytes`.
-    pub spans: Vec<(u32, usize)>,
-}
-
-impl Encoded {
-    /// Encodes `events` for a log of `partitions` partitions.
-    pub fn of<E: lambdaflow_operators::Event>(events: &[E], partitions: u32) -> Result<Encoded> {
-        let mut out = Encoded { bytes: Vec::with_capacity(events.len() * 48), spans: Vec::with_capacity(events.len()) };
-        for (i, e) in events.iter().enumerate() {
-            bincode::serialize_into(&mut out.bytes, e).map_err(|err| Error::Internal(format!("event {i} does not encode: {err}")))?;
-            out.spans.push((partition_of(e.partition_key(), partitions), out.bytes.len()));
-        }
-        Ok(out)
-    }
-
-    /// `(partition, payload)` per event, in order.
-    pub fn records(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
-        let mut start = 0;
-        self.spans.iter().map(move |&(p, end)| {
-            let r = (p, &self.bytes[start..end]);
-            start = end;
-            r
-        })
-    }
-
-    /// Number of events.
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    /// Whether there are no events.
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-}
-
-/// Appends events durably: encodes each, routes it to its partition, and returns once all
-/// are fsync'd (one group commit per call). Nothing is written if any event fails to encode.
-pub fn append_events<E: lambdaflow_operators::Event>(log: &Log, events: &[E]) -> Result<Vec<Position>> {
-    let encoded = Encoded::of(events, log.partitions())?;
-    let records: Vec<(u32, &[u8])> = encoded.records().collect();
-    Ok(log.append(&records)?)
+    /// The only way to append (owns the writable log and the key journal).
+    appender: Appender,
 }
 
 static NEXT_SERVING_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -286,8 +230,8 @@ impl<J: Job> Lambda<J> {
             what: "create data directory".into(),
             source,
         })?;
-        let (log, keys) = crate::keys::open_log(dir, opts.log, opts.key_retention, opts.max_keys)?;
-        let log = Arc::new(log);
+        let appender = Appender::open_with_keys(dir, opts.log, opts.key_retention, opts.max_keys)?;
+        let log = appender.log().clone();
         let serving = Self::serving_for(&job, &log, dir, opts.workers, &opts.cluster, Pick::Current)?;
         Ok(Lambda {
             job,
@@ -299,7 +243,7 @@ impl<J: Job> Lambda<J> {
             current: RwLock::new(Arc::new(serving)),
             handover: Mutex::new(()),
             batch: Mutex::new(()),
-            keys: Mutex::new(keys),
+            appender,
         })
     }
 
@@ -386,14 +330,15 @@ impl<J: Job> Lambda<J> {
         &self.job
     }
 
-    /// The master dataset.
-    pub fn log(&self) -> &Arc<Log> {
+    /// The master dataset, for reading. Appends go through [`Lambda::append`] or
+    /// [`Lambda::appender`].
+    pub fn log(&self) -> &Log {
         &self.log
     }
 
     /// The current serving pair.
     pub fn serving(&self) -> Arc<Serving> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::read(&self.current).clone()
     }
 
     /// The job's views.
@@ -401,24 +346,17 @@ impl<J: Job> Lambda<J> {
         self.serving().speed.views().iter().map(|v| v.info().clone()).collect()
     }
 
-    /// Appends events durably (see [`append_events`]). Serialised with keyed group commits
-    /// (it takes the key journal's lock), so a journal record's offsets always describe its
-    /// own group.
+    /// Appends events durably, unkeyed (see [`Appender::append`]), and wakes the speed layer.
     pub fn append(&self, events: &[J::Event]) -> Result<Vec<Position>> {
-        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(why) = keys.poisoned() {
-            return Err(Error::Unavailable(format!("appends are stopped until a restart: {why}")));
-        }
-        let positions = append_events(&self.log, events)?;
-        drop(keys);
+        let positions = self.appender.append(events)?;
         self.notify();
         Ok(positions)
     }
 
-    /// The idempotency-key journal. Whoever appends to the log directly must hold this lock
-    /// for the whole append (as [`Lambda::append`] and the service's committer do).
-    pub fn keys(&self) -> &Mutex<KeyJournal> {
-        &self.keys
+    /// The append path (keyed group commits: see [`crate::append`]). Whoever appends through
+    /// it calls [`Lambda::notify`] afterwards.
+    pub fn appender(&self) -> &Appender {
+        &self.appender
     }
 
     /// Wakes the speed layer after an append to the log made in this process.
@@ -480,7 +418,7 @@ impl<J: Job> Lambda<J> {
 
     /// Runs a batch at the log's current end and hands over to it. Batch runs of one `Lambda` run one at a time.
     pub fn batch_and_handover(&self, progress: Arc<Progress>) -> Result<BatchReport> {
-        let _one_batch_at_a_time = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_batch_at_a_time = crate::sync::lock(&self.batch);
         let store = ViewStore::open(&self.dir)?;
         let report = if self.cluster.batch_processes > 1 {
             self.run_batch_cluster(&store, progress)?
@@ -531,7 +469,7 @@ impl<J: Job> Lambda<J> {
     /// stopped, and swaps it in. The failed layer keeps answering (its frozen state is
     /// still exact, just not moving) until then. Returns whether it restarted one.
     pub fn restart_speed_if_failed(&self) -> Result<bool> {
-        let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = crate::sync::lock(&self.handover);
         let old = self.serving();
         let Some(reason) = old.speed.failure() else { return Ok(false) };
         eprintln!("lambdaflow: the speed layer failed ({reason}); restarting it from the batch cut");
@@ -544,7 +482,7 @@ impl<J: Job> Lambda<J> {
         if !next.speed.wait_for(&old.speed.frontier(), Duration::from_secs(600))? {
             return Err(Error::Dataflow(DataflowError::Timeout("the restarted speed layer did not catch up within 600 s".into())));
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        *crate::sync::write(&self.current) = Arc::new(next);
         self.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
@@ -564,7 +502,7 @@ impl<J: Job> Lambda<J> {
     /// old layer (so no frontier a reader saw is ever ahead of the new pair's), closes the
     /// remaining gap, and swaps atomically.
     pub fn handover(&self, version: u64) -> Result<()> {
-        let _one_at_a_time = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = crate::sync::lock(&self.handover);
         let next = Self::serving_for(&self.job, &self.log, &self.dir, self.workers, &self.cluster, Pick::Version(version))?;
         let old = self.serving();
         let covers = |frontier: &[u64]| -> Vec<u64> { frontier.iter().zip(&next.speed.cut).map(|(a, b)| *a.max(b)).collect() };
@@ -592,7 +530,7 @@ impl<J: Job> Lambda<J> {
             };
             return match restore() {
                 Ok(restored) => {
-                    *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(restored);
+                    *crate::sync::write(&self.current) = Arc::new(restored);
                     Err(Error::Dataflow(DataflowError::Failed(format!(
                         "handover to batch version {version} failed ({cause}); still serving the previous batch"
                     ))))
@@ -606,7 +544,7 @@ impl<J: Job> Lambda<J> {
                 }
             };
         }
-        let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), Arc::new(next));
+        let old = std::mem::replace(&mut *crate::sync::write(&self.current), Arc::new(next));
         // Readers that still hold the old pair finish with it; its workers are joined when
         // the last of them drops it.
         drop(old);

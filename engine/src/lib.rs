@@ -19,8 +19,10 @@
 
 #![deny(missing_docs)]
 
+pub mod append;
 pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 mod durable;
 pub mod error;
@@ -32,6 +34,7 @@ pub mod log;
 pub mod serve;
 pub mod speed;
 pub mod store;
+mod sync;
 pub mod testing;
 
 pub use error::{Error, Result};

@@ -29,10 +29,11 @@ use timely::dataflow::operators::{Exchange, Input as _, Inspect, Probe};
 use differential_dataflow::input::Input;
 
 use crate::batch::decode_event;
+use crate::clock::now_ms;
 use crate::cluster::{LocalCluster, Peers};
 use crate::error::{DataflowError, Error, Result};
 use crate::log::Log;
-use crate::store::{now_ms, ViewStore};
+use crate::store::ViewStore;
 
 /// Events one worker feeds from one partition in one epoch, at most: bounds the work
 /// between two publications while catching up.
@@ -69,7 +70,7 @@ struct Shared {
 impl Shared {
     /// Records why the layer stopped; the first reason wins.
     fn record_failure(&self, reason: String) {
-        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failure = crate::sync::lock(&self.failure);
         if failure.is_none() {
             *failure = Some(reason);
         }
@@ -87,7 +88,7 @@ impl SeedSource for StoreSeeds {
         let Some(version) = self.version else {
             return Ok(None);
         };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = crate::sync::lock(&self.cache);
         if let Some(hit) = cache.get(name) {
             return Ok(hit.clone());
         }
@@ -215,24 +216,24 @@ fn launch<J: Job>(
                 }));
                 let parts = match built {
                     Ok((input, ctl, inbox, probe, errors)) => {
-                        build_errors.lock().unwrap_or_else(|e| e.into_inner()).extend(errors);
+                        crate::sync::lock(&build_errors).extend(errors);
                         Some((input, ctl, inbox, probe))
                     }
                     Err(payload) => {
                         let msg =
                             format!("worker {index} panicked while building the job: {}", crate::guard::panic_message(payload.as_ref()));
-                        build_errors.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                        crate::sync::lock(&build_errors).push(msg);
                         None
                     }
                 };
                 // Every local worker has built (and registered its views), or failed to, past here.
                 barrier.wait();
                 if leader {
-                    let mut errors = build_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let mut errors = crate::sync::lock(&build_errors).clone();
                     errors.sort();
                     errors.dedup();
                     // The seeds are in the dataflow now: do not keep their bytes too.
-                    seeds.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    crate::sync::lock(&seeds.cache).clear();
                     let result = if errors.is_empty() {
                         let views = registry.views();
                         let tables = views.iter().map(|v| v.new_speed_table()).collect();
@@ -246,28 +247,28 @@ fn launch<J: Job>(
                             threads: Mutex::new(Vec::new()),
                             abort: crate::guard::Abort::default(),
                         });
-                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+                        *crate::sync::lock(&slot) = Some(shared);
                         Ok(())
                     } else {
                         Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }))
                     };
-                    let _ = built_tx.lock().unwrap_or_else(|e| e.into_inner()).send(result);
+                    let _ = crate::sync::lock(&built_tx).send(result);
                 }
                 barrier.wait();
-                let shared = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let shared = crate::sync::lock(&slot).clone();
                 let (Some(shared), Some((mut input, mut ctl, inbox, probe))) = (shared, parts) else {
                     // The start failed: drop what was built rather than wait for it.
                     crate::guard::drop_dataflows(worker);
                     return Ok(());
                 };
-                shared.threads.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current());
+                crate::sync::lock(&shared.threads).push(std::thread::current());
                 let result = crate::guard::guarded(worker, &shared.abort, |worker| {
                     drive(worker, &shared, &log, &cut, &peers, &mut input, &mut ctl, &inbox, &probe)
                 });
                 if let Err(e) = &result {
                     shared.record_failure(shared.abort.reason().unwrap_or_else(|| e.to_string()));
                     shared.stop.store(true, Ordering::SeqCst);
-                    let _waiters = shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let _waiters = crate::sync::lock(&shared.moved_lock);
                     shared.moved.notify_all();
                 }
                 // Stopped: drop the dataflow rather than wait for it to complete (it never
@@ -300,8 +301,7 @@ fn launch<J: Job>(
             )
         }
     }
-    let shared =
-        shared_slot.lock().unwrap_or_else(|e| e.into_inner()).clone().expect("the leader publishes shared state before signalling");
+    let shared = crate::sync::lock(&shared_slot).clone().expect("the leader publishes shared state before signalling");
     Ok((shared, guards))
 }
 
@@ -320,7 +320,7 @@ pub fn run_member<J: Job>(
     let (shared, guards) = launch(job, log, store, batch_version, cut, peers, peer_timeout, || Ok(()))?;
     println!("{}", crate::cluster::protocol::FORMED);
     let result = crate::guard::join_workers(guards);
-    let failure = shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let failure = crate::sync::lock(&shared.failure).clone();
     match failure {
         Some(f) => Err(Error::Dataflow(DataflowError::Failed(f))),
         None => result,
@@ -388,7 +388,7 @@ impl SpeedLayer {
     /// killing any still running after `grace`. The published state stays readable.
     pub fn stop_processes(&self, grace: Duration) {
         self.freeze();
-        if let Some(mut cluster) = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(mut cluster) = crate::sync::lock(&self.cluster).take() {
             cluster.wait_all(grace);
         }
     }
@@ -396,27 +396,27 @@ impl SpeedLayer {
     /// Kills the layer's other processes (a failed layer never resumes; its workers here
     /// stop on their own).
     pub fn kill_processes(&self) {
-        if let Some(mut cluster) = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(mut cluster) = crate::sync::lock(&self.cluster).take() {
             cluster.kill_all();
         }
     }
 
     /// The layer's other processes, as `(process, pid)` (none on one process).
     pub fn pids(&self) -> Vec<(usize, u32)> {
-        self.cluster.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.pids()).unwrap_or_default()
+        crate::sync::lock(&self.cluster).as_ref().map(|c| c.pids()).unwrap_or_default()
     }
 
     /// Wakes the workers: call after appending to the log in this process, so they read the
     /// new events now rather than at their next poll.
     pub fn notify(&self) {
-        for t in self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for t in crate::sync::lock(&self.shared.threads).iter() {
             t.unpark();
         }
     }
 
     /// Runs `f` on the published state (under a read lock: keep it short).
     pub fn with_state<T>(&self, f: impl FnOnce(&SpeedState) -> T) -> T {
-        f(&self.shared.state.read().unwrap_or_else(|e| e.into_inner()))
+        f(&crate::sync::read(&self.shared.state))
     }
 
     /// The published frontier.
@@ -426,7 +426,7 @@ impl SpeedLayer {
 
     /// Why the speed layer stopped by itself, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::lock(&self.shared.failure).clone()
     }
 
     /// Waits until the frontier covers `offsets` in every partition, or `timeout` passes.
@@ -434,7 +434,7 @@ impl SpeedLayer {
     pub fn wait_for(&self, offsets: &[u64], timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
-            let guard = self.shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let guard = crate::sync::lock(&self.shared.moved_lock);
             if self.frontier().iter().zip(offsets).all(|(f, o)| f >= o) {
                 return Ok(true);
             }
@@ -455,7 +455,7 @@ impl SpeedLayer {
         self.shared.stop.store(true, Ordering::SeqCst);
         // A publish that started before `stop` was set holds the write lock; once we get it,
         // no further publish happens (publish re-checks `stop` under the lock).
-        drop(self.shared.state.write().unwrap_or_else(|e| e.into_inner()));
+        drop(crate::sync::write(&self.shared.state));
         self.notify();
     }
 
@@ -475,8 +475,8 @@ impl SpeedLayer {
     fn shutdown(&mut self) -> Result<()> {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.notify();
-        let guards = self.guards.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let cluster = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let guards = crate::sync::lock(&self.guards).take();
+        let cluster = crate::sync::lock(&self.cluster).take();
         let Some(guards) = guards else { return Ok(()) };
         let Some(mut cluster) = cluster else { return crate::guard::join_workers(guards) };
         // The other processes leave on worker 0's Stop; this process's communication
@@ -623,7 +623,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [BTreeMap<u64, u64>]) {
             at
         })
         .collect();
-    let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
+    let mut state = crate::sync::write(&shared.state);
     if shared.stop.load(Ordering::SeqCst) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
         return;
@@ -637,6 +637,6 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [BTreeMap<u64, u64>]) {
     drop(state);
     // Under the waiters' lock: a waiter checks the frontier and starts waiting under it, so
     // it cannot miss this wake-up.
-    let _waiters = shared.moved_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _waiters = crate::sync::lock(&shared.moved_lock);
     shared.moved.notify_all();
 }

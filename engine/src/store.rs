@@ -58,11 +58,6 @@ pub struct ViewStore {
     dir: PathBuf,
 }
 
-/// Current time in ms since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn fsync_dir(dir: &Path) -> Result<()> {
     Ok(durable::sync_dir(dir)?)
 }
@@ -238,7 +233,7 @@ impl ViewStore {
         // Highest version reserved by this process, per store directory.
         static RESERVED: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
         static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut reserved_all = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reserved_all = crate::sync::lock(&RESERVED);
         let reserved = reserved_all.entry(self.dir.clone()).or_insert(0);
         let mut highest = self.current()?.unwrap_or(0).max(*reserved);
         for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
@@ -309,7 +304,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lf-store-{tag}-{}-{}", std::process::id(), now_ms()));
+        let d = std::env::temp_dir().join(format!("lf-store-{tag}-{}-{}", std::process::id(), crate::clock::now_ms()));
         let _ = fs::remove_dir_all(&d);
         d
     }

@@ -38,7 +38,7 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lambdaflow-{tag}-{}-{n}-{}", std::process::id(), crate::store::now_ms()));
+        let dir = std::env::temp_dir().join(format!("lambdaflow-{tag}-{}-{n}-{}", std::process::id(), crate::clock::now_ms()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)

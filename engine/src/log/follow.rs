@@ -41,7 +41,7 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use super::manifest::Manifest;
 use super::segment::{io_err, segment_path, ScanStop, Scanner};
@@ -124,7 +124,7 @@ impl Log {
             return Err(invalid(format!("{} end offsets given for a log of {} partitions", ends.len(), self.partitions)));
         }
         // Only `follow_to` changes a follower's segments, so the snapshot stays current.
-        let _serial = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = crate::sync::lock(&self.writer);
         let lasts: Vec<SegState> = self.read_state().iter().map(|ps| ps.active().clone()).collect();
         let mut manifest = None;
         let mut grown = Vec::new();
@@ -133,7 +133,7 @@ impl Log {
                 grown.push((p, self.follow_partition(p as u32, last, target, &mut manifest)?));
             }
         }
-        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut state = crate::sync::write(&self.state);
         for (p, mut segs) in grown {
             let known = &mut state[p].segments;
             let i = known.len() - 1;

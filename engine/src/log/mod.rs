@@ -80,10 +80,15 @@ pub struct LogConfig {
     pub segment_bytes: u64,
 }
 
+/// Partitions of a new log unless configured otherwise.
+pub const PARTITIONS_DEFAULT: u32 = 4;
+/// Bytes at which a segment rolls unless configured otherwise (64 MiB).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+
 impl Default for LogConfig {
-    /// Four partitions, 64 MiB segments.
+    /// [`PARTITIONS_DEFAULT`] partitions, [`SEGMENT_BYTES_DEFAULT`]-byte segments.
     fn default() -> Self {
-        LogConfig { partitions: 4, segment_bytes: 64 << 20 }
+        LogConfig { partitions: PARTITIONS_DEFAULT, segment_bytes: SEGMENT_BYTES_DEFAULT }
     }
 }
 
@@ -404,7 +409,7 @@ impl Log {
     /// gets one buffered write per segment, then one fsync of its active segment (plus the
     /// partition directory if a segment was created): a group commit. Appends are
     /// serialised by an internal lock; readers are not blocked.
-    pub fn append(&self, records: &[(u32, &[u8])]) -> Result<Vec<Position>, LogError> {
+    pub(crate) fn append(&self, records: &[(u32, &[u8])]) -> Result<Vec<Position>, LogError> {
         if self.follower {
             return Err(LogError::ReadOnly { path: self.dir.clone() });
         }
@@ -480,7 +485,7 @@ impl Log {
     /// `ends` must have one entry per partition ([`LogError::RollbackInvalid`] otherwise). When
     /// nothing is to be removed the log is returned as is, without touching the disk. On any
     /// error the log is closed: open it again ([`Log::open`] completes a started rollback).
-    pub fn rollback_to(self, ends: &[u64]) -> Result<Log, LogError> {
+    pub(crate) fn rollback_to(self, ends: &[u64]) -> Result<Log, LogError> {
         if self.follower {
             return Err(LogError::ReadOnly { path: self.dir.clone() });
         }
@@ -594,7 +599,7 @@ impl Log {
     // ----- internals -------------------------------------------------------------------
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, Vec<PartState>> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::read(&self.state)
     }
 
     /// Scans records `[snap.start_rec, stop)` of one segment, calling `f` for those at or
@@ -648,7 +653,7 @@ impl Log {
             }
         }
         if !learned.is_empty() {
-            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            let mut state = crate::sync::write(&self.state);
             let segs = &mut state[partition as usize].segments;
             if let Ok(i) = segs.binary_search_by_key(&snap.base, |s| s.base) {
                 if segs[i].index.len() == snap.index_len {
@@ -757,7 +762,7 @@ impl Log {
 
     /// Makes a successful append visible to readers.
     fn publish(&self, plans: Vec<Option<Plan>>) {
-        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut state = crate::sync::write(&self.state);
         for (p, plan) in plans.into_iter().enumerate() {
             let Some(plan) = plan else { continue };
             let segs = &mut state[p].segments;

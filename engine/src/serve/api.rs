@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use super::ingest::{Outcome, Submission};
 use super::metrics::Gauges;
 use super::AppState;
+use crate::append::Encoded;
 use crate::error::Error;
-use crate::lambda::{Encoded, Lambda, Serving};
+use crate::lambda::{Lambda, Serving};
 
 /// Most answers a range query returns.
 pub const LIMIT_MAX: usize = 100_000;

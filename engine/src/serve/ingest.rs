@@ -1,21 +1,20 @@
 //! The group committer: one thread that turns concurrent ingest requests into group commits.
 //!
 //! Requests queue up while the previous group is being fsync'd; the thread then takes all of
-//! them (up to [`GROUP_EVENTS_MAX`] events), writes the idempotency record of the keyed
-//! ones (see [`crate::keys`]), appends every event with one fsync per touched partition,
-//! and acknowledges each request with the positions its events got. Under load, one fsync
+//! them (up to [`GROUP_EVENTS_MAX`] events), commits them as one group through the append
+//! path ([`crate::append::Appender::commit`], where the idempotency protocol lives), and
+//! acknowledges each request with the positions its events got. Under load, one fsync
 //! round serves many requests; idle, a request waits for its own fsync only.
 
 use lambdaflow_operators::Job;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::metrics::Metrics;
-use crate::keys::{KeyEntry, Range};
-use crate::lambda::{Encoded, Lambda};
-use crate::store::now_ms;
+use crate::append::{Encoded, Write, Written};
+use crate::keys::Range;
+use crate::lambda::Lambda;
 
 /// A group commit takes at most this many events (more wait for the next round).
 pub const GROUP_EVENTS_MAX: usize = 256 * 1024;
@@ -75,21 +74,6 @@ pub fn run<J: Job>(lambda: Arc<Lambda<J>>, rx: std::sync::mpsc::Receiver<Submiss
     }
 }
 
-fn ranges_of(encoded: &Encoded, next: &mut [u64]) -> Vec<Range> {
-    let mut counts = vec![0u64; next.len()];
-    for &(p, _) in &encoded.spans {
-        counts[p as usize] += 1;
-    }
-    let mut out = Vec::new();
-    for (p, c) in counts.into_iter().enumerate() {
-        if c > 0 {
-            out.push(Range { partition: p as u32, from: next[p], to: next[p] + c });
-            next[p] += c;
-        }
-    }
-    out
-}
-
 fn finish(s: Submission, outcome: Outcome, metrics: &Metrics) {
     if let Outcome::Ok(ack) = &outcome {
         metrics.ingest_requests.fetch_add(1, Relaxed);
@@ -104,143 +88,39 @@ fn finish(s: Submission, outcome: Outcome, metrics: &Metrics) {
     let _ = s.reply.send(outcome);
 }
 
-fn replay(entry: &KeyEntry, hash: u64, key: &str) -> Outcome {
-    if entry.body_hash == hash {
-        Outcome::Ok(Ack { accepted: entry.events, positions: entry.ranges.clone(), duplicate: true })
-    } else {
-        Outcome::KeyConflict(format!("Idempotency-Key `{key}` was used for a different request body; use a new key for a new request"))
-    }
-}
-
-/// Whether `positions` (as the log assigned them) are exactly the planned ranges.
-fn as_planned(writes: &[(Submission, Vec<Range>)], positions: &[crate::log::Position]) -> bool {
-    let mut i = 0;
-    for (s, ranges) in writes {
-        let mut next: HashMap<u32, u64> = ranges.iter().map(|r| (r.partition, r.from)).collect();
-        for &(p, _) in &s.encoded.spans {
-            let Some(pos) = positions.get(i) else { return false };
-            let Some(n) = next.get_mut(&p) else { return false };
-            if pos.partition != p || pos.offset != *n {
-                return false;
-            }
-            *n += 1;
-            i += 1;
-        }
-    }
-    i == positions.len()
-}
-
+/// Commits one group through the append path (the protocol lives in
+/// [`crate::append::Appender::commit`]) and answers each request.
 fn commit<J: Job>(lambda: &Lambda<J>, group: Vec<Submission>, metrics: &Metrics) {
-    let mut keys = lambda.keys().lock().unwrap_or_else(|e| e.into_inner());
-    let start = lambda.log().end_offsets();
-    let mut next = start.clone();
-    let mut writes: Vec<(Submission, Vec<Range>)> = Vec::new();
-    let mut waiting: Vec<(Submission, usize)> = Vec::new();
-    let mut in_group: HashMap<String, usize> = HashMap::new();
-    for s in group {
-        if let Some((key, hash)) = &s.key {
-            if let Some(entry) = keys.get(key) {
-                let outcome = replay(entry, *hash, key);
-                finish(s, outcome, metrics);
-                continue;
-            }
-            if let Some(&i) = in_group.get(key) {
-                // The same key twice in one group (a retry racing its original): answer it
-                // like a retry once the original is durable.
-                waiting.push((s, i));
-                continue;
-            }
-            in_group.insert(key.clone(), writes.len());
-        }
-        let ranges = ranges_of(&s.encoded, &mut next);
-        writes.push((s, ranges));
-    }
-    if writes.is_empty() {
-        return;
-    }
-    let fail_all = |writes: Vec<(Submission, Vec<Range>)>, waiting: Vec<(Submission, usize)>, why: String| {
-        eprintln!("lambdaflow serve: a group commit of {} request(s) failed: {why}", writes.len() + waiting.len());
-        metrics.ingest_failed.fetch_add((writes.len() + waiting.len()) as u64, Relaxed);
-        for (s, _) in writes {
-            finish(s, Outcome::Failed(why.clone()), metrics);
-        }
-        for (s, _) in waiting {
-            finish(s, Outcome::Failed(why.clone()), metrics);
-        }
-    };
-    if let Some(why) = keys.poisoned() {
-        let why = format!("ingest is stopped until the service restarts ({why}); nothing of this request was stored");
-        return fail_all(writes, waiting, why);
-    }
-    let at = now_ms();
-    let entries: Vec<KeyEntry> = writes
-        .iter()
-        .filter_map(|(s, ranges)| {
-            s.key.as_ref().map(|(key, hash)| KeyEntry {
-                key: key.clone(),
-                body_hash: *hash,
-                events: s.encoded.len() as u64,
-                ranges: ranges.clone(),
-                at_ms: at,
-            })
+    let (writes, submissions): (Vec<Write>, Vec<_>) = group
+        .into_iter()
+        .map(|s| {
+            let Submission { key, encoded, received, reply, permit } = s;
+            (Write { key, encoded }, (received, reply, permit))
         })
-        .collect();
-    let prepared = if entries.is_empty() {
-        None
-    } else {
-        match keys.prepare(start.clone(), next.clone(), &entries) {
-            Ok(at) => Some(at),
-            Err(e) => return fail_all(writes, waiting, format!("could not record the idempotency keys: {e}")),
-        }
-    };
-    let records: Vec<(u32, &[u8])> = writes.iter().flat_map(|(s, _)| s.encoded.records()).collect();
-    let appended = lambda.log().append(&records);
-    drop(records);
-    metrics.group_commits.fetch_add(1, Relaxed);
-    match appended {
-        Ok(positions) if as_planned(&writes, &positions) => {}
-        Ok(_) => {
-            // Cannot happen while every append holds the keys lock; if it does, the journal
-            // no longer describes the log: stop, and let recovery decide at the restart.
-            keys.poison("a group commit's positions differ from its journal record".into());
-            let why = "the append's positions differ from the plan; ingest is stopped: restart the service, then retry                        with the same Idempotency-Key (the restart keeps or rolls back this request as a whole)";
-            return fail_all(writes, waiting, why.into());
-        }
-        Err(e) if lambda.log().is_poisoned() => {
-            // The log could not undo the partial append: keep the journal record, so the
-            // restart rolls the group back as a whole.
-            keys.poison(format!("the log could not undo a failed append: {e}"));
-            let why = format!(
-                "append failed and could not be undone ({e}); ingest is stopped: restart the service, then retry                  with the same Idempotency-Key"
-            );
-            return fail_all(writes, waiting, why);
-        }
-        Err(e) => {
-            let mut why = format!("append failed, nothing of the request is stored: {e}");
-            if let Some(at) = prepared {
-                if let Err(e2) = keys.abort(at) {
-                    why = format!(
-                        "append failed ({e}) and removing its idempotency record failed too ({e2}); ingest is stopped:                          restart the service, then retry with the same Idempotency-Key"
-                    );
-                }
-            }
-            return fail_all(writes, waiting, why);
-        }
+        .unzip();
+    let committed = lambda.appender().commit(&writes);
+    if committed.appended {
+        metrics.group_commits.fetch_add(1, Relaxed);
     }
-    lambda.notify();
-    keys.commit(entries.clone());
-    metrics.idempotency_keys.store(keys.len() as u64, Relaxed);
-    let by_key: HashMap<&str, &KeyEntry> = entries.iter().map(|e| (e.key.as_str(), e)).collect();
-    for (s, i) in waiting {
-        let outcome = match (&s.key, writes[i].0.key.as_ref().and_then(|(k, _)| by_key.get(k.as_str()))) {
-            (Some((key, hash)), Some(entry)) => replay(entry, *hash, key),
-            _ => Outcome::Failed("internal: a duplicate key lost its original".into()),
+    if committed.outcomes.iter().any(|o| matches!(o, Written::Appended(_))) {
+        lambda.notify();
+    }
+    metrics.idempotency_keys.store(committed.keys as u64, Relaxed);
+    let failed: Vec<&String> =
+        committed.outcomes.iter().filter_map(|o| if let Written::Failed(why) = o { Some(why) } else { None }).collect();
+    if let Some(why) = failed.first() {
+        eprintln!("lambdaflow serve: a group commit of {} request(s) failed: {why}", failed.len());
+        metrics.ingest_failed.fetch_add(failed.len() as u64, Relaxed);
+    }
+    for ((write, (received, reply, permit)), written) in writes.into_iter().zip(submissions).zip(committed.outcomes) {
+        let accepted = write.encoded.len() as u64;
+        let outcome = match written {
+            Written::Appended(positions) => Outcome::Ok(Ack { accepted, positions, duplicate: false }),
+            Written::Replayed { events, ranges } => Outcome::Ok(Ack { accepted: events, positions: ranges, duplicate: true }),
+            Written::KeyConflict(why) => Outcome::KeyConflict(why),
+            Written::Failed(why) => Outcome::Failed(why),
         };
+        let s = Submission { key: write.key, encoded: write.encoded, received, reply, permit };
         finish(s, outcome, metrics);
-    }
-    drop(keys);
-    for (s, ranges) in writes {
-        let accepted = s.encoded.len() as u64;
-        finish(s, Outcome::Ok(Ack { accepted, positions: ranges, duplicate: false }), metrics);
     }
 }

@@ -18,9 +18,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::batch::Progress;
+use crate::clock::now_ms;
 use crate::error::{DataflowError, Error, Result};
 use crate::lambda::Lambda;
-use crate::store::{now_ms, ViewStore};
+use crate::store::ViewStore;
 
 /// How long open connections may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -243,7 +244,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
     })?;
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let keys = lambda.keys().lock().unwrap_or_else(|e| e.into_inner()).len();
+    let keys = lambda.appender().keys();
     metrics.idempotency_keys.store(keys as u64, Ordering::Relaxed);
     let (tx, rx) = std::sync::mpsc::channel();
     let committer = {
