@@ -7,9 +7,10 @@
 //! is consolidated across workers and written; the version is published atomically.
 
 use lambdaflow_operators::{Ctx, Job, Mode, Registry, Time};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 
@@ -17,7 +18,7 @@ use crate::clock::now_ms;
 use crate::cluster::{Peers, PEER_TIMEOUT};
 use crate::error::{DataflowError, Error, Result};
 use crate::log::Log;
-use crate::store::{BatchMeta, ViewStore};
+use crate::store::{BatchMeta, PendingVersion, ViewStore};
 
 /// Events read between two updates of the run's progress.
 const PROGRESS_EVERY_EVENTS: u64 = 4096;
@@ -25,19 +26,40 @@ const PROGRESS_EVERY_EVENTS: u64 = 4096;
 /// Events fed between two steps of a worker while reading, so the dataflow drains as it goes.
 const STEP_EVERY_EVENTS: u64 = 64 * 1024;
 
-/// The environment variable that limits how fast each batch worker reads the log.
+/// The environment variable that limits how fast each batch worker reads the log; read once,
+/// at the command line ([`max_rate_from_env`]), and carried in [`BatchRun::max_rate`].
 pub const MAX_RATE_ENV: &str = "LAMBDAFLOW_BATCH_MAX_RATE";
 
 /// `LAMBDAFLOW_BATCH_MAX_RATE`: events per second each batch worker reads at most (unset:
 /// as fast as it can). A batch run on the serving machine can otherwise take every core
 /// from the speed layer and queries; worker processes inherit it.
-fn max_rate_per_worker() -> Result<Option<u64>> {
+pub fn max_rate_from_env() -> Result<Option<u64>> {
     match std::env::var(MAX_RATE_ENV) {
         Err(_) => Ok(None),
         Ok(v) => match v.trim().parse::<u64>() {
             Ok(n) if n > 0 => Ok(Some(n)),
             _ => Err(Error::Usage(format!("{MAX_RATE_ENV} must be a positive number of events per second, not `{v}`"))),
         },
+    }
+}
+
+/// Where one process's part of a batch run runs, and how it reads.
+#[derive(Clone, Debug)]
+pub struct BatchRun {
+    /// The processes and threads of the run (see [`crate::cluster`]).
+    pub peers: Peers,
+    /// The cut (default: the log's end when the run starts); every process must get the same.
+    pub cut: Option<Vec<u64>>,
+    /// How long the processes have to connect to each other.
+    pub peer_timeout: Duration,
+    /// Events per second each worker reads at most (`None`: as fast as it can).
+    pub max_rate: Option<u64>,
+}
+
+impl BatchRun {
+    /// A run in this process alone, on `workers` threads, at the log's end.
+    pub fn local(workers: usize) -> BatchRun {
+        BatchRun { peers: Peers::single(workers), cut: None, peer_timeout: PEER_TIMEOUT, max_rate: None }
     }
 }
 
@@ -75,110 +97,122 @@ pub fn run_batch<J: Job>(
     cut: Option<Vec<u64>>,
     progress: Arc<Progress>,
 ) -> Result<BatchReport> {
-    let report = run_batch_on(job, log, store, &Peers::single(workers), cut, progress, PEER_TIMEOUT, || Ok(()))?;
+    let run = BatchRun { cut, ..BatchRun::local(workers) };
+    let report = run_batch_on(job, log, store, &run, progress, || Ok(()))?;
     Ok(report.expect("process 0 publishes"))
 }
 
-/// Runs this process's part of a batch run over `peers` (see [`crate::cluster`]): every
-/// worker reads its partitions; views and seeds are gathered to worker 0, and process 0
+/// Runs this process's part of a batch run (see [`crate::cluster`]): every worker reads its
+/// partitions; views are gathered to worker 0, seeds written per process, and process 0
 /// writes and publishes the version (`Some(report)`); other processes return `None`.
-/// Every process must be given the same `cut`. `alive` is checked while the cluster forms.
-/// Across processes, call it only in a process set to [`crate::guard::fail_fast`]: a worker
-/// that fails must take its process down, or its peers wait for it.
-#[allow(clippy::too_many_arguments)]
+/// `alive` is checked while the cluster forms. Across processes, call it only in a process
+/// set to [`crate::guard::fail_fast`]: a worker that fails must take its process down, or
+/// its peers wait for it.
 pub fn run_batch_on<J: Job>(
     job: Arc<J>,
     log: Arc<Log>,
     store: &ViewStore,
-    peers: &Peers,
-    cut: Option<Vec<u64>>,
+    run: &BatchRun,
     progress: Arc<Progress>,
-    peer_timeout: std::time::Duration,
     alive: impl FnMut() -> Result<()>,
 ) -> Result<Option<BatchReport>> {
     let started_ms = now_ms();
-    let workers = peers.threads;
-    let cut = cut.unwrap_or_else(|| log.end_offsets());
+    let cut = checked_cut(&log, run)?;
+    progress.total.store(cut.iter().sum(), Ordering::Relaxed);
+    let computed = compute(job.clone(), log, store, run, &cut, progress, alive)?;
+    if run.peers.process != 0 {
+        return Ok(None);
+    }
+    let t1 = Instant::now();
+    let written = write_version(store, &computed, run.peers.threads)?;
+    let meta = publish(store, written, &*job, &computed, &run.peers, cut, started_ms)?;
+    Ok(Some(BatchReport { meta, compute_secs: computed.compute_secs, write_secs: t1.elapsed().as_secs_f64() }))
+}
+
+/// The run's cut, checked to be a prefix of the log. This process reads only its own
+/// partitions (a follower knows only those), so only their ends are checked.
+fn checked_cut(log: &Log, run: &BatchRun) -> Result<Vec<u64>> {
     let ends = log.end_offsets();
-    // This process reads only its own partitions (a follower knows only those).
-    if cut.len() != ends.len() || peers.own_ends(&cut).iter().zip(&ends).any(|(c, e)| c > e) {
+    let cut = run.cut.clone().unwrap_or_else(|| ends.clone());
+    if cut.len() != ends.len() || run.peers.own_ends(&cut).iter().zip(&ends).any(|(c, e)| c > e) {
         return Err(Error::Usage(format!("cut {cut:?} is not a prefix of the log (ends {ends:?})")));
     }
-    let total: u64 = cut.iter().sum();
-    progress.total.store(total, Ordering::Relaxed);
-    let max_rate = max_rate_per_worker()?;
+    Ok(cut)
+}
+
+/// What the dataflow of a run left for writing.
+struct Computed {
+    /// The views and seeds the job declared, holding their output.
+    registry: Arc<Registry>,
+    /// Across processes: where the other processes' seed shards are staged.
+    shards: Option<PathBuf>,
+    /// Rows per seed in the other processes' shards, as worker 0 learned them.
+    shard_rows: Vec<usize>,
+    /// Wall time of the dataflow, seconds.
+    compute_secs: f64,
+}
+
+/// Phase 1: runs the dataflow over the cut on every worker of this process and waits for
+/// it (and, across processes, for every process's seed shards) to complete.
+fn compute<J: Job>(
+    job: Arc<J>,
+    log: Arc<Log>,
+    store: &ViewStore,
+    run: &BatchRun,
+    cut: &[u64],
+    progress: Arc<Progress>,
+    alive: impl FnMut() -> Result<()>,
+) -> Result<Computed> {
+    let peers = &run.peers;
+    let workers = peers.threads;
     let registry = Arc::new(if peers.spans_processes() { Registry::gathered() } else { Registry::default() });
     let abort = Arc::new(crate::guard::Abort::default());
     // Across processes, each process writes its own seed shards (seeds are the bulk of a
     // run's output and need no order), staged here; process 0 moves them into the version.
-    let shards = if peers.spans_processes() { Some(store.shard_dir(&run_id(peers, &cut))?) } else { None };
-    // Rows per seed in the other processes' shards, as worker 0 learns them.
+    let shards = if peers.spans_processes() { Some(store.shard_dir(&run_id(peers, cut))?) } else { None };
     let shard_rows: Arc<Mutex<Vec<usize>>> = Arc::default();
     let local = Arc::new(std::sync::Barrier::new(workers));
     let t0 = Instant::now();
     let guards = {
-        let (registry, cut, log, job, progress, abort) =
-            (registry.clone(), cut.clone(), log.clone(), job.clone(), progress.clone(), abort.clone());
+        let (registry, cut, abort, max_rate) = (registry.clone(), cut.to_vec(), abort.clone(), run.max_rate);
         let (shards, shard_rows, local, process) = (shards.clone(), shard_rows.clone(), local.clone(), peers.process);
-        let (builders, others) = crate::cluster::communication(peers, peer_timeout, alive)?;
-        let run = move |worker: &mut timely::worker::Worker| -> Result<()> {
-            {
-                crate::guard::guarded(worker, &abort, |worker| {
-                    let (index, peers) = (worker.index(), worker.peers());
-                    let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
-                        let (input, events) = scope.new_collection::<J::Event, isize>();
-                        let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
-                        job.build(&mut ctx, events);
-                        (input, ctx.errors().to_vec())
-                    });
-                    if !errors.is_empty() {
-                        return Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }));
+        let (builders, others) = crate::cluster::communication(peers, run.peer_timeout, alive)?;
+        let work = move |worker: &mut timely::worker::Worker| -> Result<()> {
+            crate::guard::guarded(worker, &abort, |worker| {
+                let (index, peers) = (worker.index(), worker.peers());
+                let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
+                    let (input, events) = scope.new_collection::<J::Event, isize>();
+                    let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
+                    job.build(&mut ctx, events);
+                    (input, ctx.errors().to_vec())
+                });
+                if !errors.is_empty() {
+                    return Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }));
+                }
+                let mine = (0..cut.len() as u32).filter(|p| *p as usize % peers == index);
+                let mut feed =
+                    Feed { worker, input: &mut input, progress: &progress, abort: &abort, max_rate, fed: 0, started: Instant::now() };
+                for partition in mine {
+                    feed.partition(&log, partition, cut[partition as usize])?;
+                }
+                progress.done.fetch_add(feed.fed % PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
+                drop(input);
+                // Step until every dataflow completes, or another worker fails.
+                while !abort.raised() && worker.step_or_park(Some(Duration::from_millis(10))) {}
+                if let Some(shards) = &shards {
+                    // Every local sink has pushed its last output past this barrier. (A
+                    // local worker that failed never gets here; across processes that
+                    // only happens in a fail-fast worker process, which has exited.)
+                    if abort.raised() {
+                        return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
                     }
-                    let mut fed = 0u64;
-                    let started = Instant::now();
-                    for partition in (0..cut.len() as u32).filter(|p| *p as usize % peers == index) {
-                        log.read(partition, 0, cut[partition as usize], |offset, bytes| -> Result<()> {
-                            input.update(decode_event::<J::Event>(partition, offset, bytes)?, 1);
-                            fed += 1;
-                            if let Some(rate) = max_rate.filter(|_| fed.is_multiple_of(1024)) {
-                                // Keep to `rate` events/s: sleep off any lead.
-                                let due = std::time::Duration::from_secs_f64(fed as f64 / rate as f64);
-                                if let Some(lead) = due.checked_sub(started.elapsed()) {
-                                    std::thread::sleep(lead);
-                                }
-                            }
-                            if fed.is_multiple_of(PROGRESS_EVERY_EVENTS) {
-                                progress.done.fetch_add(PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
-                            }
-                            if fed.is_multiple_of(STEP_EVERY_EVENTS) {
-                                input.flush();
-                                worker.step();
-                                if abort.raised() {
-                                    return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
-                                }
-                            }
-                            Ok(())
-                        })?;
-                    }
-                    progress.done.fetch_add(fed % PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
-                    drop(input);
-                    // Step until every dataflow completes, or another worker fails.
-                    while !abort.raised() && worker.step_or_park(Some(std::time::Duration::from_millis(10))) {}
-                    if let Some(shards) = &shards {
-                        // Every local sink has pushed its last output past this barrier. (A
-                        // local worker that failed never gets here; across processes that
-                        // only happens in a fail-fast worker process, which has exited.)
-                        if abort.raised() {
-                            return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
-                        }
-                        local.wait();
-                        write_shards(worker, &registry, shards, process, &shard_rows, index % workers == 0)?;
-                    }
-                    Ok(())
-                })
-            }
+                    local.wait();
+                    write_shards(worker, &registry, shards, process, &shard_rows, index % workers == 0)?;
+                }
+                Ok(())
+            })
         };
-        timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run)
+        timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), work)
             .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))?
     };
     if peers.spans_processes() {
@@ -188,41 +222,94 @@ pub fn run_batch_on<J: Job>(
     if let Some(reason) = abort.reason() {
         return Err(Error::Dataflow(DataflowError::Failed(reason)));
     }
-    let compute_secs = t0.elapsed().as_secs_f64();
-    if peers.process != 0 {
-        return Ok(None);
-    }
+    let shard_rows = crate::sync::lock(&shard_rows).clone();
+    Ok(Computed { registry, shards, shard_rows, compute_secs: t0.elapsed().as_secs_f64() })
+}
 
-    let t1 = Instant::now();
-    let pending = store.begin()?;
-    // Encoding (a sort per view) and writing are independent per view and seed: spread them
-    // over `workers` threads, each taking the next unclaimed one.
-    enum Out {
-        View(Arc<dyn lambdaflow_operators::AnyView>),
-        Seed(Arc<dyn lambdaflow_operators::ctx::AnySeed>),
+/// One worker's reading of its partitions into the dataflow's input.
+struct Feed<'w, 'i, E: lambdaflow_operators::Event> {
+    worker: &'w mut timely::worker::Worker,
+    input: &'i mut differential_dataflow::input::InputSession<Time, E, isize>,
+    progress: &'i Progress,
+    abort: &'i crate::guard::Abort,
+    max_rate: Option<u64>,
+    /// Events fed so far.
+    fed: u64,
+    started: Instant,
+}
+
+impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
+    /// Feeds `partition` from offset 0 to `to`, stepping the worker as it goes, keeping to
+    /// the rate limit, and reporting progress.
+    fn partition(&mut self, log: &Log, partition: u32, to: u64) -> Result<()> {
+        log.read(partition, 0, to, |offset, bytes| -> Result<()> {
+            self.input.update(decode_event::<E>(partition, offset, bytes)?, 1);
+            self.fed += 1;
+            if let Some(rate) = self.max_rate.filter(|_| self.fed.is_multiple_of(1024)) {
+                // Keep to `rate` events/s: sleep off any lead.
+                let due = Duration::from_secs_f64(self.fed as f64 / rate as f64);
+                if let Some(lead) = due.checked_sub(self.started.elapsed()) {
+                    std::thread::sleep(lead);
+                }
+            }
+            if self.fed.is_multiple_of(PROGRESS_EVERY_EVENTS) {
+                self.progress.done.fetch_add(PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
+            }
+            if self.fed.is_multiple_of(STEP_EVERY_EVENTS) {
+                self.input.flush();
+                self.worker.step();
+                if self.abort.raised() {
+                    return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
+}
+
+/// A view or a seed to write.
+enum Out {
+    View(Arc<dyn lambdaflow_operators::AnyView>),
+    Seed(Arc<dyn lambdaflow_operators::ctx::AnySeed>),
+}
+
+/// A version written but not yet published: its views' and seeds' record counts, in
+/// declaration order.
+struct Written {
+    pending: PendingVersion,
+    views: Vec<(String, usize)>,
+    seeds: Vec<(String, usize)>,
+}
+
+/// Phase 2: encodes (a sort per view) and writes every view and seed into a new pending
+/// version. They are independent: `threads` threads each take the next unclaimed one.
+fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Result<Written> {
+    let pending = store.begin()?;
+    let registry = &computed.registry;
     let outputs: Vec<Out> = registry.views().into_iter().map(Out::View).chain(registry.seeds().into_iter().map(Out::Seed)).collect();
     let next = AtomicU64::new(0);
     let results: Vec<Result<Vec<(usize, usize)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers.max(1))
+        let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 scope.spawn(|| -> Result<Vec<(usize, usize)>> {
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let Some(out) = outputs.get(i) else { return Ok(done) };
-                        match out {
+                        let n = match out {
                             Out::View(view) => {
                                 let (bytes, n) = view.take_batch_encoded().map_err(Error::Internal)?;
                                 pending.write_view(&view.info().name, &bytes)?;
-                                done.push((i, n));
+                                n
                             }
                             Out::Seed(seed) => {
                                 let (bytes, n) = seed.take_encoded().map_err(Error::Internal)?;
                                 pending.write_seed(seed.name(), &bytes)?;
-                                done.push((i, n));
+                                n
                             }
-                        }
+                        };
+                        done.push((i, n));
                     }
                 })
             })
@@ -240,17 +327,30 @@ pub fn run_batch_on<J: Job>(
         }
     }
     let (mut views, mut seeds) = (Vec::new(), Vec::new());
-    let shard_rows = crate::sync::lock(&shard_rows).clone();
     for (out, n) in outputs.iter().zip(counts) {
         match out {
             Out::View(v) => views.push((v.info().name.clone(), n)),
             Out::Seed(s) => {
                 let i = seeds.len();
-                seeds.push((s.name().to_string(), n + shard_rows.get(i).copied().unwrap_or(0)));
+                seeds.push((s.name().to_string(), n + computed.shard_rows.get(i).copied().unwrap_or(0)));
             }
         }
     }
-    if let Some(shards) = &shards {
+    Ok(Written { pending, views, seeds })
+}
+
+/// Phase 3: adopts the other processes' seed shards, writes META and publishes the version.
+fn publish<J: Job>(
+    store: &ViewStore,
+    written: Written,
+    job: &J,
+    computed: &Computed,
+    peers: &Peers,
+    cut: Vec<u64>,
+    started_ms: u64,
+) -> Result<BatchMeta> {
+    let Written { pending, views, seeds } = written;
+    if let Some(shards) = &computed.shards {
         // The other processes' shards, written and fsync'd before the barrier ended.
         for (name, _) in &seeds {
             for p in 1..peers.processes {
@@ -262,19 +362,19 @@ pub fn run_batch_on<J: Job>(
         version: pending.version(),
         job: job.name().to_string(),
         job_version: job.version(),
-        events: total,
+        events: cut.iter().sum(),
         cut,
         started_ms,
         finished_ms: now_ms(),
         views,
         seeds,
-        seed_shards: if shards.is_some() { peers.processes } else { 0 },
+        seed_shards: if computed.shards.is_some() { peers.processes } else { 0 },
     };
     store.publish(pending, &meta)?;
-    if let Some(shards) = &shards {
+    if let Some(shards) = &computed.shards {
         let _ = std::fs::remove_dir(shards);
     }
-    Ok(Some(BatchReport { meta, compute_secs, write_secs: t1.elapsed().as_secs_f64() }))
+    Ok(meta)
 }
 
 /// Runs a batch over `cut` on `processes` worker processes started on loopback as children

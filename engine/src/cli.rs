@@ -321,7 +321,9 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
 }
 
 fn opts(workers: usize, partitions: u32) -> Options {
-    Options { workers: workers.max(1), log: LogConfig { partitions, segment_bytes: 64 << 20 }, ..Options::default() }
+    // `run` has checked the variable already.
+    let batch_max_rate = crate::batch::max_rate_from_env().ok().flatten();
+    Options { workers: workers.max(1), log: LogConfig { partitions, ..LogConfig::default() }, batch_max_rate, ..Options::default() }
 }
 
 /// Opens the master dataset of `dir` (creating it with `partitions`), finishing any keyed
@@ -341,6 +343,7 @@ fn parse_format(s: &str) -> Result<Format> {
 
 fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
     let workers = cli.workers.max(1);
+    crate::batch::max_rate_from_env()?;
     match cli.command {
         Command::Gen(args) => {
             if args.job != app.job.name() {
@@ -427,7 +430,11 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                         let cut = log.end_offsets();
                         crate::batch::run_batch_local(&exe, &dir, &store, processes, workers, cut, progress, crate::cluster::PEER_TIMEOUT)
                     } else {
-                        crate::batch::run_batch(job, log, &store, workers, None, progress)
+                        let run = crate::batch::BatchRun {
+                            max_rate: crate::batch::max_rate_from_env()?,
+                            ..crate::batch::BatchRun::local(workers)
+                        };
+                        crate::batch::run_batch_on(job, log, &store, &run, progress, || Ok(())).map(|r| r.expect("process 0 publishes"))
                     }
                 })
             };
@@ -568,7 +575,8 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
                     }
                 })
             };
-            let report = crate::batch::run_batch_on(job, log, &store, &peers, Some(cut), progress, timeout, || Ok(()));
+            let run = crate::batch::BatchRun { peers, cut: Some(cut), peer_timeout: timeout, max_rate: crate::batch::max_rate_from_env()? };
+            let report = crate::batch::run_batch_on(job, log, &store, &run, progress, || Ok(()));
             done.store(true, Ordering::Relaxed);
             let _ = reporter.join();
             if let Some(r) = report? {
@@ -584,7 +592,12 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
             if args.process == 0 {
                 return Err(Error::Usage("process 0 of a speed layer is the serving process (`serve`/`cluster`), not a `worker`".into()));
             }
-            crate::speed::run_member(job, log, store, args.batch_version, cut, peers, timeout)
+            crate::speed::run_member(
+                job,
+                log,
+                store,
+                crate::speed::Start { batch_version: args.batch_version, cut, peers, peer_timeout: timeout },
+            )
         }
     }
 }

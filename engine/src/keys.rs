@@ -179,6 +179,124 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(durable::sync_dir(dir)?)
 }
 
+/// Decodes the journal's records from `bytes`; returns them (with their byte offsets) and
+/// the end of the last valid one. A torn or bad tail is a group whose append never started
+/// (truncated); damage followed by valid records is refused.
+fn decode_records(path: &Path, bytes: &[u8], log: &Log) -> Result<(Vec<(u64, Record)>, u64)> {
+    let mut records: Vec<(u64, Record)> = Vec::new();
+    let mut pos = 0usize;
+    let mut valid_end = 0u64;
+    while pos < bytes.len() {
+        let bad = |detail: String| -> String { format!("{} at byte {pos}: {detail}", path.display()) };
+        if bytes.len() - pos < 8 {
+            eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record header".into()));
+            break;
+        }
+        let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
+        if bytes.len() - pos - 8 < len {
+            // A record longer than the rest of the file is a torn write only if nothing
+            // valid follows; a damaged length field in the middle is damage.
+            match valid_frame_after(&bytes, pos + 1) {
+                After::Record(at) => {
+                    let why = format!("its length field ({len}) runs past the end of the file, but a valid record follows at byte {at}");
+                    return Err(damaged(&path, pos, &why));
+                }
+                After::Undecided => {
+                    let why = format!(
+                        "its length field ({len}) runs past the end of the file, and the {} bytes after it are too many to rule \
+                         out a valid record",
+                        bytes.len() - pos
+                    );
+                    return Err(damaged(&path, pos, &why));
+                }
+                After::Nothing => {}
+            }
+            eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record".into()));
+            break;
+        }
+        let payload = &bytes[pos + 8..pos + 8 + len];
+        let actual = frame::record_crc([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]], payload);
+        let record: Option<Record> = if actual == crc { bincode::deserialize(payload).ok() } else { None };
+        let Some(record) = record else {
+            // A bad record followed by more data is damage, not a torn write: refuse
+            // rather than forget keys (a retry would then append twice).
+            if pos + 8 + len < bytes.len() {
+                return Err(damaged(&path, pos, "it fails its checksum and more records follow"));
+            }
+            // A whole last record that fails its checksum is a torn write only if its
+            // group never reached the log; if the log holds the group, it is damage.
+            if let Ok(Record { start: Some(start), end: Some(end), .. }) = bincode::deserialize::<Record>(payload) {
+                let ends = log.end_offsets();
+                // A group of its own: it starts where the previous keyed group ended or later.
+                let new_group = match records.iter().rev().find_map(|(_, r)| r.end.as_ref()) {
+                    Some(prev) => prev.len() == start.len() && start.iter().zip(prev).all(|(s, p)| s >= p),
+                    None => true,
+                };
+                let in_log = end.len() == ends.len() && ends.iter().zip(&end).all(|(e, want)| e >= want);
+                if new_group && in_log && start.iter().zip(&end).any(|(s, e)| e > s) {
+                    return Err(damaged(&path, pos, "it fails its checksum, but the log holds its whole group"));
+                }
+            }
+            eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("checksum mismatch in the last record".into()));
+            break;
+        };
+        records.push((pos as u64, record));
+        pos += 8 + len;
+        valid_end = pos as u64;
+    }
+    Ok((records, valid_end))
+}
+
+/// Finishes a group append a crash interrupted: only the last record can belong to one;
+/// if the log holds part of its group, the log is rolled back to before it (those events
+/// were never acknowledged) and the record dropped. Returns the log to use from now on, the
+/// records left, and the journal's valid end.
+fn finish_interrupted(
+    path: &Path,
+    log: Log,
+    mut records: Vec<(u64, Record)>,
+    mut valid_end: u64,
+) -> Result<(Log, Vec<(u64, Record)>, u64)> {
+    let mut log = log;
+    // Only the last record can belong to an interrupted append.
+    if let Some((at, last)) = records.last() {
+        if let (Some(start), Some(end)) = (&last.start, &last.end) {
+            let ends = log.end_offsets();
+            if start.len() != ends.len() || end.len() != ends.len() {
+                return Err(Error::Inconsistent(format!(
+                    "{}: the last record names {} partitions, the log has {}",
+                    path.display(),
+                    end.len(),
+                    ends.len()
+                )));
+            }
+            let complete = ends.iter().zip(end).all(|(e, want)| e >= want);
+            // An interrupted group leaves every partition between its start and its end.
+            // Anything else means records were lost for another reason (damage, a manual
+            // truncation): rolling back would delete acknowledged events, so refuse.
+            let interrupted = ends.iter().zip(start).zip(end).all(|((e, s), want)| s <= e && e <= want);
+            if !complete && !interrupted {
+                return Err(Error::Inconsistent(format!(
+                    "{}: the last keyed group spans log offsets {start:?}..{end:?}, but the log ends at {ends:?}: \
+                         records before the group are missing, which no crash explains (see `verify`); refusing to start",
+                    path.display()
+                )));
+            }
+            if !complete {
+                eprintln!(
+                    "lambdaflow keys: the last group append was interrupted (log ends {ends:?}, the group would end at {end:?}); \
+                     rolling the log back to {start:?}: those events were never acknowledged"
+                );
+                log = log.rollback_to(start)?;
+                valid_end = *at;
+                records.pop();
+            }
+        }
+    }
+    Ok((log, records, valid_end))
+}
+
 impl KeyJournal {
     /// Opens (or creates) the journal of data directory `dir`, and finishes any group append
     /// a crash interrupted: the log is rolled back to before it (it was never acknowledged).
@@ -200,106 +318,8 @@ impl KeyJournal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, "open")(e)),
         }
-        // Decode records; a torn or bad tail is a group whose append never started.
-        let mut records: Vec<(u64, Record)> = Vec::new();
-        let mut pos = 0usize;
-        let mut valid_end = 0u64;
-        while pos < bytes.len() {
-            let bad = |detail: String| -> String { format!("{} at byte {pos}: {detail}", path.display()) };
-            if bytes.len() - pos < 8 {
-                eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record header".into()));
-                break;
-            }
-            let len = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
-            let crc = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
-            if bytes.len() - pos - 8 < len {
-                // A record longer than the rest of the file is a torn write only if nothing
-                // valid follows; a damaged length field in the middle is damage.
-                match valid_frame_after(&bytes, pos + 1) {
-                    After::Record(at) => {
-                        let why =
-                            format!("its length field ({len}) runs past the end of the file, but a valid record follows at byte {at}");
-                        return Err(damaged(&path, pos, &why));
-                    }
-                    After::Undecided => {
-                        let why = format!(
-                            "its length field ({len}) runs past the end of the file, and the {} bytes after it are too many to rule \
-                             out a valid record",
-                            bytes.len() - pos
-                        );
-                        return Err(damaged(&path, pos, &why));
-                    }
-                    After::Nothing => {}
-                }
-                eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("torn record".into()));
-                break;
-            }
-            let payload = &bytes[pos + 8..pos + 8 + len];
-            let actual = frame::record_crc([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]], payload);
-            let record: Option<Record> = if actual == crc { bincode::deserialize(payload).ok() } else { None };
-            let Some(record) = record else {
-                // A bad record followed by more data is damage, not a torn write: refuse
-                // rather than forget keys (a retry would then append twice).
-                if pos + 8 + len < bytes.len() {
-                    return Err(damaged(&path, pos, "it fails its checksum and more records follow"));
-                }
-                // A whole last record that fails its checksum is a torn write only if its
-                // group never reached the log; if the log holds the group, it is damage.
-                if let Ok(Record { start: Some(start), end: Some(end), .. }) = bincode::deserialize::<Record>(payload) {
-                    let ends = log.end_offsets();
-                    // A group of its own: it starts where the previous keyed group ended or later.
-                    let new_group = match records.iter().rev().find_map(|(_, r)| r.end.as_ref()) {
-                        Some(prev) => prev.len() == start.len() && start.iter().zip(prev).all(|(s, p)| s >= p),
-                        None => true,
-                    };
-                    let in_log = end.len() == ends.len() && ends.iter().zip(&end).all(|(e, want)| e >= want);
-                    if new_group && in_log && start.iter().zip(&end).any(|(s, e)| e > s) {
-                        return Err(damaged(&path, pos, "it fails its checksum, but the log holds its whole group"));
-                    }
-                }
-                eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("checksum mismatch in the last record".into()));
-                break;
-            };
-            records.push((pos as u64, record));
-            pos += 8 + len;
-            valid_end = pos as u64;
-        }
-
-        let mut log = log;
-        // Only the last record can belong to an interrupted append.
-        if let Some((at, last)) = records.last() {
-            if let (Some(start), Some(end)) = (&last.start, &last.end) {
-                let ends = log.end_offsets();
-                if start.len() != ends.len() || end.len() != ends.len() {
-                    return Err(Error::Inconsistent(format!(
-                        "{}: the last record names {} partitions, the log has {}",
-                        path.display(),
-                        end.len(),
-                        ends.len()
-                    )));
-                }
-                let complete = ends.iter().zip(end).all(|(e, want)| e >= want);
-                // An interrupted group leaves every partition between its start and its end.
-                // Anything else means records were lost for another reason (damage, a manual
-                // truncation): rolling back would delete acknowledged events, so refuse.
-                let interrupted = ends.iter().zip(start).zip(end).all(|((e, s), want)| s <= e && e <= want);
-                if !complete && !interrupted {
-                    return Err(Error::Inconsistent(format!(
-                        "{}: the last keyed group spans log offsets {start:?}..{end:?}, but the log ends at {ends:?}:                          records before the group are missing, which no crash explains (see `verify`); refusing to start",
-                        path.display()
-                    )));
-                }
-                if !complete {
-                    eprintln!(
-                        "lambdaflow keys: the last group append was interrupted (log ends {ends:?}, the group would end at {end:?}); \
-                         rolling the log back to {start:?}: those events were never acknowledged"
-                    );
-                    log = log.rollback_to(start)?;
-                    valid_end = *at;
-                    records.pop();
-                }
-            }
-        }
+        let (records, valid_end) = decode_records(&path, &bytes, &log)?;
+        let (log, records, valid_end) = finish_interrupted(&path, log, records, valid_end)?;
         if valid_end < bytes.len() as u64 {
             let f = OpenOptions::new().write(true).open(&path).map_err(Error::io(&path, "open"))?;
             f.set_len(valid_end).and_then(|()| f.sync_all()).map_err(Error::io(&path, "truncate"))?;

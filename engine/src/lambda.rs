@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::append::Appender;
-use crate::batch::{run_batch, BatchReport, Progress};
+use crate::batch::{run_batch_on, BatchReport, BatchRun, Progress};
 use crate::clock::now_ms;
 use crate::error::{DataflowError, Error, Result};
 use crate::log::{Log, LogConfig, Position};
@@ -131,6 +131,9 @@ pub struct Options {
     pub max_keys: usize,
     /// How many processes batch runs and the speed layer use.
     pub cluster: ClusterOptions,
+    /// Events per second each batch worker reads at most (`None`: as fast as it can), so a
+    /// batch run does not take every core from the speed layer and queries.
+    pub batch_max_rate: Option<u64>,
 }
 
 /// Processes for each layer (see [`crate::cluster`]). The layers scale independently: a
@@ -180,6 +183,7 @@ impl Default for Options {
             key_retention: crate::keys::KEY_RETENTION_DEFAULT,
             max_keys: crate::keys::KEYS_MAX_DEFAULT,
             cluster: ClusterOptions::default(),
+            batch_max_rate: None,
         }
     }
 }
@@ -209,6 +213,7 @@ pub struct Lambda<J: Job> {
     dir: PathBuf,
     workers: usize,
     cluster: ClusterOptions,
+    batch_max_rate: Option<u64>,
     /// Speed layers restarted after a failure.
     restarts: std::sync::atomic::AtomicU64,
     current: RwLock<Arc<Serving>>,
@@ -239,6 +244,7 @@ impl<J: Job> Lambda<J> {
             dir: dir.to_path_buf(),
             workers: opts.workers,
             cluster: opts.cluster,
+            batch_max_rate: opts.batch_max_rate,
             restarts: std::sync::atomic::AtomicU64::new(0),
             current: RwLock::new(Arc::new(serving)),
             handover: Mutex::new(()),
@@ -423,7 +429,8 @@ impl<J: Job> Lambda<J> {
         let report = if self.cluster.batch_processes > 1 {
             self.run_batch_cluster(&store, progress)?
         } else {
-            run_batch(self.job.clone(), self.log.clone(), &store, self.workers, None, progress)?
+            let run = BatchRun { max_rate: self.batch_max_rate, ..BatchRun::local(self.workers) };
+            run_batch_on(self.job.clone(), self.log.clone(), &store, &run, progress, || Ok(()))?.expect("process 0 publishes")
         };
         self.handover(report.meta.version)?;
         Ok(report)
@@ -588,7 +595,15 @@ impl<J: Job> Lambda<J> {
         Freshness {
             batch_version: serving.batch.as_ref().map(|b| b.meta.version),
             batch_age_ms: serving.batch.as_ref().map(|b| now.saturating_sub(b.meta.finished_ms)),
-            speed_events: frontier.iter().zip(&cut).map(|(f, c)| f - c).sum(),
+            speed_events: frontier
+                .iter()
+                .zip(&cut)
+                .map(|(f, c)| {
+                    // A speed layer starts at its cut and only moves forward.
+                    assert!(f >= c, "speed frontier {frontier:?} is behind its cut {cut:?}");
+                    f - c
+                })
+                .sum(),
             speed_lag_events: ends.iter().zip(&frontier).map(|(e, f)| e.saturating_sub(*f)).sum(),
             batch_cut: cut,
             speed_frontier: frontier,

@@ -151,19 +151,84 @@ pub struct SpeedLayer {
 /// What [`launch`] returns: this process's shared state and its workers.
 type Launched = (Arc<Shared>, timely::communication::WorkerGuards<Result<()>>);
 
-/// Builds the speed dataflow on this process's workers (`peers`) and starts them. Returns
-/// once every local worker has built the job and the seeds are loaded.
-#[allow(clippy::too_many_arguments)]
-fn launch<J: Job>(
-    job: Arc<J>,
-    log: Arc<Log>,
-    store: ViewStore,
-    batch_version: Option<u64>,
-    cut: Vec<u64>,
-    peers: Peers,
-    peer_timeout: Duration,
-    alive: impl FnMut() -> Result<()>,
-) -> Result<Launched> {
+/// Where a speed layer starts and on which processes: what [`launch`] and [`run_member`]
+/// are given besides the job, the log and the store.
+#[derive(Clone, Debug)]
+pub struct Start {
+    /// The batch version whose seeds it starts from (none: from offset 0, no seeds).
+    pub batch_version: Option<u64>,
+    /// The cut it starts from (the batch version's).
+    pub cut: Vec<u64>,
+    /// The processes and threads of the layer.
+    pub peers: Peers,
+    /// How long the processes have to connect to each other.
+    pub peer_timeout: Duration,
+}
+
+/// One worker's part of the speed dataflow, as built.
+struct Parts<E: lambdaflow_operators::Event> {
+    input: differential_dataflow::input::InputSession<Time, E, isize>,
+    ctl: CtlInput,
+    inbox: Rc<RefCell<Vec<Ctl>>>,
+    probe: timely::dataflow::ProbeHandle<Time>,
+}
+
+/// Builds the job's speed dataflow (and the control stream) on `worker`. A panic in the
+/// job's `build` is caught and returned as an error, so it cannot leave the other workers
+/// waiting at the start barrier.
+fn build_on<J: Job>(
+    worker: &mut timely::worker::Worker,
+    job: &J,
+    registry: &Arc<Registry>,
+    seeds: Arc<dyn SeedSource>,
+) -> std::result::Result<Parts<J::Event>, Vec<String>> {
+    let index = worker.index();
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        worker.dataflow::<Time, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<J::Event, isize>();
+            let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seeds));
+            job.build(&mut ctx, events);
+            let probe = ctx.probe();
+            let mut ctl = CtlInput::new();
+            let inbox: Rc<RefCell<Vec<Ctl>>> = Rc::default();
+            let sink = inbox.clone();
+            scope
+                .input_from(&mut ctl)
+                .exchange(|(to, _): &(usize, Ctl)| *to as u64)
+                .inspect(move |(_, msg): &(usize, Ctl)| sink.borrow_mut().push(msg.clone()))
+                .probe_with(&probe);
+            (Parts { input, ctl, inbox, probe }, ctx.errors().to_vec())
+        })
+    }));
+    match built {
+        Ok((parts, errors)) if errors.is_empty() => Ok(parts),
+        Ok((_, errors)) => Err(errors),
+        Err(payload) => {
+            Err(vec![format!("worker {index} panicked while building the job: {}", crate::guard::panic_message(payload.as_ref()))])
+        }
+    }
+}
+
+/// The state this process's workers share, for a layer that starts at `cut`.
+fn new_shared(registry: &Registry, cut: &[u64]) -> Arc<Shared> {
+    let views = registry.views();
+    let tables = views.iter().map(|v| v.new_speed_table()).collect();
+    Arc::new(Shared {
+        views,
+        state: RwLock::new(SpeedState { tables, epoch: 0, frontier: cut.to_vec(), updated_ms: now_ms() }),
+        moved: Condvar::new(),
+        moved_lock: Mutex::new(()),
+        stop: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        threads: Mutex::new(Vec::new()),
+        abort: crate::guard::Abort::default(),
+    })
+}
+
+/// Builds the speed dataflow on this process's workers and starts them. Returns once every
+/// local worker has built the job and the seeds are loaded.
+fn launch<J: Job>(job: Arc<J>, log: Arc<Log>, store: ViewStore, start: Start, alive: impl FnMut() -> Result<()>) -> Result<Launched> {
+    let Start { batch_version, cut, peers, peer_timeout } = start;
     let partitions = log.partitions() as usize;
     if cut.len() != partitions {
         return Err(Error::Usage(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
@@ -190,97 +255,56 @@ fn launch<J: Job>(
             build_errors.clone(),
             peers.clone(),
         );
-        {
-            move |worker: &mut timely::worker::Worker| -> Result<()> {
-                let index = worker.index();
-                let leader = index.is_multiple_of(threads);
-                let seed_source: Arc<dyn SeedSource> = seeds.clone();
-                // A panic in the job's `build` on any worker must not leave the others at the
-                // barrier: catch it, and let every worker's problems decide together.
-                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    worker.dataflow::<Time, _, _>(|scope| {
-                        let (input, events) = scope.new_collection::<J::Event, isize>();
-                        let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seed_source));
-                        job.build(&mut ctx, events);
-                        let probe = ctx.probe();
-                        let mut ctl = CtlInput::new();
-                        let inbox: Rc<RefCell<Vec<Ctl>>> = Rc::default();
-                        let sink = inbox.clone();
-                        scope
-                            .input_from(&mut ctl)
-                            .exchange(|(to, _): &(usize, Ctl)| *to as u64)
-                            .inspect(move |(_, msg): &(usize, Ctl)| sink.borrow_mut().push(msg.clone()))
-                            .probe_with(&probe);
-                        (input, ctl, inbox, probe, ctx.errors().to_vec())
-                    })
-                }));
-                let parts = match built {
-                    Ok((input, ctl, inbox, probe, errors)) => {
-                        crate::sync::lock(&build_errors).extend(errors);
-                        Some((input, ctl, inbox, probe))
-                    }
-                    Err(payload) => {
-                        let msg =
-                            format!("worker {index} panicked while building the job: {}", crate::guard::panic_message(payload.as_ref()));
-                        crate::sync::lock(&build_errors).push(msg);
-                        None
-                    }
+        move |worker: &mut timely::worker::Worker| -> Result<()> {
+            let leader = worker.index().is_multiple_of(threads);
+            let parts =
+                build_on(worker, &*job, &registry, seeds.clone()).map_err(|errors| crate::sync::lock(&build_errors).extend(errors)).ok();
+            // Every local worker has built (and registered its views), or failed to, past here.
+            barrier.wait();
+            if leader {
+                let mut errors = crate::sync::lock(&build_errors).clone();
+                errors.sort();
+                errors.dedup();
+                // The seeds are in the dataflow now: do not keep their bytes too.
+                crate::sync::lock(&seeds.cache).clear();
+                let result = if errors.is_empty() {
+                    *crate::sync::lock(&slot) = Some(new_shared(&registry, &cut));
+                    Ok(())
+                } else {
+                    Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }))
                 };
-                // Every local worker has built (and registered its views), or failed to, past here.
-                barrier.wait();
-                if leader {
-                    let mut errors = crate::sync::lock(&build_errors).clone();
-                    errors.sort();
-                    errors.dedup();
-                    // The seeds are in the dataflow now: do not keep their bytes too.
-                    crate::sync::lock(&seeds.cache).clear();
-                    let result = if errors.is_empty() {
-                        let views = registry.views();
-                        let tables = views.iter().map(|v| v.new_speed_table()).collect();
-                        let shared = Arc::new(Shared {
-                            views,
-                            state: RwLock::new(SpeedState { tables, epoch: 0, frontier: cut.clone(), updated_ms: now_ms() }),
-                            moved: Condvar::new(),
-                            moved_lock: Mutex::new(()),
-                            stop: AtomicBool::new(false),
-                            failure: Mutex::new(None),
-                            threads: Mutex::new(Vec::new()),
-                            abort: crate::guard::Abort::default(),
-                        });
-                        *crate::sync::lock(&slot) = Some(shared);
-                        Ok(())
-                    } else {
-                        Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }))
-                    };
-                    let _ = crate::sync::lock(&built_tx).send(result);
-                }
-                barrier.wait();
-                let shared = crate::sync::lock(&slot).clone();
-                let (Some(shared), Some((mut input, mut ctl, inbox, probe))) = (shared, parts) else {
-                    // The start failed: drop what was built rather than wait for it.
-                    crate::guard::drop_dataflows(worker);
-                    return Ok(());
-                };
-                crate::sync::lock(&shared.threads).push(std::thread::current());
-                let result = crate::guard::guarded(worker, &shared.abort, |worker| {
-                    drive(worker, &shared, &log, &cut, &peers, &mut input, &mut ctl, &inbox, &probe)
-                });
-                if let Err(e) = &result {
-                    shared.record_failure(shared.abort.reason().unwrap_or_else(|| e.to_string()));
-                    shared.stop.store(true, Ordering::SeqCst);
-                    let _waiters = crate::sync::lock(&shared.moved_lock);
-                    shared.moved.notify_all();
-                }
-                // Stopped: drop the dataflow rather than wait for it to complete (it never
-                // will: the input stays open).
-                crate::guard::drop_dataflows(worker);
-                result
+                let _ = crate::sync::lock(&built_tx).send(result);
             }
+            barrier.wait();
+            let shared = crate::sync::lock(&slot).clone();
+            let (Some(shared), Some(Parts { mut input, mut ctl, inbox, probe })) = (shared, parts) else {
+                // The start failed: drop what was built rather than wait for it.
+                crate::guard::drop_dataflows(worker);
+                return Ok(());
+            };
+            crate::sync::lock(&shared.threads).push(std::thread::current());
+            let result = crate::guard::guarded(worker, &shared.abort, |worker| {
+                drive(worker, &shared, &log, &cut, &peers, &mut input, &mut ctl, &inbox, &probe)
+            });
+            if let Err(e) = &result {
+                shared.record_failure(shared.abort.reason().unwrap_or_else(|| e.to_string()));
+                shared.stop.store(true, Ordering::SeqCst);
+                let _waiters = crate::sync::lock(&shared.moved_lock);
+                shared.moved.notify_all();
+            }
+            // Stopped: drop the dataflow rather than wait for it to complete (it never
+            // will: the input stays open).
+            crate::guard::drop_dataflows(worker);
+            result
         }
     };
     let guards = timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), run)
         .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))?;
-    let failed = |e: Error, guards: timely::communication::WorkerGuards<Result<()>>| -> Result<Launched> {
+    let started = match built_rx.recv() {
+        Ok(r) => r,
+        Err(_) => Err(Error::Dataflow(DataflowError::Failed("speed layer failed to start: a worker exited while building".into()))),
+    };
+    if let Err(e) = started {
         crate::guard::exit_if_fail_fast(&e.to_string());
         if peers.spans_processes() {
             // The peers may still be up, and joining waits for their connections to close:
@@ -289,17 +313,7 @@ fn launch<J: Job>(
         } else {
             let _ = crate::guard::join_workers(guards);
         }
-        Err(e)
-    };
-    match built_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(e, guards),
-        Err(_) => {
-            return failed(
-                Error::Dataflow(DataflowError::Failed("speed layer failed to start: a worker exited while building".into())),
-                guards,
-            )
-        }
+        return Err(e);
     }
     let shared = crate::sync::lock(&shared_slot).clone().expect("the leader publishes shared state before signalling");
     Ok((shared, guards))
@@ -308,16 +322,8 @@ fn launch<J: Job>(
 /// Runs this process's part (`peers.process > 0`) of a speed layer whose process 0 is a
 /// serving process: follows the log, computes, sends view updates to worker 0, and returns
 /// when process 0 stops the layer (or fails).
-pub fn run_member<J: Job>(
-    job: Arc<J>,
-    log: Arc<Log>,
-    store: ViewStore,
-    batch_version: Option<u64>,
-    cut: Vec<u64>,
-    peers: Peers,
-    peer_timeout: Duration,
-) -> Result<()> {
-    let (shared, guards) = launch(job, log, store, batch_version, cut, peers, peer_timeout, || Ok(()))?;
+pub fn run_member<J: Job>(job: Arc<J>, log: Arc<Log>, store: ViewStore, start: Start) -> Result<()> {
+    let (shared, guards) = launch(job, log, store, start, || Ok(()))?;
     println!("{}", crate::cluster::protocol::FORMED);
     let result = crate::guard::join_workers(guards);
     let failure = crate::sync::lock(&shared.failure).clone();
@@ -375,7 +381,8 @@ impl SpeedLayer {
                 None => Ok(()),
             }
         };
-        let (shared, guards) = launch(job, log, store, batch_version, cut.clone(), peers, timeout, alive)?;
+        let start = Start { batch_version, cut: cut.clone(), peers, peer_timeout: timeout };
+        let (shared, guards) = launch(job, log, store, start, alive)?;
         Ok(SpeedLayer { shared, guards: Mutex::new(Some(guards)), cluster: Mutex::new(cluster), cut, batch_version })
     }
 
@@ -628,6 +635,13 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [BTreeMap<u64, u64>]) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
         return;
     }
+    // Readers rely on it: a published frontier never moves backwards.
+    assert!(
+        epoch >= state.epoch && frontier.iter().zip(&state.frontier).all(|(new, old)| new >= old),
+        "speed layer would publish epoch {epoch} at {frontier:?} after epoch {} at {:?}",
+        state.epoch,
+        state.frontier
+    );
     for (view, table) in shared.views.iter().zip(state.tables.iter_mut()) {
         view.drain_speed(epoch, table.as_mut());
     }

@@ -356,6 +356,8 @@ struct SegSnap {
 
 impl SegSnap {
     fn of(s: &SegState, from: u64) -> SegSnap {
+        // Every segment's index starts with its first record's byte position (0).
+        assert!(!s.index.is_empty(), "segment {} has an empty sparse index", s.base);
         let rel = from.saturating_sub(s.base).min(s.records);
         let k = ((rel / INDEX_STRIDE) as usize).min(s.index.len() - 1);
         SegSnap {
