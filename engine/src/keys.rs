@@ -197,10 +197,10 @@ fn decode_records(path: &Path, bytes: &[u8], log: &Log) -> Result<(Vec<(u64, Rec
         if bytes.len() - pos - 8 < len {
             // A record longer than the rest of the file is a torn write only if nothing
             // valid follows; a damaged length field in the middle is damage.
-            match valid_frame_after(&bytes, pos + 1) {
+            match valid_frame_after(bytes, pos + 1) {
                 After::Record(at) => {
                     let why = format!("its length field ({len}) runs past the end of the file, but a valid record follows at byte {at}");
-                    return Err(damaged(&path, pos, &why));
+                    return Err(damaged(path, pos, &why));
                 }
                 After::Undecided => {
                     let why = format!(
@@ -208,7 +208,7 @@ fn decode_records(path: &Path, bytes: &[u8], log: &Log) -> Result<(Vec<(u64, Rec
                          out a valid record",
                         bytes.len() - pos
                     );
-                    return Err(damaged(&path, pos, &why));
+                    return Err(damaged(path, pos, &why));
                 }
                 After::Nothing => {}
             }
@@ -222,7 +222,7 @@ fn decode_records(path: &Path, bytes: &[u8], log: &Log) -> Result<(Vec<(u64, Rec
             // A bad record followed by more data is damage, not a torn write: refuse
             // rather than forget keys (a retry would then append twice).
             if pos + 8 + len < bytes.len() {
-                return Err(damaged(&path, pos, "it fails its checksum and more records follow"));
+                return Err(damaged(path, pos, "it fails its checksum and more records follow"));
             }
             // A whole last record that fails its checksum is a torn write only if its
             // group never reached the log; if the log holds the group, it is damage.
@@ -235,7 +235,7 @@ fn decode_records(path: &Path, bytes: &[u8], log: &Log) -> Result<(Vec<(u64, Rec
                 };
                 let in_log = end.len() == ends.len() && ends.iter().zip(&end).all(|(e, want)| e >= want);
                 if new_group && in_log && start.iter().zip(&end).any(|(s, e)| e > s) {
-                    return Err(damaged(&path, pos, "it fails its checksum, but the log holds its whole group"));
+                    return Err(damaged(path, pos, "it fails its checksum, but the log holds its whole group"));
                 }
             }
             eprintln!("lambdaflow keys: {}; truncating the torn tail", bad("checksum mismatch in the last record".into()));
