@@ -19,12 +19,6 @@ use std::time::{Duration, Instant};
 /// Partitions of every data directory here: 8, so 4 processes × 2 threads each own one.
 const PARTITIONS: &str = "8";
 
-fn status(c: &mut Client) -> Value {
-    let r = c.get("/v1/status").expect("status");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 /// Posts `events` with idempotency key `key`; returns whether it was acknowledged.
 fn post(c: &mut Client, key: &str, events: &[ShopEvent]) -> bool {
     match c.post("/v1/events", &[("Idempotency-Key", key)], &ndjson(events)) {
@@ -36,7 +30,7 @@ fn post(c: &mut Client, key: &str, events: &[ShopEvent]) -> bool {
 
 /// Every view, read at (at least) the log's current end, equals the oracle over `events`.
 fn check_views(c: &mut Client, events: &[ShopEvent], what: &str) {
-    let s = status(c);
+    let s = common::http::status(c);
     assert_eq!(s["log"]["events"].as_u64(), Some(events.len() as u64), "{what}: the log holds every acknowledged event once");
     let ends: Vec<String> = s["log"]["end"].as_array().expect("ends").iter().map(|e| e.to_string()).collect();
     common::assert_views_exact(c, &ends.join(","), "&timeout_ms=30000", events, what);
@@ -44,12 +38,12 @@ fn check_views(c: &mut Client, events: &[ShopEvent], what: &str) {
 
 /// Requests a batch run and waits until it has handed over (the run count `ok` grows).
 fn batch_and_wait(c: &mut Client, what: &str) -> Value {
-    let before = status(c)["batch_run"]["ok"].as_u64().unwrap_or(0);
-    let failed_before = status(c)["batch_run"]["failed"].as_u64().unwrap_or(0);
+    let before = common::http::status(c)["batch_run"]["ok"].as_u64().unwrap_or(0);
+    let failed_before = common::http::status(c)["batch_run"]["failed"].as_u64().unwrap_or(0);
     assert_eq!(c.post("/v1/batch", &[], b"").expect("batch").status, 202);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let s = status(c);
+        let s = common::http::status(c);
         if s["batch_run"]["ok"].as_u64().unwrap_or(0) > before {
             return s;
         }
@@ -128,7 +122,7 @@ fn speed_layer_and_handovers_on_clusters_match_the_oracle() {
         let data = dir.join("data");
         let server = start(&data, workers, &["serve", "--batch-processes", &batch.to_string(), "--speed-processes", &speed.to_string()]);
         let mut c = server.client();
-        let s = status(&mut c);
+        let s = common::http::status(&mut c);
         assert_eq!(s["cluster"]["speed_processes"].as_u64(), Some(speed as u64), "{what}: {s}");
         assert_eq!(s["cluster"]["speed_pids"].as_array().map(|a| a.len()), Some(speed - 1), "{what}: {s}");
         let events = small_events(21, 3_000);
@@ -176,7 +170,7 @@ fn a_worker_killed_mid_batch_fails_the_attempt_and_the_retry_succeeds() {
     // Kill process 1 of the batch run once it has read something.
     let deadline = Instant::now() + Duration::from_secs(120);
     let killed = loop {
-        let s = status(&mut c);
+        let s = common::http::status(&mut c);
         let done = s["batch_run"]["running"]["done"].as_u64().unwrap_or(0);
         let pids = worker_pids(&data, "batch");
         if done > 0 && pids.len() == 2 {
@@ -202,7 +196,7 @@ fn a_worker_killed_mid_batch_fails_the_attempt_and_the_retry_succeeds() {
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     let s = loop {
-        let s = status(&mut c);
+        let s = common::http::status(&mut c);
         if s["batch_run"]["ok"].as_u64().unwrap_or(0) >= 1 || s["batch_run"]["failed"].as_u64().unwrap_or(0) >= 1 {
             break s;
         }
@@ -242,7 +236,7 @@ fn a_speed_worker_killed_is_replaced_from_the_batch_cut() {
     assert!(post(&mut c, "b", &more));
     acked.extend(more);
     check_views(&mut c, &acked, "before the kill");
-    let s = status(&mut c);
+    let s = common::http::status(&mut c);
     let pid = s["cluster"]["speed_pids"][0][1].as_u64().expect("a speed worker pid");
     Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
     // Keep ingesting while the layer fails and is restarted.
@@ -254,7 +248,7 @@ fn a_speed_worker_killed_is_replaced_from_the_batch_cut() {
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let s = status(&mut c);
+        let s = common::http::status(&mut c);
         if s["speed"]["restarts"].as_u64().unwrap_or(0) >= 1 && s["speed"]["failure"].is_null() {
             let pids = s["cluster"]["speed_pids"].as_array().expect("pids").clone();
             assert_eq!(pids.len(), 1, "a new speed worker: {s}");

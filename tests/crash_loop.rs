@@ -78,12 +78,6 @@ fn post(c: &mut Client, r: &Request) -> std::io::Result<common::http::Response> 
     c.post("/v1/events", &[("Idempotency-Key", &r.key)], &r.body)
 }
 
-fn status(c: &mut Client) -> Value {
-    let r = c.get("/v1/status").expect("status");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 /// Retries every unacknowledged request with its key; then checks that the log holds every
 /// event exactly once and that every merged view equals the from-scratch computation.
 fn settle_and_check(c: &mut Client, requests: &mut [Request], replay: &str, when: &str) {
@@ -93,7 +87,7 @@ fn settle_and_check(c: &mut Client, requests: &mut [Request], replay: &str, when
         r.ack = Some(resp.json());
     }
     let everything: Vec<ShopEvent> = requests.iter().flat_map(|r| r.events.iter().cloned()).collect();
-    let s = status(c);
+    let s = common::http::status(c);
     assert_eq!(s["log"]["events"].as_u64(), Some(everything.len() as u64), "{replay} {when}: every event must be stored exactly once");
     let ends: Vec<String> = s["log"]["end"].as_array().expect("ends").iter().map(|e| e.to_string()).collect();
     common::assert_views_exact(c, &ends.join(","), "", &everything, &format!("{replay} {when}"));
@@ -137,7 +131,7 @@ fn crash_loop() {
             let acked = w.iter().filter(|r| r.ack.is_some()).map(|r| r.events.len() as u64).sum();
             (acked, w.iter().map(|r| r.events.len() as u64).sum())
         };
-        let stored = status(&mut c)["log"]["events"].as_u64().expect("log.events");
+        let stored = common::http::status(&mut c)["log"]["events"].as_u64().expect("log.events");
         assert!(stored >= acked_events, "{replay} {when}: acknowledged events lost: {stored} stored < {acked_events} acknowledged");
         assert!(stored <= all_events, "{replay} {when}: {stored} events stored, but only {all_events} were ever sent");
         if stored > acked_events {
@@ -221,7 +215,7 @@ fn crash_loop() {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 let extra = Duration::from_millis(rng.below(15));
                 loop {
-                    let s = status(&mut c);
+                    let s = common::http::status(&mut c);
                     let running = &s["batch_run"]["running"];
                     if running.is_object() {
                         let (done, total) = (running["done"].as_u64().unwrap_or(0), running["total"].as_u64().unwrap_or(u64::MAX));

@@ -139,12 +139,6 @@ fn post(c: &mut Client, batch: &[ShopEvent], key: Option<&str>) -> Response {
     c.post("/v1/events", &headers, &ndjson(batch)).expect("post events")
 }
 
-fn status(c: &mut Client) -> Value {
-    let r = c.get("/v1/status").expect("status");
-    assert_eq!(r.status, 200, "status: {}", r.text());
-    r.json()
-}
-
 fn u64s(v: &Value) -> Vec<u64> {
     serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not a list of offsets ({e}): {v}"))
 }
@@ -152,7 +146,7 @@ fn u64s(v: &Value) -> Vec<u64> {
 /// Asserts the service holds exactly `events` and that every view, read at the log's end,
 /// equals the oracle over them. Returns the batch version the answers merged.
 fn assert_served_exact(c: &mut Client, events: &[ShopEvent], when: &str) -> Value {
-    let s = status(c);
+    let s = common::http::status(c);
     assert_eq!(s["log"]["events"], events.len() as u64, "{when}: the log holds exactly the acknowledged events");
     let mf = u64s(&s["log"]["end"]).iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let expected = expected_views(events);
@@ -199,7 +193,7 @@ fn assert_log_holds(data: &Path, acked: &Acked, when: &str) {
 fn wait_batch_runs(c: &mut Client, n: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = status(c);
+        let s = common::http::status(c);
         let run = &s["batch_run"];
         let done = run["ok"].as_u64().expect("ok") + run["failed"].as_u64().expect("failed");
         if done >= n && run["running"].is_null() {
@@ -456,7 +450,7 @@ fn journal_torn_tail_is_truncated_and_damage_refused() {
         assert_eq!(r.json()["duplicate"], true, "retry j{i}: the key is remembered");
         assert_eq!(r.json()["positions"], positions[i], "retry j{i}: answered with the original positions");
     }
-    assert_eq!(status(&mut c)["log"]["events"], 500, "retries of remembered keys append nothing");
+    assert_eq!(common::http::status(&mut c)["log"]["events"], 500, "retries of remembered keys append nothing");
     let r = post(&mut c, &batches[5], Some("j5"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["duplicate"], false, "the torn group was never acknowledged, so it is appended now");
@@ -538,7 +532,7 @@ fn full_disk_during_ingest_file_size_limit() {
             }
             other => panic!("request {i}: HTTP {other} on a full disk (expected 200 or 503): {}", r.text()),
         }
-        let s = status(&mut c);
+        let s = common::http::status(&mut c);
         assert_eq!(s["log"]["events"], acked.len() as u64, "request {i}: the log holds exactly the acknowledged events");
         assert_eq!(u64s(&s["log"]["end"]), acked.ends(), "request {i}: nothing of a failed request is stored");
         bytes = u64s(&s["log"]["bytes"]);
@@ -652,7 +646,7 @@ fn full_disk_on_tmpfs(tag: &str, segment_bytes: Option<u64>) {
             other => panic!("{tag}: request {i}: HTTP {other} on a full disk (expected 200 or 503): {}", r.text()),
         }
         batches.push(b);
-        let s = status(&mut c);
+        let s = common::http::status(&mut c);
         assert_eq!(s["log"]["events"], acked.len() as u64, "{tag}: request {i}: the log holds exactly the acknowledged events");
         assert_eq!(u64s(&s["log"]["end"]), acked.ends(), "{tag}: request {i}: nothing of a failed request is stored");
         if failed.len() >= 4 {
@@ -752,14 +746,14 @@ fn journal_full_stops_ingest_until_restart() {
             }
             other => panic!("request {i}: HTTP {other} with a full journal (expected 200 or 503): {}", r.text()),
         }
-        let s = status(&mut c);
+        let s = common::http::status(&mut c);
         assert_eq!(u64s(&s["log"]["end"]), acked.ends(), "request {i}: nothing of a failed request is stored");
     }
     assert!(failed.first().is_some_and(|f| *f >= 3), "the journal should fill after a few requests: {failed:?}");
     assert!(fs::metadata(&journal).expect("journal").len() <= BLOCKS * 512);
     let unkeyed = post(&mut c, &events(399, 1), None);
     assert_eq!(unkeyed.status, 503, "unkeyed ingest is stopped too: {}", unkeyed.text());
-    assert_eq!(status(&mut c)["log"]["events"], acked.len() as u64);
+    assert_eq!(common::http::status(&mut c)["log"]["events"], acked.len() as u64);
     assert_served_exact(&mut c, &acked.events(), "with ingest stopped");
     let err = stop(server, "service with a full journal");
     assert!(err.contains("refusing further appends until a restart"), "the stop is on stderr:\n{err}");
@@ -829,7 +823,7 @@ fn batch_run_on_full_disk_fails_cleanly() {
     assert_eq!(assert_served_exact(&mut c, &all, "under the limit, before the batch run"), 1);
     let r = post(&mut c, &events(62, 50), None);
     assert_eq!(r.status, 503, "ingest on a full disk: {}", r.text());
-    assert_eq!(status(&mut c)["log"]["events"], 2500, "nothing of the failed request is stored");
+    assert_eq!(common::http::status(&mut c)["log"]["events"], 2500, "nothing of the failed request is stored");
     assert_eq!(c.post("/v1/batch", &[], b"").expect("batch").status, 202);
     let last = wait_batch_runs(&mut c, 1);
     assert_eq!(last["ok"], false, "the batch run cannot write its views: {last}");
@@ -838,7 +832,7 @@ fn batch_run_on_full_disk_fails_cleanly() {
         error.contains("File too large") && error.contains(&views.display().to_string()),
         "the error names the cause and file: {error}"
     );
-    let s = status(&mut c);
+    let s = common::http::status(&mut c);
     assert_eq!((s["batch_run"]["failed"].clone(), s["batch_run"]["ok"].clone()), (Value::from(1), Value::from(0)), "{s}");
     assert_eq!(s["batch"]["version"], 1, "the previous version keeps serving: {s}");
     let metrics = c.get("/metrics").expect("metrics").text();

@@ -473,15 +473,12 @@ fn connect(peers: &Peers, timeout: Duration, alive: &mut impl FnMut() -> Result<
 mod tests {
     use super::*;
 
-    fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lf-cluster-{tag}-{}-{}", std::process::id(), crate::clock::now_ms()));
-        std::fs::create_dir_all(&d).expect("tmp dir");
-        d
-    }
+    use crate::testing::TempDir;
 
     #[test]
     fn hostfiles_and_peers_are_checked() {
-        let dir = tmp("hosts");
+        let tmp = TempDir::new("cluster-hosts");
+        let dir = tmp.path();
         let f = dir.join("hosts");
         std::fs::write(&f, "# two\n\n10.0.0.1:7000\n  host-b:7001  \n").expect("write");
         assert_eq!(read_hostfile(&f).expect("hostfile"), vec!["10.0.0.1:7000", "host-b:7001"]);
@@ -501,7 +498,6 @@ mod tests {
         assert_eq!(p.own_ends(&[10, 11, 12, 13, 14, 15, 16, 17]), vec![0, 0, 12, 13, 0, 0, 16, 17]);
         assert_eq!(p.token(), Peers::new(two.clone(), 2, 0, 2).expect("peers").token(), "the same for every process");
         assert_ne!(p.token(), Peers::new(two, 2, 1, 1).expect("peers").token(), "another cluster's differs");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct Freshness {
     pub speed_lag_events: u64,
     /// Since the speed frontier last moved, ms.
     pub speed_age_ms: u64,
+    /// Why the speed layer stopped, if it failed: the answer then reflects its last good
+    /// state (exact, but no longer moving) until a restarted layer takes over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_failure: Option<String>,
 }
 
 /// A merged answer set with its freshness.
@@ -608,6 +612,7 @@ impl<J: Job> Lambda<J> {
             batch_cut: cut,
             speed_frontier: frontier,
             speed_age_ms: now.saturating_sub(updated_ms),
+            speed_failure: serving.speed.failure(),
         }
     }
 }

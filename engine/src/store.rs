@@ -58,6 +58,33 @@ pub struct ViewStore {
     dir: PathBuf,
 }
 
+/// A seed-shard staging directory untouched this long belongs to no running batch run.
+pub const SHARDS_ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The version of a published version directory's name (`v000007`).
+fn version_of(name: &str) -> Option<u64> {
+    name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok())
+}
+
+/// The version and owning process of a pending version directory's name
+/// (`.tmp-v000007-PID-K`).
+fn pending_of(name: &str) -> Option<(u64, u32)> {
+    let mut parts = name.strip_prefix(".tmp-v")?.split('-');
+    let version = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    Some((version, pid))
+}
+
+/// Whether process `pid` is running (where that cannot be known, it is assumed to be: a
+/// pending version is never removed on a guess).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
 fn fsync_dir(dir: &Path) -> Result<()> {
     Ok(durable::sync_dir(dir)?)
 }
@@ -226,20 +253,32 @@ impl ViewStore {
         Ok(dir)
     }
 
-    /// Starts writing the next version (after the highest one on disk, published or not,
-    /// and after any this process has reserved: two batch runs in one process never share a
-    /// number or a temporary directory; other processes are kept out by the data dir lock).
+    /// Holds the store's lock (`views/LOCK`) for the life of the guard. Every process that
+    /// allocates, publishes or removes versions takes it: the server, a `batch` command, a
+    /// batch `worker` started by hand. Short: held for directory operations only.
+    fn lock(&self) -> Result<fs::File> {
+        let path = self.dir.join("LOCK");
+        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(Error::io(&path, "open"))?;
+        f.lock().map_err(Error::io(&path, "lock"))?;
+        Ok(f)
+    }
+
+    /// Starts writing the next version: after the highest one on disk, published or
+    /// pending (another process's `.tmp-vN-PID-K` directory holds its number), and after any
+    /// this process has reserved. Allocation happens under the store's lock, so two batch
+    /// runs, in this process or any other, never share a number or a temporary directory.
     pub fn begin(&self) -> Result<PendingVersion> {
         // Highest version reserved by this process, per store directory.
         static RESERVED: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
         static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+        let _store = self.lock()?;
         let mut reserved_all = crate::sync::lock(&RESERVED);
         let reserved = reserved_all.entry(self.dir.clone()).or_insert(0);
         let mut highest = self.current()?.unwrap_or(0).max(*reserved);
         for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
             let name = entry.map_err(Error::io(&self.dir, "list"))?.file_name();
             let name = name.to_string_lossy();
-            if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(v) = version_of(&name).or_else(|| pending_of(&name).map(|(v, _)| v)) {
                 highest = highest.max(v);
             }
         }
@@ -248,42 +287,60 @@ impl ViewStore {
         drop(reserved_all);
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".tmp-v{version:06}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&tmp).map_err(Error::io(&tmp, "create directory"))?;
+        fs::create_dir(&tmp).map_err(Error::io(&tmp, "create directory"))?;
         Ok(PendingVersion { tmp, version })
     }
 
     /// Writes the metadata, moves the version into place and makes it current, atomically.
+    /// A version older than the current one (another process published a newer one
+    /// meanwhile) is published but does not become current: `CURRENT` never moves back.
     pub fn publish(&self, pending: PendingVersion, meta: &BatchMeta) -> Result<()> {
+        assert_eq!(pending.version, meta.version, "a pending version publishes its own metadata");
         let body = serde_json::to_vec_pretty(meta).map_err(|e| Error::Internal(format!("batch metadata does not encode: {e}")))?;
         write_framed(&pending.tmp.join("META.json"), &body)?;
         fsync_dir(&pending.tmp)?;
+        let _store = self.lock()?;
         durable::rename_synced(&pending.tmp, &self.version_dir(pending.version))?;
+        if self.current()?.is_some_and(|c| c > pending.version) {
+            return Ok(());
+        }
         let current = format!("v{:06}\n", pending.version);
         Ok(durable::replace(&self.dir.join("CURRENT"), &self.dir.join("CURRENT.tmp"), current.as_bytes())?)
     }
 
     /// Removes the unpublished version directories of the processes `pids` (which are gone).
     pub fn remove_abandoned(&self, pids: &[u32]) {
+        let Ok(_store) = self.lock() else { return };
         let Ok(entries) = fs::read_dir(&self.dir) else { return };
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".tmp-v") && pids.iter().any(|pid| name.contains(&format!("-{pid}-"))) {
+            if pending_of(&entry.file_name().to_string_lossy()).is_some_and(|(_, pid)| pids.contains(&pid)) {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
     }
 
-    /// Removes published versions older than the newest `keep`, and abandoned temporaries.
+    /// Removes published versions older than the newest `keep` (never the current one), and
+    /// temporaries nobody will finish: pending versions whose process is gone, and seed-shard
+    /// staging directories untouched for [`SHARDS_ABANDONED_AFTER`]. A pending version of a
+    /// live process is never touched.
     pub fn gc(&self, keep: usize) -> Result<Vec<u64>> {
+        let _store = self.lock()?;
         let current = self.current()?;
         let mut versions = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
             let entry = entry.map_err(Error::io(&self.dir, "list"))?;
             let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(v) = name.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(v) = version_of(&name) {
                 versions.push(v);
-            } else if name.starts_with(".tmp-") && !name.contains(&format!("-{}-", std::process::id())) {
-                let _ = fs::remove_dir_all(entry.path());
+            } else if let Some((_, pid)) = pending_of(&name) {
+                if !process_alive(pid) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            } else if name.starts_with(".tmp-shards-") {
+                let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if idle.is_some_and(|idle| idle > SHARDS_ABANDONED_AFTER) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
             }
         }
         versions.sort_unstable();
@@ -303,11 +360,7 @@ impl ViewStore {
 mod tests {
     use super::*;
 
-    fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lf-store-{tag}-{}-{}", std::process::id(), crate::clock::now_ms()));
-        let _ = fs::remove_dir_all(&d);
-        d
-    }
+    use crate::testing::TempDir;
 
     fn meta(version: u64) -> BatchMeta {
         BatchMeta {
@@ -324,12 +377,80 @@ mod tests {
         }
     }
 
+    // Proves another live process's pending version holds its number and survives gc,
+    // a dead process's pending version is removed, and CURRENT never moves back to an
+    // older version published late (issue: a batch run by hand collided with the server's).
+    #[test]
+    fn pending_versions_of_other_processes() {
+        let tmp = TempDir::new("store-pending");
+        let data = tmp.path();
+        let store = ViewStore::open(data).expect("open");
+        // Process 1 (init) is alive; u32::MAX - 1 is no process.
+        let live = store.dir.join(".tmp-v000003-1-0");
+        let dead = store.dir.join(format!(".tmp-v000002-{}-0", u32::MAX - 1));
+        fs::create_dir_all(&live).expect("live");
+        fs::create_dir_all(&dead).expect("dead");
+        let p = store.begin().expect("begin");
+        assert_eq!(p.version(), 4, "a pending version of another process holds its number");
+        store.gc(1).expect("gc");
+        assert!(live.exists(), "gc must never remove a live process's pending version");
+        assert!(!dead.exists(), "a dead process's pending version is removed");
+        let q = store.begin().expect("begin");
+        assert_eq!(q.version(), 5);
+        store.publish(q, &meta(5)).expect("publish 5");
+        store.publish(p, &meta(4)).expect("publish 4 late");
+        assert_eq!(store.current().expect("current"), Some(5), "CURRENT never moves back");
+        assert!(store.meta(4).is_ok(), "the late version is published all the same");
+    }
+
+    // Proves concurrent batch runs (threads standing in for processes, each with its own
+    // store handle) with gc running beside them never share a version, never lose a
+    // pending directory, and all publish.
+    #[test]
+    fn concurrent_runs_and_gc() {
+        let tmp = TempDir::new("store-concurrent");
+        let data = tmp.path();
+        ViewStore::open(data).expect("open");
+        let versions: Vec<u64> = std::thread::scope(|s| {
+            let gc = s.spawn(|| {
+                let store = ViewStore::open(data).expect("open");
+                for _ in 0..50 {
+                    store.gc(1).expect("gc");
+                }
+            });
+            let runs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let store = ViewStore::open(data).expect("open");
+                        (0..10)
+                            .map(|_| {
+                                let p = store.begin().expect("begin");
+                                let v = p.version();
+                                p.write_view("x", b"body").expect("write");
+                                store.publish(p, &meta(v)).expect("publish");
+                                v
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            gc.join().expect("gc thread");
+            runs.into_iter().flat_map(|r| r.join().expect("run thread")).collect()
+        });
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), versions.len(), "versions are unique: {versions:?}");
+        assert_eq!(ViewStore::open(data).expect("open").current().expect("current"), sorted.last().copied());
+    }
+
     // A published version is readable, an unpublished one is invisible, and the version
     // numbers increase; GC keeps the newest and never the current one.
     #[test]
     fn publish_read_gc() {
-        let d = tmpdir("pub");
-        let store = ViewStore::open(&d).unwrap();
+        let tmp = TempDir::new("store-pub");
+        let d = tmp.path();
+        let store = ViewStore::open(d).unwrap();
         assert_eq!(store.current().unwrap(), None);
         let p = store.begin().unwrap();
         p.write_view("a", b"hello").unwrap();
@@ -347,14 +468,14 @@ mod tests {
         assert_eq!(store.current().unwrap(), Some(4));
         assert_eq!(store.gc(2).unwrap(), vec![1, 2]);
         assert!(store.meta(3).is_ok() && store.meta(1).is_err());
-        fs::remove_dir_all(&d).unwrap();
     }
 
     // A flipped byte or a truncated (half-written) view file is refused with its path.
     #[test]
     fn corrupt_view_files_are_refused() {
-        let d = tmpdir("corrupt");
-        let store = ViewStore::open(&d).unwrap();
+        let tmp = TempDir::new("store-corrupt");
+        let d = tmp.path();
+        let store = ViewStore::open(d).unwrap();
         let p = store.begin().unwrap();
         p.write_view("a", b"0123456789").unwrap();
         store.publish(p, &meta(1)).unwrap();
@@ -368,15 +489,15 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = store.read_view(1, "a").unwrap_err().to_string();
         assert!(err.contains("half-written"), "{err}");
-        fs::remove_dir_all(&d).unwrap();
     }
 
     // Two batch runs in one process at once get distinct versions and temporary directories,
     // so neither can delete or overwrite the other's files.
     #[test]
     fn concurrent_begins_do_not_collide() {
-        let d = tmpdir("concurrent");
-        let store = ViewStore::open(&d).unwrap();
+        let tmp = TempDir::new("store-concurrent2");
+        let d = tmp.path();
+        let store = ViewStore::open(d).unwrap();
         let a = store.begin().unwrap();
         let b = store.begin().unwrap();
         assert_ne!(a.version(), b.version());
@@ -387,13 +508,13 @@ mod tests {
         store.publish(a, &meta(va)).unwrap();
         assert_eq!(store.read_view(va, "x").unwrap().unwrap(), b"from a");
         assert_eq!(store.read_view(vb, "x").unwrap().unwrap(), b"from b");
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn seed_shards_read_as_one_vec() {
-        let dir = tmpdir("shards");
-        let store = ViewStore::open(&dir).expect("store");
+        let tmp = TempDir::new("store-shards");
+        let dir = tmp.path();
+        let store = ViewStore::open(dir).expect("store");
         let parts: Vec<Vec<(u64, i64)>> = vec![vec![(1, 2), (3, 4)], vec![], vec![(5, 6)]];
         let shards = store.shard_dir("run1").expect("shard dir");
         for (p, rows) in parts.iter().enumerate().skip(1) {
@@ -421,6 +542,5 @@ mod tests {
         fs::remove_file(&shard).expect("remove");
         let err = store.read_seed(version, "s.seed").expect_err("missing");
         assert!(err.to_string().contains("seed shard missing"), "{err}");
-        let _ = fs::remove_dir_all(&dir);
     }
 }

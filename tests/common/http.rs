@@ -38,6 +38,13 @@ impl Response {
     }
 }
 
+/// `GET /v1/status`, which must answer 200, as JSON.
+pub fn status(c: &mut Client) -> serde_json::Value {
+    let r = c.get("/v1/status").expect("status");
+    assert_eq!(r.status, 200, "status: {}", r.text());
+    r.json()
+}
+
 /// One keep-alive connection.
 pub struct Client {
     addr: SocketAddr,

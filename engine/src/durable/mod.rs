@@ -137,29 +137,25 @@ pub(crate) fn read_checked(path: &Path, magic: &[u8; 4]) -> Result<Vec<u8>, Chec
 mod tests {
     use super::*;
 
-    fn tmp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lambdaflow-durable-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).expect("create temp dir");
-        d
-    }
+    use crate::testing::TempDir;
 
     // Proves replace installs the new bytes and leaves no temporary file.
     #[test]
     fn replace_installs_and_cleans_up() {
-        let d = tmp_dir("replace");
+        let tmp = TempDir::new("durable-replace");
+        let d = tmp.path();
         let (path, tmp) = (d.join("F"), d.join("F.tmp"));
         replace(&path, &tmp, b"one").expect("first");
         replace(&path, &tmp, b"two").expect("second");
         assert_eq!(fs::read(&path).expect("read"), b"two");
         assert!(!tmp.exists());
-        fs::remove_dir_all(&d).expect("clean up");
     }
 
     // Proves a failed replace keeps the old file and removes its temporary file.
     #[test]
     fn failed_replace_keeps_old_and_removes_tmp() {
-        let d = tmp_dir("replace-fail");
+        let tmp = TempDir::new("durable-replace-fail");
+        let d = tmp.path();
         let path = d.join("F");
         replace(&path, &d.join("F.tmp"), b"old").expect("first");
         // Renaming a file over a non-empty directory fails after the temp file was written.
@@ -170,13 +166,13 @@ mod tests {
         assert_eq!(e.action, "rename into place");
         assert!(!tmp.exists(), "the temporary file must not outlive a failed replace");
         assert_eq!(fs::read(&path).expect("read"), b"old");
-        fs::remove_dir_all(&d).expect("clean up");
     }
 
     // Proves a checked file round-trips and every truncation or flipped byte is refused.
     #[test]
     fn checked_files_refuse_damage() {
-        let d = tmp_dir("checked");
+        let tmp = TempDir::new("durable-checked");
+        let d = tmp.path();
         let path = d.join("V");
         write_checked(&path, b"LFV1", b"some body bytes").expect("write");
         assert_eq!(read_checked(&path, b"LFV1").expect("read"), b"some body bytes");
@@ -193,17 +189,16 @@ mod tests {
             assert!(read_checked(&path, b"LFV1").is_err(), "flip at {i} went undetected");
         }
         assert!(matches!(read_checked(&d.join("missing"), b"LFV1"), Err(CheckedError::Io(_))));
-        fs::remove_dir_all(&d).expect("clean up");
     }
 
     // Proves remove_if_exists tells whether there was something to remove.
     #[test]
     fn remove_if_exists_reports() {
-        let d = tmp_dir("remove");
+        let tmp = TempDir::new("durable-remove");
+        let d = tmp.path();
         let f = d.join("x");
         assert!(!remove_if_exists(&f).expect("absent"));
         fs::write(&f, b"x").expect("write");
         assert!(remove_if_exists(&f).expect("present"));
-        fs::remove_dir_all(&d).expect("clean up");
     }
 }

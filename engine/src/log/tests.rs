@@ -5,41 +5,24 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use proptest::prelude::*;
 
 use super::*;
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir {
-    path: PathBuf,
+use crate::testing::TempDir;
+
+/// The log directory of a test directory (not yet created: the log creates it).
+trait LogDir {
+    fn log_dir(&self) -> PathBuf;
 }
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "lambdaflow-log-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&path).unwrap();
-        TempDir { path }
-    }
-
-    /// The log directory (not yet created: the log creates it).
+impl LogDir for TempDir {
     fn log_dir(&self) -> PathBuf {
-        self.path.join("log")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        self.join("log")
     }
 }
 
@@ -978,12 +961,12 @@ fn rollback_interrupted_at_every_step_is_completed_on_open() {
 #[test]
 fn rollback_interrupted_twice_is_completed_on_open() {
     let tmp = TempDir::new("rb-crash2");
-    let base = tmp.path.join("base");
+    let base = tmp.join("base");
     let (log, model, targets) = crash_fixture(&base);
     let want = truncated(&model, &targets);
     drop(log);
     for k in 2..=10 {
-        let crashed = tmp.path.join(format!("crashed-{k}"));
+        let crashed = tmp.join(&format!("crashed-{k}"));
         copy_dir(&base, &crashed);
         let log = Log::open(&crashed).unwrap();
         rollback::crash_after_step(Some(k));
@@ -991,7 +974,7 @@ fn rollback_interrupted_twice_is_completed_on_open() {
         rollback::crash_after_step(None);
         let mut j = 1;
         loop {
-            let dir = tmp.path.join(format!("crashed-{k}-{j}"));
+            let dir = tmp.join(&format!("crashed-{k}-{j}"));
             copy_dir(&crashed, &dir);
             rollback::crash_after_step(Some(j));
             let outcome = Log::open(&dir);
@@ -1316,7 +1299,7 @@ fn follower_never_modifies_files() {
     fs::write(dir.join("MANIFEST.tmp"), b"{\"format_ver").unwrap();
     fs::write(dir.join("ROLLBACK"), b"{\"format_version\": 1, \"ends\": [0, 0, 0]}").unwrap();
     fs::write(dir.join("ROLLBACK.tmp"), b"{").unwrap();
-    let before = tree_image(&tmp.path);
+    let before = tree_image(tmp.path());
 
     let follower = Log::open_follower(&dir).unwrap();
     follower.follow_to(&acked).unwrap();
@@ -1327,7 +1310,7 @@ fn follower_never_modifies_files() {
     assert!(err.to_string().contains("read-only follower"), "{err}");
     assert!(follower.append(&[]).is_err(), "even an empty batch is refused");
     assert!(matches!(follower.rollback_to(&[0, 0, 0]), Err(LogError::ReadOnly { .. })));
-    assert_eq!(tree_image(&tmp.path), before);
+    assert_eq!(tree_image(tmp.path()), before);
 }
 
 // Proves follow_to's errors: ends beyond what is on disk are Corrupt naming the segment file
@@ -1400,10 +1383,10 @@ fn open_follower_errors() {
     drop(writer);
     let sealed = segment::segment_path(&dir, 0, 0);
     OpenOptions::new().append(true).open(&sealed).unwrap().write_all(b"x").unwrap();
-    let before = tree_image(&tmp.path);
+    let before = tree_image(tmp.path());
     let err = Log::open_follower(&dir).unwrap_err();
     assert!(matches!(err, LogError::SegmentInvalid { ref path, .. } if path == &sealed), "{err}");
-    assert_eq!(tree_image(&tmp.path), before);
+    assert_eq!(tree_image(tmp.path()), before);
 }
 
 // Proves a follower is unaffected by a writer's failed append, which seals a segment and then
