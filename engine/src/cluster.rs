@@ -110,6 +110,20 @@ impl Peers {
     }
 }
 
+/// Removes the hostfiles of `cluster_dir` whose writing process is gone (killed before its
+/// clusters' drops could remove them). A live process's hostfiles are never touched.
+fn remove_stale_hostfiles(cluster_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cluster_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        // `{name}-{pid}-{n}.hosts`
+        let pid = name.strip_suffix(".hosts").and_then(|stem| stem.rsplit('-').nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !crate::store::process_alive(pid)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Reads a hostfile: one `host:port` per line, in process order; blank lines and lines
 /// starting with `#` are skipped. A line that is not `host:port` is an error naming it.
 pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
@@ -185,6 +199,7 @@ impl LocalCluster {
         let addresses = free_loopback_addresses(processes)?;
         let cluster_dir = dir.join("cluster");
         std::fs::create_dir_all(&cluster_dir).map_err(|source| Error::Io { path: cluster_dir.clone(), what: "create".into(), source })?;
+        remove_stale_hostfiles(&cluster_dir);
         // Unique per cluster: an old cluster's drop removes its own file, never a new one's.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -474,6 +489,22 @@ mod tests {
     use super::*;
 
     use crate::testing::TempDir;
+
+    // Proves hostfiles left by a process that is gone (a kill -9) are removed when a new
+    // cluster starts, and a live process's are kept.
+    #[test]
+    fn stale_hostfiles_are_removed() {
+        let tmp = TempDir::new("cluster-stale");
+        let dir = tmp.join("cluster");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let dead = dir.join(format!("batch-{}-0.hosts", u32::MAX - 1));
+        let live = dir.join("speed-1-0.hosts");
+        std::fs::write(&dead, "127.0.0.1:1\n").expect("write");
+        std::fs::write(&live, "127.0.0.1:1\n").expect("write");
+        remove_stale_hostfiles(&dir);
+        assert!(!dead.exists(), "a dead process's hostfile is removed");
+        assert!(live.exists(), "a live process's hostfile is kept");
+    }
 
     #[test]
     fn hostfiles_and_peers_are_checked() {

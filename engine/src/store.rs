@@ -77,7 +77,7 @@ fn pending_of(name: &str) -> Option<(u64, u32)> {
 
 /// Whether process `pid` is running (where that cannot be known, it is assumed to be: a
 /// pending version is never removed on a guess).
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
