@@ -390,8 +390,7 @@ fn hand_batch_runs_beside_the_servers_runs() {
     common::ingest_events(&data, &events, PARTITIONS);
     let server = start(&data, 1, &["serve", "--batch-every", "20ms", "--keep", "1"]);
     let mut c = server.client();
-    let ends: Vec<String> =
-        common::http::status(&mut c)["log"]["end"].as_array().expect("ends").iter().map(|e| e.to_string()).collect();
+    let ends: Vec<String> = common::http::status(&mut c)["log"]["end"].as_array().expect("ends").iter().map(|e| e.to_string()).collect();
     let hostfile = dir.join("hosts");
     std::fs::write(&hostfile, "127.0.0.1:1\n").expect("hostfile");
     let mut hand_versions = Vec::new();

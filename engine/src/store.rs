@@ -264,7 +264,8 @@ impl ViewStore {
     }
 
     /// Starts writing the next version: after the highest one on disk, published or
-    /// pending (another process's `.tmp-vN-PID-K` directory holds its number), and after any
+    /// pending (a live process's `.tmp-vN-PID-K` directory holds its number; a dead one's
+    /// is removed), and after any
     /// this process has reserved. Allocation happens under the store's lock, so two batch
     /// runs, in this process or any other, never share a number or a temporary directory.
     pub fn begin(&self) -> Result<PendingVersion> {
@@ -278,8 +279,16 @@ impl ViewStore {
         for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
             let name = entry.map_err(Error::io(&self.dir, "list"))?.file_name();
             let name = name.to_string_lossy();
-            if let Some(v) = version_of(&name).or_else(|| pending_of(&name).map(|(v, _)| v)) {
+            if let Some(v) = version_of(&name) {
                 highest = highest.max(v);
+            } else if let Some((v, pid)) = pending_of(&name) {
+                if process_alive(pid) {
+                    highest = highest.max(v);
+                } else {
+                    // Its process is gone: nobody will finish it, and its number is free.
+                    let path = self.dir.join(&*name);
+                    fs::remove_dir_all(&path).map_err(Error::io(&path, "remove an abandoned pending version"))?;
+                }
             }
         }
         let version = highest + 1;
@@ -392,6 +401,8 @@ mod tests {
         fs::create_dir_all(&dead).expect("dead");
         let p = store.begin().expect("begin");
         assert_eq!(p.version(), 4, "a pending version of another process holds its number");
+        assert!(!dead.exists(), "a dead process's pending version is removed");
+        fs::create_dir_all(&dead).expect("dead again");
         store.gc(1).expect("gc");
         assert!(live.exists(), "gc must never remove a live process's pending version");
         assert!(!dead.exists(), "a dead process's pending version is removed");
