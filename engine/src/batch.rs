@@ -119,7 +119,17 @@ pub fn run_batch_on<J: Job>(
     let started_ms = now_ms();
     let cut = checked_cut(&log, run)?;
     progress.total.store(cut.iter().sum(), Ordering::Relaxed);
-    let computed = compute(job.clone(), log, store, run, &cut, progress, alive)?;
+    let windows = Windows::default();
+    let computed = match compute(job.clone(), log.clone(), store, run, &cut, progress, &windows, alive) {
+        Ok(c) => c,
+        // A panic in the job's own code: name the event it panicked on (in one process,
+        // where every worker's window is here to replay).
+        Err(e @ Error::Dataflow(DataflowError::Panicked(_) | DataflowError::Failed(_))) if !run.peers.spans_processes() => {
+            let windows = crate::sync::lock(&windows).clone();
+            return Err(crate::diagnose::poison_event(&job, &log, &windows).unwrap_or(e));
+        }
+        Err(e) => return Err(e),
+    };
     if run.peers.process != 0 {
         return Ok(None);
     }
@@ -152,8 +162,13 @@ struct Computed {
     compute_secs: f64,
 }
 
+/// Per worker, the events it fed since its last completed step, as `(partition, from, to)`
+/// ranges: where a panic in the job's code came from.
+type Windows = Arc<Mutex<Vec<Vec<(u32, u64, u64)>>>>;
+
 /// Phase 1: runs the dataflow over the cut on every worker of this process and waits for
 /// it (and, across processes, for every process's seed shards) to complete.
+#[allow(clippy::too_many_arguments)]
 fn compute<J: Job>(
     job: Arc<J>,
     log: Arc<Log>,
@@ -161,6 +176,7 @@ fn compute<J: Job>(
     run: &BatchRun,
     cut: &[u64],
     progress: Arc<Progress>,
+    windows: &Windows,
     alive: impl FnMut() -> Result<()>,
 ) -> Result<Computed> {
     let peers = &run.peers;
@@ -172,9 +188,10 @@ fn compute<J: Job>(
     let shards = if peers.spans_processes() { Some(store.shard_dir(&run_id(peers, cut))?) } else { None };
     let shard_rows: Arc<Mutex<Vec<usize>>> = Arc::default();
     let local = Arc::new(std::sync::Barrier::new(workers));
+    *crate::sync::lock(windows) = vec![Vec::new(); workers];
     let t0 = Instant::now();
     let guards = {
-        let (registry, cut, abort, max_rate) = (registry.clone(), cut.to_vec(), abort.clone(), run.max_rate);
+        let (registry, cut, abort, max_rate, windows) = (registry.clone(), cut.to_vec(), abort.clone(), run.max_rate, windows.clone());
         let (shards, shard_rows, local, process) = (shards.clone(), shard_rows.clone(), local.clone(), peers.process);
         let (builders, others) = crate::cluster::communication(peers, run.peer_timeout, alive)?;
         let work = move |worker: &mut timely::worker::Worker| -> Result<()> {
@@ -190,12 +207,24 @@ fn compute<J: Job>(
                     return Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }));
                 }
                 let mine = (0..cut.len() as u32).filter(|p| *p as usize % peers == index);
-                let mut feed =
-                    Feed { worker, input: &mut input, progress: &progress, abort: &abort, max_rate, fed: 0, started: Instant::now() };
+                let mut feed = Feed {
+                    worker,
+                    input: &mut input,
+                    progress: &progress,
+                    abort: &abort,
+                    max_rate,
+                    fed: 0,
+                    started: Instant::now(),
+                    windows: &windows,
+                    slot: index % workers,
+                    window: Vec::new(),
+                };
                 for partition in mine {
                     feed.partition(&log, partition, cut[partition as usize])?;
                 }
                 progress.done.fetch_add(feed.fed % PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
+                // What the last steps will process.
+                crate::sync::lock(&windows)[feed.slot] = std::mem::take(&mut feed.window);
                 drop(input);
                 // Step until every dataflow completes, or another worker fails.
                 while !abort.raised() && worker.step_or_park(Some(Duration::from_millis(10))) {}
@@ -236,6 +265,11 @@ struct Feed<'w, 'i, E: lambdaflow_operators::Event> {
     /// Events fed so far.
     fed: u64,
     started: Instant,
+    /// Where this worker records its window (see [`Windows`]).
+    windows: &'i Mutex<Vec<Vec<(u32, u64, u64)>>>,
+    slot: usize,
+    /// Events fed since the last completed step.
+    window: Vec<(u32, u64, u64)>,
 }
 
 impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
@@ -245,6 +279,10 @@ impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
         log.read(partition, 0, to, |offset, bytes| -> Result<()> {
             self.input.update(decode_event::<E>(partition, offset, bytes)?, 1);
             self.fed += 1;
+            match self.window.last_mut() {
+                Some((p, _, to)) if *p == partition && *to == offset => *to += 1,
+                _ => self.window.push((partition, offset, offset + 1)),
+            }
             if let Some(rate) = self.max_rate.filter(|_| self.fed.is_multiple_of(1024)) {
                 // Keep to `rate` events/s: sleep off any lead.
                 let due = Duration::from_secs_f64(self.fed as f64 / rate as f64);
@@ -257,7 +295,9 @@ impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
             }
             if self.fed.is_multiple_of(STEP_EVERY_EVENTS) {
                 self.input.flush();
+                crate::sync::lock(self.windows)[self.slot] = self.window.clone();
                 self.worker.step();
+                self.window.clear();
                 if self.abort.raised() {
                     return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
                 }

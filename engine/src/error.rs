@@ -73,6 +73,23 @@ pub enum DataflowError {
     /// A worker process exited, or a peer never connected.
     #[error("{0}")]
     ProcessFailed(String),
+    /// The job's own code panicked on one event of the log (found by replaying the events
+    /// the workers had just fed): the job must handle it.
+    #[error(
+        "the job's code panicked on the event at partition {partition} offset {offset}: {message}; the event: {event}. \
+         The log is immutable, so every run over it fails the same way: fix the job so it handles this event, \
+         bump its Job::version, and recompute (docs/operations.md, \"A poison event\")"
+    )]
+    JobPanicked {
+        /// The event's partition.
+        partition: u32,
+        /// The event's offset.
+        offset: u64,
+        /// The event, as JSON.
+        event: String,
+        /// The panic's message.
+        message: String,
+    },
     /// Something did not happen within its deadline.
     #[error("{0}")]
     Timeout(String),
@@ -84,7 +101,10 @@ pub enum DataflowError {
 impl DataflowError {
     fn kind(&self) -> ErrorKind {
         match self {
-            DataflowError::InvalidJob { .. } | DataflowError::Panicked(_) | DataflowError::Failed(_) => ErrorKind::Internal,
+            DataflowError::InvalidJob { .. }
+            | DataflowError::Panicked(_)
+            | DataflowError::Failed(_)
+            | DataflowError::JobPanicked { .. } => ErrorKind::Internal,
             DataflowError::ProcessFailed(_) | DataflowError::Timeout(_) => ErrorKind::Unavailable,
         }
     }

@@ -24,6 +24,7 @@ pub mod batch;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+mod diagnose;
 mod durable;
 pub mod error;
 pub mod guard;

@@ -351,6 +351,10 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
             let err = lambda.batch_and_handover(Arc::new(Progress::default())).expect_err("batch must fail").to_string();
             assert!(err.contains("job bug: amount 666"), "{err}");
+            // The batch run names the poison event: its position and its JSON form.
+            let (p1, p2) = (crate::append::partition_of(1, 4), crate::append::partition_of(2, 4));
+            let at = format!("partition {p2} offset {}", u64::from(p1 == p2));
+            assert!(err.contains(&at) && err.contains(r#""amount":666"#) && err.contains("Job::version"), "{err}");
         }
     }
 
