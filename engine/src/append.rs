@@ -216,7 +216,7 @@ impl Appender {
         for (i, w) in writes.iter().enumerate() {
             if let Some((key, hash)) = &w.key {
                 if let Some(entry) = journal.get(key) {
-                    outcomes[i] = Some(replay(entry, *hash, key));
+                    outcomes[i] = Some(replay(entry.body_hash, entry.events, &entry.ranges, *hash, key));
                     continue;
                 }
                 if let Some(&first) = in_group.get(key.as_str()) {
@@ -240,7 +240,7 @@ impl Appender {
                     for (i, first) in waiting {
                         let original = writes[first].key.as_ref().and_then(|(k, _)| by_key.get(k.as_str()));
                         outcomes[i] = Some(match (&writes[i].key, original) {
-                            (Some((key, hash)), Some(entry)) => replay(entry, *hash, key),
+                            (Some((key, hash)), Some(entry)) => replay(entry.body_hash, entry.events, &entry.ranges, *hash, key),
                             _ => Written::Failed("internal: a duplicate key lost its original".into()),
                         });
                     }
@@ -331,9 +331,11 @@ fn entries_of(writes: &[Write], plan: &[(usize, Vec<Range>)]) -> Vec<KeyEntry> {
         .collect()
 }
 
-fn replay(entry: &KeyEntry, hash: u64, key: &str) -> Written {
-    if entry.body_hash == hash {
-        Written::Replayed { events: entry.events, ranges: entry.ranges.clone() }
+/// The answer to a retry of a durable request (`body_hash`, `events`, `ranges`) that
+/// carries body hash `hash`.
+fn replay(body_hash: u64, events: u64, ranges: &[Range], hash: u64, key: &str) -> Written {
+    if body_hash == hash {
+        Written::Replayed { events, ranges: ranges.to_vec() }
     } else {
         Written::KeyConflict(format!("Idempotency-Key `{key}` was used for a different request body; use a new key for a new request"))
     }

@@ -33,6 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long idempotency keys are remembered unless configured otherwise (24 h).
@@ -68,6 +69,19 @@ pub struct KeyEntry {
     pub ranges: Vec<Range>,
     /// When it was first acknowledged, ms since the Unix epoch.
     pub at_ms: u64,
+}
+
+/// What the journal keeps in memory for a remembered key: enough to answer a retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    /// Hash of the request body the key guards.
+    pub body_hash: u64,
+    /// Events in the request.
+    pub events: u64,
+    /// When it was first acknowledged, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Where its events went.
+    pub ranges: Box<[Range]>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,9 +120,11 @@ pub struct KeyJournal {
     path: PathBuf,
     file: File,
     len: u64,
-    keys: HashMap<String, KeyEntry>,
+    /// The remembered keys. The key text is shared with `order` (one allocation per key),
+    /// and an entry holds only what answers a retry: a few hundred bytes per key.
+    keys: HashMap<Arc<str>, Remembered>,
     /// Keys in acknowledgement order, for expiry.
-    order: VecDeque<(u64, String)>,
+    order: VecDeque<(u64, Arc<str>)>,
     retention: Duration,
     max_keys: usize,
     /// Bytes of the journal when it was last compacted (or opened).
@@ -347,7 +363,7 @@ impl KeyJournal {
     }
 
     /// The entry for `key`, if it is remembered.
-    pub fn get(&self, key: &str) -> Option<&KeyEntry> {
+    pub fn get(&self, key: &str) -> Option<&Remembered> {
         self.keys.get(key)
     }
 
@@ -428,8 +444,10 @@ impl KeyJournal {
     }
 
     fn remember(&mut self, e: KeyEntry) {
-        self.order.push_back((e.at_ms, e.key.clone()));
-        self.keys.insert(e.key.clone(), e);
+        let key: Arc<str> = Arc::from(e.key);
+        self.order.push_back((e.at_ms, key.clone()));
+        let r = Remembered { body_hash: e.body_hash, events: e.events, at_ms: e.at_ms, ranges: e.ranges.into_boxed_slice() };
+        self.keys.insert(key, r);
     }
 
     fn expire(&mut self) {
@@ -448,7 +466,17 @@ impl KeyJournal {
 
     /// Rewrites the journal with only the live keys: tmp file, fsync, rename, fsync dir.
     fn compact(&mut self) -> Result<()> {
-        let mut entries: Vec<KeyEntry> = self.keys.values().cloned().collect();
+        let mut entries: Vec<KeyEntry> = self
+            .keys
+            .iter()
+            .map(|(key, r)| KeyEntry {
+                key: key.to_string(),
+                body_hash: r.body_hash,
+                events: r.events,
+                ranges: r.ranges.to_vec(),
+                at_ms: r.at_ms,
+            })
+            .collect();
         entries.sort_by_key(|e| e.at_ms);
         let payload = bincode::serialize(&Record { start: None, end: None, entries })
             .map_err(|e| Error::Internal(format!("idempotency record does not encode: {e}")))?;
@@ -511,7 +539,7 @@ mod tests {
         }
         let (j, log) = open(dir.path());
         assert_eq!(log.end_offsets(), vec![2, 0]);
-        assert_eq!(j.get("a").map(|e| e.ranges.clone()), Some(vec![Range { partition: 0, from: 0, to: 2 }]));
+        assert_eq!(j.get("a").map(|e| e.ranges.to_vec()), Some(vec![Range { partition: 0, from: 0, to: 2 }]));
     }
 
     // Proves a group whose append was interrupted (journal written, log append partial) is
