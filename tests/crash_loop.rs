@@ -24,29 +24,13 @@
 mod common;
 
 use common::http::{Client, Server};
-use common::TempDir;
+use common::{Rng, TempDir};
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 use lambdaflow_jobs::shop::ShopEvent;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// xorshift64*: small, seeded, good enough for choosing delays and sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// One client request: its key, its events and body, and its acknowledgement if it got one.
 struct Request {
