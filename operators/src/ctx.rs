@@ -396,20 +396,22 @@ impl<'s> Ctx<'s> {
 
     /// Top-k per key: for `((key, item), aggregate)` records, the `k` items with the highest
     /// `score(aggregate)` per key, ties broken by the smaller item, as one sorted list per
-    /// key. Seeded with the aggregated input at the cut.
-    pub fn top_k<K, I, R, F>(&mut self, name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, i64)>)>
+    /// key. Seeded with the aggregated input at the cut. The score is any ordered type,
+    /// usually a [`crate::Sums`] lane (an `i128`, so scores are exact sums too).
+    pub fn top_k<K, I, R, S, F>(&mut self, name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, S)>)>
     where
         K: Data,
         I: Data,
         R: Diff,
-        F: Fn(&R) -> i64 + 'static,
+        S: Data,
+        F: Fn(&R) -> S + 'static,
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
         self.reduce(&format!("TopK: {name}"), input, move |_key, vals: &[(&I, R)], out| {
-            let mut scored: Vec<(i64, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
+            let mut scored: Vec<(S, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
             scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-            let top: Vec<(I, i64)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();
+            let top: Vec<(I, S)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();
             out.push((top, 1isize));
         })
     }

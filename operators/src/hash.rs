@@ -276,11 +276,11 @@ mod tests {
         let input: Vec<u64> = (0..2000).map(|i| i * 7919 % 97).collect();
         let mut expected: Vec<(u64, Sums<1>)> = Vec::new();
         for x in &input {
-            expected.push((x % 13, Sums([*x as i64])));
+            expected.push((x % 13, Sums([i128::from(*x)])));
         }
         differential_dataflow::consolidation::consolidate(&mut expected);
         for workers in [1, 3] {
-            let got = run(workers, input.clone(), |c| aggregate("t", c, true, 3, |x: &u64| Some((x % 13, Sums([*x as i64])))));
+            let got = run(workers, input.clone(), |c| aggregate("t", c, true, 3, |x: &u64| Some((x % 13, Sums([i128::from(*x)])))));
             assert_eq!(got, expected, "{workers} workers");
         }
     }

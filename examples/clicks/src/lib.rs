@@ -121,9 +121,9 @@ impl Click {
 // ---------------------------------------------------------------------------------------
 
 /// A user's activity bucket by their all-time number of clicks.
-pub fn activity(clicks: i64) -> &'static str {
+pub fn activity(clicks: i128) -> &'static str {
     match clicks {
-        i64::MIN..=4 => "casual",
+        i128::MIN..=4 => "casual",
         5..=19 => "regular",
         _ => "heavy",
     }
@@ -140,9 +140,10 @@ impl Job for Clicks {
         "clicks"
     }
 
-    /// Bump this whenever a change alters what a view contains.
+    /// Bump this whenever a change alters what a view contains. (2: `Sums` lanes became
+    /// i128, so version-1 batch views and seeds do not decode as this version's.)
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn build<'s>(&self, ctx: &mut Ctx<'s>, clicks: Coll<'s, Click>) {
@@ -160,7 +161,7 @@ impl Job for Clicks {
         // Time on site per UTC day of event time. Lane 0 sums the milliseconds; lane 1
         // counts clicks, which keeps a day alive even if all its clicks lasted 0 ms (a key
         // whose lanes are all zero consolidates away).
-        let per_day = ctx.sum("time_on_page_by_day", clicks.clone(), |c| Some((Day::of_ms(c.ts), Sums([c.ms_on_page as i64, 1]))));
+        let per_day = ctx.sum("time_on_page_by_day", clicks.clone(), |c| Some((Day::of_ms(c.ts), Sums([i128::from(c.ms_on_page), 1]))));
         ctx.sum_view("time_on_page_by_day", per_day, |s: &Sums<2>| json!({ "ms_on_page": s.get(0), "clicks": s.get(1) }));
 
         // An aggregate of an aggregate: clicks per user, then each user's bucket, then

@@ -25,15 +25,15 @@ fn click(ts: i64, user: u64, page: u64, ms_on_page: u32) -> Click {
 /// `check_exact`'s report.
 fn oracle(clicks: &[Click]) -> Views {
     let key = |v: Value| v.to_string();
-    let mut per_page: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut per_page: BTreeMap<u64, i128> = BTreeMap::new();
     let mut visitors: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    let mut per_day: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    let mut per_user: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut per_day: BTreeMap<String, (i128, i128)> = BTreeMap::new();
+    let mut per_user: BTreeMap<u64, i128> = BTreeMap::new();
     for c in clicks {
         *per_page.entry(c.page).or_default() += 1;
         visitors.entry(c.page).or_default().insert(c.user);
         let d = per_day.entry(Day::of_ms(c.ts).to_string()).or_default();
-        d.0 += c.ms_on_page as i64;
+        d.0 += i128::from(c.ms_on_page);
         d.1 += 1;
         *per_user.entry(c.user).or_default() += 1;
     }
