@@ -20,6 +20,7 @@
 //! `tests/exact.rs` for how to test a job.
 
 use lambdaflow_operators::serde_json::{self, json, Value};
+use lambdaflow_operators::day::MAX_TS_MS;
 use lambdaflow_operators::{Coll, Ctx, Day, Event, FieldError, Job, Sums};
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,8 @@ use serde::{Deserialize, Serialize};
 /// One page view.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Click {
-    /// Event time, ms since the Unix epoch (UTC).
+    /// Event time, ms since the Unix epoch (UTC), from 0 to
+    /// [`lambdaflow_operators::day::MAX_TS_MS`] (9999-12-31T23:59:59.999Z).
     pub ts: i64,
     /// Who clicked.
     pub user: u64,
@@ -49,6 +51,23 @@ fn field<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, FieldError> 
     text.trim()
         .parse()
         .map_err(|_| FieldError::field(name, text, format!("must be an integer in the range of {}", std::any::type_name::<T>())))
+}
+
+/// Parses `ts` and bounds it to 1970-01-01 ..= 9999-12-31 (as the shop parser does): a time
+/// outside has no `YYYY-MM-DD` day to ask for, and a job must never be handed one.
+fn event_time(text: &str) -> Result<i64, FieldError> {
+    let ts: i64 = field("ts", text)?;
+    if ts < 0 {
+        return Err(FieldError::field("ts", text, "must not be negative (milliseconds since the Unix epoch)"));
+    }
+    if ts > MAX_TS_MS {
+        return Err(FieldError::field(
+            "ts",
+            text,
+            format!("is out of range: after 9999-12-31T23:59:59.999Z ({MAX_TS_MS}), the last supported event time"),
+        ));
+    }
+    Ok(ts)
 }
 
 /// A JSON value as the user wrote it, strings without their quotes.
@@ -73,7 +92,7 @@ impl Event for Click {
             }
         };
         Ok(Click {
-            ts: field("ts", &get("ts")?)?,
+            ts: event_time(&get("ts")?)?,
             user: field("user", &get("user")?)?,
             page: field("page", &get("page")?)?,
             ms_on_page: field("ms_on_page", &get("ms_on_page")?)?,
@@ -91,7 +110,7 @@ impl Event for Click {
             return Err(FieldError::line(format!("expected {} columns ({}), found {}", FIELDS.len(), Self::csv_header(), cols.len())));
         }
         Ok(Click {
-            ts: field("ts", cols[0])?,
+            ts: event_time(cols[0])?,
             user: field("user", cols[1])?,
             page: field("page", cols[2])?,
             ms_on_page: field("ms_on_page", cols[3])?,

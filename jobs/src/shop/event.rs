@@ -13,10 +13,13 @@ use std::borrow::Cow;
 /// The CSV header of the shop workload, in column order.
 pub const CSV_HEADER: &str = "type,ts,order_id,customer_id,product_id,quantity,amount_cents,delta,session_id";
 
-/// The CSV columns, in header order (index 0 is `type`).
 /// The last event time accepted: 9999-12-31T23:59:59.999Z. Event-time days are
-/// `YYYY-MM-DD`, and a later time would not have one.
-pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+/// `YYYY-MM-DD`, and a later time would not have one (the DSL's [`day::MAX_TS_MS`]).
+///
+/// [`day::MAX_TS_MS`]: lambdaflow_operators::day::MAX_TS_MS
+pub const MAX_TS_MS: i64 = lambdaflow_operators::day::MAX_TS_MS;
+
+/// The CSV columns, in header order (index 0 is `type`).
 
 const COLUMNS: [&str; 9] = ["type", "ts", "order_id", "customer_id", "product_id", "quantity", "amount_cents", "delta", "session_id"];
 
