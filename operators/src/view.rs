@@ -327,7 +327,9 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
         // Work proportional to the updates, never to the table: keys whose updates cancel
         // are removed where it happens.
         for ((k, v), t, r) in ready {
-            if t == 0 {
+            // Time 0 restates the batch view; a zero difference changes nothing (and would
+            // otherwise leave an empty key in the table).
+            if t == 0 || r.is_zero() {
                 continue;
             }
             match table.rows.get_mut(&k) {
@@ -415,5 +417,187 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
                 Ok(out)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The merge of batch and speed records, against the plain consolidation of all of them.
+
+    use super::*;
+    use crate::Sums;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn sum_cell() -> ViewCell<u64, (), Sums<1>> {
+        let info = ViewInfo { name: "s".into(), kind: ViewKind::Sum, key: "integer".into(), value: "integer".into() };
+        ViewCell::new(info, Arc::new(|_: &(), r: &Sums<1>| json!(r.get(0))))
+    }
+
+    fn value_cell() -> ViewCell<u64, u64, isize> {
+        let info = ViewInfo { name: "v".into(), kind: ViewKind::Value, key: "integer".into(), value: "integer".into() };
+        ViewCell::new(info, Arc::new(|v: &u64, _: &isize| json!(v)))
+    }
+
+    /// Stores `rows` as a batch view through the cell's own encode and decode.
+    fn batch_of<V: Data, R: Diff>(cell: &ViewCell<u64, V, R>, rows: &[((u64, V), R)]) -> Arc<dyn BatchTable> {
+        let mut updates: Vec<((u64, V), u64, R)> = rows.iter().map(|(d, r)| (d.clone(), 0, r.clone())).collect();
+        cell.push(&mut updates);
+        let (bytes, _) = cell.take_batch_encoded().unwrap();
+        cell.decode_batch(&bytes).unwrap()
+    }
+
+    fn all(limit: usize) -> Selection {
+        Selection::Range { from: None, to: None, limit }
+    }
+
+    /// Checks every point and range query of `cell` against `expected` (key → answer).
+    fn check_queries<V: Data, R: Diff>(
+        cell: &ViewCell<u64, V, R>,
+        batch: &dyn BatchTable,
+        speed: &dyn SpeedTable,
+        expected: &BTreeMap<u64, Answer>,
+        ranges: &[(Option<u64>, Option<u64>, usize)],
+    ) -> Result<(), TestCaseError> {
+        // Point: every key in the domain, present or not.
+        for k in 0..KEYS + 2 {
+            let got = cell.query(Some(batch), speed, &Selection::Key(k.to_string())).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(got, expected.get(&k).cloned().into_iter().collect::<Vec<_>>(), "key {}", k);
+        }
+        // Range: exactly the live keys in [from, to], in order, at most `limit`; and each
+        // answer equal to the point answer for its key.
+        for (from, to, limit) in ranges {
+            let sel = Selection::Range { from: from.map(|f| f.to_string()), to: to.map(|t| t.to_string()), limit: *limit };
+            let got = cell.query(Some(batch), speed, &sel).map_err(TestCaseError::fail)?;
+            let want: Vec<Answer> = expected
+                .iter()
+                .filter(|(k, _)| from.is_none_or(|f| **k >= f) && to.is_none_or(|t| **k <= t))
+                .take(*limit)
+                .map(|(_, a)| a.clone())
+                .collect();
+            prop_assert_eq!(&got, &want, "range {:?}..={:?} limit {}", from, to, limit);
+            for a in &got {
+                let point = cell.query(Some(batch), speed, &Selection::Key(a.key.to_string())).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(point, vec![a.clone()]);
+            }
+        }
+        Ok(())
+    }
+
+    const KEYS: u64 = 12;
+
+    fn ranges() -> impl Strategy<Value = Vec<(Option<u64>, Option<u64>, usize)>> {
+        prop::collection::vec((prop::option::of(0..KEYS + 2), prop::option::of(0..KEYS + 2), 0usize..16), 1..6)
+    }
+
+    /// Consolidates `(key, r)` pairs into a map without zero entries.
+    fn consolidated(records: impl IntoIterator<Item = (u64, i128)>) -> BTreeMap<u64, i128> {
+        let mut m: BTreeMap<u64, i128> = BTreeMap::new();
+        for (k, r) in records {
+            *m.entry(k).or_default() += r;
+        }
+        m.retain(|_, r| *r != 0);
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        // Sum views: for random batch rows and speed updates at random times (time 0
+        // restates the batch and is dropped; times after `upto` stay pending), every key's
+        // merged answer is the consolidation of all records, with its batch and speed parts,
+        // and keys that cancel are absent.
+        #[test]
+        fn sum_view_merge_is_the_consolidation(
+            batch_rows in prop::collection::btree_map(0..KEYS, -5i128..5, 0..10),
+            speed in prop::collection::vec((0..KEYS, 0u64..4, -5i128..5), 0..40),
+            upto in 0u64..4,
+            ranges in ranges(),
+        ) {
+            let cell = sum_cell();
+            let rows: Vec<((u64, ()), Sums<1>)> =
+                batch_rows.iter().filter(|(_, r)| **r != 0).map(|(k, r)| ((*k, ()), Sums([*r]))).collect();
+            let batch = batch_of(&cell, &rows);
+            let mut updates: Vec<((u64, ()), u64, Sums<1>)> = speed.iter().map(|(k, t, r)| ((*k, ()), *t, Sums([*r]))).collect();
+            // The speed layer restates the batch view at time 0: it must not count twice.
+            updates.extend(rows.iter().map(|(d, r)| (*d, 0, *r)));
+            cell.push(&mut updates);
+            let mut table = cell.new_speed_table();
+            for step in 0..=upto {
+                cell.drain_speed(step, table.as_mut());
+            }
+            let b = consolidated(rows.iter().map(|((k, ()), r)| (*k, r.get(0))));
+            let s = consolidated(speed.iter().filter(|(_, t, _)| (1..=upto).contains(t)).map(|(k, _, r)| (*k, *r)));
+            let merged = consolidated(b.iter().chain(s.iter()).map(|(k, r)| (*k, *r)));
+            let expected: BTreeMap<u64, Answer> = merged
+                .iter()
+                .map(|(k, r)| {
+                    let part = |m: &BTreeMap<u64, i128>| m.get(k).map_or(Value::Null, |x| json!(x));
+                    (*k, Answer { key: json!(k), value: json!(r), batch: Some(part(&b)), speed: Some(part(&s)) })
+                })
+                .collect();
+            prop_assert!(table.keys() == s.len(), "speed table holds exactly the keys with net updates");
+            check_queries(&cell, batch.as_ref(), table.as_ref(), &expected, &ranges)?;
+            // The pending updates (after `upto`) arrive with a later drain.
+            cell.drain_speed(u64::MAX, table.as_mut());
+            let s = consolidated(speed.iter().filter(|(_, t, _)| *t >= 1).map(|(k, _, r)| (*k, *r)));
+            let merged = consolidated(b.iter().chain(s.iter()).map(|(k, r)| (*k, *r)));
+            let got = cell.query(Some(batch.as_ref()), table.as_ref(), &all(usize::MAX)).map_err(TestCaseError::fail)?;
+            let got: Vec<(Value, Value)> = got.into_iter().map(|a| (a.key, a.value)).collect();
+            let want: Vec<(Value, Value)> = merged.iter().map(|(k, r)| (json!(k), json!(r))).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        // Value views: each key's value changes over time (absent, or one of a few values);
+        // the batch holds the value at the cut and the speed layer retracts and asserts. The
+        // merged answer is the value at the end, for every key and range.
+        #[test]
+        fn value_view_merge_is_the_consolidation(
+            histories in prop::collection::btree_map(0..KEYS, (prop::option::of(0u64..3), prop::collection::vec(prop::option::of(0u64..3), 0..4)), 0..10),
+            ranges in ranges(),
+        ) {
+            let cell = value_cell();
+            let rows: Vec<((u64, u64), isize)> =
+                histories.iter().filter_map(|(k, (at_cut, _))| at_cut.map(|v| ((*k, v), 1))).collect();
+            let batch = batch_of(&cell, &rows);
+            let mut updates = Vec::new();
+            let mut expected = BTreeMap::new();
+            for (k, (at_cut, later)) in &histories {
+                let mut current = *at_cut;
+                for (t, next) in later.iter().enumerate() {
+                    if *next != current {
+                        if let Some(v) = current {
+                            updates.push(((*k, v), t as u64 + 1, -1isize));
+                        }
+                        if let Some(v) = next {
+                            updates.push(((*k, *v), t as u64 + 1, 1isize));
+                        }
+                        current = *next;
+                    }
+                }
+                if let Some(v) = current {
+                    expected.insert(*k, Answer { key: json!(k), value: json!(v), batch: None, speed: None });
+                }
+            }
+            cell.push(&mut updates);
+            let mut table = cell.new_speed_table();
+            cell.drain_speed(u64::MAX, table.as_mut());
+            check_queries(&cell, batch.as_ref(), table.as_ref(), &expected, &ranges)?;
+        }
+    }
+
+    // A value view whose key merges to two values is an error naming the view and key, not a
+    // silently chosen value.
+    #[test]
+    fn value_view_with_two_values_is_an_error() {
+        let cell = value_cell();
+        let batch = batch_of(&cell, &[((3, 1), 1)]);
+        cell.push(&mut vec![((3, 2), 1, 1)]);
+        let mut table = cell.new_speed_table();
+        cell.drain_speed(1, table.as_mut());
+        let err = cell.query(Some(batch.as_ref()), table.as_ref(), &Selection::Key("3".into())).unwrap_err();
+        assert!(err.contains("view v") && err.contains("key 3") && err.contains("2 records"), "{err}");
+        assert!(cell.query(Some(batch.as_ref()), table.as_ref(), &all(10)).is_err());
     }
 }
