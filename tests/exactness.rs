@@ -197,7 +197,10 @@ fn sums_beyond_i64_are_exact_in_both_modes() {
     let v = &report.final_views;
     let day1 = &v["revenue_by_day"]["\"2026-01-02\""];
     assert_eq!(day1["gross_cents"], json!(two), "{day1}");
-    assert_eq!(day1.to_string(), r#"{"gross_cents":18446744073709551614,"net_cents":18446744073709551614,"orders":2,"refund_cents":0,"refunds":0}"#);
+    assert_eq!(
+        day1.to_string(),
+        r#"{"gross_cents":18446744073709551614,"net_cents":18446744073709551614,"orders":2,"refund_cents":0,"refunds":0}"#
+    );
     assert_eq!(v["revenue_by_day"]["\"2026-01-03\""]["gross_cents"].to_string(), "27670116110564327421");
     assert_eq!(v["revenue_by_day"]["\"2026-01-04\""]["net_cents"], json!(-two));
     assert_eq!(v["customer_spend"]["1"], json!({ "net_cents": two }));
@@ -213,7 +216,9 @@ fn sums_beyond_i64_are_exact_in_both_modes() {
     // The other side of the bound: an amount beyond i64 is refused at parse time, naming the
     // field (the parser's bound is the type's, since no two fields are multiplied).
     let line = |amount: &str| {
-        format!(r#"{{"type":"purchase","ts":{MAX_TS_MS},"order_id":1,"customer_id":1,"product_id":1,"quantity":1,"amount_cents":{amount}}}"#)
+        format!(
+            r#"{{"type":"purchase","ts":{MAX_TS_MS},"order_id":1,"customer_id":1,"product_id":1,"quantity":1,"amount_cents":{amount}}}"#
+        )
     };
     assert!(ShopEvent::parse_ndjson(&line("9223372036854775807")).is_ok());
     let e = ShopEvent::parse_ndjson(&line("9223372036854775808")).unwrap_err();

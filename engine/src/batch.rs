@@ -6,7 +6,8 @@
 //! one update per key, not one per event. When the dataflow drains, each view and each seed
 //! is consolidated across workers and written; the version is published atomically.
 
-use lambdaflow_operators::{Ctx, Job, Mode, Registry, Time};
+use lambdaflow_operators::runtime::{AnySeed, AnyView, Mode, Registry};
+use lambdaflow_operators::{Ctx, Job, Time};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -197,8 +198,8 @@ pub fn run_batch_on<J: Job>(
     // Encoding (a sort per view) and writing are independent per view and seed: spread them
     // over `workers` threads, each taking the next unclaimed one.
     enum Out {
-        View(Arc<dyn lambdaflow_operators::AnyView>),
-        Seed(Arc<dyn lambdaflow_operators::ctx::AnySeed>),
+        View(Arc<dyn AnyView>),
+        Seed(Arc<dyn AnySeed>),
     }
     let outputs: Vec<Out> = registry.views().into_iter().map(Out::View).chain(registry.seeds().into_iter().map(Out::Seed)).collect();
     let next = AtomicU64::new(0);

@@ -173,9 +173,9 @@ pub trait AnyView: Send + Sync {
 }
 
 /// The typed batch table: consolidated `((K, V), R)` sorted by `(K, V)`.
-pub struct Table<K, V, R> {
+pub(crate) struct Table<K, V, R> {
     /// The records.
-    pub rows: Vec<((K, V), R)>,
+    pub(crate) rows: Vec<((K, V), R)>,
 }
 
 impl<K: Data, V: Data, R: Diff> BatchTable for Table<K, V, R> {
@@ -188,9 +188,9 @@ impl<K: Data, V: Data, R: Diff> BatchTable for Table<K, V, R> {
 }
 
 /// The typed speed table: per key, the consolidated updates since the cut.
-pub struct Speed<K, V, R> {
+pub(crate) struct Speed<K, V, R> {
     /// Updates by key.
-    pub rows: BTreeMap<K, Vec<(V, R)>>,
+    pub(crate) rows: BTreeMap<K, Vec<(V, R)>>,
     bytes: usize,
 }
 
@@ -212,7 +212,7 @@ impl<K: Data, V: Data, R: Diff> SpeedTable for Speed<K, V, R> {
 type Present<V, R> = Arc<dyn Fn(&V, &R) -> Value + Send + Sync>;
 
 /// A declared view, shared by all workers of one run: collects what they produce.
-pub struct ViewCell<K, V, R> {
+pub(crate) struct ViewCell<K, V, R> {
     info: ViewInfo,
     present: Present<V, R>,
     produced: Mutex<Vec<((K, V), u64, R)>>,
@@ -220,12 +220,12 @@ pub struct ViewCell<K, V, R> {
 
 impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
     /// A new view cell.
-    pub fn new(info: ViewInfo, present: Present<V, R>) -> Self {
+    pub(crate) fn new(info: ViewInfo, present: Present<V, R>) -> Self {
         ViewCell { info, present, produced: Mutex::new(Vec::new()) }
     }
 
     /// Called by the workers' sinks with updates they produced.
-    pub fn push(&self, updates: &mut Vec<((K, V), u64, R)>) {
+    pub(crate) fn push(&self, updates: &mut Vec<((K, V), u64, R)>) {
         let mut produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
         produced.append(updates);
     }

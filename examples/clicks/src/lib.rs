@@ -20,8 +20,7 @@
 //! `tests/exact.rs` for how to test a job.
 
 use lambdaflow_operators::serde_json::{self, json, Value};
-use lambdaflow_operators::day::MAX_TS_MS;
-use lambdaflow_operators::{Coll, Ctx, Day, Event, FieldError, Job, Sums};
+use lambdaflow_operators::{Coll, Ctx, Day, Event, FieldError, Job, Sums, MAX_TS_MS, MS_PER_DAY};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------
@@ -33,7 +32,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Click {
     /// Event time, ms since the Unix epoch (UTC), from 0 to
-    /// [`lambdaflow_operators::day::MAX_TS_MS`] (9999-12-31T23:59:59.999Z).
+    /// [`lambdaflow_operators::MAX_TS_MS`] (9999-12-31T23:59:59.999Z).
     pub ts: i64,
     /// Who clicked.
     pub user: u64,
@@ -209,12 +208,12 @@ pub fn synthetic(seed: u64, count: u64, start_ms: i64, days: u32) -> Vec<Click> 
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) % below.max(1)
     };
-    let span = days.max(1) as i64 * lambdaflow_operators::day::MS_PER_DAY;
+    let span = days.max(1) as i64 * MS_PER_DAY;
     (0..count)
         .map(|i| {
             let mut ts = start_ms + (i as i64 * span) / count.max(1) as i64;
             if next(20) == 0 {
-                ts -= next(2 * lambdaflow_operators::day::MS_PER_DAY as u64) as i64;
+                ts -= next(2 * MS_PER_DAY as u64) as i64;
             }
             // Low page numbers and low user ids are more popular (min of two draws).
             let page = 1 + next(40).min(next(40));

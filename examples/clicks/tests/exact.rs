@@ -10,8 +10,7 @@
 use clicks::{activity, synthetic, Click, Clicks};
 use lambdaflow_engine::testing::{check_exact, diff, Views};
 use lambdaflow_operators::serde_json::{json, Value};
-use lambdaflow_operators::day::MAX_TS_MS;
-use lambdaflow_operators::{Day, Event};
+use lambdaflow_operators::{Day, Event, MAX_TS_MS};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 

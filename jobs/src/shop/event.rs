@@ -5,7 +5,7 @@
 //! CSV rows follow [`CSV_HEADER`]; the columns a type does not use are empty.
 //! See `shared/spec/shop-workload.md` for the schema.
 
-use lambdaflow_operators::event::{Event, FieldError};
+use lambdaflow_operators::{Event, FieldError};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -14,13 +14,11 @@ use std::borrow::Cow;
 pub const CSV_HEADER: &str = "type,ts,order_id,customer_id,product_id,quantity,amount_cents,delta,session_id";
 
 /// The last event time accepted: 9999-12-31T23:59:59.999Z. Event-time days are
-/// `YYYY-MM-DD`, and a later time would not have one (the DSL's [`day::MAX_TS_MS`]).
-///
-/// [`day::MAX_TS_MS`]: lambdaflow_operators::day::MAX_TS_MS
-pub const MAX_TS_MS: i64 = lambdaflow_operators::day::MAX_TS_MS;
+/// `YYYY-MM-DD`, and a later time would not have one (the DSL's
+/// [`lambdaflow_operators::MAX_TS_MS`]).
+pub const MAX_TS_MS: i64 = lambdaflow_operators::MAX_TS_MS;
 
 /// The CSV columns, in header order (index 0 is `type`).
-
 const COLUMNS: [&str; 9] = ["type", "ts", "order_id", "customer_id", "product_id", "quantity", "amount_cents", "delta", "session_id"];
 
 /// One shop event: an order line, a refund, a product page view or a stock change.

@@ -188,7 +188,8 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     let today = Day::of_ms(lambdaflow_engine::store::now_ms() as i64).to_string();
     let mut lines = Vec::new();
     let rev = lambda.query("revenue_by_day", &Selection::Key(today.clone()))?;
-    let cents = |v: Option<&Value>, field: &str| v.and_then(|v| v.get(field)).and_then(Value::as_number).and_then(|n| n.as_i128()).unwrap_or(0);
+    let cents =
+        |v: Option<&Value>, field: &str| v.and_then(|v| v.get(field)).and_then(Value::as_number).and_then(|n| n.as_i128()).unwrap_or(0);
     let money = |c: i128| format!("{}${}.{:02}", if c < 0 { "-" } else { "" }, c.unsigned_abs() / 100, c.unsigned_abs() % 100);
     match rev.answers.first() {
         Some(a) => lines.push(format!(
@@ -204,7 +205,11 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     }
     if let Some(a) = lambda.query("top_products_by_day", &Selection::Key(today))?.answers.first() {
         if let Some(first) = a.value.get(0) {
-            lines.push(format!("top product {} ({})", first["product_id"], money(first["net_cents"].as_number().and_then(|n| n.as_i128()).unwrap_or(0))));
+            lines.push(format!(
+                "top product {} ({})",
+                first["product_id"],
+                money(first["net_cents"].as_number().and_then(|n| n.as_i128()).unwrap_or(0))
+            ));
         }
     }
     let segs = lambda.query("customer_segments", &Selection::Range { from: None, to: None, limit: 10 })?;
