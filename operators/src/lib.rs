@@ -23,6 +23,7 @@
 //!   `value_view`), [`Coll`], [`Time`];
 //! * values: [`Sums`] (the exact aggregate difference), [`Day`] (event-time days, with
 //!   [`MS_PER_DAY`] and [`MAX_TS_MS`]), [`ViewKey`] (how a view key shows and parses),
+//!   [`Example`] (what describes a view's key and value to users),
 //!   [`Data`] and [`Diff`] (what records and differences must implement);
 //! * what queries return: [`Selection`], [`Answer`], [`ViewInfo`], [`ViewKind`].
 //!
@@ -50,7 +51,7 @@ pub use day::{Day, MAX_TS_MS, MS_PER_DAY};
 pub use event::{Event, FieldError, Format};
 pub use job::Job;
 pub use sums::Sums;
-pub use view::{Answer, Data, Diff, Selection, ViewInfo, ViewKey, ViewKind};
+pub use view::{Answer, Data, Diff, Example, Selection, ViewInfo, ViewKey, ViewKind};
 
 pub mod runtime {
     //! The engine's side of the DSL: how a job is run, not how it is written.

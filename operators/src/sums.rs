@@ -44,6 +44,13 @@ impl<const N: usize> Sums<N> {
     }
 }
 
+impl<const N: usize> crate::Example for Sums<N> {
+    /// All lanes 1.
+    fn example() -> Self {
+        Sums([1; N])
+    }
+}
+
 impl<const N: usize> Default for Sums<N> {
     fn default() -> Self {
         Self::ZERO

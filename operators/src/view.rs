@@ -29,8 +29,107 @@ impl<T> Data for T where T: differential_dataflow::ExchangeData + std::hash::Has
 pub trait Diff: differential_dataflow::ExchangeData + Abelian + Send + Sync + Debug + Serialize + DeserializeOwned {}
 impl<T> Diff for T where T: differential_dataflow::ExchangeData + Abelian + Send + Sync + Debug + Serialize + DeserializeOwned {}
 
+/// A representative value of a type, used only to describe a view's JSON form to users
+/// (`lambdaflow views`, `GET /v1/views`): the engine presents the example the way the view
+/// presents real values and describes the JSON it gets, field names and all.
+///
+/// Implemented for the integers, `bool`, `String`, `()`, [`Day`], [`crate::Sums`],
+/// `Vec<T>` and `Option<T>` (one example element) and tuples up to four. A job's own key
+/// or value struct implements it with any valid value, e.g.
+/// `DayProduct { day: Day(0), product_id: 1 }`. Integers are 1, not 0, so a presentation
+/// that divides by a count lane does not divide by zero.
+pub trait Example: Sized {
+    /// A valid value of the type.
+    fn example() -> Self;
+}
+
+macro_rules! example_one {
+    ($($t:ty),*) => { $(impl Example for $t { fn example() -> Self { 1 } })* };
+}
+example_one!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+impl Example for bool {
+    fn example() -> Self {
+        true
+    }
+}
+
+impl Example for String {
+    fn example() -> Self {
+        String::new()
+    }
+}
+
+impl Example for () {
+    fn example() -> Self {}
+}
+
+impl Example for Day {
+    fn example() -> Self {
+        Day(0)
+    }
+}
+
+impl<T: Example> Example for Vec<T> {
+    fn example() -> Self {
+        vec![T::example()]
+    }
+}
+
+impl<T: Example> Example for Option<T> {
+    fn example() -> Self {
+        Some(T::example())
+    }
+}
+
+impl<A: Example, B: Example> Example for (A, B) {
+    fn example() -> Self {
+        (A::example(), B::example())
+    }
+}
+
+impl<A: Example, B: Example, C: Example> Example for (A, B, C) {
+    fn example() -> Self {
+        (A::example(), B::example(), C::example())
+    }
+}
+
+impl<A: Example, B: Example, C: Example, D: Example> Example for (A, B, C, D) {
+    fn example() -> Self {
+        (A::example(), B::example(), C::example(), D::example())
+    }
+}
+
+/// Describes the shape of a JSON value for users: `integer`, `number`, `string`,
+/// `day (YYYY-MM-DD)`, `boolean`, `null`, `[T]` for a list, `[A, B]` for a fixed-length
+/// array of different shapes, `{field: T, ...}` for an object.
+pub(crate) fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "boolean".into(),
+        Value::Number(n) if n.as_i128().is_some() || n.as_u128().is_some() => "integer".into(),
+        Value::Number(_) => "number".into(),
+        Value::String(s) if Day::parse(s).is_ok() => "day (YYYY-MM-DD)".into(),
+        Value::String(_) => "string".into(),
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(describe).collect();
+            if parts.windows(2).all(|w| w[0] == w[1]) {
+                format!("[{}]", parts.first().map_or("", String::as_str))
+            } else {
+                format!("[{}]", parts.join(", "))
+            }
+        }
+        Value::Object(fields) => {
+            let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {}", describe(v))).collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+    }
+}
+
 /// A view key: its JSON form for serving, and how to read it from a query argument.
-pub trait ViewKey: Data {
+///
+/// [`Example`] gives the value whose JSON form describes the key in view listings.
+pub trait ViewKey: Data + Example {
     /// The key's JSON form, with field names as the job's spec names them.
     fn to_json(&self) -> Value;
     /// Parses a key from a query argument (the key's plain text, or its JSON text).
@@ -94,9 +193,11 @@ pub struct ViewInfo {
     pub name: String,
     /// How the view merges.
     pub kind: ViewKind,
-    /// Human-readable description of the key.
+    /// The key's JSON form described for users, e.g. `day (YYYY-MM-DD)` or
+    /// `{day: day (YYYY-MM-DD), product_id: integer}` (see [`Example`]).
     pub key: String,
-    /// Human-readable description of the value.
+    /// The value's JSON form described for users, with its field names, e.g.
+    /// `{clicks: integer}` or `[{net_cents: integer, product_id: integer}]`.
     pub value: String,
 }
 
@@ -585,6 +686,20 @@ mod tests {
             cell.drain_speed(u64::MAX, table.as_mut());
             check_queries(&cell, batch.as_ref(), table.as_ref(), &expected, &ranges)?;
         }
+    }
+
+    // Issue 11: listings showed `Sums<4>`. Descriptions are JSON shapes with field names.
+    #[test]
+    fn descriptions_are_json_shapes() {
+        let v = json!({ "gross_cents": 1, "day": "2026-01-01", "name": "x", "r": 0.5, "ok": true, "top": [{ "p": 1 }], "pair": [1, "a"], "big": i128::MAX, "none": null });
+        assert_eq!(
+            describe(&v),
+            "{big: integer, day: day (YYYY-MM-DD), gross_cents: integer, name: string, none: null, ok: boolean, pair: [integer, string], r: number, top: [{p: integer}]}"
+        );
+        assert_eq!(describe(&json!([])), "[]");
+        assert_eq!(describe(&Day::example().to_json()), "day (YYYY-MM-DD)");
+        assert_eq!(describe(&<(u64, String)>::example().0.to_json()), "integer");
+        assert_eq!(Sums::<3>::example(), Sums([1, 1, 1]));
     }
 
     // A value view whose key merges to two values is an error naming the view and key, not a

@@ -145,6 +145,29 @@ fn event_times_are_bounded() {
     assert!(err.starts_with("line 3: field \"ts\": value \"9223372036854775807\""), "{err}");
 }
 
+// Issue 11: view listings describe keys and values by their JSON form, never by Rust type.
+#[test]
+fn view_descriptions_are_readable() {
+    let dir = lambdaflow_engine::testing::TempDir::new("describe");
+    let lambda = lambdaflow_engine::lambda::Lambda::open(Clicks, dir.path(), lambdaflow_engine::testing::test_options(1)).unwrap();
+    let described: Vec<(String, String, String)> = lambda.views().into_iter().map(|v| (v.name, v.key, v.value)).collect();
+    for (name, key, value) in &described {
+        for d in [key, value] {
+            assert!(!d.contains('<') && !d.contains("::") && !d.is_empty(), "{name}: {d}");
+        }
+    }
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        described,
+        vec![
+            s("clicks_by_page", "integer", "{clicks: integer}"),
+            s("visitors_by_page", "integer", "{visitors: integer}"),
+            s("time_on_page_by_day", "day (YYYY-MM-DD)", "{clicks: integer, ms_on_page: integer}"),
+            s("users_by_activity", "string", "{users: integer}"),
+        ]
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 

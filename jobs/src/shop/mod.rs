@@ -24,7 +24,7 @@ pub mod oracle;
 use lambdaflow_engine::cli::{App, Generator};
 use lambdaflow_engine::lambda::Lambda;
 use lambdaflow_operators::serde_json::{json, Value};
-use lambdaflow_operators::{Coll, Ctx, Day, Format, Job, Selection, Sums, ViewKey};
+use lambdaflow_operators::{Coll, Ctx, Day, Example, Format, Job, Selection, Sums, ViewKey};
 use serde::{Deserialize, Serialize};
 
 pub use event::ShopEvent;
@@ -39,6 +39,12 @@ pub struct DayProduct {
     pub day: Day,
     /// The product.
     pub product_id: u64,
+}
+
+impl Example for DayProduct {
+    fn example() -> Self {
+        DayProduct { day: Day(0), product_id: 1 }
+    }
 }
 
 impl ViewKey for DayProduct {
@@ -227,4 +233,34 @@ pub const DASHBOARD: &str = include_str!("dashboard.html");
 /// The shop job as a command-line application: what the `lambdaflow` binary runs.
 pub fn app() -> App<Shop> {
     App::new(Shop).generator(ShopGenerator).demo_report(demo_report).dashboard(DASHBOARD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambdaflow_engine::testing::{test_options, TempDir};
+
+    // Issue 11: `lambdaflow views` and `/v1/views` showed Rust type names (`Sums<4>`). Every
+    // view's key and value description is its JSON form, with field names and formats.
+    #[test]
+    fn view_descriptions_are_readable() {
+        let dir = TempDir::new("describe");
+        let lambda = Lambda::open(Shop, dir.path(), test_options(1)).unwrap();
+        let views = lambda.views();
+        assert_eq!(views.len(), 8);
+        for v in &views {
+            for d in [&v.key, &v.value] {
+                assert!(!d.contains('<') && !d.contains("::") && !d.is_empty(), "{}: {d}", v.name);
+            }
+        }
+        let get = |name: &str| views.iter().find(|v| v.name == name).map(|v| (v.key.as_str(), v.value.as_str())).unwrap();
+        assert_eq!(
+            get("revenue_by_day"),
+            ("day (YYYY-MM-DD)", "{gross_cents: integer, net_cents: integer, orders: integer, refund_cents: integer, refunds: integer}")
+        );
+        assert_eq!(get("product_revenue_by_day"), ("{day: day (YYYY-MM-DD), product_id: integer}", "{net_cents: integer, units: integer}"));
+        assert_eq!(get("top_products_by_day"), ("day (YYYY-MM-DD)", "[{net_cents: integer, product_id: integer}]"));
+        assert_eq!(get("customer_segments"), ("string", "{customers: integer}"));
+        assert_eq!(get("inventory_level"), ("integer", "{level: integer}"));
+    }
 }
