@@ -158,3 +158,70 @@ fn partial_sums_beyond_i64_stay_exact() {
         assert_eq!(r.answers[0].value, serde_json::json!({ "level": i64::MAX }), "with_batch={with_batch}");
     }
 }
+
+// Issue 15.1: sums of accepted amounts that leave i64 must be exact, not wrapped (two
+// purchases of i64::MAX cents showed gross −2, segment "none", top-k −2), in batch views, in
+// the speed layer and across the cut. 18446744073709551614 = 2 × i64::MAX; three of them
+// (27670116110564327421) leave u64 too, and the JSON answer must still be the exact integer.
+#[test]
+fn sums_beyond_i64_are_exact_in_both_modes() {
+    use lambdaflow_jobs::shop::event::MAX_TS_MS;
+    use lambdaflow_operators::Event as _;
+    use serde_json::json;
+    let max = i64::MAX;
+    let two: i128 = 2 * i128::from(max);
+    let three: i128 = 3 * i128::from(max);
+    let events = vec![
+        purchase(1, 1, 1, 5, max),
+        ShopEvent::Inventory { ts: ts(1, 0), product_id: 9, delta: max },
+        purchase(1, 2, 1, 5, max),
+        ShopEvent::Inventory { ts: ts(1, 1), product_id: 9, delta: max },
+        purchase(2, 3, 2, 6, max),
+        purchase(2, 4, 2, 6, max),
+        purchase(2, 5, 2, 6, max),
+        refund(3, 6, 3, 7, max),
+        refund(3, 7, 3, 7, max),
+        ShopEvent::Inventory { ts: ts(1, 2), product_id: 10, delta: i64::MIN },
+        ShopEvent::Inventory { ts: ts(1, 3), product_id: 10, delta: i64::MIN },
+        ShopEvent::Inventory { ts: ts(1, 4), product_id: 10, delta: i64::MIN },
+    ];
+    // No cut: all of it in the speed layer; a cut at the end: all of it in a batch view; cuts
+    // in between: split across both. (`run` also checks every step against a from-scratch
+    // batch run and the final views against the oracle.)
+    for cuts in [vec![], vec![events.len()], vec![1, 3], vec![5]] {
+        for workers in [1, 2] {
+            run(&events, &cuts, workers).unwrap_or_else(|e| panic!("cuts {cuts:?}: {e}"));
+        }
+    }
+    let report = check_exact(Shop, &events, &[3], 2).unwrap();
+    let v = &report.final_views;
+    let day1 = &v["revenue_by_day"]["\"2026-01-02\""];
+    assert_eq!(day1["gross_cents"], json!(two), "{day1}");
+    assert_eq!(
+        day1.to_string(),
+        r#"{"gross_cents":18446744073709551614,"net_cents":18446744073709551614,"orders":2,"refund_cents":0,"refunds":0}"#
+    );
+    assert_eq!(v["revenue_by_day"]["\"2026-01-03\""]["gross_cents"].to_string(), "27670116110564327421");
+    assert_eq!(v["revenue_by_day"]["\"2026-01-04\""]["net_cents"], json!(-two));
+    assert_eq!(v["customer_spend"]["1"], json!({ "net_cents": two }));
+    assert_eq!(v["customer_spend"]["2"], json!({ "net_cents": three }));
+    assert_eq!(v["customer_spend"]["3"], json!({ "net_cents": -two }));
+    assert_eq!(v["customer_segments"]["\"gold\""], json!({ "customers": 2 }), "{:?}", v["customer_segments"]);
+    assert_eq!(v["customer_segments"]["\"none\""], json!({ "customers": 1 }), "{:?}", v["customer_segments"]);
+    assert_eq!(v["top_products_by_day"]["\"2026-01-02\""], json!([{ "net_cents": two, "product_id": 5 }]));
+    assert_eq!(v["top_products_by_day"]["\"2026-01-03\""], json!([{ "net_cents": three, "product_id": 6 }]));
+    assert_eq!(v["inventory_level"]["9"], json!({ "level": two }));
+    assert_eq!(v["inventory_level"]["10"].to_string(), r#"{"level":-27670116110564327424}"#);
+
+    // The other side of the bound: an amount beyond i64 is refused at parse time, naming the
+    // field (the parser's bound is the type's, since no two fields are multiplied).
+    let line = |amount: &str| {
+        format!(
+            r#"{{"type":"purchase","ts":{MAX_TS_MS},"order_id":1,"customer_id":1,"product_id":1,"quantity":1,"amount_cents":{amount}}}"#
+        )
+    };
+    assert!(ShopEvent::parse_ndjson(&line("9223372036854775807")).is_ok());
+    let e = ShopEvent::parse_ndjson(&line("9223372036854775808")).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("amount_cents"), "{e}");
+    assert!(e.message.contains("out of range"), "{e}");
+}

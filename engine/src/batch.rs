@@ -6,7 +6,8 @@
 //! one update per key, not one per event. When the dataflow drains, each view and each seed
 //! is consolidated across workers and written; the version is published atomically.
 
-use lambdaflow_operators::{Ctx, Job, Mode, Registry, Time};
+use lambdaflow_operators::runtime::{AnySeed, AnyView, Mode, Registry};
+use lambdaflow_operators::{Ctx, Job, Time};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -310,8 +311,8 @@ impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
 
 /// A view or a seed to write.
 enum Out {
-    View(Arc<dyn lambdaflow_operators::AnyView>),
-    Seed(Arc<dyn lambdaflow_operators::ctx::AnySeed>),
+    View(Arc<dyn AnyView>),
+    Seed(Arc<dyn AnySeed>),
 }
 
 /// A version written but not yet published: its views' and seeds' record counts, in

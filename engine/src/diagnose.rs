@@ -9,7 +9,8 @@
 //! A panic that no single event reproduces (it needs several together) is reported as it
 //! was, without a culprit.
 
-use lambdaflow_operators::{Ctx, Job, Mode, Registry, Time};
+use lambdaflow_operators::runtime::{Mode, Registry};
+use lambdaflow_operators::{Ctx, Job, Time};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 

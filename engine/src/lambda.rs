@@ -9,7 +9,7 @@
 //! to at least the old frontier) before swapping the pointer, so readers see the old pair
 //! or the new one, never a mix; the old speed layer, and its state, is then dropped.
 
-use lambdaflow_operators::view::BatchTable;
+use lambdaflow_operators::runtime::BatchTable;
 use lambdaflow_operators::{Answer, Job, Selection, ViewInfo};
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -13,8 +13,8 @@
 //! serving process; it owns the log and sends its acknowledged ends to the workers of the
 //! other processes, which follow the log read-only. View updates are gathered to worker 0.
 
-use lambdaflow_operators::view::SpeedTable;
-use lambdaflow_operators::{AnyView, Ctx, Job, Mode, Registry, SeedSource, Time};
+use lambdaflow_operators::runtime::{AnyView, Mode, Registry, SeedSource, SpeedTable};
+use lambdaflow_operators::{Ctx, Job, Time};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

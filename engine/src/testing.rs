@@ -214,7 +214,7 @@ mod tests {
             1
         }
         fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Buy>) {
-            let spend = ctx.sum("spend", events.clone(), |b: &Buy| Some((b.user, Sums([b.amount, 1]))));
+            let spend = ctx.sum("spend", events.clone(), |b: &Buy| Some((b.user, Sums::of([b.amount, 1]))));
             ctx.sum_view("spend", spend.clone(), |s: &Sums<2>| json!({ "amount": s.0[0] }));
             if !self.with_items {
                 return;
@@ -224,7 +224,7 @@ mod tests {
             let joined = ctx.join("items_by_tier", items, tier);
             let per_tier_item = ctx.count("tier_items", joined, |(_user, (item, tier))| Some((tier.clone(), *item)));
             let top = ctx.top_k("top_items", per_tier_item.map(|(tier, item)| (tier, item)), 2, |n: &Sums<1>| n.0[0]);
-            ctx.value_view("top_items", top, |list: &Vec<(u64, i64)>| json!(list));
+            ctx.value_view("top_items", top, |list: &Vec<(u64, i128)>| json!(list));
             let buyers = ctx.distinct_count("buyers", events.clone().map(|b| (b.item, b.user)));
             ctx.sum_view("buyers", buyers, |n: &Sums<1>| json!({ "buyers": n.0[0] }));
             // Retractions: a negative amount takes one occurrence of (item, user) back, so a
@@ -329,7 +329,7 @@ mod tests {
         fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Buy>) {
             let spend = ctx.sum("spend", events, |b: &Buy| {
                 assert!(b.amount != 666, "job bug: amount 666");
-                Some((b.user, Sums([b.amount, 1])))
+                Some((b.user, Sums::of([b.amount, 1])))
             });
             ctx.sum_view("spend", spend, |s: &Sums<2>| json!({ "amount": s.0[0] }));
         }

@@ -24,7 +24,7 @@ use timely::dataflow::operators::vec::Map as _;
 use timely::dataflow::operators::vec::ToStream;
 use timely::dataflow::{ProbeHandle, Scope};
 
-use crate::view::{AnyView, Data, Diff, ViewCell, ViewInfo, ViewKey, ViewKind};
+use crate::view::{describe, AnyView, Data, Diff, Example, ViewCell, ViewInfo, ViewKey, ViewKind};
 
 /// Logical time inside lambdaflow dataflows: 0 holds the batch state (batch mode: all of
 /// it; speed mode: the seeds), and speed mode's epochs of appended events are 1, 2, ...
@@ -171,21 +171,23 @@ impl<'s> Ctx<'s> {
     }
 
     /// Declares a **sum view**: `coll` holds keys whose difference is the aggregate.
-    /// `present` renders the aggregate as the view's JSON value.
+    /// `present` renders the aggregate as the view's JSON value. The view's listing
+    /// describes the JSON of the key's and the aggregate's [`Example`].
     pub fn sum_view<K, R>(&mut self, name: &str, coll: Coll<'s, K, R>, present: impl Fn(&R) -> Value + Send + Sync + 'static)
     where
         K: ViewKey,
-        R: Diff,
+        R: Diff + Example,
     {
         let present = Arc::new(move |_: &(), r: &R| present(r));
         self.view_core::<K, (), R>(name, ViewKind::Sum, coll.map(|k| (k, ())), present);
     }
 
-    /// Declares a **value view**: `coll` holds one `(key, value)` record per key.
+    /// Declares a **value view**: `coll` holds one `(key, value)` record per key. The
+    /// view's listing describes the JSON of the key's and the value's [`Example`].
     pub fn value_view<K, V>(&mut self, name: &str, coll: Coll<'s, (K, V)>, present: impl Fn(&V) -> Value + Send + Sync + 'static)
     where
         K: ViewKey,
-        V: Data,
+        V: Data + Example,
     {
         let present = Arc::new(move |v: &V, _: &isize| present(v));
         self.view_core(name, ViewKind::Value, coll, present);
@@ -199,18 +201,17 @@ impl<'s> Ctx<'s> {
         present: Arc<dyn Fn(&V, &R) -> Value + Send + Sync>,
     ) where
         K: ViewKey,
-        V: Data,
-        R: Diff,
+        V: Data + Example,
+        R: Diff + Example,
     {
         self.claim("view", name);
+        // Users see the views' JSON forms, never Rust type names: describe what the key and
+        // the presentation of an example value look like.
         let info = ViewInfo {
             name: name.to_string(),
             kind,
-            key: short_type_name::<K>(),
-            value: match kind {
-                ViewKind::Sum => short_type_name::<R>(),
-                ViewKind::Value => short_type_name::<V>(),
-            },
+            key: describe(&K::example().to_json()),
+            value: describe(&present(&V::example(), &R::example())),
         };
         let cell = self.registry.cell(
             &format!("view:{name}"),
@@ -396,20 +397,22 @@ impl<'s> Ctx<'s> {
 
     /// Top-k per key: for `((key, item), aggregate)` records, the `k` items with the highest
     /// `score(aggregate)` per key, ties broken by the smaller item, as one sorted list per
-    /// key. Seeded with the aggregated input at the cut.
-    pub fn top_k<K, I, R, F>(&mut self, name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, i64)>)>
+    /// key. Seeded with the aggregated input at the cut. The score is any ordered type,
+    /// usually a [`crate::Sums`] lane (an `i128`, so scores are exact sums too).
+    pub fn top_k<K, I, R, S, F>(&mut self, name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, S)>)>
     where
         K: Data,
         I: Data,
         R: Diff,
-        F: Fn(&R) -> i64 + 'static,
+        S: Data,
+        F: Fn(&R) -> S + 'static,
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
         self.reduce(&format!("TopK: {name}"), input, move |_key, vals: &[(&I, R)], out| {
-            let mut scored: Vec<(i64, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
+            let mut scored: Vec<(S, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
             scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-            let top: Vec<(I, i64)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();
+            let top: Vec<(I, S)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();
             out.push((top, 1isize));
         })
     }
@@ -427,23 +430,4 @@ impl<'s> Ctx<'s> {
         let right = self.seeded(&format!("{name}.right"), right);
         left.join(right)
     }
-}
-
-/// `lambdaflow_operators::sums::Sums<4>` → `Sums<4>`; `alloc::vec::Vec<(u64, i64)>` → `Vec<(u64, i64)>`.
-fn short_type_name<T>() -> String {
-    let full = std::any::type_name::<T>();
-    let mut out = String::new();
-    let mut word = String::new();
-    for c in full.chars().chain(std::iter::once(' ')) {
-        if c.is_alphanumeric() || c == '_' || c == ':' {
-            word.push(c);
-        } else {
-            out.push_str(word.rsplit("::").next().unwrap_or(""));
-            word.clear();
-            if c != ' ' || !out.is_empty() {
-                out.push(c);
-            }
-        }
-    }
-    out.trim().to_string()
 }

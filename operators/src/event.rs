@@ -69,7 +69,7 @@ pub enum Format {
 /// A job's event type.
 ///
 /// Events flow through differential dataflow, so the type is `Ord + Hash + Clone + Debug`
-/// as well as serde (see [`crate::view::Data`]): derive them.
+/// as well as serde (see [`crate::Data`]): derive them.
 ///
 /// Events are stored in the master dataset with bincode (through `Serialize` /
 /// `DeserializeOwned`), so the type must round-trip through bincode exactly. Parsing from

@@ -23,7 +23,7 @@ use crate::view::{Data, Diff};
 /// FxHash (rustc's hasher): a multiply-rotate hash, several times faster than SipHash on
 /// small keys. Not DoS-resistant; keys here come from the job, not from a network peer.
 #[derive(Default, Clone, Copy)]
-pub struct FxHasher {
+pub(crate) struct FxHasher {
     hash: u64,
 }
 
@@ -78,10 +78,10 @@ impl Hasher for FxHasher {
 }
 
 /// A `HashMap` with [`FxHasher`].
-pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(crate) type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// The routing hash of a record: which worker consolidates it.
-pub fn route<D: Hash>(d: &D) -> u64 {
+pub(crate) fn route<D: Hash>(d: &D) -> u64 {
     let mut h = FxHasher::default();
     d.hash(&mut h);
     // Mix the high bits down: FxHash's low bits are weak and routing uses `% peers`.
@@ -90,7 +90,7 @@ pub fn route<D: Hash>(d: &D) -> u64 {
 }
 
 /// Keys a pre-aggregation table holds before it emits partial sums early (bounding memory).
-pub const PARTIAL_KEYS_MAX: usize = 1 << 22;
+pub(crate) const PARTIAL_KEYS_MAX: usize = 1 << 22;
 
 /// Accumulates `f(record) -> (key, diff)` per time in a hash table and emits the keys when
 /// the time completes. With `exchange`, records first go to the worker owning their key.
@@ -99,7 +99,7 @@ pub const PARTIAL_KEYS_MAX: usize = 1 << 22;
 /// restarted, so a key may then appear more than once per time. Partial sums are valid
 /// differential updates (they add up downstream), but a caller that needs one record per
 /// key and time (e.g. to threshold counts into a distinct set) must pass `usize::MAX`.
-pub fn aggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, keys_max: usize, f: F) -> Coll<'s, K, R>
+pub(crate) fn aggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, keys_max: usize, f: F) -> Coll<'s, K, R>
 where
     D: Data,
     K: Data + Hash,
@@ -115,7 +115,7 @@ where
 
 /// Like [`aggregate`] for a collection whose diff is already the aggregate: consolidates it
 /// across workers by record, one record per key and time (no early emission).
-pub fn consolidate_by_hash<'s, D, R>(name: &str, input: Coll<'s, D, R>) -> Coll<'s, D, R>
+pub(crate) fn consolidate_by_hash<'s, D, R>(name: &str, input: Coll<'s, D, R>) -> Coll<'s, D, R>
 where
     D: Data + Hash,
     R: Diff,
@@ -183,7 +183,7 @@ where
 /// Batch-mode group-by: for `((key, value), diff)` updates, exchanges by key and, once the
 /// time completes, calls `logic(key, values, output)` with the key's consolidated, non-zero
 /// values in sorted order — what differential's `reduce` does at the first time.
-pub fn reduce_by_hash<'s, K, V, R, V2, L>(name: &str, input: Coll<'s, (K, V), R>, mut logic: L) -> Coll<'s, (K, V2)>
+pub(crate) fn reduce_by_hash<'s, K, V, R, V2, L>(name: &str, input: Coll<'s, (K, V), R>, mut logic: L) -> Coll<'s, (K, V2)>
 where
     K: Data + Hash,
     V: Data,
@@ -276,11 +276,11 @@ mod tests {
         let input: Vec<u64> = (0..2000).map(|i| i * 7919 % 97).collect();
         let mut expected: Vec<(u64, Sums<1>)> = Vec::new();
         for x in &input {
-            expected.push((x % 13, Sums([*x as i64])));
+            expected.push((x % 13, Sums([i128::from(*x)])));
         }
         differential_dataflow::consolidation::consolidate(&mut expected);
         for workers in [1, 3] {
-            let got = run(workers, input.clone(), |c| aggregate("t", c, true, 3, |x: &u64| Some((x % 13, Sums([*x as i64])))));
+            let got = run(workers, input.clone(), |c| aggregate("t", c, true, 3, |x: &u64| Some((x % 13, Sums([i128::from(*x)])))));
             assert_eq!(got, expected, "{workers} workers");
         }
     }

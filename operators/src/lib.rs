@@ -13,27 +13,58 @@
 //! }
 //! ```
 //!
-//! Module map: [`event`] (what an event type provides), [`ctx`] (the DSL operators and how
-//! they seed the speed layer), [`view`] (views, batch tables, speed tables, the merge),
-//! [`sums`] (the aggregate difference type), [`day`] (event-time day bucketing), [`job`]
-//! (the `Job` trait).
+//! ## What is here
+//!
+//! The crate root is the DSL, everything a job uses:
+//!
+//! * the job and its events: [`Job`], [`Event`] (with [`FieldError`], [`Format`]);
+//! * building the dataflow: [`Ctx`] (the operators: `sum`, `count`, `distinct_count`,
+//!   `per_key`, `top_k`, `join`, `seeded`, and the view declarations `sum_view`,
+//!   `value_view`), [`Coll`], [`Time`];
+//! * values: [`Sums`] (the exact aggregate difference), [`Day`] (event-time days, with
+//!   [`MS_PER_DAY`] and [`MAX_TS_MS`]), [`ViewKey`] (how a view key shows and parses),
+//!   [`Example`] (what describes a view's key and value to users),
+//!   [`Data`] and [`Diff`] (what records and differences must implement);
+//! * what queries return: [`Selection`], [`Answer`], [`ViewInfo`], [`ViewKind`].
+//!
+//! [`runtime`] is the engine's side: the run modes, the registry of declared views and
+//! seeds, and the type-erased views it stores, merges and queries. Jobs do not need it.
+//!
+//! Inside, `ctx` holds the operators and how they seed the speed layer, `view` the views,
+//! batch and speed tables and the merge, `hash` the batch-mode hash operators, `sums`,
+//! `day`, `event` and `job` what their names say; all private, used through the
+//! re-exports above.
 
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod ctx;
-pub mod day;
-pub mod event;
-pub mod hash;
-pub mod job;
-pub mod sums;
-pub mod view;
+mod ctx;
+mod day;
+mod event;
+mod hash;
+mod job;
+mod sums;
+mod view;
 
-pub use ctx::{Coll, Ctx, Mode, Registry, SeedSource, Time};
-pub use day::Day;
+pub use ctx::{Coll, Ctx, Time};
+pub use day::{Day, MAX_TS_MS, MS_PER_DAY};
 pub use event::{Event, FieldError, Format};
 pub use job::Job;
 pub use sums::Sums;
-pub use view::{Answer, AnyView, Selection, ViewInfo, ViewKey, ViewKind};
+pub use view::{Answer, Data, Diff, Example, Selection, ViewInfo, ViewKey, ViewKind};
+
+pub mod runtime {
+    //! The engine's side of the DSL: how a job is run, not how it is written.
+    //!
+    //! The engine builds a job's dataflow with [`Ctx::new`](crate::Ctx::new) in a [`Mode`],
+    //! collects the views and seeds the job declared from a [`Registry`], feeds the speed
+    //! layer the seeds a batch run stored through a [`SeedSource`], and holds every view as a
+    //! type-erased [`AnyView`] that encodes batch views ([`BatchTable`]), folds speed updates
+    //! ([`SpeedTable`]) and answers queries; a batch run writes each [`AnySeed`].
+
+    pub use crate::ctx::{AnySeed, Mode, Registry, SeedSource};
+    pub use crate::view::{AnyView, BatchTable, SpeedTable};
+}
 
 /// Re-exported so jobs can use the same versions the engine does.
 pub use differential_dataflow;

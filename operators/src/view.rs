@@ -29,8 +29,107 @@ impl<T> Data for T where T: differential_dataflow::ExchangeData + std::hash::Has
 pub trait Diff: differential_dataflow::ExchangeData + Abelian + Send + Sync + Debug + Serialize + DeserializeOwned {}
 impl<T> Diff for T where T: differential_dataflow::ExchangeData + Abelian + Send + Sync + Debug + Serialize + DeserializeOwned {}
 
+/// A representative value of a type, used only to describe a view's JSON form to users
+/// (`lambdaflow views`, `GET /v1/views`): the engine presents the example the way the view
+/// presents real values and describes the JSON it gets, field names and all.
+///
+/// Implemented for the integers, `bool`, `String`, `()`, [`Day`], [`crate::Sums`],
+/// `Vec<T>` and `Option<T>` (one example element) and tuples up to four. A job's own key
+/// or value struct implements it with any valid value, e.g.
+/// `DayProduct { day: Day(0), product_id: 1 }`. Integers are 1, not 0, so a presentation
+/// that divides by a count lane does not divide by zero.
+pub trait Example: Sized {
+    /// A valid value of the type.
+    fn example() -> Self;
+}
+
+macro_rules! example_one {
+    ($($t:ty),*) => { $(impl Example for $t { fn example() -> Self { 1 } })* };
+}
+example_one!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+impl Example for bool {
+    fn example() -> Self {
+        true
+    }
+}
+
+impl Example for String {
+    fn example() -> Self {
+        String::new()
+    }
+}
+
+impl Example for () {
+    fn example() -> Self {}
+}
+
+impl Example for Day {
+    fn example() -> Self {
+        Day(0)
+    }
+}
+
+impl<T: Example> Example for Vec<T> {
+    fn example() -> Self {
+        vec![T::example()]
+    }
+}
+
+impl<T: Example> Example for Option<T> {
+    fn example() -> Self {
+        Some(T::example())
+    }
+}
+
+impl<A: Example, B: Example> Example for (A, B) {
+    fn example() -> Self {
+        (A::example(), B::example())
+    }
+}
+
+impl<A: Example, B: Example, C: Example> Example for (A, B, C) {
+    fn example() -> Self {
+        (A::example(), B::example(), C::example())
+    }
+}
+
+impl<A: Example, B: Example, C: Example, D: Example> Example for (A, B, C, D) {
+    fn example() -> Self {
+        (A::example(), B::example(), C::example(), D::example())
+    }
+}
+
+/// Describes the shape of a JSON value for users: `integer`, `number`, `string`,
+/// `day (YYYY-MM-DD)`, `boolean`, `null`, `[T]` for a list, `[A, B]` for a fixed-length
+/// array of different shapes, `{field: T, ...}` for an object.
+pub(crate) fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "boolean".into(),
+        Value::Number(n) if n.as_i128().is_some() || n.as_u128().is_some() => "integer".into(),
+        Value::Number(_) => "number".into(),
+        Value::String(s) if Day::parse(s).is_ok() => "day (YYYY-MM-DD)".into(),
+        Value::String(_) => "string".into(),
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(describe).collect();
+            if parts.windows(2).all(|w| w[0] == w[1]) {
+                format!("[{}]", parts.first().map_or("", String::as_str))
+            } else {
+                format!("[{}]", parts.join(", "))
+            }
+        }
+        Value::Object(fields) => {
+            let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {}", describe(v))).collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+    }
+}
+
 /// A view key: its JSON form for serving, and how to read it from a query argument.
-pub trait ViewKey: Data {
+///
+/// [`Example`] gives the value whose JSON form describes the key in view listings.
+pub trait ViewKey: Data + Example {
     /// The key's JSON form, with field names as the job's spec names them.
     fn to_json(&self) -> Value;
     /// Parses a key from a query argument (the key's plain text, or its JSON text).
@@ -94,9 +193,11 @@ pub struct ViewInfo {
     pub name: String,
     /// How the view merges.
     pub kind: ViewKind,
-    /// Human-readable description of the key.
+    /// The key's JSON form described for users, e.g. `day (YYYY-MM-DD)` or
+    /// `{day: day (YYYY-MM-DD), product_id: integer}` (see [`Example`]).
     pub key: String,
-    /// Human-readable description of the value.
+    /// The value's JSON form described for users, with its field names, e.g.
+    /// `{clicks: integer}` or `[{net_cents: integer, product_id: integer}]`.
     pub value: String,
 }
 
@@ -173,9 +274,9 @@ pub trait AnyView: Send + Sync {
 }
 
 /// The typed batch table: consolidated `((K, V), R)` sorted by `(K, V)`.
-pub struct Table<K, V, R> {
+pub(crate) struct Table<K, V, R> {
     /// The records.
-    pub rows: Vec<((K, V), R)>,
+    pub(crate) rows: Vec<((K, V), R)>,
 }
 
 impl<K: Data, V: Data, R: Diff> BatchTable for Table<K, V, R> {
@@ -188,9 +289,9 @@ impl<K: Data, V: Data, R: Diff> BatchTable for Table<K, V, R> {
 }
 
 /// The typed speed table: per key, the consolidated updates since the cut.
-pub struct Speed<K, V, R> {
+pub(crate) struct Speed<K, V, R> {
     /// Updates by key.
-    pub rows: BTreeMap<K, Vec<(V, R)>>,
+    pub(crate) rows: BTreeMap<K, Vec<(V, R)>>,
     bytes: usize,
 }
 
@@ -212,7 +313,7 @@ impl<K: Data, V: Data, R: Diff> SpeedTable for Speed<K, V, R> {
 type Present<V, R> = Arc<dyn Fn(&V, &R) -> Value + Send + Sync>;
 
 /// A declared view, shared by all workers of one run: collects what they produce.
-pub struct ViewCell<K, V, R> {
+pub(crate) struct ViewCell<K, V, R> {
     info: ViewInfo,
     present: Present<V, R>,
     produced: Mutex<Vec<((K, V), u64, R)>>,
@@ -220,12 +321,12 @@ pub struct ViewCell<K, V, R> {
 
 impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
     /// A new view cell.
-    pub fn new(info: ViewInfo, present: Present<V, R>) -> Self {
+    pub(crate) fn new(info: ViewInfo, present: Present<V, R>) -> Self {
         ViewCell { info, present, produced: Mutex::new(Vec::new()) }
     }
 
     /// Called by the workers' sinks with updates they produced.
-    pub fn push(&self, updates: &mut Vec<((K, V), u64, R)>) {
+    pub(crate) fn push(&self, updates: &mut Vec<((K, V), u64, R)>) {
         let mut produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
         produced.append(updates);
     }
@@ -327,7 +428,9 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
         // Work proportional to the updates, never to the table: keys whose updates cancel
         // are removed where it happens.
         for ((k, v), t, r) in ready {
-            if t == 0 {
+            // Time 0 restates the batch view; a zero difference changes nothing (and would
+            // otherwise leave an empty key in the table).
+            if t == 0 || r.is_zero() {
                 continue;
             }
             match table.rows.get_mut(&k) {
@@ -415,5 +518,201 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
                 Ok(out)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The merge of batch and speed records, against the plain consolidation of all of them.
+
+    use super::*;
+    use crate::Sums;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn sum_cell() -> ViewCell<u64, (), Sums<1>> {
+        let info = ViewInfo { name: "s".into(), kind: ViewKind::Sum, key: "integer".into(), value: "integer".into() };
+        ViewCell::new(info, Arc::new(|_: &(), r: &Sums<1>| json!(r.get(0))))
+    }
+
+    fn value_cell() -> ViewCell<u64, u64, isize> {
+        let info = ViewInfo { name: "v".into(), kind: ViewKind::Value, key: "integer".into(), value: "integer".into() };
+        ViewCell::new(info, Arc::new(|v: &u64, _: &isize| json!(v)))
+    }
+
+    /// Stores `rows` as a batch view through the cell's own encode and decode.
+    fn batch_of<V: Data, R: Diff>(cell: &ViewCell<u64, V, R>, rows: &[((u64, V), R)]) -> Arc<dyn BatchTable> {
+        let mut updates: Vec<((u64, V), u64, R)> = rows.iter().map(|(d, r)| (d.clone(), 0, r.clone())).collect();
+        cell.push(&mut updates);
+        let (bytes, _) = cell.take_batch_encoded().unwrap();
+        cell.decode_batch(&bytes).unwrap()
+    }
+
+    fn all(limit: usize) -> Selection {
+        Selection::Range { from: None, to: None, limit }
+    }
+
+    /// Checks every point and range query of `cell` against `expected` (key → answer).
+    fn check_queries<V: Data, R: Diff>(
+        cell: &ViewCell<u64, V, R>,
+        batch: &dyn BatchTable,
+        speed: &dyn SpeedTable,
+        expected: &BTreeMap<u64, Answer>,
+        ranges: &[(Option<u64>, Option<u64>, usize)],
+    ) -> Result<(), TestCaseError> {
+        // Point: every key in the domain, present or not.
+        for k in 0..KEYS + 2 {
+            let got = cell.query(Some(batch), speed, &Selection::Key(k.to_string())).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(got, expected.get(&k).cloned().into_iter().collect::<Vec<_>>(), "key {}", k);
+        }
+        // Range: exactly the live keys in [from, to], in order, at most `limit`; and each
+        // answer equal to the point answer for its key.
+        for (from, to, limit) in ranges {
+            let sel = Selection::Range { from: from.map(|f| f.to_string()), to: to.map(|t| t.to_string()), limit: *limit };
+            let got = cell.query(Some(batch), speed, &sel).map_err(TestCaseError::fail)?;
+            let want: Vec<Answer> = expected
+                .iter()
+                .filter(|(k, _)| from.is_none_or(|f| **k >= f) && to.is_none_or(|t| **k <= t))
+                .take(*limit)
+                .map(|(_, a)| a.clone())
+                .collect();
+            prop_assert_eq!(&got, &want, "range {:?}..={:?} limit {}", from, to, limit);
+            for a in &got {
+                let point = cell.query(Some(batch), speed, &Selection::Key(a.key.to_string())).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(point, vec![a.clone()]);
+            }
+        }
+        Ok(())
+    }
+
+    const KEYS: u64 = 12;
+
+    fn ranges() -> impl Strategy<Value = Vec<(Option<u64>, Option<u64>, usize)>> {
+        prop::collection::vec((prop::option::of(0..KEYS + 2), prop::option::of(0..KEYS + 2), 0usize..16), 1..6)
+    }
+
+    /// Consolidates `(key, r)` pairs into a map without zero entries.
+    fn consolidated(records: impl IntoIterator<Item = (u64, i128)>) -> BTreeMap<u64, i128> {
+        let mut m: BTreeMap<u64, i128> = BTreeMap::new();
+        for (k, r) in records {
+            *m.entry(k).or_default() += r;
+        }
+        m.retain(|_, r| *r != 0);
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        // Sum views: for random batch rows and speed updates at random times (time 0
+        // restates the batch and is dropped; times after `upto` stay pending), every key's
+        // merged answer is the consolidation of all records, with its batch and speed parts,
+        // and keys that cancel are absent.
+        #[test]
+        fn sum_view_merge_is_the_consolidation(
+            batch_rows in prop::collection::btree_map(0..KEYS, -5i128..5, 0..10),
+            speed in prop::collection::vec((0..KEYS, 0u64..4, -5i128..5), 0..40),
+            upto in 0u64..4,
+            ranges in ranges(),
+        ) {
+            let cell = sum_cell();
+            let rows: Vec<((u64, ()), Sums<1>)> =
+                batch_rows.iter().filter(|(_, r)| **r != 0).map(|(k, r)| ((*k, ()), Sums([*r]))).collect();
+            let batch = batch_of(&cell, &rows);
+            let mut updates: Vec<((u64, ()), u64, Sums<1>)> = speed.iter().map(|(k, t, r)| ((*k, ()), *t, Sums([*r]))).collect();
+            // The speed layer restates the batch view at time 0: it must not count twice.
+            updates.extend(rows.iter().map(|(d, r)| (*d, 0, *r)));
+            cell.push(&mut updates);
+            let mut table = cell.new_speed_table();
+            for step in 0..=upto {
+                cell.drain_speed(step, table.as_mut());
+            }
+            let b = consolidated(rows.iter().map(|((k, ()), r)| (*k, r.get(0))));
+            let s = consolidated(speed.iter().filter(|(_, t, _)| (1..=upto).contains(t)).map(|(k, _, r)| (*k, *r)));
+            let merged = consolidated(b.iter().chain(s.iter()).map(|(k, r)| (*k, *r)));
+            let expected: BTreeMap<u64, Answer> = merged
+                .iter()
+                .map(|(k, r)| {
+                    let part = |m: &BTreeMap<u64, i128>| m.get(k).map_or(Value::Null, |x| json!(x));
+                    (*k, Answer { key: json!(k), value: json!(r), batch: Some(part(&b)), speed: Some(part(&s)) })
+                })
+                .collect();
+            prop_assert!(table.keys() == s.len(), "speed table holds exactly the keys with net updates");
+            check_queries(&cell, batch.as_ref(), table.as_ref(), &expected, &ranges)?;
+            // The pending updates (after `upto`) arrive with a later drain.
+            cell.drain_speed(u64::MAX, table.as_mut());
+            let s = consolidated(speed.iter().filter(|(_, t, _)| *t >= 1).map(|(k, _, r)| (*k, *r)));
+            let merged = consolidated(b.iter().chain(s.iter()).map(|(k, r)| (*k, *r)));
+            let got = cell.query(Some(batch.as_ref()), table.as_ref(), &all(usize::MAX)).map_err(TestCaseError::fail)?;
+            let got: Vec<(Value, Value)> = got.into_iter().map(|a| (a.key, a.value)).collect();
+            let want: Vec<(Value, Value)> = merged.iter().map(|(k, r)| (json!(k), json!(r))).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        // Value views: each key's value changes over time (absent, or one of a few values);
+        // the batch holds the value at the cut and the speed layer retracts and asserts. The
+        // merged answer is the value at the end, for every key and range.
+        #[test]
+        fn value_view_merge_is_the_consolidation(
+            histories in prop::collection::btree_map(0..KEYS, (prop::option::of(0u64..3), prop::collection::vec(prop::option::of(0u64..3), 0..4)), 0..10),
+            ranges in ranges(),
+        ) {
+            let cell = value_cell();
+            let rows: Vec<((u64, u64), isize)> =
+                histories.iter().filter_map(|(k, (at_cut, _))| at_cut.map(|v| ((*k, v), 1))).collect();
+            let batch = batch_of(&cell, &rows);
+            let mut updates = Vec::new();
+            let mut expected = BTreeMap::new();
+            for (k, (at_cut, later)) in &histories {
+                let mut current = *at_cut;
+                for (t, next) in later.iter().enumerate() {
+                    if *next != current {
+                        if let Some(v) = current {
+                            updates.push(((*k, v), t as u64 + 1, -1isize));
+                        }
+                        if let Some(v) = next {
+                            updates.push(((*k, *v), t as u64 + 1, 1isize));
+                        }
+                        current = *next;
+                    }
+                }
+                if let Some(v) = current {
+                    expected.insert(*k, Answer { key: json!(k), value: json!(v), batch: None, speed: None });
+                }
+            }
+            cell.push(&mut updates);
+            let mut table = cell.new_speed_table();
+            cell.drain_speed(u64::MAX, table.as_mut());
+            check_queries(&cell, batch.as_ref(), table.as_ref(), &expected, &ranges)?;
+        }
+    }
+
+    // Issue 11: listings showed `Sums<4>`. Descriptions are JSON shapes with field names.
+    #[test]
+    fn descriptions_are_json_shapes() {
+        let v = json!({ "gross_cents": 1, "day": "2026-01-01", "name": "x", "r": 0.5, "ok": true, "top": [{ "p": 1 }], "pair": [1, "a"], "big": i128::MAX, "none": null });
+        assert_eq!(
+            describe(&v),
+            "{big: integer, day: day (YYYY-MM-DD), gross_cents: integer, name: string, none: null, ok: boolean, pair: [integer, string], r: number, top: [{p: integer}]}"
+        );
+        assert_eq!(describe(&json!([])), "[]");
+        assert_eq!(describe(&Day::example().to_json()), "day (YYYY-MM-DD)");
+        assert_eq!(describe(&<(u64, String)>::example().0.to_json()), "integer");
+        assert_eq!(Sums::<3>::example(), Sums([1, 1, 1]));
+    }
+
+    // A value view whose key merges to two values is an error naming the view and key, not a
+    // silently chosen value.
+    #[test]
+    fn value_view_with_two_values_is_an_error() {
+        let cell = value_cell();
+        let batch = batch_of(&cell, &[((3, 1), 1)]);
+        cell.push(&mut vec![((3, 2), 1, 1)]);
+        let mut table = cell.new_speed_table();
+        cell.drain_speed(1, table.as_mut());
+        let err = cell.query(Some(batch.as_ref()), table.as_ref(), &Selection::Key("3".into())).unwrap_err();
+        assert!(err.contains("view v") && err.contains("key 3") && err.contains("2 records"), "{err}");
+        assert!(cell.query(Some(batch.as_ref()), table.as_ref(), &all(10)).is_err());
     }
 }

@@ -10,8 +10,7 @@
 use clicks::{Click, Clicks};
 use lambdaflow_engine::testing::TempDir;
 use lambdaflow_engine::{Lambda, Options};
-use lambdaflow_operators::day::MS_PER_DAY;
-use lambdaflow_operators::Selection;
+use lambdaflow_operators::{Selection, MS_PER_DAY};
 use std::time::Duration;
 
 const MAR_1: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z

@@ -20,7 +20,7 @@
 //! `tests/exact.rs` for how to test a job.
 
 use lambdaflow_operators::serde_json::{self, json, Value};
-use lambdaflow_operators::{Coll, Ctx, Day, Event, FieldError, Job, Sums};
+use lambdaflow_operators::{Coll, Ctx, Day, Event, FieldError, Job, Sums, MAX_TS_MS, MS_PER_DAY};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------
@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 /// One page view.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Click {
-    /// Event time, ms since the Unix epoch (UTC).
+    /// Event time, ms since the Unix epoch (UTC), from 0 to
+    /// [`lambdaflow_operators::MAX_TS_MS`] (9999-12-31T23:59:59.999Z).
     pub ts: i64,
     /// Who clicked.
     pub user: u64,
@@ -49,6 +50,23 @@ fn field<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, FieldError> 
     text.trim()
         .parse()
         .map_err(|_| FieldError::field(name, text, format!("must be an integer in the range of {}", std::any::type_name::<T>())))
+}
+
+/// Parses `ts` and bounds it to 1970-01-01 ..= 9999-12-31 (as the shop parser does): a time
+/// outside has no `YYYY-MM-DD` day to ask for, and a job must never be handed one.
+fn event_time(text: &str) -> Result<i64, FieldError> {
+    let ts: i64 = field("ts", text)?;
+    if ts < 0 {
+        return Err(FieldError::field("ts", text, "must not be negative (milliseconds since the Unix epoch)"));
+    }
+    if ts > MAX_TS_MS {
+        return Err(FieldError::field(
+            "ts",
+            text,
+            format!("is out of range: after 9999-12-31T23:59:59.999Z ({MAX_TS_MS}), the last supported event time"),
+        ));
+    }
+    Ok(ts)
 }
 
 /// A JSON value as the user wrote it, strings without their quotes.
@@ -73,7 +91,7 @@ impl Event for Click {
             }
         };
         Ok(Click {
-            ts: field("ts", &get("ts")?)?,
+            ts: event_time(&get("ts")?)?,
             user: field("user", &get("user")?)?,
             page: field("page", &get("page")?)?,
             ms_on_page: field("ms_on_page", &get("ms_on_page")?)?,
@@ -91,7 +109,7 @@ impl Event for Click {
             return Err(FieldError::line(format!("expected {} columns ({}), found {}", FIELDS.len(), Self::csv_header(), cols.len())));
         }
         Ok(Click {
-            ts: field("ts", cols[0])?,
+            ts: event_time(cols[0])?,
             user: field("user", cols[1])?,
             page: field("page", cols[2])?,
             ms_on_page: field("ms_on_page", cols[3])?,
@@ -121,9 +139,9 @@ impl Click {
 // ---------------------------------------------------------------------------------------
 
 /// A user's activity bucket by their all-time number of clicks.
-pub fn activity(clicks: i64) -> &'static str {
+pub fn activity(clicks: i128) -> &'static str {
     match clicks {
-        i64::MIN..=4 => "casual",
+        i128::MIN..=4 => "casual",
         5..=19 => "regular",
         _ => "heavy",
     }
@@ -140,9 +158,10 @@ impl Job for Clicks {
         "clicks"
     }
 
-    /// Bump this whenever a change alters what a view contains.
+    /// Bump this whenever a change alters what a view contains. (2: `Sums` lanes became
+    /// i128, so version-1 batch views and seeds do not decode as this version's.)
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn build<'s>(&self, ctx: &mut Ctx<'s>, clicks: Coll<'s, Click>) {
@@ -160,7 +179,7 @@ impl Job for Clicks {
         // Time on site per UTC day of event time. Lane 0 sums the milliseconds; lane 1
         // counts clicks, which keeps a day alive even if all its clicks lasted 0 ms (a key
         // whose lanes are all zero consolidates away).
-        let per_day = ctx.sum("time_on_page_by_day", clicks.clone(), |c| Some((Day::of_ms(c.ts), Sums([c.ms_on_page as i64, 1]))));
+        let per_day = ctx.sum("time_on_page_by_day", clicks.clone(), |c| Some((Day::of_ms(c.ts), Sums([i128::from(c.ms_on_page), 1]))));
         ctx.sum_view("time_on_page_by_day", per_day, |s: &Sums<2>| json!({ "ms_on_page": s.get(0), "clicks": s.get(1) }));
 
         // An aggregate of an aggregate: clicks per user, then each user's bucket, then
@@ -189,12 +208,12 @@ pub fn synthetic(seed: u64, count: u64, start_ms: i64, days: u32) -> Vec<Click> 
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) % below.max(1)
     };
-    let span = days.max(1) as i64 * lambdaflow_operators::day::MS_PER_DAY;
+    let span = days.max(1) as i64 * MS_PER_DAY;
     (0..count)
         .map(|i| {
             let mut ts = start_ms + (i as i64 * span) / count.max(1) as i64;
             if next(20) == 0 {
-                ts -= next(2 * lambdaflow_operators::day::MS_PER_DAY as u64) as i64;
+                ts -= next(2 * MS_PER_DAY as u64) as i64;
             }
             // Low page numbers and low user ids are more popular (min of two draws).
             let page = 1 + next(40).min(next(40));

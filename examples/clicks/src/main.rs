@@ -10,9 +10,8 @@
 use clicks::{synthetic, Click, Clicks};
 use lambdaflow_engine::cli::{App, Generator};
 use lambdaflow_engine::lambda::Lambda;
-use lambdaflow_operators::day::MS_PER_DAY;
 use lambdaflow_operators::serde_json::Value;
-use lambdaflow_operators::{Day, Format, Selection};
+use lambdaflow_operators::{Day, Format, Selection, MS_PER_DAY};
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -5,7 +5,7 @@
 //! CSV rows follow [`CSV_HEADER`]; the columns a type does not use are empty.
 //! See `shared/spec/shop-workload.md` for the schema.
 
-use lambdaflow_operators::event::{Event, FieldError};
+use lambdaflow_operators::{Event, FieldError};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -13,11 +13,12 @@ use std::borrow::Cow;
 /// The CSV header of the shop workload, in column order.
 pub const CSV_HEADER: &str = "type,ts,order_id,customer_id,product_id,quantity,amount_cents,delta,session_id";
 
-/// The CSV columns, in header order (index 0 is `type`).
 /// The last event time accepted: 9999-12-31T23:59:59.999Z. Event-time days are
-/// `YYYY-MM-DD`, and a later time would not have one.
-pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+/// `YYYY-MM-DD`, and a later time would not have one (the DSL's
+/// [`lambdaflow_operators::MAX_TS_MS`]).
+pub const MAX_TS_MS: i64 = lambdaflow_operators::MAX_TS_MS;
 
+/// The CSV columns, in header order (index 0 is `type`).
 const COLUMNS: [&str; 9] = ["type", "ts", "order_id", "customer_id", "product_id", "quantity", "amount_cents", "delta", "session_id"];
 
 /// One shop event: an order line, a refund, a product page view or a stock change.

@@ -8,7 +8,7 @@
 //! earlier in the stream.
 
 use super::event::ShopEvent;
-use lambdaflow_operators::event::Format;
+use lambdaflow_operators::Format;
 use std::collections::VecDeque;
 use std::io::Write;
 
@@ -278,7 +278,7 @@ pub fn write_events(cfg: &GenConfig, format: Format, out: &mut dyn Write) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lambdaflow_operators::event::Event;
+    use lambdaflow_operators::Event;
     use std::collections::HashMap;
 
     fn cfg(events: u64, seed: u64) -> GenConfig {

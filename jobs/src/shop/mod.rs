@@ -10,6 +10,12 @@
 //!
 //! Every sum carries a count lane of contributing events, so a key with events never
 //! consolidates away (a product whose stock nets to 0 keeps level 0).
+//!
+//! Sums are exact for every event the parsers accept: their lanes are i128 (see
+//! [`Sums`]), so two purchases of `i64::MAX` cents make a gross of 18446744073709551614,
+//! not −2, and the segment and top-k logic rank that exact total. No product of two event
+//! fields is ever summed (`amount_cents` is the line's total, not a unit price), so no
+//! field needs a tighter bound than its type.
 
 pub mod event;
 pub mod gen;
@@ -18,7 +24,7 @@ pub mod oracle;
 use lambdaflow_engine::cli::{App, Generator};
 use lambdaflow_engine::lambda::Lambda;
 use lambdaflow_operators::serde_json::{json, Value};
-use lambdaflow_operators::{Coll, Ctx, Day, Format, Job, Selection, Sums, ViewKey};
+use lambdaflow_operators::{Coll, Ctx, Day, Example, Format, Job, Selection, Sums, ViewKey};
 use serde::{Deserialize, Serialize};
 
 pub use event::ShopEvent;
@@ -33,6 +39,12 @@ pub struct DayProduct {
     pub day: Day,
     /// The product.
     pub product_id: u64,
+}
+
+impl Example for DayProduct {
+    fn example() -> Self {
+        DayProduct { day: Day(0), product_id: 1 }
+    }
 }
 
 impl ViewKey for DayProduct {
@@ -55,9 +67,9 @@ impl ViewKey for DayProduct {
 }
 
 /// A customer's segment by all-time net spend in cents.
-pub fn segment(net_cents: i64) -> &'static str {
+pub fn segment(net_cents: i128) -> &'static str {
     match net_cents {
-        i64::MIN..=0 => "none",
+        i128::MIN..=0 => "none",
         1..=9_999 => "bronze",
         10_000..=99_999 => "silver",
         _ => "gold",
@@ -75,8 +87,9 @@ impl Job for Shop {
         "shop"
     }
 
+    /// 2: sums became i128 lanes (batch views and seeds of version 1 hold i64 lanes).
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, ShopEvent>) {
@@ -84,21 +97,21 @@ impl Job for Shop {
 
         // Lanes: gross, refunded, orders, refunds.
         let revenue = ctx.sum("revenue_by_day", events.clone(), |e| match e {
-            Purchase { ts, amount_cents, .. } => Some((Day::of_ms(*ts), Sums([*amount_cents, 0, 1, 0]))),
-            Refund { ts, amount_cents, .. } => Some((Day::of_ms(*ts), Sums([0, *amount_cents, 0, 1]))),
+            Purchase { ts, amount_cents, .. } => Some((Day::of_ms(*ts), Sums::of([*amount_cents, 0, 1, 0]))),
+            Refund { ts, amount_cents, .. } => Some((Day::of_ms(*ts), Sums::of([0, *amount_cents, 0, 1]))),
             _ => None,
         });
         ctx.sum_view("revenue_by_day", revenue, |s: &Sums<4>| {
-            json!({ "gross_cents": s.0[0], "refund_cents": s.0[1], "net_cents": s.0[0].wrapping_sub(s.0[1]), "orders": s.0[2], "refunds": s.0[3] })
+            json!({ "gross_cents": s.0[0], "refund_cents": s.0[1], "net_cents": s.0[0] - s.0[1], "orders": s.0[2], "refunds": s.0[3] })
         });
 
         // Lanes: net, units, events.
         let product_revenue = ctx.sum("product_revenue_by_day", events.clone(), |e| match e {
             Purchase { ts, product_id, quantity, amount_cents, .. } => {
-                Some((DayProduct { day: Day::of_ms(*ts), product_id: *product_id }, Sums([*amount_cents, *quantity as i64, 1])))
+                Some((DayProduct { day: Day::of_ms(*ts), product_id: *product_id }, Sums::of([*amount_cents, i64::from(*quantity), 1])))
             }
             Refund { ts, product_id, amount_cents, .. } => {
-                Some((DayProduct { day: Day::of_ms(*ts), product_id: *product_id }, Sums([-*amount_cents, 0, 1])))
+                Some((DayProduct { day: Day::of_ms(*ts), product_id: *product_id }, Sums([-i128::from(*amount_cents), 0, 1])))
             }
             _ => None,
         });
@@ -106,21 +119,21 @@ impl Job for Shop {
 
         let per_day = product_revenue.map(|dp| (dp.day, dp.product_id));
         let top = ctx.top_k("top_products_by_day", per_day, TOP_K, |s: &Sums<3>| s.0[0]);
-        ctx.value_view("top_products_by_day", top, |list: &Vec<(u64, i64)>| {
+        ctx.value_view("top_products_by_day", top, |list: &Vec<(u64, i128)>| {
             Value::Array(list.iter().map(|(p, net)| json!({ "net_cents": net, "product_id": p })).collect())
         });
 
         // Lanes: level, events.
         let inventory = ctx.sum("inventory_level", events.clone(), |e| match e {
-            Inventory { product_id, delta, .. } => Some((*product_id, Sums([*delta, 1]))),
+            Inventory { product_id, delta, .. } => Some((*product_id, Sums::of([*delta, 1]))),
             _ => None,
         });
         ctx.sum_view("inventory_level", inventory, |s: &Sums<2>| json!({ "level": s.0[0] }));
 
         // Lanes: net, events.
         let spend = ctx.sum("customer_spend", events.clone(), |e| match e {
-            Purchase { customer_id, amount_cents, .. } => Some((*customer_id, Sums([*amount_cents, 1]))),
-            Refund { customer_id, amount_cents, .. } => Some((*customer_id, Sums([-*amount_cents, 1]))),
+            Purchase { customer_id, amount_cents, .. } => Some((*customer_id, Sums::of([*amount_cents, 1]))),
+            Refund { customer_id, amount_cents, .. } => Some((*customer_id, Sums([-i128::from(*amount_cents), 1]))),
             _ => None,
         });
         ctx.sum_view("customer_spend", spend.clone(), |s: &Sums<2>| json!({ "net_cents": s.0[0] }));
@@ -181,8 +194,9 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     let today = Day::of_ms(lambdaflow_engine::clock::now_ms() as i64).to_string();
     let mut lines = Vec::new();
     let rev = lambda.query("revenue_by_day", &Selection::Key(today.clone()))?;
-    let cents = |v: Option<&Value>, field: &str| v.and_then(|v| v.get(field)).and_then(Value::as_i64).unwrap_or(0);
-    let money = |c: i64| format!("{}${}.{:02}", if c < 0 { "-" } else { "" }, c.unsigned_abs() / 100, c.unsigned_abs() % 100);
+    let cents =
+        |v: Option<&Value>, field: &str| v.and_then(|v| v.get(field)).and_then(Value::as_number).and_then(|n| n.as_i128()).unwrap_or(0);
+    let money = |c: i128| format!("{}${}.{:02}", if c < 0 { "-" } else { "" }, c.unsigned_abs() / 100, c.unsigned_abs() % 100);
     match rev.answers.first() {
         Some(a) => lines.push(format!(
             "revenue {today}: batch {} + speed {} = {} net",
@@ -197,7 +211,11 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     }
     if let Some(a) = lambda.query("top_products_by_day", &Selection::Key(today))?.answers.first() {
         if let Some(first) = a.value.get(0) {
-            lines.push(format!("top product {} ({})", first["product_id"], money(first["net_cents"].as_i64().unwrap_or(0))));
+            lines.push(format!(
+                "top product {} ({})",
+                first["product_id"],
+                money(first["net_cents"].as_number().and_then(|n| n.as_i128()).unwrap_or(0))
+            ));
         }
     }
     let segs = lambda.query("customer_segments", &Selection::Range { from: None, to: None, limit: 10 })?;
@@ -215,4 +233,34 @@ pub const DASHBOARD: &str = include_str!("dashboard.html");
 /// The shop job as a command-line application: what the `lambdaflow` binary runs.
 pub fn app() -> App<Shop> {
     App::new(Shop).generator(ShopGenerator).demo_report(demo_report).dashboard(DASHBOARD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambdaflow_engine::testing::{test_options, TempDir};
+
+    // Issue 11: `lambdaflow views` and `/v1/views` showed Rust type names (`Sums<4>`). Every
+    // view's key and value description is its JSON form, with field names and formats.
+    #[test]
+    fn view_descriptions_are_readable() {
+        let dir = TempDir::new("describe");
+        let lambda = Lambda::open(Shop, dir.path(), test_options(1)).unwrap();
+        let views = lambda.views();
+        assert_eq!(views.len(), 8);
+        for v in &views {
+            for d in [&v.key, &v.value] {
+                assert!(!d.contains('<') && !d.contains("::") && !d.is_empty(), "{}: {d}", v.name);
+            }
+        }
+        let get = |name: &str| views.iter().find(|v| v.name == name).map(|v| (v.key.as_str(), v.value.as_str())).unwrap();
+        assert_eq!(
+            get("revenue_by_day"),
+            ("day (YYYY-MM-DD)", "{gross_cents: integer, net_cents: integer, orders: integer, refund_cents: integer, refunds: integer}")
+        );
+        assert_eq!(get("product_revenue_by_day"), ("{day: day (YYYY-MM-DD), product_id: integer}", "{net_cents: integer, units: integer}"));
+        assert_eq!(get("top_products_by_day"), ("day (YYYY-MM-DD)", "[{net_cents: integer, product_id: integer}]"));
+        assert_eq!(get("customer_segments"), ("string", "{customers: integer}"));
+        assert_eq!(get("inventory_level"), ("integer", "{level: integer}"));
+    }
 }

@@ -49,7 +49,7 @@ pub fn day_of(ts: i64) -> String {
 }
 
 /// The segment of a customer with all-time net spend `net_cents`.
-pub fn segment_of(net_cents: i64) -> &'static str {
+pub fn segment_of(net_cents: i128) -> &'static str {
     if net_cents <= 0 {
         "none"
     } else if net_cents < 10_000 {
@@ -76,13 +76,14 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
     }
 
     // revenue_by_day: day -> (gross, refund, orders, refunds)
-    let mut revenue: BTreeMap<String, (i64, i64, i64, i64)> = BTreeMap::new();
+    // Sums are i128: exact for any accepted events (amounts up to i64::MAX each).
+    let mut revenue: BTreeMap<String, (i128, i128, i128, i128)> = BTreeMap::new();
     // product_revenue_by_day: (day, product) -> (net, units)
-    let mut product_revenue: BTreeMap<(String, u64), (i64, i64)> = BTreeMap::new();
+    let mut product_revenue: BTreeMap<(String, u64), (i128, i128)> = BTreeMap::new();
     // inventory_level: product -> level
-    let mut inventory: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut inventory: BTreeMap<u64, i128> = BTreeMap::new();
     // customer_spend: customer -> net
-    let mut spend: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut spend: BTreeMap<u64, i128> = BTreeMap::new();
     // daily_unique_viewers: day -> set of customers
     let mut viewers: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     // conversion_by_product: product -> (views, purchases)
@@ -93,29 +94,29 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
             ShopEvent::Purchase { ts, customer_id, product_id, quantity, amount_cents, .. } => {
                 let day = day_of(*ts);
                 let r = revenue.entry(day.clone()).or_insert((0, 0, 0, 0));
-                r.0 += amount_cents;
+                r.0 += i128::from(*amount_cents);
                 r.2 += 1;
                 let p = product_revenue.entry((day, *product_id)).or_insert((0, 0));
-                p.0 += amount_cents;
-                p.1 += i64::from(*quantity);
-                *spend.entry(*customer_id).or_insert(0) += amount_cents;
+                p.0 += i128::from(*amount_cents);
+                p.1 += i128::from(*quantity);
+                *spend.entry(*customer_id).or_insert(0) += i128::from(*amount_cents);
                 conversion.entry(*product_id).or_insert((0, 0)).1 += 1;
             }
             ShopEvent::Refund { ts, customer_id, product_id, amount_cents, .. } => {
                 let day = day_of(*ts);
                 let r = revenue.entry(day.clone()).or_insert((0, 0, 0, 0));
-                r.1 += amount_cents;
+                r.1 += i128::from(*amount_cents);
                 r.3 += 1;
                 let p = product_revenue.entry((day, *product_id)).or_insert((0, 0));
-                p.0 -= amount_cents;
-                *spend.entry(*customer_id).or_insert(0) -= amount_cents;
+                p.0 -= i128::from(*amount_cents);
+                *spend.entry(*customer_id).or_insert(0) -= i128::from(*amount_cents);
             }
             ShopEvent::View { ts, customer_id, product_id, .. } => {
                 viewers.entry(day_of(*ts)).or_default().insert(*customer_id);
                 conversion.entry(*product_id).or_insert((0, 0)).0 += 1;
             }
             ShopEvent::Inventory { product_id, delta, .. } => {
-                *inventory.entry(*product_id).or_insert(0) += delta;
+                *inventory.entry(*product_id).or_insert(0) += i128::from(*delta);
             }
         }
     }
@@ -163,7 +164,7 @@ pub fn expected_views(events: &[ShopEvent]) -> BTreeMap<String, BTreeMap<String,
         view.insert(key_text(&json!(day)), json!({"viewers": customers.len() as i64}));
     }
 
-    let mut by_day: BTreeMap<&str, Vec<(i64, u64)>> = BTreeMap::new();
+    let mut by_day: BTreeMap<&str, Vec<(i128, u64)>> = BTreeMap::new();
     for ((day, product), (net, _)) in &product_revenue {
         by_day.entry(day.as_str()).or_default().push((*net, *product));
     }
@@ -338,7 +339,7 @@ mod tests {
             assert_eq!(segment_of(net), segment, "{net}");
         }
         assert_eq!(segment_of(-1), "none");
-        let events: Vec<ShopEvent> = cases.iter().enumerate().map(|(i, (net, _))| buy(at(0, 0), i as u64 + 1, 7, 1, *net)).collect();
+        let events: Vec<ShopEvent> = cases.iter().enumerate().map(|(i, (net, _))| buy(at(0, 0), i as u64 + 1, 7, 1, *net as i64)).collect();
         assert_eq!(
             entries(&events, "customer_segments"),
             vec![
