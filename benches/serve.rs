@@ -217,7 +217,7 @@ fn main() {
                 let mut c = Client::new(addr);
                 let mut lat = Vec::with_capacity(1 << 20);
                 let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ qi as u64;
-                let today = lambdaflow_operators::Day::of_ms(lambdaflow_engine::clock::now_ms() as i64).0;
+                let today = lambdaflow_operators::Day::of_ms(lambdaflow_engine::now_ms() as i64).0;
                 while !stop.load(Ordering::Relaxed) {
                     x ^= x << 13;
                     x ^= x >> 7;

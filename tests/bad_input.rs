@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use lambdaflow_engine::ingest::parse_all;
+use lambdaflow_engine::parse_all;
 use lambdaflow_engine::Error;
 use lambdaflow_jobs::shop::{event::CSV_HEADER, ShopEvent};
 use proptest::prelude::*;

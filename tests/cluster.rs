@@ -305,7 +305,7 @@ fn a_peer_that_never_comes_up_is_a_clear_error() {
 /// Partition of a shop event in a log of `partitions` (as the engine assigns it).
 fn partition(e: &ShopEvent, partitions: u32) -> u32 {
     use lambdaflow_operators::Event as _;
-    lambdaflow_engine::append::partition_of(e.partition_key(), partitions)
+    lambdaflow_engine::partition_of(e.partition_key(), partitions)
 }
 
 #[test]
@@ -347,7 +347,7 @@ fn a_worker_that_fails_inside_the_dataflow_fails_the_run_without_hanging() {
     // A record with a valid checksum that is not an event, in partition 1: read by process 1
     // of a 2 × 1 run. Its worker fails while the dataflow runs.
     {
-        let appender = lambdaflow_engine::append::Appender::open(&data, Default::default()).expect("log");
+        let appender = lambdaflow_engine::Appender::open(&data, Default::default()).expect("log");
         appender.append_records(&[(1, b"\xff\xff\xff\xff not an event".as_slice())]).expect("append");
     }
     let t = Instant::now();

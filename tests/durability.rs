@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use lambdaflow_engine::append::{partition_of, Appender};
-use lambdaflow_engine::lambda::{Lambda, Options};
+use lambdaflow_engine::{partition_of, Appender};
+use lambdaflow_engine::{Lambda, Options};
 use lambdaflow_engine::log::{Log, LogConfig};
 use lambdaflow_engine::operators::Event;
 use lambdaflow_engine::testing::{all_views, diff};

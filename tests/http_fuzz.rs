@@ -25,7 +25,7 @@
 //! shrunk; the run fails at the end listing each kind of violation with its first case. After
 //! the run the server must still answer `/v1/status`.
 //!
-//! `parser_fuzz` is the in-process twin over `lambdaflow_engine::ingest::parse_all` (no HTTP):
+//! `parser_fuzz` is the in-process twin over `lambdaflow_engine::parse_all` (no HTTP):
 //! the same hostile bodies never panic the parser, and it returns either events (which
 //! round-trip through both formats) or `Error::BadInput` naming a line that exists.
 //! tests/bad_input.rs's `parser_never_panics` covers raw bytes and one-byte replacements; this
@@ -42,7 +42,7 @@ mod common;
 
 use common::http::{read_raw_response, Response, Server};
 use common::TempDir;
-use lambdaflow_engine::ingest::{parse_all, LINE_BYTES_MAX};
+use lambdaflow_engine::{parse_all, LINE_BYTES_MAX};
 use lambdaflow_engine::Error;
 use lambdaflow_jobs::shop::event::{CSV_HEADER, MAX_TS_MS};
 use lambdaflow_jobs::shop::ShopEvent;

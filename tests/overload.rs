@@ -118,7 +118,7 @@ impl Acked {
         }
         let mut by_partition: Vec<Vec<&ShopEvent>> = vec![Vec::new(); PARTITIONS as usize];
         for e in batch {
-            by_partition[lambdaflow_engine::append::partition_of(lambdaflow_operators::Event::partition_key(e), PARTITIONS) as usize]
+            by_partition[lambdaflow_engine::partition_of(lambdaflow_operators::Event::partition_key(e), PARTITIONS) as usize]
                 .push(e);
         }
         for r in ack["positions"].as_array().expect("positions") {

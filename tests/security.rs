@@ -11,7 +11,7 @@ mod common;
 use common::http::{read_raw_response, Client, Response, Server};
 use common::TempDir;
 use common::{ndjson, small_events as events};
-use lambdaflow_engine::ingest::LINE_BYTES_MAX;
+use lambdaflow_engine::LINE_BYTES_MAX;
 use serde_json::Value;
 use std::io::{BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -272,7 +272,7 @@ fn reads_need_the_token_unless_public_reads() {
 // test does not start a server on 7070, which may be taken).
 #[test]
 fn loopback_by_default() {
-    let cfg = lambdaflow_engine::serve::ServeConfig::default();
+    let cfg = lambdaflow_engine::ServeConfig::default();
     assert!(cfg.listen.ip().is_loopback(), "default listen address {} is not loopback", cfg.listen);
     assert_eq!(cfg.listen.port(), 7070);
     assert!(cfg.token.is_none() && !cfg.public_reads);

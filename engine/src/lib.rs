@@ -1,12 +1,13 @@
 //! # lambdaflow-engine: the runtime
 //!
 //! Lambda architecture from one job definition. The engine keeps an immutable master
-//! dataset ([`log`]), runs the job in **batch mode** over the log before a cut and publishes
-//! immutable batch views ([`batch`], [`store`]), runs the same job in **speed mode** over
-//! the log from that cut on ([`speed`]), and merges both on read with visible freshness
-//! ([`lambda`]). [`cli`] turns any job into a full command-line program, and [`testing`]
-//! lets a job's author check, from a `#[test]`, that every merged view is exact. Both modes
-//! also run across worker processes ([`cluster`]).
+//! dataset ([`log`]) that events enter only through the [`Appender`], runs the job in
+//! **batch mode** over the log before a cut and publishes immutable batch versions
+//! ([`run_batch`], [`ViewStore`]), runs the same job in **speed mode** over the log from
+//! that cut on, and merges both on read with visible freshness ([`Lambda`]). [`cli`] turns
+//! any job into a full command-line program (with the HTTP service), and [`testing`] lets a
+//! job's author check, from a `#[test]`, that every merged view is exact. Both modes also
+//! run across worker processes.
 //!
 //! ```ignore
 //! let lambda = Lambda::open(MyJob, Path::new("data"), Options::default())?;
@@ -16,28 +17,41 @@
 //! lambda.sync(Duration::from_secs(5))?;           // speed layer caught up
 //! let r = lambda.query("clicks_by_page", &Selection::Key("7".into()))?;
 //! ```
+//!
+//! The modules are private; this page lists what a job's binary, its tests and tools use.
+//! `docs/architecture.md` shows the layers and the folders that hold them.
 
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod append;
-pub mod batch;
+mod append;
+mod batch;
 pub mod cli;
-pub mod clock;
-pub mod cluster;
+mod clock;
+mod cluster;
 mod diagnose;
 mod durable;
-pub mod error;
-pub mod guard;
-pub mod ingest;
-pub mod keys;
-pub mod lambda;
+mod error;
+mod guard;
+mod ingest;
+mod keys;
+mod lambda;
 pub mod log;
-pub mod serve;
-pub mod speed;
-pub mod store;
+mod serve;
+mod speed;
+mod store;
 mod sync;
 pub mod testing;
 
-pub use error::{Error, Result};
-pub use lambda::{Freshness, Lambda, Options, QueryResult, Status};
+pub use append::{partition_of, Appender, Committed, Encoded, Write, Written};
+pub use batch::{max_rate_from_env, run_batch, run_batch_on, BatchReport, BatchRun, Progress, MAX_RATE_ENV};
+pub use clock::now_ms;
+pub use cluster::{Peers, PEER_TIMEOUT};
+pub use error::{DataflowError, Error, ErrorKind, Result};
+pub use ingest::{parse_all, parse_each, LINE_BYTES_MAX};
+pub use keys::{KeyEntry, Range, KEYS_MAX_DEFAULT, KEY_BYTES_MAX, KEY_RETENTION_DEFAULT};
+pub use lambda::{ClusterOptions, ClusterStatus, Freshness, Lambda, LoadedBatch, Options, QueryResult, Serving, Status};
 pub use lambdaflow_operators as operators;
+pub use serve::{Running, Schedule, ServeConfig};
+pub use speed::{SpeedLayer, SpeedState};
+pub use store::{BatchMeta, PendingVersion, ViewStore};

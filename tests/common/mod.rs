@@ -257,7 +257,7 @@ impl Acked {
         use lambdaflow_operators::Event as _;
         let mut by_partition: BTreeMap<u32, Vec<&ShopEvent>> = BTreeMap::new();
         for e in batch {
-            by_partition.entry(lambdaflow_engine::append::partition_of(e.partition_key(), self.partitions)).or_default().push(e);
+            by_partition.entry(lambdaflow_engine::partition_of(e.partition_key(), self.partitions)).or_default().push(e);
         }
         let mut n = 0;
         for r in ack["positions"].as_array().expect("positions") {

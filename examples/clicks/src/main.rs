@@ -9,7 +9,7 @@
 
 use clicks::{synthetic, Click, Clicks};
 use lambdaflow_engine::cli::{App, Generator};
-use lambdaflow_engine::lambda::Lambda;
+use lambdaflow_engine::Lambda;
 use lambdaflow_operators::serde_json::Value;
 use lambdaflow_operators::{Day, Format, Selection, MS_PER_DAY};
 use std::io::Write;
@@ -37,7 +37,7 @@ impl Generator<Click> for ClickGenerator {
     }
 
     fn events(&self, seed: u64, count: u64, live: bool) -> Vec<Click> {
-        let today = Day::of_ms(lambdaflow_engine::clock::now_ms() as i64).0 as i64 * MS_PER_DAY;
+        let today = Day::of_ms(lambdaflow_engine::now_ms() as i64).0 as i64 * MS_PER_DAY;
         if live {
             synthetic(seed, count, today, 1)
         } else {
@@ -64,7 +64,7 @@ fn demo_report(lambda: &Lambda<Clicks>) -> lambdaflow_engine::Result<Vec<String>
             a.speed.as_ref().map_or(Value::Null, |s| s["clicks"].clone())
         ));
     }
-    let today = Day::of_ms(lambdaflow_engine::clock::now_ms() as i64).to_string();
+    let today = Day::of_ms(lambdaflow_engine::now_ms() as i64).to_string();
     if let Some(a) = lambda.query("time_on_page_by_day", &Selection::Key(today))?.answers.first() {
         lines.push(format!("today {} clicks", a.value["clicks"]));
     }

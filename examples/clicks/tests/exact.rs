@@ -116,7 +116,7 @@ fn bad_lines_name_the_field() {
 
     // Through the engine's reader: the whole input is rejected, with the line number.
     let input = "ts,user,page,ms_on_page\n1772323200000,7,3,1500\n1772323200000,7,3,-1\n";
-    let err = lambdaflow_engine::ingest::parse_all::<Click>(&mut input.as_bytes()).unwrap_err();
+    let err = lambdaflow_engine::parse_all::<Click>(&mut input.as_bytes()).unwrap_err();
     assert_eq!(err.to_string(), "line 3: field \"ms_on_page\": value \"-1\": must be an integer in the range of u32");
 }
 
@@ -141,7 +141,7 @@ fn event_times_are_bounded() {
     }
     // Through the engine's reader: the whole input is refused, naming line and field.
     let input = "ts,user,page,ms_on_page\n1772323200000,7,3,1500\n9223372036854775807,7,3,1\n";
-    let err = lambdaflow_engine::ingest::parse_all::<Click>(&mut input.as_bytes()).unwrap_err().to_string();
+    let err = lambdaflow_engine::parse_all::<Click>(&mut input.as_bytes()).unwrap_err().to_string();
     assert!(err.starts_with("line 3: field \"ts\": value \"9223372036854775807\""), "{err}");
 }
 
@@ -149,7 +149,7 @@ fn event_times_are_bounded() {
 #[test]
 fn view_descriptions_are_readable() {
     let dir = lambdaflow_engine::testing::TempDir::new("describe");
-    let lambda = lambdaflow_engine::lambda::Lambda::open(Clicks, dir.path(), lambdaflow_engine::testing::test_options(1)).unwrap();
+    let lambda = lambdaflow_engine::Lambda::open(Clicks, dir.path(), lambdaflow_engine::testing::test_options(1)).unwrap();
     let described: Vec<(String, String, String)> = lambda.views().into_iter().map(|v| (v.name, v.key, v.value)).collect();
     for (name, key, value) in &described {
         for d in [key, value] {

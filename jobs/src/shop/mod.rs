@@ -22,7 +22,7 @@ pub mod gen;
 pub mod oracle;
 
 use lambdaflow_engine::cli::{App, Generator};
-use lambdaflow_engine::lambda::Lambda;
+use lambdaflow_engine::Lambda;
 use lambdaflow_operators::serde_json::{json, Value};
 use lambdaflow_operators::{Coll, Ctx, Day, Example, Format, Job, Selection, Sums, ViewKey};
 use serde::{Deserialize, Serialize};
@@ -170,7 +170,7 @@ impl Generator<ShopEvent> for ShopGenerator {
     }
 
     fn events(&self, seed: u64, count: u64, live: bool) -> Vec<ShopEvent> {
-        let today = Day::of_ms(lambdaflow_engine::clock::now_ms() as i64);
+        let today = Day::of_ms(lambdaflow_engine::now_ms() as i64);
         let cfg = if live {
             // Live traffic: today, with the usual share of late events from earlier days.
             gen::GenConfig { events: count, seed, days: 1, start_ms: today.0 as i64 * 86_400_000, ..Default::default() }
@@ -191,7 +191,7 @@ impl Generator<ShopEvent> for ShopGenerator {
 
 /// The demo's report: today's revenue with its batch and speed parts, and a few more views.
 pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<String>> {
-    let today = Day::of_ms(lambdaflow_engine::clock::now_ms() as i64).to_string();
+    let today = Day::of_ms(lambdaflow_engine::now_ms() as i64).to_string();
     let mut lines = Vec::new();
     let rev = lambda.query("revenue_by_day", &Selection::Key(today.clone()))?;
     let cents =
