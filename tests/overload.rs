@@ -64,7 +64,10 @@ fn post_events(addr: SocketAddr, body: &[u8]) -> std::io::Result<Answer> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let head = format!("POST /v1/events HTTP/1.1\r\nHost: overload\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     let mut reader = BufReader::new(s.try_clone()?);
     std::thread::scope(|scope| {
         let w = s.try_clone()?;
@@ -157,7 +160,7 @@ struct WriterReport {
 #[test]
 fn overload_backpressure_bounds_lag_and_memory_and_stays_exact() {
     let tmp = TempDir::new("overload");
-    let server = Server::start(tmp.path(), &["--max-lag", &MAX_LAG.to_string()]);
+    let server = Server::start(tmp.path(), &["--allow-host", "t", "--max-lag", &MAX_LAG.to_string()]);
     let (addr, pid) = (server.addr, server.child.id());
     let baseline = rss_bytes(pid).expect("read VmRSS");
 
@@ -355,7 +358,7 @@ fn overload_backpressure_bounds_lag_and_memory_and_stays_exact() {
 #[test]
 fn concurrent_uploads_never_wait_for_each_other() {
     let tmp = common::TempDir::new("overload-budget");
-    let server = common::http::Server::start(tmp.path(), &["--max-body", "1200000", "--max-inflight", "3000000"]);
+    let server = common::http::Server::start(tmp.path(), &["--allow-host", "t", "--max-body", "1200000", "--max-inflight", "3000000"]);
     let addr = server.addr;
     let mut body = Vec::new();
     let mut n = 0u64;
@@ -379,7 +382,7 @@ fn concurrent_uploads_never_wait_for_each_other() {
                     let mut s = TcpStream::connect(addr).expect("connect");
                     s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
                     let head = format!(
-                        "POST /v1/events HTTP/1.1\r\nHost: t\r\nIdempotency-Key: upload-{i}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: upload-{i}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
                     let t = Instant::now();

@@ -241,6 +241,10 @@ struct ServeArgs {
     /// Request body bytes held in memory at once (at least --max-body); beyond it, 429.
     #[arg(long, default_value_t = 256 << 20)]
     max_inflight: usize,
+    /// A host name clients reach the service by (repeatable); requests naming another in
+    /// their Host header get 421. localhost and IP addresses are always accepted.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_host: Vec<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -635,6 +639,7 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
         max_body_bytes: args.max_body,
         max_lag_events: args.max_lag,
         max_inflight_bytes: args.max_inflight.max(args.max_body),
+        allow_hosts: args.allow_host.clone(),
         ..ServeConfig::default()
     })
 }

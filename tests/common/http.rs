@@ -84,6 +84,9 @@ impl Client {
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
+        if path.starts_with("/v1/events") && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            head.push_str("Content-Type: application/x-ndjson\r\n");
+        }
         head.push_str("\r\n");
         let result = (|| {
             let r = self.stream.as_mut().expect("connected");

@@ -4,8 +4,9 @@
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -49,7 +50,104 @@ pub(super) fn router<J: Job>(state: Arc<AppState<J>>) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see docs/serving.md")
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::<J>))
         .with_state(state)
+}
+
+/// Media types `POST /v1/events` accepts (parameters such as `charset` are allowed).
+pub const EVENT_MEDIA_TYPES: [&str; 3] = ["application/x-ndjson", "application/json", "text/csv"];
+
+/// Checks every request before routing: the `Host` header must name this service (421
+/// otherwise: DNS rebinding), and a write (anything but GET/HEAD) must not come from another
+/// site (403: cross-site request forgery from a browser).
+async fn guard<J: Job>(State(s): State<Arc<AppState<J>>>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = match headers.get(header::HOST).map(|h| h.to_str()) {
+        None => None,
+        Some(Ok(h)) if host_allowed(h, s.bound.port(), &s.cfg.allow_hosts) => Some(h),
+        Some(h) => {
+            let shown = h.map(str::to_string).unwrap_or_else(|_| "(not visible ASCII)".into());
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host `{shown}` is not this service: use localhost or an IP address with port {}, or start the service \
+                     with --allow-host NAME for a name it is reached by",
+                    s.bound.port()
+                ),
+            );
+        }
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        if let Err(r) = same_origin(headers, host) {
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// Splits a `Host` value into the name (IPv6 without brackets) and the port, if any.
+fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = host.strip_prefix('[') {
+        let (name, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse().ok()?),
+        };
+        return Some((name, port));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) => Some((name, Some(port.parse().ok()?))),
+        None => Some((host, None)),
+    }
+}
+
+/// Whether a `Host` header names this service: `localhost` or an IP address (a browser only
+/// sends those for a page it loaded from that very address, so they cannot carry a DNS
+/// rebinding) with the port the service listens on, or a name given to `--allow-host` (any
+/// port).
+fn host_allowed(host: &str, port: u16, allow: &[String]) -> bool {
+    let Some((name, given)) = split_host(host.trim()) else { return false };
+    if name.is_empty() {
+        return false;
+    }
+    if allow.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    let local = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    local && given.unwrap_or(80) == port
+}
+
+/// Refuses a write that a browser sent from another site: an `Origin` that is not this
+/// service's own (`http(s)://` plus the `Host` header), or `Sec-Fetch-Site: cross-site`.
+/// Requests without either header (curl, scripts, the test clients) are not browsers'.
+fn same_origin(headers: &HeaderMap, host: Option<&str>) -> Result<(), Response> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        let ours = matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()));
+        if !ours {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Origin `{origin}` is not this service's origin (http://{}): writes from another site are refused",
+                    host.unwrap_or("?")
+                ),
+            ));
+        }
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if site.as_bytes().eq_ignore_ascii_case(b"cross-site") {
+            return Err(error(StatusCode::FORBIDDEN, "Sec-Fetch-Site is `cross-site`: writes from another site are refused"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a `Content-Type` is one `POST /v1/events` reads.
+fn event_media_type(value: Option<&HeaderValue>) -> bool {
+    let Some(v) = value.and_then(|v| v.to_str().ok()) else { return false };
+    let media = v.split(';').next().unwrap_or("").trim();
+    EVENT_MEDIA_TYPES.iter().any(|t| t.eq_ignore_ascii_case(media))
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -84,7 +182,12 @@ fn authorize<J: Job>(s: &AppState<J>, headers: &HeaderMap, write: bool) -> Resul
     if !write && s.cfg.public_reads {
         return Ok(());
     }
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme is case-insensitive (RFC 7235); one space separates it from the token.
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
     match given {
         Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
         _ => {
@@ -112,6 +215,14 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         s.metrics.ingest_rejected.fetch_add(1, Relaxed);
         r
     };
+    if !event_media_type(headers.get(header::CONTENT_TYPE)) {
+        let what = match headers.get(header::CONTENT_TYPE) {
+            Some(v) => format!("Content-Type `{}` is not accepted", String::from_utf8_lossy(v.as_bytes())),
+            None => "the request has no Content-Type".to_string(),
+        };
+        let msg = format!("{what}; send {} (parameters such as charset=utf-8 are fine)", EVENT_MEDIA_TYPES.join(", "));
+        return rejected(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, msg));
+    }
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str().map_err(|_| "Idempotency-Key must be visible ASCII".to_string()).and_then(|k| {

@@ -108,6 +108,9 @@ pub struct ServeConfig {
     pub max_inflight_bytes: usize,
     /// How long a request may wait for room before 429.
     pub admission_wait: Duration,
+    /// Host names (besides `localhost` and IP addresses with the port the service listens
+    /// on) that requests may name in their `Host` header, any port; others get 421.
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -122,6 +125,7 @@ impl Default for ServeConfig {
             max_lag_events: 2_000_000,
             max_inflight_bytes: 256 << 20,
             admission_wait: Duration::from_secs(2),
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -167,6 +171,8 @@ pub struct AppState<J: Job> {
     inflight: Arc<tokio::sync::Semaphore>,
     waiters: Arc<tokio::sync::Semaphore>,
     cache: api::Cache,
+    /// The address the service listens on (its port decides which `Host` headers are ours).
+    bound: SocketAddr,
     started: Instant,
     stopping: AtomicBool,
 }
@@ -264,6 +270,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
         dashboard,
         committer: Mutex::new(Some(tx)),
         cache: api::Cache::default(),
+        bound: addr,
         started: Instant::now(),
         stopping: AtomicBool::new(false),
     });
