@@ -438,19 +438,55 @@ impl Cache {
     }
 }
 
+/// A `where` threshold: integers compare exactly as integers; a float compares as a float.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Threshold {
+    /// An integer, within `i64::MIN..=u64::MAX` (what a JSON field can hold exactly).
+    Int(i128),
+    /// A finite number with a fraction or an exponent.
+    Float(f64),
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Int(i) => write!(f, "{i}"),
+            Threshold::Float(x) => write!(f, "{x:?}"),
+        }
+    }
+}
+
+/// The order of an integer and a finite float, exactly (no rounding of either).
+fn cmp_int_float(i: i128, f: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    const TWO_127: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+    if f >= TWO_127 {
+        return Ordering::Less;
+    }
+    if f < -TWO_127 {
+        return Ordering::Greater;
+    }
+    // Within ±2^127 the integer part of a float is exact as an i128.
+    let whole = f.trunc();
+    match i.cmp(&(whole as i128)) {
+        Ordering::Equal => 0.0f64.partial_cmp(&(f - whole)).unwrap_or(Ordering::Equal),
+        other => other,
+    }
+}
+
 /// A numeric filter on a value field: `field<10`, `field>=3`, ...
 #[derive(Debug)]
 struct Where {
     field: String,
     op: &'static str,
-    value: f64,
+    value: Threshold,
 }
 
 impl Where {
     fn parse(s: &str) -> Result<Where, String> {
         for op in ["<=", ">=", "!=", "<", ">", "="] {
             if let Some((f, v)) = s.split_once(op) {
-                let value: f64 = v.trim().parse().map_err(|_| format!("where: `{v}` is not a number"))?;
+                let value = Where::threshold(v.trim())?;
                 let field = f.trim();
                 if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(format!("where: `{field}` is not a field name"));
@@ -461,15 +497,45 @@ impl Where {
         Err(format!("where: `{s}` is not FIELD<N, FIELD>N, FIELD<=N, FIELD>=N, FIELD=N or FIELD!=N"))
     }
 
+    fn threshold(v: &str) -> Result<Threshold, String> {
+        let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return match v.parse::<i128>() {
+                Ok(i) if (i64::MIN as i128..=u64::MAX as i128).contains(&i) => Ok(Threshold::Int(i)),
+                _ => Err(format!("where: `{v}` is outside the integer range {}..={}", i64::MIN, u64::MAX)),
+            };
+        }
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && v.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) => Ok(Threshold::Float(x)),
+            _ => Err(format!("where: `{v}` is not a number")),
+        }
+    }
+
     fn keeps(&self, value: &Value) -> bool {
-        let Some(x) = value.get(&self.field).and_then(Value::as_f64) else { return false };
+        use std::cmp::Ordering;
+        let Some(Value::Number(n)) = value.get(&self.field) else { return false };
+        let field = match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Threshold::Int(i128::from(i)),
+            (_, Some(u), _) => Threshold::Int(i128::from(u)),
+            (_, _, Some(x)) if x.is_finite() => Threshold::Float(x),
+            _ => return false,
+        };
+        let order = match (field, self.value) {
+            (Threshold::Int(a), Threshold::Int(b)) => a.cmp(&b),
+            (Threshold::Int(a), Threshold::Float(b)) => cmp_int_float(a, b),
+            (Threshold::Float(a), Threshold::Int(b)) => cmp_int_float(b, a).reverse(),
+            (Threshold::Float(a), Threshold::Float(b)) => match a.partial_cmp(&b) {
+                Some(o) => o,
+                None => return false,
+            },
+        };
         match self.op {
-            "<" => x < self.value,
-            "<=" => x <= self.value,
-            ">" => x > self.value,
-            ">=" => x >= self.value,
-            "=" => x == self.value,
-            _ => x != self.value,
+            "<" => order == Ordering::Less,
+            "<=" => order != Ordering::Greater,
+            ">" => order == Ordering::Greater,
+            ">=" => order != Ordering::Less,
+            "=" => order == Ordering::Equal,
+            _ => order != Ordering::Equal,
         }
     }
 }
@@ -822,5 +888,43 @@ mod tests {
         assert!(Where::parse("level>=x").unwrap_err().contains("`x`"));
         assert!(Where::parse("a b<1").is_err());
         assert!(Where::parse("level").is_err());
+    }
+
+    // Proves integers compare as integers: no rounding through f64 at 2^53 or at the ends
+    // of the i64/u64 range, floats still compare (exactly against integers), and thresholds
+    // beyond what a JSON integer can hold are refused with the value named.
+    #[test]
+    fn where_compares_integers_exactly() {
+        let keeps = |w: &str, v: Value| Where::parse(w).expect("parses").keeps(&json!({ "level": v }));
+        let big = 9_007_199_254_740_993i64; // 2^53 + 1: not an f64
+        assert!(!keeps("level=9007199254740992", json!(big)));
+        assert!(keeps("level>9007199254740992", json!(big)));
+        assert!(keeps("level!=9007199254740992", json!(big)));
+        assert!(keeps("level=9007199254740993", json!(big)));
+        assert!(!keeps("level<9007199254740993", json!(big)));
+        assert!(keeps("level<=-9223372036854775808", json!(i64::MIN)));
+        assert!(!keeps("level<-9223372036854775807", json!(i64::MIN + 1)));
+        assert!(keeps("level>18446744073709551614", json!(u64::MAX)));
+        assert!(keeps("level>9223372036854775807", json!(u64::MAX)));
+        assert!(!keeps("level<=-1", json!(u64::MAX)));
+        // Floats: in the field, in the threshold, or both.
+        assert!(keeps("level<2.5", json!(2)));
+        assert!(!keeps("level<2.5", json!(3)));
+        assert!(keeps("level>9007199254740992.0", json!(big)), "2^53+1 > 2^53 exactly");
+        assert!(!keeps("level=9007199254740992.0", json!(big)));
+        assert!(keeps("level>2", json!(2.5)));
+        assert!(keeps("level<3", json!(2.5)));
+        assert!(keeps("level=2", json!(2.0)));
+        assert!(keeps("level<1e3", json!(999.5)));
+        assert!(!keeps("level<1e3", json!("5")), "a string is not a number");
+        assert!(cmp_int_float(i128::MAX, 1e300) == std::cmp::Ordering::Less);
+        assert!(cmp_int_float(-1, -0.5) == std::cmp::Ordering::Less);
+        for v in ["-9223372036854775809", "18446744073709551616", "99999999999999999999999999999999999999999"] {
+            let e = Where::parse(&format!("level<={v}")).unwrap_err();
+            assert!(e.contains(v) && e.contains("outside the integer range"), "{e}");
+        }
+        for v in ["1e400", "NaN", "inf", "-infinity", "0x10", "", "+"] {
+            assert!(Where::parse(&format!("level<{v}")).is_err(), "{v}");
+        }
     }
 }
