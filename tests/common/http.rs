@@ -60,9 +60,12 @@ impl Client {
 
     /// Sends one request; reconnects once if a kept-alive connection was closed.
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+        // (try_request forgets a failed connection, so remember whether this one was reused:
+        // the server closes kept-alive connections that stay idle past its header timeout.)
+        let reused = self.stream.is_some();
         match self.try_request(method, path, headers, body) {
             Ok(r) => Ok(r),
-            Err(_) if self.stream.is_some() => {
+            Err(_) if reused => {
                 self.stream = None;
                 self.try_request(method, path, headers, body)
             }

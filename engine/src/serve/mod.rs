@@ -7,6 +7,7 @@
 //! See docs/serving.md for the API and docs/operations.md for running it.
 
 mod api;
+pub mod conn;
 pub mod ingest;
 pub mod metrics;
 
@@ -111,6 +112,23 @@ pub struct ServeConfig {
     /// Host names (besides `localhost` and IP addresses with the port the service listens
     /// on) that requests may name in their `Host` header, any port; others get 421.
     pub allow_hosts: Vec<String>,
+    /// Connections open at once (`None`: [`conn::connection_cap`] of the open-files limit,
+    /// which also caps a larger number).
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one peer address (`None`: half of `max_connections`).
+    pub max_connections_per_peer: Option<usize>,
+    /// How long a request head may take to arrive (and an idle connection may stay open).
+    pub header_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The connection bounds in force under `open_files` (the process's file limit).
+    pub fn bounds(&self, open_files: Option<u64>) -> conn::Bounds {
+        let cap = conn::connection_cap(open_files);
+        let max = self.max_connections.map_or(cap, |m| m.clamp(1, cap));
+        let per_peer = self.max_connections_per_peer.unwrap_or(max.div_ceil(2)).clamp(1, max);
+        conn::Bounds { max, per_peer, header_timeout: self.header_timeout }
+    }
 }
 
 impl Default for ServeConfig {
@@ -126,6 +144,9 @@ impl Default for ServeConfig {
             max_inflight_bytes: 256 << 20,
             admission_wait: Duration::from_secs(2),
             allow_hosts: Vec::new(),
+            max_connections: None,
+            max_connections_per_peer: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -321,9 +342,19 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(state.clone());
+    let open_files = conn::open_files_limit();
+    let bounds = cfg.bounds(open_files);
+    if cfg.max_connections.is_some_and(|m| m > bounds.max) {
+        eprintln!(
+            "lambdaflow serve: --max-connections lowered to {} (half the open-files limit of {}, less a reserve, stays for the data directory)",
+            bounds.max,
+            open_files.unwrap_or(0)
+        );
+    }
     let thread = std::thread::Builder::new()
         .name("lambdaflow-serve".into())
         .spawn(move || {
+            let metrics = state.metrics.clone();
             let result = runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener)
                     .map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "listen on".into(), source })?;
@@ -341,11 +372,8 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
                     }
                     let _ = stopping_tx.send(true);
                 };
-                // Answers are small and latency matters: no Nagle delay.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                let serve = axum::serve(listener, router).with_graceful_shutdown(stop);
+                let serve = conn::serve(listener, router, bounds, metrics, stopping_rx.clone());
+                tokio::spawn(stop);
                 // Connections get a grace period to finish; a client trickling a body does
                 // not hold the shutdown up for longer.
                 let grace = async move {
@@ -354,7 +382,7 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
                     eprintln!("lambdaflow serve: connections still open after {} s; closing them", SHUTDOWN_GRACE.as_secs());
                 };
                 tokio::select! {
-                    r = serve => r.map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "serve".into(), source }),
+                    _ = serve => Ok(()),
                     _ = grace => Ok(()),
                 }
             });
