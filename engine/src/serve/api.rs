@@ -1,7 +1,5 @@
 //! The HTTP API: routes, handlers, authentication, the query cache.
 
-#![allow(clippy::result_large_err)] // handlers return `Response` errors; boxing them buys nothing here
-
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -20,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::ingest::{Outcome, Submission};
 use super::metrics::Gauges;
 use super::AppState;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::lambda::{Encoded, Lambda, Serving};
 
 /// Most answers a range query returns.
@@ -67,19 +65,20 @@ async fn guard<J: Job>(State(s): State<Arc<AppState<J>>>, req: Request, next: Ne
         Some(Ok(h)) if host_allowed(h, s.bound.port(), &s.cfg.allow_hosts) => Some(h),
         Some(h) => {
             let shown = h.map(str::to_string).unwrap_or_else(|_| "(not visible ASCII)".into());
-            return error(
+            return ApiError::new(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!(
                     "Host `{shown}` is not this service: use localhost or an IP address with port {}, or start the service \
                      with --allow-host NAME for a name it is reached by",
                     s.bound.port()
                 ),
-            );
+            )
+            .into_response();
         }
     };
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        if let Err(r) = same_origin(headers, host) {
-            return r;
+        if let Err(e) = same_origin(headers, host) {
+            return e.into_response();
         }
     }
     next.run(req).await
@@ -120,7 +119,7 @@ fn host_allowed(host: &str, port: u16, allow: &[String]) -> bool {
 /// Refuses a write that a browser sent from another site: an `Origin` that is not this
 /// service's own (`http(s)://` plus the `Host` header), or `Sec-Fetch-Site: cross-site`.
 /// Requests without either header (curl, scripts, the test clients) are not browsers'.
-fn same_origin(headers: &HeaderMap, host: Option<&str>) -> Result<(), Response> {
+fn same_origin(headers: &HeaderMap, host: Option<&str>) -> ApiResult<()> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
@@ -156,14 +155,74 @@ fn json_response(status: StatusCode, body: String) -> Response {
     r
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json_response(status, json!({ "error": message.into() }).to_string())
+/// An error answer: a status and a JSON object `{"error": "...", ...}`, perhaps with a
+/// `Retry-After` or `WWW-Authenticate` header. Handlers return `Result<Response, ApiError>`;
+/// engine errors convert with `?` ([`From<Error>`] maps their kinds to statuses).
+#[derive(Debug)]
+pub(super) struct ApiError {
+    status: StatusCode,
+    body: Value,
+    retry_after: bool,
+    www_authenticate: bool,
 }
 
-fn too_many(message: String) -> Response {
-    let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+/// What handlers return.
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, body: json!({ "error": message.into() }), retry_after: false, www_authenticate: false }
+    }
+
+    /// The status this kind of engine error answers with (one place for all of them).
+    fn status_of(kind: ErrorKind) -> StatusCode {
+        match kind {
+            ErrorKind::Usage | ErrorKind::BadInput => StatusCode::BAD_REQUEST,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Corruption | ErrorKind::Io | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        match e {
+            Error::BadInput { line, error: fe } => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                body: json!({
+                    "error": format!("line {line}: {fe}; nothing of this request was stored"),
+                    "line": line,
+                    "field": fe.field,
+                    "value": fe.value,
+                    "message": fe.message,
+                }),
+                retry_after: false,
+                www_authenticate: false,
+            },
+            e => ApiError::new(ApiError::status_of(e.kind()), e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = json_response(self.status, self.body.to_string());
+        if self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.www_authenticate {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, message)
+}
+
+fn too_many(message: String) -> ApiError {
+    ApiError { retry_after: true, ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message) }
 }
 
 /// Compares in time independent of where the strings differ.
@@ -177,7 +236,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `Ok` if the request may proceed: no token configured, a read with public reads, or the
 /// right bearer token.
-fn authorize<J: Job>(s: &AppState<J>, headers: &HeaderMap, write: bool) -> Result<(), Response> {
+fn authorize<J: Job>(s: &AppState<J>, headers: &HeaderMap, write: bool) -> ApiResult<()> {
     let Some(token) = &s.cfg.token else { return Ok(()) };
     if !write && s.cfg.public_reads {
         return Ok(());
@@ -192,10 +251,8 @@ fn authorize<J: Job>(s: &AppState<J>, headers: &HeaderMap, write: bool) -> Resul
         Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
         _ => {
             s.metrics.auth_refused.fetch_add(1, Relaxed);
-            let mut r =
-                error(StatusCode::UNAUTHORIZED, "this endpoint needs `Authorization: Bearer <token>` (the token given to --token-file)");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(r)
+            let message = "this endpoint needs `Authorization: Bearer <token>` (the token given to --token-file)";
+            Err(ApiError { www_authenticate: true, ..ApiError::new(StatusCode::UNAUTHORIZED, message) })
         }
     }
 }
@@ -206,12 +263,10 @@ async fn dashboard<J: Job>(State(s): State<Arc<AppState<J>>>) -> Response {
     r
 }
 
-async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap, body: Body) -> Response {
+async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap, body: Body) -> ApiResult {
     let received = Instant::now();
-    if let Err(r) = authorize(&s, &headers, true) {
-        return r;
-    }
-    let rejected = |r: Response| {
+    authorize(&s, &headers, true)?;
+    let rejected = |r: ApiError| {
         s.metrics.ingest_rejected.fetch_add(1, Relaxed);
         r
     };
@@ -221,7 +276,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
             None => "the request has no Content-Type".to_string(),
         };
         let msg = format!("{what}; send {} (parameters such as charset=utf-8 are fine)", EVENT_MEDIA_TYPES.join(", "));
-        return rejected(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, msg));
+        return Err(rejected(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, msg)));
     }
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -230,13 +285,13 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
             Ok(k.to_string())
         }) {
             Ok(k) => Some(k),
-            Err(e) => return rejected(error(StatusCode::BAD_REQUEST, e)),
+            Err(e) => return Err(rejected(error(StatusCode::BAD_REQUEST, e))),
         },
     };
     let max = s.cfg.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > max as u64) {
-        return rejected(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes; the limit is {max} (--max-body)")));
+        return Err(rejected(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes; the limit is {max} (--max-body)"))));
     }
     // Backpressure 1: the speed layer is too far behind the log.
     let lag = {
@@ -246,7 +301,10 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     };
     if lag > s.cfg.max_lag_events {
         s.metrics.ingest_throttled.fetch_add(1, Relaxed);
-        return too_many(format!("the speed layer is {lag} events behind the log (limit {}); retry after a second", s.cfg.max_lag_events));
+        return Err(too_many(format!(
+            "the speed layer is {lag} events behind the log (limit {}); retry after a second",
+            s.cfg.max_lag_events
+        )));
     }
     // Backpressure 2: bytes in flight are bounded; they are reserved as they arrive (so a
     // client that declares a large body and stalls holds only what it sent).
@@ -255,9 +313,9 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         Err((throttled, r)) => {
             if throttled {
                 s.metrics.ingest_throttled.fetch_add(1, Relaxed);
-                return r;
+                return Err(r);
             }
-            return rejected(r);
+            return Err(rejected(r));
         }
     };
     let partitions = s.lambda.log().partitions();
@@ -269,19 +327,9 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     .await;
     let encoded = match parsed {
         Ok(Ok(e)) if !e.is_empty() => e,
-        Ok(Ok(_)) => return rejected(error(StatusCode::BAD_REQUEST, "the request holds no events")),
-        Ok(Err(Error::BadInput { line, error: fe })) => {
-            let body = json!({
-                "error": format!("line {line}: {fe}; nothing of this request was stored"),
-                "line": line,
-                "field": fe.field,
-                "value": fe.value,
-                "message": fe.message,
-            });
-            return rejected(json_response(StatusCode::BAD_REQUEST, body.to_string()));
-        }
-        Ok(Err(e)) => return rejected(error(StatusCode::BAD_REQUEST, e.to_string())),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("parsing the request failed: {e}")),
+        Ok(Ok(_)) => return Err(rejected(error(StatusCode::BAD_REQUEST, "the request holds no events"))),
+        Ok(Err(e)) => return Err(rejected(ApiError::from(e))),
+        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("parsing the request failed: {e}"))),
     };
     let (reply, outcome) = tokio::sync::oneshot::channel();
     let submission = Submission { key: key.zip(hash), encoded, received, reply, permit };
@@ -290,13 +338,15 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
         None => false,
     };
     if !sent {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down; nothing of this request was stored");
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down; nothing of this request was stored"));
     }
     match outcome.await {
-        Ok(Outcome::Ok(ack)) => json_response(StatusCode::OK, serde_json::to_string(&ack).unwrap_or_default()),
-        Ok(Outcome::KeyConflict(msg)) => rejected(error(StatusCode::UNPROCESSABLE_ENTITY, msg)),
-        Ok(Outcome::Failed(msg)) => error(StatusCode::SERVICE_UNAVAILABLE, msg),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the committer stopped before answering; retry with the same Idempotency-Key"),
+        Ok(Outcome::Ok(ack)) => Ok(json_response(StatusCode::OK, serde_json::to_string(&ack).unwrap_or_default())),
+        Ok(Outcome::KeyConflict(msg)) => Err(rejected(error(StatusCode::UNPROCESSABLE_ENTITY, msg))),
+        Ok(Outcome::Failed(msg)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, msg)),
+        Err(_) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the committer stopped before answering; retry with the same Idempotency-Key"))
+        }
     }
 }
 
@@ -313,7 +363,7 @@ async fn read_body<J: Job>(
     s: &AppState<J>,
     mut body: Body,
     max: usize,
-) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), (bool, Response)> {
+) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), (bool, ApiError)> {
     use axum::body::HttpBody;
     let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     let mut buf: Vec<u8> = Vec::new();
@@ -361,13 +411,11 @@ async fn read_body<J: Job>(
     }
 }
 
-async fn list_views<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers, false) {
-        return r;
-    }
+async fn list_views<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, false)?;
     let views: Vec<Value> =
         s.lambda.views().into_iter().map(|v| json!({ "name": v.name, "kind": v.kind, "key": v.key, "value": v.value })).collect();
-    json_response(StatusCode::OK, json!({ "job": s.lambda.job().name(), "views": views }).to_string())
+    Ok(json_response(StatusCode::OK, json!({ "job": s.lambda.job().name(), "views": views }).to_string()))
 }
 
 /// What a cached answer was asked: the view, and the key or the range parameters.
@@ -541,7 +589,7 @@ impl Where {
 }
 
 /// Checks the view exists (404 naming the views otherwise).
-fn check_view<J: Job>(lambda: &Lambda<J>, view: &str) -> Result<(), Response> {
+fn check_view<J: Job>(lambda: &Lambda<J>, view: &str) -> ApiResult<()> {
     if lambda.serving().speed.views().iter().any(|v| v.info().name == view) {
         return Ok(());
     }
@@ -550,7 +598,7 @@ fn check_view<J: Job>(lambda: &Lambda<J>, view: &str) -> Result<(), Response> {
 }
 
 /// Waits (off the async threads) until the speed layer covers `offsets`.
-async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Duration) -> Result<bool, Response> {
+async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Duration) -> ApiResult<bool> {
     let lambda = s.lambda.clone();
     let ends = lambda.log().end_offsets();
     if let Some(p) = (0..ends.len()).find(|p| offsets[*p] > ends[*p]) {
@@ -581,7 +629,7 @@ async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Durat
     .await;
     match waited {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
@@ -596,7 +644,7 @@ struct Params {
     timeout: Duration,
 }
 
-fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -> Result<Params, Response> {
+fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -> ApiResult<Params> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
     let mut p = Params { from: None, to: None, limit: 1000, filter: None, min_frontier: None, timeout: Duration::from_secs(5) };
     for (k, v) in params {
@@ -640,14 +688,12 @@ async fn get_range<J: Job>(
     headers: HeaderMap,
     view: Result<Path<String>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    if let Err(r) = authorize(&s, &headers, false) {
-        return r;
-    }
+) -> ApiResult {
+    authorize(&s, &headers, false)?;
     match (view, params) {
         (Ok(Path(view)), Ok(Query(params))) => answer(s, headers, view, None, params).await,
-        (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
-        (_, Err(e)) => error(StatusCode::BAD_REQUEST, format!("bad query string: {e}")),
+        (Err(e), _) => Err(error(StatusCode::BAD_REQUEST, format!("bad path: {e}"))),
+        (_, Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("bad query string: {e}"))),
     }
 }
 
@@ -656,14 +702,12 @@ async fn get_key<J: Job>(
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    if let Err(r) = authorize(&s, &headers, false) {
-        return r;
-    }
+) -> ApiResult {
+    authorize(&s, &headers, false)?;
     match (path, params) {
         (Ok(Path((view, key))), Ok(Query(params))) => answer(s, headers, view, Some(key), params).await,
-        (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("bad path: {e}")),
-        (_, Err(e)) => error(StatusCode::BAD_REQUEST, format!("bad query string: {e}")),
+        (Err(e), _) => Err(error(StatusCode::BAD_REQUEST, format!("bad path: {e}"))),
+        (_, Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("bad query string: {e}"))),
     }
 }
 
@@ -673,28 +717,17 @@ async fn answer<J: Job>(
     view: String,
     key: Option<String>,
     params: Vec<(String, String)>,
-) -> Response {
+) -> ApiResult {
     let t = Instant::now();
-    if let Err(r) = authorize(&s, &headers, false) {
-        return r;
-    }
-    if let Err(r) = check_view(&s.lambda, &view) {
-        return r;
-    }
-    let p = match parse_params(params, s.lambda.log().partitions() as usize, key.is_none()) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    authorize(&s, &headers, false)?;
+    check_view(&s.lambda, &view)?;
+    let p = parse_params(params, s.lambda.log().partitions() as usize, key.is_none())?;
     if let Some(offsets) = p.min_frontier.clone() {
-        match wait_visible(&s, offsets, p.timeout).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the speed layer did not reach min_frontier within {} ms", p.timeout.as_millis()),
-                )
-            }
-            Err(r) => return r,
+        if !wait_visible(&s, offsets, p.timeout).await? {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the speed layer did not reach min_frontier within {} ms", p.timeout.as_millis()),
+            ));
         }
     }
     let cache_key = CacheKey {
@@ -729,13 +762,10 @@ async fn answer<J: Job>(
                 let (lambda, serving, view) = (s.lambda.clone(), serving.clone(), view.clone());
                 match tokio::task::spawn_blocking(move || lambda.query_on(&serving, &view, &sel)).await {
                     Ok(r) => r,
-                    Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")),
+                    Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}"))),
                 }
             };
-            let result = match result {
-                Ok(r) => r,
-                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-            };
+            let result = result?;
             let body: Option<Arc<str>> = match &key {
                 Some(_) => result.answers.first().map(|a| Arc::from(serde_json::to_string(a).unwrap_or_default())),
                 None => {
@@ -767,16 +797,14 @@ async fn answer<J: Job>(
     };
     s.metrics.queries.fetch_add(1, Relaxed);
     s.metrics.query_latency.observe(t.elapsed());
-    response
+    Ok(response)
 }
 
-async fn post_batch<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers, true) {
-        return r;
-    }
+async fn post_batch<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, true)?;
     let running = s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_some();
     let queued = s.batch.request();
-    json_response(
+    Ok(json_response(
         StatusCode::ACCEPTED,
         json!({
             "queued": queued,
@@ -785,7 +813,7 @@ async fn post_batch<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMa
             "status": "/v1/status",
         })
         .to_string(),
-    )
+    ))
 }
 
 fn batch_run_json<J: Job>(s: &AppState<J>) -> Value {
@@ -802,10 +830,8 @@ fn batch_run_json<J: Job>(s: &AppState<J>) -> Value {
     })
 }
 
-async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers, false) {
-        return r;
-    }
+async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, false)?;
     let st = s.lambda.status();
     let keys = s.metrics.idempotency_keys.load(Relaxed);
     let m = &s.metrics;
@@ -834,13 +860,11 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMa
             "idempotency_keys": keys,
         },
     });
-    json_response(StatusCode::OK, body.to_string())
+    Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
-async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers, false) {
-        return r;
-    }
+async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, false)?;
     let st = s.lambda.status();
     let serving = s.lambda.serving();
     let batch_keys = match &serving.batch {
@@ -861,7 +885,7 @@ async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     };
     let mut r = s.metrics.render(&g).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-    r
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -876,6 +900,36 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    // Proves engine errors answer with the status of their kind (Usage and BadInput 400,
+    // Unavailable 503, Corruption/Io/Internal 500) in the JSON error shape, and bad input
+    // keeps its line, field and value.
+    #[test]
+    fn engine_errors_map_to_statuses_by_kind() {
+        let cases = [
+            (Error::Usage("bad key".into()), 400),
+            (Error::Unavailable("ingest is stopped".into()), 503),
+            (Error::Inconsistent("damaged".into()), 500),
+            (Error::io("/x", "read")(std::io::Error::other("boom")), 500),
+            (Error::Internal("bug".into()), 500),
+        ];
+        for (e, status) in cases {
+            let message = e.to_string();
+            let r = ApiError::from(e).into_response();
+            assert_eq!(r.status().as_u16(), status, "{message}");
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        }
+        let fe = lambdaflow_operators::FieldError::field("amount_cents", "12x", "not an integer");
+        let e = ApiError::from(Error::BadInput { line: 2, error: fe });
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body["line"], 2);
+        assert_eq!(e.body["field"], "amount_cents");
+        assert_eq!(e.body["value"], "12x");
+        assert!(e.body["error"].as_str().is_some_and(|m| m.starts_with("line 2: ")), "{}", e.body);
+        let r = too_many("slow down".into()).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 
     // Proves `where` filters parse and apply, and bad ones are named.
