@@ -271,6 +271,35 @@ fn reads_need_the_token_unless_public_reads() {
     assert_eq!(log_events(&mut anon), 0);
 }
 
+// every_route_but_the_page_needs_the_token proves the token check comes before routing: with
+// --token-file, unknown paths, wrong methods, malformed paths and bad parameters are a 401
+// without the token (never a 404/405/400 that tells what exists), the static dashboard page
+// answers without it, and with the token the same requests get their usual answers.
+#[test]
+fn every_route_but_the_page_needs_the_token() {
+    let tmp = TempDir::new("sec-routes");
+    let server = Server::start(&tmp.join("data"), &["--allow-host", "t", "--token-file", &token_file(&tmp)]);
+    let requests: [(&str, &str, u16); 6] = [
+        ("GET", "/nowhere", 404),
+        ("DELETE", "/v1/events", 405),
+        ("GET", "/v1/batch", 405),
+        ("GET", "/v1/views/revenue_by_day?bogus=1", 400),
+        ("GET", "/v1/views/%FF", 400),
+        ("PUT", "/v1/views/revenue_by_day", 405),
+    ];
+    for (method, path, with_token) in requests {
+        let bytes = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let r = exchange(server.addr, bytes.as_bytes(), Duration::from_secs(10)).expect("answer").expect("an answer");
+        assert_eq!(r.status, 401, "{method} {path} without the token: {}", r.text());
+        let bytes = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let r = exchange(server.addr, bytes.as_bytes(), Duration::from_secs(10)).expect("answer").expect("an answer");
+        assert_eq!(r.status, with_token, "{method} {path} with the token: {}", r.text());
+    }
+    assert_eq!(server.client().get("/").expect("page").status, 200, "the static page needs no token");
+}
+
 // loopback_by_default proves the service is not exposed unless asked: the configuration's
 // default address is loopback port 7070, and the CLI documents and uses that default (the
 // test does not start a server on 7070, which may be taken).

@@ -48,6 +48,8 @@ pub(super) fn router<J: Job>(state: Arc<AppState<J>>) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method; see docs/serving.md")
         })
+        // Outermost first: the Host and Origin checks, then the token, then the route.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token::<J>))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::<J>))
         .with_state(state)
 }
@@ -234,6 +236,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// Checks the bearer token before anything else about the request is looked at (path,
+/// parameters, media type, body): every route but the static dashboard page needs it when a
+/// token is configured, reads (GET/HEAD) only without `--public-reads`.
+async fn require_token<J: Job>(State(s): State<Arc<AppState<J>>>, req: Request, next: Next) -> Response {
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if !write && req.uri().path() == "/" {
+        return next.run(req).await;
+    }
+    match authorize(&s, req.headers(), write) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `Ok` if the request may proceed: no token configured, a read with public reads, or the
 /// right bearer token.
 fn authorize<J: Job>(s: &AppState<J>, headers: &HeaderMap, write: bool) -> ApiResult<()> {
@@ -265,7 +281,6 @@ async fn dashboard<J: Job>(State(s): State<Arc<AppState<J>>>) -> Response {
 
 async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap, body: Body) -> ApiResult {
     let received = Instant::now();
-    authorize(&s, &headers, true)?;
     let rejected = |r: ApiError| {
         s.metrics.ingest_rejected.fetch_add(1, Relaxed);
         r
@@ -411,8 +426,7 @@ async fn read_body<J: Job>(
     }
 }
 
-async fn list_views<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
-    authorize(&s, &headers, false)?;
+async fn list_views<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
     let views: Vec<Value> =
         s.lambda.views().into_iter().map(|v| json!({ "name": v.name, "kind": v.kind, "key": v.key, "value": v.value })).collect();
     Ok(json_response(StatusCode::OK, json!({ "job": s.lambda.job().name(), "views": views }).to_string()))
@@ -685,13 +699,11 @@ fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -
 
 async fn get_range<J: Job>(
     State(s): State<Arc<AppState<J>>>,
-    headers: HeaderMap,
     view: Result<Path<String>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
-    authorize(&s, &headers, false)?;
     match (view, params) {
-        (Ok(Path(view)), Ok(Query(params))) => answer(s, headers, view, None, params).await,
+        (Ok(Path(view)), Ok(Query(params))) => answer(s, view, None, params).await,
         (Err(e), _) => Err(error(StatusCode::BAD_REQUEST, format!("bad path: {e}"))),
         (_, Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("bad query string: {e}"))),
     }
@@ -699,27 +711,18 @@ async fn get_range<J: Job>(
 
 async fn get_key<J: Job>(
     State(s): State<Arc<AppState<J>>>,
-    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
-    authorize(&s, &headers, false)?;
     match (path, params) {
-        (Ok(Path((view, key))), Ok(Query(params))) => answer(s, headers, view, Some(key), params).await,
+        (Ok(Path((view, key))), Ok(Query(params))) => answer(s, view, Some(key), params).await,
         (Err(e), _) => Err(error(StatusCode::BAD_REQUEST, format!("bad path: {e}"))),
         (_, Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("bad query string: {e}"))),
     }
 }
 
-async fn answer<J: Job>(
-    s: Arc<AppState<J>>,
-    headers: HeaderMap,
-    view: String,
-    key: Option<String>,
-    params: Vec<(String, String)>,
-) -> ApiResult {
+async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, params: Vec<(String, String)>) -> ApiResult {
     let t = Instant::now();
-    authorize(&s, &headers, false)?;
     check_view(&s.lambda, &view)?;
     let p = parse_params(params, s.lambda.log().partitions() as usize, key.is_none())?;
     if let Some(offsets) = p.min_frontier.clone() {
@@ -800,8 +803,7 @@ async fn answer<J: Job>(
     Ok(response)
 }
 
-async fn post_batch<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
-    authorize(&s, &headers, true)?;
+async fn post_batch<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
     let running = s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_some();
     let queued = s.batch.request();
     Ok(json_response(
@@ -830,8 +832,7 @@ fn batch_run_json<J: Job>(s: &AppState<J>) -> Value {
     })
 }
 
-async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
-    authorize(&s, &headers, false)?;
+async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
     let st = s.lambda.status();
     let keys = s.metrics.idempotency_keys.load(Relaxed);
     let m = &s.metrics;
@@ -863,8 +864,7 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMa
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
-async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderMap) -> ApiResult {
-    authorize(&s, &headers, false)?;
+async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
     let st = s.lambda.status();
     let serving = s.lambda.serving();
     let batch_keys = match &serving.batch {
