@@ -438,6 +438,7 @@ struct CacheKey {
     view: String,
     key: Option<String>,
     from: Option<String>,
+    after: Option<String>,
     to: Option<String>,
     limit: usize,
     filter: Option<String>,
@@ -648,9 +649,96 @@ async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Durat
     }
 }
 
+/// Keys a range query with `where` merges per page.
+const FILTER_PAGE: usize = 4096;
+/// Keys one range request examines at most; past them it answers what it found with a cursor.
+pub const SCAN_MAX: usize = 1_000_000;
+
+/// A range query: `[from, to]` or `(after, to]`, at most `limit` answers that pass a filter.
+struct RangeQuery {
+    from: Option<String>,
+    after: Option<String>,
+    to: Option<String>,
+    limit: usize,
+}
+
+/// What a range query found: answers in key order, all at one speed frontier, and the
+/// cursor to continue after them when there are more.
+struct RangePage {
+    items: Vec<lambdaflow_operators::Answer>,
+    next: Option<String>,
+    freshness: crate::lambda::Freshness,
+}
+
+/// The cursor for "after this key": the key's JSON text, which every view key parses.
+fn cursor_of(key: &Value) -> String {
+    key.to_string()
+}
+
+impl RangeQuery {
+    /// Merges the range in pages until `limit` answers pass the filter (and one more shows
+    /// that others follow), the range ends, [`SCAN_MAX`] keys were examined, or the speed
+    /// layer moved on between pages (the answer keeps to one frontier; the cursor goes on).
+    fn run<J: Job>(self, lambda: &Lambda<J>, serving: &Serving, view: &str, filter: Option<&Where>) -> crate::Result<RangePage> {
+        // The key to skip: `after` itself, then each page's last key (pages overlap by one).
+        let mut skip: Option<Value> = None;
+        let mut lower = self.from;
+        if let Some(after) = self.after {
+            let point = lambda.query_on(serving, view, &Selection::Key(after.clone()))?;
+            skip = point.answers.into_iter().next().map(|a| a.key);
+            lower = Some(after);
+        }
+        let page = if filter.is_some() { FILTER_PAGE } else { self.limit + 1 };
+        let mut items: Vec<lambdaflow_operators::Answer> = Vec::new();
+        let mut scanned = 0usize;
+        let mut frontier: Option<crate::lambda::Freshness> = None;
+        loop {
+            let asked = page + usize::from(skip.is_some());
+            let result = lambda.query_on(serving, view, &Selection::Range { from: lower.clone(), to: self.to.clone(), limit: asked })?;
+            match &frontier {
+                Some(f) if f.speed_frontier != result.freshness.speed_frontier => {
+                    // The speed layer published between pages: stop at what the first
+                    // frontier answered; the cursor continues from there.
+                    let next = items.last().map(|a| cursor_of(&a.key)).or_else(|| skip.as_ref().map(cursor_of));
+                    return Ok(RangePage { items, next, freshness: frontier.expect("set") });
+                }
+                Some(_) => {}
+                None => frontier = Some(result.freshness.clone()),
+            }
+            let got = result.answers.len();
+            let mut last: Option<Value> = None;
+            for a in result.answers {
+                if skip.as_ref() == Some(&a.key) {
+                    continue;
+                }
+                scanned += 1;
+                last = Some(a.key.clone());
+                if filter.is_none_or(|w| w.keeps(&a.value)) {
+                    if items.len() == self.limit {
+                        let next = items.last().map(|a| cursor_of(&a.key));
+                        return Ok(RangePage { items, next, freshness: frontier.expect("set") });
+                    }
+                    items.push(a);
+                }
+            }
+            let freshness = frontier.clone().expect("set");
+            let Some(last) = last.filter(|_| got == asked) else {
+                return Ok(RangePage { items, next: None, freshness }); // the range ended
+            };
+            if scanned >= SCAN_MAX {
+                return Ok(RangePage { items, next: Some(cursor_of(&last)), freshness });
+            }
+            lower = Some(cursor_of(&last));
+            skip = Some(last);
+        }
+    }
+}
+
 /// Parsed query parameters shared by point and range queries.
 struct Params {
     from: Option<String>,
+    /// The cursor: answers strictly after this key.
+    after: Option<String>,
     to: Option<String>,
     limit: usize,
     filter: Option<Where>,
@@ -660,10 +748,12 @@ struct Params {
 
 fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -> ApiResult<Params> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
-    let mut p = Params { from: None, to: None, limit: 1000, filter: None, min_frontier: None, timeout: Duration::from_secs(5) };
+    let mut p =
+        Params { from: None, after: None, to: None, limit: 1000, filter: None, min_frontier: None, timeout: Duration::from_secs(5) };
     for (k, v) in params {
         match k.as_str() {
             "from" if range => p.from = Some(v),
+            "after" if range => p.after = Some(v),
             "to" if range => p.to = Some(v),
             "limit" if range => {
                 p.limit = v
@@ -689,10 +779,13 @@ fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -
                 p.timeout = Duration::from_millis(ms).min(WAIT_MAX);
             }
             other => {
-                let allowed = if range { "from, to, limit, where, min_frontier, timeout_ms" } else { "min_frontier, timeout_ms" };
+                let allowed = if range { "from, after, to, limit, where, min_frontier, timeout_ms" } else { "min_frontier, timeout_ms" };
                 return Err(bad(format!("unknown query parameter `{other}`; this endpoint takes {allowed}")));
             }
         }
+    }
+    if p.from.is_some() && p.after.is_some() {
+        return Err(bad("give from or after (the cursor of a previous answer), not both".into()));
     }
     Ok(p)
 }
@@ -724,7 +817,7 @@ async fn get_key<J: Job>(
 async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, params: Vec<(String, String)>) -> ApiResult {
     let t = Instant::now();
     check_view(&s.lambda, &view)?;
-    let p = parse_params(params, s.lambda.log().partitions() as usize, key.is_none())?;
+    let mut p = parse_params(params, s.lambda.log().partitions() as usize, key.is_none())?;
     if let Some(offsets) = p.min_frontier.clone() {
         if !wait_visible(&s, offsets, p.timeout).await? {
             return Err(error(
@@ -737,6 +830,7 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
         view: view.clone(),
         key: key.clone(),
         from: p.from.clone(),
+        after: p.after.clone(),
         to: p.to.clone(),
         limit: p.limit,
         filter: p.filter.as_ref().map(|w| format!("{}{}{}", w.field, w.op, w.value)),
@@ -749,44 +843,38 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
             (body, s.lambda.freshness(&serving, frontier, updated_ms))
         }
         None => {
-            let sel = match &key {
-                Some(k) => Selection::Key(k.clone()),
-                None => Selection::Range {
-                    from: p.from.clone(),
-                    to: p.to.clone(),
-                    limit: if p.filter.is_some() { usize::MAX } else { p.limit },
-                },
-            };
-            // A point query is a few microseconds; a range may merge a whole view, so it runs
-            // off the async threads.
-            let result = if key.is_some() {
-                s.lambda.query_on(&serving, &view, &sel)
-            } else {
-                let (lambda, serving, view) = (s.lambda.clone(), serving.clone(), view.clone());
-                match tokio::task::spawn_blocking(move || lambda.query_on(&serving, &view, &sel)).await {
-                    Ok(r) => r,
-                    Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}"))),
+            let (body, frontier_of_body, freshness) = match &key {
+                Some(k) => {
+                    // A point query is a few microseconds: on the async thread.
+                    let result = s.lambda.query_on(&serving, &view, &Selection::Key(k.clone()))?;
+                    let body = result.answers.first().map(|a| Arc::from(serde_json::to_string(a).unwrap_or_default()));
+                    (body, result.freshness.speed_frontier.clone(), result.freshness)
                 }
-            };
-            let result = result?;
-            let body: Option<Arc<str>> = match &key {
-                Some(_) => result.answers.first().map(|a| Arc::from(serde_json::to_string(a).unwrap_or_default())),
                 None => {
-                    let items: Vec<_> = match &p.filter {
-                        Some(w) => result.answers.iter().filter(|a| w.keeps(&a.value)).take(p.limit).collect(),
-                        None => result.answers.iter().collect(),
-                    };
-                    Some(Arc::from(serde_json::to_string(&items).unwrap_or_default()))
+                    // A range may merge many keys: off the async threads, in pages.
+                    let (lambda, serving, view) = (s.lambda.clone(), serving.clone(), view.clone());
+                    let range = RangeQuery { from: p.from.clone(), after: p.after.clone(), to: p.to.clone(), limit: p.limit };
+                    let filter = p.filter.take();
+                    let page = tokio::task::spawn_blocking(move || range.run(&lambda, &serving, &view, filter.as_ref()))
+                        .await
+                        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))??;
+                    let next = page.next.as_ref().map_or(Value::Null, |n| Value::String(n.clone()));
+                    let body = format!(
+                        "\"items\":{},\"more\":{},\"next\":{next}",
+                        serde_json::to_string(&page.items).unwrap_or_default(),
+                        page.next.is_some()
+                    );
+                    (Some(Arc::from(body)), page.freshness.speed_frontier.clone(), page.freshness)
                 }
             };
-            s.cache.put(cache_key, Cached { serving: serving.id, frontier: result.freshness.speed_frontier.clone(), body: body.clone() });
-            (body, result.freshness)
+            s.cache.put(cache_key, Cached { serving: serving.id, frontier: frontier_of_body, body: body.clone() });
+            (body, freshness)
         }
     };
     let fresh = serde_json::to_string(&freshness).unwrap_or_default();
     let view_json = Value::String(view).to_string();
     let response = match (key, body) {
-        (None, Some(items)) => json_response(StatusCode::OK, format!("{{\"view\":{view_json},\"items\":{items},\"freshness\":{fresh}}}")),
+        (None, Some(items)) => json_response(StatusCode::OK, format!("{{\"view\":{view_json},{items},\"freshness\":{fresh}}}")),
         (Some(_), Some(answer)) => {
             // `answer` is an object `{"key":..,...}`: splice the view and freshness in.
             let rest = answer.strip_prefix('{').unwrap_or(&answer);
@@ -796,7 +884,10 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
             StatusCode::NOT_FOUND,
             json!({ "error": format!("view {view_json} has no key `{k}` (no events for it yet)"), "freshness": freshness }).to_string(),
         ),
-        (None, None) => json_response(StatusCode::OK, format!("{{\"view\":{view_json},\"items\":[],\"freshness\":{fresh}}}")),
+        (None, None) => json_response(
+            StatusCode::OK,
+            format!("{{\"view\":{view_json},\"items\":[],\"more\":false,\"next\":null,\"freshness\":{fresh}}}"),
+        ),
     };
     s.metrics.queries.fetch_add(1, Relaxed);
     s.metrics.query_latency.observe(t.elapsed());
