@@ -128,7 +128,6 @@ fn bad_requests_are_refused_and_store_nothing() {
         (&b"type,ts\nnot a header\n"[..], "bad CSV header"),
         (&b"\xff\xfe{}\n"[..], "invalid UTF-8"),
         (&b"{\"type\":\"teleport\",\"ts\":1}\n"[..], "unknown type"),
-        (&b"\n\n"[..], "no events"),
         (&b"{\"type\":\"view\",\"ts\":1,\"customer_id\":1,\"product_id\":99999999999999999999999,\"session_id\":1}\n"[..], "huge number"),
     ] {
         let r = post(&mut c, body, None);
@@ -487,4 +486,41 @@ fn range_queries_page_with_a_cursor() {
     assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
     assert_eq!(v["more"], true, "{v}");
     assert_eq!(c.get("/v1/views/customer_spend?from=1&after=2").expect("q").status, 400);
+}
+
+// empty_bodies_store_nothing_and_succeed proves an ingest body with no events (empty, blank
+// lines, a CSV header alone) is answered like `lambdaflow ingest` of empty input: 200 with
+// `accepted: 0` and no positions, nothing stored, and its Idempotency-Key not recorded; and a
+// truncated JSON line's error names one line number only (the body's).
+#[test]
+fn empty_bodies_store_nothing_and_succeed() {
+    let tmp = TempDir::new("serve-empty");
+    let server = Server::start(tmp.path(), &[]);
+    let mut c = server.client();
+    let csv_header = format!("{}\n", lambdaflow_jobs::shop::event::CSV_HEADER);
+    for (body, key) in [(&b""[..], None), (&b"\n\n  \n"[..], None), (csv_header.as_bytes(), None), (&b""[..], Some("empty-1"))] {
+        let r = post(&mut c, body, key);
+        assert_eq!(r.status, 200, "{body:?}: {}", r.text());
+        let ack = r.json();
+        assert_eq!(ack["accepted"], 0, "{ack}");
+        assert_eq!(ack["positions"], serde_json::json!([]), "{ack}");
+        assert_eq!(ack["duplicate"], false, "{ack}");
+    }
+    assert_eq!(log_events(&mut c), 0);
+    // The key of the empty request was not recorded: with events it is a first use.
+    let r = post(&mut c, &ndjson(&events(9, 2)), Some("empty-1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["duplicate"], false);
+    assert_eq!(log_events(&mut c), 2);
+    // One line number in a JSON error.
+    let mut body = ndjson(&events(9, 2));
+    body.extend_from_slice(b"{\"type\":\n");
+    let r = post(&mut c, &body, None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["line"], 3, "{e}");
+    let text = e["error"].as_str().expect("error");
+    assert!(text.starts_with("line 3: ") && text.matches("line").count() == 1, "two line numbers: {text}");
+    assert!(!e["message"].as_str().expect("message").contains("line"), "{e}");
+    assert_eq!(log_events(&mut c), 2);
 }

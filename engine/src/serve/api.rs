@@ -189,21 +189,38 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         match e {
-            Error::BadInput { line, error: fe } => ApiError {
-                status: StatusCode::BAD_REQUEST,
-                body: json!({
-                    "error": format!("line {line}: {fe}; nothing of this request was stored"),
-                    "line": line,
-                    "field": fe.field,
-                    "value": fe.value,
-                    "message": fe.message,
-                }),
-                retry_after: false,
-                www_authenticate: false,
-            },
+            Error::BadInput { line, error: mut fe } => {
+                fe.message = without_inner_line(&fe.message);
+                ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    body: json!({
+                        "error": format!("line {line}: {fe}; nothing of this request was stored"),
+                        "line": line,
+                        "field": fe.field,
+                        "value": fe.value,
+                        "message": fe.message,
+                    }),
+                    retry_after: false,
+                    www_authenticate: false,
+                }
+            }
             e => ApiError::new(ApiError::status_of(e.kind()), e.to_string()),
         }
     }
+}
+
+/// A JSON parser's message about one line says "at line 1 column 9" (the line as its own
+/// document): keep the column only, so the only line number is the body's (`line N:`).
+fn without_inner_line(message: &str) -> String {
+    if let Some(i) = message.rfind(" at line ") {
+        if let Some((l, c)) = message[i + " at line ".len()..].split_once(" column ") {
+            let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+            if digits(l) && digits(c) {
+                return format!("{} at column {c}", &message[..i]);
+            }
+        }
+    }
+    message.to_string()
 }
 
 impl IntoResponse for ApiError {
@@ -342,7 +359,13 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     .await;
     let encoded = match parsed {
         Ok(Ok(e)) if !e.is_empty() => e,
-        Ok(Ok(_)) => return Err(rejected(error(StatusCode::BAD_REQUEST, "the request holds no events"))),
+        Ok(Ok(_)) => {
+            // No events (an empty body, blank lines, a CSV header alone): like `ingest` of
+            // empty input, nothing to store and nothing refused. The key is not recorded.
+            s.metrics.ingest_requests.fetch_add(1, Relaxed);
+            let ack = super::ingest::Ack { accepted: 0, positions: Vec::new(), duplicate: false };
+            return Ok(json_response(StatusCode::OK, serde_json::to_string(&ack).unwrap_or_default()));
+        }
         Ok(Err(e)) => return Err(rejected(ApiError::from(e))),
         Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("parsing the request failed: {e}"))),
     };
@@ -1018,6 +1041,14 @@ mod tests {
         assert_eq!(e.body["field"], "amount_cents");
         assert_eq!(e.body["value"], "12x");
         assert!(e.body["error"].as_str().is_some_and(|m| m.starts_with("line 2: ")), "{}", e.body);
+        // A JSON parser's own "line 1" does not contradict the body's line number.
+        let fe = lambdaflow_operators::FieldError::line("not valid JSON: EOF while parsing an object at line 1 column 8");
+        let e = ApiError::from(Error::BadInput { line: 4, error: fe });
+        let text = e.body["error"].as_str().expect("error").to_string();
+        assert_eq!(text.matches("line").count(), 1, "{text}");
+        assert!(text.starts_with("line 4: ") && text.contains("at column 8"), "{text}");
+        assert_eq!(e.body["message"], "not valid JSON: EOF while parsing an object at column 8");
+        assert_eq!(without_inner_line("a value at line 3 of the file"), "a value at line 3 of the file");
         let r = too_many("slow down".into()).into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
