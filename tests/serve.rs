@@ -388,7 +388,7 @@ fn kill9_mid_ingest_loses_nothing_acknowledged() {
 
 /// `min_frontier` covering every position of an ack.
 fn frontier_of(ack: &Value) -> String {
-    let mut ends = vec![0u64; 4];
+    let mut ends = [0u64; 4];
     for r in ack["positions"].as_array().expect("positions") {
         let p = r["partition"].as_u64().expect("p") as usize;
         ends[p] = ends[p].max(r["to"].as_u64().expect("to"));
