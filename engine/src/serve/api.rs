@@ -97,6 +97,7 @@ fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
         return Some((name, port));
     }
     match host.rsplit_once(':') {
+        Some((name, _)) if name.contains(':') => None, // IPv6 needs brackets
         Some((name, port)) => Some((name, Some(port.parse().ok()?))),
         None => Some((host, None)),
     }
@@ -111,7 +112,7 @@ fn host_allowed(host: &str, port: u16, allow: &[String]) -> bool {
     if name.is_empty() {
         return false;
     }
-    if allow.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+    if allow.iter().any(|a| a.eq_ignore_ascii_case(name) || a.eq_ignore_ascii_case(host.trim())) {
         return true;
     }
     let local = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
@@ -1052,6 +1053,41 @@ mod tests {
         let r = too_many("slow down".into()).into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    // Proves which Host headers name the service: localhost and IP literals with its port,
+    // allow-listed names with any port (or exactly as listed), nothing else.
+    #[test]
+    fn host_header_check() {
+        let allow = vec!["lf.example".to_string(), "proxy.example:8443".to_string()];
+        for ok in [
+            "localhost:7070",
+            "LocalHost:7070",
+            "127.0.0.1:7070",
+            "[::1]:7070",
+            "10.1.2.3:7070",
+            "lf.example",
+            "lf.example:1",
+            "proxy.example:8443",
+        ] {
+            assert!(host_allowed(ok, 7070, &allow), "{ok}");
+        }
+        for bad in [
+            "evil.example:7070",
+            "localhost",
+            "localhost:7071",
+            "127.0.0.1",
+            "[::1]",
+            "::1:7070",
+            "lf.example.evil",
+            "proxy.example",
+            "",
+            ":7070",
+            "localhost:x",
+        ] {
+            assert!(!host_allowed(bad, 7070, &allow), "{bad}");
+        }
+        assert!(host_allowed("localhost", 80, &[]), "no port means 80");
     }
 
     // Proves `where` filters parse and apply, and bad ones are named.
