@@ -97,7 +97,7 @@ fn answers_quickly(addr: SocketAddr, token: Option<&str>, within: Duration) {
 #[test]
 fn writes_refuse_every_near_miss() {
     let tmp = TempDir::new("sec-writes");
-    let server = Server::start(&tmp.join("data"), &["--token-file", &token_file(&tmp)]);
+    let server = Server::start(&tmp.join("data"), &["--allow-host", "t", "--token-file", &token_file(&tmp)]);
     let body = ndjson(&events(1, 5));
     let mut changed = TOKEN.to_string().into_bytes();
     changed[10] ^= 1;
@@ -173,7 +173,7 @@ fn writes_refuse_every_near_miss() {
     }
     // A header value the HTTP layer refuses (a NUL after the token): 400 or closed, never 2xx.
     let mut req =
-        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\0\r\nContent-Length: {}\r\n\r\n", body.len())
+        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nAuthorization: Bearer {TOKEN}\0\r\nContent-Length: {}\r\n\r\n", body.len())
             .into_bytes();
     req.extend_from_slice(&body);
     if let Ok(Some(r)) = exchange(server.addr, &req, Duration::from_secs(10)) {
@@ -182,9 +182,13 @@ fn writes_refuse_every_near_miss() {
     }
     // Unauthenticated bodies are not read: the 401 comes before the (never sent) 10 MB.
     let t = Instant::now();
-    let r = exchange(server.addr, b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n", Duration::from_secs(5))
-        .expect("answer before the body")
-        .expect("an answer");
+    let r = exchange(
+        server.addr,
+        b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Length: 10000000\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .expect("answer before the body")
+    .expect("an answer");
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(t.elapsed() < Duration::from_secs(3), "the 401 waited for the body: {:?}", t.elapsed());
     refused += 1;
@@ -233,7 +237,7 @@ fn reads_need_the_token_unless_public_reads() {
         "/metrics",
     ];
     {
-        let server = Server::start(&data, &["--token-file", &tf]);
+        let server = Server::start(&data, &["--allow-host", "t", "--token-file", &tf]);
         let mut anon = server.client();
         let mut wrong = server.client();
         wrong.token = Some(format!("{TOKEN}-wrong"));
@@ -253,7 +257,7 @@ fn reads_need_the_token_unless_public_reads() {
         assert_eq!(c.get("/v1/views/revenue_by_day/2026-01-01").expect("point").status, 404, "no such key yet");
         assert_eq!(c.get("/v1/views/no_such_view").expect("unknown").status, 404);
     }
-    let server = Server::start(&data, &["--token-file", &tf, "--public-reads"]);
+    let server = Server::start(&data, &["--allow-host", "t", "--token-file", &tf, "--public-reads"]);
     let mut anon = server.client();
     for path in ["/v1/views", "/v1/views/revenue_by_day?limit=10", "/v1/status", "/metrics"] {
         assert_eq!(anon.get(path).expect("get").status, 200, "GET {path} with --public-reads");
@@ -265,6 +269,35 @@ fn reads_need_the_token_unless_public_reads() {
     assert_eq!(wrong.post("/v1/events", &[], &body).expect("post").status, 401, "writes still need the right token");
     assert_eq!(wrong.post("/v1/batch", &[], b"").expect("batch").status, 401);
     assert_eq!(log_events(&mut anon), 0);
+}
+
+// every_route_but_the_page_needs_the_token proves the token check comes before routing: with
+// --token-file, unknown paths, wrong methods, malformed paths and bad parameters are a 401
+// without the token (never a 404/405/400 that tells what exists), the static dashboard page
+// answers without it, and with the token the same requests get their usual answers.
+#[test]
+fn every_route_but_the_page_needs_the_token() {
+    let tmp = TempDir::new("sec-routes");
+    let server = Server::start(&tmp.join("data"), &["--allow-host", "t", "--token-file", &token_file(&tmp)]);
+    let requests: [(&str, &str, u16); 6] = [
+        ("GET", "/nowhere", 404),
+        ("DELETE", "/v1/events", 405),
+        ("GET", "/v1/batch", 405),
+        ("GET", "/v1/views/revenue_by_day?bogus=1", 400),
+        ("GET", "/v1/views/%FF", 400),
+        ("PUT", "/v1/views/revenue_by_day", 405),
+    ];
+    for (method, path, with_token) in requests {
+        let bytes = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let r = exchange(server.addr, bytes.as_bytes(), Duration::from_secs(10)).expect("answer").expect("an answer");
+        assert_eq!(r.status, 401, "{method} {path} without the token: {}", r.text());
+        let bytes = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let r = exchange(server.addr, bytes.as_bytes(), Duration::from_secs(10)).expect("answer").expect("an answer");
+        assert_eq!(r.status, with_token, "{method} {path} with the token: {}", r.text());
+    }
+    assert_eq!(server.client().get("/").expect("page").status, 200, "the static page needs no token");
 }
 
 // loopback_by_default proves the service is not exposed unless asked: the configuration's
@@ -284,6 +317,143 @@ fn loopback_by_default() {
         let section: String = listen.lines().take(4).collect::<Vec<_>>().join(" ");
         assert!(section.contains("[default: 127.0.0.1:7070]"), "{sub} --help: --listen must default to 127.0.0.1:7070:\n{help}");
     }
+}
+
+/// Sends `METHOD PATH` with `headers` (plus `Connection: close`) and `body`; one answer.
+fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Response {
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    exchange(addr, &bytes, Duration::from_secs(10)).expect("answer").expect("an answer")
+}
+
+// cross_site_writes_are_refused proves that on the default setup (no token) a browser on
+// another site can neither write nor start a run: a write whose Origin is not the service's
+// own, or that says `Sec-Fetch-Site: cross-site`, is a 403 naming the header (a `text/plain`
+// "simple request" included); ingest takes only the NDJSON/JSON/CSV media types (415 naming
+// them otherwise, a missing Content-Type included); and nothing refused is stored or run.
+// Writes from the service's own page (its Origin, `same-origin`) and from non-browser
+// clients (no Origin) go through.
+#[test]
+fn cross_site_writes_are_refused() {
+    let tmp = TempDir::new("sec-csrf");
+    let server = Server::start(tmp.path(), &[]);
+    let addr = server.addr;
+    let host = ("Host", addr.to_string());
+    let ndjson_ct = ("Content-Type", "application/x-ndjson".to_string());
+    let body = ndjson(&events(4, 3));
+    let evil = ("Origin", "http://evil.example".to_string());
+    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+        ("/v1/events", vec![host.clone(), ("Content-Type", "text/plain".into()), evil.clone()], "Origin"),
+        ("/v1/events", vec![host.clone(), ndjson_ct.clone(), evil.clone()], "Origin"),
+        ("/v1/events", vec![host.clone(), ndjson_ct.clone(), ("Origin", "null".into())], "Origin"),
+        ("/v1/events", vec![host.clone(), ndjson_ct.clone(), ("Origin", format!("http://evil.example:{}", addr.port()))], "Origin"),
+        ("/v1/events", vec![host.clone(), ndjson_ct.clone(), ("Sec-Fetch-Site", "cross-site".into())], "Sec-Fetch-Site"),
+        ("/v1/batch", vec![host.clone(), evil.clone()], "Origin"),
+        ("/v1/batch", vec![host.clone(), ("Sec-Fetch-Site", "cross-site".into())], "Sec-Fetch-Site"),
+    ];
+    for (path, headers, named) in &cases {
+        let payload = if *path == "/v1/events" { &body[..] } else { b"" };
+        let r = raw(addr, "POST", path, headers, payload);
+        assert_eq!(r.status, 403, "POST {path} {headers:?}: {}", r.text());
+        assert!(is_json_error(&r.body) && r.text().contains(named), "POST {path} {headers:?} must name {named}: {}", r.text());
+    }
+    for (ct, named) in
+        [(Some("text/plain"), "text/plain"), (Some("application/x-www-form-urlencoded"), "x-www-form"), (None, "no Content-Type")]
+    {
+        let mut headers = vec![host.clone()];
+        if let Some(ct) = ct {
+            headers.push(("Content-Type", ct.to_string()));
+        }
+        let r = raw(addr, "POST", "/v1/events", &headers, &body);
+        assert_eq!(r.status, 415, "Content-Type {ct:?}: {}", r.text());
+        assert!(r.text().contains(named) && r.text().contains("application/x-ndjson") && r.text().contains("text/csv"), "{}", r.text());
+    }
+    let mut c = server.client();
+    let s = status_json(&mut c);
+    assert_eq!(s["log"]["events"], 0, "refused writes stored events: {s}");
+    assert!(s["batch_run"]["running"].is_null() && s["batch_run"]["last"].is_null(), "a refused POST /v1/batch started a run: {s}");
+    // The service's own page, other media types with parameters, and plain clients.
+    let accepted: Vec<Vec<(&str, String)>> = vec![
+        vec![host.clone(), ndjson_ct.clone(), ("Origin", format!("http://{addr}")), ("Sec-Fetch-Site", "same-origin".into())],
+        vec![host.clone(), ("Content-Type", "application/json; charset=utf-8".into())],
+        vec![host.clone(), ("Content-Type", "Application/X-NDJSON".into())],
+    ];
+    for headers in &accepted {
+        let r = raw(addr, "POST", "/v1/events", headers, &body);
+        assert_eq!(r.status, 200, "{headers:?}: {}", r.text());
+    }
+    assert_eq!(log_events(&mut c), 3 * accepted.len() as u64);
+}
+
+// foreign_hosts_are_refused proves DNS rebinding gets nowhere: a request whose Host header
+// is not localhost or an IP address with the service's port, nor a name given to
+// --allow-host, is a 421 on every route (reads with --public-reads and the dashboard
+// included) and stores nothing; the bearer scheme is matched case-insensitively.
+#[test]
+fn foreign_hosts_are_refused() {
+    let tmp = TempDir::new("sec-host");
+    let tf = token_file(&tmp);
+    let server = Server::start(&tmp.join("data"), &["--token-file", &tf, "--public-reads", "--allow-host", "lf.example"]);
+    let addr = server.addr;
+    let port = addr.port();
+    let auth = ("Authorization", format!("Bearer {TOKEN}"));
+    let ct = ("Content-Type", "application/x-ndjson".to_string());
+    let body = ndjson(&events(5, 2));
+    for bad in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("localhost:{}", port.wrapping_add(1)),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        "localhost".into(),
+        format!("lf.example.evil:{port}"),
+        format!("{port}"),
+    ] {
+        for (method, path) in [
+            ("GET", "/v1/status"),
+            ("GET", "/v1/views"),
+            ("GET", "/v1/views/revenue_by_day?limit=1"),
+            ("GET", "/"),
+            ("GET", "/metrics"),
+            ("GET", "/nowhere"),
+            ("POST", "/v1/events"),
+            ("POST", "/v1/batch"),
+        ] {
+            let payload = if path == "/v1/events" { &body[..] } else { b"" };
+            let r = raw(addr, method, path, &[("Host", bad.clone()), auth.clone(), ct.clone()], payload);
+            assert_eq!(r.status, 421, "{method} {path} with Host {bad}: {}", r.text());
+            assert!(is_json_error(&r.body) && r.text().contains("Host"), "{}", r.text());
+        }
+    }
+    let mut c = authorized(&server);
+    assert_eq!(log_events(&mut c), 0, "a request to a foreign Host stored events");
+    for good in [
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "lf.example".into(),
+        "LF.example:8443".into(),
+    ] {
+        let r = raw(addr, "GET", "/v1/status", &[("Host", good.clone())], b"");
+        assert_eq!(r.status, 200, "Host {good}: {}", r.text());
+    }
+    // The bearer scheme is case-insensitive (RFC 7235); the token is not.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = raw(
+            addr,
+            "POST",
+            "/v1/events",
+            &[("Host", addr.to_string()), ("Authorization", format!("{scheme} {TOKEN}")), ct.clone()],
+            &body,
+        );
+        assert_eq!(r.status, 200, "scheme {scheme}: {}", r.text());
+    }
+    assert_eq!(log_events(&mut c), 8);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,7 +479,7 @@ fn padded_line(len: usize) -> Vec<u8> {
 fn body_and_line_limits_are_exact() {
     let tmp = TempDir::new("sec-limits");
     const MAX: usize = 2 << 20;
-    let server = Server::start(tmp.path(), &["--max-body", &MAX.to_string()]);
+    let server = Server::start(tmp.path(), &["--allow-host", "t", "--max-body", &MAX.to_string()]);
     let mut c = server.client();
     let mut stored = 0u64;
 
@@ -326,7 +496,7 @@ fn body_and_line_limits_are_exact() {
     let t = Instant::now();
     let r = exchange(
         server.addr,
-        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nIdempotency-Key: over-1\r\nContent-Length: {}\r\n\r\n", MAX + 1).as_bytes(),
+        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: over-1\r\nContent-Length: {}\r\n\r\n", MAX + 1).as_bytes(),
         Duration::from_secs(5),
     )
     .expect("answer")
@@ -339,13 +509,13 @@ fn body_and_line_limits_are_exact() {
     let mut over = exact.clone();
     over.push(b'\n');
     let mut req =
-        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nIdempotency-Key: over-2\r\nContent-Length: {}\r\n\r\n", over.len()).into_bytes();
+        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: over-2\r\nContent-Length: {}\r\n\r\n", over.len()).into_bytes();
     req.extend_from_slice(&over);
     let r = exchange(server.addr, &req, Duration::from_secs(10)).expect("answer").expect("an answer");
     assert_eq!(r.status, 413, "{}", r.text());
 
     // Over the limit without a Content-Length (chunked): the read stops at the limit.
-    let mut req = b"POST /v1/events HTTP/1.1\r\nHost: t\r\nIdempotency-Key: over-3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req = b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: over-3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for chunk in over.chunks(64 << 10) {
         req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         req.extend_from_slice(chunk);
@@ -402,9 +572,10 @@ fn body_and_line_limits_are_exact() {
 #[test]
 fn malformed_body_framing_is_400_not_413() {
     let tmp = TempDir::new("sec-framing");
-    let server = Server::start(tmp.path(), &[]);
+    let server = Server::start(tmp.path(), &["--allow-host", "t"]);
     let line = ndjson(&events(9, 1));
-    let mut req = b"POST /v1/events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec();
+    let mut req =
+        b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec();
     req.extend_from_slice(&line);
     req.extend_from_slice(b"\r\n0\r\n\r\n");
     let r = exchange(server.addr, &req, Duration::from_secs(10)).expect("answer").expect("an answer");
@@ -428,7 +599,7 @@ fn traversal_keys_read_no_files() {
     let tmp = TempDir::new("sec-paths");
     const MARKER: &str = "MARKER-4c1d2f-do-not-serve";
     std::fs::write(tmp.join("secret.txt"), MARKER).expect("write marker");
-    let server = Server::start(&tmp.join("data"), &[]);
+    let server = Server::start(&tmp.join("data"), &["--allow-host", "t"]);
     let mut c = server.client();
     assert_eq!(c.post("/v1/events", &[], &ndjson(&events(10, 50))).expect("post").status, 200);
     let paths = [
@@ -488,12 +659,16 @@ fn traversal_keys_read_no_files() {
 #[test]
 fn header_floods_are_refused_and_serving_continues() {
     let tmp = TempDir::new("sec-flood");
-    let server = Server::start(tmp.path(), &[]);
+    let server = Server::start(tmp.path(), &["--allow-host", "t"]);
     let addr = server.addr;
     let body = ndjson(&events(11, 5));
     let many = |n: usize, value: &str| (0..n).map(|i| format!("X-Flood-{i}: {value}\r\n")).collect::<String>();
-    let mut ingest_flood =
-        format!("POST /v1/events HTTP/1.1\r\nHost: t\r\n{}Content-Length: {}\r\n\r\n", many(200, "v"), body.len()).into_bytes();
+    let mut ingest_flood = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\n{}Content-Length: {}\r\n\r\n",
+        many(200, "v"),
+        body.len()
+    )
+    .into_bytes();
     ingest_flood.extend_from_slice(&body);
     let floods: Vec<(&str, Vec<u8>)> = vec![
         ("10,000 headers", format!("GET /v1/status HTTP/1.1\r\nHost: t\r\n{}\r\n", many(10_000, "v")).into_bytes()),
@@ -556,12 +731,19 @@ fn hold(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 #[test]
 fn slow_clients_do_not_block_others() {
     let tmp = TempDir::new("sec-slow");
-    let server = Server::start(tmp.path(), &[]);
+    let server = Server::start(tmp.path(), &["--allow-host", "t"]);
     let addr = server.addr;
     let started = Instant::now();
-    let slow_bodies: Vec<TcpStream> =
-        (0..50).map(|_| hold(addr, b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n{\"type\":\"")).collect();
-    let slow_heads: Vec<TcpStream> = (0..20).map(|_| hold(addr, b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Le")).collect();
+    let slow_bodies: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            hold(
+                addr,
+                b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Length: 100000\r\n\r\n{\"type\":\"",
+            )
+        })
+        .collect();
+    let slow_heads: Vec<TcpStream> =
+        (0..20).map(|_| hold(addr, b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Le")).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut c = server.client();
     let mut stored = 0;
@@ -596,10 +778,19 @@ fn slow_clients_do_not_block_others() {
 #[test]
 fn slow_bodies_cannot_exhaust_the_ingest_budget() {
     let tmp = TempDir::new("sec-budget");
-    let server = Server::start(tmp.path(), &[]);
+    let server = Server::start(tmp.path(), &["--allow-host", "t"]);
     let addr = server.addr;
     let _slow: Vec<TcpStream> = (0..20)
-        .map(|_| hold(addr, format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n0123456789", 16 << 20).as_bytes()))
+        .map(|_| {
+            hold(
+                addr,
+                format!(
+                    "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n0123456789",
+                    16 << 20
+                )
+                .as_bytes(),
+            )
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut c = server.client();

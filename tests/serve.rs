@@ -128,7 +128,6 @@ fn bad_requests_are_refused_and_store_nothing() {
         (&b"type,ts\nnot a header\n"[..], "bad CSV header"),
         (&b"\xff\xfe{}\n"[..], "invalid UTF-8"),
         (&b"{\"type\":\"teleport\",\"ts\":1}\n"[..], "unknown type"),
-        (&b"\n\n"[..], "no events"),
         (&b"{\"type\":\"view\",\"ts\":1,\"customer_id\":1,\"product_id\":99999999999999999999999,\"session_id\":1}\n"[..], "huge number"),
     ] {
         let r = post(&mut c, body, None);
@@ -385,4 +384,143 @@ fn kill9_mid_ingest_loses_nothing_acknowledged() {
     let mf = ends.as_array().expect("ends").iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
     let v = c.get(&format!("/v1/views/customer_spend?limit=100000&min_frontier={mf}")).expect("query").json();
     assert_eq!(common::items_by_key(&v), expected_views(&sent)["customer_spend"]);
+}
+
+/// `min_frontier` covering every position of an ack.
+fn frontier_of(ack: &Value) -> String {
+    let mut ends = [0u64; 4];
+    for r in ack["positions"].as_array().expect("positions") {
+        let p = r["partition"].as_u64().expect("p") as usize;
+        ends[p] = ends[p].max(r["to"].as_u64().expect("to"));
+    }
+    ends.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",")
+}
+
+// where_filters_compare_integers_exactly proves over HTTP that `where` compares integer
+// fields as integers: at 2^53 + 1 (not an f64) and at i64::MIN, `=`, `>` and `<=` pick
+// exactly the right keys, and a threshold outside the integer range is a 400 naming it.
+#[test]
+fn where_filters_compare_integers_exactly() {
+    let tmp = TempDir::new("serve-where");
+    let server = Server::start(tmp.path(), &[]);
+    let mut c = server.client();
+    let stock = |product: u64, delta: i64| format!(r#"{{"type":"inventory","ts":1767225600000,"product_id":{product},"delta":{delta}}}"#);
+    let body = [stock(1, 9_007_199_254_740_993), stock(2, 9_007_199_254_740_992), stock(3, i64::MIN), stock(4, i64::MIN + 1)].join("\n");
+    let r = post(&mut c, body.as_bytes(), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mf = frontier_of(&r.json());
+    let keys = |c: &mut Client, filter: &str| -> Vec<String> {
+        let r = c.get(&format!("/v1/views/inventory_level?where={filter}&min_frontier={mf}")).expect("query");
+        assert_eq!(r.status, 200, "where={filter}: {}", r.text());
+        r.json()["items"].as_array().expect("items").iter().map(|i| i["key"].to_string()).collect()
+    };
+    assert_eq!(keys(&mut c, "level=9007199254740992"), ["2"]);
+    assert_eq!(keys(&mut c, "level=9007199254740993"), ["1"]);
+    assert_eq!(keys(&mut c, "level%3E9007199254740992"), ["1"]);
+    assert_eq!(keys(&mut c, "level%3C=-9223372036854775808"), ["3"]);
+    assert_eq!(keys(&mut c, "level%3C-9223372036854775807"), ["3"]);
+    for v in ["-9223372036854775809", "18446744073709551616"] {
+        let r = c.get(&format!("/v1/views/inventory_level?where=level%3C={v}")).expect("query");
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains(v), "the error names the value: {}", r.text());
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Pages through `/v1/views/{view}?{params}` with `after`; returns every item's key (as JSON
+/// text) in order and the number of pages.
+fn page_through(c: &mut Client, view: &str, params: &str) -> (Vec<String>, usize) {
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let cursor = after.as_ref().map(|a| format!("&after={}", pct(a))).unwrap_or_default();
+        let r = c.get(&format!("/v1/views/{view}?{params}{cursor}")).expect("page");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        pages += 1;
+        keys.extend(v["items"].as_array().expect("items").iter().map(|i| i["key"].to_string()));
+        match (&v["more"], &v["next"]) {
+            (Value::Bool(true), Value::String(next)) => after = Some(next.clone()),
+            (Value::Bool(false), Value::Null) => return (keys, pages),
+            other => panic!("more/next disagree: {other:?} in {v}"),
+        }
+        assert!(pages < 10_000, "paging does not end");
+    }
+}
+
+// range_queries_page_with_a_cursor proves `after=` pages through a whole view: with a small
+// `limit`, following `next` until `more` is false yields every key exactly once, in order,
+// the same keys one large answer has (plain, and with a `where` filter, whose scan stops
+// once `limit` matches are found); `from` and `after` together are refused.
+#[test]
+fn range_queries_page_with_a_cursor() {
+    let tmp = TempDir::new("serve-pages");
+    let server = Server::start(tmp.path(), &[]);
+    let mut c = server.client();
+    let r = post(&mut c, &ndjson(&events(3, 3000)), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mf = frontier_of(&r.json());
+    let all = |c: &mut Client, view: &str, params: &str| -> Vec<String> {
+        let v = c.get(&format!("/v1/views/{view}?limit=100000&min_frontier={mf}{params}")).expect("all").json();
+        assert_eq!(v["more"], false, "{v}");
+        v["items"].as_array().expect("items").iter().map(|i| i["key"].to_string()).collect()
+    };
+    for (view, filter) in [("customer_spend", ""), ("product_revenue_by_day", ""), ("customer_spend", "&where=net_cents%3E5000")] {
+        let whole = all(&mut c, view, filter);
+        assert!(whole.len() > 20, "{view}: too few keys to page ({})", whole.len());
+        let (paged, pages) = page_through(&mut c, view, &format!("limit=7&min_frontier={mf}{filter}"));
+        assert_eq!(paged, whole, "{view}{filter}: paging gave other keys than one answer");
+        let unique: std::collections::BTreeSet<&String> = paged.iter().collect();
+        assert_eq!(unique.len(), paged.len(), "a key came twice");
+        assert_eq!(pages, whole.len().div_ceil(7), "{view}{filter}: a full last page must say there is no more");
+    }
+    // A filter with a limit stops at the limit and says there is more.
+    let v = c.get(&format!("/v1/views/customer_spend?where=net_cents%3E0&limit=1&min_frontier={mf}")).expect("q").json();
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["more"], true, "{v}");
+    assert_eq!(c.get("/v1/views/customer_spend?from=1&after=2").expect("q").status, 400);
+}
+
+// empty_bodies_store_nothing_and_succeed proves an ingest body with no events (empty, blank
+// lines, a CSV header alone) is answered like `lambdaflow ingest` of empty input: 200 with
+// `accepted: 0` and no positions, nothing stored, and its Idempotency-Key not recorded; and a
+// truncated JSON line's error names one line number only (the body's).
+#[test]
+fn empty_bodies_store_nothing_and_succeed() {
+    let tmp = TempDir::new("serve-empty");
+    let server = Server::start(tmp.path(), &[]);
+    let mut c = server.client();
+    let csv_header = format!("{}\n", lambdaflow_jobs::shop::event::CSV_HEADER);
+    for (body, key) in [(&b""[..], None), (&b"\n\n  \n"[..], None), (csv_header.as_bytes(), None), (&b""[..], Some("empty-1"))] {
+        let r = post(&mut c, body, key);
+        assert_eq!(r.status, 200, "{body:?}: {}", r.text());
+        let ack = r.json();
+        assert_eq!(ack["accepted"], 0, "{ack}");
+        assert_eq!(ack["positions"], serde_json::json!([]), "{ack}");
+        assert_eq!(ack["duplicate"], false, "{ack}");
+    }
+    assert_eq!(log_events(&mut c), 0);
+    // The key of the empty request was not recorded: with events it is a first use.
+    let r = post(&mut c, &ndjson(&events(9, 2)), Some("empty-1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["duplicate"], false);
+    assert_eq!(log_events(&mut c), 2);
+    // One line number in a JSON error.
+    let mut body = ndjson(&events(9, 2));
+    body.extend_from_slice(b"{\"type\":\n");
+    let r = post(&mut c, &body, None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["line"], 3, "{e}");
+    let text = e["error"].as_str().expect("error");
+    assert!(text.starts_with("line 3: ") && text.matches("line").count() == 1, "two line numbers: {text}");
+    assert!(!e["message"].as_str().expect("message").contains("line"), "{e}");
+    assert_eq!(log_events(&mut c), 2);
 }

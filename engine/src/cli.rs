@@ -242,6 +242,19 @@ struct ServeArgs {
     /// Request body bytes held in memory at once (at least --max-body); beyond it, 429.
     #[arg(long, default_value_t = 256 << 20)]
     max_inflight: usize,
+    /// A host name clients reach the service by (repeatable); requests naming another in
+    /// their Host header get 421. localhost and IP addresses are always accepted.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_host: Vec<String>,
+    /// HTTP connections open at once (default and most: half the open-files limit, less 64).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// HTTP connections open at once from one address (default: half of --max-connections).
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// How long a request's line and headers may take to arrive, e.g. 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    header_timeout: String,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -650,6 +663,10 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
         max_body_bytes: args.max_body,
         max_lag_events: args.max_lag,
         max_inflight_bytes: args.max_inflight.max(args.max_body),
+        allow_hosts: args.allow_host.clone(),
+        max_connections: args.max_connections,
+        max_connections_per_peer: args.max_connections_per_ip,
+        header_timeout: parse_duration(&args.header_timeout).map_err(|m| Error::Usage(format!("--header-timeout: {m}")))?,
         ..ServeConfig::default()
     })
 }

@@ -67,9 +67,12 @@ impl Client {
 
     /// Sends one request; reconnects once if a kept-alive connection was closed.
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+        // (try_request forgets a failed connection, so remember whether this one was reused:
+        // the server closes kept-alive connections that stay idle past its header timeout.)
+        let reused = self.stream.is_some();
         match self.try_request(method, path, headers, body) {
             Ok(r) => Ok(r),
-            Err(_) if self.stream.is_some() => {
+            Err(_) if reused => {
                 self.stream = None;
                 self.try_request(method, path, headers, body)
             }
@@ -90,6 +93,9 @@ impl Client {
         }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if path.starts_with("/v1/events") && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            head.push_str("Content-Type: application/x-ndjson\r\n");
         }
         head.push_str("\r\n");
         let result = (|| {

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub auth_refused: AtomicU64,
     /// Idempotency keys remembered (kept by the committer, so readers never wait for it).
     pub idempotency_keys: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections refused at the connection bounds.
+    pub connections_refused: AtomicU64,
 }
 
 /// Point-in-time values rendered next to the counters.
@@ -137,6 +141,13 @@ impl Metrics {
             self.ingest_throttled.load(Relaxed),
         );
         counter(&mut out, "lambdaflow_group_commits_total", "Group commits to the log.", self.group_commits.load(Relaxed));
+        gauge(&mut out, "lambdaflow_http_connections", "HTTP connections open.", self.connections_open.load(Relaxed) as f64);
+        counter(
+            &mut out,
+            "lambdaflow_http_connections_refused_total",
+            "HTTP connections refused at --max-connections or --max-connections-per-ip.",
+            self.connections_refused.load(Relaxed),
+        );
         self.ack_latency.render(
             &mut out,
             "lambdaflow_ack_latency_seconds",

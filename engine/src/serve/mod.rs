@@ -7,6 +7,7 @@
 //! See docs/serving.md for the API and docs/operations.md for running it.
 
 mod api;
+pub mod conn;
 pub mod ingest;
 pub mod metrics;
 
@@ -109,6 +110,26 @@ pub struct ServeConfig {
     pub max_inflight_bytes: usize,
     /// How long a request may wait for room before 429.
     pub admission_wait: Duration,
+    /// Host names (besides `localhost` and IP addresses with the port the service listens
+    /// on) that requests may name in their `Host` header, any port; others get 421.
+    pub allow_hosts: Vec<String>,
+    /// Connections open at once (`None`: [`conn::connection_cap`] of the open-files limit,
+    /// which also caps a larger number).
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one peer address (`None`: half of `max_connections`).
+    pub max_connections_per_peer: Option<usize>,
+    /// How long a request head may take to arrive (and an idle connection may stay open).
+    pub header_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The connection bounds in force under `open_files` (the process's file limit).
+    pub fn bounds(&self, open_files: Option<u64>) -> conn::Bounds {
+        let cap = conn::connection_cap(open_files);
+        let max = self.max_connections.map_or(cap, |m| m.clamp(1, cap));
+        let per_peer = self.max_connections_per_peer.unwrap_or(max.div_ceil(2)).clamp(1, max);
+        conn::Bounds { max, per_peer, header_timeout: self.header_timeout }
+    }
 }
 
 impl Default for ServeConfig {
@@ -123,6 +144,10 @@ impl Default for ServeConfig {
             max_lag_events: 2_000_000,
             max_inflight_bytes: 256 << 20,
             admission_wait: Duration::from_secs(2),
+            allow_hosts: Vec::new(),
+            max_connections: None,
+            max_connections_per_peer: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -168,6 +193,8 @@ pub struct AppState<J: Job> {
     inflight: Arc<tokio::sync::Semaphore>,
     waiters: Arc<tokio::sync::Semaphore>,
     cache: api::Cache,
+    /// The address the service listens on (its port decides which `Host` headers are ours).
+    bound: SocketAddr,
     started: Instant,
     stopping: AtomicBool,
 }
@@ -221,39 +248,13 @@ impl Drop for Running {
 /// Starts the service for `lambda` in the background and returns once it listens.
 /// SIGINT/SIGTERM (when `signals`) or [`Running::stop`] shut it down gracefully.
 pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'static str, signals: bool) -> Result<Running> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("lambdaflow-http")
-        .enable_all()
-        .build()
-        .map_err(Error::system("start the async runtime"))?;
-    let std_listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| Error::Io {
-        path: PathBuf::from(cfg.listen.to_string()),
-        what: "listen on".into(),
-        source,
-    })?;
-    std_listener.set_nonblocking(true).map_err(|source| Error::Io {
-        path: PathBuf::from(cfg.listen.to_string()),
-        what: "configure".into(),
-        source,
-    })?;
-    let addr = std_listener.local_addr().map_err(|source| Error::Io {
-        path: PathBuf::from(cfg.listen.to_string()),
-        what: "listen on".into(),
-        source,
-    })?;
-
+    let runtime = http_runtime()?;
+    let (std_listener, addr) = bind(cfg.listen)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let keys = lambda.appender().keys();
     metrics.idempotency_keys.store(keys as u64, Ordering::Relaxed);
     let (tx, rx) = std::sync::mpsc::channel();
-    let committer = {
-        let (lambda, metrics) = (lambda.clone(), metrics.clone());
-        std::thread::Builder::new()
-            .name("lambdaflow-commit".into())
-            .spawn(move || ingest::run(lambda, rx, metrics))
-            .map_err(Error::system("spawn the committer"))?
-    };
+    let committer = start_committer(lambda.clone(), rx, metrics.clone())?;
     let batch = Arc::new(BatchState::default());
     let state = Arc::new(AppState {
         lambda: lambda.clone(),
@@ -265,113 +266,195 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'stat
         dashboard,
         committer: Mutex::new(Some(tx)),
         cache: api::Cache::default(),
+        bound: addr,
         started: Instant::now(),
         stopping: AtomicBool::new(false),
     });
-    let scheduler = {
-        let (lambda, metrics, batch, schedule, keep) = (lambda.clone(), metrics.clone(), batch.clone(), cfg.schedule, cfg.keep);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("lambdaflow-batch".into())
-            .spawn(move || scheduler(lambda, metrics, batch, schedule, keep, stop2))
-            .map_err(Error::system("spawn the scheduler"))?;
-        let (healed, stop3) = (state.lambda.clone(), stop.clone());
-        // The speed layer's supervisor: a failed layer (in a cluster, a process died) is
-        // restarted from the batch cut; meanwhile its last state keeps answering.
-        std::thread::Builder::new()
-            .name("lambdaflow-heal".into())
-            .spawn(move || {
-                // A failure that recurs (say, an event the job cannot process) would replay
-                // the log from the cut over and over: after each attempt, wait 1 s, doubling
-                // up to 60 s; the wait resets once a layer has stayed healthy for a minute.
-                let mut backoff = Duration::ZERO;
-                let mut last_attempt_end: Option<Instant> = None;
-                let mut healthy_since: Option<Instant> = None;
-                while !stop3.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if healed.serving().speed.failure().is_none() {
-                        let since = *healthy_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= Duration::from_secs(60) {
-                            backoff = Duration::ZERO;
-                        }
-                        continue;
-                    }
-                    healthy_since = None;
-                    if last_attempt_end.is_some_and(|t| t.elapsed() < backoff) {
-                        continue;
-                    }
-                    let result = healed.restart_speed_if_failed();
-                    last_attempt_end = Some(Instant::now());
-                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-                    if let Err(e) = result {
-                        eprintln!("lambdaflow serve: restarting the speed layer failed ({e}); trying again in {}s", backoff.as_secs());
-                    }
-                }
-            })
-            .map_err(Error::system("spawn the speed supervisor"))?;
-        (stop, handle)
-    };
-
+    let stop_background = Arc::new(AtomicBool::new(false));
+    let scheduler = start_scheduler(lambda.clone(), metrics, batch, &cfg, stop_background.clone())?;
+    start_supervisor(lambda, stop_background.clone())?;
+    let open_files = conn::open_files_limit();
+    let bounds = cfg.bounds(open_files);
+    if cfg.max_connections.is_some_and(|m| m > bounds.max) {
+        eprintln!(
+            "lambdaflow serve: --max-connections lowered to {} (half the open-files limit of {}, less a reserve, stays for the data directory)",
+            bounds.max,
+            open_files.unwrap_or(0)
+        );
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = api::router(state.clone());
+    let background = Background { committer, scheduler, stop: stop_background };
     let thread = std::thread::Builder::new()
         .name("lambdaflow-serve".into())
         .spawn(move || {
-            let result = runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener)
-                    .map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "listen on".into(), source })?;
-                let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-                let stop = async move {
-                    if signals {
-                        tokio::select! {
-                            _ = shutdown_rx => {}
-                            _ = terminate_signal() => {
-                                eprintln!("lambdaflow serve: shutting down (in-flight requests finish; every acknowledged event is already durable)");
-                            }
-                        }
-                    } else {
-                        let _ = shutdown_rx.await;
-                    }
-                    let _ = stopping_tx.send(true);
-                };
-                // Answers are small and latency matters: no Nagle delay.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                let serve = axum::serve(listener, router).with_graceful_shutdown(stop);
-                // Connections get a grace period to finish; a client trickling a body does
-                // not hold the shutdown up for longer.
-                let grace = async move {
-                    let _ = stopping_rx.wait_for(|s| *s).await;
-                    tokio::time::sleep(SHUTDOWN_GRACE).await;
-                    eprintln!("lambdaflow serve: connections still open after {} s; closing them", SHUTDOWN_GRACE.as_secs());
-                };
-                tokio::select! {
-                    r = serve => r.map_err(|source| Error::Io { path: PathBuf::from(addr.to_string()), what: "serve".into(), source }),
-                    _ = grace => Ok(()),
-                }
-            });
+            let result = runtime.block_on(serve_until_stopped(std_listener, addr, state.clone(), bounds, shutdown_rx, signals));
             // Drop the runtime (and the connections it still holds) before draining the committer.
             drop(runtime);
-            state.stopping.store(true, Ordering::SeqCst);
-            // No more submissions: the committer finishes what is queued and exits.
-            state.committer.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let (stop, handle) = scheduler;
-            stop.store(true, Ordering::SeqCst);
-            state.batch.request();
-            if handle.is_finished() || state.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
-                let _ = handle.join();
-            } else {
-                eprintln!("lambdaflow serve: a batch run is in progress; it is abandoned (its unpublished files are removed at the next run)");
-            }
-            if committer.join().is_err() {
-                eprintln!("lambdaflow serve: the committer thread panicked");
-            }
+            background.stop(&state);
             result
         })
         .map_err(Error::system("spawn the server"))?;
     Ok(Running { addr, shutdown: Some(shutdown_tx), thread: Some(thread) })
+}
+
+/// The async runtime the HTTP server runs on (two threads; queries and parsing go to its
+/// blocking pool).
+fn http_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lambdaflow-http")
+        .enable_all()
+        .build()
+        .map_err(Error::system("start the async runtime"))
+}
+
+/// Binds the listening socket; returns it (non-blocking) and the address it got.
+fn bind(listen: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr)> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Io { path: PathBuf::from(listen.to_string()), what, source }
+    };
+    let listener = std::net::TcpListener::bind(listen).map_err(io("listen on"))?;
+    listener.set_nonblocking(true).map_err(io("configure"))?;
+    let addr = listener.local_addr().map_err(io("listen on"))?;
+    Ok((listener, addr))
+}
+
+/// The group committer's thread ([`ingest::run`]); it ends when every sender is dropped.
+fn start_committer<J: Job>(
+    lambda: Arc<Lambda<J>>,
+    rx: std::sync::mpsc::Receiver<ingest::Submission>,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("lambdaflow-commit".into())
+        .spawn(move || ingest::run(lambda, rx, metrics))
+        .map_err(Error::system("spawn the committer"))
+}
+
+/// The batch scheduler's thread ([`scheduler`]).
+fn start_scheduler<J: Job>(
+    lambda: Arc<Lambda<J>>,
+    metrics: Arc<metrics::Metrics>,
+    batch: Arc<BatchState>,
+    cfg: &ServeConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let (schedule, keep) = (cfg.schedule, cfg.keep);
+    std::thread::Builder::new()
+        .name("lambdaflow-batch".into())
+        .spawn(move || scheduler(lambda, metrics, batch, schedule, keep, stop))
+        .map_err(Error::system("spawn the scheduler"))
+}
+
+/// The speed layer's supervisor: a failed layer (in a cluster, a process died) is restarted
+/// from the batch cut; meanwhile its last state keeps answering.
+fn start_supervisor<J: Job>(lambda: Arc<Lambda<J>>, stop: Arc<AtomicBool>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("lambdaflow-heal".into())
+        .spawn(move || supervise_speed(lambda, stop))
+        .map_err(Error::system("spawn the speed supervisor"))?;
+    Ok(())
+}
+
+fn supervise_speed<J: Job>(lambda: Arc<Lambda<J>>, stop: Arc<AtomicBool>) {
+    // A failure that recurs (say, an event the job cannot process) would replay the log from
+    // the cut over and over: after each attempt, wait 1 s, doubling up to 60 s; the wait
+    // resets once a layer has stayed healthy for a minute.
+    let mut backoff = Duration::ZERO;
+    let mut last_attempt_end: Option<Instant> = None;
+    let mut healthy_since: Option<Instant> = None;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if lambda.serving().speed.failure().is_none() {
+            let since = *healthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(60) {
+                backoff = Duration::ZERO;
+            }
+            continue;
+        }
+        healthy_since = None;
+        if last_attempt_end.is_some_and(|t| t.elapsed() < backoff) {
+            continue;
+        }
+        let result = lambda.restart_speed_if_failed();
+        last_attempt_end = Some(Instant::now());
+        backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        if let Err(e) = result {
+            eprintln!("lambdaflow serve: restarting the speed layer failed ({e}); trying again in {}s", backoff.as_secs());
+        }
+    }
+}
+
+/// Serves HTTP until a stop request (or a signal), then gives open connections
+/// [`SHUTDOWN_GRACE`] to finish.
+async fn serve_until_stopped<J: Job>(
+    std_listener: std::net::TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState<J>>,
+    bounds: conn::Bounds,
+    shutdown_rx: tokio::sync::oneshot::Receiver<()>,
+    signals: bool,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|source| Error::Io {
+        path: PathBuf::from(addr.to_string()),
+        what: "listen on".into(),
+        source,
+    })?;
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if signals {
+            tokio::select! {
+                _ = shutdown_rx => {}
+                _ = terminate_signal() => {
+                    eprintln!("lambdaflow serve: shutting down (in-flight requests finish; every acknowledged event is already durable)");
+                }
+            }
+        } else {
+            let _ = shutdown_rx.await;
+        }
+        let _ = stopping_tx.send(true);
+    });
+    let serve = conn::serve(listener, api::router(state.clone()), bounds, state.metrics.clone(), stopping_rx.clone());
+    // Connections get a grace period to finish; a client trickling a body does not hold the
+    // shutdown up for longer.
+    let grace = async move {
+        let _ = stopping_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        eprintln!("lambdaflow serve: connections still open after {} s; closing them", SHUTDOWN_GRACE.as_secs());
+    };
+    tokio::select! {
+        _ = serve => {}
+        _ = grace => {}
+    }
+    Ok(())
+}
+
+/// The threads behind the HTTP server, stopped after it.
+struct Background {
+    committer: std::thread::JoinHandle<()>,
+    scheduler: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Background {
+    /// Drains the committer (every queued request is committed and answered) and stops the
+    /// scheduler and the supervisor; a batch run in progress is abandoned.
+    fn stop<J: Job>(self, state: &AppState<J>) {
+        state.stopping.store(true, Ordering::SeqCst);
+        // No more submissions: the committer finishes what is queued and exits.
+        state.committer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.stop.store(true, Ordering::SeqCst);
+        state.batch.request();
+        if self.scheduler.is_finished() || state.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            let _ = self.scheduler.join();
+        } else {
+            eprintln!("lambdaflow serve: a batch run is in progress; it is abandoned (its unpublished files are removed at the next run)");
+        }
+        if self.committer.join().is_err() {
+            eprintln!("lambdaflow serve: the committer thread panicked");
+        }
+    }
 }
 
 async fn terminate_signal() {

@@ -1,0 +1,238 @@
+//! The HTTP server's connections: the accept loop, a deadline for request heads, and bounds
+//! on open connections (in all, and per peer address) that leave file descriptors for the
+//! log, batch runs and the speed layer.
+//!
+//! A client that opens connections and sends half a request line (slowloris) holds each for
+//! at most the header timeout; beyond the bounds a new connection gets a short refusal (503
+//! when the service is full, 429 when that peer holds its share) and is closed at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::metrics::Metrics;
+
+/// File descriptors kept free of connections whatever the limit: the log's segments, the
+/// idempotency journal, batch-run files, worker pipes and sockets.
+pub const FD_RESERVE_MIN: u64 = 64;
+
+/// The soft limit on open files of this process (`RLIMIT_NOFILE`), from `/proc/self/limits`;
+/// `None` when unlimited or unknown (not Linux).
+pub fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files_limit(&text)
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// The most connections the service holds with `limit` open files: half of them, less
+/// [`FD_RESERVE_MIN`], so the other half is always there for the data directory (at least 8,
+/// at most 16,384).
+pub fn connection_cap(limit: Option<u64>) -> usize {
+    match limit {
+        None => 16_384,
+        Some(n) => (n / 2).saturating_sub(FD_RESERVE_MIN).clamp(8, 16_384) as usize,
+    }
+}
+
+/// Open connections, in all and per peer address.
+#[derive(Default)]
+pub struct Tracker {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The service holds its maximum of connections.
+    Full(usize),
+    /// This peer holds its maximum.
+    Peer(usize),
+}
+
+/// A connection's place in the [`Tracker`]; given back when dropped.
+pub struct Slot {
+    tracker: Arc<Tracker>,
+    ip: IpAddr,
+}
+
+impl Tracker {
+    /// Takes a place for a connection from `ip`, if the bounds allow it.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize, per_peer: usize) -> Result<Slot, Refusal> {
+        let mut guard = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, peers) = &mut *guard;
+        if *total >= max {
+            return Err(Refusal::Full(max));
+        }
+        let mine = peers.entry(ip).or_insert(0);
+        if *mine >= per_peer {
+            return Err(Refusal::Peer(per_peer));
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(Slot { tracker: self.clone(), ip })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut guard = self.tracker.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, peers) = &mut *guard;
+        *total -= 1;
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// How connections are bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Connections open at once.
+    pub max: usize,
+    /// Connections open at once from one peer address.
+    pub per_peer: usize,
+    /// How long a request head (request line and headers) may take to arrive; an idle
+    /// kept-alive connection is closed after it too.
+    pub header_timeout: Duration,
+}
+
+/// Writes a refusal on a connection that is not served and closes it, without waiting for
+/// the peer: what already arrived is read and dropped (so the close is not a reset that
+/// discards the answer), nothing more.
+fn refuse(stream: tokio::net::TcpStream, why: &Refusal) {
+    let (status, message) = match why {
+        Refusal::Full(n) => {
+            ("503 Service Unavailable", format!("the service holds its maximum of {n} connections (--max-connections); retry shortly"))
+        }
+        Refusal::Peer(n) => (
+            "429 Too Many Requests",
+            format!("your address holds its maximum of {n} connections (--max-connections-per-ip); reuse or close some"),
+        ),
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut sink = [0u8; 4096];
+    let _ = stream.try_read(&mut sink);
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+/// Accepts and serves connections until `stop` turns true, then lets open connections finish
+/// their requests (each closes after its current answer) and returns once all are closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    bounds: Bounds,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let tracker = Arc::new(Tracker::default());
+    // Every connection task holds a receiver; `closed()` below waits for the last to go.
+    let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors (or a connection reset before it was accepted):
+                // wait a little instead of spinning; the reserve keeps the data directory going.
+                if !matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
+        };
+        let slot = match tracker.acquire(peer.ip(), bounds.max, bounds.per_peer) {
+            Ok(slot) => slot,
+            Err(why) => {
+                metrics.connections_refused.fetch_add(1, Relaxed);
+                refuse(stream, &why);
+                continue;
+            }
+        };
+        metrics.connections_open.store(tracker.open() as u64, Relaxed);
+        let _ = stream.set_nodelay(true); // answers are small and latency matters
+        let (router, mut stop, alive, metrics, tracker) =
+            (router.clone(), stop.clone(), alive_rx.clone(), metrics.clone(), tracker.clone());
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let stopping = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+            drop(slot);
+            metrics.connections_open.store(tracker.open() as u64, Relaxed);
+            drop(alive);
+        });
+    }
+    drop(listener);
+    drop(alive_rx);
+    alive_tx.closed().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the per-peer bound refuses only that peer (another is still let in), the global
+    // bound refuses everyone, and a closed connection gives its place back.
+    #[test]
+    fn bounds_per_peer_and_in_all() {
+        let t = Arc::new(Tracker::default());
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap(), "::1".parse().unwrap());
+        let a1 = t.acquire(a, 4, 2).expect("a 1");
+        let _a2 = t.acquire(a, 4, 2).expect("a 2");
+        assert_eq!(t.acquire(a, 4, 2).err(), Some(Refusal::Peer(2)));
+        let _b1 = t.acquire(b, 4, 2).expect("another peer is let in");
+        let _c1 = t.acquire(c, 4, 2).expect("and a third");
+        assert_eq!(t.acquire(b, 4, 2).err(), Some(Refusal::Full(4)));
+        assert_eq!(t.open(), 4);
+        drop(a1);
+        assert_eq!(t.open(), 3);
+        let _a3 = t.acquire(a, 4, 2).expect("a's place came back");
+    }
+
+    // Proves the open-files limit is read from /proc/self/limits' format and the cap leaves
+    // at least half of it (and the reserve) to the data directory.
+    #[test]
+    fn cap_from_the_file_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max cpu time              unlimited            unlimited            seconds\n\
+                      Max open files            400                  4096                 files\n";
+        assert_eq!(parse_open_files_limit(limits), Some(400));
+        assert_eq!(parse_open_files_limit("Max open files  unlimited  unlimited  files\n"), None);
+        assert_eq!(connection_cap(Some(400)), 136);
+        assert_eq!(connection_cap(Some(20)), 8);
+        assert_eq!(connection_cap(Some(1 << 20)), 16_384);
+        assert_eq!(connection_cap(None), 16_384);
+    }
+}
