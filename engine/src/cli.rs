@@ -75,6 +75,9 @@ struct Cli {
     /// Worker threads for batch and speed dataflows.
     #[arg(short = 'w', long = "workers", global = true, default_value_t = 2)]
     workers: usize,
+    /// How long to wait for another process holding the data directory (e.g. 5s, 1m; 0: don't).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait)]
+    wait: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -298,25 +301,153 @@ pub fn main<J: Job>(app: App<J>) -> ExitCode {
     }
 }
 
-/// Holds the data directory's lock for the life of a command, so two processes never
-/// recover or append to the same log at once.
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "create data directory".into(), source })?;
-    let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| Error::Io {
-        path: path.clone(),
-        what: "open".into(),
-        source,
-    })?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            eprintln!("waiting for another lambdaflow process using {} ...", dir.display());
-            f.lock().map_err(|source| Error::Io { path: path.clone(), what: "lock".into(), source })?;
-        }
-        Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path, what: "lock".into(), source }),
+/// The file, next to `LOCK`, in which the process holding a data directory's lock says who it
+/// is (PID, command line and, for a service, its HTTP address). Written atomically while the
+/// lock is held and removed on exit; one left behind by a killed process is ignored, since the
+/// lock itself is the truth.
+const HOLDER_FILE: &str = "HOLDER.json";
+
+/// Who holds a data directory (the contents of [`HOLDER_FILE`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Holder {
+    pid: u32,
+    /// The subcommand (`serve`, `demo`, `ingest`, …).
+    command: String,
+    /// The whole command line.
+    argv: String,
+    /// Where a service (`serve`, `cluster`, `demo`) answers HTTP.
+    addr: Option<std::net::SocketAddr>,
+    /// Whether that service requires a bearer token.
+    token: bool,
+}
+
+impl Holder {
+    fn describe(&self) -> String {
+        let addr = self.addr.map(|a| format!(", serving http://{a}")).unwrap_or_default();
+        format!("process {} (`{}`{addr})", self.pid, self.argv)
     }
-    Ok(f)
+}
+
+/// Reads the holder record of `dir`, if there is a plausible one: `None` when it is missing,
+/// unreadable, or names a process that no longer runs (a stale file).
+fn read_holder(dir: &Path) -> Option<Holder> {
+    let text = std::fs::read_to_string(dir.join(HOLDER_FILE)).ok()?;
+    let h: Holder = serde_json::from_str(&text).ok()?;
+    let proc = Path::new("/proc");
+    if proc.is_dir() && !proc.join(h.pid.to_string()).exists() {
+        return None;
+    }
+    Some(h)
+}
+
+/// The lock of a data directory, held for the life of a command so two processes never
+/// recover, append to or delete the same data at once. Dropping it removes the holder record
+/// (the OS releases the lock itself, also when the process is killed).
+struct DirLock {
+    _file: std::fs::File,
+    dir: PathBuf,
+    holder: Holder,
+}
+
+/// What holding the lock failed with: another process has it.
+struct Busy {
+    /// Who, if it said so.
+    holder: Option<Holder>,
+}
+
+impl DirLock {
+    /// Takes the lock of `dir` (creating the directory) for `command`, waiting at most `wait`
+    /// for another holder to let go. Busy after that, naming the holder and `advice`.
+    fn acquire(dir: &Path, command: &str, wait: Duration, advice: &str) -> Result<DirLock> {
+        match DirLock::try_acquire(dir, command, wait)? {
+            Ok(lock) => Ok(lock),
+            Err(busy) => Err(busy_error(dir, &busy, wait, advice)),
+        }
+    }
+
+    /// Like [`DirLock::acquire`], but returns who holds it instead of an error.
+    fn try_acquire(dir: &Path, command: &str, wait: Duration) -> Result<std::result::Result<DirLock, Busy>> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "create data directory".into(), source })?;
+        let path = dir.join("LOCK");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            what: "open".into(),
+            source,
+        })?;
+        let deadline = Instant::now() + wait;
+        let mut told = false;
+        loop {
+            match f.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = holder_of(dir);
+                    if Instant::now() >= deadline {
+                        return Ok(Err(Busy { holder }));
+                    }
+                    if !told {
+                        let who = holder.as_ref().map(Holder::describe).unwrap_or_else(|| "another lambdaflow process".into());
+                        eprintln!("{} is held by {who}; waiting up to {} s (--wait) ...", dir.display(), wait.as_secs_f64().ceil());
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path, what: "lock".into(), source }),
+            }
+        }
+        let argv = std::env::args().collect::<Vec<_>>().join(" ");
+        let holder = Holder { pid: std::process::id(), command: command.to_string(), argv, addr: None, token: false };
+        let lock = DirLock { _file: f, dir: dir.to_path_buf(), holder };
+        lock.write_holder()?;
+        Ok(Ok(lock))
+    }
+
+    /// Records the address the service answers on (and whether it needs a token).
+    fn publish(&mut self, addr: std::net::SocketAddr, token: bool) -> Result<()> {
+        self.holder.addr = Some(addr);
+        self.holder.token = token;
+        self.write_holder()
+    }
+
+    fn write_holder(&self) -> Result<()> {
+        let path = self.dir.join(HOLDER_FILE);
+        let tmp = self.dir.join(format!("{HOLDER_FILE}.tmp"));
+        let text = serde_json::to_string(&self.holder).unwrap_or_default();
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| Error::Io { path, what: "write".into(), source })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(HOLDER_FILE));
+    }
+}
+
+/// The holder of `dir`'s lock as recorded, allowing it a moment to write its record (it
+/// writes it right after taking the lock).
+fn holder_of(dir: &Path) -> Option<Holder> {
+    for _ in 0..10 {
+        if let Some(h) = read_holder(dir) {
+            return Some(h);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn busy_error(dir: &Path, busy: &Busy, wait: Duration, advice: &str) -> Error {
+    let who = busy.holder.as_ref().map(Holder::describe).unwrap_or_else(|| "another lambdaflow process".into());
+    let waited = if wait.is_zero() { String::new() } else { format!(" (waited {} s; see --wait)", wait.as_secs_f64().ceil()) };
+    Error::Unavailable(format!("{} is in use by {who}{waited}; {advice}", dir.display()))
+}
+
+/// Parses `--wait`: a duration in seconds or with a unit.
+fn parse_wait(s: &str) -> std::result::Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    crate::serve::parse_duration(s)
 }
 
 fn opts(workers: usize, partitions: u32) -> Options {
@@ -379,7 +510,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 crate::ingest::parse_all(&mut std::io::BufReader::with_capacity(1 << 20, f))?
             };
             let parsed = t0.elapsed();
-            let _lock = lock_data_dir(&cli.data)?;
+            let _lock = DirLock::acquire(&cli.data, "ingest", cli.wait, "stop it first, or POST the events to its /v1/events")?;
             let log = open_log(&cli.data, partitions)?;
             let t1 = Instant::now();
             // Group commit in chunks: each chunk is fsync'd before the next is written.
@@ -402,7 +533,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Batch { keep, processes } => {
-            let _lock = lock_data_dir(&cli.data)?;
+            let _lock = DirLock::acquire(&cli.data, "batch", cli.wait, "stop it first, or ask the service for a run: POST /v1/batch")?;
             let log = Arc::new(open_log(&cli.data, 4)?);
             if processes == 0 {
                 return Err(Error::Usage("--processes must be at least 1".into()));
@@ -450,7 +581,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Query { view, key, from, to, limit, json } => {
-            let _lock = lock_data_dir(&cli.data)?;
+            let _lock = DirLock::acquire(&cli.data, "query", cli.wait, "try again when it has finished")?;
             let lambda = open_existing(app.job, &cli.data, workers)?;
             catch_up(&lambda)?;
             let sel = match &key {
@@ -466,7 +597,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Views => {
-            let _lock = lock_data_dir(&cli.data)?;
+            let _lock = DirLock::acquire(&cli.data, "views", cli.wait, "try again when it has finished")?;
             let lambda = Lambda::open(app.job, &cli.data, opts(1, 4))?;
             for v in lambda.views() {
                 println!("{}\t{:?}\tkey: {}\tvalue: {}", v.name, v.kind, v.key, v.value);
@@ -474,7 +605,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { json } => {
-            let _lock = lock_data_dir(&cli.data)?;
+            let _lock = DirLock::acquire(&cli.data, "status", cli.wait, "try again when it has finished")?;
             let lambda = open_existing(app.job, &cli.data, workers)?;
             catch_up(&lambda)?;
             let s = lambda.status();
@@ -505,7 +636,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify => {
-            let _lock = lock_data_dir(&cli.data)?;
+            let _lock = DirLock::acquire(&cli.data, "verify", cli.wait, "try again when it has finished")?;
             let log = Log::open(&cli.data.join("log"))?;
             let report = log.verify()?;
             println!(
@@ -515,15 +646,15 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Demo(args) => demo(app, &cli.data, workers, args),
-        Command::Serve(args) => serve(app, &cli.data, workers, args),
+        Command::Demo(args) => demo(app, &cli.data, workers, cli.wait, args),
+        Command::Serve(args) => serve(app, &cli.data, workers, cli.wait, args),
         Command::Cluster { processes, serve: mut args } => {
             if processes == 0 {
                 return Err(Error::Usage("--processes must be at least 1".into()));
             }
             args.cluster.batch_processes.get_or_insert(processes);
             args.cluster.speed_processes.get_or_insert(processes);
-            serve(app, &cli.data, workers, args)
+            serve(app, &cli.data, workers, cli.wait, args)
         }
         Command::Worker(args) => worker(app, &cli.data, workers, args),
     }
@@ -639,14 +770,14 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
     })
 }
 
-fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, args: ServeArgs) -> Result<()> {
+fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: ServeArgs) -> Result<()> {
     if let Some(job) = &args.job {
         if job != app.job.name() {
             return Err(Error::Usage(format!("this binary serves job `{}`, not `{job}`", app.job.name())));
         }
     }
     let cfg = serve_config(&args)?;
-    let _lock = lock_data_dir(dir)?;
+    let mut lock = DirLock::acquire(dir, "serve", wait, "stop it first, or pick another --data")?;
     let t = Instant::now();
     let mut options = opts(workers, args.partitions);
     let c = &args.cluster;
@@ -667,6 +798,7 @@ fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, args: ServeArgs) -> Re
     );
     catch_up(&lambda)?;
     let running = crate::serve::start(lambda.clone(), cfg.clone(), app.dashboard, true)?;
+    lock.publish(running.addr, cfg.token.is_some())?;
     eprintln!(
         "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch schedule {:?}{}",
         running.addr,
@@ -761,25 +893,24 @@ fn print_result(result: &QueryResult, json: bool, point: bool) {
     );
 }
 
-fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Result<()> {
+fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: DemoArgs) -> Result<()> {
     let g = app.generator.clone().ok_or_else(|| Error::Usage(format!("job `{}` has no generator, so no demo", app.job.name())))?;
     if args.fresh && dir.exists() {
-        // Delete only what is recognisably a lambdaflow data directory and nothing else.
-        let entries: Vec<String> = std::fs::read_dir(dir)
-            .map_err(|source| Error::Io { path: dir.to_path_buf(), what: "list".into(), source })?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
-            .collect();
-        let ours = |name: &str| matches!(name, "log" | "views" | "keys" | "LOCK");
-        if !dir.join("log").join("MANIFEST").exists() && !entries.is_empty() || entries.iter().any(|e| !ours(e)) {
-            return Err(Error::Usage(format!(
-                "--fresh would delete {}, which is not (only) a lambdaflow data directory (it holds {}); pick another --data",
-                dir.display(),
-                entries.join(", ")
-            )));
-        }
-        std::fs::remove_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "remove".into(), source })?;
+        check_only_ours(dir)?;
     }
-    let _lock = lock_data_dir(dir)?;
+    // The lock first: nothing may delete a directory another process holds.
+    let mut lock = DirLock::acquire(dir, "demo", wait, "stop it first, or pick another --data")?;
+    if args.fresh {
+        // Re-checked under the lock; LOCK itself stays (it is what we hold).
+        for name in check_only_ours(dir)? {
+            if name == "LOCK" || name == HOLDER_FILE {
+                continue;
+            }
+            let path = dir.join(&name);
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(|source| Error::Io { path, what: "remove".into(), source })?;
+        }
+    }
     let report = app.demo_report.clone();
     println!("lambdaflow demo: job `{}` in {} with {workers} worker(s)", app.job.name(), dir.display());
     let lambda = Arc::new(Lambda::open(app.job, dir, opts(workers, 4))?);
@@ -810,6 +941,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
     };
     let running = crate::serve::start(lambda.clone(), cfg, app.dashboard, true)?;
     let addr = running.addr;
+    lock.publish(addr, false)?;
     println!("3. service: listening on http://{addr}");
     println!();
     println!("   open the dashboard:  http://{addr}/");
@@ -865,6 +997,25 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, args: DemoArgs) -> Resu
         std::env::args().next().and_then(|a| Path::new(&a).file_name().map(|f| f.to_string_lossy().to_string())).unwrap_or_default();
     println!("serve it again: {binary} --data {} serve", dir.display());
     Ok(())
+}
+
+/// The entries of `dir`, if it holds nothing but lambdaflow data (what `demo --fresh` may
+/// delete); a usage error naming them otherwise.
+fn check_only_ours(dir: &Path) -> Result<Vec<String>> {
+    let entries: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|source| Error::Io { path: dir.to_path_buf(), what: "list".into(), source })?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .collect();
+    let ours = |name: &str| matches!(name, "log" | "views" | "keys" | "LOCK") || name.starts_with(HOLDER_FILE);
+    let data = entries.iter().any(|e| e != "LOCK" && !e.starts_with(HOLDER_FILE));
+    if data && !dir.join("log").join("MANIFEST").exists() || entries.iter().any(|e| !ours(e)) {
+        return Err(Error::Usage(format!(
+            "--fresh would delete {}, which is not (only) a lambdaflow data directory (it holds {}); pick another --data",
+            dir.display(),
+            entries.join(", ")
+        )));
+    }
+    Ok(entries)
 }
 
 /// A minimal HTTP/1.1 POST of NDJSON with an idempotency key; returns the status code.
