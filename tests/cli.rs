@@ -5,7 +5,12 @@
 mod common;
 
 use common::http::Server;
-use common::{ndjson, run, small_events, stderr, stdout, TempDir};
+use common::{ndjson, run, run_limited, small_events, stderr, stdout, TempDir};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Generous: only a hang reaches it (the commands answer in well under a second).
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn log_events(server: &Server) -> u64 {
     let r = server.client().get("/v1/status").expect("status");
@@ -38,4 +43,72 @@ fn demo_fresh_refuses_a_directory_a_service_holds() {
     let o = run(tmp.path(), &["--wait", "0", "demo", "--fresh", "--history", "100", "--seconds", "1", "--listen", "127.0.0.1:0"]);
     assert!(o.status.success(), "demo --fresh after the service stopped failed:\n{}", stderr(&o));
     assert!(stdout(&o).contains("appended 100 historical events"), "{}", stdout(&o));
+}
+
+// Every command that reads (query, status, views, verify) or asks for a batch answers through
+// a service that holds the directory instead of waiting for it, with the service's answers.
+#[test]
+fn commands_answer_through_a_running_service() {
+    let tmp = TempDir::new("cli-remote");
+    let server = Server::start(tmp.path(), &[]);
+    post_acked(&server, "k1", 800);
+    let ok = |args: &[&str]| {
+        let o = run_limited(tmp.path(), args, LIMIT);
+        assert!(o.status.success(), "{args:?} failed next to the service:\n{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("answered by process {}", server.child.id())), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let o = ok(&["query", "revenue_by_day", "--json", "--limit", "100000"]);
+    let got: Value = serde_json::from_str(stdout(&o).trim()).expect("query --json is JSON");
+    let want = server.client().get("/v1/views/revenue_by_day?limit=100000").expect("query").json();
+    assert_eq!(got["items"], want["items"]);
+    let o = ok(&["status", "--json"]);
+    let st: Value = serde_json::from_str(&stdout(&o)).expect("status --json is JSON");
+    assert_eq!(st["log"]["events"], 800);
+    assert!(stdout(&ok(&["status"])).contains("log: 800 events"));
+    let o = ok(&["views"]);
+    assert_eq!(stdout(&o).lines().count(), 8, "{}", stdout(&o));
+    let o = ok(&["verify"]);
+    assert!(stdout(&o).contains("800 records"), "{}", stdout(&o));
+    ok(&["batch"]);
+    let st = server.client().get("/v1/status").expect("status").json();
+    assert_eq!(st["batch"]["events"], 800, "the service ran the batch: {st}");
+}
+
+// A service with a token: a command without --token-file is told to pass it (exit 2); with
+// it, it answers.
+#[test]
+fn commands_through_a_service_with_a_token() {
+    let tmp = TempDir::new("cli-remote-token");
+    let token = tmp.path().parent().expect("temp").join(format!("lambdaflow-cli-token-{}", std::process::id()));
+    std::fs::write(&token, "0123456789abcdef0123").expect("write token");
+    let server = Server::start(tmp.path(), &["--token-file", token.to_str().expect("utf-8")]);
+    let o = run_limited(tmp.path(), &["status"], LIMIT);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--token-file"), "{}", stderr(&o));
+    let o = run_limited(tmp.path(), &["status", "--token-file", token.to_str().expect("utf-8")], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(server);
+    let _ = std::fs::remove_file(token);
+}
+
+// A holder that is not a service (no address) is waited for at most --wait, then the command
+// gives up with exit code 5 naming the holder's PID and command.
+#[test]
+fn a_busy_directory_is_waited_for_a_bounded_time() {
+    let tmp = TempDir::new("cli-busy");
+    let lock = std::fs::File::create(tmp.join("LOCK")).expect("create LOCK");
+    lock.try_lock().expect("lock");
+    let me = std::process::id();
+    let record = serde_json::json!({ "pid": me, "command": "ingest", "argv": "lambdaflow ingest big.ndjson", "addr": null, "token": false });
+    std::fs::write(tmp.join("HOLDER.json"), record.to_string()).expect("write holder");
+    for args in [&["--wait", "1s", "query", "revenue_by_day"][..], &["--wait", "1s", "status"], &["--wait", "0", "batch"]] {
+        let o = run_limited(tmp.path(), args, LIMIT);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains(&format!("process {me}")) && err.contains("lambdaflow ingest big.ndjson"), "{args:?}: {err}");
+    }
+    drop(lock);
+    let o = run_limited(tmp.path(), &["--wait", "1s", "status"], LIMIT);
+    assert!(!stderr(&o).contains("in use by"), "a released lock still counts as held: {}", stderr(&o));
 }

@@ -102,6 +102,8 @@ enum Command {
     },
     /// Run one batch: compute every view over the log as of now and publish it.
     Batch {
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Keep this many batch versions (older ones are deleted).
         #[arg(long, default_value_t = 3)]
         keep: usize,
@@ -111,6 +113,8 @@ enum Command {
     },
     /// Print a view's merged answers (batch + speed), with freshness.
     Query {
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// The view.
         view: String,
         /// One key (plain text or JSON). Without it: every key (see --from, --to, --limit).
@@ -129,15 +133,23 @@ enum Command {
         json: bool,
     },
     /// List the job's views.
-    Views,
+    Views {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Show the log, the batch version and the speed layer.
     Status {
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// As JSON.
         #[arg(long)]
         json: bool,
     },
     /// Read every record of the log and check every checksum.
-    Verify,
+    Verify {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// The whole loop as a service: history, a batch, the HTTP API and dashboard, live events.
     Demo(DemoArgs),
     /// Run the service: HTTP ingest, merged queries, scheduled batch runs, a live dashboard.
@@ -154,6 +166,15 @@ enum Command {
     /// One process of a cluster run (started by `serve`/`cluster`/`batch --processes`, or by
     /// hand on each machine with the same hostfile). See docs/cluster.md.
     Worker(WorkerArgs),
+}
+
+/// How a command reaches a service that holds the data directory.
+#[derive(Args, Clone, Default)]
+struct RemoteArgs {
+    /// The bearer token file of the service holding the data directory (if it was started
+    /// with --token-file), for commands that answer through it.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -359,14 +380,15 @@ impl DirLock {
     /// Takes the lock of `dir` (creating the directory) for `command`, waiting at most `wait`
     /// for another holder to let go. Busy after that, naming the holder and `advice`.
     fn acquire(dir: &Path, command: &str, wait: Duration, advice: &str) -> Result<DirLock> {
-        match DirLock::try_acquire(dir, command, wait)? {
+        match DirLock::try_acquire(dir, command, wait, false)? {
             Ok(lock) => Ok(lock),
             Err(busy) => Err(busy_error(dir, &busy, wait, advice)),
         }
     }
 
-    /// Like [`DirLock::acquire`], but returns who holds it instead of an error.
-    fn try_acquire(dir: &Path, command: &str, wait: Duration) -> Result<std::result::Result<DirLock, Busy>> {
+    /// Like [`DirLock::acquire`], but returns who holds it instead of an error; with
+    /// `until_served`, as soon as the holder is a service answering HTTP.
+    fn try_acquire(dir: &Path, command: &str, wait: Duration, until_served: bool) -> Result<std::result::Result<DirLock, Busy>> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "create data directory".into(), source })?;
         let path = dir.join("LOCK");
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| Error::Io {
@@ -381,7 +403,7 @@ impl DirLock {
                 Ok(()) => break,
                 Err(std::fs::TryLockError::WouldBlock) => {
                     let holder = holder_of(dir);
-                    if Instant::now() >= deadline {
+                    if Instant::now() >= deadline || until_served && holder.as_ref().is_some_and(|h| h.addr.is_some()) {
                         return Ok(Err(Busy { holder }));
                     }
                     if !told {
@@ -532,120 +554,89 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Batch { keep, processes } => {
-            let _lock = DirLock::acquire(&cli.data, "batch", cli.wait, "stop it first, or ask the service for a run: POST /v1/batch")?;
-            let log = Arc::new(open_log(&cli.data, 4)?);
+        Command::Batch { remote, keep, processes } => {
             if processes == 0 {
                 return Err(Error::Usage("--processes must be at least 1".into()));
             }
-            let store = crate::store::ViewStore::open(&cli.data)?;
-            let progress = Arc::new(Progress::default());
-            let job = Arc::new(app.job);
-            let bar = ProgressBar::new(log.end_offsets().iter().sum());
-            bar.set_style(
-                ProgressStyle::with_template("batch {bar:40} {pos}/{len} events {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            let handle = {
-                let (log, progress) = (log.clone(), progress.clone());
-                let dir = cli.data.clone();
-                std::thread::spawn(move || {
-                    let store = crate::store::ViewStore::open(&dir)?;
-                    if processes > 1 {
-                        let exe = ClusterOptions::default().exe_path()?;
-                        let cut = log.end_offsets();
-                        crate::batch::run_batch_local(&exe, &dir, &store, processes, workers, cut, progress, crate::cluster::PEER_TIMEOUT)
-                    } else {
-                        crate::batch::run_batch(job, log, &store, workers, None, progress)
-                    }
-                })
-            };
-            while !handle.is_finished() {
-                bar.set_position(progress.done.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
+            match access(&cli.data, "batch", cli.wait, &remote)? {
+                Access::Local(_lock) => batch_local(app, &cli.data, workers, keep, processes),
+                Access::Remote(service) => service.batch(),
             }
-            let report = handle.join().map_err(|_| Error::Dataflow(DataflowError::Panicked("batch thread panicked".into())))??;
-            bar.finish_and_clear();
-            let removed = store.gc(keep)?;
-            let m = &report.meta;
-            eprintln!(
-                "batch v{} published: {} events at cut {:?} in {:.2}s compute + {:.2}s write ({:.0} events/s){}",
-                m.version,
-                m.events,
-                m.cut,
-                report.compute_secs,
-                report.write_secs,
-                m.events as f64 / report.compute_secs.max(1e-9),
-                if removed.is_empty() { String::new() } else { format!("; removed old versions {removed:?}") }
-            );
-            Ok(())
         }
-        Command::Query { view, key, from, to, limit, json } => {
-            let _lock = DirLock::acquire(&cli.data, "query", cli.wait, "try again when it has finished")?;
-            let lambda = open_existing(app.job, &cli.data, workers)?;
-            catch_up(&lambda)?;
-            let sel = match &key {
-                Some(k) => Selection::Key(k.clone()),
-                None => Selection::Range { from, to, limit },
-            };
-            let point = matches!(sel, Selection::Key(_));
-            let result = lambda.query(&view, &sel)?;
-            if json && point && result.answers.is_empty() {
-                return Err(Error::Usage(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
-            }
-            print_result(&result, json, point);
-            Ok(())
-        }
-        Command::Views => {
-            let _lock = DirLock::acquire(&cli.data, "views", cli.wait, "try again when it has finished")?;
-            let lambda = Lambda::open(app.job, &cli.data, opts(1, 4))?;
-            for v in lambda.views() {
-                println!("{}\t{:?}\tkey: {}\tvalue: {}", v.name, v.kind, v.key, v.value);
-            }
-            Ok(())
-        }
-        Command::Status { json } => {
-            let _lock = DirLock::acquire(&cli.data, "status", cli.wait, "try again when it has finished")?;
-            let lambda = open_existing(app.job, &cli.data, workers)?;
-            catch_up(&lambda)?;
-            let s = lambda.status();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-            } else {
-                println!("job {} v{}", s.job, s.job_version);
-                println!("log: {} events, ends {:?}, {} bytes", s.log_end.iter().sum::<u64>(), s.log_end, s.log_bytes.iter().sum::<u64>());
-                match &s.batch {
-                    Some(b) => println!(
-                        "batch: v{} (job v{}) cut {:?} = {} events, age {}",
-                        b.version,
-                        b.job_version,
-                        b.cut,
-                        b.events,
-                        human_ms(s.freshness.batch_age_ms.unwrap_or(0))
-                    ),
-                    None => println!("batch: none yet (run `batch`)"),
+        Command::Query { remote, view, key, from, to, limit, json } => {
+            let point = key.is_some();
+            let answer = match access(&cli.data, "query", cli.wait, &remote)? {
+                Access::Local(_lock) => {
+                    let lambda = open_existing(app.job, &cli.data, workers)?;
+                    catch_up(&lambda)?;
+                    let sel = match &key {
+                        Some(k) => Selection::Key(k.clone()),
+                        None => Selection::Range { from, to, limit },
+                    };
+                    result_json(&lambda.query(&view, &sel)?, point)
                 }
-                println!(
-                    "speed: frontier {:?}, {} events since the cut, {} keys held (~{} KiB)",
-                    s.freshness.speed_frontier,
-                    s.freshness.speed_events,
-                    s.speed_keys.iter().map(|k| k.1).sum::<usize>(),
-                    s.speed_bytes / 1024
-                );
+                Access::Remote(service) => service.query(&view, key.as_deref(), from.as_deref(), to.as_deref(), limit)?,
+            };
+            if point && answer.get("key").is_none() {
+                if json {
+                    return Err(Error::Usage(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
+                }
+                return print_answers(&serde_json::json!({ "items": [], "freshness": answer["freshness"] }), false);
             }
-            Ok(())
+            print_answers(&answer, json)
         }
-        Command::Verify => {
-            let _lock = DirLock::acquire(&cli.data, "verify", cli.wait, "try again when it has finished")?;
-            let log = Log::open(&cli.data.join("log"))?;
-            let report = log.verify()?;
-            println!(
-                "log OK: {} records in {} bytes, every checksum verified",
-                report.records.iter().sum::<u64>(),
-                report.bytes.iter().sum::<u64>()
-            );
-            Ok(())
+        Command::Views { remote } => {
+            let views = match access(&cli.data, "views", cli.wait, &remote)? {
+                Access::Local(_lock) => {
+                    let lambda = Lambda::open(app.job, &cli.data, opts(1, 4))?;
+                    lambda
+                        .views()
+                        .into_iter()
+                        .map(|v| serde_json::json!({ "name": v.name, "kind": v.kind, "key": v.key, "value": v.value }))
+                        .collect()
+                }
+                Access::Remote(service) => service.views()?,
+            };
+            print_views(&views)
         }
+        Command::Status { remote, json } => {
+            let status = match access(&cli.data, "status", cli.wait, &remote)? {
+                Access::Local(_lock) => {
+                    let lambda = open_existing(app.job, &cli.data, workers)?;
+                    catch_up(&lambda)?;
+                    status_json(&lambda.status())
+                }
+                Access::Remote(service) => service.get("/v1/status")?,
+            };
+            print_status(&status, json)
+        }
+        Command::Verify { remote } => match access(&cli.data, "verify", cli.wait, &remote)? {
+            Access::Local(_lock) => {
+                let log = Log::open(&cli.data.join("log"))?;
+                let report = log.verify()?;
+                out(format_args!(
+                    "log OK: {} records in {} bytes, every checksum verified",
+                    report.records.iter().sum::<u64>(),
+                    report.bytes.iter().sum::<u64>()
+                ))
+            }
+            Access::Remote(service) => {
+                // Read-only, next to the writer: up to the end the service has acknowledged.
+                let status = service.get("/v1/status")?;
+                let ends: Vec<u64> = serde_json::from_value(status["log"]["end"].clone())
+                    .map_err(|e| Error::Unavailable(format!("the service's /v1/status has no log end ({e})")))?;
+                let log = Log::open_follower(&cli.data.join("log"))?;
+                log.follow_to(&ends)?;
+                let report = log.verify()?;
+                out(format_args!(
+                    "log OK up to the service's acknowledged end {ends:?}: {} records in {} bytes, every checksum verified \
+                     (read-only, while {} keeps appending)",
+                    report.records.iter().sum::<u64>(),
+                    report.bytes.iter().sum::<u64>(),
+                    service.holder.describe()
+                ))
+            }
+        },
         Command::Demo(args) => demo(app, &cli.data, workers, cli.wait, args),
         Command::Serve(args) => serve(app, &cli.data, workers, cli.wait, args),
         Command::Cluster { processes, serve: mut args } => {
@@ -658,6 +649,190 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         }
         Command::Worker(args) => worker(app, &cli.data, workers, args),
     }
+}
+
+fn batch_local<J: Job>(app: App<J>, dir: &Path, workers: usize, keep: usize, processes: usize) -> Result<()> {
+    let log = Arc::new(open_log(dir, 4)?);
+    let store = crate::store::ViewStore::open(dir)?;
+    let progress = Arc::new(Progress::default());
+    let job = Arc::new(app.job);
+    let bar = ProgressBar::new(log.end_offsets().iter().sum());
+    bar.set_style(
+        ProgressStyle::with_template("batch {bar:40} {pos}/{len} events {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let handle = {
+        let (log, progress) = (log.clone(), progress.clone());
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let store = crate::store::ViewStore::open(&dir)?;
+            if processes > 1 {
+                let exe = ClusterOptions::default().exe_path()?;
+                let cut = log.end_offsets();
+                crate::batch::run_batch_local(&exe, &dir, &store, processes, workers, cut, progress, crate::cluster::PEER_TIMEOUT)
+            } else {
+                crate::batch::run_batch(job, log, &store, workers, None, progress)
+            }
+        })
+    };
+    while !handle.is_finished() {
+        bar.set_position(progress.done.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = handle.join().map_err(|_| Error::Dataflow(DataflowError::Panicked("batch thread panicked".into())))??;
+    bar.finish_and_clear();
+    let removed = store.gc(keep)?;
+    let m = &report.meta;
+    eprintln!(
+        "batch v{} published: {} events at cut {:?} in {:.2}s compute + {:.2}s write ({:.0} events/s){}",
+        m.version,
+        m.events,
+        m.cut,
+        report.compute_secs,
+        report.write_secs,
+        m.events as f64 / report.compute_secs.max(1e-9),
+        if removed.is_empty() { String::new() } else { format!("; removed old versions {removed:?}") }
+    );
+    Ok(())
+}
+
+/// How a command reaches the data: it holds the directory itself, or a service holding it
+/// answers for it.
+enum Access {
+    Local(DirLock),
+    Remote(Service),
+}
+
+/// Takes the data directory's lock, or, when a service (`serve`, `cluster`, `demo`) holds it,
+/// the way to ask that service instead. Anything else holding it is waited for at most `wait`.
+fn access(dir: &Path, command: &str, wait: Duration, remote: &RemoteArgs) -> Result<Access> {
+    let busy = match DirLock::try_acquire(dir, command, wait, true)? {
+        Ok(lock) => return Ok(Access::Local(lock)),
+        Err(busy) => busy,
+    };
+    match busy.holder {
+        Some(holder) if holder.addr.is_some() => Ok(Access::Remote(Service::new(holder, remote)?)),
+        _ => Err(busy_error(dir, &busy, wait, "try again when it has finished")),
+    }
+}
+
+/// A service that holds the data directory, asked over HTTP on the address it recorded.
+struct Service {
+    holder: Holder,
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+}
+
+impl Service {
+    fn new(holder: Holder, remote: &RemoteArgs) -> Result<Service> {
+        let addr = holder.addr.ok_or_else(|| Error::Internal("a service without an address".into()))?;
+        let token = remote.token_file.as_deref().map(read_token).transpose()?;
+        eprintln!("(answered by {}, which holds the data directory)", holder.describe());
+        Ok(Service { holder, addr, token })
+    }
+
+    /// One request; the body parsed as JSON. Errors name the service and what to do.
+    fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, serde_json::Value)> {
+        let who = self.holder.describe();
+        let (status, body) = http_request(self.addr, method, path, self.token.as_deref(), &[], body)
+            .map_err(|e| Error::Unavailable(format!("{who} holds the data directory, but asking it failed: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body) }));
+        if status == 401 {
+            let hint = if self.token.is_some() { "the token in --token-file is not the service's" } else { "pass --token-file FILE (the file given to `serve --token-file`)" };
+            return Err(Error::Usage(format!("{who} requires a bearer token: {hint}")));
+        }
+        Ok((status, v))
+    }
+
+    /// A GET that must succeed.
+    fn get(&self, path: &str) -> Result<serde_json::Value> {
+        match self.call("GET", path, b"")? {
+            (200, v) => Ok(v),
+            (status, v) => Err(remote_error(status, &v)),
+        }
+    }
+
+    fn query(&self, view: &str, key: Option<&str>, from: Option<&str>, to: Option<&str>, limit: usize) -> Result<serde_json::Value> {
+        let path = match key {
+            Some(k) => format!("/v1/views/{}/{}", url_encode(view), url_encode(k).replace("%2F", "/")),
+            None => {
+                let mut p = format!("/v1/views/{}?limit={limit}", url_encode(view));
+                if let Some(f) = from {
+                    p += &format!("&from={}", url_encode(f));
+                }
+                if let Some(t) = to {
+                    p += &format!("&to={}", url_encode(t));
+                }
+                p
+            }
+        };
+        match self.call("GET", &path, b"")? {
+            (200, v) => Ok(v),
+            // A key with no events yet: no answer, with the freshness it was asked at.
+            (404, v) if key.is_some() && v.get("freshness").is_some() => Ok(serde_json::json!({ "view": view, "freshness": v["freshness"] })),
+            (status, v) => Err(remote_error(status, &v)),
+        }
+    }
+
+    fn views(&self) -> Result<Vec<serde_json::Value>> {
+        let v = self.get("/v1/views")?;
+        Ok(v["views"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Asks the service for a batch run and waits until it has published one.
+    fn batch(&self) -> Result<()> {
+        let version = |s: &serde_json::Value| s["batch"]["version"].as_u64().unwrap_or(0);
+        let failed = |s: &serde_json::Value| s["batch_run"]["failed"].as_u64().unwrap_or(0);
+        let before = self.get("/v1/status")?;
+        match self.call("POST", "/v1/batch", b"")? {
+            (202, _) => {}
+            (status, v) => return Err(remote_error(status, &v)),
+        }
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.get("/v1/status")?;
+            if failed(&now) > failed(&before) {
+                let why = now["batch_run"]["last"].to_string();
+                return Err(Error::Unavailable(format!("the service's batch run failed: {why}")));
+            }
+            if version(&now) > version(&before) {
+                let b = &now["batch"];
+                eprintln!("batch v{} published by the service: {} events at cut {}", version(&now), b["events"], b["cut"]);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn remote_error(status: u16, v: &serde_json::Value) -> Error {
+    let msg = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let msg = format!("the service answered HTTP {status}: {msg}");
+    match status {
+        400 | 404 | 422 => Error::Usage(msg),
+        _ => Error::Unavailable(msg),
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Reads a bearer token file (one token of at least 16 visible ASCII characters).
+fn read_token(path: &Path) -> Result<String> {
+    let t = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "read token file".into(), source })?;
+    let t = t.trim().to_string();
+    if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(Error::Usage(format!("token file {} must hold one token of at least 16 visible ASCII characters", path.display())));
+    }
+    Ok(t)
 }
 
 /// `lambdaflow worker`: this process's part of a batch run or of a speed layer.
@@ -736,21 +911,7 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
         }
         (None, None) => Schedule::Never,
     };
-    let token = match &args.token_file {
-        None => None,
-        Some(path) => {
-            let t =
-                std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), what: "read token file".into(), source })?;
-            let t = t.trim().to_string();
-            if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) {
-                return Err(Error::Usage(format!(
-                    "token file {} must hold one token of at least 16 visible ASCII characters",
-                    path.display()
-                )));
-            }
-            Some(t)
-        }
-    };
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
     if args.public_reads && token.is_none() {
         return Err(Error::Usage("--public-reads only makes sense with --token-file".into()));
     }
@@ -857,40 +1018,110 @@ fn human_ms(ms: u64) -> String {
     }
 }
 
-/// Prints merged answers; with `json`, in the shapes of the HTTP API: one answer object
+/// Writes one line to stdout.
+fn out(line: std::fmt::Arguments) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").map_err(|source| Error::Io { path: "<stdout>".into(), what: "write".into(), source })
+}
+
+/// A merged answer set in the shapes of the HTTP API: one answer object
 /// (`{"view","freshness","key","value","batch","speed"}`) for a key, and
 /// `{"view","items":[...],"freshness"}` for a range.
-fn print_result(result: &QueryResult, json: bool, point: bool) {
+fn result_json(result: &QueryResult, point: bool) -> serde_json::Value {
     let f = &result.freshness;
-    if json {
-        let out = match (point, result.answers.first()) {
-            (true, Some(a)) => {
-                let mut o = serde_json::json!({ "view": result.view, "freshness": f });
-                if let (Some(o), Ok(serde_json::Value::Object(a))) = (o.as_object_mut(), serde_json::to_value(a)) {
-                    o.extend(a);
-                }
-                o
+    match (point, result.answers.first()) {
+        (true, Some(a)) => {
+            let mut o = serde_json::json!({ "view": result.view, "freshness": f });
+            if let (Some(o), Ok(serde_json::Value::Object(a))) = (o.as_object_mut(), serde_json::to_value(a)) {
+                o.extend(a);
             }
-            _ => serde_json::json!({ "view": result.view, "items": result.answers, "freshness": f }),
-        };
-        println!("{out}");
-        return;
+            o
+        }
+        (true, None) => serde_json::json!({ "view": result.view, "freshness": f }),
+        (false, _) => serde_json::json!({ "view": result.view, "items": result.answers, "freshness": f }),
     }
-    for a in &result.answers {
-        match (&a.batch, &a.speed) {
-            (Some(b), Some(s)) => println!("{}\t{}\t(batch {} + speed {})", a.key, a.value, b, s),
-            _ => println!("{}\t{}", a.key, a.value),
+}
+
+/// A JSON value as text: strings without quotes.
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints merged answers (see [`result_json`] for the shape); with `json`, as is.
+fn print_answers(answer: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        return out(format_args!("{answer}"));
+    }
+    let items: Vec<&serde_json::Value> = match answer.get("items").and_then(|i| i.as_array()) {
+        Some(items) => items.iter().collect(),
+        None => vec![answer],
+    };
+    for a in &items {
+        match (a.get("batch"), a.get("speed")) {
+            (Some(b), Some(s)) => out(format_args!("{}\t{}\t(batch {} + speed {})", plain(&a["key"]), plain(&a["value"]), b, s))?,
+            _ => out(format_args!("{}\t{}", plain(&a["key"]), plain(&a["value"])))?,
         }
     }
+    let f = &answer["freshness"];
     eprintln!(
-        "-- {} answers; batch {} (cut {:?}, age {}); speed frontier {:?} ({} events since the cut)",
-        result.answers.len(),
-        f.batch_version.map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
-        f.batch_cut,
-        f.batch_age_ms.map(human_ms).unwrap_or_else(|| "-".into()),
-        f.speed_frontier,
-        f.speed_events
+        "-- {} answers; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
+        items.len(),
+        f["batch_version"].as_u64().map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
+        f["batch_cut"],
+        f["batch_age_ms"].as_u64().map(human_ms).unwrap_or_else(|| "-".into()),
+        f["speed_frontier"],
+        f["speed_events"]
     );
+    Ok(())
+}
+
+/// Prints the job's views (`{"name","kind","key","value"}` each).
+fn print_views(views: &[serde_json::Value]) -> Result<()> {
+    for v in views {
+        out(format_args!("{}\t{}\tkey: {}\tvalue: {}", plain(&v["name"]), plain(&v["kind"]), plain(&v["key"]), plain(&v["value"])))?;
+    }
+    Ok(())
+}
+
+/// `status`'s JSON: the data directory's [`crate::lambda::Status`], or the service's
+/// `GET /v1/status` when a service answered (it has `uptime_s`).
+fn status_json(s: &crate::lambda::Status) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or_default()
+}
+
+fn print_status(s: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        return out(format_args!("{}", serde_json::to_string_pretty(s).unwrap_or_default()));
+    }
+    let remote = s.get("uptime_s").is_some();
+    let sum = |v: &serde_json::Value| v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).sum::<u64>()).unwrap_or(0);
+    let (end, bytes) = if remote { (&s["log"]["end"], &s["log"]["bytes"]) } else { (&s["log_end"], &s["log_bytes"]) };
+    let f = &s["freshness"];
+    out(format_args!("job {} v{}", plain(&s["job"]), s["job_version"]))?;
+    out(format_args!("log: {} events, ends {}, {} bytes", sum(end), end, sum(bytes)))?;
+    let b = &s["batch"];
+    if b.is_null() {
+        out(format_args!("batch: none yet (run `batch`)"))?;
+    } else {
+        let age = human_ms(f["batch_age_ms"].as_u64().unwrap_or(0));
+        out(format_args!("batch: v{} (job v{}) cut {} = {} events, age {age}", b["version"], b["job_version"], b["cut"], b["events"]))?;
+    }
+    let (keys, speed_bytes) = if remote {
+        let keys: u64 = s["speed"]["keys"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+        (keys, s["speed"]["bytes"].as_u64().unwrap_or(0))
+    } else {
+        let keys: u64 = s["speed_keys"].as_array().map(|a| a.iter().filter_map(|k| k[1].as_u64()).sum()).unwrap_or(0);
+        (keys, s["speed_bytes"].as_u64().unwrap_or(0))
+    };
+    out(format_args!(
+        "speed: frontier {}, {} events since the cut, {keys} keys held (~{} KiB)",
+        f["speed_frontier"],
+        f["speed_events"],
+        speed_bytes / 1024
+    ))
 }
 
 fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: DemoArgs) -> Result<()> {
@@ -1020,20 +1251,60 @@ fn check_only_ours(dir: &Path) -> Result<Vec<String>> {
 
 /// A minimal HTTP/1.1 POST of NDJSON with an idempotency key; returns the status code.
 fn http_post(addr: std::net::SocketAddr, path: &str, key: &str, body: &[u8]) -> std::io::Result<u16> {
+    let headers = [("Content-Type", "application/x-ndjson"), ("Idempotency-Key", key)];
+    Ok(http_request(addr, "POST", path, None, &headers, body)?.0)
+}
+
+/// A minimal HTTP/1.1 client for a lambdaflow service on loopback: one request on its own
+/// connection; returns the status code and the body.
+fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: {key}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    if let Some(t) = token {
+        head += &format!("Authorization: Bearer {t}\r\n");
+    }
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head += "\r\n";
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let status = response.split(|b| *b == b' ').nth(1).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse().ok());
-    status.ok_or_else(|| std::io::Error::other("malformed HTTP response"))
+    let malformed = || std::io::Error::other("malformed HTTP response");
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(malformed)?;
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(malformed)?;
+    let mut body = response[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body).ok_or_else(malformed)?;
+    }
+    Ok((status, body))
+}
+
+/// Decodes a chunked transfer-encoded body.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&data[..line_end]).ok()?.split(';').next()?.trim();
+        let size = usize::from_str_radix(size, 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
 }
 
 /// Convenience for tests and tools: read all of `path` as events of `E`.
