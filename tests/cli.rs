@@ -112,3 +112,43 @@ fn a_busy_directory_is_waited_for_a_bounded_time() {
     let o = run_limited(tmp.path(), &["--wait", "1s", "status"], LIMIT);
     assert!(!stderr(&o).contains("in use by"), "a released lock still counts as held: {}", stderr(&o));
 }
+
+/// Runs `lambdaflow ARGS` with stdout into a pipe that is closed after the first line (like
+/// `| head -1`), and returns the exit status and stderr.
+fn closed_early(data: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::bin())
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lambdaflow");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read the first line");
+    assert!(!first.is_empty(), "{args:?} printed nothing");
+    drop(stdout);
+    let mut err = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+    (child.wait().expect("wait"), err)
+}
+
+// Output into a pipe that closes early (`| head`) ends quietly with exit code 0, as a
+// shell user expects: no panic, no error. The outputs are larger than a pipe's buffer.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let tmp = TempDir::new("cli-pipe");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 60_000, 3, "ndjson");
+    common::ingest(&tmp.join("data"), &file);
+    let full = common::run_ok(&tmp.join("data"), &["query", "product_revenue_by_day", "--limit", "100000000"]);
+    assert!(full.stdout.len() > 1 << 20, "the query's output ({} bytes) must exceed a pipe's buffer", full.stdout.len());
+    for args in [&["query", "product_revenue_by_day", "--limit", "100000000"][..], &["gen", "shop", "--events", "200000"]] {
+        let (status, err) = closed_early(&tmp.join("data"), args);
+        assert!(status.success(), "{args:?} into a closed pipe: {status}\n{err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}

@@ -18,6 +18,17 @@ use crate::error::{DataflowError, Error, Result};
 use crate::lambda::{append_events, ClusterOptions, Lambda, Options, QueryResult};
 use crate::log::{Log, LogConfig};
 
+/// `println!` that returns an error instead of panicking when stdout is gone (see [`out`]);
+/// for functions returning [`Result`].
+macro_rules! outln {
+    () => {
+        out(format_args!(""))?
+    };
+    ($($arg:tt)*) => {
+        out(format_args!($($arg)*))?
+    };
+}
+
 /// Produces synthetic events for `gen` and `demo`.
 pub trait Generator<E>: Send + Sync {
     /// Writes `events` events generated from `seed` in `format` to `out`.
@@ -315,12 +326,22 @@ pub fn main<J: Job>(app: App<J>) -> ExitCode {
     let cli = Cli::parse();
     match run(app, cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output has gone (`lambdaflow query ... | head`): not a failure.
+        Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::from(e.exit_code())
         }
     }
 }
+
+/// Whether `e` is a write to stdout that found the reading end closed.
+fn stdout_closed(e: &Error) -> bool {
+    matches!(e, Error::Io { path, source, .. } if path == Path::new(STDOUT) && source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// How errors writing to stdout name it.
+const STDOUT: &str = "<stdout>";
 
 /// The file, next to `LOCK`, in which the process holding a data directory's lock says who it
 /// is (PID, command line and, for a service, its HTTP address). Written atomically while the
@@ -514,8 +535,8 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-                    g.write(args.events, args.seed, format, &mut w).map_err(io_err(Path::new("<stdout>")))?;
-                    w.flush().map_err(io_err(Path::new("<stdout>")))?;
+                    g.write(args.events, args.seed, format, &mut w).map_err(io_err(Path::new(STDOUT)))?;
+                    w.flush().map_err(io_err(Path::new(STDOUT)))?;
                 }
             }
             Ok(())
@@ -865,7 +886,7 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
                     while !done.load(Ordering::Relaxed) {
                         let n = progress.done.load(Ordering::Relaxed);
                         if n != last {
-                            println!("{}{n}", protocol::PROGRESS);
+                            let _ = out(format_args!("{}{n}", protocol::PROGRESS));
                             last = n;
                         }
                         std::thread::sleep(Duration::from_millis(200));
@@ -880,7 +901,7 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
                     "lambdaflow worker: batch v{} published ({} events, {:.2}s compute + {:.2}s write)",
                     r.meta.version, r.meta.events, r.compute_secs, r.write_secs
                 );
-                println!("{}{} {} {}", protocol::PUBLISHED, r.meta.version, r.compute_secs, r.write_secs);
+                out(format_args!("{}{} {} {}", protocol::PUBLISHED, r.meta.version, r.compute_secs, r.write_secs))?;
             }
             Ok(())
         }
@@ -1021,7 +1042,7 @@ fn human_ms(ms: u64) -> String {
 /// Writes one line to stdout.
 fn out(line: std::fmt::Arguments) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}").map_err(|source| Error::Io { path: "<stdout>".into(), what: "write".into(), source })
+    writeln!(stdout, "{line}").map_err(|source| Error::Io { path: STDOUT.into(), what: "write".into(), source })
 }
 
 /// A merged answer set in the shapes of the HTTP API: one answer object
@@ -1143,7 +1164,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
         }
     }
     let report = app.demo_report.clone();
-    println!("lambdaflow demo: job `{}` in {} with {workers} worker(s)", app.job.name(), dir.display());
+    outln!("lambdaflow demo: job `{}` in {} with {workers} worker(s)", app.job.name(), dir.display());
     let lambda = Arc::new(Lambda::open(app.job, dir, opts(workers, 4))?);
     let have: u64 = lambda.log().end_offsets().iter().sum();
     if have < args.history {
@@ -1152,13 +1173,13 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
         for chunk in history.chunks(100_000) {
             lambda.append(chunk)?;
         }
-        println!("1. master dataset: appended {} historical events durably in {:.2}s", history.len(), t.elapsed().as_secs_f64());
+        outln!("1. master dataset: appended {} historical events durably in {:.2}s", history.len(), t.elapsed().as_secs_f64());
     } else {
-        println!("1. master dataset: {have} events already there");
+        outln!("1. master dataset: {have} events already there");
     }
     let t = Instant::now();
     let r = lambda.batch_and_handover(Arc::new(Progress::default()))?;
-    println!(
+    outln!(
         "2. batch layer: v{} over {} events (cut {:?}) in {:.2}s; speed layer seeded from it",
         r.meta.version,
         r.meta.events,
@@ -1173,12 +1194,12 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
     let running = crate::serve::start(lambda.clone(), cfg, app.dashboard, true)?;
     let addr = running.addr;
     lock.publish(addr, false)?;
-    println!("3. service: listening on http://{addr}");
-    println!();
-    println!("   open the dashboard:  http://{addr}/");
-    println!("   query the API:       curl http://{addr}/v1/views");
-    println!();
-    println!(
+    outln!("3. service: listening on http://{addr}");
+    outln!();
+    outln!("   open the dashboard:  http://{addr}/");
+    outln!("   query the API:       curl http://{addr}/v1/views");
+    outln!();
+    outln!(
         "4. posting {} live events/s over HTTP; a batch run every {} s; {}",
         args.rate,
         args.batch_every.max(1),
@@ -1210,7 +1231,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
         if last_report.elapsed() >= Duration::from_secs(2) {
             if let Some(report) = &report {
                 let lines = report(&lambda)?;
-                println!("[{:>5.1}s] {}", start.elapsed().as_secs_f64(), lines.join(" | "));
+                outln!("[{:>5.1}s] {}", start.elapsed().as_secs_f64(), lines.join(" | "));
             }
             last_report = Instant::now();
         }
@@ -1218,7 +1239,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
     }
     running.stop()?;
     let s = lambda.status();
-    println!(
+    outln!(
         "done: posted {posted} live events; {} events in the log, batch v{}, speed frontier {:?}",
         s.log_end.iter().sum::<u64>(),
         s.batch.map(|b| b.version).unwrap_or(0),
@@ -1226,7 +1247,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
     );
     let binary =
         std::env::args().next().and_then(|a| Path::new(&a).file_name().map(|f| f.to_string_lossy().to_string())).unwrap_or_default();
-    println!("serve it again: {binary} --data {} serve", dir.display());
+    outln!("serve it again: {binary} --data {} serve", dir.display());
     Ok(())
 }
 
