@@ -152,3 +152,30 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
     }
 }
+
+// Every duration and size flag takes units (`10m`, `64MiB`), `serve` says its schedule in
+// them, and absurd values are refused naming the flag and value rather than capped.
+#[test]
+fn flags_take_units() {
+    let tmp = TempDir::new("cli-units");
+    let server = Server::start(tmp.path(), &["--max-body", "64MiB", "--batch-every", "10m", "--peer-timeout", "1m"]);
+    assert!(server.stderr().contains("batch runs every 10m"), "{}", server.stderr());
+    let big = vec![b' '; 20 << 20];
+    let r = server.client().post("/v1/events", &[], &big).expect("post");
+    assert_ne!(r.status, 413, "a 20 MiB body is within --max-body 64MiB: {}", r.text());
+    drop(server);
+    for (args, flag) in [
+        (&["demo", "--batch-every", "999999999999999d"][..], "--batch-every"),
+        (&["serve", "--max-body", "64 parsecs"], "--max-body"),
+        (&["serve", "--batch-every", "0s"], "--batch-every"),
+        (&["--wait", "forever", "status"], "--wait"),
+    ] {
+        let o = run(tmp.path(), args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(args[args.len() - 1 - usize::from(flag == "--wait")]), "{args:?}: {err}");
+    }
+    let o = run(tmp.path(), &["demo", "--batch-every", "10m", "--seconds", "1s", "--history", "100", "--listen", "127.0.0.1:0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("a batch run every 10m; stopping after 1s"), "{}", stdout(&o));
+}

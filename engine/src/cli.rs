@@ -17,6 +17,7 @@ use crate::batch::Progress;
 use crate::error::{DataflowError, Error, Result};
 use crate::lambda::{append_events, ClusterOptions, Lambda, Options, QueryResult};
 use crate::log::{Log, LogConfig};
+use crate::units::{format_bytes, format_duration, parse_bytes_usize, parse_duration, parse_positive_duration};
 
 /// `println!` that returns an error instead of panicking when stdout is gone (see [`out`]);
 /// for functions returning [`Result`].
@@ -87,7 +88,7 @@ struct Cli {
     #[arg(short = 'w', long = "workers", global = true, default_value_t = 2)]
     workers: usize,
     /// How long to wait for another process holding the data directory (e.g. 5s, 1m; 0: don't).
-    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_wait)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     wait: Duration,
     #[command(subcommand)]
     command: Command,
@@ -196,9 +197,9 @@ struct ClusterArgs {
     /// Processes of the speed layer: this one plus others started on loopback.
     #[arg(long)]
     speed_processes: Option<usize>,
-    /// Seconds the processes of a run have to connect to each other.
-    #[arg(long, default_value_t = 30)]
-    peer_timeout: u64,
+    /// How long the processes of a run have to connect to each other (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    peer_timeout: Duration,
     /// Attempts per batch run on several processes (a failed attempt is retried).
     #[arg(long, default_value_t = 3)]
     batch_attempts: usize,
@@ -232,9 +233,9 @@ struct WorkerArgs {
     /// Speed: the batch version whose seeds it starts from (none: from offset 0).
     #[arg(long)]
     batch_version: Option<u64>,
-    /// Seconds to wait for every peer to connect.
-    #[arg(long, default_value_t = 30)]
-    peer_timeout_secs: u64,
+    /// How long to wait for every peer to connect (e.g. 30s, 2m).
+    #[arg(long = "peer-timeout", alias = "peer-timeout-secs", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    peer_timeout: Duration,
     /// Exit when stdin closes (set by the process that starts local workers).
     #[arg(long, hide = true)]
     exit_with_parent: bool,
@@ -249,8 +250,8 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: std::net::SocketAddr,
     /// Run a batch (and hand over) every DURATION, e.g. 10m, 1h.
-    #[arg(long, value_name = "DURATION")]
-    batch_every: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    batch_every: Option<Duration>,
     /// Run a batch daily at HH:MM UTC.
     #[arg(long, value_name = "HH:MM")]
     batch_at: Option<String>,
@@ -267,14 +268,15 @@ struct ServeArgs {
     /// Partitions for a new data directory.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
-    /// Largest request body, bytes.
-    #[arg(long, default_value_t = 16 << 20)]
+    /// Largest request body (e.g. 16MiB, 1GiB; a bare number is bytes). Larger files:
+    /// `ingest --server`.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_bytes_usize)]
     max_body: usize,
     /// Answer ingest with 429 while the speed layer is this many events behind.
     #[arg(long, default_value_t = 2_000_000)]
     max_lag: u64,
-    /// Request body bytes held in memory at once (at least --max-body); beyond it, 429.
-    #[arg(long, default_value_t = 256 << 20)]
+    /// Request body bytes held in memory at once (at least --max-body; e.g. 256MiB); beyond it, 429.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_bytes_usize)]
     max_inflight: usize,
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -306,12 +308,12 @@ struct DemoArgs {
     /// Live events per second posted to the service.
     #[arg(long, default_value_t = 2_000)]
     rate: u64,
-    /// How long to run, seconds (0: until Ctrl-C).
-    #[arg(long, default_value_t = 0)]
-    seconds: u64,
-    /// Run a new batch (and hand over) every this many seconds.
-    #[arg(long, default_value_t = 30)]
-    batch_every: u64,
+    /// How long to run, e.g. 30s, 10m (0: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    seconds: Duration,
+    /// Run a new batch (and hand over) every DURATION, e.g. 30s, 10m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    batch_every: Duration,
     /// Address of the service and dashboard.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: std::net::SocketAddr,
@@ -483,14 +485,6 @@ fn busy_error(dir: &Path, busy: &Busy, wait: Duration, advice: &str) -> Error {
     let who = busy.holder.as_ref().map(Holder::describe).unwrap_or_else(|| "another lambdaflow process".into());
     let waited = if wait.is_zero() { String::new() } else { format!(" (waited {} s; see --wait)", wait.as_secs_f64().ceil()) };
     Error::Unavailable(format!("{} is in use by {who}{waited}; {advice}", dir.display()))
-}
-
-/// Parses `--wait`: a duration in seconds or with a unit.
-fn parse_wait(s: &str) -> std::result::Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    crate::serve::parse_duration(s)
 }
 
 fn opts(workers: usize, partitions: u32) -> Options {
@@ -873,7 +867,7 @@ fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> 
     log.follow_to(&peers.own_ends(&cut))?;
     let log = Arc::new(log);
     let store = crate::store::ViewStore::open(dir)?;
-    let timeout = Duration::from_secs(args.peer_timeout_secs.max(1));
+    let timeout = args.peer_timeout;
     let job = Arc::new(app.job);
     match args.role {
         Role::Batch => {
@@ -922,10 +916,10 @@ fn parse_cut(s: &str) -> Result<Vec<u64>> {
 }
 
 fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
-    use crate::serve::{parse_duration, parse_time_of_day, Schedule, ServeConfig};
+    use crate::serve::{parse_time_of_day, Schedule, ServeConfig};
     let schedule = match (&args.batch_every, &args.batch_at) {
         (Some(_), Some(_)) => return Err(Error::Usage("give --batch-every or --batch-at, not both".into())),
-        (Some(e), None) => Schedule::Every(parse_duration(e).map_err(|m| Error::Usage(format!("--batch-every: {m}")))?),
+        (Some(e), None) => Schedule::Every(*e),
         (None, Some(a)) => {
             let (h, m) = parse_time_of_day(a).map_err(|m| Error::Usage(format!("--batch-at: {m}")))?;
             Schedule::DailyAt(h, m)
@@ -937,7 +931,7 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
         return Err(Error::Usage("--public-reads only makes sense with --token-file".into()));
     }
     if args.max_body < 1024 || args.max_body > (1 << 30) {
-        return Err(Error::Usage(format!("--max-body must be 1024 to {} bytes", 1u64 << 30)));
+        return Err(Error::Usage(format!("--max-body must be 1KiB to 1GiB, not {}", format_bytes(args.max_body as u64))));
     }
     Ok(ServeConfig {
         listen: args.listen,
@@ -950,6 +944,16 @@ fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
         max_inflight_bytes: args.max_inflight.max(args.max_body),
         ..ServeConfig::default()
     })
+}
+
+/// A schedule as `serve` prints it: `every 10m`, `daily at 02:00 UTC`, `on demand`.
+fn describe_schedule(s: &crate::serve::Schedule) -> String {
+    use crate::serve::Schedule;
+    match s {
+        Schedule::Never => "on demand only (POST /v1/batch; see --batch-every, --batch-at)".into(),
+        Schedule::Every(d) => format!("every {}", format_duration(*d)),
+        Schedule::DailyAt(h, m) => format!("daily at {h:02}:{m:02} UTC"),
+    }
 }
 
 fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: ServeArgs) -> Result<()> {
@@ -966,7 +970,7 @@ fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: 
     options.cluster = ClusterOptions {
         batch_processes: c.batch_processes.unwrap_or(1).max(1),
         speed_processes: c.speed_processes.unwrap_or(1).max(1),
-        peer_timeout: Duration::from_secs(c.peer_timeout.max(1)),
+        peer_timeout: c.peer_timeout,
         batch_attempts: c.batch_attempts.max(1),
         ..ClusterOptions::default()
     };
@@ -982,9 +986,9 @@ fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: 
     let running = crate::serve::start(lambda.clone(), cfg.clone(), app.dashboard, true)?;
     lock.publish(running.addr, cfg.token.is_some())?;
     eprintln!(
-        "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch schedule {:?}{}",
+        "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch runs {}{}",
         running.addr,
-        cfg.schedule,
+        describe_schedule(&cfg.schedule),
         if cfg.token.is_some() { "; token required" } else { "" }
     );
     let stopped = running.wait();
@@ -1188,7 +1192,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
     );
     let cfg = crate::serve::ServeConfig {
         listen: args.listen,
-        schedule: crate::serve::Schedule::Every(Duration::from_secs(args.batch_every.max(1))),
+        schedule: crate::serve::Schedule::Every(args.batch_every),
         ..Default::default()
     };
     let running = crate::serve::start(lambda.clone(), cfg, app.dashboard, true)?;
@@ -1200,10 +1204,10 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
     outln!("   query the API:       curl http://{addr}/v1/views");
     outln!();
     outln!(
-        "4. posting {} live events/s over HTTP; a batch run every {} s; {}",
+        "4. posting {} live events/s over HTTP; a batch run every {}; {}",
         args.rate,
-        args.batch_every.max(1),
-        if args.seconds == 0 { "Ctrl-C to stop".to_string() } else { format!("stopping after {} s", args.seconds) }
+        format_duration(args.batch_every),
+        if args.seconds.is_zero() { "Ctrl-C to stop".to_string() } else { format!("stopping after {}", format_duration(args.seconds)) }
     );
     let start = Instant::now();
     let mut seed = 1000u64;
@@ -1213,7 +1217,7 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
     let tick = Duration::from_millis(250);
     let mut posted = 0u64;
     while !running.is_finished() {
-        if args.seconds > 0 && start.elapsed() >= Duration::from_secs(args.seconds) {
+        if !args.seconds.is_zero() && start.elapsed() >= args.seconds {
             break;
         }
         let t = Instant::now();

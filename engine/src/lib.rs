@@ -32,6 +32,7 @@ pub mod serve;
 pub mod speed;
 pub mod store;
 pub mod testing;
+pub mod units;
 
 pub use error::{Error, Result};
 pub use lambda::{Freshness, Lambda, Options, QueryResult, Status};

@@ -55,25 +55,9 @@ impl Schedule {
     }
 }
 
-/// Parses `10m`, `30s`, `2h`, `1d`, `500ms` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 30s, 10m, 2h or 1d"))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.saturating_mul(1000),
-        "m" | "min" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        "d" => n.saturating_mul(86_400_000),
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m, h or d")),
-    };
-    if ms == 0 {
-        return Err(format!("duration `{s}` must be more than zero"));
-    }
-    Ok(Duration::from_millis(ms))
-}
+/// Parses `10m`, `30s`, `2h`, `1d`, `500ms` (a bare number is seconds); zero is refused.
+/// The one duration parser is [`crate::units`].
+pub use crate::units::parse_positive_duration as parse_duration;
 
 /// Parses `HH:MM` (UTC).
 pub fn parse_time_of_day(s: &str) -> std::result::Result<(u32, u32), String> {
