@@ -179,3 +179,43 @@ fn flags_take_units() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("a batch run every 10m; stopping after 1s"), "{}", stdout(&o));
 }
+
+// What a newcomer reads: `query` says when it stops at --limit ("2 of N answers") and
+// offers --all; --top limits items per key of a top-k view while --limit limits keys;
+// "1 answer"; `views` shows fields, not Rust types; every subcommand's help has an example;
+// --version names lambdaflow.
+#[test]
+fn query_views_and_help_read_well() {
+    let tmp = TempDir::new("cli-read");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 5000, 4, "ndjson");
+    let data = tmp.join("data");
+    common::ingest(&data, &file);
+    let lens = |args: &[&str]| -> Vec<usize> {
+        let o = common::run_ok(&data, args);
+        let v: Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+        v["items"].as_array().expect("items").iter().map(|i| i["value"].as_array().expect("a list").len()).collect()
+    };
+    assert_eq!(lens(&["query", "top_products_by_day", "--limit", "2", "--json"]).len(), 2, "--limit counts keys (days)");
+    let full = lens(&["query", "top_products_by_day", "--all", "--json"]);
+    let top2 = lens(&["query", "top_products_by_day", "--all", "--top", "2", "--json"]);
+    assert!(full.iter().any(|&n| n > 2), "{full:?}");
+    assert_eq!(top2, full.iter().map(|&n| n.min(2)).collect::<Vec<_>>(), "--top counts products a day");
+    let all = common::run_ok(&data, &["query", "top_products_by_day", "--all"]);
+    let days = stdout(&all).lines().count();
+    assert!(days > 2, "{}", stdout(&all));
+    assert!(stderr(&all).contains(&format!("-- {days} answers;")), "{}", stderr(&all));
+    let o = common::run_ok(&data, &["query", "top_products_by_day", "--limit", "2"]);
+    assert!(stderr(&o).contains(&format!("-- 2 of {days} answers (--all")), "{}", stderr(&o));
+    let day = stdout(&o).split('\t').next().expect("a day").to_string();
+    let o = common::run_ok(&data, &["query", "revenue_by_day", &day]);
+    assert!(stderr(&o).contains("-- 1 answer;"), "{}", stderr(&o));
+    let o = common::run_ok(&data, &["views"]);
+    assert!(!stdout(&o).contains("Sums<") && stdout(&o).contains("net_cents"), "{}", stdout(&o));
+    let o = common::run_ok(&data, &["--version"]);
+    assert!(stdout(&o).starts_with("lambdaflow "), "{}", stdout(&o));
+    for cmd in ["gen", "ingest", "batch", "query", "views", "status", "verify", "demo", "serve", "cluster", "worker"] {
+        let o = common::run_ok(&data, &[cmd, "--help"]);
+        assert!(stdout(&o).contains("Example"), "`{cmd} --help` has no example:\n{}", stdout(&o));
+    }
+}

@@ -79,7 +79,12 @@ impl<J: Job> App<J> {
 }
 
 #[derive(Parser)]
-#[command(version, about = "lambdaflow: one job, two modes (batch + speed), merged exactly")]
+#[command(
+    name = "lambdaflow",
+    version,
+    about = "lambdaflow: one job, two modes (batch + speed), merged exactly",
+    after_help = "Start with `demo --fresh`; see `COMMAND --help` for examples."
+)]
 struct Cli {
     /// The data directory (master dataset and batch views).
     #[arg(long, global = true, default_value = "lambdaflow-data")]
@@ -97,8 +102,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate synthetic events to stdout (or --out FILE).
+    #[command(after_help = "Example:\n  lambdaflow gen shop --events 1000000 --seed 7 > events.ndjson")]
     Gen(GenArgs),
     /// Append events from FILE (or - for stdin), NDJSON or CSV, durably. A bad line rejects the whole input.
+    #[command(after_help = "Examples:\n  lambdaflow ingest events.ndjson\n  lambdaflow gen shop --events 5000 | lambdaflow ingest -")]
     Ingest {
         /// The input file, or `-` for stdin.
         file: String,
@@ -113,6 +120,8 @@ enum Command {
         print_acks: bool,
     },
     /// Run one batch: compute every view over the log as of now and publish it.
+    #[command(after_help = "Examples:\n  lambdaflow batch\n  lambdaflow batch --processes 4 --keep 5\n\n\
+        With a service running on the data directory, asks it for a run (POST /v1/batch) and waits for it.")]
     Batch {
         #[command(flatten)]
         remote: RemoteArgs,
@@ -124,6 +133,11 @@ enum Command {
         processes: usize,
     },
     /// Print a view's merged answers (batch + speed), with freshness.
+    #[command(after_help = "Examples:\n  lambdaflow query revenue_by_day 2026-02-01\n  \
+        lambdaflow query product_revenue_by_day 2026-02-01/17\n  \
+        lambdaflow query top_products_by_day --from 2026-03-01 --limit 7 --top 3   # 7 days, 3 products each\n  \
+        lambdaflow query customer_spend --all --json\n\n\
+        `views` lists the views and their keys. With a service running on the data directory, it answers.")]
     Query {
         #[command(flatten)]
         remote: RemoteArgs,
@@ -137,19 +151,29 @@ enum Command {
         /// Highest key of a range.
         #[arg(long)]
         to: Option<String>,
-        /// At most this many answers.
-        #[arg(long, default_value_t = 1000)]
+        /// At most this many keys (answers), in key order. For top_products_by_day a key is a
+        /// day: see --top for products per day.
+        #[arg(long, default_value_t = 1000, conflicts_with = "all")]
         limit: usize,
+        /// Every key, however many.
+        #[arg(long)]
+        all: bool,
+        /// For views whose value is a list (top-k views such as top_products_by_day): at most
+        /// this many items per key.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
         /// One JSON object a line: key, value, batch and speed parts, freshness.
         #[arg(long)]
         json: bool,
     },
-    /// List the job's views.
+    /// List the job's views: name, how they merge, key and value fields.
+    #[command(after_help = "Example:\n  lambdaflow views")]
     Views {
         #[command(flatten)]
         remote: RemoteArgs,
     },
     /// Show the log, the batch version and the speed layer.
+    #[command(after_help = "Examples:\n  lambdaflow status\n  lambdaflow status --json")]
     Status {
         #[command(flatten)]
         remote: RemoteArgs,
@@ -158,16 +182,21 @@ enum Command {
         json: bool,
     },
     /// Read every record of the log and check every checksum.
+    #[command(after_help = "Example:\n  lambdaflow --data /var/lib/lambdaflow verify")]
     Verify {
         #[command(flatten)]
         remote: RemoteArgs,
     },
     /// The whole loop as a service: history, a batch, the HTTP API and dashboard, live events.
+    #[command(after_help = "Examples:\n  lambdaflow demo --fresh\n  lambdaflow demo --seconds 1m --batch-every 10s --rate 5000")]
     Demo(DemoArgs),
     /// Run the service: HTTP ingest, merged queries, scheduled batch runs, a live dashboard.
+    #[command(after_help = "Examples:\n  lambdaflow serve --batch-every 10m\n  \
+        lambdaflow --data /var/lib/lambdaflow serve --listen 0.0.0.0:7070 --token-file /etc/lambdaflow/token --batch-at 02:00")]
     Serve(ServeArgs),
     /// Run the service on a local cluster: batch runs and the speed layer on --processes
     /// worker processes each (on loopback), serving from this one. See docs/cluster.md.
+    #[command(after_help = "Example:\n  lambdaflow -w 2 cluster --processes 4 --batch-every 10m")]
     Cluster {
         /// Processes per layer (unless --batch-processes / --speed-processes say otherwise).
         #[arg(long)]
@@ -177,6 +206,8 @@ enum Command {
     },
     /// One process of a cluster run (started by `serve`/`cluster`/`batch --processes`, or by
     /// hand on each machine with the same hostfile). See docs/cluster.md.
+    #[command(after_help = "Example (process 1 of a 2-process batch run; the serving process starts these itself):\n  \
+        lambdaflow worker --role batch --processes 2 --process 1 --hostfile hosts.txt --cut 10,12,9,11")]
     Worker(WorkerArgs),
 }
 
@@ -578,36 +609,51 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 Access::Remote(service) => service.batch(),
             }
         }
-        Command::Query { remote, view, key, from, to, limit, json } => {
+        Command::Query { remote, view, key, from, to, limit, all, top, json } => {
             let point = key.is_some();
-            let answer = match access(&cli.data, "query", cli.wait, &remote)? {
+            let limit = if all { usize::MAX } else { limit };
+            let (mut answer, total_known) = match access(&cli.data, "query", cli.wait, &remote)? {
                 Access::Local(_lock) => {
                     let lambda = open_existing(app.job, &cli.data, workers)?;
                     catch_up(&lambda)?;
                     let sel = match &key {
                         Some(k) => Selection::Key(k.clone()),
-                        None => Selection::Range { from, to, limit },
+                        // Every key, to say how many there are; printed up to `limit`.
+                        None => Selection::Range { from, to, limit: usize::MAX },
                     };
-                    result_json(&lambda.query(&view, &sel)?, point)
+                    (result_json(&lambda.query(&view, &sel)?, point), true)
                 }
-                Access::Remote(service) => service.query(&view, key.as_deref(), from.as_deref(), to.as_deref(), limit)?,
+                Access::Remote(service) => {
+                    // One more than asked tells whether there are more (not how many).
+                    let ask = limit.saturating_add(1).min(REMOTE_LIMIT_MAX);
+                    (service.query(&view, key.as_deref(), from.as_deref(), to.as_deref(), ask)?, false)
+                }
             };
             if point && answer.get("key").is_none() {
                 if json {
                     return Err(Error::Usage(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
                 }
-                return print_answers(&serde_json::json!({ "items": [], "freshness": answer["freshness"] }), false);
+                answer = serde_json::json!({ "items": [], "freshness": answer["freshness"] });
             }
-            print_answers(&answer, json)
+            let count = trim_answers(&mut answer, limit, top, total_known);
+            print_answers(&answer, json, count)
         }
         Command::Views { remote } => {
             let views = match access(&cli.data, "views", cli.wait, &remote)? {
                 Access::Local(_lock) => {
-                    let lambda = Lambda::open(app.job, &cli.data, opts(1, 4))?;
+                    let lambda = Lambda::open(app.job, &cli.data, opts(workers, 4))?;
+                    catch_up(&lambda)?;
+                    let sample = |name: &str| {
+                        let first = Selection::Range { from: None, to: None, limit: 1 };
+                        lambda.query(name, &first).ok().and_then(|r| r.answers.first().and_then(|a| serde_json::to_value(a).ok()))
+                    };
                     lambda
                         .views()
                         .into_iter()
-                        .map(|v| serde_json::json!({ "name": v.name, "kind": v.kind, "key": v.key, "value": v.value }))
+                        .map(|v| {
+                            let example = sample(&v.name);
+                            serde_json::json!({ "name": v.name, "kind": v.kind, "key": v.key, "value": v.value, "example": example })
+                        })
                         .collect()
                 }
                 Access::Remote(service) => service.views()?,
@@ -730,6 +776,9 @@ fn access(dir: &Path, command: &str, wait: Duration, remote: &RemoteArgs) -> Res
     }
 }
 
+/// The most answers the service returns for one request (its `limit` bound).
+const REMOTE_LIMIT_MAX: usize = 100_000;
+
 /// A service that holds the data directory, asked over HTTP on the address it recorded.
 struct Service {
     holder: Holder,
@@ -788,9 +837,16 @@ impl Service {
         }
     }
 
+    /// The views, each with an `example` answer (its first key's), if it has any.
     fn views(&self) -> Result<Vec<serde_json::Value>> {
         let v = self.get("/v1/views")?;
-        Ok(v["views"].as_array().cloned().unwrap_or_default())
+        let mut views = v["views"].as_array().cloned().unwrap_or_default();
+        for v in &mut views {
+            let name = plain(&v["name"]);
+            let first = self.get(&format!("/v1/views/{}?limit=1", url_encode(&name)))?;
+            v["example"] = first["items"].get(0).cloned().unwrap_or_default();
+        }
+        Ok(views)
     }
 
     /// Asks the service for a batch run and waits until it has published one.
@@ -1075,9 +1131,67 @@ fn plain(v: &serde_json::Value) -> String {
     }
 }
 
+/// How many answers a query printed, of how many.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Count {
+    /// All of them, this many.
+    All(usize),
+    /// The first `shown` of `total`.
+    Of { shown: usize, total: usize },
+    /// The first `shown`; there are more (how many, the service did not say).
+    MoreThan(usize),
+}
+
+/// Keeps the first `limit` items of a range answer, and the first `top` entries of each
+/// list value; `total`, when known, is how many items there were.
+fn trim_answers(answer: &mut serde_json::Value, limit: usize, top: Option<usize>, total_known: bool) -> Count {
+    let trim_value = |a: &mut serde_json::Value| {
+        if let (Some(top), Some(list)) = (top, a.get_mut("value").and_then(|v| v.as_array_mut())) {
+            list.truncate(top);
+        }
+    };
+    match answer.get_mut("items").and_then(|i| i.as_array_mut()) {
+        Some(items) => {
+            let total = items.len();
+            items.truncate(limit);
+            items.iter_mut().for_each(trim_value);
+            match (total > items.len(), total_known) {
+                (false, _) => Count::All(total),
+                (true, true) => Count::Of { shown: items.len(), total },
+                (true, false) => Count::MoreThan(items.len()),
+            }
+        }
+        None => {
+            trim_value(answer);
+            Count::All(1)
+        }
+    }
+}
+
+/// `1 answer`, `2 answers`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// What the footer says about how many answers were printed.
+fn count_text(c: Count) -> String {
+    match c {
+        Count::All(n) => plural(n, "answer"),
+        Count::Of { shown, total } => format!("{shown} of {total} answers (--all for every one, or --limit N)"),
+        Count::MoreThan(shown) => format!("the first {} (there are more: --all, or --limit N)", plural(shown, "answer")),
+    }
+}
+
 /// Prints merged answers (see [`result_json`] for the shape); with `json`, as is.
-fn print_answers(answer: &serde_json::Value, json: bool) -> Result<()> {
+fn print_answers(answer: &serde_json::Value, json: bool, count: Count) -> Result<()> {
     if json {
+        if !matches!(count, Count::All(_)) {
+            eprintln!("-- {}", count_text(count));
+        }
         return out(format_args!("{answer}"));
     }
     let items: Vec<&serde_json::Value> = match answer.get("items").and_then(|i| i.as_array()) {
@@ -1086,14 +1200,17 @@ fn print_answers(answer: &serde_json::Value, json: bool) -> Result<()> {
     };
     for a in &items {
         match (a.get("batch"), a.get("speed")) {
-            (Some(b), Some(s)) => out(format_args!("{}\t{}\t(batch {} + speed {})", plain(&a["key"]), plain(&a["value"]), b, s))?,
+            (Some(b), Some(s)) => {
+                let part = |p: &serde_json::Value| if p.is_null() { "-".to_string() } else { p.to_string() };
+                out(format_args!("{}\t{}\t(batch {} + speed {})", plain(&a["key"]), plain(&a["value"]), part(b), part(s)))?
+            }
             _ => out(format_args!("{}\t{}", plain(&a["key"]), plain(&a["value"])))?,
         }
     }
     let f = &answer["freshness"];
     eprintln!(
-        "-- {} answers; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
-        items.len(),
+        "-- {}; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
+        count_text(count),
         f["batch_version"].as_u64().map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
         f["batch_cut"],
         f["batch_age_ms"].as_u64().map(human_ms).unwrap_or_else(|| "-".into()),
@@ -1106,9 +1223,26 @@ fn print_answers(answer: &serde_json::Value, json: bool) -> Result<()> {
 /// Prints the job's views (`{"name","kind","key","value"}` each).
 fn print_views(views: &[serde_json::Value]) -> Result<()> {
     for v in views {
-        out(format_args!("{}\t{}\tkey: {}\tvalue: {}", plain(&v["name"]), plain(&v["kind"]), plain(&v["key"]), plain(&v["value"])))?;
+        let (key, value) = match v.get("example").filter(|e| !e.is_null()) {
+            Some(e) => (format!("{} (e.g. {})", shape(&e["key"]), e["key"]), shape(&e["value"])),
+            None => (plain(&v["key"]), format!("{} (no answers yet to show its fields)", plain(&v["value"]))),
+        };
+        out(format_args!("{}\t{}\tkey: {key}\tvalue: {value}", plain(&v["name"]), plain(&v["kind"])))?;
     }
     Ok(())
+}
+
+/// A JSON value's shape: an object's field names, a list's element shape.
+fn shape(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => format!("{{{}}}", m.keys().map(String::as_str).collect::<Vec<_>>().join(", ")),
+        Value::Array(a) => format!("[{}, ...]", a.first().map(shape).unwrap_or_default()),
+        Value::String(_) => "text".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "true/false".into(),
+        Value::Null => "null".into(),
+    }
 }
 
 /// `status`'s JSON: the data directory's [`crate::lambda::Status`], or the service's
