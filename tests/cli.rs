@@ -178,6 +178,17 @@ fn flags_take_units() {
     let o = run(tmp.path(), &["demo", "--batch-every", "10m", "--seconds", "1s", "--history", "100", "--listen", "127.0.0.1:0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("a batch run every 10m; stopping after 1s"), "{}", stdout(&o));
+    // The closing hint names a command that runs: here (a test run by cargo) `cargo run --`,
+    // and the binary's own path outside cargo.
+    assert!(stdout(&o).contains("serve it again: cargo run -- --data"), "{}", stdout(&o));
+    let o = std::process::Command::new(common::bin())
+        .env_remove("CARGO")
+        .arg("--data")
+        .arg(tmp.path())
+        .args(["demo", "--seconds", "1s", "--history", "100", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("spawn demo");
+    assert!(stdout(&o).contains(&format!("serve it again: {} --data", common::bin())), "{}", stdout(&o));
 }
 
 // What a newcomer reads: `query` says when it stops at --limit ("2 of N answers") and

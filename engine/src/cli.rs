@@ -719,7 +719,7 @@ fn batch_local<J: Job>(app: App<J>, dir: &Path, workers: usize, keep: usize, pro
     let job = Arc::new(app.job);
     let bar = ProgressBar::new(log.end_offsets().iter().sum());
     bar.set_style(
-        ProgressStyle::with_template("batch {bar:40} {pos}/{len} events {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        progress_style("batch {bar:40} {human_pos}/{human_len} events {rate}{eta}"),
     );
     let handle = {
         let (log, progress) = (log.clone(), progress.clone());
@@ -1055,6 +1055,52 @@ fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: 
     Ok(())
 }
 
+/// A progress bar style with `{rate}` (whole events per second, `1,234,567/s`) and `{eta}`
+/// (`, eta 1m20s`, shown only once there is a rate to estimate from).
+fn progress_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{}", format_rate(s.per_sec()));
+        })
+        .with_key("eta", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            if let Some(eta) = format_eta(s.pos(), s.len(), s.per_sec()) {
+                let _ = write!(w, ", eta {eta}");
+            }
+        })
+}
+
+/// `1,234,567/s`: whole events per second with thousands separators; nothing before the
+/// first measurement.
+fn format_rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec < 1.0 {
+        return String::new();
+    }
+    format!("{}/s", thousands(per_sec.round() as u64))
+}
+
+/// The time left at `per_sec`, or `None` while there is no rate yet (or nothing left).
+fn format_eta(pos: u64, len: Option<u64>, per_sec: f64) -> Option<String> {
+    let left = len?.checked_sub(pos).filter(|&l| l > 0)?;
+    if pos == 0 || !per_sec.is_finite() || per_sec < 1.0 {
+        return None;
+    }
+    Some(format_duration(Duration::from_secs((left as f64 / per_sec).ceil() as u64)))
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Brings the speed layer up to the log's end, with a progress bar when that is a lot of
 /// events (a long tail since the last batch makes every query replay it).
 fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
@@ -1065,8 +1111,7 @@ fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
             eprintln!("catching up {total} events since the batch cut (run `batch` to make this instant)");
             let b = ProgressBar::new(total);
             b.set_style(
-                ProgressStyle::with_template("speed {bar:40} {pos}/{len} events {per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                progress_style("speed {bar:40} {human_pos}/{human_len} events {rate}"),
             );
             bar = Some(b);
         }
@@ -1383,10 +1428,20 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
         s.batch.map(|b| b.version).unwrap_or(0),
         s.freshness.speed_frontier
     );
-    let binary =
-        std::env::args().next().and_then(|a| Path::new(&a).file_name().map(|f| f.to_string_lossy().to_string())).unwrap_or_default();
-    outln!("serve it again: {binary} --data {} serve", dir.display());
+    outln!("serve it again: {} --data {} serve", this_binary(), dir.display());
     Ok(())
+}
+
+/// How to run this binary again: under `cargo run`, what the user typed (`cargo run
+/// --release --`); otherwise its path as it was started (`./target/release/lambdaflow`), or
+/// its name when the shell found it on `PATH`.
+fn this_binary() -> String {
+    let exe = std::env::current_exe().ok();
+    let in_target = |part: &str| exe.as_ref().is_some_and(|e| e.components().any(|c| c.as_os_str() == part));
+    if std::env::var_os("CARGO").is_some() && in_target("target") {
+        return if in_target("release") { "cargo run --release --".into() } else { "cargo run --".into() };
+    }
+    std::env::args().next().unwrap_or_else(|| "lambdaflow".into())
 }
 
 /// The entries of `dir`, if it holds nothing but lambdaflow data (what `demo --fresh` may
@@ -1471,4 +1526,34 @@ pub fn read_events<E: lambdaflow_operators::Event>(path: &Path) -> Result<Vec<E>
     let f = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "open".into(), source })?;
     let mut r: Box<dyn BufRead> = Box::new(std::io::BufReader::new(f));
     crate::ingest::parse_all(&mut r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves rates are whole numbers with separators, and no eta is shown before there is a
+    // rate (or at 0%).
+    #[test]
+    fn progress_texts() {
+        assert_eq!(format_rate(7_429_606.4442), "7,429,606/s");
+        assert_eq!(format_rate(999.6), "1,000/s");
+        assert_eq!(format_rate(0.0), "");
+        assert_eq!(format_rate(f64::NAN), "");
+        assert_eq!(format_eta(0, Some(100), 0.0), None);
+        assert_eq!(format_eta(0, Some(100), 50.0), None);
+        assert_eq!(format_eta(50, Some(100), 10.0), Some("5s".into()));
+        assert_eq!(format_eta(100, Some(100), 10.0), None);
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(999), "999");
+    }
+
+    // Proves the query footer's counts read as English.
+    #[test]
+    fn count_texts() {
+        assert_eq!(count_text(Count::All(1)), "1 answer");
+        assert_eq!(count_text(Count::All(0)), "0 answers");
+        assert!(count_text(Count::Of { shown: 1000, total: 4321 }).starts_with("1000 of 4321 answers (--all"));
+        assert!(count_text(Count::MoreThan(1)).contains("the first 1 answer (there are more"));
+    }
 }
