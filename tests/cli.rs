@@ -230,3 +230,50 @@ fn query_views_and_help_read_well() {
         assert!(stdout(&o).contains("Example"), "`{cmd} --help` has no example:\n{}", stdout(&o));
     }
 }
+
+// A file larger than the service's --max-body: a plain POST gets a 413 that points to
+// `ingest --server`, which sends it in requests that fit (finding the size on its own) and
+// stores every event once; a re-run (as after a failure) stores nothing twice. A file with a
+// bad line is refused before anything is sent.
+#[test]
+fn ingest_server_sends_a_large_file_in_fitting_requests() {
+    let tmp = TempDir::new("cli-ingest-server");
+    let server = Server::start(&tmp.join("data"), &["--max-body", "64KiB"]);
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 3000, 5, "ndjson");
+    let bytes = std::fs::read(&file).expect("read");
+    assert!(bytes.len() > 4 * 65536, "the file must need several requests");
+    let r = server.client().post("/v1/events", &[], &bytes).expect("post");
+    assert_eq!(r.status, 413);
+    assert!(r.text().contains("ingest --server"), "{}", r.text());
+    let url = format!("http://{}", server.addr);
+    let send = |path: &std::path::Path| {
+        std::process::Command::new(common::bin())
+            .args(["ingest", "--server", &url])
+            .arg(path)
+            .output()
+            .expect("spawn ingest --server")
+    };
+    let o = send(&file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 3000);
+    let o = send(&file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already stored by an earlier run"), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 3000, "a re-run stored events twice");
+    // CSV: every request carries the header.
+    let csv = tmp.join("events.csv");
+    common::gen_file(&csv, 3000, 6, "csv");
+    let o = send(&csv);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 6000);
+    // A bad line far into the file: refused whole, naming it, before anything is sent.
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    text.push_str("{\"type\":\"purchase\",\"ts\":1,\"order_id\":1,\"customer_id\":2,\"product_id\":3,\"quantity\":-1,\"amount_cents\":5}\n");
+    let bad = tmp.join("bad.ndjson");
+    std::fs::write(&bad, text).expect("write");
+    let o = send(&bad);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("line 3001"), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 6000, "a refused file stored events");
+}

@@ -105,10 +105,21 @@ enum Command {
     #[command(after_help = "Example:\n  lambdaflow gen shop --events 1000000 --seed 7 > events.ndjson")]
     Gen(GenArgs),
     /// Append events from FILE (or - for stdin), NDJSON or CSV, durably. A bad line rejects the whole input.
-    #[command(after_help = "Examples:\n  lambdaflow ingest events.ndjson\n  lambdaflow gen shop --events 5000 | lambdaflow ingest -")]
+    #[command(after_help = "Examples:\n  lambdaflow ingest events.ndjson\n  lambdaflow gen shop --events 5000 | lambdaflow ingest -\n  \
+        lambdaflow ingest --server http://127.0.0.1:7070 events.ndjson   # to a running service, any size")]
     Ingest {
         /// The input file, or `-` for stdin.
         file: String,
+        /// Send FILE to a running service (e.g. http://127.0.0.1:7070) in keyed requests that
+        /// fit its --max-body, instead of appending to --data. Validated whole first; a re-run
+        /// after a failure resends the same requests, which are stored once.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// With --server: largest request (e.g. 1MiB); halved on a 413 until it fits.
+        #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_bytes_usize)]
+        request_size: usize,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Partitions for a new data directory.
         #[arg(long, default_value_t = 4)]
         partitions: u32,
@@ -566,7 +577,10 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ingest { file, partitions, chunk, print_acks } => {
+        Command::Ingest { file, server: Some(url), request_size, remote, .. } => {
+            ingest_to_server::<J::Event>(&file, &url, request_size, &remote)
+        }
+        Command::Ingest { file, partitions, chunk, print_acks, .. } => {
             // Parse everything first: a rejected input touches nothing, not even the
             // data directory.
             let t0 = Instant::now();
@@ -578,7 +592,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
                 crate::ingest::parse_all(&mut std::io::BufReader::with_capacity(1 << 20, f))?
             };
             let parsed = t0.elapsed();
-            let _lock = DirLock::acquire(&cli.data, "ingest", cli.wait, "stop it first, or POST the events to its /v1/events")?;
+            let _lock = DirLock::acquire(&cli.data, "ingest", cli.wait, &ingest_advice(&cli.data, &file))?;
             let log = open_log(&cli.data, partitions)?;
             let t1 = Instant::now();
             // Group commit in chunks: each chunk is fsync'd before the next is written.
@@ -754,6 +768,116 @@ fn batch_local<J: Job>(app: App<J>, dir: &Path, workers: usize, keep: usize, pro
         if removed.is_empty() { String::new() } else { format!("; removed old versions {removed:?}") }
     );
     Ok(())
+}
+
+/// What to say to `ingest` when the directory is held: send the file to the service.
+fn ingest_advice(dir: &Path, file: &str) -> String {
+    match read_holder(dir).and_then(|h| h.addr) {
+        Some(addr) => format!("stop it first, or send the file to it: `ingest --server http://{addr} {file}`"),
+        None => "try again when it has finished".into(),
+    }
+}
+
+/// `ingest --server URL FILE`: validates all of FILE, then posts it in bodies of at most
+/// `size` bytes with idempotency keys derived from the file's fingerprint, the size and the
+/// body's index. A 413 halves the size and starts over (nothing was stored: the first body
+/// is the largest); 429 and 503 are retried; a failure says how to resume.
+fn ingest_to_server<E: lambdaflow_operators::Event>(file: &str, url: &str, size: usize, remote: &RemoteArgs) -> Result<()> {
+    if file == "-" {
+        return Err(Error::Usage("ingest --server needs a FILE, not stdin: it reads it twice (to validate, then to send)".into()));
+    }
+    let addr = parse_server_url(url)?;
+    let token = remote.token_file.as_deref().map(read_token).transpose()?;
+    let path = PathBuf::from(file);
+    let open = || std::fs::File::open(&path).map(|f| std::io::BufReader::with_capacity(1 << 20, f));
+    let io_err = |source| Error::Io { path: path.clone(), what: "read".into(), source };
+    let t = Instant::now();
+    let events = crate::ingest::parse_each::<E>(&mut open().map_err(io_err)?, |_| Ok(()))?;
+    let fp = crate::ingest::fingerprint(&mut open().map_err(io_err)?).map_err(io_err)?;
+    let mut size = size.max(1024);
+    'sizes: loop {
+        let mut bodies = crate::ingest::Requests::new(open().map_err(io_err)?, size);
+        let (mut sent, mut duplicates, mut index) = (0u64, 0u64, 0u64);
+        while let Some(body) = bodies.next_body()? {
+            let key = format!("ingest-{fp}-{size}-{index}");
+            match post_body(addr, token.as_deref(), &key, &body.bytes)? {
+                (200, v) => {
+                    sent += v["accepted"].as_u64().unwrap_or(0);
+                    duplicates += u64::from(v["duplicate"] == true);
+                }
+                (413, _) if index == 0 && size > 1024 => {
+                    size /= 2;
+                    eprintln!("the service refused {} requests (413): trying {}", format_bytes(2 * size as u64), format_bytes(size as u64));
+                    continue 'sizes;
+                }
+                (401, _) => return Err(Error::Usage(format!("{url} requires a bearer token: pass --token-file FILE"))),
+                (400, v) if v["line"].is_u64() => {
+                    let line = v["line"].as_u64().unwrap_or(1) + body.first_line - 1 - u64::from(bodies_have_header(&body.bytes));
+                    return Err(Error::Usage(format!("the service refused line {line} of {file}: {}", v["error"])));
+                }
+                (status, v) => {
+                    return Err(Error::Unavailable(format!(
+                        "request {index} (from line {}) got HTTP {status}: {}; {sent} events were stored; run the same command \
+                         again to resume (requests already stored are not stored twice)",
+                        body.first_line, v["error"]
+                    )))
+                }
+            }
+            index += 1;
+            eprint!("\rsent {index} requests, {} events", thousands(sent));
+        }
+        eprintln!(
+            "\ringested {} events of {file} into {url} in {index} requests of up to {} ({:.2}s){}",
+            thousands(events),
+            format_bytes(size as u64),
+            t.elapsed().as_secs_f64(),
+            if duplicates > 0 { format!("; {duplicates} requests were already stored by an earlier run") } else { String::new() }
+        );
+        return Ok(());
+    }
+}
+
+/// Whether a request body starts with a CSV header (its first line is not a JSON object).
+fn bodies_have_header(body: &[u8]) -> bool {
+    !body.trim_ascii_start().starts_with(b"{")
+}
+
+/// Posts one body, retrying while the service says it is busy (429, 503) or the connection
+/// fails, for up to two minutes.
+fn post_body(addr: std::net::SocketAddr, token: Option<&str>, key: &str, body: &[u8]) -> Result<(u16, serde_json::Value)> {
+    let headers = [("Content-Type", "application/x-ndjson"), ("Idempotency-Key", key)];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let outcome = http_request(addr, "POST", "/v1/events", token, &headers, body);
+        let retry = match &outcome {
+            Ok((429 | 503, _)) => true,
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        if !retry || Instant::now() >= deadline {
+            let (status, bytes) = outcome.map_err(|e| {
+                Error::Unavailable(format!("posting to http://{addr} failed: {e}; run the same command again to resume"))
+            })?;
+            let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
+            return Ok((status, v));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// `http://host:port[/]` → the address (plain HTTP only).
+fn parse_server_url(url: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: &str| Error::Usage(format!("--server `{url}`: {why} (expected e.g. http://127.0.0.1:7070)"));
+    let rest = url.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
+    let host = rest.trim_end_matches('/');
+    if host.contains('/') {
+        return Err(bad("give the service's address, without a path"));
+    }
+    let host = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    host.to_socket_addrs().map_err(|e| bad(&e.to_string()))?.next().ok_or_else(|| bad("no address"))
 }
 
 /// How a command reaches the data: it holds the directory itself, or a service holding it

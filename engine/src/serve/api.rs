@@ -125,7 +125,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     let max = s.cfg.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > max as u64) {
-        return rejected(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes; the limit is {max} (--max-body)")));
+        return rejected(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes; the limit is {max} (--max-body); for a larger file use `lambdaflow ingest --server URL FILE`")));
     }
     // Backpressure 1: the speed layer is too far behind the log.
     let lag = {
@@ -220,7 +220,7 @@ async fn read_body<J: Job>(
         };
         let Ok(chunk) = frame.into_data() else { continue }; // trailers
         if buf.len() + chunk.len() > max {
-            let msg = format!("request body is over {max} bytes (--max-body)");
+            let msg = format!("request body is over {max} bytes (--max-body); for a larger file use `lambdaflow ingest --server URL FILE`");
             return Err((false, error(StatusCode::PAYLOAD_TOO_LARGE, msg)));
         }
         if chunk.is_empty() {
