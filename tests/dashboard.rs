@@ -296,6 +296,12 @@ fn dashboard_in_a_real_browser() {
         assert_no_errors(b);
         (lf["updates"].as_u64().unwrap_or(0) >= 1).then_some(())
     });
+    // The chart's axis follows the completed days; a huge partial today is clipped.
+    let scale = b.execute(
+        "const d = (n) => ({ net: n, batch: n, speed: 0 }); \
+         return window.__lf.chartScale([...Array.from({ length: 29 }, () => d(100000)), { net: 3000000, batch: 0, speed: 3000000 }]);",
+    );
+    assert!(scale["hi"].as_f64().is_some_and(|hi| hi < 1_000_000.0) && scale["clipped"] == true, "{scale}");
     let before = b.text("revenue-today");
     assert_eq!(before.trim(), "$0.00", "an empty server has no revenue today");
 
@@ -391,6 +397,45 @@ fn dashboard_in_a_real_browser() {
     assert!(w >= 1000 && h >= 600, "the screenshot is {w}x{h}");
     println!("screenshot ({w}x{h}, {} bytes): {}", png.len(), out.display());
     drop(b);
+}
+
+/// The text of `function NAME(...) { ... }` in the shop dashboard (up to its closing brace at
+/// the same indentation).
+fn page_function(name: &str) -> String {
+    let page = include_str!("../jobs/src/shop/dashboard.html");
+    let start = page.find(&format!("  function {name}(")).unwrap_or_else(|| panic!("the page has no function {name}"));
+    let end = page[start..].find("\n  }\n").unwrap_or_else(|| panic!("function {name} does not end")) + start + 4;
+    page[start..end].to_string()
+}
+
+// Proves the revenue chart's value axis comes from the completed days: a partial day (today)
+// thirty times larger is clipped (and flagged) rather than flattening the other 29 days to a
+// line, and with only today's data, today sets the axis. Runs the page's own code in Node
+// (skipped with a notice when `node` is not on PATH; the browser test checks it too).
+#[test]
+fn chart_scale_keeps_completed_days_readable() {
+    let Some(node) = find_bin("node") else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "NOTICE: skipping the chart scale check: `node` is not on PATH");
+        return;
+    };
+    let script = format!(
+        "{}\n{}\nconst day = (net) => ({{ net, batch: net, speed: 0 }});\n\
+         const past = Array.from({{ length: 29 }}, (_, i) => day(100000 + 1000 * i));\n\
+         const a = chartScale([...past, {{ net: 3000000, batch: 0, speed: 3000000 }}]);\n\
+         const b = chartScale([...Array.from({{ length: 29 }}, () => day(0)), {{ net: 3000000, batch: 0, speed: 3000000 }}]);\n\
+         console.log(JSON.stringify({{ a, b }}));",
+        page_function("niceStep"),
+        page_function("chartScale")
+    );
+    let o = Command::new(node).args(["-e", &script]).output().expect("run node");
+    assert!(o.status.success(), "node failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON from node");
+    let (a, b) = (&v["a"], &v["b"]);
+    let hi = a["hi"].as_f64().expect("hi");
+    assert!((128_000.0..=200_000.0).contains(&hi), "the axis must fit the completed days (max 128,000), not today: {a}");
+    assert_eq!(a["clipped"], true, "{a}");
+    assert!(b["hi"].as_f64().expect("hi") >= 3_000_000.0 && b["clipped"] == false, "{b}");
 }
 
 // Proves a missing browser skips the browser test with a notice, and fails it when
