@@ -100,7 +100,8 @@ fn a_busy_directory_is_waited_for_a_bounded_time() {
     let lock = std::fs::File::create(tmp.join("LOCK")).expect("create LOCK");
     lock.try_lock().expect("lock");
     let me = std::process::id();
-    let record = serde_json::json!({ "pid": me, "command": "ingest", "argv": "lambdaflow ingest big.ndjson", "addr": null, "token": false });
+    let record =
+        serde_json::json!({ "pid": me, "command": "ingest", "argv": "lambdaflow ingest big.ndjson", "addr": null, "token": false });
     std::fs::write(tmp.join("HOLDER.json"), record.to_string()).expect("write holder");
     for args in [&["--wait", "1s", "query", "revenue_by_day"][..], &["--wait", "1s", "status"], &["--wait", "0", "batch"]] {
         let o = run_limited(tmp.path(), args, LIMIT);
@@ -248,11 +249,7 @@ fn ingest_server_sends_a_large_file_in_fitting_requests() {
     assert!(r.text().contains("ingest --server"), "{}", r.text());
     let url = format!("http://{}", server.addr);
     let send = |path: &std::path::Path| {
-        std::process::Command::new(common::bin())
-            .args(["ingest", "--server", &url])
-            .arg(path)
-            .output()
-            .expect("spawn ingest --server")
+        std::process::Command::new(common::bin()).args(["ingest", "--server", &url]).arg(path).output().expect("spawn ingest --server")
     };
     let o = send(&file);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -269,7 +266,9 @@ fn ingest_server_sends_a_large_file_in_fitting_requests() {
     assert_eq!(log_events(&server), 6000);
     // A bad line far into the file: refused whole, naming it, before anything is sent.
     let mut text = std::fs::read_to_string(&file).expect("read");
-    text.push_str("{\"type\":\"purchase\",\"ts\":1,\"order_id\":1,\"customer_id\":2,\"product_id\":3,\"quantity\":-1,\"amount_cents\":5}\n");
+    text.push_str(
+        "{\"type\":\"purchase\",\"ts\":1,\"order_id\":1,\"customer_id\":2,\"product_id\":3,\"quantity\":-1,\"amount_cents\":5}\n",
+    );
     let bad = tmp.join("bad.ndjson");
     std::fs::write(&bad, text).expect("write");
     let o = send(&bad);

@@ -454,7 +454,11 @@ impl DirLock {
     /// Like [`DirLock::acquire`], but returns who holds it instead of an error; with
     /// `until_served`, as soon as the holder is a service answering HTTP.
     fn try_acquire(dir: &Path, command: &str, wait: Duration, until_served: bool) -> Result<std::result::Result<DirLock, Busy>> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), what: "create data directory".into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            what: "create data directory".into(),
+            source,
+        })?;
         let path = dir.join("LOCK");
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| Error::Io {
             path: path.clone(),
@@ -499,9 +503,11 @@ impl DirLock {
         let path = self.dir.join(HOLDER_FILE);
         let tmp = self.dir.join(format!("{HOLDER_FILE}.tmp"));
         let text = serde_json::to_string(&self.holder).unwrap_or_default();
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| Error::Io { path, what: "write".into(), source })
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|source| Error::Io {
+            path,
+            what: "write".into(),
+            source,
+        })
     }
 }
 
@@ -732,9 +738,7 @@ fn batch_local<J: Job>(app: App<J>, dir: &Path, workers: usize, keep: usize, pro
     let progress = Arc::new(Progress::default());
     let job = Arc::new(app.job);
     let bar = ProgressBar::new(log.end_offsets().iter().sum());
-    bar.set_style(
-        progress_style("batch {bar:40} {human_pos}/{human_len} events {rate}{eta}"),
-    );
+    bar.set_style(progress_style("batch {bar:40} {human_pos}/{human_len} events {rate}{eta}"));
     let handle = {
         let (log, progress) = (log.clone(), progress.clone());
         let dir = dir.to_path_buf();
@@ -856,9 +860,8 @@ fn post_body(addr: std::net::SocketAddr, token: Option<&str>, key: &str, body: &
             Err(_) => true,
         };
         if !retry || Instant::now() >= deadline {
-            let (status, bytes) = outcome.map_err(|e| {
-                Error::Unavailable(format!("posting to http://{addr} failed: {e}; run the same command again to resume"))
-            })?;
+            let (status, bytes) = outcome
+                .map_err(|e| Error::Unavailable(format!("posting to http://{addr} failed: {e}; run the same command again to resume")))?;
             let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
             return Ok((status, v));
         }
@@ -923,9 +926,14 @@ impl Service {
         let who = self.holder.describe();
         let (status, body) = http_request(self.addr, method, path, self.token.as_deref(), &[], body)
             .map_err(|e| Error::Unavailable(format!("{who} holds the data directory, but asking it failed: {e}")))?;
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body) }));
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&body) }));
         if status == 401 {
-            let hint = if self.token.is_some() { "the token in --token-file is not the service's" } else { "pass --token-file FILE (the file given to `serve --token-file`)" };
+            let hint = if self.token.is_some() {
+                "the token in --token-file is not the service's"
+            } else {
+                "pass --token-file FILE (the file given to `serve --token-file`)"
+            };
             return Err(Error::Usage(format!("{who} requires a bearer token: {hint}")));
         }
         Ok((status, v))
@@ -956,7 +964,9 @@ impl Service {
         match self.call("GET", &path, b"")? {
             (200, v) => Ok(v),
             // A key with no events yet: no answer, with the freshness it was asked at.
-            (404, v) if key.is_some() && v.get("freshness").is_some() => Ok(serde_json::json!({ "view": view, "freshness": v["freshness"] })),
+            (404, v) if key.is_some() && v.get("freshness").is_some() => {
+                Ok(serde_json::json!({ "view": view, "freshness": v["freshness"] }))
+            }
             (status, v) => Err(remote_error(status, &v)),
         }
     }
@@ -1022,7 +1032,8 @@ fn url_encode(s: &str) -> String {
 
 /// Reads a bearer token file (one token of at least 16 visible ASCII characters).
 fn read_token(path: &Path) -> Result<String> {
-    let t = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "read token file".into(), source })?;
+    let t =
+        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "read token file".into(), source })?;
     let t = t.trim().to_string();
     if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) {
         return Err(Error::Usage(format!("token file {} must hold one token of at least 16 visible ASCII characters", path.display())));
@@ -1217,7 +1228,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -1234,9 +1245,7 @@ fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
         if bar.is_none() && total >= HINT_EVENTS_MIN {
             eprintln!("catching up {total} events since the batch cut (run `batch` to make this instant)");
             let b = ProgressBar::new(total);
-            b.set_style(
-                progress_style("speed {bar:40} {human_pos}/{human_len} events {rate}"),
-            );
+            b.set_style(progress_style("speed {bar:40} {human_pos}/{human_len} events {rate}"));
             bar = Some(b);
         }
         if let Some(b) = &bar {
@@ -1493,11 +1502,8 @@ fn demo<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: D
         r.meta.cut,
         t.elapsed().as_secs_f64()
     );
-    let cfg = crate::serve::ServeConfig {
-        listen: args.listen,
-        schedule: crate::serve::Schedule::Every(args.batch_every),
-        ..Default::default()
-    };
+    let cfg =
+        crate::serve::ServeConfig { listen: args.listen, schedule: crate::serve::Schedule::Every(args.batch_every), ..Default::default() };
     let running = crate::serve::start(lambda.clone(), cfg, app.dashboard, true)?;
     let addr = running.addr;
     lock.publish(addr, false)?;
@@ -1660,7 +1666,7 @@ mod tests {
     // rate (or at 0%).
     #[test]
     fn progress_texts() {
-        assert_eq!(format_rate(7_429_606.4442), "7,429,606/s");
+        assert_eq!(format_rate(7_429_606.444_2), "7,429,606/s");
         assert_eq!(format_rate(999.6), "1,000/s");
         assert_eq!(format_rate(0.0), "");
         assert_eq!(format_rate(f64::NAN), "");

@@ -107,7 +107,8 @@ impl<R: BufRead> Requests<R> {
 
     fn read_line(&mut self) -> Result<Option<Vec<u8>>> {
         let mut buf = Vec::new();
-        let n = self.input.read_until(b'\n', &mut buf).map_err(|source| Error::Io { path: "<input>".into(), what: "read".into(), source })?;
+        let n =
+            self.input.read_until(b'\n', &mut buf).map_err(|source| Error::Io { path: "<input>".into(), what: "read".into(), source })?;
         if n == 0 {
             return Ok(None);
         }

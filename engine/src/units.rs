@@ -89,7 +89,7 @@ pub fn parse_bytes_usize(s: &str) -> Result<usize, String> {
 /// A duration as people write it: `250ms`, `45s`, `10m`, `1h30m`, `2d`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         return format!("{ms}ms");
     }
     let mut s = ms / 1000;
@@ -108,7 +108,7 @@ pub fn format_bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
         if n >= size {
-            return if n % size == 0 { format!("{} {unit}", n / size) } else { format!("{:.1} {unit}", n as f64 / size as f64) };
+            return if n.is_multiple_of(size) { format!("{} {unit}", n / size) } else { format!("{:.1} {unit}", n as f64 / size as f64) };
         }
     }
     format!("{n} B")

@@ -125,7 +125,12 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     let max = s.cfg.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > max as u64) {
-        return rejected(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes; the limit is {max} (--max-body); for a larger file use `lambdaflow ingest --server URL FILE`")));
+        return rejected(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is {n} bytes; the limit is {max} (--max-body); for a larger file use `lambdaflow ingest --server URL FILE`"
+            ),
+        ));
     }
     // Backpressure 1: the speed layer is too far behind the log.
     let lag = {
