@@ -10,8 +10,8 @@
 //! the dataflow time (reading + computing + gathering), the write time, the wall time of
 //! the command, events/s, and the peak of the summed RSS of every process of the run.
 
-use lambdaflow_engine::Appender;
 use lambdaflow_engine::log::LogConfig;
+use lambdaflow_engine::Appender;
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

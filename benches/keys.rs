@@ -7,8 +7,8 @@
 //! resident memory per remembered key. The service remembers up to `--max-keys` (1M by
 //! default) keys for 24 h, so this is what a busy service holds.
 
-use lambdaflow_engine::{Appender, Encoded, Write};
 use lambdaflow_engine::log::LogConfig;
+use lambdaflow_engine::{Appender, Encoded, Write};
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 
 fn arg(name: &str, default: u64) -> u64 {

@@ -11,11 +11,11 @@
 //! 4. speed-latency: events appended at `--rate` in chunks every 10 ms; for each chunk, the time
 //!    from its acknowledgement to the speed frontier covering it (a merged answer reflecting it).
 
+use lambdaflow_engine::log::{Log, LogConfig};
 use lambdaflow_engine::Appender;
+use lambdaflow_engine::ViewStore;
 use lambdaflow_engine::{run_batch, Progress};
 use lambdaflow_engine::{Lambda, Options};
-use lambdaflow_engine::log::{Log, LogConfig};
-use lambdaflow_engine::ViewStore;
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 use lambdaflow_jobs::shop::{Shop, ShopEvent};
 use lambdaflow_operators::Selection;

@@ -5,7 +5,9 @@
 //! `$CARGO_TARGET_TMPDIR/dashboard.png`.
 //!
 //! Needs the Debian packages `chromium chromium-driver` (`apt-get install -y chromium
-//! chromium-driver`); the test fails, it does not skip, when they are missing.
+//! chromium-driver`). Without them the browser test prints a notice and passes, so that
+//! `cargo test --workspace` works on a fresh machine; with `LAMBDAFLOW_REQUIRE_BROWSER=1` (as
+//! `.ci/run` sets after installing them) it fails instead.
 
 mod common;
 
@@ -18,12 +20,54 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "chromium";
+const CHROMEDRIVER: &str = "chromedriver";
 const PAGE_WAIT: Duration = Duration::from_secs(20);
 
 /// A chromedriver process and one browser session; quits the session and kills the driver on
 /// drop, whether the test passed or panicked.
+/// `name` on `PATH`.
+fn find_bin(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The browser and its driver, or why the test cannot run: `Err` names what is missing.
+fn browser_bins() -> Result<(PathBuf, PathBuf), String> {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER].into_iter().filter(|b| find_bin(b).is_none()).collect();
+    match (find_bin(CHROMIUM), find_bin(CHROMEDRIVER)) {
+        (Some(c), Some(d)) => Ok((c, d)),
+        _ => Err(format!(
+            "{} not found on PATH: this test drives a real headless browser; install the Debian packages \
+             `chromium chromium-driver` (apt-get install -y chromium chromium-driver)",
+            missing.join(" and ")
+        )),
+    }
+}
+
+/// Whether a missing browser fails the test rather than skipping it.
+fn browser_required() -> bool {
+    std::env::var("LAMBDAFLOW_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+}
+
+/// The browser binaries, or `None` after printing a notice that the test is skipped (a panic
+/// when `LAMBDAFLOW_REQUIRE_BROWSER=1`).
+fn browser_or_skip() -> Option<(PathBuf, PathBuf)> {
+    match browser_bins() {
+        Ok(bins) => Some(bins),
+        Err(why) if browser_required() => panic!("LAMBDAFLOW_REQUIRE_BROWSER=1, but {why}"),
+        Err(why) => {
+            // Straight to stderr, not eprintln!: the test harness would hide that for a passing test.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOTICE: skipping the browser test: {why}; set LAMBDAFLOW_REQUIRE_BROWSER=1 to make this a failure"
+            );
+            None
+        }
+    }
+}
+
 struct Browser {
     driver: Child,
     client: Client,
@@ -33,25 +77,18 @@ struct Browser {
 }
 
 impl Browser {
-    fn start() -> Browser {
-        for bin in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(bin).exists(),
-                "{bin} is missing: this test drives a real headless browser; install the Debian packages \
-                 `chromium chromium-driver` (apt-get install -y chromium chromium-driver)"
-            );
-        }
+    fn start(chromium: &Path, chromedriver: &Path) -> Browser {
         let profile = TempDir::new("dashboard-chromium");
         let log = profile.join("chromedriver.log");
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("find a free port").port();
         let out = std::fs::File::create(&log).expect("create chromedriver log");
-        let driver = Command::new(CHROMEDRIVER)
+        let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log file"))
             .stderr(out)
             .spawn()
-            .unwrap_or_else(|e| panic!("could not start {CHROMEDRIVER}: {e}"));
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", chromedriver.display()));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut b = Browser { driver, client: Client::new(addr), session: None, log, profile };
         b.wait_ready();
@@ -60,7 +97,7 @@ impl Browser {
             "capabilities": { "alwaysMatch": {
                 "browserName": "chrome",
                 "goog:chromeOptions": {
-                    "binary": CHROMIUM,
+                    "binary": chromium,
                     "args": [
                         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                         "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -248,9 +285,10 @@ fn purchase(ts: u64, order_id: u64, product_id: u64, amount_cents: i64) -> Value
 // part, and the other panels show the data; saves a screenshot.
 #[test]
 fn dashboard_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = browser_or_skip() else { return };
     let tmp = TempDir::new("dashboard");
     let server = Server::start(tmp.path(), &[]);
-    let mut b = Browser::start();
+    let mut b = Browser::start(&chromium, &chromedriver);
 
     b.navigate(&format!("http://{}/", server.addr));
     wait_for(&mut b, "finish its first refresh", |b| {
@@ -258,6 +296,12 @@ fn dashboard_in_a_real_browser() {
         assert_no_errors(b);
         (lf["updates"].as_u64().unwrap_or(0) >= 1).then_some(())
     });
+    // The chart's axis follows the completed days; a huge partial today is clipped.
+    let scale = b.execute(
+        "const d = (n) => ({ net: n, batch: n, speed: 0 }); \
+         return window.__lf.chartScale([...Array.from({ length: 29 }, () => d(100000)), { net: 3000000, batch: 0, speed: 3000000 }]);",
+    );
+    assert!(scale["hi"].as_f64().is_some_and(|hi| hi < 1_000_000.0) && scale["clipped"] == true, "{scale}");
     let before = b.text("revenue-today");
     assert_eq!(before.trim(), "$0.00", "an empty server has no revenue today");
 
@@ -353,6 +397,69 @@ fn dashboard_in_a_real_browser() {
     assert!(w >= 1000 && h >= 600, "the screenshot is {w}x{h}");
     println!("screenshot ({w}x{h}, {} bytes): {}", png.len(), out.display());
     drop(b);
+}
+
+/// The text of `function NAME(...) { ... }` in the shop dashboard (up to its closing brace at
+/// the same indentation).
+fn page_function(name: &str) -> String {
+    let page = include_str!("../jobs/src/shop/dashboard.html");
+    let start = page.find(&format!("  function {name}(")).unwrap_or_else(|| panic!("the page has no function {name}"));
+    let end = page[start..].find("\n  }\n").unwrap_or_else(|| panic!("function {name} does not end")) + start + 4;
+    page[start..end].to_string()
+}
+
+// Proves the revenue chart's value axis comes from the completed days: a partial day (today)
+// thirty times larger is clipped (and flagged) rather than flattening the other 29 days to a
+// line, and with only today's data, today sets the axis. Runs the page's own code in Node
+// (skipped with a notice when `node` is not on PATH; the browser test checks it too).
+#[test]
+fn chart_scale_keeps_completed_days_readable() {
+    let Some(node) = find_bin("node") else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "NOTICE: skipping the chart scale check: `node` is not on PATH");
+        return;
+    };
+    let script = format!(
+        "{}\n{}\nconst day = (net) => ({{ net, batch: net, speed: 0 }});\n\
+         const past = Array.from({{ length: 29 }}, (_, i) => day(100000 + 1000 * i));\n\
+         const a = chartScale([...past, {{ net: 3000000, batch: 0, speed: 3000000 }}]);\n\
+         const b = chartScale([...Array.from({{ length: 29 }}, () => day(0)), {{ net: 3000000, batch: 0, speed: 3000000 }}]);\n\
+         console.log(JSON.stringify({{ a, b }}));",
+        page_function("niceStep"),
+        page_function("chartScale")
+    );
+    let o = Command::new(node).args(["-e", &script]).output().expect("run node");
+    assert!(o.status.success(), "node failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON from node");
+    let (a, b) = (&v["a"], &v["b"]);
+    let hi = a["hi"].as_f64().expect("hi");
+    assert!((128_000.0..=200_000.0).contains(&hi), "the axis must fit the completed days (max 128,000), not today: {a}");
+    assert_eq!(a["clipped"], true, "{a}");
+    assert!(b["hi"].as_f64().expect("hi") >= 3_000_000.0 && b["clipped"] == false, "{b}");
+}
+
+// Proves a missing browser skips the browser test with a notice, and fails it when
+// LAMBDAFLOW_REQUIRE_BROWSER=1: runs this test binary's browser test with an empty PATH.
+#[test]
+fn missing_browser_skips_unless_required() {
+    let empty = TempDir::new("dashboard-no-path");
+    let exe = std::env::current_exe().expect("test binary");
+    let run = |require: &str| {
+        Command::new(&exe)
+            .args(["dashboard_in_a_real_browser", "--exact", "--nocapture"])
+            .env("PATH", empty.path())
+            .env("LAMBDAFLOW_REQUIRE_BROWSER", require)
+            .output()
+            .expect("run the test binary")
+    };
+    let skipped = run("");
+    let err = String::from_utf8_lossy(&skipped.stderr);
+    assert!(skipped.status.success(), "without a browser the test must pass:\n{err}");
+    assert!(err.contains("NOTICE: skipping the browser test") && err.contains("chromedriver"), "no visible notice:\n{err}");
+    let required = run("1");
+    let out = String::from_utf8_lossy(&required.stdout).into_owned() + &String::from_utf8_lossy(&required.stderr);
+    assert!(!required.status.success(), "with LAMBDAFLOW_REQUIRE_BROWSER=1 a missing browser must fail:\n{out}");
+    assert!(out.contains("LAMBDAFLOW_REQUIRE_BROWSER=1, but"), "{out}");
 }
 
 #[test]

@@ -6,11 +6,11 @@
 mod common;
 
 use common::*;
-use lambdaflow_engine::{partition_of, Appender};
-use lambdaflow_engine::{Lambda, Options};
 use lambdaflow_engine::log::{Log, LogConfig};
 use lambdaflow_engine::operators::Event;
 use lambdaflow_engine::testing::{all_views, diff};
+use lambdaflow_engine::{partition_of, Appender};
+use lambdaflow_engine::{Lambda, Options};
 use lambdaflow_jobs::shop::{oracle::expected_views, Shop, ShopEvent};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};

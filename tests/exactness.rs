@@ -136,8 +136,8 @@ fn named_cases_across_the_cut() {
 // level must be exactly i64::MAX, with and without a batch in between.
 #[test]
 fn partial_sums_beyond_i64_stay_exact() {
-    use lambdaflow_engine::Lambda;
     use lambdaflow_engine::testing::{test_options, TempDir};
+    use lambdaflow_engine::Lambda;
     use lambdaflow_operators::Selection;
     use std::time::Duration;
     for with_batch in [false, true] {

@@ -9,10 +9,10 @@
 //! must be smaller right after a handover than right before it (the new cut covers what the
 //! old speed layer held), and the frontier a reader sees never goes backwards.
 
-use lambdaflow_engine::Progress;
-use lambdaflow_engine::{Lambda, Options};
 use lambdaflow_engine::log::{LogConfig, Position};
 use lambdaflow_engine::testing::TempDir;
+use lambdaflow_engine::Progress;
+use lambdaflow_engine::{Lambda, Options};
 use lambdaflow_jobs::shop::gen::{GenConfig, Generator};
 use lambdaflow_jobs::shop::{oracle::expected_views, Shop, ShopEvent};
 use lambdaflow_operators::Selection;

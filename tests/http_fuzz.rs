@@ -42,8 +42,8 @@ mod common;
 
 use common::http::{read_raw_response, Response, Server};
 use common::TempDir;
-use lambdaflow_engine::{parse_all, LINE_BYTES_MAX};
 use lambdaflow_engine::Error;
+use lambdaflow_engine::{parse_all, LINE_BYTES_MAX};
 use lambdaflow_jobs::shop::event::{CSV_HEADER, MAX_TS_MS};
 use lambdaflow_jobs::shop::ShopEvent;
 use proptest::prelude::*;

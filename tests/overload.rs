@@ -121,8 +121,7 @@ impl Acked {
         }
         let mut by_partition: Vec<Vec<&ShopEvent>> = vec![Vec::new(); PARTITIONS as usize];
         for e in batch {
-            by_partition[lambdaflow_engine::partition_of(lambdaflow_operators::Event::partition_key(e), PARTITIONS) as usize]
-                .push(e);
+            by_partition[lambdaflow_engine::partition_of(lambdaflow_operators::Event::partition_key(e), PARTITIONS) as usize].push(e);
         }
         for r in ack["positions"].as_array().expect("positions") {
             let p = r["partition"].as_u64().expect("partition") as usize;

@@ -423,7 +423,7 @@ fn publish<J: Job>(
 /// publishes. Progress is what the children report. A child that fails, or a cluster that
 /// does not form within `peer_timeout`, ends the run with an error naming the process; the
 /// others are killed, and nothing is published.
-pub fn run_batch_local(
+pub(crate) fn run_batch_local(
     exe: &std::path::Path,
     dir: &std::path::Path,
     store: &ViewStore,

@@ -29,13 +29,13 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 const ACK: u8 = 0xA5;
 
 /// Lines a worker process prints on stdout for the process that started it.
-pub mod protocol {
+pub(crate) mod protocol {
     /// The cluster has formed (every peer connected): `lambdaflow-worker formed`.
-    pub const FORMED: &str = "lambdaflow-worker formed";
+    pub(crate) const FORMED: &str = "lambdaflow-worker formed";
     /// Events this process has read so far: `lambdaflow-worker progress N`.
-    pub const PROGRESS: &str = "lambdaflow-worker progress ";
+    pub(crate) const PROGRESS: &str = "lambdaflow-worker progress ";
     /// Process 0 of a batch run published version V: `lambdaflow-worker published V`.
-    pub const PUBLISHED: &str = "lambdaflow-worker published ";
+    pub(crate) const PUBLISHED: &str = "lambdaflow-worker published ";
 }
 
 /// One process's place in a cluster.
@@ -126,7 +126,7 @@ fn remove_stale_hostfiles(cluster_dir: &Path) {
 
 /// Reads a hostfile: one `host:port` per line, in process order; blank lines and lines
 /// starting with `#` are skipped. A line that is not `host:port` is an error naming it.
-pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
+pub(crate) fn read_hostfile(path: &Path) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "read hostfile".into(), source })?;
     let mut out = Vec::new();
@@ -145,7 +145,7 @@ pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
 }
 
 /// `n` loopback addresses with ports free right now (the kernel picks them).
-pub fn free_loopback_addresses(n: usize) -> Result<Vec<String>> {
+pub(crate) fn free_loopback_addresses(n: usize) -> Result<Vec<String>> {
     // Hold every listener until all are chosen, so no port is picked twice.
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -160,7 +160,7 @@ pub fn free_loopback_addresses(n: usize) -> Result<Vec<String>> {
 
 /// What a child worker process reported.
 #[derive(Debug)]
-pub enum Report {
+pub(crate) enum Report {
     /// A protocol line from process `.0`.
     Line(usize, String),
     /// Process `.0` closed its stdout (it is exiting).
@@ -169,7 +169,7 @@ pub enum Report {
 
 /// The worker processes of a cluster started on loopback as children of this process.
 /// Dropping it kills and reaps every child still running.
-pub struct LocalCluster {
+pub(crate) struct LocalCluster {
     children: Vec<(usize, Child)>,
     /// The children's stdin: they exit when it closes (this process is gone).
     lifelines: Vec<std::process::ChildStdin>,
@@ -187,7 +187,7 @@ impl LocalCluster {
     /// The hostfile is written to `dir/cluster/NAME.hosts`. `first` is 1 when this process
     /// is process 0 itself (the speed layer), 0 when every process is a child (a batch run).
     /// Their stdout is read for [`protocol`] lines; their stderr is this process's.
-    pub fn start(
+    pub(crate) fn start(
         exe: &Path,
         dir: &Path,
         name: &str,
@@ -269,17 +269,17 @@ impl LocalCluster {
     }
 
     /// The pids of the children, by process index.
-    pub fn pids(&self) -> Vec<(usize, u32)> {
+    pub(crate) fn pids(&self) -> Vec<(usize, u32)> {
         self.children.iter().map(|(i, c)| (*i, c.id())).collect()
     }
 
     /// The next report, waiting at most `timeout`.
-    pub fn next_report(&self, timeout: Duration) -> Option<Report> {
+    pub(crate) fn next_report(&self, timeout: Duration) -> Option<Report> {
         self.reports.recv_timeout(timeout).ok()
     }
 
     /// The first child that has exited, with its status (successful exits included).
-    pub fn exited(&mut self) -> Result<Option<(usize, ExitStatus)>> {
+    pub(crate) fn exited(&mut self) -> Result<Option<(usize, ExitStatus)>> {
         for (i, child) in &mut self.children {
             if let Some(status) =
                 child.try_wait().map_err(|source| Error::Io { path: PathBuf::from(format!("process {i}")), what: "wait".into(), source })?
@@ -291,17 +291,17 @@ impl LocalCluster {
     }
 
     /// Takes child `process` out of the watched set once it exited successfully.
-    pub fn forget(&mut self, process: usize) {
+    pub(crate) fn forget(&mut self, process: usize) {
         self.children.retain(|(i, _)| *i != process);
     }
 
     /// Whether every child has been forgotten (all exited successfully).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.children.is_empty()
     }
 
     /// An error naming a child that failed.
-    pub fn failure(&self, process: usize, status: ExitStatus) -> Error {
+    pub(crate) fn failure(&self, process: usize, status: ExitStatus) -> Error {
         Error::Dataflow(DataflowError::ProcessFailed(format!(
             "{} process {process} of {} exited with {status}",
             self.what, self.peers.processes
@@ -309,7 +309,7 @@ impl LocalCluster {
     }
 
     /// Waits until every child has exited, at most `timeout`; kills the rest after it.
-    pub fn wait_all(&mut self, timeout: Duration) {
+    pub(crate) fn wait_all(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for (_, child) in &mut self.children {
             loop {
@@ -328,7 +328,7 @@ impl LocalCluster {
     }
 
     /// Kills every child still running and reaps them.
-    pub fn kill_all(&mut self) {
+    pub(crate) fn kill_all(&mut self) {
         self.lifelines.clear();
         for (_, child) in &mut self.children {
             let _ = child.kill();
@@ -349,7 +349,7 @@ impl Drop for LocalCluster {
 
 /// In a worker started by [`LocalCluster`]: exits this process when the parent's end of
 /// stdin closes (the parent died, even by SIGKILL), so no worker outlives it.
-pub fn exit_with_parent() {
+pub(crate) fn exit_with_parent() {
     let _ = std::thread::Builder::new().name("lambdaflow-lifeline".into()).spawn(|| {
         let mut buf = [0u8; 64];
         loop {
@@ -365,7 +365,7 @@ pub fn exit_with_parent() {
 
 /// What timely's workers are built from: one allocator builder per local worker, and the
 /// communication threads' guard (dropping it joins them).
-pub type Communication = (Vec<timely::communication::AllocatorBuilder>, Box<dyn std::any::Any + Send>);
+pub(crate) type Communication = (Vec<timely::communication::AllocatorBuilder>, Box<dyn std::any::Any + Send>);
 
 /// Forms this process's part of the cluster and returns what timely's workers are built
 /// from (use with `timely::execute::execute_from`). One process: in-process channels.
@@ -376,7 +376,7 @@ pub type Communication = (Vec<timely::communication::AllocatorBuilder>, Box<dyn 
 /// second and waits for missing peers forever: here a run forms in milliseconds, and a
 /// peer that does not come up within `timeout` (or `alive` reporting a failure meanwhile)
 /// is an error naming the processes that are missing.
-pub fn communication(peers: &Peers, timeout: Duration, mut alive: impl FnMut() -> Result<()>) -> Result<Communication> {
+pub(crate) fn communication(peers: &Peers, timeout: Duration, mut alive: impl FnMut() -> Result<()>) -> Result<Communication> {
     use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
     use timely::communication::allocator::ProcessBuilder;
     use timely::communication::{AllocatorBuilder, Hooks};

@@ -22,12 +22,12 @@ static FAIL_FAST: AtomicBool = AtomicBool::new(false);
 /// connections down cleanly when its workers return, and a clean shutdown does not tell
 /// the peers anything went wrong, so they would wait for it forever. An exit breaks the
 /// connections, which makes every peer fail too.
-pub fn fail_fast() {
+pub(crate) fn fail_fast() {
     FAIL_FAST.store(true, Ordering::SeqCst);
 }
 
 /// In a process set to [`fail_fast`], reports `reason` and exits; otherwise does nothing.
-pub fn exit_if_fail_fast(reason: &str) {
+pub(crate) fn exit_if_fail_fast(reason: &str) {
     if FAIL_FAST.load(Ordering::SeqCst) {
         eprintln!("lambdaflow worker: {reason}; exiting, so that the cluster's other processes stop too");
         std::process::exit(1);
@@ -36,19 +36,19 @@ pub fn exit_if_fail_fast(reason: &str) {
 
 /// Shared by the workers of one run: set once any of them fails, with the first reason.
 #[derive(Default)]
-pub struct Abort {
+pub(crate) struct Abort {
     raised: AtomicBool,
     reason: Mutex<Option<String>>,
 }
 
 impl Abort {
     /// Whether some worker failed.
-    pub fn raised(&self) -> bool {
+    pub(crate) fn raised(&self) -> bool {
         self.raised.load(Ordering::SeqCst)
     }
 
     /// Records a failure (the first reason wins).
-    pub fn raise(&self, reason: String) {
+    pub(crate) fn raise(&self, reason: String) {
         let mut r = crate::sync::lock(&self.reason);
         if r.is_none() {
             *r = Some(reason);
@@ -57,13 +57,13 @@ impl Abort {
     }
 
     /// The first failure's reason.
-    pub fn reason(&self) -> Option<String> {
+    pub(crate) fn reason(&self) -> Option<String> {
         crate::sync::lock(&self.reason).clone()
     }
 }
 
 /// The text of a panic payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -75,7 +75,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Drops every dataflow installed on `worker`, so timely's post-closure loop (which steps
 /// until they complete) does not wait for a dataflow that never will.
-pub fn drop_dataflows(worker: &mut Worker) {
+pub(crate) fn drop_dataflows(worker: &mut Worker) {
     // NB: dropping a dataflow whose operators panicked may panic again; either way the
     // worker must come out of here without waiting for peers.
     let _ = catch_unwind(AssertUnwindSafe(|| {
@@ -88,7 +88,7 @@ pub fn drop_dataflows(worker: &mut Worker) {
 /// Runs `body` on `worker`; on an error or a panic raises `abort` (with the reason) and drops
 /// the worker's dataflows; on any outcome, once the body has returned, drops them too if the
 /// run was aborted elsewhere.
-pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Worker) -> Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Worker) -> Result<T>) -> Result<T> {
     let outcome = catch_unwind(AssertUnwindSafe(|| body(worker)));
     let result = match outcome {
         Ok(Ok(v)) => Ok(v),
@@ -119,7 +119,7 @@ pub fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&mut Wor
 /// Joins a run's workers and returns the first failure. A peer process that died takes the
 /// communication threads down with it, and joining them then panics: that is the run's
 /// failure, not a reason to take this process down too.
-pub fn join_workers(guards: timely::communication::WorkerGuards<Result<()>>) -> Result<()> {
+pub(crate) fn join_workers(guards: timely::communication::WorkerGuards<Result<()>>) -> Result<()> {
     let joined = catch_unwind(AssertUnwindSafe(|| guards.join()))
         .map_err(|p| Error::Dataflow(DataflowError::ProcessFailed(format!("the cluster failed: {}", panic_message(p.as_ref())))))?;
     for r in joined {

@@ -73,7 +73,7 @@ pub struct KeyEntry {
 
 /// What the journal keeps in memory for a remembered key: enough to answer a retry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Remembered {
+pub(crate) struct Remembered {
     /// Hash of the request body the key guards.
     pub body_hash: u64,
     /// Events in the request.
@@ -93,7 +93,7 @@ struct Record {
 }
 
 /// Checks a client-supplied key: 1 to [`KEY_BYTES_MAX`] visible ASCII characters.
-pub fn validate_key(key: &str) -> std::result::Result<(), String> {
+pub(crate) fn validate_key(key: &str) -> std::result::Result<(), String> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
         return Err(format!("Idempotency-Key must be 1 to {KEY_BYTES_MAX} characters, got {}", key.len()));
     }
@@ -104,7 +104,7 @@ pub fn validate_key(key: &str) -> std::result::Result<(), String> {
 }
 
 /// A 64-bit hash of a request body (FNV-1a folded with CRC-32C; not cryptographic).
-pub fn body_hash(body: &[u8]) -> u64 {
+pub(crate) fn body_hash(body: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for chunk in body.chunks(8) {
         let mut w = [0u8; 8];
@@ -116,7 +116,7 @@ pub fn body_hash(body: &[u8]) -> u64 {
 }
 
 /// The journal of idempotency keys of one data directory.
-pub struct KeyJournal {
+pub(crate) struct KeyJournal {
     path: PathBuf,
     file: File,
     len: u64,
@@ -317,7 +317,7 @@ impl KeyJournal {
     /// Opens (or creates) the journal of data directory `dir`, and finishes any group append
     /// a crash interrupted: the log is rolled back to before it (it was never acknowledged).
     /// Returns the journal and the log to use from now on.
-    pub fn open(dir: &Path, log: Log, retention: Duration, max_keys: usize) -> Result<(KeyJournal, Log)> {
+    pub(crate) fn open(dir: &Path, log: Log, retention: Duration, max_keys: usize) -> Result<(KeyJournal, Log)> {
         let kdir = dir.join("keys");
         std::fs::create_dir_all(&kdir).map_err(Error::io(&kdir, "create directory"))?;
         let path = kdir.join("journal");
@@ -363,29 +363,30 @@ impl KeyJournal {
     }
 
     /// The entry for `key`, if it is remembered.
-    pub fn get(&self, key: &str) -> Option<&Remembered> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Remembered> {
         self.keys.get(key)
     }
 
     /// Number of keys remembered.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
 
     /// Whether no key is remembered.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
     /// Why the journal refuses appends, if it does (see [`KeyJournal::poison`]).
-    pub fn poisoned(&self) -> Option<&str> {
+    pub(crate) fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
     }
 
     /// Refuses every further append until a restart, with `why`. Called when the journal or
     /// the log may not be in the state the journal believes: the next open recovers from
     /// what is on disk (an incomplete last group is rolled back).
-    pub fn poison(&mut self, why: String) {
+    pub(crate) fn poison(&mut self, why: String) {
         eprintln!("lambdaflow keys: refusing further appends until a restart: {why}");
         self.poisoned.get_or_insert(why);
     }
@@ -401,7 +402,7 @@ impl KeyJournal {
     /// [`KeyJournal::commit`] once the append is durable, or [`KeyJournal::abort`] if it failed.
     /// Any I/O error poisons the journal: what reached the disk is then unknown, and only
     /// the recovery at the next open can tell.
-    pub fn prepare(&mut self, start: Vec<u64>, end: Vec<u64>, entries: &[KeyEntry]) -> Result<u64> {
+    pub(crate) fn prepare(&mut self, start: Vec<u64>, end: Vec<u64>, entries: &[KeyEntry]) -> Result<u64> {
         self.check()?;
         let payload = bincode::serialize(&Record { start: Some(start), end: Some(end), entries: entries.to_vec() })
             .map_err(|e| Error::Internal(format!("idempotency record does not encode: {e}")))?;
@@ -417,7 +418,7 @@ impl KeyJournal {
     }
 
     /// Remembers the entries of a group whose append is durable.
-    pub fn commit(&mut self, entries: Vec<KeyEntry>) {
+    pub(crate) fn commit(&mut self, entries: Vec<KeyEntry>) {
         for e in entries {
             self.remember(e);
         }
@@ -431,7 +432,7 @@ impl KeyJournal {
 
     /// Removes the record written by [`KeyJournal::prepare`] (whose append failed and was
     /// rolled back by the log). A failure poisons the journal.
-    pub fn abort(&mut self, prepared_at: u64) -> Result<()> {
+    pub(crate) fn abort(&mut self, prepared_at: u64) -> Result<()> {
         self.check()?;
         let res = self.file.set_len(prepared_at).and_then(|()| self.file.sync_all());
         if let Err(e) = res {

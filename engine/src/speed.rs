@@ -154,7 +154,7 @@ type Launched = (Arc<Shared>, timely::communication::WorkerGuards<Result<()>>);
 /// Where a speed layer starts and on which processes: what [`launch`] and [`run_member`]
 /// are given besides the job, the log and the store.
 #[derive(Clone, Debug)]
-pub struct Start {
+pub(crate) struct Start {
     /// The batch version whose seeds it starts from (none: from offset 0, no seeds).
     pub batch_version: Option<u64>,
     /// The cut it starts from (the batch version's).
@@ -322,7 +322,7 @@ fn launch<J: Job>(job: Arc<J>, log: Arc<Log>, store: ViewStore, start: Start, al
 /// Runs this process's part (`peers.process > 0`) of a speed layer whose process 0 is a
 /// serving process: follows the log, computes, sends view updates to worker 0, and returns
 /// when process 0 stops the layer (or fails).
-pub fn run_member<J: Job>(job: Arc<J>, log: Arc<Log>, store: ViewStore, start: Start) -> Result<()> {
+pub(crate) fn run_member<J: Job>(job: Arc<J>, log: Arc<Log>, store: ViewStore, start: Start) -> Result<()> {
     let (shared, guards) = launch(job, log, store, start, || Ok(()))?;
     println!("{}", crate::cluster::protocol::FORMED);
     let result = crate::guard::join_workers(guards);

@@ -59,7 +59,7 @@ pub struct ViewStore {
 }
 
 /// A seed-shard staging directory untouched this long belongs to no running batch run.
-pub const SHARDS_ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+pub(crate) const SHARDS_ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The version of a published version directory's name (`v000007`).
 fn version_of(name: &str) -> Option<u64> {
@@ -116,7 +116,7 @@ fn shard_file(name: &str, process: usize) -> Result<String> {
 
 /// Writes process `process`'s shard of seed `name` (a bincode `Vec` of rows) into a run's
 /// shard directory ([`ViewStore::shard_dir`]), fsync'd.
-pub fn write_seed_shard(shards: &Path, name: &str, process: usize, body: &[u8]) -> Result<()> {
+pub(crate) fn write_seed_shard(shards: &Path, name: &str, process: usize, body: &[u8]) -> Result<()> {
     write_framed(&shards.join(shard_file(name, process)?), body)?;
     fsync_dir(shards)
 }

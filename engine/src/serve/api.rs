@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::ingest::{Outcome, Submission};
+use super::committer::{Outcome, Submission};
 use super::metrics::Gauges;
 use super::AppState;
 use crate::append::Encoded;
@@ -23,17 +23,17 @@ use crate::error::{Error, ErrorKind};
 use crate::lambda::{Lambda, Serving};
 
 /// Most answers a range query returns.
-pub const LIMIT_MAX: usize = 100_000;
+pub(super) const LIMIT_MAX: usize = 100_000;
 /// Longest a query may wait for `min_frontier`.
-pub const WAIT_MAX: Duration = Duration::from_secs(10);
+pub(super) const WAIT_MAX: Duration = Duration::from_secs(10);
 /// Bytes of answers the query cache holds before it is cleared.
 const CACHE_BYTES_MAX: usize = 64 << 20;
 /// Answers larger than this are not cached.
 const CACHE_ENTRY_BYTES_MAX: usize = 1 << 20;
 /// Reads waiting for `min_frontier` at once; more get 429.
-pub const WAITERS_MAX: usize = 64;
+pub(super) const WAITERS_MAX: usize = 64;
 /// Longest a request body may take to arrive.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn router<J: Job>(state: Arc<AppState<J>>) -> Router {
     Router::new()
@@ -56,7 +56,7 @@ pub(super) fn router<J: Job>(state: Arc<AppState<J>>) -> Router {
 }
 
 /// Media types `POST /v1/events` accepts (parameters such as `charset` are allowed).
-pub const EVENT_MEDIA_TYPES: [&str; 3] = ["application/x-ndjson", "application/json", "text/csv"];
+pub(super) const EVENT_MEDIA_TYPES: [&str; 3] = ["application/x-ndjson", "application/json", "text/csv"];
 
 /// Checks every request before routing: the `Host` header must name this service (421
 /// otherwise: DNS rebinding), and a write (anything but GET/HEAD) must not come from another
@@ -325,7 +325,12 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     let max = s.cfg.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > max as u64) {
-        return Err(rejected(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes; the limit is {max} (--max-body)"))));
+        return Err(rejected(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is {n} bytes; the limit is {max} (--max-body); for a larger file use `lambdaflow ingest --server URL FILE`"
+            ),
+        )));
     }
     // Backpressure 1: the speed layer is too far behind the log.
     let lag = {
@@ -355,7 +360,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     let partitions = s.lambda.log().partitions();
     let hash = key.as_ref().map(|_| crate::keys::body_hash(&bytes));
     let parsed = tokio::task::spawn_blocking(move || -> crate::Result<Encoded> {
-        let events: Vec<J::Event> = crate::ingest::parse_all(&mut &bytes[..])?;
+        let events: Vec<J::Event> = crate::input::parse_all(&mut &bytes[..])?;
         Encoded::of(&events, partitions)
     })
     .await;
@@ -365,7 +370,7 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
             // No events (an empty body, blank lines, a CSV header alone): like `ingest` of
             // empty input, nothing to store and nothing refused. The key is not recorded.
             s.metrics.ingest_requests.fetch_add(1, Relaxed);
-            let ack = super::ingest::Ack { accepted: 0, positions: Vec::new(), duplicate: false };
+            let ack = super::committer::Ack { accepted: 0, positions: Vec::new(), duplicate: false };
             return Ok(json_response(StatusCode::OK, serde_json::to_string(&ack).unwrap_or_default()));
         }
         Ok(Err(e)) => return Err(rejected(ApiError::from(e))),
@@ -421,7 +426,7 @@ async fn read_body<J: Job>(
         };
         let Ok(chunk) = frame.into_data() else { continue }; // trailers
         if buf.len() + chunk.len() > max {
-            let msg = format!("request body is over {max} bytes (--max-body)");
+            let msg = format!("request body is over {max} bytes (--max-body); for a larger file use `lambdaflow ingest --server URL FILE`");
             return Err((false, error(StatusCode::PAYLOAD_TOO_LARGE, msg)));
         }
         if chunk.is_empty() {
@@ -677,7 +682,7 @@ async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Durat
 /// Keys a range query with `where` merges per page.
 const FILTER_PAGE: usize = 4096;
 /// Keys one range request examines at most; past them it answers what it found with a cursor.
-pub const SCAN_MAX: usize = 1_000_000;
+pub(super) const SCAN_MAX: usize = 1_000_000;
 
 /// A range query: `[from, to]` or `(after, to]`, at most `limit` answers that pass a filter.
 struct RangeQuery {
@@ -942,7 +947,7 @@ fn batch_run_json<J: Job>(s: &AppState<J>) -> Value {
         "running": progress.as_ref().map(|p| json!({ "done": p.done.load(Relaxed), "total": p.total.load(Relaxed) })),
         "last": last,
         "next_ms": if next == 0 { Value::Null } else { json!(next) },
-        "schedule": format!("{:?}", s.cfg.schedule),
+        "schedule": s.cfg.schedule.to_string(),
         "ok": s.metrics.batch_ok.load(Relaxed),
         "failed": s.metrics.batch_failed.load(Relaxed),
     })

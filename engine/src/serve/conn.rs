@@ -16,11 +16,11 @@ use super::metrics::Metrics;
 
 /// File descriptors kept free of connections whatever the limit: the log's segments, the
 /// idempotency journal, batch-run files, worker pipes and sockets.
-pub const FD_RESERVE_MIN: u64 = 64;
+pub(crate) const FD_RESERVE_MIN: u64 = 64;
 
 /// The soft limit on open files of this process (`RLIMIT_NOFILE`), from `/proc/self/limits`;
 /// `None` when unlimited or unknown (not Linux).
-pub fn open_files_limit() -> Option<u64> {
+pub(crate) fn open_files_limit() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
     parse_open_files_limit(&text)
 }
@@ -33,7 +33,7 @@ fn parse_open_files_limit(limits: &str) -> Option<u64> {
 /// The most connections the service holds with `limit` open files: half of them, less
 /// [`FD_RESERVE_MIN`], so the other half is always there for the data directory (at least 8,
 /// at most 16,384).
-pub fn connection_cap(limit: Option<u64>) -> usize {
+pub(crate) fn connection_cap(limit: Option<u64>) -> usize {
     match limit {
         None => 16_384,
         Some(n) => (n / 2).saturating_sub(FD_RESERVE_MIN).clamp(8, 16_384) as usize,
@@ -42,13 +42,13 @@ pub fn connection_cap(limit: Option<u64>) -> usize {
 
 /// Open connections, in all and per peer address.
 #[derive(Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 /// Why a connection was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The service holds its maximum of connections.
     Full(usize),
     /// This peer holds its maximum.
@@ -56,14 +56,14 @@ pub enum Refusal {
 }
 
 /// A connection's place in the [`Tracker`]; given back when dropped.
-pub struct Slot {
+pub(crate) struct Slot {
     tracker: Arc<Tracker>,
     ip: IpAddr,
 }
 
 impl Tracker {
     /// Takes a place for a connection from `ip`, if the bounds allow it.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize, per_peer: usize) -> Result<Slot, Refusal> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize, per_peer: usize) -> Result<Slot, Refusal> {
         let mut guard = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let (total, peers) = &mut *guard;
         if *total >= max {
@@ -79,7 +79,7 @@ impl Tracker {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 }
@@ -135,7 +135,7 @@ fn refuse(stream: tokio::net::TcpStream, why: &Refusal) {
 
 /// Accepts and serves connections until `stop` turns true, then lets open connections finish
 /// their requests (each closes after its current answer) and returns once all are closed.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     bounds: Bounds,

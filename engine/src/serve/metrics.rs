@@ -11,14 +11,14 @@ const BUCKETS: [f64; 16] = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 
 
 /// A latency histogram with fixed buckets.
 #[derive(Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: [AtomicU64; BUCKETS.len() + 1],
     sum_ns: AtomicU64,
 }
 
 impl Histogram {
     /// Records one observation.
-    pub fn observe(&self, d: std::time::Duration) {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
         let s = d.as_secs_f64();
         let i = BUCKETS.iter().position(|b| s <= *b).unwrap_or(BUCKETS.len());
         self.counts[i].fetch_add(1, Relaxed);
@@ -26,7 +26,8 @@ impl Histogram {
     }
 
     /// Observations so far.
-    pub fn count(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Relaxed)).sum()
     }
 
@@ -46,7 +47,7 @@ impl Histogram {
 
 /// The service's metrics.
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Events acknowledged.
     pub ingest_events: AtomicU64,
     /// Requests acknowledged (including idempotent replays).
@@ -86,7 +87,7 @@ pub struct Metrics {
 }
 
 /// Point-in-time values rendered next to the counters.
-pub struct Gauges {
+pub(crate) struct Gauges {
     /// Events per partition in the log.
     pub log_end: Vec<u64>,
     /// Bytes per partition in the log.
@@ -111,7 +112,7 @@ pub struct Gauges {
 
 impl Metrics {
     /// Renders everything in the Prometheus text format.
-    pub fn render(&self, g: &Gauges) -> String {
+    pub(crate) fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");

@@ -7,9 +7,9 @@
 //! See docs/serving.md for the API and docs/operations.md for running it.
 
 mod api;
-pub mod conn;
-pub mod ingest;
-pub mod metrics;
+pub(crate) mod committer;
+pub(crate) mod conn;
+pub(crate) mod metrics;
 
 use lambdaflow_operators::Job;
 use std::net::SocketAddr;
@@ -25,10 +25,10 @@ use crate::lambda::Lambda;
 use crate::store::ViewStore;
 
 /// How long open connections may take to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The page `GET /` serves when the application gives none: views and freshness.
-pub const GENERIC_DASHBOARD: &str = include_str!("generic.html");
+pub(crate) const GENERIC_DASHBOARD: &str = include_str!("generic.html");
 
 /// When batch runs happen on their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +39,17 @@ pub enum Schedule {
     Every(Duration),
     /// Daily at this UTC time (hours, minutes).
     DailyAt(u32, u32),
+}
+
+/// As users write and read it: `every 10m`, `daily at 02:00 UTC`, `on demand only`.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Never => f.write_str("on demand only (POST /v1/batch; see --batch-every, --batch-at)"),
+            Schedule::Every(d) => write!(f, "every {}", crate::units::format_duration(*d)),
+            Schedule::DailyAt(h, m) => write!(f, "daily at {h:02}:{m:02} UTC"),
+        }
+    }
 }
 
 impl Schedule {
@@ -57,28 +68,8 @@ impl Schedule {
     }
 }
 
-/// Parses `10m`, `30s`, `2h`, `1d`, `500ms` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 30s, 10m, 2h or 1d"))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.saturating_mul(1000),
-        "m" | "min" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        "d" => n.saturating_mul(86_400_000),
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m, h or d")),
-    };
-    if ms == 0 {
-        return Err(format!("duration `{s}` must be more than zero"));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
 /// Parses `HH:MM` (UTC).
-pub fn parse_time_of_day(s: &str) -> std::result::Result<(u32, u32), String> {
+pub(crate) fn parse_time_of_day(s: &str) -> std::result::Result<(u32, u32), String> {
     let bad = || format!("`{s}` is not a time of day HH:MM (UTC), e.g. 02:00");
     let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
     let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
@@ -154,7 +145,7 @@ impl Default for ServeConfig {
 
 /// State of the batch scheduler, for status and metrics.
 #[derive(Default)]
-pub struct BatchState {
+pub(crate) struct BatchState {
     /// Events read by the running batch, and its total.
     pub progress: Mutex<Option<Arc<Progress>>>,
     /// Last run's outcome.
@@ -168,7 +159,7 @@ pub struct BatchState {
 
 impl BatchState {
     /// Asks for a batch run now; returns false if one is already queued.
-    pub fn request(&self) -> bool {
+    pub(crate) fn request(&self) -> bool {
         let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = !*r;
         *r = true;
@@ -178,7 +169,7 @@ impl BatchState {
 }
 
 /// Everything a request handler needs.
-pub struct AppState<J: Job> {
+pub(crate) struct AppState<J: Job> {
     /// The engine.
     pub lambda: Arc<Lambda<J>>,
     /// The configuration.
@@ -189,7 +180,7 @@ pub struct AppState<J: Job> {
     pub batch: Arc<BatchState>,
     /// The dashboard page.
     pub dashboard: &'static str,
-    committer: Mutex<Option<std::sync::mpsc::Sender<ingest::Submission>>>,
+    committer: Mutex<Option<std::sync::mpsc::Sender<committer::Submission>>>,
     inflight: Arc<tokio::sync::Semaphore>,
     waiters: Arc<tokio::sync::Semaphore>,
     cache: api::Cache,
@@ -247,7 +238,7 @@ impl Drop for Running {
 
 /// Starts the service for `lambda` in the background and returns once it listens.
 /// SIGINT/SIGTERM (when `signals`) or [`Running::stop`] shut it down gracefully.
-pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'static str, signals: bool) -> Result<Running> {
+pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'static str, signals: bool) -> Result<Running> {
     let runtime = http_runtime()?;
     let (std_listener, addr) = bind(cfg.listen)?;
     let metrics = Arc::new(metrics::Metrics::default());
@@ -320,15 +311,15 @@ fn bind(listen: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
-/// The group committer's thread ([`ingest::run`]); it ends when every sender is dropped.
+/// The group committer's thread ([`committer::run`]); it ends when every sender is dropped.
 fn start_committer<J: Job>(
     lambda: Arc<Lambda<J>>,
-    rx: std::sync::mpsc::Receiver<ingest::Submission>,
+    rx: std::sync::mpsc::Receiver<committer::Submission>,
     metrics: Arc<metrics::Metrics>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("lambdaflow-commit".into())
-        .spawn(move || ingest::run(lambda, rx, metrics))
+        .spawn(move || committer::run(lambda, rx, metrics))
         .map_err(Error::system("spawn the committer"))
 }
 
@@ -551,6 +542,15 @@ fn scheduler<J: Job>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::parse_positive_duration as parse_duration;
+
+    // Proves schedules read as users write them, never as Rust values.
+    #[test]
+    fn schedules_read_well() {
+        assert_eq!(Schedule::Every(Duration::from_secs(600)).to_string(), "every 10m");
+        assert_eq!(Schedule::DailyAt(2, 5).to_string(), "daily at 02:05 UTC");
+        assert!(Schedule::Never.to_string().starts_with("on demand"));
+    }
 
     // Proves durations and times of day parse, and bad ones are refused with the input named.
     #[test]

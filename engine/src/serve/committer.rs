@@ -17,10 +17,10 @@ use crate::keys::Range;
 use crate::lambda::Lambda;
 
 /// A group commit takes at most this many events (more wait for the next round).
-pub const GROUP_EVENTS_MAX: usize = 256 * 1024;
+pub(crate) const GROUP_EVENTS_MAX: usize = 256 * 1024;
 
 /// One parsed ingest request waiting for its group commit.
-pub struct Submission {
+pub(crate) struct Submission {
     /// The `Idempotency-Key` and the hash of the body it guards.
     pub key: Option<(String, u64)>,
     /// The request's events, encoded for the log.
@@ -36,7 +36,7 @@ pub struct Submission {
 
 /// The acknowledgement of a request.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Ack {
+pub(crate) struct Ack {
     /// Events acknowledged.
     pub accepted: u64,
     /// Per partition, the offsets `[from, to)` the request's events got, in input order.
@@ -47,7 +47,7 @@ pub struct Ack {
 
 /// What became of a request.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Durable.
     Ok(Ack),
     /// The key was used before for a different body.
@@ -57,7 +57,7 @@ pub enum Outcome {
 }
 
 /// Runs the committer until every sender is dropped.
-pub fn run<J: Job>(lambda: Arc<Lambda<J>>, rx: std::sync::mpsc::Receiver<Submission>, metrics: Arc<Metrics>) {
+pub(crate) fn run<J: Job>(lambda: Arc<Lambda<J>>, rx: std::sync::mpsc::Receiver<Submission>, metrics: Arc<Metrics>) {
     while let Ok(first) = rx.recv() {
         let mut events = first.encoded.len();
         let mut group = vec![first];

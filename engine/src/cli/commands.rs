@@ -1,0 +1,382 @@
+//! The subcommands other than `demo`: one function each.
+
+use super::*;
+
+/// `gen`: synthetic events to stdout or --out.
+pub(super) fn gen<J: Job>(app: &App<J>, args: GenArgs) -> Result<()> {
+    if args.job != app.job.name() {
+        return Err(Error::Usage(format!("this binary generates events for job `{}`, not `{}`", app.job.name(), args.job)));
+    }
+    let g = app.generator.as_ref().ok_or_else(|| Error::Usage(format!("job `{}` has no generator", args.job)))?;
+    let format = parse_format(&args.format)?;
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, what: "write".into(), source }
+    };
+    match &args.out {
+        Some(path) => {
+            let f = std::fs::File::create(path).map_err(io_err(path))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            g.write(args.events, args.seed, format, &mut w).map_err(io_err(path))?;
+            w.flush().map_err(io_err(path))?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            g.write(args.events, args.seed, format, &mut w).map_err(io_err(Path::new(STDOUT)))?;
+            w.flush().map_err(io_err(Path::new(STDOUT)))?;
+        }
+    }
+    Ok(())
+}
+
+/// `ingest` into the data directory: all of the input parsed first, then appended in
+/// fsync'd chunks.
+pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
+    if let Some(url) = &args.server {
+        return ingest_to_server::<J::Event>(&args.file, url, args.request_size, &args.remote);
+    }
+    let IngestArgs { file, partitions, chunk, print_acks, .. } = args;
+    // Parse everything first: a rejected input touches nothing, not even the
+    // data directory.
+    let t0 = Instant::now();
+    let events: Vec<J::Event> = if file == "-" {
+        crate::input::parse_all(&mut std::io::stdin().lock())?
+    } else {
+        let path = PathBuf::from(&file);
+        let f = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
+        crate::input::parse_all(&mut std::io::BufReader::with_capacity(1 << 20, f))?
+    };
+    let parsed = t0.elapsed();
+    let _lock = DirLock::acquire(&g.data, "ingest", g.wait, &ingest_advice(&g.data, &file))?;
+    let appender = open_log(&g.data, partitions)?;
+    let log = appender.log();
+    let t1 = Instant::now();
+    // Group commit in chunks: each chunk is fsync'd before the next is written.
+    let mut acked = 0usize;
+    for chunk in events.chunks(chunk.max(1)) {
+        appender.append(chunk)?;
+        acked += chunk.len();
+        if print_acks {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ack {acked}").and_then(|_| out.flush());
+        }
+    }
+    eprintln!(
+        "ingested {} events (parse {:.2}s, durable append {:.2}s); log ends at {:?}",
+        events.len(),
+        parsed.as_secs_f64(),
+        t1.elapsed().as_secs_f64(),
+        log.end_offsets()
+    );
+    Ok(())
+}
+
+/// `batch`: one run here, or asked of the service holding the directory.
+pub(super) fn batch<J: Job>(app: App<J>, g: &Global, args: BatchArgs) -> Result<()> {
+    let BatchArgs { remote, keep, processes } = args;
+    let workers = g.workers;
+    if processes == 0 {
+        return Err(Error::Usage("--processes must be at least 1".into()));
+    }
+    match access(&g.data, "batch", g.wait, &remote)? {
+        Access::Local(_lock) => batch_local(app, &g.data, workers, keep, processes),
+        Access::Remote(service) => service.batch(),
+    }
+}
+
+/// `query`: merged answers, here or from the service holding the directory.
+pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<()> {
+    let QueryArgs { remote, view, key, from, to, limit, all, top, json } = args;
+    let workers = g.workers;
+    let point = key.is_some();
+    let limit = if all { usize::MAX } else { limit };
+    let (mut answer, total_known) = match access(&g.data, "query", g.wait, &remote)? {
+        Access::Local(_lock) => {
+            let lambda = open_existing(app.job, &g.data, workers)?;
+            catch_up(&lambda)?;
+            let sel = match &key {
+                Some(k) => Selection::Key(k.clone()),
+                // Every key, to say how many there are; printed up to `limit`.
+                None => Selection::Range { from, to, limit: usize::MAX },
+            };
+            (result_json(&lambda.query(&view, &sel)?, point), true)
+        }
+        Access::Remote(service) => {
+            // One more than asked tells whether there are more (not how many).
+            let ask = limit.saturating_add(1).min(REMOTE_LIMIT_MAX);
+            (service.query(&view, key.as_deref(), from.as_deref(), to.as_deref(), ask)?, false)
+        }
+    };
+    if point && answer.get("key").is_none() {
+        if json {
+            return Err(Error::Usage(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
+        }
+        answer = serde_json::json!({ "items": [], "freshness": answer["freshness"] });
+    }
+    let count = trim_answers(&mut answer, limit, top, total_known);
+    print_answers(&answer, json, count)
+}
+
+/// `views`: the job's views with their fields.
+pub(super) fn views<J: Job>(app: App<J>, g: &Global, args: ViewsArgs) -> Result<()> {
+    let ViewsArgs { remote } = args;
+    let workers = g.workers;
+    let views = match access(&g.data, "views", g.wait, &remote)? {
+        Access::Local(_lock) => {
+            let lambda = Lambda::open(app.job, &g.data, opts(workers, 4))?;
+            catch_up(&lambda)?;
+            let sample = |name: &str| {
+                let first = Selection::Range { from: None, to: None, limit: 1 };
+                lambda.query(name, &first).ok().and_then(|r| r.answers.first().and_then(|a| serde_json::to_value(a).ok()))
+            };
+            lambda
+                .views()
+                .into_iter()
+                .map(|v| {
+                    let example = sample(&v.name);
+                    serde_json::json!({ "name": v.name, "kind": v.kind, "key": v.key, "value": v.value, "example": example })
+                })
+                .collect()
+        }
+        Access::Remote(service) => service.views()?,
+    };
+    print_views(&views)
+}
+
+/// `status`: the log, the batch version and the speed layer.
+pub(super) fn status<J: Job>(app: App<J>, g: &Global, args: StatusArgs) -> Result<()> {
+    let StatusArgs { remote, json } = args;
+    let workers = g.workers;
+    let status = match access(&g.data, "status", g.wait, &remote)? {
+        Access::Local(_lock) => {
+            let lambda = open_existing(app.job, &g.data, workers)?;
+            catch_up(&lambda)?;
+            status_json(&lambda.status())
+        }
+        Access::Remote(service) => service.get("/v1/status")?,
+    };
+    print_status(&status, json)
+}
+
+/// `verify`: every record's checksum; read-only next to a running service.
+pub(super) fn verify(g: &Global, args: VerifyArgs) -> Result<()> {
+    let VerifyArgs { remote } = args;
+    match access(&g.data, "verify", g.wait, &remote)? {
+        Access::Local(_lock) => {
+            let log = Log::open(&g.data.join("log"))?;
+            let report = log.verify()?;
+            out(format_args!(
+                "log OK: {} records in {} bytes, every checksum verified",
+                report.records.iter().sum::<u64>(),
+                report.bytes.iter().sum::<u64>()
+            ))
+        }
+        Access::Remote(service) => {
+            // Read-only, next to the writer: up to the end the service has acknowledged.
+            let status = service.get("/v1/status")?;
+            let ends: Vec<u64> = serde_json::from_value(status["log"]["end"].clone())
+                .map_err(|e| Error::Unavailable(format!("the service's /v1/status has no log end ({e})")))?;
+            let log = Log::open_follower(&g.data.join("log"))?;
+            log.follow_to(&ends)?;
+            let report = log.verify()?;
+            out(format_args!(
+                "log OK up to the service's acknowledged end {ends:?}: {} records in {} bytes, every checksum verified \
+                 (read-only, while {} keeps appending)",
+                report.records.iter().sum::<u64>(),
+                report.bytes.iter().sum::<u64>(),
+                service.holder.describe()
+            ))
+        }
+    }
+}
+
+/// `cluster`: `serve` with both layers on --processes processes.
+pub(super) fn cluster<J: Job>(app: App<J>, g: &Global, args: ClusterCmdArgs) -> Result<()> {
+    let ClusterCmdArgs { processes, serve: mut args } = args;
+    if processes == 0 {
+        return Err(Error::Usage("--processes must be at least 1".into()));
+    }
+    args.cluster.batch_processes.get_or_insert(processes);
+    args.cluster.speed_processes.get_or_insert(processes);
+    serve(app, &g.data, g.workers, g.wait, args)
+}
+
+pub(super) fn batch_local<J: Job>(app: App<J>, dir: &Path, workers: usize, keep: usize, processes: usize) -> Result<()> {
+    let log = open_log(dir, 4)?.log().clone();
+    let store = crate::store::ViewStore::open(dir)?;
+    let progress = Arc::new(Progress::default());
+    let job = Arc::new(app.job);
+    let bar = ProgressBar::new(log.end_offsets().iter().sum());
+    bar.set_style(progress_style("batch {bar:40} {human_pos}/{human_len} events {rate}{eta}"));
+    let handle = {
+        let (log, progress) = (log.clone(), progress.clone());
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let store = crate::store::ViewStore::open(&dir)?;
+            if processes > 1 {
+                let exe = ClusterOptions::default().exe_path()?;
+                let cut = log.end_offsets();
+                crate::batch::run_batch_local(&exe, &dir, &store, processes, workers, cut, progress, crate::cluster::PEER_TIMEOUT)
+            } else {
+                let run = crate::batch::BatchRun { max_rate: crate::batch::max_rate_from_env()?, ..crate::batch::BatchRun::local(workers) };
+                crate::batch::run_batch_on(job, log, &store, &run, progress, || Ok(())).map(|r| r.expect("process 0 publishes"))
+            }
+        })
+    };
+    while !handle.is_finished() {
+        bar.set_position(progress.done.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = handle.join().map_err(|_| Error::Dataflow(DataflowError::Panicked("batch thread panicked".into())))??;
+    bar.finish_and_clear();
+    let removed = store.gc(keep)?;
+    let m = &report.meta;
+    eprintln!(
+        "batch v{} published: {} events at cut {:?} in {:.2}s compute + {:.2}s write ({:.0} events/s){}",
+        m.version,
+        m.events,
+        m.cut,
+        report.compute_secs,
+        report.write_secs,
+        m.events as f64 / report.compute_secs.max(1e-9),
+        if removed.is_empty() { String::new() } else { format!("; removed old versions {removed:?}") }
+    );
+    Ok(())
+}
+
+/// `lambdaflow worker`: this process's part of a batch run or of a speed layer.
+pub(super) fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: WorkerArgs) -> Result<()> {
+    use crate::cluster::{protocol, Peers};
+    if args.exit_with_parent {
+        crate::cluster::exit_with_parent();
+    }
+    crate::guard::fail_fast();
+    let peers = Peers::from_hostfile(&args.hostfile, args.processes, args.process, workers)?;
+    let cut = parse_cut(&args.cut)?;
+    let log = Log::open_follower(&dir.join("log"))?;
+    if cut.len() != log.partitions() as usize {
+        return Err(Error::Usage(format!("--cut has {} offsets, but the log has {} partitions", cut.len(), log.partitions())));
+    }
+    // Only the partitions this process reads: the others are never touched here.
+    log.follow_to(&peers.own_ends(&cut))?;
+    let log = Arc::new(log);
+    let store = crate::store::ViewStore::open(dir)?;
+    let timeout = args.peer_timeout;
+    let job = Arc::new(app.job);
+    match args.role {
+        Role::Batch => {
+            let progress = Arc::new(Progress::default());
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reporter = {
+                let (progress, done) = (progress.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut last = u64::MAX;
+                    while !done.load(Ordering::Relaxed) {
+                        let n = progress.done.load(Ordering::Relaxed);
+                        if n != last {
+                            let _ = out(format_args!("{}{n}", protocol::PROGRESS));
+                            last = n;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                })
+            };
+            let run = crate::batch::BatchRun { peers, cut: Some(cut), peer_timeout: timeout, max_rate: crate::batch::max_rate_from_env()? };
+            let report = crate::batch::run_batch_on(job, log, &store, &run, progress, || Ok(()));
+            done.store(true, Ordering::Relaxed);
+            let _ = reporter.join();
+            if let Some(r) = report? {
+                eprintln!(
+                    "lambdaflow worker: batch v{} published ({} events, {:.2}s compute + {:.2}s write)",
+                    r.meta.version, r.meta.events, r.compute_secs, r.write_secs
+                );
+                out(format_args!("{}{} {} {}", protocol::PUBLISHED, r.meta.version, r.compute_secs, r.write_secs))?;
+            }
+            Ok(())
+        }
+        Role::Speed => {
+            if args.process == 0 {
+                return Err(Error::Usage("process 0 of a speed layer is the serving process (`serve`/`cluster`), not a `worker`".into()));
+            }
+            crate::speed::run_member(
+                job,
+                log,
+                store,
+                crate::speed::Start { batch_version: args.batch_version, cut, peers, peer_timeout: timeout },
+            )
+        }
+    }
+}
+
+pub(super) fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Duration, args: ServeArgs) -> Result<()> {
+    if let Some(job) = &args.job {
+        if job != app.job.name() {
+            return Err(Error::Usage(format!("this binary serves job `{}`, not `{job}`", app.job.name())));
+        }
+    }
+    let cfg = serve_config(&args)?;
+    let mut lock = DirLock::acquire(dir, "serve", wait, "stop it first, or pick another --data")?;
+    let t = Instant::now();
+    let mut options = opts(workers, args.partitions);
+    let c = &args.cluster;
+    options.cluster = ClusterOptions {
+        batch_processes: c.batch_processes.unwrap_or(1).max(1),
+        speed_processes: c.speed_processes.unwrap_or(1).max(1),
+        peer_timeout: c.peer_timeout,
+        batch_attempts: c.batch_attempts.max(1),
+        ..ClusterOptions::default()
+    };
+    let lambda = Arc::new(Lambda::open(app.job, dir, options)?);
+    eprintln!(
+        "lambdaflow serve: opened {} ({} events; batch {}) in {:.2}s",
+        dir.display(),
+        lambda.log().end_offsets().iter().sum::<u64>(),
+        lambda.serving().batch.as_ref().map(|b| format!("v{}", b.meta.version)).unwrap_or_else(|| "none yet".into()),
+        t.elapsed().as_secs_f64()
+    );
+    catch_up(&lambda)?;
+    let running = crate::serve::start(lambda.clone(), cfg.clone(), app.dashboard, true)?;
+    lock.publish(running.addr, cfg.token.is_some())?;
+    eprintln!(
+        "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch runs {}{}",
+        running.addr,
+        describe_schedule(&cfg.schedule),
+        if cfg.token.is_some() { "; token required" } else { "" }
+    );
+    let stopped = running.wait();
+    // The speed layer's other processes leave cleanly rather than see this one vanish.
+    lambda.stop_processes();
+    stopped?;
+    eprintln!("lambdaflow serve: stopped");
+    Ok(())
+}
+
+/// Brings the speed layer up to the log's end, with a progress bar when that is a lot of
+/// events (a long tail since the last batch makes every query replay it).
+pub(super) fn catch_up<J: Job>(lambda: &Lambda<J>) -> Result<()> {
+    const HINT_EVENTS_MIN: u64 = 1_000_000;
+    let mut bar: Option<ProgressBar> = None;
+    lambda.sync_with(Duration::from_secs(3600), |done, total| {
+        if bar.is_none() && total >= HINT_EVENTS_MIN {
+            eprintln!("catching up {total} events since the batch cut (run `batch` to make this instant)");
+            let b = ProgressBar::new(total);
+            b.set_style(progress_style("speed {bar:40} {human_pos}/{human_len} events {rate}"));
+            bar = Some(b);
+        }
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(())
+}
+
+pub(super) fn open_existing<J: Job>(job: J, dir: &Path, workers: usize) -> Result<Lambda<J>> {
+    if !dir.join("log").exists() {
+        return Err(Error::Usage(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
+    }
+    Lambda::open(job, dir, opts(workers, 4))
+}

@@ -1,0 +1,150 @@
+//! The command line every lambdaflow binary gets: `ingest`, `batch`, `query`, `status`,
+//! `verify`, `demo` (and `gen` when the application provides a generator).
+//!
+//! A user's binary is `fn main() -> ExitCode { lambdaflow_engine::cli::main(App::new(MyJob)) }`.
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lambdaflow_operators::{Format, Job, Selection};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::append::Appender;
+use crate::batch::Progress;
+use crate::error::{DataflowError, Error, Result};
+use crate::lambda::{ClusterOptions, Lambda, Options, QueryResult};
+use crate::log::{Log, LogConfig};
+use crate::units::{format_bytes, format_duration, parse_bytes_usize, parse_duration, parse_positive_duration};
+
+/// `println!` that returns an error instead of panicking when stdout is gone (see [`out`]);
+/// for functions returning [`Result`].
+macro_rules! outln {
+    () => {
+        out(format_args!(""))?
+    };
+    ($($arg:tt)*) => {
+        out(format_args!($($arg)*))?
+    };
+}
+
+mod args;
+mod commands;
+mod demo;
+mod lock;
+mod options;
+mod output;
+mod remote;
+
+use args::*;
+use commands::*;
+use demo::*;
+use lock::*;
+use options::*;
+use output::*;
+use remote::*;
+
+/// Produces synthetic events for `gen` and `demo`.
+pub trait Generator<E>: Send + Sync {
+    /// Writes `events` events generated from `seed` in `format` to `out`.
+    fn write(&self, events: u64, seed: u64, format: Format, out: &mut dyn Write) -> std::io::Result<u64>;
+    /// `count` events generated from `seed`, as values. `live` asks for event times around
+    /// now rather than in the historical range.
+    fn events(&self, seed: u64, count: u64, live: bool) -> Vec<E>;
+    /// Appends `events` to `out` as NDJSON lines (what `demo` posts to the service).
+    fn to_ndjson(&self, events: &[E], out: &mut Vec<u8>);
+}
+
+/// What `demo` prints after each step: a few lines of merged answers.
+pub type DemoReport<J> = Arc<dyn Fn(&Lambda<J>) -> Result<Vec<String>> + Send + Sync>;
+
+/// A job packaged as a command-line application.
+pub struct App<J: Job> {
+    job: J,
+    generator: Option<Arc<dyn Generator<J::Event>>>,
+    demo_report: Option<DemoReport<J>>,
+    dashboard: &'static str,
+}
+
+impl<J: Job> App<J> {
+    /// An application for `job`.
+    pub fn new(job: J) -> Self {
+        App { job, generator: None, demo_report: None, dashboard: crate::serve::GENERIC_DASHBOARD }
+    }
+
+    /// The page `serve` answers `GET /` with (a self-contained HTML document that reads the
+    /// HTTP API; see docs/serving.md). Without it, a generic page lists views and freshness.
+    pub fn dashboard(mut self, html: &'static str) -> Self {
+        self.dashboard = html;
+        self
+    }
+
+    /// Adds a generator: enables `gen` and `demo`.
+    pub fn generator(mut self, g: impl Generator<J::Event> + 'static) -> Self {
+        self.generator = Some(Arc::new(g));
+        self
+    }
+
+    /// What `demo` prints as the speed layer moves.
+    pub fn demo_report(mut self, f: impl Fn(&Lambda<J>) -> Result<Vec<String>> + Send + Sync + 'static) -> Self {
+        self.demo_report = Some(Arc::new(f));
+        self
+    }
+}
+
+/// Runs the command line for `app` and returns the process exit code.
+pub fn main<J: Job>(app: App<J>) -> ExitCode {
+    let cli = Cli::parse();
+    match run(app, cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output has gone (`lambdaflow query ... | head`): not a failure.
+        Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Whether `e` is a write to stdout that found the reading end closed.
+fn stdout_closed(e: &Error) -> bool {
+    matches!(e, Error::Io { path, source, .. } if path == Path::new(STDOUT) && source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// How errors writing to stdout name it.
+const STDOUT: &str = "<stdout>";
+
+/// Validates the global flags and dispatches to the command.
+fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
+    let g = Global { data: cli.data, workers: cli.workers.max(1), wait: cli.wait };
+    crate::batch::max_rate_from_env()?;
+    match cli.command {
+        Command::Gen(args) => gen(&app, args),
+        Command::Ingest(args) => ingest::<J>(&g, args),
+        Command::Batch(args) => batch(app, &g, args),
+        Command::Query(args) => query(app, &g, args),
+        Command::Views(args) => views(app, &g, args),
+        Command::Status(args) => status(app, &g, args),
+        Command::Verify(args) => verify(&g, args),
+        Command::Demo(args) => demo(app, &g.data, g.workers, g.wait, args),
+        Command::Serve(args) => serve(app, &g.data, g.workers, g.wait, args),
+        Command::Cluster(args) => cluster(app, &g, args),
+        Command::Worker(args) => worker(app, &g.data, g.workers, args),
+    }
+}
+
+/// Writes one line to stdout.
+fn out(line: std::fmt::Arguments) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").map_err(|source| Error::Io { path: STDOUT.into(), what: "write".into(), source })
+}
+
+/// Convenience for tests and tools: read all of `path` as events of `E`.
+pub fn read_events<E: lambdaflow_operators::Event>(path: &Path) -> Result<Vec<E>> {
+    let f = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "open".into(), source })?;
+    let mut r: Box<dyn BufRead> = Box::new(std::io::BufReader::new(f));
+    crate::input::parse_all(&mut r)
+}

@@ -1,0 +1,103 @@
+//! Validated options: the raw flags of [`super::args`] checked and turned into the typed
+//! configurations the engine takes.
+
+use super::*;
+
+pub(super) fn opts(workers: usize, partitions: u32) -> Options {
+    // `run` has checked the variable already.
+    let batch_max_rate = crate::batch::max_rate_from_env().ok().flatten();
+    Options { workers: workers.max(1), log: LogConfig { partitions, ..LogConfig::default() }, batch_max_rate, ..Options::default() }
+}
+
+/// Opens the master dataset of `dir` (creating it with `partitions`), finishing any keyed
+/// group append a crash interrupted.
+pub(super) fn open_log(dir: &Path, partitions: u32) -> Result<Appender> {
+    let o = opts(1, partitions);
+    Appender::open_with_keys(dir, o.log, o.key_retention, o.max_keys)
+}
+
+pub(super) fn parse_format(s: &str) -> Result<Format> {
+    match s {
+        "ndjson" | "json" => Ok(Format::Ndjson),
+        "csv" => Ok(Format::Csv),
+        other => Err(Error::Usage(format!("--format must be ndjson or csv, not `{other}`"))),
+    }
+}
+
+/// The validated global flags: what every command gets.
+pub(super) struct Global {
+    pub(super) data: PathBuf,
+    pub(super) workers: usize,
+    pub(super) wait: Duration,
+}
+
+/// `http://host:port[/]` → the address (plain HTTP only).
+pub(super) fn parse_server_url(url: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: &str| Error::Usage(format!("--server `{url}`: {why} (expected e.g. http://127.0.0.1:7070)"));
+    let rest = url.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
+    let host = rest.trim_end_matches('/');
+    if host.contains('/') {
+        return Err(bad("give the service's address, without a path"));
+    }
+    let host = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    host.to_socket_addrs().map_err(|e| bad(&e.to_string()))?.next().ok_or_else(|| bad("no address"))
+}
+
+/// Reads a bearer token file (one token of at least 16 visible ASCII characters).
+pub(super) fn read_token(path: &Path) -> Result<String> {
+    let t =
+        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "read token file".into(), source })?;
+    let t = t.trim().to_string();
+    if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(Error::Usage(format!("token file {} must hold one token of at least 16 visible ASCII characters", path.display())));
+    }
+    Ok(t)
+}
+
+/// `10,12,9,11` → offsets per partition.
+pub(super) fn parse_cut(s: &str) -> Result<Vec<u64>> {
+    s.split(',')
+        .map(|v| v.trim().parse::<u64>().map_err(|_| Error::Usage(format!("--cut: `{v}` is not an offset (expected e.g. 10,12,9,11)"))))
+        .collect()
+}
+
+pub(super) fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
+    use crate::serve::{parse_time_of_day, Schedule, ServeConfig};
+    let schedule = match (&args.batch_every, &args.batch_at) {
+        (Some(_), Some(_)) => return Err(Error::Usage("give --batch-every or --batch-at, not both".into())),
+        (Some(e), None) => Schedule::Every(*e),
+        (None, Some(a)) => {
+            let (h, m) = parse_time_of_day(a).map_err(|m| Error::Usage(format!("--batch-at: {m}")))?;
+            Schedule::DailyAt(h, m)
+        }
+        (None, None) => Schedule::Never,
+    };
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    if args.public_reads && token.is_none() {
+        return Err(Error::Usage("--public-reads only makes sense with --token-file".into()));
+    }
+    if args.max_body < 1024 || args.max_body > (1 << 30) {
+        return Err(Error::Usage(format!("--max-body must be 1KiB to 1GiB, not {}", format_bytes(args.max_body as u64))));
+    }
+    Ok(ServeConfig {
+        listen: args.listen,
+        schedule,
+        keep: args.keep.max(1),
+        token,
+        public_reads: args.public_reads,
+        max_body_bytes: args.max_body,
+        max_lag_events: args.max_lag,
+        max_inflight_bytes: args.max_inflight.max(args.max_body),
+        allow_hosts: args.allow_host.clone(),
+        max_connections: args.max_connections,
+        max_connections_per_peer: args.max_connections_per_ip,
+        header_timeout: args.header_timeout,
+        ..ServeConfig::default()
+    })
+}
+
+/// A schedule as `serve` prints it: `every 10m`, `daily at 02:00 UTC`, `on demand`.
+pub(super) fn describe_schedule(s: &crate::serve::Schedule) -> String {
+    s.to_string()
+}

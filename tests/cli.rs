@@ -1,0 +1,278 @@
+//! The command line next to a running service and in a shell: nothing deletes or rewrites a
+//! data directory another process holds, commands answer through a running service instead of
+//! waiting for it, output into a closed pipe ends quietly, and flags take readable units.
+
+mod common;
+
+use common::http::Server;
+use common::{ndjson, run, run_limited, small_events, stderr, stdout, TempDir};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Generous: only a hang reaches it (the commands answer in well under a second).
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn log_events(server: &Server) -> u64 {
+    let r = server.client().get("/v1/status").expect("status");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["log"]["events"].as_u64().expect("log.events")
+}
+
+fn post_acked(server: &Server, key: &str, n: u64) {
+    let r = server.client().post("/v1/events", &[("Idempotency-Key", key)], &ndjson(&small_events(1, n))).expect("post");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+// `demo --fresh` next to a running `serve` on the same directory: refused with exit code 5
+// naming the holder's PID and command, and the acknowledged data is still there.
+#[test]
+fn demo_fresh_refuses_a_directory_a_service_holds() {
+    let tmp = TempDir::new("cli-fresh");
+    let server = Server::start(tmp.path(), &[]);
+    post_acked(&server, "k1", 500);
+    let o = run(tmp.path(), &["--wait", "1s", "demo", "--fresh", "--history", "100", "--seconds", "1", "--listen", "127.0.0.1:0"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(5), "demo --fresh was not refused:\n{err}");
+    assert!(err.contains(&format!("process {}", server.child.id())), "the holder's PID is not named:\n{err}");
+    assert!(err.contains("serve"), "the holder's command is not named:\n{err}");
+    assert!(tmp.join("log").join("MANIFEST").exists(), "the data directory was deleted");
+    assert_eq!(log_events(&server), 500);
+    drop(server);
+    // After the service is gone the directory is the demo's to reset; the record the service
+    // left is not taken for a holder.
+    let o = run(tmp.path(), &["--wait", "0", "demo", "--fresh", "--history", "100", "--seconds", "1", "--listen", "127.0.0.1:0"]);
+    assert!(o.status.success(), "demo --fresh after the service stopped failed:\n{}", stderr(&o));
+    assert!(stdout(&o).contains("appended 100 historical events"), "{}", stdout(&o));
+}
+
+// Every command that reads (query, status, views, verify) or asks for a batch answers through
+// a service that holds the directory instead of waiting for it, with the service's answers.
+#[test]
+fn commands_answer_through_a_running_service() {
+    let tmp = TempDir::new("cli-remote");
+    let server = Server::start(tmp.path(), &[]);
+    post_acked(&server, "k1", 800);
+    let ok = |args: &[&str]| {
+        let o = run_limited(tmp.path(), args, LIMIT);
+        assert!(o.status.success(), "{args:?} failed next to the service:\n{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("answered by process {}", server.child.id())), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let o = ok(&["query", "revenue_by_day", "--json", "--limit", "100000"]);
+    let got: Value = serde_json::from_str(stdout(&o).trim()).expect("query --json is JSON");
+    let want = server.client().get("/v1/views/revenue_by_day?limit=100000").expect("query").json();
+    assert_eq!(got["items"], want["items"]);
+    let o = ok(&["status", "--json"]);
+    let st: Value = serde_json::from_str(&stdout(&o)).expect("status --json is JSON");
+    assert_eq!(st["log"]["events"], 800);
+    assert!(stdout(&ok(&["status"])).contains("log: 800 events"));
+    let o = ok(&["views"]);
+    assert_eq!(stdout(&o).lines().count(), 8, "{}", stdout(&o));
+    let o = ok(&["verify"]);
+    assert!(stdout(&o).contains("800 records"), "{}", stdout(&o));
+    ok(&["batch"]);
+    let st = server.client().get("/v1/status").expect("status").json();
+    assert_eq!(st["batch"]["events"], 800, "the service ran the batch: {st}");
+}
+
+// A service with a token: a command without --token-file is told to pass it (exit 2); with
+// it, it answers.
+#[test]
+fn commands_through_a_service_with_a_token() {
+    let tmp = TempDir::new("cli-remote-token");
+    let token = tmp.path().parent().expect("temp").join(format!("lambdaflow-cli-token-{}", std::process::id()));
+    std::fs::write(&token, "0123456789abcdef0123").expect("write token");
+    let server = Server::start(tmp.path(), &["--token-file", token.to_str().expect("utf-8")]);
+    let o = run_limited(tmp.path(), &["status"], LIMIT);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--token-file"), "{}", stderr(&o));
+    let o = run_limited(tmp.path(), &["status", "--token-file", token.to_str().expect("utf-8")], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(server);
+    let _ = std::fs::remove_file(token);
+}
+
+// A holder that is not a service (no address) is waited for at most --wait, then the command
+// gives up with exit code 5 naming the holder's PID and command.
+#[test]
+fn a_busy_directory_is_waited_for_a_bounded_time() {
+    let tmp = TempDir::new("cli-busy");
+    let lock = std::fs::File::create(tmp.join("LOCK")).expect("create LOCK");
+    lock.try_lock().expect("lock");
+    let me = std::process::id();
+    let record =
+        serde_json::json!({ "pid": me, "command": "ingest", "argv": "lambdaflow ingest big.ndjson", "addr": null, "token": false });
+    std::fs::write(tmp.join("HOLDER.json"), record.to_string()).expect("write holder");
+    for args in [&["--wait", "1s", "query", "revenue_by_day"][..], &["--wait", "1s", "status"], &["--wait", "0", "batch"]] {
+        let o = run_limited(tmp.path(), args, LIMIT);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains(&format!("process {me}")) && err.contains("lambdaflow ingest big.ndjson"), "{args:?}: {err}");
+    }
+    drop(lock);
+    let o = run_limited(tmp.path(), &["--wait", "1s", "status"], LIMIT);
+    assert!(!stderr(&o).contains("in use by"), "a released lock still counts as held: {}", stderr(&o));
+}
+
+/// Runs `lambdaflow ARGS` with stdout into a pipe that is closed after the first line (like
+/// `| head -1`), and returns the exit status and stderr.
+fn closed_early(data: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::bin())
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lambdaflow");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read the first line");
+    assert!(!first.is_empty(), "{args:?} printed nothing");
+    drop(stdout);
+    let mut err = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+    (child.wait().expect("wait"), err)
+}
+
+// Output into a pipe that closes early (`| head`) ends quietly with exit code 0, as a
+// shell user expects: no panic, no error. The outputs are larger than a pipe's buffer.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let tmp = TempDir::new("cli-pipe");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 60_000, 3, "ndjson");
+    common::ingest(&tmp.join("data"), &file);
+    let full = common::run_ok(&tmp.join("data"), &["query", "product_revenue_by_day", "--limit", "100000000"]);
+    assert!(full.stdout.len() > 1 << 20, "the query's output ({} bytes) must exceed a pipe's buffer", full.stdout.len());
+    for args in [&["query", "product_revenue_by_day", "--limit", "100000000"][..], &["gen", "shop", "--events", "200000"]] {
+        let (status, err) = closed_early(&tmp.join("data"), args);
+        assert!(status.success(), "{args:?} into a closed pipe: {status}\n{err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}
+
+// Every duration and size flag takes units (`10m`, `64MiB`), `serve` says its schedule in
+// them, and absurd values are refused naming the flag and value rather than capped.
+#[test]
+fn flags_take_units() {
+    let tmp = TempDir::new("cli-units");
+    let server = Server::start(tmp.path(), &["--max-body", "64MiB", "--batch-every", "10m", "--peer-timeout", "1m"]);
+    assert!(server.stderr().contains("batch runs every 10m"), "{}", server.stderr());
+    let big = vec![b' '; 20 << 20];
+    let r = server.client().post("/v1/events", &[], &big).expect("post");
+    assert_ne!(r.status, 413, "a 20 MiB body is within --max-body 64MiB: {}", r.text());
+    drop(server);
+    for (args, flag) in [
+        (&["demo", "--batch-every", "999999999999999d"][..], "--batch-every"),
+        (&["serve", "--max-body", "64 parsecs"], "--max-body"),
+        (&["serve", "--batch-every", "0s"], "--batch-every"),
+        (&["--wait", "forever", "status"], "--wait"),
+    ] {
+        let o = run(tmp.path(), args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(args[args.len() - 1 - usize::from(flag == "--wait")]), "{args:?}: {err}");
+    }
+    let o = run(tmp.path(), &["demo", "--batch-every", "10m", "--seconds", "1s", "--history", "100", "--listen", "127.0.0.1:0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("a batch run every 10m; stopping after 1s"), "{}", stdout(&o));
+    // The closing hint names a command that runs: here (a test run by cargo) `cargo run --`,
+    // and the binary's own path outside cargo.
+    assert!(stdout(&o).contains("serve it again: cargo run -- --data"), "{}", stdout(&o));
+    let o = std::process::Command::new(common::bin())
+        .env_remove("CARGO")
+        .arg("--data")
+        .arg(tmp.path())
+        .args(["demo", "--seconds", "1s", "--history", "100", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("spawn demo");
+    assert!(stdout(&o).contains(&format!("serve it again: {} --data", common::bin())), "{}", stdout(&o));
+}
+
+// What a newcomer reads: `query` says when it stops at --limit ("2 of N answers") and
+// offers --all; --top limits items per key of a top-k view while --limit limits keys;
+// "1 answer"; `views` shows fields, not Rust types; every subcommand's help has an example;
+// --version names lambdaflow.
+#[test]
+fn query_views_and_help_read_well() {
+    let tmp = TempDir::new("cli-read");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 5000, 4, "ndjson");
+    let data = tmp.join("data");
+    common::ingest(&data, &file);
+    let lens = |args: &[&str]| -> Vec<usize> {
+        let o = common::run_ok(&data, args);
+        let v: Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+        v["items"].as_array().expect("items").iter().map(|i| i["value"].as_array().expect("a list").len()).collect()
+    };
+    assert_eq!(lens(&["query", "top_products_by_day", "--limit", "2", "--json"]).len(), 2, "--limit counts keys (days)");
+    let full = lens(&["query", "top_products_by_day", "--all", "--json"]);
+    let top2 = lens(&["query", "top_products_by_day", "--all", "--top", "2", "--json"]);
+    assert!(full.iter().any(|&n| n > 2), "{full:?}");
+    assert_eq!(top2, full.iter().map(|&n| n.min(2)).collect::<Vec<_>>(), "--top counts products a day");
+    let all = common::run_ok(&data, &["query", "top_products_by_day", "--all"]);
+    let days = stdout(&all).lines().count();
+    assert!(days > 2, "{}", stdout(&all));
+    assert!(stderr(&all).contains(&format!("-- {days} answers;")), "{}", stderr(&all));
+    let o = common::run_ok(&data, &["query", "top_products_by_day", "--limit", "2"]);
+    assert!(stderr(&o).contains(&format!("-- 2 of {days} answers (--all")), "{}", stderr(&o));
+    let day = stdout(&o).split('\t').next().expect("a day").to_string();
+    let o = common::run_ok(&data, &["query", "revenue_by_day", &day]);
+    assert!(stderr(&o).contains("-- 1 answer;"), "{}", stderr(&o));
+    let o = common::run_ok(&data, &["views"]);
+    assert!(!stdout(&o).contains("Sums<") && stdout(&o).contains("net_cents"), "{}", stdout(&o));
+    let o = common::run_ok(&data, &["--version"]);
+    assert!(stdout(&o).starts_with("lambdaflow "), "{}", stdout(&o));
+    for cmd in ["gen", "ingest", "batch", "query", "views", "status", "verify", "demo", "serve", "cluster", "worker"] {
+        let o = common::run_ok(&data, &[cmd, "--help"]);
+        assert!(stdout(&o).contains("Example"), "`{cmd} --help` has no example:\n{}", stdout(&o));
+    }
+}
+
+// A file larger than the service's --max-body: a plain POST gets a 413 that points to
+// `ingest --server`, which sends it in requests that fit (finding the size on its own) and
+// stores every event once; a re-run (as after a failure) stores nothing twice. A file with a
+// bad line is refused before anything is sent.
+#[test]
+fn ingest_server_sends_a_large_file_in_fitting_requests() {
+    let tmp = TempDir::new("cli-ingest-server");
+    let server = Server::start(&tmp.join("data"), &["--max-body", "64KiB"]);
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 3000, 5, "ndjson");
+    let bytes = std::fs::read(&file).expect("read");
+    assert!(bytes.len() > 4 * 65536, "the file must need several requests");
+    let r = server.client().post("/v1/events", &[], &bytes).expect("post");
+    assert_eq!(r.status, 413);
+    assert!(r.text().contains("ingest --server"), "{}", r.text());
+    let url = format!("http://{}", server.addr);
+    let send = |path: &std::path::Path| {
+        std::process::Command::new(common::bin()).args(["ingest", "--server", &url]).arg(path).output().expect("spawn ingest --server")
+    };
+    let o = send(&file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 3000);
+    let o = send(&file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already stored by an earlier run"), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 3000, "a re-run stored events twice");
+    // CSV: every request carries the header.
+    let csv = tmp.join("events.csv");
+    common::gen_file(&csv, 3000, 6, "csv");
+    let o = send(&csv);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 6000);
+    // A bad line far into the file: refused whole, naming it, before anything is sent.
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    text.push_str(
+        "{\"type\":\"purchase\",\"ts\":1,\"order_id\":1,\"customer_id\":2,\"product_id\":3,\"quantity\":-1,\"amount_cents\":5}\n",
+    );
+    let bad = tmp.join("bad.ndjson");
+    std::fs::write(&bad, text).expect("write");
+    let o = send(&bad);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("line 3001"), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 6000, "a refused file stored events");
+}
