@@ -437,9 +437,7 @@ pub(crate) fn run_batch_local(
     use std::time::Duration;
     progress.total.store(cut.iter().sum(), Ordering::Relaxed);
     let started_ms = now_ms();
-    let cut_arg = cut.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    let args: Vec<String> =
-        ["--role", "batch", "--cut", &cut_arg, "--peer-timeout-secs", &peer_timeout.as_secs().max(1).to_string()].map(String::from).into();
+    let args = crate::cluster::WorkerArgs::of_run(crate::cluster::Role::Batch, &cut, None, peer_timeout);
     let mut cluster = LocalCluster::start(exe, dir, "batch", processes, threads, 0, &args)?;
     let mut done = vec![0u64; processes];
     let mut formed = 0usize;

@@ -124,6 +124,104 @@ fn remove_stale_hostfiles(cluster_dir: &Path) {
     }
 }
 
+/// What a process of a run is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Role {
+    /// A batch run: process 0 publishes the version.
+    Batch,
+    /// The speed layer: process 0 is the serving process.
+    Speed,
+}
+
+/// Log offsets per partition, written `10,12,9,11`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cut(pub(crate) Vec<u64>);
+
+impl std::str::FromStr for Cut {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Cut, String> {
+        s.split(',')
+            .map(|v| v.trim().parse::<u64>().map_err(|_| format!("`{v}` is not an offset (expected e.g. 10,12,9,11)")))
+            .collect::<std::result::Result<Vec<u64>, String>>()
+            .map(Cut)
+    }
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(u64::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// The arguments of one `worker` process. The process that starts workers writes them
+/// ([`WorkerArgs::to_args`]) and the `worker` command parses them through this same type,
+/// so the two sides cannot drift apart.
+#[derive(Clone, Debug, PartialEq, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// What this run is.
+    #[arg(long, value_enum)]
+    pub(crate) role: Role,
+    /// Processes in the cluster.
+    #[arg(long)]
+    pub(crate) processes: usize,
+    /// This process's index, 0..processes.
+    #[arg(long)]
+    pub(crate) process: usize,
+    /// One host:port per line, in process order.
+    #[arg(long)]
+    pub(crate) hostfile: PathBuf,
+    /// Log offsets per partition the run starts from (batch: covers up to; speed: starts at), e.g. 10,12,9,11.
+    #[arg(long)]
+    pub(crate) cut: Cut,
+    /// Speed: the batch version whose seeds it starts from (none: from offset 0).
+    #[arg(long)]
+    pub(crate) batch_version: Option<u64>,
+    /// How long to wait for every peer to connect (e.g. 30s, 2m).
+    #[arg(long = "peer-timeout", alias = "peer-timeout-secs", value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_positive_duration)]
+    pub(crate) peer_timeout: Duration,
+    /// Exit when stdin closes (set by the process that starts local workers).
+    #[arg(long, hide = true)]
+    pub(crate) exit_with_parent: bool,
+}
+
+impl WorkerArgs {
+    /// A run's arguments for every process; [`LocalCluster::start`] fills in the process,
+    /// the process count and the hostfile.
+    pub(crate) fn of_run(role: Role, cut: &[u64], batch_version: Option<u64>, peer_timeout: Duration) -> WorkerArgs {
+        WorkerArgs {
+            role,
+            processes: 1,
+            process: 0,
+            hostfile: PathBuf::new(),
+            cut: Cut(cut.to_vec()),
+            batch_version,
+            peer_timeout,
+            exit_with_parent: false,
+        }
+    }
+
+    /// The command line (after `worker`) that parses back into `self`.
+    pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let role = match self.role {
+            Role::Batch => "batch",
+            Role::Speed => "speed",
+        };
+        let mut out: Vec<std::ffi::OsString> = vec!["--role".into(), role.into()];
+        out.extend(["--processes".into(), self.processes.to_string().into(), "--process".into(), self.process.to_string().into()]);
+        out.extend(["--hostfile".into(), self.hostfile.clone().into_os_string()]);
+        out.extend(["--cut".into(), self.cut.to_string().into()]);
+        if let Some(v) = self.batch_version {
+            out.extend(["--batch-version".into(), v.to_string().into()]);
+        }
+        out.extend(["--peer-timeout".into(), format!("{}ms", self.peer_timeout.as_millis().max(1)).into()]);
+        if self.exit_with_parent {
+            out.push("--exit-with-parent".into());
+        }
+        out
+    }
+}
+
 /// Reads a hostfile: one `host:port` per line, in process order; blank lines and lines
 /// starting with `#` are skipped. A line that is not `host:port` is an error naming it.
 pub(crate) fn read_hostfile(path: &Path) -> Result<Vec<String>> {
@@ -183,7 +281,8 @@ pub(crate) struct LocalCluster {
 
 impl LocalCluster {
     /// Starts processes `first..processes` of a `processes`-process cluster on loopback:
-    /// `exe --data DIR -w THREADS worker --processes N --process I --hostfile F ARGS...`.
+    /// `exe --data DIR -w THREADS worker ARGS`, the `run`'s arguments with each process's
+    /// index, the process count and the hostfile filled in.
     /// The hostfile is written to `dir/cluster/NAME.hosts`. `first` is 1 when this process
     /// is process 0 itself (the speed layer), 0 when every process is a child (a batch run).
     /// Their stdout is read for [`protocol`] lines; their stderr is this process's.
@@ -194,7 +293,7 @@ impl LocalCluster {
         processes: usize,
         threads: usize,
         first: usize,
-        args: &[String],
+        run: &WorkerArgs,
     ) -> Result<LocalCluster> {
         let addresses = free_loopback_addresses(processes)?;
         let cluster_dir = dir.join("cluster");
@@ -221,20 +320,14 @@ impl LocalCluster {
             what: name.to_string(),
         };
         for process in first..processes {
+            let args = WorkerArgs { processes, process, hostfile: hostfile.clone(), exit_with_parent: true, ..run.clone() };
             let mut cmd = Command::new(exe);
             cmd.arg("--data")
                 .arg(dir)
                 .arg("-w")
                 .arg(threads.to_string())
                 .arg("worker")
-                .arg("--processes")
-                .arg(processes.to_string())
-                .arg("--process")
-                .arg(process.to_string())
-                .arg("--hostfile")
-                .arg(&hostfile)
-                .arg("--exit-with-parent")
-                .args(args)
+                .args(args.to_args())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
@@ -489,6 +582,31 @@ mod tests {
     use super::*;
 
     use crate::testing::TempDir;
+
+    // Proves the worker's arguments parse back into what the starting process wrote, and
+    // a bad cut is refused naming the value.
+    #[test]
+    fn worker_args_round_trip() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            worker: WorkerArgs,
+        }
+        for (role, version) in [(Role::Batch, None), (Role::Speed, Some(7))] {
+            let mut args = WorkerArgs::of_run(role, &[10, 0, 9, 11], version, Duration::from_millis(2500));
+            args.processes = 4;
+            args.process = 3;
+            args.hostfile = PathBuf::from("/tmp/some dir/hosts");
+            args.exit_with_parent = true;
+            let mut argv = vec![std::ffi::OsString::from("worker")];
+            argv.extend(args.to_args());
+            let parsed = Cli::try_parse_from(argv).expect("parses").worker;
+            assert_eq!(parsed, args);
+        }
+        let err = "1,x,3".parse::<Cut>().expect_err("refused");
+        assert!(err.contains("`x`"), "{err}");
+    }
 
     // Proves hostfiles left by a process that is gone (a kill -9) are removed when a new
     // cluster starts, and a live process's are kept.

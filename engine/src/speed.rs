@@ -365,12 +365,7 @@ impl SpeedLayer {
         let (peers, mut cluster, timeout) = match spread.filter(|s| s.processes > 1) {
             None => (Peers::single(workers), None, crate::cluster::PEER_TIMEOUT),
             Some(s) => {
-                let mut args: Vec<String> = vec!["--role".into(), "speed".into(), "--cut".into()];
-                args.push(cut.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
-                args.extend(["--peer-timeout-secs".into(), s.peer_timeout.as_secs().max(1).to_string()]);
-                if let Some(v) = batch_version {
-                    args.extend(["--batch-version".into(), v.to_string()]);
-                }
+                let args = crate::cluster::WorkerArgs::of_run(crate::cluster::Role::Speed, &cut, batch_version, s.peer_timeout);
                 let cluster = LocalCluster::start(&s.exe, &s.dir, "speed", s.processes, workers, 1, &args)?;
                 (cluster.peers.clone(), Some(cluster), s.peer_timeout)
             }

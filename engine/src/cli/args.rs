@@ -200,42 +200,6 @@ pub(super) struct ClusterArgs {
     pub(super) batch_attempts: usize,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub(super) enum Role {
-    /// A batch run: process 0 publishes the version.
-    Batch,
-    /// The speed layer: process 0 is the serving process.
-    Speed,
-}
-
-#[derive(Args)]
-pub(super) struct WorkerArgs {
-    /// What this run is.
-    #[arg(long, value_enum)]
-    pub(super) role: Role,
-    /// Processes in the cluster.
-    #[arg(long)]
-    pub(super) processes: usize,
-    /// This process's index, 0..processes.
-    #[arg(long)]
-    pub(super) process: usize,
-    /// One host:port per line, in process order.
-    #[arg(long)]
-    pub(super) hostfile: PathBuf,
-    /// Log offsets per partition the run starts from (batch: covers up to; speed: starts at), e.g. 10,12,9,11.
-    #[arg(long)]
-    pub(super) cut: String,
-    /// Speed: the batch version whose seeds it starts from (none: from offset 0).
-    #[arg(long)]
-    pub(super) batch_version: Option<u64>,
-    /// How long to wait for every peer to connect (e.g. 30s, 2m).
-    #[arg(long = "peer-timeout", alias = "peer-timeout-secs", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
-    pub(super) peer_timeout: Duration,
-    /// Exit when stdin closes (set by the process that starts local workers).
-    #[arg(long, hide = true)]
-    pub(super) exit_with_parent: bool,
-}
-
 #[derive(Args)]
 pub(super) struct ServeArgs {
     /// The job to serve (this binary's job; checked).

@@ -253,7 +253,7 @@ pub(super) fn worker<J: Job>(app: App<J>, dir: &Path, workers: usize, args: Work
     }
     crate::guard::fail_fast();
     let peers = Peers::from_hostfile(&args.hostfile, args.processes, args.process, workers)?;
-    let cut = parse_cut(&args.cut)?;
+    let cut = args.cut.0.clone();
     let log = Log::open_follower(&dir.join("log"))?;
     if cut.len() != log.partitions() as usize {
         return Err(Error::Usage(format!("--cut has {} offsets, but the log has {} partitions", cut.len(), log.partitions())));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::append::Appender;
 use crate::batch::Progress;
+use crate::cluster::{Role, WorkerArgs};
 use crate::error::{DataflowError, Error, Result};
 use crate::lambda::{ClusterOptions, Lambda, Options, QueryResult};
 use crate::log::{Log, LogConfig};

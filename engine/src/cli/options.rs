@@ -56,12 +56,6 @@ pub(super) fn read_token(path: &Path) -> Result<String> {
 }
 
 /// `10,12,9,11` → offsets per partition.
-pub(super) fn parse_cut(s: &str) -> Result<Vec<u64>> {
-    s.split(',')
-        .map(|v| v.trim().parse::<u64>().map_err(|_| Error::Usage(format!("--cut: `{v}` is not an offset (expected e.g. 10,12,9,11)"))))
-        .collect()
-}
-
 pub(super) fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig> {
     use crate::serve::{parse_time_of_day, Schedule, ServeConfig};
     let schedule = match (&args.batch_every, &args.batch_at) {
