@@ -461,8 +461,7 @@ pub(crate) fn run_batch_local(
     };
     // A version with this cut published by this attempt: the run succeeded, whatever any
     // process did after process 0 published it.
-    let published_here =
-        || -> Result<Option<BatchMeta>> { Ok(store.current_meta()?.filter(|m| m.cut == cut && m.started_ms >= started_ms)) };
+    let published_here = || -> Result<Option<BatchMeta>> { store.find_published(|m| m.cut == cut && m.started_ms >= started_ms) };
     loop {
         // Take what the children reported, but not for ever: exits and deadlines are checked
         // at least every 100 ms.

@@ -110,6 +110,16 @@ impl Peers {
     }
 }
 
+/// Whether process `pid` is running (where that cannot be known, it is assumed to be: a
+/// pending version is never removed on a guess).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
 /// Removes the hostfiles of `cluster_dir` whose writing process is gone (killed before its
 /// clusters' drops could remove them). A live process's hostfiles are never touched.
 fn remove_stale_hostfiles(cluster_dir: &Path) {
@@ -118,7 +128,7 @@ fn remove_stale_hostfiles(cluster_dir: &Path) {
         let name = entry.file_name().to_string_lossy().to_string();
         // `{name}-{pid}-{n}.hosts`
         let pid = name.strip_suffix(".hosts").and_then(|stem| stem.rsplit('-').nth(1)).and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|pid| !crate::store::process_alive(pid)) {
+        if pid.is_some_and(|pid| !process_alive(pid)) {
             let _ = std::fs::remove_file(entry.path());
         }
     }

@@ -134,9 +134,14 @@ pub(crate) struct KeyJournal {
     poisoned: Option<String>,
 }
 
+/// The journal's framing: the log's record framing, without the log's payload limit (a
+/// compaction writes every live key in one record, far more than 16 MiB at a million keys).
 fn frame(payload: &[u8]) -> Vec<u8> {
+    let len_bytes = u32::try_from(payload.len()).expect("a journal record is under 4 GiB").to_le_bytes();
     let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
-    frame::encode_into(&mut out, payload);
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&frame::record_crc(len_bytes, payload).to_le_bytes());
+    out.extend_from_slice(payload);
     out
 }
 
@@ -506,6 +511,19 @@ mod tests {
     fn open(dir: &Path) -> (KeyJournal, Log) {
         let log = Log::open_or_create(&dir.join("log"), LogConfig { partitions: 2, segment_bytes: 1 << 20 }).expect("log");
         KeyJournal::open(dir, log, Duration::from_secs(3600), 1000).expect("journal")
+    }
+
+    // Proves a journal record larger than the log's payload limit (a compaction of ~200k
+    // keys) is framed and read back, instead of tripping the log's limit.
+    #[test]
+    fn records_beyond_the_logs_payload_limit() {
+        let big = vec![7u8; crate::log::MAX_PAYLOAD_BYTES + 1];
+        let framed = frame(&big);
+        assert_eq!(framed.len(), RECORD_HEADER_BYTES + big.len());
+        let len = u32::from_le_bytes(framed[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(framed[4..8].try_into().expect("4 bytes"));
+        assert_eq!(len, big.len());
+        assert_eq!(crc, frame::record_crc(framed[..4].try_into().expect("4 bytes"), &big));
     }
 
     // Proves a compaction's temporary file left by a crash (or a failed compaction on a full

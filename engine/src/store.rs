@@ -75,14 +75,17 @@ fn pending_of(name: &str) -> Option<(u64, u32)> {
     Some((version, pid))
 }
 
-/// Whether process `pid` is running (where that cannot be known, it is assumed to be: a
-/// pending version is never removed on a guess).
-pub(crate) fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
+/// Whether the pending version in `dir` has no owner any more: its `OWNER` lock can be
+/// taken (the process holding it is gone, wherever it ran). A directory without the file
+/// is one being created, unless it is older than [`SHARDS_ABANDONED_AFTER`].
+fn abandoned(dir: &Path) -> bool {
+    match fs::OpenOptions::new().write(true).open(dir.join(OWNER)) {
+        Ok(f) => f.try_lock().is_ok(),
+        Err(_) => {
+            let age = fs::metadata(dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            age.is_some_and(|age| age > SHARDS_ABANDONED_AFTER)
+        }
     }
-    let proc = Path::new("/proc");
-    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -117,6 +120,8 @@ fn shard_file(name: &str, process: usize) -> Result<String> {
 /// Writes process `process`'s shard of seed `name` (a bincode `Vec` of rows) into a run's
 /// shard directory ([`ViewStore::shard_dir`]), fsync'd.
 pub(crate) fn write_seed_shard(shards: &Path, name: &str, process: usize, body: &[u8]) -> Result<()> {
+    // Created when first written, so its age tells how long it has been idle (see `gc`).
+    fs::create_dir_all(shards).map_err(Error::io(shards, "create directory"))?;
     write_framed(&shards.join(shard_file(name, process)?), body)?;
     fsync_dir(shards)
 }
@@ -125,6 +130,24 @@ pub(crate) fn write_seed_shard(shards: &Path, name: &str, process: usize, body: 
 pub struct PendingVersion {
     tmp: PathBuf,
     version: u64,
+    /// `tmp/OWNER`, exclusively locked for the life of this value: another process (on this
+    /// machine or on another one sharing the directory) sees a pending version whose owner
+    /// lock it can take as abandoned, and only then removes it.
+    owner: Option<fs::File>,
+    published: bool,
+}
+
+/// The owner lock file inside a pending version's directory.
+const OWNER: &str = "OWNER";
+
+impl Drop for PendingVersion {
+    /// A version that was never published is removed: a failed run leaves nothing behind.
+    fn drop(&mut self) {
+        if !self.published {
+            drop(self.owner.take());
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
 }
 
 impl PendingVersion {
@@ -248,9 +271,27 @@ impl ViewStore {
     /// The directory where the processes of run `run` stage their seed shards (created).
     /// Its name starts with `.tmp-`, so [`ViewStore::gc`] removes it if a run is abandoned.
     pub fn shard_dir(&self, run: &str) -> Result<PathBuf> {
-        let dir = self.dir.join(format!(".tmp-shards-{}", safe_name(run)?));
-        fs::create_dir_all(&dir).map_err(Error::io(&dir, "create directory"))?;
-        Ok(dir)
+        Ok(self.dir.join(format!(".tmp-shards-{}", safe_name(run)?)))
+    }
+
+    /// The newest published version whose metadata satisfies `pred`, whether or not it is
+    /// current (a version published late does not become current: see `publish`).
+    pub fn find_published(&self, pred: impl Fn(&BatchMeta) -> bool) -> Result<Option<BatchMeta>> {
+        let mut versions: Vec<u64> = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
+            let name = entry.map_err(Error::io(&self.dir, "list"))?.file_name();
+            versions.extend(version_of(&name.to_string_lossy()));
+        }
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        for v in versions {
+            // A version removed meanwhile (gc) is skipped, not an error.
+            if let Ok(meta) = self.meta(v) {
+                if pred(&meta) {
+                    return Ok(Some(meta));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Holds the store's lock (`views/LOCK`) for the life of the guard. Every process that
@@ -281,13 +322,13 @@ impl ViewStore {
             let name = name.to_string_lossy();
             if let Some(v) = version_of(&name) {
                 highest = highest.max(v);
-            } else if let Some((v, pid)) = pending_of(&name) {
-                if process_alive(pid) {
-                    highest = highest.max(v);
-                } else {
-                    // Its process is gone: nobody will finish it, and its number is free.
-                    let path = self.dir.join(&*name);
+            } else if let Some((v, _)) = pending_of(&name) {
+                let path = self.dir.join(&*name);
+                if abandoned(&path) {
+                    // Its owner is gone: nobody will finish it, and its number is free.
                     fs::remove_dir_all(&path).map_err(Error::io(&path, "remove an abandoned pending version"))?;
+                } else {
+                    highest = highest.max(v);
                 }
             }
         }
@@ -297,7 +338,12 @@ impl ViewStore {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".tmp-v{version:06}-{}-{n}", std::process::id()));
         fs::create_dir(&tmp).map_err(Error::io(&tmp, "create directory"))?;
-        Ok(PendingVersion { tmp, version })
+        let mut pending = PendingVersion { tmp, version, owner: None, published: false };
+        let owner_path = pending.tmp.join(OWNER);
+        let owner = fs::File::create(&owner_path).map_err(Error::io(&owner_path, "create"))?;
+        owner.try_lock().map_err(|e| Error::Internal(format!("a new pending version's owner lock is taken: {e:?}")))?;
+        pending.owner = Some(owner);
+        Ok(pending)
     }
 
     /// Writes the metadata, moves the version into place and makes it current, atomically.
@@ -309,7 +355,11 @@ impl ViewStore {
         write_framed(&pending.tmp.join("META.json"), &body)?;
         fsync_dir(&pending.tmp)?;
         let _store = self.lock()?;
+        let mut pending = pending;
+        // The published version holds no owner file; the lock itself goes with `pending`.
+        let _ = fs::remove_file(pending.tmp.join(OWNER));
         durable::rename_synced(&pending.tmp, &self.version_dir(pending.version))?;
+        pending.published = true;
         if self.current()?.is_some_and(|c| c > pending.version) {
             return Ok(());
         }
@@ -328,11 +378,12 @@ impl ViewStore {
         }
     }
 
-    /// Removes published versions older than the newest `keep` (never the current one), and
-    /// temporaries nobody will finish: pending versions whose process is gone, and seed-shard
-    /// staging directories untouched for [`SHARDS_ABANDONED_AFTER`]. A pending version of a
-    /// live process is never touched.
-    pub fn gc(&self, keep: usize) -> Result<Vec<u64>> {
+    /// Removes published versions older than the newest `keep` (never the current one, nor
+    /// one in `in_use`: the version a server serves may be older than the current one), and
+    /// temporaries nobody will finish: pending versions whose owner lock is free, and
+    /// seed-shard staging directories untouched for [`SHARDS_ABANDONED_AFTER`]. A pending
+    /// version whose owner runs is never touched.
+    pub fn gc(&self, keep: usize, in_use: &[u64]) -> Result<Vec<u64>> {
         let _store = self.lock()?;
         let current = self.current()?;
         let mut versions = Vec::new();
@@ -341,8 +392,8 @@ impl ViewStore {
             let name = entry.file_name().to_string_lossy().to_string();
             if let Some(v) = version_of(&name) {
                 versions.push(v);
-            } else if let Some((_, pid)) = pending_of(&name) {
-                if !process_alive(pid) {
+            } else if pending_of(&name).is_some() {
+                if abandoned(&entry.path()) {
                     let _ = fs::remove_dir_all(entry.path());
                 }
             } else if name.starts_with(".tmp-shards-") {
@@ -356,7 +407,7 @@ impl ViewStore {
         let mut removed = Vec::new();
         let cut_at = versions.len().saturating_sub(keep.max(1));
         for v in &versions[..cut_at] {
-            if Some(*v) != current {
+            if Some(*v) != current && !in_use.contains(v) {
                 fs::remove_dir_all(self.version_dir(*v)).map_err(Error::io(&self.version_dir(*v), "remove"))?;
                 removed.push(*v);
             }
@@ -394,16 +445,23 @@ mod tests {
         let tmp = TempDir::new("store-pending");
         let data = tmp.path();
         let store = ViewStore::open(data).expect("open");
-        // Process 1 (init) is alive; u32::MAX - 1 is no process.
+        // A pending version whose owner lock is held (as another process would hold it) and
+        // one whose owner lock is free (its process is gone).
         let live = store.dir.join(".tmp-v000003-1-0");
         let dead = store.dir.join(format!(".tmp-v000002-{}-0", u32::MAX - 1));
         fs::create_dir_all(&live).expect("live");
-        fs::create_dir_all(&dead).expect("dead");
+        let held = fs::File::create(live.join(OWNER)).expect("owner");
+        held.try_lock().expect("hold the owner lock");
+        let make_dead = || {
+            fs::create_dir_all(&dead).expect("dead");
+            fs::File::create(dead.join(OWNER)).expect("owner");
+        };
+        make_dead();
         let p = store.begin().expect("begin");
         assert_eq!(p.version(), 4, "a pending version of another process holds its number");
         assert!(!dead.exists(), "a dead process's pending version is removed");
-        fs::create_dir_all(&dead).expect("dead again");
-        store.gc(1).expect("gc");
+        make_dead();
+        store.gc(1, &[]).expect("gc");
         assert!(live.exists(), "gc must never remove a live process's pending version");
         assert!(!dead.exists(), "a dead process's pending version is removed");
         let q = store.begin().expect("begin");
@@ -412,6 +470,18 @@ mod tests {
         store.publish(p, &meta(4)).expect("publish 4 late");
         assert_eq!(store.current().expect("current"), Some(5), "CURRENT never moves back");
         assert!(store.meta(4).is_ok(), "the late version is published all the same");
+        assert_eq!(store.find_published(|m| m.version == 4).expect("find").map(|m| m.version), Some(4));
+        // A version in use (served although not current) survives gc.
+        let r = store.begin().expect("begin");
+        store.publish(r, &meta(6)).expect("publish 6");
+        assert_eq!(store.gc(1, &[4]).expect("gc"), vec![5], "v4 is in use, v6 current");
+        assert!(store.meta(4).is_ok());
+        drop(held);
+        // A run that fails before publishing leaves nothing behind.
+        let failed = store.begin().expect("begin");
+        let dir = failed.tmp.clone();
+        drop(failed);
+        assert!(!dir.exists(), "an unpublished version is removed when dropped");
     }
 
     // Proves concurrent batch runs (threads standing in for processes, each with its own
@@ -426,7 +496,7 @@ mod tests {
             let gc = s.spawn(|| {
                 let store = ViewStore::open(data).expect("open");
                 for _ in 0..50 {
-                    store.gc(1).expect("gc");
+                    store.gc(1, &[]).expect("gc");
                 }
             });
             let runs: Vec<_> = (0..4)
@@ -477,7 +547,7 @@ mod tests {
             store.publish(p, &meta(v)).unwrap();
         }
         assert_eq!(store.current().unwrap(), Some(4));
-        assert_eq!(store.gc(2).unwrap(), vec![1, 2]);
+        assert_eq!(store.gc(2, &[]).unwrap(), vec![1, 2]);
         assert!(store.meta(3).is_ok() && store.meta(1).is_err());
     }
 

@@ -230,7 +230,7 @@ pub(super) fn batch_local<J: Job>(app: App<J>, dir: &Path, workers: usize, keep:
     }
     let report = handle.join().map_err(|_| Error::Dataflow(DataflowError::Panicked("batch thread panicked".into())))??;
     bar.finish_and_clear();
-    let removed = store.gc(keep)?;
+    let removed = store.gc(keep, &[])?;
     let m = &report.meta;
     eprintln!(
         "batch v{} published: {} events at cut {:?} in {:.2}s compute + {:.2}s write ({:.0} events/s){}",

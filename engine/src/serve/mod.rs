@@ -508,7 +508,10 @@ fn scheduler<J: Job>(
             Ok(report) => {
                 metrics.batch_ok.fetch_add(1, Ordering::Relaxed);
                 metrics.batch_last_ms.store(took.as_millis() as u64, Ordering::Relaxed);
-                let removed = ViewStore::open(lambda.dir()).and_then(|s| s.gc(keep));
+                // Never the version being served (a late run's version is served although a
+                // newer one is current).
+                let serving: Vec<u64> = lambda.serving().batch.iter().map(|b| b.meta.version).collect();
+                let removed = ViewStore::open(lambda.dir()).and_then(|s| s.gc(keep, &serving));
                 if let Err(e) = &removed {
                     eprintln!("lambdaflow serve: removing old batch versions failed: {e}");
                 }
