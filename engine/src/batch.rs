@@ -234,7 +234,7 @@ fn compute<J: Job>(
                     // local worker that failed never gets here; across processes that
                     // only happens in a fail-fast worker process, which has exited.)
                     if abort.raised() {
-                        return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
+                        return Err(crate::guard::another_worker_failed());
                     }
                     local.wait();
                     write_shards(worker, &registry, shards, process, &shard_rows, index % workers == 0)?;
@@ -300,7 +300,7 @@ impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
                 self.worker.step();
                 self.window.clear();
                 if self.abort.raised() {
-                    return Err(Error::Dataflow(DataflowError::Failed("another worker failed".into())));
+                    return Err(crate::guard::another_worker_failed());
                 }
             }
             Ok(())

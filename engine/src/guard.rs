@@ -109,9 +109,7 @@ pub(crate) fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&
         drop_dataflows(worker);
     }
     match result {
-        Ok(_) if abort.raised() => {
-            Err(Error::Dataflow(DataflowError::Failed(abort.reason().unwrap_or_else(|| "another worker failed".into()))))
-        }
+        Ok(_) if abort.raised() => Err(another_worker_failed()),
         other => other,
     }
 }
@@ -122,8 +120,45 @@ pub(crate) fn guarded<T>(worker: &mut Worker, abort: &Abort, body: impl FnOnce(&
 pub(crate) fn join_workers(guards: timely::communication::WorkerGuards<Result<()>>) -> Result<()> {
     let joined = catch_unwind(AssertUnwindSafe(|| guards.join()))
         .map_err(|p| Error::Dataflow(DataflowError::ProcessFailed(format!("the cluster failed: {}", panic_message(p.as_ref())))))?;
-    for r in joined {
-        r.map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))??;
+    let errors: Vec<Error> =
+        joined.into_iter().filter_map(|r| r.map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e))).and_then(|r| r).err()).collect();
+    first_cause(errors).map_or(Ok(()), Err)
+}
+
+/// What a worker returns when it stops because another one failed (the other's error is
+/// the run's error).
+pub(crate) fn another_worker_failed() -> Error {
+    Error::Dataflow(DataflowError::Failed(ANOTHER_WORKER_FAILED.into()))
+}
+
+const ANOTHER_WORKER_FAILED: &str = "another worker failed";
+
+/// The run's error among its workers' errors: the first that is a cause, not a worker
+/// stopping because another failed (so a decode error or a job's panic on worker 3 keeps
+/// its kind and its message, whichever worker is joined first).
+fn first_cause(errors: Vec<Error>) -> Option<Error> {
+    let is_echo = |e: &Error| matches!(e, Error::Dataflow(DataflowError::Failed(m)) if m == ANOTHER_WORKER_FAILED);
+    let cause = errors.iter().position(|e| !is_echo(e));
+    let mut errors = errors;
+    match cause {
+        Some(i) => Some(errors.swap_remove(i)),
+        None => errors.into_iter().next(),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves a run's error is the failing worker's own, not another worker's echo of it,
+    // whatever order the workers are joined in.
+    #[test]
+    fn the_cause_wins_over_echoes() {
+        let decode = || Error::Decode { partition: 2, offset: 9, detail: "bad".into() };
+        let e = first_cause(vec![another_worker_failed(), decode(), another_worker_failed()]).expect("an error");
+        assert!(matches!(e, Error::Decode { partition: 2, offset: 9, .. }), "{e}");
+        assert!(first_cause(vec![]).is_none());
+        let e = first_cause(vec![another_worker_failed()]).expect("an error");
+        assert_eq!(e.to_string(), another_worker_failed().to_string());
+    }
 }
