@@ -58,6 +58,11 @@ fn commands_answer_through_a_running_service() {
         assert!(stderr(&o).contains(&format!("answered by process {}", server.child.id())), "{args:?}: {}", stderr(&o));
         o
     };
+    // The speed layer has taken in every acknowledged event: both reads below see the same.
+    let end = server.client().get("/v1/status").expect("status").json()["log"]["end"].clone();
+    let end: Vec<String> = end.as_array().expect("log.end").iter().map(|o| o.to_string()).collect();
+    let r = server.client().get(&format!("/v1/views/revenue_by_day?limit=1&min_frontier={}", end.join(","))).expect("wait");
+    assert_eq!(r.status, 200, "{}", r.text());
     let o = ok(&["query", "revenue_by_day", "--json", "--limit", "100000"]);
     let got: Value = serde_json::from_str(stdout(&o).trim()).expect("query --json is JSON");
     let want = server.client().get("/v1/views/revenue_by_day?limit=100000").expect("query").json();
@@ -251,9 +256,16 @@ fn ingest_server_sends_a_large_file_in_fitting_requests() {
     let send = |path: &std::path::Path| {
         std::process::Command::new(common::bin()).args(["ingest", "--server", &url]).arg(path).output().expect("spawn ingest --server")
     };
+    let rejected = |server: &Server| server.client().get("/v1/status").expect("status").json()["ingest"]["rejected"].clone();
+    let rejected_before = rejected(&server);
     let o = send(&file);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(log_events(&server), 3000);
+    // It asked the service for its limit first: no request was refused as too large.
+    let st = server.client().get("/v1/status").expect("status").json();
+    assert_eq!(st["max_body_bytes"], 65536, "{st}");
+    assert_eq!(st["ingest"]["rejected"], rejected_before, "a request was refused: {}", stderr(&o));
+    assert!(stderr(&o).contains("requests of up to 64 KiB"), "{}", stderr(&o));
     let o = send(&file);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("already stored by an earlier run"), "{}", stderr(&o));
@@ -275,4 +287,57 @@ fn ingest_server_sends_a_large_file_in_fitting_requests() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("line 3001"), "{}", stderr(&o));
     assert_eq!(log_events(&server), 6000, "a refused file stored events");
+}
+
+/// Sends FILE with `ingest --server URL` and extra flags.
+fn ingest_server(url: &str, file: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["ingest", "--server", url];
+    args.extend_from_slice(extra);
+    args.push(file.to_str().expect("utf-8"));
+    run_limited(file.parent().expect("dir"), &args, LIMIT)
+}
+
+// A line longer than a request may hold is found before anything is sent: refused (exit 2)
+// naming the line and a --request-size that fits, and nothing is stored; with that size the
+// file goes through. A re-run after the service restarted with another --max-body (still
+// above --request-size) cuts the file the same way and stores nothing twice.
+#[test]
+fn ingest_server_cuts_by_request_size_alone() {
+    let tmp = TempDir::new("cli-ingest-long");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 2000, 8, "ndjson");
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    let last = text.lines().last().expect("a line").to_string();
+    text.push_str(&format!("{}{}}}\n", &last[..last.len() - 1], " ".repeat(3000)));
+    std::fs::write(&file, &text).expect("write");
+    let server = Server::start(&tmp.join("data"), &["--max-body", "64KiB"]);
+    let url = format!("http://{}", server.addr);
+    let o = ingest_server(&url, &file, &["--request-size", "2KiB"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 2001") && err.contains("nothing was sent") && err.contains("--request-size 4KiB"), "{err}");
+    assert_eq!(log_events(&server), 0, "requests were stored before the long line was found");
+    let o = ingest_server(&url, &file, &["--request-size", "4KiB"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 2001);
+    drop(server);
+    let server = Server::start(&tmp.join("data"), &["--max-body", "1MiB"]);
+    let o = ingest_server(&format!("http://{}", server.addr), &file, &["--request-size", "4KiB"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already stored by an earlier run"), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 2001, "a re-run after the service's --max-body changed stored events twice");
+}
+
+// `--server` with a host name tries every address it resolves to, and when none takes the
+// connection it fails at once (exit 5) naming the addresses, instead of retrying.
+#[test]
+fn ingest_server_fails_fast_when_nothing_listens() {
+    let tmp = TempDir::new("cli-ingest-refused");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 10, 9, "ndjson");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let o = ingest_server(&format!("http://localhost:{port}"), &file, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("nothing answers"), "{err}");
 }
