@@ -341,3 +341,121 @@ fn ingest_server_fails_fast_when_nothing_listens() {
     assert_eq!(o.status.code(), Some(5), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("nothing answers"), "{err}");
 }
+
+/// A stand-in for a service holding the data directory `dir` (its LOCK held by this process,
+/// its address in HOLDER.json): answers each request (method, path) with `handler`'s status
+/// and JSON body.
+struct FakeService {
+    _lock: std::fs::File,
+}
+
+fn fake_service(dir: &std::path::Path, handler: impl Fn(&str, &str) -> (u16, String) + Send + 'static) -> FakeService {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && matches!(s.read(&mut byte), Ok(1)) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let mut words = head.split_whitespace();
+            let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+            let (status, body) = handler(method, path);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    std::fs::create_dir_all(dir).expect("dir");
+    let lock = std::fs::File::create(dir.join("LOCK")).expect("create LOCK");
+    lock.try_lock().expect("lock");
+    let record =
+        serde_json::json!({ "pid": std::process::id(), "command": "serve", "argv": "lambdaflow serve", "addr": addr, "token": false });
+    std::fs::write(dir.join("HOLDER.json"), record.to_string()).expect("write holder");
+    FakeService { _lock: lock }
+}
+
+/// `?a=1&b=2` → the value of `name`.
+fn param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    path.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+// A remote range query follows the service's cursor: a service that answers in pages smaller
+// than asked (`more: true`, `next`) still gives --all every answer and --limit N exactly N,
+// and the footer says "all" or "there are more" as it is.
+#[test]
+fn remote_query_follows_the_cursor() {
+    let tmp = TempDir::new("cli-remote-pages");
+    const KEYS: usize = 250;
+    let _service = fake_service(tmp.path(), |_, path| {
+        let after: usize = param(path, "after").map_or(0, |a| a.parse::<usize>().expect("a cursor") + 1);
+        let limit: usize = param(path, "limit").expect("limit").parse().expect("a number");
+        let end = (after + limit.min(100)).min(KEYS);
+        let items: Vec<Value> = (after..end).map(|k| serde_json::json!({ "key": k, "value": k * 10 })).collect();
+        let more = end < KEYS;
+        let next = if more { Value::String((end - 1).to_string()) } else { Value::Null };
+        (200, serde_json::json!({ "view": "v", "items": items, "more": more, "next": next, "freshness": {} }).to_string())
+    });
+    let o = run_limited(tmp.path(), &["query", "v", "--all"], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let keys: Vec<usize> = stdout(&o).lines().map(|l| l.split('\t').next().expect("key").parse().expect("a number")).collect();
+    assert_eq!(keys, (0..KEYS).collect::<Vec<_>>());
+    assert!(stderr(&o).contains(&format!("-- {KEYS} answers;")), "{}", stderr(&o));
+    let o = run_limited(tmp.path(), &["query", "v", "--limit", "150"], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 150);
+    assert!(stderr(&o).contains("the first 150 answers (there are more"), "{}", stderr(&o));
+}
+
+// A remote `batch` waits for a run that started after its request, not for the end of one
+// already in progress, and gives up after --timeout with exit code 5.
+#[test]
+fn remote_batch_waits_for_its_own_run() {
+    use std::sync::{Arc, Mutex};
+    let tmp = TempDir::new("cli-remote-batch");
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let started = now_ms() - 60_000;
+    // Status requests after the POST: the older run ends first (v8), then this one (v9).
+    let polls: Arc<Mutex<Option<u32>>> = Arc::new(Mutex::new(None));
+    let stuck = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stuck.clone();
+    let p = polls.clone();
+    let _service = fake_service(tmp.path(), move |method, path| {
+        let mut polls = p.lock().unwrap();
+        let last = |version: u64, started_ms: u64| {
+            serde_json::json!({ "batch_run": { "last": { "ok": true, "version": version, "events": 1, "cut": [1], "started_ms": started_ms } } })
+                .to_string()
+        };
+        match (method, path) {
+            ("POST", "/v1/batch") => {
+                *polls = Some(0);
+                (202, serde_json::json!({ "queued": true, "running": true }).to_string())
+            }
+            (_, "/v1/status") => match polls.as_mut() {
+                None => (200, last(7, started - 1)),
+                Some(n) => {
+                    *n += 1;
+                    match *n {
+                        _ if s.load(std::sync::atomic::Ordering::Relaxed) => (200, last(8, started)),
+                        1..=3 => (200, last(8, started)),
+                        _ => (200, last(9, now_ms())),
+                    }
+                }
+            },
+            _ => (404, "{}".into()),
+        }
+    });
+    let o = run_limited(tmp.path(), &["batch"], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("batch v9 published"), "the older run was taken for this one:\n{}", stderr(&o));
+    stuck.store(true, std::sync::atomic::Ordering::Relaxed); // no run ends any more
+    let o = run_limited(tmp.path(), &["batch", "--timeout", "1s"], LIMIT);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--timeout"), "{}", stderr(&o));
+}

@@ -110,6 +110,10 @@ pub(super) struct BatchArgs {
     /// Run it on this many worker processes (started on loopback, -w threads each).
     #[arg(long, default_value_t = 1)]
     pub(super) processes: usize,
+    /// With a service holding the data directory: how long to wait for the run it starts
+    /// (e.g. 10m, 1h); past it, exit code 5.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_positive_duration)]
+    pub(super) timeout: Duration,
 }
 
 /// `query`'s flags.

@@ -292,34 +292,49 @@ impl Service {
         }
     }
 
-    pub(super) fn query(
-        &self,
-        view: &str,
-        key: Option<&str>,
-        from: Option<&str>,
-        to: Option<&str>,
-        limit: usize,
-    ) -> Result<serde_json::Value> {
-        let path = match key {
-            Some(k) => format!("/v1/views/{}/{}", url_encode(view), url_encode(k).replace("%2F", "/")),
-            None => {
-                let mut p = format!("/v1/views/{}?limit={limit}", url_encode(view));
-                if let Some(f) = from {
-                    p += &format!("&from={}", url_encode(f));
-                }
-                if let Some(t) = to {
-                    p += &format!("&to={}", url_encode(t));
-                }
-                p
-            }
-        };
+    /// One key's answer (`{"view","freshness"}` only, when it has none yet).
+    pub(super) fn point(&self, view: &str, key: &str) -> Result<serde_json::Value> {
+        let path = format!("/v1/views/{}/{}", url_encode(view), url_encode(key).replace("%2F", "/"));
         match self.call("GET", &path, b"")? {
             (200, v) => Ok(v),
             // A key with no events yet: no answer, with the freshness it was asked at.
-            (404, v) if key.is_some() && v.get("freshness").is_some() => {
-                Ok(serde_json::json!({ "view": view, "freshness": v["freshness"] }))
-            }
+            (404, v) if v.get("freshness").is_some() => Ok(serde_json::json!({ "view": view, "freshness": v["freshness"] })),
             (status, v) => Err(remote_error(status, &v)),
+        }
+    }
+
+    /// Up to `limit` answers of a range (`{"view","items","freshness"}`), following the
+    /// service's cursor (`next`) while it says there are `more`; and whether there are more
+    /// than were returned. The freshness is the first page's: every answer is at least as
+    /// fresh.
+    pub(super) fn range(&self, view: &str, from: Option<&str>, to: Option<&str>, limit: usize) -> Result<(serde_json::Value, bool)> {
+        let mut items: Vec<serde_json::Value> = Vec::new();
+        let mut freshness = serde_json::Value::Null;
+        let mut after: Option<String> = None;
+        loop {
+            let ask = (limit - items.len()).clamp(1, REMOTE_LIMIT_MAX);
+            let mut p = format!("/v1/views/{}?limit={ask}", url_encode(view));
+            match (&after, from) {
+                (Some(a), _) => p += &format!("&after={}", url_encode(a)),
+                (None, Some(f)) => p += &format!("&from={}", url_encode(f)),
+                (None, None) => {}
+            }
+            if let Some(t) = to {
+                p += &format!("&to={}", url_encode(t));
+            }
+            let mut page = self.get(&p)?;
+            if freshness.is_null() {
+                freshness = page["freshness"].take();
+            }
+            if let Some(got) = page["items"].as_array_mut() {
+                items.append(got);
+            }
+            let next = page["next"].as_str().map(str::to_string);
+            let more = page["more"] == true && next.is_some();
+            if !more || items.len() >= limit {
+                return Ok((serde_json::json!({ "view": view, "items": items, "freshness": freshness }), more));
+            }
+            after = next;
         }
     }
 
@@ -335,26 +350,36 @@ impl Service {
         Ok(views)
     }
 
-    /// Asks the service for a batch run and waits until it has published one.
-    pub(super) fn batch(&self) -> Result<()> {
-        let version = |s: &serde_json::Value| s["batch"]["version"].as_u64().unwrap_or(0);
-        let failed = |s: &serde_json::Value| s["batch_run"]["failed"].as_u64().unwrap_or(0);
-        let before = self.get("/v1/status")?;
+    /// Asks the service for a batch run and waits, at most `timeout`, for a run that started
+    /// after the request (not one already in progress) to end.
+    pub(super) fn batch(&self, timeout: Duration) -> Result<()> {
+        let asked_ms = crate::clock::now_ms();
+        let deadline = Instant::now() + timeout;
         match self.call("POST", "/v1/batch", b"")? {
+            (202, v) if v["running"] == true => {
+                eprintln!("a batch run is in progress: waiting for the next one, which covers this request")
+            }
             (202, _) => {}
             (status, v) => return Err(remote_error(status, &v)),
         }
         loop {
             std::thread::sleep(Duration::from_millis(200));
             let now = self.get("/v1/status")?;
-            if failed(&now) > failed(&before) {
-                let why = now["batch_run"]["last"].to_string();
-                return Err(Error::Unavailable(format!("the service's batch run failed: {why}")));
-            }
-            if version(&now) > version(&before) {
-                let b = &now["batch"];
-                eprintln!("batch v{} published by the service: {} events at cut {}", version(&now), b["events"], b["cut"]);
+            // The service and this command share the machine (and its clock): they share the
+            // data directory.
+            let last = &now["batch_run"]["last"];
+            if last["started_ms"].as_u64().is_some_and(|s| s >= asked_ms) {
+                if last["ok"] != true {
+                    return Err(Error::Unavailable(format!("the service's batch run failed: {}", plain(&last["error"]))));
+                }
+                eprintln!("batch v{} published by the service: {} events at cut {}", last["version"], last["events"], last["cut"]);
                 return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "the service did not finish a batch run within {} (--timeout); it may still run one: see `status`",
+                    format_duration(timeout)
+                )));
             }
         }
     }
