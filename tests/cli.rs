@@ -165,6 +165,11 @@ fn output_into_a_closed_pipe_ends_quietly() {
 fn flags_take_units() {
     let tmp = TempDir::new("cli-units");
     let server = Server::start(tmp.path(), &["--max-body", "64MiB", "--batch-every", "10m", "--peer-timeout", "1m"]);
+    // The helper returns on the address, maybe before it has stored the line that names it.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !server.stderr().contains("listening on") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(server.stderr().contains("batch runs every 10m"), "{}", server.stderr());
     let big = vec![b' '; 20 << 20];
     let r = server.client().post("/v1/events", &[], &big).expect("post");
@@ -343,13 +348,13 @@ fn ingest_server_fails_fast_when_nothing_listens() {
 }
 
 /// A stand-in for a service holding the data directory `dir` (its LOCK held by this process,
-/// its address in HOLDER.json): answers each request (method, path) with `handler`'s status
+/// its address in HOLDER.json): answers each request (method, path, body) with `handler`'s status
 /// and JSON body.
 struct FakeService {
     _lock: std::fs::File,
 }
 
-fn fake_service(dir: &std::path::Path, handler: impl Fn(&str, &str) -> (u16, String) + Send + 'static) -> FakeService {
+fn fake_service(dir: &std::path::Path, handler: impl Fn(&str, &str, &[u8]) -> (u16, String) + Send + 'static) -> FakeService {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -362,9 +367,12 @@ fn fake_service(dir: &std::path::Path, handler: impl Fn(&str, &str) -> (u16, Str
                 head.push(byte[0]);
             }
             let head = String::from_utf8_lossy(&head).to_string();
+            let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok());
+            let mut body = vec![0u8; length.unwrap_or(0)];
+            let _ = s.read_exact(&mut body);
             let mut words = head.split_whitespace();
             let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-            let (status, body) = handler(method, path);
+            let (status, body) = handler(method, path, &body);
             let _ = write!(
                 s,
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -393,7 +401,7 @@ fn param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
 fn remote_query_follows_the_cursor() {
     let tmp = TempDir::new("cli-remote-pages");
     const KEYS: usize = 250;
-    let _service = fake_service(tmp.path(), |_, path| {
+    let _service = fake_service(tmp.path(), |_, path, _| {
         let after: usize = param(path, "after").map_or(0, |a| a.parse::<usize>().expect("a cursor") + 1);
         let limit: usize = param(path, "limit").expect("limit").parse().expect("a number");
         let end = (after + limit.min(100)).min(KEYS);
@@ -426,7 +434,7 @@ fn remote_batch_waits_for_its_own_run() {
     let stuck = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stuck.clone();
     let p = polls.clone();
-    let _service = fake_service(tmp.path(), move |method, path| {
+    let _service = fake_service(tmp.path(), move |method, path, _| {
         let mut polls = p.lock().unwrap();
         let last = |version: u64, started_ms: u64| {
             serde_json::json!({ "batch_run": { "last": { "ok": true, "version": version, "events": 1, "cut": [1], "started_ms": started_ms } } })
@@ -458,4 +466,31 @@ fn remote_batch_waits_for_its_own_run() {
     let o = run_limited(tmp.path(), &["batch", "--timeout", "1s"], LIMIT);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("--timeout"), "{}", stderr(&o));
+}
+
+// A line the service refuses is named by its line in the file, blank lines counted: they stay
+// in the request, so the service's numbering matches the file's.
+#[test]
+fn ingest_server_names_the_refused_line_exactly() {
+    let tmp = TempDir::new("cli-ingest-line");
+    let events = String::from_utf8(ndjson(&small_events(3, 4))).expect("utf-8");
+    let lines: Vec<&str> = events.lines().collect();
+    // File lines: 1 event, 2 blank, 3 blank, 4 event, 5 event, 6 blank, 7 event.
+    let text = format!("{}\n\n\n{}\n{}\n\n{}\n", lines[0], lines[1], lines[2], lines[3]);
+    let file = tmp.join("events.ndjson");
+    std::fs::write(&file, text).expect("write");
+    // The service refuses file line 5, numbering the lines of the body it got.
+    let refused = lines[2].to_string();
+    let _service = fake_service(&tmp.join("data"), move |method, _, body| match method {
+        "GET" => (200, serde_json::json!({ "max_body_bytes": 1 << 20 }).to_string()),
+        _ => {
+            let line = String::from_utf8_lossy(body).lines().position(|l| l == refused).expect("the line is sent") + 1;
+            (400, serde_json::json!({ "error": "no", "line": line }).to_string())
+        }
+    });
+    let url = std::fs::read_to_string(tmp.join("data").join("HOLDER.json")).expect("holder");
+    let addr = serde_json::from_str::<Value>(&url).expect("json")["addr"].as_str().expect("addr").to_string();
+    let o = ingest_server(&format!("http://{addr}"), &file, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refused line 5 of"), "{}", stderr(&o));
 }
