@@ -58,6 +58,11 @@ fn commands_answer_through_a_running_service() {
         assert!(stderr(&o).contains(&format!("answered by process {}", server.child.id())), "{args:?}: {}", stderr(&o));
         o
     };
+    // The speed layer has taken in every acknowledged event: both reads below see the same.
+    let end = server.client().get("/v1/status").expect("status").json()["log"]["end"].clone();
+    let end: Vec<String> = end.as_array().expect("log.end").iter().map(|o| o.to_string()).collect();
+    let r = server.client().get(&format!("/v1/views/revenue_by_day?limit=1&min_frontier={}", end.join(","))).expect("wait");
+    assert_eq!(r.status, 200, "{}", r.text());
     let o = ok(&["query", "revenue_by_day", "--json", "--limit", "100000"]);
     let got: Value = serde_json::from_str(stdout(&o).trim()).expect("query --json is JSON");
     let want = server.client().get("/v1/views/revenue_by_day?limit=100000").expect("query").json();
@@ -160,6 +165,11 @@ fn output_into_a_closed_pipe_ends_quietly() {
 fn flags_take_units() {
     let tmp = TempDir::new("cli-units");
     let server = Server::start(tmp.path(), &["--max-body", "64MiB", "--batch-every", "10m", "--peer-timeout", "1m"]);
+    // The helper returns on the address, maybe before it has stored the line that names it.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !server.stderr().contains("listening on") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(server.stderr().contains("batch runs every 10m"), "{}", server.stderr());
     let big = vec![b' '; 20 << 20];
     let r = server.client().post("/v1/events", &[], &big).expect("post");
@@ -251,9 +261,16 @@ fn ingest_server_sends_a_large_file_in_fitting_requests() {
     let send = |path: &std::path::Path| {
         std::process::Command::new(common::bin()).args(["ingest", "--server", &url]).arg(path).output().expect("spawn ingest --server")
     };
+    let rejected = |server: &Server| server.client().get("/v1/status").expect("status").json()["ingest"]["rejected"].clone();
+    let rejected_before = rejected(&server);
     let o = send(&file);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(log_events(&server), 3000);
+    // It asked the service for its limit first: no request was refused as too large.
+    let st = server.client().get("/v1/status").expect("status").json();
+    assert_eq!(st["max_body_bytes"], 65536, "{st}");
+    assert_eq!(st["ingest"]["rejected"], rejected_before, "a request was refused: {}", stderr(&o));
+    assert!(stderr(&o).contains("requests of up to 64 KiB"), "{}", stderr(&o));
     let o = send(&file);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("already stored by an earlier run"), "{}", stderr(&o));
@@ -275,4 +292,205 @@ fn ingest_server_sends_a_large_file_in_fitting_requests() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("line 3001"), "{}", stderr(&o));
     assert_eq!(log_events(&server), 6000, "a refused file stored events");
+}
+
+/// Sends FILE with `ingest --server URL` and extra flags.
+fn ingest_server(url: &str, file: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["ingest", "--server", url];
+    args.extend_from_slice(extra);
+    args.push(file.to_str().expect("utf-8"));
+    run_limited(file.parent().expect("dir"), &args, LIMIT)
+}
+
+// A line longer than a request may hold is found before anything is sent: refused (exit 2)
+// naming the line and a --request-size that fits, and nothing is stored; with that size the
+// file goes through. A re-run after the service restarted with another --max-body (still
+// above --request-size) cuts the file the same way and stores nothing twice.
+#[test]
+fn ingest_server_cuts_by_request_size_alone() {
+    let tmp = TempDir::new("cli-ingest-long");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 2000, 8, "ndjson");
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    let last = text.lines().last().expect("a line").to_string();
+    text.push_str(&format!("{}{}}}\n", &last[..last.len() - 1], " ".repeat(3000)));
+    std::fs::write(&file, &text).expect("write");
+    let server = Server::start(&tmp.join("data"), &["--max-body", "64KiB"]);
+    let url = format!("http://{}", server.addr);
+    let o = ingest_server(&url, &file, &["--request-size", "2KiB"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 2001") && err.contains("nothing was sent") && err.contains("--request-size 4KiB"), "{err}");
+    assert_eq!(log_events(&server), 0, "requests were stored before the long line was found");
+    let o = ingest_server(&url, &file, &["--request-size", "4KiB"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 2001);
+    drop(server);
+    let server = Server::start(&tmp.join("data"), &["--max-body", "1MiB"]);
+    let o = ingest_server(&format!("http://{}", server.addr), &file, &["--request-size", "4KiB"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already stored by an earlier run"), "{}", stderr(&o));
+    assert_eq!(log_events(&server), 2001, "a re-run after the service's --max-body changed stored events twice");
+}
+
+// `--server` with a host name tries every address it resolves to, and when none takes the
+// connection it fails at once (exit 5) naming the addresses, instead of retrying.
+#[test]
+fn ingest_server_fails_fast_when_nothing_listens() {
+    let tmp = TempDir::new("cli-ingest-refused");
+    let file = tmp.join("events.ndjson");
+    common::gen_file(&file, 10, 9, "ndjson");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let o = ingest_server(&format!("http://localhost:{port}"), &file, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("nothing answers"), "{err}");
+}
+
+/// A stand-in for a service holding the data directory `dir` (its LOCK held by this process,
+/// its address in HOLDER.json): answers each request (method, path, body) with `handler`'s status
+/// and JSON body.
+struct FakeService {
+    _lock: std::fs::File,
+}
+
+fn fake_service(dir: &std::path::Path, handler: impl Fn(&str, &str, &[u8]) -> (u16, String) + Send + 'static) -> FakeService {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && matches!(s.read(&mut byte), Ok(1)) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok());
+            let mut body = vec![0u8; length.unwrap_or(0)];
+            let _ = s.read_exact(&mut body);
+            let mut words = head.split_whitespace();
+            let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+            let (status, body) = handler(method, path, &body);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    std::fs::create_dir_all(dir).expect("dir");
+    let lock = std::fs::File::create(dir.join("LOCK")).expect("create LOCK");
+    lock.try_lock().expect("lock");
+    let record =
+        serde_json::json!({ "pid": std::process::id(), "command": "serve", "argv": "lambdaflow serve", "addr": addr, "token": false });
+    std::fs::write(dir.join("HOLDER.json"), record.to_string()).expect("write holder");
+    FakeService { _lock: lock }
+}
+
+/// `?a=1&b=2` → the value of `name`.
+fn param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    path.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+// A remote range query follows the service's cursor: a service that answers in pages smaller
+// than asked (`more: true`, `next`) still gives --all every answer and --limit N exactly N,
+// and the footer says "all" or "there are more" as it is.
+#[test]
+fn remote_query_follows_the_cursor() {
+    let tmp = TempDir::new("cli-remote-pages");
+    const KEYS: usize = 250;
+    let _service = fake_service(tmp.path(), |_, path, _| {
+        let after: usize = param(path, "after").map_or(0, |a| a.parse::<usize>().expect("a cursor") + 1);
+        let limit: usize = param(path, "limit").expect("limit").parse().expect("a number");
+        let end = (after + limit.min(100)).min(KEYS);
+        let items: Vec<Value> = (after..end).map(|k| serde_json::json!({ "key": k, "value": k * 10 })).collect();
+        let more = end < KEYS;
+        let next = if more { Value::String((end - 1).to_string()) } else { Value::Null };
+        (200, serde_json::json!({ "view": "v", "items": items, "more": more, "next": next, "freshness": {} }).to_string())
+    });
+    let o = run_limited(tmp.path(), &["query", "v", "--all"], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let keys: Vec<usize> = stdout(&o).lines().map(|l| l.split('\t').next().expect("key").parse().expect("a number")).collect();
+    assert_eq!(keys, (0..KEYS).collect::<Vec<_>>());
+    assert!(stderr(&o).contains(&format!("-- {KEYS} answers;")), "{}", stderr(&o));
+    let o = run_limited(tmp.path(), &["query", "v", "--limit", "150"], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 150);
+    assert!(stderr(&o).contains("the first 150 answers (there are more"), "{}", stderr(&o));
+}
+
+// A remote `batch` waits for a run that started after its request, not for the end of one
+// already in progress, and gives up after --timeout with exit code 5.
+#[test]
+fn remote_batch_waits_for_its_own_run() {
+    use std::sync::{Arc, Mutex};
+    let tmp = TempDir::new("cli-remote-batch");
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let started = now_ms() - 60_000;
+    // Status requests after the POST: the older run ends first (v8), then this one (v9).
+    let polls: Arc<Mutex<Option<u32>>> = Arc::new(Mutex::new(None));
+    let stuck = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stuck.clone();
+    let p = polls.clone();
+    let _service = fake_service(tmp.path(), move |method, path, _| {
+        let mut polls = p.lock().unwrap();
+        let last = |version: u64, started_ms: u64| {
+            serde_json::json!({ "batch_run": { "last": { "ok": true, "version": version, "events": 1, "cut": [1], "started_ms": started_ms } } })
+                .to_string()
+        };
+        match (method, path) {
+            ("POST", "/v1/batch") => {
+                *polls = Some(0);
+                (202, serde_json::json!({ "queued": true, "running": true }).to_string())
+            }
+            (_, "/v1/status") => match polls.as_mut() {
+                None => (200, last(7, started - 1)),
+                Some(n) => {
+                    *n += 1;
+                    match *n {
+                        _ if s.load(std::sync::atomic::Ordering::Relaxed) => (200, last(8, started)),
+                        1..=3 => (200, last(8, started)),
+                        _ => (200, last(9, now_ms())),
+                    }
+                }
+            },
+            _ => (404, "{}".into()),
+        }
+    });
+    let o = run_limited(tmp.path(), &["batch"], LIMIT);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("batch v9 published"), "the older run was taken for this one:\n{}", stderr(&o));
+    stuck.store(true, std::sync::atomic::Ordering::Relaxed); // no run ends any more
+    let o = run_limited(tmp.path(), &["batch", "--timeout", "1s"], LIMIT);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--timeout"), "{}", stderr(&o));
+}
+
+// A line the service refuses is named by its line in the file, blank lines counted: they stay
+// in the request, so the service's numbering matches the file's.
+#[test]
+fn ingest_server_names_the_refused_line_exactly() {
+    let tmp = TempDir::new("cli-ingest-line");
+    let events = String::from_utf8(ndjson(&small_events(3, 4))).expect("utf-8");
+    let lines: Vec<&str> = events.lines().collect();
+    // File lines: 1 event, 2 blank, 3 blank, 4 event, 5 event, 6 blank, 7 event.
+    let text = format!("{}\n\n\n{}\n{}\n\n{}\n", lines[0], lines[1], lines[2], lines[3]);
+    let file = tmp.join("events.ndjson");
+    std::fs::write(&file, text).expect("write");
+    // The service refuses file line 5, numbering the lines of the body it got.
+    let refused = lines[2].to_string();
+    let _service = fake_service(&tmp.join("data"), move |method, _, body| match method {
+        "GET" => (200, serde_json::json!({ "max_body_bytes": 1 << 20 }).to_string()),
+        _ => {
+            let line = String::from_utf8_lossy(body).lines().position(|l| l == refused).expect("the line is sent") + 1;
+            (400, serde_json::json!({ "error": "no", "line": line }).to_string())
+        }
+    });
+    let url = std::fs::read_to_string(tmp.join("data").join("HOLDER.json")).expect("holder");
+    let addr = serde_json::from_str::<Value>(&url).expect("json")["addr"].as_str().expect("addr").to_string();
+    let o = ingest_server(&format!("http://{addr}"), &file, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refused line 5 of"), "{}", stderr(&o));
 }

@@ -78,10 +78,12 @@ pub(super) struct IngestArgs {
     pub(super) file: String,
     /// Send FILE to a running service (e.g. http://127.0.0.1:7070) in keyed requests that
     /// fit its --max-body, instead of appending to --data. Validated whole first; a re-run
-    /// after a failure resends the same requests, which are stored once.
+    /// within 24 h with the same file and --request-size resends the same requests, which are
+    /// stored once (see docs/operations.md).
     #[arg(long, value_name = "URL")]
     pub(super) server: Option<String>,
-    /// With --server: largest request (e.g. 1MiB); halved on a 413 until it fits.
+    /// With --server: largest request (e.g. 1MiB); capped by the service's --max-body
+    /// (rounded down to a power of two).
     #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_bytes_usize)]
     pub(super) request_size: usize,
     #[command(flatten)]
@@ -108,6 +110,10 @@ pub(super) struct BatchArgs {
     /// Run it on this many worker processes (started on loopback, -w threads each).
     #[arg(long, default_value_t = 1)]
     pub(super) processes: usize,
+    /// With a service holding the data directory: how long to wait for the run it starts
+    /// (e.g. 10m, 1h); past it, exit code 5.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_positive_duration)]
+    pub(super) timeout: Duration,
 }
 
 /// `query`'s flags.

@@ -74,14 +74,14 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
 
 /// `batch`: one run here, or asked of the service holding the directory.
 pub(super) fn batch<J: Job>(app: App<J>, g: &Global, args: BatchArgs) -> Result<()> {
-    let BatchArgs { remote, keep, processes } = args;
+    let BatchArgs { remote, keep, processes, timeout } = args;
     let workers = g.workers;
     if processes == 0 {
         return Err(Error::Usage("--processes must be at least 1".into()));
     }
     match access(&g.data, "batch", g.wait, &remote)? {
         Access::Local(_lock) => batch_local(app, &g.data, workers, keep, processes),
-        Access::Remote(service) => service.batch(),
+        Access::Remote(service) => service.batch(timeout),
     }
 }
 
@@ -91,7 +91,7 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
     let workers = g.workers;
     let point = key.is_some();
     let limit = if all { usize::MAX } else { limit };
-    let (mut answer, total_known) = match access(&g.data, "query", g.wait, &remote)? {
+    let (mut answer, total_known, more) = match access(&g.data, "query", g.wait, &remote)? {
         Access::Local(_lock) => {
             let lambda = open_existing(app.job, &g.data, workers)?;
             catch_up(&lambda)?;
@@ -100,13 +100,15 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
                 // Every key, to say how many there are; printed up to `limit`.
                 None => Selection::Range { from, to, limit: usize::MAX },
             };
-            (result_json(&lambda.query(&view, &sel)?, point), true)
+            (result_json(&lambda.query(&view, &sel)?, point), true, false)
         }
-        Access::Remote(service) => {
-            // One more than asked tells whether there are more (not how many).
-            let ask = limit.saturating_add(1).min(REMOTE_LIMIT_MAX);
-            (service.query(&view, key.as_deref(), from.as_deref(), to.as_deref(), ask)?, false)
-        }
+        Access::Remote(service) => match &key {
+            Some(k) => (service.point(&view, k)?, false, false),
+            None => {
+                let (answer, more) = service.range(&view, from.as_deref(), to.as_deref(), limit)?;
+                (answer, false, more)
+            }
+        },
     };
     if point && answer.get("key").is_none() {
         if json {
@@ -114,7 +116,11 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
         }
         answer = serde_json::json!({ "items": [], "freshness": answer["freshness"] });
     }
-    let count = trim_answers(&mut answer, limit, top, total_known);
+    let count = match trim_answers(&mut answer, limit, top, total_known) {
+        // The service said there are more than it returned (how many, it did not say).
+        Count::All(n) if more => Count::MoreThan(n),
+        count => count,
+    };
     print_answers(&answer, json, count)
 }
 

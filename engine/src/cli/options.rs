@@ -31,8 +31,9 @@ pub(super) struct Global {
     pub(super) wait: Duration,
 }
 
-/// `http://host:port[/]` → the address (plain HTTP only).
-pub(super) fn parse_server_url(url: &str) -> Result<std::net::SocketAddr> {
+/// `http://host:port[/]` → every address the host resolves to, in the resolver's order
+/// (plain HTTP only).
+pub(super) fn parse_server_url(url: &str) -> Result<Vec<std::net::SocketAddr>> {
     use std::net::ToSocketAddrs;
     let bad = |why: &str| Error::Usage(format!("--server `{url}`: {why} (expected e.g. http://127.0.0.1:7070)"));
     let rest = url.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
@@ -41,7 +42,11 @@ pub(super) fn parse_server_url(url: &str) -> Result<std::net::SocketAddr> {
         return Err(bad("give the service's address, without a path"));
     }
     let host = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
-    host.to_socket_addrs().map_err(|e| bad(&e.to_string()))?.next().ok_or_else(|| bad("no address"))
+    let addrs: Vec<_> = host.to_socket_addrs().map_err(|e| bad(&e.to_string()))?.collect();
+    if addrs.is_empty() {
+        return Err(bad("no address"));
+    }
+    Ok(addrs)
 }
 
 /// Reads a bearer token file (one token of at least 16 visible ASCII characters).

@@ -961,6 +961,7 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
         "job": st.job,
         "job_version": st.job_version,
         "uptime_s": s.started.elapsed().as_secs(),
+        "max_body_bytes": s.cfg.max_body_bytes,
         "log": { "events": st.log_end.iter().sum::<u64>(), "end": st.log_end, "bytes": st.log_bytes },
         "batch": st.batch,
         "batch_run": batch_run_json(&s),
