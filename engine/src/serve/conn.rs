@@ -5,12 +5,22 @@
 //! A client that opens connections and sends half a request line (slowloris) holds each for
 //! at most the header timeout; beyond the bounds a new connection gets a short refusal (503
 //! when the service is full, 429 when that peer holds its share) and is closed at once.
+//!
+//! A client that asks for a large answer and does not read it holds its connection (and the
+//! answer, built in memory) for at most the write timeout: a write that gets no byte accepted
+//! for that long fails, and the connection is closed.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::metrics::Metrics;
 
@@ -108,6 +118,79 @@ pub struct Bounds {
     /// How long a request head (request line and headers) may take to arrive; an idle
     /// kept-alive connection is closed after it too.
     pub header_timeout: Duration,
+    /// How long a write may wait for the peer to take a byte before the connection is closed.
+    pub write_timeout: Duration,
+}
+
+/// A stream whose writes fail with `TimedOut` once the peer has taken no byte for `timeout`
+/// (its receive window stays shut), so a client that never reads its answer does not hold
+/// the connection and the answer's buffer. Reads are untouched (the header timeout bounds
+/// those).
+pub(crate) struct WriteTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// Started when a write could not proceed; cleared when one does.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
+        WriteTimeout { inner, timeout, stalled: None }
+    }
+
+    /// Passes a write's outcome through, turning a wait of `timeout` without progress into an
+    /// error.
+    fn progress<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match outcome {
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer took no byte of the answer for {} s (--write-timeout)", timeout.as_secs_f64()),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(cx, outcome)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(cx, outcome)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progress(cx, outcome)
+    }
 }
 
 /// Writes a refusal on a connection that is not served and closes it, without waiting for
@@ -177,6 +260,7 @@ pub(crate) async fn serve(
             let service = hyper_util::service::TowerToHyperService::new(router);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
+            let stream = WriteTimeout::new(stream, bounds.write_timeout);
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             let stopping = async move {

@@ -111,6 +111,9 @@ pub struct ServeConfig {
     pub max_connections_per_peer: Option<usize>,
     /// How long a request head may take to arrive (and an idle connection may stay open).
     pub header_timeout: Duration,
+    /// How long writing an answer may wait for the client to take a byte before the
+    /// connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -119,7 +122,7 @@ impl ServeConfig {
         let cap = conn::connection_cap(open_files);
         let max = self.max_connections.map_or(cap, |m| m.clamp(1, cap));
         let per_peer = self.max_connections_per_peer.unwrap_or(max.div_ceil(2)).clamp(1, max);
-        conn::Bounds { max, per_peer, header_timeout: self.header_timeout }
+        conn::Bounds { max, per_peer, header_timeout: self.header_timeout, write_timeout: self.write_timeout }
     }
 }
 
@@ -139,6 +142,7 @@ impl Default for ServeConfig {
             max_connections: None,
             max_connections_per_peer: None,
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
