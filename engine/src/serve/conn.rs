@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -50,7 +50,21 @@ pub(crate) fn connection_cap(limit: Option<u64>) -> usize {
     }
 }
 
-/// Open connections, in all and per peer address.
+/// What a peer's connections are counted under: its IPv4 address (also when it comes mapped
+/// into IPv6, `::ffff:a.b.c.d`), or its IPv6 address's /64 prefix. One IPv6 host is usually
+/// given a whole /64 and can pick any address in it, so counting full IPv6 addresses would
+/// give it as many shares as it likes.
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        },
+    }
+}
+
+/// Open connections, in all and per peer (see [`peer_key`]).
 #[derive(Default)]
 pub(crate) struct Tracker {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
@@ -74,6 +88,7 @@ pub(crate) struct Slot {
 impl Tracker {
     /// Takes a place for a connection from `ip`, if the bounds allow it.
     pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize, per_peer: usize) -> Result<Slot, Refusal> {
+        let ip = peer_key(ip);
         let mut guard = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let (total, peers) = &mut *guard;
         if *total >= max {
@@ -113,7 +128,7 @@ impl Drop for Slot {
 pub struct Bounds {
     /// Connections open at once.
     pub max: usize,
-    /// Connections open at once from one peer address.
+    /// Connections open at once from one peer (an IPv4 address or an IPv6 /64).
     pub per_peer: usize,
     /// How long a request head (request line and headers) may take to arrive; an idle
     /// kept-alive connection is closed after it too.
@@ -203,7 +218,9 @@ fn refuse(stream: tokio::net::TcpStream, why: &Refusal) {
         }
         Refusal::Peer(n) => (
             "429 Too Many Requests",
-            format!("your address holds its maximum of {n} connections (--max-connections-per-ip); reuse or close some"),
+            format!(
+                "your address (for IPv6: its /64) holds its maximum of {n} connections (--max-connections-per-ip); reuse or close some"
+            ),
         ),
     };
     let body = serde_json::json!({ "error": message }).to_string();
@@ -303,6 +320,23 @@ mod tests {
         drop(a1);
         assert_eq!(t.open(), 3);
         let _a3 = t.acquire(a, 4, 2).expect("a's place came back");
+    }
+
+    // Proves an IPv6 host cannot take more shares by using more addresses of its /64 (another
+    // /64 still gets its own), and an IPv4 address mapped into IPv6 counts as that address.
+    #[test]
+    fn ipv6_peers_count_by_their_64() {
+        let t = Arc::new(Tracker::default());
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _held1 = t.acquire(ip("2001:db8:1:2::1"), 100, 2).expect("first");
+        let _held2 = t.acquire(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), 100, 2).expect("second, same /64");
+        assert_eq!(t.acquire(ip("2001:db8:1:2:abcd::9"), 100, 2).err(), Some(Refusal::Peer(2)), "a third address of the /64");
+        let _held3 = t.acquire(ip("2001:db8:1:3::1"), 100, 2).expect("the next /64 is another peer");
+        let _held4 = t.acquire(ip("10.0.0.1"), 100, 2).expect("v4");
+        let _held5 = t.acquire(ip("::ffff:10.0.0.1"), 100, 2).expect("v4 mapped: the same peer's second");
+        assert_eq!(t.acquire(ip("10.0.0.1"), 100, 2).err(), Some(Refusal::Peer(2)));
+        assert_eq!(peer_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
     }
 
     // Proves the open-files limit is read from /proc/self/limits' format and the cap leaves
