@@ -28,25 +28,48 @@ use super::metrics::Metrics;
 /// idempotency journal, batch-run files, worker pipes and sockets.
 pub(crate) const FD_RESERVE_MIN: u64 = 64;
 
-/// The soft limit on open files of this process (`RLIMIT_NOFILE`), from `/proc/self/limits`;
-/// `None` when unlimited or unknown (not Linux).
-pub(crate) fn open_files_limit() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_files_limit(&text)
+/// The most connections when the open-files limit cannot be read (no `/proc`, not Linux):
+/// small enough for the smallest common default soft limit (256 on macOS) to keep half of it
+/// for the data directory.
+pub(crate) const CAP_LIMIT_UNKNOWN: usize = 128;
+
+/// The soft limit on open files of this process (`RLIMIT_NOFILE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileLimit {
+    /// This many.
+    Max(u64),
+    /// No limit.
+    Unlimited,
+    /// It could not be read.
+    Unknown,
 }
 
-fn parse_open_files_limit(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+/// The open-files limit, from `/proc/self/limits`.
+pub(crate) fn open_files_limit() -> FileLimit {
+    match std::fs::read_to_string("/proc/self/limits") {
+        Ok(text) => parse_open_files_limit(&text),
+        Err(_) => FileLimit::Unknown,
+    }
+}
+
+fn parse_open_files_limit(limits: &str) -> FileLimit {
+    let field =
+        limits.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l["Max open files".len()..].split_whitespace().next());
+    match field {
+        Some("unlimited") => FileLimit::Unlimited,
+        Some(n) => n.parse().map_or(FileLimit::Unknown, FileLimit::Max),
+        None => FileLimit::Unknown,
+    }
 }
 
 /// The most connections the service holds with `limit` open files: half of them, less
 /// [`FD_RESERVE_MIN`], so the other half is always there for the data directory (at least 8,
-/// at most 16,384).
-pub(crate) fn connection_cap(limit: Option<u64>) -> usize {
+/// at most 16,384); [`CAP_LIMIT_UNKNOWN`] when the limit is unknown.
+pub(crate) fn connection_cap(limit: FileLimit) -> usize {
     match limit {
-        None => 16_384,
-        Some(n) => (n / 2).saturating_sub(FD_RESERVE_MIN).clamp(8, 16_384) as usize,
+        FileLimit::Unlimited => 16_384,
+        FileLimit::Unknown => CAP_LIMIT_UNKNOWN,
+        FileLimit::Max(n) => (n / 2).saturating_sub(FD_RESERVE_MIN).clamp(8, 16_384) as usize,
     }
 }
 
@@ -346,11 +369,23 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max cpu time              unlimited            unlimited            seconds\n\
                       Max open files            400                  4096                 files\n";
-        assert_eq!(parse_open_files_limit(limits), Some(400));
-        assert_eq!(parse_open_files_limit("Max open files  unlimited  unlimited  files\n"), None);
-        assert_eq!(connection_cap(Some(400)), 136);
-        assert_eq!(connection_cap(Some(20)), 8);
-        assert_eq!(connection_cap(Some(1 << 20)), 16_384);
-        assert_eq!(connection_cap(None), 16_384);
+        assert_eq!(parse_open_files_limit(limits), FileLimit::Max(400));
+        assert_eq!(parse_open_files_limit("Max open files  unlimited  unlimited  files\n"), FileLimit::Unlimited);
+        assert_eq!(connection_cap(FileLimit::Max(400)), 136);
+        assert_eq!(connection_cap(FileLimit::Max(20)), 8);
+        assert_eq!(connection_cap(FileLimit::Max(1 << 20)), 16_384);
+        assert_eq!(connection_cap(FileLimit::Unlimited), 16_384);
+    }
+
+    // Proves that when the limit cannot be read (no /proc, an unexpected format) the cap is
+    // the small fallback, not the largest one, and that it also lowers --max-connections.
+    #[test]
+    fn unknown_file_limit_gives_a_small_cap() {
+        assert_eq!(parse_open_files_limit(""), FileLimit::Unknown);
+        assert_eq!(parse_open_files_limit("Max open files  lots  lots  files\n"), FileLimit::Unknown);
+        assert_eq!(connection_cap(FileLimit::Unknown), CAP_LIMIT_UNKNOWN);
+        let cfg = crate::serve::ServeConfig { max_connections: Some(10_000), ..Default::default() };
+        assert_eq!(cfg.bounds(FileLimit::Unknown).max, CAP_LIMIT_UNKNOWN);
+        assert_eq!(crate::serve::ServeConfig::default().bounds(FileLimit::Unknown).max, CAP_LIMIT_UNKNOWN);
     }
 }
