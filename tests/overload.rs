@@ -647,3 +647,23 @@ fn answers_nobody_reads_are_dropped_after_the_write_timeout() {
     let got = read_until_closed(&mut stalled).expect("the server closed the stalled connection");
     assert!(got.len() + 12 < n * one, "the stalled client got all {} bytes it asked for", got.len() + 12);
 }
+
+// a_refusal_is_seen_after_a_large_request_head proves a refused client sees the refusal even
+// when it sent a large request head at once: with --max-connections-per-ip 1 and one
+// connection held, a client that sends a 12 KiB head (a big cookie) and then reads gets the
+// 429 answer, not a reset that discards it.
+#[test]
+fn a_refusal_is_seen_after_a_large_request_head() {
+    let tmp = TempDir::new("overload-refusal-head");
+    let server = Server::start(tmp.path(), &["--allow-host", "t", "--max-connections-per-ip", "1", "--header-timeout", "60s"]);
+    let _held = open_with(server.addr, b"", Duration::from_secs(30)).expect("connect");
+    let head = format!("GET /v1/status HTTP/1.1\r\nHost: t\r\nCookie: c={}\r\n\r\n", "x".repeat(12 << 10));
+    for attempt in 0..5 {
+        let mut s = open_with(server.addr, head.as_bytes(), Duration::from_secs(30)).expect("connect");
+        let mut got = Vec::new();
+        let outcome = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(outcome.is_ok(), "attempt {attempt}: {outcome:?} after {} bytes: {text}", got.len());
+        assert!(status_line(&got).contains(" 429 ") && text.contains("--max-connections-per-ip"), "attempt {attempt}: {text}");
+    }
+}

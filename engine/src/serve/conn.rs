@@ -4,7 +4,8 @@
 //!
 //! A client that opens connections and sends half a request line (slowloris) holds each for
 //! at most the header timeout; beyond the bounds a new connection gets a short refusal (503
-//! when the service is full, 429 when that peer holds its share) and is closed at once.
+//! when the service is full, 429 when that peer holds its share), after its request head is
+//! read (briefly and bounded), and is closed.
 //!
 //! A client that asks for a large answer and does not read it holds its connection (and the
 //! answer, built in memory) for at most the write timeout: a write that gets no byte accepted
@@ -231,10 +232,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
     }
 }
 
-/// Writes a refusal on a connection that is not served and closes it, without waiting for
-/// the peer: what already arrived is read and dropped (so the close is not a reset that
-/// discards the answer), nothing more.
-fn refuse(stream: tokio::net::TcpStream, why: &Refusal) {
+/// Refusals answered at once after reading the request head; beyond that many, a refusal is
+/// written without waiting for the head (a flood of refused connections holds at most this
+/// many file descriptors, each for at most twice [`REFUSAL_WAIT`]).
+const REFUSING_MAX: usize = 32;
+
+/// How long a refused connection's request head may take to arrive, and then how long the
+/// rest of what the client sends is read and dropped after the answer.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// The most bytes read from a refused connection (head and what follows).
+const REFUSAL_READ_MAX: usize = 64 << 10;
+
+/// The answer to a refused connection.
+fn refusal(why: &Refusal) -> Vec<u8> {
     let (status, message) = match why {
         Refusal::Full(n) => {
             ("503 Service Unavailable", format!("the service holds its maximum of {n} connections (--max-connections); retry shortly"))
@@ -247,13 +258,55 @@ fn refuse(stream: tokio::net::TcpStream, why: &Refusal) {
         ),
     };
     let body = serde_json::json!({ "error": message }).to_string();
-    let answer = format!(
+    format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
-    );
+    )
+    .into_bytes()
+}
+
+/// Writes a refusal without waiting for the peer: what already arrived is read and dropped,
+/// nothing more (when [`REFUSING_MAX`] refusals are under way already).
+fn refuse_now(stream: tokio::net::TcpStream, answer: &[u8]) {
     let mut sink = [0u8; 4096];
     let _ = stream.try_read(&mut sink);
-    let _ = stream.try_write(answer.as_bytes());
+    let _ = stream.try_write(answer);
+}
+
+/// Reads the request head (for at most [`REFUSAL_WAIT`] and [`REFUSAL_READ_MAX`] bytes), writes
+/// the refusal, closes the sending side and reads what the client still sends until it closes
+/// (bounded the same way), so the close is not a reset that discards the answer.
+async fn refuse_after_head(mut stream: tokio::net::TcpStream, answer: Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    let mut read = 0;
+    let mut tail: Vec<u8> = Vec::new();
+    let deadline = tokio::time::Instant::now() + REFUSAL_WAIT;
+    while read < REFUSAL_READ_MAX && !tail.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                read += n;
+                tail.drain(..tail.len().saturating_sub(3));
+                tail.extend_from_slice(&buf[..n]);
+            }
+            _ => break,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + REFUSAL_WAIT;
+    let written = tokio::time::timeout_at(deadline, async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    while read < REFUSAL_READ_MAX {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            _ => break,
+        }
+    }
 }
 
 /// Accepts and serves connections until `stop` turns true, then lets open connections finish
@@ -266,6 +319,7 @@ pub(crate) async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let tracker = Arc::new(Tracker::default());
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_MAX));
     // Every connection task holds a receiver; `closed()` below waits for the last to go.
     let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
     loop {
@@ -288,7 +342,16 @@ pub(crate) async fn serve(
             Ok(slot) => slot,
             Err(why) => {
                 metrics.connections_refused.fetch_add(1, Relaxed);
-                refuse(stream, &why);
+                let answer = refusal(&why);
+                match refusing.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            refuse_after_head(stream, answer).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => refuse_now(stream, &answer),
+                }
                 continue;
             }
         };
