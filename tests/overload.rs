@@ -587,3 +587,83 @@ fn a_connection_flood_does_not_starve_batch_runs() {
     assert_eq!(s["batch_run"]["failed"], 0, "{s}");
     assert!(server.stderr().contains("lambdaflow serve: batch"), "{}", server.stderr());
 }
+
+// answers_nobody_reads_are_dropped_after_the_write_timeout proves a client that asks for
+// large answers and never reads them holds nothing for long: with --write-timeout 1s and
+// --max-connections-per-ip 1, a client pipelines enough requests for a large view (about
+// 24 MiB of answers, beyond what the kernel buffers on loopback) and reads only the start of
+// the first. The server's writes stall; it closes the connection, so its place comes back (a
+// second connection is served again, where it got 429 while the first was held) and what the
+// client got was cut short of the answers it asked for.
+#[test]
+fn answers_nobody_reads_are_dropped_after_the_write_timeout() {
+    let tmp = TempDir::new("overload-write-timeout");
+    let file = tmp.path().join("events.ndjson");
+    common::gen_file(&file, 20_000, 11, "ndjson");
+    let data = tmp.path().join("data");
+    common::run_ok(&data, &["ingest", file.to_str().expect("utf-8 path")]);
+    let server =
+        Server::start(&data, &["--allow-host", "t", "--max-connections-per-ip", "1", "--header-timeout", "60s", "--write-timeout", "1s"]);
+    let mut c = server.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.get("/v1/status").expect("status").json()["freshness"]["speed_lag_events"] != 0 {
+        assert!(Instant::now() < deadline, "the speed layer did not catch up within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    const PATH: &str = "/v1/views/customer_spend?limit=100000";
+    let one = c.get(PATH).expect("view").body.len();
+    drop(c);
+    assert!(one > 10_000, "the view's answer is only {one} bytes");
+    let n = ((24 << 20) / one + 1).min(2_000);
+    let request = format!("GET {PATH} HTTP/1.1\r\nHost: t\r\n\r\n").repeat(n);
+    // The client above may still hold the one place for a moment (the server notices its
+    // close asynchronously): retry until the stalling client is served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stalled = loop {
+        let mut s = open_with(server.addr, request.as_bytes(), Duration::from_secs(10)).expect("connect");
+        let mut start = [0u8; 12];
+        s.read_exact(&mut start).expect("an answer starts");
+        if &start == b"HTTP/1.1 200" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never served: {}", String::from_utf8_lossy(&start));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // While it is held, this address gets no more; once it is closed, it does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    loop {
+        let mut s = open_with(server.addr, b"GET /v1/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", Duration::from_secs(10))
+            .expect("connect");
+        let line = status_line(&read_until_closed(&mut s).expect("answered and closed"));
+        if line.contains(" 200 ") {
+            break;
+        }
+        assert!(line.contains(" 429 "), "{line}");
+        refused += 1;
+        assert!(Instant::now() < deadline, "the stalled connection still holds its place after 30 s ({refused} refusals)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = read_until_closed(&mut stalled).expect("the server closed the stalled connection");
+    assert!(got.len() + 12 < n * one, "the stalled client got all {} bytes it asked for", got.len() + 12);
+}
+
+// a_refusal_is_seen_after_a_large_request_head proves a refused client sees the refusal even
+// when it sent a large request head at once: with --max-connections-per-ip 1 and one
+// connection held, a client that sends a 12 KiB head (a big cookie) and then reads gets the
+// 429 answer, not a reset that discards it.
+#[test]
+fn a_refusal_is_seen_after_a_large_request_head() {
+    let tmp = TempDir::new("overload-refusal-head");
+    let server = Server::start(tmp.path(), &["--allow-host", "t", "--max-connections-per-ip", "1", "--header-timeout", "60s"]);
+    let _held = open_with(server.addr, b"", Duration::from_secs(30)).expect("connect");
+    let head = format!("GET /v1/status HTTP/1.1\r\nHost: t\r\nCookie: c={}\r\n\r\n", "x".repeat(12 << 10));
+    for attempt in 0..5 {
+        let mut s = open_with(server.addr, head.as_bytes(), Duration::from_secs(30)).expect("connect");
+        let mut got = Vec::new();
+        let outcome = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(outcome.is_ok(), "attempt {attempt}: {outcome:?} after {} bytes: {text}", got.len());
+        assert!(status_line(&got).contains(" 429 ") && text.contains("--max-connections-per-ip"), "attempt {attempt}: {text}");
+    }
+}

@@ -256,6 +256,9 @@ pub(super) struct ServeArgs {
     /// How long a request's line and headers may take to arrive, e.g. 10s.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub(super) header_timeout: Duration,
+    /// How long an answer may wait for the client to read a byte before the connection is closed, e.g. 30s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub(super) write_timeout: Duration,
     #[command(flatten)]
     pub(super) cluster: ClusterArgs,
 }

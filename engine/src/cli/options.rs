@@ -92,6 +92,7 @@ pub(super) fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig
         max_connections: args.max_connections,
         max_connections_per_peer: args.max_connections_per_ip,
         header_timeout: args.header_timeout,
+        write_timeout: args.write_timeout,
         ..ServeConfig::default()
     })
 }

@@ -4,13 +4,24 @@
 //!
 //! A client that opens connections and sends half a request line (slowloris) holds each for
 //! at most the header timeout; beyond the bounds a new connection gets a short refusal (503
-//! when the service is full, 429 when that peer holds its share) and is closed at once.
+//! when the service is full, 429 when that peer holds its share), after its request head is
+//! read (briefly and bounded), and is closed.
+//!
+//! A client that asks for a large answer and does not read it holds its connection (and the
+//! answer, built in memory) for at most the write timeout: a write that gets no byte accepted
+//! for that long fails, and the connection is closed.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::metrics::Metrics;
 
@@ -18,29 +29,66 @@ use super::metrics::Metrics;
 /// idempotency journal, batch-run files, worker pipes and sockets.
 pub(crate) const FD_RESERVE_MIN: u64 = 64;
 
-/// The soft limit on open files of this process (`RLIMIT_NOFILE`), from `/proc/self/limits`;
-/// `None` when unlimited or unknown (not Linux).
-pub(crate) fn open_files_limit() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_files_limit(&text)
+/// The most connections when the open-files limit cannot be read (no `/proc`, not Linux):
+/// small enough for the smallest common default soft limit (256 on macOS) to keep half of it
+/// for the data directory.
+pub(crate) const CAP_LIMIT_UNKNOWN: usize = 128;
+
+/// The soft limit on open files of this process (`RLIMIT_NOFILE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileLimit {
+    /// This many.
+    Max(u64),
+    /// No limit.
+    Unlimited,
+    /// It could not be read.
+    Unknown,
 }
 
-fn parse_open_files_limit(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+/// The open-files limit, from `/proc/self/limits`.
+pub(crate) fn open_files_limit() -> FileLimit {
+    match std::fs::read_to_string("/proc/self/limits") {
+        Ok(text) => parse_open_files_limit(&text),
+        Err(_) => FileLimit::Unknown,
+    }
+}
+
+fn parse_open_files_limit(limits: &str) -> FileLimit {
+    let field =
+        limits.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l["Max open files".len()..].split_whitespace().next());
+    match field {
+        Some("unlimited") => FileLimit::Unlimited,
+        Some(n) => n.parse().map_or(FileLimit::Unknown, FileLimit::Max),
+        None => FileLimit::Unknown,
+    }
 }
 
 /// The most connections the service holds with `limit` open files: half of them, less
 /// [`FD_RESERVE_MIN`], so the other half is always there for the data directory (at least 8,
-/// at most 16,384).
-pub(crate) fn connection_cap(limit: Option<u64>) -> usize {
+/// at most 16,384); [`CAP_LIMIT_UNKNOWN`] when the limit is unknown.
+pub(crate) fn connection_cap(limit: FileLimit) -> usize {
     match limit {
-        None => 16_384,
-        Some(n) => (n / 2).saturating_sub(FD_RESERVE_MIN).clamp(8, 16_384) as usize,
+        FileLimit::Unlimited => 16_384,
+        FileLimit::Unknown => CAP_LIMIT_UNKNOWN,
+        FileLimit::Max(n) => (n / 2).saturating_sub(FD_RESERVE_MIN).clamp(8, 16_384) as usize,
     }
 }
 
-/// Open connections, in all and per peer address.
+/// What a peer's connections are counted under: its IPv4 address (also when it comes mapped
+/// into IPv6, `::ffff:a.b.c.d`), or its IPv6 address's /64 prefix. One IPv6 host is usually
+/// given a whole /64 and can pick any address in it, so counting full IPv6 addresses would
+/// give it as many shares as it likes.
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        },
+    }
+}
+
+/// Open connections, in all and per peer (see [`peer_key`]).
 #[derive(Default)]
 pub(crate) struct Tracker {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
@@ -64,6 +112,7 @@ pub(crate) struct Slot {
 impl Tracker {
     /// Takes a place for a connection from `ip`, if the bounds allow it.
     pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize, per_peer: usize) -> Result<Slot, Refusal> {
+        let ip = peer_key(ip);
         let mut guard = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let (total, peers) = &mut *guard;
         if *total >= max {
@@ -103,34 +152,161 @@ impl Drop for Slot {
 pub struct Bounds {
     /// Connections open at once.
     pub max: usize,
-    /// Connections open at once from one peer address.
+    /// Connections open at once from one peer (an IPv4 address or an IPv6 /64).
     pub per_peer: usize,
     /// How long a request head (request line and headers) may take to arrive; an idle
     /// kept-alive connection is closed after it too.
     pub header_timeout: Duration,
+    /// How long a write may wait for the peer to take a byte before the connection is closed.
+    pub write_timeout: Duration,
 }
 
-/// Writes a refusal on a connection that is not served and closes it, without waiting for
-/// the peer: what already arrived is read and dropped (so the close is not a reset that
-/// discards the answer), nothing more.
-fn refuse(stream: tokio::net::TcpStream, why: &Refusal) {
+/// A stream whose writes fail with `TimedOut` once the peer has taken no byte for `timeout`
+/// (its receive window stays shut), so a client that never reads its answer does not hold
+/// the connection and the answer's buffer. Reads are untouched (the header timeout bounds
+/// those).
+pub(crate) struct WriteTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// Started when a write could not proceed; cleared when one does.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteTimeout<S> {
+    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
+        WriteTimeout { inner, timeout, stalled: None }
+    }
+
+    /// Passes a write's outcome through, turning a wait of `timeout` without progress into an
+    /// error.
+    fn progress<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match outcome {
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer took no byte of the answer for {} s (--write-timeout)", timeout.as_secs_f64()),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(cx, outcome)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(cx, outcome)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progress(cx, outcome)
+    }
+}
+
+/// Refusals answered at once after reading the request head; beyond that many, a refusal is
+/// written without waiting for the head (a flood of refused connections holds at most this
+/// many file descriptors, each for at most twice [`REFUSAL_WAIT`]).
+const REFUSING_MAX: usize = 32;
+
+/// How long a refused connection's request head may take to arrive, and then how long the
+/// rest of what the client sends is read and dropped after the answer.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// The most bytes read from a refused connection (head and what follows).
+const REFUSAL_READ_MAX: usize = 64 << 10;
+
+/// The answer to a refused connection.
+fn refusal(why: &Refusal) -> Vec<u8> {
     let (status, message) = match why {
         Refusal::Full(n) => {
             ("503 Service Unavailable", format!("the service holds its maximum of {n} connections (--max-connections); retry shortly"))
         }
         Refusal::Peer(n) => (
             "429 Too Many Requests",
-            format!("your address holds its maximum of {n} connections (--max-connections-per-ip); reuse or close some"),
+            format!(
+                "your address (for IPv6: its /64) holds its maximum of {n} connections (--max-connections-per-ip); reuse or close some"
+            ),
         ),
     };
     let body = serde_json::json!({ "error": message }).to_string();
-    let answer = format!(
+    format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
-    );
+    )
+    .into_bytes()
+}
+
+/// Writes a refusal without waiting for the peer: what already arrived is read and dropped,
+/// nothing more (when [`REFUSING_MAX`] refusals are under way already).
+fn refuse_now(stream: tokio::net::TcpStream, answer: &[u8]) {
     let mut sink = [0u8; 4096];
     let _ = stream.try_read(&mut sink);
-    let _ = stream.try_write(answer.as_bytes());
+    let _ = stream.try_write(answer);
+}
+
+/// Reads the request head (for at most [`REFUSAL_WAIT`] and [`REFUSAL_READ_MAX`] bytes), writes
+/// the refusal, closes the sending side and reads what the client still sends until it closes
+/// (bounded the same way), so the close is not a reset that discards the answer.
+async fn refuse_after_head(mut stream: tokio::net::TcpStream, answer: Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    let mut read = 0;
+    let mut tail: Vec<u8> = Vec::new();
+    let deadline = tokio::time::Instant::now() + REFUSAL_WAIT;
+    while read < REFUSAL_READ_MAX && !tail.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                read += n;
+                tail.drain(..tail.len().saturating_sub(3));
+                tail.extend_from_slice(&buf[..n]);
+            }
+            _ => break,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + REFUSAL_WAIT;
+    let written = tokio::time::timeout_at(deadline, async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    while read < REFUSAL_READ_MAX {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            _ => break,
+        }
+    }
 }
 
 /// Accepts and serves connections until `stop` turns true, then lets open connections finish
@@ -143,6 +319,7 @@ pub(crate) async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let tracker = Arc::new(Tracker::default());
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_MAX));
     // Every connection task holds a receiver; `closed()` below waits for the last to go.
     let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
     loop {
@@ -165,7 +342,16 @@ pub(crate) async fn serve(
             Ok(slot) => slot,
             Err(why) => {
                 metrics.connections_refused.fetch_add(1, Relaxed);
-                refuse(stream, &why);
+                let answer = refusal(&why);
+                match refusing.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            refuse_after_head(stream, answer).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => refuse_now(stream, &answer),
+                }
                 continue;
             }
         };
@@ -177,6 +363,7 @@ pub(crate) async fn serve(
             let service = hyper_util::service::TowerToHyperService::new(router);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
+            let stream = WriteTimeout::new(stream, bounds.write_timeout);
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             let stopping = async move {
@@ -221,6 +408,23 @@ mod tests {
         let _a3 = t.acquire(a, 4, 2).expect("a's place came back");
     }
 
+    // Proves an IPv6 host cannot take more shares by using more addresses of its /64 (another
+    // /64 still gets its own), and an IPv4 address mapped into IPv6 counts as that address.
+    #[test]
+    fn ipv6_peers_count_by_their_64() {
+        let t = Arc::new(Tracker::default());
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _held1 = t.acquire(ip("2001:db8:1:2::1"), 100, 2).expect("first");
+        let _held2 = t.acquire(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), 100, 2).expect("second, same /64");
+        assert_eq!(t.acquire(ip("2001:db8:1:2:abcd::9"), 100, 2).err(), Some(Refusal::Peer(2)), "a third address of the /64");
+        let _held3 = t.acquire(ip("2001:db8:1:3::1"), 100, 2).expect("the next /64 is another peer");
+        let _held4 = t.acquire(ip("10.0.0.1"), 100, 2).expect("v4");
+        let _held5 = t.acquire(ip("::ffff:10.0.0.1"), 100, 2).expect("v4 mapped: the same peer's second");
+        assert_eq!(t.acquire(ip("10.0.0.1"), 100, 2).err(), Some(Refusal::Peer(2)));
+        assert_eq!(peer_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+    }
+
     // Proves the open-files limit is read from /proc/self/limits' format and the cap leaves
     // at least half of it (and the reserve) to the data directory.
     #[test]
@@ -228,11 +432,23 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max cpu time              unlimited            unlimited            seconds\n\
                       Max open files            400                  4096                 files\n";
-        assert_eq!(parse_open_files_limit(limits), Some(400));
-        assert_eq!(parse_open_files_limit("Max open files  unlimited  unlimited  files\n"), None);
-        assert_eq!(connection_cap(Some(400)), 136);
-        assert_eq!(connection_cap(Some(20)), 8);
-        assert_eq!(connection_cap(Some(1 << 20)), 16_384);
-        assert_eq!(connection_cap(None), 16_384);
+        assert_eq!(parse_open_files_limit(limits), FileLimit::Max(400));
+        assert_eq!(parse_open_files_limit("Max open files  unlimited  unlimited  files\n"), FileLimit::Unlimited);
+        assert_eq!(connection_cap(FileLimit::Max(400)), 136);
+        assert_eq!(connection_cap(FileLimit::Max(20)), 8);
+        assert_eq!(connection_cap(FileLimit::Max(1 << 20)), 16_384);
+        assert_eq!(connection_cap(FileLimit::Unlimited), 16_384);
+    }
+
+    // Proves that when the limit cannot be read (no /proc, an unexpected format) the cap is
+    // the small fallback, not the largest one, and that it also lowers --max-connections.
+    #[test]
+    fn unknown_file_limit_gives_a_small_cap() {
+        assert_eq!(parse_open_files_limit(""), FileLimit::Unknown);
+        assert_eq!(parse_open_files_limit("Max open files  lots  lots  files\n"), FileLimit::Unknown);
+        assert_eq!(connection_cap(FileLimit::Unknown), CAP_LIMIT_UNKNOWN);
+        let cfg = crate::serve::ServeConfig { max_connections: Some(10_000), ..Default::default() };
+        assert_eq!(cfg.bounds(FileLimit::Unknown).max, CAP_LIMIT_UNKNOWN);
+        assert_eq!(crate::serve::ServeConfig::default().bounds(FileLimit::Unknown).max, CAP_LIMIT_UNKNOWN);
     }
 }

@@ -111,15 +111,18 @@ pub struct ServeConfig {
     pub max_connections_per_peer: Option<usize>,
     /// How long a request head may take to arrive (and an idle connection may stay open).
     pub header_timeout: Duration,
+    /// How long writing an answer may wait for the client to take a byte before the
+    /// connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl ServeConfig {
     /// The connection bounds in force under `open_files` (the process's file limit).
-    pub fn bounds(&self, open_files: Option<u64>) -> conn::Bounds {
+    pub fn bounds(&self, open_files: conn::FileLimit) -> conn::Bounds {
         let cap = conn::connection_cap(open_files);
         let max = self.max_connections.map_or(cap, |m| m.clamp(1, cap));
         let per_peer = self.max_connections_per_peer.unwrap_or(max.div_ceil(2)).clamp(1, max);
-        conn::Bounds { max, per_peer, header_timeout: self.header_timeout }
+        conn::Bounds { max, per_peer, header_timeout: self.header_timeout, write_timeout: self.write_timeout }
     }
 }
 
@@ -139,6 +142,7 @@ impl Default for ServeConfig {
             max_connections: None,
             max_connections_per_peer: None,
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -266,12 +270,16 @@ pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard:
     start_supervisor(lambda, stop_background.clone())?;
     let open_files = conn::open_files_limit();
     let bounds = cfg.bounds(open_files);
-    if cfg.max_connections.is_some_and(|m| m > bounds.max) {
-        eprintln!(
-            "lambdaflow serve: --max-connections lowered to {} (half the open-files limit of {}, less a reserve, stays for the data directory)",
-            bounds.max,
-            open_files.unwrap_or(0)
-        );
+    match open_files {
+        conn::FileLimit::Max(n) if cfg.max_connections.is_some_and(|m| m > bounds.max) => eprintln!(
+            "lambdaflow serve: --max-connections lowered to {} (half the open-files limit of {n}, less a reserve, stays for the data directory)",
+            bounds.max
+        ),
+        conn::FileLimit::Unknown => eprintln!(
+            "lambdaflow serve: the open-files limit cannot be read (no /proc/self/limits); at most {} connections",
+            bounds.max
+        ),
+        _ => {}
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let background = Background { committer, scheduler, stop: stop_background };
