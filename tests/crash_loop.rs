@@ -88,11 +88,8 @@ const WRITERS: u64 = 3;
 
 #[test]
 fn crash_loop() {
-    let seed: u64 =
-        std::env::var("LAMBDAFLOW_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-        }) | 1;
-    let cycles: u64 = std::env::var("LAMBDAFLOW_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seed = common::seed_from_env("LAMBDAFLOW_CRASH_SEED");
+    let cycles: u64 = common::number_from_env("LAMBDAFLOW_CRASH_CYCLES", 20);
     eprintln!("crash loop: seed {seed} (replay with LAMBDAFLOW_CRASH_SEED={seed}), {cycles} cycles");
     let replay = format!("[crash loop seed {seed}: replay with LAMBDAFLOW_CRASH_SEED={seed}]");
     let tmp = TempDir::new("crash-loop");

@@ -139,11 +139,8 @@ fn check_sample(c: &mut common::http::Client, world: &Mutex<World>, view: &str, 
 
 #[test]
 fn storm() {
-    let seed: u64 =
-        std::env::var("LAMBDAFLOW_STORM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
-        }) | 1;
-    let secs: u64 = std::env::var("LAMBDAFLOW_STORM_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let seed = common::seed_from_env("LAMBDAFLOW_STORM_SEED");
+    let secs: u64 = common::number_from_env("LAMBDAFLOW_STORM_SECS", 6);
     eprintln!("storm: seed {seed} (replay with LAMBDAFLOW_STORM_SEED={seed}), {secs} s");
     let replay = format!("[storm seed {seed}: replay with LAMBDAFLOW_STORM_SEED={seed}]");
     let tmp = TempDir::new("storm");

@@ -311,6 +311,21 @@ impl Acked {
     }
 }
 
+/// A test's seed: `var` if set (to replay a run), else the clock; always odd (xorshift
+/// needs a non-zero state).
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7))
+        | 1
+}
+
+/// A number from the environment variable `var`, or `default`.
+pub fn number_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 /// xorshift64*: small, seeded, good enough for choosing delays and sizes.
 pub struct Rng(pub u64);
 
