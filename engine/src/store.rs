@@ -81,11 +81,14 @@ fn pending_of(name: &str) -> Option<(u64, u32)> {
 fn abandoned(dir: &Path) -> bool {
     match fs::OpenOptions::new().write(true).open(dir.join(OWNER)) {
         Ok(f) => f.try_lock().is_ok(),
-        Err(_) => {
-            let age = fs::metadata(dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-            age.is_some_and(|age| age > SHARDS_ABANDONED_AFTER)
-        }
+        Err(_) => idle_longer_than(dir, SHARDS_ABANDONED_AFTER),
     }
+}
+
+/// Whether `path` was last modified more than `limit` ago.
+fn idle_longer_than(path: &Path, limit: std::time::Duration) -> bool {
+    let idle = fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+    idle.is_some_and(|idle| idle > limit)
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -268,8 +271,9 @@ impl ViewStore {
         read_framed(path).map(Some)
     }
 
-    /// The directory where the processes of run `run` stage their seed shards (created).
-    /// Its name starts with `.tmp-`, so [`ViewStore::gc`] removes it if a run is abandoned.
+    /// The directory where the processes of run `run` stage their seed shards (created when
+    /// the first shard is written). [`ViewStore::gc`] removes it once it has been idle for
+    /// [`SHARDS_ABANDONED_AFTER`].
     pub fn shard_dir(&self, run: &str) -> Result<PathBuf> {
         Ok(self.dir.join(format!(".tmp-shards-{}", safe_name(run)?)))
     }
@@ -277,11 +281,7 @@ impl ViewStore {
     /// The newest published version whose metadata satisfies `pred`, whether or not it is
     /// current (a version published late does not become current: see `publish`).
     pub fn find_published(&self, pred: impl Fn(&BatchMeta) -> bool) -> Result<Option<BatchMeta>> {
-        let mut versions: Vec<u64> = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
-            let name = entry.map_err(Error::io(&self.dir, "list"))?.file_name();
-            versions.extend(version_of(&name.to_string_lossy()));
-        }
+        let mut versions: Vec<u64> = self.names()?.iter().filter_map(|n| version_of(n)).collect();
         versions.sort_unstable_by(|a, b| b.cmp(a));
         for v in versions {
             // A version removed meanwhile (gc) is skipped, not an error.
@@ -292,6 +292,15 @@ impl ViewStore {
             }
         }
         Ok(None)
+    }
+
+    /// The names of the store directory's entries.
+    fn names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
+            names.push(entry.map_err(Error::io(&self.dir, "list"))?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
     }
 
     /// Holds the store's lock (`views/LOCK`) for the life of the guard. Every process that
@@ -305,10 +314,10 @@ impl ViewStore {
     }
 
     /// Starts writing the next version: after the highest one on disk, published or
-    /// pending (a live process's `.tmp-vN-PID-K` directory holds its number; a dead one's
-    /// is removed), and after any
-    /// this process has reserved. Allocation happens under the store's lock, so two batch
-    /// runs, in this process or any other, never share a number or a temporary directory.
+    /// pending (a `.tmp-vN-PID-K` directory whose `OWNER` lock is held keeps its number; an
+    /// abandoned one is removed), and after any this process has reserved. Allocation
+    /// happens under the store's lock, so two batch runs, in this process or any other,
+    /// never share a number or a temporary directory.
     pub fn begin(&self) -> Result<PendingVersion> {
         // Highest version reserved by this process, per store directory.
         static RESERVED: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
@@ -317,13 +326,11 @@ impl ViewStore {
         let mut reserved_all = crate::sync::lock(&RESERVED);
         let reserved = reserved_all.entry(self.dir.clone()).or_insert(0);
         let mut highest = self.current()?.unwrap_or(0).max(*reserved);
-        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
-            let name = entry.map_err(Error::io(&self.dir, "list"))?.file_name();
-            let name = name.to_string_lossy();
+        for name in self.names()? {
             if let Some(v) = version_of(&name) {
                 highest = highest.max(v);
             } else if let Some((v, _)) = pending_of(&name) {
-                let path = self.dir.join(&*name);
+                let path = self.dir.join(&name);
                 if abandoned(&path) {
                     // Its owner is gone: nobody will finish it, and its number is free.
                     fs::remove_dir_all(&path).map_err(Error::io(&path, "remove an abandoned pending version"))?;
@@ -387,20 +394,16 @@ impl ViewStore {
         let _store = self.lock()?;
         let current = self.current()?;
         let mut versions = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir, "list"))? {
-            let entry = entry.map_err(Error::io(&self.dir, "list"))?;
-            let name = entry.file_name().to_string_lossy().to_string();
+        for name in self.names()? {
+            let path = self.dir.join(&name);
             if let Some(v) = version_of(&name) {
                 versions.push(v);
             } else if pending_of(&name).is_some() {
-                if abandoned(&entry.path()) {
-                    let _ = fs::remove_dir_all(entry.path());
+                if abandoned(&path) {
+                    let _ = fs::remove_dir_all(&path);
                 }
-            } else if name.starts_with(".tmp-shards-") {
-                let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-                if idle.is_some_and(|idle| idle > SHARDS_ABANDONED_AFTER) {
-                    let _ = fs::remove_dir_all(entry.path());
-                }
+            } else if name.starts_with(".tmp-shards-") && idle_longer_than(&path, SHARDS_ABANDONED_AFTER) {
+                let _ = fs::remove_dir_all(&path);
             }
         }
         versions.sort_unstable();
