@@ -76,7 +76,13 @@ pub enum Format {
 /// the wire formats is the type's own business so that errors can name fields precisely.
 pub trait Event: crate::view::Data {
     /// Parses one NDJSON line (without its newline).
-    fn parse_ndjson(line: &str) -> Result<Self, FieldError>;
+    ///
+    /// The default is the type's serde form through [`from_ndjson`](crate::from_ndjson),
+    /// whose errors name the field, the value and the expected type. Implement it by hand
+    /// for a different wire form, or for speed on a hot ingest path.
+    fn parse_ndjson(line: &str) -> Result<Self, FieldError> {
+        crate::from_ndjson(line)
+    }
 
     /// The CSV header this type expects, e.g. `type,ts,order_id`.
     fn csv_header() -> &'static str;

@@ -17,7 +17,8 @@
 //!
 //! The crate root is the DSL, everything a job uses:
 //!
-//! * the job and its events: [`Job`], [`Event`] (with [`FieldError`], [`Format`]);
+//! * the job and its events: [`Job`], [`Event`] (with [`FieldError`], [`Format`]), and
+//!   [`from_ndjson`], serde NDJSON parsing with field-precise errors;
 //! * building the dataflow: [`Ctx`] (the operators: `sum`, `count`, `distinct_count`,
 //!   `per_key`, `top_k`, `join`, `seeded`, and the view declarations `sum_view`,
 //!   `value_view`), [`Coll`], [`Time`];
@@ -43,6 +44,7 @@ mod day;
 mod event;
 mod hash;
 mod job;
+mod ndjson;
 mod sums;
 mod view;
 
@@ -50,6 +52,7 @@ pub use ctx::{Coll, Ctx, Time};
 pub use day::{Day, MAX_TS_MS, MS_PER_DAY};
 pub use event::{Event, FieldError, Format};
 pub use job::Job;
+pub use ndjson::from_ndjson;
 pub use sums::Sums;
 pub use view::{Answer, Data, Diff, Example, Selection, ViewInfo, ViewKey, ViewKind};
 
