@@ -201,6 +201,7 @@ fn compute<J: Job>(
                 let (mut input, errors) = worker.dataflow::<Time, _, _>(|scope| {
                     let (input, events) = scope.new_collection::<J::Event, isize>();
                     let mut ctx = Ctx::new(scope, Mode::Batch, registry.clone(), None);
+                    ctx.set_events(&events);
                     job.build(&mut ctx, events);
                     (input, ctx.errors().to_vec())
                 });

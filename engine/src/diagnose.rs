@@ -71,6 +71,7 @@ fn panics<J: Job>(job: &Arc<J>, events: &[(u32, u64, J::Event)]) -> Option<Strin
                 let mut input = worker.dataflow::<Time, _, _>(|scope| {
                     let (input, collection) = scope.new_collection::<J::Event, isize>();
                     let mut ctx = Ctx::new(scope, Mode::Batch, registry, None);
+                    ctx.set_events(&collection);
                     job.build(&mut ctx, collection);
                     input
                 });

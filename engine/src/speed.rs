@@ -187,6 +187,7 @@ fn build_on<J: Job>(
         worker.dataflow::<Time, _, _>(|scope| {
             let (input, events) = scope.new_collection::<J::Event, isize>();
             let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(seeds));
+            ctx.set_events(&events);
             job.build(&mut ctx, events);
             let probe = ctx.probe();
             let mut ctl = CtlInput::new();

@@ -132,12 +132,41 @@ pub struct Ctx<'s> {
     names: BTreeSet<String>,
     errors: Vec<String>,
     probe: ProbeHandle<Time>,
+    /// The job's events stream, once the engine names it (see [`Ctx::set_events`]).
+    events: Option<timely::progress::Source>,
 }
 
 impl<'s> Ctx<'s> {
     /// A context for building a job in `mode` (called by the engine, and by tests).
     pub fn new(scope: Scope<'s, Time>, mode: Mode, registry: Arc<Registry>, seeds: Option<Arc<dyn SeedSource>>) -> Self {
-        Ctx { scope, mode, registry, seeds, names: BTreeSet::new(), errors: Vec::new(), probe: ProbeHandle::new() }
+        Ctx { scope, mode, registry, seeds, names: BTreeSet::new(), errors: Vec::new(), probe: ProbeHandle::new(), events: None }
+    }
+
+    /// Names the collection of the job's events (called by the engine before `build`), so
+    /// that [`Ctx::inserts`] can tell it apart from derived collections.
+    pub fn set_events<D: Data>(&mut self, events: &Coll<'s, D>) {
+        self.events = Some(*events.inner.name());
+    }
+
+    /// The job's `events` as an [`Inserts`](crate::Inserts): a collection known never to
+    /// retract, over which `max`, `min`, `arg_max` and `arg_min` keep one row per key instead
+    /// of every input row. Only the `events` argument of `build` qualifies (anything else
+    /// is a build error naming the fix): derive insert-only collections from it with the
+    /// methods of `Inserts`.
+    pub fn inserts<D: Data>(&mut self, events: Coll<'s, D>) -> crate::Inserts<'s, D> {
+        if self.events != Some(*events.inner.name()) {
+            self.errors.push(
+                "ctx.inserts(..) takes the job's own `events` (the argument of `build`), not a derived collection: \
+                 call it on `events` first and shape the result with Inserts' map/filter/flat_map/concat"
+                    .to_string(),
+            );
+        }
+        crate::Inserts { coll: events }
+    }
+
+    /// The mode this context builds in.
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The scope, for jobs that need a raw differential or timely operator.
@@ -159,7 +188,7 @@ impl<'s> Ctx<'s> {
 
     /// Names live in three namespaces (operators, views, seeds), so a view may share the
     /// name of the operator that computes it.
-    fn claim(&mut self, kind: &str, name: &str) {
+    pub(crate) fn claim(&mut self, kind: &str, name: &str) {
         // Names become file names of batch views and seeds: check them now, not after a
         // whole batch computation.
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-') {
@@ -242,7 +271,7 @@ impl<'s> Ctx<'s> {
 
     /// Groups by key and applies `logic` to each key's consolidated values: a hash group-by
     /// in batch mode, differential's incremental `reduce` in speed mode.
-    fn reduce<K, V, R, V2, L>(&self, name: &str, coll: Coll<'s, (K, V), R>, logic: L) -> Coll<'s, (K, V2)>
+    pub(crate) fn group<K, V, R, V2, L>(&self, name: &str, coll: Coll<'s, (K, V), R>, logic: L) -> Coll<'s, (K, V2)>
     where
         K: Data,
         V: Data,
@@ -390,7 +419,7 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
-        self.reduce(&format!("PerKey: {name}"), input.map(|k| (k, ())), move |k, vals: &[(&(), R)], out| {
+        self.group(&format!("PerKey: {name}"), input.map(|k| (k, ())), move |k, vals: &[(&(), R)], out| {
             out.push((f(k, &vals[0].1), 1isize));
         })
     }
@@ -409,7 +438,7 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
-        self.reduce(&format!("TopK: {name}"), input, move |_key, vals: &[(&I, R)], out| {
+        self.group(&format!("TopK: {name}"), input, move |_key, vals: &[(&I, R)], out| {
             let mut scored: Vec<(S, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
             scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
             let top: Vec<(I, S)> = scored.into_iter().take(k).map(|(s, i)| (i.clone(), s)).collect();

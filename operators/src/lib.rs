@@ -42,7 +42,9 @@
 mod ctx;
 mod day;
 mod event;
+mod extreme;
 mod hash;
+mod inserts;
 mod job;
 mod ndjson;
 mod sums;
@@ -51,6 +53,7 @@ mod view;
 pub use ctx::{Coll, Ctx, Time};
 pub use day::{Day, MAX_TS_MS, MS_PER_DAY};
 pub use event::{Event, FieldError, Format};
+pub use inserts::{Input, Inserts};
 pub use job::Job;
 pub use ndjson::from_ndjson;
 pub use sums::Sums;

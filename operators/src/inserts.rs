@@ -1,0 +1,86 @@
+//! Insert-only collections: what the master dataset's immutability buys.
+//!
+//! Every event in the log is appended once and never retracted, so the job's `events`
+//! collection only grows, and so does anything derived from it by `map`, `filter`,
+//! `flat_map` and `concat`. Over such a collection some stateful operators need far less
+//! state than over a general one: the maximum of a key that only gains values is the
+//! larger of its old maximum and the new value, so the batch run's *output* (one row per
+//! key) is all the speed layer needs, not the input (one row per event).
+//!
+//! [`Inserts`] carries that fact in the type. The only way to get one is
+//! [`Ctx::inserts`](crate::Ctx::inserts) on the job's own `events`, and its methods keep
+//! it; operators that take an [`Input`] (`max`, `min`, `arg_max`, `arg_min`) store
+//! bounded seeds for an `Inserts` and the full input for any other collection (one that
+//! may retract, like the output of `count` or `per_key`), so they are exact either way.
+
+use crate::ctx::Coll;
+use crate::view::Data;
+
+/// A collection whose records only ever enter with difference +1 and are never retracted:
+/// the job's events and what `map`, `filter`, `flat_map` and `concat` derive from them.
+///
+/// ```ignore
+/// let bids = ctx.inserts(events.clone()).flat_map(|e| e.bid());   // Inserts<Bid>
+/// let best = ctx.max("max_price", bids.map(|b| (b.auction, b.price)));
+/// let any: Coll<_> = bids.into_coll();                            // back to a Coll
+/// ```
+pub struct Inserts<'s, D: Data> {
+    pub(crate) coll: Coll<'s, D>,
+}
+
+impl<'s, D: Data> Clone for Inserts<'s, D> {
+    fn clone(&self) -> Self {
+        Inserts { coll: self.coll.clone() }
+    }
+}
+
+impl<'s, D: Data> Inserts<'s, D> {
+    /// Each record mapped to one record.
+    pub fn map<D2: Data>(self, f: impl Fn(D) -> D2 + 'static) -> Inserts<'s, D2> {
+        Inserts { coll: self.coll.map(f) }
+    }
+
+    /// The records for which `f` holds.
+    pub fn filter(self, f: impl Fn(&D) -> bool + 'static) -> Inserts<'s, D> {
+        Inserts { coll: self.coll.filter(f) }
+    }
+
+    /// Each record mapped to any number of records.
+    pub fn flat_map<I>(self, f: impl Fn(D) -> I + 'static) -> Inserts<'s, I::Item>
+    where
+        I: IntoIterator,
+        I::Item: Data,
+    {
+        Inserts { coll: self.coll.flat_map(f) }
+    }
+
+    /// Both collections' records.
+    pub fn concat(self, other: Inserts<'s, D>) -> Inserts<'s, D> {
+        Inserts { coll: self.coll.concat(other.coll) }
+    }
+
+    /// The records as a general collection, for any differential operator (which may then
+    /// retract: what comes out is no longer known to be insert-only).
+    pub fn into_coll(self) -> Coll<'s, D> {
+        self.coll
+    }
+}
+
+/// What operators with a bounded form accept: an [`Inserts`] (bounded seeds) or any
+/// [`Coll`] (the full input is seeded).
+pub trait Input<'s, D: Data> {
+    /// The collection, and whether it is known to be insert-only.
+    fn into_input(self) -> (Coll<'s, D>, bool);
+}
+
+impl<'s, D: Data> Input<'s, D> for Coll<'s, D> {
+    fn into_input(self) -> (Coll<'s, D>, bool) {
+        (self, false)
+    }
+}
+
+impl<'s, D: Data> Input<'s, D> for Inserts<'s, D> {
+    fn into_input(self) -> (Coll<'s, D>, bool) {
+        (self.coll, true)
+    }
+}
