@@ -9,7 +9,7 @@
 
 use lambdaflow_engine::testing::{check_exact, diff, Views};
 use lambdaflow_operators::serde_json::{json, Value};
-use lambdaflow_operators::{Coll, Ctx, Event, FieldError, Job, Sums};
+use lambdaflow_operators::{aggregate, Coll, Ctx, Event, FieldError, Job, Sums, Window};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,6 +32,11 @@ impl Event for Obs {
     fn partition_key(&self) -> u64 {
         self.item
     }
+}
+
+aggregate! {
+    /// Per sliding window: the sum of the items, and (as `records`) how many there were.
+    struct ItemStats { items }
 }
 
 #[derive(Clone)]
@@ -73,6 +78,16 @@ impl Job for Extremes {
         let most = ctx.arg_max("most_frequent", per_value.map(|(kv, (k, n))| (k, (kv.1, n))), |(_, n): &(i64, i128)| *n);
         ctx.value_view("most_frequent", most, |(v, n): &(i64, i128)| json!([v, n]));
 
+        // Windows as keys, reading `value` as an event time: the largest item per tumbling
+        // window (bounded seed), and a named aggregate per sliding window.
+        let by_window = ctx.inserts(events.clone()).map(|o| (Window::tumbling(o.value, 7), o.item));
+        let tumbling = ctx.max("max_item_by_window", by_window);
+        ctx.value_view("max_item_by_window", tumbling, |item: &u64| json!(item));
+        let sliding = events.clone().flat_map(|o| Window::sliding(o.value, 10, 5).map(move |w| (w, o.item)));
+        let stats = ctx
+            .sum("items_by_sliding_window", sliding, |(w, item)| Some((*w, ItemStats { items: i128::from(*item), ..ItemStats::record() })));
+        ctx.sum_view("items_by_sliding_window", stats, |s: &ItemStats| json!({ "items": s.items, "records": s.records }));
+
         // The general seeded reduce: the lower median of the values per key.
         let median = ctx.reduce("median", events.map(|o| (o.key, o.value)), |_k, vals: &[(&i64, isize)], out| {
             let n: isize = vals.iter().map(|(_, c)| *c).filter(|c| *c > 0).sum();
@@ -96,6 +111,20 @@ fn oracle(events: &[Obs]) -> Views {
         by_key.entry(o.key).or_default().push(o);
     }
     let mut views: Views = BTreeMap::new();
+    let key_of = |w: Window| serde_json::to_string(&w.to_string()).unwrap();
+    for o in events {
+        let tumbling = views.entry("max_item_by_window".into()).or_default();
+        let slot = tumbling.entry(key_of(Window::tumbling(o.value, 7))).or_insert(json!(o.item));
+        if slot.as_u64().unwrap() < o.item {
+            *slot = json!(o.item);
+        }
+        for w in Window::sliding(o.value, 10, 5) {
+            let stats =
+                views.entry("items_by_sliding_window".into()).or_default().entry(key_of(w)).or_insert(json!({ "items": 0, "records": 0 }));
+            stats["items"] = json!(stats["items"].as_u64().unwrap() + o.item);
+            stats["records"] = json!(stats["records"].as_u64().unwrap() + 1);
+        }
+    }
     let mut put = |view: &str, key: u64, value: Value| {
         views.entry(view.to_string()).or_default().insert(key.to_string(), value);
     };

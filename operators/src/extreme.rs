@@ -54,7 +54,8 @@ impl<'s> Ctx<'s> {
     /// has a value. Pass an [`Inserts`](crate::Inserts) for one seed row per key.
     ///
     /// ```ignore
-    /// let highest = ctx.max("highest_bid", ctx.inserts(events).flat_map(|e| e.bid()).map(|b| (b.auction, b.price)));
+    /// let prices = ctx.inserts(events).flat_map(|e| e.bid()).map(|b| (b.auction, b.price));
+    /// let highest = ctx.max("highest_bid", prices);
     /// ```
     pub fn max<K, V>(&mut self, name: &str, input: impl Input<'s, (K, V)>) -> Coll<'s, (K, V)>
     where

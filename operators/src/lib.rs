@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod aggregate;
 mod ctx;
 mod day;
 mod event;
@@ -49,6 +50,7 @@ mod job;
 mod ndjson;
 mod sums;
 mod view;
+mod window;
 
 pub use ctx::{Coll, Ctx, Time};
 pub use day::{Day, MAX_TS_MS, MS_PER_DAY};
@@ -58,6 +60,7 @@ pub use job::Job;
 pub use ndjson::from_ndjson;
 pub use sums::Sums;
 pub use view::{Answer, Data, Diff, Example, Selection, ViewInfo, ViewKey, ViewKind};
+pub use window::Window;
 
 pub mod runtime {
     //! The engine's side of the DSL: how a job is run, not how it is written.
@@ -71,6 +74,8 @@ pub mod runtime {
     pub use crate::ctx::{AnySeed, Mode, Registry, SeedSource};
     pub use crate::view::{AnyView, BatchTable, SpeedTable};
 }
+
+pub use aggregate::__private;
 
 /// Re-exported so jobs can use the same versions the engine does.
 pub use differential_dataflow;
