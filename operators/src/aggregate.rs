@@ -67,7 +67,9 @@ macro_rules! aggregate {
                 $name { $($field: 0,)+ records: 1 }
             }
 
-            /// The named sums as a JSON object (exact integers; `records` left out).
+            /// The named sums as a JSON object (exact integers; `records` left out). By
+            /// reference, so `Type::to_json` is a view's presentation as it is.
+            #[allow(clippy::wrong_self_convention)]
             pub fn to_json(&self) -> $crate::serde_json::Value {
                 let mut object = $crate::serde_json::Map::new();
                 $(object.insert(
