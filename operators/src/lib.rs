@@ -20,10 +20,13 @@
 //! * the job and its events: [`Job`], [`Event`] (with [`FieldError`], [`Format`]), and
 //!   [`from_ndjson`], serde NDJSON parsing with field-precise errors;
 //! * building the dataflow: [`Ctx`] (the operators: `sum`, `count`, `distinct_count`,
-//!   `per_key`, `top_k`, `join`, `seeded`, and the view declarations `sum_view`,
-//!   `value_view`), [`Coll`], [`Time`];
-//! * values: [`Sums`] (the exact aggregate difference), [`Day`] (event-time days, with
-//!   [`MS_PER_DAY`] and [`MAX_TS_MS`]), [`ViewKey`] (how a view key shows and parses),
+//!   `per_key`, `top_k`, `join`, `max`, `min`, `arg_max`, `arg_min`, `reduce`, `seeded`,
+//!   and the view declarations `sum_view`, `value_view`), [`Coll`], [`Inserts`] (the
+//!   insert-only collections over which extremes keep one seed row per key) and
+//!   [`Input`], [`Time`];
+//! * values: [`Sums`] (the exact aggregate difference) and [`aggregate!`] (the same with
+//!   named fields), [`Day`] (event-time days, with [`MS_PER_DAY`] and [`MAX_TS_MS`]),
+//!   [`Window`] (tumbling and sliding event-time windows), [`ViewKey`] (how a view key shows and parses),
 //!   [`Example`] (what describes a view's key and value to users),
 //!   [`Data`] and [`Diff`] (what records and differences must implement);
 //! * what queries return: [`Selection`], [`Answer`], [`ViewInfo`], [`ViewKind`].
