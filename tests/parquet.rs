@@ -73,10 +73,8 @@ print(json.dumps(out))
 /// The rows lambdaflow's own answers (`query VIEW --all --json`) make: an object key's or
 /// value's fields as columns, otherwise one column `key` or `value`.
 fn expected_rows(data: &Path, view: &str) -> Vec<Value> {
-    let o = run_ok(data, &["query", view, "--all", "--json"]);
     let mut rows = Vec::new();
-    for line in stdout(&o).lines() {
-        let a: Value = serde_json::from_str(line).expect("query --json prints JSON lines");
+    for a in query_items(data, view) {
         let mut row = serde_json::Map::new();
         for (part, whole) in [(&a["key"], "key"), (&a["value"], "value")] {
             match part {
@@ -134,7 +132,7 @@ fn check_export(data: &Path, out: &Path, merged: bool) -> Value {
         assert_eq!(meta["lambdaflow.merged"], json!(merged.to_string()));
         if merged {
             let frontier: Value = serde_json::from_str(meta["lambdaflow.frontier"].as_str().expect("a frontier")).unwrap();
-            assert_eq!(frontier, status["log"]["end"], "view {view}: merged at the log's end");
+            assert_eq!(frontier, status["log_end"], "view {view}: merged at the log's end");
         }
     }
     read
@@ -179,7 +177,7 @@ fn duckdb_reads_every_view_as_lambdaflow_answers_it() {
 
     // An analyst's query, in SQL: total net revenue equals lambdaflow's.
     let total = duckdb(
-        "import sys, json, duckdb; print(json.dumps(int(duckdb.sql(\"SELECT sum(net_cents) FROM read_parquet('\" + sys.argv[1] + \"')\").fetchone()[0])))",
+        "import sys, json, duckdb; print(json.dumps(int(duckdb.connect().execute('SELECT sum(net_cents) FROM read_parquet(?)', [sys.argv[1]]).fetchone()[0])))",
         &[merged.join("revenue_by_day.parquet").to_str().unwrap()],
     );
     let want: i128 = expected_rows(&data, "revenue_by_day").iter().map(|r| r["net_cents"].as_i64().unwrap() as i128).sum();
@@ -277,4 +275,62 @@ print("[]")
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("line {row}:")) && msg.contains("\"quantity\"") && msg.contains("-3"), "{msg}");
     assert!(msg.contains(&format!("row {row} of")), "{msg}");
+}
+
+/// The batch version `DIR`'s manifest names, if it has one.
+fn manifest_version(out: &Path) -> Option<u64> {
+    let m: Value = serde_json::from_slice(&std::fs::read(out.join(MANIFEST)).ok()?).ok()?;
+    m["batch_version"].as_u64()
+}
+
+// `serve --export-parquet DIR` writes the current version at start and every version it
+// publishes; `export` works next to the running service (the batch version from the store,
+// merged answers from the service).
+#[test]
+fn serve_writes_parquet_for_every_version_and_export_works_next_to_it() {
+    let dir = TempDir::new("parquet-serve");
+    let data = dir.path().join("data");
+    let out = dir.path().join("exports");
+    let file = dir.path().join("e.ndjson");
+    gen_file(&file, 3_000, 9, "ndjson");
+    ingest(&data, &file);
+    run_ok(&data, &["batch"]);
+    let server = common::http::Server::start(&data, &["--export-parquet", out.to_str().unwrap()]);
+    let wait_for = |version: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while manifest_version(&out) != Some(version) {
+            assert!(std::time::Instant::now() < deadline, "no export of v{version} within 120 s:\n{}", server.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(1);
+    // `batch` next to the service asks it for a run; the service exports what it publishes.
+    run_ok(&data, &["batch"]);
+    wait_for(2);
+    for v in view_names() {
+        assert!(out.join(format!("{v}.parquet")).exists(), "{v}");
+    }
+
+    let next_to = dir.path().join("next-to");
+    run_ok(&data, &["export", "--all", "--out", next_to.to_str().unwrap()]);
+    assert_eq!(manifest_version(&next_to), Some(2));
+    let merged = dir.path().join("merged");
+    let o = run_ok(&data, &["export", "customer_spend", "--merged", "--out", merged.to_str().unwrap()]);
+    assert!(stdout(&o).contains("merged answers"), "{}", stdout(&o));
+    let m: Value = serde_json::from_slice(&std::fs::read(merged.join(MANIFEST)).unwrap()).unwrap();
+    assert_eq!(m["merged"], true);
+    assert_eq!(m["views"][0]["rows"], read_rows_of_query(&data, "customer_spend"));
+    server.terminate();
+}
+
+/// How many answers `query VIEW --all --json` prints.
+fn read_rows_of_query(data: &Path, view: &str) -> Value {
+    json!(query_items(data, view).len())
+}
+
+/// The answers `query VIEW --all --json` prints (`{"items": [{key, value, ...}], ...}`).
+fn query_items(data: &Path, view: &str) -> Vec<Value> {
+    let o = run_ok(data, &["query", view, "--all", "--json"]);
+    let answer: Value = serde_json::from_str(&stdout(&o)).expect("query --json prints JSON");
+    answer["items"].as_array().expect("items").clone()
 }

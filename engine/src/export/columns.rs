@@ -19,9 +19,7 @@
 //! | `null` | no column |
 //! | anything else (`[]`) | `Utf8` holding the JSON text |
 
-use arrow_array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray, StringArray, StructArray,
-};
+use arrow_array::{ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray, StringArray, StructArray};
 use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields};
 use lambdaflow_operators::{Day, ViewInfo};
@@ -44,7 +42,10 @@ pub(crate) enum Shape {
     Json,
     List(Box<Shape>),
     /// An object's fields, or a fixed-length array's elements named `_0`, `_1`, ...
-    Struct { fields: Vec<(String, Shape)>, tuple: bool },
+    Struct {
+        fields: Vec<(String, Shape)>,
+        tuple: bool,
+    },
 }
 
 impl Shape {

@@ -148,13 +148,7 @@ fn every_key() -> Selection {
 /// one when `None`) of `data_dir` to `out`, reading the view store directly: safe next to a
 /// running service, which never changes a published version (only `batch --keep` removes
 /// old ones).
-pub fn export_version(
-    job: &JobViews,
-    data_dir: &Path,
-    version: Option<u64>,
-    names: &[String],
-    out: &Path,
-) -> Result<Export> {
+pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, names: &[String], out: &Path) -> Result<Export> {
     let store = ViewStore::open(data_dir)?;
     let meta = match version {
         Some(v) => store.meta(v)?,
@@ -168,11 +162,7 @@ pub fn export_version(
     if meta.job != job.name || meta.job_version != job.version {
         return Err(Error::Usage(format!(
             "batch version {} was computed by job {} version {}, not by this binary's {} version {}: run `batch` under this version first",
-            meta.version,
-            meta.job,
-            meta.job_version,
-            job.name,
-            job.version
+            meta.version, meta.job, meta.job_version, job.name, job.version
         )));
     }
     let export = ExportMeta {
@@ -191,7 +181,10 @@ pub fn export_version(
         let t = Instant::now();
         let name = &view.info().name;
         let bytes = store.read_view(meta.version, name)?.ok_or_else(|| {
-            Error::Inconsistent(format!("batch version {} has no view `{name}` (was it removed meanwhile by `batch --keep`?)", meta.version))
+            Error::Inconsistent(format!(
+                "batch version {} has no view `{name}` (was it removed meanwhile by `batch --keep`?)",
+                meta.version
+            ))
         })?;
         let table = view.decode_batch(&bytes).map_err(Error::Inconsistent)?;
         drop(bytes);
@@ -381,7 +374,8 @@ mod tests {
         ];
         let file = write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap();
         assert_eq!((file.rows, file.key_columns, file.file.as_str()), (2, 1, "top.parquet"));
-        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["top.parquet"], "no temporary file is left");
 
         let f = std::fs::File::open(view_file(dir.path(), "top")).unwrap();

@@ -25,9 +25,8 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type,
-    UInt64Type, UInt8Type,
+    Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
@@ -54,7 +53,8 @@ pub fn for_each_row_as_ndjson(path: &Path, mut f: impl FnMut(u64, &str) -> Resul
         error: FieldError::line(format!("{} is not a readable Parquet file: {e}", path.display())),
     };
     let file = std::fs::File::open(path).map_err(|e| io("open", e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(not_parquet)?.with_batch_size(BATCH_ROWS).build().map_err(not_parquet)?;
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(not_parquet)?.with_batch_size(BATCH_ROWS).build().map_err(not_parquet)?;
     let mut row: u64 = 0;
     let mut line = String::new();
     for batch in reader {
@@ -62,8 +62,7 @@ pub fn for_each_row_as_ndjson(path: &Path, mut f: impl FnMut(u64, &str) -> Resul
             line: row + 1,
             error: FieldError::line(format!("{} could not be decoded after row {row}: {e}", path.display())),
         })?;
-        let names: Vec<String> =
-            batch.schema().fields().iter().map(|f| serde_json::to_string(f.name()).unwrap_or_default()).collect();
+        let names: Vec<String> = batch.schema().fields().iter().map(|f| serde_json::to_string(f.name()).unwrap_or_default()).collect();
         for i in 0..batch.num_rows() {
             row += 1;
             line.clear();
@@ -194,8 +193,10 @@ fn decimal(v: i128, scale: i8, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray, StringArray, TimestampMicrosecondArray};
     use arrow_array::types::Int32Type as I32;
+    use arrow_array::{
+        ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray, StringArray, TimestampMicrosecondArray,
+    };
     use std::sync::Arc;
 
     fn write(path: &Path, columns: Vec<(&str, ArrayRef)>) {
