@@ -109,7 +109,7 @@ fn print_export(export: &Export, out: &Path, took: Duration) -> Result<()> {
     };
     outln!("exported {what} of job {} v{} to {}", m.job, m.job_version, out.display());
     for v in &export.views {
-        outln!("  {:<28} {:>10} rows {:>10}  {:.2}s", v.file, v.rows, format_bytes(v.bytes), v.secs);
+        outln!("  {:<34} {:>10} rows {:>10}  {:.2}s", v.file, v.rows, format_bytes(v.bytes), v.secs);
     }
     outln!("  {MANIFEST} lists the files, columns and versions ({:.2}s in all)", took.as_secs_f64());
     Ok(())

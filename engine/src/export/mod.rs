@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::lambda::Lambda;
 use crate::store::ViewStore;
 
-pub use read::{for_each_row_as_ndjson, parse_parquet};
+pub use read::{for_each_row_as_ndjson, is_parquet, parse_parquet};
 
 /// The manifest written beside the files (a leading `_` keeps Spark and Hive-style readers
 /// from taking it for data).

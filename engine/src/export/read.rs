@@ -73,6 +73,19 @@ pub fn for_each_row_as_ndjson(path: &Path, mut f: impl FnMut(u64, &str) -> Resul
     Ok(row)
 }
 
+/// Whether the file at `path` starts with Parquet's magic bytes (`PAR1`): how a record source
+/// can tell a Parquet file from NDJSON or CSV without trusting its name.
+pub fn is_parquet(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "open".into(), source })?;
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"PAR1"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), what: "read".into(), source }),
+    }
+}
+
 /// Reads every row of the Parquet file at `path` as an event of `E`. A bad row is an
 /// [`Error::BadInput`] whose line number is the row number (1-based).
 pub fn parse_parquet<E: Event>(path: &Path) -> Result<Vec<E>> {
@@ -231,6 +244,11 @@ mod tests {
                 ("r", Arc::new(Float64Array::from(vec![0.5, 2.0]))),
             ],
         );
+        assert!(is_parquet(&path).unwrap());
+        std::fs::write(dir.path().join("e.ndjson"), b"{\"type\":\"view\"}\n").unwrap();
+        assert!(!is_parquet(&dir.path().join("e.ndjson")).unwrap());
+        std::fs::write(dir.path().join("short"), b"PA").unwrap();
+        assert!(!is_parquet(&dir.path().join("short")).unwrap());
         let got = lines(&path).unwrap();
         assert_eq!(
             got,
