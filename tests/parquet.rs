@@ -229,6 +229,12 @@ fn batch_writes_parquet_alongside_each_version() {
     for v in view_names() {
         assert!(out.join(format!("{v}.parquet")).exists(), "{v}");
     }
+    // An older published version, on request.
+    let old = dir.path().join("old");
+    run_ok(&data, &["export", "--all", "--version", "1", "--out", old.to_str().unwrap()]);
+    assert_eq!(version_in(&old), 1);
+    let o = run_ok(&data, &["export", "--help"]);
+    assert!(stdout(&o).contains("Example") && stdout(&o).contains("docs/export.md"), "{}", stdout(&o));
 }
 
 // Parquet in: shop events written to Parquet by DuckDB from a generated CSV file read back
