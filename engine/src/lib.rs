@@ -32,6 +32,7 @@ mod cluster;
 mod diagnose;
 mod durable;
 mod error;
+pub mod export;
 mod guard;
 mod input;
 mod keys;

@@ -69,6 +69,11 @@ pub(super) enum Command {
     #[command(after_help = "Example (process 1 of a 2-process batch run; the serving process starts these itself):\n  \
         lambdaflow worker --role batch --processes 2 --process 1 --hostfile hosts.txt --cut 10,12,9,11")]
     Worker(WorkerArgs),
+    /// Write views as Parquet files (typed columns) for DuckDB, Spark or a BI tool.
+    #[command(after_help = "Examples:\n  lambdaflow export --all --format parquet --out exports/\n  \
+        lambdaflow export revenue_by_day --out exports/ --merged   # batch + speed at the speed layer's frontier\n\n\
+        See docs/export.md for the column types and how to read them.")]
+    Export(ExportArgs),
 }
 
 /// `ingest`'s flags.
@@ -114,6 +119,9 @@ pub(super) struct BatchArgs {
     /// (e.g. 10m, 1h); past it, exit code 5.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_positive_duration)]
     pub(super) timeout: Duration,
+    /// After the run, write the published version's views as Parquet to DIR (see `export`).
+    #[arg(long, value_name = "DIR")]
+    pub(super) export_parquet: Option<PathBuf>,
 }
 
 /// `query`'s flags.
@@ -211,6 +219,9 @@ pub(super) struct ServeArgs {
     /// The job to serve (this binary's job; checked).
     #[arg(long)]
     pub(super) job: Option<String>,
+    /// Write every published batch version's views as Parquet to DIR (see `export`).
+    #[arg(long, value_name = "DIR")]
+    pub(super) export_parquet: Option<PathBuf>,
     /// Address to listen on. Loopback by default; anything else exposes the API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub(super) listen: std::net::SocketAddr,

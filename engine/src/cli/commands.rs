@@ -74,14 +74,15 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
 
 /// `batch`: one run here, or asked of the service holding the directory.
 pub(super) fn batch<J: Job>(app: App<J>, g: &Global, args: BatchArgs) -> Result<()> {
-    let BatchArgs { remote, keep, processes, timeout } = args;
+    let BatchArgs { remote, keep, processes, timeout, export_parquet } = args;
     let workers = g.workers;
     if processes == 0 {
         return Err(Error::Usage("--processes must be at least 1".into()));
     }
+    let after = AfterBatch::new(&app.job, export_parquet);
     match access(&g.data, "batch", g.wait, &remote)? {
-        Access::Local(_lock) => batch_local(app, &g.data, workers, keep, processes),
-        Access::Remote(service) => service.batch(timeout),
+        Access::Local(_lock) => batch_local(app, &g.data, workers, keep, processes).and_then(|()| after.run(&g.data)),
+        Access::Remote(service) => service.batch(timeout).and_then(|()| after.run(&g.data)),
     }
 }
 
@@ -343,6 +344,7 @@ pub(super) fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Durat
     );
     catch_up(&lambda)?;
     let running = crate::serve::start(lambda.clone(), cfg.clone(), app.dashboard, true)?;
+    let _export = watch(&lambda, args.export_parquet.clone())?;
     lock.publish(running.addr, cfg.token.is_some())?;
     eprintln!(
         "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch runs {}{}",

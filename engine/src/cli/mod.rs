@@ -35,6 +35,7 @@ macro_rules! outln {
 mod args;
 mod commands;
 mod demo;
+mod export;
 mod lock;
 mod options;
 mod output;
@@ -43,6 +44,7 @@ mod remote;
 use args::*;
 use commands::*;
 use demo::*;
+use export::*;
 use lock::*;
 use options::*;
 use output::*;
@@ -134,6 +136,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(app, &g.data, g.workers, g.wait, args),
         Command::Cluster(args) => cluster(app, &g, args),
         Command::Worker(args) => worker(app, &g.data, g.workers, args),
+        Command::Export(args) => export(app, &g, args),
     }
 }
 
