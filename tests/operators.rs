@@ -52,7 +52,11 @@ impl Job for Extremes {
     }
     fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Obs>) {
         let inserts = ctx.inserts(events.clone());
-        let kv = inserts.clone().map(|o| (o.key, o.value));
+        // Through every method of Inserts: the odd values and the even ones, concatenated,
+        // and each observation once more as a copy shifted by 0 (flat_map of one).
+        let odd = inserts.clone().filter(|o| o.value % 2 != 0);
+        let even = inserts.clone().filter(|o| o.value % 2 == 0);
+        let kv = odd.concat(even).flat_map(|o| Some((o.key, o.value)));
 
         let max = ctx.max("max_bounded", kv.clone());
         ctx.value_view("max_bounded", max, |v: &i64| json!(v));
@@ -211,6 +215,33 @@ impl Job for Misuse {
     }
 }
 
+/// A job cannot name another collection its events to get bounded seeds over it.
+#[derive(Clone)]
+struct Renames;
+
+impl Job for Renames {
+    type Event = Obs;
+    fn name(&self) -> &'static str {
+        "renames"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Obs>) {
+        let retracting = events.map(|o| (o.key, o.value)).negate();
+        ctx.set_events(&retracting);
+        let wrong = ctx.inserts(retracting);
+        let max = ctx.max("max", wrong);
+        ctx.value_view("max", max, |v: &i64| json!(v));
+    }
+}
+
+#[test]
+fn a_job_cannot_rename_its_events() {
+    let Err(e) = check_exact(Renames, &[Obs { key: 1, value: 1, item: 1 }], &[], 1) else { panic!("a renamed events collection ran") };
+    assert!(e.contains("ctx.set_events is the engine's"), "{e}");
+}
+
 #[test]
 fn inserts_of_a_derived_collection_is_refused_with_the_fix() {
     let Err(e) = check_exact(Misuse, &[Obs { key: 1, value: 1, item: 1 }], &[], 1) else { panic!("a misused ctx.inserts ran") };
@@ -223,7 +254,9 @@ fn bounded_seeds_hold_one_row_per_key() {
     use lambdaflow_engine::{Lambda, Progress};
     let dir = lambdaflow_engine::testing::TempDir::new("extremes-seeds");
     let lambda = Lambda::open(Extremes, dir.path(), lambdaflow_engine::testing::test_options(2)).unwrap();
-    let events: Vec<Obs> = (0..200).map(|i| Obs { key: i % 3, value: (i * 7 % 101) as i64, item: i }).collect();
+    let mut events: Vec<Obs> = (0..200).map(|i| Obs { key: i % 3, value: (i * 7 % 101) as i64, item: i }).collect();
+    // Duplicates consolidate in the full seed: each distinct (key, value) once.
+    events.extend(events.clone());
     lambda.append(&events).unwrap();
     let report = lambda.batch_and_handover(std::sync::Arc::new(Progress::default())).unwrap();
     let rows = |seed: &str| {

@@ -34,7 +34,11 @@
 //! are). The struct has one more field, `records`: the number of records added up (minus
 //! those retracted). [`record`](Revenue) sets it to 1, so a key some records reached never
 //! consolidates away, even when all its sums net to zero: the "count lane" of `Sums`
-//! jobs, kept for you. A field may not be called `records`.
+//! jobs, kept for you. A field may not be called `records`:
+//!
+//! ```compile_fail
+//! lambdaflow_operators::aggregate! { struct Bad { amount, records } }
+//! ```
 
 #[doc(hidden)]
 pub mod __private {
@@ -51,6 +55,7 @@ pub mod __private {
 #[macro_export]
 macro_rules! aggregate {
     ($(#[$meta:meta])* $vis:vis struct $name:ident { $($(#[$fmeta:meta])* $field:ident),+ $(,)? }) => {
+        $($crate::__aggregate_field!($field);)+
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
         $vis struct $name {
@@ -73,7 +78,7 @@ macro_rules! aggregate {
             pub fn to_json(&self) -> $crate::serde_json::Value {
                 let mut object = $crate::serde_json::Map::new();
                 $(object.insert(
-                    stringify!($field).to_string(),
+                    ::core::stringify!($field).to_string(),
                     $crate::serde_json::to_value(self.$field).expect("an i128 is a JSON number"),
                 );)+
                 $crate::serde_json::Value::Object(object)
@@ -125,7 +130,7 @@ macro_rules! aggregate {
         impl $crate::__private::serde::Serialize for $name {
             fn serialize<S: $crate::__private::serde::Serializer>(&self, serializer: S) -> ::std::result::Result<S::Ok, S::Error> {
                 use $crate::__private::serde::ser::SerializeTuple;
-                let mut t = serializer.serialize_tuple([$(stringify!($field)),+].len() + 1)?;
+                let mut t = serializer.serialize_tuple([$(::core::stringify!($field)),+].len() + 1)?;
                 $(t.serialize_element(&self.$field)?;)+
                 t.serialize_element(&self.records)?;
                 t.end()
@@ -134,26 +139,36 @@ macro_rules! aggregate {
 
         impl<'de> $crate::__private::serde::Deserialize<'de> for $name {
             fn deserialize<D: $crate::__private::serde::Deserializer<'de>>(deserializer: D) -> ::std::result::Result<Self, D::Error> {
-                struct Lanes;
-                impl<'de> $crate::__private::serde::de::Visitor<'de> for Lanes {
+                struct __LambdaflowAggregateVisitor;
+                impl<'de> $crate::__private::serde::de::Visitor<'de> for __LambdaflowAggregateVisitor {
                     type Value = $name;
                     fn expecting(&self, f: &mut ::std::fmt::Formatter) -> ::std::fmt::Result {
-                        f.write_str(concat!("the sums of ", stringify!($name)))
+                        f.write_str(::core::concat!("the sums of ", ::core::stringify!($name)))
                     }
                     fn visit_seq<A: $crate::__private::serde::de::SeqAccess<'de>>(self, mut seq: A) -> ::std::result::Result<$name, A::Error> {
                         let mut lane = 0usize;
                         let mut next = |seq: &mut A| -> ::std::result::Result<i128, A::Error> {
-                            let value = seq.next_element()?.ok_or_else(|| $crate::__private::serde::de::Error::invalid_length(lane, &Lanes))?;
+                            let value = seq.next_element()?.ok_or_else(|| $crate::__private::serde::de::Error::invalid_length(lane, &__LambdaflowAggregateVisitor))?;
                             lane += 1;
                             Ok(value)
                         };
                         Ok($name { $($field: next(&mut seq)?,)+ records: next(&mut seq)? })
                     }
                 }
-                deserializer.deserialize_tuple([$(stringify!($field)),+].len() + 1, Lanes)
+                deserializer.deserialize_tuple([$(::core::stringify!($field)),+].len() + 1, __LambdaflowAggregateVisitor)
             }
         }
     };
+}
+
+/// Refuses a field the generated struct has already (`records`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __aggregate_field {
+    (records) => {
+        ::core::compile_error!("aggregate!: `records` is the generated count of records; name the field differently");
+    };
+    ($field:ident) => {};
 }
 
 #[cfg(test)]
@@ -164,6 +179,12 @@ mod tests {
     aggregate! {
         /// Test aggregate.
         pub struct Stock { level, moves }
+    }
+
+    // The macro's own names do not collide with the user's.
+    aggregate! {
+        /// An aggregate named like the macro's former visitor, with one field.
+        pub struct Lanes { a }
     }
 
     #[test]
@@ -193,6 +214,13 @@ mod tests {
         assert_eq!(bincode::deserialize::<Stock>(&bincode::serialize(&s).unwrap()).unwrap(), s);
         let short = serde_json::from_str::<Stock>("[1,2]").unwrap_err().to_string();
         assert!(short.contains("invalid length 2"), "{short}");
+    }
+
+    #[test]
+    fn one_field_and_a_colliding_name_work() {
+        let l = Lanes { a: i128::MAX, ..Lanes::record() };
+        assert_eq!(serde_json::from_str::<Lanes>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
+        assert_eq!(l.to_json(), serde_json::json!({ "a": i128::MAX }));
     }
 
     #[test]

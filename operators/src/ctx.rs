@@ -142,9 +142,20 @@ impl<'s> Ctx<'s> {
         Ctx { scope, mode, registry, seeds, names: BTreeSet::new(), errors: Vec::new(), probe: ProbeHandle::new(), events: None }
     }
 
-    /// Names the collection of the job's events (called by the engine before `build`), so
-    /// that [`Ctx::inserts`] can tell it apart from derived collections.
+    /// Names the collection of the job's events, so that [`Ctx::inserts`] can tell it apart
+    /// from derived collections. The engine calls it once, before `build`; a second call
+    /// (a job trying to declare another collection insert-only) is a build error, since
+    /// extremes over a collection that retracts would be wrong with bounded seeds.
+    #[doc(hidden)]
     pub fn set_events<D: Data>(&mut self, events: &Coll<'s, D>) {
+        if self.events.is_some() {
+            self.errors.push(
+                "ctx.set_events is the engine's: the job's events are named already. Use ctx.inserts(events) \
+                 on build's own `events` for an insert-only collection"
+                    .to_string(),
+            );
+            return;
+        }
         self.events = Some(*events.inner.name());
     }
 

@@ -66,16 +66,28 @@ impl Day {
         (if m <= 2 { y + 1 } else { y }, m, d)
     }
 
-    /// Parses `YYYY-MM-DD`.
+    /// Parses `YYYY-MM-DD` (and what [`Day`]'s display gives beyond it: more year digits
+    /// after year 9999, a `-` before year 0).
     pub fn parse(s: &str) -> Result<Day, String> {
         let bad = || format!("\"{s}\" is not a day of the form YYYY-MM-DD");
-        let b = s.as_bytes();
-        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        let (negative, rest) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let b = rest.as_bytes();
+        let n = b.len();
+        if n < 10
+            || n > 16
+            || b[n - 3] != b'-'
+            || b[n - 6] != b'-'
+            || !b.iter().enumerate().all(|(i, c)| c.is_ascii_digit() || i == n - 3 || i == n - 6)
+        {
             return Err(bad());
         }
-        let y: i64 = s[0..4].parse().map_err(|_| bad())?;
-        let m: i64 = s[5..7].parse().map_err(|_| bad())?;
-        let d: i64 = s[8..10].parse().map_err(|_| bad())?;
+        let y: i64 = rest[..n - 6].parse().map_err(|_| bad())?;
+        let y = if negative { -y } else { y };
+        let m: i64 = rest[n - 5..n - 3].parse().map_err(|_| bad())?;
+        let d: i64 = rest[n - 2..].parse().map_err(|_| bad())?;
         if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
             return Err(bad());
         }
@@ -86,7 +98,8 @@ impl Day {
         let mp = if m > 2 { m - 3 } else { m + 9 };
         let doy = (153 * mp + 2) / 5 + d - 1;
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let day = Day((era * 146_097 + doe - 719_468) as i32);
+        let days = i32::try_from(era * 146_097 + doe - 719_468).map_err(|_| bad())?;
+        let day = Day(days);
         if day.civil() != (y, m as u32, d as u32) {
             return Err(bad());
         }
@@ -97,7 +110,8 @@ impl Day {
 impl fmt::Display for Day {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (y, m, d) = self.civil();
-        write!(f, "{y:04}-{m:02}-{d:02}")
+        let sign = if y < 0 { "-" } else { "" };
+        write!(f, "{sign}{:04}-{m:02}-{d:02}", y.unsigned_abs())
     }
 }
 
@@ -142,6 +156,8 @@ mod tests {
                 None => proptest::prop_assert!(d == Day::MIN || d == Day::MAX),
             }
             proptest::prop_assert!(d <= Day::of_ms(a.saturating_add(1)));
+            // Every day's display parses back to it, also beyond years 0..=9999.
+            proptest::prop_assert_eq!(Day::parse(&d.to_string()), Ok(d));
             let u = Day::of_ms_u64(b);
             let _ = u.to_string();
             proptest::prop_assert_eq!(u, i64::try_from(b).map_or(Day::MAX, Day::of_ms));

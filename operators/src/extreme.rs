@@ -8,7 +8,7 @@
 //!   since" is the extreme of all values. Seed `<name>.bounded.seed`.
 //! * over any other collection (values may be retracted, e.g. after `per_key`), the next
 //!   best value must be at hand when the best one goes, so the seed is the whole input at
-//!   the cut, consolidated (`<name>.seed`), as for `top_k`.
+//!   the cut, consolidated (`<name>.seed`: each distinct record once, with its count).
 //!
 //! The two seeds have different names, so a job that switches an input between the two
 //! kinds without bumping its version cannot feed one as the other: the speed layer refuses
@@ -46,7 +46,7 @@ impl<'s> Ctx<'s> {
         L: FnMut(&K, &[(&V, R)], &mut Vec<(V2, isize)>) + 'static,
     {
         self.claim("operator", name);
-        let input = self.seeded(name, input);
+        let input = self.seeded_consolidated(name, input);
         self.group(&format!("Reduce: {name}"), input, logic)
     }
 
@@ -102,6 +102,17 @@ impl<'s> Ctx<'s> {
         self.best(name, "ArgMin", input, move |a: &I, b: &I| score(b).cmp(&score(a)).then_with(|| b.cmp(a)))
     }
 
+    /// [`Ctx::seeded`] of a collection that may hold a record many times (raw events):
+    /// consolidated first in batch mode, so the seed holds each distinct record once with
+    /// its count, not once per occurrence.
+    fn seeded_consolidated<D: Data, R: Diff>(&mut self, name: &str, input: Coll<'s, D, R>) -> Coll<'s, D, R> {
+        let input = match self.mode() {
+            Mode::Batch => crate::hash::consolidate_by_hash(&format!("Consolidate: {name}"), input),
+            Mode::Speed => input,
+        };
+        self.seeded(name, input)
+    }
+
     /// The greatest value per key by `order`, among values whose accumulated count is
     /// positive (a value retracted as often as it was asserted is gone).
     fn best<K, V, O>(&mut self, name: &str, label: &str, input: impl Input<'s, (K, V)>, order: O) -> Coll<'s, (K, V)>
@@ -119,7 +130,7 @@ impl<'s> Ctx<'s> {
             }
         };
         if !insert_only {
-            let input = self.seeded(name, coll);
+            let input = self.seeded_consolidated(name, coll);
             return self.group(&op, input, pick);
         }
         let seed = format!("{name}.bounded");

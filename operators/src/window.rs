@@ -50,23 +50,35 @@ pub struct Window {
 
 impl Window {
     /// The tumbling window of `size_ms` holding `ts_ms`: windows start at multiples of
-    /// `size_ms` from the epoch and do not overlap. A `size_ms` below 1 counts as 1 (this
-    /// runs on every stored event, so it never panics).
+    /// `size_ms` from the epoch and do not overlap. A `size_ms` below 1 counts as 1.
+    ///
+    /// This runs on every stored event in every later run, so it never panics: a start
+    /// before `i64::MIN` (only for times within one window of it) is clamped to `i64::MIN`.
+    /// Bound event times in the parser (`0..=`[`MAX_TS_MS`](crate::MAX_TS_MS)) and this
+    /// never happens.
     pub fn tumbling(ts_ms: i64, size_ms: i64) -> Window {
         let size_ms = size_ms.max(1);
-        Window { start_ms: ts_ms.div_euclid(size_ms) * size_ms, size_ms }
+        Window { start_ms: floor_to(ts_ms, size_ms), size_ms }
     }
 
     /// Every sliding window of `size_ms`, starting at multiples of `slide_ms`, that holds
-    /// `ts_ms`: `ceil(size / slide)` of them, latest first. Sizes and slides below 1 count
-    /// as 1. Use it with `flat_map`; mind that a small slide multiplies the records.
+    /// `ts_ms`, latest first: `size / slide` of them, or one more depending on where
+    /// `ts_ms` falls. Sizes and slides below 1 count as 1. Use it with `flat_map`.
+    ///
+    /// A small slide multiplies the records: at most [`Window::SLIDING_MAX`] windows are
+    /// produced per event (a job with more is mis-specified; the earliest are left out).
+    /// Never panics, whatever the arguments.
     pub fn sliding(ts_ms: i64, size_ms: i64, slide_ms: i64) -> impl Iterator<Item = Window> {
         let (size_ms, slide_ms) = (size_ms.max(1), slide_ms.max(1));
-        let latest = ts_ms.div_euclid(slide_ms) * slide_ms;
+        let latest = floor_to(ts_ms, slide_ms);
         std::iter::successors(Some(latest), move |start: &i64| start.checked_sub(slide_ms))
-            .take_while(move |start| ts_ms - start < size_ms)
+            .take_while(move |start| i128::from(ts_ms) - i128::from(*start) < i128::from(size_ms))
+            .take(Self::SLIDING_MAX)
             .map(move |start_ms| Window { start_ms, size_ms })
     }
+
+    /// The most windows [`Window::sliding`] gives one event.
+    pub const SLIDING_MAX: usize = 100_000;
 
     /// The first millisecond after the window (saturating at `i64::MAX`).
     pub fn end_ms(&self) -> i64 {
@@ -114,6 +126,12 @@ impl ViewKey for Window {
     }
 }
 
+/// The largest multiple of `size` at or below `ts`, clamped to the i64 range.
+fn floor_to(ts: i64, size: i64) -> i64 {
+    let start = i128::from(ts).div_euclid(i128::from(size)) * i128::from(size);
+    i64::try_from(start).unwrap_or(i64::MIN)
+}
+
 /// `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
 fn write_utc(f: &mut fmt::Formatter<'_>, ms: i64) -> fmt::Result {
     let day = Day::of_ms(ms);
@@ -137,7 +155,7 @@ fn parse_utc(s: &str) -> Result<i64, String> {
     };
     let parts: Vec<&str> = hms.split(':').collect();
     let field = |i: usize, max: i64| -> Result<i64, String> {
-        match parts.get(i).filter(|p| p.len() == 2).and_then(|p| p.parse::<i64>().ok()) {
+        match parts.get(i).filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit())).and_then(|p| p.parse::<i64>().ok()) {
             Some(v) if (0..=max).contains(&v) => Ok(v),
             _ => Err(format!("`{s}` is not a time of the form HH:MM:SS")),
         }
@@ -146,7 +164,10 @@ fn parse_utc(s: &str) -> Result<i64, String> {
         return Err(format!("`{s}` is not a time of the form HH:MM:SS"));
     }
     let in_day = field(0, 23)? * 3_600_000 + field(1, 59)? * 60_000 + field(2, 59)? * 1000 + milli;
-    Ok(i64::from(day.0) * MS_PER_DAY + in_day)
+    i64::from(day.0)
+        .checked_mul(MS_PER_DAY)
+        .and_then(|ms| ms.checked_add(in_day))
+        .ok_or_else(|| format!("`{s}` is beyond the range of times"))
 }
 
 #[cfg(test)]
@@ -164,7 +185,31 @@ mod tests {
     }
 
     #[test]
+    fn extreme_times_never_panic() {
+        for ts in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX] {
+            for size in [i64::MIN, -1, 0, 1, 3, 10, 86_400_000, i64::MAX] {
+                let w = Window::tumbling(ts, size);
+                assert!(w.size_ms >= 1);
+                let _ = w.to_string();
+                for slide in [1, 3, i64::MAX] {
+                    assert!(Window::sliding(ts, size, slide).count() <= Window::SLIDING_MAX);
+                }
+            }
+        }
+        assert_eq!(Window::tumbling(i64::MIN + 1, 10).start_ms, i64::MIN);
+        assert_eq!(Window::sliding(5, i64::MAX, 1).count(), Window::SLIDING_MAX);
+    }
+
+    #[test]
+    fn windows_past_year_9999_round_trip() {
+        let w = Window::tumbling(crate::MAX_TS_MS, 7 * 86_400_000);
+        assert!(w.to_string().contains("/10000-01-"), "{w}");
+        assert_eq!(Window::parse(&w.to_string()), Ok(w));
+    }
+
+    #[test]
     fn parse_errors_name_the_problem() {
+        assert!(Window::parse("2026-03-01T+1:+0:+0Z/2026-03-01T11:30:10Z").unwrap_err().contains("HH:MM:SS"));
         assert!(Window::parse("2026-03-01T11:30:00Z").unwrap_err().contains("no `/`"));
         assert!(Window::parse("2026-03-01T11:30:10Z/2026-03-01T11:30:00Z").unwrap_err().contains("after the start"));
         assert!(Window::parse("2026-03-01T11:30:00/2026-03-01T11:30:10Z").unwrap_err().contains("`Z`"));
@@ -186,7 +231,7 @@ mod tests {
         }
 
         #[test]
-        fn display_round_trips(start in 0i64..crate::MAX_TS_MS - 100_000_000, size in 1i64..100_000_000) {
+        fn display_round_trips(start in -crate::MAX_TS_MS..crate::MAX_TS_MS, size in 1i64..10_000_000_000) {
             let w = Window { start_ms: start, size_ms: size };
             prop_assert_eq!(Window::parse(&w.to_string()), Ok(w));
         }
