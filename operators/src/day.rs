@@ -76,8 +76,7 @@ impl Day {
         };
         let b = rest.as_bytes();
         let n = b.len();
-        if n < 10
-            || n > 16
+        if !(10..=16).contains(&n)
             || b[n - 3] != b'-'
             || b[n - 6] != b'-'
             || !b.iter().enumerate().all(|(i, c)| c.is_ascii_digit() || i == n - 3 || i == n - 6)
