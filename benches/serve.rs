@@ -165,11 +165,11 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
     let batch_processes = num("--batch-processes", 1).to_string();
     let partitions = num("--partitions", 4).to_string();
     let workers_arg = workers.to_string();
-    let server = Server::start(
-        &dir,
-        &[
-            "-w",
-            &workers_arg,
+    // `LAMBDAFLOW_BENCH_BIN=path`: load another build of the server (e.g. an older commit's).
+    let bin = std::env::var("LAMBDAFLOW_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lambdaflow").to_string());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--data").arg(&dir).args(["-w", &workers_arg, "serve", "--listen", "127.0.0.1:0"]);
+    cmd.args([
             "--max-lag",
             "100000000",
             "--partitions",
@@ -178,8 +178,8 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
             &speed_processes,
             "--batch-processes",
             &batch_processes,
-        ],
-    );
+        ]);
+    let server = Server::spawn(cmd);
     let addr = server.addr;
     let pid = server.child.id();
     println!(

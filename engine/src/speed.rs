@@ -746,9 +746,10 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         state.epoch,
         state.frontier
     );
+    // Counted before the swap, so whoever sees the new frontier sees the count too.
+    shared.publications.fetch_add(1, Ordering::Relaxed);
     let replaced = std::mem::replace(&mut *state, next);
     drop(state);
-    shared.publications.fetch_add(1, Ordering::Relaxed);
     *spare = Spare { copy: Some(replaced), behind: deltas };
     // Under the waiters' lock: a waiter checks the frontier and starts waiting under it, so
     // it cannot miss this wake-up.
