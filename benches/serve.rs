@@ -138,9 +138,7 @@ fn main() {
         rows.extend(server_run(w, &queries));
     }
     println!();
-    println!(
-        "| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms |"
-    );
+    println!("| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
@@ -170,15 +168,15 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("--data").arg(&dir).args(["-w", &workers_arg, "serve", "--listen", "127.0.0.1:0"]);
     cmd.args([
-            "--max-lag",
-            "100000000",
-            "--partitions",
-            &partitions,
-            "--speed-processes",
-            &speed_processes,
-            "--batch-processes",
-            &batch_processes,
-        ]);
+        "--max-lag",
+        "100000000",
+        "--partitions",
+        &partitions,
+        "--speed-processes",
+        &speed_processes,
+        "--batch-processes",
+        &batch_processes,
+    ]);
     let server = Server::spawn(cmd);
     let addr = server.addr;
     let pid = server.child.id();

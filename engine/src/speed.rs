@@ -574,7 +574,8 @@ fn drive<E: lambdaflow_operators::Event>(
         .map(|p| {
             (0..slots_of(cut.len(), workers, p, split))
                 .map(|slot| {
-                    let start = Interleaved::new(Share { partition: p as u32, slot, slots: slots_of(cut.len(), workers, p, split) }, cut[p]);
+                    let start =
+                        Interleaved::new(Share { partition: p as u32, slot, slots: slots_of(cut.len(), workers, p, split) }, cut[p]);
                     BTreeMap::from([(0u64, start.next)])
                 })
                 .collect()
@@ -715,11 +716,13 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     // The spare copy, if no reader holds it any more (it lacks the last publication's
     // deltas); else a copy of the current tables (held by readers, read-only here).
     let reusable = spare.copy.take().and_then(|copy| Arc::try_unwrap(copy).ok());
+    let mut behind = std::mem::take(&mut spare.behind);
     let mut tables = match reusable {
-        Some(state) if state.tables.len() == spare.behind.len() => {
+        Some(state) if state.tables.len() == behind.len() => {
             let mut tables = state.tables;
-            for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(&spare.behind) {
-                view.merge_speed(delta.as_ref(), table.as_mut());
+            // The last deltas are used for the last time: moved, not copied.
+            for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(behind.iter_mut()) {
+                view.absorb_speed(delta.as_mut(), table.as_mut());
             }
             tables
         }

@@ -276,6 +276,9 @@ pub trait AnyView: Send + Sync {
     /// Adds `from`'s updates into `into`, as [`AnyView::drain_speed`] adds produced ones
     /// (keys whose updates cancel are removed).
     fn merge_speed(&self, from: &dyn SpeedTable, into: &mut dyn SpeedTable);
+    /// As [`AnyView::merge_speed`], moving `from`'s updates (it is left empty) instead of
+    /// copying them.
+    fn absorb_speed(&self, from: &mut dyn SpeedTable, into: &mut dyn SpeedTable);
 }
 
 /// The typed batch table: consolidated `((K, V), R)` sorted by `(K, V)`.
@@ -540,7 +543,10 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
         };
         let entry_bytes = std::mem::size_of::<(K, V, R)>() + 32;
         for (k, updates) in &from.rows {
-            let slot = into.rows.entry(k.clone()).or_default();
+            let slot = match into.rows.get_mut(k) {
+                Some(slot) => slot,
+                None => into.rows.entry(k.clone()).or_default(),
+            };
             for (v, r) in updates {
                 match slot.iter().position(|(sv, _)| sv == v) {
                     Some(i) => {
@@ -559,6 +565,47 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
             }
             if slot.is_empty() {
                 into.rows.remove(k);
+            }
+        }
+    }
+
+    fn absorb_speed(&self, from: &mut dyn SpeedTable, into: &mut dyn SpeedTable) {
+        let Some(from) = from.as_any_mut().downcast_mut::<Speed<K, V, R>>() else {
+            panic!("view {}: speed table of the wrong type", self.info.name);
+        };
+        let Some(into) = into.as_any_mut().downcast_mut::<Speed<K, V, R>>() else {
+            panic!("view {}: speed table of the wrong type", self.info.name);
+        };
+        let entry_bytes = std::mem::size_of::<(K, V, R)>() + 32;
+        from.bytes = 0;
+        for (k, updates) in std::mem::take(&mut from.rows) {
+            if !into.rows.contains_key(&k) {
+                let live: Vec<(V, R)> = updates.into_iter().filter(|(_, r)| !r.is_zero()).collect();
+                if !live.is_empty() {
+                    into.bytes += live.len() * entry_bytes;
+                    into.rows.insert(k, live);
+                }
+                continue;
+            }
+            let slot = into.rows.get_mut(&k).expect("checked above");
+            for (v, r) in updates {
+                match slot.iter().position(|(sv, _)| *sv == v) {
+                    Some(i) => {
+                        slot[i].1.plus_equals(&r);
+                        if slot[i].1.is_zero() {
+                            slot.swap_remove(i);
+                            into.bytes = into.bytes.saturating_sub(entry_bytes);
+                        }
+                    }
+                    None if r.is_zero() => {}
+                    None => {
+                        slot.push((v, r));
+                        into.bytes += entry_bytes;
+                    }
+                }
+            }
+            if slot.is_empty() {
+                into.rows.remove(&k);
             }
         }
     }
@@ -787,7 +834,9 @@ mod tests {
                 snapshots.drain_speed(epoch, delta.as_mut());
                 snapshots.merge_speed(delta.as_ref(), merged.as_mut());
                 if let Some(c) = copy.as_mut() {
-                    snapshots.merge_speed(delta.as_ref(), c.as_mut());
+                    // The copy takes the delta's updates by move (the delta is left empty).
+                    snapshots.absorb_speed(delta.as_mut(), c.as_mut());
+                    prop_assert_eq!(delta.keys(), 0);
                 }
                 if epoch == split {
                     copy = Some(snapshots.clone_speed(merged.as_ref()));

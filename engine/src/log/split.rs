@@ -29,7 +29,10 @@ pub(crate) struct Share {
 pub(crate) fn shares(partitions: usize, workers: usize, index: usize, split: bool) -> Vec<Share> {
     let workers = workers.max(1);
     if !split || workers <= partitions {
-        return (0..partitions as u32).filter(|p| *p as usize % workers == index).map(|partition| Share { partition, slot: 0, slots: 1 }).collect();
+        return (0..partitions as u32)
+            .filter(|p| *p as usize % workers == index)
+            .map(|partition| Share { partition, slot: 0, slots: 1 })
+            .collect();
     }
     if partitions == 0 {
         return Vec::new();
