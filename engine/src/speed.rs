@@ -3,7 +3,8 @@
 //! Seeds from the batch version enter at time 0; appended events enter at epochs 1, 2, ...
 //! Each worker tails its share of partitions. A worker that read something moves to the
 //! next epoch and tells every other worker (a control stream inside the dataflow), so an
-//! idle worker never holds the frontier back. Each worker reports, per partition it owns,
+//! idle worker never holds the frontier back. Each worker reports, per partition (or share
+//! of one: more workers than partitions split them, see `log/split.rs`) it reads,
 //! the offset it had read when it left an epoch, to worker 0. When an epoch completes
 //! everywhere, worker 0 folds the views' updates up to it into the speed tables and
 //! publishes them with the new frontier (one offset per partition) as one immutable
