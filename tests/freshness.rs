@@ -82,6 +82,10 @@ fn readers_holding_the_state_never_delay_publication() {
     // The readers' snapshots were never written to: the published tables are copies
     // whenever the spare one was held.
     assert!(serving.speed.snapshot_copies() >= 1);
+    // `status` (and so `GET /v1/status` and `/v1/metrics`) reports the same counts.
+    let status = lambda.status();
+    assert_eq!(status.speed_publications, serving.speed.publications());
+    assert_eq!(status.speed_snapshot_copies, serving.speed.snapshot_copies());
     // And the answers are exact.
     let expected = batch_from_scratch(Shop, &all, 1).expect("oracle");
     let got = all_views(&lambda).expect("views");
@@ -105,6 +109,7 @@ fn more_workers_than_partitions_split_the_reading_exactly() {
     assert_eq!(read.len(), 3);
     assert!(read.iter().all(|r| *r > 0), "every worker reads a share of the one partition: {read:?}");
     assert_eq!(read.iter().sum::<u64>(), first.len() as u64);
+    assert_eq!(lambda.status().speed_events_read, read);
     let expected = batch_from_scratch(Shop, &first, 1).expect("oracle");
     assert_eq!(diff(&expected, &all_views(&lambda).expect("views")), None, "speed layer alone");
 

@@ -1016,6 +1016,8 @@ async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
         speed_lag_events: st.freshness.speed_lag_events,
         speed_events: st.freshness.speed_events,
         speed_bytes: st.speed_bytes,
+        speed_publications: st.speed_publications,
+        speed_snapshot_copies: st.speed_snapshot_copies,
         batch_version: st.batch.as_ref().map(|b| b.version).unwrap_or(0),
         batch_age_s: st.freshness.batch_age_ms.unwrap_or(0) as f64 / 1e3,
         batch_running: s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_some(),
