@@ -1,7 +1,11 @@
 //! The lambdaflow benchmark: durable append, batch mode, speed mode (throughput and
 //! append-to-merged-answer latency), and peak memory of each, on the shop job.
 //!
-//! `cargo bench --bench lambda -- [--events N] [--workers W] [--rate EVENTS_PER_S] [--dir D]`
+//! `cargo bench --bench lambda -- [--events N] [--workers W] [--partitions P] [--rate EVENTS_PER_S]
+//!  [--dir D] [--phases append,batch,speed-throughput,speed-latency]`
+//!
+//! `--partitions` sets the log's partitions (default 4); more workers than partitions share
+//! their reading.
 //!
 //! Each phase runs in its own child process so that its peak RSS (VmHWM) is its own:
 //! 1. append: N generated events appended durably in group commits of 100,000 events;
@@ -51,8 +55,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
-    let opts = Options { workers, log: LogConfig::default(), ..Options::default() };
+fn phase(name: &str, dir: &Path, events: u64, workers: usize, partitions: u32, rate: u64) {
+    let opts = Options { workers, log: LogConfig { partitions, ..LogConfig::default() }, ..Options::default() };
     match name {
         "append" => {
             let evs = gen(1, events);
@@ -75,12 +79,14 @@ fn phase(name: &str, dir: &Path, events: u64, workers: usize, rate: u64) {
             let r = run_batch(Arc::new(Shop), log, &store, workers, None, Arc::new(Progress::default())).unwrap();
             let s = t.elapsed().as_secs_f64();
             println!(
-                "batch         {:>11} events  {s:8.3} s  {:>12.0} events/s  (compute {:.3} s = {:.0} events/s, write {:.3} s)  peak RSS {:.0} MiB",
+                "batch         {:>11} events  {s:8.3} s  {:>12.0} events/s  (compute {:.3} s = {:.0} events/s, write {:.3} s, publish {:.3} s, rest {:.3} s)  peak RSS {:.0} MiB",
                 r.meta.events,
                 r.meta.events as f64 / s,
                 r.compute_secs,
                 r.meta.events as f64 / r.compute_secs,
-                r.write_secs,
+                r.write_secs - r.publish_secs,
+                r.publish_secs,
+                (s - r.compute_secs - r.write_secs).max(0.0),
                 peak_rss_mib()
             );
         }
@@ -168,19 +174,27 @@ fn main() {
     let events: u64 = arg("--events", "1000000").replace('_', "").parse().expect("--events N");
     let workers: usize = arg("--workers", "2").parse().expect("--workers W");
     let rate: u64 = arg("--rate", "100000").parse().expect("--rate R");
+    let partitions: u32 = arg("--partitions", "4").parse().expect("--partitions P");
     if let Ok(p) = std::env::var("LAMBDAFLOW_BENCH_PHASE") {
-        phase(&p, Path::new(&arg("--dir", "")), events, workers, rate);
+        phase(&p, Path::new(&arg("--dir", "")), events, workers, partitions, rate);
         return;
     }
     let dir = PathBuf::from(arg("--dir", &std::env::temp_dir().join(format!("lambdaflow-bench-{}", std::process::id())).to_string_lossy()));
     let _ = std::fs::remove_dir_all(&dir);
-    println!("lambdaflow bench: shop job, {events} events, {workers} workers, data in {}", dir.display());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "lambdaflow bench: shop job, {events} events, {workers} workers, {partitions} partitions, data in {}; {} cores, load average {}",
+        dir.display(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load.trim()
+    );
     let me = std::env::current_exe().unwrap();
     let phases = arg("--phases", "append,batch,speed-throughput,speed-latency");
     for p in phases.split(',') {
         let status = Command::new(&me)
             .env("LAMBDAFLOW_BENCH_PHASE", p)
-            .args(["--events", &events.to_string(), "--workers", &workers.to_string(), "--rate", &rate.to_string(), "--dir"])
+            .args(["--events", &events.to_string(), "--workers", &workers.to_string(), "--rate", &rate.to_string()])
+            .args(["--partitions", &partitions.to_string(), "--dir"])
             .arg(&dir)
             .status()
             .unwrap();

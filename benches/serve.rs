@@ -2,13 +2,19 @@
 //! by this process.
 //!
 //! `cargo bench --bench serve -- [--history N] [--ingest-events N] [--connections C]
-//!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q] [--partitions P]
-//!  [--speed-processes N] [--batch-processes N]`
+//!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q] [--workers W] [--partitions P]
+//!  [--speed-processes N] [--batch-processes N] [--matrix]`
+//!
+//! `--matrix` runs the service matrix: for 1 and 2 workers (one server each), phases 1 and
+//! 2 once, then phase 3 with Q = 1, 2, 8 and 32 query connections; it prints one table.
+//! `--query-list 1,2,8,32` and `--worker-list 1,2` choose other rows.
 //!
 //! 1. history: N events posted in requests of 1,000, then a batch run (so queries merge a
 //!    batch view with the speed layer);
 //! 2. ingest: `--ingest-events` more, in requests of 1,000 events each with an
 //!    Idempotency-Key, from C connections as fast as the server acknowledges: durable events/s;
+//!    then the time until the speed layer has caught up with them (its lag is 0), so phase 3
+//!    measures freshness, not a backlog left by phase 2;
 //! 3. mixed: one connection ingests at `--rate` events/s (requests of 1,000); after each ack
 //!    it asks for a merged answer with `min_frontier` = the ack's positions and records the
 //!    ack-to-visible time; meanwhile Q connections issue merged point queries on random keys
@@ -101,37 +107,82 @@ fn ingest(addr: std::net::SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: us
     (events, t.elapsed().as_secs_f64())
 }
 
+/// What one mixed phase measured.
+struct Row {
+    workers: usize,
+    queries: usize,
+    offered: f64,
+    visible_p50: f64,
+    visible_p99: f64,
+    visible_max: f64,
+    qps: f64,
+    query_p50: f64,
+    query_p99: f64,
+}
+
+fn list(name: &str, default: &str) -> Vec<usize> {
+    arg(name, default).split(',').map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name} takes numbers separated by commas"))).collect()
+}
+
 fn main() {
+    let matrix = std::env::args().any(|a| a == "--matrix");
+    let (workers, queries) = if matrix {
+        (list("--worker-list", "1,2"), list("--query-list", "1,2,8,32"))
+    } else {
+        (vec![num("--workers", 2) as usize], vec![num("--query-connections", 2) as usize])
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("machine: {} cores, load average {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), load.trim());
+    let mut rows = Vec::new();
+    for w in workers {
+        rows.extend(server_run(w, &queries));
+    }
+    println!();
+    println!("| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} |",
+            r.workers, r.queries, r.offered, r.visible_p50, r.visible_p99, r.visible_max, r.qps, r.query_p50, r.query_p99
+        );
+    }
+}
+
+/// Starts a server with `workers` workers, loads history, runs a batch, measures ingest,
+/// then runs the mixed phase once per entry of `queries`.
+fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
     let history = num("--history", 1_000_000);
     let ingest_events = num("--ingest-events", 2_000_000);
     let connections = num("--connections", 4) as usize;
     let rate = num("--rate", 100_000);
     let seconds = num("--seconds", 10);
-    let query_connections = num("--query-connections", 2) as usize;
-    let dir = std::env::temp_dir().join(format!("lambdaflow-bench-serve-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("lambdaflow-bench-serve-{}-w{workers}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // `--speed-processes N` / `--batch-processes N`: the layers on N local processes each.
     let speed_processes = num("--speed-processes", 1).to_string();
     let batch_processes = num("--batch-processes", 1).to_string();
     let partitions = num("--partitions", 4).to_string();
-    let server = Server::start(
-        &dir,
-        &[
-            "--max-lag",
-            "100000000",
-            "--partitions",
-            &partitions,
-            "--speed-processes",
-            &speed_processes,
-            "--batch-processes",
-            &batch_processes,
-        ],
-    );
+    let workers_arg = workers.to_string();
+    // `LAMBDAFLOW_BENCH_BIN=path`: load another build of the server (e.g. an older commit's).
+    let bin = std::env::var("LAMBDAFLOW_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lambdaflow").to_string());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--data").arg(&dir).args(["-w", &workers_arg, "serve", "--listen", "127.0.0.1:0"]);
+    cmd.args([
+        "--max-lag",
+        "100000000",
+        "--partitions",
+        &partitions,
+        "--speed-processes",
+        &speed_processes,
+        "--batch-processes",
+        &batch_processes,
+    ]);
+    let server = Server::spawn(cmd);
     let addr = server.addr;
     let pid = server.child.id();
     println!(
-        "lambdaflow serve bench: server pid {pid} on {addr}, 2 workers per process, speed on {speed_processes} process(es), \
-         batch on {batch_processes}; client: this process"
+        "lambdaflow serve bench: server pid {pid} on {addr}, {workers} worker(s) per process, {partitions} partitions, \
+         speed on {speed_processes} process(es), batch on {batch_processes}; client: this process"
     );
 
     // 1. History, then a batch run.
@@ -149,7 +200,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // 2. Ingest throughput.
+    // 2. Ingest throughput, then the speed layer's catch-up.
     let payload = Arc::new(bodies(2, ingest_events));
     let (n, secs) = ingest(addr, payload, connections, "ingest");
     println!(
@@ -157,10 +208,37 @@ fn main() {
         n as f64 / secs,
         n as f64 / 1000.0 / secs
     );
+    let t = Instant::now();
+    let lag = |c: &mut Client| c.get("/v1/status").expect("status").json()["freshness"]["speed_lag_events"].as_u64().unwrap_or(u64::MAX);
+    let behind = lag(&mut c);
+    while lag(&mut c) > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("speed layer: caught up with {behind} events of lag in {:.2}s after the ingest", t.elapsed().as_secs_f64());
 
-    // 3. Mixed: paced ingest with ack-to-visible, and point queries as fast as possible.
+    let mut rows = Vec::new();
+    for (run, q) in queries.iter().enumerate() {
+        rows.push(mixed(addr, workers, *q, rate, seconds, run as u64));
+    }
+    let s = c.get("/v1/status").expect("status").json();
+    println!(
+        "server: {} events in the log, peak RSS {:.0} MiB, speed state {} KiB, {} publications ({} copied the tables)",
+        s["log"]["events"],
+        peak_rss_mib(pid),
+        s["speed"]["bytes"].as_u64().unwrap_or(0) / 1024,
+        s["speed"]["publications"],
+        s["speed"]["snapshot_copies"]
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    rows
+}
+
+/// Phase 3: paced ingest with ack-to-visible, and point queries from `query_connections`
+/// connections as fast as they are answered.
+fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, rate: u64, seconds: u64, run: u64) -> Row {
     let stop = Arc::new(AtomicBool::new(false));
-    let paced: Arc<Vec<Vec<u8>>> = Arc::new(bodies(3, rate * seconds));
+    let paced: Arc<Vec<Vec<u8>>> = Arc::new(bodies(3 + run, rate * seconds));
     // Visibility checks run on their own connections, so the ingest pace never waits for them.
     let (check_tx, check_rx) = std::sync::mpsc::channel::<(Instant, String)>();
     let check_rx = Arc::new(std::sync::Mutex::new(check_rx));
@@ -196,7 +274,7 @@ fn main() {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                let r = c.post("/v1/events", &[("Idempotency-Key", &format!("paced-{i}"))], body).expect("post");
+                let r = c.post("/v1/events", &[("Idempotency-Key", &format!("paced-{run}-{i}"))], body).expect("post");
                 assert_eq!(r.status, 200, "{}", r.text());
                 let acked = Instant::now();
                 let mut frontier = vec![0u64; partitions];
@@ -245,29 +323,32 @@ fn main() {
     let mut lat: Vec<f64> = queriers.into_iter().flat_map(|q| q.join().expect("querier")).collect();
     visible.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
-    let offered = requests as f64 * 1000.0 / ingest_secs;
+    let row = Row {
+        workers,
+        queries: query_connections,
+        offered: requests as f64 * 1000.0 / ingest_secs,
+        visible_p50: percentile(&visible, 0.5),
+        visible_p99: percentile(&visible, 0.99),
+        visible_max: visible.last().copied().unwrap_or(f64::NAN),
+        qps: lat.len() as f64 / seconds as f64,
+        query_p50: percentile(&lat, 0.5),
+        query_p99: percentile(&lat, 0.99),
+    };
     println!(
-        "mixed ({seconds}s): ingest {offered:.0} events/s; ack-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
-        percentile(&visible, 0.5),
-        percentile(&visible, 0.99),
-        visible.last().copied().unwrap_or(f64::NAN),
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): ingest {:.0} events/s; ack-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
+        row.offered,
+        row.visible_p50,
+        row.visible_p99,
+        row.visible_max,
         visible.len()
     );
     println!(
-        "mixed ({seconds}s): {} point queries from {query_connections} connections = {:.0}/s; latency p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms",
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): {} point queries = {:.0}/s; latency p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms",
         lat.len(),
-        lat.len() as f64 / seconds as f64,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
+        row.qps,
+        row.query_p50,
+        row.query_p99,
         percentile(&lat, 0.999)
     );
-    let s = c.get("/v1/status").expect("status").json();
-    println!(
-        "server: {} events in the log, peak RSS {:.0} MiB, speed state {} KiB",
-        s["log"]["events"],
-        peak_rss_mib(pid),
-        s["speed"]["bytes"].as_u64().unwrap_or(0) / 1024
-    );
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    row
 }

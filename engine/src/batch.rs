@@ -1,9 +1,10 @@
 //! Batch mode: the job over the log before a cut, published as an immutable batch version.
 //!
-//! Every worker reads its share of partitions (`partition % workers == index`) from offset
-//! 0 to the cut in large sequential chunks, feeds the events at time 0, and closes its
-//! input. The job's operators pre-aggregate before the exchange, so what crosses workers is
-//! one update per key, not one per event. When the dataflow drains, each view and each seed
+//! Every worker reads its share of partitions (`partition % workers == index`; with more
+//! workers than partitions, a slice of one: see `log::split`) from offset 0 to the cut in
+//! large sequential chunks, feeds the events at time 0, and closes its input. The job's
+//! operators pre-aggregate before the exchange, so what crosses workers is one update per
+//! key, not one per event. When the dataflow drains, each view and each seed
 //! is consolidated across workers and written; the version is published atomically.
 
 use lambdaflow_operators::runtime::{AnySeed, AnyView, Mode, Registry};
@@ -73,6 +74,9 @@ pub struct BatchReport {
     pub compute_secs: f64,
     /// Wall time of writing and publishing the views, seconds.
     pub write_secs: f64,
+    /// Of `write_secs`, the publication (seed shards adopted, META written, the version
+    /// made current), seconds; 0 when another process published.
+    pub publish_secs: f64,
 }
 
 /// Progress of a running batch: events read so far, and the total to read.
@@ -135,9 +139,18 @@ pub fn run_batch_on<J: Job>(
         return Ok(None);
     }
     let t1 = Instant::now();
-    let written = write_version(store, &computed, run.peers.threads)?;
+    // Views and seeds are written in parallel, one per thread: as many threads as the
+    // machine has cores (at least the run's workers).
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let written = write_version(store, &computed, run.peers.threads.max(cores))?;
+    let t2 = Instant::now();
     let meta = publish(store, written, &*job, &computed, &run.peers, cut, started_ms)?;
-    Ok(Some(BatchReport { meta, compute_secs: computed.compute_secs, write_secs: t1.elapsed().as_secs_f64() }))
+    Ok(Some(BatchReport {
+        meta,
+        compute_secs: computed.compute_secs,
+        write_secs: t1.elapsed().as_secs_f64(),
+        publish_secs: t2.elapsed().as_secs_f64(),
+    }))
 }
 
 /// The run's cut, checked to be a prefix of the log. This process reads only its own
@@ -190,6 +203,7 @@ fn compute<J: Job>(
     let shard_rows: Arc<Mutex<Vec<usize>>> = Arc::default();
     let local = Arc::new(std::sync::Barrier::new(workers));
     *crate::sync::lock(windows) = vec![Vec::new(); workers];
+    let split = !peers.spans_processes();
     let t0 = Instant::now();
     let guards = {
         let (registry, cut, abort, max_rate, windows) = (registry.clone(), cut.to_vec(), abort.clone(), run.max_rate, windows.clone());
@@ -208,7 +222,9 @@ fn compute<J: Job>(
                 if !errors.is_empty() {
                     return Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }));
                 }
-                let mine = (0..cut.len() as u32).filter(|p| *p as usize % peers == index);
+                // More workers than partitions split partitions into slices (on one
+                // process: a follower process knows only the partitions its workers own).
+                let mine = crate::log::split::shares(cut.len(), peers, index, split);
                 let mut feed = Feed {
                     worker,
                     input: &mut input,
@@ -221,8 +237,9 @@ fn compute<J: Job>(
                     slot: index % workers,
                     window: Vec::new(),
                 };
-                for partition in mine {
-                    feed.partition(&log, partition, cut[partition as usize])?;
+                for share in mine {
+                    let (from, to) = share.slice(0, cut[share.partition as usize]);
+                    feed.partition(&log, share.partition, from, to)?;
                 }
                 progress.done.fetch_add(feed.fed % PROGRESS_EVERY_EVENTS, Ordering::Relaxed);
                 // What the last steps will process.
@@ -275,10 +292,10 @@ struct Feed<'w, 'i, E: lambdaflow_operators::Event> {
 }
 
 impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
-    /// Feeds `partition` from offset 0 to `to`, stepping the worker as it goes, keeping to
-    /// the rate limit, and reporting progress.
-    fn partition(&mut self, log: &Log, partition: u32, to: u64) -> Result<()> {
-        log.read(partition, 0, to, |offset, bytes| -> Result<()> {
+    /// Feeds `partition` from offset `from` to `to`, stepping the worker as it goes, keeping
+    /// to the rate limit, and reporting progress.
+    fn partition(&mut self, log: &Log, partition: u32, from: u64, to: u64) -> Result<()> {
+        log.read(partition, from, to, |offset, bytes| -> Result<()> {
             self.input.update(decode_event::<E>(partition, offset, bytes)?, 1);
             self.fed += 1;
             match self.window.last_mut() {
@@ -522,7 +539,7 @@ pub(crate) fn run_batch_local(
     }
     let (compute_secs, write_secs) = published.map(|(_, c, w)| (c, w)).unwrap_or((0.0, 0.0));
     progress.done.store(meta.events, Ordering::Relaxed);
-    Ok(BatchReport { meta, compute_secs, write_secs })
+    Ok(BatchReport { meta, compute_secs, write_secs, publish_secs: 0.0 })
 }
 
 /// `lambdaflow-worker published VERSION COMPUTE_SECS WRITE_SECS`.

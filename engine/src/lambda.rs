@@ -2,7 +2,8 @@
 //! atomically.
 //!
 //! [`Lambda`] owns the master dataset, the view store and the current [`Serving`] pair. A
-//! query takes the current pair (an `Arc`), reads the speed state under its read lock, and
+//! query takes the current pair (an `Arc`), takes the speed layer's published snapshot
+//! (another `Arc`: no lock is held while it reads, so it never delays a publication), and
 //! consolidates the batch view's records for the key with the speed layer's updates: one
 //! consistent state, "batch at cut C + speed over [C, frontier)". A handover builds the next
 //! pair completely (new batch version loaded, new speed layer seeded from it and caught up
@@ -105,6 +106,13 @@ pub struct Status {
     pub speed_failure: Option<String>,
     /// Speed layers restarted after a failure since this process started.
     pub speed_restarts: u64,
+    /// Publications of the serving speed layer (each a new epoch and frontier).
+    pub speed_publications: u64,
+    /// Of those, the ones that copied the speed tables because a reader still held the
+    /// spare copy (a publication never waits for a reader).
+    pub speed_snapshot_copies: u64,
+    /// Events each of the serving speed layer's workers in this process has read.
+    pub speed_events_read: Vec<u64>,
     /// Processes per layer, and the speed layer's other processes as `(process, pid)`.
     pub cluster: ClusterStatus,
 }
@@ -580,6 +588,9 @@ impl<J: Job> Lambda<J> {
             speed_bytes,
             speed_failure: serving.speed.failure(),
             speed_restarts: self.speed_restarts(),
+            speed_publications: serving.speed.publications(),
+            speed_snapshot_copies: serving.speed.snapshot_copies(),
+            speed_events_read: serving.speed.events_read_per_worker(),
             cluster: ClusterStatus {
                 batch_processes: self.cluster.batch_processes,
                 speed_processes: self.cluster.speed_processes,

@@ -3,11 +3,20 @@
 //! Seeds from the batch version enter at time 0; appended events enter at epochs 1, 2, ...
 //! Each worker tails its share of partitions. A worker that read something moves to the
 //! next epoch and tells every other worker (a control stream inside the dataflow), so an
-//! idle worker never holds the frontier back. Each worker reports, per partition it owns,
+//! idle worker never holds the frontier back. Each worker reports, per partition (or share
+//! of one: more workers than partitions split them, see `log/split.rs`) it reads,
 //! the offset it had read when it left an epoch, to worker 0. When an epoch completes
 //! everywhere, worker 0 folds the views' updates up to it into the speed tables and
-//! publishes the new frontier (one offset per partition) under a write lock, so readers
-//! always see one consistent epoch.
+//! publishes them with the new frontier (one offset per partition) as one immutable
+//! snapshot, so readers always see one consistent epoch.
+//!
+//! Readers never delay publication: a reader clones the `Arc` of the current snapshot
+//! (under a lock held only for that clone) and reads it without any lock. The publisher
+//! keeps a second copy of the tables, the snapshot it replaced last time: it drains the
+//! epoch's updates into a small delta, merges the delta into that copy (one epoch behind,
+//! so it gets the previous delta too) and swaps the pointer. If a reader still holds that
+//! copy, the publisher copies the current tables instead of waiting for the reader
+//! ([`SpeedLayer::snapshot_copies`] counts those).
 //!
 //! The same code runs on one process or several ([`crate::cluster`]): process 0 is the
 //! serving process; it owns the log and sends its acknowledged ends to the workers of the
@@ -19,7 +28,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +41,7 @@ use crate::batch::decode_event;
 use crate::clock::now_ms;
 use crate::cluster::{LocalCluster, Peers};
 use crate::error::{DataflowError, Error, Result};
+use crate::log::split::{shares, slots_of, Interleaved, Share};
 use crate::log::Log;
 use crate::store::ViewStore;
 
@@ -42,7 +52,7 @@ const EPOCH_EVENTS_MAX: u64 = 256 * 1024;
 /// How long an idle worker parks before polling the log again.
 const IDLE_PARK: Duration = Duration::from_millis(1);
 
-/// The speed layer's published state.
+/// The speed layer's published state: one immutable snapshot per publication.
 pub struct SpeedState {
     /// One table per view, in the registry's order.
     pub tables: Vec<Box<dyn SpeedTable>>,
@@ -56,7 +66,15 @@ pub struct SpeedState {
 
 struct Shared {
     views: Vec<Arc<dyn AnyView>>,
-    state: RwLock<SpeedState>,
+    /// The published snapshot. Readers hold the lock only to clone the `Arc`; the publisher
+    /// only to swap it.
+    state: RwLock<Arc<SpeedState>>,
+    /// Publications so far.
+    publications: AtomicU64,
+    /// Publications that copied the tables because a reader still held the spare copy.
+    snapshot_copies: AtomicU64,
+    /// Events read from the log by each of this process's workers.
+    read: Vec<AtomicU64>,
     moved: Condvar,
     moved_lock: Mutex<()>,
     stop: AtomicBool,
@@ -124,8 +142,8 @@ pub struct Spread {
 /// A control message between speed workers, inside the dataflow (so it crosses processes).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Ctl {
-    /// The sender left `epoch` having read `partition` up to `next` (for worker 0).
-    Offset { partition: u32, epoch: u64, next: u64 },
+    /// The sender left `epoch` having read its slot of `partition` up to `next` (for worker 0).
+    Offset { partition: u32, slot: u32, epoch: u64, next: u64 },
     /// Some worker read events: move to this epoch.
     Advance(u64),
     /// The log's acknowledged ends (from worker 0 to workers that follow the log).
@@ -211,12 +229,15 @@ fn build_on<J: Job>(
 }
 
 /// The state this process's workers share, for a layer that starts at `cut`.
-fn new_shared(registry: &Registry, cut: &[u64]) -> Arc<Shared> {
+fn new_shared(registry: &Registry, cut: &[u64], threads: usize) -> Arc<Shared> {
     let views = registry.views();
     let tables = views.iter().map(|v| v.new_speed_table()).collect();
     Arc::new(Shared {
         views,
-        state: RwLock::new(SpeedState { tables, epoch: 0, frontier: cut.to_vec(), updated_ms: now_ms() }),
+        state: RwLock::new(Arc::new(SpeedState { tables, epoch: 0, frontier: cut.to_vec(), updated_ms: now_ms() })),
+        publications: AtomicU64::new(0),
+        snapshot_copies: AtomicU64::new(0),
+        read: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         moved: Condvar::new(),
         moved_lock: Mutex::new(()),
         stop: AtomicBool::new(false),
@@ -269,7 +290,7 @@ fn launch<J: Job>(job: Arc<J>, log: Arc<Log>, store: ViewStore, start: Start, al
                 // The seeds are in the dataflow now: do not keep their bytes too.
                 crate::sync::lock(&seeds.cache).clear();
                 let result = if errors.is_empty() {
-                    *crate::sync::lock(&slot) = Some(new_shared(&registry, &cut));
+                    *crate::sync::lock(&slot) = Some(new_shared(&registry, &cut, threads));
                     Ok(())
                 } else {
                     Err(Error::Dataflow(DataflowError::InvalidJob { job: job.name().to_string(), detail: errors.join("; ") }))
@@ -417,14 +438,36 @@ impl SpeedLayer {
         }
     }
 
-    /// Runs `f` on the published state (under a read lock: keep it short).
+    /// The published state: an immutable snapshot, read without any lock (holding it never
+    /// delays a publication).
+    pub fn snapshot(&self) -> Arc<SpeedState> {
+        crate::sync::read(&self.shared.state).clone()
+    }
+
+    /// Runs `f` on the published state (a snapshot: see [`SpeedLayer::snapshot`]).
     pub fn with_state<T>(&self, f: impl FnOnce(&SpeedState) -> T) -> T {
-        f(&crate::sync::read(&self.shared.state))
+        f(&self.snapshot())
     }
 
     /// The published frontier.
     pub fn frontier(&self) -> Vec<u64> {
-        self.with_state(|s| s.frontier.clone())
+        self.snapshot().frontier.clone()
+    }
+
+    /// Events read from the log so far by each of this process's workers.
+    pub fn events_read_per_worker(&self) -> Vec<u64> {
+        self.shared.read.iter().map(|r| r.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Publications so far (each a new epoch and frontier).
+    pub fn publications(&self) -> u64 {
+        self.shared.publications.load(Ordering::Relaxed)
+    }
+
+    /// Publications that copied the speed tables because a reader still held the spare copy
+    /// (instead of waiting for that reader).
+    pub fn snapshot_copies(&self) -> u64 {
+        self.shared.snapshot_copies.load(Ordering::Relaxed)
     }
 
     /// Why the speed layer stopped by itself, if it did.
@@ -456,8 +499,8 @@ impl SpeedLayer {
     /// its frontier never moves again. Used at a handover so frontiers never go backwards.
     pub fn freeze(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // A publish that started before `stop` was set holds the write lock; once we get it,
-        // no further publish happens (publish re-checks `stop` under the lock).
+        // A publish that started before `stop` was set holds the write lock while it swaps;
+        // once we get it, no further publish happens (publish re-checks `stop` under the lock).
         drop(crate::sync::write(&self.shared.state));
         self.notify();
     }
@@ -519,20 +562,34 @@ fn drive<E: lambdaflow_operators::Event>(
     probe: &timely::dataflow::ProbeHandle<Time>,
 ) -> Result<()> {
     let (index, workers) = (worker.index(), worker.peers());
-    let mine: Vec<u32> = (0..cut.len() as u32).filter(|p| *p as usize % workers == index).collect();
-    let mut next: Vec<u64> = mine.iter().map(|p| cut[*p as usize]).collect();
+    // More workers than partitions share partitions (on one process; a follower process
+    // knows only the partitions its workers own whole).
+    let split = !peers.spans_processes();
+    let mut mine: Vec<Interleaved> =
+        shares(cut.len(), workers, index, split).into_iter().map(|s| Interleaved::new(s, cut[s.partition as usize])).collect();
     let others: Vec<usize> = (0..workers).filter(|w| *w != index).collect();
     // Worker 0 sends the log's ends to the workers of other processes, which follow it.
     let followers: Vec<usize> = if index == 0 { (0..workers).filter(|w| peers.process_of(*w) != 0).collect() } else { Vec::new() };
     let mut ends_sent: Vec<u64> = cut.to_vec();
-    // Worker 0: per partition, the offset read when its owner left each epoch.
-    let mut history: Vec<BTreeMap<u64, u64>> = cut.iter().map(|c| BTreeMap::from([(0u64, *c)])).collect();
+    // Worker 0: per partition and slot, the offset read when its reader left each epoch.
+    let mut history: Vec<Vec<BTreeMap<u64, u64>>> = (0..cut.len())
+        .map(|p| {
+            (0..slots_of(cut.len(), workers, p, split))
+                .map(|slot| {
+                    let start =
+                        Interleaved::new(Share { partition: p as u32, slot, slots: slots_of(cut.len(), workers, p, split) }, cut[p]);
+                    BTreeMap::from([(0u64, start.next)])
+                })
+                .collect()
+        })
+        .collect();
     let mut epoch: u64 = 1;
     let mut target: u64 = 1;
     input.advance_to(epoch);
     input.flush();
     ctl.advance_to(epoch);
     let mut published: u64 = 0;
+    let mut spare = Spare::default();
     let mut stopped = false;
     while !stopped {
         if shared.stop.load(Ordering::SeqCst) || shared.abort.raised() {
@@ -560,16 +617,23 @@ fn drive<E: lambdaflow_operators::Event>(
             }
         }
         let mut read = 0u64;
-        for (i, p) in mine.iter().enumerate() {
-            let end = ends[*p as usize];
-            if next[i] < end {
-                let to = end.min(next[i] + EPOCH_EVENTS_MAX);
-                let p = *p;
-                read += log.read(p, next[i], to, |offset, bytes| -> Result<()> {
+        for share in mine.iter_mut() {
+            let p = share.partition();
+            let end = ends[p as usize];
+            let mut budget = EPOCH_EVENTS_MAX;
+            loop {
+                let (from, to) = share.range(end, budget);
+                if from >= to {
+                    break;
+                }
+                let n = log.read(p, from, to, |offset, bytes| -> Result<()> {
                     input.update(decode_event::<E>(p, offset, bytes)?, 1);
                     Ok(())
                 })?;
-                next[i] = to;
+                read += n;
+                shared.read[index % shared.read.len()].fetch_add(n, Ordering::Relaxed);
+                budget -= to - from;
+                share.advance(to);
             }
         }
         if read > 0 && target <= epoch {
@@ -578,8 +642,8 @@ fn drive<E: lambdaflow_operators::Event>(
         }
         // Every message sent above is at `epoch`, and leaving it (below) ships them.
         if target > epoch {
-            for (i, p) in mine.iter().enumerate() {
-                ctl.send((0, Ctl::Offset { partition: *p, epoch, next: next[i] }));
+            for share in &mine {
+                ctl.send((0, Ctl::Offset { partition: share.partition(), slot: share.slot(), epoch, next: share.next }));
             }
             epoch = target;
             input.advance_to(epoch);
@@ -590,8 +654,8 @@ fn drive<E: lambdaflow_operators::Event>(
         worker.step_or_park(if read > 0 { Some(Duration::ZERO) } else { Some(IDLE_PARK) });
         for msg in inbox.borrow_mut().drain(..) {
             match msg {
-                Ctl::Offset { partition, epoch, next } => {
-                    let at = history[partition as usize].entry(epoch).or_insert(next);
+                Ctl::Offset { partition, slot, epoch, next } => {
+                    let at = history[partition as usize][slot as usize].entry(epoch).or_insert(next);
                     *at = (*at).max(next);
                 }
                 Ctl::Advance(t) => target = target.max(t),
@@ -603,7 +667,7 @@ fn drive<E: lambdaflow_operators::Event>(
             let complete = probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {
-                publish(shared, complete, &mut history);
+                publish(shared, complete, &mut history, &mut spare);
                 published = complete;
             }
         }
@@ -611,21 +675,69 @@ fn drive<E: lambdaflow_operators::Event>(
     Ok(())
 }
 
-/// Folds every view's updates up to `epoch` into the speed tables and moves the frontier to
-/// the offsets the partitions' owners had read when they left `epoch` (all delivered: the
-/// epoch is complete).
-fn publish(shared: &Shared, epoch: u64, history: &mut [BTreeMap<u64, u64>]) {
+/// The publisher's second copy of the speed tables: the snapshot it replaced at its last
+/// publication, and that publication's deltas, which the copy lacks.
+#[derive(Default)]
+struct Spare {
+    copy: Option<Arc<SpeedState>>,
+    behind: Vec<Box<dyn SpeedTable>>,
+}
+
+/// Folds every view's updates up to `epoch` into a new snapshot of the speed tables and
+/// publishes it with the frontier at the offsets the partitions' owners had read when they
+/// left `epoch` (all delivered: the epoch is complete). Never waits for a reader: the
+/// tables it writes are the spare copy no reader holds, or a fresh copy.
+fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>], spare: &mut Spare) {
+    // Per partition, the least position of its slots: every event below it was read.
     let frontier: Vec<u64> = history
         .iter_mut()
-        .map(|h| {
-            let at = h.range(..=epoch).next_back().map(|(_, o)| *o).expect("epoch 0 is always recorded");
-            // Older entries are no longer needed.
-            let keep = h.split_off(&epoch);
-            *h = keep;
-            h.insert(epoch, at);
-            at
+        .map(|slots| {
+            slots
+                .iter_mut()
+                .map(|h| {
+                    let at = h.range(..=epoch).next_back().map(|(_, o)| *o).expect("epoch 0 is always recorded");
+                    // Older entries are no longer needed.
+                    let keep = h.split_off(&epoch);
+                    *h = keep;
+                    h.insert(epoch, at);
+                    at
+                })
+                .min()
+                .expect("a partition has at least one slot")
         })
         .collect();
+    let deltas: Vec<Box<dyn SpeedTable>> = shared
+        .views
+        .iter()
+        .map(|view| {
+            let mut delta = view.new_speed_table();
+            view.drain_speed(epoch, delta.as_mut());
+            delta
+        })
+        .collect();
+    // The spare copy, if no reader holds it any more (it lacks the last publication's
+    // deltas); else a copy of the current tables (held by readers, read-only here).
+    let reusable = spare.copy.take().and_then(|copy| Arc::try_unwrap(copy).ok());
+    let mut behind = std::mem::take(&mut spare.behind);
+    let mut tables = match reusable {
+        Some(state) if state.tables.len() == behind.len() => {
+            let mut tables = state.tables;
+            // The last deltas are used for the last time: moved, not copied.
+            for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(behind.iter_mut()) {
+                view.absorb_speed(delta.as_mut(), table.as_mut());
+            }
+            tables
+        }
+        _ => {
+            shared.snapshot_copies.fetch_add(1, Ordering::Relaxed);
+            let current = crate::sync::read(&shared.state).clone();
+            shared.views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect()
+        }
+    };
+    for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(&deltas) {
+        view.merge_speed(delta.as_ref(), table.as_mut());
+    }
+    let next = Arc::new(SpeedState { tables, epoch, frontier, updated_ms: now_ms() });
     let mut state = crate::sync::write(&shared.state);
     if shared.stop.load(Ordering::SeqCst) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
@@ -633,18 +745,17 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [BTreeMap<u64, u64>]) {
     }
     // Readers rely on it: a published frontier never moves backwards.
     assert!(
-        epoch >= state.epoch && frontier.iter().zip(&state.frontier).all(|(new, old)| new >= old),
-        "speed layer would publish epoch {epoch} at {frontier:?} after epoch {} at {:?}",
+        epoch >= state.epoch && next.frontier.iter().zip(&state.frontier).all(|(new, old)| new >= old),
+        "speed layer would publish epoch {epoch} at {:?} after epoch {} at {:?}",
+        next.frontier,
         state.epoch,
         state.frontier
     );
-    for (view, table) in shared.views.iter().zip(state.tables.iter_mut()) {
-        view.drain_speed(epoch, table.as_mut());
-    }
-    state.epoch = epoch;
-    state.frontier = frontier;
-    state.updated_ms = now_ms();
+    // Counted before the swap, so whoever sees the new frontier sees the count too.
+    shared.publications.fetch_add(1, Ordering::Relaxed);
+    let replaced = std::mem::replace(&mut *state, next);
     drop(state);
+    *spare = Spare { copy: Some(replaced), behind: deltas };
     // Under the waiters' lock: a waiter checks the frontier and starts waiting under it, so
     // it cannot miss this wake-up.
     let _waiters = crate::sync::lock(&shared.moved_lock);

@@ -271,6 +271,14 @@ pub trait AnyView: Send + Sync {
     fn drain_speed(&self, upto: u64, table: &mut dyn SpeedTable);
     /// Merges the batch view and the speed table for the selected keys.
     fn query(&self, batch: Option<&dyn BatchTable>, speed: &dyn SpeedTable, sel: &Selection) -> Result<Vec<Answer>, String>;
+    /// A copy of `table` (for a speed layer that publishes immutable snapshots).
+    fn clone_speed(&self, table: &dyn SpeedTable) -> Box<dyn SpeedTable>;
+    /// Adds `from`'s updates into `into`, as [`AnyView::drain_speed`] adds produced ones
+    /// (keys whose updates cancel are removed).
+    fn merge_speed(&self, from: &dyn SpeedTable, into: &mut dyn SpeedTable);
+    /// As [`AnyView::merge_speed`], moving `from`'s updates (it is left empty) instead of
+    /// copying them.
+    fn absorb_speed(&self, from: &mut dyn SpeedTable, into: &mut dyn SpeedTable);
 }
 
 /// The typed batch table: consolidated `((K, V), R)` sorted by `(K, V)`.
@@ -519,6 +527,88 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
             }
         }
     }
+    fn clone_speed(&self, table: &dyn SpeedTable) -> Box<dyn SpeedTable> {
+        let Some(table) = table.as_any().downcast_ref::<Speed<K, V, R>>() else {
+            panic!("view {}: speed table of the wrong type", self.info.name);
+        };
+        Box::new(Speed::<K, V, R> { rows: table.rows.clone(), bytes: table.bytes })
+    }
+
+    fn merge_speed(&self, from: &dyn SpeedTable, into: &mut dyn SpeedTable) {
+        let Some(from) = from.as_any().downcast_ref::<Speed<K, V, R>>() else {
+            panic!("view {}: speed table of the wrong type", self.info.name);
+        };
+        let Some(into) = into.as_any_mut().downcast_mut::<Speed<K, V, R>>() else {
+            panic!("view {}: speed table of the wrong type", self.info.name);
+        };
+        let entry_bytes = std::mem::size_of::<(K, V, R)>() + 32;
+        for (k, updates) in &from.rows {
+            let slot = match into.rows.get_mut(k) {
+                Some(slot) => slot,
+                None => into.rows.entry(k.clone()).or_default(),
+            };
+            for (v, r) in updates {
+                match slot.iter().position(|(sv, _)| sv == v) {
+                    Some(i) => {
+                        slot[i].1.plus_equals(r);
+                        if slot[i].1.is_zero() {
+                            slot.swap_remove(i);
+                            into.bytes = into.bytes.saturating_sub(entry_bytes);
+                        }
+                    }
+                    None if r.is_zero() => {}
+                    None => {
+                        slot.push((v.clone(), r.clone()));
+                        into.bytes += entry_bytes;
+                    }
+                }
+            }
+            if slot.is_empty() {
+                into.rows.remove(k);
+            }
+        }
+    }
+
+    fn absorb_speed(&self, from: &mut dyn SpeedTable, into: &mut dyn SpeedTable) {
+        let Some(from) = from.as_any_mut().downcast_mut::<Speed<K, V, R>>() else {
+            panic!("view {}: speed table of the wrong type", self.info.name);
+        };
+        let Some(into) = into.as_any_mut().downcast_mut::<Speed<K, V, R>>() else {
+            panic!("view {}: speed table of the wrong type", self.info.name);
+        };
+        let entry_bytes = std::mem::size_of::<(K, V, R)>() + 32;
+        from.bytes = 0;
+        for (k, updates) in std::mem::take(&mut from.rows) {
+            if !into.rows.contains_key(&k) {
+                let live: Vec<(V, R)> = updates.into_iter().filter(|(_, r)| !r.is_zero()).collect();
+                if !live.is_empty() {
+                    into.bytes += live.len() * entry_bytes;
+                    into.rows.insert(k, live);
+                }
+                continue;
+            }
+            let slot = into.rows.get_mut(&k).expect("checked above");
+            for (v, r) in updates {
+                match slot.iter().position(|(sv, _)| *sv == v) {
+                    Some(i) => {
+                        slot[i].1.plus_equals(&r);
+                        if slot[i].1.is_zero() {
+                            slot.swap_remove(i);
+                            into.bytes = into.bytes.saturating_sub(entry_bytes);
+                        }
+                    }
+                    None if r.is_zero() => {}
+                    None => {
+                        slot.push((v, r));
+                        into.bytes += entry_bytes;
+                    }
+                }
+            }
+            if slot.is_empty() {
+                into.rows.remove(&k);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -714,5 +804,51 @@ mod tests {
         let err = cell.query(Some(batch.as_ref()), table.as_ref(), &Selection::Key("3".into())).unwrap_err();
         assert!(err.contains("view v") && err.contains("key 3") && err.contains("2 records"), "{err}");
         assert!(cell.query(Some(batch.as_ref()), table.as_ref(), &all(10)).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        // Snapshot publication (the engine's speed layer): draining each epoch into a fresh
+        // delta table and merging the deltas into a table, or into a clone of it taken
+        // midway, answers exactly as draining straight into one table.
+        #[test]
+        fn merged_deltas_answer_as_a_direct_drain(
+            speed in prop::collection::vec((0..KEYS, 0u64..6, -3i128..3), 0..60),
+            split in 0u64..6,
+        ) {
+            let direct = sum_cell();
+            let snapshots = sum_cell();
+            let updates = |cell: &ViewCell<u64, (), Sums<1>>| {
+                let mut u: Vec<((u64, ()), u64, Sums<1>)> = speed.iter().map(|(k, t, r)| ((*k, ()), *t, Sums([*r]))).collect();
+                cell.push(&mut u);
+            };
+            updates(&direct);
+            updates(&snapshots);
+            let mut table = direct.new_speed_table();
+            let mut merged = snapshots.new_speed_table();
+            let mut copy: Option<Box<dyn SpeedTable>> = None;
+            for epoch in 1..6 {
+                direct.drain_speed(epoch, table.as_mut());
+                let mut delta = snapshots.new_speed_table();
+                snapshots.drain_speed(epoch, delta.as_mut());
+                snapshots.merge_speed(delta.as_ref(), merged.as_mut());
+                if let Some(c) = copy.as_mut() {
+                    // The copy takes the delta's updates by move (the delta is left empty).
+                    snapshots.absorb_speed(delta.as_mut(), c.as_mut());
+                    prop_assert_eq!(delta.keys(), 0);
+                }
+                if epoch == split {
+                    copy = Some(snapshots.clone_speed(merged.as_ref()));
+                }
+                let want = direct.query(None, table.as_ref(), &all(usize::MAX)).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(&snapshots.query(None, merged.as_ref(), &all(usize::MAX)).map_err(TestCaseError::fail)?, &want);
+                prop_assert_eq!(merged.keys(), table.keys());
+                prop_assert_eq!(merged.approx_bytes(), table.approx_bytes());
+                if let Some(c) = copy.as_ref() {
+                    prop_assert_eq!(&snapshots.query(None, c.as_ref(), &all(usize::MAX)).map_err(TestCaseError::fail)?, &want);
+                }
+            }
+        }
     }
 }

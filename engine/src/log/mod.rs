@@ -53,6 +53,7 @@ mod follow;
 mod manifest;
 mod rollback;
 mod segment;
+pub(crate) mod split;
 #[cfg(test)]
 mod tests;
 

@@ -484,10 +484,20 @@ struct Cached {
 
 /// Query results keyed by view and selection; an entry only answers while the serving pair
 /// and its speed frontier are the ones it was computed at, so every speed publication and
-/// every handover invalidates it.
-#[derive(Default)]
+/// every handover invalidates it. Sharded by the key's hash, so concurrent queries on
+/// different keys do not queue on one lock.
 pub(super) struct Cache {
-    map: Mutex<(HashMap<CacheKey, Cached>, usize)>,
+    shards: Vec<Mutex<(HashMap<CacheKey, Cached>, usize)>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Shards of the query cache, each holding at most its share of [`CACHE_BYTES_MAX`].
+const CACHE_SHARDS: usize = 16;
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache { shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(), hasher: Default::default() }
+    }
 }
 
 fn cached_bytes(c: &Cached) -> usize {
@@ -498,7 +508,7 @@ impl Cache {
     /// The cached answer, if it was computed at this serving pair and frontier; a stale
     /// entry is dropped.
     fn get(&self, key: &CacheKey, serving: u64, frontier: &[u64]) -> Option<Option<Arc<str>>> {
-        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let (map, bytes) = &mut *guard;
         match map.get(key) {
             Some(c) if c.serving == serving && c.frontier == frontier => Some(c.body.clone()),
@@ -512,15 +522,21 @@ impl Cache {
         }
     }
 
-    /// Caches an answer; the cache holds at most [`CACHE_BYTES_MAX`] and starts over when full.
+    fn shard(&self, key: &CacheKey) -> &Mutex<(HashMap<CacheKey, Cached>, usize)> {
+        use std::hash::BuildHasher;
+        &self.shards[self.hasher.hash_one(key) as usize % self.shards.len()]
+    }
+
+    /// Caches an answer; the cache holds at most [`CACHE_BYTES_MAX`] (each shard its share)
+    /// and a full shard starts over.
     fn put(&self, key: CacheKey, c: Cached) {
         let size = cached_bytes(&c);
         if size > CACHE_ENTRY_BYTES_MAX {
             return;
         }
-        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
         let (map, bytes) = &mut *guard;
-        if *bytes + size > CACHE_BYTES_MAX {
+        if *bytes + size > CACHE_BYTES_MAX / CACHE_SHARDS {
             map.clear();
             *bytes = 0;
         }
@@ -971,6 +987,9 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
             "bytes": st.speed_bytes,
             "failure": st.speed_failure,
             "restarts": st.speed_restarts,
+            "publications": st.speed_publications,
+            "snapshot_copies": st.speed_snapshot_copies,
+            "events_read": st.speed_events_read,
         },
         "cluster": st.cluster,
         "ingest": {
@@ -997,6 +1016,8 @@ async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
         speed_lag_events: st.freshness.speed_lag_events,
         speed_events: st.freshness.speed_events,
         speed_bytes: st.speed_bytes,
+        speed_publications: st.speed_publications,
+        speed_snapshot_copies: st.speed_snapshot_copies,
         batch_version: st.batch.as_ref().map(|b| b.version).unwrap_or(0),
         batch_age_s: st.freshness.batch_age_ms.unwrap_or(0) as f64 / 1e3,
         batch_running: s.batch.progress.lock().unwrap_or_else(|e| e.into_inner()).is_some(),

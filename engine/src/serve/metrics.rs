@@ -98,6 +98,10 @@ pub(crate) struct Gauges {
     pub speed_events: u64,
     /// Approximate bytes of speed state.
     pub speed_bytes: usize,
+    /// Publications of the serving speed layer.
+    pub speed_publications: u64,
+    /// Of those, the ones that copied the speed tables rather than wait for a reader.
+    pub speed_snapshot_copies: u64,
     /// Keys per view in the speed tables.
     pub speed_keys: Vec<(String, usize)>,
     /// Keys per view in the batch views.
@@ -181,6 +185,13 @@ impl Metrics {
         );
         gauge(&mut out, "lambdaflow_speed_events", "Events in the speed layer since the batch cut.", g.speed_events as f64);
         gauge(&mut out, "lambdaflow_speed_state_bytes", "Approximate bytes held in the speed tables.", g.speed_bytes as f64);
+        gauge(&mut out, "lambdaflow_speed_publications", "Publications (epochs) of the serving speed layer.", g.speed_publications as f64);
+        gauge(
+            &mut out,
+            "lambdaflow_speed_snapshot_copies",
+            "Speed publications that copied the tables because a reader held the spare copy (none waits for a reader).",
+            g.speed_snapshot_copies as f64,
+        );
         gauge(&mut out, "lambdaflow_idempotency_keys", "Idempotency keys remembered.", self.idempotency_keys.load(Relaxed) as f64);
         counter(
             &mut out,

@@ -296,11 +296,17 @@ pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard:
     Ok(Running { addr, shutdown: Some(shutdown_tx), thread: Some(thread) })
 }
 
-/// The async runtime the HTTP server runs on (two threads; queries and parsing go to its
-/// blocking pool).
+/// Threads of the HTTP server's async runtime: one per core the process may use (point
+/// queries run on them, so the query rate grows with the cores), at least two.
+pub(crate) fn http_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+}
+
+/// The async runtime the HTTP server runs on ([`http_threads`] threads; parsing and range
+/// queries go to its blocking pool).
 fn http_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(http_threads())
         .thread_name("lambdaflow-http")
         .enable_all()
         .build()
