@@ -13,8 +13,9 @@
 //! [records: u32 LE][raw_len: u32 LE][zstd frame of raw_len bytes]
 //! ```
 //!
-//! and the decompressed bytes are the block's records in order, each as a LEB128 varint
-//! length followed by the record's payload. The CRC covers the compressed bytes; a block
+//! and the decompressed bytes are the block's records, transposed: every record's length as a
+//! LEB128 varint, then byte column 0 (the first byte of every record), column 1, and so on
+//! (a record shorter than `j + 1` bytes has no byte in column `j`). The CRC covers the compressed bytes; a block
 //! that passes it but does not decompress to exactly `records` records of `raw_len` bytes
 //! is reported as corrupt too.
 
@@ -80,7 +81,7 @@ where
     let mut scanner = Scanner::open(path, HEADER.len() as u64, bytes)?;
     let mut cur = base;
     let mut visited = 0u64;
-    let mut raw = Vec::new();
+    let mut scratch = Scratch::default();
     let end = base + records;
     while whole || cur < stop {
         let (pos, payload) = match scanner.next_record() {
@@ -101,7 +102,7 @@ where
             continue;
         }
         let mut at = cur;
-        let res = decode_block(payload, &mut raw, |r| {
+        let res = decode_block(payload, &mut scratch, |r| {
             let o = at;
             at += 1;
             if o >= from && o < stop {
@@ -117,51 +118,87 @@ where
     Ok(visited)
 }
 
-/// Records of one block being gathered: each as varint length + payload.
+/// Records of one block being gathered.
 #[derive(Default, Debug)]
 pub(crate) struct BlockBuf {
+    data: Vec<u8>,
+    lens: Vec<u32>,
+    /// Scratch for the transposed layout.
     raw: Vec<u8>,
-    records: u32,
 }
 
 impl BlockBuf {
-    /// Adds one record.
+    /// Adds one record (at most [`MAX_PAYLOAD_BYTES`]).
     pub(crate) fn push(&mut self, payload: &[u8]) {
-        put_varint(&mut self.raw, payload.len() as u64);
-        self.raw.extend_from_slice(payload);
-        self.records += 1;
+        self.data.extend_from_slice(payload);
+        self.lens.push(payload.len() as u32);
     }
 
     /// Records gathered.
     pub(crate) fn records(&self) -> u32 {
-        self.records
+        self.lens.len() as u32
     }
 
-    /// Raw bytes gathered.
+    /// Payload bytes gathered.
     pub(crate) fn raw_len(&self) -> usize {
-        self.raw.len()
+        self.data.len()
     }
 
     /// Compresses the gathered records into one framed block appended to `out`, and
     /// empties the buffer. Nothing is written for an empty buffer. An error (a block too
     /// large to frame, or zstd failing) says why.
     pub(crate) fn flush_into(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
-        if self.records == 0 {
+        if self.lens.is_empty() {
             return Ok(());
         }
+        transpose(&self.data, &self.lens, &mut self.raw);
         let raw_len = u32::try_from(self.raw.len()).map_err(|_| "block larger than 4 GiB".to_string())?;
         let mut payload = Vec::with_capacity(BLOCK_HEAD + self.raw.len() / 3 + 64);
-        payload.extend_from_slice(&self.records.to_le_bytes());
+        payload.extend_from_slice(&self.records().to_le_bytes());
         payload.extend_from_slice(&raw_len.to_le_bytes());
         zstd::stream::copy_encode(&self.raw[..], &mut payload, ZSTD_LEVEL).map_err(|e| format!("zstd compression failed: {e}"))?;
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(format!("a compressed block of {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte frame limit", payload.len()));
         }
         encode_into(out, &payload);
-        self.raw.clear();
-        self.records = 0;
+        self.data.clear();
+        self.lens.clear();
         Ok(())
     }
+}
+
+/// The raw layout of a block: every record's length (LEB128 varints), then byte column
+/// `j` (byte `j` of every record longer than `j`, in record order) for `j = 0, 1, ...`.
+/// Records of one job have a few shapes, so a column holds like bytes (enum tags, the high
+/// bytes of timestamps and ids): zstd compresses it far better than records side by side.
+fn transpose(data: &[u8], lens: &[u32], raw: &mut Vec<u8>) {
+    raw.clear();
+    raw.reserve(data.len() + lens.len() * 2);
+    for &l in lens {
+        put_varint(raw, u64::from(l));
+    }
+    let mut offs = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for &l in lens {
+        offs.push(at);
+        at += l as usize;
+    }
+    let max = lens.iter().copied().max().unwrap_or(0) as usize;
+    for j in 0..max {
+        for (i, &l) in lens.iter().enumerate() {
+            if l as usize > j {
+                raw.push(data[offs[i] + j]);
+            }
+        }
+    }
+}
+
+/// Buffers reused across blocks by a reader.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    raw: Vec<u8>,
+    data: Vec<u8>,
+    lens: Vec<usize>,
 }
 
 /// A block's record count, read from its payload (already checksum-verified) without
@@ -173,14 +210,15 @@ pub(crate) fn block_records(payload: &[u8]) -> Result<u64, String> {
     Ok(u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as u64)
 }
 
-/// Decompresses a block payload into `raw` and calls `f` with each record in order.
+/// Decompresses a block payload and calls `f` with each record in order.
 pub(crate) fn decode_block<E>(
     payload: &[u8],
-    raw: &mut Vec<u8>,
+    scratch: &mut Scratch,
     mut f: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<Result<u64, E>, String> {
     let records = block_records(payload)?;
     let raw_len = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
+    let Scratch { raw, data, lens } = scratch;
     raw.clear();
     raw.reserve(raw_len);
     let mut decoder = zstd::stream::read::Decoder::new(&payload[BLOCK_HEAD..]).map_err(|e| format!("zstd: {e}"))?;
@@ -190,22 +228,44 @@ pub(crate) fn decode_block<E>(
     if raw.len() != raw_len {
         return Err(format!("block decompresses to {} bytes, its head says {raw_len}", raw.len()));
     }
+    lens.clear();
     let mut at = 0usize;
-    let mut n = 0u64;
-    while at < raw.len() {
+    let mut total = 0usize;
+    for n in 0..records {
         let (len, used) = get_varint(&raw[at..]).ok_or_else(|| format!("record {n} of the block has a bad length"))?;
         at += used;
-        let end = at.checked_add(len as usize).filter(|&e| e <= raw.len()).ok_or_else(|| format!("record {n} of the block overruns it"))?;
-        if let Err(e) = f(&raw[at..end]) {
+        let len = usize::try_from(len).ok().filter(|&l| l <= MAX_PAYLOAD_BYTES).ok_or_else(|| format!("record {n} has length {len}"))?;
+        total += len;
+        lens.push(len);
+    }
+    if raw.len() - at != total {
+        return Err(format!("block holds {} record bytes, its lengths say {total}", raw.len() - at));
+    }
+    // Scatter the columns back into records.
+    data.clear();
+    data.resize(total, 0);
+    let mut offs = Vec::with_capacity(lens.len());
+    let mut o = 0usize;
+    for &l in lens.iter() {
+        offs.push(o);
+        o += l;
+    }
+    let max = lens.iter().copied().max().unwrap_or(0);
+    let mut src = at;
+    for j in 0..max {
+        for (i, &l) in lens.iter().enumerate() {
+            if l > j {
+                data[offs[i] + j] = raw[src];
+                src += 1;
+            }
+        }
+    }
+    for (i, &l) in lens.iter().enumerate() {
+        if let Err(e) = f(&data[offs[i]..offs[i] + l]) {
             return Ok(Err(e));
         }
-        at = end;
-        n += 1;
     }
-    if n != records {
-        return Err(format!("block holds {n} records, its head says {records}"));
-    }
-    Ok(Ok(n))
+    Ok(Ok(records))
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -250,7 +310,7 @@ mod tests {
         assert!(is_compressed(file));
         let mut at = HEADER.len();
         let mut out = Vec::new();
-        let mut raw = Vec::new();
+        let mut raw = Scratch::default();
         while at < file.len() {
             match decode(&file[at..]) {
                 Decoded::Record { len } => {

@@ -57,6 +57,21 @@ pub struct Staging<'a> {
     dir: PathBuf,
     start: Vec<u64>,
     parts: Vec<StagePart>,
+    /// Published or discarded: nothing for `Drop` to clean up.
+    finished: bool,
+}
+
+impl Drop for Staging<'_> {
+    /// Removes the staged files of a bulk append that is dropped unpublished (best effort:
+    /// what remains is removed by the next open or bulk append).
+    fn drop(&mut self) {
+        if !self.finished {
+            for part in &mut self.parts {
+                part.open = None;
+            }
+            let _ = remove_tree(&self.dir);
+        }
+    }
 }
 
 impl Log {
@@ -79,7 +94,7 @@ impl Log {
         }
         let start = self.end_offsets();
         let parts = start.iter().map(|&next| StagePart { next, open: None, done: Vec::new() }).collect();
-        Ok(Staging { log: self, writer, dir, start, parts })
+        Ok(Staging { log: self, writer, dir, start, parts, finished: false })
     }
 }
 
@@ -141,7 +156,8 @@ impl Staging<'_> {
     }
 
     /// Removes the staged files: nothing of the bulk append is stored.
-    pub(crate) fn discard(self) -> Result<(), LogError> {
+    pub(crate) fn discard(mut self) -> Result<(), LogError> {
+        self.finished = true;
         remove_tree(&self.dir)
     }
 
@@ -178,6 +194,8 @@ impl Staging<'_> {
         for &p in &touched {
             self.writer.files[p] = None;
         }
+        // From here on, the staged files may be published: only a reopen may remove them.
+        self.finished = true;
         if let Err(e) = manifest.store(&dir) {
             let why = format!("publishing a bulk append failed while replacing MANIFEST ({e}); reopen the log to finish or undo it");
             self.writer.poisoned = Some(why);
