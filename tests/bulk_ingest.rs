@@ -75,7 +75,7 @@ fn bad_last_line_stores_nothing() {
     ingest(&data, &seed);
     let before = (end_offsets(&data), segment_files(&data));
     for format in ["csv", "ndjson"] {
-        let good = tmp.join(format!("good.{format}"));
+        let good = tmp.join(&format!("good.{format}"));
         gen_file(&good, 120_000, 9, format);
         let mut bytes = std::fs::read(&good).expect("read");
         let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
@@ -85,7 +85,7 @@ fn bad_last_line_stores_nothing() {
             "{\"type\":\"purchase\",\"ts\":1700000000000,\"order_id\":1,\"customer_id\":2,\"product_id\":3,\"quantity\":\"notanumber\",\"amount_cents\":5}\n".to_string()
         };
         bytes.extend_from_slice(bad_line.as_bytes());
-        let bad = tmp.join(format!("bad.{format}"));
+        let bad = tmp.join(&format!("bad.{format}"));
         std::fs::write(&bad, &bytes).expect("write");
         let o = run(&data, &["ingest", bad.to_str().expect("utf-8"), "--print-acks"]);
         let err = stderr(&o);
@@ -157,7 +157,7 @@ fn kill_and_retry() {
 
     let (mut nothing, mut everything) = (0, 0);
     for round in 0..rounds {
-        let data = tmp.join(format!("data{round}"));
+        let data = tmp.join(&format!("data{round}"));
         ingest(&data, &prior);
         let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 13 / 10));
         let mut child = Command::new(bin())

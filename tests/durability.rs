@@ -85,7 +85,7 @@ fn kill_mid_ingest() {
     ingest(&probe, &input);
     let full = t.elapsed();
     for round in 0..3 {
-        let data = tmp.join(format!("data{round}"));
+        let data = tmp.join(&format!("data{round}"));
         let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10));
         let acked = ingest_and_kill(&data, &input, events.len(), delay);
         let log = Log::open(&data.join("log")).expect("log reopens after the kill");

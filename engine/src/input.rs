@@ -547,7 +547,8 @@ fn read_chunks<E: Event>(
                 Ok(_) => {}
                 Err(e) => error = Some(io(e)),
             }
-            if error.is_none() && bytes.len() - start > LINE_BYTES_MAX && !bytes.ends_with(b"\n") {
+            let line_len = bytes.len() - start - usize::from(bytes.ends_with(b"\n"));
+            if error.is_none() && line_len > LINE_BYTES_MAX {
                 let lines = bytes[..start].iter().filter(|&&b| b == b'\n').count() as u64;
                 error = Some(Error::BadInput {
                     line: next_line + lines,

@@ -75,7 +75,7 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
     let log = appender.log();
     let (verb, events) = match outcome {
         crate::append::Written::Appended(_) => ("ingested", report.events),
-        crate::append::Written::Replayed { events, .. } => ("already ingested (nothing appended)", events),
+        crate::append::Written::Replayed { events, .. } => ("already ingested (nothing appended):", events),
         crate::append::Written::KeyConflict(why) => return Err(Error::Usage(format!("--key: {why}; nothing was stored"))),
         crate::append::Written::Failed(why) => return Err(Error::Unavailable(why)),
     };
@@ -85,7 +85,7 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
     }
     let secs = parsed.as_secs_f64().max(1e-9);
     eprintln!(
-        "{verb}: {} events, {} bytes in {:.2}s ({:.0} events/s; publish {:.2}s, peak memory {}); key {key}; log ends at {:?}, {} bytes",
+        "{verb} {} events ({} bytes) in {:.2}s ({:.0} events/s; publish {:.2}s, peak memory {}); key {key}; log ends at {:?}, {} bytes",
         report.events,
         report.bytes,
         secs,
