@@ -370,8 +370,16 @@ fn torn_last_record_is_truncated_at_every_byte() {
     let resend = tmp.join("resend.ndjson");
     write_input(&resend, std::slice::from_ref(&evs[last]));
     ingest(&data, &resend);
-    assert_eq!(fs::read(&active).expect("read"), pristine, "the resent event lands exactly where the torn one was");
-    assert_eq!(segment_files(&data), files);
+    // A local ingest seals the active segment as it is and publishes the resent event in a
+    // compressed segment after it: the event gets exactly the torn one's offset.
+    assert_eq!(fs::read(&active).expect("read"), &pristine[..start], "the active segment is sealed as recovered");
+    let reference = tmp.join("reference");
+    build_segmented_log(&reference, &evs, 4096);
+    let log = Log::open(&data.join("log")).expect("open");
+    let want = Log::open(&reference.join("log")).expect("open reference");
+    assert!(payloads(&log) == payloads(&want), "the resent event lands exactly where the torn one was");
+    drop((log, want));
+    assert_eq!(segment_files(&data).len(), files.len() + 1, "one new (compressed) segment");
     assert_views_exact(&data, &evs, "after resending the dropped event");
 }
 

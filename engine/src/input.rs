@@ -405,13 +405,17 @@ pub fn stage_all<E: Event>(source: LineSource, bulk: &mut crate::append::Bulk<'_
         for _ in 0..workers {
             let work_rx = Arc::clone(&work_rx);
             let done_tx = done_tx.clone();
-            s.spawn(move || loop {
-                let chunk = match crate::sync::lock(&work_rx).recv() {
-                    Ok(c) => c,
-                    Err(_) => return,
-                };
-                if done_tx.send(parse_chunk::<E>(chunk, partitions)).is_err() {
-                    return;
+            s.spawn(move || {
+                // Per partition, the block being filled (and its zstd context), reused.
+                let mut bufs: Vec<crate::log::BlockBuf> = (0..partitions).map(|_| crate::log::BlockBuf::default()).collect();
+                loop {
+                    let chunk = match crate::sync::lock(&work_rx).recv() {
+                        Ok(c) => c,
+                        Err(_) => return,
+                    };
+                    if done_tx.send(parse_chunk::<E>(chunk, &mut bufs)).is_err() {
+                        return;
+                    }
                 }
             });
         }
@@ -572,17 +576,17 @@ fn read_chunks<E: Event>(
 }
 
 /// A worker's job: parses, encodes, routes and compresses one chunk.
-fn parse_chunk<E: Event>(chunk: Chunk, partitions: u32) -> Parsed {
+fn parse_chunk<E: Event>(chunk: Chunk, bufs: &mut [crate::log::BlockBuf]) -> Parsed {
     let Chunk { seq, first_line, bytes, format, error } = chunk;
     let mut out = Parsed {
         seq,
         input_bytes: bytes.len() as u64,
         hash: crate::keys::body_hash(&bytes),
         events: 0,
-        blocks: vec![(Vec::new(), 0); partitions as usize],
+        blocks: vec![(Vec::new(), 0); bufs.len()],
         error: None,
     };
-    let mut bufs: Vec<crate::log::BlockBuf> = (0..partitions).map(|_| crate::log::BlockBuf::default()).collect();
+    let partitions = bufs.len() as u32;
     let mut enc = Vec::with_capacity(256);
     let mut line = first_line;
     let fail = |out: &mut Parsed, e: Error| {
@@ -636,9 +640,10 @@ fn parse_chunk<E: Event>(chunk: Chunk, partitions: u32) -> Parsed {
 }
 
 /// Closes a worker's job: the last block of every partition, unless it failed.
-fn finish(mut out: Parsed, mut bufs: Vec<crate::log::BlockBuf>) -> Parsed {
+fn finish(mut out: Parsed, bufs: &mut [crate::log::BlockBuf]) -> Parsed {
     if out.error.is_some() {
         out.blocks.clear();
+        bufs.iter_mut().for_each(crate::log::BlockBuf::clear);
         return out;
     }
     for (p, b) in bufs.iter_mut().enumerate() {
@@ -646,6 +651,7 @@ fn finish(mut out: Parsed, mut bufs: Vec<crate::log::BlockBuf>) -> Parsed {
         if let Err(e) = b.flush_into(&mut out.blocks[p].0) {
             out.error = Some(Error::Internal(e));
             out.blocks.clear();
+            bufs.iter_mut().for_each(crate::log::BlockBuf::clear);
             return out;
         }
         out.blocks[p].1 += n;

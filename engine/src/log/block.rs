@@ -14,8 +14,9 @@
 //! ```
 //!
 //! and the decompressed bytes are the block's records, transposed: every record's length as a
-//! LEB128 varint, then byte column 0 (the first byte of every record), column 1, and so on
-//! (a record shorter than `j + 1` bytes has no byte in column `j`). The CRC covers the compressed bytes; a block
+//! LEB128 varint, then byte column 0 (the first byte of every record), column 1, and so on;
+//! within a column the records come longest first (ties in record order), and a record
+//! shorter than `j + 1` bytes has no byte in column `j`. The CRC covers the compressed bytes; a block
 //! that passes it but does not decompress to exactly `records` records of `raw_len` bytes
 //! is reported as corrupt too.
 
@@ -119,12 +120,14 @@ where
 }
 
 /// Records of one block being gathered.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub(crate) struct BlockBuf {
     data: Vec<u8>,
     lens: Vec<u32>,
-    /// Scratch for the transposed layout.
+    /// Scratch for the transposed layout and the compressed frame.
     raw: Vec<u8>,
+    zbuf: Vec<u8>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl BlockBuf {
@@ -132,6 +135,12 @@ impl BlockBuf {
     pub(crate) fn push(&mut self, payload: &[u8]) {
         self.data.extend_from_slice(payload);
         self.lens.push(payload.len() as u32);
+    }
+
+    /// Drops the gathered records.
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+        self.lens.clear();
     }
 
     /// Records gathered.
@@ -153,10 +162,17 @@ impl BlockBuf {
         }
         transpose(&self.data, &self.lens, &mut self.raw);
         let raw_len = u32::try_from(self.raw.len()).map_err(|_| "block larger than 4 GiB".to_string())?;
-        let mut payload = Vec::with_capacity(BLOCK_HEAD + self.raw.len() / 3 + 64);
+        let z = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?),
+        };
+        self.zbuf.clear();
+        self.zbuf.reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
+        z.compress_to_buffer(&self.raw[..], &mut self.zbuf).map_err(|e| format!("zstd compression failed: {e}"))?;
+        let mut payload = Vec::with_capacity(BLOCK_HEAD + self.zbuf.len());
         payload.extend_from_slice(&self.records().to_le_bytes());
         payload.extend_from_slice(&raw_len.to_le_bytes());
-        zstd::stream::copy_encode(&self.raw[..], &mut payload, ZSTD_LEVEL).map_err(|e| format!("zstd compression failed: {e}"))?;
+        payload.extend_from_slice(&self.zbuf);
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(format!("a compressed block of {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte frame limit", payload.len()));
         }
@@ -167,38 +183,50 @@ impl BlockBuf {
     }
 }
 
-/// The raw layout of a block: every record's length (LEB128 varints), then byte column
-/// `j` (byte `j` of every record longer than `j`, in record order) for `j = 0, 1, ...`.
-/// Records of one job have a few shapes, so a column holds like bytes (enum tags, the high
-/// bytes of timestamps and ids): zstd compresses it far better than records side by side.
+/// The raw layout of a block: every record's length (LEB128 varints, in record order), then
+/// byte column 0, column 1, ...: column `j` holds byte `j` of every record longer than `j`,
+/// taking the records longest first (ties in record order), so that each column is a prefix
+/// of that order. Records of one job have a few shapes, so a column holds like bytes (enum
+/// tags, the high bytes of timestamps and ids): zstd compresses it far better than records
+/// side by side, and decoding is a branch-free scatter.
 fn transpose(data: &[u8], lens: &[u32], raw: &mut Vec<u8>) {
     raw.clear();
     raw.reserve(data.len() + lens.len() * 2);
     for &l in lens {
         put_varint(raw, u64::from(l));
     }
+    let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+    let (offs, order) = layout(&lens);
+    let mut count = order.len();
+    for j in 0..lens.iter().copied().max().unwrap_or(0) {
+        while count > 0 && lens[order[count - 1]] <= j {
+            count -= 1;
+        }
+        raw.extend(order[..count].iter().map(|&i| data[offs[i] + j]));
+    }
+}
+
+/// Each record's offset in the concatenated records, and the records longest first (ties
+/// in record order).
+fn layout(lens: &[usize]) -> (Vec<usize>, Vec<usize>) {
     let mut offs = Vec::with_capacity(lens.len());
     let mut at = 0usize;
     for &l in lens {
         offs.push(at);
-        at += l as usize;
+        at += l;
     }
-    let max = lens.iter().copied().max().unwrap_or(0) as usize;
-    for j in 0..max {
-        for (i, &l) in lens.iter().enumerate() {
-            if l as usize > j {
-                raw.push(data[offs[i] + j]);
-            }
-        }
-    }
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    (offs, order)
 }
 
-/// Buffers reused across blocks by a reader.
+/// Buffers (and a zstd context) reused across blocks by a reader.
 #[derive(Default)]
 pub(crate) struct Scratch {
     raw: Vec<u8>,
     data: Vec<u8>,
     lens: Vec<usize>,
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 /// A block's record count, read from its payload (already checksum-verified) without
@@ -218,13 +246,15 @@ pub(crate) fn decode_block<E>(
 ) -> Result<Result<u64, E>, String> {
     let records = block_records(payload)?;
     let raw_len = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
-    let Scratch { raw, data, lens } = scratch;
+    let Scratch { raw, data, lens, zstd } = scratch;
     raw.clear();
     raw.reserve(raw_len);
-    let mut decoder = zstd::stream::read::Decoder::new(&payload[BLOCK_HEAD..]).map_err(|e| format!("zstd: {e}"))?;
-    // At most one byte more than announced, to notice a block that decompresses longer.
-    std::io::Read::read_to_end(&mut std::io::Read::take(&mut decoder, raw_len as u64 + 1), raw)
-        .map_err(|e| format!("block does not decompress: {e}"))?;
+    let z = match zstd {
+        Some(z) => z,
+        None => zstd.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?),
+    };
+    // Fails on a frame that decompresses to more than `raw_len` bytes.
+    z.decompress_to_buffer(&payload[BLOCK_HEAD..], raw).map_err(|e| format!("block does not decompress: {e}"))?;
     if raw.len() != raw_len {
         return Err(format!("block decompresses to {} bytes, its head says {raw_len}", raw.len()));
     }
@@ -244,24 +274,20 @@ pub(crate) fn decode_block<E>(
     // Scatter the columns back into records.
     data.clear();
     data.resize(total, 0);
-    let mut offs = Vec::with_capacity(lens.len());
-    let mut o = 0usize;
-    for &l in lens.iter() {
-        offs.push(o);
-        o += l;
-    }
-    let max = lens.iter().copied().max().unwrap_or(0);
+    let (offs, order) = layout(lens);
+    let mut count = order.len();
     let mut src = at;
-    for j in 0..max {
-        for (i, &l) in lens.iter().enumerate() {
-            if l > j {
-                data[offs[i] + j] = raw[src];
-                src += 1;
-            }
+    for j in 0..lens.iter().copied().max().unwrap_or(0) {
+        while count > 0 && lens[order[count - 1]] <= j {
+            count -= 1;
         }
+        for (&i, &b) in order[..count].iter().zip(&raw[src..src + count]) {
+            data[offs[i] + j] = b;
+        }
+        src += count;
     }
-    for (i, &l) in lens.iter().enumerate() {
-        if let Err(e) = f(&data[offs[i]..offs[i] + l]) {
+    for (&o, &l) in offs.iter().zip(lens.iter()) {
+        if let Err(e) = f(&data[o..o + l]) {
             return Ok(Err(e));
         }
     }
