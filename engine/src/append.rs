@@ -406,6 +406,11 @@ impl Bulk<'_> {
     /// (nothing stored). `events` is the number of records staged.
     pub fn publish(self, key: Option<(String, u64)>, events: u64) -> Result<Written> {
         let Bulk { log, mut journal, mut staging } = self;
+        if staging.ends() == staging.start() {
+            // Nothing to store, and no key to remember for it.
+            staging.discard()?;
+            return Ok(Written::Appended(Vec::new()));
+        }
         if let Some((k, hash)) = &key {
             if let Some(e) = journal.get(k) {
                 let answer = replay(e.body_hash, e.events, &e.ranges, *hash, k);
@@ -423,7 +428,7 @@ impl Bulk<'_> {
             (0..start.len()).filter(|&p| end[p] > start[p]).map(|p| Range { partition: p as u32, from: start[p], to: end[p] }).collect();
         let entries: Vec<KeyEntry> =
             key.into_iter().map(|(key, body_hash)| KeyEntry { key, body_hash, events, ranges: ranges.clone(), at_ms: now_ms() }).collect();
-        let prepared = if entries.is_empty() || ranges.is_empty() {
+        let prepared = if entries.is_empty() {
             None
         } else {
             match journal.prepare(start, end, &entries) {
@@ -502,6 +507,61 @@ mod tests {
         let c = a.commit(&[write(Some("k1"), 1, &[(0, b"a"), (1, b"b")])]);
         assert!(matches!(c.outcomes[0], Written::Replayed { .. }), "keys survive a reopen");
         assert_eq!(a.log().end_offsets(), vec![2, 1]);
+    }
+
+    /// Stages `records` (partition, payload) into `bulk` as compressed blocks.
+    fn stage(bulk: &mut Bulk<'_>, records: &[(u32, &[u8])]) {
+        for &(p, payload) in records {
+            let mut b = crate::log::BlockBuf::default();
+            b.push(payload);
+            let mut out = Vec::new();
+            b.flush_into(&mut out).expect("flush");
+            bulk.push_blocks(p, &out, 1).expect("push");
+        }
+    }
+
+    // Proves a bulk append is invisible until published, then all there; that a retry with
+    // its key appends nothing (answered as a replay), the key used for other data is a
+    // conflict storing nothing, a dropped bulk append stores nothing, an empty one keeps no
+    // key, and that the key survives a reopen.
+    #[test]
+    fn bulk_publish_protocol() {
+        let dir = TempDir::new("append-bulk");
+        {
+            let a = open(dir.path());
+            a.append_records(&[(0, b"old")]).expect("append");
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(0, b"a"), (1, b"b"), (0, b"c")]);
+            let w = bulk.publish(Some(("k".into(), 7)), 3).expect("publish");
+            assert_eq!(w, Written::Appended(vec![Range { partition: 0, from: 1, to: 3 }, Range { partition: 1, from: 0, to: 1 }]));
+            let mut got = Vec::new();
+            a.log()
+                .read(0, 0, 10, |_, p| {
+                    got.push(p.to_vec());
+                    Ok::<(), crate::log::LogError>(())
+                })
+                .expect("read");
+            assert_eq!(got, vec![b"old".to_vec(), b"a".to_vec(), b"c".to_vec()]);
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(0, b"a"), (1, b"b"), (0, b"c")]);
+            assert!(matches!(bulk.publish(Some(("k".into(), 7)), 3).expect("publish"), Written::Replayed { events: 3, .. }));
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(0, b"x")]);
+            assert!(matches!(bulk.publish(Some(("k".into(), 8)), 1).expect("publish"), Written::KeyConflict(_)));
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(1, b"y")]);
+            drop(bulk);
+            assert!(!dir.path().join("log").join("staging").exists(), "a dropped bulk append leaves no staging");
+            let bulk = a.bulk().expect("bulk");
+            assert_eq!(bulk.publish(Some(("empty".into(), 1)), 0).expect("publish"), Written::Appended(Vec::new()));
+            assert_eq!(a.log().end_offsets(), vec![3, 1]);
+            assert_eq!(a.keys(), 1);
+            a.append_records(&[(1, b"after")]).expect("appends go on in the new active segment");
+        }
+        let a = open(dir.path());
+        assert_eq!(a.log().end_offsets(), vec![3, 2]);
+        assert_eq!(a.keys(), 1, "the bulk key survives a reopen");
+        assert_eq!(a.log().verify().expect("verify").records, vec![3, 2]);
     }
 
     // Proves a group whose append the log refuses stores nothing, keeps no key, and leaves

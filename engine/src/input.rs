@@ -588,13 +588,10 @@ fn parse_chunk<E: Event>(chunk: Chunk, bufs: &mut [crate::log::BlockBuf]) -> Par
     };
     let partitions = bufs.len() as u32;
     let mut enc = Vec::with_capacity(256);
-    let mut line = first_line;
     let fail = |out: &mut Parsed, e: Error| {
         out.error = Some(e);
     };
-    for raw in bytes.split_inclusive(|&b| b == b'\n') {
-        let this = line;
-        line += 1;
+    for (this, raw) in (first_line..).zip(bytes.split_inclusive(|&b| b == b'\n')) {
         let bad = |error: FieldError| Error::BadInput { line: this, error };
         let text = match std::str::from_utf8(raw) {
             Ok(t) => t,
