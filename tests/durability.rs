@@ -7,18 +7,15 @@ mod common;
 
 use common::*;
 use lambdaflow_engine::log::{Log, LogConfig};
-use lambdaflow_engine::operators::Event;
 use lambdaflow_engine::testing::{all_views, diff};
-use lambdaflow_engine::{partition_of, Appender};
+use lambdaflow_engine::Appender;
 use lambdaflow_engine::{Lambda, Options};
 use lambdaflow_jobs::shop::{oracle::expected_views, Shop, ShopEvent};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const CHUNK: usize = 20_000;
 
 fn options() -> Options {
     Options { workers: 2, log: LogConfig::default(), ..Options::default() }
@@ -35,159 +32,75 @@ fn assert_views_exact(data: &Path, events: &[ShopEvent], when: &str) {
     }
 }
 
-/// What one killed ingest left behind.
-enum Killed {
-    /// The ingest finished before the kill: the input is too small for this machine.
-    FinishedFirst,
-    /// Killed; this many events had been acknowledged (the last `ack` line printed).
-    After(usize),
-}
-
-/// Runs `ingest --chunk 20000 --print-acks` on `input` and SIGKILLs it `delay` after it has
-/// printed `kill_after` acks.
-fn ingest_and_kill(data: &Path, input: &Path, total: usize, kill_after: usize, delay: Duration) -> Killed {
+/// Runs `ingest --print-acks` on `input` and SIGKILLs it after `delay`; returns whether it
+/// printed its acknowledgement (`ack N`, N = `total`) before the kill.
+fn ingest_and_kill(data: &Path, input: &Path, total: usize, delay: Duration) -> bool {
     let mut child = Command::new(bin())
         .arg("--data")
         .arg(data)
-        .args(["ingest", input.to_str().expect("utf-8 path"), "--chunk", &CHUNK.to_string(), "--print-acks"])
+        .args(["ingest", input.to_str().expect("utf-8 path"), "--print-acks"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn ingest");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut acks = Vec::new();
-    let mut killed = false;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).expect("read ack line") == 0 {
-            break;
-        }
-        let n: usize = line
-            .trim()
-            .strip_prefix("ack ")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected ingest output line {line:?}"));
-        acks.push(n);
-        if acks.len() == kill_after && !killed {
-            std::thread::sleep(delay);
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
-            }
-            child.kill().expect("SIGKILL ingest");
-            killed = true;
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait().expect("wait for ingest");
+    let mut out = String::new();
+    let _ = child.stdout.take().expect("stdout").read_to_string(&mut out);
+    match out.trim() {
+        "" => false,
+        ack => {
+            assert_eq!(ack, format!("ack {total}"), "one acknowledgement, of the whole input");
+            true
         }
     }
-    // Acks printed before the kill landed but not yet read are acknowledgements too.
-    let status = child.wait().expect("wait for ingest");
-    let mut err = String::new();
-    let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
-    for (i, n) in acks.iter().enumerate() {
-        assert_eq!(*n, ((i + 1) * CHUNK).min(total), "ack {} says {n}", i + 1);
-    }
-    let acked = acks.last().copied().unwrap_or(0);
-    if !killed || acked == total {
-        assert!(killed || status.success(), "ingest failed on its own ({status}): {err}");
-        return Killed::FinishedFirst;
-    }
-    assert!(!status.success(), "a killed ingest cannot succeed");
-    Killed::After(acked)
 }
 
-/// Checks the log left by a killed ingest of `events` with `acked` events acknowledged:
-/// per partition, the log holds exactly a prefix of that partition's input events, at least
-/// all acknowledged ones and at most those of one more chunk. Returns the events it holds.
-fn check_killed_log(data: &Path, scratch: &Path, events: &[ShopEvent], acked: usize) -> Vec<ShopEvent> {
-    let log = Log::open(&data.join("log")).expect("log reopens after the kill");
-    let parts = log.partitions();
-    let got = payloads(&log);
-    drop(log);
-
-    // The engine's own encoding and routing of the same events, appended in two steps:
-    // the acknowledged ones, then the chunk that was in flight.
-    let in_flight = (acked + CHUNK).min(events.len());
-    let reference = Appender::open(scratch, LogConfig { partitions: parts, ..LogConfig::default() }).expect("scratch log");
-    reference.append(&events[..acked]).expect("append acked");
-    let lower = reference.log().end_offsets();
-    reference.append(&events[acked..in_flight]).expect("append in-flight chunk");
-    let upper = reference.log().end_offsets();
-    let want = payloads(reference.log());
-    drop(reference);
-
-    let mut held = vec![0usize; parts as usize];
-    for p in 0..parts as usize {
-        let n = got[p].len() as u64;
-        assert!(n >= lower[p], "partition {p}: {n} records, but {} were acknowledged: acknowledged events lost", lower[p]);
-        assert!(n <= upper[p], "partition {p}: {n} records, more than the {} of the acknowledged events plus one chunk", upper[p]);
-        if let Some(i) = (0..got[p].len()).find(|&i| got[p][i] != want[p][i]) {
-            panic!("partition {p}: record at offset {i} is not the input event routed there (altered or reordered)");
-        }
-        held[p] = got[p].len();
-    }
-
-    // The same events as values: the first held[p] input events routed to partition p.
-    let mut seen = vec![0usize; parts as usize];
-    let mut in_log = Vec::new();
-    for e in &events[..in_flight] {
-        let p = partition_of(e.partition_key(), parts) as usize;
-        if seen[p] < held[p] {
-            in_log.push(e.clone());
-        }
-        seen[p] += 1;
-    }
-    let routed_acked: Vec<u64> =
-        (0..parts).map(|p| events[..acked].iter().filter(|e| partition_of(e.partition_key(), parts) == p).count() as u64).collect();
-    assert_eq!(routed_acked, lower, "partition_of routes like the engine");
-    assert_eq!(in_log.len(), held.iter().sum::<usize>());
-    in_log
-}
-
-// kill_mid_ingest proves contract point 1 under a crash: an ingest process SIGKILLed in the
-// middle of its group commits loses no acknowledged event and serves nothing half-written.
-// Method: ingest a generated CSV file with `--chunk 20000 --print-acks`, SIGKILL the process
-// right after its 3rd (then, on fresh directories, its 10th, and 4 ms after its 6th, which
-// usually lands inside the next chunk's write or fsync) `ack` line while it is still
-// appending, and read any ack lines still in the pipe. Then reopen the log (recovery) and
-// compare it, partition by partition, with the engine's own encoding of the input: each
-// partition must hold exactly a prefix of the events routed to it, covering every
-// acknowledged event and at most one more chunk. Finally `verify` must pass, and `batch`,
-// `query customer_spend --json` and every merged view (library) must equal the oracle over
-// exactly the events the log holds. If the ingest finishes before the kill, the input is
-// doubled and the round repeated.
+// kill_mid_ingest proves contract point 1 under a crash: an ingest process SIGKILLed at any
+// moment loses no acknowledged event and serves nothing half-written. A local ingest is one
+// all-or-nothing append acknowledged once (`ack N` after everything is durable), so after
+// the kill the log must hold exactly none of the input or all of it (all of it if the ack
+// was printed). Method: ingest a generated CSV file with `--print-acks` and SIGKILL it after
+// seeded delays spread over an uninterrupted run's duration (LAMBDAFLOW_DURABILITY_SEED
+// replays them); reopen the log (recovery) and compare it, partition by partition, with the
+// engine's own encoding of the input. Then `verify` must pass, and `batch`, `query
+// customer_spend --json` and every merged view (library) must equal the oracle over exactly
+// the events the log holds.
 #[test]
 fn kill_mid_ingest() {
+    let seed = seed_from_env("LAMBDAFLOW_DURABILITY_SEED");
+    eprintln!("kill_mid_ingest: LAMBDAFLOW_DURABILITY_SEED={seed}");
+    let mut rng = Rng(seed);
     let tmp = TempDir::new("kill");
-    let mut size = 600_000usize;
-    let mut input = tmp.join("in.csv");
-    gen_file(&input, size as u64, 7, "csv");
-    let mut events = read_events(&input);
-    // A kill right after an ack, and one a few ms later, likely in the next chunk's write
-    // or fsync.
-    let rounds = [(3usize, Duration::ZERO), (10, Duration::ZERO), (6, Duration::from_millis(4))];
-    for (round, (kill_after, delay)) in rounds.into_iter().enumerate() {
+    let input = tmp.join("in.csv");
+    gen_file(&input, 300_000, 7, "csv");
+    let events = read_events(&input);
+    let reference = Appender::open(&tmp.join("scratch"), LogConfig::default()).expect("scratch log");
+    reference.append(&events).expect("append");
+    let want = payloads(reference.log());
+    drop(reference);
+    let probe = tmp.join("probe");
+    let t = std::time::Instant::now();
+    ingest(&probe, &input);
+    let full = t.elapsed();
+    for round in 0..3 {
         let data = tmp.join(&format!("data{round}"));
-        let acked = loop {
-            match ingest_and_kill(&data, &input, events.len(), kill_after, delay) {
-                Killed::After(n) => break n,
-                Killed::FinishedFirst => {
-                    assert!(size < 8_000_000, "ingest of {size} events finished before {kill_after} acks could be read");
-                    size *= 2;
-                    input = tmp.join(&format!("in{size}.csv"));
-                    gen_file(&input, size as u64, 7, "csv");
-                    events = read_events(&input);
-                    let _ = std::fs::remove_dir_all(&data);
-                }
-            }
+        let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10));
+        let acked = ingest_and_kill(&data, &input, events.len(), delay);
+        let log = Log::open(&data.join("log")).expect("log reopens after the kill");
+        let got = payloads(&log);
+        drop(log);
+        let in_log: Vec<ShopEvent> = if got.iter().all(Vec::is_empty) {
+            assert!(!acked, "round {round} (seed {seed}): the ingest was acknowledged but the log is empty");
+            Vec::new()
+        } else {
+            assert!(got == want, "round {round} (seed {seed}, kill after {delay:?}): the log holds part of the input");
+            events.clone()
         };
-        assert!(acked >= kill_after * CHUNK && acked < events.len(), "acked {acked}");
-        let scratch = tmp.join(&format!("scratch{round}"));
-        let in_log = check_killed_log(&data, &scratch, &events, acked);
-        let _ = std::fs::remove_dir_all(&scratch);
-        eprintln!("kill {delay:?} after {kill_after} acks of {}: {acked} acknowledged, {} in the log", events.len(), in_log.len());
-
+        eprintln!("kill after {delay:?}: acknowledged {acked}, {} events in the log", in_log.len());
         let o = run_ok(&data, &["verify"]);
         assert!(stdout(&o).contains(&format!("log OK: {} records", in_log.len())), "verify: {}", stdout(&o));
-
         run_ok(&data, &["batch"]);
         let expected = expected_views(&in_log);
         let spend = query_json(&data, "customer_spend");
@@ -195,9 +108,9 @@ fn kill_mid_ingest() {
             &[("customer_spend".to_string(), expected["customer_spend"].clone())].into(),
             &[("customer_spend".to_string(), spend)].into(),
         ) {
-            panic!("kill after {kill_after} acks: `query customer_spend` differs from the oracle: {d}");
+            panic!("round {round}: `query customer_spend` differs from the oracle: {d}");
         }
-        assert_views_exact(&data, &in_log, &format!("kill after {kill_after} acks ({acked} acked, {} in log)", in_log.len()));
+        assert_views_exact(&data, &in_log, &format!("kill after {delay:?} ({} in log)", in_log.len()));
         let _ = std::fs::remove_dir_all(&data);
     }
 }
@@ -239,7 +152,12 @@ fn torn_tail_is_truncated() {
     let (a, b) = (tmp.join("a.ndjson"), tmp.join("b.ndjson"));
     gen_file(&a, 2_000, 11, "ndjson");
     gen_file(&b, 500, 12, "ndjson");
-    ingest(&data, &a);
+    // Through the library's group commit, which leaves records in the active segments (a
+    // local `ingest` publishes sealed, compressed segments only).
+    {
+        let appender = Appender::open(&data, LogConfig::default()).expect("create log");
+        appender.append(&read_events(&a)).expect("append a");
+    }
     let acked_ends = end_offsets(&data);
     assert_eq!(acked_ends.len(), 4);
     assert_eq!(acked_ends.iter().sum::<u64>(), 2_000);

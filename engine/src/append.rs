@@ -27,7 +27,7 @@ use std::time::Duration;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::keys::{KeyEntry, KeyJournal, Range, KEYS_MAX_DEFAULT, KEY_RETENTION_DEFAULT};
-use crate::log::{Log, LogConfig, Position};
+use crate::log::{Log, LogConfig, Position, Staging};
 use crate::sync::lock;
 
 /// The stable partition of a key.
@@ -359,6 +359,106 @@ fn as_planned(writes: &[Write], plan: &[(usize, Vec<Range>)], positions: &[Posit
     i == positions.len()
 }
 
+/// A bulk append in progress, through the key journal: see [`Appender::bulk`].
+pub struct Bulk<'a> {
+    log: &'a Log,
+    journal: MutexGuard<'a, KeyJournal>,
+    staging: Staging<'a>,
+}
+
+impl Appender {
+    /// Starts a bulk append: records are staged as compressed segments, invisible, with the
+    /// journal's lock (and the log's append lock) held, and [`Bulk::publish`] makes all of
+    /// them visible at once, or none (see the `bulk` module of the log): a crash at any
+    /// moment leaves the log without any of them or with all of them. Other appends wait
+    /// until the bulk append is published or dropped.
+    pub fn bulk(&self) -> Result<Bulk<'_>> {
+        let journal = lock(&self.journal);
+        if let Some(why) = journal.poisoned() {
+            return Err(Error::Unavailable(format!("appends are stopped until a restart: {why}")));
+        }
+        let staging = self.log.stage()?;
+        Ok(Bulk { log: &self.log, journal, staging })
+    }
+}
+
+impl Bulk<'_> {
+    /// Number of partitions of the log.
+    pub fn partitions(&self) -> u32 {
+        self.staging.partitions()
+    }
+
+    /// Adds framed compressed blocks (see `crate::log::BlockBuf`) of `records` records to
+    /// `partition`, after everything added before.
+    pub(crate) fn push_blocks(&mut self, partition: u32, blocks: &[u8], records: u64) -> Result<()> {
+        Ok(self.staging.push_blocks(partition, blocks, records)?)
+    }
+
+    /// Whether `key` is remembered: a retry of a bulk append that is already durable.
+    pub fn known(&self, key: &str, hash: u64) -> Option<Written> {
+        self.journal.get(key).map(|e| replay(e.body_hash, e.events, &e.ranges, hash, key))
+    }
+
+    /// Makes every staged record visible at once. With a key (and the hash of what it
+    /// guards), the bulk append is recorded in the key journal first, as a group commit is:
+    /// a retry with the same key then appends nothing and is answered
+    /// [`Written::Replayed`], and the same key for other data is [`Written::KeyConflict`]
+    /// (nothing stored). `events` is the number of records staged.
+    pub fn publish(self, key: Option<(String, u64)>, events: u64) -> Result<Written> {
+        let Bulk { log, mut journal, mut staging } = self;
+        if staging.ends() == staging.start() {
+            // Nothing to store, and no key to remember for it.
+            staging.discard()?;
+            return Ok(Written::Appended(Vec::new()));
+        }
+        if let Some((k, hash)) = &key {
+            if let Some(e) = journal.get(k) {
+                let answer = replay(e.body_hash, e.events, &e.ranges, *hash, k);
+                staging.discard()?;
+                return Ok(answer);
+            }
+        }
+        if let Err(e) = staging.seal() {
+            let _ = staging.discard();
+            return Err(e.into());
+        }
+        let start = staging.start().to_vec();
+        let end = staging.ends();
+        let ranges: Vec<Range> =
+            (0..start.len()).filter(|&p| end[p] > start[p]).map(|p| Range { partition: p as u32, from: start[p], to: end[p] }).collect();
+        let entries: Vec<KeyEntry> =
+            key.into_iter().map(|(key, body_hash)| KeyEntry { key, body_hash, events, ranges: ranges.clone(), at_ms: now_ms() }).collect();
+        let prepared = if entries.is_empty() {
+            None
+        } else {
+            match journal.prepare(start, end, &entries) {
+                Ok(at) => Some(at),
+                Err(e) => {
+                    let _ = staging.discard();
+                    return Err(e);
+                }
+            }
+        };
+        match staging.publish() {
+            Ok(_) => {
+                journal.commit(entries);
+                Ok(Written::Appended(ranges))
+            }
+            Err(e) if log.is_poisoned() => {
+                // Keep the journal record: the reopen keeps or undoes the publication whole.
+                journal.poison(format!("a bulk append's publication failed half-way: {e}"));
+                Err(e.into())
+            }
+            Err(e) => {
+                if let Some(at) = prepared {
+                    journal.abort(at)?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +507,61 @@ mod tests {
         let c = a.commit(&[write(Some("k1"), 1, &[(0, b"a"), (1, b"b")])]);
         assert!(matches!(c.outcomes[0], Written::Replayed { .. }), "keys survive a reopen");
         assert_eq!(a.log().end_offsets(), vec![2, 1]);
+    }
+
+    /// Stages `records` (partition, payload) into `bulk` as compressed blocks.
+    fn stage(bulk: &mut Bulk<'_>, records: &[(u32, &[u8])]) {
+        for &(p, payload) in records {
+            let mut b = crate::log::BlockBuf::default();
+            b.push(payload);
+            let mut out = Vec::new();
+            b.flush_into(&mut out).expect("flush");
+            bulk.push_blocks(p, &out, 1).expect("push");
+        }
+    }
+
+    // Proves a bulk append is invisible until published, then all there; that a retry with
+    // its key appends nothing (answered as a replay), the key used for other data is a
+    // conflict storing nothing, a dropped bulk append stores nothing, an empty one keeps no
+    // key, and that the key survives a reopen.
+    #[test]
+    fn bulk_publish_protocol() {
+        let dir = TempDir::new("append-bulk");
+        {
+            let a = open(dir.path());
+            a.append_records(&[(0, b"old")]).expect("append");
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(0, b"a"), (1, b"b"), (0, b"c")]);
+            let w = bulk.publish(Some(("k".into(), 7)), 3).expect("publish");
+            assert_eq!(w, Written::Appended(vec![Range { partition: 0, from: 1, to: 3 }, Range { partition: 1, from: 0, to: 1 }]));
+            let mut got = Vec::new();
+            a.log()
+                .read(0, 0, 10, |_, p| {
+                    got.push(p.to_vec());
+                    Ok::<(), crate::log::LogError>(())
+                })
+                .expect("read");
+            assert_eq!(got, vec![b"old".to_vec(), b"a".to_vec(), b"c".to_vec()]);
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(0, b"a"), (1, b"b"), (0, b"c")]);
+            assert!(matches!(bulk.publish(Some(("k".into(), 7)), 3).expect("publish"), Written::Replayed { events: 3, .. }));
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(0, b"x")]);
+            assert!(matches!(bulk.publish(Some(("k".into(), 8)), 1).expect("publish"), Written::KeyConflict(_)));
+            let mut bulk = a.bulk().expect("bulk");
+            stage(&mut bulk, &[(1, b"y")]);
+            drop(bulk);
+            assert!(!dir.path().join("log").join("staging").exists(), "a dropped bulk append leaves no staging");
+            let bulk = a.bulk().expect("bulk");
+            assert_eq!(bulk.publish(Some(("empty".into(), 1)), 0).expect("publish"), Written::Appended(Vec::new()));
+            assert_eq!(a.log().end_offsets(), vec![3, 1]);
+            assert_eq!(a.keys(), 1);
+            a.append_records(&[(1, b"after")]).expect("appends go on in the new active segment");
+        }
+        let a = open(dir.path());
+        assert_eq!(a.log().end_offsets(), vec![3, 2]);
+        assert_eq!(a.keys(), 1, "the bulk key survives a reopen");
+        assert_eq!(a.log().verify().expect("verify").records, vec![3, 2]);
     }
 
     // Proves a group whose append the log refuses stores nothing, keeps no key, and leaves

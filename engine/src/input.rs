@@ -259,6 +259,403 @@ pub(crate) fn scan(input: &mut dyn BufRead) -> std::io::Result<Scan> {
     Ok(Scan { fingerprint: format!("{hash:016x}{len:x}"), header_bytes, longest })
 }
 
+// ----- streaming bulk ingest -----------------------------------------------------------
+
+/// Input bytes per work unit of a bulk ingest (then extended to the end of its last line).
+/// Fixed, so that the input's fingerprint (the default idempotency key) does not depend on
+/// `--memory`.
+pub const BULK_CHUNK_BYTES: usize = 1 << 20;
+
+/// The smallest memory bound a bulk ingest accepts.
+pub const BULK_MEMORY_MIN: usize = 8 << 20;
+
+/// The formats `ingest` reads, chosen by `--format` or the file's extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// One JSON object a line.
+    Ndjson,
+    /// A header row, then one CSV row a line.
+    Csv,
+    /// Apache Parquet: each row becomes an NDJSON line (see [`open_source`]).
+    Parquet,
+}
+
+impl InputFormat {
+    /// The format named `name` (`ndjson`, `jsonl`, `json`, `csv`, `parquet`), if any.
+    pub fn from_name(name: &str) -> Option<InputFormat> {
+        match name.to_ascii_lowercase().as_str() {
+            "ndjson" | "jsonl" | "json" => Some(InputFormat::Ndjson),
+            "csv" => Some(InputFormat::Csv),
+            "parquet" => Some(InputFormat::Parquet),
+            _ => None,
+        }
+    }
+
+    /// The format a file name's extension says, if it says one.
+    pub fn from_path(path: &std::path::Path) -> Option<InputFormat> {
+        path.extension().and_then(|e| e.to_str()).and_then(InputFormat::from_name)
+    }
+}
+
+/// A source of input lines: NDJSON or CSV text, whatever the input is stored as.
+pub type LineSource = Box<dyn BufRead + Send>;
+
+/// Opens `file` (`-`: stdin) as lines. The format is `format`, else the file's extension;
+/// `None` in the answer means "detect it from the first line". Parquet files are read
+/// as one NDJSON line per row: the seam where a Parquet reader plugs in.
+pub fn open_source(file: &str, format: Option<InputFormat>) -> Result<(LineSource, Option<Format>, Option<u64>)> {
+    if file == "-" {
+        let format = match format {
+            Some(InputFormat::Parquet) => return Err(Error::Usage("Parquet input cannot be read from stdin: name the file".into())),
+            f => f.map(line_format),
+        };
+        return Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())), format, None));
+    }
+    let path = std::path::PathBuf::from(file);
+    let format = format.or_else(|| InputFormat::from_path(&path));
+    if format == Some(InputFormat::Parquet) {
+        return Err(Error::Usage(format!("{file}: Parquet input is not built into this binary; convert it to NDJSON or CSV")));
+    }
+    let f = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
+    let len = f.metadata().ok().map(|m| m.len());
+    Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), format.map(line_format), len))
+}
+
+/// The line format of an input format (Parquet rows come as NDJSON lines).
+fn line_format(f: InputFormat) -> Format {
+    match f {
+        InputFormat::Csv => Format::Csv,
+        InputFormat::Ndjson | InputFormat::Parquet => Format::Ndjson,
+    }
+}
+
+/// How a bulk ingest runs.
+#[derive(Clone)]
+pub struct BulkOptions {
+    /// The memory the pipeline may hold at once (input chunks and their encoded blocks in
+    /// flight), at least [`BULK_MEMORY_MIN`].
+    pub memory: usize,
+    /// Parsing threads.
+    pub workers: usize,
+    /// The line format; `None` detects it from the first line.
+    pub format: Option<Format>,
+    /// Called with the input bytes consumed so far and the events parsed so far.
+    pub progress: Option<std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+/// What a bulk ingest did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BulkReport {
+    /// Events in the input.
+    pub events: u64,
+    /// Input bytes read.
+    pub bytes: u64,
+    /// The input's fingerprint (a hash of all of its bytes and its length).
+    pub fingerprint: String,
+}
+
+/// One work unit: whole lines of the input.
+struct Chunk {
+    seq: u64,
+    /// 1-based input line of its first line.
+    first_line: u64,
+    bytes: Vec<u8>,
+    /// How its lines are parsed.
+    format: Format,
+    /// An error the reader met after these lines (a line too long, a read failure).
+    error: Option<Error>,
+}
+
+/// A parsed and encoded work unit.
+struct Parsed {
+    seq: u64,
+    input_bytes: u64,
+    hash: u64,
+    events: u64,
+    /// Per partition: framed compressed blocks and their record count.
+    blocks: Vec<(Vec<u8>, u64)>,
+    error: Option<Error>,
+}
+
+/// Reads `source` as a stream with at most about `opts.memory` bytes in flight, parses it on
+/// `opts.workers` threads, and stages every event into `bulk`, in input order per partition.
+/// The first bad line (in input order) stops it with [`Error::BadInput`] naming the line,
+/// field and value; the caller then drops `bulk` and nothing is stored.
+pub fn stage_all<E: Event>(source: LineSource, bulk: &mut crate::append::Bulk<'_>, opts: &BulkOptions) -> Result<BulkReport> {
+    use std::sync::mpsc::{channel, sync_channel};
+    use std::sync::{Arc, Mutex};
+    if opts.memory < BULK_MEMORY_MIN {
+        return Err(Error::Usage(format!("--memory must be at least {} MiB", BULK_MEMORY_MIN >> 20)));
+    }
+    let partitions = bulk.partitions();
+    // Each unit in flight holds its input (up to a chunk and a line), its encoded blocks
+    // and the parser's buffers: budget four chunks a unit.
+    let in_flight = (opts.memory / (4 * BULK_CHUNK_BYTES)).clamp(2, 256);
+    let workers = opts.workers.clamp(1, in_flight);
+    let (token_tx, token_rx) = sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        token_tx.send(()).expect("token channel has room");
+    }
+    let (work_tx, work_rx) = sync_channel::<Chunk>(in_flight);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (done_tx, done_rx) = channel::<Parsed>();
+    let format = opts.format;
+    std::thread::scope(|s| -> Result<BulkReport> {
+        let reader = s.spawn(move || read_chunks::<E>(source, format, token_rx, work_tx));
+        for _ in 0..workers {
+            let work_rx = Arc::clone(&work_rx);
+            let done_tx = done_tx.clone();
+            s.spawn(move || {
+                // Per partition, the block being filled (and its zstd context), reused.
+                let mut bufs: Vec<crate::log::BlockBuf> = (0..partitions).map(|_| crate::log::BlockBuf::default()).collect();
+                loop {
+                    let chunk = match crate::sync::lock(&work_rx).recv() {
+                        Ok(c) => c,
+                        Err(_) => return,
+                    };
+                    if done_tx.send(parse_chunk::<E>(chunk, &mut bufs)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let (mut next, mut events, mut bytes, mut hash) = (0u64, 0u64, 0u64, 0xcbf2_9ce4_8422_2325u64);
+        let mut failure = None;
+        'collect: for parsed in done_rx.iter() {
+            pending.insert(parsed.seq, parsed);
+            while let Some(p) = pending.remove(&next) {
+                next += 1;
+                hash = (hash ^ p.hash).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(23) ^ p.input_bytes;
+                bytes += p.input_bytes;
+                for (part, (blocks, n)) in p.blocks.iter().enumerate() {
+                    if let Err(e) = bulk.push_blocks(part as u32, blocks, *n) {
+                        failure = Some(e);
+                        break 'collect;
+                    }
+                }
+                events += p.events;
+                if let Some(e) = p.error {
+                    failure = Some(e);
+                    break 'collect;
+                }
+                if let Some(f) = &opts.progress {
+                    f(bytes, events);
+                }
+                // Room for one more unit.
+                let _ = token_tx.send(());
+            }
+        }
+        // Stops the reader (it waits for tokens) and the workers (their channels close).
+        drop(token_tx);
+        drop(done_rx);
+        let read = reader.join().map_err(|_| Error::Internal("the input reader panicked".into()))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let units = read?;
+        if next != units {
+            return Err(Error::Internal(format!("{units} input units read but {next} parsed")));
+        }
+        Ok(BulkReport { events, bytes, fingerprint: format!("{hash:016x}{bytes:x}") })
+    })
+}
+
+/// The reader thread: cuts `source` into [`Chunk`]s of whole lines, each sent once a token
+/// says there is room. Finds the format (and checks the CSV header) first. Returns the
+/// number of chunks sent; a chunk carrying an error is the last.
+fn read_chunks<E: Event>(
+    mut source: LineSource,
+    format: Option<Format>,
+    tokens: std::sync::mpsc::Receiver<()>,
+    work: std::sync::mpsc::SyncSender<Chunk>,
+) -> Result<u64> {
+    let io = |source| Error::Io { path: "<input>".into(), what: "read".into(), source };
+    let mut seq = 0u64;
+    let mut line_no = 0u64;
+    // The lines before the first data line: blank ones, and the CSV header.
+    let mut first = Vec::new();
+    let mut head_error = None;
+    loop {
+        first.clear();
+        let n = std::io::Read::take(&mut source, LINE_BYTES_MAX as u64 + 1).read_until(b'\n', &mut first).map_err(io)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        line_no += 1;
+        if first.len() > LINE_BYTES_MAX && !first.ends_with(b"\n") {
+            head_error = Some(FieldError::line(format!("line is longer than {LINE_BYTES_MAX} bytes")));
+            break;
+        }
+        let text = String::from_utf8_lossy(&first);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let csv = match format {
+            Some(Format::Csv) => true,
+            Some(Format::Ndjson) => false,
+            None => !text.starts_with('{'),
+        };
+        if !csv {
+            break; // a data line: the first chunk starts with it
+        }
+        if text != E::csv_header() {
+            let what = if format.is_some() { "expected the CSV header" } else { "expected a JSON object (NDJSON) or the CSV header" };
+            head_error = Some(FieldError::line(format!("{what} `{}`", E::csv_header())));
+            break;
+        }
+        first.clear();
+        line_no += 1; // the next line is the first data line
+        break;
+    }
+    if let Some(error) = head_error {
+        let _ = tokens.recv();
+        let error = Some(Error::BadInput { line: line_no, error });
+        let _ = work.send(Chunk { seq: 0, first_line: line_no, bytes: Vec::new(), format: Format::Ndjson, error });
+        return Ok(1);
+    }
+    // For CSV `line_no` is now the line after the header; for NDJSON, the first data line,
+    // which `first` holds.
+    let format = if first.is_empty() { Format::Csv } else { Format::Ndjson };
+    let mut next_line = line_no;
+    let mut carry = std::mem::take(&mut first);
+    loop {
+        if tokens.recv().is_err() {
+            return Ok(seq); // the collector stopped
+        }
+        let mut bytes = Vec::with_capacity(BULK_CHUNK_BYTES + 4096);
+        bytes.append(&mut carry);
+        let mut error = None;
+        // Fill a chunk's worth, then complete its last line.
+        while bytes.len() < BULK_CHUNK_BYTES {
+            let buf = match source.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error = Some(io(e));
+                    break;
+                }
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let take = buf.len().min(BULK_CHUNK_BYTES - bytes.len());
+            bytes.extend_from_slice(&buf[..take]);
+            source.consume(take);
+        }
+        if error.is_none() && !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            match std::io::Read::take(&mut source, (LINE_BYTES_MAX + 1) as u64).read_until(b'\n', &mut bytes) {
+                Ok(_) => {}
+                Err(e) => error = Some(io(e)),
+            }
+            let line_len = bytes.len() - start - usize::from(bytes.ends_with(b"\n"));
+            if error.is_none() && line_len > LINE_BYTES_MAX {
+                let lines = bytes[..start].iter().filter(|&&b| b == b'\n').count() as u64;
+                error = Some(Error::BadInput {
+                    line: next_line + lines,
+                    error: FieldError::line(format!("line is longer than {LINE_BYTES_MAX} bytes")),
+                });
+                bytes.truncate(start);
+            }
+        }
+        if bytes.is_empty() && error.is_none() {
+            return Ok(seq);
+        }
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(!bytes.ends_with(b"\n") && !bytes.is_empty());
+        let last = error.is_some();
+        let chunk = Chunk { seq, first_line: next_line, bytes, format, error };
+        seq += 1;
+        next_line += lines;
+        if work.send(chunk).is_err() || last {
+            return Ok(seq);
+        }
+    }
+}
+
+/// A worker's job: parses, encodes, routes and compresses one chunk.
+fn parse_chunk<E: Event>(chunk: Chunk, bufs: &mut [crate::log::BlockBuf]) -> Parsed {
+    let Chunk { seq, first_line, bytes, format, error } = chunk;
+    let mut out = Parsed {
+        seq,
+        input_bytes: bytes.len() as u64,
+        hash: crate::keys::body_hash(&bytes),
+        events: 0,
+        blocks: vec![(Vec::new(), 0); bufs.len()],
+        error: None,
+    };
+    let partitions = bufs.len() as u32;
+    let mut enc = Vec::with_capacity(256);
+    let fail = |out: &mut Parsed, e: Error| {
+        out.error = Some(e);
+    };
+    for (this, raw) in (first_line..).zip(bytes.split_inclusive(|&b| b == b'\n')) {
+        let bad = |error: FieldError| Error::BadInput { line: this, error };
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => {
+                fail(&mut out, bad(FieldError::line(format!("not valid UTF-8 ({e})"))));
+                return finish(out, bufs);
+            }
+        };
+        let text = text.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed = match format {
+            Format::Ndjson => E::parse_ndjson(text),
+            Format::Csv => E::parse_csv(text),
+        };
+        let event = match parsed {
+            Ok(e) => e,
+            Err(error) => {
+                fail(&mut out, bad(error));
+                return finish(out, bufs);
+            }
+        };
+        enc.clear();
+        if let Err(err) = bincode::serialize_into(&mut enc, &event) {
+            fail(&mut out, Error::Internal(format!("the event of line {this} does not encode: {err}")));
+            return finish(out, bufs);
+        }
+        let p = crate::append::partition_of(event.partition_key(), partitions) as usize;
+        bufs[p].push(&enc);
+        out.events += 1;
+        if bufs[p].raw_len() >= crate::log::BLOCK_RAW_BYTES {
+            let n = u64::from(bufs[p].records());
+            if let Err(e) = bufs[p].flush_into(&mut out.blocks[p].0) {
+                fail(&mut out, Error::Internal(e));
+                return finish(out, bufs);
+            }
+            out.blocks[p].1 += n;
+        }
+    }
+    out.error = error;
+    finish(out, bufs)
+}
+
+/// Closes a worker's job: the last block of every partition, unless it failed.
+fn finish(mut out: Parsed, bufs: &mut [crate::log::BlockBuf]) -> Parsed {
+    if out.error.is_some() {
+        out.blocks.clear();
+        bufs.iter_mut().for_each(crate::log::BlockBuf::clear);
+        return out;
+    }
+    for (p, b) in bufs.iter_mut().enumerate() {
+        let n = u64::from(b.records());
+        if let Err(e) = b.flush_into(&mut out.blocks[p].0) {
+            out.error = Some(Error::Internal(e));
+            out.blocks.clear();
+            bufs.iter_mut().for_each(crate::log::BlockBuf::clear);
+            return out;
+        }
+        out.blocks[p].1 += n;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

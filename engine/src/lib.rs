@@ -45,12 +45,15 @@ mod sync;
 pub mod testing;
 mod units;
 
-pub use append::{partition_of, Appender, Committed, Encoded, Write, Written};
+pub use append::{partition_of, Appender, Bulk, Committed, Encoded, Write, Written};
 pub use batch::{max_rate_from_env, run_batch, run_batch_on, BatchReport, BatchRun, Progress, MAX_RATE_ENV};
 pub use clock::now_ms;
 pub use cluster::{Peers, PEER_TIMEOUT};
 pub use error::{DataflowError, Error, ErrorKind, Result};
-pub use input::{parse_all, parse_each, LINE_BYTES_MAX};
+pub use input::{
+    open_source, parse_all, parse_each, stage_all, BulkOptions, BulkReport, InputFormat, LineSource, BULK_CHUNK_BYTES, BULK_MEMORY_MIN,
+    LINE_BYTES_MAX,
+};
 pub use keys::{KeyEntry, Range, KEYS_MAX_DEFAULT, KEY_BYTES_MAX, KEY_RETENTION_DEFAULT};
 pub use lambda::{ClusterOptions, ClusterStatus, Freshness, Lambda, LoadedBatch, Options, QueryResult, Serving, Status};
 pub use lambdaflow_operators as operators;

@@ -96,12 +96,26 @@ pub(super) struct IngestArgs {
     /// Partitions for a new data directory.
     #[arg(long, default_value_t = 4)]
     pub(super) partitions: u32,
-    /// Events per group commit: each chunk is fsync'd (acknowledged) before the next.
-    #[arg(long, default_value_t = 256 * 1024)]
-    pub(super) chunk: usize,
-    /// Print `ack N` on stdout after each durable chunk (N: events acknowledged so far).
+    /// Accepted for compatibility and ignored: a local ingest is one all-or-nothing append.
+    #[arg(long, hide = true)]
+    pub(super) chunk: Option<usize>,
+    /// Print `ack N` on stdout once the whole input is durable (N: its events).
     #[arg(long)]
     pub(super) print_acks: bool,
+    /// Memory the local ingest may hold at once, whatever the input's size (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_bytes_usize)]
+    pub(super) memory: usize,
+    /// Input format: ndjson, csv or parquet (default: from the file's extension, else from
+    /// the first line).
+    #[arg(long, value_name = "FORMAT")]
+    pub(super) format: Option<String>,
+    /// Idempotency key of a local ingest (default: derived from the input's contents): a
+    /// re-run with the same key and input within 24 h stores nothing twice.
+    #[arg(long, value_name = "KEY")]
+    pub(super) key: Option<String>,
+    /// Parsing threads of a local ingest (default: the machine's cores).
+    #[arg(long, value_name = "N")]
+    pub(super) threads: Option<usize>,
 }
 
 /// `batch`'s flags.

@@ -30,46 +30,100 @@ pub(super) fn gen<J: Job>(app: &App<J>, args: GenArgs) -> Result<()> {
     Ok(())
 }
 
-/// `ingest` into the data directory: all of the input parsed first, then appended in
-/// fsync'd chunks.
+/// `ingest` into the data directory: the input is streamed (memory bounded by `--memory`),
+/// parsed on every core and staged as compressed segments, then published by one manifest
+/// write under an idempotency key: all of it is stored, once, or nothing.
 pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
     if let Some(url) = &args.server {
         return ingest_to_server::<J::Event>(&args.file, url, args.request_size, &args.remote);
     }
-    let IngestArgs { file, partitions, chunk, print_acks, .. } = args;
-    // Parse everything first: a rejected input touches nothing, not even the
-    // data directory.
-    let t0 = Instant::now();
-    let events: Vec<J::Event> = if file == "-" {
-        crate::input::parse_all(&mut std::io::stdin().lock())?
-    } else {
-        let path = PathBuf::from(&file);
-        let f = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
-        crate::input::parse_all(&mut std::io::BufReader::with_capacity(1 << 20, f))?
+    let IngestArgs { file, partitions, print_acks, memory, format, key, threads, .. } = args;
+    let format = match format.as_deref() {
+        None => None,
+        Some(f) => Some(
+            crate::input::InputFormat::from_name(f)
+                .ok_or_else(|| Error::Usage(format!("--format {f}: expected ndjson, csv or parquet")))?,
+        ),
     };
-    let parsed = t0.elapsed();
+    if let Some(k) = &key {
+        crate::keys::validate_key(k).map_err(|why| Error::Usage(format!("--key: {why}")))?;
+    }
+    let (source, line_format, len) = crate::input::open_source(&file, format)?;
+    let t0 = Instant::now();
     let _lock = DirLock::acquire(&g.data, "ingest", g.wait, &ingest_advice(&g.data, &file))?;
     let appender = open_log(&g.data, partitions)?;
-    let log = appender.log();
-    let t1 = Instant::now();
-    // Group commit in chunks: each chunk is fsync'd before the next is written.
-    let mut acked = 0usize;
-    for chunk in events.chunks(chunk.max(1)) {
-        appender.append(chunk)?;
-        acked += chunk.len();
-        if print_acks {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "ack {acked}").and_then(|_| out.flush());
-        }
+    let mut bulk = appender.bulk()?;
+    let bar = progress_bar(len);
+    let progress: Option<std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>> = bar.clone().map(|bar| {
+        std::sync::Arc::new(move |bytes: u64, events: u64| {
+            bar.set_position(bytes);
+            bar.set_message(format!("{events} events"));
+        }) as std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>
+    });
+    let workers = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let opts = crate::input::BulkOptions { memory, workers, format: line_format, progress };
+    let staged = crate::input::stage_all::<J::Event>(source, &mut bulk, &opts);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
     }
+    let report = staged?;
+    let parsed = t0.elapsed();
+    let key = key.unwrap_or_else(|| format!("ingest-local-{}", report.fingerprint));
+    let hash = u64::from_str_radix(&report.fingerprint[..16], 16).unwrap_or(0);
+    let t1 = Instant::now();
+    let outcome = bulk.publish(Some((key.clone(), hash)), report.events)?;
+    let log = appender.log();
+    let (verb, events) = match outcome {
+        crate::append::Written::Appended(_) => ("ingested", report.events),
+        crate::append::Written::Replayed { events, .. } => ("already ingested (nothing appended):", events),
+        crate::append::Written::KeyConflict(why) => return Err(Error::Usage(format!("--key: {why}; nothing was stored"))),
+        crate::append::Written::Failed(why) => return Err(Error::Unavailable(why)),
+    };
+    if print_acks && events > 0 {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ack {events}").and_then(|_| out.flush());
+    }
+    let secs = parsed.as_secs_f64().max(1e-9);
     eprintln!(
-        "ingested {} events (parse {:.2}s, durable append {:.2}s); log ends at {:?}",
-        events.len(),
-        parsed.as_secs_f64(),
+        "{verb} {} events ({} bytes) in {:.2}s ({:.0} events/s; publish {:.2}s, peak memory {}); key {key}; log ends at {:?}, {} bytes",
+        report.events,
+        report.bytes,
+        secs,
+        report.events as f64 / secs,
         t1.elapsed().as_secs_f64(),
-        log.end_offsets()
+        peak_rss().map_or("unknown".to_string(), |b| format!("{} MiB", b >> 20)),
+        log.end_offsets(),
+        log.disk_bytes().iter().sum::<u64>()
     );
     Ok(())
+}
+
+/// A progress bar on stderr (hidden unless stderr is a terminal), over `len` input bytes if
+/// known.
+fn progress_bar(len: Option<u64>) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match len {
+        Some(len) => indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} read, {bytes_per_sec} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        ),
+    };
+    Some(bar)
+}
+
+/// This process's peak resident memory (VmHWM), where the system says it.
+pub(crate) fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// `batch`: one run here, or asked of the service holding the directory.

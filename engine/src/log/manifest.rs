@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 use super::segment::io_err;
 use super::LogError;
 
-/// Version written to and accepted from `MANIFEST`.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version written once a sealed segment may be compressed (see `block`): a build that
+/// reads only plain segments refuses such a log instead of misreading it.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Version of a log whose segments are all plain; still written for new logs, so that
+/// older builds open them, and read by this one.
+pub(crate) const FORMAT_VERSION_PLAIN: u32 = 1;
 /// File name of the manifest inside the log directory.
 pub(crate) const MANIFEST: &str = "MANIFEST";
 /// File name of the manifest being written.
@@ -34,7 +38,7 @@ pub(crate) struct SealedSegment {
 /// Contents of `MANIFEST`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Manifest {
-    /// Always [`FORMAT_VERSION`].
+    /// [`FORMAT_VERSION_PLAIN`] or [`FORMAT_VERSION`].
     pub format_version: u32,
     /// Number of partitions.
     pub partitions: u32,
@@ -47,7 +51,7 @@ pub(crate) struct Manifest {
 impl Manifest {
     /// A manifest for a new, empty log.
     pub(crate) fn new(partitions: u32, segment_bytes: u64) -> Manifest {
-        Manifest { format_version: FORMAT_VERSION, partitions, segment_bytes, sealed: vec![Vec::new(); partitions as usize] }
+        Manifest { format_version: FORMAT_VERSION_PLAIN, partitions, segment_bytes, sealed: vec![Vec::new(); partitions as usize] }
     }
 
     /// Offset of the first record after partition `p`'s sealed segments.
@@ -58,8 +62,11 @@ impl Manifest {
     /// Checks internal consistency: version, sizes, contiguous non-empty segments.
     fn validate(&self, path: &Path) -> Result<(), LogError> {
         let invalid = |detail: String| LogError::ManifestInvalid { path: path.to_path_buf(), detail };
-        if self.format_version != FORMAT_VERSION {
-            return Err(invalid(format!("unsupported format_version {} (this build reads {FORMAT_VERSION})", self.format_version)));
+        if !(FORMAT_VERSION_PLAIN..=FORMAT_VERSION).contains(&self.format_version) {
+            return Err(invalid(format!(
+                "unsupported format_version {} (this build reads {FORMAT_VERSION_PLAIN} and {FORMAT_VERSION})",
+                self.format_version
+            )));
         }
         if self.partitions == 0 || self.segment_bytes == 0 {
             return Err(invalid("partitions and segment_bytes must both be at least 1".into()));

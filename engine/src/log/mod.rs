@@ -49,6 +49,8 @@
 
 #![forbid(unsafe_code)]
 
+mod block;
+mod bulk;
 mod follow;
 mod manifest;
 mod rollback;
@@ -66,6 +68,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable::frame::{encode_into, framed_len};
 pub use crate::durable::frame::{MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
+pub(crate) use block::{BlockBuf, BLOCK_RAW_BYTES};
+pub use bulk::Staging;
 use manifest::{Manifest, SealedSegment, MANIFEST};
 use segment::{io_err, open_for_append, parse_segment_name, partition_dir, segment_path, sync_dir, ScanStop, Scanner};
 
@@ -353,10 +357,12 @@ struct SegSnap {
     start_rec: u64,
     start_pos: u64,
     index_len: usize,
+    /// Not the partition's last segment: it may be compressed (see `block`).
+    sealed: bool,
 }
 
 impl SegSnap {
-    fn of(s: &SegState, from: u64) -> SegSnap {
+    fn of(s: &SegState, from: u64, sealed: bool) -> SegSnap {
         // Every segment's index starts with its first record's byte position (0).
         assert!(!s.index.is_empty(), "segment {} has an empty sparse index", s.base);
         let rel = from.saturating_sub(s.base).min(s.records);
@@ -368,6 +374,7 @@ impl SegSnap {
             start_rec: s.base + k as u64 * INDEX_STRIDE,
             start_pos: s.index[k],
             index_len: s.index.len(),
+            sealed,
         }
     }
 }
@@ -562,7 +569,13 @@ impl Log {
                 return Ok(0);
             }
             let first = ps.segments.partition_point(|s| s.base + s.records <= from);
-            ps.segments[first..].iter().take_while(|s| s.base < to).map(|s| (SegSnap::of(s, from), to)).collect::<Vec<_>>()
+            let last = ps.segments.len() - 1;
+            ps.segments[first..]
+                .iter()
+                .enumerate()
+                .take_while(|(_, s)| s.base < to)
+                .map(|(i, s)| (SegSnap::of(s, from, first + i < last), to))
+                .collect::<Vec<_>>()
         };
         let mut visited = 0;
         for (snap, to) in snaps {
@@ -580,7 +593,8 @@ impl Log {
         for partition in 0..self.partitions {
             let snaps: Vec<SegSnap> = {
                 let state = self.read_state();
-                state[partition as usize].segments.iter().map(|s| SegSnap::of(s, s.base)).collect()
+                let segs = &state[partition as usize].segments;
+                segs.iter().enumerate().map(|(i, s)| SegSnap::of(s, s.base, i + 1 < segs.len())).collect()
             };
             let (mut records, mut bytes) = (0, 0);
             for snap in snaps {
@@ -618,6 +632,9 @@ impl Log {
         if snap.bytes == 0 {
             // An empty active segment, whose file may not exist yet.
             return Ok(0);
+        }
+        if snap.sealed && block::sniff(&path)? {
+            return block::scan(&path, snap.base, snap.records, snap.bytes, from, stop, whole, f);
         }
         let mut scanner = Scanner::open(&path, snap.start_pos, snap.bytes)?;
         let mut cur = snap.start_rec;
@@ -823,6 +840,8 @@ impl Log {
             None if partition_dirs.is_empty() => return Ok(None),
             None => return Err(missing_manifest(dir, &partition_dirs)),
         };
+        // Before the segment checks: a committed bulk append may still have to move in.
+        bulk::recover(dir, &manifest)?;
         if let Some((_, name)) = partition_dirs.iter().find(|(i, _)| *i >= u64::from(manifest.partitions)) {
             return Err(LogError::SegmentInvalid {
                 path: dir.join(name),

@@ -1,0 +1,384 @@
+//! Compressed segments: the sealed-segment format written by bulk ingest.
+//!
+//! A compressed segment file starts with the 8-byte header [`HEADER`] (`LFZS`, then the
+//! version as a `u32` LE). Its first four bytes read as a record length would be
+//! 0x535A464C, far above [`MAX_PAYLOAD_BYTES`], so no segment of the plain format can start
+//! like that: a reader tells the two formats apart by the first bytes alone.
+//!
+//! After the header come blocks, each framed like a plain record
+//! (`[len: u32 LE][crc: u32 LE][payload]`, CRC-32C over the length and the payload), so damage
+//! is located at the block's byte offset in the file. A block's payload is
+//!
+//! ```text
+//! [records: u32 LE][raw_len: u32 LE][zstd frame of raw_len bytes]
+//! ```
+//!
+//! and the decompressed bytes are the block's records, transposed: every record's length as a
+//! LEB128 varint, then byte column 0 (the first byte of every record), column 1, and so on;
+//! within a column the records come longest first (ties in record order), and a record
+//! shorter than `j + 1` bytes has no byte in column `j`. The CRC covers the compressed bytes; a block
+//! that passes it but does not decompress to exactly `records` records of `raw_len` bytes
+//! is reported as corrupt too.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::segment::{io_err, ScanStop, Scanner};
+use super::LogError;
+use crate::durable::frame::{encode_into, MAX_PAYLOAD_BYTES};
+
+/// The first bytes of a compressed segment file: magic, then the format version (1).
+pub(crate) const HEADER: [u8; 8] = *b"LFZS\x01\0\0\0";
+
+/// A block is closed once its raw records reach this many bytes.
+pub(crate) const BLOCK_RAW_BYTES: usize = 256 << 10;
+
+/// zstd level of bulk ingest: fast to write, and most of the gain of higher levels on
+/// event records (see docs/log-format.md).
+pub(crate) const ZSTD_LEVEL: i32 = 3;
+
+/// Bytes of a block payload before its zstd frame.
+const BLOCK_HEAD: usize = 8;
+
+/// Whether `first` (a segment's first bytes) is a compressed segment's header.
+pub(crate) fn is_compressed(first: &[u8]) -> bool {
+    first.len() >= 4 && first[..4] == HEADER[..4]
+}
+
+/// Whether the segment file at `path` is compressed (reads its first bytes).
+pub(crate) fn sniff(path: &Path) -> Result<bool, LogError> {
+    let mut f = std::fs::File::open(path).map_err(|e| io_err(path, "open segment for reading", e))?;
+    let mut first = [0u8; 4];
+    let mut got = 0;
+    while got < first.len() {
+        match f.read(&mut first[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(path, "read segment", e)),
+        }
+    }
+    Ok(is_compressed(&first[..got]))
+}
+
+/// Reads the compressed segment `path` (first record `base`, `records` records, `bytes`
+/// long): calls `f(offset, payload)` for records `[from, stop)`. Blocks before `from` are
+/// checksum-verified but not decompressed. With `whole`, every block is decoded and the
+/// segment must hold exactly `records` records. Damage is [`LogError::Corrupt`] naming the
+/// file and the byte offset of the bad block.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan<F, E>(path: &Path, base: u64, records: u64, bytes: u64, from: u64, stop: u64, whole: bool, mut f: F) -> Result<u64, E>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), E>,
+    E: From<LogError>,
+{
+    let corrupt = |byte_offset: u64, detail: String| LogError::Corrupt { path: path.to_path_buf(), byte_offset, detail };
+    let mut head = [0u8; HEADER.len()];
+    let mut file = std::fs::File::open(path).map_err(|e| io_err(path, "open segment for reading", e))?;
+    file.read_exact(&mut head).map_err(|e| io_err(path, "read segment header", e))?;
+    if head != HEADER {
+        return Err(corrupt(0, format!("unknown compressed segment header {head:02x?} (this build reads {HEADER:02x?})")).into());
+    }
+    let mut scanner = Scanner::open(path, HEADER.len() as u64, bytes)?;
+    let mut cur = base;
+    let mut visited = 0u64;
+    let mut scratch = Scratch::default();
+    let end = base + records;
+    while whole || cur < stop {
+        let (pos, payload) = match scanner.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) if cur == end => break,
+            Ok(None) => {
+                return Err(corrupt(scanner.position(), format!("segment ends after {} records, {records} expected", cur - base)).into())
+            }
+            Err(ScanStop::Bad { pos, detail }) => return Err(corrupt(pos, format!("bad block: {detail}")).into()),
+            Err(ScanStop::Io(e)) => return Err(e.into()),
+        };
+        let n = block_records(payload).map_err(|d| corrupt(pos, d))?;
+        if cur + n > end {
+            return Err(corrupt(pos, format!("block of {n} records goes past the segment's {records} records")).into());
+        }
+        if cur + n <= from && !whole {
+            cur += n;
+            continue;
+        }
+        let mut at = cur;
+        let res = decode_block(payload, &mut scratch, |r| {
+            let o = at;
+            at += 1;
+            if o >= from && o < stop {
+                visited += 1;
+                return f(o, r);
+            }
+            Ok(())
+        })
+        .map_err(|d| corrupt(pos, d))?;
+        res?;
+        cur += n;
+    }
+    Ok(visited)
+}
+
+/// Records of one block being gathered.
+#[derive(Default)]
+pub(crate) struct BlockBuf {
+    data: Vec<u8>,
+    lens: Vec<u32>,
+    /// Scratch for the transposed layout and the compressed frame.
+    raw: Vec<u8>,
+    zbuf: Vec<u8>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl BlockBuf {
+    /// Adds one record (at most [`MAX_PAYLOAD_BYTES`]).
+    pub(crate) fn push(&mut self, payload: &[u8]) {
+        self.data.extend_from_slice(payload);
+        self.lens.push(payload.len() as u32);
+    }
+
+    /// Drops the gathered records.
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+        self.lens.clear();
+    }
+
+    /// Records gathered.
+    pub(crate) fn records(&self) -> u32 {
+        self.lens.len() as u32
+    }
+
+    /// Payload bytes gathered.
+    pub(crate) fn raw_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Compresses the gathered records into one framed block appended to `out`, and
+    /// empties the buffer. Nothing is written for an empty buffer. An error (a block too
+    /// large to frame, or zstd failing) says why.
+    pub(crate) fn flush_into(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        if self.lens.is_empty() {
+            return Ok(());
+        }
+        transpose(&self.data, &self.lens, &mut self.raw);
+        let raw_len = u32::try_from(self.raw.len()).map_err(|_| "block larger than 4 GiB".to_string())?;
+        let z = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?),
+        };
+        self.zbuf.clear();
+        self.zbuf.reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
+        z.compress_to_buffer(&self.raw[..], &mut self.zbuf).map_err(|e| format!("zstd compression failed: {e}"))?;
+        let mut payload = Vec::with_capacity(BLOCK_HEAD + self.zbuf.len());
+        payload.extend_from_slice(&self.records().to_le_bytes());
+        payload.extend_from_slice(&raw_len.to_le_bytes());
+        payload.extend_from_slice(&self.zbuf);
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(format!("a compressed block of {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte frame limit", payload.len()));
+        }
+        encode_into(out, &payload);
+        self.data.clear();
+        self.lens.clear();
+        Ok(())
+    }
+}
+
+/// The raw layout of a block: every record's length (LEB128 varints, in record order), then
+/// byte column 0, column 1, ...: column `j` holds byte `j` of every record longer than `j`,
+/// taking the records longest first (ties in record order), so that each column is a prefix
+/// of that order. Records of one job have a few shapes, so a column holds like bytes (enum
+/// tags, the high bytes of timestamps and ids): zstd compresses it far better than records
+/// side by side, and decoding is a branch-free scatter.
+fn transpose(data: &[u8], lens: &[u32], raw: &mut Vec<u8>) {
+    raw.clear();
+    raw.reserve(data.len() + lens.len() * 2);
+    for &l in lens {
+        put_varint(raw, u64::from(l));
+    }
+    let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+    let (offs, order) = layout(&lens);
+    let mut count = order.len();
+    for j in 0..lens.iter().copied().max().unwrap_or(0) {
+        while count > 0 && lens[order[count - 1]] <= j {
+            count -= 1;
+        }
+        raw.extend(order[..count].iter().map(|&i| data[offs[i] + j]));
+    }
+}
+
+/// Each record's offset in the concatenated records, and the records longest first (ties
+/// in record order).
+fn layout(lens: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut offs = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for &l in lens {
+        offs.push(at);
+        at += l;
+    }
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    (offs, order)
+}
+
+/// Buffers (and a zstd context) reused across blocks by a reader.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    raw: Vec<u8>,
+    data: Vec<u8>,
+    lens: Vec<usize>,
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+/// A block's record count, read from its payload (already checksum-verified) without
+/// decompressing it.
+pub(crate) fn block_records(payload: &[u8]) -> Result<u64, String> {
+    if payload.len() < BLOCK_HEAD {
+        return Err(format!("block payload of {} bytes is shorter than its {BLOCK_HEAD}-byte head", payload.len()));
+    }
+    Ok(u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as u64)
+}
+
+/// Decompresses a block payload and calls `f` with each record in order.
+pub(crate) fn decode_block<E>(
+    payload: &[u8],
+    scratch: &mut Scratch,
+    mut f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Result<u64, E>, String> {
+    let records = block_records(payload)?;
+    let raw_len = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
+    let Scratch { raw, data, lens, zstd } = scratch;
+    raw.clear();
+    raw.reserve(raw_len);
+    let z = match zstd {
+        Some(z) => z,
+        None => zstd.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?),
+    };
+    // Fails on a frame that decompresses to more than `raw_len` bytes.
+    z.decompress_to_buffer(&payload[BLOCK_HEAD..], raw).map_err(|e| format!("block does not decompress: {e}"))?;
+    if raw.len() != raw_len {
+        return Err(format!("block decompresses to {} bytes, its head says {raw_len}", raw.len()));
+    }
+    lens.clear();
+    let mut at = 0usize;
+    let mut total = 0usize;
+    for n in 0..records {
+        let (len, used) = get_varint(&raw[at..]).ok_or_else(|| format!("record {n} of the block has a bad length"))?;
+        at += used;
+        let len = usize::try_from(len).ok().filter(|&l| l <= MAX_PAYLOAD_BYTES).ok_or_else(|| format!("record {n} has length {len}"))?;
+        total += len;
+        lens.push(len);
+    }
+    if raw.len() - at != total {
+        return Err(format!("block holds {} record bytes, its lengths say {total}", raw.len() - at));
+    }
+    // Scatter the columns back into records.
+    data.clear();
+    data.resize(total, 0);
+    let (offs, order) = layout(lens);
+    let mut count = order.len();
+    let mut src = at;
+    for j in 0..lens.iter().copied().max().unwrap_or(0) {
+        while count > 0 && lens[order[count - 1]] <= j {
+            count -= 1;
+        }
+        for (&i, &b) in order[..count].iter().zip(&raw[src..src + count]) {
+            data[offs[i] + j] = b;
+        }
+        src += count;
+    }
+    for (&o, &l) in offs.iter().zip(lens.iter()) {
+        if let Err(e) = f(&data[o..o + l]) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(records))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durable::frame::{decode, Decoded, RECORD_HEADER_BYTES};
+    use proptest::prelude::*;
+
+    fn blocks(records: &[Vec<u8>], per_block: usize) -> Vec<u8> {
+        let mut out = HEADER.to_vec();
+        let mut b = BlockBuf::default();
+        for (i, r) in records.iter().enumerate() {
+            b.push(r);
+            if (i + 1) % per_block == 0 {
+                b.flush_into(&mut out).expect("flush");
+            }
+        }
+        b.flush_into(&mut out).expect("flush");
+        out
+    }
+
+    fn read_all(file: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        assert!(is_compressed(file));
+        let mut at = HEADER.len();
+        let mut out = Vec::new();
+        let mut raw = Scratch::default();
+        while at < file.len() {
+            match decode(&file[at..]) {
+                Decoded::Record { len } => {
+                    let payload = &file[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len];
+                    decode_block(payload, &mut raw, |r| {
+                        out.push(r.to_vec());
+                        Ok::<(), ()>(())
+                    })?
+                    .expect("callback never fails");
+                    at += RECORD_HEADER_BYTES + len;
+                }
+                other => return Err(format!("{other:?} at {at}")),
+            }
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        // Proves the segment codec round-trips any records (empty ones and long ones
+        // included), in order, whatever the block boundaries.
+        #[test]
+        fn round_trip(records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..200), per in 1usize..50) {
+            let file = blocks(&records, per);
+            prop_assert_eq!(read_all(&file).expect("decodes"), records);
+        }
+
+        // Proves any flipped byte after the header is detected (never decoded as records).
+        #[test]
+        fn flips_detected(records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 1..40), at in any::<usize>(), bit in 0u8..8) {
+            let mut file = blocks(&records, 7);
+            let i = HEADER.len() + at % (file.len() - HEADER.len());
+            file[i] ^= 1 << bit;
+            prop_assert!(read_all(&file).is_err());
+        }
+    }
+
+    // Proves a plain segment (a framed record first) is never taken for a compressed one.
+    #[test]
+    fn plain_segments_are_not_compressed() {
+        let mut plain = Vec::new();
+        encode_into(&mut plain, b"x");
+        assert!(!is_compressed(&plain));
+        assert!(u32::from_le_bytes([HEADER[0], HEADER[1], HEADER[2], HEADER[3]]) as usize > MAX_PAYLOAD_BYTES);
+    }
+}
