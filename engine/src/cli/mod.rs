@@ -34,6 +34,7 @@ macro_rules! outln {
 
 mod args;
 mod commands;
+mod connect;
 mod demo;
 mod lock;
 mod options;
@@ -42,6 +43,7 @@ mod remote;
 
 use args::*;
 use commands::*;
+use connect::*;
 use demo::*;
 use lock::*;
 use options::*;
