@@ -144,7 +144,11 @@ fn produce(addr: String, topics: Vec<(String, i32)>, events: Vec<ShopEvent>, poi
         let mut parts = Vec::new();
         for (t, n) in &topics {
             for p in 0..*n {
-                parts.push((t.clone(), p, client.partition_client(t.clone(), p, UnknownTopicHandling::Retry).await.expect("partition client")));
+                parts.push((
+                    t.clone(),
+                    p,
+                    client.partition_client(t.clone(), p, UnknownTopicHandling::Retry).await.expect("partition client"),
+                ));
             }
         }
         let mut out = Produced::default();
@@ -243,7 +247,8 @@ fn kafka_exactly_once_under_sigkill() {
         std::thread::spawn(move || produce(addr, topics, events, poison, Duration::from_millis(15)))
     };
     let data = tmp.join("data");
-    let kafka_args = ["--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "shop", "--kafka-topic", "shop-late", "--batch-every", "2s"];
+    let kafka_args =
+        ["--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "shop", "--kafka-topic", "shop-late", "--batch-every", "2s"];
     let mut kills = 0;
     let mut consumed_at_kills = Vec::new();
     while kills < cycles || !producer.is_finished() {
@@ -278,7 +283,11 @@ fn kafka_exactly_once_under_sigkill() {
     let letters: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("dead letter is JSON")).collect();
     assert_eq!(letters.len(), produced.poison.len(), "{replay}: dead letters:\n{text}");
     for ((topic, p, offset), l) in produced.poison.iter().zip(&letters) {
-        assert_eq!((l["topic"].as_str(), l["partition"].as_i64(), l["offset"].as_i64()), (Some(topic.as_str()), Some(*p as i64), Some(*offset)), "{text}");
+        assert_eq!(
+            (l["topic"].as_str(), l["partition"].as_i64(), l["offset"].as_i64()),
+            (Some(topic.as_str()), Some(*p as i64), Some(*offset)),
+            "{text}"
+        );
         assert!(l["error"].as_str().is_some_and(|e| !e.is_empty()), "{l}");
     }
     assert!(letters[1]["error"].as_str().is_some_and(|e| e.contains("ts")), "the error names the field: {}", letters[1]);
@@ -298,4 +307,74 @@ fn kafka_options_need_each_other() {
     let o = common::run(tmp.path(), &["serve", "--listen", "127.0.0.1:0", "--kafka-topic", "t"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("--kafka-brokers"), "{}", common::stderr(&o));
+}
+
+/// The sum of a merged answer's speed frontier: how many log records it covers.
+fn covered(c: &mut Client) -> u64 {
+    let r = c.get("/v1/views/revenue_by_day?limit=1").expect("query");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["freshness"]["speed_frontier"].as_array().expect("frontier").iter().filter_map(Value::as_u64).sum()
+}
+
+// The benchmark (run by hand, figures in docs/kafka.md): events/s from a local broker into the
+// log (every round fsync'd before it counts), and produce → visible in a merged answer p50/p99.
+// `LAMBDAFLOW_KAFKA_BENCH_EVENTS=N` (default 200000) events are produced before the service
+// starts; then single events are produced one at a time and the view polled until its answer
+// covers them.
+//   cargo test --release --test kafka -- --ignored --nocapture kafka_bench
+#[test]
+#[ignore]
+fn kafka_bench() {
+    let tmp = TempDir::new("kafka-bench");
+    let Some(broker) = start_broker(&tmp) else { return };
+    let n = common::number_from_env("LAMBDAFLOW_KAFKA_BENCH_EVENTS", 200_000);
+    let topics = vec![("bench".to_string(), 4)];
+    let events = shop_events(7, n);
+    let rt = runtime();
+    let client = rt.block_on(connect(&broker.addr));
+    rt.block_on(create_topics(&client, &topics));
+    let parts: Vec<_> = rt.block_on(async {
+        let mut v = Vec::new();
+        for p in 0..4 {
+            v.push(client.partition_client("bench", p, UnknownTopicHandling::Retry).await.expect("partition client"));
+        }
+        v
+    });
+    let t = Instant::now();
+    rt.block_on(async {
+        for (i, chunk) in events.chunks(2_000).enumerate() {
+            parts[i % 4].produce(chunk.iter().map(|e| record(line(e))).collect(), Compression::NoCompression).await.expect("produce");
+        }
+    });
+    eprintln!("kafka bench: produced {n} events in {:.2}s", t.elapsed().as_secs_f64());
+    let data = tmp.join("data");
+    let args = ["--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "bench"];
+    let server = Server::start(&data, &args);
+    let mut c = server.client();
+    let t = Instant::now();
+    wait_consumed(&mut c, n, "bench");
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("kafka bench: {n} events into the log (durable) in {secs:.2}s: {:.0} events/s", n as f64 / secs);
+    let samples = common::number_from_env("LAMBDAFLOW_KAFKA_BENCH_SAMPLES", 200);
+    let live = shop_events(8, samples);
+    let mut lat = Vec::new();
+    for (i, e) in live.iter().enumerate() {
+        let before = covered(&mut c);
+        let t = Instant::now();
+        rt.block_on(parts[i % 4].produce(vec![record(line(e))], Compression::NoCompression)).expect("produce");
+        while covered(&mut c) <= before {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        lat.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lat.sort();
+    let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    eprintln!(
+        "kafka bench: produce -> visible in a merged answer over {samples} events: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    drop(server);
 }

@@ -731,7 +731,8 @@ mod tests {
         let mut end = 0u64;
         for i in 0..4u64 {
             // An old position (at_ms 0, far beyond the retention) and a client key per group.
-            let entries = vec![pos("kafka/t/0", 10 + i, 0), pos(&format!("kafka/t/{}", i + 1), 1, 0), entry(&format!("k{i}"), 0, end, end + 1)];
+            let entries =
+                vec![pos("kafka/t/0", 10 + i, 0), pos(&format!("kafka/t/{}", i + 1), 1, 0), entry(&format!("k{i}"), 0, end, end + 1)];
             j.prepare(vec![end], vec![end + 1], &entries).expect("prepare");
             log.append(&[(0, b"x")]).expect("append");
             end += 1;

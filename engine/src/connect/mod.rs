@@ -164,7 +164,11 @@ pub(crate) fn render_metrics(out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
     counter("lambdaflow_kafka_records_total", "Kafka records appended to the log.", s.records.load(Relaxed));
-    counter("lambdaflow_kafka_dead_letters_total", "Kafka records that failed to parse, written to the dead-letter file.", s.dead_letters.load(Relaxed));
+    counter(
+        "lambdaflow_kafka_dead_letters_total",
+        "Kafka records that failed to parse, written to the dead-letter file.",
+        s.dead_letters.load(Relaxed),
+    );
     counter("lambdaflow_kafka_commits_total", "Commit rounds of Kafka records (events and offsets together).", s.commits.load(Relaxed));
     counter("lambdaflow_kafka_pauses_total", "Times consuming paused because the speed layer lagged.", s.pauses.load(Relaxed));
     counter("lambdaflow_kafka_errors_total", "Connection, fetch or commit errors the connector recovered from.", s.errors.load(Relaxed));
@@ -298,7 +302,8 @@ async fn consume<J: Job>(
             let from = match committed.get(&position_name(name, p)) {
                 Some(&n) => n,
                 None => {
-                    let earliest = pc.get_offset(OffsetAt::Earliest).await.map_err(|e| format!("cannot read the start of {name}/{p}: {e}"))?;
+                    let earliest =
+                        pc.get_offset(OffsetAt::Earliest).await.map_err(|e| format!("cannot read the start of {name}/{p}: {e}"))?;
                     u64::try_from(earliest).unwrap_or(0)
                 }
             };
@@ -467,8 +472,13 @@ impl DeadLetters {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(Error::io(parent, "create directory"))?;
         }
-        let mut file =
-            OpenOptions::new().create(true).truncate(false).read(true).append(true).open(path).map_err(Error::io(path, "open dead-letter file"))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(Error::io(path, "open dead-letter file"))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(Error::io(path, "read dead-letter file"))?;
         let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -526,7 +536,9 @@ mod tests {
     // Proves base64 matches the standard alphabet and padding (RFC 4648 test vectors).
     #[test]
     fn base64_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }
