@@ -23,6 +23,11 @@
 //! Keys are kept for a retention period (24 h by default) and up to a maximum number; the
 //! journal is compacted (rewritten atomically with only live keys) when it has grown to
 //! several times the live size.
+//!
+//! The same records carry *source positions* (entries named with [`SOURCE_PREFIX`]): how far
+//! an external source such as a Kafka partition has been read into the log. They are written
+//! in the record of the group that appended the source's events, so the recovery above keeps
+//! or drops events and position together; they never expire and survive compaction.
 
 use crate::clock::now_ms;
 use crate::durable::{self, frame, frame::RECORD_HEADER_BYTES};
