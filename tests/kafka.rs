@@ -270,6 +270,14 @@ fn kafka_exactly_once_under_sigkill() {
     let st = wait_consumed(&mut c, total, &replay);
     let ends: Vec<String> = st["log"]["end"].as_array().expect("ends").iter().map(|v| v.to_string()).collect();
     common::assert_views_exact(&mut c, &ends.join(","), "", &produced.events, &format!("{replay}: after {kills} kills"));
+    // Lag and counts are visible: /v1/status (above), /metrics and `lambdaflow status`.
+    let metrics = c.get("/metrics").expect("metrics").text();
+    for p in 0..3 {
+        assert!(metrics.contains(&format!("lambdaflow_kafka_consumer_lag{{topic=\"shop\",partition=\"{p}\"}} 0")), "{metrics}");
+    }
+    assert!(metrics.contains("lambdaflow_kafka_dead_letters_total"), "{metrics}");
+    let o = common::run(&data, &["status"]);
+    assert!(common::stdout(&o).contains("kafka: "), "{}{}", common::stdout(&o), common::stderr(&o));
     assert!(server.terminate().is_some(), "{replay}: the service did not stop on SIGTERM");
     // Exactly once: the log's records are the produced events, each once.
     let got = log_multiset(&data);
