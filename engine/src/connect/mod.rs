@@ -320,12 +320,20 @@ async fn consume<J: Job>(
         let (mut cursor, max_bytes) = (next[index] as i64, cfg.fetch_max_bytes);
         tasks.spawn(async move {
             loop {
+                let asked = Instant::now();
                 match pc.fetch_records(cursor, 1..max_bytes, 500).await {
                     Ok((mut records, high_watermark)) => {
                         status.set(&topic, p, None, Some(u64::try_from(high_watermark).unwrap_or(0)));
                         records.retain(|r| r.offset >= cursor);
                         records.sort_by_key(|r| r.offset);
-                        let Some(last) = records.last() else { continue };
+                        let Some(last) = records.last() else {
+                            // A broker that answers an empty fetch at once (ignoring the
+                            // wait) must not turn this loop into a busy one.
+                            if asked.elapsed() < Duration::from_millis(10) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            continue;
+                        };
                         cursor = last.offset + 1;
                         if tx.send(Ok(Fetched { index, records })).await.is_err() {
                             return;
