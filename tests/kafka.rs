@@ -118,6 +118,14 @@ fn now() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
     rskafka::chrono::DateTime::from_timestamp_millis(lambdaflow_engine::now_ms() as i64).expect("a time")
 }
 
+/// A real event's line with its `ts` replaced by a word: valid JSON, one bad field.
+fn bad_ts(e: &ShopEvent) -> Vec<u8> {
+    let text = String::from_utf8(line(e)).expect("utf-8");
+    let at = text.find("\"ts\":").expect("a ts field") + 5;
+    let end = at + text[at..].find([',', '}']).expect("the field ends");
+    format!("{}\"yesterday\"{}", &text[..at], &text[end..]).into_bytes()
+}
+
 fn shop_events(seed: u64, n: u64) -> Vec<ShopEvent> {
     Generator::new(GenConfig { events: n, seed, customers: 300, products: 40, days: 4, ..GenConfig::default() }).collect()
 }
@@ -237,11 +245,7 @@ fn kafka_exactly_once_under_sigkill() {
     let topics = vec![("shop".to_string(), 3), ("shop-late".to_string(), 1)];
     runtime().block_on(async { create_topics(&connect(&broker.addr).await, &topics).await });
     let events = shop_events(seed, 30_000);
-    let poison: Vec<Vec<u8>> = vec![
-        b"this is not json".to_vec(),
-        br#"{"type":"order","ts":"yesterday","order_id":1,"customer_id":2,"lines":[]}"#.to_vec(),
-        vec![0xff, 0xfe, b'{', b'}'],
-    ];
+    let poison: Vec<Vec<u8>> = vec![b"this is not json".to_vec(), bad_ts(&events[0]), vec![0xff, 0xfe, b'{', b'}']];
     let producer = {
         let (addr, topics, events) = (broker.addr.clone(), topics.clone(), events.clone());
         std::thread::spawn(move || produce(addr, topics, events, poison, Duration::from_millis(15)))
