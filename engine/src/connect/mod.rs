@@ -36,6 +36,11 @@ use crate::error::{Error, Result};
 use crate::lambda::Lambda;
 use crate::sync::lock;
 
+/// How long a fetch may wait at the broker for new records. Brokers that hold a fetch for
+/// the whole wait even when records arrive (tansu does) make this the floor of produce →
+/// visible, so it is short; an idle partition costs ten small requests a second.
+const FETCH_WAIT_MS: i32 = 100;
+
 /// The prefix of the journal's source positions written by this connector.
 pub const POSITION_PREFIX: &str = "kafka/";
 
@@ -321,7 +326,7 @@ async fn consume<J: Job>(
         tasks.spawn(async move {
             loop {
                 let asked = Instant::now();
-                match pc.fetch_records(cursor, 1..max_bytes, 500).await {
+                match pc.fetch_records(cursor, 1..max_bytes, FETCH_WAIT_MS).await {
                     Ok((mut records, high_watermark)) => {
                         status.set(&topic, p, None, Some(u64::try_from(high_watermark).unwrap_or(0)));
                         records.retain(|r| r.offset >= cursor);
