@@ -456,6 +456,37 @@ impl Bulk<'_> {
                 Err(e.into())
             }
         }
+/// Appends from an external source (the Kafka connector, [`crate::connect`]): the source's
+/// positions are committed in the same journal record as the events read up to them.
+impl Appender {
+    /// Appends `encoded` and records `positions` (`(name, next offset)`, e.g.
+    /// `("kafka/orders/0", 1042)`) in one group commit of the protocol above: the journal
+    /// record holding the positions is fsync'd before the events are appended, so after any
+    /// crash either both the events and their positions are kept or neither is. Returns
+    /// where the events went. `encoded` may be empty (only positions move, e.g. past records
+    /// that went to the dead letters).
+    pub fn commit_from_source(&self, encoded: Encoded, positions: &[(String, u64)]) -> Result<Vec<Range>> {
+        let mut journal = lock(&self.journal);
+        let start = self.log.end_offsets();
+        let mut next = start.clone();
+        let ranges = encoded.plan(&mut next);
+        let at_ms = now_ms();
+        let entries: Vec<KeyEntry> = positions
+            .iter()
+            .map(|(name, offset)| KeyEntry { key: crate::keys::source_key(name), body_hash: *offset, events: 0, ranges: Vec::new(), at_ms })
+            .collect();
+        let writes = [Write { key: None, encoded }];
+        let plan = [(0, ranges.clone())];
+        let mut appended = false;
+        self.append_group(&mut journal, &writes, &plan, start, next, &entries, &mut appended).map_err(Error::Unavailable)?;
+        journal.commit(entries);
+        Ok(ranges)
+    }
+
+    /// The source positions committed by [`Appender::commit_from_source`] whose name starts
+    /// with `prefix`: `(name, next offset)`, sorted by name.
+    pub fn source_positions(&self, prefix: &str) -> Vec<(String, u64)> {
+        lock(&self.journal).sources(prefix)
     }
 }
 

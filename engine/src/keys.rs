@@ -23,6 +23,11 @@
 //! Keys are kept for a retention period (24 h by default) and up to a maximum number; the
 //! journal is compacted (rewritten atomically with only live keys) when it has grown to
 //! several times the live size.
+//!
+//! The same records carry *source positions* (entries named with [`SOURCE_PREFIX`]): how far
+//! an external source such as a Kafka partition has been read into the log. They are written
+//! in the record of the group that appended the source's events, so the recovery above keeps
+//! or drops events and position together; they never expire and survive compaction.
 
 use crate::clock::now_ms;
 use crate::durable::{self, frame, frame::RECORD_HEADER_BYTES};
@@ -43,6 +48,19 @@ pub const KEYS_MAX_DEFAULT: usize = 1_000_000;
 
 /// The longest idempotency key accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 255;
+
+/// The prefix of a *source position*: a journal entry that records how far an external
+/// source (a Kafka partition) has been read into the log, committed in the same record as
+/// the events read ([`crate::append::Appender::commit_from_source`]). Its `body_hash` holds
+/// the source's next offset. The prefix starts with a control character, which no
+/// client's key may hold ([`validate_key`]), and such entries never expire and do not
+/// count as idempotency keys.
+pub(crate) const SOURCE_PREFIX: &str = "\u{1}source:";
+
+/// The journal key of source position `name` (e.g. `kafka/orders/0`).
+pub(crate) fn source_key(name: &str) -> String {
+    format!("{SOURCE_PREFIX}{name}")
+}
 
 /// Where one request's events went: per partition, the offsets `[from, to)`, holding the
 /// request's events of that partition in input order.
@@ -132,6 +150,8 @@ pub(crate) struct KeyJournal {
     /// Set when the journal's state on disk is no longer known (an I/O error while writing,
     /// truncating or compacting it): no further appends until a restart recovers.
     poisoned: Option<String>,
+    /// Source positions remembered (entries of [`SOURCE_PREFIX`], also in `keys`).
+    sources: usize,
 }
 
 /// The journal's framing: the log's record framing, without the log's payload limit (a
@@ -357,6 +377,7 @@ impl KeyJournal {
             max_keys: max_keys.max(1),
             base_len: valid_end,
             poisoned: None,
+            sources: 0,
         };
         for (_, r) in records {
             for e in r.entries {
@@ -372,15 +393,29 @@ impl KeyJournal {
         self.keys.get(key)
     }
 
-    /// Number of keys remembered.
+    /// Number of idempotency keys remembered (source positions are not counted).
     pub(crate) fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.len() - self.sources
     }
 
-    /// Whether no key is remembered.
+    /// Whether no idempotency key is remembered.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
+    }
+
+    /// The source positions remembered whose name starts with `prefix`: `(name, next
+    /// offset)`, sorted by name.
+    pub(crate) fn sources(&self, prefix: &str) -> Vec<(String, u64)> {
+        let full = source_key(prefix);
+        let mut out: Vec<(String, u64)> = self
+            .keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(&full))
+            .map(|(k, r)| (k[SOURCE_PREFIX.len()..].to_string(), r.body_hash))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Why the journal refuses appends, if it does (see [`KeyJournal::poison`]).
@@ -451,15 +486,21 @@ impl KeyJournal {
 
     fn remember(&mut self, e: KeyEntry) {
         let key: Arc<str> = Arc::from(e.key);
-        self.order.push_back((e.at_ms, key.clone()));
+        let source = key.starts_with(SOURCE_PREFIX);
+        if !source {
+            // Source positions never expire: they are not queued for expiry.
+            self.order.push_back((e.at_ms, key.clone()));
+        }
         let r = Remembered { body_hash: e.body_hash, events: e.events, at_ms: e.at_ms, ranges: e.ranges.into_boxed_slice() };
-        self.keys.insert(key, r);
+        if self.keys.insert(key, r).is_none() && source {
+            self.sources += 1;
+        }
     }
 
     fn expire(&mut self) {
         let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
         while let Some((at, key)) = self.order.front() {
-            if *at >= horizon && self.keys.len() <= self.max_keys {
+            if *at >= horizon && self.len() <= self.max_keys {
                 break;
             }
             // Only drop the entry if this queue slot is its latest one.
@@ -682,6 +723,44 @@ mod tests {
     }
 
     // Proves key validation names what is wrong.
+    // Proves source positions (a Kafka partition's next offset) are kept however old and
+    // however many keys there are, are overwritten by a later commit, are not counted as
+    // idempotency keys, survive a compaction and a reopen, and are rolled back with an
+    // interrupted group (so the events and the offset they came from never part).
+    #[test]
+    fn source_positions_never_expire_and_roll_back_with_their_group() {
+        let dir = TempDir::new("keys-sources");
+        let log = Log::open_or_create(&dir.path().join("log"), LogConfig { partitions: 1, segment_bytes: 1 << 20 }).expect("log");
+        let (mut j, log) = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1).expect("journal");
+        let pos = |name: &str, next: u64, at_ms: u64| KeyEntry { key: source_key(name), body_hash: next, events: 0, ranges: vec![], at_ms };
+        let mut end = 0u64;
+        for i in 0..4u64 {
+            // An old position (at_ms 0, far beyond the retention) and a client key per group.
+            let entries =
+                vec![pos("kafka/t/0", 10 + i, 0), pos(&format!("kafka/t/{}", i + 1), 1, 0), entry(&format!("k{i}"), 0, end, end + 1)];
+            j.prepare(vec![end], vec![end + 1], &entries).expect("prepare");
+            log.append(&[(0, b"x")]).expect("append");
+            end += 1;
+            j.commit(entries);
+        }
+        assert_eq!(j.len(), 1, "only client keys count (max 1), positions are not evicted by them");
+        let all = j.sources("kafka/");
+        assert_eq!(all.len(), 5, "{all:?}");
+        assert_eq!(all[0], ("kafka/t/0".to_string(), 13), "the latest position wins");
+        assert_eq!(j.sources("kafka/t/0"), vec![("kafka/t/0".to_string(), 13)]);
+        j.compact().expect("compact");
+        // A group whose append never happened (a crash after the journal record).
+        let entries = vec![pos("kafka/t/0", 99, now_ms())];
+        j.prepare(vec![end], vec![end + 1], &entries).expect("prepare");
+        drop((j, log));
+        let log = Log::open(&dir.path().join("log")).expect("log");
+        let (j, log) = KeyJournal::open(dir.path(), log, Duration::from_secs(3600), 1).expect("journal");
+        assert_eq!(log.end_offsets(), vec![end]);
+        assert_eq!(j.sources("kafka/t/0"), vec![("kafka/t/0".to_string(), 13)], "the interrupted group's position is rolled back");
+        assert_eq!(j.sources("kafka/").len(), 5, "positions survive compaction and reopen");
+        assert!(validate_key(&source_key("x")).is_err(), "no client key can name a source position");
+    }
+
     #[test]
     fn key_validation() {
         assert!(validate_key("order-42").is_ok());

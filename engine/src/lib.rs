@@ -29,6 +29,7 @@ mod batch;
 pub mod cli;
 mod clock;
 mod cluster;
+pub mod connect;
 mod diagnose;
 mod durable;
 mod error;

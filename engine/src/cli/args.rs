@@ -286,6 +286,8 @@ pub(super) struct ServeArgs {
     pub(super) write_timeout: Duration,
     #[command(flatten)]
     pub(super) cluster: ClusterArgs,
+    #[command(flatten)]
+    pub(super) kafka: KafkaArgs,
 }
 
 #[derive(Args)]

@@ -400,6 +400,7 @@ pub(super) fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Durat
     let running = crate::serve::start(lambda.clone(), cfg.clone(), app.dashboard, true)?;
     let _export = watch(&lambda, args.export_parquet.clone())?;
     lock.publish(running.addr, cfg.token.is_some())?;
+    let kafka = start_kafka(&lambda, &args.kafka, dir, cfg.max_lag_events)?;
     eprintln!(
         "lambdaflow serve: listening on http://{} (dashboard at /, API under /v1, metrics at /metrics); batch runs {}{}",
         running.addr,
@@ -407,6 +408,7 @@ pub(super) fn serve<J: Job>(app: App<J>, dir: &Path, workers: usize, wait: Durat
         if cfg.token.is_some() { "; token required" } else { "" }
     );
     let stopped = running.wait();
+    drop(kafka);
     // The speed layer's other processes leave cleanly rather than see this one vanish.
     lambda.stop_processes();
     stopped?;

@@ -34,6 +34,7 @@ macro_rules! outln {
 
 mod args;
 mod commands;
+mod connect;
 mod demo;
 mod export;
 mod lock;
@@ -43,6 +44,7 @@ mod remote;
 
 use args::*;
 use commands::*;
+use connect::*;
 use demo::*;
 use export::*;
 use lock::*;

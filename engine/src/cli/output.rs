@@ -235,7 +235,13 @@ pub(super) fn print_status(s: &serde_json::Value, json: bool) -> Result<()> {
         f["speed_frontier"],
         f["speed_events"],
         speed_bytes / 1024
-    ))
+    ))?;
+    let k = &s["kafka"];
+    if k.is_object() {
+        let paused = if k["paused"] == true { " (paused: the speed layer lags)" } else { "" };
+        out(format_args!("kafka: {} records in, lag {}, {} dead letters{paused}", k["records"], k["lag"], k["dead_letters"]))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

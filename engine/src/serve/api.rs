@@ -1001,6 +1001,7 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
             "failed": m.ingest_failed.load(Relaxed),
             "idempotency_keys": keys,
         },
+        "kafka": crate::connect::current().map(|k| k.to_json()),
     });
     Ok(json_response(StatusCode::OK, body.to_string()))
 }

@@ -213,6 +213,7 @@ impl Metrics {
                 let _ = writeln!(out, "lambdaflow_view_keys{{view=\"{view}\",layer=\"{layer}\"}} {n}");
             }
         }
+        crate::connect::render_metrics(&mut out);
         out
     }
 }
