@@ -456,6 +456,9 @@ impl Bulk<'_> {
                 Err(e.into())
             }
         }
+    }
+}
+
 /// Appends from an external source (the Kafka connector, [`crate::connect`]): the source's
 /// positions are committed in the same journal record as the events read up to them.
 impl Appender {
