@@ -188,3 +188,42 @@ fn kill_and_retry() {
     }
     eprintln!("kill_and_retry: {rounds} rounds, {nothing} left nothing, {everything} left everything");
 }
+
+/// Runs `ingest -` with `bytes` on stdin and `extra` flags.
+fn ingest_stdin(data: &Path, bytes: Vec<u8>, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--data", data.to_str().expect("utf-8"), "ingest", "-"];
+    args.extend_from_slice(extra);
+    let mut child =
+        Command::new(bin()).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &bytes));
+    let o = child.wait_with_output().expect("wait");
+    writer.join().expect("writer").expect("write stdin");
+    o
+}
+
+// A file ingested twice is stored once (its content is its idempotency key), but stdin has
+// no such identity: the same bytes piped twice are two loads, unless --key names them.
+#[test]
+fn a_file_retry_appends_once_and_stdin_appends_each_time() {
+    let tmp = TempDir::new("bulk-keys");
+    let events = small_events(5, 300);
+    let input = tmp.join("in.ndjson");
+    std::fs::write(&input, ndjson(&events)).expect("write");
+    let data = tmp.join("data");
+    run_ok(&data, &["ingest", input.to_str().expect("utf-8")]);
+    let again = run_ok(&data, &["ingest", input.to_str().expect("utf-8")]);
+    assert!(stderr(&again).contains("already ingested"), "{}", stderr(&again));
+    let count = |data: &Path| end_offsets(data).iter().sum::<u64>();
+    assert_eq!(count(&data), 300);
+    for _ in 0..2 {
+        let o = ingest_stdin(&data, ndjson(&events), &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(count(&data), 900, "stdin without --key appends every time");
+    for _ in 0..2 {
+        let o = ingest_stdin(&data, ndjson(&events), &["--key", "nightly-2026-12-04"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(count(&data), 1200, "stdin with --key appends once");
+}

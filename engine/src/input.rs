@@ -413,7 +413,30 @@ pub fn stage_all<E: Event>(source: LineSource, bulk: &mut crate::append::Bulk<'_
                         Ok(c) => c,
                         Err(_) => return,
                     };
-                    if done_tx.send(parse_chunk::<E>(chunk, &mut bufs)).is_err() {
+                    // A panic in the job's parser must not leave the collector waiting for
+                    // this chunk forever (with the data directory locked): it becomes the
+                    // chunk's error, and nothing is stored.
+                    let seq = chunk.seq;
+                    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_chunk::<E>(chunk, &mut bufs)))
+                        .unwrap_or_else(|panic| {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".to_string());
+                            bufs = (0..partitions).map(|_| crate::log::BlockBuf::default()).collect();
+                            Parsed {
+                                seq,
+                                input_bytes: 0,
+                                hash: 0,
+                                events: 0,
+                                blocks: Vec::new(),
+                                error: Some(Error::Internal(format!(
+                                    "the job's parser panicked in input chunk {seq} (a bug in the job; nothing was stored): {why}"
+                                ))),
+                            }
+                        });
+                    if done_tx.send(parsed).is_err() {
                         return;
                     }
                 }

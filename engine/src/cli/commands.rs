@@ -68,10 +68,18 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
     }
     let report = staged?;
     let parsed = t0.elapsed();
-    let key = key.unwrap_or_else(|| format!("ingest-local-{}", report.fingerprint));
+    // A file's retry appends once: its key defaults to a fingerprint of its content. Input
+    // from stdin has no such identity (a scheduled `producer | ingest -` may send the same
+    // bytes twice on purpose), so it is deduplicated only under an explicit --key.
+    let key = match key {
+        Some(k) => Some(k),
+        None if file == "-" => None,
+        None => Some(format!("ingest-local-{}", report.fingerprint)),
+    };
     let hash = u64::from_str_radix(&report.fingerprint[..16], 16).unwrap_or(0);
     let t1 = Instant::now();
-    let outcome = bulk.publish(Some((key.clone(), hash)), report.events)?;
+    let outcome = bulk.publish(key.clone().map(|k| (k, hash)), report.events)?;
+    let key = key.unwrap_or_else(|| "none (stdin without --key)".to_string());
     let log = appender.log();
     let (verb, events) = match outcome {
         crate::append::Written::Appended(_) => ("ingested", report.events),
