@@ -2,7 +2,7 @@
 //! `serve`, which write them after every published batch version. See docs/export.md.
 
 use super::*;
-use crate::export::{export_merged, export_version, finish, write_view, Export, ExportMeta, ExportedView, JobViews, MANIFEST};
+use crate::export::{export_merged, export_version, finish, write_view, Export, ExportMeta, ExportedView, JobViews, OutLock, MANIFEST};
 
 /// `export`'s flags.
 #[derive(Args)]
@@ -64,7 +64,7 @@ fn export_remote_merged(job: &JobViews, service: &Service, names: &[String], out
         let all: Vec<&str> = job.views.iter().map(|v| v.info().name.as_str()).collect();
         return Err(Error::Usage(format!("no view named `{unknown}`; the views are: {}", all.join(", "))));
     }
-    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), what: "create directory".into(), source })?;
+    let _lock = OutLock::acquire(out)?;
     let mut meta: Option<ExportMeta> = None;
     let mut files: Vec<ExportedView> = Vec::new();
     for view in job.views.iter().filter(|v| names.is_empty() || names.contains(&v.info().name)) {

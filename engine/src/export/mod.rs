@@ -175,7 +175,7 @@ pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, nam
         exported_ms: crate::clock::now_ms(),
     };
     let selected = select(&job.views, names)?;
-    create_dir(out)?;
+    let _lock = OutLock::acquire(out)?;
     let mut files = Vec::new();
     for view in selected {
         let t = Instant::now();
@@ -206,7 +206,7 @@ pub fn export_merged<J: Job>(lambda: &Lambda<J>, names: &[String], out: &Path) -
     let serving = lambda.serving();
     let views = serving.speed.views();
     let selected: Vec<String> = select(views, names)?.iter().map(|v| v.info().name.clone()).collect();
-    create_dir(out)?;
+    let _lock = OutLock::acquire(out)?;
     let frontier = serving.speed.frontier();
     let export = ExportMeta {
         job: lambda.job().name().to_string(),
@@ -240,12 +240,44 @@ pub fn finish(out: &Path, meta: ExportMeta, views: Vec<ExportedView>) -> Result<
     let export = Export { meta, views };
     let mut body = serde_json::to_vec_pretty(&export).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
     body.push(b'\n');
-    crate::durable::replace(&out.join(MANIFEST), &out.join(format!(".{MANIFEST}.tmp")), &body)?;
+    crate::durable::replace(&out.join(MANIFEST), &temp_path(out, MANIFEST), &body)?;
     Ok(export)
 }
 
 fn create_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), what: "create directory".into(), source })
+}
+
+/// The lock file every export takes in its output directory (hidden, like the temporary
+/// files, so readers globbing `*.parquet` or skipping `.`/`_` names ignore it).
+pub const OUT_LOCK: &str = ".lambdaflow.lock";
+
+/// An output directory held for one whole export (files and manifest): two exports into the
+/// same directory (`serve --export-parquet D` and `export --out D`, say) take turns instead
+/// of mixing their files and manifests. Released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct OutLock {
+    _file: std::fs::File,
+}
+
+impl OutLock {
+    /// Creates `out` if needed and takes its lock, waiting for another export to finish.
+    pub fn acquire(out: &Path) -> Result<OutLock> {
+        create_dir(out)?;
+        let path = out.join(OUT_LOCK);
+        let io = |what: &str, source| Error::Io { path: path.clone(), what: what.into(), source };
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io("open", e))?;
+        file.lock().map_err(|e| io("lock", e))?;
+        Ok(OutLock { _file: file })
+    }
+}
+
+/// A temporary name for `file_name` in `out`, unique to this process and call, so writers
+/// never truncate each other's half-written files.
+fn temp_path(out: &Path, file_name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    out.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Writes one view's answers (`(key, value)` JSON pairs, in key order) as `out/VIEW.parquet`,
@@ -300,7 +332,7 @@ pub fn write_view<'a>(
         .build();
     let file_name = format!("{}.parquet", info.name);
     let path = out.join(&file_name);
-    let tmp = out.join(format!(".{file_name}.tmp"));
+    let tmp = temp_path(out, &file_name);
     let written = write_parquet(&tmp, schema, &batch, props);
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -402,6 +434,20 @@ mod tests {
         let items = list.value(0);
         let items = items.as_struct();
         assert_eq!(items.column_by_name("net_cents").unwrap().as_primitive::<Int64Type>().values().to_vec(), [5, -2]);
+    }
+
+    #[test]
+    fn temporary_names_are_unique_and_an_output_directory_is_held_by_one_export() {
+        let dir = crate::testing::TempDir::new("export-lock");
+        let a = temp_path(dir.path(), "v.parquet");
+        let b = temp_path(dir.path(), "v.parquet");
+        assert_ne!(a, b);
+        assert!(a.to_string_lossy().contains(&std::process::id().to_string()), "{a:?}");
+        let held = OutLock::acquire(dir.path()).unwrap();
+        let other = std::fs::OpenOptions::new().write(true).open(dir.path().join(OUT_LOCK)).unwrap();
+        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)), "a second export must wait");
+        drop(held);
+        other.try_lock().unwrap();
     }
 
     #[test]
