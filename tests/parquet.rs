@@ -106,14 +106,22 @@ fn check_export(data: &Path, out: &Path, merged: bool) -> Value {
     let read = duckdb(READ_VIEWS, &args);
     let status: Value = serde_json::from_str(&stdout(&run_ok(data, &["status", "--json"]))).expect("status --json");
     let version = status["batch"]["version"].as_u64().expect("a batch version");
+    let sums: Vec<String> = JobViews::of(&Shop)
+        .views
+        .iter()
+        .filter(|v| matches!(v.info().kind, lambdaflow_operators::ViewKind::Sum))
+        .map(|v| v.info().name.clone())
+        .collect();
     for (view, path) in views.iter().zip(&paths) {
         let file = &read[path.as_str()];
+        let key_columns = file["meta"]["lambdaflow.key_columns"].as_str().map(|k| serde_json::from_str::<Vec<String>>(k).unwrap()).unwrap();
         let want = expected_rows(data, view);
         assert!(!want.is_empty(), "view {view} has answers");
         let got = file["rows"].as_array().expect("rows").clone();
         assert_eq!(got.len(), want.len(), "view {view}: rows in the file vs lambdaflow's answers");
         assert!(sorted(got) == sorted(want), "view {view}: DuckDB's rows differ from lambdaflow's answers");
-        // Typed columns, not text: days are DATEs, counts and cents 64-bit integers.
+        // Typed columns, not text: days are DATEs, keys 64-bit integers, a sum view's values
+        // DECIMAL(38,0) whatever their size.
         let types: Vec<&str> = file["types"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         let columns: Vec<&str> = file["columns"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         for (c, t) in columns.iter().zip(&types) {
@@ -121,7 +129,8 @@ fn check_export(data: &Path, out: &Path, merged: bool) -> Value {
                 "day" => "DATE",
                 "segment" | "key" if *view == "customer_segments" => "VARCHAR",
                 "key" if view.ends_with("_by_day") || *view == "daily_unique_viewers" => "DATE",
-                "value" => "STRUCT(net_cents BIGINT, product_id BIGINT)[]",
+                "value" if !sums.contains(view) => "STRUCT(net_cents BIGINT, product_id BIGINT)[]",
+                c if sums.contains(view) && !key_columns.iter().any(|k| k == c) => "DECIMAL(38,0)",
                 _ => "BIGINT",
             };
             assert_eq!(*t, want_type, "view {view}: column {c}");

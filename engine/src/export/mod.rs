@@ -76,6 +76,8 @@ pub struct ExportedView {
     /// For a merged export from a service: this view's own frontier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frontier: Option<Vec<u64>>,
+    /// The batch version this view's answers come from.
+    pub batch_version: Option<u64>,
     /// Seconds spent building and writing the file.
     #[serde(skip)]
     pub secs: f64,
@@ -180,13 +182,24 @@ pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, nam
     for view in selected {
         let t = Instant::now();
         let name = &view.info().name;
-        let bytes = store.read_view(meta.version, name)?.ok_or_else(|| {
-            Error::Inconsistent(format!(
-                "batch version {} has no view `{name}` (was it removed meanwhile by `batch --keep`?)",
-                meta.version
-            ))
-        })?;
-        let table = view.decode_batch(&bytes).map_err(Error::Inconsistent)?;
+        // A version that is no longer the current one may be collected (`batch --keep`, a
+        // service's gc) while it is read: that is Unavailable (retry with the current one),
+        // not damage.
+        let gone = |e: Error| {
+            if store.current_meta().ok().flatten().map(|m| m.version) != Some(meta.version) {
+                Error::Unavailable(format!(
+                    "batch version {} was removed (garbage-collected) while it was exported ({e}): export the current version",
+                    meta.version
+                ))
+            } else {
+                e
+            }
+        };
+        let bytes = store
+            .read_view(meta.version, name)
+            .and_then(|b| b.ok_or_else(|| Error::Inconsistent(format!("batch version {} has no view `{name}`", meta.version))))
+            .map_err(gone)?;
+        let table = view.decode_batch(&bytes).map_err(Error::Inconsistent).map_err(gone)?;
         drop(bytes);
         let empty = view.new_speed_table();
         let answers = view.query(Some(table.as_ref()), empty.as_ref(), &every_key()).map_err(Error::Internal)?;
@@ -342,7 +355,17 @@ pub fn write_view<'a>(
         let _ = std::fs::remove_file(&tmp);
     })?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(ExportedView { view: info.name.clone(), file: file_name, rows, bytes, columns, key_columns, frontier, secs: 0.0 })
+    Ok(ExportedView {
+        view: info.name.clone(),
+        file: file_name,
+        rows,
+        bytes,
+        columns,
+        key_columns,
+        frontier,
+        batch_version: meta.batch_version,
+        secs: 0.0,
+    })
 }
 
 /// Writes `batch` to `path` as Parquet and fsyncs the file.

@@ -66,7 +66,10 @@ pub fn for_each_row_as_ndjson(path: &Path, mut f: impl FnMut(u64, &str) -> Resul
         for i in 0..batch.num_rows() {
             row += 1;
             line.clear();
-            row_as_json(&batch, &names, i, &mut line).map_err(|error| Error::BadInput { line: row, error })?;
+            row_as_json(&batch, &names, i, &mut line).map_err(|mut error| {
+                error.message = format!("{} (row {row} of {})", error.message, path.display());
+                Error::BadInput { line: row, error }
+            })?;
             f(row, &line)?;
         }
     }
@@ -270,10 +273,12 @@ mod tests {
         write(&path, vec![("ok", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef), ("tags", Arc::new(list))]);
         let err = lines(&path).unwrap_err().to_string();
         assert!(err.starts_with("line 2:") && err.contains("field \"tags\"") && err.contains("List"), "{err}");
+        assert!(err.contains(&format!("row 2 of {}", path.display())), "the error names the file: {err}");
         let nan = dir.path().join("nan.parquet");
         write(&nan, vec![("x", Arc::new(Float64Array::from(vec![1.0, f64::NAN])) as ArrayRef)]);
         let err = lines(&nan).unwrap_err().to_string();
         assert!(err.starts_with("line 2:") && err.contains("\"x\"") && err.contains("NaN"), "{err}");
+        assert!(err.contains(&format!("row 2 of {}", nan.display())), "the error names the file: {err}");
         std::fs::write(dir.path().join("bad.parquet"), b"not parquet at all").unwrap();
         let err = lines(&dir.path().join("bad.parquet")).unwrap_err().to_string();
         assert!(err.contains("not a readable Parquet file"), "{err}");
