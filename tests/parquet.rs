@@ -290,6 +290,31 @@ print("[]")
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("line {row}:")) && msg.contains("\"quantity\"") && msg.contains("-3"), "{msg}");
     assert!(msg.contains(&format!("row {row} of")), "{msg}");
+
+    // `lambdaflow ingest` reads Parquet: by extension, by `--format parquet`, or by its magic
+    // bytes; the views equal those of the CSV file ingested.
+    let (by_csv, by_parquet) = (dir.path().join("by-csv"), dir.path().join("by-parquet"));
+    ingest(&by_csv, &csv);
+    ingest(&by_parquet, &parquet);
+    for view in view_names() {
+        assert!(query_items(&by_parquet, &view) == query_items(&by_csv, &view), "view {view}: Parquet ingest differs from CSV ingest");
+    }
+    let (flagged, sniffed) = (dir.path().join("flagged"), dir.path().join("sniffed"));
+    let renamed = dir.path().join("events.bin");
+    std::fs::copy(&parquet, &renamed).unwrap();
+    run_ok(&flagged, &["ingest", renamed.to_str().unwrap(), "--format", "parquet"]);
+    ingest(&sniffed, &renamed);
+    for data in [&flagged, &sniffed] {
+        assert_eq!(common::end_offsets(data), common::end_offsets(&by_csv), "{}", data.display());
+    }
+
+    // A bad row: exit 3 naming the row, field and value, and nothing of the file is stored.
+    let before = common::end_offsets(&by_parquet);
+    let o = run(&by_parquet, &["ingest", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let msg = stderr(&o);
+    assert!(msg.contains(&format!("line {row}")) && msg.contains("quantity") && msg.contains("-3"), "{msg}");
+    assert_eq!(common::end_offsets(&by_parquet), before, "a rejected file stores nothing");
 }
 
 /// The batch version `DIR`'s manifest names, if it has one.

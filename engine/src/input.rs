@@ -313,8 +313,8 @@ pub fn open_source(file: &str, format: Option<InputFormat>) -> Result<(LineSourc
     }
     let path = std::path::PathBuf::from(file);
     let format = format.or_else(|| InputFormat::from_path(&path));
-    if format == Some(InputFormat::Parquet) {
-        return Err(Error::Usage(format!("{file}: Parquet input is not built into this binary; convert it to NDJSON or CSV")));
+    if format == Some(InputFormat::Parquet) || format.is_none() && crate::export::is_parquet(&path)? {
+        return Ok((Box::new(crate::export::read::ndjson_reader(&path)?), Some(Format::Ndjson), None));
     }
     let f = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
     let len = f.metadata().ok().map(|m| m.len());

@@ -76,6 +76,88 @@ pub fn for_each_row_as_ndjson(path: &Path, mut f: impl FnMut(u64, &str) -> Resul
     Ok(row)
 }
 
+/// The rows of the Parquet file at `path` as NDJSON text (one line per row, row N on line N),
+/// read by a thread a batch of rows at a time into a bounded channel: memory stays bounded
+/// whatever the file's size. A row the reader cannot express (see [`for_each_row_as_ndjson`])
+/// ends the text with an `InvalidData` error naming the file, row, column and value.
+pub fn ndjson_reader(path: &Path) -> Result<ChannelReader> {
+    // Fail early (in this thread) on a missing or unreadable file.
+    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "open".into(), source })?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::BadInput {
+        line: 0,
+        error: FieldError::line(format!("{} is not a readable Parquet file: {e}", path.display())),
+    })?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::result::Result<Vec<u8>, String>>(4);
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("parquet-reader".into())
+        .spawn(move || {
+            let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
+            let read = for_each_row_as_ndjson(&path, |_, line| {
+                chunk.extend_from_slice(line.as_bytes());
+                chunk.push(b'\n');
+                if chunk.len() >= CHUNK_BYTES {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES + 4096));
+                    // The reader stopped listening (its ingest failed or ended): stop too.
+                    tx.send(Ok(full)).map_err(|_| Error::Unavailable("the Parquet reader's consumer went away".into()))?;
+                }
+                Ok(())
+            });
+            // The last message says how it ended: an empty error text is the end of the rows.
+            let _ = tx.send(Ok(chunk));
+            let _ = tx.send(Err(read.err().map(|e| e.to_string()).unwrap_or_default()));
+        })
+        .map_err(|source| Error::System { what: "start the Parquet reader thread".into(), source })?;
+    Ok(ChannelReader { rx, buf: Vec::new(), pos: 0, ended: false })
+}
+
+/// Bytes a [`ndjson_reader`] thread hands over at a time.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// NDJSON text arriving from a [`ndjson_reader`] thread, as a [`std::io::BufRead`].
+pub struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, String>>,
+    buf: Vec<u8>,
+    pos: usize,
+    /// The thread said the rows ended.
+    ended: bool,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        let n = {
+            let have = self.fill_buf()?;
+            let n = have.len().min(out.len());
+            out[..n].copy_from_slice(&have[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pos >= self.buf.len() && !self.ended {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(message)) if message.is_empty() => self.ended = true,
+                Ok(Err(message)) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message)),
+                Err(_) => return Err(std::io::Error::other("the Parquet reader thread stopped before the end of the file")),
+            }
+        }
+        Ok(self.buf.get(self.pos..).unwrap_or_default())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+}
+
 /// Whether the file at `path` starts with Parquet's magic bytes (`PAR1`): how a record source
 /// can tell a Parquet file from NDJSON or CSV without trusting its name.
 pub fn is_parquet(path: &Path) -> Result<bool> {
