@@ -315,6 +315,22 @@ print("[]")
     let msg = stderr(&o);
     assert!(msg.contains(&format!("line {row}")) && msg.contains("quantity") && msg.contains("-3"), "{msg}");
     assert_eq!(common::end_offsets(&by_parquet), before, "a rejected file stores nothing");
+
+    // A row the reader cannot turn into NDJSON (a list column) is bad input too, naming the
+    // file, row and column.
+    let listy = dir.path().join("listy.parquet");
+    let add_list = r#"
+import sys, duckdb
+con = duckdb.connect()
+con.execute("COPY (SELECT *, [1, 2] AS tags FROM read_parquet('" + sys.argv[1].replace("'", "''") + "')) TO '" + sys.argv[2].replace("'", "''") + "' (FORMAT parquet)")
+print("[]")
+"#;
+    duckdb(add_list, &[parquet.to_str().unwrap(), listy.to_str().unwrap()]);
+    let o = run(&by_parquet, &["ingest", listy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let msg = stderr(&o);
+    assert!(msg.contains("line 1") && msg.contains("tags") && msg.contains("listy.parquet"), "{msg}");
+    assert_eq!(common::end_offsets(&by_parquet), before, "a rejected file stores nothing");
 }
 
 /// The batch version `DIR`'s manifest names, if it has one.

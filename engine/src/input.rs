@@ -471,7 +471,7 @@ fn read_chunks<E: Event>(
     tokens: std::sync::mpsc::Receiver<()>,
     work: std::sync::mpsc::SyncSender<Chunk>,
 ) -> Result<u64> {
-    let io = |source| Error::Io { path: "<input>".into(), what: "read".into(), source };
+    let io = crate::export::read::input_error;
     let mut seq = 0u64;
     let mut line_no = 0u64;
     // The lines before the first data line: blank ones, and the CSV header.

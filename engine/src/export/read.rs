@@ -87,7 +87,7 @@ pub fn ndjson_reader(path: &Path) -> Result<ChannelReader> {
         line: 0,
         error: FieldError::line(format!("{} is not a readable Parquet file: {e}", path.display())),
     })?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<std::result::Result<Vec<u8>, String>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::result::Result<Vec<u8>, End>>(4);
     let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("parquet-reader".into())
@@ -105,10 +105,49 @@ pub fn ndjson_reader(path: &Path) -> Result<ChannelReader> {
             });
             // The last message says how it ended: an empty error text is the end of the rows.
             let _ = tx.send(Ok(chunk));
-            let _ = tx.send(Err(read.err().map(|e| e.to_string()).unwrap_or_default()));
+            let _ = tx.send(match read {
+                Ok(_) => Err(End::Rows),
+                Err(Error::BadInput { line, error }) => Err(End::BadRow(BadRow { line, error })),
+                Err(e) => Err(End::Failed(e.to_string())),
+            });
         })
         .map_err(|source| Error::System { what: "start the Parquet reader thread".into(), source })?;
     Ok(ChannelReader { rx, buf: Vec::new(), pos: 0, ended: false })
+}
+
+/// How a [`ndjson_reader`] thread's rows ended.
+enum End {
+    Rows,
+    BadRow(BadRow),
+    Failed(String),
+}
+
+/// A row a [`ndjson_reader`] could not express as NDJSON, carried through `std::io::Error`
+/// (its source is read as a `BufRead`); [`input_error`] turns it back into bad input.
+#[derive(Debug)]
+pub struct BadRow {
+    line: u64,
+    error: FieldError,
+}
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.error)
+    }
+}
+
+impl std::error::Error for BadRow {}
+
+/// An error reading an input source: bad input when it is a Parquet row the reader could not
+/// express, else an I/O error.
+pub fn input_error(source: std::io::Error) -> Error {
+    if !source.get_ref().is_some_and(|e| e.is::<BadRow>()) {
+        return Error::Io { path: "<input>".into(), what: "read".into(), source };
+    }
+    match source.into_inner().map(|e| e.downcast::<BadRow>()) {
+        Some(Ok(bad)) => Error::BadInput { line: bad.line, error: bad.error },
+        other => Error::Internal(format!("reading Parquet input: {other:?}")),
+    }
 }
 
 /// Bytes a [`ndjson_reader`] thread hands over at a time.
@@ -116,7 +155,7 @@ const CHUNK_BYTES: usize = 256 << 10;
 
 /// NDJSON text arriving from a [`ndjson_reader`] thread, as a [`std::io::BufRead`].
 pub struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, String>>,
+    rx: std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, End>>,
     buf: Vec<u8>,
     pos: usize,
     /// The thread said the rows ended.
@@ -145,8 +184,9 @@ impl std::io::BufRead for ChannelReader {
                     self.buf = chunk;
                     self.pos = 0;
                 }
-                Ok(Err(message)) if message.is_empty() => self.ended = true,
-                Ok(Err(message)) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message)),
+                Ok(Err(End::Rows)) => self.ended = true,
+                Ok(Err(End::BadRow(bad))) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, bad)),
+                Ok(Err(End::Failed(message))) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message)),
                 Err(_) => return Err(std::io::Error::other("the Parquet reader thread stopped before the end of the file")),
             }
         }
