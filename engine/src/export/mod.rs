@@ -303,13 +303,19 @@ pub fn write_view<'a>(
     meta: &ExportMeta,
     frontier: Option<Vec<u64>>,
 ) -> Result<ExportedView> {
-    let bad = |e: String| Error::Internal(format!("view {}: its answers do not match its description: {e}", info.name));
+    // Answers that do not convert are refused as data (never as an internal error): the
+    // "line" is the answer's number in key order.
+    let bad_at = |n: usize, e: String| Error::BadInput {
+        line: n as u64,
+        error: lambdaflow_operators::FieldError::line(format!("view {}: answer {n} does not match the view's description: {e}", info.name)),
+    };
+    let bad = |e: String| bad_at(0, e);
     let mut layout = columns::Layout::of(&info.clone()).map_err(bad)?;
     let key_names: Vec<String> = layout.names().into_iter().take(layout.key_columns).collect();
     let key_columns = layout.key_columns;
     let mut rows = 0usize;
     for (key, value) in answers {
-        layout.push(key, value).map_err(|e| bad(format!("key {key}: {e}")))?;
+        layout.push(key, value).map_err(|e| bad_at(rows + 1, format!("key {key}: {e}")))?;
         rows += 1;
     }
     let (fields, arrays) = layout.finish().map_err(bad)?;
@@ -460,6 +466,18 @@ mod tests {
     }
 
     #[test]
+    fn days_the_engine_displays_beyond_9999_are_written() {
+        let dir = crate::testing::TempDir::new("export-far-days");
+        let info = ViewInfo { name: "d".into(), kind: ViewKind::Sum, key: "day (YYYY-MM-DD)".into(), value: "integer".into() };
+        let far = lambdaflow_operators::Day(3_000_000);
+        let answers = [(json!(far.to_string()), json!(1))];
+        write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap();
+        let f = std::fs::File::open(view_file(dir.path(), "d")).unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().next().unwrap().unwrap();
+        assert_eq!(batch.column(0).as_primitive::<Date32Type>().value(0), 3_000_000);
+    }
+
+    #[test]
     fn temporary_names_are_unique_and_an_output_directory_is_held_by_one_export() {
         let dir = crate::testing::TempDir::new("export-lock");
         let a = temp_path(dir.path(), "v.parquet");
@@ -480,6 +498,10 @@ mod tests {
         let answers = [(json!(1), json!({ "n": "x" }))];
         let err = write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap_err().to_string();
         assert!(err.contains("view v") && err.contains("key 1") && err.contains("column n"), "{err}");
+        let answers = [(json!(1), json!({ "n": 1 }))];
+        let info = ViewInfo { name: "v".into(), kind: ViewKind::Value, key: "integer".into(), value: "{n: day (YYYY-MM-DD)}".into() };
+        let e = write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::BadInput, "unconvertible data is not an internal error: {e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
