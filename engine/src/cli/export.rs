@@ -65,6 +65,13 @@ pub(super) fn export<J: Job>(app: App<J>, g: &Global, args: ExportArgs) -> Resul
 /// batch version: Unavailable if they differ (the service moved between pages).
 fn one_snapshot(service: &Service, view: &str) -> Result<serde_json::Value> {
     let (answer, pages) = service.range_pages(view)?;
+    pages_agree(view, &pages)?;
+    Ok(answer)
+}
+
+/// Unavailable unless every page's freshness has the first page's speed frontier and batch
+/// version.
+fn pages_agree(view: &str, pages: &[serde_json::Value]) -> Result<()> {
     let at = |f: &serde_json::Value| (f["speed_frontier"].clone(), f["batch_version"].clone());
     if let Some(first) = pages.first() {
         if let Some(other) = pages.iter().find(|p| at(p) != at(first)) {
@@ -75,7 +82,7 @@ fn one_snapshot(service: &Service, view: &str) -> Result<serde_json::Value> {
             )));
         }
     }
-    Ok(answer)
+    Ok(())
 }
 
 /// How often an export is tried when what it reads goes away meanwhile.
@@ -311,6 +318,15 @@ mod tests {
         // The same number with another cut (a new data directory, say) is another version.
         export_step(&mut done, Some((3, vec![12])), &mut last, |v| Ok(export_of(v)), dir);
         assert_eq!(done, Some((3, vec![12])));
+    }
+
+    #[test]
+    fn export_remote_pages_of_one_view_must_share_frontier_and_batch_version() {
+        let page = |f: u64, b: u64| serde_json::json!({ "speed_frontier": [f], "batch_version": b });
+        pages_agree("v", &[page(5, 1), page(5, 1)]).unwrap();
+        let e = pages_agree("v", &[page(5, 1), page(6, 1)]).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable, "{e}");
+        assert!(pages_agree("v", &[page(5, 1), page(5, 2)]).is_err());
     }
 
     #[test]
