@@ -211,6 +211,9 @@ fn export_one_view_and_refusals() {
     assert!(stderr(&o).contains("no view named `no_such_view`") && stderr(&o).contains("revenue_by_day"), "{}", stderr(&o));
     let o = run(&data, &["export", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "a view or --all is required");
+    let o = run(&data, &["export", "revenue_by_day", "--version", "99", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "an unknown version is a usage error: {}", stderr(&o));
+    assert!(stderr(&o).contains("no published batch version 99") && stderr(&o).contains("versions are: 1"), "{}", stderr(&o));
     run_ok(&data, &["export", "revenue_by_day", "--out", out.to_str().unwrap()]);
     assert!(out.join("revenue_by_day.parquet").exists());
     assert!(!out.join("customer_spend.parquet").exists());

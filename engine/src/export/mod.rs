@@ -153,7 +153,22 @@ fn every_key() -> Selection {
 pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, names: &[String], out: &Path) -> Result<Export> {
     let store = ViewStore::open(data_dir)?;
     let meta = match version {
-        Some(v) => store.meta(v)?,
+        Some(v) => store.meta(v).map_err(|e| {
+            let published = std::cell::RefCell::new(Vec::new());
+            if store.find_published(|m| {
+                published.borrow_mut().push(m.version.to_string());
+                false
+            })
+            .is_err()
+                || published.borrow().contains(&v.to_string())
+            {
+                return e;
+            }
+            let mut published = published.into_inner();
+            published.reverse();
+            let list = if published.is_empty() { "none".to_string() } else { published.join(", ") };
+            Error::Usage(format!("{} has no published batch version {v}; the published versions are: {list}", data_dir.display()))
+        })?,
         None => store.current_meta()?.ok_or_else(|| {
             Error::Usage(format!(
                 "{} has no batch version yet: run `batch` first (or export the speed layer's answers with --merged)",
