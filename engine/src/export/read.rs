@@ -15,6 +15,7 @@
 //! | `Utf8`, `LargeUtf8`, `Utf8View` | string |
 //! | `Date32`, `Date64` | `"YYYY-MM-DD"` |
 //! | `Timestamp(unit, _)` | integer milliseconds since the epoch (rounded down) |
+//! | `Dictionary(_, T)` (dictionary-encoded) | as `T` |
 //!
 //! Any other column type (lists, structs, binary) is refused at the first row that has a
 //! value in it, naming the row, the column and its type.
@@ -285,6 +286,29 @@ fn value_as_json(a: &dyn Array, i: usize, out: &mut String) -> std::result::Resu
             let v = a.as_primitive::<Decimal128Type>().value(i);
             decimal(v, *scale, out);
         }
+        // Dictionary-encoded (as many writers store repetitive strings): the value the key
+        // points at.
+        DataType::Dictionary(key, _) => {
+            let d = a.as_any_dictionary();
+            let k = d.keys();
+            let at = match key.as_ref() {
+                DataType::Int8 => i64::from(k.as_primitive::<Int8Type>().value(i)),
+                DataType::Int16 => i64::from(k.as_primitive::<Int16Type>().value(i)),
+                DataType::Int32 => i64::from(k.as_primitive::<Int32Type>().value(i)),
+                DataType::Int64 => k.as_primitive::<Int64Type>().value(i),
+                DataType::UInt8 => i64::from(k.as_primitive::<UInt8Type>().value(i)),
+                DataType::UInt16 => i64::from(k.as_primitive::<UInt16Type>().value(i)),
+                DataType::UInt32 => i64::from(k.as_primitive::<UInt32Type>().value(i)),
+                DataType::UInt64 => i64::try_from(k.as_primitive::<UInt64Type>().value(i)).unwrap_or(-1),
+                other => return Err((format!("<{other} key>"), format!("has dictionary keys of type {other}, which are not read"))),
+            };
+            let values = d.values();
+            match usize::try_from(at).ok().filter(|&at| at < values.len()) {
+                Some(at) if values.is_null(at) => out.push_str("null"),
+                Some(at) => value_as_json(values.as_ref(), at, out)?,
+                None => return Err((at.to_string(), "is a dictionary key outside its dictionary".into())),
+            }
+        }
         other => {
             return Err((
                 format!("<{other}>"),
@@ -352,6 +376,19 @@ mod tests {
             Ok(())
         })?;
         Ok(got)
+    }
+
+    #[test]
+    fn dictionary_encoded_strings_are_read_as_their_values() {
+        let dir = crate::testing::TempDir::new("parquet-dict");
+        let path = dir.path().join("dict.parquet");
+        let dict: arrow_array::DictionaryArray<I32> = vec![Some("view"), Some("purchase"), None, Some("view")].into_iter().collect();
+        write(&path, vec![("type", Arc::new(dict) as ArrayRef)]);
+        let f = std::fs::File::open(&path).unwrap();
+        let schema = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().schema().clone();
+        assert!(matches!(schema.field(0).data_type(), DataType::Dictionary(..)), "the file keeps the dictionary type");
+        let got: Vec<String> = lines(&path).unwrap().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(got, [r#"{"type":"view"}"#, r#"{"type":"purchase"}"#, "{}", r#"{"type":"view"}"#]);
     }
 
     #[test]
