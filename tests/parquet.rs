@@ -172,7 +172,8 @@ fn duckdb_reads_every_view_as_lambdaflow_answers_it() {
     // Nothing but the files and the manifest: no temporary file left behind.
     let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    let mut want: Vec<String> = view_names().iter().map(|v| format!("{v}.parquet")).chain([MANIFEST.to_string(), ".lambdaflow.lock".to_string()]).collect();
+    let mut want: Vec<String> =
+        view_names().iter().map(|v| format!("{v}.parquet")).chain([MANIFEST.to_string(), ".lambdaflow.lock".to_string()]).collect();
     want.sort();
     assert_eq!(names, want);
 

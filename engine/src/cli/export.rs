@@ -304,16 +304,28 @@ mod tests {
         export_step(&mut done, Some((3, vec![10])), &mut last, |_| Err(Error::Unavailable("collected".into())), dir);
         assert_eq!(done, None, "a failure does not count as done");
         let mut asked = None;
-        export_step(&mut done, Some((3, vec![10])), &mut last, |v| {
-            asked = Some(v);
-            Ok(export_of(v))
-        }, dir);
+        export_step(
+            &mut done,
+            Some((3, vec![10])),
+            &mut last,
+            |v| {
+                asked = Some(v);
+                Ok(export_of(v))
+            },
+            dir,
+        );
         assert_eq!((asked, done.clone()), (Some(3), Some((3, vec![10]))), "retried at the next poll");
         let mut asked = None;
-        export_step(&mut done, Some((3, vec![10])), &mut last, |v| {
-            asked = Some(v);
-            Ok(export_of(v))
-        }, dir);
+        export_step(
+            &mut done,
+            Some((3, vec![10])),
+            &mut last,
+            |v| {
+                asked = Some(v);
+                Ok(export_of(v))
+            },
+            dir,
+        );
         assert_eq!(asked, None, "not exported twice");
         // The same number with another cut (a new data directory, say) is another version.
         export_step(&mut done, Some((3, vec![12])), &mut last, |v| Ok(export_of(v)), dir);

@@ -146,14 +146,26 @@ impl Parser<'_> {
 /// One column's values, collected from JSON, in the type its shape gives.
 pub(crate) enum Col {
     /// Integers; `wide`: written as `Decimal128(38, 0)`, else `Int64`.
-    Int { wide: bool, vals: Vec<Option<i128>> },
+    Int {
+        wide: bool,
+        vals: Vec<Option<i128>>,
+    },
     Float(Vec<Option<f64>>),
     Bool(Vec<Option<bool>>),
     Str(Vec<Option<String>>),
     Day(Vec<Option<i32>>),
     Json(Vec<Option<String>>),
-    List { offsets: Vec<i32>, valid: Vec<bool>, child: Box<Col> },
-    Struct { names: Vec<String>, tuple: bool, valid: Vec<bool>, children: Vec<Col> },
+    List {
+        offsets: Vec<i32>,
+        valid: Vec<bool>,
+        child: Box<Col>,
+    },
+    Struct {
+        names: Vec<String>,
+        tuple: bool,
+        valid: Vec<bool>,
+        children: Vec<Col>,
+    },
 }
 
 impl Col {
@@ -374,7 +386,8 @@ impl Layout {
                 other => vec![(whole.to_string(), None, other.clone())],
             }
         };
-        let fields_of = |parts: &[(String, Option<String>, Shape)]| -> Option<Vec<String>> { parts.iter().map(|(_, f, _)| f.clone()).collect() };
+        let fields_of =
+            |parts: &[(String, Option<String>, Shape)]| -> Option<Vec<String>> { parts.iter().map(|(_, f, _)| f.clone()).collect() };
         let key_parts = split(&key, "key");
         let value_parts = split(&value, "value");
         let (key_fields, value_fields) = (fields_of(&key_parts), fields_of(&value_parts));

@@ -155,11 +155,12 @@ pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, nam
     let meta = match version {
         Some(v) => store.meta(v).map_err(|e| {
             let published = std::cell::RefCell::new(Vec::new());
-            if store.find_published(|m| {
-                published.borrow_mut().push(m.version.to_string());
-                false
-            })
-            .is_err()
+            if store
+                .find_published(|m| {
+                    published.borrow_mut().push(m.version.to_string());
+                    false
+                })
+                .is_err()
                 || published.borrow().contains(&v.to_string())
             {
                 return e;
