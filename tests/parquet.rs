@@ -106,14 +106,22 @@ fn check_export(data: &Path, out: &Path, merged: bool) -> Value {
     let read = duckdb(READ_VIEWS, &args);
     let status: Value = serde_json::from_str(&stdout(&run_ok(data, &["status", "--json"]))).expect("status --json");
     let version = status["batch"]["version"].as_u64().expect("a batch version");
+    let sums: Vec<String> = JobViews::of(&Shop)
+        .views
+        .iter()
+        .filter(|v| matches!(v.info().kind, lambdaflow_operators::ViewKind::Sum))
+        .map(|v| v.info().name.clone())
+        .collect();
     for (view, path) in views.iter().zip(&paths) {
         let file = &read[path.as_str()];
+        let key_columns = file["meta"]["lambdaflow.key_columns"].as_str().map(|k| serde_json::from_str::<Vec<String>>(k).unwrap()).unwrap();
         let want = expected_rows(data, view);
         assert!(!want.is_empty(), "view {view} has answers");
         let got = file["rows"].as_array().expect("rows").clone();
         assert_eq!(got.len(), want.len(), "view {view}: rows in the file vs lambdaflow's answers");
         assert!(sorted(got) == sorted(want), "view {view}: DuckDB's rows differ from lambdaflow's answers");
-        // Typed columns, not text: days are DATEs, counts and cents 64-bit integers.
+        // Typed columns, not text: days are DATEs, keys 64-bit integers, a sum view's values
+        // DECIMAL(38,0) whatever their size.
         let types: Vec<&str> = file["types"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         let columns: Vec<&str> = file["columns"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         for (c, t) in columns.iter().zip(&types) {
@@ -121,7 +129,8 @@ fn check_export(data: &Path, out: &Path, merged: bool) -> Value {
                 "day" => "DATE",
                 "segment" | "key" if *view == "customer_segments" => "VARCHAR",
                 "key" if view.ends_with("_by_day") || *view == "daily_unique_viewers" => "DATE",
-                "value" => "STRUCT(net_cents BIGINT, product_id BIGINT)[]",
+                "value" if !sums.contains(view) => "STRUCT(net_cents BIGINT, product_id BIGINT)[]",
+                c if sums.contains(view) && !key_columns.iter().any(|k| k == c) => "DECIMAL(38,0)",
                 _ => "BIGINT",
             };
             assert_eq!(*t, want_type, "view {view}: column {c}");
@@ -163,7 +172,8 @@ fn duckdb_reads_every_view_as_lambdaflow_answers_it() {
     // Nothing but the files and the manifest: no temporary file left behind.
     let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    let mut want: Vec<String> = view_names().iter().map(|v| format!("{v}.parquet")).chain([MANIFEST.to_string()]).collect();
+    let mut want: Vec<String> =
+        view_names().iter().map(|v| format!("{v}.parquet")).chain([MANIFEST.to_string(), ".lambdaflow.lock".to_string()]).collect();
     want.sort();
     assert_eq!(names, want);
 
@@ -202,6 +212,9 @@ fn export_one_view_and_refusals() {
     assert!(stderr(&o).contains("no view named `no_such_view`") && stderr(&o).contains("revenue_by_day"), "{}", stderr(&o));
     let o = run(&data, &["export", "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "a view or --all is required");
+    let o = run(&data, &["export", "revenue_by_day", "--version", "99", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "an unknown version is a usage error: {}", stderr(&o));
+    assert!(stderr(&o).contains("no published batch version 99") && stderr(&o).contains("versions are: 1"), "{}", stderr(&o));
     run_ok(&data, &["export", "revenue_by_day", "--out", out.to_str().unwrap()]);
     assert!(out.join("revenue_by_day.parquet").exists());
     assert!(!out.join("customer_spend.parquet").exists());
@@ -281,6 +294,47 @@ print("[]")
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("line {row}:")) && msg.contains("\"quantity\"") && msg.contains("-3"), "{msg}");
     assert!(msg.contains(&format!("row {row} of")), "{msg}");
+
+    // `lambdaflow ingest` reads Parquet: by extension, by `--format parquet`, or by its magic
+    // bytes; the views equal those of the CSV file ingested.
+    let (by_csv, by_parquet) = (dir.path().join("by-csv"), dir.path().join("by-parquet"));
+    ingest(&by_csv, &csv);
+    ingest(&by_parquet, &parquet);
+    for view in view_names() {
+        assert!(query_items(&by_parquet, &view) == query_items(&by_csv, &view), "view {view}: Parquet ingest differs from CSV ingest");
+    }
+    let (flagged, sniffed) = (dir.path().join("flagged"), dir.path().join("sniffed"));
+    let renamed = dir.path().join("events.bin");
+    std::fs::copy(&parquet, &renamed).unwrap();
+    run_ok(&flagged, &["ingest", renamed.to_str().unwrap(), "--format", "parquet"]);
+    ingest(&sniffed, &renamed);
+    for data in [&flagged, &sniffed] {
+        assert_eq!(common::end_offsets(data), common::end_offsets(&by_csv), "{}", data.display());
+    }
+
+    // A bad row: exit 3 naming the row, field and value, and nothing of the file is stored.
+    let before = common::end_offsets(&by_parquet);
+    let o = run(&by_parquet, &["ingest", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let msg = stderr(&o);
+    assert!(msg.contains(&format!("line {row}")) && msg.contains("quantity") && msg.contains("-3"), "{msg}");
+    assert_eq!(common::end_offsets(&by_parquet), before, "a rejected file stores nothing");
+
+    // A row the reader cannot turn into NDJSON (a list column) is bad input too, naming the
+    // file, row and column.
+    let listy = dir.path().join("listy.parquet");
+    let add_list = r#"
+import sys, duckdb
+con = duckdb.connect()
+con.execute("COPY (SELECT *, [1, 2] AS tags FROM read_parquet('" + sys.argv[1].replace("'", "''") + "')) TO '" + sys.argv[2].replace("'", "''") + "' (FORMAT parquet)")
+print("[]")
+"#;
+    duckdb(add_list, &[parquet.to_str().unwrap(), listy.to_str().unwrap()]);
+    let o = run(&by_parquet, &["ingest", listy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let msg = stderr(&o);
+    assert!(msg.contains("line 1") && msg.contains("tags") && msg.contains("listy.parquet"), "{msg}");
+    assert_eq!(common::end_offsets(&by_parquet), before, "a rejected file stores nothing");
 }
 
 /// The batch version `DIR`'s manifest names, if it has one.

@@ -313,8 +313,8 @@ pub fn open_source(file: &str, format: Option<InputFormat>) -> Result<(LineSourc
     }
     let path = std::path::PathBuf::from(file);
     let format = format.or_else(|| InputFormat::from_path(&path));
-    if format == Some(InputFormat::Parquet) {
-        return Err(Error::Usage(format!("{file}: Parquet input is not built into this binary; convert it to NDJSON or CSV")));
+    if format == Some(InputFormat::Parquet) || format.is_none() && crate::export::is_parquet(&path)? {
+        return Ok((Box::new(crate::export::read::ndjson_reader(&path)?), Some(Format::Ndjson), None));
     }
     let f = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), what: "open".into(), source })?;
     let len = f.metadata().ok().map(|m| m.len());
@@ -494,7 +494,7 @@ fn read_chunks<E: Event>(
     tokens: std::sync::mpsc::Receiver<()>,
     work: std::sync::mpsc::SyncSender<Chunk>,
 ) -> Result<u64> {
-    let io = |source| Error::Io { path: "<input>".into(), what: "read".into(), source };
+    let io = crate::export::read::input_error;
     let mut seq = 0u64;
     let mut line_no = 0u64;
     // The lines before the first data line: blank ones, and the CSV header.

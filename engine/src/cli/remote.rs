@@ -338,6 +338,29 @@ impl Service {
         }
     }
 
+    /// A view's whole answer (`{"view","items","freshness"}`), page by page, and each page's
+    /// freshness (for `export --merged`, which checks that they agree).
+    pub(super) fn range_pages(&self, view: &str) -> Result<(serde_json::Value, Vec<serde_json::Value>)> {
+        let mut items: Vec<serde_json::Value> = Vec::new();
+        let mut pages: Vec<serde_json::Value> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut p = format!("/v1/views/{}?limit={REMOTE_LIMIT_MAX}", url_encode(view));
+            if let Some(a) = &after {
+                p += &format!("&after={}", url_encode(a));
+            }
+            let mut page = self.get(&p)?;
+            pages.push(page["freshness"].take());
+            if let Some(got) = page["items"].as_array_mut() {
+                items.append(got);
+            }
+            match page["next"].as_str() {
+                Some(next) if page["more"] == true => after = Some(next.to_string()),
+                _ => return Ok((serde_json::json!({ "view": view, "items": items, "freshness": pages[0].clone() }), pages)),
+            }
+        }
+    }
+
     /// The views, each with an `example` answer (its first key's), if it has any.
     pub(super) fn views(&self) -> Result<Vec<serde_json::Value>> {
         let v = self.get("/v1/views")?;

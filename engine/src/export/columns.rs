@@ -9,15 +9,19 @@
 //!
 //! | shape | Arrow / Parquet type |
 //! | --- | --- |
-//! | `integer` | `Int64`; `Decimal128(38, 0)` when a value of the column is outside the 64-bit range |
+//! | `integer` in the value of a `sum` view | `Decimal128(38, 0)` (sums can pass 64 bits) |
+//! | `integer` anywhere else | `Int64` (a value outside the 64-bit range is an error) |
 //! | `number` | `Float64` |
 //! | `string` | `Utf8` |
 //! | `day (YYYY-MM-DD)` | `Date32` (days since 1970-01-01) |
 //! | `boolean` | `Boolean` |
 //! | `[T]` | `List<T>` |
 //! | `{a: A, b: B}`, `[A, B]` | `Struct<a: A, b: B>`, `Struct<_0: A, _1: B>` |
-//! | `null` | no column |
-//! | anything else (`[]`) | `Utf8` holding the JSON text |
+//! | `null`, `{}`, anything else (`[]`) | `Utf8` holding the JSON text |
+//!
+//! The types depend on the description alone, never on the rows. An answer that does not
+//! fit its description (an object field not described, a non-object where an object is
+//! described, a value of the wrong type) is an error naming the column, field and value.
 
 use arrow_array::{ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray, StringArray, StructArray};
 use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
@@ -141,42 +145,53 @@ impl Parser<'_> {
 
 /// One column's values, collected from JSON, in the type its shape gives.
 pub(crate) enum Col {
-    Int(Vec<Option<i128>>),
+    /// Integers; `wide`: written as `Decimal128(38, 0)`, else `Int64`.
+    Int {
+        wide: bool,
+        vals: Vec<Option<i128>>,
+    },
     Float(Vec<Option<f64>>),
     Bool(Vec<Option<bool>>),
     Str(Vec<Option<String>>),
     Day(Vec<Option<i32>>),
     Json(Vec<Option<String>>),
-    List { offsets: Vec<i32>, valid: Vec<bool>, child: Box<Col> },
-    Struct { names: Vec<String>, tuple: bool, valid: Vec<bool>, children: Vec<Col> },
+    List {
+        offsets: Vec<i32>,
+        valid: Vec<bool>,
+        child: Box<Col>,
+    },
+    Struct {
+        names: Vec<String>,
+        tuple: bool,
+        valid: Vec<bool>,
+        children: Vec<Col>,
+    },
 }
 
 impl Col {
-    /// An empty column for `shape`; `None` for a shape without a column (`null`).
-    pub(crate) fn new(shape: &Shape) -> Option<Col> {
-        Some(match shape {
-            Shape::Int => Col::Int(Vec::new()),
+    /// An empty column for `shape`; `wide`: integers as `Decimal128(38, 0)`.
+    pub(crate) fn new(shape: &Shape, wide: bool) -> Col {
+        match shape {
+            Shape::Int => Col::Int { wide, vals: Vec::new() },
             Shape::Float => Col::Float(Vec::new()),
             Shape::Bool => Col::Bool(Vec::new()),
             Shape::Str => Col::Str(Vec::new()),
             Shape::Day => Col::Day(Vec::new()),
-            Shape::Json => Col::Json(Vec::new()),
-            Shape::Null => return None,
-            Shape::List(item) => {
-                Col::List { offsets: vec![0], valid: Vec::new(), child: Box::new(Col::new(item).unwrap_or(Col::Json(Vec::new()))) }
-            }
+            Shape::Json | Shape::Null => Col::Json(Vec::new()),
+            Shape::Struct { fields, .. } if fields.is_empty() => Col::Json(Vec::new()),
+            Shape::List(item) => Col::List { offsets: vec![0], valid: Vec::new(), child: Box::new(Col::new(item, wide)) },
             Shape::Struct { fields, tuple } => {
-                let (names, children) = fields.iter().filter_map(|(n, s)| Col::new(s).map(|c| (n.clone(), c))).unzip();
+                let (names, children) = fields.iter().map(|(n, s)| (n.clone(), Col::new(s, wide))).unzip();
                 Col::Struct { names, tuple: *tuple, valid: Vec::new(), children }
             }
-        })
+        }
     }
 
     /// Appends one value (`null` for a missing one). An error says what was expected.
     pub(crate) fn push(&mut self, v: &Value) -> Result<(), String> {
         let wrong = |what: &str| Err(format!("value {} is not {what}", short(v)));
         match self {
-            Col::Int(vals) => match v {
+            Col::Int { vals, .. } => match v {
                 Value::Null => vals.push(None),
                 Value::Number(n) => match n.as_i128().or_else(|| n.as_u128().and_then(|u| i128::try_from(u).ok())) {
                     Some(i) => vals.push(Some(i)),
@@ -228,7 +243,10 @@ impl Col {
             Col::Struct { names, tuple, valid, children } => {
                 let parts: Vec<&Value> = match (v, *tuple) {
                     (Value::Null, _) => vec![&Value::Null; names.len()],
-                    (Value::Object(fields), false) => names.iter().map(|n| fields.get(n).unwrap_or(&Value::Null)).collect(),
+                    (Value::Object(fields), false) => {
+                        unknown_field(fields, names)?;
+                        names.iter().map(|n| fields.get(n).unwrap_or(&Value::Null)).collect()
+                    }
                     (Value::Array(items), true) if items.len() == names.len() => items.iter().collect(),
                     _ => return wrong(if *tuple { "an array of the described length" } else { "an object" }),
                 };
@@ -243,7 +261,7 @@ impl Col {
 
     fn len(&self) -> usize {
         match self {
-            Col::Int(v) => v.len(),
+            Col::Int { vals, .. } => vals.len(),
             Col::Float(v) => v.len(),
             Col::Bool(v) => v.len(),
             Col::Str(v) | Col::Json(v) => v.len(),
@@ -255,10 +273,14 @@ impl Col {
     /// The Arrow field named `name` and the array.
     pub(crate) fn finish(self, name: &str) -> Result<(Field, ArrayRef), String> {
         let array: ArrayRef = match self {
-            Col::Int(vals) => {
-                if vals.iter().flatten().all(|v| i64::try_from(*v).is_ok()) {
-                    Arc::new(Int64Array::from(vals.into_iter().map(|v| v.map(|v| v as i64)).collect::<Vec<_>>()))
-                } else if let Some(v) = vals.iter().flatten().find(|v| v.unsigned_abs() > DECIMAL38_MAX as u128) {
+            Col::Int { wide: false, vals } => {
+                if let Some(v) = vals.iter().flatten().find(|v| i64::try_from(**v).is_err()) {
+                    return Err(format!("column {name}: value {v} is outside the 64-bit range of its Int64 column"));
+                }
+                Arc::new(Int64Array::from(vals.into_iter().map(|v| v.map(|v| v as i64)).collect::<Vec<_>>()))
+            }
+            Col::Int { wide: true, vals } => {
+                if let Some(v) = vals.iter().flatten().find(|v| v.unsigned_abs() > DECIMAL38_MAX as u128) {
                     return Err(format!("column {name}: value {v} has more than the 38 digits of a Parquet DECIMAL(38, 0)"));
                 } else {
                     let a = Decimal128Array::from(vals).with_precision_and_scale(38, 0).map_err(|e| format!("column {name}: {e}"))?;
@@ -298,6 +320,14 @@ impl Col {
     }
 }
 
+/// An error naming the first field of `fields` not among the described `names`.
+fn unknown_field(fields: &serde_json::Map<String, Value>, names: &[String]) -> Result<(), String> {
+    match fields.iter().find(|(k, _)| !names.contains(k)) {
+        Some((k, v)) => Err(format!("field {k} (value {}) is not in the description (fields: {})", short(v), names.join(", "))),
+        None => Ok(()),
+    }
+}
+
 fn nulls_of(valid: Vec<bool>) -> Option<NullBuffer> {
     if valid.iter().all(|v| *v) {
         None
@@ -332,6 +362,9 @@ enum Source {
 /// A view's columns: key columns first, then value columns.
 pub(crate) struct Layout {
     columns: Vec<(String, Source, Col)>,
+    /// The described fields of an object key and an object value.
+    key_fields: Option<Vec<String>>,
+    value_fields: Option<Vec<String>>,
     /// How many of the columns are key columns.
     pub(crate) key_columns: usize,
 }
@@ -342,6 +375,7 @@ impl Layout {
     /// is prefixed `value_`.
     pub(crate) fn of(info: &ViewInfo) -> Result<Layout, String> {
         let key = Shape::parse(&info.key).map_err(|e| format!("view {}: key: {e}", info.name))?;
+        let wide_values = matches!(info.kind, lambdaflow_operators::ViewKind::Sum);
         let value = Shape::parse(&info.value).map_err(|e| format!("view {}: value: {e}", info.name))?;
         let mut columns: Vec<(String, Source, Col)> = Vec::new();
         let split = |shape: &Shape, whole: &str| -> Vec<(String, Option<String>, Shape)> {
@@ -352,21 +386,22 @@ impl Layout {
                 other => vec![(whole.to_string(), None, other.clone())],
             }
         };
-        for (name, field, shape) in split(&key, "key") {
-            if let Some(col) = Col::new(&shape) {
-                columns.push((name, Source::Key(field), col));
-            }
+        let fields_of =
+            |parts: &[(String, Option<String>, Shape)]| -> Option<Vec<String>> { parts.iter().map(|(_, f, _)| f.clone()).collect() };
+        let key_parts = split(&key, "key");
+        let value_parts = split(&value, "value");
+        let (key_fields, value_fields) = (fields_of(&key_parts), fields_of(&value_parts));
+        for (name, field, shape) in key_parts {
+            columns.push((name, Source::Key(field), Col::new(&shape, false)));
         }
         let key_columns = columns.len();
-        for (mut name, field, shape) in split(&value, "value") {
-            if let Some(col) = Col::new(&shape) {
-                while columns.iter().any(|(n, _, _)| *n == name) {
-                    name = format!("value_{name}");
-                }
-                columns.push((name, Source::Value(field), col));
+        for (mut name, field, shape) in value_parts {
+            while columns.iter().any(|(n, _, _)| *n == name) {
+                name = format!("value_{name}");
             }
+            columns.push((name, Source::Value(field), Col::new(&shape, wide_values)));
         }
-        Ok(Layout { columns, key_columns })
+        Ok(Layout { columns, key_columns, key_fields, value_fields })
     }
 
     /// The column names, in order.
@@ -376,6 +411,14 @@ impl Layout {
 
     /// Appends one answer. An error names the column.
     pub(crate) fn push(&mut self, key: &Value, value: &Value) -> Result<(), String> {
+        for (what, v, fields) in [("key", key, &self.key_fields), ("value", value, &self.value_fields)] {
+            let Some(names) = fields else { continue };
+            match v {
+                Value::Object(map) => unknown_field(map, names).map_err(|e| format!("{what}: {e}"))?,
+                Value::Null => {}
+                other => return Err(format!("{what}: value {} is not an object (fields: {})", short(other), names.join(", "))),
+            }
+        }
         for (name, source, col) in &mut self.columns {
             let v = match source {
                 Source::Key(None) => key,
@@ -417,6 +460,7 @@ pub(crate) fn type_name(t: &DataType) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::Array;
     use serde_json::json;
 
     #[test]
@@ -446,11 +490,12 @@ mod tests {
     }
 
     #[test]
-    fn integers_are_int64_unless_a_value_needs_128_bits() {
+    fn integer_types_come_from_the_description_not_the_data() {
+        // A sum view's value integers are always Decimal128(38, 0), small or not.
         let mut l = Layout::of(&view("integer", "{n: integer}")).unwrap();
-        l.push(&json!(1), &json!({ "n": i64::MAX })).unwrap();
+        l.push(&json!(1), &json!({ "n": 5 })).unwrap();
         let (fields, _) = l.finish().unwrap();
-        assert_eq!(fields[1].data_type(), &DataType::Int64);
+        assert_eq!((fields[0].data_type(), fields[1].data_type()), (&DataType::Int64, &DataType::Decimal128(38, 0)));
 
         let mut l = Layout::of(&view("integer", "{n: integer}")).unwrap();
         let big: i128 = i128::from(i64::MAX) * 4;
@@ -464,6 +509,53 @@ mod tests {
         l.push(&json!(1), &serde_json::from_str::<Value>(&format!("{{\"n\": {}}}", i128::MAX)).unwrap()).unwrap();
         let err = l.finish().unwrap_err();
         assert!(err.contains("column n") && err.contains("38 digits"), "{err}");
+
+        // Any other integer is Int64, and one that does not fit is an error, not a new type.
+        let mut value_view = view("integer", "{n: integer}");
+        value_view.kind = lambdaflow_operators::ViewKind::Value;
+        let mut l = Layout::of(&value_view).unwrap();
+        l.push(&json!(1), &json!({ "n": 5 })).unwrap();
+        assert_eq!(l.finish().unwrap().0[1].data_type(), &DataType::Int64);
+        let mut l = Layout::of(&value_view).unwrap();
+        l.push(&json!(1), &serde_json::from_str::<Value>(&format!("{{\"n\": {big}}}")).unwrap()).unwrap();
+        let err = l.finish().unwrap_err();
+        assert!(err.contains("column n") && err.contains(&big.to_string()), "{err}");
+    }
+
+    #[test]
+    fn answers_that_do_not_fit_the_description_are_errors_not_dropped_or_nulled() {
+        // A value field that is not described.
+        let mut l = Layout::of(&view("integer", "{n: integer}")).unwrap();
+        let err = l.push(&json!(1), &json!({ "n": 1, "extra": 7 })).unwrap_err();
+        assert!(err.contains("value") && err.contains("field extra") && err.contains('7'), "{err}");
+        // A non-object where an object is described.
+        let err = l.push(&json!(1), &json!(5)).unwrap_err();
+        assert!(err.contains("value 5 is not an object"), "{err}");
+        // Also inside lists of objects.
+        let mut l = Layout::of(&view("integer", "[{p: integer}]")).unwrap();
+        let err = l.push(&json!(1), &json!([{ "p": 1, "q": 2 }])).unwrap_err();
+        assert!(err.contains("field q"), "{err}");
+        let err = l.push(&json!(1), &json!([3])).unwrap_err();
+        assert!(err.contains("is not an object"), "{err}");
+    }
+
+    #[test]
+    fn null_and_empty_object_shapes_become_json_text_columns() {
+        for desc in ["null", "{}"] {
+            let mut l = Layout::of(&view("integer", desc)).unwrap();
+            assert_eq!(l.names(), ["key", "value"], "{desc}");
+            l.push(&json!(1), &json!({})).unwrap();
+            l.push(&json!(2), &Value::Null).unwrap();
+            let (fields, arrays) = l.finish().unwrap();
+            assert_eq!(fields[1].data_type(), &DataType::Utf8, "{desc}");
+            let s = arrays[1].as_any().downcast_ref::<StringArray>().unwrap();
+            assert_eq!(s.value(0), "{}");
+            assert!(s.is_null(1));
+        }
+        let mut l = Layout::of(&view("{a: integer, b: null}", "integer")).unwrap();
+        assert_eq!(l.names(), ["a", "b", "value"]);
+        l.push(&json!({ "a": 1, "b": null }), &json!(3)).unwrap();
+        l.finish().unwrap();
     }
 
     #[test]

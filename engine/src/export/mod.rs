@@ -76,6 +76,8 @@ pub struct ExportedView {
     /// For a merged export from a service: this view's own frontier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frontier: Option<Vec<u64>>,
+    /// The batch version this view's answers come from.
+    pub batch_version: Option<u64>,
     /// Seconds spent building and writing the file.
     #[serde(skip)]
     pub secs: f64,
@@ -151,7 +153,23 @@ fn every_key() -> Selection {
 pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, names: &[String], out: &Path) -> Result<Export> {
     let store = ViewStore::open(data_dir)?;
     let meta = match version {
-        Some(v) => store.meta(v)?,
+        Some(v) => store.meta(v).map_err(|e| {
+            let published = std::cell::RefCell::new(Vec::new());
+            if store
+                .find_published(|m| {
+                    published.borrow_mut().push(m.version.to_string());
+                    false
+                })
+                .is_err()
+                || published.borrow().contains(&v.to_string())
+            {
+                return e;
+            }
+            let mut published = published.into_inner();
+            published.reverse();
+            let list = if published.is_empty() { "none".to_string() } else { published.join(", ") };
+            Error::Usage(format!("{} has no published batch version {v}; the published versions are: {list}", data_dir.display()))
+        })?,
         None => store.current_meta()?.ok_or_else(|| {
             Error::Usage(format!(
                 "{} has no batch version yet: run `batch` first (or export the speed layer's answers with --merged)",
@@ -175,18 +193,29 @@ pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, nam
         exported_ms: crate::clock::now_ms(),
     };
     let selected = select(&job.views, names)?;
-    create_dir(out)?;
+    let _lock = OutLock::acquire(out)?;
     let mut files = Vec::new();
     for view in selected {
         let t = Instant::now();
         let name = &view.info().name;
-        let bytes = store.read_view(meta.version, name)?.ok_or_else(|| {
-            Error::Inconsistent(format!(
-                "batch version {} has no view `{name}` (was it removed meanwhile by `batch --keep`?)",
-                meta.version
-            ))
-        })?;
-        let table = view.decode_batch(&bytes).map_err(Error::Inconsistent)?;
+        // A version that is no longer the current one may be collected (`batch --keep`, a
+        // service's gc) while it is read: that is Unavailable (retry with the current one),
+        // not damage.
+        let gone = |e: Error| {
+            if store.current_meta().ok().flatten().map(|m| m.version) != Some(meta.version) {
+                Error::Unavailable(format!(
+                    "batch version {} was removed (garbage-collected) while it was exported ({e}): export the current version",
+                    meta.version
+                ))
+            } else {
+                e
+            }
+        };
+        let bytes = store
+            .read_view(meta.version, name)
+            .and_then(|b| b.ok_or_else(|| Error::Inconsistent(format!("batch version {} has no view `{name}`", meta.version))))
+            .map_err(gone)?;
+        let table = view.decode_batch(&bytes).map_err(Error::Inconsistent).map_err(gone)?;
         drop(bytes);
         let empty = view.new_speed_table();
         let answers = view.query(Some(table.as_ref()), empty.as_ref(), &every_key()).map_err(Error::Internal)?;
@@ -206,7 +235,7 @@ pub fn export_merged<J: Job>(lambda: &Lambda<J>, names: &[String], out: &Path) -
     let serving = lambda.serving();
     let views = serving.speed.views();
     let selected: Vec<String> = select(views, names)?.iter().map(|v| v.info().name.clone()).collect();
-    create_dir(out)?;
+    let _lock = OutLock::acquire(out)?;
     let frontier = serving.speed.frontier();
     let export = ExportMeta {
         job: lambda.job().name().to_string(),
@@ -240,12 +269,44 @@ pub fn finish(out: &Path, meta: ExportMeta, views: Vec<ExportedView>) -> Result<
     let export = Export { meta, views };
     let mut body = serde_json::to_vec_pretty(&export).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
     body.push(b'\n');
-    crate::durable::replace(&out.join(MANIFEST), &out.join(format!(".{MANIFEST}.tmp")), &body)?;
+    crate::durable::replace(&out.join(MANIFEST), &temp_path(out, MANIFEST), &body)?;
     Ok(export)
 }
 
 fn create_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), what: "create directory".into(), source })
+}
+
+/// The lock file every export takes in its output directory (hidden, like the temporary
+/// files, so readers globbing `*.parquet` or skipping `.`/`_` names ignore it).
+pub const OUT_LOCK: &str = ".lambdaflow.lock";
+
+/// An output directory held for one whole export (files and manifest): two exports into the
+/// same directory (`serve --export-parquet D` and `export --out D`, say) take turns instead
+/// of mixing their files and manifests. Released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct OutLock {
+    _file: std::fs::File,
+}
+
+impl OutLock {
+    /// Creates `out` if needed and takes its lock, waiting for another export to finish.
+    pub fn acquire(out: &Path) -> Result<OutLock> {
+        create_dir(out)?;
+        let path = out.join(OUT_LOCK);
+        let io = |what: &str, source| Error::Io { path: path.clone(), what: what.into(), source };
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io("open", e))?;
+        file.lock().map_err(|e| io("lock", e))?;
+        Ok(OutLock { _file: file })
+    }
+}
+
+/// A temporary name for `file_name` in `out`, unique to this process and call, so writers
+/// never truncate each other's half-written files.
+fn temp_path(out: &Path, file_name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    out.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Writes one view's answers (`(key, value)` JSON pairs, in key order) as `out/VIEW.parquet`,
@@ -258,13 +319,19 @@ pub fn write_view<'a>(
     meta: &ExportMeta,
     frontier: Option<Vec<u64>>,
 ) -> Result<ExportedView> {
-    let bad = |e: String| Error::Internal(format!("view {}: its answers do not match its description: {e}", info.name));
+    // Answers that do not convert are refused as data (never as an internal error): the
+    // "line" is the answer's number in key order.
+    let bad_at = |n: usize, e: String| Error::BadInput {
+        line: n as u64,
+        error: lambdaflow_operators::FieldError::line(format!("view {}: answer {n} does not match the view's description: {e}", info.name)),
+    };
+    let bad = |e: String| bad_at(0, e);
     let mut layout = columns::Layout::of(&info.clone()).map_err(bad)?;
     let key_names: Vec<String> = layout.names().into_iter().take(layout.key_columns).collect();
     let key_columns = layout.key_columns;
     let mut rows = 0usize;
     for (key, value) in answers {
-        layout.push(key, value).map_err(|e| bad(format!("key {key}: {e}")))?;
+        layout.push(key, value).map_err(|e| bad_at(rows + 1, format!("key {key}: {e}")))?;
         rows += 1;
     }
     let (fields, arrays) = layout.finish().map_err(bad)?;
@@ -300,7 +367,7 @@ pub fn write_view<'a>(
         .build();
     let file_name = format!("{}.parquet", info.name);
     let path = out.join(&file_name);
-    let tmp = out.join(format!(".{file_name}.tmp"));
+    let tmp = temp_path(out, &file_name);
     let written = write_parquet(&tmp, schema, &batch, props);
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -310,7 +377,17 @@ pub fn write_view<'a>(
         let _ = std::fs::remove_file(&tmp);
     })?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(ExportedView { view: info.name.clone(), file: file_name, rows, bytes, columns, key_columns, frontier, secs: 0.0 })
+    Ok(ExportedView {
+        view: info.name.clone(),
+        file: file_name,
+        rows,
+        bytes,
+        columns,
+        key_columns,
+        frontier,
+        batch_version: meta.batch_version,
+        secs: 0.0,
+    })
 }
 
 /// Writes `batch` to `path` as Parquet and fsyncs the file.
@@ -405,12 +482,42 @@ mod tests {
     }
 
     #[test]
+    fn days_the_engine_displays_beyond_9999_are_written() {
+        let dir = crate::testing::TempDir::new("export-far-days");
+        let info = ViewInfo { name: "d".into(), kind: ViewKind::Sum, key: "day (YYYY-MM-DD)".into(), value: "integer".into() };
+        let far = lambdaflow_operators::Day(3_000_000);
+        let answers = [(json!(far.to_string()), json!(1))];
+        write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap();
+        let f = std::fs::File::open(view_file(dir.path(), "d")).unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().next().unwrap().unwrap();
+        assert_eq!(batch.column(0).as_primitive::<Date32Type>().value(0), 3_000_000);
+    }
+
+    #[test]
+    fn temporary_names_are_unique_and_an_output_directory_is_held_by_one_export() {
+        let dir = crate::testing::TempDir::new("export-lock");
+        let a = temp_path(dir.path(), "v.parquet");
+        let b = temp_path(dir.path(), "v.parquet");
+        assert_ne!(a, b);
+        assert!(a.to_string_lossy().contains(&std::process::id().to_string()), "{a:?}");
+        let held = OutLock::acquire(dir.path()).unwrap();
+        let other = std::fs::OpenOptions::new().write(true).open(dir.path().join(OUT_LOCK)).unwrap();
+        assert!(matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)), "a second export must wait");
+        drop(held);
+        other.try_lock().unwrap();
+    }
+
+    #[test]
     fn an_answer_that_does_not_match_the_description_fails_and_leaves_nothing() {
         let dir = crate::testing::TempDir::new("export-bad");
         let info = ViewInfo { name: "v".into(), kind: ViewKind::Sum, key: "integer".into(), value: "{n: integer}".into() };
         let answers = [(json!(1), json!({ "n": "x" }))];
         let err = write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap_err().to_string();
         assert!(err.contains("view v") && err.contains("key 1") && err.contains("column n"), "{err}");
+        let answers = [(json!(1), json!({ "n": 1 }))];
+        let info = ViewInfo { name: "v".into(), kind: ViewKind::Value, key: "integer".into(), value: "{n: day (YYYY-MM-DD)}".into() };
+        let e = write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::BadInput, "unconvertible data is not an internal error: {e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -15,6 +15,7 @@
 //! | `Utf8`, `LargeUtf8`, `Utf8View` | string |
 //! | `Date32`, `Date64` | `"YYYY-MM-DD"` |
 //! | `Timestamp(unit, _)` | integer milliseconds since the epoch (rounded down) |
+//! | `Dictionary(_, T)` (dictionary-encoded) | as `T` |
 //!
 //! Any other column type (lists, structs, binary) is refused at the first row that has a
 //! value in it, naming the row, the column and its type.
@@ -66,11 +67,136 @@ pub fn for_each_row_as_ndjson(path: &Path, mut f: impl FnMut(u64, &str) -> Resul
         for i in 0..batch.num_rows() {
             row += 1;
             line.clear();
-            row_as_json(&batch, &names, i, &mut line).map_err(|error| Error::BadInput { line: row, error })?;
+            row_as_json(&batch, &names, i, &mut line).map_err(|mut error| {
+                error.message = format!("{} (row {row} of {})", error.message, path.display());
+                Error::BadInput { line: row, error }
+            })?;
             f(row, &line)?;
         }
     }
     Ok(row)
+}
+
+/// The rows of the Parquet file at `path` as NDJSON text (one line per row, row N on line N),
+/// read by a thread a batch of rows at a time into a bounded channel: memory stays bounded
+/// whatever the file's size. A row the reader cannot express (see [`for_each_row_as_ndjson`])
+/// ends the text with an `InvalidData` error naming the file, row, column and value.
+pub fn ndjson_reader(path: &Path) -> Result<ChannelReader> {
+    // Fail early (in this thread) on a missing or unreadable file.
+    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), what: "open".into(), source })?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::BadInput {
+        line: 0,
+        error: FieldError::line(format!("{} is not a readable Parquet file: {e}", path.display())),
+    })?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::result::Result<Vec<u8>, End>>(4);
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("parquet-reader".into())
+        .spawn(move || {
+            let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
+            let read = for_each_row_as_ndjson(&path, |_, line| {
+                chunk.extend_from_slice(line.as_bytes());
+                chunk.push(b'\n');
+                if chunk.len() >= CHUNK_BYTES {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES + 4096));
+                    // The reader stopped listening (its ingest failed or ended): stop too.
+                    tx.send(Ok(full)).map_err(|_| Error::Unavailable("the Parquet reader's consumer went away".into()))?;
+                }
+                Ok(())
+            });
+            // The last message says how it ended: an empty error text is the end of the rows.
+            let _ = tx.send(Ok(chunk));
+            let _ = tx.send(match read {
+                Ok(_) => Err(End::Rows),
+                Err(Error::BadInput { line, error }) => Err(End::BadRow(BadRow { line, error })),
+                Err(e) => Err(End::Failed(e.to_string())),
+            });
+        })
+        .map_err(|source| Error::System { what: "start the Parquet reader thread".into(), source })?;
+    Ok(ChannelReader { rx, buf: Vec::new(), pos: 0, ended: false })
+}
+
+/// How a [`ndjson_reader`] thread's rows ended.
+enum End {
+    Rows,
+    BadRow(BadRow),
+    Failed(String),
+}
+
+/// A row a [`ndjson_reader`] could not express as NDJSON, carried through `std::io::Error`
+/// (its source is read as a `BufRead`); [`input_error`] turns it back into bad input.
+#[derive(Debug)]
+pub struct BadRow {
+    line: u64,
+    error: FieldError,
+}
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.error)
+    }
+}
+
+impl std::error::Error for BadRow {}
+
+/// An error reading an input source: bad input when it is a Parquet row the reader could not
+/// express, else an I/O error.
+pub fn input_error(source: std::io::Error) -> Error {
+    if !source.get_ref().is_some_and(|e| e.is::<BadRow>()) {
+        return Error::Io { path: "<input>".into(), what: "read".into(), source };
+    }
+    match source.into_inner().map(|e| e.downcast::<BadRow>()) {
+        Some(Ok(bad)) => Error::BadInput { line: bad.line, error: bad.error },
+        other => Error::Internal(format!("reading Parquet input: {other:?}")),
+    }
+}
+
+/// Bytes a [`ndjson_reader`] thread hands over at a time.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// NDJSON text arriving from a [`ndjson_reader`] thread, as a [`std::io::BufRead`].
+pub struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, End>>,
+    buf: Vec<u8>,
+    pos: usize,
+    /// The thread said the rows ended.
+    ended: bool,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        let n = {
+            let have = self.fill_buf()?;
+            let n = have.len().min(out.len());
+            out[..n].copy_from_slice(&have[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pos >= self.buf.len() && !self.ended {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(End::Rows)) => self.ended = true,
+                Ok(Err(End::BadRow(bad))) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, bad)),
+                Ok(Err(End::Failed(message))) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, message)),
+                Err(_) => return Err(std::io::Error::other("the Parquet reader thread stopped before the end of the file")),
+            }
+        }
+        Ok(self.buf.get(self.pos..).unwrap_or_default())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
 }
 
 /// Whether the file at `path` starts with Parquet's magic bytes (`PAR1`): how a record source
@@ -160,6 +286,29 @@ fn value_as_json(a: &dyn Array, i: usize, out: &mut String) -> std::result::Resu
             let v = a.as_primitive::<Decimal128Type>().value(i);
             decimal(v, *scale, out);
         }
+        // Dictionary-encoded (as many writers store repetitive strings): the value the key
+        // points at.
+        DataType::Dictionary(key, _) => {
+            let d = a.as_any_dictionary();
+            let k = d.keys();
+            let at = match key.as_ref() {
+                DataType::Int8 => i64::from(k.as_primitive::<Int8Type>().value(i)),
+                DataType::Int16 => i64::from(k.as_primitive::<Int16Type>().value(i)),
+                DataType::Int32 => i64::from(k.as_primitive::<Int32Type>().value(i)),
+                DataType::Int64 => k.as_primitive::<Int64Type>().value(i),
+                DataType::UInt8 => i64::from(k.as_primitive::<UInt8Type>().value(i)),
+                DataType::UInt16 => i64::from(k.as_primitive::<UInt16Type>().value(i)),
+                DataType::UInt32 => i64::from(k.as_primitive::<UInt32Type>().value(i)),
+                DataType::UInt64 => i64::try_from(k.as_primitive::<UInt64Type>().value(i)).unwrap_or(-1),
+                other => return Err((format!("<{other} key>"), format!("has dictionary keys of type {other}, which are not read"))),
+            };
+            let values = d.values();
+            match usize::try_from(at).ok().filter(|&at| at < values.len()) {
+                Some(at) if values.is_null(at) => out.push_str("null"),
+                Some(at) => value_as_json(values.as_ref(), at, out)?,
+                None => return Err((at.to_string(), "is a dictionary key outside its dictionary".into())),
+            }
+        }
         other => {
             return Err((
                 format!("<{other}>"),
@@ -230,6 +379,19 @@ mod tests {
     }
 
     #[test]
+    fn dictionary_encoded_strings_are_read_as_their_values() {
+        let dir = crate::testing::TempDir::new("parquet-dict");
+        let path = dir.path().join("dict.parquet");
+        let dict: arrow_array::DictionaryArray<I32> = vec![Some("view"), Some("purchase"), None, Some("view")].into_iter().collect();
+        write(&path, vec![("type", Arc::new(dict) as ArrayRef)]);
+        let f = std::fs::File::open(&path).unwrap();
+        let schema = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().schema().clone();
+        assert!(matches!(schema.field(0).data_type(), DataType::Dictionary(..)), "the file keeps the dictionary type");
+        let got: Vec<String> = lines(&path).unwrap().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(got, [r#"{"type":"view"}"#, r#"{"type":"purchase"}"#, "{}", r#"{"type":"view"}"#]);
+    }
+
+    #[test]
     fn rows_become_ndjson_lines_without_null_fields() {
         let dir = crate::testing::TempDir::new("parquet-read");
         let path = dir.path().join("in.parquet");
@@ -270,10 +432,12 @@ mod tests {
         write(&path, vec![("ok", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef), ("tags", Arc::new(list))]);
         let err = lines(&path).unwrap_err().to_string();
         assert!(err.starts_with("line 2:") && err.contains("field \"tags\"") && err.contains("List"), "{err}");
+        assert!(err.contains(&format!("row 2 of {}", path.display())), "the error names the file: {err}");
         let nan = dir.path().join("nan.parquet");
         write(&nan, vec![("x", Arc::new(Float64Array::from(vec![1.0, f64::NAN])) as ArrayRef)]);
         let err = lines(&nan).unwrap_err().to_string();
         assert!(err.starts_with("line 2:") && err.contains("\"x\"") && err.contains("NaN"), "{err}");
+        assert!(err.contains(&format!("row 2 of {}", nan.display())), "the error names the file: {err}");
         std::fs::write(dir.path().join("bad.parquet"), b"not parquet at all").unwrap();
         let err = lines(&dir.path().join("bad.parquet")).unwrap_err().to_string();
         assert!(err.contains("not a readable Parquet file"), "{err}");
