@@ -115,7 +115,17 @@ fn oracle(events: &[Obs]) -> Views {
         by_key.entry(o.key).or_default().push(o);
     }
     // Every declared view is there, also when no key has a value (a view with no keys).
-    let names = ["max_bounded", "max_full", "min_bounded", "arg_max_bounded", "arg_min_bounded", "most_frequent", "median", "max_item_by_window", "items_by_sliding_window"];
+    let names = [
+        "max_bounded",
+        "max_full",
+        "min_bounded",
+        "arg_max_bounded",
+        "arg_min_bounded",
+        "most_frequent",
+        "median",
+        "max_item_by_window",
+        "items_by_sliding_window",
+    ];
     let mut views: Views = names.iter().map(|n| (n.to_string(), BTreeMap::new())).collect();
     let key_of = |w: Window| serde_json::to_string(&w.to_string()).unwrap();
     for o in events {
