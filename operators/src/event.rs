@@ -25,22 +25,26 @@ impl FieldError {
 
     /// An error about one field and its value.
     pub fn field(field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) -> Self {
-        let mut value: String = value.into();
-        if value.len() > 64 {
-            let mut cut = 64;
-            while !value.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            value.truncate(cut);
-            value.push('…');
-        }
-        FieldError { field: Some(field.into()), value: Some(value), message: message.into() }
+        FieldError { field: Some(field.into()), value: Some(truncated(value.into(), 64)), message: message.into() }
     }
 
     /// An error about a missing field.
     pub fn missing(field: impl Into<String>) -> Self {
         FieldError { field: Some(field.into()), value: None, message: "is required but missing".into() }
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), with `…` when it was cut.
+pub(crate) fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 impl fmt::Display for FieldError {

@@ -108,15 +108,7 @@ fn describe(line: &str, path: &serde_path_to_error::Path, e: &serde_json::Error)
 
 /// A message about the whole line, cut to a readable length (it may quote the line).
 fn short(message: &str) -> String {
-    const MAX: usize = 200;
-    if message.len() <= MAX {
-        return message.to_string();
-    }
-    let mut cut = MAX;
-    while !message.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &message[..cut])
+    crate::event::truncated(message.to_string(), 200)
 }
 
 fn without_position(e: &serde_json::Error) -> String {
