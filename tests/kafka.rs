@@ -399,3 +399,54 @@ fn kafka_bench() {
     );
     drop(server);
 }
+
+// Proves positions set by hand (`kafka-positions set`) are where consuming starts (records
+// before them are never appended), that the data directory remembers the topics it consumed,
+// and that once its positions are lost (the key journal moved aside) the service refuses to
+// read such a topic again from its earliest offset, naming the fix, instead of appending
+// every record a second time.
+#[test]
+fn positions_set_by_hand_and_lost_positions_refused() {
+    let tmp = TempDir::new("kafka-positions");
+    let Some(broker) = start_broker(&tmp) else { return };
+    let data = tmp.join("data");
+    let events = shop_events(11, 400);
+    let rt = runtime();
+    let client = rt.block_on(connect(&broker.addr));
+    rt.block_on(create_topics(&client, &[("hand".to_string(), 2)]));
+    rt.block_on(async {
+        for (p, half) in events.chunks(200).enumerate() {
+            let pc = client.partition_client("hand", p as i32, UnknownTopicHandling::Retry).await.expect("partition client");
+            // Batches of 10: the positions below start batches (tansu answers a fetch from
+            // inside a batch with the batches after it).
+            for (i, ten) in half.chunks(10).enumerate() {
+                let offsets = pc.produce(ten.iter().map(|e| record(line(e))).collect(), Compression::NoCompression).await.expect("produce");
+                assert_eq!(offsets.first(), Some(&(10 * i as i64)), "a new partition starts at offset 0");
+            }
+        }
+    });
+    let set = common::run(&data, &["kafka-positions", "set", "hand/0=150", "hand/1=20"]);
+    assert!(set.status.success(), "{}", common::stderr(&set));
+    assert!(common::stdout(&set).contains("hand/0\tnext offset 150"), "{}", common::stdout(&set));
+    let bad = common::run(&data, &["kafka-positions", "set", "hand/x=1"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", common::stderr(&bad));
+    assert!(common::stderr(&bad).contains("hand/x=1"), "{}", common::stderr(&bad));
+
+    let server = Server::start(&data, &["--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "hand"]);
+    let mut c = server.client();
+    wait_consumed(&mut c, 400, "from positions set by hand");
+    drop(server);
+    let kept: Vec<ShopEvent> = events[150..200].iter().chain(&events[220..400]).cloned().collect();
+    assert_eq!(log_multiset(&data), expected_multiset(&kept), "exactly the records from the positions on");
+    let listed = common::run(&data, &["kafka-positions", "--json"]);
+    let rows: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(rows, serde_json::json!([{"topic": "hand", "partition": 0, "next": 200}, {"topic": "hand", "partition": 1, "next": 200}]));
+    assert_eq!(std::fs::read_to_string(data.join("kafka-topics")).expect("the consumed topics").trim(), "hand");
+
+    std::fs::rename(data.join("keys"), tmp.join("keys-aside")).expect("move the key journal aside");
+    let o = common::run(&data, &["serve", "--listen", "127.0.0.1:0", "--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "hand"]);
+    assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
+    let err = common::stderr(&o);
+    assert!(err.contains("consumed Kafka topic `hand` before") && err.contains("kafka-positions set hand/"), "{err}");
+    assert_eq!(log_multiset(&data), expected_multiset(&kept), "nothing was appended again");
+}

@@ -74,6 +74,13 @@ pub(super) enum Command {
         lambdaflow export revenue_by_day --out exports/ --merged   # batch + speed at the speed layer's frontier\n\n\
         See docs/export.md for the column types and how to read them.")]
     Export(ExportArgs),
+    /// Show or set how far each Kafka partition has been read into the log (see docs/kafka.md).
+    #[command(
+        name = "kafka-positions",
+        after_help = "Examples:\n  lambdaflow kafka-positions\n  \
+        lambdaflow kafka-positions set shop/0=1042 shop/1=998   # the next offsets to read; the service must be stopped"
+    )]
+    KafkaPositions(KafkaPositionsArgs),
 }
 
 /// `ingest`'s flags.

@@ -37,6 +37,7 @@ pub(super) fn start_kafka<J: Job>(lambda: &Arc<Lambda<J>>, args: &KafkaArgs, dir
     let dead = args.kafka_dead_letters.clone().unwrap_or_else(|| dir.join("kafka-dead-letters.ndjson"));
     let mut cfg = KafkaConfig::new(args.kafka_brokers.clone(), args.kafka_topic.clone(), dead.clone());
     cfg.max_lag_events = max_lag_events;
+    cfg.history = Some(dir.join(KAFKA_HISTORY_FILE));
     let connector = crate::connect::start(lambda.clone(), cfg)?;
     eprintln!(
         "lambdaflow serve: consuming Kafka topic(s) {} from {} (dead letters: {})",
@@ -46,3 +47,76 @@ pub(super) fn start_kafka<J: Job>(lambda: &Arc<Lambda<J>>, args: &KafkaArgs, dir
     );
     Ok(Some(connector))
 }
+
+/// `kafka-positions`' flags.
+#[derive(Args)]
+pub(super) struct KafkaPositionsArgs {
+    #[command(subcommand)]
+    pub(super) action: Option<KafkaPositionsAction>,
+    /// Print JSON (`[{"topic", "partition", "next"}]`).
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+/// What `kafka-positions` does.
+#[derive(Subcommand)]
+pub(super) enum KafkaPositionsAction {
+    /// List the committed positions (the default).
+    List,
+    /// Set partitions' next offsets, e.g. after Kafka's retention deleted records never read,
+    /// or to rebuild positions lost with the key journal. The service must be stopped.
+    Set {
+        /// TOPIC/PARTITION=OFFSET: the next offset to read from that partition.
+        #[arg(value_name = "TOPIC/PARTITION=OFFSET", required = true)]
+        positions: Vec<String>,
+    },
+}
+
+/// Parses `TOPIC/PARTITION=OFFSET`.
+fn parse_position(s: &str) -> Result<(String, i32, u64)> {
+    let bad = |why: &str| Error::Usage(format!("`{s}`: {why} (expected TOPIC/PARTITION=OFFSET, e.g. shop/0=1042)"));
+    let (tp, offset) = s.split_once('=').ok_or_else(|| bad("no `=OFFSET`"))?;
+    let (topic, partition) = tp.rsplit_once('/').ok_or_else(|| bad("no `/PARTITION`"))?;
+    if topic.is_empty() || topic.contains('/') {
+        return Err(bad("the topic name is empty or holds `/`"));
+    }
+    let partition: i32 = partition.parse().ok().filter(|p| *p >= 0).ok_or_else(|| bad("the partition is not a number >= 0"))?;
+    let offset: u64 = offset.parse().map_err(|_| bad("the offset is not a number >= 0"))?;
+    Ok((topic.to_string(), partition, offset))
+}
+
+/// `kafka-positions [list|set TOPIC/PARTITION=OFFSET...]`: needs the data directory to itself.
+pub(super) fn kafka_positions(g: &Global, args: KafkaPositionsArgs) -> Result<()> {
+    let _lock = match DirLock::try_acquire(&g.data, "kafka-positions", g.wait, false)? {
+        Ok(lock) => lock,
+        Err(busy) => {
+            return Err(busy_error(
+                &g.data,
+                &busy,
+                g.wait,
+                "positions are read and set with the service stopped (its status shows them live: `lambdaflow status`)",
+            ))
+        }
+    };
+    let appender = open_log(&g.data, 4)?;
+    if let Some(KafkaPositionsAction::Set { positions }) = &args.action {
+        let parsed = positions.iter().map(|p| parse_position(p)).collect::<Result<Vec<_>>>()?;
+        crate::connect::set_positions(&appender, &g.data.join(KAFKA_HISTORY_FILE), &parsed)?;
+    }
+    let all = crate::connect::positions(&appender);
+    if args.json {
+        let rows: Vec<_> = all.iter().map(|(t, p, n)| serde_json::json!({"topic": t, "partition": p, "next": n})).collect();
+        return out(format_args!("{}", serde_json::Value::Array(rows)));
+    }
+    if all.is_empty() {
+        return out(format_args!("no Kafka positions in {}", g.data.display()));
+    }
+    let mut text = String::new();
+    for (t, p, n) in &all {
+        text.push_str(&format!("{t}/{p}\tnext offset {n}\n"));
+    }
+    out(format_args!("{}", text.trim_end()))
+}
+
+/// The file listing the Kafka topics a data directory has consumed (see `KafkaConfig::history`).
+pub(super) const KAFKA_HISTORY_FILE: &str = "kafka-topics";

@@ -139,6 +139,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         Command::Cluster(args) => cluster(app, &g, args),
         Command::Worker(args) => worker(app, &g.data, g.workers, args),
         Command::Export(args) => export(app, &g, args),
+        Command::KafkaPositions(args) => kafka_positions(&g, args),
     }
 }
 

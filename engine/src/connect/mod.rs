@@ -59,13 +59,30 @@ pub struct KafkaConfig {
     pub fetch_max_bytes: i32,
     /// At most this many records per commit round.
     pub round_max_records: usize,
+    /// The file that lists the topics this data directory has consumed (one per line), or
+    /// `None` to keep no such list. A topic listed there whose positions are all missing
+    /// (the key journal was moved aside) is refused at start instead of being read again
+    /// from its earliest offset, which would append its records a second time.
+    pub history: Option<PathBuf>,
+    /// How often the topics' partitions are looked up again (new partitions are consumed
+    /// from their earliest offset once found).
+    pub metadata_every: Duration,
 }
 
 impl KafkaConfig {
     /// A configuration with the defaults for everything but the brokers, topics and the
     /// dead-letter file.
     pub fn new(brokers: Vec<String>, topics: Vec<String>, dead_letters: PathBuf) -> KafkaConfig {
-        KafkaConfig { brokers, topics, dead_letters, max_lag_events: 2_000_000, fetch_max_bytes: 4 << 20, round_max_records: 256 * 1024 }
+        KafkaConfig {
+            brokers,
+            topics,
+            dead_letters,
+            max_lag_events: 2_000_000,
+            fetch_max_bytes: 4 << 20,
+            round_max_records: 256 * 1024,
+            history: None,
+            metadata_every: Duration::from_secs(30),
+        }
     }
 }
 
@@ -82,6 +99,11 @@ pub struct PartitionStatus {
     pub high_watermark: u64,
     /// `high_watermark - next`: records produced and not yet in the log.
     pub lag: u64,
+    /// Fetch errors on this partition (each retried with a backoff; the other partitions
+    /// go on meanwhile).
+    pub errors: u64,
+    /// The last fetch error on this partition, cleared by the next successful fetch.
+    pub last_error: Option<String>,
 }
 
 /// What the connector has done, for `/metrics` and `/v1/status`.
@@ -145,6 +167,27 @@ impl KafkaStatus {
             p.high_watermark = h;
         }
         p.lag = p.high_watermark.saturating_sub(p.next);
+    }
+
+    /// A fetch error on one partition: counted for it and in total; the partition retries.
+    fn partition_error(&self, topic: &str, partition: i32, why: Option<String>) {
+        let mut parts = lock(&self.partitions);
+        let p = parts.entry((topic.to_string(), partition)).or_insert_with(|| PartitionStatus {
+            topic: topic.to_string(),
+            partition,
+            ..PartitionStatus::default()
+        });
+        match why {
+            None => p.last_error = None,
+            Some(why) => {
+                eprintln!("lambdaflow kafka: {why}; retrying this partition (the others go on)");
+                p.errors += 1;
+                p.last_error = Some(why.clone());
+                drop(parts);
+                self.errors.fetch_add(1, Relaxed);
+                *lock(&self.last_error) = Some(why);
+            }
+        }
     }
 
     fn error(&self, why: String) {
@@ -225,7 +268,24 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: KafkaConfig) -> Result<Connect
     if let Some(t) = cfg.topics.iter().find(|t| t.is_empty() || t.contains('/')) {
         return Err(Error::Usage(format!("--kafka-topic `{t}` is not a Kafka topic name")));
     }
-    let dead = DeadLetters::open(&cfg.dead_letters)?;
+    let committed = lambda.appender().source_positions(POSITION_PREFIX);
+    if let Some(path) = &cfg.history {
+        let consumed = History::read(path)?;
+        for t in cfg.topics.iter().filter(|t| consumed.contains(t.as_str())) {
+            if !committed.iter().any(|(name, _)| topic_of(name) == Some(t.as_str())) {
+                return Err(Error::Inconsistent(format!(
+                    "this data directory has consumed Kafka topic `{t}` before (it is listed in {}), but the log \
+                     holds no position for any of its partitions (was the key journal DATA/keys moved aside?). \
+                     Reading it again from its earliest offset would append its records twice. Set each \
+                     partition's next offset with `lambdaflow kafka-positions set {t}/PARTITION OFFSET`, or, to \
+                     append the whole topic again on purpose, remove `{t}` from that file",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let mut dead = DeadLetters::open(&cfg.dead_letters)?;
+    dead.prune(&committed);
     let status = Arc::new(KafkaStatus::default());
     let stop = Arc::new(AtomicBool::new(false));
     *lock(&CURRENT) = Some(status.clone());
@@ -247,20 +307,41 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: KafkaConfig) -> Result<Connect
 /// stopped.
 async fn run<J: Job>(lambda: Arc<Lambda<J>>, cfg: KafkaConfig, mut dead: DeadLetters, status: Arc<KafkaStatus>, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(100);
+    let mut history = match cfg.history.as_deref().map(History::open).transpose() {
+        Ok(h) => h,
+        Err(e) => {
+            status.error(format!("cannot read the list of consumed topics: {e}"));
+            return;
+        }
+    };
     while !stop.load(Relaxed) {
         let t = Instant::now();
-        if let Err(why) = consume(&lambda, &cfg, &mut dead, &status, &stop).await {
-            status.error(why);
-            if t.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(100);
+        match consume(&lambda, &cfg, &mut dead, history.as_mut(), &status, &stop).await {
+            Ok(Ended::Stopped) => {}
+            Ok(Ended::Repartitioned(what)) => {
+                eprintln!("lambdaflow kafka: {what}; consuming again with every partition");
             }
-            let until = Instant::now() + backoff;
-            while Instant::now() < until && !stop.load(Relaxed) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(why) => {
+                status.error(why);
+                if t.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(100);
+                }
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stop.load(Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// How a connection ended without an error.
+enum Ended {
+    /// The connector was stopped.
+    Stopped,
+    /// A topic's partitions changed (say what): start over with the new set.
+    Repartitioned(String),
 }
 
 /// What a partition's fetch task hands to the commit loop.
@@ -275,15 +356,90 @@ fn position_name(topic: &str, partition: i32) -> String {
     format!("{POSITION_PREFIX}{topic}/{partition}")
 }
 
+/// The topic and partition a position name stands for (`kafka/TOPIC/PARTITION`); topic
+/// names hold no `/`, so the last one separates them.
+fn parse_position_name(name: &str) -> Option<(&str, i32)> {
+    let rest = name.strip_prefix(POSITION_PREFIX)?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?))
+}
+
+/// The topic of a position name.
+fn topic_of(name: &str) -> Option<&str> {
+    parse_position_name(name).map(|(t, _)| t)
+}
+
+/// The topics a data directory has consumed: a text file, one topic per line, replaced
+/// atomically when a topic is added (before the first commit of that topic's records).
+struct History {
+    path: PathBuf,
+    topics: std::collections::BTreeSet<String>,
+}
+
+impl History {
+    fn read(path: &Path) -> Result<std::collections::BTreeSet<String>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(Error::Io { path: path.to_path_buf(), what: "read".into(), source: e }),
+        }
+    }
+
+    fn open(path: &Path) -> Result<History> {
+        Ok(History { path: path.to_path_buf(), topics: History::read(path)? })
+    }
+
+    /// Records that `topic` has been consumed (durably, before its records are committed).
+    fn add(&mut self, topic: &str) -> std::result::Result<(), String> {
+        if self.topics.contains(topic) {
+            return Ok(());
+        }
+        let mut all = self.topics.clone();
+        all.insert(topic.to_string());
+        let text: String = all.iter().map(|t| format!("{t}\n")).collect();
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        crate::durable::replace(&self.path, Path::new(&tmp), text.as_bytes()).map_err(|e| Error::from(e).to_string())?;
+        self.topics = all;
+        Ok(())
+    }
+}
+
+/// Sets partitions' positions by hand (`lambdaflow kafka-positions set`): `positions` are
+/// `(topic, partition, next offset)`. The journal record is written as by a commit round, so
+/// the connector resumes from there at its next start; the topics are added to `history`.
+pub fn set_positions(appender: &crate::append::Appender, history: &Path, positions: &[(String, i32, u64)]) -> Result<()> {
+    let mut h = History::open(history)?;
+    for (t, _, _) in positions {
+        if t.is_empty() || t.contains('/') {
+            return Err(Error::Usage(format!("`{t}` is not a Kafka topic name")));
+        }
+        h.add(t).map_err(Error::Unavailable)?;
+    }
+    let named: Vec<(String, u64)> = positions.iter().map(|(t, p, n)| (position_name(t, *p), *n)).collect();
+    appender.commit_from_source(Encoded::default(), &named)?;
+    Ok(())
+}
+
+/// The positions committed in a data directory: `(topic, partition, next offset)`.
+pub fn positions(appender: &crate::append::Appender) -> Vec<(String, i32, u64)> {
+    appender
+        .source_positions(POSITION_PREFIX)
+        .into_iter()
+        .filter_map(|(name, n)| parse_position_name(&name).map(|(t, p)| (t.to_string(), p, n)))
+        .collect()
+}
+
 /// One connection: discovers the partitions, resumes each from its committed position,
 /// and commits rounds until stopped (Ok) or an error (Err: the caller reconnects).
 async fn consume<J: Job>(
     lambda: &Arc<Lambda<J>>,
     cfg: &KafkaConfig,
     dead: &mut DeadLetters,
+    mut history: Option<&mut History>,
     status: &Arc<KafkaStatus>,
     stop: &Arc<AtomicBool>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Ended, String> {
     let backoff = BackoffConfig { deadline: Some(Duration::from_secs(10)), ..BackoffConfig::default() };
     let client = ClientBuilder::new(cfg.brokers.clone())
         .client_id("lambdaflow")
@@ -293,13 +449,12 @@ async fn consume<J: Job>(
         .map_err(|e| format!("cannot connect to Kafka at {}: {e}", cfg.brokers.join(",")))?;
     let topics = client.list_topics().await.map_err(|e| format!("cannot list Kafka topics: {e}"))?;
     let committed: BTreeMap<String, u64> = lambda.appender().source_positions(POSITION_PREFIX).into_iter().collect();
+    dead.prune(&committed.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>());
+    let layout = partition_layout(&cfg.topics, &topics)?;
     let mut parts: Vec<(String, i32, Arc<PartitionClient>)> = Vec::new();
     let mut next: Vec<u64> = Vec::new();
-    for name in &cfg.topics {
-        let Some(topic) = topics.iter().find(|t| &t.name == name) else {
-            return Err(format!("Kafka topic `{name}` does not exist (yet)"));
-        };
-        for &p in &topic.partitions {
+    for (name, partitions) in &layout {
+        for &p in partitions {
             let pc = client
                 .partition_client(name.clone(), p, UnknownTopicHandling::Retry)
                 .await
@@ -324,10 +479,17 @@ async fn consume<J: Job>(
         let (tx, pc, status, topic, p) = (tx.clone(), pc.clone(), status.clone(), topic.clone(), *p);
         let (mut cursor, max_bytes) = (next[index] as i64, cfg.fetch_max_bytes);
         tasks.spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            let mut failing = false;
             loop {
                 let asked = Instant::now();
                 match pc.fetch_records(cursor, 1..max_bytes, FETCH_WAIT_MS).await {
                     Ok((mut records, high_watermark)) => {
+                        if failing {
+                            status.partition_error(&topic, p, None);
+                            failing = false;
+                            backoff = Duration::from_millis(100);
+                        }
                         status.set(&topic, p, None, Some(u64::try_from(high_watermark).unwrap_or(0)));
                         records.retain(|r| r.offset >= cursor);
                         records.sort_by_key(|r| r.offset);
@@ -345,8 +507,16 @@ async fn consume<J: Job>(
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(format!("fetching {topic}/{p} at offset {cursor} failed: {e}"))).await;
-                        return;
+                        // This partition alone waits and retries from where it is: the
+                        // others keep being consumed (a partition whose records retention
+                        // deleted, say, must not stop the topic).
+                        status.partition_error(&topic, p, Some(format!("fetching {topic}/{p} at offset {cursor} failed: {e}")));
+                        failing = true;
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }
@@ -355,7 +525,21 @@ async fn consume<J: Job>(
     drop(tx);
     let partitions = lambda.log().partitions();
     let mut was_paused = false;
+    let mut looked = Instant::now();
     while !stop.load(Relaxed) {
+        if looked.elapsed() >= cfg.metadata_every {
+            looked = Instant::now();
+            // New partitions (Kafka only adds them): start over to consume them too. A
+            // failed lookup is not an error of consuming; it is tried again later.
+            if let Ok(now) = client.list_topics().await {
+                if let Ok(fresh) = partition_layout(&cfg.topics, &now) {
+                    if let Some(what) = layout_change(&layout, &fresh) {
+                        tasks.abort_all();
+                        return Ok(Ended::Repartitioned(what));
+                    }
+                }
+            }
+        }
         // Backpressure: take nothing while the speed layer is too far behind.
         let lag = {
             let serving = lambda.serving();
@@ -412,6 +596,12 @@ async fn consume<J: Job>(
         }
         let positions: Vec<(String, u64)> = moved.iter().map(|(&i, &n)| (position_name(&parts[i].0, parts[i].1), n)).collect();
         let dead_count = letters.len() as u64;
+        // The topics go on the directory's list before their first positions are committed.
+        if let Some(h) = history.as_deref_mut() {
+            for &i in moved.keys() {
+                h.add(&parts[i].0).map_err(|e| format!("recording the consumed topic `{}` failed: {e}", parts[i].0))?;
+            }
+        }
         // Dead letters first: durable before the positions move past them.
         dead.append(&letters).map_err(|e| format!("writing the dead-letter file failed: {e}"))?;
         let encoded = Encoded::of(&events, partitions).map_err(|e| e.to_string())?;
@@ -426,9 +616,35 @@ async fn consume<J: Job>(
             next[i] = n;
             status.set(&parts[i].0, parts[i].1, Some(n), None);
         }
+        dead.prune(&positions);
     }
     tasks.abort_all();
-    Ok(())
+    Ok(Ended::Stopped)
+}
+
+/// The partitions of each configured topic, sorted; a topic the broker does not list is an
+/// error (retried: it may be created later).
+fn partition_layout(wanted: &[String], topics: &[rskafka::topic::Topic]) -> std::result::Result<Vec<(String, Vec<i32>)>, String> {
+    wanted
+        .iter()
+        .map(|name| {
+            let topic = topics.iter().find(|t| &t.name == name).ok_or_else(|| format!("Kafka topic `{name}` does not exist (yet)"))?;
+            let mut ps: Vec<i32> = topic.partitions.iter().copied().collect();
+            ps.sort_unstable();
+            Ok((name.clone(), ps))
+        })
+        .collect()
+}
+
+/// What changed between two layouts, if anything (e.g. `topic shop: partitions 0-3 -> 0-5`).
+fn layout_change(before: &[(String, Vec<i32>)], after: &[(String, Vec<i32>)]) -> Option<String> {
+    let changes: Vec<String> = before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b.1 != a.1)
+        .map(|(b, a)| format!("topic {} had partitions {:?} and now has {:?}", b.0, b.1, a.1))
+        .collect();
+    (!changes.is_empty()).then(|| changes.join("; "))
 }
 
 /// Parses a record's value as one NDJSON event (a trailing newline is allowed).
@@ -472,10 +688,16 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// The dead-letter file: NDJSON lines appended and fsync'd; knows which records it holds.
+/// The dead-letter file: NDJSON lines appended and fsync'd; knows which records it holds at
+/// or after the committed positions (the only ones a restart can read again).
 struct DeadLetters {
     file: File,
+    path: PathBuf,
+    /// Bytes of whole lines: where the next line starts.
+    len: u64,
     seen: HashSet<(String, i32, u64)>,
+    /// A failed write could not be undone: refuse to write more (the next start repairs it).
+    broken: bool,
 }
 
 impl DeadLetters {
@@ -513,7 +735,18 @@ impl DeadLetters {
             }
         }
         crate::durable::sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
-        Ok(DeadLetters { file, seen })
+        Ok(DeadLetters { file, path: path.to_path_buf(), len: whole as u64, seen, broken: false })
+    }
+
+    /// Forgets the records before the committed positions (`(position name, next offset)`):
+    /// they are never read again, so the set stays as small as one round's dead letters.
+    fn prune(&mut self, positions: &[(String, u64)]) {
+        if self.seen.is_empty() {
+            return;
+        }
+        let next: std::collections::HashMap<(&str, i32), u64> =
+            positions.iter().filter_map(|(name, n)| parse_position_name(name).map(|tp| (tp, *n))).collect();
+        self.seen.retain(|(t, p, o)| next.get(&(t.as_str(), *p)).is_none_or(|n| o >= n));
     }
 
     fn contains(&self, topic: &str, partition: i32, offset: u64) -> bool {
@@ -525,12 +758,26 @@ impl DeadLetters {
         if lines.is_empty() {
             return Ok(());
         }
+        if self.broken {
+            return Err(std::io::Error::other(format!(
+                "an earlier failed write to {} could not be undone; restart the service to repair it",
+                self.path.display()
+            )));
+        }
         let mut buf = String::new();
         for l in lines {
             buf.push_str(l);
             buf.push('\n');
         }
-        self.file.write_all(buf.as_bytes()).and_then(|()| self.file.sync_data())?;
+        if let Err(e) = self.file.write_all(buf.as_bytes()).and_then(|()| self.file.sync_data()) {
+            // A part of the lines may be in the file (a full disk, say): cut it off, so the
+            // next round's lines do not follow half a line.
+            if self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err() {
+                self.broken = true;
+            }
+            return Err(e);
+        }
+        self.len += buf.len() as u64;
         for l in lines {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
                 if let (Some(t), Some(p), Some(o)) = (v["topic"].as_str(), v["partition"].as_i64(), v["offset"].as_u64()) {
@@ -577,5 +824,52 @@ mod tests {
         assert!(text.contains("\"value_base64\":\"/w==\""), "{text}");
         std::fs::write(&path, "not json\n").expect("write");
         assert!(DeadLetters::open(&path).is_err());
+    }
+
+    // Proves the records remembered as dead letters are forgotten once the committed position
+    // of their partition passes them (only those at or after it can be read again), and that
+    // other partitions' records are kept.
+    #[test]
+    fn dead_letters_prune_below_positions() {
+        let dir = crate::testing::TempDir::new("kafka-dead-prune");
+        let mut d = DeadLetters::open(&dir.path().join("dead.ndjson")).expect("open");
+        let lines: Vec<String> = [("t", 0, 5), ("t", 0, 9), ("t", 1, 2), ("u/v", 3, 1)]
+            .iter()
+            .map(|(t, p, o)| dead_letter_line(t, *p, *o, "bad", Some(b"x")))
+            .collect();
+        d.append(&lines).expect("append");
+        d.prune(&[(position_name("t", 0), 9), (position_name("u/v", 3), 2)]);
+        assert!(!d.contains("t", 0, 5) && d.contains("t", 0, 9), "offset 5 is behind position 9; 9 is not");
+        assert!(d.contains("t", 1, 2), "no position for t/1: kept");
+        assert!(!d.contains("u/v", 3, 1), "a topic name is taken up to the last `/`");
+    }
+
+    // Proves a dead-letter write that fails stops the file from taking more lines until it
+    // is repaired (when the failed bytes cannot be cut off), so no line follows a torn one.
+    #[test]
+    fn dead_letters_refuse_after_an_unrepaired_failed_write() {
+        let dir = crate::testing::TempDir::new("kafka-dead-broken");
+        let path = dir.path().join("dead.ndjson");
+        drop(DeadLetters::open(&path).expect("create"));
+        let mut d = DeadLetters::open(&path).expect("open");
+        // A read-only handle: the write fails, and so does cutting the file back.
+        d.file = File::open(&path).expect("read-only");
+        assert!(d.append(&[dead_letter_line("t", 0, 1, "bad", None)]).is_err());
+        let again = d.append(&[dead_letter_line("t", 0, 2, "bad", None)]).expect_err("refused");
+        assert!(again.to_string().contains("restart the service"), "{again}");
+    }
+
+    // Proves position names round-trip (topic names may not hold `/`, partitions are numbers)
+    // and that a change of a topic's partitions is noticed and described.
+    #[test]
+    fn position_names_and_layout_changes() {
+        assert_eq!(parse_position_name(&position_name("shop", 12)), Some(("shop", 12)));
+        assert_eq!(parse_position_name("kafka/shop/x"), None);
+        assert_eq!(parse_position_name("other/shop/1"), None);
+        let before = vec![("a".to_string(), vec![0, 1]), ("b".to_string(), vec![0])];
+        assert_eq!(layout_change(&before, &before), None);
+        let after = vec![("a".to_string(), vec![0, 1, 2]), ("b".to_string(), vec![0])];
+        let what = layout_change(&before, &after).expect("a change");
+        assert!(what.contains("topic a had partitions [0, 1] and now has [0, 1, 2]"), "{what}");
     }
 }
