@@ -328,6 +328,12 @@ fn kafka_options_need_each_other() {
     let o = common::run(tmp.path(), &["serve", "--listen", "127.0.0.1:0", "--kafka-topic", "t"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("--kafka-brokers"), "{}", common::stderr(&o));
+    let o = common::run(
+        tmp.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--kafka-brokers", "127.0.0.1:1", "--kafka-topic", "t", "--kafka-topic", "t"],
+    );
+    assert_eq!(o.status.code(), Some(2), "a topic named twice would append each record twice: {}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("`t` is given twice"), "{}", common::stderr(&o));
 }
 
 /// The sum of a merged answer's speed frontier: how many log records it covers.
@@ -401,10 +407,10 @@ fn kafka_bench() {
 }
 
 // Proves positions set by hand (`kafka-positions set`) are where consuming starts (records
-// before them are never appended), that the data directory remembers the topics it consumed,
-// and that once its positions are lost (the key journal moved aside) the service refuses to
-// read such a topic again from its earliest offset, naming the fix, instead of appending
-// every record a second time.
+// before them are never appended) while a partition without one starts at its earliest offset,
+// that the data directory lists the partitions it consumed, and that once positions are lost
+// (the key journal moved aside) the service refuses to read those partitions again from their
+// earliest offsets, naming them and the exact command, until every one of them is set.
 #[test]
 fn positions_set_by_hand_and_lost_positions_refused() {
     let tmp = TempDir::new("kafka-positions");
@@ -417,36 +423,56 @@ fn positions_set_by_hand_and_lost_positions_refused() {
     rt.block_on(async {
         for (p, half) in events.chunks(200).enumerate() {
             let pc = client.partition_client("hand", p as i32, UnknownTopicHandling::Retry).await.expect("partition client");
-            // Batches of 10: the positions below start batches (tansu answers a fetch from
-            // inside a batch with the batches after it).
+            // Batches of 10: the position set below starts a batch (tansu answers a fetch
+            // from inside a batch with the batches after it).
             for (i, ten) in half.chunks(10).enumerate() {
                 let offsets = pc.produce(ten.iter().map(|e| record(line(e))).collect(), Compression::NoCompression).await.expect("produce");
                 assert_eq!(offsets.first(), Some(&(10 * i as i64)), "a new partition starts at offset 0");
             }
         }
     });
-    let set = common::run(&data, &["kafka-positions", "set", "hand/0=150", "hand/1=20"]);
-    assert!(set.status.success(), "{}", common::stderr(&set));
-    assert!(common::stdout(&set).contains("hand/0\tnext offset 150"), "{}", common::stdout(&set));
+    let none = common::run(&data, &["kafka-positions"]);
+    assert_eq!(none.status.code(), Some(2), "no master dataset yet: {}", common::stderr(&none));
+    assert!(!data.join("log").exists(), "kafka-positions creates no data directory");
+    drop(Server::start(&data, &[]));
     let bad = common::run(&data, &["kafka-positions", "set", "hand/x=1"]);
     assert_eq!(bad.status.code(), Some(2), "{}", common::stderr(&bad));
     assert!(common::stderr(&bad).contains("hand/x=1"), "{}", common::stderr(&bad));
+    let set = common::run(&data, &["kafka-positions", "set", "hand/0=150"]);
+    assert!(set.status.success(), "{}", common::stderr(&set));
+    assert!(common::stdout(&set).contains("hand/0\tnext offset 150"), "{}", common::stdout(&set));
 
-    let server = Server::start(&data, &["--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "hand"]);
+    let kafka = ["--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "hand"];
+    let server = Server::start(&data, &kafka);
     let mut c = server.client();
-    wait_consumed(&mut c, 400, "from positions set by hand");
+    wait_consumed(&mut c, 400, "from a position set by hand and from the earliest offset");
     drop(server);
-    let kept: Vec<ShopEvent> = events[150..200].iter().chain(&events[220..400]).cloned().collect();
+    let kept: Vec<ShopEvent> = events[150..].to_vec();
     assert_eq!(log_multiset(&data), expected_multiset(&kept), "exactly the records from the positions on");
     let listed = common::run(&data, &["kafka-positions", "--json"]);
     let rows: Value = serde_json::from_slice(&listed.stdout).expect("json");
     assert_eq!(rows, serde_json::json!([{"topic": "hand", "partition": 0, "next": 200}, {"topic": "hand", "partition": 1, "next": 200}]));
-    assert_eq!(std::fs::read_to_string(data.join("kafka-topics")).expect("the consumed topics").trim(), "hand");
+    assert_eq!(std::fs::read_to_string(data.join("kafka-partitions")).expect("the consumed partitions"), "hand/0\nhand/1\n");
 
     std::fs::rename(data.join("keys"), tmp.join("keys-aside")).expect("move the key journal aside");
-    let o = common::run(&data, &["serve", "--listen", "127.0.0.1:0", "--kafka-brokers", broker.addr.as_str(), "--kafka-topic", "hand"]);
+    let serve = |data: &std::path::Path| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend(kafka);
+        common::run(data, &args)
+    };
+    let o = serve(&data);
     assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
     let err = common::stderr(&o);
-    assert!(err.contains("consumed Kafka topic `hand` before") && err.contains("kafka-positions set hand/"), "{err}");
+    assert!(err.contains("partition(s) hand/0, hand/1 before"), "{err}");
+    assert!(err.contains("`lambdaflow kafka-positions set hand/0=OFFSET hand/1=OFFSET`"), "{err}");
+    common::run_ok(&data, &["kafka-positions", "set", "hand/0=200"]);
+    let o = serve(&data);
+    assert_eq!(o.status.code(), Some(4), "one partition still has no position: {}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("partition(s) hand/1 before"), "{}", common::stderr(&o));
+    common::run_ok(&data, &["kafka-positions", "set", "hand/1=200"]);
+    let server = Server::start(&data, &kafka);
+    let mut c = server.client();
+    wait_consumed(&mut c, 400, "after the positions were set again");
+    drop(server);
     assert_eq!(log_multiset(&data), expected_multiset(&kept), "nothing was appended again");
 }

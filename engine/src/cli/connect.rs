@@ -81,12 +81,23 @@ fn parse_position(s: &str) -> Result<(String, i32, u64)> {
         return Err(bad("the topic name is empty or holds `/`"));
     }
     let partition: i32 = partition.parse().ok().filter(|p| *p >= 0).ok_or_else(|| bad("the partition is not a number >= 0"))?;
-    let offset: u64 = offset.parse().map_err(|_| bad("the offset is not a number >= 0"))?;
-    Ok((topic.to_string(), partition, offset))
+    let offset: i64 = offset.parse().ok().filter(|o| *o >= 0).ok_or_else(|| bad("the offset is not a number from 0 to 2^63-1"))?;
+    Ok((topic.to_string(), partition, offset as u64))
 }
 
-/// `kafka-positions [list|set TOPIC/PARTITION=OFFSET...]`: needs the data directory to itself.
+/// `kafka-positions [list|set TOPIC/PARTITION=OFFSET...]`: needs the data directory to itself,
+/// and an existing master dataset (it never creates one).
 pub(super) fn kafka_positions(g: &Global, args: KafkaPositionsArgs) -> Result<()> {
+    let set = match &args.action {
+        Some(KafkaPositionsAction::Set { positions }) => Some(positions.iter().map(|p| parse_position(p)).collect::<Result<Vec<_>>>()?),
+        _ => None,
+    };
+    if !g.data.join("log").is_dir() {
+        return Err(Error::Usage(format!(
+            "{} holds no master dataset (no log/): run `serve` or `ingest` on it first; kafka-positions never creates one",
+            g.data.display()
+        )));
+    }
     let _lock = match DirLock::try_acquire(&g.data, "kafka-positions", g.wait, false)? {
         Ok(lock) => lock,
         Err(busy) => {
@@ -99,8 +110,7 @@ pub(super) fn kafka_positions(g: &Global, args: KafkaPositionsArgs) -> Result<()
         }
     };
     let appender = open_log(&g.data, 4)?;
-    if let Some(KafkaPositionsAction::Set { positions }) = &args.action {
-        let parsed = positions.iter().map(|p| parse_position(p)).collect::<Result<Vec<_>>>()?;
+    if let Some(parsed) = set {
         crate::connect::set_positions(&appender, &g.data.join(KAFKA_HISTORY_FILE), &parsed)?;
     }
     let all = crate::connect::positions(&appender);
@@ -118,5 +128,6 @@ pub(super) fn kafka_positions(g: &Global, args: KafkaPositionsArgs) -> Result<()
     out(format_args!("{}", text.trim_end()))
 }
 
-/// The file listing the Kafka topics a data directory has consumed (see `KafkaConfig::history`).
-pub(super) const KAFKA_HISTORY_FILE: &str = "kafka-topics";
+/// The file listing the Kafka partitions a data directory has consumed (see
+/// `KafkaConfig::history`).
+pub(super) const KAFKA_HISTORY_FILE: &str = "kafka-partitions";

@@ -59,10 +59,10 @@ pub struct KafkaConfig {
     pub fetch_max_bytes: i32,
     /// At most this many records per commit round.
     pub round_max_records: usize,
-    /// The file that lists the topics this data directory has consumed (one per line), or
-    /// `None` to keep no such list. A topic listed there whose positions are all missing
-    /// (the key journal was moved aside) is refused at start instead of being read again
-    /// from its earliest offset, which would append its records a second time.
+    /// The file that lists the partitions this data directory has consumed (`TOPIC/PARTITION`
+    /// a line), or `None` to keep no such list. A listed partition whose position is missing
+    /// (the key journal was moved aside) is refused at start instead of being read again from
+    /// its earliest offset, which would append its records a second time.
     pub history: Option<PathBuf>,
     /// How often the topics' partitions are looked up again (new partitions are consumed
     /// from their earliest offset once found).
@@ -268,21 +268,34 @@ pub fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: KafkaConfig) -> Result<Connect
     if let Some(t) = cfg.topics.iter().find(|t| t.is_empty() || t.contains('/')) {
         return Err(Error::Usage(format!("--kafka-topic `{t}` is not a Kafka topic name")));
     }
+    if let Some(t) = cfg.topics.iter().enumerate().find_map(|(i, t)| cfg.topics[..i].contains(t).then_some(t)) {
+        return Err(Error::Usage(format!("--kafka-topic `{t}` is given twice (each record would be appended twice)")));
+    }
     let committed = lambda.appender().source_positions(POSITION_PREFIX);
     if let Some(path) = &cfg.history {
-        let consumed = History::read(path)?;
-        for t in cfg.topics.iter().filter(|t| consumed.contains(t.as_str())) {
-            if !committed.iter().any(|(name, _)| topic_of(name) == Some(t.as_str())) {
-                return Err(Error::Inconsistent(format!(
-                    "this data directory has consumed Kafka topic `{t}` before (it is listed in {}), but the log \
-                     holds no position for any of its partitions (was the key journal DATA/keys moved aside?). \
-                     Reading it again from its earliest offset would append its records twice. Set each \
-                     partition's next offset with `lambdaflow kafka-positions set {t}/PARTITION OFFSET`, or, to \
-                     append the whole topic again on purpose, remove `{t}` from that file",
-                    path.display()
-                )));
-            }
+        let mut history = History::open(path)?;
+        let have: HashSet<(&str, i32)> = committed.iter().filter_map(|(name, _)| parse_position_name(name)).collect();
+        let lost: Vec<String> = history
+            .partitions
+            .iter()
+            .filter(|(t, p)| cfg.topics.contains(t) && !have.contains(&(t.as_str(), *p)))
+            .map(|(t, p)| format!("{t}/{p}"))
+            .collect();
+        if !lost.is_empty() {
+            return Err(Error::Inconsistent(format!(
+                "this data directory has consumed Kafka partition(s) {} before (listed in {}), but the log holds \
+                 no position for them (was the key journal DATA/keys moved aside?). Reading them again from \
+                 their earliest offset would append their records a second time. With the service stopped, set \
+                 each one's next offset: `lambdaflow kafka-positions set {}`; or, to append them again on \
+                 purpose, remove their lines from that file",
+                lost.join(", "),
+                path.display(),
+                lost.iter().map(|tp| format!("{tp}=OFFSET")).collect::<Vec<_>>().join(" ")
+            )));
         }
+        // A crash between a round's commit and the list's update left a committed partition
+        // off the list: put it back.
+        history.add_all(have.iter().map(|(t, p)| (t.to_string(), *p)))?;
     }
     let mut dead = DeadLetters::open(&cfg.dead_letters)?;
     dead.prune(&committed);
@@ -364,61 +377,65 @@ fn parse_position_name(name: &str) -> Option<(&str, i32)> {
     Some((topic, partition.parse().ok()?))
 }
 
-/// The topic of a position name.
-fn topic_of(name: &str) -> Option<&str> {
-    parse_position_name(name).map(|(t, _)| t)
-}
-
-/// The topics a data directory has consumed: a text file, one topic per line, replaced
-/// atomically when a topic is added (before the first commit of that topic's records).
+/// The partitions a data directory has consumed: a text file, one `TOPIC/PARTITION` a line,
+/// replaced atomically when a partition's first round has committed (and repaired at start
+/// from the committed positions, should a crash have come in between).
 struct History {
     path: PathBuf,
-    topics: std::collections::BTreeSet<String>,
+    partitions: std::collections::BTreeSet<(String, i32)>,
 }
 
 impl History {
-    fn read(path: &Path) -> Result<std::collections::BTreeSet<String>> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-            Err(e) => Err(Error::Io { path: path.to_path_buf(), what: "read".into(), source: e }),
-        }
-    }
-
     fn open(path: &Path) -> Result<History> {
-        Ok(History { path: path.to_path_buf(), topics: History::read(path)? })
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::Io { path: path.to_path_buf(), what: "read".into(), source: e }),
+        };
+        let mut partitions = std::collections::BTreeSet::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let parsed = line.trim().rsplit_once('/').and_then(|(t, p)| Some((t.to_string(), p.parse::<i32>().ok()?)));
+            let Some(tp) = parsed.filter(|(t, _)| !t.is_empty()) else {
+                return Err(Error::CorruptFile {
+                    path: path.to_path_buf(),
+                    detail: format!("line {}: `{line}` is not TOPIC/PARTITION", i + 1),
+                });
+            };
+            partitions.insert(tp);
+        }
+        Ok(History { path: path.to_path_buf(), partitions })
     }
 
-    /// Records that `topic` has been consumed (durably, before its records are committed).
-    fn add(&mut self, topic: &str) -> std::result::Result<(), String> {
-        if self.topics.contains(topic) {
+    /// Records that these partitions have been consumed (a no-op when all are listed).
+    fn add_all(&mut self, partitions: impl IntoIterator<Item = (String, i32)>) -> Result<()> {
+        let mut all = self.partitions.clone();
+        all.extend(partitions);
+        if all.len() == self.partitions.len() {
             return Ok(());
         }
-        let mut all = self.topics.clone();
-        all.insert(topic.to_string());
-        let text: String = all.iter().map(|t| format!("{t}\n")).collect();
+        let text: String = all.iter().map(|(t, p)| format!("{t}/{p}\n")).collect();
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
-        crate::durable::replace(&self.path, Path::new(&tmp), text.as_bytes()).map_err(|e| Error::from(e).to_string())?;
-        self.topics = all;
+        crate::durable::replace(&self.path, Path::new(&tmp), text.as_bytes())?;
+        self.partitions = all;
         Ok(())
     }
 }
 
 /// Sets partitions' positions by hand (`lambdaflow kafka-positions set`): `positions` are
 /// `(topic, partition, next offset)`. The journal record is written as by a commit round, so
-/// the connector resumes from there at its next start; the topics are added to `history`.
+/// the connector resumes from there at its next start; the partitions are added to the
+/// directory's list of consumed ones (`history`).
 pub fn set_positions(appender: &crate::append::Appender, history: &Path, positions: &[(String, i32, u64)]) -> Result<()> {
     let mut h = History::open(history)?;
-    for (t, _, _) in positions {
-        if t.is_empty() || t.contains('/') {
-            return Err(Error::Usage(format!("`{t}` is not a Kafka topic name")));
+    for (t, p, n) in positions {
+        if t.is_empty() || t.contains('/') || *p < 0 || i64::try_from(*n).is_err() {
+            return Err(Error::Usage(format!("`{t}/{p}={n}` is not a Kafka partition and offset")));
         }
-        h.add(t).map_err(Error::Unavailable)?;
     }
     let named: Vec<(String, u64)> = positions.iter().map(|(t, p, n)| (position_name(t, *p), *n)).collect();
     appender.commit_from_source(Encoded::default(), &named)?;
-    Ok(())
+    h.add_all(positions.iter().map(|(t, p, _)| (t.clone(), *p)))
 }
 
 /// The positions committed in a data directory: `(topic, partition, next offset)`.
@@ -451,6 +468,7 @@ async fn consume<J: Job>(
     let committed: BTreeMap<String, u64> = lambda.appender().source_positions(POSITION_PREFIX).into_iter().collect();
     dead.prune(&committed.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>());
     let layout = partition_layout(&cfg.topics, &topics)?;
+    lock(&status.partitions).clear();
     let mut parts: Vec<(String, i32, Arc<PartitionClient>)> = Vec::new();
     let mut next: Vec<u64> = Vec::new();
     for (name, partitions) in &layout {
@@ -531,7 +549,7 @@ async fn consume<J: Job>(
             looked = Instant::now();
             // New partitions (Kafka only adds them): start over to consume them too. A
             // failed lookup is not an error of consuming; it is tried again later.
-            if let Ok(now) = client.list_topics().await {
+            if let Ok(Ok(now)) = tokio::time::timeout(Duration::from_secs(5), client.list_topics()).await {
                 if let Ok(fresh) = partition_layout(&cfg.topics, &now) {
                     if let Some(what) = layout_change(&layout, &fresh) {
                         tasks.abort_all();
@@ -596,12 +614,6 @@ async fn consume<J: Job>(
         }
         let positions: Vec<(String, u64)> = moved.iter().map(|(&i, &n)| (position_name(&parts[i].0, parts[i].1), n)).collect();
         let dead_count = letters.len() as u64;
-        // The topics go on the directory's list before their first positions are committed.
-        if let Some(h) = history.as_deref_mut() {
-            for &i in moved.keys() {
-                h.add(&parts[i].0).map_err(|e| format!("recording the consumed topic `{}` failed: {e}", parts[i].0))?;
-            }
-        }
         // Dead letters first: durable before the positions move past them.
         dead.append(&letters).map_err(|e| format!("writing the dead-letter file failed: {e}"))?;
         let encoded = Encoded::of(&events, partitions).map_err(|e| e.to_string())?;
@@ -617,6 +629,12 @@ async fn consume<J: Job>(
             status.set(&parts[i].0, parts[i].1, Some(n), None);
         }
         dead.prune(&positions);
+        // After the commit: a partition on the list always has a position, unless the
+        // journal itself was lost (which is what the list is there to catch).
+        if let Some(h) = history.as_deref_mut() {
+            h.add_all(moved.keys().map(|&i| (parts[i].0.clone(), parts[i].1)))
+                .map_err(|e| format!("recording the consumed partitions failed: {e}"))?;
+        }
     }
     tasks.abort_all();
     Ok(Ended::Stopped)
@@ -636,13 +654,16 @@ fn partition_layout(wanted: &[String], topics: &[rskafka::topic::Topic]) -> std:
         .collect()
 }
 
-/// What changed between two layouts, if anything (e.g. `topic shop: partitions 0-3 -> 0-5`).
+/// The partitions added between two layouts, if any, described (Kafka only adds partitions; a
+/// topic listed for a moment with fewer, during a leader election say, is not a change).
 fn layout_change(before: &[(String, Vec<i32>)], after: &[(String, Vec<i32>)]) -> Option<String> {
     let changes: Vec<String> = before
         .iter()
         .zip(after)
-        .filter(|(b, a)| b.1 != a.1)
-        .map(|(b, a)| format!("topic {} had partitions {:?} and now has {:?}", b.0, b.1, a.1))
+        .filter_map(|(b, a)| {
+            let added: Vec<i32> = a.1.iter().copied().filter(|p| !b.1.contains(p)).collect();
+            (!added.is_empty()).then(|| format!("topic {} has new partitions {added:?} (had {:?})", b.0, b.1))
+        })
         .collect();
     (!changes.is_empty()).then(|| changes.join("; "))
 }
@@ -870,6 +891,8 @@ mod tests {
         assert_eq!(layout_change(&before, &before), None);
         let after = vec![("a".to_string(), vec![0, 1, 2]), ("b".to_string(), vec![0])];
         let what = layout_change(&before, &after).expect("a change");
-        assert!(what.contains("topic a had partitions [0, 1] and now has [0, 1, 2]"), "{what}");
+        assert!(what.contains("topic a has new partitions [2] (had [0, 1])"), "{what}");
+        let fewer = vec![("a".to_string(), vec![]), ("b".to_string(), vec![0])];
+        assert_eq!(layout_change(&before, &fewer), None, "a topic listed without partitions for a moment is no change");
     }
 }
