@@ -344,7 +344,10 @@ fn crash_at_every_step() {
         k += 1;
         assert!(k < 100, "the publication does not run out of steps");
     }
-    eprintln!("crash_at_every_step: {} publication steps ({nothing} left nothing, {everything} everything), {recover_steps} recovery steps", k - 1);
+    eprintln!(
+        "crash_at_every_step: {} publication steps ({nothing} left nothing, {everything} everything), {recover_steps} recovery steps",
+        k - 1
+    );
     assert!(nothing >= 2 && everything >= 2, "both outcomes occur: {nothing} nothing, {everything} everything");
     assert!(recover_steps > k, "the recoveries had steps to crash in");
 }
@@ -373,7 +376,10 @@ fn staged_file_of_wrong_length_is_refused() {
     let len = std::fs::metadata(&staged).expect("stat").len();
     std::fs::OpenOptions::new().write(true).open(&staged).expect("open").set_len(len - 1).expect("truncate");
     let err = Log::open(&data.join("log")).err().unwrap_or_else(|| panic!("{at}: a short staged file is refused")).to_string();
-    assert!(err.contains(&staged.display().to_string()) && err.contains(&format!("{} bytes", len - 1)) && err.contains(&format!("{len} bytes")), "{err}");
+    assert!(
+        err.contains(&staged.display().to_string()) && err.contains(&format!("{} bytes", len - 1)) && err.contains(&format!("{len} bytes")),
+        "{err}"
+    );
     assert_eq!(std::fs::metadata(&staged).expect("the file is left in place").len(), len - 1);
     let o = run(&data, &["ingest", input.to_str().expect("utf-8")]);
     assert!(!o.status.success(), "ingest refuses the damaged log too");
