@@ -234,3 +234,153 @@ fn a_file_retry_appends_once_and_stdin_appends_each_time() {
     }
     assert_eq!(count(&data), 1200, "stdin with --key appends once");
 }
+
+/// Copies directory `from` to `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("list").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy file");
+        }
+    }
+}
+
+/// Runs `ingest FILE` with `LAMBDAFLOW_CRASH_AT=crash_at` (see engine/src/log/crash.rs).
+fn ingest_crashing_at(data: &Path, file: &Path, crash_at: &str) -> std::process::Output {
+    Command::new(bin())
+        .arg("--data")
+        .arg(data)
+        .args(["ingest", file.to_str().expect("utf-8")])
+        .env("LAMBDAFLOW_CRASH_AT", crash_at)
+        .output()
+        .expect("spawn ingest")
+}
+
+/// Whether `o` is a simulated crash at `crash_at`.
+fn crashed_at(o: &std::process::Output, crash_at: &str) -> bool {
+    let (phase, k) = crash_at.split_once(':').expect("PHASE:K");
+    o.status.code() == Some(86) && stderr(o).contains(&format!("simulated crash at {phase} step {k}: "))
+}
+
+// crash_at_every_step proves the bulk append's publication and its recovery are crash-safe
+// at every durable step, deterministically (where kill_and_retry's random moments rarely
+// land): for each step K of the publication (sealing, the key journal record, the MANIFEST
+// replace, each rename into place and directory fsync, the staging removal), an ingest
+// stopped there leaves, once the log is reopened, either none of the input or all of it;
+// for each step J of the recovery that follows, a retry stopped there still leaves none or
+// all; the retry then holds every event exactly once. Both outcomes occur across the steps,
+// and the steps run out (an ingest that passes every point succeeds).
+#[test]
+fn crash_at_every_step() {
+    let tmp = TempDir::new("bulk-crash-steps");
+    let input = tmp.join("in.csv");
+    gen_file(&input, 3_000, 5, "csv");
+    let prior = tmp.join("prior.ndjson");
+    gen_file(&prior, 200, 2, "ndjson");
+    let scratch = tmp.join("scratch");
+    let prior_events = read_events(&prior);
+    let want_prior = expected_payloads(&scratch.join("a"), &prior_events, 4);
+    let mut all = prior_events.clone();
+    all.extend(read_events(&input));
+    let want_all = expected_payloads(&scratch.join("b"), &all, 4);
+    let outcome = |got: &[Vec<Vec<u8>>], at: &str| -> bool {
+        if got == want_all {
+            true
+        } else {
+            let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+            assert!(got == want_prior, "after a crash at {at}, the log holds part of the input: {counts:?}");
+            false
+        }
+    };
+    let (mut nothing, mut everything, mut recover_steps) = (0, 0, 0);
+    let mut k = 1;
+    loop {
+        let data = tmp.join(&format!("k{k}"));
+        ingest(&data, &prior);
+        let at = format!("publish:{k}");
+        let o = ingest_crashing_at(&data, &input, &at);
+        if o.status.success() {
+            assert_eq!(log_payloads(&data), want_all, "an ingest past every crash point stores the input");
+            break;
+        }
+        assert!(crashed_at(&o, &at), "{at}: {}", stderr(&o));
+        // A second crash during the recovery, at each of its steps.
+        let mut j = 1;
+        loop {
+            let copy = tmp.join(&format!("k{k}-j{j}"));
+            copy_dir(&data, &copy);
+            let rat = format!("recover:{j}");
+            let o = ingest_crashing_at(&copy, &input, &rat);
+            let done = o.status.success();
+            if !done {
+                assert!(crashed_at(&o, &rat), "{at} then {rat}: {}", stderr(&o));
+                outcome(&log_payloads(&copy), &format!("{at} then {rat}"));
+                ingest(&copy, &input);
+            }
+            assert_eq!(log_payloads(&copy), want_all, "{at} then {rat}: the retry stores every event once");
+            let _ = std::fs::remove_dir_all(&copy);
+            if done {
+                recover_steps += j - 1;
+                break;
+            }
+            j += 1;
+            assert!(j < 50, "recovery after {at} does not run out of steps");
+        }
+        if outcome(&log_payloads(&data), &at) {
+            everything += 1;
+        } else {
+            nothing += 1;
+        }
+        let o = ingest(&data, &input);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(log_payloads(&data), want_all, "{at}: the retry stores every event once");
+        let again = ingest(&data, &input);
+        assert!(stderr(&again).contains("already ingested"), "{}", stderr(&again));
+        assert_eq!(log_payloads(&data), want_all, "{at}: a second retry appends nothing");
+        let _ = std::fs::remove_dir_all(&data);
+        k += 1;
+        assert!(k < 100, "the publication does not run out of steps");
+    }
+    eprintln!(
+        "crash_at_every_step: {} publication steps ({nothing} left nothing, {everything} everything), {recover_steps} recovery steps",
+        k - 1
+    );
+    assert!(nothing >= 2 && everything >= 2, "both outcomes occur: {nothing} nothing, {everything} everything");
+    assert!(recover_steps > k, "the recoveries had steps to crash in");
+}
+
+// A staged segment of a committed publication (listed in MANIFEST) whose length is not the
+// listed one is damaged acknowledged data: the open refuses it, naming the file and both
+// lengths, and neither moves nor deletes it (before, it was deleted as debris).
+#[test]
+fn staged_file_of_wrong_length_is_refused() {
+    let tmp = TempDir::new("bulk-staged-length");
+    let input = tmp.join("in.csv");
+    gen_file(&input, 2_000, 5, "csv");
+    let data = tmp.join("data");
+    // The step just after the commit point: the staged files are listed but not moved.
+    let at = (1..20)
+        .map(|k| format!("publish:{k}"))
+        .find(|at| {
+            let _ = std::fs::remove_dir_all(&data);
+            let o = ingest_crashing_at(&data, &input, at);
+            assert!(crashed_at(&o, at), "{at}: {}", stderr(&o));
+            stderr(&o).contains("MANIFEST replaced")
+        })
+        .expect("a crash point after the MANIFEST replace");
+    let staged = std::fs::read_dir(data.join("log/staging/p0000")).expect("staging of partition 0").next().expect("a staged file");
+    let staged = staged.expect("entry").path();
+    let len = std::fs::metadata(&staged).expect("stat").len();
+    std::fs::OpenOptions::new().write(true).open(&staged).expect("open").set_len(len - 1).expect("truncate");
+    let err = Log::open(&data.join("log")).err().unwrap_or_else(|| panic!("{at}: a short staged file is refused")).to_string();
+    assert!(
+        err.contains(&staged.display().to_string()) && err.contains(&format!("{} bytes", len - 1)) && err.contains(&format!("{len} bytes")),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&staged).expect("the file is left in place").len(), len - 1);
+    let o = run(&data, &["ingest", input.to_str().expect("utf-8")]);
+    assert!(!o.status.success(), "ingest refuses the damaged log too");
+}

@@ -357,24 +357,44 @@ pub struct BulkReport {
 /// One work unit: whole lines of the input.
 struct Chunk {
     seq: u64,
-    /// 1-based input line of its first line.
+    /// 1-based input line of its first line; known for the first unit only (the others
+    /// follow on from the lines their predecessors counted: the reader does not count them).
     first_line: u64,
     bytes: Vec<u8>,
     /// How its lines are parsed.
     format: Format,
-    /// An error the reader met after these lines (a line too long, a read failure).
+    /// An error the reader met after these lines (a line too long, a read failure); an
+    /// [`Error::BadInput`] line number counts from 1 at the unit's first line.
     error: Option<Error>,
 }
 
 /// A parsed and encoded work unit.
 struct Parsed {
     seq: u64,
+    /// The unit's first input line, for the first unit.
+    first_line: Option<u64>,
+    /// Lines in the unit.
+    lines: u64,
     input_bytes: u64,
     hash: u64,
     events: u64,
     /// Per partition: framed compressed blocks and their record count.
     blocks: Vec<(Vec<u8>, u64)>,
+    /// An [`Error::BadInput`] line number counts from 1 at the unit's first line.
     error: Option<Error>,
+}
+
+/// A worker's buffers, reused across its units: per partition the block being filled, and
+/// one zstd context.
+struct WorkerBufs {
+    blocks: Vec<crate::log::BlockBuf>,
+    zstd: crate::log::Zstd,
+}
+
+impl WorkerBufs {
+    fn new(partitions: u32) -> WorkerBufs {
+        WorkerBufs { blocks: (0..partitions).map(|_| crate::log::BlockBuf::default()).collect(), zstd: crate::log::Zstd::default() }
+    }
 }
 
 /// Reads `source` as a stream with at most about `opts.memory` bytes in flight, parses it on
@@ -406,8 +426,7 @@ pub fn stage_all<E: Event>(source: LineSource, bulk: &mut crate::append::Bulk<'_
             let work_rx = Arc::clone(&work_rx);
             let done_tx = done_tx.clone();
             s.spawn(move || {
-                // Per partition, the block being filled (and its zstd context), reused.
-                let mut bufs: Vec<crate::log::BlockBuf> = (0..partitions).map(|_| crate::log::BlockBuf::default()).collect();
+                let mut bufs = WorkerBufs::new(partitions);
                 loop {
                     let chunk = match crate::sync::lock(&work_rx).recv() {
                         Ok(c) => c,
@@ -424,9 +443,11 @@ pub fn stage_all<E: Event>(source: LineSource, bulk: &mut crate::append::Bulk<'_
                                 .map(|s| s.to_string())
                                 .or_else(|| panic.downcast_ref::<String>().cloned())
                                 .unwrap_or_else(|| "a panic".to_string());
-                            bufs = (0..partitions).map(|_| crate::log::BlockBuf::default()).collect();
+                            bufs = WorkerBufs::new(partitions);
                             Parsed {
                                 seq,
+                                first_line: None,
+                                lines: 0,
                                 input_bytes: 0,
                                 hash: 0,
                                 events: 0,
@@ -445,11 +466,20 @@ pub fn stage_all<E: Event>(source: LineSource, bulk: &mut crate::append::Bulk<'_
         drop(done_tx);
         let mut pending = std::collections::BTreeMap::new();
         let (mut next, mut events, mut bytes, mut hash) = (0u64, 0u64, 0u64, 0xcbf2_9ce4_8422_2325u64);
+        // The input line of the next unit's first line.
+        let mut line = 1u64;
         let mut failure = None;
         'collect: for parsed in done_rx.iter() {
             pending.insert(parsed.seq, parsed);
-            while let Some(p) = pending.remove(&next) {
+            while let Some(mut p) = pending.remove(&next) {
                 next += 1;
+                if let Some(first) = p.first_line {
+                    line = first;
+                }
+                if let Some(Error::BadInput { line: l, .. }) = &mut p.error {
+                    *l += line - 1;
+                }
+                line += p.lines;
                 hash = (hash ^ p.hash).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(23) ^ p.input_bytes;
                 bytes += p.input_bytes;
                 for (part, (blocks, n)) in p.blocks.iter().enumerate() {
@@ -536,13 +566,16 @@ fn read_chunks<E: Event>(
     if let Some(error) = head_error {
         let _ = tokens.recv();
         let error = Some(Error::BadInput { line: line_no, error });
+        let error = error.map(|e| match e {
+            Error::BadInput { error, .. } => Error::BadInput { line: 1, error },
+            e => e,
+        });
         let _ = work.send(Chunk { seq: 0, first_line: line_no, bytes: Vec::new(), format: Format::Ndjson, error });
         return Ok(1);
     }
     // For CSV `line_no` is now the line after the header; for NDJSON, the first data line,
     // which `first` holds.
     let format = if first.is_empty() { Format::Csv } else { Format::Ndjson };
-    let mut next_line = line_no;
     let mut carry = std::mem::take(&mut first);
     loop {
         if tokens.recv().is_err() {
@@ -578,7 +611,7 @@ fn read_chunks<E: Event>(
             if error.is_none() && line_len > LINE_BYTES_MAX {
                 let lines = bytes[..start].iter().filter(|&&b| b == b'\n').count() as u64;
                 error = Some(Error::BadInput {
-                    line: next_line + lines,
+                    line: lines + 1,
                     error: FieldError::line(format!("line is longer than {LINE_BYTES_MAX} bytes")),
                 });
                 bytes.truncate(start);
@@ -587,11 +620,9 @@ fn read_chunks<E: Event>(
         if bytes.is_empty() && error.is_none() {
             return Ok(seq);
         }
-        let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(!bytes.ends_with(b"\n") && !bytes.is_empty());
         let last = error.is_some();
-        let chunk = Chunk { seq, first_line: next_line, bytes, format, error };
+        let chunk = Chunk { seq, first_line: if seq == 0 { line_no } else { 0 }, bytes, format, error };
         seq += 1;
-        next_line += lines;
         if work.send(chunk).is_err() || last {
             return Ok(seq);
         }
@@ -599,79 +630,96 @@ fn read_chunks<E: Event>(
 }
 
 /// A worker's job: parses, encodes, routes and compresses one chunk.
-fn parse_chunk<E: Event>(chunk: Chunk, bufs: &mut [crate::log::BlockBuf]) -> Parsed {
+fn parse_chunk<E: Event>(chunk: Chunk, bufs: &mut WorkerBufs) -> Parsed {
     let Chunk { seq, first_line, bytes, format, error } = chunk;
     let mut out = Parsed {
         seq,
+        first_line: (seq == 0).then_some(first_line),
+        lines: 0,
         input_bytes: bytes.len() as u64,
-        hash: crate::keys::body_hash(&bytes),
+        hash: chunk_hash(&bytes),
         events: 0,
-        blocks: vec![(Vec::new(), 0); bufs.len()],
+        blocks: vec![(Vec::new(), 0); bufs.blocks.len()],
         error: None,
     };
-    let partitions = bufs.len() as u32;
-    let mut enc = Vec::with_capacity(256);
-    let fail = |out: &mut Parsed, e: Error| {
-        out.error = Some(e);
+    // The whole unit's UTF-8 is checked at once; only a unit that fails it is checked line
+    // by line, to name the line.
+    let result = match std::str::from_utf8(&bytes) {
+        Ok(text) => text.split_inclusive('\n').try_for_each(|line| {
+            out.lines += 1;
+            parse_line::<E>(line, out.lines, format, bufs, &mut out)
+        }),
+        Err(_) => bytes.split_inclusive(|&b| b == b'\n').try_for_each(|raw| {
+            out.lines += 1;
+            let this = out.lines;
+            let line = std::str::from_utf8(raw)
+                .map_err(|e| Error::BadInput { line: this, error: FieldError::line(format!("not valid UTF-8 ({e})")) })?;
+            parse_line::<E>(line, this, format, bufs, &mut out)
+        }),
     };
-    for (this, raw) in (first_line..).zip(bytes.split_inclusive(|&b| b == b'\n')) {
-        let bad = |error: FieldError| Error::BadInput { line: this, error };
-        let text = match std::str::from_utf8(raw) {
-            Ok(t) => t,
-            Err(e) => {
-                fail(&mut out, bad(FieldError::line(format!("not valid UTF-8 ({e})"))));
-                return finish(out, bufs);
-            }
-        };
-        let text = text.trim_end_matches(['\n', '\r']);
-        if text.trim().is_empty() {
-            continue;
-        }
-        let parsed = match format {
-            Format::Ndjson => E::parse_ndjson(text),
-            Format::Csv => E::parse_csv(text),
-        };
-        let event = match parsed {
-            Ok(e) => e,
-            Err(error) => {
-                fail(&mut out, bad(error));
-                return finish(out, bufs);
-            }
-        };
-        enc.clear();
-        if let Err(err) = bincode::serialize_into(&mut enc, &event) {
-            fail(&mut out, Error::Internal(format!("the event of line {this} does not encode: {err}")));
-            return finish(out, bufs);
-        }
-        let p = crate::append::partition_of(event.partition_key(), partitions) as usize;
-        bufs[p].push(&enc);
-        out.events += 1;
-        if bufs[p].raw_len() >= crate::log::BLOCK_RAW_BYTES {
-            let n = u64::from(bufs[p].records());
-            if let Err(e) = bufs[p].flush_into(&mut out.blocks[p].0) {
-                fail(&mut out, Error::Internal(e));
-                return finish(out, bufs);
-            }
-            out.blocks[p].1 += n;
-        }
-    }
-    out.error = error;
+    out.error = result.err().or(error);
     finish(out, bufs)
 }
 
+/// The same hash as [`crate::keys::body_hash`] (an input's fingerprint is built from it, so
+/// it must not change), computed over whole 8-byte words without copying each one.
+fn chunk_hash(body: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut words = body.chunks_exact(8);
+    for w in &mut words {
+        h ^= u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h ^= u64::from_le_bytes(w);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    h ^ ((crc32c::crc32c(body) as u64) << 32) ^ body.len() as u64
+}
+
+/// Parses line `this` (counted from 1 in its unit) and adds its event to its partition's
+/// block, compressing the block once it is full.
+#[inline]
+fn parse_line<E: Event>(line: &str, this: u64, format: Format, bufs: &mut WorkerBufs, out: &mut Parsed) -> Result<()> {
+    let text = line.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let parsed = match format {
+        Format::Ndjson => E::parse_ndjson(text),
+        Format::Csv => E::parse_csv(text),
+    };
+    let event = parsed.map_err(|error| Error::BadInput { line: this, error })?;
+    let p = crate::append::partition_of(event.partition_key(), bufs.blocks.len() as u32) as usize;
+    let block = &mut bufs.blocks[p];
+    block
+        .push_with(|data| bincode::serialize_into(data, &event))
+        .map_err(|err| Error::Internal(format!("the event of line {this} does not encode: {err}")))?;
+    out.events += 1;
+    if block.raw_len() >= crate::log::BLOCK_RAW_BYTES {
+        let n = u64::from(block.records());
+        block.flush_into(&mut out.blocks[p].0, &mut bufs.zstd).map_err(Error::Internal)?;
+        out.blocks[p].1 += n;
+    }
+    Ok(())
+}
+
 /// Closes a worker's job: the last block of every partition, unless it failed.
-fn finish(mut out: Parsed, bufs: &mut [crate::log::BlockBuf]) -> Parsed {
+fn finish(mut out: Parsed, bufs: &mut WorkerBufs) -> Parsed {
     if out.error.is_some() {
         out.blocks.clear();
-        bufs.iter_mut().for_each(crate::log::BlockBuf::clear);
+        bufs.blocks.iter_mut().for_each(crate::log::BlockBuf::clear);
         return out;
     }
-    for (p, b) in bufs.iter_mut().enumerate() {
+    for (p, b) in bufs.blocks.iter_mut().enumerate() {
         let n = u64::from(b.records());
-        if let Err(e) = b.flush_into(&mut out.blocks[p].0) {
+        if let Err(e) = b.flush_into(&mut out.blocks[p].0, &mut bufs.zstd) {
             out.error = Some(Error::Internal(e));
             out.blocks.clear();
-            bufs.iter_mut().for_each(crate::log::BlockBuf::clear);
+            bufs.blocks.iter_mut().for_each(crate::log::BlockBuf::clear);
             return out;
         }
         out.blocks[p].1 += n;
@@ -728,6 +776,16 @@ mod tests {
     fn csv_bodies() {
         let input = "h\nx1\nx2\nx3\n";
         assert_eq!(bodies(input, 8), vec![(2, "h\nx1\nx2\n".to_string()), (4, "h\nx3\n".to_string())]);
+    }
+
+    // Proves the chunk hash is the key journal's body hash (the fingerprint of an input, its
+    // default idempotency key, must not change), for every length around the word size.
+    #[test]
+    fn chunk_hash_is_body_hash() {
+        let bytes: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for len in 0..bytes.len() {
+            assert_eq!(chunk_hash(&bytes[..len]), crate::keys::body_hash(&bytes[..len]), "length {len}");
+        }
     }
 
     // Proves the fingerprint depends on every byte and is stable, and the scan finds the

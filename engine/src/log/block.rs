@@ -35,7 +35,7 @@ pub(crate) const BLOCK_RAW_BYTES: usize = 256 << 10;
 
 /// zstd level of bulk ingest: fast to write, and most of the gain of higher levels on
 /// event records (see docs/log-format.md).
-pub(crate) const ZSTD_LEVEL: i32 = 3;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 /// Bytes of a block payload before its zstd frame.
 const BLOCK_HEAD: usize = 8;
@@ -126,15 +126,37 @@ pub(crate) struct BlockBuf {
     lens: Vec<u32>,
     /// Scratch for the transposed layout and the compressed frame.
     raw: Vec<u8>,
+    sorted: Vec<u8>,
     zbuf: Vec<u8>,
-    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
+
+/// A zstd compression context, created at first use and reused for every block a worker
+/// compresses (one per worker, whatever the number of partitions).
+#[derive(Default)]
+pub(crate) struct Zstd(Option<zstd::bulk::Compressor<'static>>);
 
 impl BlockBuf {
     /// Adds one record (at most [`MAX_PAYLOAD_BYTES`]).
+    #[cfg(test)]
     pub(crate) fn push(&mut self, payload: &[u8]) {
         self.data.extend_from_slice(payload);
         self.lens.push(payload.len() as u32);
+    }
+
+    /// Adds one record that `write` appends to the buffer (encoding in place, without a
+    /// copy); an error leaves the buffer as it was.
+    pub(crate) fn push_with<E>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        let start = self.data.len();
+        match write(&mut self.data) {
+            Ok(()) => {
+                self.lens.push((self.data.len() - start) as u32);
+                Ok(())
+            }
+            Err(e) => {
+                self.data.truncate(start);
+                Err(e)
+            }
+        }
     }
 
     /// Drops the gathered records.
@@ -156,15 +178,15 @@ impl BlockBuf {
     /// Compresses the gathered records into one framed block appended to `out`, and
     /// empties the buffer. Nothing is written for an empty buffer. An error (a block too
     /// large to frame, or zstd failing) says why.
-    pub(crate) fn flush_into(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+    pub(crate) fn flush_into(&mut self, out: &mut Vec<u8>, zstd: &mut Zstd) -> Result<(), String> {
         if self.lens.is_empty() {
             return Ok(());
         }
-        transpose(&self.data, &self.lens, &mut self.raw);
+        transpose(&self.data, &self.lens, &mut self.raw, &mut self.sorted);
         let raw_len = u32::try_from(self.raw.len()).map_err(|_| "block larger than 4 GiB".to_string())?;
-        let z = match &mut self.zstd {
+        let z = match &mut zstd.0 {
             Some(z) => z,
-            None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?),
+            None => zstd.0.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?),
         };
         self.zbuf.clear();
         self.zbuf.reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
@@ -189,7 +211,7 @@ impl BlockBuf {
 /// of that order. Records of one job have a few shapes, so a column holds like bytes (enum
 /// tags, the high bytes of timestamps and ids): zstd compresses it far better than records
 /// side by side, and decoding is a branch-free scatter.
-fn transpose(data: &[u8], lens: &[u32], raw: &mut Vec<u8>) {
+fn transpose(data: &[u8], lens: &[u32], raw: &mut Vec<u8>, sorted: &mut Vec<u8>) {
     raw.clear();
     raw.reserve(data.len() + lens.len() * 2);
     for &l in lens {
@@ -197,12 +219,29 @@ fn transpose(data: &[u8], lens: &[u32], raw: &mut Vec<u8>) {
     }
     let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
     let (offs, order) = layout(&lens);
-    let mut count = order.len();
-    for j in 0..lens.iter().copied().max().unwrap_or(0) {
-        while count > 0 && lens[order[count - 1]] <= j {
-            count -= 1;
+    // The records longest first, side by side, as runs of equal length `(len, bytes)`: a
+    // column of a run is then a gather at a fixed stride.
+    sorted.clear();
+    sorted.reserve(data.len());
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for &i in &order {
+        let l = lens[i];
+        match runs.last_mut() {
+            Some((len, _, end)) if *len == l => *end += l,
+            _ => runs.push((l, sorted.len(), sorted.len() + l)),
         }
-        raw.extend(order[..count].iter().map(|&i| data[offs[i] + j]));
+        sorted.extend_from_slice(&data[offs[i]..offs[i] + l]);
+    }
+    let mut at = raw.len();
+    raw.resize(at + data.len(), 0);
+    for j in 0..runs.first().map_or(0, |r| r.0) {
+        for &(len, start, end) in runs.iter().take_while(|r| r.0 > j) {
+            let count = (end - start) / len;
+            for (to, from) in raw[at..at + count].iter_mut().zip(sorted[start + j..end].iter().step_by(len)) {
+                *to = *from;
+            }
+            at += count;
+        }
     }
 }
 
@@ -322,13 +361,14 @@ mod tests {
     fn blocks(records: &[Vec<u8>], per_block: usize) -> Vec<u8> {
         let mut out = HEADER.to_vec();
         let mut b = BlockBuf::default();
+        let mut z = Zstd::default();
         for (i, r) in records.iter().enumerate() {
             b.push(r);
             if (i + 1) % per_block == 0 {
-                b.flush_into(&mut out).expect("flush");
+                b.flush_into(&mut out, &mut z).expect("flush");
             }
         }
-        b.flush_into(&mut out).expect("flush");
+        b.flush_into(&mut out, &mut z).expect("flush");
         out
     }
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 
 use super::block::HEADER;
+use super::crash::{point, Phase};
 use super::manifest::{Manifest, SealedSegment, FORMAT_VERSION};
 use super::segment::{io_err, parse_segment_name, partition_dir, segment_path, sync_dir};
 use super::{Log, LogError, SegState, Writer};
@@ -201,6 +202,7 @@ impl Staging<'_> {
             self.writer.poisoned = Some(why);
             return Err(e);
         }
+        point(Phase::Publish, || "MANIFEST replaced (the commit point)".into());
         self.writer.manifest = manifest;
         if let Err(e) = move_into_place(&dir, &self.dir, &touched, &self.parts) {
             let why = format!("a published bulk append could not be moved into place ({e}); reopen the log to finish it");
@@ -239,11 +241,16 @@ fn move_into_place(dir: &Path, staging: &Path, touched: &[usize], parts: &[Stage
             let from = segment_path(staging, p as u32, s.base_offset);
             let to = segment_path(dir, p as u32, s.base_offset);
             fs::rename(&from, &to).map_err(|e| io_err(&from, "move staged segment into place", e))?;
+            point(Phase::Publish, || format!("moved {} into place", to.display()));
         }
         sync_dir(&partition_dir(dir, p as u32))?;
+        point(Phase::Publish, || format!("partition {p}'s directory fsync'd"));
     }
     remove_tree(staging)?;
-    sync_dir(dir)
+    point(Phase::Publish, || "staging directory removed".into());
+    sync_dir(dir)?;
+    point(Phase::Publish, || "log directory fsync'd".into());
+    Ok(())
 }
 
 /// Removes `dir` and everything in it, if it exists.
@@ -280,22 +287,39 @@ pub(crate) fn recover(dir: &Path, manifest: &Manifest) -> Result<bool, LogError>
             let Some(base) = parse_segment_name(&f.file_name().to_string_lossy()) else { continue };
             let from = f.path();
             let len = fs::metadata(&from).map_err(|e| io_err(&from, "stat staged segment", e))?.len();
-            let listed = manifest.sealed[p as usize].iter().any(|s| s.base_offset == base && s.bytes == len);
-            if listed {
-                let to = segment_path(dir, p, base);
-                fs::rename(&from, &to).map_err(|e| io_err(&from, "move staged segment into place", e))?;
-                moved += 1;
-                moved_here = true;
-            } else {
-                dropped += 1;
+            match manifest.sealed[p as usize].iter().find(|s| s.base_offset == base) {
+                Some(s) if s.bytes == len => {
+                    let to = segment_path(dir, p, base);
+                    fs::rename(&from, &to).map_err(|e| io_err(&from, "move staged segment into place", e))?;
+                    point(Phase::Recover, || format!("moved {} into place", to.display()));
+                    moved += 1;
+                    moved_here = true;
+                }
+                // A published segment whose staged copy is not the length the manifest
+                // recorded: neither moving nor deleting it is safe (it holds acknowledged
+                // records, damaged), so the open stops and names it.
+                Some(s) => {
+                    return Err(LogError::SegmentInvalid {
+                        path: from,
+                        detail: format!(
+                            "this staged segment of a published bulk append is {len} bytes but MANIFEST records {} bytes; \
+                             it is left in place (restore it, or move it aside to lose its records)",
+                            s.bytes
+                        ),
+                    });
+                }
+                None => dropped += 1,
             }
         }
         if moved_here {
             sync_dir(&partition_dir(dir, p))?;
+            point(Phase::Recover, || format!("partition {p}'s directory fsync'd"));
         }
     }
     remove_tree(&staging)?;
+    point(Phase::Recover, || "staging directory removed".into());
     sync_dir(dir)?;
+    point(Phase::Recover, || "log directory fsync'd".into());
     if moved > 0 {
         eprintln!("lambdaflow log {}: finished a published bulk append: moved {moved} staged segment(s) into place", dir.display());
     }

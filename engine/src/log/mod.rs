@@ -51,6 +51,7 @@
 
 mod block;
 mod bulk;
+pub mod crash;
 mod follow;
 mod manifest;
 mod rollback;
@@ -68,7 +69,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable::frame::{encode_into, framed_len};
 pub use crate::durable::frame::{MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
-pub(crate) use block::{BlockBuf, BLOCK_RAW_BYTES};
+pub(crate) use block::{BlockBuf, Zstd, BLOCK_RAW_BYTES};
 pub use bulk::Staging;
 use manifest::{Manifest, SealedSegment, MANIFEST};
 use segment::{io_err, open_for_append, parse_segment_name, partition_dir, segment_path, sync_dir, ScanStop, Scanner};

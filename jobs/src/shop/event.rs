@@ -575,17 +575,9 @@ fn csv_int(field: Field, text: &str) -> Result<i128, FieldError> {
 
 impl Event for ShopEvent {
     fn parse_ndjson(line: &str) -> Result<Self, FieldError> {
-        match serde_json::from_str::<Raw<'_>>(line) {
-            Ok(raw) => match raw.event() {
-                Some(event) => Ok(event),
-                None => parse_ndjson_value(line),
-            },
-            Err(fast_error) => match parse_ndjson_value(line) {
-                Err(error) => Err(error),
-                // The value path found nothing wrong (e.g. a duplicated field, where the
-                // last one would win): report what the strict parser saw.
-                Ok(_) => Err(FieldError::line(format!("invalid event: {fast_error}"))),
-            },
+        match fast::ndjson(line.as_bytes()) {
+            Some(event) => Ok(event),
+            None => parse_ndjson_reference(line),
         }
     }
 
@@ -594,44 +586,10 @@ impl Event for ShopEvent {
     }
 
     fn parse_csv(line: &str) -> Result<Self, FieldError> {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line == CSV_HEADER {
-            return Err(FieldError::line("this is the header row; a data row was expected"));
+        match fast::csv(line.as_bytes()) {
+            Some(event) => Ok(event),
+            None => parse_csv_reference(line),
         }
-        let mut cols = [""; 9];
-        let mut count = 0usize;
-        for (i, part) in line.split(',').enumerate() {
-            if i < cols.len() {
-                cols[i] = part;
-            }
-            count += 1;
-        }
-        if count != cols.len() {
-            return Err(FieldError::line(format!("expected 9 comma-separated columns ({CSV_HEADER}), found {count}")));
-        }
-        for (name, text) in COLUMNS.iter().zip(cols) {
-            if text.contains('"') {
-                return Err(FieldError::field(*name, text, "quotes are not allowed (no column of this schema needs quoting)"));
-            }
-        }
-        let kind = match cols[0] {
-            "" => return Err(FieldError::missing("type")),
-            name => Kind::from_name(name)
-                .ok_or_else(|| FieldError::field("type", name, "unknown event type (expected purchase, refund, view or inventory)"))?,
-        };
-        let mut checked = [0i128; 9];
-        for field in Field::ALL {
-            let text = cols[field.col()];
-            if kind.uses(field) {
-                if text.is_empty() {
-                    return Err(FieldError::missing(field.name()));
-                }
-                checked[field.col()] = csv_int(field, text)?;
-            } else if !text.is_empty() {
-                return Err(FieldError::field(field.name(), text, format!("must be empty: not a field of {} events", kind.name())));
-            }
-        }
-        Ok(kind.build(&checked))
     }
 
     fn partition_key(&self) -> u64 {
@@ -641,6 +599,280 @@ impl Event for ShopEvent {
             }
             ShopEvent::Inventory { product_id, .. } => product_id,
         }
+    }
+}
+
+/// The reference NDJSON parser: exact for every input, and the source of every error
+/// message. [`ShopEvent::parse_ndjson`] tries [`fast::ndjson`] first and falls back to it.
+pub fn parse_ndjson_reference(line: &str) -> Result<ShopEvent, FieldError> {
+    match serde_json::from_str::<Raw<'_>>(line) {
+        Ok(raw) => match raw.event() {
+            Some(event) => Ok(event),
+            None => parse_ndjson_value(line),
+        },
+        Err(fast_error) => match parse_ndjson_value(line) {
+            Err(error) => Err(error),
+            // The value path found nothing wrong (e.g. a duplicated field, where the
+            // last one would win): report what the strict parser saw.
+            Ok(_) => Err(FieldError::line(format!("invalid event: {fast_error}"))),
+        },
+    }
+}
+
+/// The reference CSV parser: exact for every input, and the source of every error message.
+/// [`ShopEvent::parse_csv`] tries [`fast::csv`] first and falls back to it.
+pub fn parse_csv_reference(line: &str) -> Result<ShopEvent, FieldError> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line == CSV_HEADER {
+        return Err(FieldError::line("this is the header row; a data row was expected"));
+    }
+    let mut cols = [""; 9];
+    let mut count = 0usize;
+    for (i, part) in line.split(',').enumerate() {
+        if i < cols.len() {
+            cols[i] = part;
+        }
+        count += 1;
+    }
+    if count != cols.len() {
+        return Err(FieldError::line(format!("expected 9 comma-separated columns ({CSV_HEADER}), found {count}")));
+    }
+    for (name, text) in COLUMNS.iter().zip(cols) {
+        if text.contains('"') {
+            return Err(FieldError::field(*name, text, "quotes are not allowed (no column of this schema needs quoting)"));
+        }
+    }
+    let kind = match cols[0] {
+        "" => return Err(FieldError::missing("type")),
+        name => Kind::from_name(name)
+            .ok_or_else(|| FieldError::field("type", name, "unknown event type (expected purchase, refund, view or inventory)"))?,
+    };
+    let mut checked = [0i128; 9];
+    for field in Field::ALL {
+        let text = cols[field.col()];
+        if kind.uses(field) {
+            if text.is_empty() {
+                return Err(FieldError::missing(field.name()));
+            }
+            checked[field.col()] = csv_int(field, text)?;
+        } else if !text.is_empty() {
+            return Err(FieldError::field(field.name(), text, format!("must be empty: not a field of {} events", kind.name())));
+        }
+    }
+    Ok(kind.build(&checked))
+}
+
+/// The fast paths of [`ShopEvent::parse_csv`] and [`ShopEvent::parse_ndjson`]: byte-level
+/// parsers of the common shape of a line, with no allocation. They accept only lines laid
+/// out as [`ShopEvent::write_csv_row`] and [`ShopEvent::write_ndjson`] write them (CSV also
+/// with leading zeros and a trailing `\r`), with numbers of at most 19 digits, and answer
+/// `None` for anything else: the reference parser then reads the line and, if it is wrong,
+/// names the field and value. A line the fast path accepts is one the reference parser
+/// accepts as the same event (`tests::fast_paths_agree_with_the_reference`).
+pub mod fast {
+    use super::{ShopEvent, MAX_TS_MS};
+
+    /// A position in one line.
+    struct Cur<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl Cur<'_> {
+        /// 1 to 19 decimal digits (so the value cannot overflow), up to the next non-digit.
+        /// With `json`, a leading zero must stand alone (JSON has no leading zeros).
+        #[inline(always)]
+        fn digits(&mut self, json: bool) -> Option<u64> {
+            let start = self.i;
+            let mut n: u64 = 0;
+            while let Some(&c) = self.b.get(self.i) {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                n = n.wrapping_mul(10).wrapping_add(u64::from(d));
+                self.i += 1;
+            }
+            let len = self.i - start;
+            if len == 0 || len > 19 || json && len > 1 && self.b[start] == b'0' {
+                return None;
+            }
+            Some(n)
+        }
+
+        /// Skips `lit`, which must come next.
+        #[inline(always)]
+        fn lit(&mut self, lit: &[u8]) -> Option<()> {
+            if self.b.get(self.i..self.i + lit.len())? == lit {
+                self.i += lit.len();
+                Some(())
+            } else {
+                None
+            }
+        }
+
+        #[inline(always)]
+        fn ts(&mut self, json: bool) -> Option<i64> {
+            let n = self.digits(json)?;
+            (n <= MAX_TS_MS as u64).then_some(n as i64)
+        }
+
+        #[inline(always)]
+        fn id(&mut self, json: bool) -> Option<u64> {
+            self.digits(json)
+        }
+
+        #[inline(always)]
+        fn quantity(&mut self, json: bool) -> Option<u32> {
+            let n = self.digits(json)?;
+            (1..=u64::from(u32::MAX)).contains(&n).then_some(n as u32)
+        }
+
+        #[inline(always)]
+        fn amount(&mut self, json: bool) -> Option<i64> {
+            let n = self.digits(json)?;
+            (n <= i64::MAX as u64).then_some(n as i64)
+        }
+
+        /// An `i64`, possibly negative (`-0` is left to the reference parser).
+        #[inline(always)]
+        fn delta(&mut self, json: bool) -> Option<i64> {
+            if self.b.get(self.i) == Some(&b'-') {
+                self.i += 1;
+                if self.b.get(self.i) == Some(&b'0') {
+                    return None;
+                }
+                let n = self.digits(json)?;
+                (n <= 1 << 63).then_some((n as i64).wrapping_neg())
+            } else {
+                let n = self.digits(json)?;
+                (n <= i64::MAX as u64).then_some(n as i64)
+            }
+        }
+
+        fn done(&self) -> bool {
+            self.i == self.b.len()
+        }
+    }
+
+    /// A CSV data row (without its newline) of the common shape, or `None`.
+    pub fn csv(line: &[u8]) -> Option<ShopEvent> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut c = Cur { b: line, i: 0 };
+        let event = match *line.first()? {
+            b'p' => {
+                c.lit(b"purchase,")?;
+                let ts = c.ts(false)?;
+                c.lit(b",")?;
+                let order_id = c.id(false)?;
+                c.lit(b",")?;
+                let customer_id = c.id(false)?;
+                c.lit(b",")?;
+                let product_id = c.id(false)?;
+                c.lit(b",")?;
+                let quantity = c.quantity(false)?;
+                c.lit(b",")?;
+                let amount_cents = c.amount(false)?;
+                c.lit(b",,")?;
+                ShopEvent::Purchase { ts, order_id, customer_id, product_id, quantity, amount_cents }
+            }
+            b'v' => {
+                c.lit(b"view,")?;
+                let ts = c.ts(false)?;
+                c.lit(b",,")?;
+                let customer_id = c.id(false)?;
+                c.lit(b",")?;
+                let product_id = c.id(false)?;
+                c.lit(b",,,,")?;
+                let session_id = c.id(false)?;
+                ShopEvent::View { ts, customer_id, product_id, session_id }
+            }
+            b'r' => {
+                c.lit(b"refund,")?;
+                let ts = c.ts(false)?;
+                c.lit(b",")?;
+                let order_id = c.id(false)?;
+                c.lit(b",")?;
+                let customer_id = c.id(false)?;
+                c.lit(b",")?;
+                let product_id = c.id(false)?;
+                c.lit(b",,")?;
+                let amount_cents = c.amount(false)?;
+                c.lit(b",,")?;
+                ShopEvent::Refund { ts, order_id, customer_id, product_id, amount_cents }
+            }
+            b'i' => {
+                c.lit(b"inventory,")?;
+                let ts = c.ts(false)?;
+                c.lit(b",,,")?;
+                let product_id = c.id(false)?;
+                c.lit(b",,,")?;
+                let delta = c.delta(false)?;
+                c.lit(b",")?;
+                ShopEvent::Inventory { ts, product_id, delta }
+            }
+            _ => return None,
+        };
+        c.done().then_some(event)
+    }
+
+    /// An NDJSON line (without its newline) of the common shape, or `None`.
+    pub fn ndjson(line: &[u8]) -> Option<ShopEvent> {
+        let mut c = Cur { b: line, i: 0 };
+        c.lit(b"{\"type\":\"")?;
+        let event = match *line.get(c.i)? {
+            b'p' => {
+                c.lit(b"purchase\",\"ts\":")?;
+                let ts = c.ts(true)?;
+                c.lit(b",\"order_id\":")?;
+                let order_id = c.id(true)?;
+                c.lit(b",\"customer_id\":")?;
+                let customer_id = c.id(true)?;
+                c.lit(b",\"product_id\":")?;
+                let product_id = c.id(true)?;
+                c.lit(b",\"quantity\":")?;
+                let quantity = c.quantity(true)?;
+                c.lit(b",\"amount_cents\":")?;
+                let amount_cents = c.amount(true)?;
+                ShopEvent::Purchase { ts, order_id, customer_id, product_id, quantity, amount_cents }
+            }
+            b'v' => {
+                c.lit(b"view\",\"ts\":")?;
+                let ts = c.ts(true)?;
+                c.lit(b",\"customer_id\":")?;
+                let customer_id = c.id(true)?;
+                c.lit(b",\"product_id\":")?;
+                let product_id = c.id(true)?;
+                c.lit(b",\"session_id\":")?;
+                let session_id = c.id(true)?;
+                ShopEvent::View { ts, customer_id, product_id, session_id }
+            }
+            b'r' => {
+                c.lit(b"refund\",\"ts\":")?;
+                let ts = c.ts(true)?;
+                c.lit(b",\"order_id\":")?;
+                let order_id = c.id(true)?;
+                c.lit(b",\"customer_id\":")?;
+                let customer_id = c.id(true)?;
+                c.lit(b",\"product_id\":")?;
+                let product_id = c.id(true)?;
+                c.lit(b",\"amount_cents\":")?;
+                let amount_cents = c.amount(true)?;
+                ShopEvent::Refund { ts, order_id, customer_id, product_id, amount_cents }
+            }
+            b'i' => {
+                c.lit(b"inventory\",\"ts\":")?;
+                let ts = c.ts(true)?;
+                c.lit(b",\"product_id\":")?;
+                let product_id = c.id(true)?;
+                c.lit(b",\"delta\":")?;
+                let delta = c.delta(true)?;
+                ShopEvent::Inventory { ts, product_id, delta }
+            }
+            _ => return None,
+        };
+        c.lit(b"}")?;
+        c.done().then_some(event)
     }
 }
 
@@ -931,6 +1163,81 @@ mod tests {
         assert_eq!(e.to_string(), r#"field "quantity": value "-3": must be at least 1"#);
     }
 
+    /// Numbers at and around the edges of every field's range and of the fast path's
+    /// 19 digits, and shapes only the reference parser reads.
+    const EDGES: [&str; 22] = [
+        "0",
+        "00",
+        "-0",
+        "01",
+        "-",
+        "1",
+        "-1",
+        "4294967295",
+        "4294967296",
+        "253402300799999",
+        "253402300800000",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "9999999999999999999",
+        "18446744073709551615",
+        "18446744073709551616",
+        "0000000000000000000001",
+        "1.0",
+        "1e3",
+        " 1",
+    ];
+
+    /// Bytes that matter to one of the two formats.
+    const BYTES: &[u8] = b"0123456789,-+ \"\r\t{}:.eEnx";
+
+    /// Applies `(what, where, byte, edge)` mutations to `line`: replace, insert or delete a
+    /// byte, swap a number for an edge value, or truncate.
+    fn mutate(line: &str, mutations: &[(usize, usize, u8, usize)]) -> String {
+        let mut b = line.as_bytes().to_vec();
+        for &(what, at, byte, edge) in mutations {
+            let byte = BYTES[byte as usize % BYTES.len()];
+            match what {
+                0 if !b.is_empty() => {
+                    let i = at % b.len();
+                    b[i] = byte;
+                }
+                1 => {
+                    let i = at % (b.len() + 1);
+                    b.insert(i, byte);
+                }
+                2 if !b.is_empty() => {
+                    b.remove(at % b.len());
+                }
+                3 | 4 => {
+                    // The `at`-th run of digits (with a leading '-') becomes an edge value.
+                    let mut runs = Vec::new();
+                    let mut i = 0;
+                    while i < b.len() {
+                        if b[i].is_ascii_digit() || b[i] == b'-' {
+                            let start = i;
+                            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'-') {
+                                i += 1;
+                            }
+                            runs.push((start, i));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    if !runs.is_empty() {
+                        let (s, e) = runs[at % runs.len()];
+                        b.splice(s..e, EDGES[edge].bytes());
+                    }
+                }
+                5 => b.truncate(at % (b.len() + 1)),
+                _ => {}
+            }
+        }
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
     fn arb_event() -> impl Strategy<Value = ShopEvent> {
         prop_oneof![
             (0..=MAX_TS_MS, any::<u64>(), any::<u64>(), any::<u64>(), 1..=u32::MAX, 0..=i64::MAX).prop_map(
@@ -965,6 +1272,35 @@ mod tests {
         #[test]
         fn csv_round_trip(event in arb_event()) {
             prop_assert_eq!(ShopEvent::parse_csv(&event.to_csv_row()), Ok(event));
+        }
+
+        // The fast paths never disagree with the reference parsers: on canonical lines
+        // (which they must take) and on lines mutated at a byte or at a number, every line
+        // gets the same event or the same error (field, value and message) either way.
+        #[test]
+        fn fast_paths_agree_with_the_reference(
+            event in arb_event(),
+            mutations in proptest::collection::vec((0usize..6, any::<usize>(), any::<u8>(), 0usize..EDGES.len()), 0..3),
+        ) {
+            let csv = event.to_csv_row();
+            let nd = event.to_ndjson();
+            // Numbers of 20 digits (ids past 10^19) are left to the reference parser.
+            let short = csv.split(',').all(|f| f.trim_start_matches('-').len() <= 19);
+            if short {
+                prop_assert_eq!(fast::csv(csv.as_bytes()), Some(event.clone()));
+                prop_assert_eq!(fast::ndjson(nd.as_bytes()), Some(event.clone()));
+            }
+            for line in [csv, nd] {
+                let line = mutate(&line, &mutations);
+                prop_assert_eq!(ShopEvent::parse_csv(&line), parse_csv_reference(&line), "csv {}", line);
+                prop_assert_eq!(ShopEvent::parse_ndjson(&line), parse_ndjson_reference(&line), "ndjson {}", line);
+                if let Some(e) = fast::csv(line.as_bytes()) {
+                    prop_assert_eq!(parse_csv_reference(&line), Ok(e));
+                }
+                if let Some(e) = fast::ndjson(line.as_bytes()) {
+                    prop_assert_eq!(parse_ndjson_reference(&line), Ok(e));
+                }
+            }
         }
 
         #[test]
