@@ -118,6 +118,33 @@ struct Row {
     qps: f64,
     query_p50: f64,
     query_p99: f64,
+    /// The server's own commit → publication latency over the phase (its histogram).
+    published_p50: f64,
+    published_p99: f64,
+}
+
+/// The server's commit → publication histogram (bucket `i`: up to 10 µs × 1.1^i).
+fn visible_buckets(c: &mut Client) -> Vec<u64> {
+    let s = c.get("/v1/status").expect("status").json();
+    s["speed"]["visible_latency"]["buckets"].as_array().map(|b| b.iter().map(|n| n.as_u64().unwrap_or(0)).collect()).unwrap_or_default()
+}
+
+/// The `p` quantile of the latencies counted in `after` but not `before`, ms.
+fn bucket_quantile(before: &[u64], after: &[u64], p: f64) -> f64 {
+    let counts: Vec<u64> = after.iter().enumerate().map(|(i, a)| a - before.get(i).copied().unwrap_or(0)).collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = ((total - 1) as f64 * p).round() as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen > rank {
+            return 0.01 * 1.1f64.powi(i as i32);
+        }
+    }
+    f64::NAN
 }
 
 fn list(name: &str, default: &str) -> Vec<usize> {
@@ -138,12 +165,24 @@ fn main() {
         rows.extend(server_run(w, &queries));
     }
     println!();
-    println!("| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms | server commit→publish p50 ms | p99 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} |",
-            r.workers, r.queries, r.offered, r.visible_p50, r.visible_p99, r.visible_max, r.qps, r.query_p50, r.query_p99
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            r.workers,
+            r.queries,
+            r.offered,
+            r.visible_p50,
+            r.visible_p99,
+            r.visible_max,
+            r.qps,
+            r.query_p50,
+            r.query_p99,
+            r.published_p50,
+            r.published_p99
         );
     }
 }
@@ -238,6 +277,8 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
 /// connections as fast as they are answered.
 fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, rate: u64, seconds: u64, run: u64) -> Row {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut status = Client::new(addr);
+    let published_before = visible_buckets(&mut status);
     let paced: Arc<Vec<Vec<u8>>> = Arc::new(bodies(3 + run, rate * seconds));
     // Visibility checks run on their own connections, so the ingest pace never waits for them.
     let (check_tx, check_rx) = std::sync::mpsc::channel::<(Instant, String)>();
@@ -323,6 +364,7 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
     let mut lat: Vec<f64> = queriers.into_iter().flat_map(|q| q.join().expect("querier")).collect();
     visible.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
+    let published_after = visible_buckets(&mut status);
     let row = Row {
         workers,
         queries: query_connections,
@@ -333,6 +375,8 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         qps: lat.len() as f64 / seconds as f64,
         query_p50: percentile(&lat, 0.5),
         query_p99: percentile(&lat, 0.99),
+        published_p50: bucket_quantile(&published_before, &published_after, 0.5),
+        published_p99: bucket_quantile(&published_before, &published_after, 0.99),
     };
     println!(
         "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): ingest {:.0} events/s; ack-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
@@ -349,6 +393,10 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         row.query_p50,
         row.query_p99,
         percentile(&lat, 0.999)
+    );
+    println!(
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): server commit→publish p50 {:.2} ms p99 {:.2} ms (10% buckets)",
+        row.published_p50, row.published_p99
     );
     row
 }

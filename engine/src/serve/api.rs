@@ -21,6 +21,7 @@ use super::AppState;
 use crate::append::Encoded;
 use crate::error::{Error, ErrorKind};
 use crate::lambda::{Lambda, Serving};
+use crate::speed::VisibleLatency;
 
 /// Most answers a range query returns.
 pub(super) const LIMIT_MAX: usize = 100_000;
@@ -990,6 +991,13 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
             "publications": st.speed_publications,
             "snapshot_copies": st.speed_snapshot_copies,
             "events_read": st.speed_events_read,
+            "visible_latency": {
+                "count": st.speed_visible_counts.iter().sum::<u64>(),
+                "p50_ms": VisibleLatency::quantile_ms(&st.speed_visible_counts, 0.5),
+                "p99_ms": VisibleLatency::quantile_ms(&st.speed_visible_counts, 0.99),
+                "max_ms": st.speed_visible_max_ms,
+                "buckets": st.speed_visible_counts,
+            },
         },
         "cluster": st.cluster,
         "ingest": {
