@@ -137,6 +137,10 @@ struct Shared {
     publications: AtomicU64,
     /// Publications that copied the tables because a reader still held the spare copy.
     snapshot_copies: AtomicU64,
+    /// Times the idle publisher brought the spare copy up to date (`Spare::catch_up`).
+    spare_catch_ups: AtomicU64,
+    /// Whether the spare copy lacks the last publication's updates.
+    spare_behind: AtomicBool,
     /// Events read from the log by each of this process's workers.
     read: Vec<AtomicU64>,
     moved: Condvar,
@@ -308,6 +312,8 @@ fn new_shared(registry: &Registry, cut: &[u64], threads: usize) -> Arc<Shared> {
         state: RwLock::new(Arc::new(SpeedState { tables, epoch: 0, frontier: cut.to_vec(), updated_ms: now_ms() })),
         publications: AtomicU64::new(0),
         snapshot_copies: AtomicU64::new(0),
+        spare_catch_ups: AtomicU64::new(0),
+        spare_behind: AtomicBool::new(false),
         read: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         moved: Condvar::new(),
         moved_lock: Mutex::new(()),
@@ -564,6 +570,18 @@ impl SpeedLayer {
         self.shared.snapshot_copies.load(Ordering::Relaxed)
     }
 
+    /// Times the publisher, idle, brought its spare copy of the tables up to date, so that
+    /// the next publication applies only its own updates.
+    pub fn spare_catch_ups(&self) -> u64 {
+        self.shared.spare_catch_ups.load(Ordering::Relaxed)
+    }
+
+    /// Whether the publisher's spare copy of the tables still lacks the last publication's
+    /// updates (it catches up when idle and no reader holds it).
+    pub fn spare_behind(&self) -> bool {
+        self.shared.spare_behind.load(Ordering::Relaxed)
+    }
+
     /// Why the speed layer stopped by itself, if it did.
     pub fn failure(&self) -> Option<String> {
         crate::sync::lock(&self.shared.failure).clone()
@@ -771,6 +789,9 @@ fn drive<E: lambdaflow_operators::Event>(
                 let oldest = publish(shared, complete, &mut history, &mut spare);
                 published = complete;
                 trace.published(shared, complete, oldest, completed);
+            } else if read == 0 && published + 1 >= epoch {
+                // Idle (nothing read, every epoch published): prepare the next publication.
+                spare.catch_up(shared);
             }
         }
     }
@@ -821,11 +842,37 @@ impl Trace {
 }
 
 /// The publisher's second copy of the speed tables: the snapshot it replaced at its last
-/// publication, and that publication's deltas, which the copy lacks.
+/// publication, and that publication's deltas, which the copy lacks (`None`: it has them).
 #[derive(Default)]
 struct Spare {
     copy: Option<Arc<SpeedState>>,
-    behind: Vec<Box<dyn SpeedTable>>,
+    behind: Option<Vec<Box<dyn SpeedTable>>>,
+}
+
+impl Spare {
+    /// Brings the spare copy up to date with the published tables, if no reader holds it
+    /// any more, so the next publication only applies its own deltas. Worker 0 calls this
+    /// while idle, off the path from an append to its publication. Returns whether it
+    /// applied anything.
+    fn catch_up(&mut self, shared: &Shared) -> bool {
+        let (Some(copy), Some(behind)) = (self.copy.as_mut(), self.behind.as_mut()) else {
+            return false;
+        };
+        // A reader that still holds the copy reads it: try again later.
+        let Some(state) = Arc::get_mut(copy) else {
+            return false;
+        };
+        if state.tables.len() != behind.len() {
+            return false;
+        }
+        for ((view, table), delta) in shared.views.iter().zip(state.tables.iter_mut()).zip(behind.iter_mut()) {
+            view.absorb_speed(delta.as_mut(), table.as_mut());
+        }
+        self.behind = None;
+        shared.spare_catch_ups.fetch_add(1, Ordering::Relaxed);
+        shared.spare_behind.store(false, Ordering::Relaxed);
+        true
+    }
 }
 
 /// Folds every view's updates up to `epoch` into a new snapshot of the speed tables and
@@ -864,9 +911,11 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     // The spare copy, if no reader holds it any more (it lacks the last publication's
     // deltas); else a copy of the current tables (held by readers, read-only here).
     let reusable = spare.copy.take().and_then(|copy| Arc::try_unwrap(copy).ok());
-    let mut behind = std::mem::take(&mut spare.behind);
-    let mut tables = match reusable {
-        Some(state) if state.tables.len() == behind.len() => {
+    let behind = spare.behind.take();
+    let mut tables = match (reusable, behind) {
+        // Caught up while idle (`Spare::catch_up`): only this publication's deltas to apply.
+        (Some(state), None) => state.tables,
+        (Some(state), Some(mut behind)) if state.tables.len() == behind.len() => {
             let mut tables = state.tables;
             // The last deltas are used for the last time: moved, not copied.
             for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(behind.iter_mut()) {
@@ -900,6 +949,8 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     // Counted before the swap, so whoever sees the new frontier sees the count too.
     shared.publications.fetch_add(1, Ordering::Relaxed);
     let covered = next.frontier.clone();
+    // Before the swap: whoever sees the new state sees that the spare lacks its updates.
+    shared.spare_behind.store(true, Ordering::Relaxed);
     let replaced = std::mem::replace(&mut *state, next);
     drop(state);
     // Under the waiters' lock: a waiter checks the frontier and starts waiting under it, so
@@ -908,7 +959,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         let _waiters = crate::sync::lock(&shared.moved_lock);
         shared.moved.notify_all();
     }
-    *spare = Spare { copy: Some(replaced), behind: deltas };
+    *spare = Spare { copy: Some(replaced), behind: Some(deltas) };
     let now = Instant::now();
     let mut oldest = None;
     let mut commits = crate::sync::lock(&shared.commits);
