@@ -823,7 +823,9 @@ impl Trace {
         let Some(file) = &shared.trace else { return };
         let done = Instant::now();
         let since = |t: Option<Instant>| match (t, oldest) {
-            (Some(t), Some(o)) => format!("{}", t.saturating_duration_since(o).as_micros() as i128 - o.saturating_duration_since(t).as_micros() as i128),
+            (Some(t), Some(o)) => {
+                format!("{}", t.saturating_duration_since(o).as_micros() as i128 - o.saturating_duration_since(t).as_micros() as i128)
+            }
             _ => "-".into(),
         };
         let line = format!(

@@ -197,6 +197,9 @@ pub(crate) struct AppState<J: Job> {
     bound: SocketAddr,
     started: Instant,
     stopping: AtomicBool,
+    /// The ingest lane ([`ingest_lane`]): request parsing and `min_frontier` waits run on
+    /// its blocking pool, at the process's priority, not the HTTP threads' lower one.
+    lane: tokio::runtime::Handle,
 }
 
 /// A running service (for tests and `demo`): its address and a way to stop it.
@@ -249,6 +252,7 @@ impl Drop for Running {
 /// SIGINT/SIGTERM (when `signals`) or [`Running::stop`] shut it down gracefully.
 pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'static str, signals: bool) -> Result<Running> {
     let runtime = http_runtime(cfg.http_nice)?;
+    let lane = ingest_lane()?;
     let (std_listener, addr) = bind(cfg.listen)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let keys = lambda.appender().keys();
@@ -269,6 +273,7 @@ pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard:
         bound: addr,
         started: Instant::now(),
         stopping: AtomicBool::new(false),
+        lane: lane.handle().clone(),
     });
     let stop_background = Arc::new(AtomicBool::new(false));
     let scheduler = start_scheduler(lambda.clone(), metrics, batch, &cfg, stop_background.clone())?;
@@ -294,6 +299,7 @@ pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard:
             let result = runtime.block_on(serve_until_stopped(std_listener, addr, state.clone(), bounds, shutdown_rx, signals));
             // Drop the runtime (and the connections it still holds) before draining the committer.
             drop(runtime);
+            drop(lane);
             background.stop(&state);
             result
         })
@@ -322,6 +328,18 @@ fn http_runtime(nice: i32) -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(Error::system("start the async runtime"))
+}
+
+/// The ingest lane: a runtime whose blocking pool parses ingest requests and waits for
+/// `min_frontier` at the process's priority. The work between a request's arrival and its
+/// ack, and the wake-up of a read waiting for freshness, must not queue behind queries on
+/// the lowered HTTP threads.
+fn ingest_lane() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("lambdaflow-ingest")
+        .build()
+        .map_err(Error::system("start the ingest runtime"))
 }
 
 /// Lowers the calling thread's scheduling priority by `nice` levels (at most to 19).
@@ -627,6 +645,10 @@ mod tests {
         let want = (base + HTTP_NICE_DEFAULT).min(19);
         assert_eq!((worker, blocking), (want, want), "HTTP threads at nice {worker}/{blocking}, the process at {base}");
         assert_eq!(std::thread::spawn(this_thread_nice).join().expect("thread"), base, "a new thread of the process kept its priority");
+        // Parsing and freshness waits run at the process's priority.
+        let lane = ingest_lane().expect("lane");
+        let on_lane = runtime.block_on(async { lane.spawn_blocking(this_thread_nice).await.expect("lane task") });
+        assert_eq!(on_lane, base, "the ingest lane runs at the process's priority");
         let same = http_runtime(0).expect("runtime");
         assert_eq!(same.block_on(async { tokio::spawn(async { this_thread_nice() }).await.expect("task") }), base);
     }
