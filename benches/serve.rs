@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench serve -- [--history N] [--ingest-events N] [--connections C]
 //!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q] [--workers W] [--partitions P]
-//!  [--speed-processes N] [--batch-processes N] [--matrix]`
+//!  [--speed-processes N] [--batch-processes N] [--http-nice N] [--matrix]`
 //!
 //! `--matrix` runs the service matrix: for 1 and 2 workers (one server each), phases 1 and
 //! 2 once, then phase 3 with Q = 1, 2, 8 and 32 query connections; it prints one table.
@@ -260,6 +260,10 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
         "--batch-processes",
         &batch_processes,
     ]);
+    // `--http-nice N`: passed to the server (a server older than the flag refuses it).
+    if let Some(nice) = std::env::args().skip_while(|a| a != "--http-nice").nth(1) {
+        cmd.args(["--http-nice", &nice]);
+    }
     let server = Server::spawn(cmd);
     let addr = server.addr;
     let pid = server.child.id();
@@ -350,6 +354,7 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         std::thread::spawn(move || {
             let mut c = Client::new(addr);
             let mut requests = 0u64;
+            let mut acks = Vec::new();
             let start = Instant::now();
             for (i, body) in paced.iter().enumerate() {
                 if stop.load(Ordering::Relaxed) {
@@ -359,9 +364,11 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                let sent = Instant::now();
                 let r = c.post("/v1/events", &[("Idempotency-Key", &format!("paced-{run}-{i}"))], body).expect("post");
                 assert_eq!(r.status, 200, "{}", r.text());
                 let acked = Instant::now();
+                acks.push((acked - sent).as_secs_f64() * 1e3);
                 let mut frontier = vec![0u64; partitions];
                 for p in r.json()["positions"].as_array().expect("positions") {
                     frontier[p["partition"].as_u64().expect("p") as usize] = p["to"].as_u64().expect("to");
@@ -370,7 +377,7 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
                 check_tx.send((acked, mf)).expect("checkers run");
                 requests += 1;
             }
-            (requests, start.elapsed().as_secs_f64())
+            (requests, start.elapsed().as_secs_f64(), acks)
         })
     };
     let queriers: Vec<_> = (0..query_connections)
@@ -412,7 +419,8 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         .collect();
     std::thread::sleep(Duration::from_secs(seconds));
     stop.store(true, Ordering::Relaxed);
-    let (requests, ingest_secs) = ingester.join().expect("ingester");
+    let (requests, ingest_secs, mut acks) = ingester.join().expect("ingester");
+    acks.sort_by(f64::total_cmp);
     let mut visible: Vec<f64> = checkers.into_iter().flat_map(|c| c.join().expect("checker")).collect();
     let mut lat: Vec<f64> = queriers.into_iter().flat_map(|q| q.join().expect("querier")).collect();
     visible.sort_by(f64::total_cmp);
@@ -448,8 +456,12 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         percentile(&lat, 0.999)
     );
     println!(
-        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): server commit→publish p50 {:.2} ms p99 {:.2} ms (10% buckets)",
-        row.published_p50, row.published_p99
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): server commit→publish p50 {:.2} ms p99 {:.2} ms (10% buckets); \
+         send→ack p50 {:.2} ms p99 {:.2} ms (an ack slower than the pace lowers the offered rate)",
+        row.published_p50,
+        row.published_p99,
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99)
     );
     row
 }

@@ -338,6 +338,7 @@ fn ingest_lane() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("lambdaflow-ingest")
+        .enable_all()
         .build()
         .map_err(Error::system("start the ingest runtime"))
 }
@@ -488,7 +489,8 @@ async fn serve_until_stopped<J: Job>(
         }
         let _ = stopping_tx.send(true);
     });
-    let serve = conn::serve(listener, api::router(state.clone()), bounds, state.metrics.clone(), stopping_rx.clone());
+    let lane = (state.cfg.http_nice > 0).then(|| state.lane.clone());
+    let serve = conn::serve(listener, api::router(state.clone()), bounds, state.metrics.clone(), stopping_rx.clone(), lane);
     // Connections get a grace period to finish; a client trickling a body does not hold the
     // shutdown up for longer.
     let grace = async move {
