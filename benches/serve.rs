@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench serve -- [--history N] [--ingest-events N] [--connections C]
 //!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q] [--workers W] [--partitions P]
-//!  [--speed-processes N] [--batch-processes N] [--matrix]`
+//!  [--speed-processes N] [--batch-processes N] [--http-nice N] [--matrix]`
 //!
 //! `--matrix` runs the service matrix: for 1 and 2 workers (one server each), phases 1 and
 //! 2 once, then phase 3 with Q = 1, 2, 8 and 32 query connections; it prints one table.
@@ -107,6 +107,50 @@ fn ingest(addr: std::net::SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: us
     (events, t.elapsed().as_secs_f64())
 }
 
+/// A lean keep-alive client for the point-query load: requests built once, one reused
+/// buffer, and only the status and `Content-Length` read from a response (this machine's
+/// cores are shared with the server, so the client's CPU is the server's loss).
+struct Lean {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Lean {
+    fn connect(addr: std::net::SocketAddr) -> Lean {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Lean { stream, buf: Vec::with_capacity(1 << 16) }
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request) and reads the response; returns its status.
+    fn send(&mut self, request: &[u8]) -> u16 {
+        use std::io::{Read, Write};
+        self.stream.write_all(request).expect("send");
+        self.buf.clear();
+        let mut chunk = [0u8; 16 << 10];
+        let (head, length) = loop {
+            let n = self.stream.read(&mut chunk).expect("receive");
+            assert!(n > 0, "the server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).expect("ASCII head");
+                let length = head
+                    .lines()
+                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                    .map(|(_, v)| v.trim().parse::<usize>().expect("Content-Length"))
+                    .expect("a Content-Length");
+                break (end + 4, length);
+            }
+        };
+        while self.buf.len() < head + length {
+            let n = self.stream.read(&mut chunk).expect("receive");
+            assert!(n > 0, "the server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        std::str::from_utf8(&self.buf[9..12]).ok().and_then(|s| s.parse().ok()).expect("a status")
+    }
+}
+
 /// What one mixed phase measured.
 struct Row {
     workers: usize,
@@ -118,6 +162,33 @@ struct Row {
     qps: f64,
     query_p50: f64,
     query_p99: f64,
+    /// The server's own commit → publication latency over the phase (its histogram).
+    published_p50: f64,
+    published_p99: f64,
+}
+
+/// The server's commit → publication histogram (bucket `i`: up to 10 µs × 1.1^i).
+fn visible_buckets(c: &mut Client) -> Vec<u64> {
+    let s = c.get("/v1/status").expect("status").json();
+    s["speed"]["visible_latency"]["buckets"].as_array().map(|b| b.iter().map(|n| n.as_u64().unwrap_or(0)).collect()).unwrap_or_default()
+}
+
+/// The `p` quantile of the latencies counted in `after` but not `before`, ms.
+fn bucket_quantile(before: &[u64], after: &[u64], p: f64) -> f64 {
+    let counts: Vec<u64> = after.iter().enumerate().map(|(i, a)| a - before.get(i).copied().unwrap_or(0)).collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = ((total - 1) as f64 * p).round() as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen > rank {
+            return 0.01 * 1.1f64.powi(i as i32);
+        }
+    }
+    f64::NAN
 }
 
 fn list(name: &str, default: &str) -> Vec<usize> {
@@ -138,12 +209,24 @@ fn main() {
         rows.extend(server_run(w, &queries));
     }
     println!();
-    println!("| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms | server commit→publish p50 ms | p99 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} |",
-            r.workers, r.queries, r.offered, r.visible_p50, r.visible_p99, r.visible_max, r.qps, r.query_p50, r.query_p99
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            r.workers,
+            r.queries,
+            r.offered,
+            r.visible_p50,
+            r.visible_p99,
+            r.visible_max,
+            r.qps,
+            r.query_p50,
+            r.query_p99,
+            r.published_p50,
+            r.published_p99
         );
     }
 }
@@ -177,6 +260,10 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
         "--batch-processes",
         &batch_processes,
     ]);
+    // `--http-nice N`: passed to the server (a server older than the flag refuses it).
+    if let Some(nice) = std::env::args().skip_while(|a| a != "--http-nice").nth(1) {
+        cmd.args(["--http-nice", &nice]);
+    }
     let server = Server::spawn(cmd);
     let addr = server.addr;
     let pid = server.child.id();
@@ -238,6 +325,8 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
 /// connections as fast as they are answered.
 fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, rate: u64, seconds: u64, run: u64) -> Row {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut status = Client::new(addr);
+    let published_before = visible_buckets(&mut status);
     let paced: Arc<Vec<Vec<u8>>> = Arc::new(bodies(3 + run, rate * seconds));
     // Visibility checks run on their own connections, so the ingest pace never waits for them.
     let (check_tx, check_rx) = std::sync::mpsc::channel::<(Instant, String)>();
@@ -265,6 +354,7 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         std::thread::spawn(move || {
             let mut c = Client::new(addr);
             let mut requests = 0u64;
+            let mut acks = Vec::new();
             let start = Instant::now();
             for (i, body) in paced.iter().enumerate() {
                 if stop.load(Ordering::Relaxed) {
@@ -274,9 +364,11 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                let sent = Instant::now();
                 let r = c.post("/v1/events", &[("Idempotency-Key", &format!("paced-{run}-{i}"))], body).expect("post");
                 assert_eq!(r.status, 200, "{}", r.text());
                 let acked = Instant::now();
+                acks.push((acked - sent).as_secs_f64() * 1e3);
                 let mut frontier = vec![0u64; partitions];
                 for p in r.json()["positions"].as_array().expect("positions") {
                     frontier[p["partition"].as_u64().expect("p") as usize] = p["to"].as_u64().expect("to");
@@ -285,32 +377,41 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
                 check_tx.send((acked, mf)).expect("checkers run");
                 requests += 1;
             }
-            (requests, start.elapsed().as_secs_f64())
+            (requests, start.elapsed().as_secs_f64(), acks)
         })
     };
     let queriers: Vec<_> = (0..query_connections)
         .map(|qi| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut c = Client::new(addr);
-                let mut lat = Vec::with_capacity(1 << 20);
                 let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ qi as u64;
                 let today = lambdaflow_operators::Day::of_ms(lambdaflow_engine::now_ms() as i64).0;
-                while !stop.load(Ordering::Relaxed) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let day = lambdaflow_operators::Day(today - (x % 90) as i32);
-                    let path = match x % 4 {
-                        0 => format!("/v1/views/revenue_by_day/{day}"),
-                        1 => format!("/v1/views/customer_spend/{}", x % 100_000),
-                        2 => format!("/v1/views/inventory_level/{}", x % 10_000),
-                        _ => format!("/v1/views/product_revenue_by_day/{day}/{}", x % 10_000),
-                    };
+                // 4096 random point queries, built before the clock starts and sent in turn.
+                let requests: Vec<Vec<u8>> = (0..4096)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let day = lambdaflow_operators::Day(today - (x % 90) as i32);
+                        let path = match x % 4 {
+                            0 => format!("/v1/views/revenue_by_day/{day}"),
+                            1 => format!("/v1/views/customer_spend/{}", x % 100_000),
+                            2 => format!("/v1/views/inventory_level/{}", x % 10_000),
+                            _ => format!("/v1/views/product_revenue_by_day/{day}/{}", x % 10_000),
+                        };
+                        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes()
+                    })
+                    .collect();
+                let mut c = Lean::connect(addr);
+                let mut lat = Vec::with_capacity(1 << 20);
+                for request in requests.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let t = Instant::now();
-                    let r = c.get(&path).expect("query");
+                    let status = c.send(request);
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
-                    assert!(r.status == 200 || r.status == 404, "{path}: HTTP {}: {}", r.status, r.text());
+                    assert!(status == 200 || status == 404, "{}: HTTP {status}", String::from_utf8_lossy(request));
                 }
                 lat
             })
@@ -318,11 +419,13 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         .collect();
     std::thread::sleep(Duration::from_secs(seconds));
     stop.store(true, Ordering::Relaxed);
-    let (requests, ingest_secs) = ingester.join().expect("ingester");
+    let (requests, ingest_secs, mut acks) = ingester.join().expect("ingester");
+    acks.sort_by(f64::total_cmp);
     let mut visible: Vec<f64> = checkers.into_iter().flat_map(|c| c.join().expect("checker")).collect();
     let mut lat: Vec<f64> = queriers.into_iter().flat_map(|q| q.join().expect("querier")).collect();
     visible.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
+    let published_after = visible_buckets(&mut status);
     let row = Row {
         workers,
         queries: query_connections,
@@ -333,6 +436,8 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         qps: lat.len() as f64 / seconds as f64,
         query_p50: percentile(&lat, 0.5),
         query_p99: percentile(&lat, 0.99),
+        published_p50: bucket_quantile(&published_before, &published_after, 0.5),
+        published_p99: bucket_quantile(&published_before, &published_after, 0.99),
     };
     println!(
         "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): ingest {:.0} events/s; ack-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
@@ -349,6 +454,14 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         row.query_p50,
         row.query_p99,
         percentile(&lat, 0.999)
+    );
+    println!(
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): server commit→publish p50 {:.2} ms p99 {:.2} ms (10% buckets); \
+         send→ack p50 {:.2} ms p99 {:.2} ms (an ack slower than the pace lowers the offered rate)",
+        row.published_p50,
+        row.published_p99,
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99)
     );
     row
 }

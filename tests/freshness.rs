@@ -122,3 +122,44 @@ fn more_workers_than_partitions_split_the_reading_exactly() {
     let expected = batch_from_scratch(Shop, &all, 1).expect("oracle");
     assert_eq!(diff(&expected, &all_views(&lambda).expect("views")), None, "batch and speed merged");
 }
+
+/// The publisher, when idle, brings its spare copy of the tables up to date (the previous
+/// publication's updates), so the next publication applies only its own, off the path from
+/// an append to its visibility; it never does so while a reader holds that copy. A reader
+/// holds each round's snapshot through the next round's publication: it never changes.
+/// Every round is exact at the end.
+#[test]
+fn idle_publisher_prepares_the_next_publication_without_touching_held_snapshots() {
+    let dir = TempDir::new("fresh-idle");
+    let lambda = open(&dir, 2, 4);
+    let serving = lambda.serving();
+    let all = events(21, 30 * 300);
+    let shape = |s: &lambdaflow_engine::SpeedState| -> (u64, Vec<u64>, Vec<(usize, usize)>) {
+        (s.epoch, s.frontier.clone(), s.tables.iter().map(|t| (t.keys(), t.approx_bytes())).collect())
+    };
+    let mut held: Option<(Arc<lambdaflow_engine::SpeedState>, (u64, Vec<u64>, Vec<(usize, usize)>))> = None;
+    for chunk in all.chunks(300) {
+        lambda.append(chunk).expect("append");
+        let ends = lambda.log().end_offsets();
+        assert!(serving.speed.wait_for(&ends, Duration::from_secs(120)).expect("speed layer runs"));
+        // The snapshot held since the last round is now the publisher's spare copy: it was
+        // not written to while held.
+        if let Some((snapshot, seen)) = held.take() {
+            assert_eq!(shape(&snapshot), seen, "a held snapshot changed");
+            drop(snapshot);
+            // Released: the idle publisher catches the copy up (waits for it, no deadline
+            // on how fast).
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while serving.speed.spare_behind() {
+                assert!(std::time::Instant::now() < deadline, "the idle publisher never caught its spare copy up");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let snapshot = serving.speed.snapshot();
+        let seen = shape(&snapshot);
+        held = Some((snapshot, seen));
+    }
+    assert!(serving.speed.spare_catch_ups() >= 29);
+    let expected = batch_from_scratch(Shop, &all, 1).expect("oracle");
+    assert_eq!(diff(&expected, &all_views(&lambda).expect("views")), None);
+}

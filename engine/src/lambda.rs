@@ -113,6 +113,11 @@ pub struct Status {
     pub speed_snapshot_copies: u64,
     /// Events each of the serving speed layer's workers in this process has read.
     pub speed_events_read: Vec<u64>,
+    /// The serving speed layer's commit → publication latency histogram: bucket counts
+    /// (see [`crate::speed::VisibleLatency::counts`]; trailing empty buckets left out).
+    pub speed_visible_counts: Vec<u64>,
+    /// Its largest commit → publication latency, ms.
+    pub speed_visible_max_ms: f64,
     /// Processes per layer, and the speed layer's other processes as `(process, pid)`.
     pub cluster: ClusterStatus,
 }
@@ -379,7 +384,7 @@ impl<J: Job> Lambda<J> {
 
     /// Wakes the speed layer after an append to the log made in this process.
     pub fn notify(&self) {
-        self.serving().speed.notify();
+        self.serving().speed.appended(self.log.end_offsets());
     }
 
     /// The data directory.
@@ -591,6 +596,14 @@ impl<J: Job> Lambda<J> {
             speed_publications: serving.speed.publications(),
             speed_snapshot_copies: serving.speed.snapshot_copies(),
             speed_events_read: serving.speed.events_read_per_worker(),
+            speed_visible_counts: {
+                let mut counts = serving.speed.visible_latency().counts();
+                while counts.last() == Some(&0) {
+                    counts.pop();
+                }
+                counts
+            },
+            speed_visible_max_ms: serving.speed.visible_latency().max_ms(),
             cluster: ClusterStatus {
                 batch_processes: self.cluster.batch_processes,
                 speed_processes: self.cluster.speed_processes,

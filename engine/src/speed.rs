@@ -25,7 +25,7 @@
 use lambdaflow_operators::runtime::{AnyView, Mode, Registry, SeedSource, SpeedTable};
 use lambdaflow_operators::{Ctx, Job, Time};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +52,70 @@ const EPOCH_EVENTS_MAX: u64 = 256 * 1024;
 /// How long an idle worker parks before polling the log again.
 const IDLE_PARK: Duration = Duration::from_millis(1);
 
+/// Commits remembered for the commit → publication histogram, at most (the oldest are
+/// dropped first; only a layer that stopped publishing holds this many).
+const COMMITS_MAX: usize = 4096;
+
+/// Buckets of [`VisibleLatency`]: bucket `i` holds latencies up to 10 µs × 1.1^i (~40 s).
+const LATENCY_BUCKETS: usize = 160;
+
+/// Commit → publication latency: from an append's group commit (its fsync; the ack
+/// follows at once) to the publication whose frontier first covers it. Log-spaced buckets
+/// 10% wide, so percentiles are within 10%.
+pub struct VisibleLatency {
+    counts: [AtomicU64; LATENCY_BUCKETS],
+    max_us: AtomicU64,
+}
+
+impl Default for VisibleLatency {
+    fn default() -> Self {
+        VisibleLatency { counts: std::array::from_fn(|_| AtomicU64::new(0)), max_us: AtomicU64::new(0) }
+    }
+}
+
+impl VisibleLatency {
+    fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+        let i = if us <= 10 { 0 } else { ((us as f64 / 10.0).ln() / 1.1f64.ln()).ceil() as usize };
+        self.counts[i.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The bucket counts (bucket `i`: up to 10 µs × 1.1^i), so a caller can subtract two
+    /// readings to get one period's distribution.
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+
+    /// The upper bound of bucket `i`, ms.
+    pub fn bucket_ms(i: usize) -> f64 {
+        0.01 * 1.1f64.powi(i as i32)
+    }
+
+    /// The `p` quantile (0..=1) of `counts` (from [`VisibleLatency::counts`]), ms: the upper
+    /// bound of the bucket holding it (NaN when empty).
+    pub fn quantile_ms(counts: &[u64], p: f64) -> f64 {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return f64::NAN;
+        }
+        let rank = ((total - 1) as f64 * p).round() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                return Self::bucket_ms(i);
+            }
+        }
+        Self::bucket_ms(counts.len() - 1)
+    }
+
+    /// The largest latency observed, ms.
+    pub fn max_ms(&self) -> f64 {
+        self.max_us.load(Ordering::Relaxed) as f64 / 1e3
+    }
+}
+
 /// The speed layer's published state: one immutable snapshot per publication.
 pub struct SpeedState {
     /// One table per view, in the registry's order.
@@ -73,6 +137,10 @@ struct Shared {
     publications: AtomicU64,
     /// Publications that copied the tables because a reader still held the spare copy.
     snapshot_copies: AtomicU64,
+    /// Times the idle publisher brought the spare copy up to date (`Spare::catch_up`).
+    spare_catch_ups: AtomicU64,
+    /// Whether the spare copy lacks the last publication's updates.
+    spare_behind: AtomicBool,
     /// Events read from the log by each of this process's workers.
     read: Vec<AtomicU64>,
     moved: Condvar,
@@ -83,6 +151,13 @@ struct Shared {
     abort: crate::guard::Abort,
     /// The worker threads, so an in-process append can wake them at once.
     threads: Mutex<Vec<std::thread::Thread>>,
+    /// Commits not yet published: the log's ends after each, and when it was made.
+    commits: Mutex<VecDeque<(Vec<u64>, Instant)>>,
+    /// Commit → publication latency.
+    visible: VisibleLatency,
+    /// `LAMBDAFLOW_SPEED_TRACE=FILE`: worker 0 appends one line per publication with the
+    /// times of its stages (see `Trace`).
+    trace: Option<Mutex<std::fs::File>>,
 }
 
 impl Shared {
@@ -237,6 +312,8 @@ fn new_shared(registry: &Registry, cut: &[u64], threads: usize) -> Arc<Shared> {
         state: RwLock::new(Arc::new(SpeedState { tables, epoch: 0, frontier: cut.to_vec(), updated_ms: now_ms() })),
         publications: AtomicU64::new(0),
         snapshot_copies: AtomicU64::new(0),
+        spare_catch_ups: AtomicU64::new(0),
+        spare_behind: AtomicBool::new(false),
         read: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         moved: Condvar::new(),
         moved_lock: Mutex::new(()),
@@ -244,6 +321,11 @@ fn new_shared(registry: &Registry, cut: &[u64], threads: usize) -> Arc<Shared> {
         failure: Mutex::new(None),
         threads: Mutex::new(Vec::new()),
         abort: crate::guard::Abort::default(),
+        commits: Mutex::new(VecDeque::new()),
+        visible: VisibleLatency::default(),
+        trace: std::env::var_os("LAMBDAFLOW_SPEED_TRACE")
+            .and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok())
+            .map(Mutex::new),
     })
 }
 
@@ -438,6 +520,24 @@ impl SpeedLayer {
         }
     }
 
+    /// Wakes the workers after an append made in this process whose commit left the log's
+    /// ends at `ends`, and remembers when, for [`SpeedLayer::visible_latency`].
+    pub fn appended(&self, ends: Vec<u64>) {
+        {
+            let mut commits = crate::sync::lock(&self.shared.commits);
+            if commits.len() >= COMMITS_MAX {
+                commits.pop_front();
+            }
+            commits.push_back((ends, Instant::now()));
+        }
+        self.notify();
+    }
+
+    /// Commit → publication latency of the appends announced by [`SpeedLayer::appended`].
+    pub fn visible_latency(&self) -> &VisibleLatency {
+        &self.shared.visible
+    }
+
     /// The published state: an immutable snapshot, read without any lock (holding it never
     /// delays a publication).
     pub fn snapshot(&self) -> Arc<SpeedState> {
@@ -468,6 +568,18 @@ impl SpeedLayer {
     /// (instead of waiting for that reader).
     pub fn snapshot_copies(&self) -> u64 {
         self.shared.snapshot_copies.load(Ordering::Relaxed)
+    }
+
+    /// Times the publisher, idle, brought its spare copy of the tables up to date, so that
+    /// the next publication applies only its own updates.
+    pub fn spare_catch_ups(&self) -> u64 {
+        self.shared.spare_catch_ups.load(Ordering::Relaxed)
+    }
+
+    /// Whether the publisher's spare copy of the tables still lacks the last publication's
+    /// updates (it catches up when idle and no reader holds it).
+    pub fn spare_behind(&self) -> bool {
+        self.shared.spare_behind.load(Ordering::Relaxed)
     }
 
     /// Why the speed layer stopped by itself, if it did.
@@ -590,6 +702,7 @@ fn drive<E: lambdaflow_operators::Event>(
     ctl.advance_to(epoch);
     let mut published: u64 = 0;
     let mut spare = Spare::default();
+    let mut trace = Trace::default();
     let mut stopped = false;
     while !stopped {
         if shared.stop.load(Ordering::SeqCst) || shared.abort.raised() {
@@ -636,6 +749,9 @@ fn drive<E: lambdaflow_operators::Event>(
                 share.advance(to);
             }
         }
+        if read > 0 {
+            trace.read(read);
+        }
         if read > 0 && target <= epoch {
             target = epoch + 1;
             send_all(ctl, &others, &Ctl::Advance(target));
@@ -649,8 +765,10 @@ fn drive<E: lambdaflow_operators::Event>(
             input.advance_to(epoch);
             input.flush();
             ctl.advance_to(epoch);
+            trace.advanced.get_or_insert_with(Instant::now);
         }
         ctl.flush();
+        trace.rounds += 1;
         worker.step_or_park(if read > 0 { Some(Duration::ZERO) } else { Some(IDLE_PARK) });
         for msg in inbox.borrow_mut().drain(..) {
             match msg {
@@ -667,27 +785,104 @@ fn drive<E: lambdaflow_operators::Event>(
             let complete = probe.with_frontier(|f| f.first().map(|t| t.saturating_sub(1)).unwrap_or(u64::MAX));
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {
-                publish(shared, complete, &mut history, &mut spare);
+                let completed = Instant::now();
+                let oldest = publish(shared, complete, &mut history, &mut spare);
                 published = complete;
+                trace.published(shared, complete, oldest, completed);
+            } else if read == 0 && published + 1 >= epoch {
+                // Idle (nothing read, every epoch published): prepare the next publication.
+                spare.catch_up(shared);
             }
         }
     }
     Ok(())
 }
 
+/// Worker 0's stage times between two publications, written to `LAMBDAFLOW_SPEED_TRACE`
+/// (a file) when it is set: one line per publication, times in µs since the oldest commit
+/// the publication made visible (`-` when it covers none).
+#[derive(Default)]
+struct Trace {
+    /// When worker 0 first read events since the last publication, and how many it read.
+    first_read: Option<Instant>,
+    events: u64,
+    /// When it first moved to a new epoch since the last publication.
+    advanced: Option<Instant>,
+    /// Rounds of its loop (each a step of the dataflow) since the last publication.
+    rounds: u64,
+}
+
+impl Trace {
+    fn read(&mut self, n: u64) {
+        self.first_read.get_or_insert_with(Instant::now);
+        self.events += n;
+    }
+
+    fn published(&mut self, shared: &Shared, epoch: u64, oldest: Option<Instant>, completed: Instant) {
+        let trace = std::mem::take(self);
+        let Some(file) = &shared.trace else { return };
+        let done = Instant::now();
+        let since = |t: Option<Instant>| match (t, oldest) {
+            (Some(t), Some(o)) => {
+                format!("{}", t.saturating_duration_since(o).as_micros() as i128 - o.saturating_duration_since(t).as_micros() as i128)
+            }
+            _ => "-".into(),
+        };
+        let line = format!(
+            "epoch {epoch} events {} rounds {} read {} advanced {} complete {} published {} publish_us {}\n",
+            trace.events,
+            trace.rounds,
+            since(trace.first_read),
+            since(trace.advanced),
+            since(Some(completed)),
+            since(Some(done)),
+            done.duration_since(completed).as_micros()
+        );
+        use std::io::Write as _;
+        let _ = crate::sync::lock(file).write_all(line.as_bytes());
+    }
+}
+
 /// The publisher's second copy of the speed tables: the snapshot it replaced at its last
-/// publication, and that publication's deltas, which the copy lacks.
+/// publication, and that publication's deltas, which the copy lacks (`None`: it has them).
 #[derive(Default)]
 struct Spare {
     copy: Option<Arc<SpeedState>>,
-    behind: Vec<Box<dyn SpeedTable>>,
+    behind: Option<Vec<Box<dyn SpeedTable>>>,
+}
+
+impl Spare {
+    /// Brings the spare copy up to date with the published tables, if no reader holds it
+    /// any more, so the next publication only applies its own deltas. Worker 0 calls this
+    /// while idle, off the path from an append to its publication. Returns whether it
+    /// applied anything.
+    fn catch_up(&mut self, shared: &Shared) -> bool {
+        let (Some(copy), Some(behind)) = (self.copy.as_mut(), self.behind.as_mut()) else {
+            return false;
+        };
+        // A reader that still holds the copy reads it: try again later.
+        let Some(state) = Arc::get_mut(copy) else {
+            return false;
+        };
+        if state.tables.len() != behind.len() {
+            return false;
+        }
+        for ((view, table), delta) in shared.views.iter().zip(state.tables.iter_mut()).zip(behind.iter_mut()) {
+            view.absorb_speed(delta.as_mut(), table.as_mut());
+        }
+        self.behind = None;
+        shared.spare_catch_ups.fetch_add(1, Ordering::Relaxed);
+        shared.spare_behind.store(false, Ordering::Relaxed);
+        true
+    }
 }
 
 /// Folds every view's updates up to `epoch` into a new snapshot of the speed tables and
 /// publishes it with the frontier at the offsets the partitions' owners had read when they
 /// left `epoch` (all delivered: the epoch is complete). Never waits for a reader: the
-/// tables it writes are the spare copy no reader holds, or a fresh copy.
-fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>], spare: &mut Spare) {
+/// tables it writes are the spare copy no reader holds, or a fresh copy. Returns when the
+/// oldest commit it made visible was made (if it made any visible).
+fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>], spare: &mut Spare) -> Option<Instant> {
     // Per partition, the least position of its slots: every event below it was read.
     let frontier: Vec<u64> = history
         .iter_mut()
@@ -718,9 +913,11 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     // The spare copy, if no reader holds it any more (it lacks the last publication's
     // deltas); else a copy of the current tables (held by readers, read-only here).
     let reusable = spare.copy.take().and_then(|copy| Arc::try_unwrap(copy).ok());
-    let mut behind = std::mem::take(&mut spare.behind);
-    let mut tables = match reusable {
-        Some(state) if state.tables.len() == behind.len() => {
+    let behind = spare.behind.take();
+    let mut tables = match (reusable, behind) {
+        // Caught up while idle (`Spare::catch_up`): only this publication's deltas to apply.
+        (Some(state), None) => state.tables,
+        (Some(state), Some(mut behind)) if state.tables.len() == behind.len() => {
             let mut tables = state.tables;
             // The last deltas are used for the last time: moved, not copied.
             for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(behind.iter_mut()) {
@@ -741,7 +938,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     let mut state = crate::sync::write(&shared.state);
     if shared.stop.load(Ordering::SeqCst) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
-        return;
+        return None;
     }
     // Readers rely on it: a published frontier never moves backwards.
     assert!(
@@ -753,11 +950,28 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     );
     // Counted before the swap, so whoever sees the new frontier sees the count too.
     shared.publications.fetch_add(1, Ordering::Relaxed);
+    let covered = next.frontier.clone();
+    // Before the swap: whoever sees the new state sees that the spare lacks its updates.
+    shared.spare_behind.store(true, Ordering::Relaxed);
     let replaced = std::mem::replace(&mut *state, next);
     drop(state);
-    *spare = Spare { copy: Some(replaced), behind: deltas };
     // Under the waiters' lock: a waiter checks the frontier and starts waiting under it, so
     // it cannot miss this wake-up.
-    let _waiters = crate::sync::lock(&shared.moved_lock);
-    shared.moved.notify_all();
+    {
+        let _waiters = crate::sync::lock(&shared.moved_lock);
+        shared.moved.notify_all();
+    }
+    *spare = Spare { copy: Some(replaced), behind: Some(deltas) };
+    let now = Instant::now();
+    let mut oldest = None;
+    let mut commits = crate::sync::lock(&shared.commits);
+    while let Some((ends, at)) = commits.front() {
+        if !ends.iter().zip(&covered).all(|(e, f)| e <= f) {
+            break;
+        }
+        oldest.get_or_insert(*at);
+        shared.visible.observe(now.saturating_duration_since(*at));
+        commits.pop_front();
+    }
+    oldest
 }

@@ -291,6 +291,10 @@ pub(super) struct ServeArgs {
     /// How long an answer may wait for the client to read a byte before the connection is closed, e.g. 30s.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub(super) write_timeout: Duration,
+    /// Nice levels the HTTP threads (queries, request parsing) run below the committer and
+    /// the speed workers, so a flood of queries cannot delay freshness (0: same priority).
+    #[arg(long, value_name = "N", default_value_t = crate::serve::HTTP_NICE_DEFAULT, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub(super) http_nice: i32,
     #[command(flatten)]
     pub(super) cluster: ClusterArgs,
     #[command(flatten)]

@@ -93,6 +93,7 @@ pub(super) fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig
         max_connections_per_peer: args.max_connections_per_ip,
         header_timeout: args.header_timeout,
         write_timeout: args.write_timeout,
+        http_nice: args.http_nice,
         ..ServeConfig::default()
     })
 }

@@ -21,6 +21,7 @@ use super::AppState;
 use crate::append::Encoded;
 use crate::error::{Error, ErrorKind};
 use crate::lambda::{Lambda, Serving};
+use crate::speed::VisibleLatency;
 
 /// Most answers a range query returns.
 pub(super) const LIMIT_MAX: usize = 100_000;
@@ -359,11 +360,15 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     };
     let partitions = s.lambda.log().partitions();
     let hash = key.as_ref().map(|_| crate::keys::body_hash(&bytes));
-    let parsed = tokio::task::spawn_blocking(move || -> crate::Result<Encoded> {
-        let events: Vec<J::Event> = crate::input::parse_all(&mut &bytes[..])?;
-        Encoded::of(&events, partitions)
-    })
-    .await;
+    // On the ingest lane: parsing is on the way to the ack, so it runs at the process's
+    // priority, not behind queries.
+    let parsed = s
+        .lane
+        .spawn_blocking(move || -> crate::Result<Encoded> {
+            let events: Vec<J::Event> = crate::input::parse_all(&mut &bytes[..])?;
+            Encoded::of(&events, partitions)
+        })
+        .await;
     let encoded = match parsed {
         Ok(Ok(e)) if !e.is_empty() => e,
         Ok(Ok(_)) => {
@@ -674,20 +679,23 @@ async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Durat
     let Ok(_waiting) = s.waiters.clone().try_acquire_owned() else {
         return Err(too_many(format!("more than {WAITERS_MAX} reads are waiting for min_frontier; retry after a second")));
     };
-    let waited = tokio::task::spawn_blocking(move || -> crate::Result<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let serving = lambda.serving();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if serving.speed.wait_for(&offsets, left.min(Duration::from_millis(50)))? {
-                return Ok(true);
+    // On the ingest lane: the wake-up after a publication must not queue behind queries.
+    let waited = s
+        .lane
+        .spawn_blocking(move || -> crate::Result<bool> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let serving = lambda.serving();
+                let left = deadline.saturating_duration_since(Instant::now());
+                if serving.speed.wait_for(&offsets, left.min(Duration::from_millis(50)))? {
+                    return Ok(true);
+                }
+                if left.is_zero() {
+                    return Ok(false);
+                }
             }
-            if left.is_zero() {
-                return Ok(false);
-            }
-        }
-    })
-    .await;
+        })
+        .await;
     match waited {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.into()),
@@ -990,6 +998,13 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
             "publications": st.speed_publications,
             "snapshot_copies": st.speed_snapshot_copies,
             "events_read": st.speed_events_read,
+            "visible_latency": {
+                "count": st.speed_visible_counts.iter().sum::<u64>(),
+                "p50_ms": VisibleLatency::quantile_ms(&st.speed_visible_counts, 0.5),
+                "p99_ms": VisibleLatency::quantile_ms(&st.speed_visible_counts, 0.99),
+                "max_ms": st.speed_visible_max_ms,
+                "buckets": st.speed_visible_counts,
+            },
         },
         "cluster": st.cluster,
         "ingest": {

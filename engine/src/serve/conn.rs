@@ -311,12 +311,18 @@ async fn refuse_after_head(mut stream: tokio::net::TcpStream, answer: Vec<u8>) {
 
 /// Accepts and serves connections until `stop` turns true, then lets open connections finish
 /// their requests (each closes after its current answer) and returns once all are closed.
+///
+/// A connection whose first request writes events (`POST /v1/events`) or waits for
+/// freshness (`min_frontier=`) is served on `lane` (a runtime at the process's priority)
+/// for its whole life; every other connection stays on this runtime, whose threads run
+/// below the speed path (see [`super::ServeConfig::http_nice`]).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     bounds: Bounds,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    lane: Option<tokio::runtime::Handle>,
 ) {
     let tracker = Arc::new(Tracker::default());
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_MAX));
@@ -359,23 +365,40 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true); // answers are small and latency matters
         let (router, mut stop, alive, metrics, tracker) =
             (router.clone(), stop.clone(), alive_rx.clone(), metrics.clone(), tracker.clone());
+        let lane = lane.clone();
         tokio::spawn(async move {
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
-            let stream = WriteTimeout::new(stream, bounds.write_timeout);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let stopping = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stopping => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+            // Which runtime serves it: decided by a look (without reading) at its first
+            // request; a client that sends nothing within the header timeout is closed.
+            if let Some(lane) = lane {
+                let mut head = [0u8; 1024];
+                let peeked = tokio::select! {
+                    p = tokio::time::timeout(bounds.header_timeout, stream.peek(&mut head)) => p,
+                    _ = stop.wait_for(|s| *s) => Ok(Ok(0)),
+                };
+                let n = match peeked {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => {
+                        drop(slot);
+                        metrics.connections_open.store(tracker.open() as u64, Relaxed);
+                        return;
+                    }
+                };
+                if on_lane(&head[..n]) {
+                    // Re-registered with the lane's own I/O driver, so nothing about it waits
+                    // for this runtime's threads.
+                    let moved = stream.into_std();
+                    let served = lane.spawn(async move {
+                        let Ok(stream) = moved.and_then(tokio::net::TcpStream::from_std) else { return };
+                        serve_one(stream, router, bounds, stop).await;
+                    });
+                    let _ = served.await;
+                    drop(slot);
+                    metrics.connections_open.store(tracker.open() as u64, Relaxed);
+                    drop(alive);
+                    return;
                 }
             }
+            serve_one(stream, router, bounds, stop).await;
             drop(slot);
             metrics.connections_open.store(tracker.open() as u64, Relaxed);
             drop(alive);
@@ -386,9 +409,48 @@ pub(crate) async fn serve(
     alive_tx.closed().await;
 }
 
+/// Whether a connection whose first bytes are `head` goes to the ingest lane: its first
+/// request appends events or waits for freshness.
+fn on_lane(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.starts_with(b"POST /v1/events") || line.windows(13).any(|w| w == b"min_frontier=")
+}
+
+/// Serves one connection with hyper until it closes or the server stops.
+async fn serve_one(stream: tokio::net::TcpStream, router: axum::Router, bounds: Bounds, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
+    let stream = WriteTimeout::new(stream, bounds.write_timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopping => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Proves which connections go to the ingest lane: a first request that appends events
+    // or waits for freshness; queries, status and the rest stay on the lowered threads.
+    #[test]
+    fn ingest_and_freshness_waits_go_to_the_lane() {
+        assert!(on_lane(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(on_lane(b"GET /v1/views/customer_spend/7?min_frontier=1,2,3,4&timeout_ms=5000 HTTP/1.1\r\n"));
+        assert!(!on_lane(b"GET /v1/views/customer_spend/7 HTTP/1.1\r\nX-Note: min_frontier=1\r\n\r\n"));
+        assert!(!on_lane(b"GET /v1/status HTTP/1.1\r\n\r\n"));
+        assert!(!on_lane(b"POST /v1/batch HTTP/1.1\r\n\r\n"));
+        assert!(!on_lane(b""));
+    }
 
     // Proves the per-peer bound refuses only that peer (another is still let in), the global
     // bound refuses everyone, and a closed connection gives its place back.

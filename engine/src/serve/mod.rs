@@ -114,6 +114,10 @@ pub struct ServeConfig {
     /// How long writing an answer may wait for the client to take a byte before the
     /// connection is closed.
     pub write_timeout: Duration,
+    /// Nice levels the HTTP threads (the async runtime and its blocking pool: queries and
+    /// request parsing) run below the rest of the process, so the committer and the speed
+    /// workers win the CPU when queries would take it all (0: the same priority; Linux only).
+    pub http_nice: i32,
 }
 
 impl ServeConfig {
@@ -143,6 +147,7 @@ impl Default for ServeConfig {
             max_connections_per_peer: None,
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            http_nice: HTTP_NICE_DEFAULT,
         }
     }
 }
@@ -192,6 +197,9 @@ pub(crate) struct AppState<J: Job> {
     bound: SocketAddr,
     started: Instant,
     stopping: AtomicBool,
+    /// The ingest lane ([`ingest_lane`]): request parsing and `min_frontier` waits run on
+    /// its blocking pool, at the process's priority, not the HTTP threads' lower one.
+    lane: tokio::runtime::Handle,
 }
 
 /// A running service (for tests and `demo`): its address and a way to stop it.
@@ -243,7 +251,8 @@ impl Drop for Running {
 /// Starts the service for `lambda` in the background and returns once it listens.
 /// SIGINT/SIGTERM (when `signals`) or [`Running::stop`] shut it down gracefully.
 pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard: &'static str, signals: bool) -> Result<Running> {
-    let runtime = http_runtime()?;
+    let runtime = http_runtime(cfg.http_nice)?;
+    let lane = ingest_lane()?;
     let (std_listener, addr) = bind(cfg.listen)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let keys = lambda.appender().keys();
@@ -264,6 +273,7 @@ pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard:
         bound: addr,
         started: Instant::now(),
         stopping: AtomicBool::new(false),
+        lane: lane.handle().clone(),
     });
     let stop_background = Arc::new(AtomicBool::new(false));
     let scheduler = start_scheduler(lambda.clone(), metrics, batch, &cfg, stop_background.clone())?;
@@ -289,6 +299,7 @@ pub(crate) fn start<J: Job>(lambda: Arc<Lambda<J>>, cfg: ServeConfig, dashboard:
             let result = runtime.block_on(serve_until_stopped(std_listener, addr, state.clone(), bounds, shutdown_rx, signals));
             // Drop the runtime (and the connections it still holds) before draining the committer.
             drop(runtime);
+            drop(lane);
             background.stop(&state);
             result
         })
@@ -302,15 +313,73 @@ pub(crate) fn http_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
 }
 
+/// Default of [`ServeConfig::http_nice`]: at nice +10 a thread's CPU weight is about a
+/// tenth of one at +0, so a ready speed worker or committer runs first, and the HTTP
+/// threads still get whatever CPU is left (all of it while the speed layer is idle).
+pub(crate) const HTTP_NICE_DEFAULT: i32 = 10;
+
 /// The async runtime the HTTP server runs on ([`http_threads`] threads; parsing and range
-/// queries go to its blocking pool).
-fn http_runtime() -> Result<tokio::runtime::Runtime> {
+/// queries go to its blocking pool), every thread of it `nice` levels below the process.
+fn http_runtime(nice: i32) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(http_threads())
         .thread_name("lambdaflow-http")
+        .on_thread_start(move || lower_this_thread(nice))
         .enable_all()
         .build()
         .map_err(Error::system("start the async runtime"))
+}
+
+/// The ingest lane: a runtime whose blocking pool parses ingest requests and waits for
+/// `min_frontier` at the process's priority. The work between a request's arrival and its
+/// ack, and the wake-up of a read waiting for freshness, must not queue behind queries on
+/// the lowered HTTP threads.
+fn ingest_lane() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("lambdaflow-ingest")
+        .enable_all()
+        .build()
+        .map_err(Error::system("start the ingest runtime"))
+}
+
+/// Lowers the calling thread's scheduling priority by `nice` levels (at most to 19).
+/// Failing to is not fatal (the thread keeps its priority): it is reported once.
+fn lower_this_thread(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    if let Err(e) = renice_this_thread(nice) {
+        static REPORTED: std::sync::Once = std::sync::Once::new();
+        REPORTED.call_once(|| eprintln!("lambdaflow serve: could not lower the HTTP threads' priority ({e}); they keep the process's"));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn renice_this_thread(nice: i32) -> std::io::Result<()> {
+    // On Linux a thread id names one thread for the PRIO_PROCESS calls.
+    let tid = rustix::thread::gettid();
+    let now = rustix::process::getpriority_process(Some(tid))?;
+    rustix::process::setpriority_process(Some(tid), (now + nice).min(19))?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn renice_this_thread(_nice: i32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// The calling thread's nice value (Linux; 0 elsewhere).
+#[cfg(test)]
+fn this_thread_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("getpriority")
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
 }
 
 /// Binds the listening socket; returns it (non-blocking) and the address it got.
@@ -420,7 +489,8 @@ async fn serve_until_stopped<J: Job>(
         }
         let _ = stopping_tx.send(true);
     });
-    let serve = conn::serve(listener, api::router(state.clone()), bounds, state.metrics.clone(), stopping_rx.clone());
+    let lane = (state.cfg.http_nice > 0).then(|| state.lane.clone());
+    let serve = conn::serve(listener, api::router(state.clone()), bounds, state.metrics.clone(), stopping_rx.clone(), lane);
     // Connections get a grace period to finish; a client trickling a body does not hold the
     // shutdown up for longer.
     let grace = async move {
@@ -560,6 +630,30 @@ fn scheduler<J: Job>(
 mod tests {
     use super::*;
     use crate::units::parse_positive_duration as parse_duration;
+
+    // Proves the HTTP runtime's threads (async workers and the blocking pool, where
+    // queries and parsing run) run below the process, and the process's own threads (the
+    // committer's, the speed workers') keep their priority.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn http_threads_run_below_the_speed_path() {
+        let base = std::thread::spawn(this_thread_nice).join().expect("thread");
+        let runtime = http_runtime(HTTP_NICE_DEFAULT).expect("runtime");
+        let (worker, blocking) = runtime.block_on(async {
+            let worker = tokio::spawn(async { this_thread_nice() }).await.expect("task");
+            let blocking = tokio::task::spawn_blocking(this_thread_nice).await.expect("blocking task");
+            (worker, blocking)
+        });
+        let want = (base + HTTP_NICE_DEFAULT).min(19);
+        assert_eq!((worker, blocking), (want, want), "HTTP threads at nice {worker}/{blocking}, the process at {base}");
+        assert_eq!(std::thread::spawn(this_thread_nice).join().expect("thread"), base, "a new thread of the process kept its priority");
+        // Parsing and freshness waits run at the process's priority.
+        let lane = ingest_lane().expect("lane");
+        let on_lane = runtime.block_on(async { lane.spawn_blocking(this_thread_nice).await.expect("lane task") });
+        assert_eq!(on_lane, base, "the ingest lane runs at the process's priority");
+        let same = http_runtime(0).expect("runtime");
+        assert_eq!(same.block_on(async { tokio::spawn(async { this_thread_nice() }).await.expect("task") }), base);
+    }
 
     // Proves schedules read as users write them, never as Rust values.
     #[test]
