@@ -150,13 +150,21 @@ where
                 move |(dim_input, dim_frontier), (fact_input, fact_frontier), output| {
                     dim_input.for_each(|cap, data| {
                         for ((k, d), t, n) in data.drain(..) {
-                            let p = pending.entry(t).or_insert_with(|| Pending { cap: cap.delayed(&t, 0), dims: Vec::new(), facts: Vec::new() });
+                            let p = pending.entry(t).or_insert_with(|| Pending {
+                                cap: cap.delayed(&t, 0),
+                                dims: Vec::new(),
+                                facts: Vec::new(),
+                            });
                             p.dims.push((k, d, n));
                         }
                     });
                     fact_input.for_each(|cap, data| {
                         for ((k, f), t, n) in data.drain(..) {
-                            let p = pending.entry(t).or_insert_with(|| Pending { cap: cap.delayed(&t, 0), dims: Vec::new(), facts: Vec::new() });
+                            let p = pending.entry(t).or_insert_with(|| Pending {
+                                cap: cap.delayed(&t, 0),
+                                dims: Vec::new(),
+                                facts: Vec::new(),
+                            });
                             p.facts.push((k, f, n));
                         }
                     });

@@ -279,10 +279,12 @@ impl ViewKey for BidderSession {
         let s = s.trim();
         if s.starts_with('{') {
             let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not a bidder session: {e}"))?;
-            let get = |f: &str| v.get(f).and_then(Value::as_u64).ok_or_else(|| format!("\"{s}\": field \"{f}\" must be an unsigned integer"));
+            let get =
+                |f: &str| v.get(f).and_then(Value::as_u64).ok_or_else(|| format!("\"{s}\": field \"{f}\" must be an unsigned integer"));
             return Ok(BidderSession { bidder: get("bidder")?, start: get("start")? });
         }
-        let (b, t) = s.split_once('/').ok_or_else(|| format!("\"{s}\" is not a bidder session: write BIDDER/START_MS, e.g. 1001/1772323200000"))?;
+        let (b, t) =
+            s.split_once('/').ok_or_else(|| format!("\"{s}\" is not a bidder session: write BIDDER/START_MS, e.g. 1001/1772323200000"))?;
         let num = |x: &str, what: &str| x.trim().parse::<u64>().map_err(|_| format!("\"{s}\": {what} \"{x}\" is not an unsigned integer"));
         Ok(BidderSession { bidder: num(b, "bidder")?, start: num(t, "start")? })
     }
@@ -387,9 +389,11 @@ impl Job for Nexmark {
         let valid = self.join(ctx, "q9_auction_bids", auction_rows, bid_rows, valid_bid);
         let winners = ctx.arg_max("q9_winning_bid", valid, |(_, bid): &(AuctionRow, BidRow)| bid_score(bid));
         let shown = winners.clone().map(|(id, (_, b))| (id, (b.bidder, b.price, b.date_time)));
-        ctx.value_view("q9_winning_bid", shown, |(bidder, price, date_time): &(u64, u64, u64)| {
-            json!({ "bidder": bidder, "price": price, "date_time": date_time })
-        });
+        ctx.value_view(
+            "q9_winning_bid",
+            shown,
+            |(bidder, price, date_time): &(u64, u64, u64)| json!({ "bidder": bidder, "price": price, "date_time": date_time }),
+        );
 
         // q4: the average winning price per category.
         let closing = ctx.sum("q4_avg_price_by_category", winners.clone(), |(_, (a, b)): &(u64, (AuctionRow, BidRow))| {
@@ -415,7 +419,7 @@ impl Job for Nexmark {
             let auction = b.auction;
             Window::sliding(ms(b.date_time), WINDOW_MS, SLIDE_MS).map(move |w| (w, auction))
         });
-        let counts = ctx.count("q5_bids_per_window", per_window.into_coll(), |wa: &(Window, u64)| Some(wa.clone()));
+        let counts = ctx.count("q5_bids_per_window", per_window.into_coll(), |wa: &(Window, u64)| Some(*wa));
         let hot = ctx.reduce("q5_hot_items", counts, |_w, auctions: &[(&u64, lambdaflow_operators::Sums<1>)], out| {
             if let Some(max) = auctions.iter().map(|(_, n)| n.get(0)).max() {
                 let top: Vec<u64> = auctions.iter().filter(|(_, n)| n.get(0) == max).map(|(a, _)| **a).collect();
