@@ -112,7 +112,10 @@ fn interval_join_seeds_hold_the_dimension_and_waiting_facts_only() {
     assert_eq!(bounded["q9_auction_bids.dims.seed"].0, auctions);
     let waiting = bounded["q9_auction_bids.waiting.seed"].0;
     assert!(waiting * 100 < bids, "{waiting} of {bids} bids kept: the interval join stores facts that met their row");
-    let total = |s: &BTreeMap<String, (usize, u64)>| s.values().map(|(_, b)| b).sum::<u64>();
+    // The seeds of the queries built on a join (the others are the same in both forms).
+    let total = |s: &BTreeMap<String, (usize, u64)>| {
+        s.iter().filter(|(name, _)| ["q3_", "q8_", "q9_"].iter().any(|q| name.starts_with(q))).map(|(_, (_, b))| b).sum::<u64>()
+    };
     assert!(total(&bounded) * 2 < total(&plain), "seed bytes: interval {bounded:?}, plain {plain:?}");
 }
 

@@ -4,17 +4,18 @@
 //! [`crate::last_prices`], [`crate::sessions`]) and the key types' JSON forms.
 
 use crate::{
-    is_local, last_prices, sessions, valid_bid, AuctionRow, BidRow, BidderSession, NexmarkEvent, Q3_CATEGORY, SLIDE_MS, WINDOW_MS,
+    is_local, last_prices, price_rank, sessions, valid_bid, AuctionRow, BidRow, BidderAuction, BidderSession, DayBids, NexmarkEvent,
+    Q3_CATEGORY, SLIDE_MS, WINDOW_MS,
 };
 use lambdaflow_operators::serde_json::{json, Value};
-use lambdaflow_operators::{ViewKey, Window};
-use std::collections::BTreeMap;
+use lambdaflow_operators::{Day, ViewKey, Window};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// View name → key (compact JSON text) → value, as `lambdaflow_engine::testing` reads views.
 pub type Views = BTreeMap<String, BTreeMap<String, Value>>;
 
 /// The view names.
-pub const VIEW_NAMES: [&str; 8] = [
+pub const VIEW_NAMES: [&str; 11] = [
     "q3_local_item_suggestion",
     "q4_avg_price_by_category",
     "q5_hot_items",
@@ -23,6 +24,9 @@ pub const VIEW_NAMES: [&str; 8] = [
     "q8_new_sellers",
     "q9_winning_bid",
     "q11_user_sessions",
+    "q15_bidding_statistics",
+    "q18_last_bid",
+    "q19_top_bids",
 ];
 
 fn key(k: &impl ViewKey) -> String {
@@ -148,6 +152,55 @@ pub fn views(events: &[NexmarkEvent]) -> Views {
         for (start, end, n) in sessions(ts.into_iter()) {
             out.get_mut("q11_user_sessions").unwrap().insert(key(&BidderSession { bidder, start }), json!({ "end": end, "bids": n }));
         }
+    }
+
+    // q15
+    let mut days: BTreeMap<Day, (DayBids, [BTreeSet<u64>; 4], [BTreeSet<u64>; 4])> = BTreeMap::new();
+    for b in &bids {
+        let rank = price_rank(b.price) as usize;
+        let (s, bidders, auctions) = days.entry(Day::of_ms(b.date_time as i64)).or_default();
+        s.total_bids += 1;
+        s.records += 1;
+        match rank {
+            1 => s.rank1_bids += 1,
+            2 => s.rank2_bids += 1,
+            _ => s.rank3_bids += 1,
+        }
+        for r in [0, rank] {
+            bidders[r].insert(b.bidder);
+            auctions[r].insert(b.auction);
+        }
+    }
+    for (day, (mut s, bidders, auctions)) in days {
+        let n = |set: &BTreeSet<u64>| set.len() as i128;
+        (s.total_bidders, s.rank1_bidders, s.rank2_bidders, s.rank3_bidders) = (n(&bidders[0]), n(&bidders[1]), n(&bidders[2]), n(&bidders[3]));
+        (s.total_auctions, s.rank1_auctions, s.rank2_auctions, s.rank3_auctions) = (n(&auctions[0]), n(&auctions[1]), n(&auctions[2]), n(&auctions[3]));
+        out.get_mut("q15_bidding_statistics").unwrap().insert(key(&day), s.to_json());
+    }
+
+    // q18
+    let mut last: BTreeMap<BidderAuction, (u64, u64, String)> = BTreeMap::new();
+    for b in &bids {
+        let item = (b.date_time, b.price, b.channel.clone());
+        let e = last.entry(BidderAuction { bidder: b.bidder, auction: b.auction }).or_insert(item.clone());
+        if item.0 > e.0 || (item.0 == e.0 && item < *e) {
+            *e = item;
+        }
+    }
+    for (k, (date_time, price, channel)) in last {
+        out.get_mut("q18_last_bid").unwrap().insert(key(&k), json!({ "date_time": date_time, "price": price, "channel": channel }));
+    }
+
+    // q19
+    let mut per_auction: BTreeMap<u64, Vec<(u64, u64, u64)>> = BTreeMap::new();
+    for b in &bids {
+        per_auction.entry(b.auction).or_default().push((b.price, b.date_time, b.bidder));
+    }
+    for (auction, mut list) in per_auction {
+        list.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+        list.truncate(10);
+        let shown: Vec<Value> = list.iter().map(|(price, date_time, bidder)| json!({ "price": price, "date_time": date_time, "bidder": bidder })).collect();
+        out.get_mut("q19_top_bids").unwrap().insert(key(&auction), Value::Array(shown));
     }
     out
 }
