@@ -641,3 +641,51 @@ pub fn sessions(times: impl Iterator<Item = (u64, i128)>) -> Vec<(u64, u64, i128
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_ndjson() {
+        for e in gen::stream(200) {
+            assert_eq!(NexmarkEvent::parse_ndjson(&e.to_ndjson()), Ok(e));
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_and_value() {
+        let e = NexmarkEvent::parse_ndjson(
+            r#"{"Bid":{"auction":1,"bidder":2,"price":"cheap","channel":"c","url":"u","date_time":3,"extra":""}}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_deref(), e.value.as_deref()), (Some("Bid.price"), Some("cheap")), "{e}");
+        let late = MAX_TS_MS as u64 + 1;
+        let line = format!(
+            r#"{{"Auction":{{"id":1,"item_name":"i","description":"d","initial_bid":1,"reserve":2,"date_time":3,"expires":{late},"seller":4,"category":10,"extra":""}}}}"#
+        );
+        let e = NexmarkEvent::parse_ndjson(&line).unwrap_err();
+        assert_eq!((e.field.as_deref(), e.value.as_deref()), (Some("Auction.expires"), Some(late.to_string().as_str())), "{e}");
+        assert!(NexmarkEvent::parse_csv("1,2,3").unwrap_err().message.contains("no CSV form"));
+    }
+
+    #[test]
+    fn pair_keys_parse_from_both_forms() {
+        let k = BidderSession { bidder: 1001, start: 1_772_323_200_039 };
+        assert_eq!(BidderSession::parse_key("1001/1772323200039"), Ok(k.clone()));
+        assert_eq!(BidderSession::parse_key(&k.to_json().to_string()), Ok(k));
+        let k = BidderAuction { bidder: 7, auction: 1000 };
+        assert_eq!(BidderAuction::parse_key(" 7/1000 "), Ok(k.clone()));
+        assert_eq!(BidderAuction::parse_key(&k.to_json().to_string()), Ok(k));
+        assert!(BidderAuction::parse_key("7").unwrap_err().contains("BIDDER/AUCTION"));
+        assert!(BidderAuction::parse_key("7/x").unwrap_err().contains("\"x\""));
+    }
+
+    #[test]
+    fn sessions_split_at_the_gap_and_last_prices_take_ten() {
+        let s = sessions([(0, 1), (SESSION_GAP_MS - 1, 2), (2 * SESSION_GAP_MS - 2, 1), (3 * SESSION_GAP_MS - 2, 1)].into_iter());
+        assert_eq!(s, vec![(0, 2 * SESSION_GAP_MS - 2, 4), (3 * SESSION_GAP_MS - 2, 3 * SESSION_GAP_MS - 2, 1)]);
+        let sold: Vec<((u64, u64, u64), isize)> = (0..12u64).map(|i| ((i, i, i * 10), 1)).collect();
+        assert_eq!(last_prices(sold.into_iter()), ((2..12).map(|i| i * 10).sum::<u64>().into(), 10));
+    }
+}
