@@ -30,10 +30,12 @@
 pub mod gen;
 pub mod oracle;
 
-use lambdaflow_operators::serde_json::{json, Value};
 use lambdaflow_operators::differential_dataflow::AsCollection;
+use lambdaflow_operators::serde_json::{json, Value};
 use lambdaflow_operators::timely::dataflow::operators::vec::Map as _;
-use lambdaflow_operators::{aggregate, Coll, Ctx, Data, Day, Event, Example, FieldError, Input, Inserts, Job, Sums, ViewKey, Window, MAX_TS_MS};
+use lambdaflow_operators::{
+    aggregate, Coll, Ctx, Data, Day, Event, Example, FieldError, Input, Inserts, Job, Sums, ViewKey, Window, MAX_TS_MS,
+};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 
@@ -476,8 +478,20 @@ impl Job for Nexmark {
             let day = Day::of_ms(ms(b.date_time));
             [((day, 0u8), item), ((day, price_rank(b.price)), item)]
         };
-        let bidders = ctx.distinct_count("q15_bidders", bids.clone().into_coll().flat_map(move |b| { let who = b.bidder; ranked(b, who) }));
-        let auctions_per_day = ctx.distinct_count("q15_auctions", bids.clone().into_coll().flat_map(move |b| { let what = b.auction; ranked(b, what) }));
+        let bidders = ctx.distinct_count(
+            "q15_bidders",
+            bids.clone().into_coll().flat_map(move |b| {
+                let who = b.bidder;
+                ranked(b, who)
+            }),
+        );
+        let auctions_per_day = ctx.distinct_count(
+            "q15_auctions",
+            bids.clone().into_coll().flat_map(move |b| {
+                let what = b.auction;
+                ranked(b, what)
+            }),
+        );
         let as_day_bids = |distinct: Coll<'s, (Day, u8), Sums<1>>, bidders: bool| {
             distinct
                 .inner
@@ -507,9 +521,11 @@ impl Job for Nexmark {
             bids.clone().map(|b| (BidderAuction { bidder: b.bidder, auction: b.auction }, (b.date_time, b.price, b.channel))),
             |(t, _, _): &(u64, u64, String)| *t,
         );
-        ctx.value_view("q18_last_bid", latest, |(date_time, price, channel): &(u64, u64, String)| {
-            json!({ "date_time": date_time, "price": price, "channel": channel })
-        });
+        ctx.value_view(
+            "q18_last_bid",
+            latest,
+            |(date_time, price, channel): &(u64, u64, String)| json!({ "date_time": date_time, "price": price, "channel": channel }),
+        );
 
         // q19: the 10 highest bids of each auction (ties: the earlier, then the smaller bidder).
         let ordered = bids.into_coll().map(|b| (b.auction, (u64::MAX - b.price, b.date_time, b.bidder)));
@@ -517,7 +533,9 @@ impl Job for Nexmark {
             out.push((top_bids(bids.iter().map(|(b, n)| (**b, *n))), 1));
         });
         ctx.value_view("q19_top_bids", top, |list: &Vec<(u64, u64, u64)>| {
-            Value::Array(list.iter().map(|(price, date_time, bidder)| json!({ "price": price, "date_time": date_time, "bidder": bidder })).collect())
+            Value::Array(
+                list.iter().map(|(price, date_time, bidder)| json!({ "price": price, "date_time": date_time, "bidder": bidder })).collect(),
+            )
         });
     }
 }
@@ -596,7 +614,9 @@ fn parse_pair(s: &str, a: &str, b: &str) -> Result<(u64, u64), String> {
         let get = |f: &str| v.get(f).and_then(Value::as_u64).ok_or_else(|| format!("\"{s}\": field \"{f}\" must be an unsigned integer"));
         return Ok((get(a)?, get(b)?));
     }
-    let (x, y) = s.split_once('/').ok_or_else(|| format!("\"{s}\" is not a {a}/{b} key: write {}/{}, e.g. 1001/1000", a.to_uppercase(), b.to_uppercase()))?;
+    let (x, y) = s
+        .split_once('/')
+        .ok_or_else(|| format!("\"{s}\" is not a {a}/{b} key: write {}/{}, e.g. 1001/1000", a.to_uppercase(), b.to_uppercase()))?;
     let num = |x: &str, what: &str| x.trim().parse::<u64>().map_err(|_| format!("\"{s}\": {what} \"{x}\" is not an unsigned integer"));
     Ok((num(x, a)?, num(y, b)?))
 }

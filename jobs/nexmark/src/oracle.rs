@@ -173,8 +173,10 @@ pub fn views(events: &[NexmarkEvent]) -> Views {
     }
     for (day, (mut s, bidders, auctions)) in days {
         let n = |set: &BTreeSet<u64>| set.len() as i128;
-        (s.total_bidders, s.rank1_bidders, s.rank2_bidders, s.rank3_bidders) = (n(&bidders[0]), n(&bidders[1]), n(&bidders[2]), n(&bidders[3]));
-        (s.total_auctions, s.rank1_auctions, s.rank2_auctions, s.rank3_auctions) = (n(&auctions[0]), n(&auctions[1]), n(&auctions[2]), n(&auctions[3]));
+        (s.total_bidders, s.rank1_bidders, s.rank2_bidders, s.rank3_bidders) =
+            (n(&bidders[0]), n(&bidders[1]), n(&bidders[2]), n(&bidders[3]));
+        (s.total_auctions, s.rank1_auctions, s.rank2_auctions, s.rank3_auctions) =
+            (n(&auctions[0]), n(&auctions[1]), n(&auctions[2]), n(&auctions[3]));
         out.get_mut("q15_bidding_statistics").unwrap().insert(key(&day), s.to_json());
     }
 
@@ -199,7 +201,8 @@ pub fn views(events: &[NexmarkEvent]) -> Views {
     for (auction, mut list) in per_auction {
         list.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
         list.truncate(10);
-        let shown: Vec<Value> = list.iter().map(|(price, date_time, bidder)| json!({ "price": price, "date_time": date_time, "bidder": bidder })).collect();
+        let shown: Vec<Value> =
+            list.iter().map(|(price, date_time, bidder)| json!({ "price": price, "date_time": date_time, "bidder": bidder })).collect();
         out.get_mut("q19_top_bids").unwrap().insert(key(&auction), Value::Array(shown));
     }
     out
