@@ -49,6 +49,7 @@ mod event;
 mod extreme;
 mod hash;
 mod inserts;
+mod interval;
 mod job;
 mod ndjson;
 mod sums;
