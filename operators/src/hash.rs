@@ -448,13 +448,28 @@ where
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| stage(&mut pending, &cap, data));
                     for (time, cap, updates) in complete(&mut pending, frontier) {
+                        let mut session = output.session(&cap);
+                        if counts.is_empty() {
+                            // The first time with updates (in speed mode: the seed, the bulk
+                            // of the state): counts are the changes, one table, sized once.
+                            counts.reserve(updates.len());
+                            for (d, n) in updates {
+                                *counts.entry(d).or_insert(0) += n;
+                            }
+                            counts.retain(|d, n| {
+                                if *n > 0 {
+                                    session.give((d.clone(), time, 1));
+                                }
+                                *n != 0
+                            });
+                            continue;
+                        }
                         // Net change per record at this time, so a record crossing zero and
                         // back within one time emits nothing.
                         let mut changes: FxHashMap<D, isize> = FxHashMap::default();
                         for (d, n) in updates {
                             *changes.entry(d).or_insert(0) += n;
                         }
-                        let mut session = output.session(&cap);
                         for (d, n) in changes {
                             if n == 0 {
                                 continue;
