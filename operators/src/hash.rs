@@ -7,6 +7,11 @@
 //! exchange by key, accumulate, and emit once the input is complete. They are correct at
 //! any time (they work per time), but hold everything until the time completes, so they are
 //! only used for batch mode.
+//!
+//! The `*_ordered` operators are the speed mode's stateful operators: epochs are totally
+//! ordered, so they apply each completed time in order to per-key hash state and emit the
+//! output's changes at that time, exactly what differential's `reduce` and `threshold`
+//! emit, without an arrangement or any history.
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::difference::Multiply;
