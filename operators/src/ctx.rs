@@ -281,7 +281,9 @@ impl<'s> Ctx<'s> {
     }
 
     /// Groups by key and applies `logic` to each key's consolidated values: a hash group-by
-    /// in batch mode, differential's incremental `reduce` in speed mode.
+    /// in batch mode; in speed mode an incremental group-by over the totally ordered epochs
+    /// (a hash table of each key's values and last output, no arrangement), which emits
+    /// what differential's `reduce` would.
     pub(crate) fn group<K, V, R, V2, L>(&self, name: &str, coll: Coll<'s, (K, V), R>, logic: L) -> Coll<'s, (K, V2)>
     where
         K: Data,
@@ -292,7 +294,7 @@ impl<'s> Ctx<'s> {
     {
         match self.mode {
             Mode::Batch => crate::hash::reduce_by_hash(name, coll, logic),
-            Mode::Speed => coll.reduce_named(name, logic),
+            Mode::Speed => crate::hash::reduce_ordered(name, coll, logic),
         }
     }
 
@@ -409,9 +411,8 @@ impl<'s> Ctx<'s> {
         let pairs = self.seeded(name, counted);
         let distinct = match self.mode {
             Mode::Batch => pairs.inner.flat_map(|(p, t, n)| if n > 0 { Some((p, t, 1isize)) } else { None }).as_collection(),
-            Mode::Speed => {
-                pairs.threshold_named(&format!("DistinctCount: {name}"), |_pair, count: &isize| if *count > 0 { 1isize } else { 0 })
-            }
+            // What `threshold(count > 0)` gives, from a hash table of counts per pair.
+            Mode::Speed => crate::hash::positive_ordered(&format!("DistinctCount: {name}"), pairs),
         };
         crate::hash::aggregate(&format!("DistinctCount: {name}"), distinct, false, crate::hash::PARTIAL_KEYS_MAX, |(k, _i): &(K, I)| {
             Some((k.clone(), crate::Sums([1])))
@@ -449,6 +450,10 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
+        if self.mode == Mode::Speed {
+            // Items ranked per key: a change costs O(log n), not a pass over the key's items.
+            return crate::hash::top_k_ordered(&format!("TopK: {name}"), input, k, score);
+        }
         self.group(&format!("TopK: {name}"), input, move |_key, vals: &[(&I, R)], out| {
             let mut scored: Vec<(S, &I)> = vals.iter().map(|(i, r)| (score(r), *i)).collect();
             scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));

@@ -7,15 +7,21 @@
 //! exchange by key, accumulate, and emit once the input is complete. They are correct at
 //! any time (they work per time), but hold everything until the time completes, so they are
 //! only used for batch mode.
+//!
+//! The `*_ordered` operators are the speed mode's stateful operators: epochs are totally
+//! ordered, so they apply each completed time in order to per-key hash state and emit the
+//! output's changes at that time, exactly what differential's `reduce` and `threshold`
+//! emit, without an arrangement or any history.
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::difference::Multiply;
 use differential_dataflow::AsCollection;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{Capability, InputCapability};
 
 use crate::ctx::{Coll, Time};
 use crate::view::{Data, Diff};
@@ -133,7 +139,10 @@ where
     F: Fn(&D) -> Option<(K, R)> + 'static,
     P: ParallelizationContract<Time, Vec<(D, Time, isize)>>,
 {
-    aggregate_core(name, input, pact, keys_max, move |d: &D, diff: &isize| f(d).map(|(k, r)| (k, r.multiply(diff))))
+    // Almost every update is an insert (diff 1): skip the lane-wise multiply for it.
+    aggregate_core(name, input, pact, keys_max, move |d: &D, diff: &isize| {
+        f(d).map(|(k, r)| (k, if *diff == 1 { r } else { r.multiply(diff) }))
+    })
 }
 
 fn aggregate_core<'s, D, R0, K, R, F, P>(name: &str, input: Coll<'s, D, R0>, pact: P, keys_max: usize, f: F) -> Coll<'s, K, R>
@@ -148,17 +157,22 @@ where
     input
         .inner
         .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(K, Time, R)>>, _, _, _>(pact, name, |_cap, _info| {
-            let mut pending: HashMap<Time, (Capability<Time>, FxHashMap<K, R>)> = HashMap::new();
+            // Few times are pending at once (batch mode: one), so a BTreeMap, looked up once
+            // per run of updates with the same time, not a SipHash per update.
+            let mut pending: BTreeMap<Time, (Capability<Time>, FxHashMap<K, R>)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
-                    for (d, t, diff) in data.drain(..) {
-                        let Some((k, r)) = f(&d, &diff) else { continue };
+                    let mut updates = data.drain(..).peekable();
+                    while let Some(&(_, t, _)) = updates.peek() {
                         // An update's own time may be later than its message's stamp.
                         let table = &mut pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), FxHashMap::default())).1;
-                        match table.get_mut(&k) {
-                            Some(acc) => acc.plus_equals(&r),
-                            None => {
-                                table.insert(k, r);
+                        while let Some((d, _, diff)) = updates.next_if(|(_, t2, _)| *t2 == t) {
+                            let Some((k, r)) = f(&d, &diff) else { continue };
+                            match table.entry(k) {
+                                Entry::Occupied(mut acc) => acc.get_mut().plus_equals(&r),
+                                Entry::Vacant(slot) => {
+                                    slot.insert(r);
+                                }
                             }
                         }
                     }
@@ -197,13 +211,9 @@ where
             Exchange::new(|((k, _v), _t, _r): &((K, V), Time, R)| route(k)),
             name,
             |_cap, _info| {
-                let mut pending: HashMap<Time, (Capability<Time>, Vec<((K, V), R)>)> = HashMap::new();
+                let mut pending: BTreeMap<Time, (Capability<Time>, Vec<((K, V), R)>)> = BTreeMap::new();
                 move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        for (d, t, r) in data.drain(..) {
-                            pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1.push((d, r));
-                        }
-                    });
+                    input.for_each(|cap, data| stage(&mut pending, &cap, data));
                     pending.retain(|time, (cap, updates)| {
                         if frontier.less_equal(time) {
                             return true;
@@ -228,6 +238,281 @@ where
                         }
                         false
                     });
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// Moves a message's updates into `pending`, by time: one map lookup per run of updates
+/// with the same time (an update's own time may be later than its message's stamp).
+fn stage<D, R>(pending: &mut BTreeMap<Time, (Capability<Time>, Vec<(D, R)>)>, cap: &InputCapability<Time>, data: &mut Vec<(D, Time, R)>) {
+    let mut updates = data.drain(..).peekable();
+    while let Some(&(_, t, _)) = updates.peek() {
+        let staged = &mut pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1;
+        while let Some((d, _, r)) = updates.next_if(|(_, t2, _)| *t2 == t) {
+            staged.push((d, r));
+        }
+    }
+}
+
+/// Takes the pending times the frontier has passed, oldest first. Times are totally
+/// ordered, so once the frontier passes `t` no update at `t` or earlier can arrive: the
+/// times come out complete and in order.
+fn complete<D>(
+    pending: &mut BTreeMap<Time, (Capability<Time>, Vec<D>)>,
+    frontier: &timely::progress::frontier::MutableAntichain<Time>,
+) -> Vec<(Time, Capability<Time>, Vec<D>)> {
+    let mut done = Vec::new();
+    while let Some(entry) = pending.first_entry() {
+        if frontier.less_equal(entry.key()) {
+            break;
+        }
+        let (t, (cap, updates)) = entry.remove_entry();
+        done.push((t, cap, updates));
+    }
+    done
+}
+
+/// Speed-mode group-by over totally ordered times: what differential's `reduce` computes,
+/// with a hash table of each key's consolidated values and last output instead of an
+/// arrangement. Updates are exchanged by key and held until their time completes; then,
+/// time by time in order, each touched key's values are updated, `logic` runs on them
+/// (consolidated, non-zero, sorted, as `reduce` passes them), and the difference between
+/// the new output and the key's previous one is emitted at that time. Exact for every
+/// time, including time 0 (the seeds), with no history kept: u64 times are totally ordered,
+/// so "the input accumulated up to `t`" is all a key's output at `t` depends on.
+pub(crate) fn reduce_ordered<'s, K, V, R, V2, L>(name: &str, input: Coll<'s, (K, V), R>, mut logic: L) -> Coll<'s, (K, V2)>
+where
+    K: Data + Hash,
+    V: Data,
+    R: Diff,
+    V2: Data,
+    L: FnMut(&K, &[(&V, R)], &mut Vec<(V2, isize)>) + 'static,
+{
+    struct KeyState<V, R, V2> {
+        /// Consolidated, non-zero, sorted by value.
+        vals: Vec<(V, R)>,
+        /// The output last emitted for the key, consolidated.
+        out: Vec<(V2, isize)>,
+    }
+    input
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<((K, V2), Time, isize)>>, _, _, _>(
+            Exchange::new(|((k, _v), _t, _r): &((K, V), Time, R)| route(k)),
+            name,
+            |_cap, _info| {
+                let mut pending: BTreeMap<Time, (Capability<Time>, Vec<((K, V), R)>)> = BTreeMap::new();
+                let mut state: FxHashMap<K, KeyState<V, R, V2>> = FxHashMap::default();
+                let (mut merged, mut out, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| stage(&mut pending, &cap, data));
+                    for (time, cap, mut updates) in complete(&mut pending, frontier) {
+                        consolidate(&mut updates);
+                        let mut session = output.session(&cap);
+                        let mut updates = updates.into_iter().peekable();
+                        while let Some(((key, _), _)) = updates.peek() {
+                            let key = key.clone();
+                            let entry = state.entry(key.clone()).or_insert_with(|| KeyState { vals: Vec::new(), out: Vec::new() });
+                            // Merge the key's (sorted, consolidated) updates into its values.
+                            merged.clear();
+                            let mut old = std::mem::take(&mut entry.vals).into_iter().peekable();
+                            while let Some(((_, v), r)) = updates.next_if(|((k, _), _)| *k == key) {
+                                while let Some((ov, or)) = old.next_if(|(ov, _)| *ov < v) {
+                                    merged.push((ov, or));
+                                }
+                                match old.next_if(|(ov, _)| *ov == v) {
+                                    Some((ov, mut or)) => {
+                                        or.plus_equals(&r);
+                                        if !or.is_zero() {
+                                            merged.push((ov, or));
+                                        }
+                                    }
+                                    None => merged.push((v, r)),
+                                }
+                            }
+                            merged.extend(old);
+                            entry.vals = std::mem::take(&mut merged);
+                            out.clear();
+                            if !entry.vals.is_empty() {
+                                let vals: Vec<(&V, R)> = entry.vals.iter().map(|(v, r)| (v, r.clone())).collect();
+                                logic(&key, &vals, &mut out);
+                                consolidate(&mut out);
+                            }
+                            // Emit new output minus old output.
+                            diff.clear();
+                            diff.extend(entry.out.iter().map(|(v2, n)| (v2.clone(), -*n)));
+                            diff.extend(out.iter().cloned());
+                            consolidate(&mut diff);
+                            for (v2, n) in diff.drain(..) {
+                                session.give(((key.clone(), v2), time, n));
+                            }
+                            std::mem::swap(&mut entry.out, &mut out);
+                            if entry.vals.is_empty() && entry.out.is_empty() {
+                                state.remove(&key);
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// Speed-mode top-k per key over totally ordered times: for `((key, item), aggregate)`
+/// updates, the `k` items with the highest `score(aggregate)` per key (ties: the smaller
+/// item), as one sorted list per key, exactly as a `reduce` with that logic. Each key keeps
+/// its items ranked, so a time costs O(log n) per changed item and O(k) per touched key,
+/// not a pass over every item of the key.
+pub(crate) fn top_k_ordered<'s, K, I, R, S, F>(name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, S)>)>
+where
+    K: Data + Hash,
+    I: Data,
+    R: Diff,
+    S: Data,
+    F: Fn(&R) -> S + 'static,
+{
+    struct KeyState<I, R, S> {
+        items: BTreeMap<I, R>,
+        ranked: std::collections::BTreeSet<(std::cmp::Reverse<S>, I)>,
+        out: Option<Vec<(I, S)>>,
+    }
+    input
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<((K, Vec<(I, S)>), Time, isize)>>, _, _, _>(
+            Exchange::new(|((key, _i), _t, _r): &((K, I), Time, R)| route(key)),
+            name,
+            |_cap, _info| {
+                let mut pending: BTreeMap<Time, (Capability<Time>, Vec<((K, I), R)>)> = BTreeMap::new();
+                let mut state: FxHashMap<K, KeyState<I, R, S>> = FxHashMap::default();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| stage(&mut pending, &cap, data));
+                    for (time, cap, mut updates) in complete(&mut pending, frontier) {
+                        consolidate(&mut updates);
+                        let mut session = output.session(&cap);
+                        let mut updates = updates.into_iter().peekable();
+                        while let Some(((key, _), _)) = updates.peek() {
+                            let key = key.clone();
+                            let entry = state.entry(key.clone()).or_insert_with(|| KeyState {
+                                items: BTreeMap::new(),
+                                ranked: std::collections::BTreeSet::new(),
+                                out: None,
+                            });
+                            if entry.items.is_empty() {
+                                // A new key (in speed mode: mostly the seed): its updates are
+                                // its items, sorted and consolidated, so both maps bulk-build.
+                                let mut fresh = Vec::new();
+                                while let Some(((_, item), r)) = updates.next_if(|((k, _), _)| *k == key) {
+                                    fresh.push((item, r));
+                                }
+                                entry.ranked = fresh.iter().map(|(i, r)| (std::cmp::Reverse(score(r)), i.clone())).collect();
+                                entry.items = fresh.into_iter().collect();
+                            }
+                            while let Some(((_, item), r)) = updates.next_if(|((k, _), _)| *k == key) {
+                                let acc = match entry.items.remove(&item) {
+                                    Some(mut acc) => {
+                                        entry.ranked.remove(&(std::cmp::Reverse(score(&acc)), item.clone()));
+                                        acc.plus_equals(&r);
+                                        acc
+                                    }
+                                    None => r,
+                                };
+                                if !acc.is_zero() {
+                                    entry.ranked.insert((std::cmp::Reverse(score(&acc)), item.clone()));
+                                    entry.items.insert(item, acc);
+                                }
+                            }
+                            let top: Option<Vec<(I, S)>> = if entry.items.is_empty() {
+                                None
+                            } else {
+                                Some(entry.ranked.iter().take(k).map(|(s, i)| (i.clone(), s.0.clone())).collect())
+                            };
+                            if top != entry.out {
+                                if let Some(old) = entry.out.take() {
+                                    session.give(((key.clone(), old), time, -1));
+                                }
+                                if let Some(new) = &top {
+                                    session.give(((key.clone(), new.clone()), time, 1));
+                                }
+                                entry.out = top;
+                            }
+                            if entry.items.is_empty() {
+                                state.remove(&key);
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// Speed-mode threshold over totally ordered times: for `(record, count)` updates, each
+/// record with count 1 while its accumulated count is positive (what differential's
+/// `threshold` with `count > 0` gives), from a hash table of accumulated counts: O(1) per
+/// update, no arrangement.
+pub(crate) fn positive_ordered<'s, D>(name: &str, input: Coll<'s, D>) -> Coll<'s, D>
+where
+    D: Data + Hash,
+{
+    input
+        .inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(D, Time, isize)>>, _, _, _>(
+            Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)),
+            name,
+            |_cap, _info| {
+                let mut pending: BTreeMap<Time, (Capability<Time>, Vec<(D, isize)>)> = BTreeMap::new();
+                let mut counts: FxHashMap<D, isize> = FxHashMap::default();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| stage(&mut pending, &cap, data));
+                    for (time, cap, updates) in complete(&mut pending, frontier) {
+                        let mut session = output.session(&cap);
+                        if counts.is_empty() {
+                            // The first time with updates (in speed mode: the seed, the bulk
+                            // of the state): counts are the changes, one table, sized once.
+                            counts.reserve(updates.len());
+                            for (d, n) in updates {
+                                *counts.entry(d).or_insert(0) += n;
+                            }
+                            counts.retain(|d, n| {
+                                if *n > 0 {
+                                    session.give((d.clone(), time, 1));
+                                }
+                                *n != 0
+                            });
+                            continue;
+                        }
+                        // Net change per record at this time, so a record crossing zero and
+                        // back within one time emits nothing.
+                        let mut changes: FxHashMap<D, isize> = FxHashMap::default();
+                        for (d, n) in updates {
+                            *changes.entry(d).or_insert(0) += n;
+                        }
+                        for (d, n) in changes {
+                            if n == 0 {
+                                continue;
+                            }
+                            let (before, after) = match counts.entry(d.clone()) {
+                                Entry::Occupied(mut c) => {
+                                    let before = *c.get();
+                                    *c.get_mut() += n;
+                                    let after = *c.get();
+                                    if after == 0 {
+                                        c.remove();
+                                    }
+                                    (before, after)
+                                }
+                                Entry::Vacant(slot) => {
+                                    slot.insert(n);
+                                    (0, n)
+                                }
+                            };
+                            let change = isize::from(after > 0) - isize::from(before > 0);
+                            if change != 0 {
+                                session.give((d, time, change));
+                            }
+                        }
+                    }
                 }
             },
         )
@@ -298,5 +583,100 @@ mod tests {
         });
         assert_eq!(got.len(), 250);
         assert!(got.iter().all(|(_, n)| *n == 1), "each key exactly once: {got:?}");
+    }
+
+    /// Runs `build` over timed updates (fed in time order, one epoch per time, stepping in
+    /// between) on `workers` threads; returns every output update with its time,
+    /// consolidated per (record, time): the operator's exact output stream.
+    fn run_timed<D: Data, R: Diff, D2: Data + Hash, R2: Diff>(
+        workers: usize,
+        updates: Vec<(D, Time, R)>,
+        build: impl for<'s> Fn(Coll<'s, D, R>) -> Coll<'s, D2, R2> + Send + Sync + 'static,
+    ) -> Vec<((D2, Time), R2)> {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let sink = sink.clone();
+            let (mut session, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                let (session, coll) = scope.new_collection::<D, R>();
+                let probe = build(coll).inspect(move |(d, t, r)| sink.lock().unwrap().push(((d.clone(), *t), r.clone()))).probe().0;
+                (session, probe)
+            });
+            let mut sorted = updates.clone();
+            sorted.sort_by_key(|(_, t, _)| *t);
+            let last = sorted.last().map_or(0, |(_, t, _)| *t);
+            for t in 0..=last {
+                session.advance_to(t);
+                if worker.index() == (t as usize) % worker.peers() {
+                    for (d, _, r) in sorted.iter().filter(|(_, ut, _)| *ut == t) {
+                        session.update(d.clone(), r.clone());
+                    }
+                }
+                session.flush();
+                // Sometimes let a time complete before the next arrives, sometimes not.
+                if t % 2 == 0 {
+                    while probe.less_than(session.time()) {
+                        worker.step();
+                    }
+                }
+            }
+        })
+        .unwrap();
+        let mut v = out.lock().unwrap().clone();
+        differential_dataflow::consolidation::consolidate(&mut v);
+        v
+    }
+
+    fn timed_updates() -> impl proptest::strategy::Strategy<Value = Vec<((u8, u8), Time, i128)>> {
+        use proptest::prelude::*;
+        prop::collection::vec(((0u8..4, 0u8..6), 0u64..6, -2i128..4), 0..60)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        // The speed-mode group-by emits exactly what differential's `reduce` emits, update
+        // for update and time for time, for any updates (retractions and negative counts
+        // included), on one and two workers.
+        #[test]
+        fn reduce_ordered_is_differentials_reduce(updates in timed_updates(), workers in 1usize..3) {
+            let updates: Vec<((u8, u8), Time, isize)> = updates.into_iter().map(|(d, t, r)| (d, t, r as isize)).collect();
+            // A logic whose output depends on every value and count: the sorted values
+            // with their counts, and their number.
+            let logic = |_k: &u8, vals: &[(&u8, isize)], out: &mut Vec<((usize, Vec<(u8, isize)>), isize)>| {
+                let seen: Vec<(u8, isize)> = vals.iter().map(|(v, r)| (**v, *r)).collect();
+                out.push(((seen.len(), seen), 1));
+                if vals.len() > 2 {
+                    out.push(((0, Vec::new()), 2));
+                }
+            };
+            let got = run_timed(workers, updates.clone(), move |c| reduce_ordered("t", c, logic));
+            let want = run_timed(workers, updates, move |c| c.reduce_named("r", logic));
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        // The speed-mode top-k emits exactly what `reduce` with top_k's logic emits.
+        #[test]
+        fn top_k_ordered_is_the_reduce(updates in timed_updates(), k in 1usize..4, workers in 1usize..3) {
+            let updates: Vec<((u8, u8), Time, Sums<1>)> = updates.into_iter().map(|(d, t, r)| (d, t, Sums([r * 7 % 5]))).collect();
+            let got = run_timed(workers, updates.clone(), move |c| top_k_ordered("t", c, k, |s: &Sums<1>| s.get(0)));
+            let want = run_timed(workers, updates, move |c| {
+                c.reduce_named("r", move |_key, vals: &[(&u8, Sums<1>)], out: &mut Vec<(Vec<(u8, i128)>, isize)>| {
+                    let mut scored: Vec<(i128, &u8)> = vals.iter().map(|(i, r)| (r.get(0), *i)).collect();
+                    scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+                    out.push((scored.into_iter().take(k).map(|(s, i)| (*i, s)).collect(), 1));
+                })
+            });
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        // The speed-mode threshold emits exactly what `threshold(count > 0)` emits.
+        #[test]
+        fn positive_ordered_is_the_threshold(updates in timed_updates(), workers in 1usize..3) {
+            let updates: Vec<((u8, u8), Time, isize)> = updates.into_iter().map(|(d, t, r)| (d, t, r as isize)).collect();
+            let got = run_timed(workers, updates.clone(), |c| positive_ordered("t", c));
+            let want = run_timed(workers, updates, |c| c.threshold_named("r", |_, n: &isize| if *n > 0 { 1isize } else { 0 }));
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }

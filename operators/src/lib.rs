@@ -35,7 +35,8 @@
 //! seeds, and the type-erased views it stores, merges and queries. Jobs do not need it.
 //!
 //! Inside, `ctx` holds the operators and how they seed the speed layer, `view` the views,
-//! batch and speed tables and the merge, `hash` the batch-mode hash operators, `sums`,
+//! batch and speed tables and the merge, `hash` the hash operators (batch mode's, and the
+//! speed mode's stateful ones over the ordered epochs), `sums`,
 //! `day`, `event` and `job` what their names say; all private, used through the
 //! re-exports above.
 
