@@ -175,7 +175,7 @@ fn visible_buckets(c: &mut Client) -> Vec<u64> {
 
 /// The `p` quantile of the latencies counted in `after` but not `before`, ms.
 fn bucket_quantile(before: &[u64], after: &[u64], p: f64) -> f64 {
-    let counts: Vec<u64> = after.iter().enumerate().map(|(i, a)| a - before.get(i).copied().unwrap_or(0)).collect();
+    let counts: Vec<u64> = after.iter().enumerate().map(|(i, a)| a.saturating_sub(before.get(i).copied().unwrap_or(0))).collect();
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return f64::NAN;

@@ -697,7 +697,7 @@ fn parse_line<E: Event>(line: &str, this: u64, format: Format, bufs: &mut Worker
     let block = &mut bufs.blocks[p];
     block
         .push_with(|data| bincode::serialize_into(data, &event))
-        .map_err(|err| Error::Internal(format!("the event of line {this} does not encode: {err}")))?;
+        .map_err(|err| Error::Internal(format!("an event does not encode for the log: {err}")))?;
     out.events += 1;
     if block.raw_len() >= crate::log::BLOCK_RAW_BYTES {
         let n = u64::from(block.records());

@@ -525,10 +525,19 @@ impl SpeedLayer {
     pub fn appended(&self, ends: Vec<u64>) {
         {
             let mut commits = crate::sync::lock(&self.shared.commits);
-            if commits.len() >= COMMITS_MAX {
-                commits.pop_front();
+            // A worker may have read and published the commit before it was announced here
+            // (the log shows it first): then it is visible already. Queued, it would wait
+            // for the next publication that covers it, minutes later on a quiet service,
+            // and be recorded as that late. (A publication swaps its state before it takes
+            // this lock, so one that covers `ends` is seen here or pops the entry itself.)
+            if self.frontier().iter().zip(&ends).all(|(f, e)| f >= e) {
+                self.shared.visible.observe(Duration::ZERO);
+            } else {
+                if commits.len() >= COMMITS_MAX {
+                    commits.pop_front();
+                }
+                commits.push_back((ends, Instant::now()));
             }
-            commits.push_back((ends, Instant::now()));
         }
         self.notify();
     }

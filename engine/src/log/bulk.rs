@@ -303,7 +303,7 @@ pub(crate) fn recover(dir: &Path, manifest: &Manifest) -> Result<bool, LogError>
                         path: from,
                         detail: format!(
                             "this staged segment of a published bulk append is {len} bytes but MANIFEST records {} bytes; \
-                             it is left in place (restore it, or move it aside to lose its records)",
+                             it is left in place: restore it from a backup; the log cannot open without it",
                             s.bytes
                         ),
                     });

@@ -45,6 +45,9 @@ fn target() -> Option<(String, usize)> {
     TARGET
         .get_or_init(|| {
             let v = std::env::var(ENV).ok()?;
+            // Loud, so a variable copied from a test shell into a service's environment
+            // cannot make it exit for no visible reason.
+            eprintln!("lambdaflow: {ENV}={v} is set: a test hook that stops this process at that step (unset it outside tests)");
             let (phase, k) = v.split_once(':')?;
             Some((phase.to_string(), k.parse().ok()?))
         })

@@ -362,13 +362,11 @@ async fn post_events<J: Job>(State(s): State<Arc<AppState<J>>>, headers: HeaderM
     let hash = key.as_ref().map(|_| crate::keys::body_hash(&bytes));
     // On the ingest lane: parsing is on the way to the ack, so it runs at the process's
     // priority, not behind queries.
-    let parsed = s
-        .lane
-        .spawn_blocking(move || -> crate::Result<Encoded> {
-            let events: Vec<J::Event> = crate::input::parse_all(&mut &bytes[..])?;
-            Encoded::of(&events, partitions)
-        })
-        .await;
+    let parsed = super::on_lane(&s.lane, move || -> crate::Result<Encoded> {
+        let events: Vec<J::Event> = crate::input::parse_all(&mut &bytes[..])?;
+        Encoded::of(&events, partitions)
+    })
+    .await;
     let encoded = match parsed {
         Ok(Ok(e)) if !e.is_empty() => e,
         Ok(Ok(_)) => {
@@ -680,22 +678,20 @@ async fn wait_visible<J: Job>(s: &AppState<J>, offsets: Vec<u64>, timeout: Durat
         return Err(too_many(format!("more than {WAITERS_MAX} reads are waiting for min_frontier; retry after a second")));
     };
     // On the ingest lane: the wake-up after a publication must not queue behind queries.
-    let waited = s
-        .lane
-        .spawn_blocking(move || -> crate::Result<bool> {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let serving = lambda.serving();
-                let left = deadline.saturating_duration_since(Instant::now());
-                if serving.speed.wait_for(&offsets, left.min(Duration::from_millis(50)))? {
-                    return Ok(true);
-                }
-                if left.is_zero() {
-                    return Ok(false);
-                }
+    let waited = super::on_lane(&s.lane, move || -> crate::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let serving = lambda.serving();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if serving.speed.wait_for(&offsets, left.min(Duration::from_millis(50)))? {
+                return Ok(true);
             }
-        })
-        .await;
+            if left.is_zero() {
+                return Ok(false);
+            }
+        }
+    })
+    .await;
     match waited {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.into()),

@@ -321,10 +321,14 @@ pub(crate) const HTTP_NICE_DEFAULT: i32 = 10;
 /// The async runtime the HTTP server runs on ([`http_threads`] threads; parsing and range
 /// queries go to its blocking pool), every thread of it `nice` levels below the process.
 fn http_runtime(nice: i32) -> Result<tokio::runtime::Runtime> {
+    // An absolute target, from the priority of the thread that builds the runtime: a
+    // thread the blocking pool starts from an already lowered thread inherits its nice
+    // value, and must not be lowered a second time.
+    let target = if nice > 0 { this_thread_nice().map(|base| (base + nice).min(19)) } else { None };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(http_threads())
         .thread_name("lambdaflow-http")
-        .on_thread_start(move || lower_this_thread(nice))
+        .on_thread_start(move || lower_this_thread(target))
         .enable_all()
         .build()
         .map_err(Error::system("start the async runtime"))
@@ -343,24 +347,46 @@ fn ingest_lane() -> Result<tokio::runtime::Runtime> {
         .map_err(Error::system("start the ingest runtime"))
 }
 
-/// Lowers the calling thread's scheduling priority by `nice` levels (at most to 19).
-/// Failing to is not fatal (the thread keeps its priority): it is reported once.
-fn lower_this_thread(nice: i32) {
-    if nice <= 0 {
+/// Runs `f` on the ingest lane's blocking pool, at the process's priority. The task that
+/// calls `spawn_blocking` runs on the lane's own worker, because a blocking-pool thread is
+/// started by (and inherits the priority of) the thread that asks for it: asked from a
+/// lowered HTTP thread, the lane would grow lowered threads.
+pub(crate) async fn on_lane<T: Send + 'static>(
+    lane: &tokio::runtime::Handle,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, tokio::task::JoinError> {
+    lane.spawn(async move { tokio::task::spawn_blocking(f).await }).await.and_then(|r| r)
+}
+
+/// The calling thread's nice value, if the system tells it.
+fn this_thread_nice() -> Option<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to nice `target` unless it is there or
+/// lower already. Failing to is not fatal (the thread keeps its priority): it is reported once.
+fn lower_this_thread(target: Option<i32>) {
+    let Some(target) = target else { return };
+    if this_thread_nice().is_some_and(|now| now >= target) {
         return;
     }
-    if let Err(e) = renice_this_thread(nice) {
+    if let Err(e) = renice_this_thread(target) {
         static REPORTED: std::sync::Once = std::sync::Once::new();
         REPORTED.call_once(|| eprintln!("lambdaflow serve: could not lower the HTTP threads' priority ({e}); they keep the process's"));
     }
 }
 
 #[cfg(target_os = "linux")]
-fn renice_this_thread(nice: i32) -> std::io::Result<()> {
+fn renice_this_thread(target: i32) -> std::io::Result<()> {
     // On Linux a thread id names one thread for the PRIO_PROCESS calls.
-    let tid = rustix::thread::gettid();
-    let now = rustix::process::getpriority_process(Some(tid))?;
-    rustix::process::setpriority_process(Some(tid), (now + nice).min(19))?;
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), target)?;
     Ok(())
 }
 
@@ -369,17 +395,10 @@ fn renice_this_thread(_nice: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The calling thread's nice value (Linux; 0 elsewhere).
-#[cfg(test)]
-fn this_thread_nice() -> i32 {
-    #[cfg(target_os = "linux")]
-    {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("getpriority")
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
-    }
+/// The calling thread's nice value (tests on Linux).
+#[cfg(all(test, target_os = "linux"))]
+fn nice_now() -> i32 {
+    this_thread_nice().expect("getpriority")
 }
 
 /// Binds the listening socket; returns it (non-blocking) and the address it got.
@@ -637,22 +656,30 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn http_threads_run_below_the_speed_path() {
-        let base = std::thread::spawn(this_thread_nice).join().expect("thread");
+        let base = std::thread::spawn(nice_now).join().expect("thread");
         let runtime = http_runtime(HTTP_NICE_DEFAULT).expect("runtime");
         let (worker, blocking) = runtime.block_on(async {
-            let worker = tokio::spawn(async { this_thread_nice() }).await.expect("task");
-            let blocking = tokio::task::spawn_blocking(this_thread_nice).await.expect("blocking task");
+            let worker = tokio::spawn(async { nice_now() }).await.expect("task");
+            let blocking = tokio::task::spawn_blocking(nice_now).await.expect("blocking task");
             (worker, blocking)
         });
         let want = (base + HTTP_NICE_DEFAULT).min(19);
         assert_eq!((worker, blocking), (want, want), "HTTP threads at nice {worker}/{blocking}, the process at {base}");
-        assert_eq!(std::thread::spawn(this_thread_nice).join().expect("thread"), base, "a new thread of the process kept its priority");
-        // Parsing and freshness waits run at the process's priority.
+        assert_eq!(std::thread::spawn(nice_now).join().expect("thread"), base, "a new thread of the process kept its priority");
+        // A blocking thread started from a lowered worker is not lowered twice.
+        let nested = runtime.block_on(async {
+            tokio::spawn(async { tokio::task::spawn_blocking(nice_now).await.expect("blocking task") }).await.expect("task")
+        });
+        assert_eq!(nested, want, "a blocking thread started by a lowered one");
+        // Parsing and freshness waits run at the process's priority, also when asked for
+        // from a lowered HTTP thread (which would start lowered lane threads).
         let lane = ingest_lane().expect("lane");
-        let on_lane = runtime.block_on(async { lane.spawn_blocking(this_thread_nice).await.expect("lane task") });
-        assert_eq!(on_lane, base, "the ingest lane runs at the process's priority");
+        let handle = lane.handle().clone();
+        let from_http = runtime
+            .block_on(async { tokio::spawn(async move { on_lane(&handle, nice_now).await.expect("lane task") }).await.expect("task") });
+        assert_eq!(from_http, base, "the ingest lane runs at the process's priority");
         let same = http_runtime(0).expect("runtime");
-        assert_eq!(same.block_on(async { tokio::spawn(async { this_thread_nice() }).await.expect("task") }), base);
+        assert_eq!(same.block_on(async { tokio::spawn(async { nice_now() }).await.expect("task") }), base);
     }
 
     // Proves schedules read as users write them, never as Rust values.

@@ -97,11 +97,21 @@ impl Generator<NexmarkEvent> for NexmarkGenerator {
         Ok(n)
     }
 
-    /// History ends now; live slices (seed ≥ 1000 in `demo`) continue the stream at
-    /// event `seed · count`, timed from now.
+    /// History ends now; live slices (seed ≥ 1000 in `demo`) continue the stream at the
+    /// event number of the current time (the stream's rate from [`GEN_START_MS`]) plus the
+    /// slices already posted, timed from now. Ids are a function of the event number, so a
+    /// demo run again (or a slow `--rate`) must not post event numbers a history or an
+    /// earlier run holds: the interval join needs one auction and one person per id. Slices
+    /// stay apart at any rate within a run, and across runs up to the stream's own 10 000
+    /// events/s.
     fn events(&self, seed: u64, count: u64, live: bool) -> Vec<NexmarkEvent> {
         let now = lambdaflow_engine::now_ms();
-        let first = if live { seed.saturating_mul(count) } else { 0 };
+        let first = if live {
+            let at_now = now.saturating_sub(GEN_START_MS).saturating_mul(EVENTS_PER_SECOND) / 1000;
+            at_now.saturating_add(seed.saturating_sub(1000).saturating_mul(count))
+        } else {
+            0
+        };
         let offset_ms = EventGenerator::new(config(0, EVENTS_PER_SECOND)).with_offset(first).timestamp();
         let span_ms = if live { 0 } else { count * 1000 / EVENTS_PER_SECOND };
         events(first, count, now.saturating_sub(offset_ms + span_ms)).collect()
