@@ -176,19 +176,7 @@ fn visible_buckets(c: &mut Client) -> Vec<u64> {
 /// The `p` quantile of the latencies counted in `after` but not `before`, ms.
 fn bucket_quantile(before: &[u64], after: &[u64], p: f64) -> f64 {
     let counts: Vec<u64> = after.iter().enumerate().map(|(i, a)| a.saturating_sub(before.get(i).copied().unwrap_or(0))).collect();
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return f64::NAN;
-    }
-    let rank = ((total - 1) as f64 * p).round() as u64;
-    let mut seen = 0;
-    for (i, c) in counts.iter().enumerate() {
-        seen += c;
-        if seen > rank {
-            return 0.01 * 1.1f64.powi(i as i32);
-        }
-    }
-    f64::NAN
+    lambdaflow_engine::VisibleLatency::quantile_ms(&counts, p)
 }
 
 fn list(name: &str, default: &str) -> Vec<usize> {

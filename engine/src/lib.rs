@@ -59,5 +59,5 @@ pub use keys::{KeyEntry, Range, KEYS_MAX_DEFAULT, KEY_BYTES_MAX, KEY_RETENTION_D
 pub use lambda::{ClusterOptions, ClusterStatus, Freshness, Lambda, LoadedBatch, Options, QueryResult, Serving, Status};
 pub use lambdaflow_operators as operators;
 pub use serve::{Running, Schedule, ServeConfig};
-pub use speed::{SpeedLayer, SpeedState};
+pub use speed::{SpeedLayer, SpeedState, VisibleLatency};
 pub use store::{BatchMeta, PendingVersion, ViewStore};
