@@ -51,6 +51,7 @@ mod extreme;
 mod hash;
 mod inserts;
 mod interval;
+mod topk;
 mod job;
 mod ndjson;
 mod sums;

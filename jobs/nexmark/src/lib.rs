@@ -17,6 +17,8 @@
 //! | `q9_winning_bid` | q9 | auction | the winning bid | `interval_join`, `arg_max` |
 //! | `q11_user_sessions` | q11 | bidder and session | bids in the session | `count`, `reduce` |
 //! | `q15_bidding_statistics` | q15 | day | bids, bidders, auctions per price rank | `sum`, `distinct_count` |
+//! | `q16_channel_statistics` | q16 | channel and day | q15's numbers and the last minute | `sum`, `distinct_count`, `max` |
+//! | `q17_auction_statistics` | q17 | auction and day | bids per rank, min, max, avg, sum of price | `sum`, `min`, `max` |
 //! | `q18_last_bid` | q18 | bidder and auction | the bidder's last bid | `arg_max` over `Inserts` |
 //! | `q19_top_bids` | q19 | auction | the 10 highest bids | `reduce` |
 //!
@@ -367,8 +369,9 @@ impl Job for Nexmark {
         "nexmark"
     }
 
+    /// 2: q16 and q17 added.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, NexmarkEvent>) {
@@ -515,6 +518,86 @@ impl Job for Nexmark {
         let stats = day_bids.concat(as_day_bids(bidders, true)).concat(as_day_bids(auctions_per_day, false));
         ctx.sum_view("q15_bidding_statistics", stats, DayBids::to_json);
 
+        // q16: q15's statistics per channel and day, and the last minute of the day (UTC,
+        // `HH:MM`) the channel had a bid in.
+        let channel_bids = ctx.sum("q16_bids", bids.clone().into_coll(), |b: &Bid| {
+            let mut s = ChannelBids { total_bids: 1, ..ChannelBids::record() };
+            match price_rank(b.price) {
+                1 => s.rank1_bids = 1,
+                2 => s.rank2_bids = 1,
+                _ => s.rank3_bids = 1,
+            }
+            Some((ChannelDay::of(&b), s))
+        });
+        let channel_ranked = |b: Bid, item: u64| {
+            let rank = price_rank(b.price);
+            let key = ChannelDay::of(&b);
+            [((key.clone(), 0u8), item), ((key, rank), item)]
+        };
+        let channel_bidders = ctx.distinct_count(
+            "q16_bidders",
+            bids.clone().into_coll().flat_map(move |b| {
+                let who = b.bidder;
+                channel_ranked(b, who)
+            }),
+        );
+        let channel_auctions = ctx.distinct_count(
+            "q16_auctions",
+            bids.clone().into_coll().flat_map(move |b| {
+                let what = b.auction;
+                channel_ranked(b, what)
+            }),
+        );
+        let as_channel_bids = |distinct: Coll<'s, (ChannelDay, u8), Sums<1>>, bidders: bool| {
+            distinct
+                .inner
+                .map(move |((key, rank), t, n)| {
+                    let n = n.get(0);
+                    let mut s = ChannelBids::default();
+                    match (bidders, rank) {
+                        (true, 0) => s.total_bidders = n,
+                        (true, 1) => s.rank1_bidders = n,
+                        (true, 2) => s.rank2_bidders = n,
+                        (true, _) => s.rank3_bidders = n,
+                        (false, 0) => s.total_auctions = n,
+                        (false, 1) => s.rank1_auctions = n,
+                        (false, 2) => s.rank2_auctions = n,
+                        (false, _) => s.rank3_auctions = n,
+                    }
+                    (key, t, s)
+                })
+                .as_collection()
+        };
+        // The last minute is a value (one per key, insert-only input: one seed row per key),
+        // folded into the sums as `minute × difference`: a change retracts the old minute
+        // and adds the new one, so the lane always holds the current value.
+        let last_minute = ctx.max("q16_last_minute", bids.clone().map(|b| (ChannelDay::of(&b), minute_of_day(b.date_time))));
+        let minute_lane = value_lane(last_minute, |minute, d| ChannelBids { minute: i128::from(minute) * d, ..ChannelBids::default() });
+        let channel_stats = channel_bids
+            .concat(as_channel_bids(channel_bidders, true))
+            .concat(as_channel_bids(channel_auctions, false))
+            .concat(minute_lane);
+        ctx.sum_view("q16_channel_statistics", channel_stats, ChannelBids::present);
+
+        // q17: per auction and day, the bids per price rank and the lowest, highest, average
+        // and total price.
+        let auction_bids = ctx.sum("q17_bids", bids.clone().into_coll(), |b: &Bid| {
+            let mut s = AuctionBids { total_bids: 1, sum_price: i128::from(b.price), ..AuctionBids::record() };
+            match price_rank(b.price) {
+                1 => s.rank1_bids = 1,
+                2 => s.rank2_bids = 1,
+                _ => s.rank3_bids = 1,
+            }
+            Some((AuctionDay::of(&b), s))
+        });
+        let prices = bids.clone().map(|b| (AuctionDay::of(&b), b.price));
+        let lowest = ctx.min("q17_min_price", prices.clone());
+        let highest_price = ctx.max("q17_max_price", prices);
+        let auction_stats = auction_bids
+            .concat(value_lane(lowest, |p, d| AuctionBids { min_price: i128::from(p) * d, ..AuctionBids::default() }))
+            .concat(value_lane(highest_price, |p, d| AuctionBids { max_price: i128::from(p) * d, ..AuctionBids::default() }));
+        ctx.sum_view("q17_auction_statistics", auction_stats, AuctionBids::present);
+
         // q18: each bidder's last bid on each auction (ties: the lower price, then channel).
         let latest = ctx.arg_max(
             "q18_last_bid",
@@ -576,6 +659,185 @@ aggregate! {
         rank2_auctions,
         /// Distinct auctions with rank-3 bids.
         rank3_auctions,
+    }
+}
+
+/// A value collection (one `(key, value)` per key) as a sum: `lane(value, difference)`
+/// per update, so the key's sum holds the lane of its current value (q16's minute, q17's
+/// min and max folded into one sum view with the counts).
+fn value_lane<'s, K: Data, V: Data, A: lambdaflow_operators::Diff>(
+    values: Coll<'s, (K, V)>,
+    lane: impl Fn(V, i128) -> A + 'static,
+) -> Coll<'s, K, A> {
+    values.inner.map(move |((k, v), t, d)| (k, t, lane(v, d as i128))).as_collection()
+}
+
+/// The minute of the UTC day of an event time (0 to 1439): q16's `HH:mm`.
+pub fn minute_of_day(date_time: u64) -> u32 {
+    ((date_time % 86_400_000) / 60_000) as u32
+}
+
+/// A minute of the day as `HH:MM`.
+pub fn hh_mm(minute: i128) -> String {
+    format!("{:02}:{:02}", minute / 60, minute % 60)
+}
+
+/// q16's and q17's key part: the UTC day of a bid.
+fn bid_day(b: &Bid) -> Day {
+    Day::of_ms(ms(b.date_time))
+}
+
+aggregate! {
+    /// q16's numbers per channel and day: q15's, and the last minute with a bid.
+    pub struct ChannelBids {
+        /// The last minute of the day with a bid (0 to 1439; shown as `HH:MM`).
+        minute,
+        /// Bids.
+        total_bids,
+        /// Bids below 10 000 cents.
+        rank1_bids,
+        /// Bids from 10 000 to below 1 000 000 cents.
+        rank2_bids,
+        /// Bids from 1 000 000 cents.
+        rank3_bids,
+        /// Distinct bidders.
+        total_bidders,
+        /// Distinct bidders of rank-1 bids.
+        rank1_bidders,
+        /// Distinct bidders of rank-2 bids.
+        rank2_bidders,
+        /// Distinct bidders of rank-3 bids.
+        rank3_bidders,
+        /// Distinct auctions bid on.
+        total_auctions,
+        /// Distinct auctions with rank-1 bids.
+        rank1_auctions,
+        /// Distinct auctions with rank-2 bids.
+        rank2_auctions,
+        /// Distinct auctions with rank-3 bids.
+        rank3_auctions,
+    }
+}
+
+impl ChannelBids {
+    /// The view's JSON: the sums, with `minute` as `HH:MM`.
+    pub fn present(&self) -> Value {
+        let mut v = self.to_json();
+        v["minute"] = Value::from(hh_mm(self.minute));
+        v
+    }
+}
+
+aggregate! {
+    /// q17's numbers per auction and day.
+    pub struct AuctionBids {
+        /// Bids.
+        total_bids,
+        /// Bids below 10 000 cents.
+        rank1_bids,
+        /// Bids from 10 000 to below 1 000 000 cents.
+        rank2_bids,
+        /// Bids from 1 000 000 cents.
+        rank3_bids,
+        /// The lowest price.
+        min_price,
+        /// The highest price.
+        max_price,
+        /// The sum of the prices.
+        sum_price,
+    }
+}
+
+impl AuctionBids {
+    /// The view's JSON: the sums and `avg_price` (rounded down to whole cents).
+    pub fn present(&self) -> Value {
+        let mut v = self.to_json();
+        v["avg_price"] = Value::from(self.sum_price.checked_div(self.total_bids).unwrap_or(0) as u64);
+        v
+    }
+}
+
+/// q16's key: a bid's channel and UTC day.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChannelDay {
+    /// The channel (`Google`, `channel-1234`, ...).
+    pub channel: String,
+    /// The day.
+    pub day: Day,
+}
+
+impl ChannelDay {
+    fn of(b: &Bid) -> Self {
+        ChannelDay { channel: b.channel.clone(), day: bid_day(b) }
+    }
+}
+
+impl Example for ChannelDay {
+    fn example() -> Self {
+        ChannelDay { channel: "Google".into(), day: Day(0) }
+    }
+}
+
+impl ViewKey for ChannelDay {
+    fn to_json(&self) -> Value {
+        json!({ "channel": self.channel, "day": self.day.to_string() })
+    }
+
+    /// `CHANNEL/DAY` (e.g. `Google/2026-03-01`; the channel may hold `/`) or the JSON form.
+    fn parse_key(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.starts_with('{') {
+            let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not a channel/day key: {e}"))?;
+            let channel = v.get("channel").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"channel\" must be a string"))?;
+            let day = v.get("day").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"day\" must be a YYYY-MM-DD string"))?;
+            return Ok(ChannelDay { channel: channel.to_string(), day: Day::parse(day)? });
+        }
+        let (channel, day) =
+            s.rsplit_once('/').ok_or_else(|| format!("\"{s}\" is not a channel/day key: write CHANNEL/YYYY-MM-DD, e.g. Google/2026-03-01"))?;
+        Ok(ChannelDay { channel: channel.to_string(), day: Day::parse(day)? })
+    }
+}
+
+/// q17's key: an auction and a UTC day it had bids on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AuctionDay {
+    /// The auction.
+    pub auction: u64,
+    /// The day.
+    pub day: Day,
+}
+
+impl AuctionDay {
+    fn of(b: &Bid) -> Self {
+        AuctionDay { auction: b.auction, day: bid_day(b) }
+    }
+}
+
+impl Example for AuctionDay {
+    fn example() -> Self {
+        AuctionDay { auction: 1, day: Day(0) }
+    }
+}
+
+impl ViewKey for AuctionDay {
+    fn to_json(&self) -> Value {
+        json!({ "auction": self.auction, "day": self.day.to_string() })
+    }
+
+    /// `AUCTION/DAY` (e.g. `1000/2026-03-01`) or the JSON form.
+    fn parse_key(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.starts_with('{') {
+            let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not an auction/day key: {e}"))?;
+            let auction =
+                v.get("auction").and_then(Value::as_u64).ok_or_else(|| format!("\"{s}\": field \"auction\" must be an unsigned integer"))?;
+            let day = v.get("day").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"day\" must be a YYYY-MM-DD string"))?;
+            return Ok(AuctionDay { auction, day: Day::parse(day)? });
+        }
+        let (auction, day) =
+            s.split_once('/').ok_or_else(|| format!("\"{s}\" is not an auction/day key: write AUCTION/YYYY-MM-DD, e.g. 1000/2026-03-01"))?;
+        let auction = auction.trim().parse::<u64>().map_err(|_| format!("\"{s}\": auction \"{auction}\" is not an unsigned integer"))?;
+        Ok(AuctionDay { auction, day: Day::parse(day.trim())? })
     }
 }
 
@@ -699,6 +961,15 @@ mod tests {
         assert_eq!(BidderAuction::parse_key(&k.to_json().to_string()), Ok(k));
         assert!(BidderAuction::parse_key("7").unwrap_err().contains("BIDDER/AUCTION"));
         assert!(BidderAuction::parse_key("7/x").unwrap_err().contains("\"x\""));
+        let k = ChannelDay { channel: "channel/1".into(), day: Day::parse("2026-03-01").unwrap() };
+        assert_eq!(ChannelDay::parse_key("channel/1/2026-03-01"), Ok(k.clone()));
+        assert_eq!(ChannelDay::parse_key(&k.to_json().to_string()), Ok(k));
+        assert!(ChannelDay::parse_key("Google").unwrap_err().contains("CHANNEL/YYYY-MM-DD"));
+        let k = AuctionDay { auction: 1000, day: Day::parse("2026-03-01").unwrap() };
+        assert_eq!(AuctionDay::parse_key("1000/2026-03-01"), Ok(k.clone()));
+        assert_eq!(AuctionDay::parse_key(&k.to_json().to_string()), Ok(k));
+        assert!(AuctionDay::parse_key("x/2026-03-01").unwrap_err().contains("\"x\""));
+        assert_eq!(hh_mm(i128::from(minute_of_day(86_400_000 + 23 * 3_600_000 + 59 * 60_000 + 59_999))), "23:59");
     }
 
     #[test]
