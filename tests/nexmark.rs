@@ -257,3 +257,104 @@ fn duplicate_dimension_rows_at_the_cut_stay_exact() {
     assert_eq!(diff(&band_oracle(&all), &merged), None);
     assert_eq!(diff(&batch_from_scratch(BandJob, &all, 2).unwrap(), &merged), None);
 }
+
+// ---------------------------------------------------------------------------------------
+// The bounded top-k over insert-only input (`ctx.top_k_items`).
+// ---------------------------------------------------------------------------------------
+
+/// A scored row of a key (`id` tells rows of equal score apart; equal rows repeat).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Scored {
+    key: u64,
+    score: u64,
+    id: u64,
+}
+
+impl Event for Scored {
+    fn csv_header() -> &'static str {
+        "scored rows are NDJSON only"
+    }
+    fn parse_csv(_line: &str) -> Result<Self, FieldError> {
+        Err(FieldError::line("NDJSON only"))
+    }
+    fn partition_key(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The same top-k three ways: bounded over `Inserts`, the same operator over a `Coll` (full
+/// seed), and the general `top_k` (items ranked by a constant score, so by the item:
+/// `(u64::MAX - score, id)` ascending is score descending, then id).
+#[derive(Clone)]
+struct TopJob {
+    k: usize,
+}
+
+fn shown(list: &[(u64, u64)]) -> lambdaflow_operators::serde_json::Value {
+    json!(list)
+}
+
+impl Job for TopJob {
+    type Event = Scored;
+    fn name(&self) -> &'static str {
+        "top"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Scored>) {
+        let rows = ctx.inserts(events).map(|r| (r.key, (r.score, r.id)));
+        let score = |(s, _): &(u64, u64)| *s;
+        let bounded = ctx.top_k_items("bounded", rows.clone(), self.k, score);
+        ctx.value_view("bounded", bounded, |l: &Vec<((u64, u64), u64)>| shown(&l.iter().map(|(i, _)| *i).collect::<Vec<_>>()));
+        let fallback = ctx.top_k_items("fallback", rows.clone().into_coll(), self.k, score);
+        ctx.value_view("fallback", fallback, |l: &Vec<((u64, u64), u64)>| shown(&l.iter().map(|(i, _)| *i).collect::<Vec<_>>()));
+        let full = ctx.top_k("full", rows.into_coll().map(|(k, (s, id))| (k, (u64::MAX - s, id))), self.k, |_n: &isize| 0u8);
+        ctx.value_view("full", full, |l: &Vec<((u64, u64), u8)>| {
+            shown(&l.iter().map(|((r, id), _)| (u64::MAX - r, *id)).collect::<Vec<_>>())
+        });
+    }
+}
+
+/// Rows on few keys with few scores (many ties) and ids (equal rows repeat).
+fn scored_rows() -> impl Strategy<Value = Vec<Scored>> {
+    prop::collection::vec((0u64..4, 0u64..4, 0u64..6), 1..50)
+        .prop_map(|rows| rows.into_iter().map(|(key, score, id)| Scored { key, score, id }).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    // Batch runs and handovers at two cuts, the speed layer in between (check_exact), and
+    // the three forms equal key by key, ties and repeated rows included.
+    #[test]
+    fn bounded_top_k_is_exact_and_equals_the_full_top_k(rows in scored_rows(), a in 0usize..50, b in 0usize..50, k in 1usize..4, workers in 1usize..3) {
+        let n = rows.len();
+        let report = check_exact(TopJob { k }, &rows, &[a.min(n), b.min(n)], workers).unwrap_or_else(|e| panic!("{e}"));
+        let views = &report.final_views;
+        prop_assert!(!views["full"].is_empty());
+        prop_assert_eq!(&views["bounded"], &views["full"]);
+        prop_assert_eq!(&views["fallback"], &views["full"]);
+    }
+}
+
+// Over `Inserts` the seed holds at most k rows per key; over a `Coll`, every distinct row.
+#[test]
+fn bounded_top_k_seed_holds_k_rows_per_key() {
+    let rows: Vec<Scored> = (0..400u64).map(|i| Scored { key: i % 4, score: mix(&mut i.clone()) % 50, id: i }).collect();
+    let dir = TempDir::new("top-seeds");
+    let lambda = Lambda::open(TopJob { k: 3 }, dir.path(), test_options(2)).unwrap();
+    lambda.append(&rows).unwrap();
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+    let seeds = seeds(dir.path());
+    assert_eq!(seeds["bounded.bounded.seed"].0, 4 * 3, "{seeds:?}");
+    assert_eq!(seeds["fallback.seed"].0, 400, "{seeds:?}");
+    // Later rows, some better than the kept ones, some tied with them, some worse.
+    let later: Vec<Scored> = (400..460u64).map(|i| Scored { key: i % 5, score: i % 60, id: i % 7 }).collect();
+    lambda.append(&later).unwrap();
+    lambda.sync(Duration::from_secs(60)).unwrap();
+    let all: Vec<Scored> = rows.iter().chain(&later).cloned().collect();
+    let merged = all_views(&lambda).unwrap();
+    assert_eq!(merged["bounded"], merged["full"]);
+    assert_eq!(diff(&batch_from_scratch(TopJob { k: 3 }, &all, 2).unwrap(), &merged), None);
+}

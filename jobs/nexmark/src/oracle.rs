@@ -281,7 +281,10 @@ pub fn views(events: &[NexmarkEvent]) -> Views {
         per_auction.entry(b.auction).or_default().push((b.price, b.date_time, b.bidder));
     }
     for (auction, mut list) in per_auction {
+        // Distinct bids (an identical bid twice is one), highest price first, then the
+        // earliest, then the smaller bidder.
         list.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+        list.dedup();
         list.truncate(10);
         let shown: Vec<Value> =
             list.iter().map(|(price, date_time, bidder)| json!({ "price": price, "date_time": date_time, "bidder": bidder })).collect();
