@@ -77,7 +77,8 @@ fn nexmark_views_are_exact_and_match_the_oracle() {
 fn plain_join_form_is_exact_too() {
     let events = nexmark_events();
     let n = events.len();
-    let report = check_exact(Nexmark { plain_join: true }, &events, &[n / 4, 3 * n / 4], 2).unwrap_or_else(|e| panic!("{e}"));
+    let report =
+        check_exact(Nexmark { plain_join: true, ..Nexmark::default() }, &events, &[n / 4, 3 * n / 4], 2).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(diff(&oracle::views(&events), &report.final_views), None);
 }
 
@@ -109,7 +110,7 @@ fn interval_join_seeds_hold_the_dimension_and_waiting_facts_only() {
     let bids = events.iter().filter(|e| matches!(e, NexmarkEvent::Bid(_))).count();
     let auctions = events.iter().filter(|e| matches!(e, NexmarkEvent::Auction(_))).count();
     let bounded = batch_seeds(Nexmark::default(), &events);
-    let plain = batch_seeds(Nexmark { plain_join: true }, &events);
+    let plain = batch_seeds(Nexmark { plain_join: true, ..Nexmark::default() }, &events);
     // The plain join stores every bid; the interval join one row per auction and the bids
     // whose auction has not arrived (the generator bids up to 10 auctions ahead).
     assert_eq!(plain["q9_auction_bids.right.seed"].0, bids);
@@ -357,4 +358,98 @@ fn bounded_top_k_seed_holds_k_rows_per_key() {
     let merged = all_views(&lambda).unwrap();
     assert_eq!(merged["bounded"], merged["full"]);
     assert_eq!(diff(&batch_from_scratch(TopJob { k: 3 }, &all, 2).unwrap(), &merged), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// The interval join's uniqueness violations: counted, and exact everywhere else.
+// ---------------------------------------------------------------------------------------
+
+const SECOND_ROWS: &str = "interval_join.band.second_rows";
+
+fn second_rows<J: Job>(lambda: &Lambda<J>) -> Option<u64> {
+    lambda.status().speed_counters.iter().find(|(name, _)| name == SECOND_ROWS).map(|(_, n)| *n)
+}
+
+// `status` counts the keys that got a second dimension row in the speed layer, once per key;
+// a key's first row is no violation, and a new speed layer (after a batch run, which makes
+// the keys exact again) starts from zero.
+#[test]
+fn second_dimension_rows_are_counted_in_status() {
+    let dir = TempDir::new("band-counter");
+    let lambda = Lambda::open(BandJob, dir.path(), test_options(2)).unwrap();
+    lambda.append(&[Band::Dim { key: 1, start: 0, end: 10 }, Band::Fact { key: 1, t: 5, id: 0 }]).unwrap();
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+    assert_eq!(second_rows(&lambda), Some(0), "the counter is there from the start: {:?}", lambda.status().speed_counters);
+    let steps: [(Band, u64); 5] = [
+        (Band::Dim { key: 2, start: 0, end: 10 }, 0), // key 2's first row
+        (Band::Dim { key: 1, start: 3, end: 9 }, 1),  // key 1's second row (one at the cut)
+        (Band::Dim { key: 1, start: 4, end: 9 }, 1),  // key 1 again: counted once
+        (Band::Dim { key: 2, start: 1, end: 10 }, 2), // key 2's second row (none at the cut)
+        (Band::Fact { key: 2, t: 5, id: 1 }, 2),
+    ];
+    for (event, expected) in steps {
+        lambda.append(&[event.clone()]).unwrap();
+        lambda.sync(Duration::from_secs(60)).unwrap();
+        assert_eq!(second_rows(&lambda), Some(expected), "after {event:?}");
+    }
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+    assert_eq!(second_rows(&lambda), Some(0));
+}
+
+/// Keys with zero to three dimension rows, and facts, in random order.
+fn band_events_with_duplicates() -> impl Strategy<Value = Vec<Band>> {
+    (prop::collection::vec((0u64..6, 0u64..20, 0u64..20), 0..14), prop::collection::vec((0u64..7, 0u64..40), 1..24), any::<u64>()).prop_map(
+        |(dims, facts, seed)| {
+            let mut events: Vec<Band> = dims.into_iter().map(|(key, s, len)| Band::Dim { key, start: s, end: s + len }).collect();
+            events.extend(facts.into_iter().enumerate().map(|(id, (key, t))| Band::Fact { key, t, id: id as u64 }));
+            shuffled(events, seed, usize::MAX)
+        },
+    )
+}
+
+/// The keys whose pairs the speed layer cannot make exact when `events[cut..]` arrive one
+/// epoch each: a row arriving while its key has exactly one row.
+fn violating_keys(events: &[Band], cut: usize) -> std::collections::BTreeSet<u64> {
+    let mut rows: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut bad = std::collections::BTreeSet::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Band::Dim { key, .. } = e {
+            let n = rows.entry(*key).or_default();
+            if i >= cut && *n == 1 {
+                bad.insert(*key);
+            }
+            *n += 1;
+        }
+    }
+    bad
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    // With duplicate dimension rows before and after the cut: the counter names exactly the
+    // keys that broke the contract, every other key is exact in the speed layer, and the
+    // next batch run makes every key exact.
+    #[test]
+    fn interval_join_with_duplicate_rows_is_exact_but_for_counted_keys(events in band_events_with_duplicates(), cut in 0usize..40, workers in 1usize..3) {
+        let cut = cut.min(events.len());
+        let dir = TempDir::new("band-dup-prop");
+        let lambda = Lambda::open(BandJob, dir.path(), test_options(workers)).unwrap();
+        lambda.append(&events[..cut]).unwrap();
+        lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+        for e in &events[cut..] {
+            lambda.append(std::slice::from_ref(e)).unwrap();
+            lambda.sync(Duration::from_secs(60)).unwrap();
+        }
+        let bad = violating_keys(&events, cut);
+        prop_assert_eq!(second_rows(&lambda), Some(bad.len() as u64));
+        let keep = |views: Views| -> Views {
+            views.into_iter().map(|(v, rows)| (v, rows.into_iter().filter(|(k, _)| !bad.contains(&k.parse::<u64>().unwrap())).collect())).collect()
+        };
+        let expected = band_oracle(&events);
+        prop_assert_eq!(diff(&keep(expected.clone()), &keep(all_views(&lambda).unwrap())), None);
+        lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+        prop_assert_eq!(diff(&expected, &all_views(&lambda).unwrap()), None);
+        prop_assert_eq!(second_rows(&lambda), Some(0));
+    }
 }

@@ -51,10 +51,10 @@ mod extreme;
 mod hash;
 mod inserts;
 mod interval;
-mod topk;
 mod job;
 mod ndjson;
 mod sums;
+mod topk;
 mod view;
 mod window;
 

@@ -122,7 +122,11 @@ where
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for ((key, item), t, n) in data.drain(..) {
-                            pending.entry(t).or_insert_with(|| Pending { cap: cap.delayed(&t, 0), records: Vec::new() }).records.push((key, item, n));
+                            pending
+                                .entry(t)
+                                .or_insert_with(|| Pending { cap: cap.delayed(&t, 0), records: Vec::new() })
+                                .records
+                                .push((key, item, n));
                         }
                     });
                     while let Some(entry) = pending.first_entry() {

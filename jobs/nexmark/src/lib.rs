@@ -35,9 +35,7 @@ pub mod oracle;
 use lambdaflow_operators::differential_dataflow::AsCollection;
 use lambdaflow_operators::serde_json::{json, Value};
 use lambdaflow_operators::timely::dataflow::operators::vec::Map as _;
-use lambdaflow_operators::{
-    aggregate, Coll, Ctx, Data, Day, Event, Example, FieldError, Input, Inserts, Job, Sums, ViewKey, Window, MAX_TS_MS,
-};
+use lambdaflow_operators::{aggregate, Coll, Ctx, Data, Day, Event, Example, FieldError, Inserts, Job, Sums, ViewKey, Window, MAX_TS_MS};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 
@@ -194,6 +192,9 @@ impl Event for NexmarkEvent {
     }
 }
 
+/// The queries this job builds (the numbers of their Nexmark definitions).
+pub const QUERIES: [u32; 13] = [3, 4, 5, 6, 7, 8, 9, 11, 15, 16, 17, 18, 19];
+
 /// The tumbling window of q7 and q8 and the size of q5's sliding windows: 10 s.
 pub const WINDOW_MS: i64 = 10_000;
 /// How far q5's sliding windows move: 2 s.
@@ -324,15 +325,6 @@ impl<'s, D: Data> Joined<'s, D> {
     }
 }
 
-impl<'s, D: Data> Input<'s, D> for Joined<'s, D> {
-    fn into_input(self) -> (Coll<'s, D>, bool) {
-        match self {
-            Joined::Bounded(i) => i.into_input(),
-            Joined::Plain(c) => c.into_input(),
-        }
-    }
-}
-
 /// The Nexmark job.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Nexmark {
@@ -340,9 +332,33 @@ pub struct Nexmark {
     /// `ctx.interval_join` (the dimension and the facts still waiting for it). The views are
     /// the same; only the seeds and the speed layer's memory differ. For comparisons.
     pub plain_join: bool,
+    /// Builds only these queries' views when set (bit `n` for qN, see [`Nexmark::only`]):
+    /// for measuring one query at a time (`LAMBDAFLOW_NEXMARK_QUERIES=q4,q9`). A data
+    /// directory is batched by the selection that serves it.
+    pub queries: Option<u32>,
 }
 
 impl Nexmark {
+    /// The job with only `queries` (`"q4,q9"`: the numbers of [`QUERIES`]) built; an error
+    /// names a query that is not one.
+    pub fn only(mut self, queries: &str) -> Result<Self, String> {
+        let mut bits = 0u32;
+        for q in queries.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+            let n = q.trim_start_matches(['q', 'Q']).parse::<u32>().ok().filter(|n| QUERIES.contains(n));
+            match n {
+                Some(n) => bits |= 1 << n,
+                None => return Err(format!("\"{q}\" is not a Nexmark query of this job: one of {QUERIES:?}, as q4 or 4")),
+            }
+        }
+        self.queries = Some(bits);
+        Ok(self)
+    }
+
+    /// Whether query `n`'s views are built.
+    fn on(&self, n: u32) -> bool {
+        self.queries.is_none_or(|bits| bits & (1 << n) != 0)
+    }
+
     fn join<'s, K, D, F>(
         &self,
         ctx: &mut Ctx<'s>,
@@ -382,248 +398,279 @@ impl Job for Nexmark {
         let auctions = inserts.clone().flat_map(NexmarkEvent::into_auction);
         let bids = inserts.flat_map(NexmarkEvent::into_bid);
 
-        // q3: auctions of category 10 by sellers in Oregon, Idaho or California. Persons are
-        // the dimension (one per id); an auction waits only until its seller is known.
-        let sellers = persons.clone().map(|p| (p.id, (p.name, p.city, p.state)));
-        let category = auctions.clone().filter(|a| a.category == Q3_CATEGORY).map(|a| (a.seller, a.id));
-        let local = self.join(ctx, "q3_sellers", sellers, category, |(_, _, state), _| is_local(state));
-        let by_auction = local.map(|(seller, ((name, city, state), auction))| (auction, (seller, name, city, state)));
-        ctx.value_view("q3_local_item_suggestion", by_auction.into_coll(), |(seller, name, city, state): &(u64, String, String, String)| {
+        if self.on(3) {
+            // q3: auctions of category 10 by sellers in Oregon, Idaho or California. Persons are
+            // the dimension (one per id); an auction waits only until its seller is known.
+            let sellers = persons.clone().map(|p| (p.id, (p.name, p.city, p.state)));
+            let category = auctions.clone().filter(|a| a.category == Q3_CATEGORY).map(|a| (a.seller, a.id));
+            let local = self.join(ctx, "q3_sellers", sellers, category, |(_, _, state), _| is_local(state));
+            let by_auction = local.map(|(seller, ((name, city, state), auction))| (auction, (seller, name, city, state)));
+            ctx.value_view("q3_local_item_suggestion", by_auction.into_coll(), |(seller, name, city, state): &(u64, String, String, String)| {
             json!({ "seller": seller, "name": name, "city": city, "state": state })
         });
+        }
+        if self.on(9) || self.on(4) || self.on(6) {
+            // q9: each auction's winning bid: the highest valid bid (made while the auction was
+            // open, at or above the reserve), the earliest among equal prices.
+            let auction_rows = auctions.clone().map(|a| {
+                (
+                    a.id,
+                    AuctionRow { date_time: a.date_time, expires: a.expires, reserve: a.reserve, seller: a.seller, category: a.category },
+                )
+            });
+            let bid_rows = bids.clone().map(|b| (b.auction, BidRow { price: b.price, date_time: b.date_time, bidder: b.bidder }));
+            let valid = self.join(ctx, "q9_auction_bids", auction_rows, bid_rows, valid_bid);
+            // `Input` is sealed (only the DSL decides what is insert-only): each form is passed
+            // as what it is.
+            let winning = |(_, bid): &(AuctionRow, BidRow)| bid_score(bid);
+            let winners = match valid {
+                Joined::Bounded(valid) => ctx.arg_max("q9_winning_bid", valid, winning),
+                Joined::Plain(valid) => ctx.arg_max("q9_winning_bid", valid, winning),
+            };
+            if self.on(9) {
+                let shown = winners.clone().map(|(id, (_, b))| (id, (b.bidder, b.price, b.date_time)));
+                ctx.value_view(
+                    "q9_winning_bid",
+                    shown,
+                    |(bidder, price, date_time): &(u64, u64, u64)| json!({ "bidder": bidder, "price": price, "date_time": date_time }),
+                );
+            }
 
-        // q9: each auction's winning bid: the highest valid bid (made while the auction was
-        // open, at or above the reserve), the earliest among equal prices.
-        let auction_rows = auctions.clone().map(|a| {
-            (a.id, AuctionRow { date_time: a.date_time, expires: a.expires, reserve: a.reserve, seller: a.seller, category: a.category })
-        });
-        let bid_rows = bids.clone().map(|b| (b.auction, BidRow { price: b.price, date_time: b.date_time, bidder: b.bidder }));
-        let valid = self.join(ctx, "q9_auction_bids", auction_rows, bid_rows, valid_bid);
-        let winners = ctx.arg_max("q9_winning_bid", valid, |(_, bid): &(AuctionRow, BidRow)| bid_score(bid));
-        let shown = winners.clone().map(|(id, (_, b))| (id, (b.bidder, b.price, b.date_time)));
-        ctx.value_view(
-            "q9_winning_bid",
-            shown,
-            |(bidder, price, date_time): &(u64, u64, u64)| json!({ "bidder": bidder, "price": price, "date_time": date_time }),
-        );
-
-        // q4: the average winning price per category.
-        let closing = ctx.sum("q4_avg_price_by_category", winners.clone(), |(_, (a, b)): &(u64, (AuctionRow, BidRow))| {
-            Some((a.category, Closing { price: i128::from(b.price), ..Closing::record() }))
-        });
-        ctx.sum_view("q4_avg_price_by_category", closing, |c: &Closing| {
+            if self.on(4) {
+                // q4: the average winning price per category.
+                let closing = ctx.sum("q4_avg_price_by_category", winners.clone(), |(_, (a, b)): &(u64, (AuctionRow, BidRow))| {
+                    Some((a.category, Closing { price: i128::from(b.price), ..Closing::record() }))
+                });
+                ctx.sum_view("q4_avg_price_by_category", closing, |c: &Closing| {
             json!({ "auctions": c.records, "total_price": c.price, "avg_price": c.price.checked_div(c.records).unwrap_or(0) })
         });
-
-        // q6: per seller, the average winning price of their last 10 auctions (by expiry)
-        // that have a winning bid.
-        let by_seller = winners.map(|(id, (a, b))| (a.seller, (a.expires, id, b.price)));
-        let last = ctx.reduce("q6_avg_selling_price_by_seller", by_seller, |_seller, sold: &[(&(u64, u64, u64), isize)], out| {
-            let (total, n) = last_prices(sold.iter().map(|(s, c)| (**s, *c)));
-            if n > 0 {
-                out.push(((total / i128::from(n), n), 1));
             }
-        });
-        ctx.value_view("q6_avg_selling_price_by_seller", last, |(avg, n): &(i128, u64)| json!({ "avg_price": avg, "auctions": n }));
 
-        // q5: per sliding window (10 s, every 2 s), the auctions with the most bids.
-        let per_window = bids.clone().flat_map(|b| {
-            let auction = b.auction;
-            Window::sliding(ms(b.date_time), WINDOW_MS, SLIDE_MS).map(move |w| (w, auction))
-        });
-        let counts = ctx.count("q5_bids_per_window", per_window.into_coll(), |wa: &(Window, u64)| Some(*wa));
-        let hot = ctx.reduce("q5_hot_items", counts, |_w, auctions: &[(&u64, Sums<1>)], out| {
-            if let Some(max) = auctions.iter().map(|(_, n)| n.get(0)).max() {
-                let top: Vec<u64> = auctions.iter().filter(|(_, n)| n.get(0) == max).map(|(a, _)| **a).collect();
-                out.push(((max, top), 1));
+            if self.on(6) {
+                // q6: per seller, the average winning price of their last 10 auctions (by expiry)
+                // that have a winning bid.
+                let by_seller = winners.map(|(id, (a, b))| (a.seller, (a.expires, id, b.price)));
+                let last = ctx.reduce("q6_avg_selling_price_by_seller", by_seller, |_seller, sold: &[(&(u64, u64, u64), isize)], out| {
+                    let (total, n) = last_prices(sold.iter().map(|(s, c)| (**s, *c)));
+                    if n > 0 {
+                        out.push(((total / i128::from(n), n), 1));
+                    }
+                });
+                ctx.value_view("q6_avg_selling_price_by_seller", last, |(avg, n): &(i128, u64)| json!({ "avg_price": avg, "auctions": n }));
             }
-        });
-        ctx.value_view("q5_hot_items", hot, |(bids, auctions): &(i128, Vec<u64>)| json!({ "bids": bids, "auctions": auctions }));
-
-        // q7: the highest bid of each 10-second window (ties: the smaller auction, bidder).
-        let windowed = bids.clone().map(|b| (Window::tumbling(ms(b.date_time), WINDOW_MS), (b.auction, b.bidder, b.price, b.date_time)));
-        let highest = ctx.arg_max("q7_highest_bid", windowed, |(_, _, price, _): &(u64, u64, u64, u64)| *price);
-        ctx.value_view("q7_highest_bid", highest, |(auction, bidder, price, date_time): &(u64, u64, u64, u64)| {
+        }
+        if self.on(5) {
+            // q5: per sliding window (10 s, every 2 s), the auctions with the most bids.
+            let per_window = bids.clone().flat_map(|b| {
+                let auction = b.auction;
+                Window::sliding(ms(b.date_time), WINDOW_MS, SLIDE_MS).map(move |w| (w, auction))
+            });
+            let counts = ctx.count("q5_bids_per_window", per_window.into_coll(), |wa: &(Window, u64)| Some(*wa));
+            let hot = ctx.reduce("q5_hot_items", counts, |_w, auctions: &[(&u64, Sums<1>)], out| {
+                if let Some(max) = auctions.iter().map(|(_, n)| n.get(0)).max() {
+                    let top: Vec<u64> = auctions.iter().filter(|(_, n)| n.get(0) == max).map(|(a, _)| **a).collect();
+                    out.push(((max, top), 1));
+                }
+            });
+            ctx.value_view("q5_hot_items", hot, |(bids, auctions): &(i128, Vec<u64>)| json!({ "bids": bids, "auctions": auctions }));
+        }
+        if self.on(7) {
+            // q7: the highest bid of each 10-second window (ties: the smaller auction, bidder).
+            let windowed =
+                bids.clone().map(|b| (Window::tumbling(ms(b.date_time), WINDOW_MS), (b.auction, b.bidder, b.price, b.date_time)));
+            let highest = ctx.arg_max("q7_highest_bid", windowed, |(_, _, price, _): &(u64, u64, u64, u64)| *price);
+            ctx.value_view("q7_highest_bid", highest, |(auction, bidder, price, date_time): &(u64, u64, u64, u64)| {
             json!({ "auction": auction, "bidder": bidder, "price": price, "date_time": date_time })
         });
-
-        // q8: persons who opened an auction in the 10-second window they registered in.
-        let people = persons.map(|p| (p.id, (p.name, p.date_time)));
-        let opened = auctions.map(|a| (a.seller, a.date_time));
-        let same_window = |(_, registered): &(String, u64), opened: &u64| {
-            Window::tumbling(ms(*registered), WINDOW_MS) == Window::tumbling(ms(*opened), WINDOW_MS)
-        };
-        let new_sellers = self.join(ctx, "q8_registrations", people, opened, same_window);
-        let named = new_sellers.map(|(id, ((name, registered), _))| (id, (Window::tumbling(ms(registered), WINDOW_MS), name)));
-        let once = ctx.min("q8_new_sellers", named);
-        ctx.value_view("q8_new_sellers", once, |(window, name): &(Window, String)| json!({ "name": name, "window": window.to_json() }));
-
-        // q11: bids per bidder session (a session ends after 10 s without a bid).
-        let times = ctx.count("q11_bids_by_bidder_time", bids.clone().into_coll(), |b: &Bid| Some((b.bidder, b.date_time)));
-        let sessions = ctx.reduce("q11_user_sessions", times, |_bidder, times: &[(&u64, Sums<1>)], out| {
-            for s in sessions(times.iter().map(|(t, n)| (**t, n.get(0)))) {
-                out.push((s, 1));
-            }
-        });
-        let keyed = sessions.map(|(bidder, (start, end, n))| (BidderSession { bidder, start }, (end, n)));
-        ctx.value_view("q11_user_sessions", keyed, |(end, n): &(u64, i128)| json!({ "end": end, "bids": n }));
-
-        // q15: bidding statistics per day: bids, and distinct bidders and auctions, in all
-        // and per price rank (below $100, below $10 000, above).
-        let day_bids = ctx.sum("q15_bids", bids.clone().into_coll(), |b: &Bid| {
-            let mut s = DayBids { total_bids: 1, ..DayBids::record() };
-            match price_rank(b.price) {
-                1 => s.rank1_bids = 1,
-                2 => s.rank2_bids = 1,
-                _ => s.rank3_bids = 1,
-            }
-            Some((Day::of_ms(ms(b.date_time)), s))
-        });
-        let ranked = |b: Bid, item: u64| {
-            let day = Day::of_ms(ms(b.date_time));
-            [((day, 0u8), item), ((day, price_rank(b.price)), item)]
-        };
-        let bidders = ctx.distinct_count(
-            "q15_bidders",
-            bids.clone().into_coll().flat_map(move |b| {
-                let who = b.bidder;
-                ranked(b, who)
-            }),
-        );
-        let auctions_per_day = ctx.distinct_count(
-            "q15_auctions",
-            bids.clone().into_coll().flat_map(move |b| {
-                let what = b.auction;
-                ranked(b, what)
-            }),
-        );
-        let as_day_bids = |distinct: Coll<'s, (Day, u8), Sums<1>>, bidders: bool| {
-            distinct
-                .inner
-                .map(move |((day, rank), t, n)| {
-                    let n = n.get(0);
-                    let mut s = DayBids::default();
-                    match (bidders, rank) {
-                        (true, 0) => s.total_bidders = n,
-                        (true, 1) => s.rank1_bidders = n,
-                        (true, 2) => s.rank2_bidders = n,
-                        (true, _) => s.rank3_bidders = n,
-                        (false, 0) => s.total_auctions = n,
-                        (false, 1) => s.rank1_auctions = n,
-                        (false, 2) => s.rank2_auctions = n,
-                        (false, _) => s.rank3_auctions = n,
-                    }
-                    (day, t, s)
-                })
-                .as_collection()
-        };
-        let stats = day_bids.concat(as_day_bids(bidders, true)).concat(as_day_bids(auctions_per_day, false));
-        ctx.sum_view("q15_bidding_statistics", stats, DayBids::to_json);
-
-        // q16: q15's statistics per channel and day, and the last minute of the day (UTC,
-        // `HH:MM`) the channel had a bid in.
-        let channel_bids = ctx.sum("q16_bids", bids.clone().into_coll(), |b: &Bid| {
-            let mut s = ChannelBids { total_bids: 1, ..ChannelBids::record() };
-            match price_rank(b.price) {
-                1 => s.rank1_bids = 1,
-                2 => s.rank2_bids = 1,
-                _ => s.rank3_bids = 1,
-            }
-            Some((ChannelDay::of(&b), s))
-        });
-        let channel_ranked = |b: Bid, item: u64| {
-            let rank = price_rank(b.price);
-            let key = ChannelDay::of(&b);
-            [((key.clone(), 0u8), item), ((key, rank), item)]
-        };
-        let channel_bidders = ctx.distinct_count(
-            "q16_bidders",
-            bids.clone().into_coll().flat_map(move |b| {
-                let who = b.bidder;
-                channel_ranked(b, who)
-            }),
-        );
-        let channel_auctions = ctx.distinct_count(
-            "q16_auctions",
-            bids.clone().into_coll().flat_map(move |b| {
-                let what = b.auction;
-                channel_ranked(b, what)
-            }),
-        );
-        let as_channel_bids = |distinct: Coll<'s, (ChannelDay, u8), Sums<1>>, bidders: bool| {
-            distinct
-                .inner
-                .map(move |((key, rank), t, n)| {
-                    let n = n.get(0);
-                    let mut s = ChannelBids::default();
-                    match (bidders, rank) {
-                        (true, 0) => s.total_bidders = n,
-                        (true, 1) => s.rank1_bidders = n,
-                        (true, 2) => s.rank2_bidders = n,
-                        (true, _) => s.rank3_bidders = n,
-                        (false, 0) => s.total_auctions = n,
-                        (false, 1) => s.rank1_auctions = n,
-                        (false, 2) => s.rank2_auctions = n,
-                        (false, _) => s.rank3_auctions = n,
-                    }
-                    (key, t, s)
-                })
-                .as_collection()
-        };
-        // The last minute is a value (one per key, insert-only input: one seed row per key),
-        // folded into the sums as `minute × difference`: a change retracts the old minute
-        // and adds the new one, so the lane always holds the current value.
-        let last_minute = ctx.max("q16_last_minute", bids.clone().map(|b| (ChannelDay::of(&b), minute_of_day(b.date_time))));
-        let minute_lane = value_lane(last_minute, |minute, d| ChannelBids { minute: i128::from(minute) * d, ..ChannelBids::default() });
-        let channel_stats = channel_bids
-            .concat(as_channel_bids(channel_bidders, true))
-            .concat(as_channel_bids(channel_auctions, false))
-            .concat(minute_lane);
-        ctx.sum_view("q16_channel_statistics", channel_stats, ChannelBids::present);
-
-        // q17: per auction and day, the bids per price rank and the lowest, highest, average
-        // and total price.
-        let auction_bids = ctx.sum("q17_bids", bids.clone().into_coll(), |b: &Bid| {
-            let mut s = AuctionBids { total_bids: 1, sum_price: i128::from(b.price), ..AuctionBids::record() };
-            match price_rank(b.price) {
-                1 => s.rank1_bids = 1,
-                2 => s.rank2_bids = 1,
-                _ => s.rank3_bids = 1,
-            }
-            Some((AuctionDay::of(&b), s))
-        });
-        let prices = bids.clone().map(|b| (AuctionDay::of(&b), b.price));
-        let lowest = ctx.min("q17_min_price", prices.clone());
-        let highest_price = ctx.max("q17_max_price", prices);
-        let auction_stats = auction_bids
-            .concat(value_lane(lowest, |p, d| AuctionBids { min_price: i128::from(p) * d, ..AuctionBids::default() }))
-            .concat(value_lane(highest_price, |p, d| AuctionBids { max_price: i128::from(p) * d, ..AuctionBids::default() }));
-        ctx.sum_view("q17_auction_statistics", auction_stats, AuctionBids::present);
-
-        // q18: each bidder's last bid on each auction (ties: the lower price, then channel).
-        let latest = ctx.arg_max(
-            "q18_last_bid",
-            bids.clone().map(|b| (BidderAuction { bidder: b.bidder, auction: b.auction }, (b.date_time, b.price, b.channel))),
-            |(t, _, _): &(u64, u64, String)| *t,
-        );
-        ctx.value_view(
-            "q18_last_bid",
-            latest,
-            |(date_time, price, channel): &(u64, u64, String)| json!({ "date_time": date_time, "price": price, "channel": channel }),
-        );
-
-        // q19: the 10 highest bids of each auction (ties: the earlier, then the smaller
-        // bidder). A top-k over `Inserts`: the seed and the speed state hold 10 bids per
-        // auction, not every bid.
-        let ranked_bids = bids.map(|b| (b.auction, (b.date_time, b.bidder, b.price)));
-        let top = ctx.top_k_items("q19_top_bids", ranked_bids, Q19_TOP, |(_, _, price): &(u64, u64, u64)| *price);
-        ctx.value_view("q19_top_bids", top, |list: &Vec<((u64, u64, u64), u64)>| {
-            Value::Array(
-                list.iter()
-                    .map(|((date_time, bidder, price), _)| json!({ "price": price, "date_time": date_time, "bidder": bidder }))
-                    .collect(),
-            )
-        });
+        }
+        if self.on(8) {
+            // q8: persons who opened an auction in the 10-second window they registered in.
+            let people = persons.map(|p| (p.id, (p.name, p.date_time)));
+            let opened = auctions.map(|a| (a.seller, a.date_time));
+            let same_window = |(_, registered): &(String, u64), opened: &u64| {
+                Window::tumbling(ms(*registered), WINDOW_MS) == Window::tumbling(ms(*opened), WINDOW_MS)
+            };
+            let new_sellers = self.join(ctx, "q8_registrations", people, opened, same_window);
+            let named = new_sellers.map(|(id, ((name, registered), _))| (id, (Window::tumbling(ms(registered), WINDOW_MS), name)));
+            let once = match named {
+                Joined::Bounded(named) => ctx.min("q8_new_sellers", named),
+                Joined::Plain(named) => ctx.min("q8_new_sellers", named),
+            };
+            ctx.value_view("q8_new_sellers", once, |(window, name): &(Window, String)| json!({ "name": name, "window": window.to_json() }));
+        }
+        if self.on(11) {
+            // q11: bids per bidder session (a session ends after 10 s without a bid).
+            let times = ctx.count("q11_bids_by_bidder_time", bids.clone().into_coll(), |b: &Bid| Some((b.bidder, b.date_time)));
+            let sessions = ctx.reduce("q11_user_sessions", times, |_bidder, times: &[(&u64, Sums<1>)], out| {
+                for s in sessions(times.iter().map(|(t, n)| (**t, n.get(0)))) {
+                    out.push((s, 1));
+                }
+            });
+            let keyed = sessions.map(|(bidder, (start, end, n))| (BidderSession { bidder, start }, (end, n)));
+            ctx.value_view("q11_user_sessions", keyed, |(end, n): &(u64, i128)| json!({ "end": end, "bids": n }));
+        }
+        if self.on(15) {
+            // q15: bidding statistics per day: bids, and distinct bidders and auctions, in all
+            // and per price rank (below $100, below $10 000, above).
+            let day_bids = ctx.sum("q15_bids", bids.clone().into_coll(), |b: &Bid| {
+                let mut s = DayBids { total_bids: 1, ..DayBids::record() };
+                match price_rank(b.price) {
+                    1 => s.rank1_bids = 1,
+                    2 => s.rank2_bids = 1,
+                    _ => s.rank3_bids = 1,
+                }
+                Some((Day::of_ms(ms(b.date_time)), s))
+            });
+            let ranked = |b: Bid, item: u64| {
+                let day = Day::of_ms(ms(b.date_time));
+                [((day, 0u8), item), ((day, price_rank(b.price)), item)]
+            };
+            let bidders = ctx.distinct_count(
+                "q15_bidders",
+                bids.clone().into_coll().flat_map(move |b| {
+                    let who = b.bidder;
+                    ranked(b, who)
+                }),
+            );
+            let auctions_per_day = ctx.distinct_count(
+                "q15_auctions",
+                bids.clone().into_coll().flat_map(move |b| {
+                    let what = b.auction;
+                    ranked(b, what)
+                }),
+            );
+            let as_day_bids = |distinct: Coll<'s, (Day, u8), Sums<1>>, bidders: bool| {
+                distinct
+                    .inner
+                    .map(move |((day, rank), t, n)| {
+                        let n = n.get(0);
+                        let mut s = DayBids::default();
+                        match (bidders, rank) {
+                            (true, 0) => s.total_bidders = n,
+                            (true, 1) => s.rank1_bidders = n,
+                            (true, 2) => s.rank2_bidders = n,
+                            (true, _) => s.rank3_bidders = n,
+                            (false, 0) => s.total_auctions = n,
+                            (false, 1) => s.rank1_auctions = n,
+                            (false, 2) => s.rank2_auctions = n,
+                            (false, _) => s.rank3_auctions = n,
+                        }
+                        (day, t, s)
+                    })
+                    .as_collection()
+            };
+            let stats = day_bids.concat(as_day_bids(bidders, true)).concat(as_day_bids(auctions_per_day, false));
+            ctx.sum_view("q15_bidding_statistics", stats, DayBids::to_json);
+        }
+        if self.on(16) {
+            // q16: q15's statistics per channel and day, and the last minute of the day (UTC,
+            // `HH:MM`) the channel had a bid in.
+            let channel_bids = ctx.sum("q16_bids", bids.clone().into_coll(), |b: &Bid| {
+                let mut s = ChannelBids { total_bids: 1, ..ChannelBids::record() };
+                match price_rank(b.price) {
+                    1 => s.rank1_bids = 1,
+                    2 => s.rank2_bids = 1,
+                    _ => s.rank3_bids = 1,
+                }
+                Some((ChannelDay::of(&b), s))
+            });
+            let channel_ranked = |b: Bid, item: u64| {
+                let rank = price_rank(b.price);
+                let key = ChannelDay::of(&b);
+                [((key.clone(), 0u8), item), ((key, rank), item)]
+            };
+            let channel_bidders = ctx.distinct_count(
+                "q16_bidders",
+                bids.clone().into_coll().flat_map(move |b| {
+                    let who = b.bidder;
+                    channel_ranked(b, who)
+                }),
+            );
+            let channel_auctions = ctx.distinct_count(
+                "q16_auctions",
+                bids.clone().into_coll().flat_map(move |b| {
+                    let what = b.auction;
+                    channel_ranked(b, what)
+                }),
+            );
+            let as_channel_bids = |distinct: Coll<'s, (ChannelDay, u8), Sums<1>>, bidders: bool| {
+                distinct
+                    .inner
+                    .map(move |((key, rank), t, n)| {
+                        let n = n.get(0);
+                        let mut s = ChannelBids::default();
+                        match (bidders, rank) {
+                            (true, 0) => s.total_bidders = n,
+                            (true, 1) => s.rank1_bidders = n,
+                            (true, 2) => s.rank2_bidders = n,
+                            (true, _) => s.rank3_bidders = n,
+                            (false, 0) => s.total_auctions = n,
+                            (false, 1) => s.rank1_auctions = n,
+                            (false, 2) => s.rank2_auctions = n,
+                            (false, _) => s.rank3_auctions = n,
+                        }
+                        (key, t, s)
+                    })
+                    .as_collection()
+            };
+            // The last minute is a value (one per key, insert-only input: one seed row per key),
+            // folded into the sums as `minute × difference`: a change retracts the old minute
+            // and adds the new one, so the lane always holds the current value.
+            let last_minute = ctx.max("q16_last_minute", bids.clone().map(|b| (ChannelDay::of(&b), minute_of_day(b.date_time))));
+            let minute_lane = value_lane(last_minute, |minute, d| ChannelBids { minute: i128::from(minute) * d, ..ChannelBids::default() });
+            let channel_stats = channel_bids
+                .concat(as_channel_bids(channel_bidders, true))
+                .concat(as_channel_bids(channel_auctions, false))
+                .concat(minute_lane);
+            ctx.sum_view("q16_channel_statistics", channel_stats, ChannelBids::present);
+        }
+        if self.on(17) {
+            // q17: per auction and day, the bids per price rank and the lowest, highest, average
+            // and total price.
+            let auction_bids = ctx.sum("q17_bids", bids.clone().into_coll(), |b: &Bid| {
+                let mut s = AuctionBids { total_bids: 1, sum_price: i128::from(b.price), ..AuctionBids::record() };
+                match price_rank(b.price) {
+                    1 => s.rank1_bids = 1,
+                    2 => s.rank2_bids = 1,
+                    _ => s.rank3_bids = 1,
+                }
+                Some((AuctionDay::of(&b), s))
+            });
+            let prices = bids.clone().map(|b| (AuctionDay::of(&b), b.price));
+            let lowest = ctx.min("q17_min_price", prices.clone());
+            let highest_price = ctx.max("q17_max_price", prices);
+            let auction_stats = auction_bids
+                .concat(value_lane(lowest, |p, d| AuctionBids { min_price: i128::from(p) * d, ..AuctionBids::default() }))
+                .concat(value_lane(highest_price, |p, d| AuctionBids { max_price: i128::from(p) * d, ..AuctionBids::default() }));
+            ctx.sum_view("q17_auction_statistics", auction_stats, AuctionBids::present);
+        }
+        if self.on(18) {
+            // q18: each bidder's last bid on each auction (ties: the lower price, then channel).
+            let latest = ctx.arg_max(
+                "q18_last_bid",
+                bids.clone().map(|b| (BidderAuction { bidder: b.bidder, auction: b.auction }, (b.date_time, b.price, b.channel))),
+                |(t, _, _): &(u64, u64, String)| *t,
+            );
+            ctx.value_view(
+                "q18_last_bid",
+                latest,
+                |(date_time, price, channel): &(u64, u64, String)| json!({ "date_time": date_time, "price": price, "channel": channel }),
+            );
+        }
+        if self.on(19) {
+            // q19: the 10 highest bids of each auction (ties: the earlier, then the smaller
+            // bidder). A top-k over `Inserts`: the seed and the speed state hold 10 bids per
+            // auction, not every bid.
+            let ranked_bids = bids.map(|b| (b.auction, (b.date_time, b.bidder, b.price)));
+            let top = ctx.top_k_items("q19_top_bids", ranked_bids, Q19_TOP, |(_, _, price): &(u64, u64, u64)| *price);
+            ctx.value_view("q19_top_bids", top, |list: &Vec<((u64, u64, u64), u64)>| {
+                Value::Array(
+                    list.iter()
+                        .map(|((date_time, bidder, price), _)| json!({ "price": price, "date_time": date_time, "bidder": bidder }))
+                        .collect(),
+                )
+            });
+        }
     }
 }
 
@@ -796,8 +843,9 @@ impl ViewKey for ChannelDay {
             let day = v.get("day").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"day\" must be a YYYY-MM-DD string"))?;
             return Ok(ChannelDay { channel: channel.to_string(), day: Day::parse(day)? });
         }
-        let (channel, day) =
-            s.rsplit_once('/').ok_or_else(|| format!("\"{s}\" is not a channel/day key: write CHANNEL/YYYY-MM-DD, e.g. Google/2026-03-01"))?;
+        let (channel, day) = s
+            .rsplit_once('/')
+            .ok_or_else(|| format!("\"{s}\" is not a channel/day key: write CHANNEL/YYYY-MM-DD, e.g. Google/2026-03-01"))?;
         Ok(ChannelDay { channel: channel.to_string(), day: Day::parse(day)? })
     }
 }
@@ -833,13 +881,16 @@ impl ViewKey for AuctionDay {
         let s = s.trim();
         if s.starts_with('{') {
             let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not an auction/day key: {e}"))?;
-            let auction =
-                v.get("auction").and_then(Value::as_u64).ok_or_else(|| format!("\"{s}\": field \"auction\" must be an unsigned integer"))?;
+            let auction = v
+                .get("auction")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("\"{s}\": field \"auction\" must be an unsigned integer"))?;
             let day = v.get("day").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"day\" must be a YYYY-MM-DD string"))?;
             return Ok(AuctionDay { auction, day: Day::parse(day)? });
         }
-        let (auction, day) =
-            s.split_once('/').ok_or_else(|| format!("\"{s}\" is not an auction/day key: write AUCTION/YYYY-MM-DD, e.g. 1000/2026-03-01"))?;
+        let (auction, day) = s
+            .split_once('/')
+            .ok_or_else(|| format!("\"{s}\" is not an auction/day key: write AUCTION/YYYY-MM-DD, e.g. 1000/2026-03-01"))?;
         let auction = auction.trim().parse::<u64>().map_err(|_| format!("\"{s}\": auction \"{auction}\" is not an unsigned integer"))?;
         Ok(AuctionDay { auction, day: Day::parse(day.trim())? })
     }
@@ -968,6 +1019,14 @@ mod tests {
         assert_eq!(AuctionDay::parse_key(&k.to_json().to_string()), Ok(k));
         assert!(AuctionDay::parse_key("x/2026-03-01").unwrap_err().contains("\"x\""));
         assert_eq!(hh_mm(i128::from(minute_of_day(86_400_000 + 23 * 3_600_000 + 59 * 60_000 + 59_999))), "23:59");
+    }
+
+    #[test]
+    fn a_query_selection_builds_those_queries_only() {
+        let job = Nexmark::default().only("q4, 9,Q17").unwrap();
+        assert!(job.on(4) && job.on(9) && job.on(17) && !job.on(3) && !job.on(19));
+        assert!(QUERIES.iter().all(|q| Nexmark::default().on(*q)));
+        assert!(Nexmark::default().only("q2").unwrap_err().contains("\"q2\""));
     }
 
     #[test]
