@@ -388,7 +388,7 @@ fn second_dimension_rows_are_counted_in_status() {
         (Band::Fact { key: 2, t: 5, id: 1 }, 2),
     ];
     for (event, expected) in steps {
-        lambda.append(&[event.clone()]).unwrap();
+        lambda.append(std::slice::from_ref(&event)).unwrap();
         lambda.sync(Duration::from_secs(60)).unwrap();
         assert_eq!(second_rows(&lambda), Some(expected), "after {event:?}");
     }

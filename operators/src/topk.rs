@@ -153,11 +153,9 @@ where
                             if pos >= k {
                                 continue;
                             }
-                            if !before.contains_key(&key) {
-                                // Empty (no allocation) for a key new at this time: at time 0,
-                                // every key.
-                                before.insert(key, list.clone());
-                            }
+                            // Empty (no allocation) for a key new at this time: at time 0,
+                            // every key.
+                            before.entry(key).or_insert_with(|| list.clone());
                             list.insert(pos, entry);
                             list.truncate(k);
                         }

@@ -572,7 +572,7 @@ impl Job for Nexmark {
                     2 => s.rank2_bids = 1,
                     _ => s.rank3_bids = 1,
                 }
-                Some((ChannelDay::of(&b), s))
+                Some((ChannelDay::of(b), s))
             });
             let channel_ranked = |b: Bid, item: u64| {
                 let rank = price_rank(b.price);
@@ -634,7 +634,7 @@ impl Job for Nexmark {
                     2 => s.rank2_bids = 1,
                     _ => s.rank3_bids = 1,
                 }
-                Some((AuctionDay::of(&b), s))
+                Some((AuctionDay::of(b), s))
             });
             let prices = bids.clone().map(|b| (AuctionDay::of(&b), b.price));
             let lowest = ctx.min("q17_min_price", prices.clone());
