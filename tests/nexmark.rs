@@ -46,9 +46,11 @@ fn shuffled<T>(mut events: Vec<T>, seed: u64, block: usize) -> Vec<T> {
 }
 
 /// 2 400 Nexmark events at 20 events per second of event time (two minutes: several
-/// 10-second windows, sessions with gaps, long auctions), out of order.
+/// 10-second windows, sessions with gaps, long auctions), out of order, from one minute
+/// before midnight UTC: the per-day views (q15, q16, q17) have two days, and auctions and
+/// sessions span the day boundary.
 fn nexmark_events() -> Vec<NexmarkEvent> {
-    shuffled(gen::events_at(0, 2_400, gen::GEN_START_MS, 20).collect(), 7, 300)
+    shuffled(gen::events_at(0, 2_400, gen::GEN_START_MS - 60_000, 20).collect(), 7, 300)
 }
 
 #[test]
@@ -58,6 +60,8 @@ fn nexmark_views_are_exact_and_match_the_oracle() {
     for view in oracle::VIEW_NAMES {
         assert!(!expected[view].is_empty(), "the test stream gives {view} no rows: it would prove nothing");
     }
+    assert_eq!(expected["q15_bidding_statistics"].len(), 2, "the test stream spans two days");
+    assert!(expected["q16_channel_statistics"].len() > 2, "several channels a day");
     let n = events.len();
     for (workers, cuts) in [(1, vec![0, 1, n / 3, 2 * n / 3]), (2, vec![50, n / 2, n - 10])] {
         let report = check_exact(Nexmark::default(), &events, &cuts, workers).unwrap_or_else(|e| panic!("{e}"));
@@ -73,7 +77,8 @@ fn nexmark_views_are_exact_and_match_the_oracle() {
 fn plain_join_form_is_exact_too() {
     let events = nexmark_events();
     let n = events.len();
-    let report = check_exact(Nexmark { plain_join: true }, &events, &[n / 4, 3 * n / 4], 2).unwrap_or_else(|e| panic!("{e}"));
+    let report =
+        check_exact(Nexmark { plain_join: true, ..Nexmark::default() }, &events, &[n / 4, 3 * n / 4], 2).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(diff(&oracle::views(&events), &report.final_views), None);
 }
 
@@ -105,7 +110,7 @@ fn interval_join_seeds_hold_the_dimension_and_waiting_facts_only() {
     let bids = events.iter().filter(|e| matches!(e, NexmarkEvent::Bid(_))).count();
     let auctions = events.iter().filter(|e| matches!(e, NexmarkEvent::Auction(_))).count();
     let bounded = batch_seeds(Nexmark::default(), &events);
-    let plain = batch_seeds(Nexmark { plain_join: true }, &events);
+    let plain = batch_seeds(Nexmark { plain_join: true, ..Nexmark::default() }, &events);
     // The plain join stores every bid; the interval join one row per auction and the bids
     // whose auction has not arrived (the generator bids up to 10 auctions ahead).
     assert_eq!(plain["q9_auction_bids.right.seed"].0, bids);
@@ -252,4 +257,199 @@ fn duplicate_dimension_rows_at_the_cut_stay_exact() {
     let merged = all_views(&lambda).unwrap();
     assert_eq!(diff(&band_oracle(&all), &merged), None);
     assert_eq!(diff(&batch_from_scratch(BandJob, &all, 2).unwrap(), &merged), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// The bounded top-k over insert-only input (`ctx.top_k_items`).
+// ---------------------------------------------------------------------------------------
+
+/// A scored row of a key (`id` tells rows of equal score apart; equal rows repeat).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Scored {
+    key: u64,
+    score: u64,
+    id: u64,
+}
+
+impl Event for Scored {
+    fn csv_header() -> &'static str {
+        "scored rows are NDJSON only"
+    }
+    fn parse_csv(_line: &str) -> Result<Self, FieldError> {
+        Err(FieldError::line("NDJSON only"))
+    }
+    fn partition_key(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The same top-k three ways: bounded over `Inserts`, the same operator over a `Coll` (full
+/// seed), and the general `top_k` (items ranked by a constant score, so by the item:
+/// `(u64::MAX - score, id)` ascending is score descending, then id).
+#[derive(Clone)]
+struct TopJob {
+    k: usize,
+}
+
+fn shown(list: &[(u64, u64)]) -> lambdaflow_operators::serde_json::Value {
+    json!(list)
+}
+
+impl Job for TopJob {
+    type Event = Scored;
+    fn name(&self) -> &'static str {
+        "top"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Scored>) {
+        let rows = ctx.inserts(events).map(|r| (r.key, (r.score, r.id)));
+        let score = |(s, _): &(u64, u64)| *s;
+        let bounded = ctx.top_k_items("bounded", rows.clone(), self.k, score);
+        ctx.value_view("bounded", bounded, |l: &Vec<((u64, u64), u64)>| shown(&l.iter().map(|(i, _)| *i).collect::<Vec<_>>()));
+        let fallback = ctx.top_k_items("fallback", rows.clone().into_coll(), self.k, score);
+        ctx.value_view("fallback", fallback, |l: &Vec<((u64, u64), u64)>| shown(&l.iter().map(|(i, _)| *i).collect::<Vec<_>>()));
+        let full = ctx.top_k("full", rows.into_coll().map(|(k, (s, id))| (k, (u64::MAX - s, id))), self.k, |_n: &isize| 0u8);
+        ctx.value_view("full", full, |l: &Vec<((u64, u64), u8)>| {
+            shown(&l.iter().map(|((r, id), _)| (u64::MAX - r, *id)).collect::<Vec<_>>())
+        });
+    }
+}
+
+/// Rows on few keys with few scores (many ties) and ids (equal rows repeat).
+fn scored_rows() -> impl Strategy<Value = Vec<Scored>> {
+    prop::collection::vec((0u64..4, 0u64..4, 0u64..6), 1..50)
+        .prop_map(|rows| rows.into_iter().map(|(key, score, id)| Scored { key, score, id }).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    // Batch runs and handovers at two cuts, the speed layer in between (check_exact), and
+    // the three forms equal key by key, ties and repeated rows included.
+    #[test]
+    fn bounded_top_k_is_exact_and_equals_the_full_top_k(rows in scored_rows(), a in 0usize..50, b in 0usize..50, k in 1usize..4, workers in 1usize..3) {
+        let n = rows.len();
+        let report = check_exact(TopJob { k }, &rows, &[a.min(n), b.min(n)], workers).unwrap_or_else(|e| panic!("{e}"));
+        let views = &report.final_views;
+        prop_assert!(!views["full"].is_empty());
+        prop_assert_eq!(&views["bounded"], &views["full"]);
+        prop_assert_eq!(&views["fallback"], &views["full"]);
+    }
+}
+
+// Over `Inserts` the seed holds at most k rows per key; over a `Coll`, every distinct row.
+#[test]
+fn bounded_top_k_seed_holds_k_rows_per_key() {
+    let rows: Vec<Scored> = (0..400u64).map(|i| Scored { key: i % 4, score: mix(&mut i.clone()) % 50, id: i }).collect();
+    let dir = TempDir::new("top-seeds");
+    let lambda = Lambda::open(TopJob { k: 3 }, dir.path(), test_options(2)).unwrap();
+    lambda.append(&rows).unwrap();
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+    let seeds = seeds(dir.path());
+    assert_eq!(seeds["bounded.bounded.seed"].0, 4 * 3, "{seeds:?}");
+    assert_eq!(seeds["fallback.seed"].0, 400, "{seeds:?}");
+    // Later rows, some better than the kept ones, some tied with them, some worse.
+    let later: Vec<Scored> = (400..460u64).map(|i| Scored { key: i % 5, score: i % 60, id: i % 7 }).collect();
+    lambda.append(&later).unwrap();
+    lambda.sync(Duration::from_secs(60)).unwrap();
+    let all: Vec<Scored> = rows.iter().chain(&later).cloned().collect();
+    let merged = all_views(&lambda).unwrap();
+    assert_eq!(merged["bounded"], merged["full"]);
+    assert_eq!(diff(&batch_from_scratch(TopJob { k: 3 }, &all, 2).unwrap(), &merged), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// The interval join's uniqueness violations: counted, and exact everywhere else.
+// ---------------------------------------------------------------------------------------
+
+const SECOND_ROWS: &str = "interval_join.band.second_rows";
+
+fn second_rows<J: Job>(lambda: &Lambda<J>) -> Option<u64> {
+    lambda.status().speed_counters.iter().find(|(name, _)| name == SECOND_ROWS).map(|(_, n)| *n)
+}
+
+// `status` counts the keys that got a second dimension row in the speed layer, once per key;
+// a key's first row is no violation, and a new speed layer (after a batch run, which makes
+// the keys exact again) starts from zero.
+#[test]
+fn second_dimension_rows_are_counted_in_status() {
+    let dir = TempDir::new("band-counter");
+    let lambda = Lambda::open(BandJob, dir.path(), test_options(2)).unwrap();
+    lambda.append(&[Band::Dim { key: 1, start: 0, end: 10 }, Band::Fact { key: 1, t: 5, id: 0 }]).unwrap();
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+    assert_eq!(second_rows(&lambda), Some(0), "the counter is there from the start: {:?}", lambda.status().speed_counters);
+    let steps: [(Band, u64); 5] = [
+        (Band::Dim { key: 2, start: 0, end: 10 }, 0), // key 2's first row
+        (Band::Dim { key: 1, start: 3, end: 9 }, 1),  // key 1's second row (one at the cut)
+        (Band::Dim { key: 1, start: 4, end: 9 }, 1),  // key 1 again: counted once
+        (Band::Dim { key: 2, start: 1, end: 10 }, 2), // key 2's second row (none at the cut)
+        (Band::Fact { key: 2, t: 5, id: 1 }, 2),
+    ];
+    for (event, expected) in steps {
+        lambda.append(std::slice::from_ref(&event)).unwrap();
+        lambda.sync(Duration::from_secs(60)).unwrap();
+        assert_eq!(second_rows(&lambda), Some(expected), "after {event:?}");
+    }
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+    assert_eq!(second_rows(&lambda), Some(0));
+}
+
+/// Keys with zero to three dimension rows, and facts, in random order.
+fn band_events_with_duplicates() -> impl Strategy<Value = Vec<Band>> {
+    (prop::collection::vec((0u64..6, 0u64..20, 0u64..20), 0..14), prop::collection::vec((0u64..7, 0u64..40), 1..24), any::<u64>()).prop_map(
+        |(dims, facts, seed)| {
+            let mut events: Vec<Band> = dims.into_iter().map(|(key, s, len)| Band::Dim { key, start: s, end: s + len }).collect();
+            events.extend(facts.into_iter().enumerate().map(|(id, (key, t))| Band::Fact { key, t, id: id as u64 }));
+            shuffled(events, seed, usize::MAX)
+        },
+    )
+}
+
+/// The keys whose pairs the speed layer cannot make exact when `events[cut..]` arrive one
+/// epoch each: a row arriving while its key has exactly one row.
+fn violating_keys(events: &[Band], cut: usize) -> std::collections::BTreeSet<u64> {
+    let mut rows: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut bad = std::collections::BTreeSet::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Band::Dim { key, .. } = e {
+            let n = rows.entry(*key).or_default();
+            if i >= cut && *n == 1 {
+                bad.insert(*key);
+            }
+            *n += 1;
+        }
+    }
+    bad
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    // With duplicate dimension rows before and after the cut: the counter names exactly the
+    // keys that broke the contract, every other key is exact in the speed layer, and the
+    // next batch run makes every key exact.
+    #[test]
+    fn interval_join_with_duplicate_rows_is_exact_but_for_counted_keys(events in band_events_with_duplicates(), cut in 0usize..40, workers in 1usize..3) {
+        let cut = cut.min(events.len());
+        let dir = TempDir::new("band-dup-prop");
+        let lambda = Lambda::open(BandJob, dir.path(), test_options(workers)).unwrap();
+        lambda.append(&events[..cut]).unwrap();
+        lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+        for e in &events[cut..] {
+            lambda.append(std::slice::from_ref(e)).unwrap();
+            lambda.sync(Duration::from_secs(60)).unwrap();
+        }
+        let bad = violating_keys(&events, cut);
+        prop_assert_eq!(second_rows(&lambda), Some(bad.len() as u64));
+        let keep = |views: Views| -> Views {
+            views.into_iter().map(|(v, rows)| (v, rows.into_iter().filter(|(k, _)| !bad.contains(&k.parse::<u64>().unwrap())).collect())).collect()
+        };
+        let expected = band_oracle(&events);
+        prop_assert_eq!(diff(&keep(expected.clone()), &keep(all_views(&lambda).unwrap())), None);
+        lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+        prop_assert_eq!(diff(&expected, &all_views(&lambda).unwrap()), None);
+        prop_assert_eq!(second_rows(&lambda), Some(0));
+    }
 }

@@ -120,6 +120,10 @@ pub struct Status {
     pub speed_visible_max_ms: f64,
     /// Processes per layer, and the speed layer's other processes as `(process, pid)`.
     pub cluster: ClusterStatus,
+    /// The counters the job's operators keep in the serving speed layer (this process),
+    /// by name: `interval_join.NAME.second_rows` counts the keys of interval join NAME
+    /// that got a second dimension row since the cut (inexact until the next batch run).
+    pub speed_counters: Vec<(String, u64)>,
 }
 
 /// The processes of each layer, for `status`.
@@ -610,6 +614,7 @@ impl<J: Job> Lambda<J> {
                 workers: self.workers,
                 speed_pids: serving.speed.pids(),
             },
+            speed_counters: serving.speed.counters(),
         }
     }
 }

@@ -130,6 +130,8 @@ pub struct SpeedState {
 
 struct Shared {
     views: Vec<Arc<dyn AnyView>>,
+    /// The run's registry, for the counters the job's operators keep.
+    registry: Arc<Registry>,
     /// The published snapshot. Readers hold the lock only to clone the `Arc`; the publisher
     /// only to swap it.
     state: RwLock<Arc<SpeedState>>,
@@ -304,11 +306,12 @@ fn build_on<J: Job>(
 }
 
 /// The state this process's workers share, for a layer that starts at `cut`.
-fn new_shared(registry: &Registry, cut: &[u64], threads: usize) -> Arc<Shared> {
+fn new_shared(registry: &Arc<Registry>, cut: &[u64], threads: usize) -> Arc<Shared> {
     let views = registry.views();
     let tables = views.iter().map(|v| v.new_speed_table()).collect();
     Arc::new(Shared {
         views,
+        registry: registry.clone(),
         state: RwLock::new(Arc::new(SpeedState { tables, epoch: 0, frontier: cut.to_vec(), updated_ms: now_ms() })),
         publications: AtomicU64::new(0),
         snapshot_copies: AtomicU64::new(0),
@@ -983,4 +986,12 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         commits.pop_front();
     }
     oldest
+}
+
+impl SpeedLayer {
+    /// The counters the job's operators keep in this layer, in this process (e.g.
+    /// `interval_join.NAME.second_rows`), by name.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        self.shared.registry.counters()
+    }
 }

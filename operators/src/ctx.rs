@@ -476,3 +476,31 @@ impl<'s> Ctx<'s> {
         left.join(right)
     }
 }
+
+impl Registry {
+    /// The counters the job's operators keep while they run (see [`Ctx::counter`]), by
+    /// name, summed over this process's workers, sorted by name. An interval join counts
+    /// `interval_join.NAME.second_rows`: keys that got a second dimension row in the speed
+    /// layer (their pairs are incomplete until the next batch run).
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counters: Vec<(String, u64)> = cells
+            .iter()
+            .filter_map(|(name, cell)| {
+                let name = name.strip_prefix("counter:")?;
+                let counter = Arc::clone(cell).downcast::<std::sync::atomic::AtomicU64>().ok()?;
+                Some((name.to_string(), counter.load(std::sync::atomic::Ordering::Relaxed)))
+            })
+            .collect();
+        counters.sort();
+        counters
+    }
+}
+
+impl<'s> Ctx<'s> {
+    /// A counter named `name`, shared by this run's workers (one per name), that the
+    /// engine reads with [`Registry::counters`] (the speed layer's appear in `status`).
+    pub(crate) fn counter(&self, name: &str) -> Arc<std::sync::atomic::AtomicU64> {
+        self.registry.cell(&format!("counter:{name}"), || std::sync::atomic::AtomicU64::new(0), |_| {})
+    }
+}

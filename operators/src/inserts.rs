@@ -68,9 +68,47 @@ impl<'s, D: Data> Inserts<'s, D> {
 
 /// What operators with a bounded form accept: an [`Inserts`] (bounded seeds) or any
 /// [`Coll`] (the full input is seeded).
-pub trait Input<'s, D: Data> {
+///
+/// The trait is **sealed**: only this crate implements it, for `Coll` and `Inserts`. A job
+/// cannot declare a collection of its own insert-only (a wrong claim would make a bounded
+/// seed silently inexact); it gets an `Inserts` from `ctx.inserts(events)` and the methods
+/// that keep insert-only-ness. Both kinds work wherever an `Input` is asked for:
+///
+/// ```
+/// use lambdaflow_operators::{Coll, Ctx, Inserts};
+///
+/// fn highest<'s>(ctx: &mut Ctx<'s>, bids: Inserts<'s, (u64, u64)>, any: Coll<'s, (u64, u64)>) {
+///     let _bounded = ctx.max("highest_inserted", bids); // one seed row per key
+///     let _full = ctx.max("highest_of_any", any); // the input at the cut is the seed
+/// }
+/// ```
+///
+/// An implementation outside the crate is refused at compile time (the supertrait is
+/// private, so it cannot be implemented or even named):
+///
+/// ```compile_fail
+/// use lambdaflow_operators::{Coll, Input};
+///
+/// struct Claimed<'s>(Coll<'s, (u64, u64)>);
+///
+/// impl<'s> Input<'s, (u64, u64)> for Claimed<'s> {
+///     fn into_input(self) -> (Coll<'s, (u64, u64)>, bool) {
+///         (self.0, true) // "trust me, it never retracts"
+///     }
+/// }
+/// ```
+pub trait Input<'s, D: Data>: sealed::Sealed {
     /// The collection, and whether it is known to be insert-only.
     fn into_input(self) -> (Coll<'s, D>, bool);
+}
+
+mod sealed {
+    /// The private supertrait of [`Input`](super::Input): implemented here only.
+    #[allow(unreachable_pub)]
+    pub trait Sealed {}
+
+    impl<D: crate::view::Data> Sealed for crate::ctx::Coll<'_, D> {}
+    impl<D: crate::view::Data> Sealed for super::Inserts<'_, D> {}
 }
 
 impl<'s, D: Data> Input<'s, D> for Coll<'s, D> {

@@ -29,8 +29,10 @@
 //!   does, the facts before the cut that met the first row are gone: the speed updates for
 //!   that key miss their pairs with the second row until the next batch run recomputes
 //!   them from the log, and the operator says so on stderr (`interval join ...: key ...
-//!   has a second dimension row`). Pick a key the source makes unique (an id), or use
-//!   `ctx.join` and a `filter` (exact for any data, full seeds).
+//!   has a second dimension row`) and counts the key in the counter
+//!   `interval_join.NAME.second_rows` (`status` shows it as `speed_counters`). Pick a key
+//!   the source makes unique (an id), or use `ctx.join` and a `filter` (exact for any
+//!   data, full seeds).
 //! * The output pairs each fact with the dimension row of its key when `band(row, fact)`
 //!   holds: any function of the two (a time band, a category, a same-window test). It is
 //!   itself insert-only, so extremes after it keep one seed row per key.
@@ -40,6 +42,8 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::Exchange;
@@ -119,7 +123,10 @@ impl<'s> Ctx<'s> {
             Mode::Batch => facts.coll,
             Mode::Speed => self.seeded(&waiting_seed, facts.coll),
         };
-        let out = band_join(name, mode, dims, facts, band);
+        // Keys of this join that got a second dimension row in the speed layer, counted
+        // once per key, for `status`.
+        let second_rows = self.counter(&format!("interval_join.{name}.second_rows"));
+        let out = band_join(name, mode, dims, facts, band, second_rows);
         if mode == Mode::Batch {
             let waiting = out.clone().flat_map(|o: Out<K, D, F>| o.err());
             self.seeded(&waiting_seed, waiting);
@@ -130,7 +137,14 @@ impl<'s> Ctx<'s> {
 
 /// The operator: both inputs exchanged by key; each time processed once both inputs are
 /// complete for it, in time order, dimension rows before facts.
-fn band_join<'s, K, D, F, B>(name: &str, mode: Mode, dims: Coll<'s, (K, D)>, facts: Coll<'s, (K, F)>, band: B) -> Coll<'s, Out<K, D, F>>
+fn band_join<'s, K, D, F, B>(
+    name: &str,
+    mode: Mode,
+    dims: Coll<'s, (K, D)>,
+    facts: Coll<'s, (K, F)>,
+    band: B,
+    second_rows: Arc<AtomicU64>,
+) -> Coll<'s, Out<K, D, F>>
 where
     K: Data + Hash,
     D: Data,
@@ -184,6 +198,7 @@ where
                             if mode == Mode::Speed && t > 0 && !touched.contains_key(&k) && entry.rows() == 1 && !entry.warned {
                                 // The facts that met the first row are gone (see the contract).
                                 entry.warned = true;
+                                second_rows.fetch_add(1, Ordering::Relaxed);
                                 eprintln!(
                                     "interval join {label}: key {k:?} has a second dimension row; the speed layer's \
                                      pairs for it are incomplete until the next batch run (the dimension must be unique per key)"

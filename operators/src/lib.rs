@@ -54,6 +54,7 @@ mod interval;
 mod job;
 mod ndjson;
 mod sums;
+mod topk;
 mod view;
 mod window;
 

@@ -10,6 +10,8 @@
 //!
 //! `LAMBDAFLOW_NEXMARK_JOIN=plain` builds the job with `ctx.join` + filter instead of the
 //! interval join (same views, full seeds), to compare seed sizes.
+//! `LAMBDAFLOW_NEXMARK_QUERIES=q4,q9` builds only those queries' views, to measure one
+//! query at a time.
 
 use lambdaflow_engine::cli::App;
 use lambdaflow_nexmark::gen::NexmarkGenerator;
@@ -18,5 +20,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let plain_join = std::env::var("LAMBDAFLOW_NEXMARK_JOIN").is_ok_and(|v| v == "plain");
-    lambdaflow_engine::cli::main(App::new(Nexmark { plain_join }).generator(NexmarkGenerator))
+    let mut job = Nexmark { plain_join, ..Nexmark::default() };
+    if let Ok(queries) = std::env::var("LAMBDAFLOW_NEXMARK_QUERIES") {
+        job = match job.only(&queries) {
+            Ok(job) => job,
+            Err(e) => {
+                eprintln!("error: LAMBDAFLOW_NEXMARK_QUERIES: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    }
+    lambdaflow_engine::cli::main(App::new(job).generator(NexmarkGenerator))
 }
