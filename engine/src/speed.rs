@@ -795,12 +795,17 @@ fn drive<E: lambdaflow_operators::Event>(
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {
                 let completed = Instant::now();
+                let cpu = shared.trace.as_ref().map(|_| thread_cpu());
                 let (oldest, copied) = publish(shared, complete, &mut history, &mut spare);
                 published = complete;
-                trace.published(shared, complete, oldest, completed, copied);
+                let cpu = cpu.map(|c| thread_cpu().saturating_sub(c)).unwrap_or_default();
+                trace.published(shared, complete, oldest, completed, copied, cpu);
             } else if read == 0 && published + 1 >= epoch {
                 // Idle (nothing read, every epoch published): prepare the next publication.
-                spare.catch_up(shared);
+                let cpu = shared.trace.as_ref().map(|_| thread_cpu());
+                if spare.catch_up(shared) {
+                    trace.catch_up_cpu += cpu.map(|c| thread_cpu().saturating_sub(c)).unwrap_or_default();
+                }
             }
         }
     }
@@ -809,7 +814,10 @@ fn drive<E: lambdaflow_operators::Event>(
 
 /// Worker 0's stage times between two publications, written to `LAMBDAFLOW_SPEED_TRACE`
 /// (a file) when it is set: one line per publication, times in µs since the oldest commit
-/// the publication made visible (`-` when it covers none).
+/// the publication made visible (`-` when it covers none), then the publication's wall and
+/// CPU time (`publish_us`, `publish_cpu_us`: a large wall time with a small CPU time is a
+/// publisher that waited for the core), whether it copied the tables (`copied`), and the
+/// CPU time spent bringing spare copies up to date since the last one (`catch_up_cpu_us`).
 #[derive(Default)]
 struct Trace {
     /// When worker 0 first read events since the last publication, and how many it read.
@@ -819,6 +827,8 @@ struct Trace {
     advanced: Option<Instant>,
     /// Rounds of its loop (each a step of the dataflow) since the last publication.
     rounds: u64,
+    /// CPU time worker 0 spent bringing spare copies up to date since the last publication.
+    catch_up_cpu: Duration,
 }
 
 impl Trace {
@@ -827,7 +837,7 @@ impl Trace {
         self.events += n;
     }
 
-    fn published(&mut self, shared: &Shared, epoch: u64, oldest: Option<Instant>, completed: Instant, copied: bool) {
+    fn published(&mut self, shared: &Shared, epoch: u64, oldest: Option<Instant>, completed: Instant, copied: bool, cpu: Duration) {
         let trace = std::mem::take(self);
         let Some(file) = &shared.trace else { return };
         let done = Instant::now();
@@ -838,7 +848,7 @@ impl Trace {
             _ => "-".into(),
         };
         let line = format!(
-            "epoch {epoch} events {} rounds {} read {} advanced {} complete {} published {} publish_us {} copied {}\n",
+            "epoch {epoch} events {} rounds {} read {} advanced {} complete {} published {} publish_us {} copied {} publish_cpu_us {} catch_up_cpu_us {}\n",
             trace.events,
             trace.rounds,
             since(trace.first_read),
@@ -846,7 +856,9 @@ impl Trace {
             since(Some(completed)),
             since(Some(done)),
             done.duration_since(completed).as_micros(),
-            u8::from(copied)
+            u8::from(copied),
+            cpu.as_micros(),
+            trace.catch_up_cpu.as_micros()
         );
         use std::io::Write as _;
         let _ = crate::sync::lock(file).write_all(line.as_bytes());
@@ -858,7 +870,26 @@ impl Trace {
 /// (a query thread preempted for a few ms while it held the snapshot) made the publisher
 /// copy every table on the path to visibility: O(state), 70-160 ms at 40 MB. With two, a
 /// publication finds an unshared copy unless two retired snapshots are held at once.
+/// `LAMBDAFLOW_SPEED_SPARES=N` (1 to 4) sets another number, to compare (1 is the old
+/// behaviour).
 const SPARES: usize = 2;
+
+/// The number of spare copies: [`SPARES`], or `LAMBDAFLOW_SPEED_SPARES`.
+fn spares_wanted() -> usize {
+    std::env::var("LAMBDAFLOW_SPEED_SPARES").ok().and_then(|v| v.trim().parse().ok()).filter(|n| (1..=4).contains(n)).unwrap_or(SPARES)
+}
+
+/// CPU time of the calling thread (for the trace: time a stage ran, not waited for the core).
+#[cfg(target_os = "linux")]
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu() -> Duration {
+    Duration::ZERO
+}
 
 /// A spare copy is grown (cloned) at a publication only while the tables are at most this
 /// big (a new layer starts with empty tables), so growing never costs much on the path to
@@ -880,9 +911,16 @@ struct Retired {
 }
 
 /// The publisher's spare copies of the speed tables: retired snapshots, oldest first.
-#[derive(Default)]
 struct Spare {
     copies: Vec<Retired>,
+    /// How many it keeps ([`SPARES`]).
+    keep: usize,
+}
+
+impl Default for Spare {
+    fn default() -> Self {
+        Spare { copies: Vec::new(), keep: spares_wanted() }
+    }
 }
 
 /// Applies `lacks` (oldest first) to `tables`: moved out of a delta no other copy needs,
@@ -956,10 +994,10 @@ impl Spare {
         }
         self.copies.retain(|c| c.lacks.len() <= SPARE_LACKS_MAX);
         self.copies.push(Retired { state: replaced, lacks: vec![delta] });
-        if let Some(state) = extra.filter(|_| self.copies.len() < SPARES) {
+        if let Some(state) = extra.filter(|_| self.copies.len() < self.keep) {
             self.copies.push(Retired { state, lacks: Vec::new() });
         }
-        while self.copies.len() > SPARES {
+        while self.copies.len() > self.keep {
             // Drop the copy that lacks the most (the oldest retired), held or not.
             let worst = self.copies.iter().enumerate().max_by_key(|(_, c)| c.lacks.len()).map(|(i, _)| i).unwrap_or(0);
             self.copies.remove(worst);
@@ -1016,7 +1054,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     }
     let updated_ms = now_ms();
     // While the tables are small (a new layer), a second spare copy costs next to nothing.
-    let extra = (spare.copies.len() + 1 < SPARES && tables.iter().map(|t| t.approx_bytes()).sum::<usize>() <= SPARE_GROW_BYTES)
+    let extra = (spare.copies.len() + 1 < spare.keep && tables.iter().map(|t| t.approx_bytes()).sum::<usize>() <= SPARE_GROW_BYTES)
         .then(|| {
             let tables = shared.views.iter().zip(&tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
             Arc::new(SpeedState { tables, epoch, frontier: frontier.clone(), updated_ms })
