@@ -1076,8 +1076,8 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     }
     let updated_ms = now_ms();
     // While the tables are small (a new layer), a second spare copy costs next to nothing.
-    let extra = (spare.copies.len() + 1 < spare.keep && tables.iter().map(|t| t.approx_bytes()).sum::<usize>() <= SPARE_GROW_BYTES)
-        .then(|| {
+    let extra =
+        (spare.copies.len() + 1 < spare.keep && tables.iter().map(|t| t.approx_bytes()).sum::<usize>() <= SPARE_GROW_BYTES).then(|| {
             let tables = shared.views.iter().zip(&tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
             Arc::new(SpeedState { tables, epoch, frontier: frontier.clone(), updated_ms })
         });

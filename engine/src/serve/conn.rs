@@ -380,8 +380,11 @@ pub(crate) async fn serve(
                 let place = Arc::new(Place::default());
                 let io = Movable { stream: Some(stream), on: HTTP, place: place.clone() };
                 let service = Routed { inner: hyper_util::service::TowerToHyperService::new(router.clone()), place: place.clone() };
-                let conn: Conn = Box::pin(http1(bounds).serve_connection(hyper_util::rt::TokioIo::new(WriteTimeout::new(io, bounds.write_timeout)), service));
-                let session = Session { conn, place, stop: stop.clone(), shutting: false, http: http.clone(), lane: lane.clone(), _done: done };
+                let conn: Conn = Box::pin(
+                    http1(bounds).serve_connection(hyper_util::rt::TokioIo::new(WriteTimeout::new(io, bounds.write_timeout)), service),
+                );
+                let session =
+                    Session { conn, place, stop: stop.clone(), shutting: false, http: http.clone(), lane: lane.clone(), _done: done };
                 session.run();
             }
         }
