@@ -176,7 +176,7 @@ fn a_reader_holding_a_snapshot_through_publications_never_makes_the_publisher_co
     let serving = lambda.serving();
     let all = events(31, 12 * 300);
     let mut chunks = all.chunks(300);
-    let mut round = |chunks: &mut std::slice::Chunks<'_, ShopEvent>| {
+    let round = |chunks: &mut std::slice::Chunks<'_, ShopEvent>| {
         lambda.append(chunks.next().expect("a chunk")).expect("append");
         let ends = lambda.log().end_offsets();
         assert!(serving.speed.wait_for(&ends, Duration::from_secs(120)).expect("speed layer runs"));
