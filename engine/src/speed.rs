@@ -895,14 +895,19 @@ fn thread_cpu() -> Duration {
     Duration::ZERO
 }
 
-/// A spare copy is grown (cloned) at a publication only while the tables are at most this
-/// big (a new layer starts with empty tables), so growing never costs much on the path to
-/// visibility; a copy lost later comes back at the next publication that has to copy.
+/// A spare copy is grown (cloned) right after a publication only while the tables are at
+/// most this big (a new layer starts with empty tables); otherwise, and for a copy dropped
+/// later, the idle publisher clones the published tables (`Spare::catch_up`).
 const SPARE_GROW_BYTES: usize = 4 << 20;
 
 /// A retired copy that lacks more publications than this (a reader held it all that time)
 /// is dropped rather than caught up.
 const SPARE_LACKS_MAX: usize = 16;
+
+/// A retired copy a reader holds is dropped once the updates it lacks exceed this fraction
+/// (1/`SPARE_LACKS_BYTES_DIV`) of the published tables' size, so that a held copy does not
+/// pin many large deltas; the idle publisher clones a new one.
+const SPARE_LACKS_BYTES_DIV: usize = 2;
 
 /// Right after a publication, spare copies no reader holds that lack at least this many
 /// publications are brought up to date, so that a layer that is never idle (catching up a
@@ -918,6 +923,19 @@ type Delta = Rc<Vec<Box<dyn SpeedTable>>>;
 struct Retired {
     state: Arc<SpeedState>,
     lacks: Vec<Delta>,
+    /// The approximate size of `lacks`.
+    lacks_bytes: usize,
+}
+
+impl Retired {
+    fn current(state: Arc<SpeedState>) -> Self {
+        Retired { state, lacks: Vec::new(), lacks_bytes: 0 }
+    }
+}
+
+/// The approximate size of some tables.
+fn tables_bytes(tables: &[Box<dyn SpeedTable>]) -> usize {
+    tables.iter().map(|t| t.approx_bytes()).sum()
 }
 
 /// The publisher's spare copies of the speed tables: retired snapshots, oldest first.
@@ -966,6 +984,20 @@ impl Spare {
             // A reader that still holds the copy reads it: try again later.
             let Some(state) = Arc::get_mut(&mut copy.state) else { continue };
             apply_lacks(shared, &mut state.tables, std::mem::take(&mut copy.lacks));
+            copy.lacks_bytes = 0;
+            applied = true;
+        }
+        // A copy lost (never grown because the tables were large, or dropped because a
+        // reader held it too long) comes back here, off the path to visibility: a clone of
+        // the published tables (read-only, readers may hold them).
+        while self.copies.len() < self.keep {
+            let current = crate::sync::read(&shared.state).clone();
+            if current.tables.len() != shared.views.len() {
+                break;
+            }
+            let tables = shared.views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
+            let state = SpeedState { tables, epoch: current.epoch, frontier: current.frontier.clone(), updated_ms: current.updated_ms };
+            self.copies.push(Retired::current(Arc::new(state)));
             applied = true;
         }
         if applied {
@@ -984,6 +1016,7 @@ impl Spare {
             }
             let Some(state) = Arc::get_mut(&mut copy.state) else { continue };
             apply_lacks(shared, &mut state.tables, std::mem::take(&mut copy.lacks));
+            copy.lacks_bytes = 0;
         }
     }
 
@@ -998,7 +1031,7 @@ impl Spare {
         // Readers clone only the published snapshot, never a retired one: a retired copy
         // no reader holds stays so.
         let i = self.copies.iter_mut().rposition(|c| Arc::get_mut(&mut c.state).is_some())?;
-        let Retired { state, lacks } = self.copies.remove(i);
+        let Retired { state, lacks, .. } = self.copies.remove(i);
         let mut tables = Arc::try_unwrap(state).ok()?.tables;
         if tables.len() != shared.views.len() {
             return None;
@@ -1007,17 +1040,24 @@ impl Spare {
         Some(tables)
     }
 
-    /// Keeps `replaced` (just retired) as a spare copy; every copy now lacks `delta`. Keeps
+    /// Keeps `replaced` (just retired) as a spare copy; every copy now lacks `delta` (of
+    /// about `delta_bytes`; the published tables hold about `published_bytes`). Drops the
+    /// copies that lack more than [`SPARE_LACKS_MAX`] publications, and those a reader holds
+    /// that lack more than 1/[`SPARE_LACKS_BYTES_DIV`] of the tables' size in updates. Keeps
     /// at most [`SPARES`] copies (dropping those held longest) and `extra`, a fresh clone of
     /// the published tables, when there is room.
-    fn retire(&mut self, replaced: Arc<SpeedState>, delta: Delta, extra: Option<Arc<SpeedState>>) {
+    fn retire(&mut self, replaced: Arc<SpeedState>, delta: Delta, delta_bytes: usize, published_bytes: usize, extra: Option<Arc<SpeedState>>) {
         for copy in &mut self.copies {
             copy.lacks.push(delta.clone());
+            copy.lacks_bytes += delta_bytes;
         }
-        self.copies.retain(|c| c.lacks.len() <= SPARE_LACKS_MAX);
-        self.copies.push(Retired { state: replaced, lacks: vec![delta] });
+        self.copies.retain_mut(|c| {
+            c.lacks.len() <= SPARE_LACKS_MAX
+                && (c.lacks_bytes <= published_bytes / SPARE_LACKS_BYTES_DIV || Arc::get_mut(&mut c.state).is_some())
+        });
+        self.copies.push(Retired { state: replaced, lacks: vec![delta], lacks_bytes: delta_bytes });
         if let Some(state) = extra.filter(|_| self.copies.len() < self.keep) {
-            self.copies.push(Retired { state, lacks: Vec::new() });
+            self.copies.push(Retired::current(state));
         }
         while self.copies.len() > self.keep {
             // Drop the copy that lacks the most (the oldest retired), held or not.
@@ -1075,13 +1115,10 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         view.merge_speed(delta.as_ref(), table.as_mut());
     }
     let updated_ms = now_ms();
-    // While the tables are small (a new layer), a second spare copy costs next to nothing.
-    let extra =
-        (spare.copies.len() + 1 < spare.keep && tables.iter().map(|t| t.approx_bytes()).sum::<usize>() <= SPARE_GROW_BYTES).then(|| {
-            let tables = shared.views.iter().zip(&tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
-            Arc::new(SpeedState { tables, epoch, frontier: frontier.clone(), updated_ms })
-        });
+    let published_bytes = tables_bytes(&tables);
+    let delta_bytes = tables_bytes(&deltas);
     let next = Arc::new(SpeedState { tables, epoch, frontier, updated_ms });
+    let published = next.clone();
     let mut state = crate::sync::write(&shared.state);
     if shared.stop.load(Ordering::SeqCst) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
@@ -1108,7 +1145,14 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         let _waiters = crate::sync::lock(&shared.moved_lock);
         shared.moved.notify_all();
     }
-    spare.retire(replaced, Rc::new(deltas), extra);
+    // After the swap, off the path to visibility: while the tables are small (a new layer),
+    // a second spare copy costs next to nothing (a clone of the published tables, read-only).
+    let extra = (spare.copies.len() + 1 < spare.keep && published_bytes <= SPARE_GROW_BYTES).then(|| {
+        let tables = shared.views.iter().zip(&published.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
+        Arc::new(SpeedState { tables, epoch, frontier: published.frontier.clone(), updated_ms })
+    });
+    drop(published);
+    spare.retire(replaced, Rc::new(deltas), delta_bytes, published_bytes, extra);
     let now = Instant::now();
     let mut oldest = None;
     let mut commits = crate::sync::lock(&shared.commits);
@@ -1121,4 +1165,32 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         commits.pop_front();
     }
     (oldest, copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(epoch: u64) -> Arc<SpeedState> {
+        Arc::new(SpeedState { tables: Vec::new(), epoch, frontier: vec![epoch], updated_ms: 0 })
+    }
+
+    /// A copy a reader holds is dropped once the updates it lacks exceed half the tables'
+    /// size, long before it lacks `SPARE_LACKS_MAX` publications; one no reader holds is kept
+    /// (it is caught up instead).
+    #[test]
+    fn a_held_copy_is_dropped_once_its_lacking_updates_outgrow_half_the_tables() {
+        let mut spare = Spare { copies: Vec::new(), keep: 2 };
+        let held = state(1);
+        spare.copies.push(Retired::current(held.clone()));
+        spare.copies.push(Retired::current(state(2)));
+        // 2 × 300 bytes lacked of 1000: kept.
+        spare.retire(state(3), Rc::new(Vec::new()), 300, 1000, None);
+        assert!(spare.copies.iter().any(|c| Arc::ptr_eq(&c.state, &held)));
+        // 3 × 300 > 1000 / 2: dropped, while the unheld copies stay.
+        spare.retire(state(4), Rc::new(Vec::new()), 300, 1000, None);
+        assert!(!spare.copies.iter().any(|c| Arc::ptr_eq(&c.state, &held)), "a held copy pins too many updates");
+        assert_eq!(spare.copies.len(), 2);
+        assert!(spare.copies.iter().all(|c| c.lacks_bytes <= 1000 / SPARE_LACKS_BYTES_DIV || Arc::strong_count(&c.state) == 1));
+    }
 }
