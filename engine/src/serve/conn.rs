@@ -169,13 +169,24 @@ pub struct Bounds {
 pub(crate) struct WriteTimeout<S> {
     inner: S,
     timeout: Duration,
-    /// Started when a write could not proceed; cleared when one does.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Started when a write could not proceed; cleared when one does. With the runtime it
+    /// was made on ([`HTTP`] or [`LANE`]): a timer belongs to its runtime's driver.
+    stalled: Option<(Pin<Box<tokio::time::Sleep>>, u8)>,
+    /// Where a connection that moves between runtimes runs now.
+    place: Option<Arc<Place>>,
 }
 
 impl<S> WriteTimeout<S> {
     pub(crate) fn new(inner: S, timeout: Duration) -> Self {
-        WriteTimeout { inner, timeout, stalled: None }
+        WriteTimeout { inner, timeout, stalled: None, place: None }
+    }
+
+    /// For a connection that moves between runtimes: a stall's timer is remade (same
+    /// deadline) on the runtime that serves the connection now, so it never depends on the
+    /// other one (which may be shut down first).
+    fn following(mut self, place: Arc<Place>) -> Self {
+        self.place = Some(place);
+        self
     }
 
     /// Passes a write's outcome through, turning a wait of `timeout` without progress into an
@@ -184,7 +195,12 @@ impl<S> WriteTimeout<S> {
         match outcome {
             Poll::Pending => {
                 let timeout = self.timeout;
-                let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let here = self.place.as_ref().map_or(HTTP, |p| p.here.load(Relaxed));
+                if let Some((sleep, on)) = self.stalled.as_mut().filter(|(_, on)| *on != here) {
+                    *sleep = Box::pin(tokio::time::sleep_until(sleep.deadline()));
+                    *on = here;
+                }
+                let (stalled, _) = self.stalled.get_or_insert_with(|| (Box::pin(tokio::time::sleep(timeout)), here));
                 match stalled.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -326,6 +342,7 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     lane: Option<tokio::runtime::Handle>,
+    published: Published,
 ) {
     let tracker = Arc::new(Tracker::default());
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_MAX));
@@ -379,9 +396,13 @@ pub(crate) async fn serve(
             Some(lane) => {
                 let place = Arc::new(Place::default());
                 let io = Movable { stream: Some(stream), on: HTTP, place: place.clone() };
-                let service = Routed { inner: hyper_util::service::TowerToHyperService::new(router.clone()), place: place.clone() };
+                let service = Routed {
+                    inner: hyper_util::service::TowerToHyperService::new(router.clone()),
+                    place: place.clone(),
+                    published: published.clone(),
+                };
                 let conn: Conn = Box::pin(
-                    http1(bounds).serve_connection(hyper_util::rt::TokioIo::new(WriteTimeout::new(io, bounds.write_timeout)), service),
+                    http1(bounds).serve_connection(hyper_util::rt::TokioIo::new(WriteTimeout::new(io, bounds.write_timeout).following(place.clone())), service),
                 );
                 let session =
                     Session { conn, place, stop: stop.clone(), shutting: false, http: http.clone(), lane: lane.clone(), _done: done };
@@ -410,11 +431,25 @@ impl Drop for Done {
     }
 }
 
-/// Whether a request goes to the ingest lane: it appends events or waits for freshness
-/// (a `min_frontier` parameter).
-fn on_lane(method: &axum::http::Method, uri: &axum::http::Uri) -> bool {
-    (method == axum::http::Method::POST && uri.path() == "/v1/events")
-        || uri.query().is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("min_frontier")))
+/// The published frontier of the speed layer serving now (per partition).
+pub(crate) type Published = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
+
+/// Whether a request goes to the ingest lane: it appends events or waits for freshness (a
+/// `min_frontier` the `published` frontier does not cover yet; one already covered is
+/// answered at once, like any query, and one that does not parse is refused).
+fn on_lane(method: &axum::http::Method, uri: &axum::http::Uri, published: &dyn Fn() -> Vec<u64>) -> bool {
+    if method == axum::http::Method::POST && uri.path() == "/v1/events" {
+        return true;
+    }
+    let Some(value) = uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("min_frontier="))) else {
+        return false;
+    };
+    let value = value.replace("%2C", ",").replace("%2c", ",");
+    let Ok(min) = value.split(',').map(|x| x.trim().parse::<u64>()).collect::<Result<Vec<u64>, _>>() else {
+        return false;
+    };
+    let published = published();
+    min.len() == published.len() && min.iter().zip(&published).any(|(m, p)| m > p)
 }
 
 /// Runs on the HTTP runtime (lowered threads).
@@ -460,6 +495,7 @@ impl Future for MoveTo {
 struct Routed {
     inner: hyper_util::service::TowerToHyperService<axum::Router>,
     place: Arc<Place>,
+    published: Published,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>>;
@@ -470,7 +506,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Routed {
     type Future = Answer;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Answer {
-        let want = if on_lane(req.method(), req.uri()) { LANE } else { HTTP };
+        let want = if on_lane(req.method(), req.uri(), &*self.published) { LANE } else { HTTP };
         let answer = self.inner.call(req);
         if self.place.here.load(Relaxed) == want {
             return Box::pin(answer);
@@ -636,14 +672,20 @@ mod tests {
     use super::*;
 
     // Proves which requests go to the ingest lane: those that append events or wait for
-    // freshness (a `min_frontier` parameter); queries, status and the rest do not.
+    // freshness (a `min_frontier` the published frontier does not cover yet); queries, status,
+    // a `min_frontier` already covered (range queries included) and the rest do not.
     #[test]
     fn ingest_and_freshness_waits_go_to_the_lane() {
         use axum::http::{Method, Uri};
-        let lane = |m: Method, u: &str| on_lane(&m, &u.parse::<Uri>().expect("uri"));
+        let published = || vec![5, 5, 5, 5];
+        let lane = |m: Method, u: &str| on_lane(&m, &u.parse::<Uri>().expect("uri"), &published);
         assert!(lane(Method::POST, "/v1/events"));
-        assert!(lane(Method::GET, "/v1/views/customer_spend/7?min_frontier=1,2,3,4&timeout_ms=5000"));
-        assert!(lane(Method::GET, "/v1/views/customer_spend?limit=3&min_frontier=1"));
+        assert!(lane(Method::GET, "/v1/views/customer_spend/7?min_frontier=1,2,3,6&timeout_ms=5000"));
+        assert!(lane(Method::GET, "/v1/views/customer_spend?limit=3&min_frontier=6%2C0%2C0%2C0"));
+        assert!(!lane(Method::GET, "/v1/views/customer_spend/7?min_frontier=1,2,3,4&timeout_ms=5000"));
+        assert!(!lane(Method::GET, "/v1/views/customer_spend?limit=3&min_frontier=0,0,0,0"));
+        assert!(!lane(Method::GET, "/v1/views/customer_spend?min_frontier=5,5,5,5&limit=3"));
+        assert!(!lane(Method::GET, "/v1/views/customer_spend/7?min_frontier=nope"));
         assert!(!lane(Method::GET, "/v1/views/customer_spend/7"));
         assert!(!lane(Method::GET, "/v1/views/customer_spend/7?x_min_frontier=1"));
         assert!(!lane(Method::GET, "/v1/views/min_frontier=1"));
@@ -702,23 +744,51 @@ mod tests {
         let handle = lane.handle().clone();
         let server = runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            serve(listener, router, bounds, Arc::new(Metrics::default()), stop_rx, Some(handle)).await;
+            serve(listener, router, bounds, Arc::new(Metrics::default()), stop_rx, Some(handle), Arc::new(|| vec![5])).await;
         });
         let post = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
         let query = "GET /v1/views/customer_spend/7 HTTP/1.1\r\nHost: x\r\n\r\n";
-        let wait = "GET /v1/views/customer_spend/7?min_frontier=0 HTTP/1.1\r\nHost: x\r\n\r\n";
-        for first in [post, wait, query] {
+        let wait = "GET /v1/views/customer_spend/7?min_frontier=6 HTTP/1.1\r\nHost: x\r\n\r\n";
+        // Already covered (the published frontier is 5): answered at once on the HTTP threads.
+        let covered = "GET /v1/views/customer_spend/7?min_frontier=5 HTTP/1.1\r\nHost: x\r\n\r\n";
+        for first in [post, wait, query, covered] {
             let mut c = std::net::TcpStream::connect(addr).expect("connect");
             let mut seen = Vec::new();
-            for request in [first, query, post, query, wait, query, query] {
+            for request in [first, query, post, covered, wait, query, covered, query] {
                 let priority: i32 = exchange(&mut c, request).parse().expect("a nice value");
-                let want = if request == query { lowered } else { base };
+                let want = if request == query || request == covered { lowered } else { base };
                 seen.push(priority);
                 assert_eq!(priority, want, "after {seen:?}, a request `{}` ran at nice {priority}", request.lines().next().unwrap_or(""));
             }
         }
         stop_tx.send(true).expect("stop");
         runtime.block_on(server).expect("server");
+    }
+
+    // Proves a write stalled on one runtime keeps its timeout when its connection moves to
+    // the other one, and that the timer then no longer belongs to the first: polled after
+    // that runtime is gone (a shutdown drops the HTTP runtime before the lane), it does not
+    // panic.
+    #[test]
+    fn a_stalled_write_moves_its_timer_with_the_connection() {
+        let place = Arc::new(Place::default());
+        let (inner, _peer) = tokio::io::duplex(1);
+        let mut w = WriteTimeout::new(inner, Duration::from_secs(3600)).following(place.clone());
+        let first = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let stalled = first.block_on(std::future::poll_fn(|cx| {
+            // The first byte fills the pipe; the next write stalls and starts the timer.
+            let wrote = Pin::new(&mut w).poll_write(cx, b"ab");
+            assert!(matches!(wrote, Poll::Ready(Ok(1))));
+            Poll::Ready(Pin::new(&mut w).poll_write(cx, b"b").is_pending())
+        }));
+        assert!(stalled);
+        let deadline = w.stalled.as_ref().map(|(s, _)| s.deadline()).expect("a stall timer");
+        place.here.store(LANE, Relaxed);
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let pending = second.block_on(std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut w).poll_write(cx, b"b").is_pending())));
+        assert!(pending);
+        assert_eq!(w.stalled.as_ref().map(|(s, on)| (s.deadline(), *on)), Some((deadline, LANE)), "the same deadline, on the new runtime");
     }
 
     // Proves the per-peer bound refuses only that peer (another is still let in), the global
