@@ -135,11 +135,12 @@ struct Shared {
     state: RwLock<Arc<SpeedState>>,
     /// Publications so far.
     publications: AtomicU64,
-    /// Publications that copied the tables because a reader still held the spare copy.
+    /// Publications that copied the tables because readers still held every spare copy.
     snapshot_copies: AtomicU64,
-    /// Times the idle publisher brought the spare copy up to date (`Spare::catch_up`).
+    /// Times the idle publisher brought the spare copies up to date or re-created a lost one
+    /// (`Spare::catch_up`).
     spare_catch_ups: AtomicU64,
-    /// Whether the spare copy lacks the last publication's updates.
+    /// Whether a spare copy lacks a publication's updates.
     spare_behind: AtomicBool,
     /// Events read from the log by each of this process's workers.
     read: Vec<AtomicU64>,
@@ -573,14 +574,14 @@ impl SpeedLayer {
         self.shared.publications.load(Ordering::Relaxed)
     }
 
-    /// Publications that copied the speed tables because a reader still held the spare copy
-    /// (instead of waiting for that reader).
+    /// Publications that copied the speed tables because readers still held every spare copy
+    /// (instead of waiting for them).
     pub fn snapshot_copies(&self) -> u64 {
         self.shared.snapshot_copies.load(Ordering::Relaxed)
     }
 
-    /// Times the publisher, idle, brought its spare copy of the tables up to date, so that
-    /// the next publication applies only its own updates.
+    /// Times the publisher, idle, brought its spare copies of the tables up to date (or
+    /// re-created a lost one), so that the next publication applies only its own updates.
     pub fn spare_catch_ups(&self) -> u64 {
         self.shared.spare_catch_ups.load(Ordering::Relaxed)
     }
@@ -1046,7 +1047,14 @@ impl Spare {
     /// that lack more than 1/[`SPARE_LACKS_BYTES_DIV`] of the tables' size in updates. Keeps
     /// at most [`SPARES`] copies (dropping those held longest) and `extra`, a fresh clone of
     /// the published tables, when there is room.
-    fn retire(&mut self, replaced: Arc<SpeedState>, delta: Delta, delta_bytes: usize, published_bytes: usize, extra: Option<Arc<SpeedState>>) {
+    fn retire(
+        &mut self,
+        replaced: Arc<SpeedState>,
+        delta: Delta,
+        delta_bytes: usize,
+        published_bytes: usize,
+        extra: Option<Arc<SpeedState>>,
+    ) {
         for copy in &mut self.copies {
             copy.lacks.push(delta.clone());
             copy.lacks_bytes += delta_bytes;

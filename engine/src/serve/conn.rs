@@ -401,9 +401,10 @@ pub(crate) async fn serve(
                     place: place.clone(),
                     published: published.clone(),
                 };
-                let conn: Conn = Box::pin(
-                    http1(bounds).serve_connection(hyper_util::rt::TokioIo::new(WriteTimeout::new(io, bounds.write_timeout).following(place.clone())), service),
-                );
+                let conn: Conn = Box::pin(http1(bounds).serve_connection(
+                    hyper_util::rt::TokioIo::new(WriteTimeout::new(io, bounds.write_timeout).following(place.clone())),
+                    service,
+                ));
                 let session =
                     Session { conn, place, stop: stop.clone(), shutting: false, http: http.clone(), lane: lane.clone(), _done: done };
                 session.run();
