@@ -12,11 +12,11 @@
 //!
 //! Readers never delay publication: a reader clones the `Arc` of the current snapshot
 //! (under a lock held only for that clone) and reads it without any lock. The publisher
-//! keeps a second copy of the tables, the snapshot it replaced last time: it drains the
-//! epoch's updates into a small delta, merges the delta into that copy (one epoch behind,
-//! so it gets the previous delta too) and swaps the pointer. If a reader still holds that
-//! copy, the publisher copies the current tables instead of waiting for the reader
-//! ([`SpeedLayer::snapshot_copies`] counts those).
+//! keeps two spare copies of the tables, snapshots it replaced: it drains the epoch's
+//! updates into a small delta, merges the delta into the newest spare no reader holds
+//! (brought up to date while idle with the deltas it lacks) and swaps the pointer. Only if
+//! readers hold both spares does it copy the current tables instead of waiting for a
+//! reader ([`SpeedLayer::snapshot_copies`] counts those).
 //!
 //! The same code runs on one process or several ([`crate::cluster`]): process 0 is the
 //! serving process; it owns the log and sends its acknowledged ends to the workers of the
@@ -137,11 +137,12 @@ struct Shared {
     state: RwLock<Arc<SpeedState>>,
     /// Publications so far.
     publications: AtomicU64,
-    /// Publications that copied the tables because a reader still held the spare copy.
+    /// Publications that copied the tables because readers still held every spare copy.
     snapshot_copies: AtomicU64,
-    /// Times the idle publisher brought the spare copy up to date (`Spare::catch_up`).
+    /// Times the idle publisher brought the spare copies up to date or re-created a lost one
+    /// (`Spare::catch_up`).
     spare_catch_ups: AtomicU64,
-    /// Whether the spare copy lacks the last publication's updates.
+    /// Whether a spare copy lacks a publication's updates.
     spare_behind: AtomicBool,
     /// Events read from the log by each of this process's workers.
     read: Vec<AtomicU64>,
@@ -576,20 +577,20 @@ impl SpeedLayer {
         self.shared.publications.load(Ordering::Relaxed)
     }
 
-    /// Publications that copied the speed tables because a reader still held the spare copy
-    /// (instead of waiting for that reader).
+    /// Publications that copied the speed tables because readers still held every spare copy
+    /// (instead of waiting for them).
     pub fn snapshot_copies(&self) -> u64 {
         self.shared.snapshot_copies.load(Ordering::Relaxed)
     }
 
-    /// Times the publisher, idle, brought its spare copy of the tables up to date, so that
-    /// the next publication applies only its own updates.
+    /// Times the publisher, idle, brought its spare copies of the tables up to date (or
+    /// re-created a lost one), so that the next publication applies only its own updates.
     pub fn spare_catch_ups(&self) -> u64 {
         self.shared.spare_catch_ups.load(Ordering::Relaxed)
     }
 
-    /// Whether the publisher's spare copy of the tables still lacks the last publication's
-    /// updates (it catches up when idle and no reader holds it).
+    /// Whether a spare copy of the tables the publisher keeps still lacks a publication's
+    /// updates (they catch up when it is idle and no reader holds them).
     pub fn spare_behind(&self) -> bool {
         self.shared.spare_behind.load(Ordering::Relaxed)
     }
@@ -798,12 +799,21 @@ fn drive<E: lambdaflow_operators::Event>(
             let complete = complete.min(epoch.saturating_sub(1));
             if complete > published {
                 let completed = Instant::now();
-                let oldest = publish(shared, complete, &mut history, &mut spare);
+                let cpu = shared.trace.as_ref().map(|_| thread_cpu());
+                let (oldest, copied) = publish(shared, complete, &mut history, &mut spare);
                 published = complete;
-                trace.published(shared, complete, oldest, completed);
+                let cpu = cpu.map(|c| thread_cpu().saturating_sub(c)).unwrap_or_default();
+                trace.published(shared, complete, oldest, completed, copied, cpu);
+                // Published: off the path to visibility, keep the spare copies close.
+                let cpu = shared.trace.as_ref().map(|_| thread_cpu());
+                spare.bound_lag(shared);
+                trace.catch_up_cpu += cpu.map(|c| thread_cpu().saturating_sub(c)).unwrap_or_default();
             } else if read == 0 && published + 1 >= epoch {
                 // Idle (nothing read, every epoch published): prepare the next publication.
-                spare.catch_up(shared);
+                let cpu = shared.trace.as_ref().map(|_| thread_cpu());
+                if spare.catch_up(shared) {
+                    trace.catch_up_cpu += cpu.map(|c| thread_cpu().saturating_sub(c)).unwrap_or_default();
+                }
             }
         }
     }
@@ -812,7 +822,10 @@ fn drive<E: lambdaflow_operators::Event>(
 
 /// Worker 0's stage times between two publications, written to `LAMBDAFLOW_SPEED_TRACE`
 /// (a file) when it is set: one line per publication, times in µs since the oldest commit
-/// the publication made visible (`-` when it covers none).
+/// the publication made visible (`-` when it covers none), then the publication's wall and
+/// CPU time (`publish_us`, `publish_cpu_us`: a large wall time with a small CPU time is a
+/// publisher that waited for the core), whether it copied the tables (`copied`), and the
+/// CPU time spent bringing spare copies up to date since the last one (`catch_up_cpu_us`).
 #[derive(Default)]
 struct Trace {
     /// When worker 0 first read events since the last publication, and how many it read.
@@ -822,6 +835,8 @@ struct Trace {
     advanced: Option<Instant>,
     /// Rounds of its loop (each a step of the dataflow) since the last publication.
     rounds: u64,
+    /// CPU time worker 0 spent bringing spare copies up to date since the last publication.
+    catch_up_cpu: Duration,
 }
 
 impl Trace {
@@ -830,7 +845,7 @@ impl Trace {
         self.events += n;
     }
 
-    fn published(&mut self, shared: &Shared, epoch: u64, oldest: Option<Instant>, completed: Instant) {
+    fn published(&mut self, shared: &Shared, epoch: u64, oldest: Option<Instant>, completed: Instant, copied: bool, cpu: Duration) {
         let trace = std::mem::take(self);
         let Some(file) = &shared.trace else { return };
         let done = Instant::now();
@@ -841,60 +856,235 @@ impl Trace {
             _ => "-".into(),
         };
         let line = format!(
-            "epoch {epoch} events {} rounds {} read {} advanced {} complete {} published {} publish_us {}\n",
+            "epoch {epoch} events {} rounds {} read {} advanced {} complete {} published {} publish_us {} copied {} publish_cpu_us {} catch_up_cpu_us {}\n",
             trace.events,
             trace.rounds,
             since(trace.first_read),
             since(trace.advanced),
             since(Some(completed)),
             since(Some(done)),
-            done.duration_since(completed).as_micros()
+            done.duration_since(completed).as_micros(),
+            u8::from(copied),
+            cpu.as_micros(),
+            trace.catch_up_cpu.as_micros()
         );
         use std::io::Write as _;
         let _ = crate::sync::lock(file).write_all(line.as_bytes());
     }
 }
 
-/// The publisher's second copy of the speed tables: the snapshot it replaced at its last
-/// publication, and that publication's deltas, which the copy lacks (`None`: it has them).
-#[derive(Default)]
+/// Retired snapshots the publisher keeps to write the next publications into, besides the
+/// published one. With one, a reader that still holds it when the next publication comes
+/// (a query thread preempted for a few ms while it held the snapshot) made the publisher
+/// copy every table on the path to visibility: O(state), 70-160 ms at 40 MB. With two, a
+/// publication finds an unshared copy unless two retired snapshots are held at once.
+/// `LAMBDAFLOW_SPEED_SPARES=N` (1 to 4) sets another number, to compare (1 is the old
+/// behaviour).
+const SPARES: usize = 2;
+
+/// The number of spare copies: [`SPARES`], or `LAMBDAFLOW_SPEED_SPARES`.
+fn spares_wanted() -> usize {
+    std::env::var("LAMBDAFLOW_SPEED_SPARES").ok().and_then(|v| v.trim().parse().ok()).filter(|n| (1..=4).contains(n)).unwrap_or(SPARES)
+}
+
+/// CPU time of the calling thread (for the trace: time a stage ran, not waited for the core).
+#[cfg(target_os = "linux")]
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu() -> Duration {
+    Duration::ZERO
+}
+
+/// A spare copy is grown (cloned) right after a publication only while the tables are at
+/// most this big (a new layer starts with empty tables); otherwise, and for a copy dropped
+/// later, the idle publisher clones the published tables (`Spare::catch_up`).
+const SPARE_GROW_BYTES: usize = 4 << 20;
+
+/// A retired copy that lacks more publications than this (a reader held it all that time)
+/// is dropped rather than caught up.
+const SPARE_LACKS_MAX: usize = 16;
+
+/// A retired copy a reader holds is dropped once the updates it lacks exceed this fraction
+/// (1/`SPARE_LACKS_BYTES_DIV`) of the published tables' size, so that a held copy does not
+/// pin many large deltas; the idle publisher clones a new one.
+const SPARE_LACKS_BYTES_DIV: usize = 2;
+
+/// Right after a publication, spare copies no reader holds that lack at least this many
+/// publications are brought up to date, so that a layer that is never idle (catching up a
+/// backlog) does not let them fall behind: a publication that has to use such a copy would
+/// apply every delta it lacks (90 ms CPU for a run of large epochs, seen in a trace).
+const SPARE_LAG_AFTER_PUBLISH: usize = 2;
+
+/// One publication's updates, one table per view (shared by the spare copies that lack it).
+type Delta = Rc<Vec<Box<dyn SpeedTable>>>;
+
+/// A snapshot the publisher replaced, kept to be written into again once no reader holds
+/// it, and the publications' updates it lacks (oldest first).
+struct Retired {
+    state: Arc<SpeedState>,
+    lacks: Vec<Delta>,
+    /// The approximate size of `lacks`.
+    lacks_bytes: usize,
+}
+
+impl Retired {
+    fn current(state: Arc<SpeedState>) -> Self {
+        Retired { state, lacks: Vec::new(), lacks_bytes: 0 }
+    }
+}
+
+/// The approximate size of some tables.
+fn tables_bytes(tables: &[Box<dyn SpeedTable>]) -> usize {
+    tables.iter().map(|t| t.approx_bytes()).sum()
+}
+
+/// The publisher's spare copies of the speed tables: retired snapshots, oldest first.
 struct Spare {
-    copy: Option<Arc<SpeedState>>,
-    behind: Option<Vec<Box<dyn SpeedTable>>>,
+    copies: Vec<Retired>,
+    /// How many it keeps ([`SPARES`]).
+    keep: usize,
+}
+
+impl Default for Spare {
+    fn default() -> Self {
+        Spare { copies: Vec::new(), keep: spares_wanted() }
+    }
+}
+
+/// Applies `lacks` (oldest first) to `tables`: moved out of a delta no other copy needs,
+/// merged by reference otherwise.
+fn apply_lacks(shared: &Shared, tables: &mut [Box<dyn SpeedTable>], lacks: Vec<Delta>) {
+    for delta in lacks {
+        match Rc::try_unwrap(delta) {
+            Ok(mut owned) => {
+                for ((view, table), d) in shared.views.iter().zip(tables.iter_mut()).zip(owned.iter_mut()) {
+                    view.absorb_speed(d.as_mut(), table.as_mut());
+                }
+            }
+            Err(shared_delta) => {
+                for ((view, table), d) in shared.views.iter().zip(tables.iter_mut()).zip(shared_delta.iter()) {
+                    view.merge_speed(d.as_ref(), table.as_mut());
+                }
+            }
+        }
+    }
 }
 
 impl Spare {
-    /// Brings the spare copy up to date with the published tables, if no reader holds it
-    /// any more, so the next publication only applies its own deltas. Worker 0 calls this
-    /// while idle, off the path from an append to its publication. Returns whether it
+    /// Brings the spare copies up to date with the published tables where no reader holds
+    /// them any more, so the next publication only applies its own deltas. Worker 0 calls
+    /// this while idle, off the path from an append to its publication. Returns whether it
     /// applied anything.
     fn catch_up(&mut self, shared: &Shared) -> bool {
-        let (Some(copy), Some(behind)) = (self.copy.as_mut(), self.behind.as_mut()) else {
-            return false;
-        };
-        // A reader that still holds the copy reads it: try again later.
-        let Some(state) = Arc::get_mut(copy) else {
-            return false;
-        };
-        if state.tables.len() != behind.len() {
-            return false;
+        let mut applied = false;
+        for copy in self.copies.iter_mut().rev() {
+            if copy.lacks.is_empty() {
+                continue;
+            }
+            // A reader that still holds the copy reads it: try again later.
+            let Some(state) = Arc::get_mut(&mut copy.state) else { continue };
+            apply_lacks(shared, &mut state.tables, std::mem::take(&mut copy.lacks));
+            copy.lacks_bytes = 0;
+            applied = true;
         }
-        for ((view, table), delta) in shared.views.iter().zip(state.tables.iter_mut()).zip(behind.iter_mut()) {
-            view.absorb_speed(delta.as_mut(), table.as_mut());
+        // A copy lost (never grown because the tables were large, or dropped because a
+        // reader held it too long) comes back here, off the path to visibility: a clone of
+        // the published tables (read-only, readers may hold them).
+        while self.copies.len() < self.keep {
+            let current = crate::sync::read(&shared.state).clone();
+            if current.tables.len() != shared.views.len() {
+                break;
+            }
+            let tables = shared.views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
+            let state = SpeedState { tables, epoch: current.epoch, frontier: current.frontier.clone(), updated_ms: current.updated_ms };
+            self.copies.push(Retired::current(Arc::new(state)));
+            applied = true;
         }
-        self.behind = None;
-        shared.spare_catch_ups.fetch_add(1, Ordering::Relaxed);
-        shared.spare_behind.store(false, Ordering::Relaxed);
-        true
+        if applied {
+            shared.spare_catch_ups.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.spare_behind.store(self.behind(), Ordering::Relaxed);
+        applied
+    }
+
+    /// Right after a publication: brings unshared copies that lack at least
+    /// [`SPARE_LAG_AFTER_PUBLISH`] publications up to date (the others wait for idle time).
+    fn bound_lag(&mut self, shared: &Shared) {
+        for copy in self.copies.iter_mut() {
+            if copy.lacks.len() < SPARE_LAG_AFTER_PUBLISH {
+                continue;
+            }
+            let Some(state) = Arc::get_mut(&mut copy.state) else { continue };
+            apply_lacks(shared, &mut state.tables, std::mem::take(&mut copy.lacks));
+            copy.lacks_bytes = 0;
+        }
+    }
+
+    /// Whether some spare copy lacks a publication's updates.
+    fn behind(&self) -> bool {
+        self.copies.iter().any(|c| !c.lacks.is_empty())
+    }
+
+    /// The tables of the most recently retired copy no reader holds, brought up to date
+    /// with the publications it lacks; `None` when readers hold every copy.
+    fn take_unshared(&mut self, shared: &Shared) -> Option<Vec<Box<dyn SpeedTable>>> {
+        // Readers clone only the published snapshot, never a retired one: a retired copy
+        // no reader holds stays so.
+        let i = self.copies.iter_mut().rposition(|c| Arc::get_mut(&mut c.state).is_some())?;
+        let Retired { state, lacks, .. } = self.copies.remove(i);
+        let mut tables = Arc::try_unwrap(state).ok()?.tables;
+        if tables.len() != shared.views.len() {
+            return None;
+        }
+        apply_lacks(shared, &mut tables, lacks);
+        Some(tables)
+    }
+
+    /// Keeps `replaced` (just retired) as a spare copy; every copy now lacks `delta` (of
+    /// about `delta_bytes`; the published tables hold about `published_bytes`). Drops the
+    /// copies that lack more than [`SPARE_LACKS_MAX`] publications, and those a reader holds
+    /// that lack more than 1/[`SPARE_LACKS_BYTES_DIV`] of the tables' size in updates. Keeps
+    /// at most [`SPARES`] copies (dropping those held longest) and `extra`, a fresh clone of
+    /// the published tables, when there is room.
+    fn retire(
+        &mut self,
+        replaced: Arc<SpeedState>,
+        delta: Delta,
+        delta_bytes: usize,
+        published_bytes: usize,
+        extra: Option<Arc<SpeedState>>,
+    ) {
+        for copy in &mut self.copies {
+            copy.lacks.push(delta.clone());
+            copy.lacks_bytes += delta_bytes;
+        }
+        self.copies.retain_mut(|c| {
+            c.lacks.len() <= SPARE_LACKS_MAX
+                && (c.lacks_bytes <= published_bytes / SPARE_LACKS_BYTES_DIV || Arc::get_mut(&mut c.state).is_some())
+        });
+        self.copies.push(Retired { state: replaced, lacks: vec![delta], lacks_bytes: delta_bytes });
+        if let Some(state) = extra.filter(|_| self.copies.len() < self.keep) {
+            self.copies.push(Retired::current(state));
+        }
+        while self.copies.len() > self.keep {
+            // Drop the copy that lacks the most (the oldest retired), held or not.
+            let worst = self.copies.iter().enumerate().max_by_key(|(_, c)| c.lacks.len()).map(|(i, _)| i).unwrap_or(0);
+            self.copies.remove(worst);
+        }
     }
 }
 
 /// Folds every view's updates up to `epoch` into a new snapshot of the speed tables and
 /// publishes it with the frontier at the offsets the partitions' owners had read when they
 /// left `epoch` (all delivered: the epoch is complete). Never waits for a reader: the
-/// tables it writes are the spare copy no reader holds, or a fresh copy. Returns when the
-/// oldest commit it made visible was made (if it made any visible).
-fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>], spare: &mut Spare) -> Option<Instant> {
+/// tables it writes are a spare copy no reader holds, or a fresh copy. Returns when the
+/// oldest commit it made visible was made (if it made any visible), and whether it had to
+/// copy the tables.
+fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>], spare: &mut Spare) -> (Option<Instant>, bool) {
     // Per partition, the least position of its slots: every event below it was read.
     let frontier: Vec<u64> = history
         .iter_mut()
@@ -922,35 +1112,28 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
             delta
         })
         .collect();
-    // The spare copy, if no reader holds it any more (it lacks the last publication's
-    // deltas); else a copy of the current tables (held by readers, read-only here).
-    let reusable = spare.copy.take().and_then(|copy| Arc::try_unwrap(copy).ok());
-    let behind = spare.behind.take();
-    let mut tables = match (reusable, behind) {
-        // Caught up while idle (`Spare::catch_up`): only this publication's deltas to apply.
-        (Some(state), None) => state.tables,
-        (Some(state), Some(mut behind)) if state.tables.len() == behind.len() => {
-            let mut tables = state.tables;
-            // The last deltas are used for the last time: moved, not copied.
-            for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(behind.iter_mut()) {
-                view.absorb_speed(delta.as_mut(), table.as_mut());
-            }
-            tables
-        }
-        _ => {
+    // A spare copy no reader holds (brought up to date); else a copy of the current tables
+    // (held by readers, read-only here).
+    let (mut tables, copied) = match spare.take_unshared(shared) {
+        Some(tables) => (tables, false),
+        None => {
             shared.snapshot_copies.fetch_add(1, Ordering::Relaxed);
             let current = crate::sync::read(&shared.state).clone();
-            shared.views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect()
+            (shared.views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect(), true)
         }
     };
     for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(&deltas) {
         view.merge_speed(delta.as_ref(), table.as_mut());
     }
-    let next = Arc::new(SpeedState { tables, epoch, frontier, updated_ms: now_ms() });
+    let updated_ms = now_ms();
+    let published_bytes = tables_bytes(&tables);
+    let delta_bytes = tables_bytes(&deltas);
+    let next = Arc::new(SpeedState { tables, epoch, frontier, updated_ms });
+    let published = next.clone();
     let mut state = crate::sync::write(&shared.state);
     if shared.stop.load(Ordering::SeqCst) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
-        return None;
+        return (None, copied);
     }
     // Readers rely on it: a published frontier never moves backwards.
     assert!(
@@ -973,7 +1156,14 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         let _waiters = crate::sync::lock(&shared.moved_lock);
         shared.moved.notify_all();
     }
-    *spare = Spare { copy: Some(replaced), behind: Some(deltas) };
+    // After the swap, off the path to visibility: while the tables are small (a new layer),
+    // a second spare copy costs next to nothing (a clone of the published tables, read-only).
+    let extra = (spare.copies.len() + 1 < spare.keep && published_bytes <= SPARE_GROW_BYTES).then(|| {
+        let tables = shared.views.iter().zip(&published.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
+        Arc::new(SpeedState { tables, epoch, frontier: published.frontier.clone(), updated_ms })
+    });
+    drop(published);
+    spare.retire(replaced, Rc::new(deltas), delta_bytes, published_bytes, extra);
     let now = Instant::now();
     let mut oldest = None;
     let mut commits = crate::sync::lock(&shared.commits);
@@ -985,7 +1175,35 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         shared.visible.observe(now.saturating_duration_since(*at));
         commits.pop_front();
     }
-    oldest
+    (oldest, copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(epoch: u64) -> Arc<SpeedState> {
+        Arc::new(SpeedState { tables: Vec::new(), epoch, frontier: vec![epoch], updated_ms: 0 })
+    }
+
+    /// A copy a reader holds is dropped once the updates it lacks exceed half the tables'
+    /// size, long before it lacks `SPARE_LACKS_MAX` publications; one no reader holds is kept
+    /// (it is caught up instead).
+    #[test]
+    fn a_held_copy_is_dropped_once_its_lacking_updates_outgrow_half_the_tables() {
+        let mut spare = Spare { copies: Vec::new(), keep: 2 };
+        let held = state(1);
+        spare.copies.push(Retired::current(held.clone()));
+        spare.copies.push(Retired::current(state(2)));
+        // 2 × 300 bytes lacked of 1000: kept.
+        spare.retire(state(3), Rc::new(Vec::new()), 300, 1000, None);
+        assert!(spare.copies.iter().any(|c| Arc::ptr_eq(&c.state, &held)));
+        // 3 × 300 > 1000 / 2: dropped, while the unheld copies stay.
+        spare.retire(state(4), Rc::new(Vec::new()), 300, 1000, None);
+        assert!(!spare.copies.iter().any(|c| Arc::ptr_eq(&c.state, &held)), "a held copy pins too many updates");
+        assert_eq!(spare.copies.len(), 2);
+        assert!(spare.copies.iter().all(|c| c.lacks_bytes <= 1000 / SPARE_LACKS_BYTES_DIV || Arc::strong_count(&c.state) == 1));
+    }
 }
 
 impl SpeedLayer {

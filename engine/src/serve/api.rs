@@ -652,9 +652,9 @@ impl Where {
     }
 }
 
-/// Checks the view exists (404 naming the views otherwise).
-fn check_view<J: Job>(lambda: &Lambda<J>, view: &str) -> ApiResult<()> {
-    if lambda.serving().speed.views().iter().any(|v| v.info().name == view) {
+/// Checks the view exists in `serving` (404 naming the views otherwise).
+fn check_view<J: Job>(lambda: &Lambda<J>, serving: &Serving, view: &str) -> ApiResult<()> {
+    if serving.speed.views().iter().any(|v| v.info().name == view) {
         return Ok(());
     }
     let names: Vec<String> = lambda.views().into_iter().map(|v| v.name).collect();
@@ -866,42 +866,51 @@ async fn get_key<J: Job>(
 
 async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, params: Vec<(String, String)>) -> ApiResult {
     let t = Instant::now();
-    check_view(&s.lambda, &view)?;
-    let mut p = parse_params(params, s.lambda.log().partitions() as usize, key.is_none())?;
-    if let Some(offsets) = p.min_frontier.clone() {
-        if !wait_visible(&s, offsets, p.timeout).await? {
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the speed layer did not reach min_frontier within {} ms", p.timeout.as_millis()),
-            ));
-        }
-    }
-    let cache_key = CacheKey {
-        view: view.clone(),
-        key: key.clone(),
-        from: p.from.clone(),
-        after: p.after.clone(),
-        to: p.to.clone(),
-        limit: p.limit,
-        filter: p.filter.as_ref().map(|w| format!("{}{}{}", w.field, w.op, w.value)),
-    };
     let serving: Arc<Serving> = s.lambda.serving();
-    let (frontier, updated_ms) = serving.speed.with_state(|st| (st.frontier.clone(), st.updated_ms));
-    let (body, freshness) = match s.cache.get(&cache_key, serving.id, &frontier) {
-        Some(body) => {
-            s.metrics.cache_hits.fetch_add(1, Relaxed);
-            (body, s.lambda.freshness(&serving, frontier, updated_ms))
+    check_view(&s.lambda, &serving, &view)?;
+    let mut p = parse_params(params, s.lambda.log().partitions() as usize, key.is_none())?;
+    let serving = match p.min_frontier.clone() {
+        Some(offsets) => {
+            if !wait_visible(&s, offsets, p.timeout).await? {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the speed layer did not reach min_frontier within {} ms", p.timeout.as_millis()),
+                ));
+            }
+            // A handover may have replaced the pair meanwhile.
+            s.lambda.serving()
+        }
+        None => serving,
+    };
+    let (body, freshness) = match &key {
+        Some(k) => {
+            // A point query is a few microseconds, on the async thread, and not cached: a
+            // cache entry lives until the next publication (every few ms under ingest), so
+            // looking it up and storing it cost more than the query (a random key is
+            // rarely asked twice in between).
+            let result = s.lambda.query_on(&serving, &view, &Selection::Key(k.clone()))?;
+            let body = result.answers.first().map(|a| Arc::from(serde_json::to_string(a).unwrap_or_default()));
+            (body, result.freshness)
         }
         None => {
-            let (body, frontier_of_body, freshness) = match &key {
-                Some(k) => {
-                    // A point query is a few microseconds: on the async thread.
-                    let result = s.lambda.query_on(&serving, &view, &Selection::Key(k.clone()))?;
-                    let body = result.answers.first().map(|a| Arc::from(serde_json::to_string(a).unwrap_or_default()));
-                    (body, result.freshness.speed_frontier.clone(), result.freshness)
+            let cache_key = CacheKey {
+                view: view.clone(),
+                key: None,
+                from: p.from.clone(),
+                after: p.after.clone(),
+                to: p.to.clone(),
+                limit: p.limit,
+                filter: p.filter.as_ref().map(|w| format!("{}{}{}", w.field, w.op, w.value)),
+            };
+            let (frontier, updated_ms) = serving.speed.with_state(|st| (st.frontier.clone(), st.updated_ms));
+            match s.cache.get(&cache_key, serving.id, &frontier) {
+                Some(body) => {
+                    s.metrics.cache_hits.fetch_add(1, Relaxed);
+                    (body, s.lambda.freshness(&serving, frontier, updated_ms))
                 }
                 None => {
                     // A range may merge many keys: off the async threads, in pages.
+                    let serving_id = serving.id;
                     let (lambda, serving, view) = (s.lambda.clone(), serving.clone(), view.clone());
                     let range = RangeQuery { from: p.from.clone(), after: p.after.clone(), to: p.to.clone(), limit: p.limit };
                     let filter = p.filter.take();
@@ -909,16 +918,16 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
                         .await
                         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))??;
                     let next = page.next.as_ref().map_or(Value::Null, |n| Value::String(n.clone()));
-                    let body = format!(
+                    let body: Option<Arc<str>> = Some(Arc::from(format!(
                         "\"items\":{},\"more\":{},\"next\":{next}",
                         serde_json::to_string(&page.items).unwrap_or_default(),
                         page.next.is_some()
-                    );
-                    (Some(Arc::from(body)), page.freshness.speed_frontier.clone(), page.freshness)
+                    )));
+                    let cached = Cached { serving: serving_id, frontier: page.freshness.speed_frontier.clone(), body: body.clone() };
+                    s.cache.put(cache_key, cached);
+                    (body, page.freshness)
                 }
-            };
-            s.cache.put(cache_key, Cached { serving: serving.id, frontier: frontier_of_body, body: body.clone() });
-            (body, freshness)
+            }
         }
     };
     let fresh = serde_json::to_string(&freshness).unwrap_or_default();
