@@ -156,14 +156,17 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
     let limit = if all { usize::MAX } else { limit };
     let (mut answer, total_known, more) = match access(&g.data, "query", g.wait, &remote)? {
         Access::Local(_lock) => {
-            let lambda = open_existing(app.job, &g.data, workers)?;
-            catch_up(&lambda)?;
             let sel = match &key {
                 Some(k) => Selection::Key(k.clone()),
                 // Every key, to say how many there are; printed up to `limit`.
                 None => Selection::Range { from, to, limit: usize::MAX },
             };
-            (result_json(&lambda.query(&view, &sel)?, point), true, false)
+            // Only what the view needs: no speed layer, no seed it does not depend on.
+            let (result, loaded) = local::query(app.job, &g.data, workers, &view, &sel)?;
+            if std::env::var_os("LAMBDAFLOW_QUERY_EXPLAIN").is_some() {
+                eprintln!("{}", loaded.describe(&result.freshness));
+            }
+            (result_json(&result, point), true, false)
         }
         Access::Remote(service) => match &key {
             Some(k) => (service.point(&view, k)?, false, false),

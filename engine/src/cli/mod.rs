@@ -37,6 +37,7 @@ mod commands;
 mod connect;
 mod demo;
 mod export;
+mod local;
 mod lock;
 mod options;
 mod output;
