@@ -72,6 +72,12 @@ pub fn all_views<J: Job>(lambda: &Lambda<J>) -> crate::Result<Views> {
     let mut out = Views::new();
     for info in lambda.views() {
         let result = lambda.query(&info.name, &Selection::Range { from: None, to: None, limit: usize::MAX })?;
+        // A key in error (a job mistake) fails the check with its cause and fix, not as a
+        // null value that differs.
+        if let Some(e) = result.answers.iter().find_map(|a| a.error.clone()) {
+            let job = lambda.job().name().to_string();
+            return Err(crate::error::Error::Dataflow(crate::error::DataflowError::InvalidJob { job, detail: e }));
+        }
         let entries = result.answers.into_iter().map(|a| (serde_json::to_string(&a.key).unwrap_or_default(), a.value)).collect();
         out.insert(info.name, entries);
     }

@@ -49,6 +49,7 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
         crate::keys::validate_key(k).map_err(|why| Error::Usage(format!("--key: {why}")))?;
     }
     let (source, line_format, len) = crate::input::open_source(&file, format)?;
+    crate::input::refuse_csv::<J::Event>(&file, line_format)?;
     let t0 = Instant::now();
     let _lock = DirLock::acquire(&g.data, "ingest", g.wait, &ingest_advice(&g.data, &file))?;
     let appender = open_log(&g.data, partitions)?;
@@ -154,6 +155,7 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
     let workers = g.workers;
     let point = key.is_some();
     let limit = if all { usize::MAX } else { limit };
+    let job = app.job.name();
     let (mut answer, total_known, more) = match access(&g.data, "query", g.wait, &remote)? {
         Access::Local(_lock) => {
             let sel = match &key {
@@ -181,6 +183,11 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
             return Err(Error::Usage(format!("view `{view}` has no key `{}`", key.unwrap_or_default())));
         }
         answer = serde_json::json!({ "items": [], "freshness": answer["freshness"] });
+    }
+    // The one key asked for has no value because of a job mistake: that is the answer's
+    // error (a range shows such keys beside the others instead).
+    if let Some(e) = answer.get("error").and_then(|e| e.as_str()).filter(|_| point) {
+        return Err(Error::Dataflow(DataflowError::InvalidJob { job: job.to_string(), detail: e.to_string() }));
     }
     let count = match trim_answers(&mut answer, limit, top, total_known) {
         // The service said there are more than it returned (how many, it did not say).

@@ -153,7 +153,15 @@ pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count
         Some(items) => items.iter().collect(),
         None => vec![answer],
     };
+    let mut failed = 0;
     for a in &items {
+        // A key whose records did not merge to one value (a job mistake): its error, not a
+        // value; the other keys' answers stand.
+        if let Some(e) = a.get("error").and_then(|e| e.as_str()) {
+            failed += 1;
+            out(format_args!("{}\terror: {e}", plain(&a["key"])))?;
+            continue;
+        }
         match (a.get("batch"), a.get("speed")) {
             (Some(b), Some(s)) => {
                 let part = |p: &serde_json::Value| if p.is_null() { "-".to_string() } else { p.to_string() };
@@ -163,8 +171,9 @@ pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count
         }
     }
     let f = &answer["freshness"];
+    let failed = if failed == 0 { String::new() } else { format!(" ({} in error: a job mistake, see each)", plural(failed, "key")) };
     eprintln!(
-        "-- {}; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
+        "-- {}{failed}; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
         count_text(count),
         f["batch_version"].as_u64().map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
         f["batch_cut"],

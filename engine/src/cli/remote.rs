@@ -22,6 +22,9 @@ pub(super) fn ingest_to_server<E: lambdaflow_operators::Event>(file: &str, url: 
     }
     let mut client = IngestClient { url, addrs: parse_server_url(url)?, token: remote.token_file.as_deref().map(read_token).transpose()? };
     let path = PathBuf::from(file);
+    if crate::input::InputFormat::from_path(&path) == Some(crate::input::InputFormat::Csv) {
+        crate::input::refuse_csv::<E>(file, Some(lambdaflow_operators::Format::Csv))?;
+    }
     let open = || std::fs::File::open(&path).map(|f| std::io::BufReader::with_capacity(1 << 20, f));
     let io_err = |source| Error::Io { path: path.clone(), what: "read".into(), source };
     let t = Instant::now();

@@ -1,0 +1,124 @@
+//! The command line with jobs of its own: one whose events have no CSV form.
+
+use super::*;
+use lambdaflow_operators::{Coll, Ctx, Event, FieldError};
+use serde::{Deserialize, Serialize};
+
+/// An event with the DSL's defaults: NDJSON through serde, no CSV form.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Plain {
+    k: u64,
+}
+
+impl Event for Plain {
+    fn partition_key(&self) -> u64 {
+        self.k
+    }
+}
+
+/// The same event with a CSV form.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Tabular {
+    k: u64,
+}
+
+impl Event for Tabular {
+    fn csv_header() -> &'static str {
+        "k"
+    }
+    fn parse_csv(line: &str) -> std::result::Result<Self, FieldError> {
+        line.trim().parse().map(|k| Tabular { k }).map_err(|_| FieldError::field("k", line, "expected an unsigned integer"))
+    }
+    fn partition_key(&self) -> u64 {
+        self.k
+    }
+}
+
+struct Counts<E>(std::marker::PhantomData<E>);
+
+impl<E: Event> Job for Counts<E> {
+    type Event = E;
+    fn name(&self) -> &'static str {
+        "counts"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, E>) {
+        let n = ctx.count("n", events, |_| Some(0u64));
+        ctx.sum_view("n", n, |s| serde_json::json!({ "events": s.0[0] }));
+    }
+}
+
+fn help_of_ingest<E: Event>() -> String {
+    let mut cmd = command::<E>();
+    cmd.build();
+    cmd.find_subcommand_mut("ingest").expect("ingest").render_long_help().to_string()
+}
+
+// Issue 12: CSV is optional. `ingest --help` of a job without a CSV form says it reads
+// NDJSON or Parquet and that CSV is refused; a job with one still offers CSV.
+#[test]
+fn ingest_help_says_which_formats_the_job_reads() {
+    let plain = help_of_ingest::<Plain>();
+    assert!(plain.contains("NDJSON or Parquet") && plain.contains("no CSV form"), "{plain}");
+    assert!(!plain.contains("ndjson, csv or parquet"), "{plain}");
+    let tabular = help_of_ingest::<Tabular>();
+    assert!(tabular.contains("NDJSON or CSV") && tabular.contains("ndjson, csv or parquet"), "{tabular}");
+}
+
+/// `lambdaflow --data DIR ingest ARGS` for `Counts<E>`.
+fn ingest_as<E: Event>(dir: &Path, args: &[&str]) -> Result<()> {
+    let mut argv = vec!["lambdaflow", "--data", dir.to_str().expect("utf-8"), "--wait", "0", "ingest"];
+    argv.extend_from_slice(args);
+    let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("valid arguments");
+    let g = Global { data: cli.data, workers: 1, wait: cli.wait };
+    match cli.command {
+        Command::Ingest(args) => ingest::<Counts<E>>(&g, args),
+        _ => unreachable!("parsed as ingest"),
+    }
+}
+
+// Issue 12: a job without a CSV form refuses a CSV input with an error naming the file and
+// saying the job reads NDJSON/Parquet only, and stores nothing (no log is even created);
+// named CSV by its extension or by --format, or found to be CSV by its first line. The same
+// file is ingested by a job with a CSV form.
+#[test]
+fn a_job_without_csv_refuses_csv_input_and_stores_nothing() {
+    let tmp = crate::testing::TempDir::new("cli-no-csv");
+    let csv = tmp.join("events.csv");
+    std::fs::write(&csv, "k\n1\n2\n").expect("write");
+    let data = tmp.join("data");
+    let err = ingest_as::<Plain>(&data, &[csv.to_str().expect("utf-8")]).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Usage(_)), "{err:?}");
+    assert!(text.contains(&csv.display().to_string()) && text.contains("NDJSON (one JSON object a line) or Parquet only"), "{text}");
+    assert!(text.contains("nothing was stored"), "{text}");
+    assert!(!data.join("log").exists(), "a refused input created a log");
+    // Named CSV by --format, whatever its name.
+    let named = tmp.join("events.txt");
+    std::fs::write(&named, "k\n1\n").expect("write");
+    let err = ingest_as::<Plain>(&data, &["--format", "csv", named.to_str().expect("utf-8")]).unwrap_err();
+    assert!(err.to_string().contains("events.txt: CSV input"), "{err}");
+    assert!(!data.join("log").exists(), "a refused input created a log");
+    // Found by its first line: refused at line 1 with the same reason.
+    let err = ingest_as::<Plain>(&data, &[named.to_str().expect("utf-8")]).unwrap_err();
+    assert!(matches!(&err, Error::BadInput { line: 1, .. }) && err.to_string().contains("no CSV form"), "{err}");
+    assert_eq!(crate::log::Log::open(&data.join("log")).map(|l| l.end_offsets().iter().sum::<u64>()).unwrap_or(0), 0);
+    // A job with a CSV form reads the same file; NDJSON is read by both.
+    ingest_as::<Tabular>(&tmp.join("tabular"), &[csv.to_str().expect("utf-8")]).expect("CSV ingested");
+    let ndjson = tmp.join("events.ndjson");
+    std::fs::write(&ndjson, "{\"k\":1}\n").expect("write");
+    ingest_as::<Plain>(&data, &[ndjson.to_str().expect("utf-8")]).expect("NDJSON ingested");
+    let log = crate::log::Log::open(&tmp.join("tabular").join("log")).expect("log");
+    assert_eq!(log.end_offsets().iter().sum::<u64>(), 2);
+}
+
+// Without the default, a CSV row of a type without a CSV form says why.
+#[test]
+fn the_default_csv_parser_says_there_is_no_csv_form() {
+    assert!(!Plain::reads_csv() && Tabular::reads_csv());
+    assert!(Plain::parse_csv("1").unwrap_err().to_string().contains("no CSV form"));
+    let parsed = crate::input::parse_all::<Plain>(&mut "k\n1\n".as_bytes()).unwrap_err();
+    assert!(parsed.to_string().contains("line 1") && parsed.to_string().contains("no CSV form"), "{parsed}");
+}
