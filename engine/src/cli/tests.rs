@@ -122,3 +122,70 @@ fn the_default_csv_parser_says_there_is_no_csv_form() {
     let parsed = crate::input::parse_all::<Plain>(&mut "k\n1\n".as_bytes()).unwrap_err();
     assert!(parsed.to_string().contains("line 1") && parsed.to_string().contains("no CSV form"), "{parsed}");
 }
+
+/// A keyed value event.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Set {
+    k: u64,
+    v: u64,
+}
+
+impl Event for Set {
+    fn partition_key(&self) -> u64 {
+        self.k
+    }
+}
+
+/// The mistake of issue 12: a raw differential `reduce` on an unseeded input. In speed mode
+/// it sees only the events since the cut, so a key updated after a batch gets a second
+/// value with no retraction of the batch one.
+#[derive(Clone)]
+struct Unseeded;
+
+impl Job for Unseeded {
+    type Event = Set;
+    fn name(&self) -> &'static str {
+        "unseeded"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Set>) {
+        let latest = events.map(|e| (e.k, e.v)).reduce(|_k, vals, out| out.push((*vals[vals.len() - 1].0, 1)));
+        ctx.value_view("largest", latest, |v: &u64| serde_json::json!(v));
+    }
+}
+
+// Issue 12: one malformed key does not fail a range query. The key that merged to two
+// records is an entry with its error (naming the key and the fix: seed the operator's
+// input) beside the other keys' answers, in the service's merge and in a local `query`
+// alike; `check_exact` fails with that message; a point query of that key is an error.
+#[test]
+fn a_malformed_key_is_an_entry_beside_the_good_answers() {
+    let tmp = crate::testing::TempDir::new("cli-malformed");
+    let dir = tmp.join("data");
+    let all = Selection::Range { from: None, to: None, limit: usize::MAX };
+    let (first, later) = (vec![Set { k: 1, v: 1 }, Set { k: 2, v: 5 }, Set { k: 3, v: 7 }], vec![Set { k: 1, v: 3 }]);
+    let served = {
+        let lambda = Lambda::open(Unseeded, &dir, crate::testing::test_options(1)).expect("open");
+        lambda.append(&first).expect("append");
+        lambda.batch_and_handover(Arc::new(Progress::default())).expect("batch");
+        lambda.append(&later).expect("append");
+        lambda.sync(Duration::from_secs(60)).expect("sync");
+        lambda.query("largest", &all).expect("a range query answers").answers
+    };
+    let shape = |answers: &[lambdaflow_operators::Answer]| -> Vec<(serde_json::Value, serde_json::Value, bool)> {
+        answers.iter().map(|a| (a.key.clone(), a.value.clone(), a.error.is_some())).collect()
+    };
+    use serde_json::{json, Value};
+    assert_eq!(shape(&served), vec![(json!(1), Value::Null, true), (json!(2), json!(5), false), (json!(3), json!(7), false)]);
+    let err = served[0].error.as_deref().expect("error");
+    assert!(err.contains("key 1") && err.contains("merged to 2 records") && err.contains("ctx.seeded"), "{err}");
+    let (local, _) = local::query(Unseeded, &dir, 1, "largest", &all).expect("a local range query answers");
+    assert_eq!(local.answers, served, "a local query answers as the service");
+    let (point, _) = local::query(Unseeded, &dir, 1, "largest", &Selection::Key("2".into())).expect("point");
+    assert_eq!(shape(&point.answers), vec![(json!(2), json!(5), false)]);
+    let events: Vec<Set> = first.iter().chain(&later).cloned().collect();
+    let err = crate::testing::check_exact(Unseeded, &events, &[first.len()], 1).err().expect("check_exact fails");
+    assert!(err.contains("key 1") && err.contains("ctx.seeded"), "{err}");
+}
