@@ -137,6 +137,10 @@ pub fn diff(expected: &Views, actual: &Views) -> Option<String> {
 /// appends the rest and checks. Each check compares every merged view with a batch run from
 /// scratch over the events appended so far. Returns the first mismatch as an error.
 pub fn check_exact<J: Job + Clone>(job: J, events: &[J::Event], cuts: &[usize], workers: usize) -> Result<ExactReport, String> {
+    // A raw stateful operator on an unseeded input, found in the job's graph before any run.
+    if let Some(why) = crate::cli::lint_job(Arc::new(job.clone())).map_err(|e| e.to_string())? {
+        return Err(why);
+    }
     let dir = TempDir::new("exact");
     let lambda = Lambda::open(job.clone(), dir.path(), test_options(workers)).map_err(|e| e.to_string())?;
     let mut appended = 0usize;

@@ -38,7 +38,11 @@ use crate::store::{BatchMeta, ViewStore};
 struct Plan {
     views: Vec<Arc<dyn AnyView>>,
     upstream: Option<Vec<BTreeSet<String>>>,
+    /// Raw stateful operators that read the job's events without a seed (see [`lint`]).
+    unseeded: Vec<String>,
 }
+
+type Planned = (Vec<Arc<dyn AnyView>>, Option<Vec<BTreeSet<String>>>, Vec<String>);
 
 /// A seed source for the planning build: every seed is empty, and each request records the
 /// identifier the seed's source operator (built right after it) gets.
@@ -86,6 +90,30 @@ impl Graph {
         }
     }
 
+    /// The names of the arrangements (what every raw stateful differential operator
+    /// builds: `reduce`, `join`, `distinct`, `count`, `threshold`, `arrange`) reachable from
+    /// `events` without passing a seed's merge (the operator right after a seed source).
+    /// In speed mode those see only the events since the cut. The engine's own speed-mode
+    /// operators hold hash tables, not arrangements, and `ctx.join` arranges seeded inputs.
+    fn unseeded(&self, events: &[usize], sources: &[&Vec<usize>]) -> Vec<String> {
+        let blocked: HashSet<&Vec<usize>> = sources.iter().flat_map(|s| self.edges.get(*s).into_iter().flatten()).collect();
+        let names: HashMap<&Vec<usize>, &String> = self.operators.values().map(|(a, n)| (a, n)).collect();
+        let mut seen: HashSet<Vec<usize>> = HashSet::from([events.to_vec()]);
+        let mut todo = vec![events.to_vec()];
+        let mut found = BTreeSet::new();
+        while let Some(node) = todo.pop() {
+            if let Some(name) = names.get(&node).filter(|n| n.starts_with("Arrange")) {
+                found.insert(name.to_string());
+            }
+            for next in self.edges.get(&node).into_iter().flatten() {
+                if !blocked.contains(next) && seen.insert(next.clone()) {
+                    todo.push(next.clone());
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
     /// Every address reachable from `from`, itself included.
     fn reachable(&self, from: &[usize]) -> HashSet<Vec<usize>> {
         let mut seen: HashSet<Vec<usize>> = HashSet::from([from.to_vec()]);
@@ -111,7 +139,7 @@ const VIEW_SINK_OPERATOR: &str = "Inspect";
 fn plan<J: Job>(job: Arc<J>) -> Result<Plan> {
     let name = job.name().to_string();
     let planned = timely::execute::execute_directly(
-        move |worker| -> std::result::Result<(Vec<Arc<dyn AnyView>>, Option<Vec<BTreeSet<String>>>), Vec<String>> {
+        move |worker| -> std::result::Result<Planned, Vec<String>> {
             let graph = Rc::new(RefCell::new(Graph::default()));
             if let Some(mut register) = worker.log_register() {
                 let graph = graph.clone();
@@ -128,11 +156,13 @@ fn plan<J: Job>(job: Arc<J>) -> Result<Plan> {
             let marking = Arc::new(Marking { worker: worker.clone(), seeds: RefCell::default() });
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 worker.dataflow::<Time, _, _>(|scope| {
+                    // The events' input is the next operator built.
+                    let input_id = marking.worker.peek_identifier();
                     let (_input, events) = differential_dataflow::input::Input::new_collection::<J::Event, isize>(&scope);
                     let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(marking.clone() as Arc<dyn SeedSource>));
                     ctx.set_events(&events);
                     job.build(&mut ctx, events);
-                    ctx.errors().to_vec()
+                    (ctx.errors().to_vec(), input_id)
                 })
             }));
             if let Some(mut register) = worker.log_register() {
@@ -140,9 +170,9 @@ fn plan<J: Job>(job: Arc<J>) -> Result<Plan> {
                 register.remove("timely");
             }
             crate::guard::drop_dataflows(worker);
-            let errors = match built {
-                Ok(errors) => errors,
-                Err(payload) => vec![format!("the job panicked while building: {}", crate::guard::panic_message(payload.as_ref()))],
+            let (errors, input_id) = match built {
+                Ok(built) => built,
+                Err(payload) => (vec![format!("the job panicked while building: {}", crate::guard::panic_message(payload.as_ref()))], 0),
             };
             if !errors.is_empty() {
                 return Err(errors);
@@ -161,6 +191,13 @@ fn plan<J: Job>(job: Arc<J>) -> Result<Plan> {
                     _ => None,
                 })
                 .collect();
+            let unseeded = match (&sources, graph.operators.get(&input_id)) {
+                (Some(sources), Some((events, _))) => {
+                    let sources: Vec<&Vec<usize>> = sources.iter().map(|(_, a)| *a).collect();
+                    graph.unseeded(events, &sources)
+                }
+                _ => Vec::new(),
+            };
             let upstream = match sources {
                 Some(sources) if sinks.len() == views.len() => {
                     let reach: Vec<(&String, HashSet<Vec<usize>>)> = sources.iter().map(|(s, addr)| (*s, graph.reachable(addr))).collect();
@@ -173,17 +210,40 @@ fn plan<J: Job>(job: Arc<J>) -> Result<Plan> {
                 }
                 _ => None,
             };
-            Ok((views, upstream))
+            Ok((views, upstream, unseeded))
         },
     );
     match planned {
-        Ok((views, upstream)) => Ok(Plan { views, upstream }),
+        Ok((views, upstream, unseeded)) => Ok(Plan { views, upstream, unseeded }),
         Err(mut errors) => {
             errors.sort();
             errors.dedup();
             Err(Error::Dataflow(DataflowError::InvalidJob { job: name, detail: errors.join("; ") }))
         }
     }
+}
+
+/// A job mistake found in its speed dataflow's graph, with the fix: raw stateful
+/// differential operators that read the job's events without a seed, so that in speed mode
+/// they would see only the events since the batch cut (and a value view fed by one merges
+/// to two records per key). `None` when there is none (or the graph cannot be matched to
+/// the job's seeds, when nothing is said).
+pub(crate) fn lint<J: Job>(job: Arc<J>) -> Result<Option<String>> {
+    let plan = plan(job.clone())?;
+    Ok(unseeded_message(job.name(), &plan.unseeded))
+}
+
+fn unseeded_message(job: &str, unseeded: &[String]) -> Option<String> {
+    if unseeded.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "job {}: the raw stateful operator(s) {} read the job's events without a seed: in speed mode they see only the \
+         events since the batch cut, so their output misses the history before it. Wrap their input in \
+         ctx.seeded(name, input) (or use a DSL operator, which is seeded already)",
+        job,
+        unseeded.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// Seeds from the store, only those named in `wanted` (the others are empty).
@@ -257,6 +317,9 @@ pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel:
     let ends = log.end_offsets();
     let cut = meta.as_ref().map(|m| m.cut.clone()).unwrap_or_else(|| vec![0; ends.len()]);
     let plan = plan(job.clone())?;
+    if let Some(why) = unseeded_message(job.name(), &plan.unseeded) {
+        eprintln!("warning: {why}");
+    }
     let i = plan.views.iter().position(|v| v.info().name == view).ok_or_else(|| {
         let names: Vec<_> = plan.views.iter().map(|v| v.info().name.clone()).collect();
         Error::Usage(format!("no view named `{view}`; the views are: {}", names.join(", ")))

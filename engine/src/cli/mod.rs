@@ -55,6 +55,8 @@ use options::*;
 use output::*;
 use remote::*;
 
+pub(crate) use local::lint as lint_job;
+
 /// Produces synthetic events for `gen` and `demo`.
 pub trait Generator<E>: Send + Sync {
     /// Writes `events` events generated from `seed` in `format` to `out`.

@@ -185,7 +185,38 @@ fn a_malformed_key_is_an_entry_beside_the_good_answers() {
     assert_eq!(local.answers, served, "a local query answers as the service");
     let (point, _) = local::query(Unseeded, &dir, 1, "largest", &Selection::Key("2".into())).expect("point");
     assert_eq!(shape(&point.answers), vec![(json!(2), json!(5), false)]);
-    let events: Vec<Set> = first.iter().chain(&later).cloned().collect();
-    let err = crate::testing::check_exact(Unseeded, &events, &[first.len()], 1).err().expect("check_exact fails");
-    assert!(err.contains("key 1") && err.contains("ctx.seeded"), "{err}");
+}
+
+/// [`Unseeded`] fixed: the reduce's input is seeded.
+#[derive(Clone)]
+struct Seeded;
+
+impl Job for Seeded {
+    type Event = Set;
+    fn name(&self) -> &'static str {
+        "seeded"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Set>) {
+        let input = ctx.seeded("largest", events.map(|e| (e.k, e.v)));
+        let latest = input.reduce(|_k, vals, out| out.push((*vals[vals.len() - 1].0, 1)));
+        ctx.value_view("largest", latest, |v: &u64| serde_json::json!(v));
+    }
+}
+
+// Issue 12: the mistake is caught before any run, from the job's graph: `check_exact` fails
+// at once naming the operator and the fix, and a local query warns. The fixed job (and a
+// job of DSL operators only) passes, exactly.
+#[test]
+fn an_unseeded_stateful_operator_is_reported_with_the_fix() {
+    let why = crate::cli::lint_job(Arc::new(Unseeded)).expect("builds").expect("reported");
+    assert!(why.contains("job unseeded") && why.contains("Reduce") && why.contains("ctx.seeded(name, input)"), "{why}");
+    let events: Vec<Set> = (0..40).map(|i| Set { k: i % 7, v: (i * 37) % 11 }).collect();
+    let err = crate::testing::check_exact(Unseeded, &events, &[20], 1).err().expect("check_exact fails");
+    assert_eq!(err, why);
+    assert_eq!(crate::cli::lint_job(Arc::new(Seeded)).expect("builds"), None);
+    assert_eq!(crate::cli::lint_job(Arc::new(Counts::<Plain>(std::marker::PhantomData))).expect("builds"), None);
+    crate::testing::check_exact(Seeded, &events, &[20], 1).expect("the seeded job is exact");
 }
