@@ -138,81 +138,81 @@ const VIEW_SINK_OPERATOR: &str = "Inspect";
 /// reads from its graph which seeds each view depends on.
 fn plan<J: Job>(job: Arc<J>) -> Result<Plan> {
     let name = job.name().to_string();
-    let planned = timely::execute::execute_directly(
-        move |worker| -> std::result::Result<Planned, Vec<String>> {
-            let graph = Rc::new(RefCell::new(Graph::default()));
-            if let Some(mut register) = worker.log_register() {
-                let graph = graph.clone();
-                register.insert::<timely::logging::TimelyEventBuilder, _>("timely", move |_time, data| {
-                    if let Some(data) = data {
-                        let mut graph = graph.borrow_mut();
-                        for (_, event) in data.drain(..) {
-                            graph.record(event);
-                        }
+    let planned = timely::execute::execute_directly(move |worker| -> std::result::Result<Planned, Vec<String>> {
+        let graph = Rc::new(RefCell::new(Graph::default()));
+        if let Some(mut register) = worker.log_register() {
+            let graph = graph.clone();
+            register.insert::<timely::logging::TimelyEventBuilder, _>("timely", move |_time, data| {
+                if let Some(data) = data {
+                    let mut graph = graph.borrow_mut();
+                    for (_, event) in data.drain(..) {
+                        graph.record(event);
                     }
-                });
-            }
-            let registry = Arc::new(Registry::default());
-            let marking = Arc::new(Marking { worker: worker.clone(), seeds: RefCell::default() });
-            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                worker.dataflow::<Time, _, _>(|scope| {
-                    // The events' input is the next operator built.
-                    let input_id = marking.worker.peek_identifier();
-                    let (_input, events) = differential_dataflow::input::Input::new_collection::<J::Event, isize>(&scope);
-                    let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(marking.clone() as Arc<dyn SeedSource>));
-                    ctx.set_events(&events);
-                    job.build(&mut ctx, events);
-                    (ctx.errors().to_vec(), input_id)
-                })
-            }));
-            if let Some(mut register) = worker.log_register() {
-                register.flush();
-                register.remove("timely");
-            }
-            crate::guard::drop_dataflows(worker);
-            let (errors, input_id) = match built {
-                Ok(built) => built,
-                Err(payload) => (vec![format!("the job panicked while building: {}", crate::guard::panic_message(payload.as_ref()))], 0),
-            };
-            if !errors.is_empty() {
-                return Err(errors);
-            }
-            let views = registry.views();
-            let graph = graph.borrow();
-            let seeds = marking.seeds.borrow();
-            // Match the graph to the seeds and views, or give up on pruning.
-            let mut sinks: Vec<(usize, &Vec<usize>)> =
-                graph.operators.iter().filter(|(_, (_, n))| n == VIEW_SINK_OPERATOR).map(|(id, (addr, _))| (*id, addr)).collect();
-            sinks.sort_unstable();
-            let sources: Option<Vec<(&String, &Vec<usize>)>> = seeds
-                .iter()
-                .map(|(seed, id)| match graph.operators.get(id) {
-                    Some((addr, n)) if n == SEED_SOURCE_OPERATOR => Some((seed, addr)),
-                    _ => None,
-                })
-                .collect();
-            let unseeded = match (&sources, graph.operators.get(&input_id)) {
-                (Some(sources), Some((events, _))) => {
-                    let sources: Vec<&Vec<usize>> = sources.iter().map(|(_, a)| *a).collect();
-                    graph.unseeded(events, &sources)
                 }
-                _ => Vec::new(),
-            };
-            let upstream = match sources {
-                Some(sources) if sinks.len() == views.len() => {
-                    let reach: Vec<(&String, HashSet<Vec<usize>>)> = sources.iter().map(|(s, addr)| (*s, graph.reachable(addr))).collect();
-                    Some(
-                        sinks
-                            .iter()
-                            .map(|(_, sink)| reach.iter().filter(|(_, r)| r.contains(*sink)).map(|(s, _)| (*s).clone()).collect())
-                            .collect(),
-                    )
-                }
+            });
+        }
+        let registry = Arc::new(Registry::default());
+        // `Ctx` takes its seed source as an `Arc`; this one never leaves the planning thread.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let marking = Arc::new(Marking { worker: worker.clone(), seeds: RefCell::default() });
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            worker.dataflow::<Time, _, _>(|scope| {
+                // The events' input is the next operator built.
+                let input_id = marking.worker.peek_identifier();
+                let (_input, events) = differential_dataflow::input::Input::new_collection::<J::Event, isize>(&scope);
+                let mut ctx = Ctx::new(scope, Mode::Speed, registry.clone(), Some(marking.clone() as Arc<dyn SeedSource>));
+                ctx.set_events(&events);
+                job.build(&mut ctx, events);
+                (ctx.errors().to_vec(), input_id)
+            })
+        }));
+        if let Some(mut register) = worker.log_register() {
+            register.flush();
+            register.remove("timely");
+        }
+        crate::guard::drop_dataflows(worker);
+        let (errors, input_id) = match built {
+            Ok(built) => built,
+            Err(payload) => (vec![format!("the job panicked while building: {}", crate::guard::panic_message(payload.as_ref()))], 0),
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let views = registry.views();
+        let graph = graph.borrow();
+        let seeds = marking.seeds.borrow();
+        // Match the graph to the seeds and views, or give up on pruning.
+        let mut sinks: Vec<(usize, &Vec<usize>)> =
+            graph.operators.iter().filter(|(_, (_, n))| n == VIEW_SINK_OPERATOR).map(|(id, (addr, _))| (*id, addr)).collect();
+        sinks.sort_unstable();
+        let sources: Option<Vec<(&String, &Vec<usize>)>> = seeds
+            .iter()
+            .map(|(seed, id)| match graph.operators.get(id) {
+                Some((addr, n)) if n == SEED_SOURCE_OPERATOR => Some((seed, addr)),
                 _ => None,
-            };
-            Ok((views, upstream, unseeded))
-        },
-    );
+            })
+            .collect();
+        let unseeded = match (&sources, graph.operators.get(&input_id)) {
+            (Some(sources), Some((events, _))) => {
+                let sources: Vec<&Vec<usize>> = sources.iter().map(|(_, a)| *a).collect();
+                graph.unseeded(events, &sources)
+            }
+            _ => Vec::new(),
+        };
+        let upstream = match sources {
+            Some(sources) if sinks.len() == views.len() => {
+                let reach: Vec<(&String, HashSet<Vec<usize>>)> = sources.iter().map(|(s, addr)| (*s, graph.reachable(addr))).collect();
+                Some(
+                    sinks
+                        .iter()
+                        .map(|(_, sink)| reach.iter().filter(|(_, r)| r.contains(*sink)).map(|(s, _)| (*s).clone()).collect())
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        Ok((views, upstream, unseeded))
+    });
     match planned {
         Ok((views, upstream, unseeded)) => Ok(Plan { views, upstream, unseeded }),
         Err(mut errors) => {
