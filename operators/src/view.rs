@@ -395,11 +395,18 @@ impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
     /// What is wrong with a key that merged to `records` records (or a count other than 1),
     /// and the likely fix, told apart by whether the batch view alone is one value per key.
     fn malformed(&self, key: &K, records: usize, batch: &[(V, R)]) -> String {
-        let batch_ok = matches!(batch, [] | [(_, _)]) && batch.iter().all(|(_, r)| is_one(r));
-        let cause = if batch_ok {
+        let batch_ok = matches!(batch, [(_, _)]) && batch.iter().all(|(_, r)| is_one(r));
+        let cause = if batch.is_empty() {
+            "the batch view has no value for it, and the speed layer's updates alone are not one value: either the \
+             collection given to value_view is not one value per key (reduce it to one first: ctx.per_key, top_k, \
+             max, ...), or a stateful operator (a raw differential reduce, join, distinct, ...) reads an unseeded \
+             input (wrap it in ctx.seeded(name, input)); if the job has neither, this is an engine inconsistency: \
+             run `lambdaflow verify` and report it"
+        } else if batch_ok {
             "the batch view holds one value for it, so the speed layer's updates do not retract the batch state: \
              most likely a stateful operator (a raw differential reduce, join, distinct, ...) on an unseeded input; \
-             wrap that operator's input in ctx.seeded(name, input) (DSL operators are seeded already)"
+             wrap that operator's input in ctx.seeded(name, input) (DSL operators are seeded already); if the job \
+             has no such operator, this is an engine inconsistency: run `lambdaflow verify` and report it"
         } else {
             "the batch view itself holds more than one value (or a count other than 1) for it: the collection \
              given to value_view is not one value per key; reduce it to one (ctx.per_key, top_k, max, ...) first"

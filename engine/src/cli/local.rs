@@ -286,6 +286,8 @@ pub(super) struct Loaded {
     pub(super) ran: bool,
     /// The seeds loaded (`None`: every seed, the graph could not be matched).
     pub(super) seeds: Option<Vec<String>>,
+    /// Whether the job's graph has a raw stateful operator on an unseeded input (the lint).
+    pub(super) unseeded: bool,
 }
 
 impl Loaded {
@@ -310,13 +312,17 @@ pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel:
     if !dir.join("log").exists() {
         return Err(Error::Usage(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
     }
-    let log = Arc::new(Log::open(&dir.join("log"))?);
+    // Through the key journal, as every command that opens the directory: a keyed group
+    // append a crash interrupted is rolled back before anything is read (those events were
+    // never acknowledged). The caller holds the directory's lock, so recovering is allowed.
+    let log = super::options::open_log(dir, 1)?.log().clone();
     let store = ViewStore::open(dir)?;
     let job = Arc::new(job);
     let meta = usable_batch(&*job, &store, &log)?;
     let ends = log.end_offsets();
     let cut = meta.as_ref().map(|m| m.cut.clone()).unwrap_or_else(|| vec![0; ends.len()]);
     let plan = plan(job.clone())?;
+    let unseeded = !plan.unseeded.is_empty();
     if let Some(why) = unseeded_message(job.name(), &plan.unseeded) {
         eprintln!("warning: {why}");
     }
@@ -337,11 +343,11 @@ pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel:
             Some(plan.views[i].decode_batch(&bytes).map_err(Error::Inconsistent)?)
         }
     };
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded { unseeded, ..Loaded::default() };
     let mut speed = plan.views[i].new_speed_table();
     if ends != cut {
         let wanted = plan.upstream.as_ref().map(|u| u[i].clone());
-        loaded = Loaded { ran: true, seeds: wanted.as_ref().map(|w| w.iter().cloned().collect()) };
+        loaded = Loaded { ran: true, seeds: wanted.as_ref().map(|w| w.iter().cloned().collect()), unseeded };
         let seeds = Arc::new(SomeSeeds { store, version: meta.as_ref().map(|m| m.version), wanted, cache: Mutex::default() });
         let run_view = run_bounded(job, log.clone(), seeds, &cut, &ends, workers, view)?;
         run_view.drain_speed(u64::MAX, speed.as_mut());
@@ -392,8 +398,15 @@ fn usable_batch<J: Job>(job: &J, store: &ViewStore, log: &Log) -> Result<Option<
     Ok(meta)
 }
 
+/// Events each worker feeds at one time of a local query's run.
+const EPOCH_EVENTS: u64 = 100_000;
+
+/// Every how many epochs worker 0 says how far it has read (on stderr).
+const PROGRESS_EPOCHS: u64 = 50;
+
 /// Runs the job's speed dataflow once over the log in `[cut, ends)` on `workers` threads,
-/// every event at time 1, and returns the view `view` holding what it produced.
+/// the events at times 1, 2, … (a new time every [`EPOCH_EVENTS`] events per worker), and
+/// returns the view `view` holding what it produced.
 fn run_bounded<J: Job>(
     job: Arc<J>,
     log: Arc<Log>,
@@ -408,8 +421,9 @@ fn run_bounded<J: Job>(
     let barrier = Arc::new(std::sync::Barrier::new(workers));
     let (cut, ends) = (cut.to_vec(), ends.to_vec());
     let name = job.name().to_string();
+    let abort = Arc::new(crate::guard::Abort::default());
     let guards = {
-        let (registry, errors, seeds) = (registry.clone(), errors.clone(), seeds.clone());
+        let (registry, errors, seeds, abort) = (registry.clone(), errors.clone(), seeds.clone(), abort.clone());
         timely::execute::execute(timely::Config::process(workers), move |worker| -> Result<()> {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 worker.dataflow::<Time, _, _>(|scope| {
@@ -440,26 +454,56 @@ fn run_bounded<J: Job>(
             // The seeds are in the dataflow now: do not keep their bytes too.
             barrier.wait();
             crate::sync::lock(&seeds.cache).clear();
-            input.advance_to(1);
-            let (index, peers) = (worker.index(), worker.peers());
-            for p in (0..ends.len()).filter(|p| p % peers == index) {
-                log.read(p as u32, cut[p], ends[p], |offset, bytes| -> Result<()> {
-                    input.update(crate::batch::decode_event::<J::Event>(p as u32, offset, bytes)?, 1);
-                    Ok(())
-                })?;
-                input.flush();
-                worker.step();
-            }
-            input.close();
-            while probe.less_equal(&1) {
-                worker.step_or_park(None);
-            }
+            // A panic or an error in job code on one worker stops every worker (none waits
+            // forever for a peer that will not step again).
+            crate::guard::guarded(worker, &abort, |worker| {
+                let park = Some(std::time::Duration::from_millis(10));
+                // Events go in at times 1, 2, …, a new one every `EPOCH_EVENTS` events per
+                // worker, and the worker lets the previous epoch complete before reading
+                // on: the operators hold about one epoch of updates, not every event since
+                // the cut. (The view keeps every time after 0, so the answer is the same.)
+                let mut epoch: Time = 1;
+                input.advance_to(epoch);
+                let mut fed = 0u64;
+                let (index, peers) = (worker.index(), worker.peers());
+                for p in (0..ends.len()).filter(|p| p % peers == index) {
+                    log.read(p as u32, cut[p], ends[p], |offset, bytes| -> Result<()> {
+                        input.update(crate::batch::decode_event::<J::Event>(p as u32, offset, bytes)?, 1);
+                        fed += 1;
+                        if fed.is_multiple_of(EPOCH_EVENTS) {
+                            epoch += 1;
+                            input.advance_to(epoch);
+                            input.flush();
+                            while !abort.raised() && probe.less_than(&epoch) {
+                                worker.step_or_park(park);
+                            }
+                            if abort.raised() {
+                                return Err(crate::guard::another_worker_failed());
+                            }
+                            if index == 0 && epoch.is_multiple_of(PROGRESS_EPOCHS) {
+                                eprintln!("query: {fed} events read on worker 0 ({} workers)", peers);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                    input.flush();
+                    worker.step();
+                }
+                input.close();
+                while !abort.raised() && probe.less_equal(&epoch) {
+                    worker.step_or_park(park);
+                }
+                Ok(())
+            })?;
             crate::guard::drop_dataflows(worker);
             Ok(())
         })
         .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))?
     };
     crate::guard::join_workers(guards)?;
+    if let Some(reason) = abort.reason() {
+        return Err(Error::Dataflow(DataflowError::Failed(reason)));
+    }
     let mut errs = crate::sync::lock(&errors).clone();
     if !errs.is_empty() {
         errs.sort();

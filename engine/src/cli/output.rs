@@ -142,7 +142,8 @@ pub(super) fn count_text(c: Count) -> String {
 }
 
 /// Prints merged answers (see [`result_json`] for the shape); with `json`, as is.
-pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count) -> Result<()> {
+/// `errors` is how many answers are in error, counted before `--limit`.
+pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count, errors: usize) -> Result<()> {
     if json {
         if !matches!(count, Count::All(_)) {
             eprintln!("-- {}", count_text(count));
@@ -153,12 +154,10 @@ pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count
         Some(items) => items.iter().collect(),
         None => vec![answer],
     };
-    let mut failed = 0;
     for a in &items {
         // A key whose records did not merge to one value (a job mistake): its error, not a
         // value; the other keys' answers stand.
         if let Some(e) = a.get("error").and_then(|e| e.as_str()) {
-            failed += 1;
             out(format_args!("{}\terror: {e}", plain(&a["key"])))?;
             continue;
         }
@@ -171,7 +170,7 @@ pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count
         }
     }
     let f = &answer["freshness"];
-    let failed = if failed == 0 { String::new() } else { format!(" ({} in error: a job mistake, see each)", plural(failed, "key")) };
+    let failed = if errors == 0 { String::new() } else { format!(" ({} in error, see each)", plural(errors, "key")) };
     eprintln!(
         "-- {}{failed}; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
         count_text(count),

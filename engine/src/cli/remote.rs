@@ -302,6 +302,10 @@ impl Service {
             (200, v) => Ok(v),
             // A key with no events yet: no answer, with the freshness it was asked at.
             (404, v) if v.get("freshness").is_some() => Ok(serde_json::json!({ "view": view, "freshness": v["freshness"] })),
+            // The key is in error (its records did not merge to one value): the answer's error.
+            (500, v) if v.get("key").is_some() && v.get("freshness").is_some() => Ok(serde_json::json!({
+                "view": view, "key": v["key"], "value": null, "error": v["error"], "freshness": v["freshness"]
+            })),
             (status, v) => Err(remote_error(status, &v)),
         }
     }

@@ -220,3 +220,104 @@ fn an_unseeded_stateful_operator_is_reported_with_the_fix() {
     assert_eq!(crate::cli::lint_job(Arc::new(Counts::<Plain>(std::marker::PhantomData))).expect("builds"), None);
     crate::testing::check_exact(Seeded, &events, &[20], 1).expect("the seeded job is exact");
 }
+
+// A local query opens the directory through the key journal: a keyed group append a crash
+// interrupted (journal record written, part of the group in the log) is rolled back before
+// the query reads, so the answer counts only acknowledged events.
+#[test]
+fn a_local_query_rolls_back_an_interrupted_keyed_group() {
+    use crate::keys::{KeyEntry, KeyJournal, Range};
+    let tmp = crate::testing::TempDir::new("cli-interrupted-group");
+    let dir = tmp.join("data");
+    let cfg = crate::log::LogConfig { partitions: 2, ..crate::log::LogConfig::default() };
+    {
+        let appender = crate::append::Appender::open(&dir, cfg).expect("open");
+        appender.append(&[Set { k: 1, v: 1 }, Set { k: 2, v: 5 }]).expect("append");
+    }
+    {
+        let log = crate::log::Log::open(&dir.join("log")).expect("log");
+        let ends = log.end_offsets();
+        let (mut journal, log) = KeyJournal::open(&dir, log, Duration::from_secs(3600), 1000).expect("journal");
+        let mut end = ends.clone();
+        end[0] += 2;
+        end[1] += 1;
+        let entry = KeyEntry {
+            key: "k".into(),
+            body_hash: 0,
+            events: 3,
+            ranges: vec![Range { partition: 0, from: ends[0], to: end[0] }, Range { partition: 1, from: ends[1], to: end[1] }],
+            at_ms: 0,
+        };
+        journal.prepare(ends.clone(), end, &[entry]).expect("prepare");
+        // Only one event of the group reaches the disk before the "crash".
+        let bytes = bincode::serialize(&Set { k: 9, v: 9 }).expect("encode");
+        log.append(&[(0, &bytes[..])]).expect("append");
+    }
+    let all = Selection::Range { from: None, to: None, limit: usize::MAX };
+    let (result, _) = local::query(Seeded, &dir, 1, "largest", &all).expect("query");
+    let keys: Vec<_> = result.answers.iter().map(|a| a.key.clone()).collect();
+    assert_eq!(keys, vec![serde_json::json!(1), serde_json::json!(2)], "the unacknowledged event is not counted");
+}
+
+// An export holds values only: a key in error (null value) is not written as if it were
+// one; the export is refused naming the view, the key and the cause.
+#[test]
+fn an_export_with_a_key_in_error_is_refused() {
+    let tmp = crate::testing::TempDir::new("cli-export-error");
+    let dir = tmp.join("data");
+    let lambda = Lambda::open(Unseeded, &dir, crate::testing::test_options(1)).expect("open");
+    lambda.append(&[Set { k: 1, v: 1 }, Set { k: 2, v: 5 }]).expect("append");
+    lambda.batch_and_handover(Arc::new(Progress::default())).expect("batch");
+    lambda.append(&[Set { k: 1, v: 3 }]).expect("append");
+    lambda.sync(Duration::from_secs(60)).expect("sync");
+    let out = tmp.join("out");
+    let err = crate::export::export_merged(&lambda, &["largest".to_string()], &out).expect_err("refused");
+    assert!(matches!(err, Error::Inconsistent(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("view `largest`") && msg.contains("key 1") && msg.contains("merged to 2 records"), "{msg}");
+}
+
+/// A job whose code panics on one event (key 13).
+struct Panics;
+
+impl Job for Panics {
+    type Event = Set;
+    fn name(&self) -> &'static str {
+        "panics"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, Set>) {
+        let events = events.map(|e| {
+            assert!(e.k != 13, "boom on key 13");
+            e
+        });
+        let n = ctx.count("n", events, |_| Some(0u64));
+        ctx.sum_view("n", n, |s| serde_json::json!({ "events": s.0[0] }));
+    }
+}
+
+// A panic in job code on one worker of a local query's run stops every worker: the query
+// fails with the panic's message instead of the other workers parking forever.
+#[test]
+fn a_panic_on_one_worker_fails_a_local_query() {
+    let tmp = crate::testing::TempDir::new("cli-query-panic");
+    let dir = tmp.join("data");
+    let cfg = crate::log::LogConfig { partitions: 2, ..crate::log::LogConfig::default() };
+    {
+        let appender = crate::append::Appender::open(&dir, cfg).expect("open");
+        let events: Vec<Set> = (0..40).map(|k| Set { k, v: k }).collect();
+        appender.append(&events).expect("append");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.clone();
+    std::thread::spawn(move || {
+        let all = Selection::Range { from: None, to: None, limit: usize::MAX };
+        let _ = tx.send(local::query(Panics, &d, 2, "n", &all).map(|_| ()));
+    });
+    // Generous: the run takes milliseconds; without the guard it never ends.
+    let outcome = rx.recv_timeout(Duration::from_secs(300)).expect("the query ends");
+    let err = outcome.expect_err("the job panicked");
+    assert!(err.to_string().contains("boom on key 13"), "{err}");
+}
