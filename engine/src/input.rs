@@ -90,10 +90,14 @@ fn expected_first_line<E: Event>(csv_asked: bool) -> String {
 pub(crate) fn refuse_csv<E: Event>(file: &str, format: Option<Format>) -> Result<()> {
     if format == Some(Format::Csv) && !E::reads_csv() {
         let file = if file == "-" { "<stdin>" } else { file };
-        return Err(Error::Usage(format!(
-            "{file}: CSV input, but {}; convert it to NDJSON or Parquet (nothing was stored)",
-            lambdaflow_operators::NO_CSV
-        )));
+        // Rejected input (exit 3), refused before its first line is read.
+        return Err(Error::BadInput {
+            line: 1,
+            error: lambdaflow_operators::FieldError::line(format!(
+                "{file}: CSV input, but {}; convert it to NDJSON or Parquet (nothing was stored)",
+                lambdaflow_operators::NO_CSV
+            )),
+        });
     }
     Ok(())
 }

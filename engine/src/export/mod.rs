@@ -416,6 +416,21 @@ pub fn view_file(out: &Path, view: &str) -> PathBuf {
     out.join(format!("{view}.parquet"))
 }
 
+/// An export holds values only: a key in error (its records did not merge to one value)
+/// would be written as a null, which a reader cannot tell from a real value. Refuses the
+/// export naming the view, the key and the cause instead.
+fn refuse_error_entries(view: &str, answers: &[lambdaflow_operators::Answer]) -> Result<()> {
+    let mut bad = answers.iter().filter_map(|a| a.error.as_deref().map(|e| (&a.key, e)));
+    match bad.next() {
+        None => Ok(()),
+        Some((key, cause)) => {
+            let more = bad.count();
+            let more = if more > 0 { format!(" ({more} more keys in error)") } else { String::new() };
+            Err(Error::Inconsistent(format!("view `{view}`, key {key}: {cause}{more}; nothing exported for it")))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,20 +536,5 @@ mod tests {
         let e = write_view(dir.path(), &info, answers.iter().map(|(k, v)| (k, v)), &meta(), None).unwrap_err();
         assert_eq!(e.kind(), crate::error::ErrorKind::BadInput, "unconvertible data is not an internal error: {e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-}
-
-/// An export holds values only: a key in error (its records did not merge to one value)
-/// would be written as a null, which a reader cannot tell from a real value. Refuses the
-/// export naming the view, the key and the cause instead.
-fn refuse_error_entries(view: &str, answers: &[lambdaflow_operators::Answer]) -> Result<()> {
-    let mut bad = answers.iter().filter_map(|a| a.error.as_deref().map(|e| (&a.key, e)));
-    match bad.next() {
-        None => Ok(()),
-        Some((key, cause)) => {
-            let more = bad.count();
-            let more = if more > 0 { format!(" ({more} more keys in error)") } else { String::new() };
-            Err(Error::Inconsistent(format!("view `{view}`, key {key}: {cause}{more}; nothing exported for it")))
-        }
     }
 }
