@@ -494,3 +494,66 @@ fn ingest_server_names_the_refused_line_exactly() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("refused line 5 of"), "{}", stderr(&o));
 }
+
+/// `lambdaflow query ARGS` on `data` with `LAMBDAFLOW_QUERY_EXPLAIN` set: its output and
+/// the line saying what the answer was computed from.
+fn explained_query(data: &std::path::Path, args: &[&str]) -> (Value, String) {
+    let o = std::process::Command::new(common::bin())
+        .arg("--data")
+        .arg(data)
+        .args(["-w", "2", "query"])
+        .args(args)
+        .arg("--json")
+        .env("LAMBDAFLOW_QUERY_EXPLAIN", "1")
+        .output()
+        .expect("spawn query");
+    assert!(o.status.success(), "query {args:?} failed:\n{}", stderr(&o));
+    let explained = stderr(&o).lines().find(|l| l.starts_with("query: answered from")).unwrap_or_default().to_string();
+    (serde_json::from_str(stdout(&o).trim()).expect("query --json is JSON"), explained)
+}
+
+/// Every view's range answer and the point answers of its first and last keys equal the
+/// oracle's over `events`; returns view → what its range answer was computed from.
+fn assert_local_queries_exact(data: &std::path::Path, events: &[lambdaflow_jobs::shop::ShopEvent], what: &str) -> Vec<(String, String)> {
+    use lambdaflow_jobs::shop::oracle::{expected_views, VIEW_NAMES};
+    let expected = expected_views(events);
+    let mut explained = Vec::new();
+    for view in VIEW_NAMES {
+        let (answer, how) = explained_query(data, &[view, "--all"]);
+        let got = common::items_by_key(&answer);
+        assert_eq!(&got, &expected[view], "{what}: {view} differs from the oracle");
+        assert!(!got.is_empty(), "{what}: {view} is empty: the test checks nothing");
+        for key in [got.keys().next().expect("a key"), got.keys().last().expect("a key")] {
+            let (point, _) = explained_query(data, &[view, key]);
+            assert_eq!(&point["value"], &expected[view][key], "{what}: {view} key {key}");
+        }
+        explained.push((view.to_string(), how));
+    }
+    explained
+}
+
+// Issue 12: a local `query` loads only what the queried view needs. With no event after the
+// batch cut it answers from the stored view alone; with events after it, it runs the speed
+// dataflow over them with only the seeds upstream of the view (a sum view needs none, a
+// top-k or distinct view its own). Both answers equal the oracle's (the merged answer a
+// service gives), for every view, range and point.
+#[test]
+fn local_query_loads_only_what_the_view_needs_and_is_exact() {
+    let tmp = TempDir::new("cli-local-query");
+    let data = tmp.join("data");
+    let first = small_events(1, 3000);
+    common::ingest_events(&data, &first, "4");
+    common::run_ok(&data, &["batch"]);
+    for (view, how) in assert_local_queries_exact(&data, &first, "no event after the cut") {
+        assert!(how.contains("stored view alone"), "{view}: {how}");
+    }
+    // Keys of the second slice overlap the first's (small id space): batch and speed merge.
+    let second = small_events(2, 1500);
+    common::ingest_events(&data, &second, "4");
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
+    let explained = assert_local_queries_exact(&data, &all, "events after the cut");
+    let how = |view: &str| explained.iter().find(|(v, _)| v == view).map(|(_, h)| h.clone()).expect("view");
+    assert!(how("revenue_by_day").ends_with("1500 events after its cut, loading no seed"), "{}", how("revenue_by_day"));
+    assert!(how("top_products_by_day").ends_with("loading seeds top_products_by_day.seed"), "{}", how("top_products_by_day"));
+    assert!(how("daily_unique_viewers").ends_with("loading seeds daily_unique_viewers.seed"), "{}", how("daily_unique_viewers"));
+}

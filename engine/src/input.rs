@@ -54,11 +54,11 @@ pub fn parse_each<E: Event>(input: &mut dyn BufRead, mut f: impl FnMut(E) -> Res
             None => {
                 let f = if text.trim_start().starts_with('{') {
                     Format::Ndjson
-                } else if text.trim() == E::csv_header() {
+                } else if E::reads_csv() && text.trim() == E::csv_header() {
                     format = Some(Format::Csv);
                     continue;
                 } else {
-                    return Err(bad(FieldError::line(format!("expected a JSON object (NDJSON) or the CSV header `{}`", E::csv_header()))));
+                    return Err(bad(FieldError::line(expected_first_line::<E>(false))));
                 };
                 format = Some(f);
                 f
@@ -73,6 +73,33 @@ pub fn parse_each<E: Event>(input: &mut dyn BufRead, mut f: impl FnMut(E) -> Res
         count += 1;
     }
     Ok(count)
+}
+
+/// What the first data line of an input must be, for an error: a JSON object, or (for a
+/// job with a CSV form) the CSV header; `csv_asked` when the input was named CSV.
+fn expected_first_line<E: Event>(csv_asked: bool) -> String {
+    match (E::reads_csv(), csv_asked) {
+        (false, _) => format!("expected a JSON object (NDJSON): {}", lambdaflow_operators::NO_CSV),
+        (true, true) => format!("expected the CSV header `{}`", E::csv_header()),
+        (true, false) => format!("expected a JSON object (NDJSON) or the CSV header `{}`", E::csv_header()),
+    }
+}
+
+/// Refuses input named CSV (by `--format` or the file's extension, `format`) for a job
+/// whose events have no CSV form, naming the file, before anything is read or stored.
+pub(crate) fn refuse_csv<E: Event>(file: &str, format: Option<Format>) -> Result<()> {
+    if format == Some(Format::Csv) && !E::reads_csv() {
+        let file = if file == "-" { "<stdin>" } else { file };
+        // Rejected input (exit 3), refused before its first line is read.
+        return Err(Error::BadInput {
+            line: 1,
+            error: lambdaflow_operators::FieldError::line(format!(
+                "{file}: CSV input, but {}; convert it to NDJSON or Parquet (nothing was stored)",
+                lambdaflow_operators::NO_CSV
+            )),
+        });
+    }
+    Ok(())
 }
 
 /// Splits NDJSON or CSV input into request bodies of at most `max_bytes` each, at line
@@ -554,9 +581,8 @@ fn read_chunks<E: Event>(
         if !csv {
             break; // a data line: the first chunk starts with it
         }
-        if text != E::csv_header() {
-            let what = if format.is_some() { "expected the CSV header" } else { "expected a JSON object (NDJSON) or the CSV header" };
-            head_error = Some(FieldError::line(format!("{what} `{}`", E::csv_header())));
+        if !E::reads_csv() || text != E::csv_header() {
+            head_error = Some(FieldError::line(expected_first_line::<E>(format.is_some())));
             break;
         }
         first.clear();

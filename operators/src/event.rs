@@ -61,6 +61,9 @@ impl fmt::Display for FieldError {
 
 impl std::error::Error for FieldError {}
 
+/// Why a CSV row of an event type without a CSV form is refused.
+pub const NO_CSV: &str = "this job's events have no CSV form: it reads NDJSON (one JSON object a line) or Parquet only";
+
 /// The input formats an event type can be read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -89,10 +92,25 @@ pub trait Event: crate::view::Data {
     }
 
     /// The CSV header this type expects, e.g. `type,ts,order_id`.
-    fn csv_header() -> &'static str;
+    ///
+    /// CSV is optional. The default, `""`, says the type has no CSV form: `ingest` refuses
+    /// CSV input naming the file (nothing is stored), `ingest --help` says the job reads
+    /// NDJSON and Parquet only. Implement this and [`Event::parse_csv`] together to read CSV.
+    fn csv_header() -> &'static str {
+        ""
+    }
 
-    /// Parses one CSV data row (without its newline), after the header.
-    fn parse_csv(line: &str) -> Result<Self, FieldError>;
+    /// Parses one CSV data row (without its newline), after the header. The default refuses
+    /// every row (see [`Event::csv_header`]).
+    fn parse_csv(line: &str) -> Result<Self, FieldError> {
+        let _ = line;
+        Err(FieldError::line(NO_CSV))
+    }
+
+    /// Whether the type has a CSV form: a non-empty [`Event::csv_header`].
+    fn reads_csv() -> bool {
+        !Self::csv_header().is_empty()
+    }
 
     /// A key that decides the log partition of the event. Events with the same key keep
     /// their relative order; the views never depend on it, only locality does.

@@ -60,6 +60,7 @@ mod window;
 
 pub use ctx::{Coll, Ctx, Time};
 pub use day::{Day, MAX_TS_MS, MS_PER_DAY};
+pub use event::NO_CSV;
 pub use event::{Event, FieldError, Format};
 pub use inserts::{Input, Inserts};
 pub use job::Job;

@@ -202,11 +202,15 @@ pub struct ViewInfo {
 }
 
 /// One merged answer: a key and its value, as JSON, and for sum views the two parts.
+///
+/// A key whose merged records are not one value (a job mistake: see [`Answer::error`]) is
+/// an answer too, with `value` null and the cause in `error`, so that one such key never
+/// fails a range query of the others.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Answer {
     /// The key's JSON form.
     pub key: Value,
-    /// The merged value's JSON form.
+    /// The merged value's JSON form (`null` for a key in error).
     pub value: Value,
     /// For sum views: the batch view's part (`null` when the key is not in the batch view).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,6 +218,17 @@ pub struct Answer {
     /// For sum views: the speed layer's part since the cut (`null` when it has none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speed: Option<Value>,
+    /// Why this key has no value: its batch and speed records merged to something other
+    /// than one value (the view, the key, what the records were, and the likely fix).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    /// An answer in error: `key` has no value because of `error`.
+    pub fn failed(key: Value, error: String) -> Answer {
+        Answer { key, value: Value::Null, batch: None, speed: None, error: Some(error) }
+    }
 }
 
 /// Which keys a query asks for.
@@ -356,27 +371,51 @@ impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
         acc.filter(|r| !r.is_zero()).map(|r| (self.present)(v, &r))
     }
 
-    fn answer(&self, key: &K, batch: &[(V, R)], speed: &[(V, R)]) -> Result<Option<Answer>, String> {
+    /// The merged answer of `key`; a key whose records do not merge to one value is an
+    /// answer in error ([`Answer::failed`]), never an error of the whole query.
+    fn answer(&self, key: &K, batch: &[(V, R)], speed: &[(V, R)]) -> Option<Answer> {
         let mut merged: Vec<(V, R)> = batch.iter().chain(speed.iter()).cloned().collect();
         differential_dataflow::consolidation::consolidate(&mut merged);
         match (self.info.kind, merged.as_slice()) {
-            (_, []) => Ok(None),
-            (ViewKind::Sum, [(v, r)]) => Ok(Some(Answer {
+            (_, []) => None,
+            (ViewKind::Sum, [(v, r)]) => Some(Answer {
                 key: key.to_json(),
                 value: (self.present)(v, r),
                 batch: Some(self.present_parts(v, batch).unwrap_or(Value::Null)),
                 speed: Some(self.present_parts(v, speed).unwrap_or(Value::Null)),
-            })),
+                error: None,
+            }),
             (ViewKind::Value, [(v, r)]) if is_one(r) => {
-                Ok(Some(Answer { key: key.to_json(), value: (self.present)(v, r), batch: None, speed: None }))
+                Some(Answer { key: key.to_json(), value: (self.present)(v, r), batch: None, speed: None, error: None })
             }
-            (_, many) => Err(format!(
-                "view {}: key {} merged to {} records (or a count other than 1); the job must produce one value per key",
-                self.info.name,
-                key.to_json(),
-                many.len()
-            )),
+            (_, many) => Some(Answer::failed(key.to_json(), self.malformed(key, many.len(), batch))),
         }
+    }
+
+    /// What is wrong with a key that merged to `records` records (or a count other than 1),
+    /// and the likely fix, told apart by whether the batch view alone is one value per key.
+    fn malformed(&self, key: &K, records: usize, batch: &[(V, R)]) -> String {
+        let batch_ok = matches!(batch, [(_, _)]) && batch.iter().all(|(_, r)| is_one(r));
+        let cause = if batch.is_empty() {
+            "the batch view has no value for it, and the speed layer's updates alone are not one value: either the \
+             collection given to value_view is not one value per key (reduce it to one first: ctx.per_key, top_k, \
+             max, ...), or a stateful operator (a raw differential reduce, join, distinct, ...) reads an unseeded \
+             input (wrap it in ctx.seeded(name, input)); if the job has neither, this is an engine inconsistency: \
+             run `lambdaflow verify` and report it"
+        } else if batch_ok {
+            "the batch view holds one value for it, so the speed layer's updates do not retract the batch state: \
+             most likely a stateful operator (a raw differential reduce, join, distinct, ...) on an unseeded input; \
+             wrap that operator's input in ctx.seeded(name, input) (DSL operators are seeded already); if the job \
+             has no such operator, this is an engine inconsistency: run `lambdaflow verify` and report it"
+        } else {
+            "the batch view itself holds more than one value (or a count other than 1) for it: the collection \
+             given to value_view is not one value per key; reduce it to one (ctx.per_key, top_k, max, ...) first"
+        };
+        format!(
+            "view {}: key {} merged to {records} records (or a count other than 1); a value view needs one value per key: {cause}",
+            self.info.name,
+            key.to_json(),
+        )
     }
 }
 
@@ -484,7 +523,7 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
             Selection::Key(text) => {
                 let key = K::parse_key(text).map_err(|e| format!("view {}: bad key: {e}", self.info.name))?;
                 let sp = speed.rows.get(&key).cloned().unwrap_or_default();
-                Ok(self.answer(&key, &batch_part(&key), &sp)?.into_iter().collect())
+                Ok(self.answer(&key, &batch_part(&key), &sp).into_iter().collect())
             }
             Selection::Range { from, to, limit } => {
                 let parse = |s: &Option<String>| -> Result<Option<K>, String> {
@@ -519,7 +558,7 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
                         Some((k, _)) if **k == key => si.next().map(|(_, p)| p.clone()).unwrap_or_default(),
                         _ => Vec::new(),
                     };
-                    if let Some(a) = self.answer(&key, &batch_part, &speed_part)? {
+                    if let Some(a) = self.answer(&key, &batch_part, &speed_part) {
                         out.push(a);
                     }
                 }
@@ -725,7 +764,7 @@ mod tests {
                 .iter()
                 .map(|(k, r)| {
                     let part = |m: &BTreeMap<u64, i128>| m.get(k).map_or(Value::Null, |x| json!(x));
-                    (*k, Answer { key: json!(k), value: json!(r), batch: Some(part(&b)), speed: Some(part(&s)) })
+                    (*k, Answer { key: json!(k), value: json!(r), batch: Some(part(&b)), speed: Some(part(&s)), error: None })
                 })
                 .collect();
             prop_assert!(table.keys() == s.len(), "speed table holds exactly the keys with net updates");
@@ -768,7 +807,7 @@ mod tests {
                     }
                 }
                 if let Some(v) = current {
-                    expected.insert(*k, Answer { key: json!(k), value: json!(v), batch: None, speed: None });
+                    expected.insert(*k, Answer { key: json!(k), value: json!(v), batch: None, speed: None, error: None });
                 }
             }
             cell.push(&mut updates);
@@ -792,18 +831,42 @@ mod tests {
         assert_eq!(Sums::<3>::example(), Sums([1, 1, 1]));
     }
 
-    // A value view whose key merges to two values is an error naming the view and key, not a
-    // silently chosen value.
+    // A value view whose key merges to two values is an error naming the view, the key and
+    // the fix, not a silently chosen value; and (issue 12) an entry beside the other keys'
+    // answers, not a failure of the whole range query.
     #[test]
-    fn value_view_with_two_values_is_an_error() {
+    fn value_view_with_two_values_is_an_error_entry() {
         let cell = value_cell();
-        let batch = batch_of(&cell, &[((3, 1), 1)]);
-        cell.push(&mut vec![((3, 2), 1, 1)]);
+        let batch = batch_of(&cell, &[((1, 7), 1), ((3, 1), 1), ((5, 9), 1)]);
+        // Key 3 gets a second value with no retraction of the batch one (what an unseeded
+        // stateful operator does); key 5 changes properly.
+        cell.push(&mut vec![((3, 2), 1, 1), ((5, 9), 1, -1), ((5, 4), 1, 1)]);
         let mut table = cell.new_speed_table();
         cell.drain_speed(1, table.as_mut());
-        let err = cell.query(Some(batch.as_ref()), table.as_ref(), &Selection::Key("3".into())).unwrap_err();
+        let point = cell.query(Some(batch.as_ref()), table.as_ref(), &Selection::Key("3".into())).unwrap();
+        let [a] = point.as_slice() else { panic!("one answer for one key: {point:?}") };
+        let err = a.error.as_deref().expect("an error entry");
         assert!(err.contains("view v") && err.contains("key 3") && err.contains("2 records"), "{err}");
-        assert!(cell.query(Some(batch.as_ref()), table.as_ref(), &all(10)).is_err());
+        assert!(err.contains("wrap that operator's input in ctx.seeded"), "no fix in: {err}");
+        assert_eq!((&a.key, &a.value), (&json!(3), &Value::Null));
+        let range = cell.query(Some(batch.as_ref()), table.as_ref(), &all(10)).unwrap();
+        let got: Vec<(Value, Value, bool)> = range.iter().map(|a| (a.key.clone(), a.value.clone(), a.error.is_some())).collect();
+        assert_eq!(got, vec![(json!(1), json!(7), false), (json!(3), Value::Null, true), (json!(5), json!(4), false)]);
+        // Rendered in JSON beside the value; absent from good answers.
+        assert!(serde_json::to_value(&range[1]).unwrap()["error"].as_str().is_some_and(|e| e.contains("key 3")));
+        assert!(serde_json::to_value(&range[0]).unwrap().get("error").is_none());
+    }
+
+    // A value view fed two values per key in the batch view itself is told apart: the fix is
+    // to reduce the collection to one value per key, not to seed anything.
+    #[test]
+    fn two_values_in_the_batch_view_name_the_other_fix() {
+        let cell = value_cell();
+        let batch = batch_of(&cell, &[((3, 1), 1), ((3, 2), 1)]);
+        let table = cell.new_speed_table();
+        let got = cell.query(Some(batch.as_ref()), table.as_ref(), &Selection::Key("3".into())).unwrap();
+        let err = got[0].error.as_deref().expect("an error entry");
+        assert!(err.contains("not one value per key") && !err.contains("ctx.seeded"), "{err}");
     }
 
     proptest! {

@@ -49,6 +49,7 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
         crate::keys::validate_key(k).map_err(|why| Error::Usage(format!("--key: {why}")))?;
     }
     let (source, line_format, len) = crate::input::open_source(&file, format)?;
+    crate::input::refuse_csv::<J::Event>(&file, line_format)?;
     let t0 = Instant::now();
     let _lock = DirLock::acquire(&g.data, "ingest", g.wait, &ingest_advice(&g.data, &file))?;
     let appender = open_log(&g.data, partitions)?;
@@ -154,24 +155,36 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
     let workers = g.workers;
     let point = key.is_some();
     let limit = if all { usize::MAX } else { limit };
+    let job = app.job.name();
+    // Whether the job's graph has a raw stateful operator on an unseeded input (`None`:
+    // not looked at yet; a remote query lints only if an answer is in error).
+    let mut unseeded: Option<bool> = None;
+    let mut remote_job = None;
     let (mut answer, total_known, more) = match access(&g.data, "query", g.wait, &remote)? {
         Access::Local(_lock) => {
-            let lambda = open_existing(app.job, &g.data, workers)?;
-            catch_up(&lambda)?;
             let sel = match &key {
                 Some(k) => Selection::Key(k.clone()),
                 // Every key, to say how many there are; printed up to `limit`.
                 None => Selection::Range { from, to, limit: usize::MAX },
             };
-            (result_json(&lambda.query(&view, &sel)?, point), true, false)
-        }
-        Access::Remote(service) => match &key {
-            Some(k) => (service.point(&view, k)?, false, false),
-            None => {
-                let (answer, more) = service.range(&view, from.as_deref(), to.as_deref(), limit)?;
-                (answer, false, more)
+            // Only what the view needs: no speed layer, no seed it does not depend on.
+            let (result, loaded) = local::query(app.job, &g.data, workers, &view, &sel)?;
+            if std::env::var_os("LAMBDAFLOW_QUERY_EXPLAIN").is_some() {
+                eprintln!("{}", loaded.describe(&result.freshness));
             }
-        },
+            unseeded = Some(loaded.unseeded);
+            (result_json(&result, point), true, false)
+        }
+        Access::Remote(service) => {
+            remote_job = Some(app.job);
+            match &key {
+                Some(k) => (service.point(&view, k)?, false, false),
+                None => {
+                    let (answer, more) = service.range(&view, from.as_deref(), to.as_deref(), limit)?;
+                    (answer, false, more)
+                }
+            }
+        }
     };
     if point && answer.get("key").is_none() {
         if json {
@@ -179,12 +192,48 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
         }
         answer = serde_json::json!({ "items": [], "freshness": answer["freshness"] });
     }
+    // The one key asked for has no value because of a job mistake: that is the answer's
+    // error (a range shows such keys beside the others instead).
+    let mut lint = || match (unseeded, remote_job.take()) {
+        (Some(u), _) => u,
+        (None, Some(job)) => crate::cli::lint_job(Arc::new(job)).ok().flatten().is_some(),
+        (None, None) => true,
+    };
+    if let Some(e) = answer.get("error").and_then(|e| e.as_str()).filter(|_| point) {
+        return Err(key_in_error(job, lint(), e.to_string()));
+    }
+    // Counted before `--limit` shortens the list.
+    let errors = answer.get("items").and_then(|i| i.as_array()).map_or(0, |i| i.iter().filter(|a| a.get("error").is_some()).count());
+    let first_error =
+        answer["items"].as_array().and_then(|i| i.iter().find_map(|a| a.get("error").and_then(|e| e.as_str()).map(str::to_string)));
     let count = match trim_answers(&mut answer, limit, top, total_known) {
         // The service said there are more than it returned (how many, it did not say).
         Count::All(n) if more => Count::MoreThan(n),
         count => count,
     };
-    print_answers(&answer, json, count)
+    print_answers(&answer, json, count, errors)?;
+    // The good answers are printed; the query still fails, so a script notices the keys in
+    // error.
+    match first_error {
+        None => Ok(()),
+        Some(e) => {
+            let more = if errors > 1 { format!(" ({} in error in all)", plural(errors, "key")) } else { String::new() };
+            Err(key_in_error(job, lint(), format!("{e}{more}")))
+        }
+    }
+}
+
+/// The error of a query answering a key in error: the job's mistake (exit 70) if its graph
+/// has a raw stateful operator on an unseeded input, else an engine inconsistency (exit 4).
+fn key_in_error(job: &str, unseeded: bool, e: String) -> Error {
+    if unseeded {
+        Error::Dataflow(DataflowError::InvalidJob { job: job.to_string(), detail: e })
+    } else {
+        Error::Inconsistent(format!(
+            "{e}. The job's graph has no raw stateful operator on an unseeded input, so this is not the job's mistake \
+             but an engine inconsistency: run `lambdaflow verify` and report it"
+        ))
+    }
 }
 
 /// `views`: the job's views with their fields.

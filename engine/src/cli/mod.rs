@@ -37,10 +37,13 @@ mod commands;
 mod connect;
 mod demo;
 mod export;
+mod local;
 mod lock;
 mod options;
 mod output;
 mod remote;
+#[cfg(test)]
+mod tests;
 
 use args::*;
 use commands::*;
@@ -51,6 +54,8 @@ use lock::*;
 use options::*;
 use output::*;
 use remote::*;
+
+pub(crate) use local::lint as lint_job;
 
 /// Produces synthetic events for `gen` and `demo`.
 pub trait Generator<E>: Send + Sync {
@@ -102,7 +107,7 @@ impl<J: Job> App<J> {
 
 /// Runs the command line for `app` and returns the process exit code.
 pub fn main<J: Job>(app: App<J>) -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli::<J::Event>();
     match run(app, cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of our output has gone (`lambdaflow query ... | head`): not a failure.
@@ -112,6 +117,27 @@ pub fn main<J: Job>(app: App<J>) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The command line, with `ingest`'s help saying which formats this job's events read.
+fn parse_cli<E: lambdaflow_operators::Event>() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command::<E>().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+/// The command line's definition for a job whose events are `E`.
+fn command<E: lambdaflow_operators::Event>() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    if !E::reads_csv() {
+        cmd = cmd.mut_subcommand("ingest", |c| {
+            c.about("Append events from FILE (or - for stdin), NDJSON or Parquet, durably. A bad line rejects the whole input.")
+                .mut_arg("format", |a| {
+                    a.help("Input format: ndjson or parquet (default: from the file's extension, else NDJSON). This job's events have no CSV form: CSV input is refused")
+                })
+        });
+    }
+    cmd
 }
 
 /// Whether `e` is a write to stdout that found the reading end closed.

@@ -142,7 +142,8 @@ pub(super) fn count_text(c: Count) -> String {
 }
 
 /// Prints merged answers (see [`result_json`] for the shape); with `json`, as is.
-pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count) -> Result<()> {
+/// `errors` is how many answers are in error, counted before `--limit`.
+pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count, errors: usize) -> Result<()> {
     if json {
         if !matches!(count, Count::All(_)) {
             eprintln!("-- {}", count_text(count));
@@ -154,6 +155,12 @@ pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count
         None => vec![answer],
     };
     for a in &items {
+        // A key whose records did not merge to one value (a job mistake): its error, not a
+        // value; the other keys' answers stand.
+        if let Some(e) = a.get("error").and_then(|e| e.as_str()) {
+            out(format_args!("{}\terror: {e}", plain(&a["key"])))?;
+            continue;
+        }
         match (a.get("batch"), a.get("speed")) {
             (Some(b), Some(s)) => {
                 let part = |p: &serde_json::Value| if p.is_null() { "-".to_string() } else { p.to_string() };
@@ -163,8 +170,9 @@ pub(super) fn print_answers(answer: &serde_json::Value, json: bool, count: Count
         }
     }
     let f = &answer["freshness"];
+    let failed = if errors == 0 { String::new() } else { format!(" ({} in error, see each)", plural(errors, "key")) };
     eprintln!(
-        "-- {}; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
+        "-- {}{failed}; batch {} (cut {}, age {}); speed frontier {} ({} events since the cut)",
         count_text(count),
         f["batch_version"].as_u64().map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
         f["batch_cut"],

@@ -22,6 +22,9 @@ pub(super) fn ingest_to_server<E: lambdaflow_operators::Event>(file: &str, url: 
     }
     let mut client = IngestClient { url, addrs: parse_server_url(url)?, token: remote.token_file.as_deref().map(read_token).transpose()? };
     let path = PathBuf::from(file);
+    if crate::input::InputFormat::from_path(&path) == Some(crate::input::InputFormat::Csv) {
+        crate::input::refuse_csv::<E>(file, Some(lambdaflow_operators::Format::Csv))?;
+    }
     let open = || std::fs::File::open(&path).map(|f| std::io::BufReader::with_capacity(1 << 20, f));
     let io_err = |source| Error::Io { path: path.clone(), what: "read".into(), source };
     let t = Instant::now();
@@ -299,6 +302,10 @@ impl Service {
             (200, v) => Ok(v),
             // A key with no events yet: no answer, with the freshness it was asked at.
             (404, v) if v.get("freshness").is_some() => Ok(serde_json::json!({ "view": view, "freshness": v["freshness"] })),
+            // The key is in error (its records did not merge to one value): the answer's error.
+            (500, v) if v.get("key").is_some() && v.get("freshness").is_some() => Ok(serde_json::json!({
+                "view": view, "key": v["key"], "value": null, "error": v["error"], "freshness": v["freshness"]
+            })),
             (status, v) => Err(remote_error(status, &v)),
         }
     }

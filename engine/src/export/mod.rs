@@ -220,6 +220,7 @@ pub fn export_version(job: &JobViews, data_dir: &Path, version: Option<u64>, nam
         let empty = view.new_speed_table();
         let answers = view.query(Some(table.as_ref()), empty.as_ref(), &every_key()).map_err(Error::Internal)?;
         drop(table);
+        refuse_error_entries(name, &answers)?;
         let mut file = write_view(out, view.info(), answers.iter().map(|a| (&a.key, &a.value)), &export, None)?;
         file.secs = t.elapsed().as_secs_f64();
         files.push(file);
@@ -257,6 +258,7 @@ pub fn export_merged<J: Job>(lambda: &Lambda<J>, names: &[String], out: &Path) -
             )));
         }
         let info = views.iter().find(|v| v.info().name == name).map(|v| v.info().clone()).expect("selected");
+        refuse_error_entries(&name, &result.answers)?;
         let mut file = write_view(out, &info, result.answers.iter().map(|a| (&a.key, &a.value)), &export, None)?;
         file.secs = t.elapsed().as_secs_f64();
         files.push(file);
@@ -412,6 +414,21 @@ fn json<T: Serialize + ?Sized>(v: &T) -> String {
 /// The path of a view's file in an export directory.
 pub fn view_file(out: &Path, view: &str) -> PathBuf {
     out.join(format!("{view}.parquet"))
+}
+
+/// An export holds values only: a key in error (its records did not merge to one value)
+/// would be written as a null, which a reader cannot tell from a real value. Refuses the
+/// export naming the view, the key and the cause instead.
+fn refuse_error_entries(view: &str, answers: &[lambdaflow_operators::Answer]) -> Result<()> {
+    let mut bad = answers.iter().filter_map(|a| a.error.as_deref().map(|e| (&a.key, e)));
+    match bad.next() {
+        None => Ok(()),
+        Some((key, cause)) => {
+            let more = bad.count();
+            let more = if more > 0 { format!(" ({more} more keys in error)") } else { String::new() };
+            Err(Error::Inconsistent(format!("view `{view}`, key {key}: {cause}{more}; nothing exported for it")))
+        }
+    }
 }
 
 #[cfg(test)]

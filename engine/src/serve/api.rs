@@ -763,7 +763,7 @@ impl RangeQuery {
                 }
                 scanned += 1;
                 last = Some(a.key.clone());
-                if filter.is_none_or(|w| w.keeps(&a.value)) {
+                if a.error.is_some() || filter.is_none_or(|w| w.keeps(&a.value)) {
                     if items.len() == self.limit {
                         let next = items.last().map(|a| cursor_of(&a.key));
                         return Ok(RangePage { items, next, freshness: frontier.expect("set") });
@@ -934,6 +934,10 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
     let view_json = Value::String(view).to_string();
     let response = match (key, body) {
         (None, Some(items)) => json_response(StatusCode::OK, format!("{{\"view\":{view_json},{items},\"freshness\":{fresh}}}")),
+        (Some(_), Some(answer)) if answer_error(&answer).is_some() => {
+            let (key, e) = answer_error(&answer).unwrap_or_default();
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e, "key": key, "freshness": freshness }).to_string())
+        }
         (Some(_), Some(answer)) => {
             // `answer` is an object `{"key":..,...}`: splice the view and freshness in.
             let rest = answer.strip_prefix('{').unwrap_or(&answer);
@@ -1050,6 +1054,16 @@ async fn get_metrics<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
     let mut r = s.metrics.render(&g).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     Ok(r)
+}
+
+/// The key and error of a point answer in error (its records did not merge to one value),
+/// from its JSON.
+fn answer_error(answer: &str) -> Option<(Value, String)> {
+    if !answer.contains("\"error\":") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(answer).ok()?;
+    Some((v.get("key")?.clone(), v.get("error")?.as_str()?.to_string()))
 }
 
 #[cfg(test)]

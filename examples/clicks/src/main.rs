@@ -57,12 +57,16 @@ impl Generator<Click> for ClickGenerator {
 fn demo_report(lambda: &Lambda<Clicks>) -> lambdaflow_engine::Result<Vec<String>> {
     let mut lines = Vec::new();
     if let Some(a) = lambda.query("clicks_by_page", &Selection::Key("1".into()))?.answers.first() {
-        lines.push(format!(
-            "page 1: {} clicks (batch {} + speed {})",
-            a.value["clicks"],
-            a.batch.as_ref().map_or(Value::Null, |b| b["clicks"].clone()),
-            a.speed.as_ref().map_or(Value::Null, |s| s["clicks"].clone())
-        ));
+        if let Some(e) = &a.error {
+            lines.push(format!("page 1: error: {e}"));
+        } else {
+            lines.push(format!(
+                "page 1: {} clicks (batch {} + speed {})",
+                a.value["clicks"],
+                a.batch.as_ref().map_or(Value::Null, |b| b["clicks"].clone()),
+                a.speed.as_ref().map_or(Value::Null, |s| s["clicks"].clone())
+            ));
+        }
     }
     let today = Day::of_ms(lambdaflow_engine::now_ms() as i64).to_string();
     if let Some(a) = lambda.query("time_on_page_by_day", &Selection::Key(today))?.answers.first() {
@@ -70,6 +74,10 @@ fn demo_report(lambda: &Lambda<Clicks>) -> lambdaflow_engine::Result<Vec<String>
     }
     let all = Selection::Range { from: None, to: None, limit: 10 };
     let buckets = lambda.query("users_by_activity", &all)?;
+    // A key in error has no value (null): say so instead of printing it as one.
+    for a in buckets.answers.iter().filter(|a| a.error.is_some()) {
+        lines.push(format!("users_by_activity {}: error: {}", a.key, a.error.as_deref().unwrap_or_default()));
+    }
     lines.push(
         buckets.answers.iter().map(|a| format!("{}={}", a.key.as_str().unwrap_or("?"), a.value["users"])).collect::<Vec<_>>().join(" "),
     );

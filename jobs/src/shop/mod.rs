@@ -198,6 +198,7 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
         |v: Option<&Value>, field: &str| v.and_then(|v| v.get(field)).and_then(Value::as_number).and_then(|n| n.as_i128()).unwrap_or(0);
     let money = |c: i128| format!("{}${}.{:02}", if c < 0 { "-" } else { "" }, c.unsigned_abs() / 100, c.unsigned_abs() % 100);
     match rev.answers.first() {
+        Some(a) if a.error.is_some() => lines.push(format!("revenue {today}: error: {}", a.error.as_deref().unwrap_or_default())),
         Some(a) => lines.push(format!(
             "revenue {today}: batch {} + speed {} = {} net",
             money(cents(a.batch.as_ref(), "net_cents")),
@@ -207,7 +208,10 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
         None => lines.push(format!("revenue {today}: none yet")),
     }
     if let Some(a) = lambda.query("daily_unique_viewers", &Selection::Key(today.clone()))?.answers.first() {
-        lines.push(format!("viewers {}", a.value["viewers"]));
+        lines.push(match &a.error {
+            Some(e) => format!("viewers: error: {e}"),
+            None => format!("viewers {}", a.value["viewers"]),
+        });
     }
     if let Some(a) = lambda.query("top_products_by_day", &Selection::Key(today))?.answers.first() {
         if let Some(first) = a.value.get(0) {
@@ -222,6 +226,9 @@ pub fn demo_report(lambda: &Lambda<Shop>) -> lambdaflow_engine::Result<Vec<Strin
     let seg =
         segs.answers.iter().map(|a| format!("{}={}", a.key.as_str().unwrap_or("?"), a.value["customers"])).collect::<Vec<_>>().join(" ");
     lines.push(format!("segments {seg}"));
+    for a in segs.answers.iter().filter(|a| a.error.is_some()) {
+        lines.push(format!("customer_segments {}: error: {}", a.key, a.error.as_deref().unwrap_or_default()));
+    }
     lines.push(format!("frontier +{} events since cut", rev.freshness.speed_events));
     Ok(lines)
 }
