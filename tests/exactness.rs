@@ -235,12 +235,13 @@ fn sums_beyond_i64_are_exact_in_both_modes() {
 fn shared_top_k_seed_restores_exactly() {
     use lambdaflow_engine::testing::{test_options, TempDir};
     use lambdaflow_engine::{Lambda, ViewStore};
-    let before: Vec<ShopEvent> = (1..=14u64).map(|p| purchase(1, p, p % 5 + 1, p, 1_000 * p as i64)).chain([purchase(2, 20, 1, 3, 70)]).collect();
-    let after = vec![
-        purchase(1, 30, 2, 2, 50_000),   // product 2, 13th at the cut, becomes the leader
-        refund(1, 14, 4, 14, 14_000),    // the leader at the cut falls out
-        purchase(1, 31, 3, 1, 4_500),    // product 1 passes 3, 4 and 5
-        purchase(2, 32, 3, 9, 10),       // day 2 gains a second product
+    let before: Vec<ShopEvent> =
+        (1..=14u64).map(|p| purchase(1, p, p % 5 + 1, p, 1_000 * p as i64)).chain([purchase(2, 20, 1, 3, 70)]).collect();
+    let after = [
+        purchase(1, 30, 2, 2, 50_000), // product 2, 13th at the cut, becomes the leader
+        refund(1, 14, 4, 14, 14_000),  // the leader at the cut falls out
+        purchase(1, 31, 3, 1, 4_500),  // product 1 passes 3, 4 and 5
+        purchase(2, 32, 3, 9, 10),     // day 2 gains a second product
     ];
     let events: Vec<ShopEvent> = before.iter().chain(after.iter()).cloned().collect();
     for workers in [1, 2, 4] {

@@ -432,20 +432,14 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
 }
 
 /// Phase 3: adopts the other processes' seed shards, writes META and publishes the version.
-fn publish<J: Job>(
-    store: &ViewStore,
-    written: Written,
-    job: &J,
-    computed: &Computed,
-    cut: Vec<u64>,
-    started_ms: u64,
-) -> Result<BatchMeta> {
+fn publish<J: Job>(store: &ViewStore, written: Written, job: &J, computed: &Computed, cut: Vec<u64>, started_ms: u64) -> Result<BatchMeta> {
     let Written { pending, views, seeds, seed_views, seed_shards, adopt } = written;
     for (name, parts) in &adopt {
         for part in parts {
-            let shards = computed.shards.as_ref().ok_or_else(|| {
-                Error::Internal(format!("seed `{name}`: part {part} was captured by no worker of this process"))
-            })?;
+            let shards = computed
+                .shards
+                .as_ref()
+                .ok_or_else(|| Error::Internal(format!("seed `{name}`: part {part} was captured by no worker of this process")))?;
             // Written and fsync'd by its process before the barrier ended.
             pending.adopt_seed_shard(shards, name, *part)?;
         }

@@ -253,11 +253,15 @@ impl ViewStore {
     pub fn meta(&self, version: u64) -> Result<BatchMeta> {
         let path = self.version_dir(version).join("META.json");
         let bytes = read_framed(&path)?;
-        let meta: BatchMeta = serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path: path.clone(), detail: e.to_string() })?;
+        let meta: BatchMeta =
+            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path: path.clone(), detail: e.to_string() })?;
         if meta.format > FORMAT {
             return Err(Error::CorruptView {
                 path,
-                detail: format!("batch version format {} is newer than this build reads (up to {FORMAT}): run a newer lambdaflow", meta.format),
+                detail: format!(
+                    "batch version format {} is newer than this build reads (up to {FORMAT}): run a newer lambdaflow",
+                    meta.format
+                ),
             });
         }
         Ok(meta)
@@ -283,10 +287,9 @@ impl ViewStore {
             Err(e) => return Err(e),
         };
         let count = |b: &[u8], path: &Path| -> Result<u64> {
-            b.get(..8).map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes"))).ok_or_else(|| Error::CorruptView {
-                path: path.to_path_buf(),
-                detail: "a seed file shorter than its row count".into(),
-            })
+            b.get(..8)
+                .map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes")))
+                .ok_or_else(|| Error::CorruptView { path: path.to_path_buf(), detail: "a seed file shorter than its row count".into() })
         };
         let (joined, path) = if let Some((_, view)) = meta.seed_views.iter().find(|(s, _)| s == name) {
             let path = dir.join(format!("view.{}.bin", safe_name(view)?));

@@ -560,7 +560,14 @@ impl<'s> Ctx<'s> {
     /// revenue per (day, product) ranked per day. The seed is `input` itself, before the
     /// split: when a view is declared over the same collection (as a keyed sum usually is),
     /// the seed is shared with that view and the batch run writes those rows once.
-    pub fn top_k_by<D, K, I, R, S, P, F>(&mut self, name: &str, input: Coll<'s, D, R>, split: P, k: usize, score: F) -> Coll<'s, (K, Vec<(I, S)>)>
+    pub fn top_k_by<D, K, I, R, S, P, F>(
+        &mut self,
+        name: &str,
+        input: Coll<'s, D, R>,
+        split: P,
+        k: usize,
+        score: F,
+    ) -> Coll<'s, (K, Vec<(I, S)>)>
     where
         D: Data,
         K: Data,

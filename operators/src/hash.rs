@@ -188,7 +188,14 @@ where
 }
 
 /// [`aggregate`] whose tables split into shards past `split` keys (tests split small ones).
-pub(crate) fn aggregate_split<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, keys_max: usize, split: usize, f: F) -> Coll<'s, K, R>
+pub(crate) fn aggregate_split<'s, D, K, R, F>(
+    name: &str,
+    input: Coll<'s, D>,
+    exchange: bool,
+    keys_max: usize,
+    split: usize,
+    f: F,
+) -> Coll<'s, K, R>
 where
     D: Data,
     K: Data + Hash,
