@@ -104,6 +104,11 @@ const SPLIT_KEYS: usize = 1 << 16;
 /// Shards of a split [`Table`].
 const SHARDS: usize = 64;
 
+/// Inputs after which a pre-aggregation that may emit partial sums checks how much it
+/// reduces: holding more than one key per two inputs, it stops aggregating and passes its
+/// input on (see [`aggregate`]).
+const REDUCTION_CHECK: u64 = 1 << 18;
+
 /// The hash table of an aggregation: one `FxHashMap` while small, [`SHARDS`] of them, chosen
 /// by key hash, once it holds more than `split` keys. A batch run's large aggregations (the
 /// distinct (day, customer) pairs: 2M+ keys per worker at 10M events) grow by doubling;
@@ -115,12 +120,16 @@ pub(crate) struct Table<K, R> {
     /// Keys held, over all shards.
     len: usize,
     split: usize,
+    /// Records added so far.
+    inputs: u64,
+    /// Whether the aggregation passes its input on instead (see [`aggregate`]).
+    passthrough: bool,
 }
 
 impl<K: Hash + Eq, R: differential_dataflow::difference::Semigroup> Table<K, R> {
     /// An empty table that splits past `split` keys.
     pub(crate) fn new(split: usize) -> Self {
-        Table { shards: vec![FxHashMap::default()], len: 0, split }
+        Table { shards: vec![FxHashMap::default()], len: 0, split, inputs: 0, passthrough: false }
     }
 
     /// The shard of `k` in a split table: hash bits 32..38, which hashbrown uses neither for
@@ -136,6 +145,7 @@ impl<K: Hash + Eq, R: differential_dataflow::difference::Semigroup> Table<K, R> 
     /// Adds `r` to `k`'s aggregate.
     #[inline]
     pub(crate) fn add(&mut self, k: K, r: R) {
+        self.inputs += 1;
         let shard = if self.shards.len() == 1 { 0 } else { Self::shard_of(&k) };
         match self.shards[shard].entry(k) {
             Entry::Occupied(mut acc) => acc.get_mut().plus_equals(&r),
@@ -174,7 +184,13 @@ impl<K: Hash + Eq, R: differential_dataflow::difference::Semigroup> Table<K, R> 
 /// the time completes. With `exchange`, records first go to the worker owning their key.
 ///
 /// `keys_max` bounds the table: past it, the table is emitted early as partial sums and
-/// restarted, so a key may then appear more than once per time. Partial sums are valid
+/// restarted, so a key may then appear more than once per time. A table that may emit
+/// partial sums (`keys_max` below `usize::MAX`) and, after [`REDUCTION_CHECK`] records,
+/// holds more than one key per two of them (the revenue per (day, product) at 10M events:
+/// 724k keys from 1.5M events per worker) is emitted and the time's further records are
+/// passed on as they come: pre-aggregating them would cost a cache miss into a large table
+/// per record to save little of the exchange, which the consolidation after it aggregates
+/// anyway. Partial sums are valid
 /// differential updates (they add up downstream), but a caller that needs one record per
 /// key and time (e.g. to threshold counts into a distinct set) must pass `usize::MAX`.
 pub(crate) fn aggregate<'s, D, K, R, F>(name: &str, input: Coll<'s, D>, exchange: bool, keys_max: usize, f: F) -> Coll<'s, K, R>
@@ -184,16 +200,19 @@ where
     R: Diff + Multiply<isize, Output = R>,
     F: Fn(&D) -> Option<(K, R)> + 'static,
 {
-    aggregate_split(name, input, exchange, keys_max, SPLIT_KEYS, f)
+    aggregate_split(name, input, exchange, keys_max, SPLIT_KEYS, REDUCTION_CHECK, f)
 }
 
-/// [`aggregate`] whose tables split into shards past `split` keys (tests split small ones).
+/// [`aggregate`] whose tables split into shards past `split` keys and check their reduction
+/// after `check` records (tests use small ones).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn aggregate_split<'s, D, K, R, F>(
     name: &str,
     input: Coll<'s, D>,
     exchange: bool,
     keys_max: usize,
     split: usize,
+    check: u64,
     f: F,
 ) -> Coll<'s, K, R>
 where
@@ -203,9 +222,9 @@ where
     F: Fn(&D) -> Option<(K, R)> + 'static,
 {
     if exchange {
-        aggregate_with(name, input, Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)), keys_max, split, f)
+        aggregate_with(name, input, Exchange::new(|(d, _t, _r): &(D, Time, isize)| route(d)), keys_max, (split, check), f)
     } else {
-        aggregate_with(name, input, Pipeline, keys_max, split, f)
+        aggregate_with(name, input, Pipeline, keys_max, (split, check), f)
     }
 }
 
@@ -216,12 +235,12 @@ where
     D: Data + Hash,
     R: Diff,
 {
-    aggregate_core(name, input, Exchange::new(|(d, _t, _r): &(D, Time, R)| route(d)), usize::MAX, SPLIT_KEYS, |d: &D, r: &R| {
+    aggregate_core(name, input, Exchange::new(|(d, _t, _r): &(D, Time, R)| route(d)), usize::MAX, (SPLIT_KEYS, u64::MAX), |d: &D, r: &R| {
         Some((d.clone(), r.clone()))
     })
 }
 
-fn aggregate_with<'s, D, K, R, F, P>(name: &str, input: Coll<'s, D>, pact: P, keys_max: usize, split: usize, f: F) -> Coll<'s, K, R>
+fn aggregate_with<'s, D, K, R, F, P>(name: &str, input: Coll<'s, D>, pact: P, keys_max: usize, tuning: (usize, u64), f: F) -> Coll<'s, K, R>
 where
     D: Data,
     K: Data + Hash,
@@ -230,12 +249,19 @@ where
     P: ParallelizationContract<Time, Vec<(D, Time, isize)>>,
 {
     // Almost every update is an insert (diff 1): skip the lane-wise multiply for it.
-    aggregate_core(name, input, pact, keys_max, split, move |d: &D, diff: &isize| {
+    aggregate_core(name, input, pact, keys_max, tuning, move |d: &D, diff: &isize| {
         f(d).map(|(k, r)| (k, if *diff == 1 { r } else { r.multiply(diff) }))
     })
 }
 
-fn aggregate_core<'s, D, R0, K, R, F, P>(name: &str, input: Coll<'s, D, R0>, pact: P, keys_max: usize, split: usize, f: F) -> Coll<'s, K, R>
+fn aggregate_core<'s, D, R0, K, R, F, P>(
+    name: &str,
+    input: Coll<'s, D, R0>,
+    pact: P,
+    keys_max: usize,
+    (split, check): (usize, u64),
+    f: F,
+) -> Coll<'s, K, R>
 where
     D: Data,
     R0: Diff,
@@ -255,7 +281,17 @@ where
                     let mut updates = data.drain(..).peekable();
                     while let Some(&(_, t, _)) = updates.peek() {
                         // An update's own time may be later than its message's stamp.
-                        let table = &mut pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Table::new(split))).1;
+                        let (tcap, table) = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Table::new(split)));
+                        if table.passthrough {
+                            let mut session = output.session(tcap);
+                            while let Some((d, _, diff)) = updates.next_if(|(_, t2, _)| *t2 == t) {
+                                let Some((k, r)) = f(&d, &diff) else { continue };
+                                if !r.is_zero() {
+                                    session.give((k, t, r));
+                                }
+                            }
+                            continue;
+                        }
                         while let Some((d, _, diff)) = updates.next_if(|(_, t2, _)| *t2 == t) {
                             let Some((k, r)) = f(&d, &diff) else { continue };
                             table.add(k, r);
@@ -264,7 +300,13 @@ where
                 });
                 pending.retain(|time, (cap, table)| {
                     let done = !frontier.less_equal(time);
-                    if done || table.len() >= keys_max {
+                    // Reducing too little to be worth it: pass the rest on (see `aggregate`).
+                    let poor =
+                        keys_max != usize::MAX && !table.passthrough && table.inputs >= check && table.len() as u64 * 2 > table.inputs;
+                    if poor {
+                        table.passthrough = true;
+                    }
+                    if done || poor || table.len() >= keys_max {
                         let mut session = output.session(cap);
                         for (k, r) in table.drain() {
                             if !r.is_zero() {
@@ -659,12 +701,15 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
         // The split (sharded) table aggregates exactly what one table does, whether it splits
-        // early, late or never, with retractions, zero sums, and partial emission on top.
+        // early, late or never, with retractions, zero sums, partial emission, and a switch
+        // to passing records on (a poor reduction) early, late or never, on top.
         #[test]
         fn split_tables_aggregate_exactly(
             input in proptest::collection::vec((0u64..400, -3i64..4), 0..1500),
             split in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..50, proptest::strategy::Just(usize::MAX)],
             keys_max in proptest::prop_oneof![proptest::strategy::Just(usize::MAX), 5usize..200],
+            check in proptest::prop_oneof![proptest::strategy::Just(u64::MAX), 0u64..100],
+            exchange in proptest::bool::ANY,
             workers in 1usize..3,
         ) {
             let mut expected: Vec<(u64, Sums<2>)> = input.iter().map(|(k, v)| (*k, Sums([i128::from(*v), 1]))).collect();
@@ -672,7 +717,7 @@ mod tests {
             // Each record is a key and an amount, encoded in one u64 for the test harness.
             let encoded: Vec<u64> = input.iter().map(|(k, v)| k * 16 + (v + 8) as u64).collect();
             let got = run(workers, encoded, move |c| {
-                aggregate_split("t", c, true, keys_max, split, |x: &u64| Some((x / 16, Sums([i128::from((x % 16) as i64 - 8), 1]))))
+                aggregate_split("t", c, exchange, keys_max, split, check, |x: &u64| Some((x / 16, Sums([i128::from((x % 16) as i64 - 8), 1]))))
             });
             proptest::prop_assert_eq!(got, expected);
         }
