@@ -441,11 +441,8 @@ impl<'s> Ctx<'s> {
                     }
                     // No batch run yet: the speed layer covers the log from offset 0.
                     Ok(None) => Vec::new(),
-                    Ok(Some(bytes)) => match bincode::deserialize::<Vec<(D, R)>>(&bytes) {
-                        Ok(rows) => {
-                            let (index, peers) = (self.scope.index(), self.scope.peers());
-                            rows.into_iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, (d, r))| (d, 0, r)).collect()
-                        }
+                    Ok(Some(bytes)) => match decode_own_rows::<D, R>(&bytes, self.scope.index(), self.scope.peers()) {
+                        Ok(rows) => rows,
                         Err(e) => {
                             self.errors.push(format!("seed {seed_name} does not decode: {e}"));
                             Vec::new()
@@ -614,5 +611,57 @@ impl<'s> Ctx<'s> {
         let left = self.seeded(&format!("{name}.left"), left);
         let right = self.seeded(&format!("{name}.right"), right);
         left.join(right)
+    }
+}
+
+/// Decodes a seed (a bincode `Vec<(D, R)>`) element by element and keeps only the rows of
+/// worker `index` of `peers` (row `i` goes to worker `i % peers`), as records at time 0.
+/// Rows are split by position, not by key: the seeded operators exchange their input by
+/// key themselves, so any partition restoring each row exactly once is exact. Streaming
+/// keeps a worker's memory at its own share, not the whole decoded seed.
+pub(crate) fn decode_own_rows<D, R>(bytes: &[u8], index: usize, peers: usize) -> Result<Vec<(D, Time, R)>, bincode::Error>
+where
+    D: serde::de::DeserializeOwned,
+    R: serde::de::DeserializeOwned,
+{
+    let mut reader = bytes;
+    let len: u64 = bincode::deserialize_from(&mut reader)?;
+    let mut rows = Vec::new();
+    for i in 0..len {
+        let (d, r): (D, R) = bincode::deserialize_from(&mut reader)?;
+        if i % peers as u64 == index as u64 {
+            rows.push((d, 0, r));
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::decode_own_rows;
+
+    // Review issue: every worker decoded the whole seed. The streamed decode keeps only its
+    // own rows, and across any number of workers restores each row exactly once.
+    #[test]
+    fn each_row_restored_by_exactly_one_worker() {
+        let rows: Vec<(String, isize)> = (0..11).map(|i| (format!("k{i}"), i as isize - 3)).collect();
+        let bytes = bincode::serialize(&rows).unwrap();
+        for peers in [1, 2, 3, 4, 7, 16] {
+            let mut all: Vec<(String, isize)> = Vec::new();
+            for index in 0..peers {
+                let own = decode_own_rows::<String, isize>(&bytes, index, peers).unwrap();
+                assert!(own.len() <= rows.len() / peers + 1, "{peers} workers: worker {index} kept {}", own.len());
+                all.extend(own.into_iter().map(|(d, t, r)| {
+                    assert_eq!(t, 0);
+                    (d, r)
+                }));
+            }
+            all.sort();
+            let mut expected = rows.clone();
+            expected.sort();
+            assert_eq!(all, expected, "{peers} workers");
+        }
+        // A truncated seed is an error, not a silently shorter one.
+        assert!(decode_own_rows::<String, isize>(&bytes[..bytes.len() - 1], 0, 1).is_err());
     }
 }
