@@ -25,6 +25,17 @@ pub(super) fn workers(flag: Option<usize>, cores: Option<usize>) -> Result<usize
     }
 }
 
+/// Workers per process when `processes` processes share this host (`--processes N` on
+/// loopback): `-w` when given, otherwise the cores split among the processes (at least 1),
+/// so N processes do not start N x cores workers.
+pub(super) fn per_process_workers(workers: usize, given: bool, cores: Option<usize>, processes: usize) -> usize {
+    if given || processes <= 1 {
+        workers
+    } else {
+        (cores.unwrap_or(2) / processes).max(1)
+    }
+}
+
 /// Opens the master dataset of `dir` (creating it with `partitions`), finishing any keyed
 /// group append a crash interrupted.
 pub(super) fn open_log(dir: &Path, partitions: u32) -> Result<Appender> {
@@ -44,6 +55,8 @@ pub(super) fn parse_format(s: &str) -> Result<Format> {
 pub(super) struct Global {
     pub(super) data: PathBuf,
     pub(super) workers: usize,
+    /// Whether `-w` was given (otherwise `workers` is the core count).
+    pub(super) workers_given: bool,
     pub(super) wait: Duration,
 }
 
@@ -125,6 +138,16 @@ mod tests {
 
     // Issue 14: the default worker count follows the machine; `-w` overrides it, and
     // `-w 0` is refused rather than silently raised to 1.
+    #[test]
+    fn processes_on_one_host_split_the_cores() {
+        assert_eq!(per_process_workers(8, false, Some(8), 4), 2);
+        assert_eq!(per_process_workers(8, false, Some(8), 3), 2);
+        assert_eq!(per_process_workers(2, false, Some(2), 4), 1);
+        assert_eq!(per_process_workers(8, false, Some(8), 1), 8);
+        // An explicit -w is kept.
+        assert_eq!(per_process_workers(6, true, Some(8), 4), 6);
+    }
+
     #[test]
     fn workers_default_to_the_cores() {
         assert_eq!(workers(None, Some(16)).unwrap(), 16);
