@@ -91,7 +91,7 @@ fn batch_runs_on_1_2_4_processes_match_the_oracle() {
             .output()
             .expect("spawn");
         assert!(o.status.success(), "{what}: {}", common::stderr(&o));
-        // Each process wrote its own shard of every seed.
+        // Each worker of each process wrote its own shard of every seed (not shared with a view).
         let current = std::fs::read_to_string(data.join("views").join("CURRENT")).expect("CURRENT");
         let version = data.join("views").join(current.trim());
         let names: Vec<String> =
@@ -102,7 +102,7 @@ fn batch_runs_on_1_2_4_processes_match_the_oracle() {
         };
         let shards = names.iter().filter(|n| is_shard(n)).count();
         let seeds = names.iter().filter(|n| n.starts_with("seed.") && !is_shard(n)).count();
-        assert_eq!(shards, seeds * (processes - 1), "{what}: seed shards in {}", version.display());
+        assert_eq!(shards, seeds * (processes * workers - 1), "{what}: seed shards in {}", version.display());
         for view in VIEW_NAMES {
             // `query` serves batch + speed; the speed layer starts at the cut (the log's end),
             // so this is the batch view itself.

@@ -144,7 +144,7 @@ pub fn run_batch_on<J: Job>(
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let written = write_version(store, &computed, run.peers.threads.max(cores))?;
     let t2 = Instant::now();
-    let meta = publish(store, written, &*job, &computed, &run.peers, cut, started_ms)?;
+    let meta = publish(store, written, &*job, &computed, cut, started_ms)?;
     Ok(Some(BatchReport {
         meta,
         compute_secs: computed.compute_secs,
@@ -327,26 +327,38 @@ impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
     }
 }
 
-/// A view or a seed to write.
+/// A view, or one part (shard) of a seed, to write.
 enum Out {
     View(Arc<dyn AnyView>),
-    Seed(Arc<dyn AnySeed>),
+    SeedPart(Arc<dyn AnySeed>, usize),
 }
 
 /// A version written but not yet published: its views' and seeds' record counts, in
-/// declaration order.
+/// declaration order, and what the seeds' files are.
 struct Written {
     pending: PendingVersion,
     views: Vec<(String, usize)>,
     seeds: Vec<(String, usize)>,
+    /// Seeds shared with a view: `(seed, view)`.
+    seed_views: Vec<(String, String)>,
+    /// Shards of every seed that is not shared: one per worker of the run.
+    seed_shards: usize,
+    /// Per seed that is not shared, the shards other processes wrote (to adopt).
+    adopt: Vec<(String, Vec<usize>)>,
 }
 
-/// Phase 2: encodes (a sort per view) and writes every view and seed into a new pending
-/// version. They are independent: `threads` threads each take the next unclaimed one.
+/// Phase 2: encodes (a sort per view) and writes every view and every part of every seed
+/// (one per worker) into a new pending version. They are independent: `threads` threads
+/// each take the next unclaimed one, views first (the largest single items), then the seed
+/// parts, which even out the threads' loads. A seed shared with a view is not written.
 fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Result<Written> {
     let pending = store.begin()?;
     let registry = &computed.registry;
-    let outputs: Vec<Out> = registry.views().into_iter().map(Out::View).chain(registry.seeds().into_iter().map(Out::Seed)).collect();
+    let seeds = registry.seeds();
+    let mut outputs: Vec<Out> = registry.views().into_iter().map(Out::View).collect();
+    for seed in &seeds {
+        outputs.extend(seed.local_parts().into_iter().map(|i| Out::SeedPart(seed.clone(), i)));
+    }
     let next = AtomicU64::new(0);
     let results: Vec<Result<Vec<(usize, usize)>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.max(1))
@@ -362,9 +374,9 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
                                 pending.write_view(&view.info().name, &bytes)?;
                                 n
                             }
-                            Out::Seed(seed) => {
-                                let (bytes, n) = seed.take_encoded().map_err(Error::Internal)?;
-                                pending.write_seed(seed.name(), &bytes)?;
+                            Out::SeedPart(seed, part) => {
+                                let (bytes, n) = seed.take_part_encoded(*part).map_err(Error::Internal)?;
+                                pending.write_seed_part(seed.name(), *part, &bytes)?;
                                 n
                             }
                         };
@@ -385,36 +397,51 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
             counts[i] = n;
         }
     }
-    let (mut views, mut seeds) = (Vec::new(), Vec::new());
+    let mut views = Vec::new();
+    let mut seed_rows = vec![0usize; seeds.len()];
     for (out, n) in outputs.iter().zip(counts) {
         match out {
             Out::View(v) => views.push((v.info().name.clone(), n)),
-            Out::Seed(s) => {
-                let i = seeds.len();
-                seeds.push((s.name().to_string(), n + computed.shard_rows.get(i).copied().unwrap_or(0)));
+            Out::SeedPart(s, _) => {
+                let i = seeds.iter().position(|x| Arc::ptr_eq(x, s)).expect("a seed of the registry");
+                seed_rows[i] += n;
             }
         }
     }
-    Ok(Written { pending, views, seeds })
+    let (mut rows, mut seed_views, mut adopt) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seed_shards = 1;
+    for (i, seed) in seeds.iter().enumerate() {
+        let name = seed.name().to_string();
+        match seed.shared_view() {
+            Some(view) => {
+                let n = views.iter().find(|(v, _)| *v == view).map(|(_, n)| *n).ok_or_else(|| {
+                    Error::Internal(format!("seed `{name}` is shared with view `{view}`, which the job does not declare"))
+                })?;
+                rows.push((name.clone(), n));
+                seed_views.push((name, view));
+            }
+            None => {
+                rows.push((name.clone(), seed_rows[i] + computed.shard_rows.get(i).copied().unwrap_or(0)));
+                seed_shards = seed.parts();
+                let local = seed.local_parts();
+                adopt.push((name, (0..seed.parts()).filter(|p| !local.contains(p)).collect()));
+            }
+        }
+    }
+    Ok(Written { pending, views, seeds: rows, seed_views, seed_shards, adopt })
 }
 
 /// Phase 3: adopts the other processes' seed shards, writes META and publishes the version.
-fn publish<J: Job>(
-    store: &ViewStore,
-    written: Written,
-    job: &J,
-    computed: &Computed,
-    peers: &Peers,
-    cut: Vec<u64>,
-    started_ms: u64,
-) -> Result<BatchMeta> {
-    let Written { pending, views, seeds } = written;
-    if let Some(shards) = &computed.shards {
-        // The other processes' shards, written and fsync'd before the barrier ended.
-        for (name, _) in &seeds {
-            for p in 1..peers.processes {
-                pending.adopt_seed_shard(shards, name, p)?;
-            }
+fn publish<J: Job>(store: &ViewStore, written: Written, job: &J, computed: &Computed, cut: Vec<u64>, started_ms: u64) -> Result<BatchMeta> {
+    let Written { pending, views, seeds, seed_views, seed_shards, adopt } = written;
+    for (name, parts) in &adopt {
+        for part in parts {
+            let shards = computed
+                .shards
+                .as_ref()
+                .ok_or_else(|| Error::Internal(format!("seed `{name}`: part {part} was captured by no worker of this process")))?;
+            // Written and fsync'd by its process before the barrier ended.
+            pending.adopt_seed_shard(shards, name, *part)?;
         }
     }
     let meta = BatchMeta {
@@ -427,7 +454,9 @@ fn publish<J: Job>(
         finished_ms: now_ms(),
         views,
         seeds,
-        seed_shards: if computed.shards.is_some() { peers.processes } else { 0 },
+        seed_shards,
+        seed_views,
+        format: crate::store::FORMAT,
     };
     store.publish(pending, &meta)?;
     if let Some(shards) = &computed.shards {
@@ -569,10 +598,13 @@ fn write_shards(
     use timely::dataflow::operators::{Exchange, Input as _, Inspect, Probe};
     let mut rows: Vec<(usize, usize)> = Vec::new();
     if leader && process != 0 {
+        // This process's workers' parts of every seed that is not shared with a view.
         for (i, seed) in registry.seeds().iter().enumerate() {
-            let (bytes, n) = seed.take_encoded().map_err(Error::Internal)?;
-            crate::store::write_seed_shard(shards, seed.name(), process, &bytes)?;
-            rows.push((i, n));
+            for part in seed.local_parts() {
+                let (bytes, n) = seed.take_part_encoded(part).map_err(Error::Internal)?;
+                crate::store::write_seed_shard(shards, seed.name(), part, &bytes)?;
+                rows.push((i, n));
+            }
         }
     }
     let sink = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));

@@ -5,9 +5,14 @@
 //! ```text
 //! v000007/META.json          job, job version, cut, created time, per-view record counts
 //! v000007/view.<name>.bin    one consolidated batch view
-//! v000007/seed.<name>.bin    one operator's consolidated input at the cut (speed-layer seed)
+//! v000007/seed.<name>.bin    one operator's input at the cut (speed-layer seed): shard 0
+//! v000007/seed.<name>.pI.bin  shard I of it (one shard per worker of the run)
 //! CURRENT                    "v000007": the published version
 //! ```
+//!
+//! A seed is written in shards, one per worker of the run, each a bincode `Vec` of rows,
+//! written in parallel; reading it joins them. A seed **shared** with a view (META's
+//! `seed_views`) has no file: its rows are that view's file (see `AnySeed`).
 //!
 //! A version directory is written under a temporary name, every file fsync'd, renamed into
 //! place, and only then is `CURRENT` replaced (write `CURRENT.tmp`, fsync, rename, fsync the
@@ -48,9 +53,28 @@ pub struct BatchMeta {
     pub views: Vec<(String, usize)>,
     /// Record count of each seed.
     pub seeds: Vec<(String, usize)>,
-    /// Shards of each seed: the processes of the run that wrote it (0 or 1: one file).
+    /// Shards of each seed that is not shared: `seed.NAME.bin` and `seed.NAME.pI.bin` for
+    /// I in 1..seed_shards (0 or 1: one file). Format 2 writes one per worker of the run;
+    /// format 1 wrote one per process.
     #[serde(default)]
     pub seed_shards: usize,
+    /// Seeds shared with a view, `(seed, view)`: such a seed has no file, its rows are the
+    /// view's file (a view's `((K, ()), R)` or `((K, V), isize)` rows encode exactly as the
+    /// seed's `(K, R)` or `((K, V), isize)` rows). Format 2.
+    #[serde(default)]
+    pub seed_views: Vec<(String, String)>,
+    /// The layout of the version: 1 (absent in versions written before it was recorded):
+    /// one seed file per process; 2: seed shards per worker and shared seeds. A version of
+    /// a later format is refused, not misread.
+    #[serde(default = "format_1")]
+    pub format: u32,
+}
+
+/// The batch version format this build writes, and the newest it reads.
+pub(crate) const FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
 }
 
 /// The batch view store of one data directory.
@@ -115,17 +139,21 @@ fn safe_name(name: &str) -> Result<&str> {
     Ok(name)
 }
 
-/// The file of process `process`'s shard of seed `name`.
-fn shard_file(name: &str, process: usize) -> Result<String> {
-    Ok(format!("seed.{}.p{process}.bin", safe_name(name)?))
+/// The file of shard `index` of seed `name` (shard 0 is `seed.NAME.bin`).
+fn shard_file(name: &str, index: usize) -> Result<String> {
+    Ok(match index {
+        0 => format!("seed.{}.bin", safe_name(name)?),
+        i => format!("seed.{}.p{i}.bin", safe_name(name)?),
+    })
 }
 
-/// Writes process `process`'s shard of seed `name` (a bincode `Vec` of rows) into a run's
-/// shard directory ([`ViewStore::shard_dir`]), fsync'd.
-pub(crate) fn write_seed_shard(shards: &Path, name: &str, process: usize, body: &[u8]) -> Result<()> {
+/// Writes shard `index` of seed `name` (a bincode `Vec` of rows) into a run's shard
+/// directory ([`ViewStore::shard_dir`]), fsync'd: in a run across processes, the shards of
+/// the workers of every process but 0, adopted by process 0 when it publishes.
+pub(crate) fn write_seed_shard(shards: &Path, name: &str, index: usize, body: &[u8]) -> Result<()> {
     // Created when first written, so its age tells how long it has been idle (see `gc`).
     fs::create_dir_all(shards).map_err(Error::io(shards, "create directory"))?;
-    write_framed(&shards.join(shard_file(name, process)?), body)?;
+    write_framed(&shards.join(shard_file(name, index)?), body)?;
     fsync_dir(shards)
 }
 
@@ -164,15 +192,21 @@ impl PendingVersion {
         write_framed(&self.tmp.join(format!("view.{}.bin", safe_name(name)?)), body)
     }
 
-    /// Writes one seed (process 0's shard of it, in a run across processes).
+    /// Writes one seed in a single file (shard 0 of 1).
     pub fn write_seed(&self, name: &str, body: &[u8]) -> Result<()> {
-        write_framed(&self.tmp.join(format!("seed.{}.bin", safe_name(name)?)), body)
+        self.write_seed_part(name, 0, body)
     }
 
-    /// Moves process `process`'s shard of seed `name` from a run's shard directory into this
-    /// version (see [`write_seed_shard`]).
-    pub fn adopt_seed_shard(&self, shards: &Path, name: &str, process: usize) -> Result<()> {
-        let file = shard_file(name, process)?;
+    /// Writes shard `index` of seed `name`. Shards are independent files, written in
+    /// parallel; META's `seed_shards` says how many a seed has.
+    pub fn write_seed_part(&self, name: &str, index: usize, body: &[u8]) -> Result<()> {
+        write_framed(&self.tmp.join(shard_file(name, index)?), body)
+    }
+
+    /// Moves shard `index` of seed `name` from a run's shard directory into this version
+    /// (see [`write_seed_shard`]).
+    pub fn adopt_seed_shard(&self, shards: &Path, name: &str, index: usize) -> Result<()> {
+        let file = shard_file(name, index)?;
         let from = shards.join(&file);
         fs::rename(&from, self.tmp.join(&file)).map_err(Error::io(&from, "move seed shard into the version"))
     }
@@ -219,7 +253,18 @@ impl ViewStore {
     pub fn meta(&self, version: u64) -> Result<BatchMeta> {
         let path = self.version_dir(version).join("META.json");
         let bytes = read_framed(&path)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path, detail: e.to_string() })
+        let meta: BatchMeta =
+            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path: path.clone(), detail: e.to_string() })?;
+        if meta.format > FORMAT {
+            return Err(Error::CorruptView {
+                path,
+                detail: format!(
+                    "batch version format {} is newer than this build reads (up to {FORMAT}): run a newer lambdaflow",
+                    meta.format
+                ),
+            });
+        }
+        Ok(meta)
     }
 
     /// Reads a view of a version.
@@ -227,37 +272,52 @@ impl ViewStore {
         self.read_opt(&self.version_dir(version).join(format!("view.{}.bin", safe_name(name)?)))
     }
 
-    /// Reads a seed of a version: one bincode `Vec` of rows. A seed written by a run across
-    /// processes is in shards (`seed.NAME.bin`, `seed.NAME.p1.bin`, ...); they are joined
-    /// into one `Vec` (bincode encodes a `Vec` as its length, a little-endian u64, followed
-    /// by the elements; seeds need no order).
+    /// Reads a seed of a version: one bincode `Vec` of rows. A seed is in shards
+    /// (`seed.NAME.bin`, `seed.NAME.p1.bin`, ...: one per worker, or in format 1 one per
+    /// process); they are joined into one `Vec` (bincode encodes a `Vec` as its length, a
+    /// little-endian u64, followed by the elements; seeds need no order). A seed shared with
+    /// a view is that view's file. The rows must add up to what META records.
     pub fn read_seed(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
         let dir = self.version_dir(version);
-        let Some(mut joined) = self.read_opt(&dir.join(format!("seed.{}.bin", safe_name(name)?)))? else { return Ok(None) };
-        let meta = self.meta(version)?;
-        for p in 1..meta.seed_shards.max(1) {
-            let path = dir.join(shard_file(name, p)?);
-            let shard = self.read_opt(&path)?.ok_or_else(|| Error::CorruptView {
+        let first = dir.join(shard_file(name, 0)?);
+        let meta = match self.meta(version) {
+            Ok(meta) => meta,
+            // No version, no seed (the caller decides whether that is an error).
+            Err(_) if !dir.exists() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let count = |b: &[u8], path: &Path| -> Result<u64> {
+            b.get(..8)
+                .map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes")))
+                .ok_or_else(|| Error::CorruptView { path: path.to_path_buf(), detail: "a seed file shorter than its row count".into() })
+        };
+        let (joined, path) = if let Some((_, view)) = meta.seed_views.iter().find(|(s, _)| s == name) {
+            let path = dir.join(format!("view.{}.bin", safe_name(view)?));
+            let bytes = self.read_opt(&path)?.ok_or_else(|| Error::CorruptView {
                 path: path.clone(),
-                detail: format!("seed shard missing: batch version {version} has {} shards of every seed", meta.seed_shards),
+                detail: format!("seed `{name}` is shared with view `{view}`, whose file is missing"),
             })?;
-            let count = |b: &[u8], path: &Path| -> Result<u64> {
-                b.get(..8).map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes"))).ok_or_else(|| Error::CorruptView {
-                    path: path.to_path_buf(),
-                    detail: "a seed shard shorter than its row count".into(),
-                })
-            };
-            let first = dir.join(format!("seed.{name}.bin"));
-            let total = count(&joined, &first)? + count(&shard, &path)?;
-            joined[..8].copy_from_slice(&total.to_le_bytes());
-            joined.extend_from_slice(&shard[8..]);
-        }
+            (bytes, path)
+        } else {
+            let Some(mut joined) = self.read_opt(&first)? else { return Ok(None) };
+            for p in 1..meta.seed_shards.max(1) {
+                let path = dir.join(shard_file(name, p)?);
+                let shard = self.read_opt(&path)?.ok_or_else(|| Error::CorruptView {
+                    path: path.clone(),
+                    detail: format!("seed shard missing: batch version {version} has {} shards of every seed", meta.seed_shards),
+                })?;
+                let total = count(&joined, &first)? + count(&shard, &path)?;
+                joined[..8].copy_from_slice(&total.to_le_bytes());
+                joined.extend_from_slice(&shard[8..]);
+            }
+            (joined, first)
+        };
         if let Some((_, rows)) = meta.seeds.iter().find(|(n, _)| n == name) {
-            let got = joined.get(..8).map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes"))).unwrap_or(0);
+            let got = count(&joined, &path)?;
             if got != *rows as u64 {
                 return Err(Error::CorruptView {
-                    path: dir.join(format!("seed.{name}.bin")),
-                    detail: format!("seed `{name}` has {got} rows in its shards, but META records {rows}"),
+                    path,
+                    detail: format!("seed `{name}` has {got} rows in its files, but META records {rows}"),
                 });
             }
         }
@@ -437,6 +497,8 @@ mod tests {
             views: vec![],
             seeds: vec![],
             seed_shards: 0,
+            seed_views: vec![],
+            format: FORMAT,
         }
     }
 
@@ -626,5 +688,55 @@ mod tests {
         fs::remove_file(&shard).expect("remove");
         let err = store.read_seed(version, "s.seed").expect_err("missing");
         assert!(err.to_string().contains("seed shard missing"), "{err}");
+    }
+
+    // Format 2: a seed shared with a view is read from the view's file, checked against
+    // META's row count; a missing view file is refused, naming the seed; a version of a
+    // format newer than this build is refused, never misread.
+    #[test]
+    fn shared_seeds_read_the_view_file() {
+        let tmp = TempDir::new("store-shared");
+        let dir = tmp.path();
+        let store = ViewStore::open(dir).expect("store");
+        // A sum view's rows `((K, ()), R)` and the seed's `(K, R)`: the same bytes.
+        let view_rows: Vec<((u64, ()), i64)> = vec![((1, ()), 5), ((2, ()), -3)];
+        let seed_rows: Vec<(u64, i64)> = vec![(1, 5), (2, -3)];
+        assert_eq!(bincode::serialize(&view_rows).expect("encode"), bincode::serialize(&seed_rows).expect("encode"));
+        let pending = store.begin().expect("begin");
+        pending.write_view("v", &bincode::serialize(&view_rows).expect("encode")).expect("view");
+        let version = pending.version();
+        let shared = BatchMeta {
+            views: vec![("v".into(), 2)],
+            seeds: vec![("op.seed".into(), 2)],
+            seed_views: vec![("op.seed".into(), "v".into())],
+            ..meta(version)
+        };
+        store.publish(pending, &shared).expect("publish");
+        let bytes = store.read_seed(version, "op.seed").expect("read").expect("some");
+        assert_eq!(bincode::deserialize::<Vec<(u64, i64)>>(&bytes).expect("decode"), seed_rows);
+        // A row count that disagrees with META is refused.
+        let vdir = dir.join("views").join(format!("v{version:06}"));
+        let wrong = BatchMeta { seeds: vec![("op.seed".into(), 3)], ..shared.clone() };
+        write_framed(&vdir.join("META.json"), &serde_json::to_vec(&wrong).expect("json")).expect("meta");
+        let err = store.read_seed(version, "op.seed").expect_err("count");
+        assert!(err.to_string().contains("META records 3"), "{err}");
+        // The view's file gone: refused, naming the seed and the view.
+        write_framed(&vdir.join("META.json"), &serde_json::to_vec(&shared).expect("json")).expect("meta");
+        fs::remove_file(vdir.join("view.v.bin")).expect("remove");
+        let err = store.read_seed(version, "op.seed").expect_err("missing");
+        assert!(err.to_string().contains("op.seed") && err.to_string().contains("view `v`"), "{err}");
+        // A newer format is refused.
+        let newer = BatchMeta { format: FORMAT + 1, ..shared.clone() };
+        write_framed(&vdir.join("META.json"), &serde_json::to_vec(&newer).expect("json")).expect("meta");
+        let err = store.meta(version).expect_err("newer");
+        assert!(err.to_string().contains("newer than this build"), "{err}");
+        // A format-1 META (no `format`, no `seed_views`) reads as format 1.
+        let mut old = serde_json::to_value(&shared).expect("json");
+        let obj = old.as_object_mut().expect("object");
+        obj.remove("format");
+        obj.remove("seed_views");
+        write_framed(&vdir.join("META.json"), &serde_json::to_vec(&old).expect("json")).expect("meta");
+        let m = store.meta(version).expect("format 1");
+        assert_eq!((m.format, m.seed_views.len()), (1, 0));
     }
 }

@@ -43,30 +43,81 @@ pub enum Mode {
 }
 
 /// A persisted operator state as the engine sees it (type-erased).
+///
+/// A batch run captures a seed in **parts**, one per worker (the part of worker `i` is
+/// shard `i` of the seed: see the engine's store), so the parts are encoded and written in
+/// parallel and workers never share a buffer. A seed whose input is the very collection a
+/// view is declared over is **shared** with that view: its rows are the view's rows (a
+/// view file is the consolidated collection, and `((K, ()), R)` and `(K, R)` encode to the
+/// same bincode), so nothing is captured or written for it and it is read from the view's
+/// file.
 pub trait AnySeed: Send + Sync {
     /// The seed's name (`{operator}.{input}`).
     fn name(&self) -> &str;
-    /// Batch mode: encodes what the workers captured (not necessarily consolidated).
-    fn take_encoded(&self) -> Result<(Vec<u8>, usize), String>;
+    /// The view whose batch file holds this seed's rows, if the seed is shared with one.
+    fn shared_view(&self) -> Option<String>;
+    /// The indices of the parts this process's workers captured (worker indices, global
+    /// across the processes of a run), ascending. Empty for a shared seed.
+    fn local_parts(&self) -> Vec<usize>;
+    /// The number of parts in the whole run (its workers, in every process).
+    fn parts(&self) -> usize;
+    /// Batch mode: takes part `index` and encodes it (as captured, not consolidated),
+    /// with its row count.
+    fn take_part_encoded(&self, index: usize) -> Result<(Vec<u8>, usize), String>;
 }
 
 struct SeedCell<D, R> {
     name: String,
-    produced: Mutex<Vec<(D, R)>>,
+    /// One part per worker of the run; `Some` for this process's workers (set when the
+    /// worker builds the seed), written only by that worker's sink.
+    parts: Vec<Mutex<Option<Vec<(D, R)>>>>,
+    /// The view this seed is shared with (set while building, before any data flows).
+    shared: std::sync::OnceLock<String>,
 }
 
 impl<D: Data, R: Diff> AnySeed for SeedCell<D, R> {
     fn name(&self) -> &str {
         &self.name
     }
-    fn take_encoded(&self) -> Result<(Vec<u8>, usize), String> {
+    fn shared_view(&self) -> Option<String> {
+        self.shared.get().cloned()
+    }
+    fn local_parts(&self) -> Vec<usize> {
+        if self.shared_view().is_some() {
+            return Vec::new();
+        }
+        (0..self.parts.len()).filter(|i| self.parts[*i].lock().unwrap_or_else(|e| e.into_inner()).is_some()).collect()
+    }
+    fn parts(&self) -> usize {
+        self.parts.len()
+    }
+    fn take_part_encoded(&self, index: usize) -> Result<(Vec<u8>, usize), String> {
         // Stored as captured, unsorted: the speed layer feeds a seed into a differential
         // dataflow at time 0, which consolidates it anyway, and in batch mode seeded inputs
         // come out of hash aggregations that hold one record per key already. Sorting the
         // largest seed (distinct pairs) would be most of a batch run's write time.
-        let rows = std::mem::take(&mut *self.produced.lock().unwrap_or_else(|e| e.into_inner()));
+        let part = self.parts.get(index).ok_or_else(|| format!("seed {}: no part {index}", self.name))?;
+        let rows = part.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(std::mem::take).unwrap_or_default();
         let n = rows.len();
         bincode::serialize(&rows).map(|b| (b, n)).map_err(|e| format!("seed {}: encode failed: {e}", self.name))
+    }
+}
+
+/// Marks a seed shared with a view (see [`AnySeed`]).
+trait ShareSeed {
+    fn share_with(&self, view: &str);
+}
+
+impl<D: Data, R: Diff> ShareSeed for SeedCell<D, R> {
+    fn share_with(&self, view: &str) {
+        // The first view declared over the collection holds the rows; every worker builds
+        // the same job, so every worker picks the same one.
+        let _ = self.shared.set(view.to_string());
+        for part in &self.parts {
+            if let Some(rows) = part.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                rows.clear();
+            }
+        }
     }
 }
 
@@ -134,12 +185,27 @@ pub struct Ctx<'s> {
     probe: ProbeHandle<Time>,
     /// The job's events stream, once the engine names it (see [`Ctx::set_events`]).
     events: Option<timely::progress::Source>,
+    /// Batch mode: the collections views are declared over, by stream, with the first
+    /// view's name; and the seeds captured from collections, by stream (see [`AnySeed`]).
+    view_streams: std::collections::BTreeMap<timely::progress::Source, String>,
+    seed_streams: std::collections::BTreeMap<timely::progress::Source, Vec<Arc<dyn ShareSeed + Send + Sync>>>,
 }
 
 impl<'s> Ctx<'s> {
     /// A context for building a job in `mode` (called by the engine, and by tests).
     pub fn new(scope: Scope<'s, Time>, mode: Mode, registry: Arc<Registry>, seeds: Option<Arc<dyn SeedSource>>) -> Self {
-        Ctx { scope, mode, registry, seeds, names: BTreeSet::new(), errors: Vec::new(), probe: ProbeHandle::new(), events: None }
+        Ctx {
+            scope,
+            mode,
+            registry,
+            seeds,
+            names: BTreeSet::new(),
+            errors: Vec::new(),
+            probe: ProbeHandle::new(),
+            events: None,
+            view_streams: Default::default(),
+            seed_streams: Default::default(),
+        }
     }
 
     /// Names the collection of the job's events, so that [`Ctx::inserts`] can tell it apart
@@ -219,6 +285,8 @@ impl<'s> Ctx<'s> {
         R: Diff + Example,
     {
         let present = Arc::new(move |_: &(), r: &R| present(r));
+        // The view's file holds `((K, ()), R)` rows: the same bincode as `coll`'s `(K, R)`.
+        self.note_view_stream(name, *coll.inner.name());
         self.view_core::<K, (), R>(name, ViewKind::Sum, coll.map(|k| (k, ())), present);
     }
 
@@ -230,7 +298,21 @@ impl<'s> Ctx<'s> {
         V: Data + Example,
     {
         let present = Arc::new(move |v: &V, _: &isize| present(v));
+        self.note_view_stream(name, *coll.inner.name());
         self.view_core(name, ViewKind::Value, coll, present);
+    }
+
+    /// Batch mode: a view `name` is declared over the collection `stream`. Seeds captured
+    /// from that same collection (before or after this) are shared with the first view
+    /// declared over it: its file holds exactly their rows (see [`AnySeed`]).
+    fn note_view_stream(&mut self, name: &str, stream: timely::progress::Source) {
+        if self.mode != Mode::Batch {
+            return;
+        }
+        let view = self.view_streams.entry(stream).or_insert_with(|| name.to_string()).clone();
+        for seed in self.seed_streams.get(&stream).into_iter().flatten() {
+            seed.share_with(&view);
+        }
     }
 
     fn view_core<K, V, R>(
@@ -310,18 +392,39 @@ impl<'s> Ctx<'s> {
         self.claim("seed", &seed_name);
         match self.mode {
             Mode::Batch => {
+                let (index, peers) = (self.scope.index(), self.scope.peers());
                 let cell = self.registry.cell(
                     &format!("seed:{seed_name}"),
-                    || SeedCell::<D, R> { name: seed_name.clone(), produced: Mutex::new(Vec::new()) },
+                    || SeedCell::<D, R> {
+                        name: seed_name.clone(),
+                        parts: (0..peers).map(|_| Mutex::new(None)).collect(),
+                        shared: std::sync::OnceLock::new(),
+                    },
                     |c| self.registry.seeds.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnySeed>),
                 );
-                // The cell consolidates what the workers captured when it encodes the seed.
-                // Not gathered across processes: each process writes its own shard.
+                // This worker's part: its sink is the only writer.
+                *cell.parts[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+                let stream = *input.inner.name();
+                match self.view_streams.get(&stream) {
+                    // A view holds these rows already: capture nothing.
+                    Some(view) => {
+                        cell.share_with(view);
+                        return input;
+                    }
+                    None => self.seed_streams.entry(stream).or_default().push(cell.clone()),
+                }
+                // Each worker captures its own part; the engine writes the parts (shards)
+                // in parallel. Not gathered across processes: each process writes its own.
                 input
                     .clone()
                     .inspect_batch(move |_time, data| {
-                        let mut produced = cell.produced.lock().unwrap_or_else(|e| e.into_inner());
-                        produced.extend(data.iter().map(|(d, _t, r)| (d.clone(), r.clone())));
+                        let mut part = cell.parts[index].lock().unwrap_or_else(|e| e.into_inner());
+                        // Cleared (and no longer filled) once a view declared later shares it.
+                        if cell.shared.get().is_none() {
+                            if let Some(rows) = part.as_mut() {
+                                rows.extend(data.iter().map(|(d, _t, r)| (d.clone(), r.clone())));
+                            }
+                        }
                     })
                     .probe_with(&self.probe);
                 input
@@ -338,11 +441,8 @@ impl<'s> Ctx<'s> {
                     }
                     // No batch run yet: the speed layer covers the log from offset 0.
                     Ok(None) => Vec::new(),
-                    Ok(Some(bytes)) => match bincode::deserialize::<Vec<(D, R)>>(&bytes) {
-                        Ok(rows) => {
-                            let (index, peers) = (self.scope.index(), self.scope.peers());
-                            rows.into_iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, (d, r))| (d, 0, r)).collect()
-                        }
+                    Ok(Some(bytes)) => match decode_own_rows::<D, R>(&bytes, self.scope.index(), self.scope.peers()) {
+                        Ok(rows) => rows,
                         Err(e) => {
                             self.errors.push(format!("seed {seed_name} does not decode: {e}"));
                             Vec::new()
@@ -450,6 +550,43 @@ impl<'s> Ctx<'s> {
     {
         self.claim("operator", name);
         let input = self.seeded(name, input);
+        self.top_k_seeded(name, input, k, score)
+    }
+
+    /// [`Ctx::top_k`] over a keyed aggregate whose key `split`s into `(key, item)`, e.g. the
+    /// revenue per (day, product) ranked per day. The seed is `input` itself, before the
+    /// split: when a view is declared over the same collection (as a keyed sum usually is),
+    /// the seed is shared with that view and the batch run writes those rows once.
+    pub fn top_k_by<D, K, I, R, S, P, F>(
+        &mut self,
+        name: &str,
+        input: Coll<'s, D, R>,
+        split: P,
+        k: usize,
+        score: F,
+    ) -> Coll<'s, (K, Vec<(I, S)>)>
+    where
+        D: Data,
+        K: Data,
+        I: Data,
+        R: Diff,
+        S: Data,
+        P: Fn(D) -> (K, I) + 'static,
+        F: Fn(&R) -> S + 'static,
+    {
+        self.claim("operator", name);
+        let input = self.seeded(name, input).map(split);
+        self.top_k_seeded(name, input, k, score)
+    }
+
+    fn top_k_seeded<K, I, R, S, F>(&mut self, name: &str, input: Coll<'s, (K, I), R>, k: usize, score: F) -> Coll<'s, (K, Vec<(I, S)>)>
+    where
+        K: Data,
+        I: Data,
+        R: Diff,
+        S: Data,
+        F: Fn(&R) -> S + 'static,
+    {
         if self.mode == Mode::Speed {
             // Items ranked per key: a change costs O(log n), not a pass over the key's items.
             return crate::hash::top_k_ordered(&format!("TopK: {name}"), input, k, score);
@@ -502,5 +639,57 @@ impl<'s> Ctx<'s> {
     /// engine reads with [`Registry::counters`] (the speed layer's appear in `status`).
     pub(crate) fn counter(&self, name: &str) -> Arc<std::sync::atomic::AtomicU64> {
         self.registry.cell(&format!("counter:{name}"), || std::sync::atomic::AtomicU64::new(0), |_| {})
+    }
+}
+
+/// Decodes a seed (a bincode `Vec<(D, R)>`) element by element and keeps only the rows of
+/// worker `index` of `peers` (row `i` goes to worker `i % peers`), as records at time 0.
+/// Rows are split by position, not by key: the seeded operators exchange their input by
+/// key themselves, so any partition restoring each row exactly once is exact. Streaming
+/// keeps a worker's memory at its own share, not the whole decoded seed.
+pub(crate) fn decode_own_rows<D, R>(bytes: &[u8], index: usize, peers: usize) -> Result<Vec<(D, Time, R)>, bincode::Error>
+where
+    D: serde::de::DeserializeOwned,
+    R: serde::de::DeserializeOwned,
+{
+    let mut reader = bytes;
+    let len: u64 = bincode::deserialize_from(&mut reader)?;
+    let mut rows = Vec::new();
+    for i in 0..len {
+        let (d, r): (D, R) = bincode::deserialize_from(&mut reader)?;
+        if i % peers as u64 == index as u64 {
+            rows.push((d, 0, r));
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::decode_own_rows;
+
+    // Review issue: every worker decoded the whole seed. The streamed decode keeps only its
+    // own rows, and across any number of workers restores each row exactly once.
+    #[test]
+    fn each_row_restored_by_exactly_one_worker() {
+        let rows: Vec<(String, isize)> = (0..11).map(|i| (format!("k{i}"), i as isize - 3)).collect();
+        let bytes = bincode::serialize(&rows).unwrap();
+        for peers in [1, 2, 3, 4, 7, 16] {
+            let mut all: Vec<(String, isize)> = Vec::new();
+            for index in 0..peers {
+                let own = decode_own_rows::<String, isize>(&bytes, index, peers).unwrap();
+                assert!(own.len() <= rows.len() / peers + 1, "{peers} workers: worker {index} kept {}", own.len());
+                all.extend(own.into_iter().map(|(d, t, r)| {
+                    assert_eq!(t, 0);
+                    (d, r)
+                }));
+            }
+            all.sort();
+            let mut expected = rows.clone();
+            expected.sort();
+            assert_eq!(all, expected, "{peers} workers");
+        }
+        // A truncated seed is an error, not a silently shorter one.
+        assert!(decode_own_rows::<String, isize>(&bytes[..bytes.len() - 1], 0, 1).is_err());
     }
 }

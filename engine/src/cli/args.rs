@@ -14,9 +14,9 @@ pub(super) struct Cli {
     /// The data directory (master dataset and batch views).
     #[arg(long, global = true, default_value = "lambdaflow-data")]
     pub(super) data: PathBuf,
-    /// Worker threads for batch and speed dataflows.
-    #[arg(short = 'w', long = "workers", global = true, default_value_t = 2)]
-    pub(super) workers: usize,
+    /// Worker threads for batch and speed dataflows (default: one per core the process may use).
+    #[arg(short = 'w', long = "workers", global = true, value_name = "N")]
+    pub(super) workers: Option<usize>,
     /// How long to wait for another process holding the data directory (e.g. 5s, 1m; 0: don't).
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub(super) wait: Duration,

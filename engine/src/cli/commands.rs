@@ -138,7 +138,7 @@ pub(crate) fn peak_rss() -> Option<u64> {
 /// `batch`: one run here, or asked of the service holding the directory.
 pub(super) fn batch<J: Job>(app: App<J>, g: &Global, args: BatchArgs) -> Result<()> {
     let BatchArgs { remote, keep, processes, timeout, export_parquet } = args;
-    let workers = g.workers;
+    let workers = options::per_process_workers(g.workers, g.workers_given, options::cores(), processes);
     if processes == 0 {
         return Err(Error::Usage("--processes must be at least 1".into()));
     }

@@ -150,7 +150,12 @@ const STDOUT: &str = "<stdout>";
 
 /// Validates the global flags and dispatches to the command.
 fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
-    let g = Global { data: cli.data, workers: cli.workers.max(1), wait: cli.wait };
+    let g = Global {
+        data: cli.data,
+        workers: options::workers(cli.workers, options::cores())?,
+        workers_given: cli.workers.is_some(),
+        wait: cli.wait,
+    };
     crate::batch::max_rate_from_env()?;
     match cli.command {
         Command::Gen(args) => gen(&app, args),

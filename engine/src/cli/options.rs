@@ -9,6 +9,33 @@ pub(super) fn opts(workers: usize, partitions: u32) -> Options {
     Options { workers: workers.max(1), log: LogConfig { partitions, ..LogConfig::default() }, batch_max_rate, ..Options::default() }
 }
 
+/// The cores this process may use (`std::thread::available_parallelism`: the CPUs of its
+/// affinity mask and cgroup quota), or `None` when the platform cannot tell.
+pub(super) fn cores() -> Option<usize> {
+    std::thread::available_parallelism().ok().map(|n| n.get())
+}
+
+/// Worker threads for batch and speed dataflows: `-w N` when given (at least 1), otherwise
+/// one per core the process may use (`cores`), or 2 when that is unknown.
+pub(super) fn workers(flag: Option<usize>, cores: Option<usize>) -> Result<usize> {
+    match flag {
+        Some(0) => Err(Error::Usage("-w/--workers must be at least 1 (leave it out for one worker per core)".into())),
+        Some(n) => Ok(n),
+        None => Ok(cores.unwrap_or(2).max(1)),
+    }
+}
+
+/// Workers per process when `processes` processes share this host (`--processes N` on
+/// loopback): `-w` when given, otherwise the cores split among the processes (at least 1),
+/// so N processes do not start N x cores workers.
+pub(super) fn per_process_workers(workers: usize, given: bool, cores: Option<usize>, processes: usize) -> usize {
+    if given || processes <= 1 {
+        workers
+    } else {
+        (cores.unwrap_or(2) / processes).max(1)
+    }
+}
+
 /// Opens the master dataset of `dir` (creating it with `partitions`), finishing any keyed
 /// group append a crash interrupted.
 pub(super) fn open_log(dir: &Path, partitions: u32) -> Result<Appender> {
@@ -28,6 +55,8 @@ pub(super) fn parse_format(s: &str) -> Result<Format> {
 pub(super) struct Global {
     pub(super) data: PathBuf,
     pub(super) workers: usize,
+    /// Whether `-w` was given (otherwise `workers` is the core count).
+    pub(super) workers_given: bool,
     pub(super) wait: Duration,
 }
 
@@ -101,4 +130,33 @@ pub(super) fn serve_config(args: &ServeArgs) -> Result<crate::serve::ServeConfig
 /// A schedule as `serve` prints it: `every 10m`, `daily at 02:00 UTC`, `on demand`.
 pub(super) fn describe_schedule(s: &crate::serve::Schedule) -> String {
     s.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 14: the default worker count follows the machine; `-w` overrides it, and
+    // `-w 0` is refused rather than silently raised to 1.
+    #[test]
+    fn processes_on_one_host_split_the_cores() {
+        assert_eq!(per_process_workers(8, false, Some(8), 4), 2);
+        assert_eq!(per_process_workers(8, false, Some(8), 3), 2);
+        assert_eq!(per_process_workers(2, false, Some(2), 4), 1);
+        assert_eq!(per_process_workers(8, false, Some(8), 1), 8);
+        // An explicit -w is kept.
+        assert_eq!(per_process_workers(6, true, Some(8), 4), 6);
+    }
+
+    #[test]
+    fn workers_default_to_the_cores() {
+        assert_eq!(workers(None, Some(16)).unwrap(), 16);
+        assert_eq!(workers(None, Some(1)).unwrap(), 1);
+        assert_eq!(workers(None, None).unwrap(), 2, "unknown core count: 2");
+        assert_eq!(workers(Some(3), Some(16)).unwrap(), 3, "-w overrides the cores");
+        assert_eq!(workers(Some(64), Some(2)).unwrap(), 64, "more workers than cores is allowed");
+        let err = workers(Some(0), Some(4)).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)) && err.to_string().contains("-w"), "{err}");
+        assert_eq!(workers(None, cores()).unwrap(), std::thread::available_parallelism().map_or(2, |n| n.get()));
+    }
 }

@@ -6,7 +6,9 @@
 //!   all-time spend, then a count per segment): seeded with `customer_spend` at the cut.
 //! * `daily_unique_viewers` is a distinct count: seeded with the distinct (day, customer)
 //!   pairs at the cut.
-//! * `top_products_by_day` is a top-k over `product_revenue_by_day`: seeded with it.
+//! * `top_products_by_day` is a top-k over `product_revenue_by_day`: seeded with it. The
+//!   seed is that view's own file (the top-k reads the view's collection, so its seed is
+//!   shared with the view: a batch run writes those 724k rows at 10M events once, not twice).
 //!
 //! Every sum carries a count lane of contributing events, so a key with events never
 //! consolidates away (a product whose stock nets to 0 keeps level 0).
@@ -116,9 +118,9 @@ impl Job for Shop {
             _ => None,
         });
         ctx.sum_view("product_revenue_by_day", product_revenue.clone(), |s: &Sums<3>| json!({ "net_cents": s.0[0], "units": s.0[1] }));
-
-        let per_day = product_revenue.map(|dp| (dp.day, dp.product_id));
-        let top = ctx.top_k("top_products_by_day", per_day, TOP_K, |s: &Sums<3>| s.0[0]);
+        // Ranked per day straight from `product_revenue`, the collection the view above is
+        // declared over: the top-k's seed is shared with that view (written once).
+        let top = ctx.top_k_by("top_products_by_day", product_revenue, |dp| (dp.day, dp.product_id), TOP_K, |s: &Sums<3>| s.0[0]);
         ctx.value_view("top_products_by_day", top, |list: &Vec<(u64, i128)>| {
             Value::Array(list.iter().map(|(p, net)| json!({ "net_cents": net, "product_id": p })).collect())
         });
