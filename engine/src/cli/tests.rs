@@ -72,7 +72,7 @@ fn ingest_as<E: Event>(dir: &Path, args: &[&str]) -> Result<()> {
     let mut argv = vec!["lambdaflow", "--data", dir.to_str().expect("utf-8"), "--wait", "0", "ingest"];
     argv.extend_from_slice(args);
     let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("valid arguments");
-    let g = Global { data: cli.data, workers: 1, wait: cli.wait };
+    let g = Global { data: cli.data, workers: 1, workers_given: true, wait: cli.wait };
     match cli.command {
         Command::Ingest(args) => ingest::<Counts<E>>(&g, args),
         _ => unreachable!("parsed as ingest"),
@@ -360,7 +360,7 @@ fn query_as<J: Job>(job: J, dir: &Path, args: &[&str]) -> Result<()> {
     let mut argv = vec!["lambdaflow", "--data", dir.to_str().expect("utf-8"), "--wait", "0", "query"];
     argv.extend_from_slice(args);
     let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("valid arguments");
-    let g = Global { data: cli.data, workers: 1, wait: cli.wait };
+    let g = Global { data: cli.data, workers: 1, workers_given: true, wait: cli.wait };
     match cli.command {
         Command::Query(args) => query(App::new(job), &g, args),
         _ => unreachable!("parsed as query"),
