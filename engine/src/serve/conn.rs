@@ -16,7 +16,6 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
-use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -169,24 +168,13 @@ pub struct Bounds {
 pub(crate) struct WriteTimeout<S> {
     inner: S,
     timeout: Duration,
-    /// Started when a write could not proceed; cleared when one does. With the runtime it
-    /// was made on ([`HTTP`] or [`LANE`]): a timer belongs to its runtime's driver.
-    stalled: Option<(Pin<Box<tokio::time::Sleep>>, u8)>,
-    /// Where a connection that moves between runtimes runs now.
-    place: Option<Arc<Place>>,
+    /// Started when a write could not proceed; cleared when one does.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> WriteTimeout<S> {
     pub(crate) fn new(inner: S, timeout: Duration) -> Self {
-        WriteTimeout { inner, timeout, stalled: None, place: None }
-    }
-
-    /// For a connection that moves between runtimes: a stall's timer is remade (same
-    /// deadline) on the runtime that serves the connection now, so it never depends on the
-    /// other one (which may be shut down first).
-    fn following(mut self, place: Arc<Place>) -> Self {
-        self.place = Some(place);
-        self
+        WriteTimeout { inner, timeout, stalled: None }
     }
 
     /// Passes a write's outcome through, turning a wait of `timeout` without progress into an
@@ -195,12 +183,7 @@ impl<S> WriteTimeout<S> {
         match outcome {
             Poll::Pending => {
                 let timeout = self.timeout;
-                let here = self.place.as_ref().map_or(HTTP, |p| p.here.load(Relaxed));
-                if let Some((sleep, on)) = self.stalled.as_mut().filter(|(_, on)| *on != here) {
-                    *sleep = Box::pin(tokio::time::sleep_until(sleep.deadline()));
-                    *on = here;
-                }
-                let (stalled, _) = self.stalled.get_or_insert_with(|| (Box::pin(tokio::time::sleep(timeout)), here));
+                let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match stalled.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -329,12 +312,10 @@ async fn refuse_after_head(mut stream: tokio::net::TcpStream, answer: Vec<u8>) {
 /// Accepts and serves connections until `stop` turns true, then lets open connections finish
 /// their requests (each closes after its current answer) and returns once all are closed.
 ///
-/// With a `lane` (a runtime at the process's priority), every request is routed on its
-/// own: one that writes events (`POST /v1/events`) or waits for freshness (`min_frontier=`)
-/// is served on the lane, every other one on this runtime, whose threads run below the
-/// speed path (see [`super::ServeConfig::http_nice`]). A connection moves between the two
-/// when its next request needs the other ([`Place`]), so what a connection sent first
-/// never decides the priority of what it sends later.
+/// A connection whose first request writes events (`POST /v1/events`) or waits for
+/// freshness (`min_frontier=`) is served on `lane` (a runtime at the process's priority)
+/// for its whole life; every other connection stays on this runtime, whose threads run
+/// below the speed path (see [`super::ServeConfig::http_nice`]).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
@@ -342,11 +323,9 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     lane: Option<tokio::runtime::Handle>,
-    published: Published,
 ) {
     let tracker = Arc::new(Tracker::default());
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_MAX));
-    let http = tokio::runtime::Handle::current();
     // Every connection task holds a receiver; `closed()` below waits for the last to go.
     let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
     loop {
@@ -384,277 +363,66 @@ pub(crate) async fn serve(
         };
         metrics.connections_open.store(tracker.open() as u64, Relaxed);
         let _ = stream.set_nodelay(true); // answers are small and latency matters
-        let done = Done { slot: Some(slot), metrics: metrics.clone(), tracker: tracker.clone(), _alive: alive_rx.clone() };
-        match &lane {
-            None => {
-                let (router, stop) = (router.clone(), stop.clone());
-                tokio::spawn(async move {
-                    serve_one(stream, router, bounds, stop).await;
-                    drop(done);
-                });
-            }
-            Some(lane) => {
-                let place = Arc::new(Place::default());
-                let io = Movable { stream: Some(stream), on: HTTP, place: place.clone() };
-                let service = Routed {
-                    inner: hyper_util::service::TowerToHyperService::new(router.clone()),
-                    place: place.clone(),
-                    published: published.clone(),
+        let (router, mut stop, alive, metrics, tracker) =
+            (router.clone(), stop.clone(), alive_rx.clone(), metrics.clone(), tracker.clone());
+        let lane = lane.clone();
+        tokio::spawn(async move {
+            // Which runtime serves it: decided by a look (without reading) at its first
+            // request; a client that sends nothing within the header timeout is closed.
+            if let Some(lane) = lane {
+                let mut head = [0u8; 1024];
+                let peeked = tokio::select! {
+                    p = tokio::time::timeout(bounds.header_timeout, stream.peek(&mut head)) => p,
+                    _ = stop.wait_for(|s| *s) => Ok(Ok(0)),
                 };
-                let conn: Conn = Box::pin(http1(bounds).serve_connection(
-                    hyper_util::rt::TokioIo::new(WriteTimeout::new(io, bounds.write_timeout).following(place.clone())),
-                    service,
-                ));
-                let session =
-                    Session { conn, place, stop: stop.clone(), shutting: false, http: http.clone(), lane: lane.clone(), _done: done };
-                session.run();
+                let n = match peeked {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => {
+                        drop(slot);
+                        metrics.connections_open.store(tracker.open() as u64, Relaxed);
+                        return;
+                    }
+                };
+                if on_lane(&head[..n]) {
+                    // Re-registered with the lane's own I/O driver, so nothing about it waits
+                    // for this runtime's threads.
+                    let moved = stream.into_std();
+                    let served = lane.spawn(async move {
+                        let Ok(stream) = moved.and_then(tokio::net::TcpStream::from_std) else { return };
+                        serve_one(stream, router, bounds, stop).await;
+                    });
+                    let _ = served.await;
+                    drop(slot);
+                    metrics.connections_open.store(tracker.open() as u64, Relaxed);
+                    drop(alive);
+                    return;
+                }
             }
-        }
+            serve_one(stream, router, bounds, stop).await;
+            drop(slot);
+            metrics.connections_open.store(tracker.open() as u64, Relaxed);
+            drop(alive);
+        });
     }
     drop(listener);
     drop(alive_rx);
     alive_tx.closed().await;
 }
 
-/// What a closed connection gives back: its place in the [`Tracker`] (and the gauge), and its
-/// share in the server's wait for open connections.
-struct Done {
-    slot: Option<Slot>,
-    metrics: Arc<Metrics>,
-    tracker: Arc<Tracker>,
-    _alive: tokio::sync::watch::Receiver<()>,
-}
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        drop(self.slot.take());
-        self.metrics.connections_open.store(self.tracker.open() as u64, Relaxed);
-    }
-}
-
-/// The published frontier of the speed layer serving now (per partition).
-pub(crate) type Published = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
-
-/// Whether a request goes to the ingest lane: it appends events or waits for freshness (a
-/// `min_frontier` the `published` frontier does not cover yet; one already covered is
-/// answered at once, like any query, and one that does not parse is refused).
-fn on_lane(method: &axum::http::Method, uri: &axum::http::Uri, published: &dyn Fn() -> Vec<u64>) -> bool {
-    if method == axum::http::Method::POST && uri.path() == "/v1/events" {
-        return true;
-    }
-    let Some(value) = uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("min_frontier="))) else {
-        return false;
-    };
-    let value = value.replace("%2C", ",").replace("%2c", ",");
-    let Ok(min) = value.split(',').map(|x| x.trim().parse::<u64>()).collect::<Result<Vec<u64>, _>>() else {
-        return false;
-    };
-    let published = published();
-    min.len() == published.len() && min.iter().zip(&published).any(|(m, p)| m > p)
-}
-
-/// Runs on the HTTP runtime (lowered threads).
-const HTTP: u8 = 0;
-/// Runs on the ingest lane (the process's priority).
-const LANE: u8 = 1;
-
-/// Where a connection is served now ([`HTTP`] or [`LANE`]) and where its current request
-/// wants to be: the request's service future asks to move ([`MoveTo`]), the session sees
-/// it once the connection's poll returns, and continues the connection on the other runtime.
-#[derive(Default)]
-struct Place {
-    here: AtomicU8,
-    want: AtomicU8,
-}
-
-impl Place {
-    fn moving(&self) -> bool {
-        self.here.load(Relaxed) != self.want.load(Relaxed)
-    }
-}
-
-/// Ready once the connection runs where `want` says (asks for the move on its first poll).
-struct MoveTo {
-    place: Arc<Place>,
-    want: u8,
-}
-
-impl Future for MoveTo {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        if self.place.here.load(Relaxed) == self.want {
-            return Poll::Ready(());
-        }
-        // No waker: the session checks `Place::moving` after every poll of the connection.
-        self.place.want.store(self.want, Relaxed);
-        Poll::Pending
-    }
-}
-
-/// The router, each request first moved to the runtime it belongs on ([`on_lane`]).
-#[derive(Clone)]
-struct Routed {
-    inner: hyper_util::service::TowerToHyperService<axum::Router>,
-    place: Arc<Place>,
-    published: Published,
-}
-
-type Answer = Pin<Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>>;
-
-impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Routed {
-    type Response = axum::response::Response;
-    type Error = std::convert::Infallible;
-    type Future = Answer;
-
-    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Answer {
-        let want = if on_lane(req.method(), req.uri(), &*self.published) { LANE } else { HTTP };
-        let answer = self.inner.call(req);
-        if self.place.here.load(Relaxed) == want {
-            return Box::pin(answer);
-        }
-        let to = MoveTo { place: self.place.clone(), want };
-        Box::pin(async move {
-            to.await;
-            answer.await
-        })
-    }
-}
-
-/// A connection's socket, registered with the I/O driver of the runtime that serves it
-/// now: after a move it re-registers with the new one at its next use, so nothing about
-/// the connection waits for the other runtime's threads.
-struct Movable {
-    stream: Option<tokio::net::TcpStream>,
-    on: u8,
-    place: Arc<Place>,
-}
-
-impl Movable {
-    fn stream(&mut self) -> io::Result<Pin<&mut tokio::net::TcpStream>> {
-        let here = self.place.here.load(Relaxed);
-        if here != self.on {
-            let stream = self.stream.take().ok_or_else(|| io::Error::other("the connection's socket was lost in a move"))?;
-            self.stream = Some(tokio::net::TcpStream::from_std(stream.into_std()?)?);
-            self.on = here;
-        }
-        match self.stream.as_mut() {
-            Some(s) => Ok(Pin::new(s)),
-            None => Err(io::Error::other("the connection's socket was lost in a move")),
-        }
-    }
-}
-
-impl AsyncRead for Movable {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.stream() {
-            Ok(s) => s.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-impl AsyncWrite for Movable {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.stream() {
-            Ok(s) => s.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        match self.stream() {
-            Ok(s) => s.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.stream() {
-            Ok(s) => s.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.stream() {
-            Ok(s) => s.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-/// A connection served by hyper over a [`Movable`] socket.
-type Conn = Pin<Box<hyper::server::conn::http1::Connection<hyper_util::rt::TokioIo<WriteTimeout<Movable>>, Routed>>>;
-
-/// One connection of a server with a lane, moving between the two runtimes.
-struct Session {
-    conn: Conn,
-    place: Arc<Place>,
-    stop: tokio::sync::watch::Receiver<bool>,
-    /// Whether the server is stopping (the connection closes after its current answer).
-    shutting: bool,
-    http: tokio::runtime::Handle,
-    lane: tokio::runtime::Handle,
-    /// Given back when the session ends.
-    _done: Done,
-}
-
-impl Session {
-    /// Serves the connection on the runtime its current request wants, until it closes or
-    /// must move, then goes on from the other one.
-    fn run(self) {
-        let want = self.place.want.load(Relaxed);
-        let runtime = if want == LANE { &self.lane } else { &self.http };
-        runtime.clone().spawn(async move {
-            let mut session = self;
-            session.place.here.store(want, Relaxed);
-            if session.serve_here().await {
-                session.run();
-            }
-        });
-    }
-
-    /// Polls the connection until it ends (false) or its request asks to move (true).
-    async fn serve_here(&mut self) -> bool {
-        if !self.shutting {
-            let (conn, place, stop) = (&mut self.conn, &self.place, &mut self.stop);
-            tokio::select! {
-                moved = until_moved(conn, place) => return moved,
-                _ = stop.wait_for(|s| *s) => {}
-            }
-            self.shutting = true;
-            self.conn.as_mut().graceful_shutdown();
-        }
-        until_moved(&mut self.conn, &self.place).await
-    }
-}
-
-/// Polls `conn` until it ends (false) or its request asks to move (true).
-async fn until_moved(conn: &mut Conn, place: &Place) -> bool {
-    std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
-        Poll::Ready(_) => Poll::Ready(false),
-        Poll::Pending if place.moving() => Poll::Ready(true),
-        Poll::Pending => Poll::Pending,
-    })
-    .await
-}
-
-/// The HTTP/1.1 connection settings.
-fn http1(bounds: Bounds) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
-    builder
+/// Whether a connection whose first bytes are `head` goes to the ingest lane: its first
+/// request appends events or waits for freshness.
+fn on_lane(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.starts_with(b"POST /v1/events") || line.windows(13).any(|w| w == b"min_frontier=")
 }
 
 /// Serves one connection with hyper until it closes or the server stops.
 async fn serve_one(stream: tokio::net::TcpStream, router: axum::Router, bounds: Bounds, mut stop: tokio::sync::watch::Receiver<bool>) {
     let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
     let stream = WriteTimeout::new(stream, bounds.write_timeout);
-    let conn = http1(bounds).serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -672,124 +440,16 @@ async fn serve_one(stream: tokio::net::TcpStream, router: axum::Router, bounds: 
 mod tests {
     use super::*;
 
-    // Proves which requests go to the ingest lane: those that append events or wait for
-    // freshness (a `min_frontier` the published frontier does not cover yet); queries, status,
-    // a `min_frontier` already covered (range queries included) and the rest do not.
+    // Proves which connections go to the ingest lane: a first request that appends events
+    // or waits for freshness; queries, status and the rest stay on the lowered threads.
     #[test]
     fn ingest_and_freshness_waits_go_to_the_lane() {
-        use axum::http::{Method, Uri};
-        let published = || vec![5, 5, 5, 5];
-        let lane = |m: Method, u: &str| on_lane(&m, &u.parse::<Uri>().expect("uri"), &published);
-        assert!(lane(Method::POST, "/v1/events"));
-        assert!(lane(Method::GET, "/v1/views/customer_spend/7?min_frontier=1,2,3,6&timeout_ms=5000"));
-        assert!(lane(Method::GET, "/v1/views/customer_spend?limit=3&min_frontier=6%2C0%2C0%2C0"));
-        assert!(!lane(Method::GET, "/v1/views/customer_spend/7?min_frontier=1,2,3,4&timeout_ms=5000"));
-        assert!(!lane(Method::GET, "/v1/views/customer_spend?limit=3&min_frontier=0,0,0,0"));
-        assert!(!lane(Method::GET, "/v1/views/customer_spend?min_frontier=5,5,5,5&limit=3"));
-        assert!(!lane(Method::GET, "/v1/views/customer_spend/7?min_frontier=nope"));
-        assert!(!lane(Method::GET, "/v1/views/customer_spend/7"));
-        assert!(!lane(Method::GET, "/v1/views/customer_spend/7?x_min_frontier=1"));
-        assert!(!lane(Method::GET, "/v1/views/min_frontier=1"));
-        assert!(!lane(Method::GET, "/v1/events"));
-        assert!(!lane(Method::GET, "/v1/status"));
-        assert!(!lane(Method::POST, "/v1/batch"));
-    }
-
-    /// Sends `request` on `stream` and returns the answer's body (Content-Length framed).
-    #[cfg(target_os = "linux")]
-    fn exchange(stream: &mut std::net::TcpStream, request: &str) -> String {
-        use std::io::{Read, Write};
-        stream.write_all(request.as_bytes()).expect("send");
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut chunk).expect("receive");
-            assert!(n > 0, "the server closed the connection");
-            got.extend_from_slice(&chunk[..n]);
-            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().expect("length"))
-                .expect("a Content-Length");
-            if got.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
-            }
-        }
-    }
-
-    // Proves the lane is chosen per request, not per connection: on one kept-alive
-    // connection, an ingest request and a freshness wait run at the process's priority and
-    // every other request on the lowered HTTP threads, whatever the connection sent first
-    // (the old rule served a connection whose first request was `POST /v1/events` or had
-    // `min_frontier=` on the lane for its whole life, queries included).
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn every_request_runs_where_it_belongs_whatever_came_before_on_its_connection() {
-        use axum::routing::{get, post};
-        let base = std::thread::spawn(crate::serve::nice_now).join().expect("thread");
-        let lowered = (base + crate::serve::HTTP_NICE_DEFAULT).min(19);
-        if lowered == base {
-            return; // already at the lowest priority: nothing to tell apart
-        }
-        let runtime = crate::serve::http_runtime(crate::serve::HTTP_NICE_DEFAULT).expect("runtime");
-        let lane = crate::serve::ingest_lane().expect("lane");
-        let nice = || async { crate::serve::nice_now().to_string() };
-        let router = axum::Router::new().route("/v1/events", post(nice)).route("/v1/views/{view}/{key}", get(nice));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let bounds = Bounds { max: 8, per_peer: 8, header_timeout: Duration::from_secs(10), write_timeout: Duration::from_secs(10) };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let handle = lane.handle().clone();
-        let server = runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            serve(listener, router, bounds, Arc::new(Metrics::default()), stop_rx, Some(handle), Arc::new(|| vec![5])).await;
-        });
-        let post = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
-        let query = "GET /v1/views/customer_spend/7 HTTP/1.1\r\nHost: x\r\n\r\n";
-        let wait = "GET /v1/views/customer_spend/7?min_frontier=6 HTTP/1.1\r\nHost: x\r\n\r\n";
-        // Already covered (the published frontier is 5): answered at once on the HTTP threads.
-        let covered = "GET /v1/views/customer_spend/7?min_frontier=5 HTTP/1.1\r\nHost: x\r\n\r\n";
-        for first in [post, wait, query, covered] {
-            let mut c = std::net::TcpStream::connect(addr).expect("connect");
-            let mut seen = Vec::new();
-            for request in [first, query, post, covered, wait, query, covered, query] {
-                let priority: i32 = exchange(&mut c, request).parse().expect("a nice value");
-                let want = if request == query || request == covered { lowered } else { base };
-                seen.push(priority);
-                assert_eq!(priority, want, "after {seen:?}, a request `{}` ran at nice {priority}", request.lines().next().unwrap_or(""));
-            }
-        }
-        stop_tx.send(true).expect("stop");
-        runtime.block_on(server).expect("server");
-    }
-
-    // Proves a write stalled on one runtime keeps its timeout when its connection moves to
-    // the other one, and that the timer then no longer belongs to the first: polled after
-    // that runtime is gone (a shutdown drops the HTTP runtime before the lane), it does not
-    // panic.
-    #[test]
-    fn a_stalled_write_moves_its_timer_with_the_connection() {
-        let place = Arc::new(Place::default());
-        let (inner, _peer) = tokio::io::duplex(1);
-        let mut w = WriteTimeout::new(inner, Duration::from_secs(3600)).following(place.clone());
-        let first = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let stalled = first.block_on(std::future::poll_fn(|cx| {
-            // The first byte fills the pipe; the next write stalls and starts the timer.
-            let wrote = Pin::new(&mut w).poll_write(cx, b"ab");
-            assert!(matches!(wrote, Poll::Ready(Ok(1))));
-            Poll::Ready(Pin::new(&mut w).poll_write(cx, b"b").is_pending())
-        }));
-        assert!(stalled);
-        let deadline = w.stalled.as_ref().map(|(s, _)| s.deadline()).expect("a stall timer");
-        place.here.store(LANE, Relaxed);
-        drop(first);
-        let second = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let pending = second.block_on(std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut w).poll_write(cx, b"b").is_pending())));
-        assert!(pending);
-        assert_eq!(w.stalled.as_ref().map(|(s, on)| (s.deadline(), *on)), Some((deadline, LANE)), "the same deadline, on the new runtime");
+        assert!(on_lane(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(on_lane(b"GET /v1/views/customer_spend/7?min_frontier=1,2,3,4&timeout_ms=5000 HTTP/1.1\r\n"));
+        assert!(!on_lane(b"GET /v1/views/customer_spend/7 HTTP/1.1\r\nX-Note: min_frontier=1\r\n\r\n"));
+        assert!(!on_lane(b"GET /v1/status HTTP/1.1\r\n\r\n"));
+        assert!(!on_lane(b"POST /v1/batch HTTP/1.1\r\n\r\n"));
+        assert!(!on_lane(b""));
     }
 
     // Proves the per-peer bound refuses only that peer (another is still let in), the global

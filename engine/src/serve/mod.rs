@@ -509,9 +509,7 @@ async fn serve_until_stopped<J: Job>(
         let _ = stopping_tx.send(true);
     });
     let lane = (state.cfg.http_nice > 0).then(|| state.lane.clone());
-    let lambda = state.lambda.clone();
-    let published: conn::Published = Arc::new(move || lambda.serving().speed.frontier());
-    let serve = conn::serve(listener, api::router(state.clone()), bounds, state.metrics.clone(), stopping_rx.clone(), lane, published);
+    let serve = conn::serve(listener, api::router(state.clone()), bounds, state.metrics.clone(), stopping_rx.clone(), lane);
     // Connections get a grace period to finish; a client trickling a body does not hold the
     // shutdown up for longer.
     let grace = async move {
