@@ -1178,6 +1178,14 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     (oldest, copied)
 }
 
+impl SpeedLayer {
+    /// The counters the job's operators keep in this layer, in this process (e.g.
+    /// `interval_join.NAME.second_rows`), by name.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        self.shared.registry.counters()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1203,13 +1211,5 @@ mod tests {
         assert!(!spare.copies.iter().any(|c| Arc::ptr_eq(&c.state, &held)), "a held copy pins too many updates");
         assert_eq!(spare.copies.len(), 2);
         assert!(spare.copies.iter().all(|c| c.lacks_bytes <= 1000 / SPARE_LACKS_BYTES_DIV || Arc::strong_count(&c.state) == 1));
-    }
-}
-
-impl SpeedLayer {
-    /// The counters the job's operators keep in this layer, in this process (e.g.
-    /// `interval_join.NAME.second_rows`), by name.
-    pub fn counters(&self) -> Vec<(String, u64)> {
-        self.shared.registry.counters()
     }
 }
