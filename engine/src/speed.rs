@@ -947,12 +947,31 @@ struct Spare {
     copies: Vec<Retired>,
     /// How many it keeps ([`SPARES`]).
     keep: usize,
+    /// A lost copy coming back: a clone of the published tables made on another thread, so
+    /// that the publisher never stops reading for the tens of milliseconds a clone of large
+    /// tables takes (a clone made inline while idle delayed the events that arrived
+    /// meanwhile: 30-60 ms at the start of a layer with a backlog, seen in a trace).
+    pending: Option<Pending>,
 }
 
 impl Default for Spare {
     fn default() -> Self {
-        Spare { copies: Vec::new(), keep: spares_wanted() }
+        Spare { copies: Vec::new(), keep: spares_wanted(), pending: None }
     }
+}
+
+/// A clone of the published tables under way on another thread, and the publications'
+/// updates it will lack when it arrives (every publication since the snapshot it clones).
+struct Pending {
+    arrival: std::sync::mpsc::Receiver<Arc<SpeedState>>,
+    lacks: Vec<Delta>,
+    lacks_bytes: usize,
+}
+
+/// A copy of `current`'s tables, made by `views` (read-only: readers may hold `current`).
+fn clone_state(views: &[Arc<dyn AnyView>], current: &SpeedState) -> SpeedState {
+    let tables = views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
+    SpeedState { tables, epoch: current.epoch, frontier: current.frontier.clone(), updated_ms: current.updated_ms }
 }
 
 /// Applies `lacks` (oldest first) to `tables`: moved out of a delta no other copy needs,
@@ -981,6 +1000,21 @@ impl Spare {
     /// applied anything.
     fn catch_up(&mut self, shared: &Shared) -> bool {
         let mut applied = false;
+        if let Some(pending) = &self.pending {
+            match pending.arrival.try_recv() {
+                Ok(state) => {
+                    let Pending { lacks, lacks_bytes, .. } = self.pending.take().expect("pending");
+                    if self.copies.len() < self.keep {
+                        // The oldest copy: it lacks every publication since it was cloned.
+                        self.copies.insert(0, Retired { state, lacks, lacks_bytes });
+                        applied = true;
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                // The cloning thread died (it cannot panic short of allocation failure).
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.pending = None,
+            }
+        }
         for copy in self.copies.iter_mut().rev() {
             if copy.lacks.is_empty() {
                 continue;
@@ -992,17 +1026,28 @@ impl Spare {
             applied = true;
         }
         // A copy lost (never grown because the tables were large, or dropped because a
-        // reader held it too long) comes back here, off the path to visibility: a clone of
-        // the published tables (read-only, readers may hold them).
-        while self.copies.len() < self.keep {
+        // reader held it too long) comes back, off the path to visibility: a clone of the
+        // published tables (read-only, readers may hold them), made on another thread while
+        // this one goes on reading and publishing; it arrives at a later call.
+        if self.pending.is_none() && self.copies.len() < self.keep {
             let current = crate::sync::read(&shared.state).clone();
-            if current.tables.len() != shared.views.len() {
-                break;
+            if current.tables.len() == shared.views.len() {
+                let (deliver, arrival) = std::sync::mpsc::sync_channel(1);
+                let views = shared.views.clone();
+                let clone = move || {
+                    // The publisher may have stopped waiting (dropped the receiver).
+                    let _ = deliver.send(Arc::new(clone_state(&views, &current)));
+                };
+                match std::thread::Builder::new().name("lambdaflow-spare".into()).spawn(clone) {
+                    Ok(_) => self.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0 }),
+                    // No thread to be had: clone here, late rather than never.
+                    Err(_) => {
+                        let current = crate::sync::read(&shared.state).clone();
+                        self.copies.push(Retired::current(Arc::new(clone_state(&shared.views, &current))));
+                        applied = true;
+                    }
+                }
             }
-            let tables = shared.views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
-            let state = SpeedState { tables, epoch: current.epoch, frontier: current.frontier.clone(), updated_ms: current.updated_ms };
-            self.copies.push(Retired::current(Arc::new(state)));
-            applied = true;
         }
         if applied {
             shared.spare_catch_ups.fetch_add(1, Ordering::Relaxed);
@@ -1026,7 +1071,7 @@ impl Spare {
 
     /// Whether some spare copy lacks a publication's updates.
     fn behind(&self) -> bool {
-        self.copies.iter().any(|c| !c.lacks.is_empty())
+        self.pending.is_some() || self.copies.iter().any(|c| !c.lacks.is_empty())
     }
 
     /// The tables of the most recently retired copy no reader holds, brought up to date
@@ -1061,6 +1106,15 @@ impl Spare {
         for copy in &mut self.copies {
             copy.lacks.push(delta.clone());
             copy.lacks_bytes += delta_bytes;
+        }
+        if let Some(pending) = &mut self.pending {
+            pending.lacks.push(delta.clone());
+            pending.lacks_bytes += delta_bytes;
+            // A clone that takes longer than the publisher keeps updates for it: it would
+            // arrive too far behind to be worth catching up; the next idle call starts anew.
+            if pending.lacks.len() > SPARE_LACKS_MAX || pending.lacks_bytes > published_bytes / SPARE_LACKS_BYTES_DIV {
+                self.pending = None;
+            }
         }
         self.copies.retain_mut(|c| {
             c.lacks.len() <= SPARE_LACKS_MAX
@@ -1119,7 +1173,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
         None => {
             shared.snapshot_copies.fetch_add(1, Ordering::Relaxed);
             let current = crate::sync::read(&shared.state).clone();
-            (shared.views.iter().zip(&current.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect(), true)
+            (clone_state(&shared.views, &current).tables, true)
         }
     };
     for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(&deltas) {
@@ -1158,10 +1212,8 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     }
     // After the swap, off the path to visibility: while the tables are small (a new layer),
     // a second spare copy costs next to nothing (a clone of the published tables, read-only).
-    let extra = (spare.copies.len() + 1 < spare.keep && published_bytes <= SPARE_GROW_BYTES).then(|| {
-        let tables = shared.views.iter().zip(&published.tables).map(|(view, table)| view.clone_speed(table.as_ref())).collect();
-        Arc::new(SpeedState { tables, epoch, frontier: published.frontier.clone(), updated_ms })
-    });
+    let extra = (spare.copies.len() + 1 < spare.keep && spare.pending.is_none() && published_bytes <= SPARE_GROW_BYTES)
+        .then(|| Arc::new(clone_state(&shared.views, &published)));
     drop(published);
     spare.retire(replaced, Rc::new(deltas), delta_bytes, published_bytes, extra);
     let now = Instant::now();
@@ -1199,7 +1251,7 @@ mod tests {
     /// (it is caught up instead).
     #[test]
     fn a_held_copy_is_dropped_once_its_lacking_updates_outgrow_half_the_tables() {
-        let mut spare = Spare { copies: Vec::new(), keep: 2 };
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None };
         let held = state(1);
         spare.copies.push(Retired::current(held.clone()));
         spare.copies.push(Retired::current(state(2)));
