@@ -360,36 +360,50 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
         outputs.extend(seed.local_parts().into_iter().map(|i| Out::SeedPart(seed.clone(), i)));
     }
     let next = AtomicU64::new(0);
-    let results: Vec<Result<Vec<(usize, usize)>>> = std::thread::scope(|scope| {
+    // Files are fsync'd by a thread of their own as they come, so that the writers go on
+    // encoding (CPU) while the disk flushes (an fsync waits 5-60 ms here): every one is
+    // fsync'd before this returns, and so before the version is published.
+    let (to_sync, written) = std::sync::mpsc::channel::<crate::store::Written>();
+    let (results, synced): (Vec<Result<Vec<(usize, usize)>>>, Result<()>) = std::thread::scope(|scope| {
+        let syncer = scope.spawn(move || -> Result<()> {
+            // Every file is fsync'd even after a failure (the first error is returned).
+            written.into_iter().map(crate::store::sync_written).fold(Ok(()), |acc, r| acc.and(r))
+        });
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
-                scope.spawn(|| -> Result<Vec<(usize, usize)>> {
+                let to_sync = to_sync.clone();
+                let (outputs, next, pending) = (&outputs, &next, &pending);
+                scope.spawn(move || -> Result<Vec<(usize, usize)>> {
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let Some(out) = outputs.get(i) else { return Ok(done) };
-                        let n = match out {
+                        let (file, n) = match out {
                             Out::View(view) => {
                                 let (bytes, n) = view.take_batch_encoded().map_err(Error::Internal)?;
-                                pending.write_view(&view.info().name, &bytes)?;
-                                n
+                                (pending.write_unsynced(&view.info().name, None, &bytes)?, n)
                             }
                             Out::SeedPart(seed, part) => {
                                 let (bytes, n) = seed.take_part_encoded(*part).map_err(Error::Internal)?;
-                                pending.write_seed_part(seed.name(), *part, &bytes)?;
-                                n
+                                (pending.write_unsynced(seed.name(), Some(*part), &bytes)?, n)
                             }
                         };
+                        // The syncer lives until every sender is gone.
+                        let _ = to_sync.send(file);
                         done.push((i, n));
                     }
                 })
             })
             .collect();
-        handles
+        drop(to_sync);
+        let results = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(Error::Dataflow(DataflowError::Panicked("view writer panicked".into())))))
-            .collect()
+            .collect();
+        let synced = syncer.join().unwrap_or_else(|_| Err(Error::Dataflow(DataflowError::Panicked("view syncer panicked".into()))));
+        (results, synced)
     });
+    synced?;
     // Record counts by output index, so META lists views and seeds in declaration order.
     let mut counts = vec![0usize; outputs.len()];
     for r in results {

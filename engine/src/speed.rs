@@ -16,7 +16,8 @@
 //! updates into a small delta, merges the delta into the newest spare no reader holds
 //! (brought up to date while idle with the deltas it lacks) and swaps the pointer. Only if
 //! readers hold both spares does it copy the current tables instead of waiting for a
-//! reader ([`SpeedLayer::snapshot_copies`] counts those).
+//! reader ([`SpeedLayer::snapshot_copies`] counts those). A lost spare (dropped because a
+//! reader held it too long) is cloned again on a thread of its own, never by the publisher.
 //!
 //! The same code runs on one process or several ([`crate::cluster`]): process 0 is the
 //! serving process; it owns the log and sends its acknowledged ends to the workers of the

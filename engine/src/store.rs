@@ -203,6 +203,32 @@ impl PendingVersion {
         write_framed(&self.tmp.join(shard_file(name, index)?), body)
     }
 
+    /// [`Self::write_view`] (`seed: None`) or [`Self::write_seed_part`] without the fsync:
+    /// the caller fsyncs the returned file (with [`sync_written`], on another thread while it
+    /// writes the next one) before it publishes the version.
+    pub(crate) fn write_unsynced(&self, name: &str, seed: Option<usize>, body: &[u8]) -> Result<Written> {
+        let file = match seed {
+            None => format!("view.{}.bin", safe_name(name)?),
+            Some(index) => shard_file(name, index)?,
+        };
+        let path = self.tmp.join(file);
+        let f = durable::write_checked_unsynced(&path, MAGIC, body)?;
+        Ok(Written { path, file: f })
+    }
+}
+
+/// A file of a pending version written but not yet fsync'd ([`PendingVersion::write_unsynced`]).
+pub(crate) struct Written {
+    path: PathBuf,
+    file: fs::File,
+}
+
+/// Fsyncs a file [`PendingVersion::write_unsynced`] wrote.
+pub(crate) fn sync_written(written: Written) -> Result<()> {
+    written.file.sync_all().map_err(Error::io(&written.path, "fsync"))
+}
+
+impl PendingVersion {
     /// Moves shard `index` of seed `name` from a run's shard directory into this version
     /// (see [`write_seed_shard`]).
     pub fn adopt_seed_shard(&self, shards: &Path, name: &str, index: usize) -> Result<()> {

@@ -104,13 +104,20 @@ pub(crate) enum CheckedError {
 
 /// Writes `body` to `path` as a checked file (`magic | len u64 | crc32c u32 | body`), fsync'd.
 pub(crate) fn write_checked(path: &Path, magic: &[u8; 4], body: &[u8]) -> Result<(), IoFailure> {
+    let f = write_checked_unsynced(path, magic, body)?;
+    f.sync_all().map_err(fail(path, "fsync"))
+}
+
+/// [`write_checked`] without the fsync: returns the open file, for the caller to fsync (on
+/// another thread, while it writes the next file) before anything refers to it.
+pub(crate) fn write_checked_unsynced(path: &Path, magic: &[u8; 4], body: &[u8]) -> Result<File, IoFailure> {
     let mut f = File::create(path).map_err(fail(path, "create"))?;
     let mut head = Vec::with_capacity(CHECKED_HEADER_BYTES);
     head.extend_from_slice(magic);
     head.extend_from_slice(&(body.len() as u64).to_le_bytes());
     head.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     f.write_all(&head).and_then(|_| f.write_all(body)).map_err(fail(path, "write"))?;
-    f.sync_all().map_err(fail(path, "fsync"))
+    Ok(f)
 }
 
 /// Reads a checked file written by [`write_checked`] and returns its body, refusing one whose
