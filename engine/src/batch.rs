@@ -330,7 +330,8 @@ impl<E: lambdaflow_operators::Event> Feed<'_, '_, E> {
 /// A view, or one part (shard) of a seed, to write.
 enum Out {
     View(Arc<dyn AnyView>),
-    SeedPart(Arc<dyn AnySeed>, usize),
+    /// A seed, its index in the registry's seeds, and the part.
+    SeedPart(Arc<dyn AnySeed>, usize, usize),
 }
 
 /// A version written but not yet published: its views' and seeds' record counts, in
@@ -356,8 +357,8 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
     let registry = &computed.registry;
     let seeds = registry.seeds();
     let mut outputs: Vec<Out> = registry.views().into_iter().map(Out::View).collect();
-    for seed in &seeds {
-        outputs.extend(seed.local_parts().into_iter().map(|i| Out::SeedPart(seed.clone(), i)));
+    for (index, seed) in seeds.iter().enumerate() {
+        outputs.extend(seed.local_parts().into_iter().map(|part| Out::SeedPart(seed.clone(), index, part)));
     }
     let next = AtomicU64::new(0);
     // Files are fsync'd by a thread of their own as they come, so that the writers go on
@@ -367,7 +368,14 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
     let (results, synced): (Vec<Result<Vec<(usize, usize)>>>, Result<()>) = std::thread::scope(|scope| {
         let syncer = scope.spawn(move || -> Result<()> {
             // Every file is fsync'd even after a failure (the first error is returned).
-            written.into_iter().map(crate::store::sync_written).fold(Ok(()), |acc, r| acc.and(r))
+            let mut first_error = Ok(());
+            for file in written {
+                let synced = crate::store::sync_written(file);
+                if first_error.is_ok() {
+                    first_error = synced;
+                }
+            }
+            first_error
         });
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
@@ -383,7 +391,7 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
                                 let (bytes, n) = view.take_batch_encoded().map_err(Error::Internal)?;
                                 (pending.write_unsynced(&view.info().name, None, &bytes)?, n)
                             }
-                            Out::SeedPart(seed, part) => {
+                            Out::SeedPart(seed, _, part) => {
                                 let (bytes, n) = seed.take_part_encoded(*part).map_err(Error::Internal)?;
                                 (pending.write_unsynced(seed.name(), Some(*part), &bytes)?, n)
                             }
@@ -416,10 +424,7 @@ fn write_version(store: &ViewStore, computed: &Computed, threads: usize) -> Resu
     for (out, n) in outputs.iter().zip(counts) {
         match out {
             Out::View(v) => views.push((v.info().name.clone(), n)),
-            Out::SeedPart(s, _) => {
-                let i = seeds.iter().position(|x| Arc::ptr_eq(x, s)).expect("a seed of the registry");
-                seed_rows[i] += n;
-            }
+            Out::SeedPart(_, i, _) => seed_rows[*i] += n,
         }
     }
     let (mut rows, mut seed_views, mut adopt) = (Vec::new(), Vec::new(), Vec::new());

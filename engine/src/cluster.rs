@@ -558,7 +558,12 @@ fn connect(peers: &Peers, timeout: Duration, alive: &mut impl FnMut() -> Result<
                         // its earlier connection.
                         sockets[id] = Some(stream);
                     } else {
-                        eprintln!("lambdaflow cluster: process {me} ignored a connection from {from} that is not a peer of this cluster");
+                        eprintln!(
+                            "lambdaflow cluster: process {me} ignored a connection from {from} that is not a peer of this cluster \
+                             (every process must be started with the same --processes, hostfile and -w; -w defaults to the \
+                             machine's cores, here {}: give it explicitly when the machines differ)",
+                            peers.threads
+                        );
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -281,10 +281,25 @@ impl<J: Job> Lambda<J> {
         let store = ViewStore::open(dir)?;
         let meta = match pick {
             Pick::Version(v) => Some(store.meta(v)?),
-            Pick::Current => store.current_meta()?,
+            // One written by a newer lambdaflow (a newer format) is not read, but the log
+            // holds everything: serve from it, as for another job's version.
+            Pick::Current => match store.current()? {
+                Some(v) => Some(store.meta_of_any_format(v)?),
+                None => None,
+            },
             Pick::Nothing => None,
         };
         let meta = meta.filter(|m| {
+            if !m.readable() {
+                eprintln!(
+                    "lambdaflow: batch version {} was written by a newer lambdaflow (format {}; this build reads up to {}); \
+                     serving from the log alone until a batch run by this build",
+                    m.version,
+                    m.format,
+                    crate::store::FORMAT
+                );
+                return false;
+            }
             let usable = m.job == job.name() && m.job_version == job.version() && m.cut.len() == log.partitions() as usize;
             if !usable {
                 eprintln!(

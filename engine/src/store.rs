@@ -73,6 +73,13 @@ pub struct BatchMeta {
 /// The batch version format this build writes, and the newest it reads.
 pub(crate) const FORMAT: u32 = 2;
 
+impl BatchMeta {
+    /// Whether this build reads the version's format (a newer lambdaflow may have written it).
+    pub fn readable(&self) -> bool {
+        self.format <= FORMAT
+    }
+}
+
 fn format_1() -> u32 {
     1
 }
@@ -120,7 +127,7 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `body` as a checked file (see [`durable::write_checked`]), fsync'd.
-fn write_framed(path: &Path, body: &[u8]) -> Result<()> {
+pub(crate) fn write_framed(path: &Path, body: &[u8]) -> Result<()> {
     Ok(durable::write_checked(path, MAGIC, body)?)
 }
 
@@ -275,13 +282,18 @@ impl ViewStore {
         }
     }
 
+    /// A version's metadata, of any format (the caller checks [`BatchMeta::readable`]).
+    pub fn meta_of_any_format(&self, version: u64) -> Result<BatchMeta> {
+        let path = self.version_dir(version).join("META.json");
+        let bytes = read_framed(&path)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path, detail: e.to_string() })
+    }
+
     /// A version's metadata.
     pub fn meta(&self, version: u64) -> Result<BatchMeta> {
         let path = self.version_dir(version).join("META.json");
-        let bytes = read_framed(&path)?;
-        let meta: BatchMeta =
-            serde_json::from_slice(&bytes).map_err(|e| Error::CorruptView { path: path.clone(), detail: e.to_string() })?;
-        if meta.format > FORMAT {
+        let meta = self.meta_of_any_format(version)?;
+        if !meta.readable() {
             return Err(Error::CorruptView {
                 path,
                 detail: format!(

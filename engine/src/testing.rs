@@ -331,6 +331,35 @@ mod tests {
         assert!(err.contains("no seed") && err.contains("Job::version"), "{err}");
     }
 
+    // A current version written by a newer lambdaflow (a newer format) is not read, but
+    // does not stop the service either: it serves from the log alone, exactly, and a batch
+    // run by this build makes a version it reads.
+    #[test]
+    fn a_newer_format_version_is_served_from_the_log() {
+        let dir = TempDir::new("newer");
+        let events = vec![Buy { user: 1, item: 1, amount: 5 }, Buy { user: 2, item: 1, amount: 7 }, Buy { user: 1, item: 2, amount: 1 }];
+        let job = || Tiers { with_items: true };
+        {
+            let lambda = Lambda::open(job(), dir.path(), test_options(1)).unwrap();
+            lambda.append(&events).unwrap();
+            lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+        }
+        let store = crate::store::ViewStore::open(dir.path()).unwrap();
+        let version = store.current().unwrap().expect("a version");
+        let meta = store.meta(version).unwrap();
+        let newer = crate::store::BatchMeta { format: crate::store::FORMAT + 1, ..meta };
+        let path = dir.path().join("views").join(format!("v{version:06}")).join("META.json");
+        crate::store::write_framed(&path, &serde_json::to_vec(&newer).unwrap()).unwrap();
+        let lambda = Lambda::open(job(), dir.path(), test_options(1)).expect("opens on a newer version");
+        assert_eq!(lambda.serving().speed.cut, vec![0; lambda.serving().speed.cut.len()], "serves from the log alone");
+        let ends = lambda.log().end_offsets();
+        assert!(lambda.serving().speed.wait_for(&ends, std::time::Duration::from_secs(60)).unwrap(), "the speed layer reads the log");
+        assert_eq!(diff(&naive(&events), &all_views(&lambda).unwrap()), None);
+        lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+        assert!(store.meta(store.current().unwrap().expect("a version")).unwrap().readable());
+        assert_eq!(diff(&naive(&events), &all_views(&lambda).unwrap()), None);
+    }
+
     /// A job whose code panics on one poisoned event, to check that a job bug becomes a
     /// clear error in both modes instead of a hang.
     #[derive(Clone)]

@@ -317,7 +317,16 @@ pub(super) fn cluster<J: Job>(app: App<J>, g: &Global, args: ClusterCmdArgs) -> 
     }
     args.cluster.batch_processes.get_or_insert(processes);
     args.cluster.speed_processes.get_or_insert(processes);
-    serve(app, &g.data, g.workers, g.wait, args)
+    serve_cmd(app, g, args)
+}
+
+/// `serve`: without -w, a layer on several processes gives each of them its share of the
+/// machine's cores (cores / processes), not every core to each.
+pub(super) fn serve_cmd<J: Job>(app: App<J>, g: &Global, args: ServeArgs) -> Result<()> {
+    let c = &args.cluster;
+    let processes = c.batch_processes.unwrap_or(1).max(c.speed_processes.unwrap_or(1));
+    let workers = options::per_process_workers(g.workers, g.workers_given, options::cores(), processes);
+    serve(app, &g.data, workers, g.wait, args)
 }
 
 pub(super) fn batch_local<J: Job>(app: App<J>, dir: &Path, workers: usize, keep: usize, processes: usize) -> Result<()> {

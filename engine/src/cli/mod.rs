@@ -166,7 +166,7 @@ fn run<J: Job>(app: App<J>, cli: Cli) -> Result<()> {
         Command::Status(args) => status(app, &g, args),
         Command::Verify(args) => verify(&g, args),
         Command::Demo(args) => demo(app, &g.data, g.workers, g.wait, args),
-        Command::Serve(args) => serve(app, &g.data, g.workers, g.wait, args),
+        Command::Serve(args) => serve_cmd(app, &g, args),
         Command::Cluster(args) => cluster(app, &g, args),
         Command::Worker(args) => worker(app, &g.data, g.workers, args),
         Command::Export(args) => export(app, &g, args),
