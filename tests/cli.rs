@@ -78,6 +78,8 @@ fn commands_answer_through_a_running_service() {
     ok(&["batch"]);
     let st = server.client().get("/v1/status").expect("status").json();
     assert_eq!(st["batch"]["events"], 800, "the service ran the batch: {st}");
+    // The job's speed-layer counters (none for the shop job) are there, as an object.
+    assert!(st["speed"]["counters"].is_object(), "speed.counters: {st}");
 }
 
 // A service with a token: a command without --token-file is told to pass it (exit 2); with

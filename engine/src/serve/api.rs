@@ -1007,6 +1007,8 @@ async fn get_status<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
             "publications": st.speed_publications,
             "snapshot_copies": st.speed_snapshot_copies,
             "events_read": st.speed_events_read,
+            // The job's own speed-layer counters (e.g. `interval_join.NAME.second_rows`).
+            "counters": st.speed_counters.iter().map(|(name, n)| (name.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "visible_latency": {
                 "count": st.speed_visible_counts.iter().sum::<u64>(),
                 "p50_ms": VisibleLatency::quantile_ms(&st.speed_visible_counts, 0.5),
