@@ -581,6 +581,70 @@ async fn serve_one(stream: tokio::net::TcpStream, router: axum::Router, bounds: 
 mod tests {
     use super::*;
 
+    /// A stream that records each write it takes and has nothing to read.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        shut: bool,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    // Proves the cork: answers flushed within one poll go out in one write, when the next
+    // read would wait; an answer deferred in one poll goes out in the next poll at the latest;
+    // more than CORK_MAX bytes are never held; closing writes what is held first.
+    #[test]
+    fn answers_of_one_poll_go_out_in_one_write() {
+        let polls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut cork = Cork::new(Recorder::default(), polls.clone());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut c = Pin::new(&mut cork);
+        for answer in [&b"one"[..], b"two", b"three"] {
+            assert!(matches!(c.as_mut().poll_write(&mut cx, answer), Poll::Ready(Ok(n)) if n == answer.len()));
+            assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        }
+        assert!(c.inner.writes.is_empty(), "held while the poll goes on");
+        let mut space = [0u8; 16];
+        assert!(c.as_mut().poll_read(&mut cx, &mut ReadBuf::new(&mut space)).is_pending());
+        assert_eq!(c.inner.writes, [b"onetwothree".to_vec()], "one write when the read would wait");
+        // Deferred in one poll, written in the next.
+        assert!(matches!(c.as_mut().poll_write(&mut cx, b"four"), Poll::Ready(Ok(4))));
+        assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(c.inner.writes.len(), 1);
+        polls.fetch_add(1, Relaxed);
+        assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"four"[..]));
+        // Never more than CORK_MAX held: a large answer goes through after what is held.
+        let big = vec![7u8; CORK_MAX + 1];
+        assert!(matches!(c.as_mut().poll_write(&mut cx, b"five"), Poll::Ready(Ok(4))));
+        assert!(matches!(c.as_mut().poll_write(&mut cx, &big), Poll::Ready(Ok(n)) if n == big.len()));
+        let n = c.inner.writes.len();
+        assert_eq!(&c.inner.writes[n - 2..], [b"five".to_vec(), big]);
+        // Closing writes what is held first.
+        assert!(matches!(c.as_mut().poll_write(&mut cx, b"six"), Poll::Ready(Ok(3))));
+        assert!(matches!(c.as_mut().poll_shutdown(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"six"[..]));
+        assert!(c.inner.shut);
+    }
+
     // Proves which connections go to the ingest lane: a first request that appends events
     // or waits for freshness; queries, status and the rest stay on the lowered threads.
     #[test]
