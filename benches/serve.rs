@@ -82,6 +82,25 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system) the server's HTTP threads (`lambdaflow-http`: the async
+/// workers that parse requests and run point queries, and their blocking pool) have used, from
+/// /proc; threads that exited are not counted.
+fn http_cpu_s(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return f64::NAN };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else { continue };
+        if name != "lambdaflow-http" {
+            continue;
+        }
+        // After the name: state (field 3), ..., utime (14), stime (15).
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += [11, 12].iter().filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok())).sum::<u64>();
+    }
+    ticks as f64 / 100.0 // USER_HZ
+}
+
 /// Posts `bodies` from `connections` threads; returns (events acknowledged, seconds).
 fn ingest(addr: std::net::SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, tag: &str) -> (u64, f64) {
     let next = Arc::new(AtomicU64::new(0));
@@ -220,6 +239,9 @@ struct Row {
     kps: f64,
     query_p50: f64,
     query_p99: f64,
+    /// CPU of the server's HTTP threads per request answered, µs (the paced ingest's requests
+    /// and visibility checks included, a few hundred per second).
+    http_cpu_us: f64,
     /// The server's own commit → publication latency over the phase (its histogram).
     published_p50: f64,
     published_p99: f64,
@@ -256,12 +278,12 @@ fn main() {
     }
     println!();
     println!(
-        "| workers | Q | mode (pipeline x keys/request) | offered ev/s | ack→visible p50 ms | p99 ms | max ms | requests/s | keys answered/s | round trip p50 ms | round trip p99 ms | server commit→publish p50 ms | p99 ms |"
+        "| workers | Q | mode (pipeline x keys/request) | offered ev/s | ack→visible p50 ms | p99 ms | max ms | requests/s | keys answered/s | round trip p50 ms | round trip p99 ms | HTTP CPU µs/request | server commit→publish p50 ms | p99 ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.2} | {:.2} |",
             r.workers,
             r.queries,
             r.mode,
@@ -273,6 +295,7 @@ fn main() {
             r.kps,
             r.query_p50,
             r.query_p99,
+            r.http_cpu_us,
             r.published_p50,
             r.published_p99
         );
@@ -355,7 +378,7 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
     let mut run = 0;
     for q in queries {
         for mode in modes() {
-            rows.push(mixed(addr, workers, *q, mode, rate, seconds, run));
+            rows.push(mixed(addr, pid, workers, *q, mode, rate, seconds, run));
             run += 1;
         }
     }
@@ -375,10 +398,21 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
 
 /// Phase 3: paced ingest with ack-to-visible, and point queries from `query_connections`
 /// connections as fast as they are answered.
-fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, mode: Mode, rate: u64, seconds: u64, run: u64) -> Row {
+#[allow(clippy::too_many_arguments)]
+fn mixed(
+    addr: std::net::SocketAddr,
+    pid: u32,
+    workers: usize,
+    query_connections: usize,
+    mode: Mode,
+    rate: u64,
+    seconds: u64,
+    run: u64,
+) -> Row {
     let stop = Arc::new(AtomicBool::new(false));
     let mut status = Client::new(addr);
     let published_before = visible_buckets(&mut status);
+    let cpu_before = http_cpu_s(pid);
     let paced: Arc<Vec<Vec<u8>>> = Arc::new(bodies(3 + run, rate * seconds));
     // Visibility checks run on their own connections, so the ingest pace never waits for them.
     let (check_tx, check_rx) = std::sync::mpsc::channel::<(Instant, String)>();
@@ -497,6 +531,7 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, m
     visible.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
     let published_after = visible_buckets(&mut status);
+    let http_cpu = http_cpu_s(pid) - cpu_before;
     let row = Row {
         workers,
         queries: query_connections,
@@ -509,6 +544,7 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, m
         kps: (lat.len() * mode.pipeline * mode.keys) as f64 / seconds as f64,
         query_p50: percentile(&lat, 0.5),
         query_p99: percentile(&lat, 0.99),
+        http_cpu_us: http_cpu * 1e6 / (lat.len() * mode.pipeline).max(1) as f64,
         published_p50: bucket_quantile(&published_before, &published_after, 0.5),
         published_p99: bucket_quantile(&published_before, &published_after, 0.99),
     };
