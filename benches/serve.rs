@@ -3,11 +3,19 @@
 //!
 //! `cargo bench --bench serve -- [--history N] [--ingest-events N] [--connections C]
 //!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q] [--workers W] [--partitions P]
-//!  [--speed-processes N] [--batch-processes N] [--http-nice N] [--matrix]`
+//!  [--speed-processes N] [--batch-processes N] [--http-nice N] [--pipeline N]
+//!  [--keys-per-request K] [--matrix] [--mode-list 1x1,16x1,1x16]`
 //!
 //! `--matrix` runs the service matrix: for 1 and 2 workers (one server each), phases 1 and
 //! 2 once, then phase 3 with Q = 1, 2, 8 and 32 query connections; it prints one table.
 //! `--query-list 1,2,8,32` and `--worker-list 1,2` choose other rows.
+//!
+//! How a query connection asks (the table's `mode` column; default `1x1`, one request per
+//! round trip, as in figures before these flags): `--pipeline N` writes N requests before
+//! reading the N answers (HTTP/1.1 pipelining), `--keys-per-request K` asks K keys of one
+//! view per request (`GET /v1/views/{view}?key=..&key=..`; K = 1 uses the one-key path);
+//! `--mode-list NxK,...` runs each mode in turn for every Q (back to back on one server).
+//! Requests/s and keys answered/s are both reported; latency is per round trip.
 //!
 //! 1. history: N events posted in requests of 1,000, then a batch run (so queries merge a
 //!    batch view with the speed layer);
@@ -74,6 +82,25 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system) the server's HTTP threads (`lambdaflow-http`: the async
+/// workers that parse requests and run point queries, and their blocking pool) have used, from
+/// /proc; threads that exited are not counted.
+fn http_cpu_s(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return f64::NAN };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else { continue };
+        if name != "lambdaflow-http" {
+            continue;
+        }
+        // After the name: state (field 3), ..., utime (14), stime (15).
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += [11, 12].iter().filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok())).sum::<u64>();
+    }
+    ticks as f64 / 100.0 // USER_HZ
+}
+
 /// Posts `bodies` from `connections` threads; returns (events acknowledged, seconds).
 fn ingest(addr: std::net::SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, tag: &str) -> (u64, f64) {
     let next = Arc::new(AtomicU64::new(0));
@@ -123,55 +150,98 @@ impl Lean {
         Lean { stream, buf: Vec::with_capacity(1 << 16) }
     }
 
-    /// Sends `request` (a whole HTTP/1.1 request for a point of `view`), reads the response
-    /// and checks it; returns its status.
-    fn send(&mut self, request: &[u8], view: &str) -> u16 {
+    /// Sends `requests` (whole HTTP/1.1 requests, written at once), reads one response per
+    /// entry of `expect` (the view asked and how many keys: 1 for the one-key path) and
+    /// checks each.
+    fn send(&mut self, requests: &[u8], expect: &[(&str, usize)]) {
         use std::io::{Read, Write};
-        self.stream.write_all(request).expect("send");
+        self.stream.write_all(requests).expect("send");
         self.buf.clear();
-        let mut chunk = [0u8; 16 << 10];
-        let (head, length) = loop {
-            let n = self.stream.read(&mut chunk).expect("receive");
-            assert!(n > 0, "the server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&self.buf[..end]).expect("ASCII head");
-                let length = head
-                    .lines()
-                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-                    .map(|(_, v)| v.trim().parse::<usize>().expect("Content-Length"))
-                    .expect("a Content-Length");
-                break (end + 4, length);
+        let mut chunk = [0u8; 64 << 10];
+        let mut at = 0;
+        for (view, keys) in expect {
+            let (head, length) = loop {
+                if let Some(end) = self.buf[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = std::str::from_utf8(&self.buf[at..at + end]).expect("ASCII head");
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                        .map(|(_, v)| v.trim().parse::<usize>().expect("Content-Length"))
+                        .expect("a Content-Length");
+                    break (at + end + 4, length);
+                }
+                let n = self.stream.read(&mut chunk).expect("receive");
+                assert!(n > 0, "the server closed the connection");
+                self.buf.extend_from_slice(&chunk[..n]);
+            };
+            while self.buf.len() < head + length {
+                let n = self.stream.read(&mut chunk).expect("receive");
+                assert!(n > 0, "the server closed the connection");
+                self.buf.extend_from_slice(&chunk[..n]);
             }
-        };
-        while self.buf.len() < head + length {
-            let n = self.stream.read(&mut chunk).expect("receive");
-            assert!(n > 0, "the server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
+            let status: u16 = std::str::from_utf8(&self.buf[at + 9..at + 12]).ok().and_then(|s| s.parse().ok()).expect("a status");
+            let body = &self.buf[head..head + length];
+            let ok = match status {
+                200 => {
+                    body.starts_with(b"{\"view\":\"")
+                        && body[9..].starts_with(view.as_bytes())
+                        && body.ends_with(b"}")
+                        && (*keys == 1 || body.windows(6).filter(|w| w == b"\"key\":").count() == *keys)
+                }
+                404 => *keys == 1 && body.starts_with(b"{\"error\":"),
+                _ => false,
+            };
+            assert!(ok, "HTTP {status}: {}", String::from_utf8_lossy(body));
+            at = head + length;
         }
-        let status: u16 = std::str::from_utf8(&self.buf[9..12]).ok().and_then(|s| s.parse().ok()).expect("a status");
-        let body = &self.buf[head..head + length];
-        let ok = match status {
-            200 => body.starts_with(b"{\"view\":\"") && body[9..].starts_with(view.as_bytes()) && body.ends_with(b"}"),
-            404 => body.starts_with(b"{\"error\":"),
-            _ => false,
-        };
-        assert!(ok, "HTTP {status}: {}", String::from_utf8_lossy(body));
-        status
+        assert_eq!(at, self.buf.len(), "bytes after the last answer");
     }
+}
+
+/// How a query connection asks: `pipeline` requests per round trip, `keys` per request.
+#[derive(Clone, Copy)]
+struct Mode {
+    pipeline: usize,
+    keys: usize,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.pipeline, self.keys)
+    }
+}
+
+fn modes() -> Vec<Mode> {
+    let given = format!("{}x{}", num("--pipeline", 1), num("--keys-per-request", 1));
+    arg("--mode-list", &given)
+        .split(',')
+        .map(|m| {
+            let (p, k) =
+                m.trim().split_once('x').unwrap_or_else(|| panic!("--mode-list takes PIPELINExKEYS,... (e.g. 1x1,16x1), not `{m}`"));
+            let n =
+                |t: &str| t.parse::<usize>().ok().filter(|n| *n >= 1).unwrap_or_else(|| panic!("--mode-list: `{m}` needs numbers >= 1"));
+            Mode { pipeline: n(p), keys: n(k) }
+        })
+        .collect()
 }
 
 /// What one mixed phase measured.
 struct Row {
     workers: usize,
     queries: usize,
+    mode: Mode,
     offered: f64,
     visible_p50: f64,
     visible_p99: f64,
     visible_max: f64,
+    /// Requests answered per second, and keys answered per second.
     qps: f64,
+    kps: f64,
     query_p50: f64,
     query_p99: f64,
+    /// CPU of the server's HTTP threads per request answered, µs (the paced ingest's requests
+    /// and visibility checks included, a few hundred per second).
+    http_cpu_us: f64,
     /// The server's own commit → publication latency over the phase (its histogram).
     published_p50: f64,
     published_p99: f64,
@@ -208,21 +278,24 @@ fn main() {
     }
     println!();
     println!(
-        "| workers | Q | offered ev/s | ack→visible p50 ms | p99 ms | max ms | point queries/s | query p50 ms | query p99 ms | server commit→publish p50 ms | p99 ms |"
+        "| workers | Q | mode (pipeline x keys/request) | offered ev/s | ack→visible p50 ms | p99 ms | max ms | requests/s | keys answered/s | round trip p50 ms | round trip p99 ms | HTTP CPU µs/request | server commit→publish p50 ms | p99 ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.2} | {:.2} |",
             r.workers,
             r.queries,
+            r.mode,
             r.offered,
             r.visible_p50,
             r.visible_p99,
             r.visible_max,
             r.qps,
+            r.kps,
             r.query_p50,
             r.query_p99,
+            r.http_cpu_us,
             r.published_p50,
             r.published_p99
         );
@@ -302,8 +375,12 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
     println!("speed layer: caught up with {behind} events of lag in {:.2}s after the ingest", t.elapsed().as_secs_f64());
 
     let mut rows = Vec::new();
-    for (run, q) in queries.iter().enumerate() {
-        rows.push(mixed(addr, workers, *q, rate, seconds, run as u64));
+    let mut run = 0;
+    for q in queries {
+        for mode in modes() {
+            rows.push(mixed(addr, pid, workers, *q, mode, rate, seconds, run));
+            run += 1;
+        }
     }
     let s = c.get("/v1/status").expect("status").json();
     println!(
@@ -321,10 +398,21 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
 
 /// Phase 3: paced ingest with ack-to-visible, and point queries from `query_connections`
 /// connections as fast as they are answered.
-fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, rate: u64, seconds: u64, run: u64) -> Row {
+#[allow(clippy::too_many_arguments)]
+fn mixed(
+    addr: std::net::SocketAddr,
+    pid: u32,
+    workers: usize,
+    query_connections: usize,
+    mode: Mode,
+    rate: u64,
+    seconds: u64,
+    run: u64,
+) -> Row {
     let stop = Arc::new(AtomicBool::new(false));
     let mut status = Client::new(addr);
     let published_before = visible_buckets(&mut status);
+    let cpu_before = http_cpu_s(pid);
     let paced: Arc<Vec<Vec<u8>>> = Arc::new(bodies(3 + run, rate * seconds));
     // Visibility checks run on their own connections, so the ingest pace never waits for them.
     let (check_tx, check_rx) = std::sync::mpsc::channel::<(Instant, String)>();
@@ -384,30 +472,50 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
             std::thread::spawn(move || {
                 let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ qi as u64;
                 let today = lambdaflow_operators::Day::of_ms(lambdaflow_engine::now_ms() as i64).0;
-                // 4096 random point queries, built before the clock starts and sent in turn.
-                let requests: Vec<(Vec<u8>, &str)> = (0..4096)
+                let mut rand = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                let key = |view: usize, x: u64| {
+                    let day = lambdaflow_operators::Day(today - (x % 90) as i32);
+                    match view {
+                        0 => day.to_string(),
+                        1 => (x % 100_000).to_string(),
+                        2 => (x % 10_000).to_string(),
+                        _ => format!("{day}/{}", x % 10_000),
+                    }
+                };
+                const VIEWS: [&str; 4] = ["revenue_by_day", "customer_spend", "inventory_level", "product_revenue_by_day"];
+                // 4096 random point queries (in round trips of `mode`), built before the
+                // clock starts and sent in turn.
+                let trips: Vec<(Vec<u8>, Vec<(&str, usize)>)> = (0..(4096 / (mode.pipeline * mode.keys)).max(64))
                     .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        let day = lambdaflow_operators::Day(today - (x % 90) as i32);
-                        let (view, key) = match x % 4 {
-                            0 => ("revenue_by_day", day.to_string()),
-                            1 => ("customer_spend", (x % 100_000).to_string()),
-                            2 => ("inventory_level", (x % 10_000).to_string()),
-                            _ => ("product_revenue_by_day", format!("{day}/{}", x % 10_000)),
-                        };
-                        (format!("GET /v1/views/{view}/{key} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes(), view)
+                        let mut bytes = Vec::new();
+                        let mut expect = Vec::new();
+                        for _ in 0..mode.pipeline {
+                            let v = (rand() % 4) as usize;
+                            let path = if mode.keys == 1 {
+                                format!("/v1/views/{}/{}", VIEWS[v], key(v, rand()))
+                            } else {
+                                let keys: Vec<String> = (0..mode.keys).map(|_| format!("key={}", key(v, rand()))).collect();
+                                format!("/v1/views/{}?{}", VIEWS[v], keys.join("&"))
+                            };
+                            bytes.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
+                            expect.push((VIEWS[v], mode.keys));
+                        }
+                        (bytes, expect)
                     })
                     .collect();
                 let mut c = Lean::connect(addr);
                 let mut lat = Vec::with_capacity(1 << 20);
-                for (request, view) in requests.iter().cycle() {
+                for (requests, expect) in trips.iter().cycle() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let t = Instant::now();
-                    c.send(request, view);
+                    c.send(requests, expect);
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
                 }
                 lat
@@ -423,21 +531,25 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
     visible.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
     let published_after = visible_buckets(&mut status);
+    let http_cpu = http_cpu_s(pid) - cpu_before;
     let row = Row {
         workers,
         queries: query_connections,
+        mode,
         offered: requests as f64 * 1000.0 / ingest_secs,
         visible_p50: percentile(&visible, 0.5),
         visible_p99: percentile(&visible, 0.99),
         visible_max: visible.last().copied().unwrap_or(f64::NAN),
-        qps: lat.len() as f64 / seconds as f64,
+        qps: (lat.len() * mode.pipeline) as f64 / seconds as f64,
+        kps: (lat.len() * mode.pipeline * mode.keys) as f64 / seconds as f64,
         query_p50: percentile(&lat, 0.5),
         query_p99: percentile(&lat, 0.99),
+        http_cpu_us: http_cpu * 1e6 / (lat.len() * mode.pipeline).max(1) as f64,
         published_p50: bucket_quantile(&published_before, &published_after, 0.5),
         published_p99: bucket_quantile(&published_before, &published_after, 0.99),
     };
     println!(
-        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): ingest {:.0} events/s; ack-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}, mode {mode}): ingest {:.0} events/s; ack-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests)",
         row.offered,
         row.visible_p50,
         row.visible_p99,
@@ -445,15 +557,16 @@ fn mixed(addr: std::net::SocketAddr, workers: usize, query_connections: usize, r
         visible.len()
     );
     println!(
-        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): {} point queries = {:.0}/s; latency p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms",
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}, mode {mode}): {} round trips = {:.0} requests/s = {:.0} keys answered/s; round trip p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms",
         lat.len(),
         row.qps,
+        row.kps,
         row.query_p50,
         row.query_p99,
         percentile(&lat, 0.999)
     );
     println!(
-        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}): server commit→publish p50 {:.2} ms p99 {:.2} ms (10% buckets); \
+        "mixed ({seconds}s, {workers} worker(s), Q={query_connections}, mode {mode}): server commit→publish p50 {:.2} ms p99 {:.2} ms (10% buckets); \
          send→ack p50 {:.2} ms p99 {:.2} ms (an ack slower than the pace lowers the offered rate)",
         row.published_p50,
         row.published_p99,

@@ -524,3 +524,151 @@ fn empty_bodies_store_nothing_and_succeed() {
     assert!(!e["message"].as_str().expect("message").contains("line"), "{e}");
     assert_eq!(log_events(&mut c), 2);
 }
+
+/// An answer without the ages in its freshness (they grow between two reads of the same
+/// state), for comparing answers read at different times.
+fn without_ages(mut v: Value) -> Value {
+    if let Some(f) = v.get_mut("freshness").and_then(Value::as_object_mut) {
+        f.remove("speed_age_ms");
+        f.remove("batch_age_ms");
+    }
+    v
+}
+
+/// Ingests `batch` and waits until the speed layer shows it; returns it.
+fn ingest_visible(c: &mut Client, batch: Vec<ShopEvent>) -> Vec<ShopEvent> {
+    let r = post(c, &ndjson(&batch), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.get(&format!("/v1/views/revenue_by_day?limit=1&min_frontier={}", frontier_of(&r.json()))).expect("wait");
+    assert_eq!(r.status, 200, "{}", r.text());
+    batch
+}
+
+// Requests written at once on one connection (HTTP/1.1 pipelining) are answered in order,
+// each exactly as when asked alone: points, a missing key, a bad key, a range whose answer is
+// larger than what the server holds back for one write, several keys at once, and a last
+// request with `Connection: close`, whose answer arrives before the connection closes.
+#[test]
+fn pipelined_requests_are_answered_in_order_and_exactly() {
+    use std::io::{BufReader, Write};
+    let tmp = TempDir::new("serve-pipeline");
+    let server = Server::start(tmp.path(), &[]);
+    let mut c = server.client();
+    // The generator's usual id space: many keys, so a range answer is over 64 KiB.
+    let config = lambdaflow_jobs::shop::gen::GenConfig { events: 5000, seed: 11, ..Default::default() };
+    let batch = ingest_visible(&mut c, lambdaflow_jobs::shop::gen::Generator::new(config).collect());
+    let expected = expected_views(&batch);
+    let days: Vec<String> = expected["revenue_by_day"].keys().map(|k| serde_json::from_str(k).expect("day")).collect();
+    let mut paths: Vec<String> = Vec::new();
+    for (i, day) in days.iter().take(8).enumerate() {
+        paths.push(format!("/v1/views/revenue_by_day/{day}"));
+        paths.push(format!("/v1/views/customer_spend/{i}"));
+    }
+    paths.push("/v1/views/revenue_by_day/1999-01-01".into()); // no events: 404
+    paths.push("/v1/views/revenue_by_day/yesterday".into()); // does not parse: 400
+    paths.push("/v1/views/customer_spend?limit=100000".into()); // over 64 KiB
+    paths.push(format!("/v1/views/revenue_by_day?key={}&key={}&key=1999-01-01", days[0], days[1]));
+    paths.push("/v1/views/customer_spend/3".into());
+    let alone: Vec<(u16, Value)> = paths
+        .iter()
+        .map(|p| {
+            let r = c.get(p).expect("query");
+            (r.status, without_ages(r.json()))
+        })
+        .collect();
+    let largest = alone.iter().map(|(_, v)| v.to_string().len()).max().unwrap_or(0);
+    assert!(largest > 64 << 10, "a range answer over 64 KiB: {largest} bytes");
+    assert!(alone.iter().any(|(s, _)| *s == 404), "a missing key among them");
+    assert_eq!(alone.iter().filter(|(s, _)| *s == 400).count(), 1);
+
+    for round in 0..3 {
+        let mut raw = std::net::TcpStream::connect(server.addr).expect("connect");
+        let mut requests = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let close = if i + 1 == paths.len() { "Connection: close\r\n" } else { "" };
+            requests.extend_from_slice(format!("GET {p} HTTP/1.1\r\nHost: {}\r\n{close}\r\n", server.addr).as_bytes());
+        }
+        raw.write_all(&requests).expect("write all requests at once");
+        let mut r = BufReader::new(raw);
+        for (i, (status, want)) in alone.iter().enumerate() {
+            let got =
+                common::http::read_raw_response(&mut r, false).expect("read").unwrap_or_else(|| panic!("round {round}: no answer {i}"));
+            assert_eq!((got.status, without_ages(got.json())), (*status, want.clone()), "round {round}: answer {i} ({})", paths[i]);
+        }
+        assert!(common::http::read_raw_response(&mut r, false).expect("read").is_none(), "closed after the last answer");
+    }
+    assert_eq!(server.terminate(), Some(0));
+}
+
+// Several keys in one request (`?key=A&key=B`): each entry is exactly the one-key answer
+// (without view and freshness, given once), in the order asked, duplicates included; a key
+// without events is a 404 entry; a key that does not parse makes the request a 400 naming
+// it; at most 256 keys; keys and a range cannot be mixed.
+#[test]
+fn several_keys_in_one_request() {
+    let tmp = TempDir::new("serve-keys");
+    let server = Server::start(tmp.path(), &[]);
+    let mut c = server.client();
+    let batch = ingest_visible(&mut c, events(12, 2000));
+    let expected = expected_views(&batch);
+    let days: Vec<String> = expected["revenue_by_day"].keys().map(|k| serde_json::from_str(k).expect("day")).collect();
+    let pd: Value = serde_json::from_str(expected["product_revenue_by_day"].keys().next().expect("a product day")).expect("key");
+    let pd = format!("{}/{}", pd["day"].as_str().expect("day"), pd["product_id"]);
+    for (view, keys) in [
+        ("revenue_by_day", vec![days[1].clone(), "1999-01-01".into(), days[0].clone(), days[1].clone()]),
+        ("product_revenue_by_day", vec![pd.clone(), "1999-01-01/5".into()]),
+        ("customer_spend", (0..40).map(|i| i.to_string()).collect()),
+    ] {
+        let query: Vec<String> = keys.iter().map(|k| format!("key={}", pct(k))).collect();
+        let r = c.get(&format!("/v1/views/{view}?{}", query.join("&"))).expect("keys");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let all = without_ages(r.json());
+        assert_eq!(all["view"], view);
+        let answers = all["answers"].as_array().expect("answers");
+        assert_eq!(answers.len(), keys.len());
+        for (k, got) in keys.iter().zip(answers) {
+            let one = c.get(&format!("/v1/views/{view}/{k}")).expect("one key");
+            let mut one_json = without_ages(one.json());
+            assert_eq!(one_json["freshness"], all["freshness"], "the same state");
+            match one.status {
+                200 => {
+                    let o = one_json.as_object_mut().expect("object");
+                    o.remove("view");
+                    o.remove("freshness");
+                    assert_eq!(got, &Value::Object(o.clone()), "{view}/{k}");
+                }
+                404 => {
+                    assert_eq!(got["status"], 404, "{got}");
+                    assert_eq!(got["key"], k.as_str());
+                    assert_eq!(got["error"], one_json["error"]);
+                }
+                s => panic!("{view}/{k}: HTTP {s}"),
+            }
+        }
+    }
+    // A key that does not parse: 400 naming it and its place.
+    let r = c.get(&format!("/v1/views/revenue_by_day?key={}&key=yesterday", days[0])).expect("bad key");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["key"], "yesterday");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("key 2 of 2 (`yesterday`)")), "{e}");
+    // The bound: 256 keys are answered, 257 are refused.
+    let keys = |n: usize| (0..n).map(|i| format!("key={i}")).collect::<Vec<_>>().join("&");
+    let r = c.get(&format!("/v1/views/customer_spend?{}", keys(256))).expect("256 keys");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["answers"].as_array().map(Vec::len), Some(256));
+    let r = c.get(&format!("/v1/views/customer_spend?{}", keys(257))).expect("257 keys");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("at most 256 keys"), "{}", r.text());
+    // Keys and a range do not mix; an unknown view is a 404 as for one key.
+    let r = c.get("/v1/views/customer_spend?key=1&limit=5").expect("mixed");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("key=") && r.text().contains("limit="), "{}", r.text());
+    let r = c.get("/v1/views/no_such_view?key=1").expect("unknown view");
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Without key= the range endpoint is unchanged.
+    let r = c.get("/v1/views/customer_spend?limit=3").expect("range");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(server.terminate(), Some(0));
+}

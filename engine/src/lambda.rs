@@ -660,3 +660,33 @@ impl<J: Job> Lambda<J> {
         }
     }
 }
+
+impl<J: Job> Lambda<J> {
+    /// Point queries of several `keys` of `view` at one speed frontier: per key, in order,
+    /// what [`Lambda::query_on`] with `Selection::Key` answers (`Ok(None)`: no such key;
+    /// `Err`: the key does not parse), and the freshness they all reflect.
+    pub fn query_keys_on(
+        &self,
+        serving: &Serving,
+        view: &str,
+        keys: &[String],
+    ) -> Result<(Vec<std::result::Result<Option<Answer>, String>>, Freshness)> {
+        let speed = &serving.speed;
+        let i = speed.views().iter().position(|v| v.info().name == view).ok_or_else(|| {
+            let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
+            Error::Usage(format!("no view named `{view}`; the views are: {}", names.join(", ")))
+        })?;
+        let batch_table = serving.batch.as_ref().and_then(|b| b.tables[i].clone());
+        let (answers, frontier, updated_ms) = speed.with_state(|state| {
+            let answers = keys
+                .iter()
+                .map(|k| {
+                    let sel = Selection::Key(k.clone());
+                    speed.views()[i].query(batch_table.as_deref(), state.tables[i].as_ref(), &sel).map(|a| a.into_iter().next())
+                })
+                .collect();
+            (answers, state.frontier.clone(), state.updated_ms)
+        });
+        Ok((answers, self.freshness(serving, frontier, updated_ms)))
+    }
+}

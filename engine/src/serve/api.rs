@@ -25,6 +25,8 @@ use crate::speed::VisibleLatency;
 
 /// Most answers a range query returns.
 pub(super) const LIMIT_MAX: usize = 100_000;
+/// Most keys one request may ask for (`GET /v1/views/{view}?key=A&key=B...`).
+pub(super) const KEYS_MAX: usize = 256;
 /// Longest a query may wait for `min_frontier`.
 pub(super) const WAIT_MAX: Duration = Duration::from_secs(10);
 /// Bytes of answers the query cache holds before it is cleared.
@@ -794,14 +796,34 @@ struct Params {
     filter: Option<Where>,
     min_frontier: Option<Vec<u64>>,
     timeout: Duration,
+    /// Keys asked for by `key=` (several point queries in one request), in order.
+    keys: Vec<String>,
 }
 
 fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -> ApiResult<Params> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
-    let mut p =
-        Params { from: None, after: None, to: None, limit: 1000, filter: None, min_frontier: None, timeout: Duration::from_secs(5) };
+    let mut p = Params {
+        from: None,
+        after: None,
+        to: None,
+        limit: 1000,
+        filter: None,
+        min_frontier: None,
+        timeout: Duration::from_secs(5),
+        keys: Vec::new(),
+    };
+    let mut range_given: Option<String> = None;
     for (k, v) in params {
+        if range && matches!(k.as_str(), "from" | "after" | "to" | "limit" | "where") {
+            range_given.get_or_insert_with(|| k.clone());
+        }
         match k.as_str() {
+            "key" if range => {
+                if p.keys.len() == KEYS_MAX {
+                    return Err(bad(format!("at most {KEYS_MAX} keys per request (key=); split the keys over several requests")));
+                }
+                p.keys.push(v)
+            }
             "from" if range => p.from = Some(v),
             "after" if range => p.after = Some(v),
             "to" if range => p.to = Some(v),
@@ -829,13 +851,17 @@ fn parse_params(params: Vec<(String, String)>, partitions: usize, range: bool) -
                 p.timeout = Duration::from_millis(ms).min(WAIT_MAX);
             }
             other => {
-                let allowed = if range { "from, after, to, limit, where, min_frontier, timeout_ms" } else { "min_frontier, timeout_ms" };
+                let allowed =
+                    if range { "key, from, after, to, limit, where, min_frontier, timeout_ms" } else { "min_frontier, timeout_ms" };
                 return Err(bad(format!("unknown query parameter `{other}`; this endpoint takes {allowed}")));
             }
         }
     }
     if p.from.is_some() && p.after.is_some() {
         return Err(bad("give from or after (the cursor of a previous answer), not both".into()));
+    }
+    if let (Some(r), false) = (range_given, p.keys.is_empty()) {
+        return Err(bad(format!("key= asks for keys and {r}= for a range: give one or the other")));
     }
     Ok(p)
 }
@@ -882,6 +908,9 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
         }
         None => serving,
     };
+    if key.is_none() && !p.keys.is_empty() {
+        return answer_keys(&s, &serving, &view, &p.keys, t);
+    }
     let (body, freshness) = match &key {
         Some(k) => {
             // A point query is a few microseconds, on the async thread, and not cached: a
@@ -955,6 +984,46 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
     s.metrics.queries.fetch_add(1, Relaxed);
     s.metrics.query_latency.observe(t.elapsed());
     Ok(response)
+}
+
+/// Several point queries in one request (`?key=A&key=B`): per key, in the order asked, what
+/// the single-key query answers without `view` and `freshness` (given once for all, since
+/// every key is merged at one speed frontier). A key without events is an entry
+/// `{"key", "error", "status": 404}`, a key in error `{"key", "error", "status": 500}`; a key
+/// that does not parse makes the request a `400` naming it.
+fn answer_keys<J: Job>(s: &AppState<J>, serving: &Serving, view: &str, keys: &[String], t: Instant) -> ApiResult {
+    let (answers, freshness) = s.lambda.query_keys_on(serving, view, keys)?;
+    let view_json = Value::String(view.to_string()).to_string();
+    let fresh = serde_json::to_string(&freshness).unwrap_or_default();
+    let mut out = String::with_capacity(view_json.len() + fresh.len() + 64 + keys.len() * 160);
+    out.push_str("{\"view\":");
+    out.push_str(&view_json);
+    out.push_str(",\"freshness\":");
+    out.push_str(&fresh);
+    out.push_str(",\"answers\":[");
+    for (n, (k, a)) in keys.iter().zip(answers).enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        match a {
+            Err(e) => {
+                let message = format!("key {} of {} (`{k}`): {e}", n + 1, keys.len());
+                return Err(ApiError { body: json!({ "error": message, "key": k }), ..error(StatusCode::BAD_REQUEST, "") });
+            }
+            Ok(Some(answer)) => match &answer.error {
+                Some(e) => out.push_str(&json!({ "key": answer.key, "error": e, "status": 500 }).to_string()),
+                None => out.push_str(&serde_json::to_string(&answer).unwrap_or_default()),
+            },
+            Ok(None) => {
+                let e = format!("view {view_json} has no key `{k}` (no events for it yet)");
+                out.push_str(&json!({ "key": k, "error": e, "status": 404 }).to_string());
+            }
+        }
+    }
+    out.push_str("]}");
+    s.metrics.queries.fetch_add(1, Relaxed);
+    s.metrics.query_latency.observe(t.elapsed());
+    Ok(json_response(StatusCode::OK, out))
 }
 
 async fn post_batch<J: Job>(State(s): State<Arc<AppState<J>>>) -> ApiResult {
