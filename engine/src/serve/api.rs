@@ -1011,7 +1011,8 @@ fn answer_keys<J: Job>(s: &AppState<J>, serving: &Serving, view: &str, keys: &[S
                 return Err(ApiError { body: json!({ "error": message, "key": k }), ..error(StatusCode::BAD_REQUEST, "") });
             }
             Ok(Some(answer)) => match &answer.error {
-                Some(e) => out.push_str(&json!({ "key": answer.key, "error": e, "status": 500 }).to_string()),
+                // Error entries carry the key as the request gave it (a 404 has no other).
+                Some(e) => out.push_str(&json!({ "key": k, "error": e, "status": 500 }).to_string()),
                 None => out.push_str(&serde_json::to_string(&answer).unwrap_or_default()),
             },
             Ok(None) => {

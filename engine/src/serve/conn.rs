@@ -239,8 +239,11 @@ const CORK_MAX: usize = 64 << 10;
 /// answer; here a flush only marks the answer as due, and it is written when the client has
 /// nothing more to read (the next read would wait), when the connection is polled again
 /// after the one that produced it (so an answer never waits for a slower request behind
-/// it), before closing, or as soon as [`CORK_MAX`] bytes are held. A client that sends one
-/// request and waits gets its answer in the same poll as before; one that sends N requests
+/// it), before closing (also when the client half-closes), or as soon as [`CORK_MAX`] bytes
+/// are held. A flush when the last read would have waited (the client sent nothing after the
+/// request: hyper reads once more after a request to see the end of the stream) writes at
+/// once, so a client that sends one request and waits gets its answer in the same poll as
+/// before; one that sends N requests
 /// at once gets N answers in one write instead of N (each write on loopback also wakes the
 /// client, the largest part of a small query's cost).
 ///
@@ -255,11 +258,18 @@ pub(crate) struct Cork<S> {
     polls: Arc<std::sync::atomic::AtomicU64>,
     /// The poll in which a flush was deferred (the task was woken to come back).
     deferred_in: Option<u64>,
+    /// Whether the last read of the connection would have waited: the client had sent
+    /// nothing more, so no pipelined request follows the answer being flushed.
+    read_waits: bool,
 }
+
+/// After a write, a buffer grown past this is given back, so that a connection that once
+/// held a large answer does not keep its memory for life.
+const CORK_KEEP: usize = 16 << 10;
 
 impl<S: AsyncWrite + Unpin> Cork<S> {
     pub(crate) fn new(inner: S, polls: Arc<std::sync::atomic::AtomicU64>) -> Self {
-        Cork { inner, out: Vec::new(), sent: 0, polls, deferred_in: None }
+        Cork { inner, out: Vec::new(), sent: 0, polls, deferred_in: None, read_waits: false }
     }
 
     /// Writes what is held.
@@ -272,7 +282,11 @@ impl<S: AsyncWrite + Unpin> Cork<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.out.clear();
+        if self.out.capacity() > CORK_KEEP {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
         self.sent = 0;
         self.deferred_in = None;
         Poll::Ready(Ok(()))
@@ -294,13 +308,31 @@ impl<S: AsyncWrite + Unpin> Cork<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Cork<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Pending if !self.out.is_empty() => match self.poll_drain(cx) {
-                // Nothing more to read now: the answers held go out.
+            Poll::Pending => {
+                self.read_waits = true;
+                if self.out.is_empty() {
+                    return Poll::Pending;
+                }
+                match self.poll_drain(cx) {
+                    // Nothing more to read now: the answers held go out.
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Pending,
+                }
+            }
+            // The end of the client's stream (it half-closed after its last request): hyper
+            // ends the connection on it, so what is held goes out first. Until it has, the
+            // read waits (the write arranged the wake-up; the end is read again).
+            Poll::Ready(Ok(())) if buf.filled().len() == before && !self.out.is_empty() => match self.poll_drain(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                _ => Poll::Pending,
+                Poll::Pending => Poll::Pending,
             },
-            other => other,
+            other => {
+                self.read_waits = false;
+                other
+            }
         }
     }
 }
@@ -338,7 +370,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cork<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.out.is_empty() {
+        if !self.out.is_empty() && self.read_waits {
+            // The client has sent nothing after this request: no answer to wait for, so it
+            // goes out now (not a poll later).
+            match self.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        } else if !self.out.is_empty() {
             let now = self.polls.load(Relaxed);
             match self.deferred_in {
                 // The first flush of what is held: defer it, and come back in the next poll
@@ -581,16 +620,24 @@ async fn serve_one(stream: tokio::net::TcpStream, router: axum::Router, bounds: 
 mod tests {
     use super::*;
 
-    /// A stream that records each write it takes and has nothing to read.
+    /// A stream that records each write it takes; a read returns `next_read` once (empty:
+    /// the end of the stream), else waits.
     #[derive(Default)]
     struct Recorder {
         writes: Vec<Vec<u8>>,
         shut: bool,
+        next_read: Option<Vec<u8>>,
     }
 
     impl AsyncRead for Recorder {
-        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-            Poll::Pending
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            match self.next_read.take() {
+                Some(bytes) => {
+                    buf.put_slice(&bytes);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            }
         }
     }
 
@@ -609,39 +656,57 @@ mod tests {
     }
 
     // Proves the cork: answers flushed within one poll go out in one write, when the next
-    // read would wait; an answer deferred in one poll goes out in the next poll at the latest;
-    // more than CORK_MAX bytes are never held; closing writes what is held first.
+    // read would wait; an answer flushed after a read that waited goes out at once (a lone
+    // request's answer is not delayed); one deferred in a poll goes out in the next poll at
+    // the latest; the end of the client's stream writes what is held; more than CORK_MAX bytes
+    // are never held; closing writes what is held first.
     #[test]
     fn answers_of_one_poll_go_out_in_one_write() {
         let polls = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut cork = Cork::new(Recorder::default(), polls.clone());
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut c = Pin::new(&mut cork);
+        let mut space = [0u8; 16];
+        // Pipelined requests were read (data): their answers are held.
+        c.inner.next_read = Some(b"GET".to_vec());
+        assert!(c.as_mut().poll_read(&mut cx, &mut ReadBuf::new(&mut space)).is_ready());
         for answer in [&b"one"[..], b"two", b"three"] {
             assert!(matches!(c.as_mut().poll_write(&mut cx, answer), Poll::Ready(Ok(n)) if n == answer.len()));
             assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
         }
         assert!(c.inner.writes.is_empty(), "held while the poll goes on");
-        let mut space = [0u8; 16];
         assert!(c.as_mut().poll_read(&mut cx, &mut ReadBuf::new(&mut space)).is_pending());
         assert_eq!(c.inner.writes, [b"onetwothree".to_vec()], "one write when the read would wait");
-        // Deferred in one poll, written in the next.
+        // The last read waited: the client sent nothing more, the next answer goes out now.
         assert!(matches!(c.as_mut().poll_write(&mut cx, b"four"), Poll::Ready(Ok(4))));
         assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
-        assert_eq!(c.inner.writes.len(), 1);
+        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"four"[..]), "a lone answer is not held");
+        // After a read of data: deferred in one poll, written in the next.
+        c.inner.next_read = Some(b"GET".to_vec());
+        assert!(c.as_mut().poll_read(&mut cx, &mut ReadBuf::new(&mut space)).is_ready());
+        assert!(matches!(c.as_mut().poll_write(&mut cx, b"five"), Poll::Ready(Ok(4))));
+        assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(c.inner.writes.len(), 2);
         polls.fetch_add(1, Relaxed);
         assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
-        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"four"[..]));
+        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"five"[..]));
+        // The end of the client's stream (a half-close after pipelined requests) writes what
+        // is held before hyper sees it.
+        assert!(matches!(c.as_mut().poll_write(&mut cx, b"six"), Poll::Ready(Ok(3))));
+        assert!(matches!(c.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        c.inner.next_read = Some(Vec::new());
+        assert!(c.as_mut().poll_read(&mut cx, &mut ReadBuf::new(&mut space)).is_ready());
+        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"six"[..]), "written before the end is seen");
         // Never more than CORK_MAX held: a large answer goes through after what is held.
         let big = vec![7u8; CORK_MAX + 1];
-        assert!(matches!(c.as_mut().poll_write(&mut cx, b"five"), Poll::Ready(Ok(4))));
+        assert!(matches!(c.as_mut().poll_write(&mut cx, b"seven"), Poll::Ready(Ok(5))));
         assert!(matches!(c.as_mut().poll_write(&mut cx, &big), Poll::Ready(Ok(n)) if n == big.len()));
         let n = c.inner.writes.len();
-        assert_eq!(&c.inner.writes[n - 2..], [b"five".to_vec(), big]);
+        assert_eq!(&c.inner.writes[n - 2..], [b"seven".to_vec(), big]);
         // Closing writes what is held first.
-        assert!(matches!(c.as_mut().poll_write(&mut cx, b"six"), Poll::Ready(Ok(3))));
+        assert!(matches!(c.as_mut().poll_write(&mut cx, b"eight"), Poll::Ready(Ok(5))));
         assert!(matches!(c.as_mut().poll_shutdown(&mut cx), Poll::Ready(Ok(()))));
-        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"six"[..]));
+        assert_eq!(c.inner.writes.last().map(Vec::as_slice), Some(&b"eight"[..]));
         assert!(c.inner.shut);
     }
 
