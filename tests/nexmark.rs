@@ -506,12 +506,12 @@ fn cli_query_loads_only_the_seeds_upstream_and_matches_the_oracle() {
     let store = ViewStore::open(&data).unwrap();
     let all_seeds: Vec<String> = store.current_meta().unwrap().expect("a batch version").seeds.into_iter().map(|(s, _)| s).collect();
     let expected = oracle::views(&events);
-    for (view, upstream, unrelated) in [
-        ("q4_avg_price_by_category", "q9_", ["q3_", "q19_"]),
-        ("q3_local_item_suggestion", "q3_", ["q9_", "q19_"]),
-    ] {
+    for (view, upstream, unrelated) in
+        [("q4_avg_price_by_category", "q9_", ["q3_", "q19_"]), ("q3_local_item_suggestion", "q3_", ["q9_", "q19_"])]
+    {
         let (out, err) = nexmark_cli(&data, &["query", view, "--all", "--json"]);
-        let answer: lambdaflow_operators::serde_json::Value = lambdaflow_operators::serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let answer: lambdaflow_operators::serde_json::Value =
+            lambdaflow_operators::serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
         let got: BTreeMap<String, lambdaflow_operators::serde_json::Value> = answer["items"]
             .as_array()
             .unwrap_or_else(|| panic!("no items: {answer}"))
