@@ -542,7 +542,7 @@ fn cli_ingest_of_csv_found_by_its_first_line_names_the_file() {
     let data = tmp.path().join("data");
     let file = tmp.path().join("bids.txt");
     std::fs::write(&file, "auction,bidder,price\n1000,1001,500\n").expect("write");
-    let mut args = vec!["--data", data.to_str().expect("utf-8"), "ingest", file.to_str().expect("utf-8")];
+    let mut args = ["--data", data.to_str().expect("utf-8"), "ingest", file.to_str().expect("utf-8")];
     let o = std::process::Command::new(std::env::current_exe().expect("this test binary"))
         .args(["--exact", "cli_child", "--nocapture", "--test-threads", "1"])
         .env(CLI_ARGS, args.join("\n"))
