@@ -15,7 +15,7 @@ use lambdaflow_engine::testing::{all_views, batch_from_scratch, check_exact, dif
 use lambdaflow_engine::{Lambda, Progress, ViewStore};
 use lambdaflow_nexmark::{gen, oracle, Nexmark, NexmarkEvent};
 use lambdaflow_operators::serde_json::json;
-use lambdaflow_operators::{Coll, Ctx, Event, FieldError, Job, Sums};
+use lambdaflow_operators::{Coll, Ctx, Event, Job, Sums};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,12 +137,6 @@ enum Band {
 }
 
 impl Event for Band {
-    fn csv_header() -> &'static str {
-        "band events are NDJSON only"
-    }
-    fn parse_csv(_line: &str) -> Result<Self, FieldError> {
-        Err(FieldError::line("NDJSON only"))
-    }
     fn partition_key(&self) -> u64 {
         match self {
             Band::Dim { key, .. } | Band::Fact { key, .. } => *key,
@@ -272,12 +266,6 @@ struct Scored {
 }
 
 impl Event for Scored {
-    fn csv_header() -> &'static str {
-        "scored rows are NDJSON only"
-    }
-    fn parse_csv(_line: &str) -> Result<Self, FieldError> {
-        Err(FieldError::line("NDJSON only"))
-    }
     fn partition_key(&self) -> u64 {
         self.id
     }
@@ -452,4 +440,126 @@ proptest! {
         prop_assert_eq!(diff(&expected, &all_views(&lambda).unwrap()), None);
         prop_assert_eq!(second_rows(&lambda), Some(0));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line's `query` on Nexmark, pruned to the seeds upstream of the view asked.
+
+/// Set in the environment of this test binary run as the `lambdaflow-nexmark` command line
+/// (see [`cli_child`]): the arguments, one a line.
+const CLI_ARGS: &str = "LAMBDAFLOW_NEXMARK_TEST_CLI_ARGS";
+
+/// Not a test of its own: when [`CLI_ARGS`] is set, this process is the Nexmark binary's
+/// command line (`lambdaflow_engine::cli::main_with`), run by [`nexmark_cli`] (the root
+/// package's tests cannot name another package's binary).
+#[test]
+fn cli_child() {
+    if let Ok(args) = std::env::var(CLI_ARGS) {
+        let app = lambdaflow_engine::cli::App::new(Nexmark::default()).generator(gen::NexmarkGenerator);
+        let args = std::iter::once("lambdaflow-nexmark").chain(args.lines());
+        let code = lambdaflow_engine::cli::main_with(app, args);
+        std::process::exit(code.into());
+    }
+}
+
+/// Runs the Nexmark command line `args` on `data` (with `LAMBDAFLOW_QUERY_EXPLAIN` set):
+/// its stdout (what follows the test harness's own lines) and stderr.
+fn nexmark_cli(data: &Path, args: &[&str]) -> (String, String) {
+    let mut all = vec!["--data", data.to_str().expect("utf-8"), "-w", "2"];
+    all.extend_from_slice(args);
+    let o = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", "cli_child", "--nocapture", "--test-threads", "1"])
+        .env(CLI_ARGS, all.join("\n"))
+        .env("LAMBDAFLOW_QUERY_EXPLAIN", "1")
+        .output()
+        .expect("spawn the command line");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    assert!(o.status.success(), "{args:?} failed ({:?}):\n{err}\n{out}", o.status);
+    // The harness prints "running 1 test" and "test cli_child ... " first; the command line
+    // exits before the harness's verdict and summary.
+    let out = out.split_once("test cli_child ... ").map_or(out.as_str(), |(_, rest)| rest).to_string();
+    (out, err)
+}
+
+fn write_ndjson(path: &Path, events: &[NexmarkEvent]) {
+    let text: String = events.iter().map(|e| e.to_ndjson() + "\n").collect();
+    std::fs::write(path, text).expect("write events");
+}
+
+// `query` of the command line (no service: it loads the batch version and runs the events
+// after its cut through the views asked for) answers q4 (the interval join of auctions and
+// bids, then `arg_max` and `sum`) and q3 (the interval join with the person dimension) as
+// the oracle does over every event, and loads only the seeds upstream of the view: q4
+// loads q9's join and winning bids, none of q3's or q19's; q3 none of q9's.
+#[test]
+fn cli_query_loads_only_the_seeds_upstream_and_matches_the_oracle() {
+    let events = nexmark_events();
+    let cut = 2 * events.len() / 3;
+    let tmp = TempDir::new("nexmark-cli-query");
+    let data = tmp.path().join("data");
+    let (before, after) = (tmp.path().join("before.ndjson"), tmp.path().join("after.ndjson"));
+    write_ndjson(&before, &events[..cut]);
+    write_ndjson(&after, &events[cut..]);
+    nexmark_cli(&data, &["ingest", before.to_str().expect("utf-8")]);
+    nexmark_cli(&data, &["batch"]);
+    nexmark_cli(&data, &["ingest", after.to_str().expect("utf-8")]);
+    let store = ViewStore::open(&data).unwrap();
+    let all_seeds: Vec<String> = store.current_meta().unwrap().expect("a batch version").seeds.into_iter().map(|(s, _)| s).collect();
+    let expected = oracle::views(&events);
+    for (view, upstream, unrelated) in
+        [("q4_avg_price_by_category", "q9_", ["q3_", "q19_"]), ("q3_local_item_suggestion", "q3_", ["q9_", "q19_"])]
+    {
+        let (out, err) = nexmark_cli(&data, &["query", view, "--all", "--json"]);
+        let answer: lambdaflow_operators::serde_json::Value =
+            lambdaflow_operators::serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let got: BTreeMap<String, lambdaflow_operators::serde_json::Value> = answer["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no items: {answer}"))
+            .iter()
+            .map(|item| (item["key"].to_string(), item["value"].clone()))
+            .collect();
+        assert!(!got.is_empty(), "{view}: no rows, the test would prove nothing");
+        assert_eq!(got, expected[view], "{view} differs from the oracle");
+        let explained = err.lines().find(|l| l.starts_with("query: answered from")).unwrap_or_else(|| panic!("no explanation: {err}"));
+        let after_cut = format!("{} events after its cut", events.len() - cut);
+        assert!(explained.contains(&after_cut), "{view}: {explained}");
+        let (_, loaded) = explained.split_once("loading seeds ").unwrap_or_else(|| panic!("{view} loaded no seed: {explained}"));
+        let loaded: Vec<&str> = loaded.split(", ").collect();
+        assert!(loaded.iter().all(|s| all_seeds.iter().any(|a| a == s)), "{view}: {loaded:?} not among {all_seeds:?}");
+        assert!(loaded.iter().any(|s| s.starts_with(upstream)), "{view}: {loaded:?}");
+        for prefix in unrelated {
+            assert!(all_seeds.iter().any(|s| s.starts_with(prefix)), "the batch version has {prefix} seeds: {all_seeds:?}");
+            assert!(!loaded.iter().any(|s| s.starts_with(prefix)), "{view} loaded a seed of {prefix}: {loaded:?}");
+        }
+    }
+}
+
+// The Nexmark job has no CSV form: a CSV file whose name does not say so is refused by its
+// first line, naming the file (exit 3), and nothing is stored.
+#[test]
+fn cli_ingest_of_csv_found_by_its_first_line_names_the_file() {
+    let tmp = TempDir::new("nexmark-cli-csv");
+    let data = tmp.path().join("data");
+    let file = tmp.path().join("bids.txt");
+    std::fs::write(&file, "auction,bidder,price\n1000,1001,500\n").expect("write");
+    let mut args = ["--data", data.to_str().expect("utf-8"), "ingest", file.to_str().expect("utf-8")];
+    let o = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", "cli_child", "--nocapture", "--test-threads", "1"])
+        .env(CLI_ARGS, args.join("\n"))
+        .output()
+        .expect("spawn the command line");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("{}: its first line (`auction,bidder,price`)", file.display())) && err.contains("no CSV form"), "{err}");
+    assert!(!data.join("log").exists(), "a refused input created a log");
+    // The same events as NDJSON are ingested.
+    let ndjson = tmp.path().join("bids.ndjson");
+    write_ndjson(&ndjson, &gen::stream(10));
+    args[3] = ndjson.to_str().expect("utf-8");
+    let o = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", "cli_child", "--nocapture", "--test-threads", "1"])
+        .env(CLI_ARGS, args.join("\n"))
+        .output()
+        .expect("spawn the command line");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

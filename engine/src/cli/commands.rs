@@ -48,8 +48,9 @@ pub(super) fn ingest<J: Job>(g: &Global, args: IngestArgs) -> Result<()> {
     if let Some(k) = &key {
         crate::keys::validate_key(k).map_err(|why| Error::Usage(format!("--key: {why}")))?;
     }
-    let (source, line_format, len) = crate::input::open_source(&file, format)?;
+    let (mut source, line_format, len) = crate::input::open_source(&file, format)?;
     crate::input::refuse_csv::<J::Event>(&file, line_format)?;
+    refuse_csv_by_first_line::<J::Event>(&file, &mut source)?;
     let t0 = Instant::now();
     let _lock = DirLock::acquire(&g.data, "ingest", g.wait, &ingest_advice(&g.data, &file))?;
     let appender = open_log(&g.data, partitions)?;
@@ -509,4 +510,35 @@ pub(super) fn open_existing<J: Job>(job: J, dir: &Path, workers: usize) -> Resul
         return Err(Error::Usage(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
     }
     Lambda::open(job, dir, opts(workers, 4))
+}
+
+/// Refuses an input whose first non-blank line is not a JSON object (CSV found by its first
+/// line, whatever the file's name), for a job whose events have no CSV form: the
+/// error names the file (as [`crate::input::refuse_csv`] does for input named CSV) and the
+/// line, before anything is stored. Looks only at what `source` has buffered (it consumes
+/// nothing); a first line past the buffer is left to the parser's own refusal.
+pub(super) fn refuse_csv_by_first_line<E: lambdaflow_operators::Event>(file: &str, source: &mut dyn std::io::BufRead) -> Result<()> {
+    if E::reads_csv() {
+        return Ok(());
+    }
+    let buf = match source.fill_buf() {
+        Ok(buf) => buf,
+        Err(_) => return Ok(()), // the parser reports the read error with its context
+    };
+    let Some(at) = buf.iter().position(|b| !b.is_ascii_whitespace()) else { return Ok(()) };
+    if buf[at] == b'{' {
+        return Ok(());
+    }
+    let line = 1 + buf[..at].iter().filter(|b| **b == b'\n').count() as u64;
+    let end = buf[at..].iter().position(|b| *b == b'\n').map_or(buf.len(), |e| at + e);
+    let first: String = String::from_utf8_lossy(&buf[at..end]).trim_end().chars().take(60).collect();
+    let file = if file == "-" { "<stdin>" } else { file };
+    Err(Error::BadInput {
+        line,
+        error: lambdaflow_operators::FieldError::line(format!(
+            "{file}: its first line (`{first}`) is not a JSON object (CSV?), but {}; convert it to NDJSON or Parquet \
+             (nothing was stored)",
+            lambdaflow_operators::NO_CSV
+        )),
+    })
 }

@@ -186,3 +186,29 @@ pub fn read_events<E: lambdaflow_operators::Event>(path: &Path) -> Result<Vec<E>
     let mut r: Box<dyn BufRead> = Box::new(std::io::BufReader::new(f));
     crate::input::parse_all(&mut r)
 }
+
+/// [`main`] with the command line `args` (the first is the program's name) instead of the
+/// process's, returning the exit code (0 on success, else the error's): for tools and tests
+/// that run a job's command line from their own binary (`std::process::exit(code.into())`).
+pub fn main_with<J: Job, I, T>(app: App<J>, args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let cli = match command::<J::Event>().try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(app, cli) {
+        Ok(()) => 0,
+        Err(e) if stdout_closed(&e) => 0,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            e.exit_code()
+        }
+    }
+}

@@ -28,6 +28,9 @@ pub(super) fn ingest_to_server<E: lambdaflow_operators::Event>(file: &str, url: 
     let open = || std::fs::File::open(&path).map(|f| std::io::BufReader::with_capacity(1 << 20, f));
     let io_err = |source| Error::Io { path: path.clone(), what: "read".into(), source };
     let t = Instant::now();
+    if crate::input::InputFormat::from_path(&path) != Some(crate::input::InputFormat::Parquet) {
+        super::commands::refuse_csv_by_first_line::<E>(file, &mut open().map_err(io_err)?)?;
+    }
     let events = crate::input::parse_each::<E>(&mut open().map_err(io_err)?, |_| Ok(()))?;
     let scan = crate::input::scan(&mut open().map_err(io_err)?).map_err(io_err)?;
     let asked = size;

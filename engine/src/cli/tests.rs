@@ -101,9 +101,18 @@ fn a_job_without_csv_refuses_csv_input_and_stores_nothing() {
     let err = ingest_as::<Plain>(&data, &["--format", "csv", named.to_str().expect("utf-8")]).unwrap_err();
     assert!(err.to_string().contains("events.txt: CSV input"), "{err}");
     assert!(!data.join("log").exists(), "a refused input created a log");
-    // Found by its first line: refused at line 1 with the same reason.
+    // Found by its first line: refused at line 1 with the same reason, naming the file and
+    // the line (the first non-blank one).
     let err = ingest_as::<Plain>(&data, &[named.to_str().expect("utf-8")]).unwrap_err();
     assert!(matches!(&err, Error::BadInput { line: 1, .. }) && err.to_string().contains("no CSV form"), "{err}");
+    assert!(err.to_string().contains(&format!("{}: its first line (`k`)", named.display())), "{err}");
+    assert!(err.to_string().contains("nothing was stored"), "{err}");
+    assert!(!data.join("log").exists(), "a refused input created a log");
+    let blank_first = tmp.join("blank-first.ndjson");
+    std::fs::write(&blank_first, "\n  \nk,v\n1,2\n").expect("write");
+    let err = ingest_as::<Plain>(&data, &[blank_first.to_str().expect("utf-8")]).unwrap_err();
+    assert!(matches!(&err, Error::BadInput { line: 3, .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("{}: its first line (`k,v`)", blank_first.display())), "{err}");
     assert_eq!(crate::log::Log::open(&data.join("log")).map(|l| l.end_offsets().iter().sum::<u64>()).unwrap_or(0), 0);
     // A job with a CSV form reads the same file; NDJSON is read by both.
     ingest_as::<Tabular>(&tmp.join("tabular"), &[csv.to_str().expect("utf-8")]).expect("CSV ingested");
