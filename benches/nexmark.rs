@@ -373,10 +373,10 @@ fn main() {
         run.phase(&p);
         return;
     }
-    let dir = PathBuf::from(arg(
-        "--dir",
-        &std::env::temp_dir().join(format!("lambdaflow-nexmark-bench-{}", std::process::id())).to_string_lossy(),
-    ));
+    // Its own directory under --dir (never --dir itself, which may hold other data), removed
+    // at the end unless --keep yes.
+    let parent = PathBuf::from(arg("--dir", &std::env::temp_dir().to_string_lossy()));
+    let dir = parent.join(format!("lambdaflow-nexmark-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("base");
