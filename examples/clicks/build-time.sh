@@ -42,7 +42,8 @@ grep -qF -- "$from" "$file" || {
 
 backup=$(mktemp)
 cp "$file" "$backup"
-trap 'cp "$backup" "$file"; rm -f "$backup"' EXIT
+# Restores the file only if it differs: rewriting it would make the next build recompile.
+trap 'cmp -s "$backup" "$file" || cp "$backup" "$file"; rm -f "$backup"' EXIT
 
 # Both job crates, always: building one alone resolves a dependency's features differently
 # (the nexmark crate turns on rand's `small_rng`, which the engine's Kafka client also
