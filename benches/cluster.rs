@@ -17,10 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
-}
+mod common;
+use common::arg;
 
 /// Summed VmRSS (MiB) of every process whose command line mentions `dir`.
 fn rss_of_processes_using(dir: &Path) -> f64 {

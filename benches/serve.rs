@@ -41,10 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
-}
+mod common;
+use common::{arg, peak_rss_mib_of, percentile};
 
 fn num(name: &str, default: u64) -> u64 {
     arg(name, &default.to_string()).parse().unwrap_or_else(|_| panic!("{name} takes a number"))
@@ -62,24 +60,6 @@ fn bodies(seed: u64, events: u64) -> Vec<Vec<u8>> {
             out
         })
         .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 /// CPU seconds (user + system) the server's HTTP threads (`lambdaflow-http`: the async
@@ -386,7 +366,7 @@ fn server_run(workers: usize, queries: &[usize]) -> Vec<Row> {
     println!(
         "server: {} events in the log, peak RSS {:.0} MiB, speed state {} KiB, {} publications ({} copied the tables)",
         s["log"]["events"],
-        peak_rss_mib(pid),
+        peak_rss_mib_of(&pid.to_string()),
         s["speed"]["bytes"].as_u64().unwrap_or(0) / 1024,
         s["speed"]["publications"],
         s["speed"]["snapshot_copies"]

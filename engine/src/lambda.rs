@@ -289,31 +289,7 @@ impl<J: Job> Lambda<J> {
             },
             Pick::Nothing => None,
         };
-        let meta = meta.filter(|m| {
-            if !m.readable() {
-                eprintln!(
-                    "lambdaflow: batch version {} was written by a newer lambdaflow (format {}; this build reads up to {}); \
-                     serving from the log alone until a batch run by this build",
-                    m.version,
-                    m.format,
-                    crate::store::FORMAT
-                );
-                return false;
-            }
-            let usable = m.job == job.name() && m.job_version == job.version() && m.cut.len() == log.partitions() as usize;
-            if !usable {
-                eprintln!(
-                    "lambdaflow: batch version {} was computed by job {} version {} (this is {} version {}); \
-                     serving from the log alone until a batch run under this version",
-                    m.version,
-                    m.job,
-                    m.job_version,
-                    job.name(),
-                    job.version()
-                );
-            }
-            usable
-        });
+        let meta = meta.filter(|m| batch_usable(&**job, m, log.partitions(), "serving"));
         let cut = meta.as_ref().map(|m| m.cut.clone()).unwrap_or_else(|| vec![0; log.partitions() as usize]);
         // A batch view covering records the log no longer has would merge with a speed layer
         // that starts past the log's end: refuse instead of serving a wrong answer.
@@ -443,10 +419,7 @@ impl<J: Job> Lambda<J> {
     /// As [`Lambda::query`], on a given serving pair (from [`Lambda::serving`]).
     pub fn query_on(&self, serving: &Serving, view: &str, sel: &Selection) -> Result<QueryResult> {
         let speed = &serving.speed;
-        let i = speed.views().iter().position(|v| v.info().name == view).ok_or_else(|| {
-            let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
-            Error::Usage(format!("no view named `{view}`; the views are: {}", names.join(", ")))
-        })?;
+        let i = view_index(speed, view)?;
         let batch_table = serving.batch.as_ref().and_then(|b| b.tables[i].clone());
         let (answers, frontier, updated_ms) = speed
             .with_state(|state| {
@@ -672,10 +645,7 @@ impl<J: Job> Lambda<J> {
         keys: &[String],
     ) -> Result<(Vec<std::result::Result<Option<Answer>, String>>, Freshness)> {
         let speed = &serving.speed;
-        let i = speed.views().iter().position(|v| v.info().name == view).ok_or_else(|| {
-            let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
-            Error::Usage(format!("no view named `{view}`; the views are: {}", names.join(", ")))
-        })?;
+        let i = view_index(speed, view)?;
         let batch_table = serving.batch.as_ref().and_then(|b| b.tables[i].clone());
         let (answers, frontier, updated_ms) = speed.with_state(|state| {
             let answers = keys
@@ -689,4 +659,42 @@ impl<J: Job> Lambda<J> {
         });
         Ok((answers, self.freshness(serving, frontier, updated_ms)))
     }
+}
+
+/// Whether batch version `m` can serve `job` over a log of `partitions` partitions: this
+/// build reads its format, and this job and version computed it with as many partitions.
+/// When not, says why on stderr, and that the answers come from the log alone (`doing`:
+/// "serving", "answering") until a batch run that makes a usable one.
+pub(crate) fn batch_usable<J: Job>(job: &J, m: &BatchMeta, partitions: u32, doing: &str) -> bool {
+    if !m.readable() {
+        eprintln!(
+            "lambdaflow: batch version {} was written by a newer lambdaflow (format {}; this build reads up to {}); \
+             {doing} from the log alone until a batch run by this build",
+            m.version,
+            m.format,
+            crate::store::FORMAT
+        );
+        return false;
+    }
+    let usable = m.job == job.name() && m.job_version == job.version() && m.cut.len() == partitions as usize;
+    if !usable {
+        eprintln!(
+            "lambdaflow: batch version {} was computed by job {} version {} (this is {} version {}); \
+             {doing} from the log alone until a batch run under this version",
+            m.version,
+            m.job,
+            m.job_version,
+            job.name(),
+            job.version()
+        );
+    }
+    usable
+}
+
+/// The index of `view` among the job's views, or a usage error that lists them.
+fn view_index(speed: &SpeedLayer, view: &str) -> Result<usize> {
+    speed.views().iter().position(|v| v.info().name == view).ok_or_else(|| {
+        let names: Vec<_> = speed.views().iter().map(|v| v.info().name.clone()).collect();
+        Error::Usage(format!("no view named `{view}`; the views are: {}", names.join(", ")))
+    })
 }

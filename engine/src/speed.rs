@@ -174,10 +174,23 @@ impl Shared {
     }
 }
 
-struct StoreSeeds {
+/// The seeds of batch version `version` (none without one), each read from the store once and
+/// kept while the dataflow is built (every worker restores its share from the same bytes).
+pub(crate) struct StoreSeeds {
     store: ViewStore,
     version: Option<u64>,
-    cache: Mutex<HashMap<String, Option<Arc<Vec<u8>>>>>,
+    cache: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+}
+
+impl StoreSeeds {
+    pub(crate) fn new(store: ViewStore, version: Option<u64>) -> Self {
+        StoreSeeds { store, version, cache: Mutex::default() }
+    }
+
+    /// Drops the bytes read so far (once every worker has restored its share).
+    pub(crate) fn forget(&self) {
+        crate::sync::lock(&self.cache).clear();
+    }
 }
 
 impl SeedSource for StoreSeeds {
@@ -187,7 +200,7 @@ impl SeedSource for StoreSeeds {
         };
         let mut cache = crate::sync::lock(&self.cache);
         if let Some(hit) = cache.get(name) {
-            return Ok(hit.clone());
+            return Ok(Some(hit.clone()));
         }
         let bytes = match self.store.read_seed(version, name) {
             Ok(Some(bytes)) => Arc::new(bytes),
@@ -199,7 +212,7 @@ impl SeedSource for StoreSeeds {
             }
             Err(e) => return Err(e.to_string()),
         };
-        cache.insert(name.to_string(), Some(bytes.clone()));
+        cache.insert(name.to_string(), bytes.clone());
         Ok(Some(bytes))
     }
 }
@@ -343,7 +356,7 @@ fn launch<J: Job>(job: Arc<J>, log: Arc<Log>, store: ViewStore, start: Start, al
         return Err(Error::Usage(format!("cut has {} offsets, the log {partitions} partitions", cut.len())));
     }
     let registry = Arc::new(if peers.spans_processes() { Registry::gathered() } else { Registry::default() });
-    let seeds = Arc::new(StoreSeeds { store, version: batch_version, cache: Mutex::default() });
+    let seeds = Arc::new(StoreSeeds::new(store, batch_version));
     let (built_tx, built_rx) = std::sync::mpsc::channel::<Result<()>>();
     let built_tx = Mutex::new(built_tx);
     let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));

@@ -146,6 +146,11 @@ fn safe_name(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// The file of view `name`.
+fn view_file(name: &str) -> Result<String> {
+    Ok(format!("view.{}.bin", safe_name(name)?))
+}
+
 /// The file of shard `index` of seed `name` (shard 0 is `seed.NAME.bin`).
 fn shard_file(name: &str, index: usize) -> Result<String> {
     Ok(match index {
@@ -196,7 +201,7 @@ impl PendingVersion {
 
     /// Writes one view.
     pub fn write_view(&self, name: &str, body: &[u8]) -> Result<()> {
-        write_framed(&self.tmp.join(format!("view.{}.bin", safe_name(name)?)), body)
+        sync_written(self.write_unsynced(name, None, body)?)
     }
 
     /// Writes one seed in a single file (shard 0 of 1).
@@ -207,7 +212,7 @@ impl PendingVersion {
     /// Writes shard `index` of seed `name`. Shards are independent files, written in
     /// parallel; META's `seed_shards` says how many a seed has.
     pub fn write_seed_part(&self, name: &str, index: usize, body: &[u8]) -> Result<()> {
-        write_framed(&self.tmp.join(shard_file(name, index)?), body)
+        sync_written(self.write_unsynced(name, Some(index), body)?)
     }
 
     /// [`Self::write_view`] (`seed: None`) or [`Self::write_seed_part`] without the fsync:
@@ -215,7 +220,7 @@ impl PendingVersion {
     /// writes the next one) before it publishes the version.
     pub(crate) fn write_unsynced(&self, name: &str, seed: Option<usize>, body: &[u8]) -> Result<Written> {
         let file = match seed {
-            None => format!("view.{}.bin", safe_name(name)?),
+            None => view_file(name)?,
             Some(index) => shard_file(name, index)?,
         };
         let path = self.tmp.join(file);
@@ -307,7 +312,7 @@ impl ViewStore {
 
     /// Reads a view of a version.
     pub fn read_view(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
-        self.read_opt(&self.version_dir(version).join(format!("view.{}.bin", safe_name(name)?)))
+        self.read_opt(&self.version_dir(version).join(view_file(name)?))
     }
 
     /// Reads a seed of a version: one bincode `Vec` of rows. A seed is in shards
@@ -330,7 +335,7 @@ impl ViewStore {
                 .ok_or_else(|| Error::CorruptView { path: path.to_path_buf(), detail: "a seed file shorter than its row count".into() })
         };
         let (joined, path) = if let Some((_, view)) = meta.seed_views.iter().find(|(s, _)| s == name) {
-            let path = dir.join(format!("view.{}.bin", safe_name(view)?));
+            let path = dir.join(view_file(view)?);
             let bytes = self.read_opt(&path)?.ok_or_else(|| Error::CorruptView {
                 path: path.clone(),
                 detail: format!("seed `{name}` is shared with view `{view}`, whose file is missing"),

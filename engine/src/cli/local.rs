@@ -248,34 +248,16 @@ fn unseeded_message(job: &str, unseeded: &[String]) -> Option<String> {
 
 /// Seeds from the store, only those named in `wanted` (the others are empty).
 struct SomeSeeds {
-    store: ViewStore,
-    version: Option<u64>,
+    seeds: crate::speed::StoreSeeds,
     wanted: Option<BTreeSet<String>>,
-    cache: Mutex<HashMap<String, Arc<Vec<u8>>>>,
 }
 
 impl SeedSource for SomeSeeds {
     fn seed(&self, name: &str) -> std::result::Result<Option<Arc<Vec<u8>>>, String> {
-        let Some(version) = self.version else { return Ok(None) };
         if self.wanted.as_ref().is_some_and(|w| !w.contains(name)) {
             return Ok(None);
         }
-        let mut cache = crate::sync::lock(&self.cache);
-        if let Some(hit) = cache.get(name) {
-            return Ok(Some(hit.clone()));
-        }
-        let bytes = match self.store.read_seed(version, name) {
-            Ok(Some(bytes)) => Arc::new(bytes),
-            Ok(None) => {
-                return Err(format!(
-                    "batch version {version} has no seed `{name}`: the job's dataflow changed without a new Job::version \
-                     (bump the version so the engine serves from the log until a batch run under it)"
-                ))
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        cache.insert(name.to_string(), bytes.clone());
-        Ok(Some(bytes))
+        self.seeds.seed(name)
     }
 }
 
@@ -348,7 +330,7 @@ pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel:
     if ends != cut {
         let wanted = plan.upstream.as_ref().map(|u| u[i].clone());
         loaded = Loaded { ran: true, seeds: wanted.as_ref().map(|w| w.iter().cloned().collect()), unseeded };
-        let seeds = Arc::new(SomeSeeds { store, version: meta.as_ref().map(|m| m.version), wanted, cache: Mutex::default() });
+        let seeds = Arc::new(SomeSeeds { seeds: crate::speed::StoreSeeds::new(store, meta.as_ref().map(|m| m.version)), wanted });
         let run_view = run_bounded(job, log.clone(), seeds, &cut, &ends, workers, view)?;
         run_view.drain_speed(u64::MAX, speed.as_mut());
     }
@@ -370,21 +352,7 @@ pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel:
 /// The current batch version if this job and version computed it (as the service picks
 /// it), checked against the log.
 fn usable_batch<J: Job>(job: &J, store: &ViewStore, log: &Log) -> Result<Option<BatchMeta>> {
-    let meta = store.current_meta()?.filter(|m| {
-        let usable = m.job == job.name() && m.job_version == job.version() && m.cut.len() == log.partitions() as usize;
-        if !usable {
-            eprintln!(
-                "lambdaflow: batch version {} was computed by job {} version {} (this is {} version {}); \
-                 answering from the log alone until a batch run under this version",
-                m.version,
-                m.job,
-                m.job_version,
-                job.name(),
-                job.version()
-            );
-        }
-        usable
-    });
+    let meta = store.current_meta()?.filter(|m| crate::lambda::batch_usable(job, m, log.partitions(), "answering"));
     if let Some(m) = &meta {
         let ends = log.end_offsets();
         if let Some(p) = (0..m.cut.len()).find(|p| m.cut[*p] > ends[*p]) {
@@ -453,7 +421,7 @@ fn run_bounded<J: Job>(
             };
             // The seeds are in the dataflow now: do not keep their bytes too.
             barrier.wait();
-            crate::sync::lock(&seeds.cache).clear();
+            seeds.seeds.forget();
             // A panic or an error in job code on one worker stops every worker (none waits
             // forever for a peer that will not step again).
             crate::guard::guarded(worker, &abort, |worker| {
