@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use lambdaflow_engine::log::{Log, LogConfig};
+use lambdaflow_engine::log::{Log, LogConfig, LogError};
 use lambdaflow_engine::testing::{all_views, diff};
 use lambdaflow_engine::Appender;
 use lambdaflow_engine::{Lambda, Options};
@@ -88,15 +88,26 @@ fn kill_mid_ingest() {
         let data = tmp.join(&format!("data{round}"));
         let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10));
         let acked = ingest_and_kill(&data, &input, events.len(), delay);
-        if !data.join("log").exists() {
-            // Killed before it created the log (a fast ingest makes this likely for the
-            // early delays): nothing is stored, and nothing may have been acknowledged.
-            assert!(!acked, "round {round} (seed {seed}): the ingest was acknowledged but has no log");
-            eprintln!("kill after {delay:?}: before the log existed; nothing stored");
-            let _ = std::fs::remove_dir_all(&data);
-            continue;
-        }
-        let log = Log::open(&data.join("log")).expect("log reopens after the kill");
+        let log = match Log::open(&data.join("log")) {
+            Ok(log) => log,
+            // Killed before it created the log, or between creating its directory and
+            // writing its manifest (a fast ingest makes both likely for the early delays):
+            // there is no log, so nothing is stored and nothing may have been acknowledged.
+            // The next command must treat the directory as a new data directory.
+            Err(LogError::NotFound { .. }) => {
+                assert!(!acked, "round {round} (seed {seed}): the ingest was acknowledged but has no log");
+                eprintln!("kill after {delay:?}: before the log existed; nothing stored");
+                // What the kill left (maybe an empty log directory) does not block the
+                // next ingest.
+                run_ok(&data, &["ingest", input.to_str().expect("utf-8 path")]);
+                let o = run_ok(&data, &["verify"]);
+                let whole = format!("log OK: {} records", events.len());
+                assert!(stdout(&o).contains(&whole), "verify after a retried ingest: {}", stdout(&o));
+                let _ = std::fs::remove_dir_all(&data);
+                continue;
+            }
+            Err(e) => panic!("round {round} (seed {seed}): the log does not reopen after the kill: {e}"),
+        };
         let got = payloads(&log);
         drop(log);
         let in_log: Vec<ShopEvent> = if got.iter().all(Vec::is_empty) {
@@ -121,6 +132,23 @@ fn kill_mid_ingest() {
         assert_views_exact(&data, &in_log, &format!("kill after {delay:?} ({} in log)", in_log.len()));
         let _ = std::fs::remove_dir_all(&data);
     }
+}
+
+// an_empty_log_directory_is_no_log proves that what a kill between creating the log's
+// directory and writing its manifest leaves behind (an empty `log/`) holds nothing and does
+// not block the next ingest. Method: create the empty directory, ingest 2,000 events, and
+// `verify` must count exactly them.
+#[test]
+fn an_empty_log_directory_is_no_log() {
+    let tmp = TempDir::new("emptylog");
+    let data = tmp.join("data");
+    std::fs::create_dir_all(data.join("log")).expect("create an empty log directory");
+    assert!(matches!(Log::open(&data.join("log")), Err(LogError::NotFound { .. })), "an empty directory is no log");
+    let input = tmp.join("in.ndjson");
+    gen_file(&input, 2_000, 5, "ndjson");
+    run_ok(&data, &["ingest", input.to_str().expect("utf-8 path")]);
+    let o = run_ok(&data, &["verify"]);
+    assert!(stdout(&o).contains("log OK: 2000 records"), "verify: {}", stdout(&o));
 }
 
 /// Appends `tail` to the file at `path`.
