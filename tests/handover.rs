@@ -50,7 +50,7 @@ fn check(view: &str, answers: &BTreeMap<String, serde_json::Value>, frontier: &[
         for (pos, e) in log.iter() {
             if pos.offset < frontier[pos.partition as usize] {
                 counts[pos.partition as usize] += 1;
-                covered.push(e.clone());
+                covered.push(*e);
             }
         }
         if counts.as_slice() == frontier {
@@ -139,7 +139,7 @@ fn answers_stay_exact_across_handovers() {
 
     // Finally: everything appended, merged, equals the oracle over everything.
     lambda.sync(Duration::from_secs(30)).unwrap();
-    let all: Vec<ShopEvent> = appended.lock().unwrap().iter().map(|(_, e)| e.clone()).collect();
+    let all: Vec<ShopEvent> = appended.lock().unwrap().iter().map(|(_, e)| *e).collect();
     let merged = lambdaflow_engine::testing::all_views(&lambda).unwrap();
     assert_eq!(lambdaflow_engine::testing::diff(&expected_views(&all), &merged), None);
 }

@@ -134,7 +134,7 @@ impl Acked {
             }
             for (i, e) in evs.iter().enumerate() {
                 assert!(slots[from + i].is_none(), "offset {} of partition {p} acknowledged twice", from + i);
-                slots[from + i] = Some((*e).clone());
+                slots[from + i] = Some(*(*e));
             }
         }
     }
@@ -331,7 +331,7 @@ fn overload_backpressure_bounds_lag_and_memory_and_stays_exact() {
             slots
                 .iter()
                 .enumerate()
-                .map(move |(o, s)| s.clone().unwrap_or_else(|| panic!("partition {p} offset {o} stored but never acknowledged")))
+                .map(move |(o, s)| (*s).unwrap_or_else(|| panic!("partition {p} offset {o} stored but never acknowledged")))
         })
         .collect();
     assert_eq!(all.len() as u64, acked_events);

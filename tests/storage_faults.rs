@@ -345,7 +345,7 @@ fn torn_last_record_is_truncated_at_every_byte() {
     let framed = RECORD_HEADER_BYTES + len;
     // The last record of partition p holds the last input event routed there.
     let last = evs.iter().rposition(|e| partition_of(e.partition_key(), PARTITIONS) == p).expect("an event in p");
-    let kept: Vec<ShopEvent> = evs.iter().enumerate().filter(|(i, _)| *i != last).map(|(_, e)| e.clone()).collect();
+    let kept: Vec<ShopEvent> = evs.iter().enumerate().filter(|(i, _)| *i != last).map(|(_, e)| *e).collect();
     let note = format!("truncated {} at byte {start}", active.display());
 
     for cut in 1..framed {

@@ -29,6 +29,7 @@ use std::sync::Mutex;
 
 use crate::durable::{self, CheckedError};
 use crate::error::{Error, Result};
+use lambdaflow_operators::runtime::{rows_header, VARINT_ROWS};
 
 const MAGIC: &[u8; 4] = b"LFV1";
 
@@ -64,14 +65,15 @@ pub struct BatchMeta {
     #[serde(default)]
     pub seed_views: Vec<(String, String)>,
     /// The layout of the version: 1 (absent in versions written before it was recorded):
-    /// one seed file per process; 2: seed shards per worker and shared seeds. A version of
-    /// a later format is refused, not misread.
+    /// one seed file per process; 2: seed shards per worker and shared seeds; 3: rows
+    /// encoded with variable-length integers (`lambdaflow_operators::runtime::VARINT_ROWS`).
+    /// A version of a later format is refused, not misread.
     #[serde(default = "format_1")]
     pub format: u32,
 }
 
 /// The batch version format this build writes, and the newest it reads.
-pub(crate) const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 3;
 
 impl BatchMeta {
     /// Whether this build reads the version's format (a newer lambdaflow may have written it).
@@ -315,11 +317,12 @@ impl ViewStore {
         self.read_opt(&self.version_dir(version).join(view_file(name)?))
     }
 
-    /// Reads a seed of a version: one bincode `Vec` of rows. A seed is in shards
+    /// Reads a seed of a version: one file of rows (a little-endian u64 row count, then the
+    /// rows; see `lambdaflow_operators::runtime::rows_header`). A seed is in shards
     /// (`seed.NAME.bin`, `seed.NAME.p1.bin`, ...: one per worker, or in format 1 one per
-    /// process); they are joined into one `Vec` (bincode encodes a `Vec` as its length, a
-    /// little-endian u64, followed by the elements; seeds need no order). A seed shared with
-    /// a view is that view's file. The rows must add up to what META records.
+    /// process); they are joined into one file (the counts added, the rows concatenated;
+    /// seeds need no order). A seed shared with a view is that view's file. The rows must
+    /// add up to what META records.
     pub fn read_seed(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
         let dir = self.version_dir(version);
         let first = dir.join(shard_file(name, 0)?);
@@ -329,9 +332,10 @@ impl ViewStore {
             Err(_) if !dir.exists() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let count = |b: &[u8], path: &Path| -> Result<u64> {
+        // The row count, and whether the rows are variable-length encoded (format 3).
+        let count = |b: &[u8], path: &Path| -> Result<(u64, bool)> {
             b.get(..8)
-                .map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes")))
+                .map(|h| rows_header(u64::from_le_bytes(h.try_into().expect("8 bytes"))))
                 .ok_or_else(|| Error::CorruptView { path: path.to_path_buf(), detail: "a seed file shorter than its row count".into() })
         };
         let (joined, path) = if let Some((_, view)) = meta.seed_views.iter().find(|(s, _)| s == name) {
@@ -349,14 +353,22 @@ impl ViewStore {
                     path: path.clone(),
                     detail: format!("seed shard missing: batch version {version} has {} shards of every seed", meta.seed_shards),
                 })?;
-                let total = count(&joined, &first)? + count(&shard, &path)?;
-                joined[..8].copy_from_slice(&total.to_le_bytes());
+                let ((have, var), (more, shard_var)) = (count(&joined, &first)?, count(&shard, &path)?);
+                if var != shard_var {
+                    // One run writes every shard of a seed in one encoding.
+                    return Err(Error::CorruptView {
+                        path,
+                        detail: format!("seed shard encodes its rows differently from {}", first.display()),
+                    });
+                }
+                let header = (have + more) | if var { VARINT_ROWS } else { 0 };
+                joined[..8].copy_from_slice(&header.to_le_bytes());
                 joined.extend_from_slice(&shard[8..]);
             }
             (joined, first)
         };
         if let Some((_, rows)) = meta.seeds.iter().find(|(n, _)| n == name) {
-            let got = count(&joined, &path)?;
+            let (got, _) = count(&joined, &path)?;
             if got != *rows as u64 {
                 return Err(Error::CorruptView {
                     path,
@@ -731,6 +743,42 @@ mod tests {
         fs::remove_file(&shard).expect("remove");
         let err = store.read_seed(version, "s.seed").expect_err("missing");
         assert!(err.to_string().contains("seed shard missing"), "{err}");
+    }
+
+    // Format 3: shards of variable-length rows join into one file that keeps the marker
+    // bit on its count (so the rows decode as format 3); shards of a seed in different
+    // encodings are refused, naming the shard.
+    #[test]
+    fn varint_seed_shards_join_and_mixed_encodings_are_refused() {
+        use bincode::Options;
+        let varint = |rows: &[(u64, i64)]| {
+            let mut out = ((rows.len() as u64) | VARINT_ROWS).to_le_bytes().to_vec();
+            for row in rows {
+                bincode::DefaultOptions::new().serialize_into(&mut out, row).expect("encode");
+            }
+            out
+        };
+        let tmp = TempDir::new("store-varint");
+        let store = ViewStore::open(tmp.path()).expect("store");
+        let shards = store.shard_dir("run1").expect("shard dir");
+        write_seed_shard(&shards, "s.seed", 1, &varint(&[(300, -7)])).expect("shard");
+        let pending = store.begin().expect("begin");
+        pending.write_seed("s.seed", &varint(&[(1, 2), (3, 4)])).expect("seed");
+        pending.adopt_seed_shard(&shards, "s.seed", 1).expect("adopt");
+        let version = pending.version();
+        store.publish(pending, &BatchMeta { seed_shards: 2, seeds: vec![("s.seed".into(), 3)], ..meta(version) }).expect("publish");
+        let joined = store.read_seed(version, "s.seed").expect("read").expect("some");
+        assert_eq!(joined, varint(&[(1, 2), (3, 4), (300, -7)]));
+        // A fixed-width shard next to a variable-length one.
+        let shards = store.shard_dir("run2").expect("shard dir");
+        write_seed_shard(&shards, "s.seed", 1, &bincode::serialize(&vec![(5u64, 6i64)]).expect("encode")).expect("shard");
+        let pending = store.begin().expect("begin");
+        pending.write_seed("s.seed", &varint(&[(1, 2)])).expect("seed");
+        pending.adopt_seed_shard(&shards, "s.seed", 1).expect("adopt");
+        let version = pending.version();
+        store.publish(pending, &BatchMeta { seed_shards: 2, seeds: vec![("s.seed".into(), 2)], ..meta(version) }).expect("publish");
+        let err = store.read_seed(version, "s.seed").expect_err("mixed encodings");
+        assert!(err.to_string().contains("seed.s.seed.p1.bin") && err.to_string().contains("differently"), "{err}");
     }
 
     // Format 2: a seed shared with a view is read from the view's file, checked against

@@ -99,7 +99,7 @@ impl<D: Data, R: Diff> AnySeed for SeedCell<D, R> {
         let part = self.parts.get(index).ok_or_else(|| format!("seed {}: no part {index}", self.name))?;
         let rows = part.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(std::mem::take).unwrap_or_default();
         let n = rows.len();
-        bincode::serialize(&rows).map(|b| (b, n)).map_err(|e| format!("seed {}: encode failed: {e}", self.name))
+        crate::rows::encode(rows.iter()).map(|b| (b, n)).map_err(|e| format!("seed {}: encode failed: {e}", self.name))
     }
 }
 
@@ -652,15 +652,12 @@ where
     D: serde::de::DeserializeOwned,
     R: serde::de::DeserializeOwned,
 {
-    let mut reader = bytes;
-    let len: u64 = bincode::deserialize_from(&mut reader)?;
     let mut rows = Vec::new();
-    for i in 0..len {
-        let (d, r): (D, R) = bincode::deserialize_from(&mut reader)?;
+    crate::rows::decode_each(bytes, |i, (d, r): (D, R)| {
         if i % peers as u64 == index as u64 {
             rows.push((d, 0, r));
         }
-    }
+    })?;
     Ok(rows)
 }
 

@@ -53,6 +53,7 @@ mod inserts;
 mod interval;
 mod job;
 mod ndjson;
+mod rows;
 mod sums;
 mod topk;
 mod view;
@@ -79,6 +80,7 @@ pub mod runtime {
     //! ([`SpeedTable`]) and answers queries; a batch run writes each [`AnySeed`].
 
     pub use crate::ctx::{AnySeed, Mode, Registry, SeedSource};
+    pub use crate::rows::{header as rows_header, VARINT_ROWS};
     pub use crate::view::{AnyView, BatchTable, SpeedTable};
 }
 

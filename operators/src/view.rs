@@ -444,12 +444,12 @@ impl<K: ViewKey, V: Data, R: Diff> AnyView for ViewCell<K, V, R> {
         let mut rows: Vec<((K, V), R)> = produced.into_iter().map(|(d, _t, r)| (d, r)).collect();
         differential_dataflow::consolidation::consolidate(&mut rows);
         let n = rows.len();
-        bincode::serialize(&rows).map(|b| (b, n)).map_err(|e| format!("view {}: encode failed: {e}", self.info.name))
+        crate::rows::encode(rows.iter()).map(|b| (b, n)).map_err(|e| format!("view {}: encode failed: {e}", self.info.name))
     }
 
     fn decode_batch(&self, bytes: &[u8]) -> Result<Arc<dyn BatchTable>, String> {
         let rows: Vec<((K, V), R)> =
-            bincode::deserialize(bytes).map_err(|e| format!("view {}: stored batch view does not decode: {e}", self.info.name))?;
+            crate::rows::decode(bytes).map_err(|e| format!("view {}: stored batch view does not decode: {e}", self.info.name))?;
         // A stored view is written sorted and consolidated; check rather than trust.
         if rows.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err(format!("view {}: stored batch view is not sorted and consolidated", self.info.name));

@@ -266,7 +266,7 @@ impl Acked {
             let evs = &by_partition[&p];
             assert_eq!(evs.len() as u64, to - from, "ack range {r} vs {} events of partition {p}", evs.len());
             for (i, e) in evs.iter().enumerate() {
-                let old = self.by_position.insert((p, from + i as u64), (*e).clone());
+                let old = self.by_position.insert((p, from + i as u64), *(*e));
                 assert!(old.is_none(), "position {p}/{} acknowledged twice", from + i as u64);
                 n += 1;
             }
@@ -289,7 +289,7 @@ impl Acked {
         let mut out = Vec::new();
         for (p, end) in frontier.iter().enumerate() {
             for o in 0..*end {
-                out.push(self.by_position.get(&(p as u32, o))?.clone());
+                out.push(*self.by_position.get(&(p as u32, o))?);
             }
         }
         Some(out)

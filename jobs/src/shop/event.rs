@@ -24,7 +24,10 @@ const COLUMNS: [&str; 9] = ["type", "ts", "order_id", "customer_id", "product_id
 /// One shop event: an order line, a refund, a product page view or a stock change.
 ///
 /// `ts` is event time in milliseconds since the Unix epoch (UTC), money is integer cents.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// `Copy`: every field is a number, and a batch run hands each event to several operators;
+/// a `Copy` type's buffers are cloned with one `memcpy` instead of element by element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ShopEvent {
     /// One order line: `quantity` units of `product_id`, `amount_cents` in total.
     Purchase {
@@ -1263,7 +1266,7 @@ mod tests {
         #[test]
         fn ndjson_round_trip(event in arb_event()) {
             let line = event.to_ndjson();
-            prop_assert_eq!(ShopEvent::parse_ndjson(&line), Ok(event.clone()));
+            prop_assert_eq!(ShopEvent::parse_ndjson(&line), Ok(event));
             // What we write is what serde_json would read as the same object.
             let value: Value = serde_json::from_str(&line).unwrap();
             prop_assert_eq!(value["type"].as_str(), Some(event.type_name()));
@@ -1287,8 +1290,8 @@ mod tests {
             // Numbers of 20 digits (ids past 10^19) are left to the reference parser.
             let short = csv.split(',').all(|f| f.trim_start_matches('-').len() <= 19);
             if short {
-                prop_assert_eq!(fast::csv(csv.as_bytes()), Some(event.clone()));
-                prop_assert_eq!(fast::ndjson(nd.as_bytes()), Some(event.clone()));
+                prop_assert_eq!(fast::csv(csv.as_bytes()), Some(event));
+                prop_assert_eq!(fast::ndjson(nd.as_bytes()), Some(event));
             }
             for line in [csv, nd] {
                 let line = mutate(&line, &mutations);
