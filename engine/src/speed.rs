@@ -1119,11 +1119,8 @@ impl Spare {
     /// kept it.
     fn receive(&mut self, shared: &Shared, wait: bool) -> bool {
         let Some(pending) = &self.pending else { return false };
-        let got = if wait {
-            pending.arrival.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
-        } else {
-            pending.arrival.try_recv()
-        };
+        let got =
+            if wait { pending.arrival.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected) } else { pending.arrival.try_recv() };
         match got {
             Ok((state, rows)) => {
                 let Pending { lacks, lacks_bytes, lacks_rows, .. } = self.pending.take().expect("pending");
@@ -1445,10 +1442,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     }
     // After the swap, off the path to visibility: while the tables are small (a new layer),
     // a second spare copy costs next to nothing (a clone of the published tables, read-only).
-    let extra = (spare.copies.len() + 1 < spare.keep
-        && spare.pending.is_none()
-        && helper.is_none()
-        && published_bytes <= SPARE_GROW_BYTES)
+    let extra = (spare.copies.len() + 1 < spare.keep && spare.pending.is_none() && helper.is_none() && published_bytes <= SPARE_GROW_BYTES)
         .then(|| Arc::new(clone_state(&shared.views, &published)));
     drop(published);
     spare.retire(replaced, deltas, delta_bytes, done.delta_rows, published_bytes, extra);
