@@ -1507,4 +1507,57 @@ mod tests {
         assert_eq!(spare.copies.len(), 2);
         assert!(spare.copies.iter().all(|c| c.lacks_bytes <= 1000 / SPARE_LACKS_BYTES_DIV || Arc::strong_count(&c.state) == 1));
     }
+
+    /// A copy that lacks `rows` rows in one (here empty) delta.
+    fn lacking(state: Arc<SpeedState>, rows: usize) -> Retired {
+        Retired { state, lacks: vec![Arc::new(Vec::new())], lacks_bytes: 0, lacks_rows: rows }
+    }
+
+    /// A publication writes into the spare copy that lacks the fewest rows, not the newest
+    /// one (which lacks the previous publication's delta, however large).
+    #[test]
+    fn a_publication_takes_the_spare_that_lacks_the_fewest_rows() {
+        let shared = new_shared(&Arc::new(Registry::default()), &[0], 1);
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
+        spare.copies.push(lacking(state(1), 10));
+        spare.copies.push(lacking(state(2), 100_000));
+        let mut waited = Duration::ZERO;
+        assert!(spare.take_unshared(&shared, &mut waited).is_some());
+        assert_eq!(spare.copies.iter().map(|c| c.state.epoch).collect::<Vec<_>>(), vec![2], "took the copy lacking 100k rows");
+    }
+
+    /// When every spare lacks a large delta and a helper is bringing a copy up to date, the
+    /// publication takes the helper's copy (waiting for it if need be) instead of applying
+    /// the large delta on its path.
+    #[test]
+    fn a_publication_takes_the_helpers_copy_over_one_that_lacks_a_large_delta() {
+        let shared = new_shared(&Arc::new(Registry::default()), &[0], 1);
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
+        spare.copies.push(lacking(state(1), LARGE_CATCH_UP_ROWS + 1));
+        let (deliver, arrival) = std::sync::mpsc::sync_channel(1);
+        spare.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true });
+        let helper = std::thread::spawn(move || deliver.send((state(2), 7)).expect("the publisher takes it"));
+        let mut waited = Duration::ZERO;
+        assert!(spare.take_unshared(&shared, &mut waited).is_some());
+        helper.join().expect("helper");
+        assert_eq!(spare.copies.iter().map(|c| c.state.epoch).collect::<Vec<_>>(), vec![1], "applied the large delta on the path");
+        assert_eq!(shared.spare_rows_on_path.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.spare_rows_helper.load(Ordering::Relaxed), 7);
+    }
+
+    /// Off the path too, a copy that lacks a large delta is caught up on a helper thread,
+    /// one that lacks a small one by the publisher.
+    #[test]
+    fn between_publications_a_large_catch_up_goes_to_the_helper() {
+        let shared = new_shared(&Arc::new(Registry::default()), &[0], 1);
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
+        spare.copies.push(lacking(state(1), 10));
+        spare.copies.push(lacking(state(2), LARGE_CATCH_UP_ROWS + 1));
+        assert!(spare.tend(&shared, 1));
+        assert_eq!(spare.copies.iter().map(|c| (c.state.epoch, c.lacks.len())).collect::<Vec<_>>(), vec![(1, 0)]);
+        assert!(spare.pending.as_ref().is_some_and(|p| p.catch_up));
+        assert!(spare.receive(&shared, true));
+        assert_eq!(spare.copies.len(), 2);
+        assert!(spare.copies.iter().all(|c| c.lacks.is_empty()));
+    }
 }
