@@ -273,3 +273,65 @@ fn a_lost_spare_copy_comes_back_while_the_publisher_is_idle() {
     let expected = batch_from_scratch(Shop, &all, 1).expect("oracle");
     assert_eq!(diff(&expected, &all_views(&lambda).expect("views")), None);
 }
+
+/// A backlog published in one step (a large delta) is applied to the spare copies on a
+/// helper thread, never on the publisher's thread (worker 0): neither on the path of the
+/// small publications that follow, which apply only their own updates and small earlier
+/// ones, nor between publications. Without the helper, the publication after the backlog's
+/// applied the backlog's delta again on its path (40-48 ms of CPU in the service bench) or
+/// the idle publisher did, holding up whatever arrived meanwhile. The counters are those
+/// `GET /v1/status` shows under `speed.counters`. Every answer is exact at the end.
+#[test]
+fn a_backlog_publication_is_never_caught_up_on_the_publishers_thread() {
+    let dir = TempDir::new("fresh-backlog");
+    let lambda = open(&dir, 2, 4);
+    let serving = lambda.serving();
+    let mut events = Generator::new(GenConfig { events: 1_000_000, seed: 51, ..GenConfig::default() });
+    let mut all = Vec::new();
+    let mut round = |n: usize| {
+        let chunk: Vec<ShopEvent> = events.by_ref().take(n).collect();
+        lambda.append(&chunk).expect("append");
+        all.extend(chunk);
+        let ends = lambda.log().end_offsets();
+        assert!(serving.speed.wait_for(&ends, Duration::from_secs(300)).expect("speed layer runs"));
+    };
+    // Until the publisher is idle with every spare copy up to date (no deadline on how fast).
+    let idle = || {
+        let start = std::time::Instant::now();
+        while serving.speed.spare_behind() {
+            assert!(start.elapsed() < Duration::from_secs(300), "the publisher never caught its spare copies up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let counter = |name: &str| -> u64 {
+        let counters = lambda.status().speed_counters;
+        counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}: {counters:?}"))
+    };
+    let on_worker_0 = || counter("spare.rows_on_path") + counter("spare.rows_between_publications");
+    let keys = || serving.speed.with_state(|s| s.tables.iter().map(|t| t.keys()).sum::<usize>() as u64);
+    // The spare copies exist and are up to date.
+    for _ in 0..3 {
+        round(300);
+    }
+    idle();
+    let (worker_0, helper, keys_before) = (on_worker_0(), counter("spare.rows_on_helper"), keys());
+    // The backlog: one append, visible to the readers at once, read in one or two epochs.
+    round(40_000);
+    let backlog_rows = keys() - keys_before;
+    assert!(backlog_rows > 16_000, "the backlog touched only {backlog_rows} keys");
+    // Small publications after it, then idle time.
+    for _ in 0..6 {
+        round(100);
+    }
+    idle();
+    let applied = on_worker_0() - worker_0;
+    assert!(
+        applied < backlog_rows / 4,
+        "worker 0 applied {applied} rows of earlier deltas to its spare copies after a backlog of {backlog_rows} rows"
+    );
+    // The helper did: both spare copies lacked the backlog.
+    let helped = counter("spare.rows_on_helper") - helper;
+    assert!(helped >= backlog_rows, "the helper applied {helped} rows after a backlog of {backlog_rows}");
+    let expected = batch_from_scratch(Shop, &all, 1).expect("oracle");
+    assert_eq!(diff(&expected, &all_views(&lambda).expect("views")), None);
+}

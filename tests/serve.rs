@@ -620,8 +620,11 @@ fn several_keys_in_one_request() {
         ("customer_spend", (0..40).map(|i| i.to_string()).collect()),
     ] {
         let query: Vec<String> = keys.iter().map(|k| format!("key={}", pct(k))).collect();
+        let offloaded = keys_offloaded(&mut c);
         let r = c.get(&format!("/v1/views/{view}?{}", query.join("&"))).expect("keys");
         assert_eq!(r.status, 200, "{}", r.text());
+        // More than 32 keys run on the blocking pool, not the async thread (same answers).
+        assert_eq!(keys_offloaded(&mut c) - offloaded, u64::from(keys.len() > 32), "{view}: {} keys", keys.len());
         let all = without_ages(r.json());
         assert_eq!(all["view"], view);
         let answers = all["answers"].as_array().expect("answers");
@@ -652,8 +655,21 @@ fn several_keys_in_one_request() {
     let e = r.json();
     assert_eq!(e["key"], "yesterday");
     assert!(e["error"].as_str().is_some_and(|m| m.contains("key 2 of 2 (`yesterday`)")), "{e}");
-    // The bound: 256 keys are answered, 257 are refused.
+    // 32 keys stay on the async thread, 33 do not; the answers are the same either way.
     let keys = |n: usize| (0..n).map(|i| format!("key={i}")).collect::<Vec<_>>().join("&");
+    let answers = |c: &mut Client, n: usize| -> Vec<Value> {
+        let r = c.get(&format!("/v1/views/customer_spend?{}", keys(n))).expect("keys");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut all = without_ages(r.json());
+        all["answers"].as_array_mut().map(std::mem::take).expect("answers")
+    };
+    let offloaded = keys_offloaded(&mut c);
+    let inline = answers(&mut c, 32);
+    assert_eq!(keys_offloaded(&mut c), offloaded);
+    let pooled = answers(&mut c, 33);
+    assert_eq!(keys_offloaded(&mut c), offloaded + 1);
+    assert_eq!(pooled[..32], inline[..]);
+    // The bound: 256 keys are answered, 257 are refused.
     let r = c.get(&format!("/v1/views/customer_spend?{}", keys(256))).expect("256 keys");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["answers"].as_array().map(Vec::len), Some(256));
@@ -671,4 +687,15 @@ fn several_keys_in_one_request() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["items"].as_array().map(Vec::len), Some(3));
     assert_eq!(server.terminate(), Some(0));
+}
+
+/// `lambdaflow_query_keys_offloaded_total` from `GET /metrics`: requests for more than 32
+/// keys answered on the blocking pool.
+fn keys_offloaded(c: &mut Client) -> u64 {
+    let metrics = c.get("/metrics").expect("metrics").text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lambdaflow_query_keys_offloaded_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lambdaflow_query_keys_offloaded_total in {metrics}"))
 }

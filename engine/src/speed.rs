@@ -18,6 +18,11 @@
 //! readers hold both spares does it copy the current tables instead of waiting for a
 //! reader ([`SpeedLayer::snapshot_copies`] counts those). A lost spare (dropped because a
 //! reader held it too long) is cloned again on a thread of its own, never by the publisher.
+//! Nor does the publisher's thread ever apply a large delta to a spare copy: a publication
+//! whose delta is large (a backlog published in one step) hands another spare copy and the
+//! delta to a helper thread at once, and the next publication takes that copy (waiting for
+//! it if need be) instead of applying the large delta again on its path; a copy found
+//! lacking a large delta later is caught up by a helper too ([`LARGE_CATCH_UP_ROWS`]).
 //!
 //! The same code runs on one process or several ([`crate::cluster`]): process 0 is the
 //! serving process; it owns the log and sends its acknowledged ends to the workers of the
@@ -145,6 +150,15 @@ struct Shared {
     spare_catch_ups: AtomicU64,
     /// Whether a spare copy lacks a publication's updates.
     spare_behind: AtomicBool,
+    /// Rows (keys with updates) of earlier publications' deltas applied to a spare copy to
+    /// bring it up to date: on the publish path (between draining a publication's updates
+    /// and swapping the pointer), by worker 0 between publications, and on a helper thread.
+    spare_rows_on_path: AtomicU64,
+    spare_rows_between: AtomicU64,
+    spare_rows_helper: AtomicU64,
+    /// Publications that waited for a helper thread's caught-up copy rather than apply a
+    /// large delta on the publish path.
+    helper_waits: AtomicU64,
     /// Events read from the log by each of this process's workers.
     read: Vec<AtomicU64>,
     moved: Condvar,
@@ -332,6 +346,10 @@ fn new_shared(registry: &Arc<Registry>, cut: &[u64], threads: usize) -> Arc<Shar
         snapshot_copies: AtomicU64::new(0),
         spare_catch_ups: AtomicU64::new(0),
         spare_behind: AtomicBool::new(false),
+        spare_rows_on_path: AtomicU64::new(0),
+        spare_rows_between: AtomicU64::new(0),
+        spare_rows_helper: AtomicU64::new(0),
+        helper_waits: AtomicU64::new(0),
         read: (0..threads).map(|_| AtomicU64::new(0)).collect(),
         moved: Condvar::new(),
         moved_lock: Mutex::new(()),
@@ -609,6 +627,32 @@ impl SpeedLayer {
         self.shared.spare_behind.load(Ordering::Relaxed)
     }
 
+    /// Rows (keys with updates) of earlier publications' deltas the publisher applied on
+    /// the publish path to bring the spare copy it writes into up to date (besides the
+    /// publication's own updates). Stays small: a large delta is applied to spare copies
+    /// on a helper thread, never on the path (see [`LARGE_CATCH_UP_ROWS`]).
+    pub fn spare_rows_on_path(&self) -> u64 {
+        self.shared.spare_rows_on_path.load(Ordering::Relaxed)
+    }
+
+    /// As [`SpeedLayer::spare_rows_on_path`], applied by the publisher (worker 0) between
+    /// publications: right after one, or while idle.
+    pub fn spare_rows_between_publications(&self) -> u64 {
+        self.shared.spare_rows_between.load(Ordering::Relaxed)
+    }
+
+    /// As [`SpeedLayer::spare_rows_on_path`], applied on a helper thread of the publisher's,
+    /// off worker 0.
+    pub fn spare_rows_on_helper(&self) -> u64 {
+        self.shared.spare_rows_helper.load(Ordering::Relaxed)
+    }
+
+    /// Publications that waited for the helper thread's caught-up copy of the tables
+    /// instead of applying a large earlier delta on the publish path.
+    pub fn helper_waits(&self) -> u64 {
+        self.shared.helper_waits.load(Ordering::Relaxed)
+    }
+
     /// Why the speed layer stopped by itself, if it did.
     pub fn failure(&self) -> Option<String> {
         crate::sync::lock(&self.shared.failure).clone()
@@ -814,10 +858,10 @@ fn drive<E: lambdaflow_operators::Event>(
             if complete > published {
                 let completed = Instant::now();
                 let cpu = shared.trace.as_ref().map(|_| thread_cpu());
-                let (oldest, copied) = publish(shared, complete, &mut history, &mut spare);
+                let done = publish(shared, complete, &mut history, &mut spare);
                 published = complete;
                 let cpu = cpu.map(|c| thread_cpu().saturating_sub(c)).unwrap_or_default();
-                trace.published(shared, complete, oldest, completed, copied, cpu);
+                trace.published(shared, complete, &done, completed, cpu);
                 // Published: off the path to visibility, keep the spare copies close.
                 let cpu = shared.trace.as_ref().map(|_| thread_cpu());
                 spare.bound_lag(shared);
@@ -839,7 +883,11 @@ fn drive<E: lambdaflow_operators::Event>(
 /// the publication made visible (`-` when it covers none), then the publication's wall and
 /// CPU time (`publish_us`, `publish_cpu_us`: a large wall time with a small CPU time is a
 /// publisher that waited for the core), whether it copied the tables (`copied`), and the
-/// CPU time spent bringing spare copies up to date since the last one (`catch_up_cpu_us`).
+/// CPU time spent bringing spare copies up to date since the last one (`catch_up_cpu_us`),
+/// the rows (keys with updates) of its own delta (`delta_rows`) and of earlier deltas it
+/// applied on its path to bring its spare copy up to date (`catch_up_rows`), how long it
+/// waited for a helper's caught-up copy (`helper_wait_us`), and whether it handed its delta
+/// to a helper (`helper`).
 #[derive(Default)]
 struct Trace {
     /// When worker 0 first read events since the last publication, and how many it read.
@@ -859,7 +907,8 @@ impl Trace {
         self.events += n;
     }
 
-    fn published(&mut self, shared: &Shared, epoch: u64, oldest: Option<Instant>, completed: Instant, copied: bool, cpu: Duration) {
+    fn published(&mut self, shared: &Shared, epoch: u64, what: &Published, completed: Instant, cpu: Duration) {
+        let (oldest, copied) = (what.oldest, what.copied);
         let trace = std::mem::take(self);
         let Some(file) = &shared.trace else { return };
         let done = Instant::now();
@@ -870,7 +919,8 @@ impl Trace {
             _ => "-".into(),
         };
         let line = format!(
-            "epoch {epoch} events {} rounds {} read {} advanced {} complete {} published {} publish_us {} copied {} publish_cpu_us {} catch_up_cpu_us {}\n",
+"epoch {epoch} events {} rounds {} read {} advanced {} complete {} published {} publish_us {} copied {} publish_cpu_us {} catch_up_cpu_us {} \
+             delta_rows {} catch_up_rows {} helper_wait_us {} helper {}\n",
             trace.events,
             trace.rounds,
             since(trace.first_read),
@@ -880,7 +930,11 @@ impl Trace {
             done.duration_since(completed).as_micros(),
             u8::from(copied),
             cpu.as_micros(),
-            trace.catch_up_cpu.as_micros()
+            trace.catch_up_cpu.as_micros(),
+            what.delta_rows,
+            what.catch_up_rows,
+            what.waited.as_micros(),
+            u8::from(what.helper)
         );
         use std::io::Write as _;
         let _ = crate::sync::lock(file).write_all(line.as_bytes());
@@ -933,8 +987,22 @@ const SPARE_LACKS_BYTES_DIV: usize = 2;
 /// apply every delta it lacks (90 ms CPU for a run of large epochs, seen in a trace).
 const SPARE_LAG_AFTER_PUBLISH: usize = 2;
 
-/// One publication's updates, one table per view (shared by the spare copies that lack it).
-type Delta = Rc<Vec<Box<dyn SpeedTable>>>;
+/// One publication's updates, one table per view (shared by the spare copies that lack it,
+/// and by a helper thread that brings one of them up to date).
+type Delta = Arc<Vec<Box<dyn SpeedTable>>>;
+
+/// A spare copy that lacks more rows (keys with updates) than this is never brought up to
+/// date on worker 0, neither on the publish path nor between publications: a helper thread
+/// applies them (see [`Spare::hand_over`]). Applying ~100k rows took 40-48 ms of CPU on the
+/// publish path (a publication after a backlog published in one step: the ack → visible
+/// p99 tail of the service bench); this many take about 1-2 ms.
+const LARGE_CATCH_UP_ROWS: usize = 4096;
+
+/// Whether large catch-ups go to a helper thread: yes unless `LAMBDAFLOW_SPEED_HELPER=0`
+/// (worker 0 applies them itself, the old behaviour, to compare).
+fn helper_wanted() -> bool {
+    std::env::var("LAMBDAFLOW_SPEED_HELPER").map(|v| v.trim() != "0").unwrap_or(true)
+}
 
 /// A snapshot the publisher replaced, kept to be written into again once no reader holds
 /// it, and the publications' updates it lacks (oldest first).
@@ -943,11 +1011,19 @@ struct Retired {
     lacks: Vec<Delta>,
     /// The approximate size of `lacks`.
     lacks_bytes: usize,
+    /// The rows (keys with updates) of `lacks`: the work of catching up.
+    lacks_rows: usize,
 }
 
 impl Retired {
     fn current(state: Arc<SpeedState>) -> Self {
-        Retired { state, lacks: Vec::new(), lacks_bytes: 0 }
+        Retired { state, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0 }
+    }
+
+    /// Whether no reader holds it (readers clone only the published snapshot, never a
+    /// retired one: a retired copy no reader holds stays so).
+    fn unshared(&mut self) -> bool {
+        Arc::get_mut(&mut self.state).is_some()
     }
 }
 
@@ -956,30 +1032,44 @@ fn tables_bytes(tables: &[Box<dyn SpeedTable>]) -> usize {
     tables.iter().map(|t| t.approx_bytes()).sum()
 }
 
+/// The rows (keys with updates) of some tables.
+fn tables_rows(tables: &[Box<dyn SpeedTable>]) -> usize {
+    tables.iter().map(|t| t.keys()).sum()
+}
+
 /// The publisher's spare copies of the speed tables: retired snapshots, oldest first.
 struct Spare {
     copies: Vec<Retired>,
     /// How many it keeps ([`SPARES`]).
     keep: usize,
-    /// A lost copy coming back: a clone of the published tables made on another thread, so
-    /// that the publisher never stops reading for the tens of milliseconds a clone of large
-    /// tables takes (a clone made inline while idle delayed the events that arrived
-    /// meanwhile: 30-60 ms at the start of a layer with a backlog, seen in a trace).
+    /// A copy coming back from a thread of its own, so that the publisher never stops
+    /// reading for the tens of milliseconds a clone of large tables or a large catch-up
+    /// takes: a lost copy cloned again (a clone made inline while idle delayed the events
+    /// that arrived meanwhile: 30-60 ms at the start of a layer with a backlog, seen in a
+    /// trace), or a copy a helper brings up to date with a large delta.
     pending: Option<Pending>,
+    /// Whether large catch-ups go to a helper thread ([`helper_wanted`]).
+    helper: bool,
 }
 
 impl Default for Spare {
     fn default() -> Self {
-        Spare { copies: Vec::new(), keep: spares_wanted(), pending: None }
+        Spare { copies: Vec::new(), keep: spares_wanted(), pending: None, helper: helper_wanted() }
     }
 }
 
-/// A clone of the published tables under way on another thread, and the publications'
-/// updates it will lack when it arrives (every publication since the snapshot it clones).
+/// A copy of the tables being made or brought up to date on another thread, and the
+/// publications' updates it will lack when it arrives (every publication after the one it
+/// reflects).
 struct Pending {
-    arrival: std::sync::mpsc::Receiver<Arc<SpeedState>>,
+    /// The copy, and the rows the thread applied to it.
+    arrival: std::sync::mpsc::Receiver<(Arc<SpeedState>, usize)>,
     lacks: Vec<Delta>,
     lacks_bytes: usize,
+    lacks_rows: usize,
+    /// A catch-up (work about the size of the delta it applies), not a clone (work the size
+    /// of the tables): a publication whose best copy lacks a large delta waits for it.
+    catch_up: bool,
 }
 
 /// A copy of `current`'s tables, made by `views` (read-only: readers may hold `current`).
@@ -989,56 +1079,141 @@ fn clone_state(views: &[Arc<dyn AnyView>], current: &SpeedState) -> SpeedState {
 }
 
 /// Applies `lacks` (oldest first) to `tables`: moved out of a delta no other copy needs,
-/// merged by reference otherwise.
-fn apply_lacks(shared: &Shared, tables: &mut [Box<dyn SpeedTable>], lacks: Vec<Delta>) {
+/// merged by reference otherwise. Returns the rows applied.
+fn apply_lacks(views: &[Arc<dyn AnyView>], tables: &mut [Box<dyn SpeedTable>], lacks: Vec<Delta>) -> usize {
+    let mut rows = 0;
     for delta in lacks {
-        match Rc::try_unwrap(delta) {
+        rows += tables_rows(&delta);
+        match Arc::try_unwrap(delta) {
             Ok(mut owned) => {
-                for ((view, table), d) in shared.views.iter().zip(tables.iter_mut()).zip(owned.iter_mut()) {
+                for ((view, table), d) in views.iter().zip(tables.iter_mut()).zip(owned.iter_mut()) {
                     view.absorb_speed(d.as_mut(), table.as_mut());
                 }
             }
             Err(shared_delta) => {
-                for ((view, table), d) in shared.views.iter().zip(tables.iter_mut()).zip(shared_delta.iter()) {
+                for ((view, table), d) in views.iter().zip(tables.iter_mut()).zip(shared_delta.iter()) {
                     view.merge_speed(d.as_ref(), table.as_mut());
                 }
             }
         }
     }
+    rows
+}
+
+/// Runs `work` on a thread of its own; what it makes arrives on the receiver (none when no
+/// thread can be had).
+fn spawn_spare(
+    work: impl FnOnce() -> (Arc<SpeedState>, usize) + Send + 'static,
+) -> Option<std::sync::mpsc::Receiver<(Arc<SpeedState>, usize)>> {
+    let (deliver, arrival) = std::sync::mpsc::sync_channel(1);
+    let run = move || {
+        // The publisher may have stopped waiting (dropped the receiver).
+        let _ = deliver.send(work());
+    };
+    std::thread::Builder::new().name("lambdaflow-spare".into()).spawn(run).ok().map(|_| arrival)
 }
 
 impl Spare {
+    /// Takes in the copy a thread of its own made, if it arrived (`wait`: waits for it).
+    /// Keeps at most `keep` copies, dropping those that lack the most. Returns whether it
+    /// kept it.
+    fn receive(&mut self, shared: &Shared, wait: bool) -> bool {
+        let Some(pending) = &self.pending else { return false };
+        let got =
+            if wait { pending.arrival.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected) } else { pending.arrival.try_recv() };
+        match got {
+            Ok((state, rows)) => {
+                let Pending { lacks, lacks_bytes, lacks_rows, .. } = self.pending.take().expect("pending");
+                shared.spare_rows_helper.fetch_add(rows as u64, Ordering::Relaxed);
+                self.copies.insert(0, Retired { state, lacks, lacks_bytes, lacks_rows });
+                while self.copies.len() > self.keep {
+                    let worst = self.copies.iter().enumerate().max_by_key(|(_, c)| c.lacks_rows).map(|(i, _)| i).unwrap_or(0);
+                    self.copies.remove(worst);
+                    if worst == 0 {
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => false,
+            // The thread died (it cannot panic short of allocation failure).
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.pending = None;
+                false
+            }
+        }
+    }
+
+    /// The copy no reader holds that lacks the fewest rows (of equals, the most recently
+    /// retired).
+    fn best(&mut self) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, copy) in self.copies.iter_mut().enumerate() {
+            if copy.unshared() && best.is_none_or(|(_, rows)| copy.lacks_rows <= rows) {
+                best = Some((i, copy.lacks_rows));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Hands copy `i` (no reader holds it) to a helper thread that applies the updates it
+    /// lacks and then `more` (a publication's under way), so that worker 0 never applies a
+    /// large delta to a spare copy. The copy comes back through the returned [`Pending`]
+    /// (the caller keeps it in `pending`), lacking only what is published after it. (Were
+    /// no thread to be had, the copy is lost; the idle publisher clones a new one.)
+    fn hand_over(&mut self, shared: &Shared, i: usize, more: Option<&Delta>) -> Option<Pending> {
+        let Retired { state, mut lacks, .. } = self.copies.remove(i);
+        let mut state = Arc::try_unwrap(state).ok()?;
+        lacks.extend(more.cloned());
+        let views = shared.views.clone();
+        let arrival = spawn_spare(move || {
+            let rows = apply_lacks(&views, &mut state.tables, lacks);
+            (Arc::new(state), rows)
+        })?;
+        Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true })
+    }
+
+    /// Brings the copies no reader holds that lack at least `min_lacks` publications up to
+    /// date, off the publish path: those that lack a few rows here, the others on a helper
+    /// thread (one at a time). Returns whether it applied or handed over anything.
+    fn tend(&mut self, shared: &Shared, min_lacks: usize) -> bool {
+        let mut acted = false;
+        let mut i = 0;
+        while i < self.copies.len() {
+            let (helper, pending) = (self.helper, self.pending.is_some());
+            let copy = &mut self.copies[i];
+            if copy.lacks.len() < min_lacks.max(1) || !copy.unshared() {
+                i += 1;
+                continue;
+            }
+            if helper && copy.lacks_rows > LARGE_CATCH_UP_ROWS {
+                if pending {
+                    i += 1;
+                } else {
+                    // Removes copy `i`: the next one is at `i` now.
+                    self.pending = self.hand_over(shared, i, None);
+                    acted = true;
+                }
+                continue;
+            }
+            if let Some(state) = Arc::get_mut(&mut copy.state) {
+                let rows = apply_lacks(&shared.views, &mut state.tables, std::mem::take(&mut copy.lacks));
+                (copy.lacks_bytes, copy.lacks_rows) = (0, 0);
+                shared.spare_rows_between.fetch_add(rows as u64, Ordering::Relaxed);
+                acted = true;
+            }
+            i += 1;
+        }
+        acted
+    }
+
     /// Brings the spare copies up to date with the published tables where no reader holds
     /// them any more, so the next publication only applies its own deltas. Worker 0 calls
     /// this while idle, off the path from an append to its publication. Returns whether it
     /// applied anything.
     fn catch_up(&mut self, shared: &Shared) -> bool {
-        let mut applied = false;
-        if let Some(pending) = &self.pending {
-            match pending.arrival.try_recv() {
-                Ok(state) => {
-                    let Pending { lacks, lacks_bytes, .. } = self.pending.take().expect("pending");
-                    if self.copies.len() < self.keep {
-                        // The oldest copy: it lacks every publication since it was cloned.
-                        self.copies.insert(0, Retired { state, lacks, lacks_bytes });
-                        applied = true;
-                    }
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                // The cloning thread died (it cannot panic short of allocation failure).
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.pending = None,
-            }
-        }
-        for copy in self.copies.iter_mut().rev() {
-            if copy.lacks.is_empty() {
-                continue;
-            }
-            // A reader that still holds the copy reads it: try again later.
-            let Some(state) = Arc::get_mut(&mut copy.state) else { continue };
-            apply_lacks(shared, &mut state.tables, std::mem::take(&mut copy.lacks));
-            copy.lacks_bytes = 0;
-            applied = true;
-        }
+        let mut applied = self.receive(shared, false);
+        applied |= self.tend(shared, 1);
         // A copy lost (never grown because the tables were large, or dropped because a
         // reader held it too long) comes back, off the path to visibility: a clone of the
         // published tables (read-only, readers may hold them), made on another thread while
@@ -1046,17 +1221,14 @@ impl Spare {
         if self.pending.is_none() && self.copies.len() < self.keep {
             let current = crate::sync::read(&shared.state).clone();
             if current.tables.len() == shared.views.len() {
-                let (deliver, arrival) = std::sync::mpsc::sync_channel(1);
                 let views = shared.views.clone();
-                let clone = move || {
-                    // The publisher may have stopped waiting (dropped the receiver).
-                    let _ = deliver.send(Arc::new(clone_state(&views, &current)));
-                };
-                match std::thread::Builder::new().name("lambdaflow-spare".into()).spawn(clone) {
-                    Ok(_) => self.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0 }),
+                let source = current.clone();
+                match spawn_spare(move || (Arc::new(clone_state(&views, &source)), 0)) {
+                    Some(arrival) => {
+                        self.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: false })
+                    }
                     // No thread to be had: clone here, late rather than never.
-                    Err(_) => {
-                        let current = crate::sync::read(&shared.state).clone();
+                    None => {
                         self.copies.push(Retired::current(Arc::new(clone_state(&shared.views, &current))));
                         applied = true;
                     }
@@ -1073,14 +1245,8 @@ impl Spare {
     /// Right after a publication: brings unshared copies that lack at least
     /// [`SPARE_LAG_AFTER_PUBLISH`] publications up to date (the others wait for idle time).
     fn bound_lag(&mut self, shared: &Shared) {
-        for copy in self.copies.iter_mut() {
-            if copy.lacks.len() < SPARE_LAG_AFTER_PUBLISH {
-                continue;
-            }
-            let Some(state) = Arc::get_mut(&mut copy.state) else { continue };
-            apply_lacks(shared, &mut state.tables, std::mem::take(&mut copy.lacks));
-            copy.lacks_bytes = 0;
-        }
+        self.receive(shared, false);
+        self.tend(shared, SPARE_LAG_AFTER_PUBLISH);
     }
 
     /// Whether some spare copy lacks a publication's updates.
@@ -1088,42 +1254,58 @@ impl Spare {
         self.pending.is_some() || self.copies.iter().any(|c| !c.lacks.is_empty())
     }
 
-    /// The tables of the most recently retired copy no reader holds, brought up to date
-    /// with the publications it lacks; `None` when readers hold every copy.
-    fn take_unshared(&mut self, shared: &Shared) -> Option<Vec<Box<dyn SpeedTable>>> {
-        // Readers clone only the published snapshot, never a retired one: a retired copy
-        // no reader holds stays so.
-        let i = self.copies.iter_mut().rposition(|c| Arc::get_mut(&mut c.state).is_some())?;
+    /// The tables of the copy no reader holds that lacks the fewest updates, brought up to
+    /// date with the publications it lacks, and the rows that took; `None` when readers
+    /// hold every copy. When that copy lacks a large delta and a helper is bringing another
+    /// one up to date, waits for the helper's (it started at the publication of that delta,
+    /// so it has less left to do than this thread would) and adds the wait to `waited`.
+    fn take_unshared(&mut self, shared: &Shared, waited: &mut Duration) -> Option<(Vec<Box<dyn SpeedTable>>, usize)> {
+        self.receive(shared, false);
+        let large = match self.best() {
+            Some(i) => self.copies[i].lacks_rows > LARGE_CATCH_UP_ROWS,
+            None => true,
+        };
+        if large && self.pending.as_ref().is_some_and(|p| p.catch_up && p.lacks_rows <= LARGE_CATCH_UP_ROWS) {
+            let start = Instant::now();
+            self.receive(shared, true);
+            *waited += start.elapsed();
+            shared.helper_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        let i = self.best()?;
         let Retired { state, lacks, .. } = self.copies.remove(i);
         let mut tables = Arc::try_unwrap(state).ok()?.tables;
         if tables.len() != shared.views.len() {
             return None;
         }
-        apply_lacks(shared, &mut tables, lacks);
-        Some(tables)
+        let rows = apply_lacks(&shared.views, &mut tables, lacks);
+        shared.spare_rows_on_path.fetch_add(rows as u64, Ordering::Relaxed);
+        Some((tables, rows))
     }
 
     /// Keeps `replaced` (just retired) as a spare copy; every copy now lacks `delta` (of
-    /// about `delta_bytes`; the published tables hold about `published_bytes`). Drops the
-    /// copies that lack more than [`SPARE_LACKS_MAX`] publications, and those a reader holds
-    /// that lack more than 1/[`SPARE_LACKS_BYTES_DIV`] of the tables' size in updates. Keeps
-    /// at most [`SPARES`] copies (dropping those held longest) and `extra`, a fresh clone of
-    /// the published tables, when there is room.
+    /// about `delta_bytes` and `delta_rows`; the published tables hold about
+    /// `published_bytes`). Drops the copies that lack more than [`SPARE_LACKS_MAX`]
+    /// publications, and those a reader holds that lack more than 1/[`SPARE_LACKS_BYTES_DIV`]
+    /// of the tables' size in updates. Keeps at most [`SPARES`] copies (dropping those held
+    /// longest) and `extra`, a fresh clone of the published tables, when there is room.
     fn retire(
         &mut self,
         replaced: Arc<SpeedState>,
         delta: Delta,
         delta_bytes: usize,
+        delta_rows: usize,
         published_bytes: usize,
         extra: Option<Arc<SpeedState>>,
     ) {
         for copy in &mut self.copies {
             copy.lacks.push(delta.clone());
             copy.lacks_bytes += delta_bytes;
+            copy.lacks_rows += delta_rows;
         }
         if let Some(pending) = &mut self.pending {
             pending.lacks.push(delta.clone());
             pending.lacks_bytes += delta_bytes;
+            pending.lacks_rows += delta_rows;
             // A clone that takes longer than the publisher keeps updates for it: it would
             // arrive too far behind to be worth catching up; the next idle call starts anew.
             if pending.lacks.len() > SPARE_LACKS_MAX || pending.lacks_bytes > published_bytes / SPARE_LACKS_BYTES_DIV {
@@ -1134,7 +1316,7 @@ impl Spare {
             c.lacks.len() <= SPARE_LACKS_MAX
                 && (c.lacks_bytes <= published_bytes / SPARE_LACKS_BYTES_DIV || Arc::get_mut(&mut c.state).is_some())
         });
-        self.copies.push(Retired { state: replaced, lacks: vec![delta], lacks_bytes: delta_bytes });
+        self.copies.push(Retired { state: replaced, lacks: vec![delta], lacks_bytes: delta_bytes, lacks_rows: delta_rows });
         if let Some(state) = extra.filter(|_| self.copies.len() < self.keep) {
             self.copies.push(Retired::current(state));
         }
@@ -1146,13 +1328,30 @@ impl Spare {
     }
 }
 
+/// What [`publish`] did, for the trace.
+#[derive(Default)]
+struct Published {
+    /// When the oldest commit it made visible was made (if it made any visible).
+    oldest: Option<Instant>,
+    /// Whether it copied the tables (readers held every spare copy).
+    copied: bool,
+    /// The rows of its own delta.
+    delta_rows: usize,
+    /// The rows of earlier deltas it applied to bring its spare copy up to date.
+    catch_up_rows: usize,
+    /// How long it waited for a helper's caught-up copy.
+    waited: Duration,
+    /// Whether it handed its (large) delta to a helper that brings another copy up to date.
+    helper: bool,
+}
+
 /// Folds every view's updates up to `epoch` into a new snapshot of the speed tables and
 /// publishes it with the frontier at the offsets the partitions' owners had read when they
 /// left `epoch` (all delivered: the epoch is complete). Never waits for a reader: the
-/// tables it writes are a spare copy no reader holds, or a fresh copy. Returns when the
-/// oldest commit it made visible was made (if it made any visible), and whether it had to
-/// copy the tables.
-fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>], spare: &mut Spare) -> (Option<Instant>, bool) {
+/// tables it writes are a spare copy no reader holds, or a fresh copy. Returns what it did
+/// ([`Published`]: when the oldest commit it made visible was made, whether it had to copy
+/// the tables, ...).
+fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>], spare: &mut Spare) -> Published {
     // Per partition, the least position of its slots: every event below it was read.
     let frontier: Vec<u64> = history
         .iter_mut()
@@ -1180,17 +1379,34 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
             delta
         })
         .collect();
+    let mut done = Published { delta_rows: tables_rows(&deltas), ..Published::default() };
+    let deltas: Delta = Arc::new(deltas);
     // A spare copy no reader holds (brought up to date); else a copy of the current tables
     // (held by readers, read-only here).
-    let (mut tables, copied) = match spare.take_unshared(shared) {
-        Some(tables) => (tables, false),
+    let mut tables = match spare.take_unshared(shared, &mut done.waited) {
+        Some((tables, rows)) => {
+            done.catch_up_rows = rows;
+            tables
+        }
         None => {
             shared.snapshot_copies.fetch_add(1, Ordering::Relaxed);
+            done.copied = true;
             let current = crate::sync::read(&shared.state).clone();
-            (clone_state(&shared.views, &current).tables, true)
+            clone_state(&shared.views, &current).tables
         }
     };
-    for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(&deltas) {
+    // A large delta: a helper brings another spare copy up to date with it now, on another
+    // core while this thread applies it to the tables it publishes, so that the next
+    // publication finds a copy that lacks only small deltas (without it, the next one
+    // applied this delta again on its path: 40-48 ms of CPU after a backlog).
+    let helper = match spare.best() {
+        Some(i) if spare.helper && done.delta_rows > LARGE_CATCH_UP_ROWS && spare.pending.is_none() => {
+            spare.hand_over(shared, i, Some(&deltas))
+        }
+        _ => None,
+    };
+    done.helper = helper.is_some();
+    for ((view, table), delta) in shared.views.iter().zip(tables.iter_mut()).zip(deltas.iter()) {
         view.merge_speed(delta.as_ref(), table.as_mut());
     }
     let updated_ms = now_ms();
@@ -1201,7 +1417,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     let mut state = crate::sync::write(&shared.state);
     if shared.stop.load(Ordering::SeqCst) {
         // Frozen (see `SpeedLayer::freeze`): the published state must not move any more.
-        return (None, copied);
+        return done;
     }
     // Readers rely on it: a published frontier never moves backwards.
     assert!(
@@ -1226,29 +1442,42 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     }
     // After the swap, off the path to visibility: while the tables are small (a new layer),
     // a second spare copy costs next to nothing (a clone of the published tables, read-only).
-    let extra = (spare.copies.len() + 1 < spare.keep && spare.pending.is_none() && published_bytes <= SPARE_GROW_BYTES)
+    let extra = (spare.copies.len() + 1 < spare.keep && spare.pending.is_none() && helper.is_none() && published_bytes <= SPARE_GROW_BYTES)
         .then(|| Arc::new(clone_state(&shared.views, &published)));
     drop(published);
-    spare.retire(replaced, Rc::new(deltas), delta_bytes, published_bytes, extra);
+    spare.retire(replaced, deltas, delta_bytes, done.delta_rows, published_bytes, extra);
+    // Set after `retire`: the helper's copy already has this publication's updates.
+    if helper.is_some() {
+        spare.pending = helper;
+    }
     let now = Instant::now();
-    let mut oldest = None;
     let mut commits = crate::sync::lock(&shared.commits);
     while let Some((ends, at)) = commits.front() {
         if !ends.iter().zip(&covered).all(|(e, f)| e <= f) {
             break;
         }
-        oldest.get_or_insert(*at);
+        done.oldest.get_or_insert(*at);
         shared.visible.observe(now.saturating_duration_since(*at));
         commits.pop_front();
     }
-    (oldest, copied)
+    done
 }
 
 impl SpeedLayer {
     /// The counters the job's operators keep in this layer, in this process (e.g.
     /// `interval_join.NAME.second_rows`), by name.
+    /// Then the layer's own: `spare.rows_on_path`, `spare.rows_between_publications`,
+    /// `spare.rows_on_helper` and `spare.helper_waits` (see
+    /// [`SpeedLayer::spare_rows_on_path`] and the next ones).
     pub fn counters(&self) -> Vec<(String, u64)> {
-        self.shared.registry.counters()
+        let mut counters = self.shared.registry.counters();
+        counters.extend([
+            ("spare.rows_on_path".to_string(), self.spare_rows_on_path()),
+            ("spare.rows_between_publications".to_string(), self.spare_rows_between_publications()),
+            ("spare.rows_on_helper".to_string(), self.spare_rows_on_helper()),
+            ("spare.helper_waits".to_string(), self.helper_waits()),
+        ]);
+        counters
     }
 }
 
@@ -1265,17 +1494,70 @@ mod tests {
     /// (it is caught up instead).
     #[test]
     fn a_held_copy_is_dropped_once_its_lacking_updates_outgrow_half_the_tables() {
-        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None };
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
         let held = state(1);
         spare.copies.push(Retired::current(held.clone()));
         spare.copies.push(Retired::current(state(2)));
         // 2 × 300 bytes lacked of 1000: kept.
-        spare.retire(state(3), Rc::new(Vec::new()), 300, 1000, None);
+        spare.retire(state(3), Arc::new(Vec::new()), 300, 0, 1000, None);
         assert!(spare.copies.iter().any(|c| Arc::ptr_eq(&c.state, &held)));
         // 3 × 300 > 1000 / 2: dropped, while the unheld copies stay.
-        spare.retire(state(4), Rc::new(Vec::new()), 300, 1000, None);
+        spare.retire(state(4), Arc::new(Vec::new()), 300, 0, 1000, None);
         assert!(!spare.copies.iter().any(|c| Arc::ptr_eq(&c.state, &held)), "a held copy pins too many updates");
         assert_eq!(spare.copies.len(), 2);
         assert!(spare.copies.iter().all(|c| c.lacks_bytes <= 1000 / SPARE_LACKS_BYTES_DIV || Arc::strong_count(&c.state) == 1));
+    }
+
+    /// A copy that lacks `rows` rows in one (here empty) delta.
+    fn lacking(state: Arc<SpeedState>, rows: usize) -> Retired {
+        Retired { state, lacks: vec![Arc::new(Vec::new())], lacks_bytes: 0, lacks_rows: rows }
+    }
+
+    /// A publication writes into the spare copy that lacks the fewest rows, not the newest
+    /// one (which lacks the previous publication's delta, however large).
+    #[test]
+    fn a_publication_takes_the_spare_that_lacks_the_fewest_rows() {
+        let shared = new_shared(&Arc::new(Registry::default()), &[0], 1);
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
+        spare.copies.push(lacking(state(1), 10));
+        spare.copies.push(lacking(state(2), 100_000));
+        let mut waited = Duration::ZERO;
+        assert!(spare.take_unshared(&shared, &mut waited).is_some());
+        assert_eq!(spare.copies.iter().map(|c| c.state.epoch).collect::<Vec<_>>(), vec![2], "took the copy lacking 100k rows");
+    }
+
+    /// When every spare lacks a large delta and a helper is bringing a copy up to date, the
+    /// publication takes the helper's copy (waiting for it if need be) instead of applying
+    /// the large delta on its path.
+    #[test]
+    fn a_publication_takes_the_helpers_copy_over_one_that_lacks_a_large_delta() {
+        let shared = new_shared(&Arc::new(Registry::default()), &[0], 1);
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
+        spare.copies.push(lacking(state(1), LARGE_CATCH_UP_ROWS + 1));
+        let (deliver, arrival) = std::sync::mpsc::sync_channel(1);
+        spare.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true });
+        let helper = std::thread::spawn(move || deliver.send((state(2), 7)).expect("the publisher takes it"));
+        let mut waited = Duration::ZERO;
+        assert!(spare.take_unshared(&shared, &mut waited).is_some());
+        helper.join().expect("helper");
+        assert_eq!(spare.copies.iter().map(|c| c.state.epoch).collect::<Vec<_>>(), vec![1], "applied the large delta on the path");
+        assert_eq!(shared.spare_rows_on_path.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.spare_rows_helper.load(Ordering::Relaxed), 7);
+    }
+
+    /// Off the path too, a copy that lacks a large delta is caught up on a helper thread,
+    /// one that lacks a small one by the publisher.
+    #[test]
+    fn between_publications_a_large_catch_up_goes_to_the_helper() {
+        let shared = new_shared(&Arc::new(Registry::default()), &[0], 1);
+        let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
+        spare.copies.push(lacking(state(1), 10));
+        spare.copies.push(lacking(state(2), LARGE_CATCH_UP_ROWS + 1));
+        assert!(spare.tend(&shared, 1));
+        assert_eq!(spare.copies.iter().map(|c| (c.state.epoch, c.lacks.len())).collect::<Vec<_>>(), vec![(1, 0)]);
+        assert!(spare.pending.as_ref().is_some_and(|p| p.catch_up));
+        assert!(spare.receive(&shared, true));
+        assert_eq!(spare.copies.len(), 2);
+        assert!(spare.copies.iter().all(|c| c.lacks.is_empty()));
     }
 }

@@ -27,6 +27,9 @@ use crate::speed::VisibleLatency;
 pub(super) const LIMIT_MAX: usize = 100_000;
 /// Most keys one request may ask for (`GET /v1/views/{view}?key=A&key=B...`).
 pub(super) const KEYS_MAX: usize = 256;
+/// Requests for more keys than this run on the blocking pool, not the async thread: 256
+/// keys take about 1 ms, which every other connection of that thread would wait for.
+pub(super) const KEYS_INLINE_MAX: usize = 32;
 /// Longest a query may wait for `min_frontier`.
 pub(super) const WAIT_MAX: Duration = Duration::from_secs(10);
 /// Bytes of answers the query cache holds before it is cleared.
@@ -908,6 +911,13 @@ async fn answer<J: Job>(s: Arc<AppState<J>>, view: String, key: Option<String>, 
         }
         None => serving,
     };
+    if key.is_none() && p.keys.len() > KEYS_INLINE_MAX {
+        s.metrics.keys_offloaded.fetch_add(1, Relaxed);
+        let keys = std::mem::take(&mut p.keys);
+        return tokio::task::spawn_blocking(move || answer_keys(&s, &serving, &view, &keys, t))
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}")))?;
+    }
     if key.is_none() && !p.keys.is_empty() {
         return answer_keys(&s, &serving, &view, &p.keys, t);
     }

@@ -70,6 +70,8 @@ pub(crate) struct Metrics {
     pub queries: AtomicU64,
     /// Queries answered from the cache.
     pub cache_hits: AtomicU64,
+    /// Requests for more than `KEYS_INLINE_MAX` keys, answered on the blocking pool.
+    pub keys_offloaded: AtomicU64,
     /// Batch runs that published and handed over.
     pub batch_ok: AtomicU64,
     /// Batch runs that failed (the previous views kept serving).
@@ -161,6 +163,12 @@ impl Metrics {
         self.query_latency.render(&mut out, "lambdaflow_query_latency_seconds", "Time to answer a view query.");
         counter(&mut out, "lambdaflow_queries_total", "View queries answered.", self.queries.load(Relaxed));
         counter(&mut out, "lambdaflow_query_cache_hits_total", "View queries answered from the cache.", self.cache_hits.load(Relaxed));
+        counter(
+            &mut out,
+            "lambdaflow_query_keys_offloaded_total",
+            "Requests for more than 32 keys, answered on the blocking pool rather than the async thread.",
+            self.keys_offloaded.load(Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP lambdaflow_batch_runs_total Batch runs by outcome.\n# TYPE lambdaflow_batch_runs_total counter\n\
