@@ -18,11 +18,14 @@
 //! readers hold both spares does it copy the current tables instead of waiting for a
 //! reader ([`SpeedLayer::snapshot_copies`] counts those). A lost spare (dropped because a
 //! reader held it too long) is cloned again on a thread of its own, never by the publisher.
-//! Nor does the publisher's thread ever apply a large delta to a spare copy: a publication
-//! whose delta is large (a backlog published in one step) hands another spare copy and the
-//! delta to a helper thread at once, and the next publication takes that copy (waiting for
-//! it if need be) instead of applying the large delta again on its path; a copy found
-//! lacking a large delta later is caught up by a helper too ([`LARGE_CATCH_UP_ROWS`]).
+//! Nor does the publisher's thread, as a rule, apply a large delta to a spare copy: a
+//! publication whose delta is large (a backlog published in one step) hands another spare
+//! copy and the delta to a helper thread at once, and the next publication takes that copy
+//! (waiting for it if the helper has no more left to do than the publisher would) instead
+//! of applying the large delta again on its path; a copy found lacking a large delta later
+//! is caught up by a helper too ([`LARGE_CATCH_UP_ROWS`]). The exceptions (the helper busy
+//! with an earlier delta, many small deltas adding up) are counted in
+//! [`SpeedLayer::spare_rows_on_path`].
 //!
 //! The same code runs on one process or several ([`crate::cluster`]): process 0 is the
 //! serving process; it owns the log and sends its acknowledged ends to the workers of the
@@ -630,7 +633,8 @@ impl SpeedLayer {
     /// Rows (keys with updates) of earlier publications' deltas the publisher applied on
     /// the publish path to bring the spare copy it writes into up to date (besides the
     /// publication's own updates). Stays small: a large delta is applied to spare copies
-    /// on a helper thread, never on the path (see [`LARGE_CATCH_UP_ROWS`]).
+    /// on a helper thread, not on the path (see [`LARGE_CATCH_UP_ROWS`]), unless the helper
+    /// is busy with an earlier one or small deltas add up.
     pub fn spare_rows_on_path(&self) -> u64 {
         self.shared.spare_rows_on_path.load(Ordering::Relaxed)
     }
@@ -991,9 +995,9 @@ const SPARE_LAG_AFTER_PUBLISH: usize = 2;
 /// and by a helper thread that brings one of them up to date).
 type Delta = Arc<Vec<Box<dyn SpeedTable>>>;
 
-/// A spare copy that lacks more rows (keys with updates) than this is never brought up to
-/// date on worker 0, neither on the publish path nor between publications: a helper thread
-/// applies them (see [`Spare::hand_over`]). Applying ~100k rows took 40-48 ms of CPU on the
+/// A spare copy that lacks more rows (keys with updates) than this is brought up to date
+/// by a helper thread, not on worker 0 (neither on the publish path nor between
+/// publications) while the helper is free (see [`Spare::hand_over`]). Applying ~100k rows took 40-48 ms of CPU on the
 /// publish path (a publication after a backlog published in one step: the ack → visible
 /// p99 tail of the service bench); this many take about 1-2 ms.
 const LARGE_CATCH_UP_ROWS: usize = 4096;
@@ -1070,6 +1074,9 @@ struct Pending {
     /// A catch-up (work about the size of the delta it applies), not a clone (work the size
     /// of the tables): a publication whose best copy lacks a large delta waits for it.
     catch_up: bool,
+    /// The rows a catch-up applies (what the copy lacked, and the delta under way): a
+    /// publication waits for it only when that is no more than its best copy lacks.
+    work_rows: usize,
 }
 
 /// A copy of `current`'s tables, made by `views` (read-only: readers may hold `current`).
@@ -1124,15 +1131,24 @@ impl Spare {
         match got {
             Ok((state, rows)) => {
                 let Pending { lacks, lacks_bytes, lacks_rows, .. } = self.pending.take().expect("pending");
-                shared.spare_rows_helper.fetch_add(rows as u64, Ordering::Relaxed);
                 self.copies.insert(0, Retired { state, lacks, lacks_bytes, lacks_rows });
                 while self.copies.len() > self.keep {
-                    let worst = self.copies.iter().enumerate().max_by_key(|(_, c)| c.lacks_rows).map(|(i, _)| i).unwrap_or(0);
+                    // Copies readers hold go first (the arrived one may be the only copy a
+                    // publication can take), then those that lack the most.
+                    let worst = self
+                        .copies
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(i, c)| (i, (!c.unshared(), c.lacks_rows)))
+                        .max_by_key(|(_, key)| *key)
+                        .map(|(i, _)| i)
+                        .unwrap_or(0);
                     self.copies.remove(worst);
                     if worst == 0 {
                         return false;
                     }
                 }
+                shared.spare_rows_helper.fetch_add(rows as u64, Ordering::Relaxed);
                 true
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => false,
@@ -1161,38 +1177,35 @@ impl Spare {
     /// large delta to a spare copy. The copy comes back through the returned [`Pending`]
     /// (the caller keeps it in `pending`), lacking only what is published after it. (Were
     /// no thread to be had, the copy is lost; the idle publisher clones a new one.)
-    fn hand_over(&mut self, shared: &Shared, i: usize, more: Option<&Delta>) -> Option<Pending> {
-        let Retired { state, mut lacks, .. } = self.copies.remove(i);
+    fn hand_over(&mut self, shared: &Shared, i: usize, more: Option<(&Delta, usize)>) -> Option<Pending> {
+        let Retired { state, mut lacks, lacks_rows, .. } = self.copies.remove(i);
         let mut state = Arc::try_unwrap(state).ok()?;
-        lacks.extend(more.cloned());
+        let work_rows = lacks_rows + more.map_or(0, |(_, rows)| rows);
+        lacks.extend(more.map(|(delta, _)| delta.clone()));
         let views = shared.views.clone();
         let arrival = spawn_spare(move || {
             let rows = apply_lacks(&views, &mut state.tables, lacks);
             (Arc::new(state), rows)
         })?;
-        Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true })
+        Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true, work_rows })
     }
 
     /// Brings the copies no reader holds that lack at least `min_lacks` publications up to
-    /// date, off the publish path: those that lack a few rows here, the others on a helper
-    /// thread (one at a time). Returns whether it applied or handed over anything.
+    /// date, off the publish path: those that lack a few rows here, and of the others the
+    /// one lacking the fewest rows on a helper thread (one at a time). Returns whether it
+    /// applied or handed over anything.
     fn tend(&mut self, shared: &Shared, min_lacks: usize) -> bool {
         let mut acted = false;
-        let mut i = 0;
-        while i < self.copies.len() {
-            let (helper, pending) = (self.helper, self.pending.is_some());
-            let copy = &mut self.copies[i];
+        let helper = self.helper;
+        // The large copy lacking the fewest rows, `(index, rows)`.
+        let mut large: Option<(usize, usize)> = None;
+        for (i, copy) in self.copies.iter_mut().enumerate() {
             if copy.lacks.len() < min_lacks.max(1) || !copy.unshared() {
-                i += 1;
                 continue;
             }
             if helper && copy.lacks_rows > LARGE_CATCH_UP_ROWS {
-                if pending {
-                    i += 1;
-                } else {
-                    // Removes copy `i`: the next one is at `i` now.
-                    self.pending = self.hand_over(shared, i, None);
-                    acted = true;
+                if large.is_none_or(|(_, rows)| copy.lacks_rows < rows) {
+                    large = Some((i, copy.lacks_rows));
                 }
                 continue;
             }
@@ -1202,7 +1215,10 @@ impl Spare {
                 shared.spare_rows_between.fetch_add(rows as u64, Ordering::Relaxed);
                 acted = true;
             }
-            i += 1;
+        }
+        if let Some((i, _)) = large.filter(|_| self.pending.is_none()) {
+            self.pending = self.hand_over(shared, i, None);
+            acted = true;
         }
         acted
     }
@@ -1225,7 +1241,8 @@ impl Spare {
                 let source = current.clone();
                 match spawn_spare(move || (Arc::new(clone_state(&views, &source)), 0)) {
                     Some(arrival) => {
-                        self.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: false })
+                        self.pending =
+                            Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: false, work_rows: 0 })
                     }
                     // No thread to be had: clone here, late rather than never.
                     None => {
@@ -1261,15 +1278,17 @@ impl Spare {
     /// so it has less left to do than this thread would) and adds the wait to `waited`.
     fn take_unshared(&mut self, shared: &Shared, waited: &mut Duration) -> Option<(Vec<Box<dyn SpeedTable>>, usize)> {
         self.receive(shared, false);
-        let large = match self.best() {
-            Some(i) => self.copies[i].lacks_rows > LARGE_CATCH_UP_ROWS,
-            None => true,
-        };
-        if large && self.pending.as_ref().is_some_and(|p| p.catch_up && p.lacks_rows <= LARGE_CATCH_UP_ROWS) {
+        // What the best copy lacks (with none, the alternative is a clone of every table).
+        let best_lacks = self.best().map_or(usize::MAX, |i| self.copies[i].lacks_rows);
+        // Wait only for a helper that has no more to apply than this thread would.
+        if best_lacks > LARGE_CATCH_UP_ROWS
+            && self.pending.as_ref().is_some_and(|p| p.catch_up && p.lacks_rows <= LARGE_CATCH_UP_ROWS && p.work_rows <= best_lacks)
+        {
             let start = Instant::now();
-            self.receive(shared, true);
+            if self.receive(shared, true) {
+                shared.helper_waits.fetch_add(1, Ordering::Relaxed);
+            }
             *waited += start.elapsed();
-            shared.helper_waits.fetch_add(1, Ordering::Relaxed);
         }
         let i = self.best()?;
         let Retired { state, lacks, .. } = self.copies.remove(i);
@@ -1401,7 +1420,7 @@ fn publish(shared: &Shared, epoch: u64, history: &mut [Vec<BTreeMap<u64, u64>>],
     // applied this delta again on its path: 40-48 ms of CPU after a backlog).
     let helper = match spare.best() {
         Some(i) if spare.helper && done.delta_rows > LARGE_CATCH_UP_ROWS && spare.pending.is_none() => {
-            spare.hand_over(shared, i, Some(&deltas))
+            spare.hand_over(shared, i, Some((&deltas, done.delta_rows)))
         }
         _ => None,
     };
@@ -1535,7 +1554,7 @@ mod tests {
         let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
         spare.copies.push(lacking(state(1), LARGE_CATCH_UP_ROWS + 1));
         let (deliver, arrival) = std::sync::mpsc::sync_channel(1);
-        spare.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true });
+        spare.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true, work_rows: 0 });
         let helper = std::thread::spawn(move || deliver.send((state(2), 7)).expect("the publisher takes it"));
         let mut waited = Duration::ZERO;
         assert!(spare.take_unshared(&shared, &mut waited).is_some());
