@@ -25,7 +25,7 @@ clicks)
     ;;
 nexmark)
     pkg=lambdaflow-nexmark
-    file=jobs/nexmark/src/lib.rs
+    file=jobs/nexmark/src/queries/q3.rs
     from='a.category == Q3_CATEGORY)'
     to='a.category == Q3_CATEGORY + 1)'
     ;;
