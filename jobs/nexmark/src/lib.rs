@@ -28,7 +28,6 @@
 //! `docs/nexmark.md` for the queries' definitions and how to run them.
 
 #![deny(missing_docs)]
-#![deny(missing_docs)]
 
 pub mod gen;
 pub mod oracle;
