@@ -32,157 +32,23 @@
 pub mod gen;
 pub mod oracle;
 
-use lambdaflow_operators::differential_dataflow::AsCollection;
-use lambdaflow_operators::serde_json::{json, Value};
-use lambdaflow_operators::timely::dataflow::operators::vec::Map as _;
-use lambdaflow_operators::{aggregate, Coll, Ctx, Data, Day, Event, Example, FieldError, Inserts, Job, Sums, ViewKey, Window, MAX_TS_MS};
-use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
+mod event;
+mod queries;
+mod types;
 
-/// A person registering with the auction house.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Person {
-    /// Unique person id.
-    pub id: u64,
-    /// Full name.
-    pub name: String,
-    /// Email address.
-    pub email_address: String,
-    /// Credit card number.
-    pub credit_card: String,
-    /// US city.
-    pub city: String,
-    /// US state (two letters).
-    pub state: String,
-    /// Event time, ms since the Unix epoch.
-    pub date_time: u64,
-    /// Padding to the Nexmark event size.
-    pub extra: String,
-}
+pub use event::{Auction, Bid, NexmarkEvent, Person};
+pub use queries::price_rank;
+pub use queries::q11::{sessions, SESSION_GAP_MS};
+pub use queries::q16::minute_of_day;
+pub use queries::q19::Q19_TOP;
+pub use queries::q3::{is_local, Q3_CATEGORY, Q3_STATES};
+pub use queries::q6::{last_prices, Q6_LAST};
+pub use queries::q9::{bid_score, valid_bid};
+pub use types::{
+    hh_mm, AuctionBids, AuctionDay, AuctionRow, BidRow, BidderAuction, BidderSession, ChannelBids, ChannelDay, Closing, DayBids,
+};
 
-/// An item put up for auction.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Auction {
-    /// Unique auction id.
-    pub id: u64,
-    /// The item's name.
-    pub item_name: String,
-    /// The item's description.
-    pub description: String,
-    /// The initial bid, in cents.
-    pub initial_bid: u64,
-    /// The lowest price that wins the auction, in cents.
-    pub reserve: u64,
-    /// Event time (the auction opens), ms since the Unix epoch.
-    pub date_time: u64,
-    /// When the auction closes, ms since the Unix epoch.
-    pub expires: u64,
-    /// The person selling.
-    pub seller: u64,
-    /// The item's category.
-    pub category: u64,
-    /// Padding to the Nexmark event size.
-    pub extra: String,
-}
-
-/// A bid on an auction.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Bid {
-    /// The auction bid on.
-    pub auction: u64,
-    /// The person bidding.
-    pub bidder: u64,
-    /// The price bid, in cents.
-    pub price: u64,
-    /// The channel the bid came through.
-    pub channel: String,
-    /// The page the bid came from.
-    pub url: String,
-    /// Event time, ms since the Unix epoch.
-    pub date_time: u64,
-    /// Padding to the Nexmark event size.
-    pub extra: String,
-}
-
-/// One Nexmark event; one NDJSON line is `{"Person": {...}}`, `{"Auction": {...}}` or
-/// `{"Bid": {...}}`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum NexmarkEvent {
-    /// A new person.
-    Person(Person),
-    /// A new auction.
-    Auction(Auction),
-    /// A bid.
-    Bid(Bid),
-}
-
-impl NexmarkEvent {
-    /// The person, if this is one.
-    pub fn into_person(self) -> Option<Person> {
-        match self {
-            NexmarkEvent::Person(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// The auction, if this is one.
-    pub fn into_auction(self) -> Option<Auction> {
-        match self {
-            NexmarkEvent::Auction(a) => Some(a),
-            _ => None,
-        }
-    }
-
-    /// The bid, if this is one.
-    pub fn into_bid(self) -> Option<Bid> {
-        match self {
-            NexmarkEvent::Bid(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    /// The event as one NDJSON line (no newline).
-    pub fn to_ndjson(&self) -> String {
-        lambdaflow_operators::serde_json::to_string(self).expect("a Nexmark event always serializes")
-    }
-}
-
-/// Refuses an event time past 9999-12-31T23:59:59.999Z, which has no window to be in.
-fn bounded(field: &str, ms: u64) -> Result<(), FieldError> {
-    if ms > MAX_TS_MS as u64 {
-        return Err(FieldError::field(
-            field,
-            ms.to_string(),
-            format!("is out of range: after 9999-12-31T23:59:59.999Z ({MAX_TS_MS}), the last supported event time"),
-        ));
-    }
-    Ok(())
-}
-
-impl Event for NexmarkEvent {
-    /// The serde form (the DSL's `from_ndjson`), with event times bounded.
-    fn parse_ndjson(line: &str) -> Result<Self, FieldError> {
-        let event: NexmarkEvent = lambdaflow_operators::from_ndjson(line)?;
-        match &event {
-            NexmarkEvent::Person(p) => bounded("Person.date_time", p.date_time)?,
-            NexmarkEvent::Auction(a) => {
-                bounded("Auction.date_time", a.date_time)?;
-                bounded("Auction.expires", a.expires)?;
-            }
-            NexmarkEvent::Bid(b) => bounded("Bid.date_time", b.date_time)?,
-        }
-        Ok(event)
-    }
-
-    /// Auctions and their bids share a partition (by auction id); persons by their id.
-    fn partition_key(&self) -> u64 {
-        match self {
-            NexmarkEvent::Person(p) => p.id,
-            NexmarkEvent::Auction(a) => a.id,
-            NexmarkEvent::Bid(b) => b.auction,
-        }
-    }
-}
+use lambdaflow_operators::{Coll, Ctx, Job};
 
 /// The queries this job builds (the numbers of their Nexmark definitions).
 pub const QUERIES: [u32; 13] = [3, 4, 5, 6, 7, 8, 9, 11, 15, 16, 17, 18, 19];
@@ -191,131 +57,6 @@ pub const QUERIES: [u32; 13] = [3, 4, 5, 6, 7, 8, 9, 11, 15, 16, 17, 18, 19];
 pub const WINDOW_MS: i64 = 10_000;
 /// How far q5's sliding windows move: 2 s.
 pub const SLIDE_MS: i64 = 2_000;
-/// The gap that ends a bidder's session in q11: 10 s without a bid.
-pub const SESSION_GAP_MS: u64 = 10_000;
-/// The category q3 looks at.
-pub const Q3_CATEGORY: u64 = 10;
-/// The states q3 looks at (the generator writes them in lower case; compared ignoring case).
-pub const Q3_STATES: [&str; 3] = ["OR", "ID", "CA"];
-/// How many of a seller's last auctions q6 averages.
-pub const Q6_LAST: usize = 10;
-/// How many bids of each auction q19 lists.
-pub const Q19_TOP: usize = 10;
-
-/// Whether q3 counts a seller from `state`.
-pub fn is_local(state: &str) -> bool {
-    Q3_STATES.iter().any(|s| s.eq_ignore_ascii_case(state))
-}
-
-/// An event time as the `i64` windows take (bounded by the parser).
-fn ms(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
-}
-
-/// What q4, q6 and q9 need of an auction.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AuctionRow {
-    /// Opens.
-    pub date_time: u64,
-    /// Closes.
-    pub expires: u64,
-    /// The lowest winning price.
-    pub reserve: u64,
-    /// The seller.
-    pub seller: u64,
-    /// The category.
-    pub category: u64,
-}
-
-/// What q4, q6 and q9 need of a bid.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct BidRow {
-    /// The price.
-    pub price: u64,
-    /// When.
-    pub date_time: u64,
-    /// Who.
-    pub bidder: u64,
-}
-
-/// Whether `bid` counts for `auction` (q4, q6, q9): made while the auction was open, at or
-/// above its reserve.
-pub fn valid_bid(auction: &AuctionRow, bid: &BidRow) -> bool {
-    auction.date_time <= bid.date_time && bid.date_time <= auction.expires && bid.price >= auction.reserve
-}
-
-/// The order of bids in q9: the highest price wins; among equal prices the earliest bid,
-/// then (the DSL's tie-break) the smaller bid row, i.e. the smaller bidder.
-pub fn bid_score(bid: &BidRow) -> (u64, Reverse<u64>) {
-    (bid.price, Reverse(bid.date_time))
-}
-
-aggregate! {
-    /// q4's sums per category: the winning prices (and, as `records`, how many auctions).
-    pub struct Closing {
-        /// The sum of the winning prices, in cents.
-        price
-    }
-}
-
-/// q11's key: a bidder and the start of one of their sessions.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct BidderSession {
-    /// The bidder.
-    pub bidder: u64,
-    /// The time of the session's first bid, ms since the Unix epoch.
-    pub start: u64,
-}
-
-impl Example for BidderSession {
-    fn example() -> Self {
-        BidderSession { bidder: 1, start: 1 }
-    }
-}
-
-impl ViewKey for BidderSession {
-    fn to_json(&self) -> Value {
-        json!({ "bidder": self.bidder, "start": self.start })
-    }
-
-    /// `BIDDER/START` (e.g. `1001/1772323200000`) or the JSON form.
-    fn parse_key(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.starts_with('{') {
-            let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not a bidder session: {e}"))?;
-            let get =
-                |f: &str| v.get(f).and_then(Value::as_u64).ok_or_else(|| format!("\"{s}\": field \"{f}\" must be an unsigned integer"));
-            return Ok(BidderSession { bidder: get("bidder")?, start: get("start")? });
-        }
-        let (b, t) =
-            s.split_once('/').ok_or_else(|| format!("\"{s}\" is not a bidder session: write BIDDER/START_MS, e.g. 1001/1772323200000"))?;
-        let num = |x: &str, what: &str| x.trim().parse::<u64>().map_err(|_| format!("\"{s}\": {what} \"{x}\" is not an unsigned integer"));
-        Ok(BidderSession { bidder: num(b, "bidder")?, start: num(t, "start")? })
-    }
-}
-
-/// The result of a join in either form: bounded (the interval join) or plain (join, then
-/// filter), so the queries after it are written once.
-enum Joined<'s, D: Data> {
-    Bounded(Inserts<'s, D>),
-    Plain(Coll<'s, D>),
-}
-
-impl<'s, D: Data> Joined<'s, D> {
-    fn map<D2: Data>(self, f: impl Fn(D) -> D2 + 'static) -> Joined<'s, D2> {
-        match self {
-            Joined::Bounded(i) => Joined::Bounded(i.map(f)),
-            Joined::Plain(c) => Joined::Plain(c.map(f)),
-        }
-    }
-
-    fn into_coll(self) -> Coll<'s, D> {
-        match self {
-            Joined::Bounded(i) => i.into_coll(),
-            Joined::Plain(c) => c,
-        }
-    }
-}
 
 /// The Nexmark job.
 #[derive(Clone, Copy, Debug, Default)]
@@ -350,28 +91,11 @@ impl Nexmark {
     fn on(&self, n: u32) -> bool {
         self.queries.is_none_or(|bits| bits & (1 << n) != 0)
     }
-
-    fn join<'s, K, D, F>(
-        &self,
-        ctx: &mut Ctx<'s>,
-        name: &str,
-        dims: Inserts<'s, (K, D)>,
-        facts: Inserts<'s, (K, F)>,
-        band: impl Fn(&D, &F) -> bool + 'static,
-    ) -> Joined<'s, (K, (D, F))>
-    where
-        K: Data,
-        D: Data,
-        F: Data,
-    {
-        if self.plain_join {
-            Joined::Plain(ctx.join(name, dims.into_coll(), facts.into_coll()).filter(move |(_, (d, f))| band(d, f)))
-        } else {
-            Joined::Bounded(ctx.interval_join(name, dims, facts, band))
-        }
-    }
 }
 
+/// Each query is built by its own module's `build` (`queries/`): non-generic functions that
+/// are never inlined here, so an edit to one query recompiles its module only. The order of
+/// the calls is the order the operators and views are declared in.
 impl Job for Nexmark {
     type Event = NexmarkEvent;
 
@@ -391,583 +115,54 @@ impl Job for Nexmark {
         let bids = inserts.flat_map(NexmarkEvent::into_bid);
 
         if self.on(3) {
-            // q3: auctions of category 10 by sellers in Oregon, Idaho or California. Persons are
-            // the dimension (one per id); an auction waits only until its seller is known.
-            let sellers = persons.clone().map(|p| (p.id, (p.name, p.city, p.state)));
-            let category = auctions.clone().filter(|a| a.category == Q3_CATEGORY).map(|a| (a.seller, a.id));
-            let local = self.join(ctx, "q3_sellers", sellers, category, |(_, _, state), _| is_local(state));
-            let by_auction = local.map(|(seller, ((name, city, state), auction))| (auction, (seller, name, city, state)));
-            ctx.value_view("q3_local_item_suggestion", by_auction.into_coll(), |(seller, name, city, state): &(u64, String, String, String)| {
-            json!({ "seller": seller, "name": name, "city": city, "state": state })
-        });
+            queries::q3::build(self, ctx, persons.clone(), auctions.clone());
         }
         if self.on(9) || self.on(4) || self.on(6) {
-            // q9: each auction's winning bid: the highest valid bid (made while the auction was
-            // open, at or above the reserve), the earliest among equal prices.
-            let auction_rows = auctions.clone().map(|a| {
-                (
-                    a.id,
-                    AuctionRow { date_time: a.date_time, expires: a.expires, reserve: a.reserve, seller: a.seller, category: a.category },
-                )
-            });
-            let bid_rows = bids.clone().map(|b| (b.auction, BidRow { price: b.price, date_time: b.date_time, bidder: b.bidder }));
-            let valid = self.join(ctx, "q9_auction_bids", auction_rows, bid_rows, valid_bid);
-            // `Input` is sealed (only the DSL decides what is insert-only): each form is passed
-            // as what it is.
-            let winning = |(_, bid): &(AuctionRow, BidRow)| bid_score(bid);
-            let winners = match valid {
-                Joined::Bounded(valid) => ctx.arg_max("q9_winning_bid", valid, winning),
-                Joined::Plain(valid) => ctx.arg_max("q9_winning_bid", valid, winning),
-            };
+            let winners = queries::q9::winners(self, ctx, auctions.clone(), bids.clone());
             if self.on(9) {
-                let shown = winners.clone().map(|(id, (_, b))| (id, (b.bidder, b.price, b.date_time)));
-                ctx.value_view(
-                    "q9_winning_bid",
-                    shown,
-                    |(bidder, price, date_time): &(u64, u64, u64)| json!({ "bidder": bidder, "price": price, "date_time": date_time }),
-                );
+                queries::q9::build(ctx, winners.clone());
             }
-
             if self.on(4) {
-                // q4: the average winning price per category.
-                let closing = ctx.sum("q4_avg_price_by_category", winners.clone(), |(_, (a, b)): &(u64, (AuctionRow, BidRow))| {
-                    Some((a.category, Closing { price: i128::from(b.price), ..Closing::record() }))
-                });
-                ctx.sum_view("q4_avg_price_by_category", closing, |c: &Closing| {
-            json!({ "auctions": c.records, "total_price": c.price, "avg_price": c.price.checked_div(c.records).unwrap_or(0) })
-        });
+                queries::q4::build(ctx, winners.clone());
             }
-
             if self.on(6) {
-                // q6: per seller, the average winning price of their last 10 auctions (by expiry)
-                // that have a winning bid.
-                let by_seller = winners.map(|(id, (a, b))| (a.seller, (a.expires, id, b.price)));
-                let last = ctx.reduce("q6_avg_selling_price_by_seller", by_seller, |_seller, sold: &[(&(u64, u64, u64), isize)], out| {
-                    let (total, n) = last_prices(sold.iter().map(|(s, c)| (**s, *c)));
-                    if n > 0 {
-                        out.push(((total / i128::from(n), n), 1));
-                    }
-                });
-                ctx.value_view("q6_avg_selling_price_by_seller", last, |(avg, n): &(i128, u64)| json!({ "avg_price": avg, "auctions": n }));
+                queries::q6::build(ctx, winners);
             }
         }
         if self.on(5) {
-            // q5: per sliding window (10 s, every 2 s), the auctions with the most bids.
-            let per_window = bids.clone().flat_map(|b| {
-                let auction = b.auction;
-                Window::sliding(ms(b.date_time), WINDOW_MS, SLIDE_MS).map(move |w| (w, auction))
-            });
-            let counts = ctx.count("q5_bids_per_window", per_window.into_coll(), |wa: &(Window, u64)| Some(*wa));
-            let hot = ctx.reduce("q5_hot_items", counts, |_w, auctions: &[(&u64, Sums<1>)], out| {
-                if let Some(max) = auctions.iter().map(|(_, n)| n.get(0)).max() {
-                    let top: Vec<u64> = auctions.iter().filter(|(_, n)| n.get(0) == max).map(|(a, _)| **a).collect();
-                    out.push(((max, top), 1));
-                }
-            });
-            ctx.value_view("q5_hot_items", hot, |(bids, auctions): &(i128, Vec<u64>)| json!({ "bids": bids, "auctions": auctions }));
+            queries::q5::build(ctx, bids.clone());
         }
         if self.on(7) {
-            // q7: the highest bid of each 10-second window (ties: the smaller auction, bidder).
-            let windowed =
-                bids.clone().map(|b| (Window::tumbling(ms(b.date_time), WINDOW_MS), (b.auction, b.bidder, b.price, b.date_time)));
-            let highest = ctx.arg_max("q7_highest_bid", windowed, |(_, _, price, _): &(u64, u64, u64, u64)| *price);
-            ctx.value_view("q7_highest_bid", highest, |(auction, bidder, price, date_time): &(u64, u64, u64, u64)| {
-            json!({ "auction": auction, "bidder": bidder, "price": price, "date_time": date_time })
-        });
+            queries::q7::build(ctx, bids.clone());
         }
         if self.on(8) {
-            // q8: persons who opened an auction in the 10-second window they registered in.
-            let people = persons.map(|p| (p.id, (p.name, p.date_time)));
-            let opened = auctions.map(|a| (a.seller, a.date_time));
-            let same_window = |(_, registered): &(String, u64), opened: &u64| {
-                Window::tumbling(ms(*registered), WINDOW_MS) == Window::tumbling(ms(*opened), WINDOW_MS)
-            };
-            let new_sellers = self.join(ctx, "q8_registrations", people, opened, same_window);
-            let named = new_sellers.map(|(id, ((name, registered), _))| (id, (Window::tumbling(ms(registered), WINDOW_MS), name)));
-            let once = match named {
-                Joined::Bounded(named) => ctx.min("q8_new_sellers", named),
-                Joined::Plain(named) => ctx.min("q8_new_sellers", named),
-            };
-            ctx.value_view("q8_new_sellers", once, |(window, name): &(Window, String)| json!({ "name": name, "window": window.to_json() }));
+            queries::q8::build(self, ctx, persons, auctions);
         }
         if self.on(11) {
-            // q11: bids per bidder session (a session ends after 10 s without a bid).
-            let times = ctx.count("q11_bids_by_bidder_time", bids.clone().into_coll(), |b: &Bid| Some((b.bidder, b.date_time)));
-            let sessions = ctx.reduce("q11_user_sessions", times, |_bidder, times: &[(&u64, Sums<1>)], out| {
-                for s in sessions(times.iter().map(|(t, n)| (**t, n.get(0)))) {
-                    out.push((s, 1));
-                }
-            });
-            let keyed = sessions.map(|(bidder, (start, end, n))| (BidderSession { bidder, start }, (end, n)));
-            ctx.value_view("q11_user_sessions", keyed, |(end, n): &(u64, i128)| json!({ "end": end, "bids": n }));
+            queries::q11::build(ctx, bids.clone());
         }
         if self.on(15) {
-            // q15: bidding statistics per day: bids, and distinct bidders and auctions, in all
-            // and per price rank (below $100, below $10 000, above).
-            let day_bids = ctx.sum("q15_bids", bids.clone().into_coll(), |b: &Bid| {
-                let mut s = DayBids { total_bids: 1, ..DayBids::record() };
-                match price_rank(b.price) {
-                    1 => s.rank1_bids = 1,
-                    2 => s.rank2_bids = 1,
-                    _ => s.rank3_bids = 1,
-                }
-                Some((Day::of_ms(ms(b.date_time)), s))
-            });
-            let ranked = |b: Bid, item: u64| {
-                let day = Day::of_ms(ms(b.date_time));
-                [((day, 0u8), item), ((day, price_rank(b.price)), item)]
-            };
-            let bidders = ctx.distinct_count(
-                "q15_bidders",
-                bids.clone().into_coll().flat_map(move |b| {
-                    let who = b.bidder;
-                    ranked(b, who)
-                }),
-            );
-            let auctions_per_day = ctx.distinct_count(
-                "q15_auctions",
-                bids.clone().into_coll().flat_map(move |b| {
-                    let what = b.auction;
-                    ranked(b, what)
-                }),
-            );
-            let as_day_bids = |distinct: Coll<'s, (Day, u8), Sums<1>>, bidders: bool| {
-                distinct
-                    .inner
-                    .map(move |((day, rank), t, n)| {
-                        let n = n.get(0);
-                        let mut s = DayBids::default();
-                        match (bidders, rank) {
-                            (true, 0) => s.total_bidders = n,
-                            (true, 1) => s.rank1_bidders = n,
-                            (true, 2) => s.rank2_bidders = n,
-                            (true, _) => s.rank3_bidders = n,
-                            (false, 0) => s.total_auctions = n,
-                            (false, 1) => s.rank1_auctions = n,
-                            (false, 2) => s.rank2_auctions = n,
-                            (false, _) => s.rank3_auctions = n,
-                        }
-                        (day, t, s)
-                    })
-                    .as_collection()
-            };
-            let stats = day_bids.concat(as_day_bids(bidders, true)).concat(as_day_bids(auctions_per_day, false));
-            ctx.sum_view("q15_bidding_statistics", stats, DayBids::to_json);
+            queries::q15::build(ctx, bids.clone());
         }
         if self.on(16) {
-            // q16: q15's statistics per channel and day, and the last minute of the day (UTC,
-            // `HH:MM`) the channel had a bid in.
-            let channel_bids = ctx.sum("q16_bids", bids.clone().into_coll(), |b: &Bid| {
-                let mut s = ChannelBids { total_bids: 1, ..ChannelBids::record() };
-                match price_rank(b.price) {
-                    1 => s.rank1_bids = 1,
-                    2 => s.rank2_bids = 1,
-                    _ => s.rank3_bids = 1,
-                }
-                Some((ChannelDay::of(b), s))
-            });
-            let channel_ranked = |b: Bid, item: u64| {
-                let rank = price_rank(b.price);
-                let key = ChannelDay::of(&b);
-                [((key.clone(), 0u8), item), ((key, rank), item)]
-            };
-            let channel_bidders = ctx.distinct_count(
-                "q16_bidders",
-                bids.clone().into_coll().flat_map(move |b| {
-                    let who = b.bidder;
-                    channel_ranked(b, who)
-                }),
-            );
-            let channel_auctions = ctx.distinct_count(
-                "q16_auctions",
-                bids.clone().into_coll().flat_map(move |b| {
-                    let what = b.auction;
-                    channel_ranked(b, what)
-                }),
-            );
-            let as_channel_bids = |distinct: Coll<'s, (ChannelDay, u8), Sums<1>>, bidders: bool| {
-                distinct
-                    .inner
-                    .map(move |((key, rank), t, n)| {
-                        let n = n.get(0);
-                        let mut s = ChannelBids::default();
-                        match (bidders, rank) {
-                            (true, 0) => s.total_bidders = n,
-                            (true, 1) => s.rank1_bidders = n,
-                            (true, 2) => s.rank2_bidders = n,
-                            (true, _) => s.rank3_bidders = n,
-                            (false, 0) => s.total_auctions = n,
-                            (false, 1) => s.rank1_auctions = n,
-                            (false, 2) => s.rank2_auctions = n,
-                            (false, _) => s.rank3_auctions = n,
-                        }
-                        (key, t, s)
-                    })
-                    .as_collection()
-            };
-            // The last minute is a value (one per key, insert-only input: one seed row per key),
-            // folded into the sums as `minute × difference`: a change retracts the old minute
-            // and adds the new one, so the lane always holds the current value.
-            let last_minute = ctx.max("q16_last_minute", bids.clone().map(|b| (ChannelDay::of(&b), minute_of_day(b.date_time))));
-            let minute_lane = value_lane(last_minute, |minute, d| ChannelBids { minute: i128::from(minute) * d, ..ChannelBids::default() });
-            let channel_stats = channel_bids
-                .concat(as_channel_bids(channel_bidders, true))
-                .concat(as_channel_bids(channel_auctions, false))
-                .concat(minute_lane);
-            ctx.sum_view("q16_channel_statistics", channel_stats, ChannelBids::present);
+            queries::q16::build(ctx, bids.clone());
         }
         if self.on(17) {
-            // q17: per auction and day, the bids per price rank and the lowest, highest, average
-            // and total price.
-            let auction_bids = ctx.sum("q17_bids", bids.clone().into_coll(), |b: &Bid| {
-                let mut s = AuctionBids { total_bids: 1, sum_price: i128::from(b.price), ..AuctionBids::record() };
-                match price_rank(b.price) {
-                    1 => s.rank1_bids = 1,
-                    2 => s.rank2_bids = 1,
-                    _ => s.rank3_bids = 1,
-                }
-                Some((AuctionDay::of(b), s))
-            });
-            let prices = bids.clone().map(|b| (AuctionDay::of(&b), b.price));
-            let lowest = ctx.min("q17_min_price", prices.clone());
-            let highest_price = ctx.max("q17_max_price", prices);
-            let auction_stats = auction_bids
-                .concat(value_lane(lowest, |p, d| AuctionBids { min_price: i128::from(p) * d, ..AuctionBids::default() }))
-                .concat(value_lane(highest_price, |p, d| AuctionBids { max_price: i128::from(p) * d, ..AuctionBids::default() }));
-            ctx.sum_view("q17_auction_statistics", auction_stats, AuctionBids::present);
+            queries::q17::build(ctx, bids.clone());
         }
         if self.on(18) {
-            // q18: each bidder's last bid on each auction (ties: the lower price, then channel).
-            let latest = ctx.arg_max(
-                "q18_last_bid",
-                bids.clone().map(|b| (BidderAuction { bidder: b.bidder, auction: b.auction }, (b.date_time, b.price, b.channel))),
-                |(t, _, _): &(u64, u64, String)| *t,
-            );
-            ctx.value_view(
-                "q18_last_bid",
-                latest,
-                |(date_time, price, channel): &(u64, u64, String)| json!({ "date_time": date_time, "price": price, "channel": channel }),
-            );
+            queries::q18::build(ctx, bids.clone());
         }
         if self.on(19) {
-            // q19: the 10 highest bids of each auction (ties: the earlier, then the smaller
-            // bidder). A top-k over `Inserts`: the seed and the speed state hold 10 bids per
-            // auction, not every bid.
-            let ranked_bids = bids.map(|b| (b.auction, (b.date_time, b.bidder, b.price)));
-            let top = ctx.top_k_items("q19_top_bids", ranked_bids, Q19_TOP, |(_, _, price): &(u64, u64, u64)| *price);
-            ctx.value_view("q19_top_bids", top, |list: &Vec<((u64, u64, u64), u64)>| {
-                Value::Array(
-                    list.iter()
-                        .map(|((date_time, bidder, price), _)| json!({ "price": price, "date_time": date_time, "bidder": bidder }))
-                        .collect(),
-                )
-            });
+            queries::q19::build(ctx, bids);
         }
     }
-}
-
-/// q15's price rank of a bid: 1 below 10 000 cents, 2 below 1 000 000, 3 from there.
-pub fn price_rank(price: u64) -> u8 {
-    match price {
-        0..=9_999 => 1,
-        10_000..=999_999 => 2,
-        _ => 3,
-    }
-}
-
-aggregate! {
-    /// q15's numbers per day.
-    pub struct DayBids {
-        /// Bids.
-        total_bids,
-        /// Bids below 10 000 cents.
-        rank1_bids,
-        /// Bids from 10 000 to below 1 000 000 cents.
-        rank2_bids,
-        /// Bids from 1 000 000 cents.
-        rank3_bids,
-        /// Distinct bidders.
-        total_bidders,
-        /// Distinct bidders of rank-1 bids.
-        rank1_bidders,
-        /// Distinct bidders of rank-2 bids.
-        rank2_bidders,
-        /// Distinct bidders of rank-3 bids.
-        rank3_bidders,
-        /// Distinct auctions bid on.
-        total_auctions,
-        /// Distinct auctions with rank-1 bids.
-        rank1_auctions,
-        /// Distinct auctions with rank-2 bids.
-        rank2_auctions,
-        /// Distinct auctions with rank-3 bids.
-        rank3_auctions,
-    }
-}
-
-/// A value collection (one `(key, value)` per key) as a sum: `lane(value, difference)`
-/// per update, so the key's sum holds the lane of its current value (q16's minute, q17's
-/// min and max folded into one sum view with the counts).
-fn value_lane<'s, K: Data, V: Data, A: lambdaflow_operators::Diff>(
-    values: Coll<'s, (K, V)>,
-    lane: impl Fn(V, i128) -> A + 'static,
-) -> Coll<'s, K, A> {
-    values.inner.map(move |((k, v), t, d)| (k, t, lane(v, d as i128))).as_collection()
-}
-
-/// The minute of the UTC day of an event time (0 to 1439): q16's `HH:mm`.
-pub fn minute_of_day(date_time: u64) -> u32 {
-    ((date_time % 86_400_000) / 60_000) as u32
-}
-
-/// A minute of the day as `HH:MM`.
-pub fn hh_mm(minute: i128) -> String {
-    format!("{:02}:{:02}", minute / 60, minute % 60)
-}
-
-/// q16's and q17's key part: the UTC day of a bid.
-fn bid_day(b: &Bid) -> Day {
-    Day::of_ms(ms(b.date_time))
-}
-
-aggregate! {
-    /// q16's numbers per channel and day: q15's, and the last minute with a bid.
-    pub struct ChannelBids {
-        /// The last minute of the day with a bid (0 to 1439; shown as `HH:MM`).
-        minute,
-        /// Bids.
-        total_bids,
-        /// Bids below 10 000 cents.
-        rank1_bids,
-        /// Bids from 10 000 to below 1 000 000 cents.
-        rank2_bids,
-        /// Bids from 1 000 000 cents.
-        rank3_bids,
-        /// Distinct bidders.
-        total_bidders,
-        /// Distinct bidders of rank-1 bids.
-        rank1_bidders,
-        /// Distinct bidders of rank-2 bids.
-        rank2_bidders,
-        /// Distinct bidders of rank-3 bids.
-        rank3_bidders,
-        /// Distinct auctions bid on.
-        total_auctions,
-        /// Distinct auctions with rank-1 bids.
-        rank1_auctions,
-        /// Distinct auctions with rank-2 bids.
-        rank2_auctions,
-        /// Distinct auctions with rank-3 bids.
-        rank3_auctions,
-    }
-}
-
-impl ChannelBids {
-    /// The view's JSON: the sums, with `minute` as `HH:MM`.
-    pub fn present(&self) -> Value {
-        let mut v = self.to_json();
-        v["minute"] = Value::from(hh_mm(self.minute));
-        v
-    }
-}
-
-aggregate! {
-    /// q17's numbers per auction and day.
-    pub struct AuctionBids {
-        /// Bids.
-        total_bids,
-        /// Bids below 10 000 cents.
-        rank1_bids,
-        /// Bids from 10 000 to below 1 000 000 cents.
-        rank2_bids,
-        /// Bids from 1 000 000 cents.
-        rank3_bids,
-        /// The lowest price.
-        min_price,
-        /// The highest price.
-        max_price,
-        /// The sum of the prices.
-        sum_price,
-    }
-}
-
-impl AuctionBids {
-    /// The view's JSON: the sums and `avg_price` (rounded down to whole cents).
-    pub fn present(&self) -> Value {
-        let mut v = self.to_json();
-        v["avg_price"] = Value::from(self.sum_price.checked_div(self.total_bids).unwrap_or(0) as u64);
-        v
-    }
-}
-
-/// q16's key: a bid's channel and UTC day.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ChannelDay {
-    /// The channel (`Google`, `channel-1234`, ...).
-    pub channel: String,
-    /// The day.
-    pub day: Day,
-}
-
-impl ChannelDay {
-    fn of(b: &Bid) -> Self {
-        ChannelDay { channel: b.channel.clone(), day: bid_day(b) }
-    }
-}
-
-impl Example for ChannelDay {
-    fn example() -> Self {
-        ChannelDay { channel: "Google".into(), day: Day(0) }
-    }
-}
-
-impl ViewKey for ChannelDay {
-    fn to_json(&self) -> Value {
-        json!({ "channel": self.channel, "day": self.day.to_string() })
-    }
-
-    /// `CHANNEL/DAY` (e.g. `Google/2026-03-01`; the channel may hold `/`) or the JSON form.
-    fn parse_key(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.starts_with('{') {
-            let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not a channel/day key: {e}"))?;
-            let channel = v.get("channel").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"channel\" must be a string"))?;
-            let day = v.get("day").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"day\" must be a YYYY-MM-DD string"))?;
-            return Ok(ChannelDay { channel: channel.to_string(), day: Day::parse(day)? });
-        }
-        let (channel, day) = s
-            .rsplit_once('/')
-            .ok_or_else(|| format!("\"{s}\" is not a channel/day key: write CHANNEL/YYYY-MM-DD, e.g. Google/2026-03-01"))?;
-        Ok(ChannelDay { channel: channel.to_string(), day: Day::parse(day)? })
-    }
-}
-
-/// q17's key: an auction and a UTC day it had bids on.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AuctionDay {
-    /// The auction.
-    pub auction: u64,
-    /// The day.
-    pub day: Day,
-}
-
-impl AuctionDay {
-    fn of(b: &Bid) -> Self {
-        AuctionDay { auction: b.auction, day: bid_day(b) }
-    }
-}
-
-impl Example for AuctionDay {
-    fn example() -> Self {
-        AuctionDay { auction: 1, day: Day(0) }
-    }
-}
-
-impl ViewKey for AuctionDay {
-    fn to_json(&self) -> Value {
-        json!({ "auction": self.auction, "day": self.day.to_string() })
-    }
-
-    /// `AUCTION/DAY` (e.g. `1000/2026-03-01`) or the JSON form.
-    fn parse_key(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.starts_with('{') {
-            let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not an auction/day key: {e}"))?;
-            let auction = v
-                .get("auction")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| format!("\"{s}\": field \"auction\" must be an unsigned integer"))?;
-            let day = v.get("day").and_then(Value::as_str).ok_or_else(|| format!("\"{s}\": field \"day\" must be a YYYY-MM-DD string"))?;
-            return Ok(AuctionDay { auction, day: Day::parse(day)? });
-        }
-        let (auction, day) = s
-            .split_once('/')
-            .ok_or_else(|| format!("\"{s}\" is not an auction/day key: write AUCTION/YYYY-MM-DD, e.g. 1000/2026-03-01"))?;
-        let auction = auction.trim().parse::<u64>().map_err(|_| format!("\"{s}\": auction \"{auction}\" is not an unsigned integer"))?;
-        Ok(AuctionDay { auction, day: Day::parse(day.trim())? })
-    }
-}
-
-/// q18's key: a bidder and an auction they bid on.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct BidderAuction {
-    /// The bidder.
-    pub bidder: u64,
-    /// The auction.
-    pub auction: u64,
-}
-
-impl Example for BidderAuction {
-    fn example() -> Self {
-        BidderAuction { bidder: 1, auction: 1 }
-    }
-}
-
-impl ViewKey for BidderAuction {
-    fn to_json(&self) -> Value {
-        json!({ "bidder": self.bidder, "auction": self.auction })
-    }
-
-    /// `BIDDER/AUCTION` (e.g. `1001/1000`) or the JSON form.
-    fn parse_key(s: &str) -> Result<Self, String> {
-        let (bidder, auction) = parse_pair(s, "bidder", "auction")?;
-        Ok(BidderAuction { bidder, auction })
-    }
-}
-
-/// Parses `A/B` or `{"a": A, "b": B}` (two unsigned integers named `a` and `b`).
-fn parse_pair(s: &str, a: &str, b: &str) -> Result<(u64, u64), String> {
-    let s = s.trim();
-    if s.starts_with('{') {
-        let v: Value = lambdaflow_operators::serde_json::from_str(s).map_err(|e| format!("\"{s}\" is not a {a}/{b} key: {e}"))?;
-        let get = |f: &str| v.get(f).and_then(Value::as_u64).ok_or_else(|| format!("\"{s}\": field \"{f}\" must be an unsigned integer"));
-        return Ok((get(a)?, get(b)?));
-    }
-    let (x, y) = s
-        .split_once('/')
-        .ok_or_else(|| format!("\"{s}\" is not a {a}/{b} key: write {}/{}, e.g. 1001/1000", a.to_uppercase(), b.to_uppercase()))?;
-    let num = |x: &str, what: &str| x.trim().parse::<u64>().map_err(|_| format!("\"{s}\": {what} \"{x}\" is not an unsigned integer"));
-    Ok((num(x, a)?, num(y, b)?))
-}
-
-/// q6: the sum and number of the last [`Q6_LAST`] prices of `(expires, auction, price)`
-/// rows in ascending order, each with its multiplicity.
-pub fn last_prices(sold: impl DoubleEndedIterator<Item = ((u64, u64, u64), isize)>) -> (i128, u64) {
-    let (mut total, mut n) = (0i128, 0u64);
-    for ((_, _, price), count) in sold.rev() {
-        for _ in 0..count.max(0) {
-            if n as usize == Q6_LAST {
-                return (total, n);
-            }
-            total += i128::from(price);
-            n += 1;
-        }
-    }
-    (total, n)
-}
-
-/// q11: `(start, end, bids)` of each session in `times` (ascending bid times with their
-/// numbers of bids): bids less than [`SESSION_GAP_MS`] apart share a session.
-pub fn sessions(times: impl Iterator<Item = (u64, i128)>) -> Vec<(u64, u64, i128)> {
-    let mut out: Vec<(u64, u64, i128)> = Vec::new();
-    for (t, n) in times {
-        if n <= 0 {
-            continue;
-        }
-        match out.last_mut() {
-            Some((_, end, bids)) if t - *end < SESSION_GAP_MS => {
-                *end = t;
-                *bids += n;
-            }
-            _ => out.push((t, t, n)),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lambdaflow_operators::{Day, Event, ViewKey, MAX_TS_MS};
 
     #[test]
     fn events_round_trip_through_ndjson() {
