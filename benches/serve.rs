@@ -4,7 +4,8 @@
 //! `cargo bench --bench serve -- [--history N] [--ingest-events N] [--connections C]
 //!  [--rate EVENTS_PER_S] [--seconds S] [--query-connections Q] [--workers W] [--partitions P]
 //!  [--speed-processes N] [--batch-processes N] [--http-nice N] [--pipeline N]
-//!  [--keys-per-request K] [--matrix] [--mode-list 1x1,16x1,1x16]`
+//!  [--keys-per-request K] [--matrix] [--mode-list 1x1,16x1,1x16] [--query-rate R]
+//!  [--client-nice N]`
 //!
 //! `--matrix` runs the service matrix: for 1 and 2 workers (one server each), phases 1 and
 //! 2 once, then phase 3 with Q = 1, 2, 8 and 32 query connections; it prints one table.
@@ -16,6 +17,10 @@
 //! view per request (`GET /v1/views/{view}?key=..&key=..`; K = 1 uses the one-key path);
 //! `--mode-list NxK,...` runs each mode in turn for every Q (back to back on one server).
 //! Requests/s and keys answered/s are both reported; latency is per round trip.
+//! `--query-rate R` paces the Q connections to about R requests/s in all (the default, 0,
+//! asks as fast as answers come): freshness at a given query load, not at saturation.
+//! `--client-nice N` runs the query clients N nice levels down (default 0): on this
+//! machine they share the server's cores, which clients on other machines would not.
 //!
 //! 1. history: N events posted in requests of 1,000, then a batch run (so queries merge a
 //!    batch view with the speed layer);
@@ -446,10 +451,22 @@ fn mixed(
             (requests, start.elapsed().as_secs_f64(), acks)
         })
     };
+    // `--query-rate R`: the Q connections together ask about R requests/s (each paces its
+    // round trips); 0, the default, asks as fast as answers come.
+    let query_rate = num("--query-rate", 0);
+    let trip_every = (query_rate > 0).then(|| Duration::from_secs_f64((query_connections * mode.pipeline) as f64 / query_rate as f64));
+    // `--client-nice N`: the query clients' threads run N nice levels down, as clients on
+    // other machines would not take the server's cores (default 0: they compete).
+    let client_nice = num("--client-nice", 0) as i32;
     let queriers: Vec<_> = (0..query_connections)
         .map(|qi| {
             let stop = stop.clone();
             std::thread::spawn(move || {
+                if client_nice > 0 {
+                    let tid = Some(rustix::thread::gettid());
+                    let now = rustix::process::getpriority_process(tid).unwrap_or(0);
+                    rustix::process::setpriority_process(tid, (now + client_nice).min(19)).expect("--client-nice: setpriority");
+                }
                 let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ qi as u64;
                 let today = lambdaflow_operators::Day::of_ms(lambdaflow_engine::now_ms() as i64).0;
                 let mut rand = move || {
@@ -490,9 +507,13 @@ fn mixed(
                     .collect();
                 let mut c = Lean::connect(addr);
                 let mut lat = Vec::with_capacity(1 << 20);
-                for (requests, expect) in trips.iter().cycle() {
+                let start = Instant::now();
+                for (n, (requests, expect)) in trips.iter().cycle().enumerate() {
                     if stop.load(Ordering::Relaxed) {
                         break;
+                    }
+                    if let Some(lead) = trip_every.and_then(|every| (every * n as u32).checked_sub(start.elapsed())) {
+                        std::thread::sleep(lead);
                     }
                     let t = Instant::now();
                     c.send(requests, expect);
