@@ -121,12 +121,21 @@ pub(crate) fn validate_key(key: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A 64-bit hash of a request body (FNV-1a folded with CRC-32C; not cryptographic).
+/// A 64-bit hash of a request body (FNV-1a over little-endian 8-byte words, the last one
+/// zero-padded, folded with CRC-32C; not cryptographic). Also the fingerprint of a local
+/// input's chunks, its default idempotency key: it must not change. Whole words are read
+/// without copying each one.
 pub(crate) fn body_hash(body: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for chunk in body.chunks(8) {
+    let mut words = body.chunks_exact(8);
+    for w in &mut words {
+        h ^= u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
         let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
+        w[..rest.len()].copy_from_slice(rest);
         h ^= u64::from_le_bytes(w);
         h = h.wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
     }
