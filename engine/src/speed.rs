@@ -1071,12 +1071,11 @@ struct Pending {
     lacks: Vec<Delta>,
     lacks_bytes: usize,
     lacks_rows: usize,
-    /// A catch-up (work about the size of the delta it applies), not a clone (work the size
-    /// of the tables): a publication whose best copy lacks a large delta waits for it.
-    catch_up: bool,
-    /// The rows a catch-up applies (what the copy lacked, and the delta under way): a
-    /// publication waits for it only when that is no more than its best copy lacks.
-    work_rows: usize,
+    /// For a catch-up (work about the size of the delta it applies, not a clone: work the
+    /// size of the tables), the rows it applies (what the copy lacked, and the delta under
+    /// way): a publication whose best copy lacks a large delta waits for it only when that
+    /// is no more than its best copy lacks. `None` for a clone.
+    catch_up_rows: Option<usize>,
 }
 
 /// A copy of `current`'s tables, made by `views` (read-only: readers may hold `current`).
@@ -1180,14 +1179,14 @@ impl Spare {
     fn hand_over(&mut self, shared: &Shared, i: usize, more: Option<(&Delta, usize)>) -> Option<Pending> {
         let Retired { state, mut lacks, lacks_rows, .. } = self.copies.remove(i);
         let mut state = Arc::try_unwrap(state).ok()?;
-        let work_rows = lacks_rows + more.map_or(0, |(_, rows)| rows);
+        let catch_up_rows = Some(lacks_rows + more.map_or(0, |(_, rows)| rows));
         lacks.extend(more.map(|(delta, _)| delta.clone()));
         let views = shared.views.clone();
         let arrival = spawn_spare(move || {
             let rows = apply_lacks(&views, &mut state.tables, lacks);
             (Arc::new(state), rows)
         })?;
-        Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true, work_rows })
+        Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up_rows })
     }
 
     /// Brings the copies no reader holds that lack at least `min_lacks` publications up to
@@ -1241,8 +1240,7 @@ impl Spare {
                 let source = current.clone();
                 match spawn_spare(move || (Arc::new(clone_state(&views, &source)), 0)) {
                     Some(arrival) => {
-                        self.pending =
-                            Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: false, work_rows: 0 })
+                        self.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up_rows: None })
                     }
                     // No thread to be had: clone here, late rather than never.
                     None => {
@@ -1282,7 +1280,10 @@ impl Spare {
         let best_lacks = self.best().map_or(usize::MAX, |i| self.copies[i].lacks_rows);
         // Wait only for a helper that has no more to apply than this thread would.
         if best_lacks > LARGE_CATCH_UP_ROWS
-            && self.pending.as_ref().is_some_and(|p| p.catch_up && p.lacks_rows <= LARGE_CATCH_UP_ROWS && p.work_rows <= best_lacks)
+            && self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.lacks_rows <= LARGE_CATCH_UP_ROWS && p.catch_up_rows.is_some_and(|work| work <= best_lacks))
         {
             let start = Instant::now();
             if self.receive(shared, true) {
@@ -1554,7 +1555,7 @@ mod tests {
         let mut spare = Spare { copies: Vec::new(), keep: 2, pending: None, helper: true };
         spare.copies.push(lacking(state(1), LARGE_CATCH_UP_ROWS + 1));
         let (deliver, arrival) = std::sync::mpsc::sync_channel(1);
-        spare.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up: true, work_rows: 0 });
+        spare.pending = Some(Pending { arrival, lacks: Vec::new(), lacks_bytes: 0, lacks_rows: 0, catch_up_rows: Some(0) });
         let helper = std::thread::spawn(move || deliver.send((state(2), 7)).expect("the publisher takes it"));
         let mut waited = Duration::ZERO;
         assert!(spare.take_unshared(&shared, &mut waited).is_some());
@@ -1574,7 +1575,7 @@ mod tests {
         spare.copies.push(lacking(state(2), LARGE_CATCH_UP_ROWS + 1));
         assert!(spare.tend(&shared, 1));
         assert_eq!(spare.copies.iter().map(|c| (c.state.epoch, c.lacks.len())).collect::<Vec<_>>(), vec![(1, 0)]);
-        assert!(spare.pending.as_ref().is_some_and(|p| p.catch_up));
+        assert!(spare.pending.as_ref().is_some_and(|p| p.catch_up_rows.is_some()));
         assert!(spare.receive(&shared, true));
         assert_eq!(spare.copies.len(), 2);
         assert!(spare.copies.iter().all(|c| c.lacks.is_empty()));
