@@ -193,10 +193,12 @@ impl Shared {
 
 /// The seeds of batch version `version` (none without one), each read from the store once and
 /// kept while the dataflow is built (every worker restores its share from the same bytes).
+/// Kept as the shards they were written in, so that each worker can decode only its own
+/// shards (see `SeedSource::seed_shards`).
 pub(crate) struct StoreSeeds {
     store: ViewStore,
     version: Option<u64>,
-    cache: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    cache: Mutex<HashMap<String, Arc<Vec<Arc<Vec<u8>>>>>>,
 }
 
 impl StoreSeeds {
@@ -212,15 +214,23 @@ impl StoreSeeds {
 
 impl SeedSource for StoreSeeds {
     fn seed(&self, name: &str) -> Result<Option<Arc<Vec<u8>>>, String> {
+        let Some(shards) = self.seed_shards(name)? else { return Ok(None) };
+        Ok(Some(match shards.as_slice() {
+            [one] => one.clone(),
+            _ => Arc::new(crate::store::join_rows(&shards.iter().map(|s| s.as_slice()).collect::<Vec<_>>())),
+        }))
+    }
+
+    fn seed_shards(&self, name: &str) -> Result<Option<Vec<Arc<Vec<u8>>>>, String> {
         let Some(version) = self.version else {
             return Ok(None);
         };
         let mut cache = crate::sync::lock(&self.cache);
         if let Some(hit) = cache.get(name) {
-            return Ok(Some(hit.clone()));
+            return Ok(Some(hit.as_ref().clone()));
         }
-        let bytes = match self.store.read_seed(version, name) {
-            Ok(Some(bytes)) => Arc::new(bytes),
+        let shards: Vec<Arc<Vec<u8>>> = match self.store.read_seed_shards(version, name) {
+            Ok(Some(shards)) => shards.into_iter().map(Arc::new).collect(),
             Ok(None) => {
                 return Err(format!(
                     "batch version {version} has no seed `{name}`: the job's dataflow changed without a new Job::version \
@@ -229,8 +239,8 @@ impl SeedSource for StoreSeeds {
             }
             Err(e) => return Err(e.to_string()),
         };
-        cache.insert(name.to_string(), bytes.clone());
-        Ok(Some(bytes))
+        cache.insert(name.to_string(), Arc::new(shards.clone()));
+        Ok(Some(shards))
     }
 }
 

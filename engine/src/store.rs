@@ -154,6 +154,23 @@ fn view_file(name: &str) -> Result<String> {
 }
 
 /// The file of shard `index` of seed `name` (shard 0 is `seed.NAME.bin`).
+/// Files of rows (each a row count, then its rows; see `rows_header`) joined into one: the
+/// counts added, the rows concatenated. Every file has its 8-byte count and the same
+/// encoding (what [`ViewStore::read_seed_shards`] checks).
+pub(crate) fn join_rows<B: AsRef<[u8]>>(files: &[B]) -> Vec<u8> {
+    let mut joined = Vec::with_capacity(files.iter().map(|f| f.as_ref().len()).sum());
+    joined.extend_from_slice(&[0; 8]);
+    let (mut rows, mut var) = (0, false);
+    for file in files {
+        let file = file.as_ref();
+        let (n, v) = rows_header(u64::from_le_bytes(file[..8].try_into().expect("a checked row count")));
+        (rows, var) = (rows + n, v);
+        joined.extend_from_slice(&file[8..]);
+    }
+    joined[..8].copy_from_slice(&(rows | if var { VARINT_ROWS } else { 0 }).to_le_bytes());
+    joined
+}
+
 fn shard_file(name: &str, index: usize) -> Result<String> {
     Ok(match index {
         0 => format!("seed.{}.bin", safe_name(name)?),
@@ -324,6 +341,16 @@ impl ViewStore {
     /// seeds need no order). A seed shared with a view is that view's file. The rows must
     /// add up to what META records.
     pub fn read_seed(&self, version: u64, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.read_seed_shards(version, name)?.map(|mut shards| match shards.len() {
+            1 => shards.pop().expect("one shard"),
+            _ => join_rows(&shards),
+        }))
+    }
+
+    /// [`ViewStore::read_seed`]'s shards, each a whole file of rows, not joined (a reader
+    /// with several workers can give each its own shards). Every shard has its row count
+    /// and the same row encoding, and the counts add up to what META records.
+    pub fn read_seed_shards(&self, version: u64, name: &str) -> Result<Option<Vec<Vec<u8>>>> {
         let dir = self.version_dir(version);
         let first = dir.join(shard_file(name, 0)?);
         let meta = match self.meta(version) {
@@ -338,37 +365,40 @@ impl ViewStore {
                 .map(|h| rows_header(u64::from_le_bytes(h.try_into().expect("8 bytes"))))
                 .ok_or_else(|| Error::CorruptView { path: path.to_path_buf(), detail: "a seed file shorter than its row count".into() })
         };
-        let (joined, path) = if let Some((_, view)) = meta.seed_views.iter().find(|(s, _)| s == name) {
+        let (shards, path) = if let Some((_, view)) = meta.seed_views.iter().find(|(s, _)| s == name) {
             let path = dir.join(view_file(view)?);
             let bytes = self.read_opt(&path)?.ok_or_else(|| Error::CorruptView {
                 path: path.clone(),
                 detail: format!("seed `{name}` is shared with view `{view}`, whose file is missing"),
             })?;
-            (bytes, path)
+            count(&bytes, &path)?;
+            (vec![bytes], path)
         } else {
-            let Some(mut joined) = self.read_opt(&first)? else { return Ok(None) };
+            let Some(head) = self.read_opt(&first)? else { return Ok(None) };
+            let var = count(&head, &first)?.1;
+            let mut shards = vec![head];
             for p in 1..meta.seed_shards.max(1) {
                 let path = dir.join(shard_file(name, p)?);
                 let shard = self.read_opt(&path)?.ok_or_else(|| Error::CorruptView {
                     path: path.clone(),
                     detail: format!("seed shard missing: batch version {version} has {} shards of every seed", meta.seed_shards),
                 })?;
-                let ((have, var), (more, shard_var)) = (count(&joined, &first)?, count(&shard, &path)?);
-                if var != shard_var {
+                if count(&shard, &path)?.1 != var {
                     // One run writes every shard of a seed in one encoding.
                     return Err(Error::CorruptView {
                         path,
                         detail: format!("seed shard encodes its rows differently from {}", first.display()),
                     });
                 }
-                let header = (have + more) | if var { VARINT_ROWS } else { 0 };
-                joined[..8].copy_from_slice(&header.to_le_bytes());
-                joined.extend_from_slice(&shard[8..]);
+                shards.push(shard);
             }
-            (joined, first)
+            (shards, first)
         };
         if let Some((_, rows)) = meta.seeds.iter().find(|(n, _)| n == name) {
-            let (got, _) = count(&joined, &path)?;
+            let mut got = 0;
+            for shard in &shards {
+                got += count(shard, &path)?.0;
+            }
             if got != *rows as u64 {
                 return Err(Error::CorruptView {
                     path,
@@ -376,7 +406,7 @@ impl ViewStore {
                 });
             }
         }
-        Ok(Some(joined))
+        Ok(Some(shards))
     }
 
     fn read_opt(&self, path: &Path) -> Result<Option<Vec<u8>>> {
@@ -731,6 +761,16 @@ mod tests {
         let joined: Vec<(u64, i64)> =
             bincode::deserialize(&store.read_seed(version, "s.seed").expect("read").expect("some")).expect("decode");
         assert_eq!(joined, vec![(1, 2), (3, 4), (5, 6)]);
+        // Unjoined, the shards come back as written, one file of rows each (a worker can
+        // then decode only its own).
+        let each: Vec<Vec<(u64, i64)>> = store
+            .read_seed_shards(version, "s.seed")
+            .expect("read")
+            .expect("some")
+            .iter()
+            .map(|b| bincode::deserialize(b).expect("decode"))
+            .collect();
+        assert_eq!(each, parts);
         // A damaged shard is refused, naming it.
         let shard = dir.join("views").join(format!("v{version:06}")).join("seed.s.seed.p2.bin");
         let mut bytes = fs::read(&shard).expect("read");
@@ -742,6 +782,8 @@ mod tests {
         // A missing shard is refused too: never a partial seed.
         fs::remove_file(&shard).expect("remove");
         let err = store.read_seed(version, "s.seed").expect_err("missing");
+        assert!(err.to_string().contains("seed shard missing"), "{err}");
+        let err = store.read_seed_shards(version, "s.seed").expect_err("missing");
         assert!(err.to_string().contains("seed shard missing"), "{err}");
     }
 

@@ -172,6 +172,14 @@ pub trait SeedSource {
     /// batch version exists but cannot provide this seed (a job changed without bumping its
     /// version, or a damaged file) — starting empty would silently drop history.
     fn seed(&self, name: &str) -> Result<Option<Arc<Vec<u8>>>, String>;
+
+    /// The seed `name` as the shards it was written in (each a whole file of rows, as
+    /// [`SeedSource::seed`] returns), so that each of several workers decodes only its own
+    /// shards when there are at least as many shards as workers. The default is
+    /// [`SeedSource::seed`] as one shard.
+    fn seed_shards(&self, name: &str) -> Result<Option<Vec<Arc<Vec<u8>>>>, String> {
+        Ok(self.seed(name)?.map(|bytes| vec![bytes]))
+    }
 }
 
 /// The job's handle on the dataflow under construction: the DSL.
@@ -342,13 +350,23 @@ impl<'s> Ctx<'s> {
         );
         let coll = self.gather(coll);
         let mut buffer = Vec::new();
+        let speed = self.mode == Mode::Speed;
         // No consolidation here in either mode. Batch: the cell consolidates everything the
         // workers captured when it encodes the batch view (it sorts to write it anyway).
         // Speed: the speed table adds updates up per key itself, so an arrangement here would
         // only hold every output ever produced (growing memory, merge pauses in the tail).
+        // Speed updates at time 0 restate the batch view (the operators' seeds) and every
+        // drain drops them: they are not kept at all (one row per key of the view, held
+        // until the first drain, for every view of the job).
         coll.inspect_batch(move |_time, data| {
-            buffer.extend_from_slice(data);
-            cell.push(&mut buffer);
+            if speed {
+                buffer.extend(data.iter().filter(|(_, t, _)| *t > 0).cloned());
+            } else {
+                buffer.extend_from_slice(data);
+            }
+            if !buffer.is_empty() {
+                cell.push(&mut buffer);
+            }
         })
         .probe_with(&self.probe);
     }
@@ -431,7 +449,7 @@ impl<'s> Ctx<'s> {
             }
             Mode::Speed => {
                 let seed = match &self.seeds {
-                    Some(source) => source.seed(&seed_name),
+                    Some(source) => source.seed_shards(&seed_name),
                     None => Ok(None),
                 };
                 let records: Vec<(D, Time, R)> = match seed {
@@ -441,7 +459,11 @@ impl<'s> Ctx<'s> {
                     }
                     // No batch run yet: the speed layer covers the log from offset 0.
                     Ok(None) => Vec::new(),
-                    Ok(Some(bytes)) => match decode_own_rows::<D, R>(&bytes, self.scope.index(), self.scope.peers()) {
+                    Ok(Some(shards)) => match decode_own_shards::<D, R>(
+                        &shards.iter().map(|s| s.as_slice()).collect::<Vec<_>>(),
+                        self.scope.index(),
+                        self.scope.peers(),
+                    ) {
                         Ok(rows) => rows,
                         Err(e) => {
                             self.errors.push(format!("seed {seed_name} does not decode: {e}"));
@@ -642,51 +664,133 @@ impl<'s> Ctx<'s> {
     }
 }
 
-/// Decodes a seed (a bincode `Vec<(D, R)>`) element by element and keeps only the rows of
-/// worker `index` of `peers` (row `i` goes to worker `i % peers`), as records at time 0.
-/// Rows are split by position, not by key: the seeded operators exchange their input by
-/// key themselves, so any partition restoring each row exactly once is exact. Streaming
-/// keeps a worker's memory at its own share, not the whole decoded seed.
-pub(crate) fn decode_own_rows<D, R>(bytes: &[u8], index: usize, peers: usize) -> Result<Vec<(D, Time, R)>, bincode::Error>
+/// Decodes a seed in shards (each a file of rows, see `rows`) and keeps only the rows of
+/// worker `index` of `peers`, as records at time 0. With at least as many shards as
+/// workers, the worker decodes whole shards (`index`, `index + peers`, ...) and no other
+/// byte; with fewer, every worker reads every shard and keeps the rows whose position `i`
+/// in the shards' concatenation has `i % peers == index`. Either way each row is restored
+/// by exactly one worker. Rows are split by position, not by key: the seeded operators
+/// exchange their input by key themselves, so any partition restoring each row exactly
+/// once is exact. Streaming keeps a worker's memory at its own share, not the whole
+/// decoded seed.
+pub(crate) fn decode_own_shards<D, R>(shards: &[&[u8]], index: usize, peers: usize) -> Result<Vec<(D, Time, R)>, bincode::Error>
 where
     D: serde::de::DeserializeOwned,
     R: serde::de::DeserializeOwned,
 {
     let mut rows = Vec::new();
-    crate::rows::decode_each(bytes, |i, (d, r): (D, R)| {
-        if i % peers as u64 == index as u64 {
-            rows.push((d, 0, r));
+    if shards.len() >= peers {
+        for shard in shards.iter().skip(index).step_by(peers) {
+            crate::rows::decode_each(shard, |_, (d, r): (D, R)| rows.push((d, 0, r)))?;
         }
-    })?;
+        return Ok(rows);
+    }
+    let mut base = 0u64;
+    for shard in shards {
+        let mut count = 0;
+        crate::rows::decode_each(shard, |i, (d, r): (D, R)| {
+            count = i + 1;
+            if (base + i) % peers as u64 == index as u64 {
+                rows.push((d, 0, r));
+            }
+        })?;
+        base += count;
+    }
     Ok(rows)
 }
 
 #[cfg(test)]
 mod decode_tests {
-    use super::decode_own_rows;
+    use super::decode_own_shards;
 
     // Review issue: every worker decoded the whole seed. The streamed decode keeps only its
-    // own rows, and across any number of workers restores each row exactly once.
+    // own rows, and across any number of workers and shards restores each row exactly once;
+    // with at least as many shards as workers, a worker's rows are its whole shards.
     #[test]
     fn each_row_restored_by_exactly_one_worker() {
-        let rows: Vec<(String, isize)> = (0..11).map(|i| (format!("k{i}"), i as isize - 3)).collect();
-        let bytes = bincode::serialize(&rows).unwrap();
-        for peers in [1, 2, 3, 4, 7, 16] {
-            let mut all: Vec<(String, isize)> = Vec::new();
-            for index in 0..peers {
-                let own = decode_own_rows::<String, isize>(&bytes, index, peers).unwrap();
-                assert!(own.len() <= rows.len() / peers + 1, "{peers} workers: worker {index} kept {}", own.len());
-                all.extend(own.into_iter().map(|(d, t, r)| {
-                    assert_eq!(t, 0);
-                    (d, r)
-                }));
+        let rows: Vec<(String, isize)> = (0..23).map(|i| (format!("k{i}"), i as isize - 3)).collect();
+        for shards in 1..6usize {
+            // Uneven shards: shard s holds rows s, s + shards, ... .
+            let parts: Vec<Vec<(String, isize)>> = (0..shards).map(|s| rows.iter().skip(s).step_by(shards).cloned().collect()).collect();
+            let files: Vec<Vec<u8>> = parts.iter().map(|p| bincode::serialize(p).unwrap()).collect();
+            for peers in [1, 2, 3, 4, 7, 16] {
+                let mut all: Vec<(String, isize)> = Vec::new();
+                for index in 0..peers {
+                    let own =
+                        decode_own_shards::<String, isize>(&files.iter().map(|f| f.as_slice()).collect::<Vec<_>>(), index, peers).unwrap();
+                    let own: Vec<(String, isize)> = own
+                        .into_iter()
+                        .map(|(d, t, r)| {
+                            assert_eq!(t, 0);
+                            (d, r)
+                        })
+                        .collect();
+                    if shards >= peers {
+                        let whole: Vec<(String, isize)> = parts.iter().skip(index).step_by(peers).flatten().cloned().collect();
+                        assert_eq!(own, whole, "{shards} shards, {peers} workers: worker {index} decodes its whole shards");
+                    } else {
+                        assert!(own.len() <= rows.len() / peers + 1, "{peers} workers: worker {index} kept {}", own.len());
+                    }
+                    all.extend(own);
+                }
+                all.sort();
+                let mut expected = rows.clone();
+                expected.sort();
+                assert_eq!(all, expected, "{shards} shards, {peers} workers");
             }
-            all.sort();
-            let mut expected = rows.clone();
-            expected.sort();
-            assert_eq!(all, expected, "{peers} workers");
+            // A truncated shard is an error, not a silently shorter seed.
+            let mut cut = files.clone();
+            let last = cut.last_mut().unwrap();
+            last.pop();
+            assert!(
+                decode_own_shards::<String, isize>(&cut.iter().map(|f| f.as_slice()).collect::<Vec<_>>(), 0, 1).is_err(),
+                "{shards} shards"
+            );
         }
-        // A truncated seed is an error, not a silently shorter one.
-        assert!(decode_own_rows::<String, isize>(&bytes[..bytes.len() - 1], 0, 1).is_err());
+    }
+}
+
+#[cfg(test)]
+mod speed_view_tests {
+    use super::{Ctx, Mode, Registry, SeedSource};
+    use crate::view::ViewCell;
+    use crate::Time;
+    use std::sync::Arc;
+
+    struct OneSeed(Arc<Vec<u8>>);
+
+    impl SeedSource for OneSeed {
+        fn seed(&self, _name: &str) -> Result<Option<Arc<Vec<u8>>>, String> {
+            Ok(Some(self.0.clone()))
+        }
+    }
+
+    // A speed-mode view keeps none of the time-0 updates that restate the seeds (every
+    // drain drops them): a seed of 200 keys and one event after it leave one update in the
+    // view's cell, not 201 until the first drain.
+    #[test]
+    fn speed_views_keep_no_time_zero_restatement() {
+        let rows: Vec<((u64, u64), isize)> = (0..200).map(|k| ((k, 2 * k), 1)).collect();
+        let bytes = Arc::new(bincode::serialize(&rows).expect("encode"));
+        let registry = Arc::new(Registry::default());
+        let r = registry.clone();
+        timely::execute_directly(move |worker| {
+            let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, events) = differential_dataflow::input::Input::new_collection::<(u64, u64), isize>(&scope);
+                let mut ctx = Ctx::new(scope, Mode::Speed, r.clone(), Some(Arc::new(OneSeed(bytes.clone())) as Arc<dyn SeedSource>));
+                let coll = ctx.seeded("s", events);
+                ctx.value_view("v", coll, |v: &u64| serde_json::json!(v));
+                (input, ctx.probe())
+            });
+            input.advance_to(1);
+            input.insert((500, 7));
+            input.advance_to(2);
+            input.flush();
+            while probe.less_than(&2) {
+                worker.step();
+            }
+        });
+        let cell = registry.cell::<ViewCell<u64, u64, isize>>("view:v", || unreachable!("declared by the run"), |_| {});
+        assert_eq!(cell.pending(), vec![((500, 7), 1, 1)]);
     }
 }

@@ -483,6 +483,12 @@ where
                     input.for_each(|cap, data| stage(&mut pending, &cap, data));
                     for (time, cap, mut updates) in complete(&mut pending, frontier) {
                         consolidate(&mut updates);
+                        if state.is_empty() {
+                            // The seed (time 0), or a first time: size the table once for
+                            // its keys instead of growing it through every power of two.
+                            let keys = 1 + updates.windows(2).filter(|w| w[0].0 .0 != w[1].0 .0).count();
+                            state.reserve(keys);
+                        }
                         let mut session = output.session(&cap);
                         let mut updates = updates.into_iter().peekable();
                         while let Some(((key, _), _)) = updates.peek() {

@@ -191,6 +191,11 @@ where
                         // Dimension rows first: a row meets the facts waiting for its key
                         // (every earlier fact of a key with no row or several rows).
                         let mut touched: FxHashMap<K, ()> = FxHashMap::default();
+                        touched.reserve(p.dims.len());
+                        if state.is_empty() {
+                            // The seed (time 0), or a first time: size the table once.
+                            state.reserve(p.dims.len());
+                        }
                         for (k, d, n) in p.dims {
                             let entry = state.entry(k.clone()).or_default();
                             // A key that had exactly one row before this time has dropped

@@ -354,6 +354,12 @@ impl<K: ViewKey, V: Data, R: Diff> ViewCell<K, V, R> {
         produced.append(updates);
     }
 
+    /// The updates produced and not drained yet (for tests).
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> Vec<((K, V), u64, R)> {
+        self.produced.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn typed_batch<'a>(&self, t: &'a dyn BatchTable) -> Result<&'a Table<K, V, R>, String> {
         t.as_any().downcast_ref().ok_or_else(|| format!("view {}: batch table of the wrong type", self.info.name))
     }

@@ -174,9 +174,11 @@ pub(super) fn query<J: Job>(app: App<J>, g: &Global, args: QueryArgs) -> Result<
                 None => Selection::Range { from, to, limit: usize::MAX },
             };
             // Only what the view needs: no speed layer, no seed it does not depend on.
-            let (result, loaded) = local::query(app.job, &g.data, workers, &view, &sel)?;
+            let exit_fast = local::LEAK_STATE_AT_EXIT.load(std::sync::atomic::Ordering::Relaxed);
+            let (result, loaded) = local::query(app.job, &g.data, workers, &view, &sel, exit_fast)?;
             if std::env::var_os("LAMBDAFLOW_QUERY_EXPLAIN").is_some() {
                 eprintln!("{}", loaded.describe(&result.freshness));
+                eprintln!("{}", loaded.timings());
             }
             unseeded = Some(loaded.unseeded);
             (result_json(&result, point), true, false)

@@ -259,6 +259,13 @@ impl SeedSource for SomeSeeds {
         }
         self.seeds.seed(name)
     }
+
+    fn seed_shards(&self, name: &str) -> std::result::Result<Option<Vec<Arc<Vec<u8>>>>, String> {
+        if self.wanted.as_ref().is_some_and(|w| !w.contains(name)) {
+            return Ok(None);
+        }
+        self.seeds.seed_shards(name)
+    }
 }
 
 /// What a local query loaded (printed on stderr under `LAMBDAFLOW_QUERY_EXPLAIN`).
@@ -270,6 +277,8 @@ pub(super) struct Loaded {
     pub(super) seeds: Option<Vec<String>>,
     /// Whether the job's graph has a raw stateful operator on an unseeded input (the lint).
     pub(super) unseeded: bool,
+    /// Where the time went, phase by phase (milliseconds), in order.
+    pub(super) phases: Vec<(&'static str, u64)>,
 }
 
 impl Loaded {
@@ -286,24 +295,43 @@ impl Loaded {
         };
         format!("query: answered from {batch} and {} events after its cut, loading {seeds}", f.speed_events)
     }
+
+    /// Where the time went (`LAMBDAFLOW_QUERY_EXPLAIN`): `query: took 12 ms (open 1 ms, ...)`.
+    pub(super) fn timings(&self) -> String {
+        let total: u64 = self.phases.iter().map(|(_, ms)| ms).sum();
+        let phases: Vec<String> = self.phases.iter().map(|(name, ms)| format!("{name} {ms} ms")).collect();
+        format!("query: took {total} ms ({})", phases.join(", "))
+    }
 }
 
 /// The merged answers of `view` for `sel` at the log's current end, loading only what the
-/// view needs (see the module docs).
-pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel: &Selection) -> Result<(QueryResult, Loaded)> {
+/// view needs (see the module docs). With `exit_fast` (a process that exits right after
+/// the answer, as the command line does), a run's workers are left idle with their state
+/// instead of shutting their dataflow down (see [`LEAK_STATE_AT_EXIT`]).
+pub(super) fn query<J: Job>(
+    job: J,
+    dir: &Path,
+    workers: usize,
+    view: &str,
+    sel: &Selection,
+    exit_fast: bool,
+) -> Result<(QueryResult, Loaded)> {
     if !dir.join("log").exists() {
         return Err(Error::Usage(format!("{} holds no lambdaflow data yet (run `ingest` first, or pass --data DIR)", dir.display())));
     }
     // Through the key journal, as every command that opens the directory: a keyed group
     // append a crash interrupted is rolled back before anything is read (those events were
     // never acknowledged). The caller holds the directory's lock, so recovering is allowed.
+    let mut clock = Phases::start();
     let log = super::options::open_log(dir, 1)?.log().clone();
     let store = ViewStore::open(dir)?;
     let job = Arc::new(job);
     let meta = usable_batch(&*job, &store, &log)?;
     let ends = log.end_offsets();
     let cut = meta.as_ref().map(|m| m.cut.clone()).unwrap_or_else(|| vec![0; ends.len()]);
+    clock.lap("open");
     let plan = plan(job.clone())?;
+    clock.lap("plan");
     let unseeded = !plan.unseeded.is_empty();
     if let Some(why) = unseeded_message(job.name(), &plan.unseeded) {
         eprintln!("warning: {why}");
@@ -325,16 +353,20 @@ pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel:
             Some(plan.views[i].decode_batch(&bytes).map_err(Error::Inconsistent)?)
         }
     };
+    clock.lap("batch view");
     let mut loaded = Loaded { unseeded, ..Loaded::default() };
     let mut speed = plan.views[i].new_speed_table();
     if ends != cut {
         let wanted = plan.upstream.as_ref().map(|u| u[i].clone());
-        loaded = Loaded { ran: true, seeds: wanted.as_ref().map(|w| w.iter().cloned().collect()), unseeded };
+        loaded = Loaded { ran: true, seeds: wanted.as_ref().map(|w| w.iter().cloned().collect()), unseeded, phases: Vec::new() };
         let seeds = Arc::new(SomeSeeds { seeds: crate::speed::StoreSeeds::new(store, meta.as_ref().map(|m| m.version)), wanted });
-        let run_view = run_bounded(job, log.clone(), seeds, &cut, &ends, workers, view)?;
+        let (run_view, laps) = run_bounded(job, log.clone(), seeds, &cut, &ends, workers, view, exit_fast)?;
+        clock.add(laps);
         run_view.drain_speed(u64::MAX, speed.as_mut());
     }
     let answers = plan.views[i].query(batch.as_deref(), speed.as_ref(), sel).map_err(Error::Usage)?;
+    clock.lap("answer");
+    loaded.phases = clock.phases;
     let now = now_ms();
     let freshness = Freshness {
         batch_version: meta.as_ref().map(|m| m.version),
@@ -347,6 +379,31 @@ pub(super) fn query<J: Job>(job: J, dir: &Path, workers: usize, view: &str, sel:
         speed_failure: None,
     };
     Ok((QueryResult { view: view.to_string(), answers, freshness }, loaded))
+}
+
+/// Wall time by phase, for [`Loaded::timings`].
+struct Phases {
+    last: std::time::Instant,
+    phases: Vec<(&'static str, u64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases { last: std::time::Instant::now(), phases: Vec::new() }
+    }
+
+    /// Ends the phase `name` now.
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push((name, now.duration_since(self.last).as_millis() as u64));
+        self.last = now;
+    }
+
+    /// Appends phases timed elsewhere (they end now).
+    fn add(&mut self, laps: Vec<(&'static str, u64)>) {
+        self.phases.extend(laps);
+        self.last = std::time::Instant::now();
+    }
 }
 
 /// The current batch version if this job and version computed it (as the service picks
@@ -383,7 +440,14 @@ fn run_bounded<J: Job>(
     ends: &[u64],
     workers: usize,
     view: &str,
-) -> Result<Arc<dyn AnyView>> {
+    exit_fast: bool,
+) -> Result<(Arc<dyn AnyView>, Vec<(&'static str, u64)>)> {
+    let started = std::time::Instant::now();
+    // Worker 0's milestones: dataflow built (seeds decoded), run complete, state dropped.
+    let marks: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+    // Workers done (the answer complete, or failed): with `LEAK_STATE_AT_EXIT`, a worker
+    // whose run completed counts itself and idles until the process exits.
+    let finished: Arc<(Mutex<usize>, std::sync::Condvar)> = Arc::default();
     let registry = Arc::new(Registry::default());
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let barrier = Arc::new(std::sync::Barrier::new(workers));
@@ -391,8 +455,11 @@ fn run_bounded<J: Job>(
     let name = job.name().to_string();
     let abort = Arc::new(crate::guard::Abort::default());
     let guards = {
-        let (registry, errors, seeds, abort) = (registry.clone(), errors.clone(), seeds.clone(), abort.clone());
+        let (registry, errors, seeds, abort, marks, finished) =
+            (registry.clone(), errors.clone(), seeds.clone(), abort.clone(), marks.clone(), finished.clone());
         timely::execute::execute(timely::Config::process(workers), move |worker| -> Result<()> {
+            // Counts this worker as finished when it returns, however it does.
+            let _finished = Finished(finished.clone());
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 worker.dataflow::<Time, _, _>(|scope| {
                     let (input, events) = differential_dataflow::input::Input::new_collection::<J::Event, isize>(&scope);
@@ -422,6 +489,13 @@ fn run_bounded<J: Job>(
             // The seeds are in the dataflow now: do not keep their bytes too.
             barrier.wait();
             seeds.seeds.forget();
+            let first = worker.index() == 0;
+            let mark = |marks: &Mutex<Vec<std::time::Instant>>| {
+                if first {
+                    crate::sync::lock(marks).push(std::time::Instant::now());
+                }
+            };
+            mark(&marks);
             // A panic or an error in job code on one worker stops every worker (none waits
             // forever for a peer that will not step again).
             crate::guard::guarded(worker, &abort, |worker| {
@@ -457,17 +531,50 @@ fn run_bounded<J: Job>(
                     input.flush();
                     worker.step();
                 }
-                input.close();
+                // Done once the probe passes the last epoch. The input is not closed:
+                // timely would shut the finished operators down and free their state (a
+                // hash-table entry per seed row) before the answer could be printed.
+                input.advance_to(epoch + 1);
+                input.flush();
                 while !abort.raised() && probe.less_equal(&epoch) {
                     worker.step_or_park(park);
                 }
+                if exit_fast && !abort.raised() {
+                    // The process exits once the answer is printed: shutting the dataflow
+                    // down would free every operator's state first (a hash-table entry per
+                    // seed row), and only delay the answer. Count this worker as done and
+                    // idle (with its input open, nothing runs) until the exit, or until
+                    // another worker fails and every worker must return.
+                    mark(&marks);
+                    Finished::count(&finished);
+                    while !abort.raised() {
+                        worker.step_or_park(Some(std::time::Duration::from_millis(100)));
+                    }
+                }
                 Ok(())
             })?;
+            mark(&marks);
             crate::guard::drop_dataflows(worker);
+            mark(&marks);
             Ok(())
         })
         .map_err(|e| Error::Dataflow(DataflowError::ProcessFailed(e)))?
     };
+    if exit_fast {
+        let (count, changed) = &*finished;
+        let mut count = crate::sync::lock(count);
+        while *count < workers {
+            count = changed.wait(count).unwrap_or_else(|e| e.into_inner());
+        }
+        let all_idle = !abort.raised() && crate::sync::lock(&errors).is_empty();
+        drop(count);
+        if all_idle {
+            // Every worker completed its run and idles: the answer is in the view. The
+            // workers are left to the process's exit (joining them would wait forever).
+            std::mem::forget(guards);
+            return answer_view(&registry, view, started, &marks);
+        }
+    }
     crate::guard::join_workers(guards)?;
     if let Some(reason) = abort.reason() {
         return Err(Error::Dataflow(DataflowError::Failed(reason)));
@@ -478,9 +585,54 @@ fn run_bounded<J: Job>(
         errs.dedup();
         return Err(Error::Dataflow(DataflowError::InvalidJob { job: name, detail: errs.join("; ") }));
     }
-    registry
+    answer_view(&registry, view, started, &marks)
+}
+
+/// The view `view` of a completed bounded run, with the run's phases (worker 0's
+/// milestones after `started`).
+fn answer_view(
+    registry: &Registry,
+    view: &str,
+    started: std::time::Instant,
+    marks: &Mutex<Vec<std::time::Instant>>,
+) -> Result<(Arc<dyn AnyView>, Vec<(&'static str, u64)>)> {
+    let view = registry
         .views()
         .into_iter()
         .find(|v| v.info().name == view)
-        .ok_or_else(|| Error::Internal(format!("view `{view}` was declared when planning, not when running")))
+        .ok_or_else(|| Error::Internal(format!("view `{view}` was declared when planning, not when running")))?;
+    let marks = crate::sync::lock(marks).clone();
+    let mut laps = Vec::new();
+    let mut last = started;
+    for (name, at) in ["build", "run", "free"].into_iter().zip(marks) {
+        laps.push((name, at.duration_since(last).as_millis() as u64));
+        last = at;
+    }
+    laps.push(("join", last.elapsed().as_millis() as u64));
+    Ok((view, laps))
 }
+
+/// Counts a worker of a bounded run as finished: explicitly once its run completed, or
+/// when it returns (dropped), whichever comes first.
+struct Finished(Arc<(Mutex<usize>, std::sync::Condvar)>);
+
+impl Finished {
+    fn count(finished: &Arc<(Mutex<usize>, std::sync::Condvar)>) {
+        *crate::sync::lock(&finished.0) += 1;
+        finished.1.notify_all();
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        Finished::count(&self.0);
+    }
+}
+
+/// Set by a process that exits right after one command (the command line's `main`): a
+/// local query's bounded run then leaves its workers idle, holding their operators' state,
+/// once the answer is complete, and the process's exit ends them. Shutting the dataflow
+/// down would free that state first (a hash-table entry per seed row: a quarter of the
+/// query's CPU at 5M Nexmark events) and only delay the answer. Off by default, so that
+/// tests and tools running queries in-process (`main_with`) leave no threads behind.
+pub(crate) static LEAK_STATE_AT_EXIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -108,6 +108,8 @@ impl<J: Job> App<J> {
 /// Runs the command line for `app` and returns the process exit code.
 pub fn main<J: Job>(app: App<J>) -> ExitCode {
     let cli = parse_cli::<J::Event>();
+    // One command, then the process exits: a local query need not free its state.
+    local::LEAK_STATE_AT_EXIT.store(true, std::sync::atomic::Ordering::Relaxed);
     match run(app, cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of our output has gone (`lambdaflow query ... | head`): not a failure.

@@ -190,9 +190,9 @@ fn a_malformed_key_is_an_entry_beside_the_good_answers() {
     assert_eq!(shape(&served), vec![(json!(1), Value::Null, true), (json!(2), json!(5), false), (json!(3), json!(7), false)]);
     let err = served[0].error.as_deref().expect("error");
     assert!(err.contains("key 1") && err.contains("merged to 2 records") && err.contains("ctx.seeded"), "{err}");
-    let (local, _) = local::query(Unseeded, &dir, 1, "largest", &all).expect("a local range query answers");
+    let (local, _) = local::query(Unseeded, &dir, 1, "largest", &all, false).expect("a local range query answers");
     assert_eq!(local.answers, served, "a local query answers as the service");
-    let (point, _) = local::query(Unseeded, &dir, 1, "largest", &Selection::Key("2".into())).expect("point");
+    let (point, _) = local::query(Unseeded, &dir, 1, "largest", &Selection::Key("2".into()), false).expect("point");
     assert_eq!(shape(&point.answers), vec![(json!(2), json!(5), false)]);
 }
 
@@ -263,7 +263,7 @@ fn a_local_query_rolls_back_an_interrupted_keyed_group() {
         log.append(&[(0, &bytes[..])]).expect("append");
     }
     let all = Selection::Range { from: None, to: None, limit: usize::MAX };
-    let (result, _) = local::query(Seeded, &dir, 1, "largest", &all).expect("query");
+    let (result, _) = local::query(Seeded, &dir, 1, "largest", &all, false).expect("query");
     let keys: Vec<_> = result.answers.iter().map(|a| a.key.clone()).collect();
     assert_eq!(keys, vec![serde_json::json!(1), serde_json::json!(2)], "the unacknowledged event is not counted");
 }
@@ -319,16 +319,20 @@ fn a_panic_on_one_worker_fails_a_local_query() {
         let events: Vec<Set> = (0..40).map(|k| Set { k, v: k }).collect();
         appender.append(&events).expect("append");
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    let d = dir.clone();
-    std::thread::spawn(move || {
-        let all = Selection::Range { from: None, to: None, limit: usize::MAX };
-        let _ = tx.send(local::query(Panics, &d, 2, "n", &all).map(|_| ()));
-    });
-    // Generous: the run takes milliseconds; without the guard it never ends.
-    let outcome = rx.recv_timeout(Duration::from_secs(300)).expect("the query ends");
-    let err = outcome.expect_err("the job panicked");
-    assert!(err.to_string().contains("boom on key 13"), "{err}");
+    // Also when the workers that complete their run idle until the process exits (the
+    // command line's `exit_fast`): they see the failure and return, and the query fails.
+    for exit_fast in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let all = Selection::Range { from: None, to: None, limit: usize::MAX };
+            let _ = tx.send(local::query(Panics, &d, 2, "n", &all, exit_fast).map(|_| ()));
+        });
+        // Generous: the run takes milliseconds; without the guard it never ends.
+        let outcome = rx.recv_timeout(Duration::from_secs(300)).expect("the query ends");
+        let err = outcome.expect_err("the job panicked");
+        assert!(err.to_string().contains("boom on key 13"), "exit_fast {exit_fast}: {err}");
+    }
 }
 
 /// A raw join of the events with a constant dimension (from `to_stream`): linear in the
