@@ -680,6 +680,10 @@ where
 {
     let mut rows = Vec::new();
     if shards.len() >= peers {
+        // Room for the rows at once (growing through every power of two copies them and
+        // touches twice the memory); never more than one row per byte, whatever a count says.
+        let counted: u64 = shards.iter().skip(index).step_by(peers).map(|s| crate::rows::count_bound(s)).sum();
+        rows.reserve(counted as usize);
         for shard in shards.iter().skip(index).step_by(peers) {
             crate::rows::decode_each(shard, |_, (d, r): (D, R)| rows.push((d, 0, r)))?;
         }

@@ -512,7 +512,10 @@ where
                                 }
                             }
                             merged.extend(old);
-                            entry.vals = std::mem::take(&mut merged);
+                            // Exactly sized (a key usually holds one value; a pushed Vec has
+                            // room for four): `merged` keeps its buffer for the next key.
+                            entry.vals = Vec::with_capacity(merged.len());
+                            entry.vals.append(&mut merged);
                             out.clear();
                             if !entry.vals.is_empty() {
                                 let vals: Vec<(&V, R)> = entry.vals.iter().map(|(v, r)| (v, r.clone())).collect();
@@ -527,7 +530,8 @@ where
                             for (v2, n) in diff.drain(..) {
                                 session.give(((key.clone(), v2), time, n));
                             }
-                            std::mem::swap(&mut entry.out, &mut out);
+                            entry.out = Vec::with_capacity(out.len());
+                            entry.out.append(&mut out);
                             if entry.vals.is_empty() && entry.out.is_empty() {
                                 state.remove(&key);
                             }

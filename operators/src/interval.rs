@@ -216,7 +216,14 @@ where
                             }
                             match entry.dims.iter_mut().find(|(x, _)| *x == d) {
                                 Some((_, c)) => *c += n,
-                                None => entry.dims.push((d, n)),
+                                None => {
+                                    // A key has one row, normally: room for exactly that
+                                    // one (a first push would make room for four).
+                                    if entry.dims.is_empty() {
+                                        entry.dims.reserve_exact(1);
+                                    }
+                                    entry.dims.push((d, n))
+                                }
                             }
                             touched.insert(k, ());
                         }

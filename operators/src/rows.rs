@@ -75,6 +75,16 @@ pub(crate) fn decode_each<T: DeserializeOwned>(bytes: &[u8], mut each: impl FnMu
     Ok(())
 }
 
+/// How many rows a file of rows can hold: its count, but never more than its bytes after
+/// the count (a row takes one byte at least), so that a damaged count cannot make a reader
+/// reserve more than the file could hold. 0 for a file shorter than its count.
+pub(crate) fn count_bound(bytes: &[u8]) -> u64 {
+    match bytes.get(..8) {
+        Some(head) => header(u64::from_le_bytes(head.try_into().expect("8 bytes"))).0.min((bytes.len() - 8) as u64),
+        None => 0,
+    }
+}
+
 /// Decodes a whole file of either format.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, bincode::Error> {
     let mut rows = Vec::new();
@@ -109,6 +119,18 @@ mod tests {
     // Proves format 3 is smaller for the shop's typical rows, and that damage is an error,
     // never a silently different set of rows: a truncated file, trailing bytes, a count
     // larger than the rows.
+    #[test]
+    fn count_bound_trusts_a_count_no_further_than_the_bytes() {
+        let rows: Vec<(u64, i64)> = (0..10).map(|i| (i, -(i as i64))).collect();
+        let bytes = encode(rows.iter()).expect("encode");
+        assert_eq!(count_bound(&bytes), 10);
+        // A damaged count (the marker bit kept) is bounded by the bytes after it.
+        let mut damaged = bytes.clone();
+        damaged[..8].copy_from_slice(&(u64::MAX >> 1 | VARINT_ROWS).to_le_bytes());
+        assert_eq!(count_bound(&damaged), (bytes.len() - 8) as u64);
+        assert_eq!(count_bound(&bytes[..5]), 0);
+    }
+
     #[test]
     fn smaller_and_strict() {
         let rows: Vec<Row> = (0..1000u64).map(|i| ((20_400 + (i % 90) as i32, i * 997), Sums([i as i128 * 1299, 3, 1]))).collect();
