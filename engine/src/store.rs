@@ -153,7 +153,6 @@ fn view_file(name: &str) -> Result<String> {
     Ok(format!("view.{}.bin", safe_name(name)?))
 }
 
-/// The file of shard `index` of seed `name` (shard 0 is `seed.NAME.bin`).
 /// Files of rows (each a row count, then its rows; see `rows_header`) joined into one: the
 /// counts added, the rows concatenated. Every file has its 8-byte count and the same
 /// encoding (what [`ViewStore::read_seed_shards`] checks).
@@ -164,13 +163,14 @@ pub(crate) fn join_rows<B: AsRef<[u8]>>(files: &[B]) -> Vec<u8> {
     for file in files {
         let file = file.as_ref();
         let (n, v) = rows_header(u64::from_le_bytes(file[..8].try_into().expect("a checked row count")));
-        (rows, var) = (rows + n, v);
+        (rows, var) = (rows.saturating_add(n), v);
         joined.extend_from_slice(&file[8..]);
     }
     joined[..8].copy_from_slice(&(rows | if var { VARINT_ROWS } else { 0 }).to_le_bytes());
     joined
 }
 
+/// The file of shard `index` of seed `name` (shard 0 is `seed.NAME.bin`).
 fn shard_file(name: &str, index: usize) -> Result<String> {
     Ok(match index {
         0 => format!("seed.{}.bin", safe_name(name)?),
@@ -397,7 +397,7 @@ impl ViewStore {
         if let Some((_, rows)) = meta.seeds.iter().find(|(n, _)| n == name) {
             let mut got = 0;
             for shard in &shards {
-                got += count(shard, &path)?.0;
+                got = count(shard, &path)?.0.saturating_add(got);
             }
             if got != *rows as u64 {
                 return Err(Error::CorruptView {

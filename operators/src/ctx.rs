@@ -348,22 +348,21 @@ impl<'s> Ctx<'s> {
             || ViewCell::<K, V, R>::new(info, present),
             |c| self.registry.views.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone() as Arc<dyn AnyView>),
         );
+        // Speed updates at time 0 restate the batch view (the operators' seeds) and every
+        // drain drops them: they are not kept at all (one row per key of the view, held
+        // until the first drain, for every view of the job), nor sent to worker 0 first.
+        let coll = match self.mode {
+            Mode::Speed => timely::dataflow::operators::vec::Filter::filter(coll.inner, |(_, t, _)| *t > 0).as_collection(),
+            Mode::Batch => coll,
+        };
         let coll = self.gather(coll);
         let mut buffer = Vec::new();
-        let speed = self.mode == Mode::Speed;
         // No consolidation here in either mode. Batch: the cell consolidates everything the
         // workers captured when it encodes the batch view (it sorts to write it anyway).
         // Speed: the speed table adds updates up per key itself, so an arrangement here would
         // only hold every output ever produced (growing memory, merge pauses in the tail).
-        // Speed updates at time 0 restate the batch view (the operators' seeds) and every
-        // drain drops them: they are not kept at all (one row per key of the view, held
-        // until the first drain, for every view of the job).
         coll.inspect_batch(move |_time, data| {
-            if speed {
-                buffer.extend(data.iter().filter(|(_, t, _)| *t > 0).cloned());
-            } else {
-                buffer.extend_from_slice(data);
-            }
+            buffer.extend_from_slice(data);
             if !buffer.is_empty() {
                 cell.push(&mut buffer);
             }
@@ -714,9 +713,19 @@ mod decode_tests {
     fn each_row_restored_by_exactly_one_worker() {
         let rows: Vec<(String, isize)> = (0..23).map(|i| (format!("k{i}"), i as isize - 3)).collect();
         for shards in 1..6usize {
-            // Uneven shards: shard s holds rows s, s + shards, ... .
-            let parts: Vec<Vec<(String, isize)>> = (0..shards).map(|s| rows.iter().skip(s).step_by(shards).cloned().collect()).collect();
-            let files: Vec<Vec<u8>> = parts.iter().map(|p| bincode::serialize(p).unwrap()).collect();
+            // Uneven shards: shard s holds rows s, s + shards, ...; from 3 shards on, an
+            // empty one among them. Fixed-width rows (format 2) with an odd number of
+            // shards, variable-length ones (format 3) with an even one.
+            let mut parts: Vec<Vec<(String, isize)>> =
+                (0..shards).map(|s| rows.iter().skip(s).step_by(shards).cloned().collect()).collect();
+            if shards >= 3 {
+                parts[1] = Vec::new();
+                parts[0].extend(rows.iter().skip(1).step_by(shards).cloned());
+            }
+            let files: Vec<Vec<u8>> = parts
+                .iter()
+                .map(|p| if shards % 2 == 1 { bincode::serialize(p).unwrap() } else { crate::rows::encode(p.iter()).unwrap() })
+                .collect();
             for peers in [1, 2, 3, 4, 7, 16] {
                 let mut all: Vec<(String, isize)> = Vec::new();
                 for index in 0..peers {

@@ -448,6 +448,18 @@ fn complete<D>(
     done
 }
 
+/// `from`'s elements moved into `into` (cleared), reallocated only if its room is too small
+/// or more than twice what they need: per-key state sized to what it holds (a Vec grown by
+/// a first push has room for four), while `from` keeps its buffer for the next key.
+fn exactly<T>(mut into: Vec<T>, from: &mut Vec<T>) -> Vec<T> {
+    into.clear();
+    if into.capacity() < from.len() || into.capacity() > 2 * from.len() {
+        into = Vec::with_capacity(from.len());
+    }
+    into.append(from);
+    into
+}
+
 /// Speed-mode group-by over totally ordered times: what differential's `reduce` computes,
 /// with a hash table of each key's consolidated values and last output instead of an
 /// arrangement. Updates are exchanged by key and held until their time completes; then,
@@ -514,8 +526,7 @@ where
                             merged.extend(old);
                             // Exactly sized (a key usually holds one value; a pushed Vec has
                             // room for four): `merged` keeps its buffer for the next key.
-                            entry.vals = Vec::with_capacity(merged.len());
-                            entry.vals.append(&mut merged);
+                            entry.vals = exactly(std::mem::take(&mut entry.vals), &mut merged);
                             out.clear();
                             if !entry.vals.is_empty() {
                                 let vals: Vec<(&V, R)> = entry.vals.iter().map(|(v, r)| (v, r.clone())).collect();
@@ -530,8 +541,7 @@ where
                             for (v2, n) in diff.drain(..) {
                                 session.give(((key.clone(), v2), time, n));
                             }
-                            entry.out = Vec::with_capacity(out.len());
-                            entry.out.append(&mut out);
+                            entry.out = exactly(std::mem::take(&mut entry.out), &mut out);
                             if entry.vals.is_empty() && entry.out.is_empty() {
                                 state.remove(&key);
                             }

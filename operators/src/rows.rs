@@ -116,9 +116,6 @@ mod tests {
         }
     }
 
-    // Proves format 3 is smaller for the shop's typical rows, and that damage is an error,
-    // never a silently different set of rows: a truncated file, trailing bytes, a count
-    // larger than the rows.
     #[test]
     fn count_bound_trusts_a_count_no_further_than_the_bytes() {
         let rows: Vec<(u64, i64)> = (0..10).map(|i| (i, -(i as i64))).collect();
@@ -131,6 +128,9 @@ mod tests {
         assert_eq!(count_bound(&bytes[..5]), 0);
     }
 
+    // Proves format 3 is smaller for the shop's typical rows, and that damage is an error,
+    // never a silently different set of rows: a truncated file, trailing bytes, a count
+    // larger than the rows.
     #[test]
     fn smaller_and_strict() {
         let rows: Vec<Row> = (0..1000u64).map(|i| ((20_400 + (i % 90) as i32, i * 997), Sums([i as i128 * 1299, 3, 1]))).collect();

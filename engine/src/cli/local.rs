@@ -7,8 +7,8 @@
 //! * **no event after the batch cut**: the merged answer is the batch view itself. The job's
 //!   dataflow is built (not run) only to learn its views' types, and only the queried view's
 //!   stored table is read and decoded.
-//! * **events after the cut**: the job's speed dataflow runs once over them, bounded (every
-//!   event at time 1, then the input closes). Only the seeds of the operators upstream of
+//! * **events after the cut**: the job's speed dataflow runs once over them, bounded (the
+//!   events at times 1, 2, …, every worker ending on the same last time). Only the seeds of the operators upstream of
 //!   the queried view are loaded; the others start empty, which changes only views that are
 //!   not asked for. What is upstream is read from the dataflow's graph (timely's operator
 //!   and channel log of a build with empty seeds): a seed is loaded when its source operator
@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::now_ms;
@@ -423,8 +424,9 @@ fn usable_batch<J: Job>(job: &J, store: &ViewStore, log: &Log) -> Result<Option<
     Ok(meta)
 }
 
-/// Events each worker feeds at one time of a local query's run.
-const EPOCH_EVENTS: u64 = 100_000;
+/// Events each worker feeds at one time of a local query's run (a handful in unit tests,
+/// so that they cover several times and workers ending on different ones).
+const EPOCH_EVENTS: u64 = if cfg!(test) { 8 } else { 100_000 };
 
 /// Every how many epochs worker 0 says how far it has read (on stderr).
 const PROGRESS_EPOCHS: u64 = 50;
@@ -454,12 +456,26 @@ fn run_bounded<J: Job>(
     let (cut, ends) = (cut.to_vec(), ends.to_vec());
     let name = job.name().to_string();
     let abort = Arc::new(crate::guard::Abort::default());
+    // The latest time any worker has moved its input to, and how many workers are still
+    // reading: a worker that has read its share keeps following the others' times until
+    // none reads, so every worker ends at the same last time (one that stopped at an
+    // earlier time would hold the others' probes back forever).
+    let latest = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let reading = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
     let guards = {
-        let (registry, errors, seeds, abort, marks, finished) =
-            (registry.clone(), errors.clone(), seeds.clone(), abort.clone(), marks.clone(), finished.clone());
+        let (registry, errors, seeds, abort, marks, finished, latest, reading) = (
+            registry.clone(),
+            errors.clone(),
+            seeds.clone(),
+            abort.clone(),
+            marks.clone(),
+            finished.clone(),
+            latest.clone(),
+            reading.clone(),
+        );
         timely::execute::execute(timely::Config::process(workers), move |worker| -> Result<()> {
             // Counts this worker as finished when it returns, however it does.
-            let _finished = Finished(finished.clone());
+            let finished = Finished::new(finished.clone());
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 worker.dataflow::<Time, _, _>(|scope| {
                     let (input, events) = differential_dataflow::input::Input::new_collection::<J::Event, isize>(&scope);
@@ -514,6 +530,7 @@ fn run_bounded<J: Job>(
                         fed += 1;
                         if fed.is_multiple_of(EPOCH_EVENTS) {
                             epoch += 1;
+                            latest.fetch_max(epoch, SeqCst);
                             input.advance_to(epoch);
                             input.flush();
                             while !abort.raised() && probe.less_than(&epoch) {
@@ -531,9 +548,26 @@ fn run_bounded<J: Job>(
                     input.flush();
                     worker.step();
                 }
-                // Done once the probe passes the last epoch. The input is not closed:
-                // timely would shut the finished operators down and free their state (a
-                // hash-table entry per seed row) before the answer could be printed.
+                // Follow the other workers' times until every worker has read its share.
+                reading.fetch_sub(1, SeqCst);
+                loop {
+                    if abort.raised() {
+                        return Err(crate::guard::another_worker_failed());
+                    }
+                    let (done, last) = (reading.load(SeqCst) == 0, latest.load(SeqCst));
+                    if last > epoch {
+                        epoch = last;
+                        input.advance_to(epoch);
+                        input.flush();
+                    } else if done {
+                        break;
+                    }
+                    worker.step_or_park(park);
+                }
+                // Done once the probe passes the last epoch (the same on every worker). The
+                // input is not closed: timely would shut the finished operators down and
+                // free their state (a hash-table entry per seed row) before the answer
+                // could be printed.
                 input.advance_to(epoch + 1);
                 input.flush();
                 while !abort.raised() && probe.less_equal(&epoch) {
@@ -546,7 +580,7 @@ fn run_bounded<J: Job>(
                     // idle (with its input open, nothing runs) until the exit, or until
                     // another worker fails and every worker must return.
                     mark(&marks);
-                    Finished::count(&finished);
+                    finished.count();
                     while !abort.raised() {
                         worker.step_or_park(Some(std::time::Duration::from_millis(100)));
                     }
@@ -612,27 +646,36 @@ fn answer_view(
     Ok((view, laps))
 }
 
-/// Counts a worker of a bounded run as finished: explicitly once its run completed, or
-/// when it returns (dropped), whichever comes first.
-struct Finished(Arc<(Mutex<usize>, std::sync::Condvar)>);
+/// Counts a worker of a bounded run as finished, once: explicitly when its run completed,
+/// or when it returns (dropped), whichever comes first.
+struct Finished {
+    shared: Arc<(Mutex<usize>, std::sync::Condvar)>,
+    counted: std::cell::Cell<bool>,
+}
 
 impl Finished {
-    fn count(finished: &Arc<(Mutex<usize>, std::sync::Condvar)>) {
-        *crate::sync::lock(&finished.0) += 1;
-        finished.1.notify_all();
+    fn new(shared: Arc<(Mutex<usize>, std::sync::Condvar)>) -> Self {
+        Finished { shared, counted: std::cell::Cell::new(false) }
+    }
+
+    fn count(&self) {
+        if !self.counted.replace(true) {
+            *crate::sync::lock(&self.shared.0) += 1;
+            self.shared.1.notify_all();
+        }
     }
 }
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        Finished::count(&self.0);
+        self.count();
     }
 }
 
 /// Set by a process that exits right after one command (the command line's `main`): a
 /// local query's bounded run then leaves its workers idle, holding their operators' state,
 /// once the answer is complete, and the process's exit ends them. Shutting the dataflow
-/// down would free that state first (a hash-table entry per seed row: a quarter of the
+/// down would free that state first (a hash-table entry per seed row: about a fifth of the
 /// query's CPU at 5M Nexmark events) and only delay the answer. Off by default, so that
 /// tests and tools running queries in-process (`main_with`) leave no threads behind.
 pub(crate) static LEAK_STATE_AT_EXIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

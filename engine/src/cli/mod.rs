@@ -105,7 +105,10 @@ impl<J: Job> App<J> {
     }
 }
 
-/// Runs the command line for `app` and returns the process exit code.
+/// Runs the command line for `app` and returns the process exit code. Return it from the
+/// binary's `main` at once: a local `query` leaves its dataflow workers idle, holding their
+/// state, for the process's exit to end (freeing that state would only delay the answer).
+/// A program that goes on after a command uses [`main_with`], which leaves nothing behind.
 pub fn main<J: Job>(app: App<J>) -> ExitCode {
     let cli = parse_cli::<J::Event>();
     // One command, then the process exits: a local query need not free its state.

@@ -307,6 +307,38 @@ impl Job for Panics {
     }
 }
 
+// A local query's workers end on the same time however unevenly they read: one partition
+// and two workers, so worker 1 reads nothing and worker 0 moves through many times (a few
+// events each under test). Worker 1 follows worker 0's times instead of stopping at the
+// first (which held worker 0's probe back forever), in both ways a run can end, and the
+// answer is every event's.
+#[test]
+fn a_local_query_ends_when_its_workers_read_unevenly() {
+    let tmp = crate::testing::TempDir::new("cli-query-uneven");
+    let dir = tmp.join("data");
+    let cfg = crate::log::LogConfig { partitions: 1, ..crate::log::LogConfig::default() };
+    let events: Vec<Set> = (0..61).map(|i| Set { k: i % 5, v: (i * 37) % 101 }).collect();
+    crate::append::Appender::open(&dir, cfg).expect("open").append(&events).expect("append");
+    let mut expected: std::collections::BTreeMap<u64, u64> = Default::default();
+    for e in &events {
+        let v = expected.entry(e.k).or_default();
+        *v = (*v).max(e.v);
+    }
+    for exit_fast in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let all = Selection::Range { from: None, to: None, limit: usize::MAX };
+            let _ = tx.send(local::query(Seeded, &d, 2, "largest", &all, exit_fast));
+        });
+        let (result, loaded) = rx.recv_timeout(Duration::from_secs(120)).expect("the query ends").expect("the query answers");
+        assert!(loaded.ran, "the events ran through the dataflow");
+        let got: std::collections::BTreeMap<u64, u64> =
+            result.answers.iter().map(|a| (a.key.as_u64().expect("key"), a.value.as_u64().expect("value"))).collect();
+        assert_eq!(got, expected, "exit_fast {exit_fast}");
+    }
+}
+
 // A panic in job code on one worker of a local query's run stops every worker: the query
 // fails with the panic's message instead of the other workers parking forever.
 #[test]
