@@ -159,7 +159,7 @@ fn view_file(name: &str) -> Result<String> {
 pub(crate) fn join_rows<B: AsRef<[u8]>>(files: &[B]) -> Vec<u8> {
     let mut joined = Vec::with_capacity(files.iter().map(|f| f.as_ref().len()).sum());
     joined.extend_from_slice(&[0; 8]);
-    let (mut rows, mut var) = (0, false);
+    let (mut rows, mut var) = (0u64, false);
     for file in files {
         let file = file.as_ref();
         let (n, v) = rows_header(u64::from_le_bytes(file[..8].try_into().expect("a checked row count")));
