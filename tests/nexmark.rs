@@ -563,3 +563,34 @@ fn cli_ingest_of_csv_found_by_its_first_line_names_the_file() {
         .expect("spawn the command line");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+// ---------------------------------------------------------------------------------------
+// q18: `arg_max` over inserts keeps one value per (bidder, auction), not every bid.
+// ---------------------------------------------------------------------------------------
+
+// The speed layer's `arg_max` state over an insert-only input is one value per key (the
+// seed's keys and the new ones), not every value a key has had: `status` counts what it
+// holds (`extreme.NAME.values`), and the merged view is the oracle's at the end.
+#[test]
+fn q18_speed_state_holds_one_value_per_bidder_and_auction() {
+    let events: Vec<NexmarkEvent> = gen::stream(20_000);
+    let (before, after) = events.split_at(events.len() / 2);
+    let bids_after = after.iter().filter(|e| matches!(e, NexmarkEvent::Bid(_))).count() as u64;
+    let dir = TempDir::new("nexmark-q18-state");
+    let lambda = Lambda::open(Nexmark::default().only("q18").unwrap(), dir.path(), test_options(2)).unwrap();
+    lambda.append(before).unwrap();
+    lambda.batch_and_handover(Arc::new(Progress::default())).unwrap();
+    lambda.append(after).unwrap();
+    lambda.sync(Duration::from_secs(60)).unwrap();
+    let expected = oracle::views(&events);
+    let keys = expected["q18_last_bid"].len() as u64;
+    let cut_keys = oracle::views(before)["q18_last_bid"].len() as u64;
+    let counters = lambda.status().speed_counters;
+    let held = counters.iter().find(|(n, _)| n == "extreme.q18_last_bid.values").map(|(_, v)| *v);
+    assert_eq!(held, Some(keys), "one value per key: {counters:?}");
+    // Not a trivial count: a state of every value since the cut (the seed's rows and every
+    // bid after it) would hold more.
+    assert!(cut_keys > 0 && cut_keys + bids_after > keys, "{bids_after} bids, {keys} keys, {cut_keys} at the cut");
+    let got = all_views(&lambda).unwrap();
+    assert_eq!(got["q18_last_bid"], expected["q18_last_bid"]);
+}
