@@ -4,9 +4,11 @@
 //! binary. What several queries share is here.
 
 use crate::Nexmark;
+use crate::{Bid, ChannelBids, ChannelDay, DayBids};
+use lambdaflow_operators::differential_dataflow::difference::Multiply;
 use lambdaflow_operators::differential_dataflow::AsCollection;
 use lambdaflow_operators::timely::dataflow::operators::vec::Map as _;
-use lambdaflow_operators::{Coll, Ctx, Data, Inserts};
+use lambdaflow_operators::{Coll, Ctx, Data, Day, Inserts, Sums};
 
 pub(crate) mod q11;
 pub(crate) mod q15;
@@ -34,6 +36,155 @@ pub fn price_rank(price: u64) -> u8 {
         10_000..=999_999 => 2,
         _ => 3,
     }
+}
+
+/// A key of q15's and q16's statistics that packs into 61 bits (most or all of its values),
+/// so that their distinct counts run over `(u64, u64)` pairs: 16 bytes, no allocation, two
+/// words to hash and compare, whatever the key holds.
+pub(crate) trait RankKey: Data {
+    /// Whether every key packs (then no operator for the others is built).
+    const ALWAYS_PACKS: bool;
+    /// The key in the low 61 bits, or `None` if it does not pack. A function of the key
+    /// alone (never of what else was seen), so equal keys pack equally everywhere.
+    fn pack(&self) -> Option<u64>;
+    /// The key `pack` gave `bits` for.
+    fn unpack(bits: u64) -> Self;
+}
+
+impl RankKey for Day {
+    const ALWAYS_PACKS: bool = true;
+
+    fn pack(&self) -> Option<u64> {
+        Some(u64::from(self.0 as u32))
+    }
+
+    fn unpack(bits: u64) -> Self {
+        Day(bits as u32 as i32)
+    }
+}
+
+/// Days from 1970-01-01 below 2³¹ (every day of a bid: its time is unsigned).
+const CHANNEL_DAY_BITS: u32 = 31;
+
+impl RankKey for ChannelDay {
+    const ALWAYS_PACKS: bool = false;
+
+    /// The channel's code (below 2³⁰) above the day (from 0, 31 bits); `None` for a
+    /// channel without a code or a day before 1970.
+    fn pack(&self) -> Option<u64> {
+        let code = self.channel.code()?;
+        let day = u32::try_from(self.day.0).ok()?;
+        debug_assert!(code < 1 << 30);
+        Some(u64::from(code) << CHANNEL_DAY_BITS | u64::from(day))
+    }
+
+    fn unpack(bits: u64) -> Self {
+        let code = u32::try_from(bits >> CHANNEL_DAY_BITS).expect("a packed code");
+        let channel = crate::Channel::from_code(code).expect("a packed code");
+        ChannelDay { channel, day: Day((bits & ((1 << CHANNEL_DAY_BITS) - 1)) as i32) }
+    }
+}
+
+/// q15's numbers (bids, distinct bidders and distinct auctions, in all and per price rank)
+/// as lanes of an aggregate: q15's [`DayBids`] and q16's [`ChannelBids`].
+pub(crate) trait RankStats: lambdaflow_operators::Diff + Multiply<isize, Output = Self> {
+    /// One bid of price rank `rank` (1 to 3).
+    fn bid(rank: u8) -> Self;
+    /// `n` distinct items in `lane`: [`BIDDERS`] or [`AUCTIONS`], plus the rank (0: all).
+    fn distinct(lane: u8, n: i128) -> Self;
+}
+
+/// The distinct-count lane of bidders (plus the rank, 0 for all).
+pub(crate) const BIDDERS: u8 = 0;
+/// The distinct-count lane of auctions (plus the rank, 0 for all).
+pub(crate) const AUCTIONS: u8 = 4;
+
+macro_rules! rank_stats {
+    ($t:ty) => {
+        impl RankStats for $t {
+            fn bid(rank: u8) -> Self {
+                let mut s = <$t>::record();
+                s.total_bids = 1;
+                match rank {
+                    1 => s.rank1_bids = 1,
+                    2 => s.rank2_bids = 1,
+                    _ => s.rank3_bids = 1,
+                }
+                s
+            }
+
+            fn distinct(lane: u8, n: i128) -> Self {
+                let mut s = <$t>::default();
+                match lane {
+                    0 => s.total_bidders = n,
+                    1 => s.rank1_bidders = n,
+                    2 => s.rank2_bidders = n,
+                    3 => s.rank3_bidders = n,
+                    4 => s.total_auctions = n,
+                    5 => s.rank1_auctions = n,
+                    6 => s.rank2_auctions = n,
+                    _ => s.rank3_auctions = n,
+                }
+                s
+            }
+        }
+    };
+}
+
+rank_stats!(DayBids);
+rank_stats!(ChannelBids);
+
+/// q15's statistics per `key(bid)` (q15: the day; q16: the channel and day): a `sum` of
+/// the bids per rank (`{query}_bids`) and the distinct bidders and auctions, in all and per
+/// rank. The eight distinct counts are one `distinct_count` (`{query}_distinct`) over
+/// `(packed key, lane)` groups: four pairs a bid (its bidder and its auction, under rank 0
+/// and under its rank), 16 bytes each. Bids whose key does not pack (a channel not of the
+/// generator's forms) go through a second one (`{query}_distinct_other`), over the key
+/// itself; the two never share a key, so concatenated they are exact.
+#[inline]
+pub(crate) fn rank_statistics<'s, K: RankKey, S: RankStats>(
+    ctx: &mut Ctx<'s>,
+    query: &str,
+    bids: Inserts<'s, Bid>,
+    key: fn(&Bid) -> K,
+) -> Coll<'s, K, S> {
+    let bid_sums = ctx.sum(&format!("{query}_bids"), bids.clone().into_coll(), move |b: &Bid| Some((key(b), S::bid(price_rank(b.price)))));
+    let lanes = |b: &Bid| {
+        let rank = price_rank(b.price);
+        [(BIDDERS, b.bidder), (BIDDERS + rank, b.bidder), (AUCTIONS, b.auction), (AUCTIONS + rank, b.auction)]
+    };
+    let packed = ctx.distinct_count(
+        &format!("{query}_distinct"),
+        bids.clone().into_coll().flat_map(move |b| {
+            key(&b).pack().map(|k| lanes(&b).map(|(lane, item)| (k << 3 | u64::from(lane), item))).into_iter().flatten()
+        }),
+    );
+    let mut stats = bid_sums.concat(distinct_lanes(packed, |group| (K::unpack(group >> 3), (group & 7) as u8)));
+    if !K::ALWAYS_PACKS {
+        let other = ctx.distinct_count(
+            &format!("{query}_distinct_other"),
+            bids.into_coll().flat_map(move |b| {
+                let k = key(&b);
+                k.pack().is_none().then(|| lanes(&b).map(|(lane, item)| ((k.clone(), lane), item))).into_iter().flatten()
+            }),
+        );
+        stats = stats.concat(distinct_lanes(other, |group| group));
+    }
+    stats
+}
+
+/// A distinct count per `(key, lane)` group as the lane of the statistics.
+fn distinct_lanes<'s, G: Data, K: Data, S: RankStats>(
+    distinct: Coll<'s, G, Sums<1>>,
+    split: impl Fn(G) -> (K, u8) + 'static,
+) -> Coll<'s, K, S> {
+    distinct
+        .inner
+        .map(move |(group, t, n)| {
+            let (key, lane) = split(group);
+            (key, t, S::distinct(lane, n.get(0)))
+        })
+        .as_collection()
 }
 
 /// A value collection (one `(key, value)` per key) as a sum: `lane(value, difference)`
@@ -94,5 +245,36 @@ impl Nexmark {
         } else {
             Joined::Bounded(ctx.interval_join(name, dims, facts, band))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Channel;
+
+    // A packed key unpacks to itself and leaves the lane's 3 bits free; a key that cannot
+    // pack says so (it then takes the other operator), so no two keys share a group.
+    #[test]
+    fn keys_pack_and_unpack_exactly() {
+        let channels = ["Apple", "Google", "channel-0", "channel-9999", "channel-999999999", "channel-007", "channel-99999999999", ""];
+        let mut groups = std::collections::BTreeMap::new();
+        for name in channels {
+            for day in [i32::MIN, -1, 0, 1, 20_513, i32::MAX] {
+                let key = ChannelDay { channel: Channel::new(name), day: Day(day) };
+                match key.pack() {
+                    Some(bits) => {
+                        assert!(bits < 1 << 61, "{key:?}: {bits:#x}");
+                        assert_eq!(ChannelDay::unpack(bits), key);
+                        assert_eq!(groups.insert(bits, key.clone()), None, "{key:?}");
+                    }
+                    None => assert!(key.channel.code().is_none() || day < 0, "{key:?} should pack"),
+                }
+                let day = Day(day);
+                assert_eq!(Day::unpack(day.pack().unwrap()), day);
+                assert!(day.pack().unwrap() < 1 << 61);
+            }
+        }
+        assert_eq!(groups.len(), 5 * 4, "the coded channels on the days from 1970");
     }
 }
