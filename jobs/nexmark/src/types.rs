@@ -296,6 +296,9 @@ fn decimal_digits(n: u32) -> u32 {
 /// scaled to the longer's length, and a form that is a prefix of the other comes first.
 fn cmp_decimal(a: u32, b: u32) -> std::cmp::Ordering {
     let (la, lb) = (decimal_digits(a), decimal_digits(b));
+    if la == lb {
+        return a.cmp(&b);
+    }
     let len = la.max(lb);
     let scaled = |n: u32, l: u32| u64::from(n) * 10u64.pow(len - l);
     scaled(a, la).cmp(&scaled(b, lb)).then(la.cmp(&lb))
@@ -307,6 +310,7 @@ impl Ord for Channel {
         let named = NAMED.len() as u32;
         match (&self.0, &other.0) {
             // The named channels start with capitals, which sort before `channel-`.
+            (ChannelRepr::Code(a), ChannelRepr::Code(b)) if a == b => Ordering::Equal,
             (ChannelRepr::Code(a), ChannelRepr::Code(b)) => match (*a < named, *b < named) {
                 (true, true) => a.cmp(b),
                 (true, false) => Ordering::Less,

@@ -9,6 +9,7 @@ use lambdaflow_operators::differential_dataflow::difference::Multiply;
 use lambdaflow_operators::differential_dataflow::AsCollection;
 use lambdaflow_operators::timely::dataflow::operators::vec::Map as _;
 use lambdaflow_operators::{Coll, Ctx, Data, Day, Inserts, Sums};
+use serde::{Deserialize, Serialize};
 
 pub(crate) mod q11;
 pub(crate) mod q15;
@@ -134,43 +135,100 @@ macro_rules! rank_stats {
 rank_stats!(DayBids);
 rank_stats!(ChannelBids);
 
-/// q15's statistics per `key(bid)` (q15: the day; q16: the channel and day): a `sum` of
-/// the bids per rank (`{query}_bids`) and the distinct bidders and auctions, in all and per
-/// rank. The eight distinct counts are one `distinct_count` (`{query}_distinct`) over
-/// `(packed key, lane)` groups: four pairs a bid (its bidder and its auction, under rank 0
-/// and under its rank), 16 bytes each. Bids whose key does not pack (a channel not of the
-/// generator's forms) go through a second one (`{query}_distinct_other`), over the key
-/// itself; the two never share a key, so concatenated they are exact.
+/// A key as the operators of q15 and q16 hold it: packed into a `u64` when it packs (an
+/// integer to hash, compare and sort, no allocation), the key itself otherwise. A function
+/// of the key alone, so a key is held the same way in every run, mode and process.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) enum Packed<K> {
+    /// [`RankKey::pack`] of the key.
+    Bits(u64),
+    /// A key that does not pack.
+    Key(K),
+}
+
+impl<K: RankKey> Packed<K> {
+    /// `key` as held.
+    pub(crate) fn of(key: K) -> Self {
+        match key.pack() {
+            Some(bits) => Packed::Bits(bits),
+            None => Packed::Key(key),
+        }
+    }
+
+    /// The key.
+    pub(crate) fn key(self) -> K {
+        match self {
+            Packed::Bits(bits) => K::unpack(bits),
+            Packed::Key(key) => key,
+        }
+    }
+}
+
+/// What q15's statistics take of a bid: its key, price rank, bidder, auction and time (for
+/// q16's minute). Taken once per bid, so the operators after it copy this, not the bid
+/// and its strings.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) struct RankedBid<K> {
+    pub(crate) key: Packed<K>,
+    pub(crate) rank: u8,
+    pub(crate) bidder: u64,
+    pub(crate) auction: u64,
+    pub(crate) date_time: u64,
+}
+
+impl<K: RankKey> RankedBid<K> {
+    pub(crate) fn of(key: K, b: &Bid) -> Self {
+        RankedBid { key: Packed::of(key), rank: price_rank(b.price), bidder: b.bidder, auction: b.auction, date_time: b.date_time }
+    }
+
+    /// The bid's four distinct-count items: its bidder and its auction ([`BIDDERS`],
+    /// [`AUCTIONS`]), each under rank 0 (all) and under its rank.
+    fn lanes(&self) -> [(u8, u64); 4] {
+        [(BIDDERS, self.bidder), (BIDDERS + self.rank, self.bidder), (AUCTIONS, self.auction), (AUCTIONS + self.rank, self.auction)]
+    }
+}
+
+/// q15's statistics per key (q15: the day; q16: the channel and day), keyed as held
+/// ([`Packed::key`] gives the key): a `sum` of the bids per rank (`{query}_bids`) and the
+/// distinct bidders and auctions, in all and per rank. The eight distinct counts are one
+/// `distinct_count` (`{query}_distinct`) over `(packed key, lane)` groups: four pairs a
+/// bid, 16 bytes each. Bids whose key does not pack (a channel not of the generator's
+/// forms) go through a second one (`{query}_distinct_other`) over the key itself; the two
+/// never share a key, so concatenated they are exact.
 #[inline]
 pub(crate) fn rank_statistics<'s, K: RankKey, S: RankStats>(
     ctx: &mut Ctx<'s>,
     query: &str,
-    bids: Inserts<'s, Bid>,
-    key: fn(&Bid) -> K,
-) -> Coll<'s, K, S> {
-    let bid_sums = ctx.sum(&format!("{query}_bids"), bids.clone().into_coll(), move |b: &Bid| Some((key(b), S::bid(price_rank(b.price)))));
-    let lanes = |b: &Bid| {
-        let rank = price_rank(b.price);
-        [(BIDDERS, b.bidder), (BIDDERS + rank, b.bidder), (AUCTIONS, b.auction), (AUCTIONS + rank, b.auction)]
-    };
+    bids: Inserts<'s, RankedBid<K>>,
+) -> Coll<'s, Packed<K>, S> {
+    let bid_sums = ctx.sum(&format!("{query}_bids"), bids.clone().into_coll(), |b: &RankedBid<K>| Some((b.key.clone(), S::bid(b.rank))));
     let packed = ctx.distinct_count(
         &format!("{query}_distinct"),
-        bids.clone().into_coll().flat_map(move |b| {
-            key(&b).pack().map(|k| lanes(&b).map(|(lane, item)| (k << 3 | u64::from(lane), item))).into_iter().flatten()
+        bids.clone().into_coll().flat_map(|b| match b.key {
+            Packed::Bits(k) => Some(b.lanes().map(|(lane, item)| (k << 3 | u64::from(lane), item))).into_iter().flatten(),
+            Packed::Key(_) => None.into_iter().flatten(),
         }),
     );
-    let mut stats = bid_sums.concat(distinct_lanes(packed, |group| (K::unpack(group >> 3), (group & 7) as u8)));
+    let mut stats = bid_sums.concat(distinct_lanes(packed, |group| (Packed::Bits(group >> 3), (group & 7) as u8)));
     if !K::ALWAYS_PACKS {
         let other = ctx.distinct_count(
             &format!("{query}_distinct_other"),
-            bids.into_coll().flat_map(move |b| {
-                let k = key(&b);
-                k.pack().is_none().then(|| lanes(&b).map(|(lane, item)| ((k.clone(), lane), item))).into_iter().flatten()
+            bids.into_coll().flat_map(|b| {
+                let lanes = b.lanes();
+                match b.key {
+                    Packed::Key(k) => Some(lanes.map(|(lane, item)| ((k.clone(), lane), item))).into_iter().flatten(),
+                    Packed::Bits(_) => None.into_iter().flatten(),
+                }
             }),
         );
-        stats = stats.concat(distinct_lanes(other, |group| group));
+        stats = stats.concat(distinct_lanes(other, |(key, lane)| (Packed::Key(key), lane)));
     }
     stats
+}
+
+/// `stats` keyed by the keys themselves (for the view): one map per aggregated record.
+pub(crate) fn unpacked<'s, K: RankKey, S: lambdaflow_operators::Diff>(stats: Coll<'s, Packed<K>, S>) -> Coll<'s, K, S> {
+    stats.inner.map(|(key, t, s)| (key.key(), t, s)).as_collection()
 }
 
 /// A distinct count per `(key, lane)` group as the lane of the statistics.

@@ -1,6 +1,6 @@
 //! q15: bidding statistics per day.
 
-use super::{ms, rank_statistics};
+use super::{ms, rank_statistics, unpacked, RankedBid};
 use crate::{Bid, DayBids};
 use lambdaflow_operators::{Ctx, Day, Inserts};
 
@@ -9,6 +9,7 @@ use lambdaflow_operators::{Ctx, Day, Inserts};
 pub(crate) fn build<'s>(ctx: &mut Ctx<'s>, bids: Inserts<'s, Bid>) {
     // q15: bidding statistics per day: bids, and distinct bidders and auctions, in all
     // and per price rank (below $100, below $10 000, above).
-    let stats = rank_statistics::<Day, DayBids>(ctx, "q15", bids, |b| Day::of_ms(ms(b.date_time)));
-    ctx.sum_view("q15_bidding_statistics", stats, DayBids::to_json);
+    let ranked = bids.map(|b| RankedBid::of(Day::of_ms(ms(b.date_time)), &b));
+    let stats = rank_statistics::<Day, DayBids>(ctx, "q15", ranked);
+    ctx.sum_view("q15_bidding_statistics", unpacked(stats), DayBids::to_json);
 }
