@@ -135,13 +135,33 @@ macro_rules! rank_stats {
 rank_stats!(DayBids);
 rank_stats!(ChannelBids);
 
+/// A packed key or `(key, lane)` group: compares as its bits, and hashes them mixed. The
+/// operators' hash (FxHash) multiplies, so keys that differ only in high bits (a channel's
+/// code above the day) would share their low hash bits, which hash tables index by: every
+/// channel of a day in one bucket chain. The murmur3 finalizer, a bijection, spreads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Bits(pub(crate) u64);
+
+impl std::hash::Hash for Bits {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut k = self.0;
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        k ^= k >> 33;
+        state.write_u64(k);
+    }
+}
+
 /// A key as the operators of q15 and q16 hold it: packed into a `u64` when it packs (an
 /// integer to hash, compare and sort, no allocation), the key itself otherwise. A function
 /// of the key alone, so a key is held the same way in every run, mode and process.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) enum Packed<K> {
     /// [`RankKey::pack`] of the key.
-    Bits(u64),
+    Bits(Bits),
     /// A key that does not pack.
     Key(K),
 }
@@ -150,7 +170,7 @@ impl<K: RankKey> Packed<K> {
     /// `key` as held.
     pub(crate) fn of(key: K) -> Self {
         match key.pack() {
-            Some(bits) => Packed::Bits(bits),
+            Some(bits) => Packed::Bits(Bits(bits)),
             None => Packed::Key(key),
         }
     }
@@ -158,7 +178,7 @@ impl<K: RankKey> Packed<K> {
     /// The key.
     pub(crate) fn key(self) -> K {
         match self {
-            Packed::Bits(bits) => K::unpack(bits),
+            Packed::Bits(Bits(bits)) => K::unpack(bits),
             Packed::Key(key) => key,
         }
     }
@@ -205,11 +225,11 @@ pub(crate) fn rank_statistics<'s, K: RankKey, S: RankStats>(
     let packed = ctx.distinct_count(
         &format!("{query}_distinct"),
         bids.clone().into_coll().flat_map(|b| match b.key {
-            Packed::Bits(k) => Some(b.lanes().map(|(lane, item)| (k << 3 | u64::from(lane), item))).into_iter().flatten(),
+            Packed::Bits(Bits(k)) => Some(b.lanes().map(|(lane, item)| (Bits(k << 3 | u64::from(lane)), item))).into_iter().flatten(),
             Packed::Key(_) => None.into_iter().flatten(),
         }),
     );
-    let mut stats = bid_sums.concat(distinct_lanes(packed, |group| (Packed::Bits(group >> 3), (group & 7) as u8)));
+    let mut stats = bid_sums.concat(distinct_lanes(packed, |Bits(group)| (Packed::Bits(Bits(group >> 3)), (group & 7) as u8)));
     if !K::ALWAYS_PACKS {
         let other = ctx.distinct_count(
             &format!("{query}_distinct_other"),
