@@ -143,15 +143,21 @@ rank_stats!(ChannelBids);
 #[serde(transparent)]
 pub(crate) struct Bits(pub(crate) u64);
 
-impl std::hash::Hash for Bits {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+impl Bits {
+    /// The bits mixed: the murmur3 finalizer.
+    fn mixed(self) -> u64 {
         let mut k = self.0;
         k ^= k >> 33;
         k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
         k ^= k >> 33;
         k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        k ^= k >> 33;
-        state.write_u64(k);
+        k ^ (k >> 33)
+    }
+}
+
+impl std::hash::Hash for Bits {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.mixed());
     }
 }
 
@@ -354,5 +360,22 @@ mod tests {
             }
         }
         assert_eq!(groups.len(), 5 * 4, "the coded channels on the days from 1970");
+    }
+
+    // The generator's channels on one day differ only in the high bits of their packed
+    // key; what they hash is spread into the low bits, which hash tables index by (a
+    // multiplying hash keeps equal low bits equal: every key in one bucket chain).
+    #[test]
+    fn packed_keys_hash_spread_in_the_low_bits() {
+        let day = Day::parse("2026-03-01").unwrap();
+        let keys: Vec<Bits> = ["Apple", "Baidu", "Facebook", "Google"]
+            .into_iter()
+            .map(str::to_string)
+            .chain((0..10_000).map(|n| format!("channel-{n}")))
+            .map(|name| Bits(ChannelDay { channel: Channel::new(&name), day }.pack().unwrap()))
+            .collect();
+        let low = |f: &dyn Fn(Bits) -> u64| keys.iter().map(|k| f(*k) & 0xffff).collect::<std::collections::BTreeSet<u64>>().len();
+        assert!(low(&|k| k.0) < 100, "the packed bits alone share their low bits (what this guards against)");
+        assert!(low(&|k| k.mixed()) > 8_500, "{} distinct low 16 bits of 10 004 keys", low(&|k| k.mixed()));
     }
 }
