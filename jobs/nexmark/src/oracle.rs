@@ -6,8 +6,8 @@
 //! and their JSON forms.
 
 use crate::{
-    AuctionBids, AuctionDay, AuctionRow, BidRow, BidderAuction, BidderSession, ChannelBids, ChannelDay, DayBids, NexmarkEvent, Q3_CATEGORY,
-    SLIDE_MS, WINDOW_MS,
+    AuctionBids, AuctionDay, AuctionRow, BidRow, BidderAuction, BidderSession, Channel, ChannelBids, ChannelDay, DayBids, NexmarkEvent,
+    Q3_CATEGORY, SLIDE_MS, WINDOW_MS,
 };
 use lambdaflow_operators::serde_json::{json, Value};
 use lambdaflow_operators::{Day, ViewKey, Window};
@@ -238,7 +238,7 @@ pub fn views(events: &[NexmarkEvent]) -> Views {
             (n(&auctions[0]), n(&auctions[1]), n(&auctions[2]), n(&auctions[3]));
         let mut shown = s.to_json();
         shown["minute"] = json!(format!("{:02}:{:02}", s.minute / 60, s.minute % 60));
-        out.get_mut("q16_channel_statistics").unwrap().insert(key(&ChannelDay { channel, day }), shown);
+        out.get_mut("q16_channel_statistics").unwrap().insert(key(&ChannelDay { channel: Channel::new(&channel), day }), shown);
     }
 
     // q17: per (auction, day): bids per rank, min, max, sum and average price.
