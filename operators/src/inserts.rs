@@ -54,6 +54,25 @@ impl<'s, D: Data> Inserts<'s, D> {
         Inserts { coll: self.coll.flat_map(f) }
     }
 
+    /// The records split among `parts` collections: each goes to the one `route` names
+    /// (an index below `parts`; a record routed further is dropped), moved, not copied. For
+    /// splitting one stream several ways, where `parts` separate `flat_map`s would each get
+    /// (and drop) a copy of every record.
+    ///
+    /// ```ignore
+    /// // Events of three kinds, each moved to its own stream.
+    /// let mut kinds = ctx.inserts(events).partition(3, |e: &Event| e.kind_index());
+    /// let (bids, auctions, persons) = (kinds.pop().unwrap(), kinds.pop().unwrap(), kinds.pop().unwrap());
+    /// ```
+    pub fn partition(self, parts: u64, route: impl Fn(&D) -> u64 + 'static) -> Vec<Inserts<'s, D>> {
+        use differential_dataflow::AsCollection;
+        use timely::dataflow::operators::vec::Partition;
+        let mut streams = self.coll.inner.partition(parts + 1, move |(d, t, r)| (route(&d).min(parts), (d, t, r)));
+        // The last stream takes the records routed past `parts`: nothing reads it.
+        streams.pop();
+        streams.into_iter().map(|s| Inserts { coll: s.as_collection() }).collect()
+    }
+
     /// Both collections' records.
     pub fn concat(self, other: Inserts<'s, D>) -> Inserts<'s, D> {
         Inserts { coll: self.coll.concat(other.coll) }
@@ -120,5 +139,52 @@ impl<'s, D: Data> Input<'s, D> for Coll<'s, D> {
 impl<'s, D: Data> Input<'s, D> for Inserts<'s, D> {
     fn into_input(self) -> (Coll<'s, D>, bool) {
         (self.coll, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ctx::{Ctx, Mode, Registry, Time};
+    use std::sync::{Arc, Mutex};
+
+    // `partition` moves each record to the part its route names, exactly once, and drops
+    // the records routed past the last part; on two workers as on one.
+    #[test]
+    fn partition_sends_each_record_to_its_part_once() {
+        for workers in [1, 2] {
+            let seen: Arc<Mutex<Vec<(usize, u64, isize)>>> = Arc::default();
+            let s = seen.clone();
+            timely::execute(timely::Config::process(workers), move |worker| {
+                let s = s.clone();
+                let probe = timely::dataflow::ProbeHandle::<Time>::new();
+                let mut input = worker.dataflow::<Time, _, _>(|scope| {
+                    use timely::dataflow::operators::{Inspect, Probe};
+                    let (input, events) = differential_dataflow::input::Input::new_collection::<u64, isize>(&scope);
+                    let mut ctx = Ctx::new(scope, Mode::Batch, Arc::new(Registry::default()), None);
+                    let parts = ctx.inserts(events).partition(3, |n: &u64| n % 4);
+                    assert_eq!(parts.len(), 3);
+                    for (i, part) in parts.into_iter().enumerate() {
+                        let s = s.clone();
+                        part.into_coll().inner.inspect(move |(n, _t, r)| s.lock().unwrap().push((i, *n, *r))).probe_with(&probe);
+                    }
+                    input
+                });
+                if worker.index() == 0 {
+                    for n in 0..40u64 {
+                        input.insert(n);
+                    }
+                }
+                input.advance_to(1);
+                input.flush();
+                worker.step_while(|| probe.less_than(&1));
+            })
+            .expect("run");
+            let mut got = seen.lock().unwrap().clone();
+            got.sort();
+            let want: Vec<(usize, u64, isize)> = (0..40u64).filter(|n| n % 4 < 3).map(|n| ((n % 4) as usize, n, 1)).collect();
+            let mut want = want;
+            want.sort();
+            assert_eq!(got, want, "{workers} workers");
+        }
     }
 }

@@ -81,6 +81,15 @@ pub enum NexmarkEvent {
 }
 
 impl NexmarkEvent {
+    /// The event's kind as an index: 0 a person, 1 an auction, 2 a bid.
+    pub fn kind_index(&self) -> u64 {
+        match self {
+            NexmarkEvent::Person(_) => 0,
+            NexmarkEvent::Auction(_) => 1,
+            NexmarkEvent::Bid(_) => 2,
+        }
+    }
+
     /// The person, if this is one.
     pub fn into_person(self) -> Option<Person> {
         match self {

@@ -112,10 +112,12 @@ impl Job for Nexmark {
     }
 
     fn build<'s>(&self, ctx: &mut Ctx<'s>, events: Coll<'s, NexmarkEvent>) {
-        let inserts = ctx.inserts(events);
-        let persons = inserts.clone().flat_map(NexmarkEvent::into_person);
-        let auctions = inserts.clone().flat_map(NexmarkEvent::into_auction);
-        let bids = inserts.flat_map(NexmarkEvent::into_bid);
+        // Each event moved to the stream of its kind (three `flat_map`s of one stream would
+        // each get a copy of every event, strings and all, and drop two of them).
+        let mut kinds = ctx.inserts(events).partition(3, NexmarkEvent::kind_index);
+        let bids = kinds.pop().expect("3 parts").flat_map(NexmarkEvent::into_bid);
+        let auctions = kinds.pop().expect("3 parts").flat_map(NexmarkEvent::into_auction);
+        let persons = kinds.pop().expect("3 parts").flat_map(NexmarkEvent::into_person);
 
         if self.on(3) {
             queries::q3::build(self, ctx, persons.clone(), auctions.clone());
