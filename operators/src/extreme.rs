@@ -260,3 +260,45 @@ where
         )
         .as_collection()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::best_of_inserts;
+    use crate::hash::tests::run_timed;
+    use proptest::prelude::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    type Item = (u8, u8);
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        // The insert-only extreme (one best value per key) emits exactly what the general
+        // group-by with the same pick emits, time by time: ties on the score (the first
+        // field) broken by the smaller item, one key updated from several workers in a time,
+        // repeated records, and (all at time 0, then the input closed) the batch's one-step
+        // form; for the `arg_max` order and for `min`'s.
+        #[test]
+        fn best_of_inserts_is_the_group_by(
+            updates in proptest::collection::vec(((0u8..4, (0u8..4, 0u8..4)), 0u64..6, 1isize..3), 0..40),
+            workers in 1usize..4,
+            at_zero in any::<bool>(),
+            lowest in any::<bool>(),
+        ) {
+            let updates: Vec<((u8, Item), u64, isize)> =
+                updates.into_iter().map(|(d, t, r)| (d, if at_zero { 0 } else { t }, r)).collect();
+            let order = move |a: &Item, b: &Item| {
+                if lowest { b.cmp(a) } else { a.0.cmp(&b.0).then_with(|| b.cmp(a)) }
+            };
+            let pick = move |_k: &u8, vals: &[(&Item, isize)], out: &mut Vec<(Item, isize)>| {
+                if let Some(best) = vals.iter().filter(|(_, n)| *n > 0).map(|(v, _)| *v).max_by(|a, b| order(a, b)) {
+                    out.push((*best, 1));
+                }
+            };
+            let got = run_timed(workers, updates.clone(), move |c| best_of_inserts("t", c, order, Arc::new(AtomicU64::new(0))));
+            let want = run_timed(workers, updates, move |c| c.reduce_named("r", pick));
+            prop_assert_eq!(got, want);
+        }
+    }
+}

@@ -714,7 +714,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Sums;
     use differential_dataflow::input::Input;
@@ -843,7 +843,7 @@ mod tests {
     /// Runs `build` over timed updates (fed in time order, one epoch per time, stepping in
     /// between) on `workers` threads; returns every output update with its time,
     /// consolidated per (record, time): the operator's exact output stream.
-    fn run_timed<D: Data, R: Diff, D2: Data + Hash, R2: Diff>(
+    pub(crate) fn run_timed<D: Data, R: Diff, D2: Data + Hash, R2: Diff>(
         workers: usize,
         updates: Vec<(D, Time, R)>,
         build: impl for<'s> Fn(Coll<'s, D, R>) -> Coll<'s, D2, R2> + Send + Sync + 'static,
@@ -862,8 +862,10 @@ mod tests {
             let last = sorted.last().map_or(0, |(_, t, _)| *t);
             for t in 0..=last {
                 session.advance_to(t);
-                if worker.index() == (t as usize) % worker.peers() {
-                    for (d, _, r) in sorted.iter().filter(|(_, ut, _)| *ut == t) {
+                // A time's updates spread over the workers (one key's from several).
+                let (index, peers) = (worker.index(), worker.peers());
+                for (i, (d, _, r)) in sorted.iter().filter(|(_, ut, _)| *ut == t).enumerate() {
+                    if (i + t as usize) % peers == index {
                         session.update(d.clone(), r.clone());
                     }
                 }
