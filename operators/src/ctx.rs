@@ -352,7 +352,7 @@ impl<'s> Ctx<'s> {
         // drain drops them: they are not kept at all (one row per key of the view, held
         // until the first drain, for every view of the job), nor sent to worker 0 first.
         let coll = match self.mode {
-            Mode::Speed => timely::dataflow::operators::vec::Filter::filter(coll.inner, |(_, t, _)| *t > 0).as_collection(),
+            Mode::Speed => after_time_zero(coll),
             Mode::Batch => coll,
         };
         let coll = self.gather(coll);
@@ -471,7 +471,7 @@ impl<'s> Ctx<'s> {
                     },
                 };
                 let seed = records.to_stream(self.scope).as_collection();
-                let changes = timely::dataflow::operators::vec::Filter::filter(input.inner, |(_, t, _)| *t > 0).as_collection();
+                let changes = after_time_zero(input);
                 seed.concat(changes)
             }
         }
@@ -661,6 +661,12 @@ impl<'s> Ctx<'s> {
     pub(crate) fn counter(&self, name: &str) -> Arc<std::sync::atomic::AtomicU64> {
         self.registry.cell(&format!("counter:{name}"), || std::sync::atomic::AtomicU64::new(0), |_| {})
     }
+}
+
+/// The updates of `coll` after time 0: in speed mode, time 0 holds the seeds, and what a
+/// collection says at time 0 restates them.
+fn after_time_zero<'s, D: Data, R: Diff>(coll: Coll<'s, D, R>) -> Coll<'s, D, R> {
+    timely::dataflow::operators::vec::Filter::filter(coll.inner, |(_, t, _)| *t > 0).as_collection()
 }
 
 /// Decodes a seed in shards (each a file of rows, see `rows`) and keeps only the rows of

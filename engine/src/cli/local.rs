@@ -361,8 +361,11 @@ pub(super) fn query<J: Job>(
         let wanted = plan.upstream.as_ref().map(|u| u[i].clone());
         loaded = Loaded { ran: true, seeds: wanted.as_ref().map(|w| w.iter().cloned().collect()), unseeded, phases: Vec::new() };
         let seeds = Arc::new(SomeSeeds { seeds: crate::speed::StoreSeeds::new(store, meta.as_ref().map(|m| m.version)), wanted });
-        let (run_view, laps) = run_bounded(job, log.clone(), seeds, &cut, &ends, workers, view, exit_fast)?;
-        clock.add(laps);
+        let (run_view, marks) = run_bounded(job, log.clone(), seeds, &cut, &ends, workers, view, exit_fast)?;
+        for (name, at) in ["build", "run", "free"].into_iter().zip(marks) {
+            clock.lap_at(name, at);
+        }
+        clock.lap("join");
         run_view.drain_speed(u64::MAX, speed.as_mut());
     }
     let answers = plan.views[i].query(batch.as_deref(), speed.as_ref(), sel).map_err(Error::Usage)?;
@@ -395,15 +398,13 @@ impl Phases {
 
     /// Ends the phase `name` now.
     fn lap(&mut self, name: &'static str) {
-        let now = std::time::Instant::now();
-        self.phases.push((name, now.duration_since(self.last).as_millis() as u64));
-        self.last = now;
+        self.lap_at(name, std::time::Instant::now());
     }
 
-    /// Appends phases timed elsewhere (they end now).
-    fn add(&mut self, laps: Vec<(&'static str, u64)>) {
-        self.phases.extend(laps);
-        self.last = std::time::Instant::now();
+    /// Ends the phase `name` at `at` (an instant taken elsewhere).
+    fn lap_at(&mut self, name: &'static str, at: std::time::Instant) {
+        self.phases.push((name, at.saturating_duration_since(self.last).as_millis() as u64));
+        self.last = at;
     }
 }
 
@@ -443,8 +444,7 @@ fn run_bounded<J: Job>(
     workers: usize,
     view: &str,
     exit_fast: bool,
-) -> Result<(Arc<dyn AnyView>, Vec<(&'static str, u64)>)> {
-    let started = std::time::Instant::now();
+) -> Result<(Arc<dyn AnyView>, Vec<std::time::Instant>)> {
     // Worker 0's milestones: dataflow built (seeds decoded), run complete, state dropped.
     let marks: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
     // Workers done (the answer complete, or failed): with `LEAK_STATE_AT_EXIT`, a worker
@@ -606,7 +606,7 @@ fn run_bounded<J: Job>(
             // Every worker completed its run and idles: the answer is in the view. The
             // workers are left to the process's exit (joining them would wait forever).
             std::mem::forget(guards);
-            return answer_view(&registry, view, started, &marks);
+            return answer_view(&registry, view, &marks);
         }
     }
     crate::guard::join_workers(guards)?;
@@ -619,31 +619,22 @@ fn run_bounded<J: Job>(
         errs.dedup();
         return Err(Error::Dataflow(DataflowError::InvalidJob { job: name, detail: errs.join("; ") }));
     }
-    answer_view(&registry, view, started, &marks)
+    answer_view(&registry, view, &marks)
 }
 
-/// The view `view` of a completed bounded run, with the run's phases (worker 0's
-/// milestones after `started`).
+/// The view `view` of a completed bounded run, with worker 0's milestones (dataflow
+/// built, run complete, state freed).
 fn answer_view(
     registry: &Registry,
     view: &str,
-    started: std::time::Instant,
     marks: &Mutex<Vec<std::time::Instant>>,
-) -> Result<(Arc<dyn AnyView>, Vec<(&'static str, u64)>)> {
+) -> Result<(Arc<dyn AnyView>, Vec<std::time::Instant>)> {
     let view = registry
         .views()
         .into_iter()
         .find(|v| v.info().name == view)
         .ok_or_else(|| Error::Internal(format!("view `{view}` was declared when planning, not when running")))?;
-    let marks = crate::sync::lock(marks).clone();
-    let mut laps = Vec::new();
-    let mut last = started;
-    for (name, at) in ["build", "run", "free"].into_iter().zip(marks) {
-        laps.push((name, at.duration_since(last).as_millis() as u64));
-        last = at;
-    }
-    laps.push(("join", last.elapsed().as_millis() as u64));
-    Ok((view, laps))
+    Ok((view, crate::sync::lock(marks).clone()))
 }
 
 /// Counts a worker of a bounded run as finished, once: explicitly when its run completed,
