@@ -198,7 +198,7 @@ impl Shared {
 pub(crate) struct StoreSeeds {
     store: ViewStore,
     version: Option<u64>,
-    cache: Mutex<HashMap<String, Arc<Vec<Arc<Vec<u8>>>>>>,
+    cache: Mutex<HashMap<String, Vec<Arc<Vec<u8>>>>>,
 }
 
 impl StoreSeeds {
@@ -227,7 +227,7 @@ impl SeedSource for StoreSeeds {
         };
         let mut cache = crate::sync::lock(&self.cache);
         if let Some(hit) = cache.get(name) {
-            return Ok(Some(hit.as_ref().clone()));
+            return Ok(Some(hit.clone()));
         }
         let shards: Vec<Arc<Vec<u8>>> = match self.store.read_seed_shards(version, name) {
             Ok(Some(shards)) => shards.into_iter().map(Arc::new).collect(),
@@ -239,7 +239,7 @@ impl SeedSource for StoreSeeds {
             }
             Err(e) => return Err(e.to_string()),
         };
-        cache.insert(name.to_string(), Arc::new(shards.clone()));
+        cache.insert(name.to_string(), shards.clone());
         Ok(Some(shards))
     }
 }
